@@ -1,0 +1,1 @@
+//! Pure routing: (workflow, item, stage, outcome) -> next stage. No IO.

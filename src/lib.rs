@@ -1,0 +1,7 @@
+//! hookops: a terminal console, delivery engine and CLI for annotation workflows whose stages
+//! fire webhooks. See `ARCHITECTURE.md` for the map.
+#![forbid(unsafe_code)]
+
+pub mod engine;
+pub mod model;
+pub mod workflow;
