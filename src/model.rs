@@ -348,3 +348,24 @@ impl Item {
         tags
     }
 }
+
+/// An item parsed from an import line, before it is stored (see `import`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewItem {
+    pub id: ItemId,
+    pub name: String,
+    /// `/` when the line gave none.
+    pub path: String,
+    /// From the line (Darwin `source_info.dataset`); `None` means "use the import's default".
+    pub dataset: Option<DatasetRef>,
+    pub tags: Vec<String>,
+    pub properties: serde_json::Map<String, serde_json::Value>,
+    pub slots: Vec<serde_json::Value>,
+    /// Annotation objects, every one with a 36-character UUID `id`.
+    pub annotations: Vec<serde_json::Value>,
+    /// Hex SHA-256 of the canonical JSON of the content above, to tell "already present with
+    /// the same content" from "already present but different".
+    pub fingerprint: String,
+    /// 1-based line number in the import file.
+    pub line: usize,
+}
