@@ -2,6 +2,10 @@
 //! fire webhooks. See `ARCHITECTURE.md` for the map.
 #![forbid(unsafe_code)]
 
+pub mod dispatch;
 pub mod engine;
+pub mod import;
 pub mod model;
+pub mod redact;
+pub mod store;
 pub mod workflow;

@@ -1,0 +1,937 @@
+//! Items: import, moves (assign, advance, routing), listings and detail.
+//!
+//! Every move goes through [`apply_route`]: it updates the item (bumping its version), writes
+//! one history row per hop, cancels the item's open delivery when the item leaves or re-enters
+//! its webhook stage, and creates the delivery when the item lands in a webhook stage, all in
+//! the caller's transaction (the transactional outbox of design §2).
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::Serialize;
+
+use super::deliveries::{DeliverySummary, cancel_open_deliveries, insert_delivery};
+use super::workflows::current_spec;
+use super::{Result, Store, StoreError, audit, now_ms, to_time, where_now};
+use crate::engine::{self, Outcome, Route};
+use crate::model::{
+    CancelReason, DatasetRef, DeliveryId, DeliveryTrigger, HistoryCause, Item, ItemId, ItemState,
+    NewItem, StageId, WorkflowId,
+};
+use crate::workflow::Workflow;
+
+/// Items written per transaction by import and bulk moves: small enough that no chunk holds
+/// the write lock for more than a few tens of milliseconds.
+const IMPORT_CHUNK: usize = 1000;
+const MOVE_CHUNK: usize = 500;
+
+/// What an import did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ImportReport {
+    pub imported: i64,
+    pub already_present: i64,
+    /// Ids already present whose content differs from the line (never overwritten).
+    pub differing: Vec<ItemId>,
+    /// Where the imported items landed, per stage.
+    pub landed: BTreeMap<String, i64>,
+}
+
+/// An import stopped part way (a chunk failed): what was committed before it.
+#[derive(Debug, thiserror::Error)]
+#[error("import stopped after {done} of {total} items were written: {source}")]
+pub struct ImportInterrupted {
+    pub done: usize,
+    pub total: usize,
+    pub report: ImportReport,
+    #[source]
+    pub source: StoreError,
+}
+
+/// Which items an assignment moves.
+#[derive(Clone, Debug)]
+pub enum AssignTarget {
+    Items(Vec<ItemId>),
+    /// Every item in `stage` (oldest first), or the first `limit`.
+    FromStage {
+        stage: StageId,
+        limit: Option<usize>,
+    },
+}
+
+/// One item an action refused, and why (where it is now).
+#[derive(Clone, Debug, Serialize)]
+pub struct Refusal {
+    pub item_id: ItemId,
+    pub reason: String,
+}
+
+/// What a move action (assign, advance) did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MoveReport {
+    pub moved: i64,
+    pub refused: Vec<Refusal>,
+    /// Where the moved items ended up, per stage.
+    pub landed: BTreeMap<String, i64>,
+    /// Deliveries created by the moves.
+    pub deliveries: i64,
+}
+
+/// Compare-and-set conditions for an operator action on one item.
+#[derive(Clone, Debug, Default)]
+pub struct Expect {
+    pub stage: Option<StageId>,
+    pub version: Option<i64>,
+}
+
+/// How item lists are ordered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ItemOrder {
+    /// Oldest first in their stage (longest waiting on top).
+    #[default]
+    Waiting,
+    Name,
+}
+
+/// A keyset position in an item list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemCursor {
+    key: String,
+    seq: i64,
+}
+
+/// Filters of `item list` and the console's item view.
+#[derive(Clone, Debug, Default)]
+pub struct ItemFilter {
+    pub workflow: Option<WorkflowId>,
+    pub stage: Option<StageId>,
+    pub state: Option<ItemState>,
+    /// Substring of the name or id.
+    pub search: Option<String>,
+    pub order: ItemOrder,
+}
+
+/// One row of an item list.
+#[derive(Clone, Debug, Serialize)]
+pub struct ItemRow {
+    pub id: ItemId,
+    pub name: String,
+    pub workflow: WorkflowId,
+    pub stage: StageId,
+    pub state: ItemState,
+    pub version: i64,
+    pub tags: Vec<String>,
+    pub entered_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip)]
+    pub cursor: ItemCursor,
+}
+
+/// One row of an item's history.
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryEntry {
+    pub at: DateTime<Utc>,
+    pub from: Option<StageId>,
+    pub to: StageId,
+    pub cause: HistoryCause,
+    pub operator: Option<String>,
+    pub revision: i64,
+    pub delivery_id: Option<DeliveryId>,
+}
+
+/// `item show`: the item, its history and its deliveries.
+#[derive(Clone, Debug, Serialize)]
+pub struct ItemDetail {
+    #[serde(flatten)]
+    pub item: Item,
+    pub history: Vec<HistoryEntry>,
+    pub deliveries: Vec<DeliverySummary>,
+}
+
+const ITEM_COLUMNS: &str = "id, workflow_id, stage_id, state, name, path, dataset_name, dataset_slug, \
+     tags, properties, slots, annotations, version, created_at, updated_at";
+
+pub(crate) fn json_col<T: serde::de::DeserializeOwned>(row: &Row, i: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(i)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+pub(crate) fn enum_col<T: std::str::FromStr>(row: &Row, i: usize) -> rusqlite::Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = row.get(i)?;
+    text.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+
+fn item_from_row(row: &Row) -> rusqlite::Result<Item> {
+    Ok(Item {
+        id: ItemId(row.get(0)?),
+        workflow: WorkflowId(row.get(1)?),
+        stage: StageId(row.get(2)?),
+        state: enum_col(row, 3)?,
+        name: row.get(4)?,
+        path: row.get(5)?,
+        dataset: DatasetRef {
+            name: row.get(6)?,
+            slug: row.get(7)?,
+        },
+        tags: json_col(row, 8)?,
+        properties: json_col(row, 9)?,
+        slots: json_col(row, 10)?,
+        annotations: json_col(row, 11)?,
+        version: row.get(12)?,
+        created_at: to_time(row.get(13)?),
+        updated_at: to_time(row.get(14)?),
+    })
+}
+
+pub(crate) fn load_item(conn: &Connection, id: &ItemId) -> Result<Option<Item>> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {ITEM_COLUMNS} FROM items WHERE id = ?1"))?
+        .query_row([id.as_str()], item_from_row)
+        .optional()?)
+}
+
+/// Applies a route to an item in the caller's transaction. Returns the delivery it created.
+///
+/// `item` is the item as read in this transaction. When the route leaves the item where it is
+/// with no hops (a webhook failure without `on_failure`), only its state changes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn apply_route(
+    conn: &Connection,
+    wf: &Workflow,
+    revision: i64,
+    item: &Item,
+    route: &Route,
+    operator: Option<&str>,
+    trigger: DeliveryTrigger,
+    via_delivery: Option<&DeliveryId>,
+    now: i64,
+) -> Result<Option<DeliveryId>> {
+    if !route.hops.is_empty() {
+        cancel_open_deliveries(
+            conn,
+            &item.id,
+            CancelReason::ItemMoved,
+            operator.unwrap_or("hookops"),
+            via_delivery,
+            now,
+        )?;
+    }
+    let version = item.version + 1;
+    let moved = route.stage != item.stage || !route.hops.is_empty();
+    conn.prepare_cached(
+        "UPDATE items SET stage_id = ?2, state = ?3, version = ?4, updated_at = ?5,
+             entered_at = CASE WHEN ?6 THEN ?5 ELSE entered_at END
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        item.id.as_str(),
+        route.stage.as_str(),
+        route.state.as_str(),
+        version,
+        now,
+        moved
+    ])?;
+    for hop in &route.hops {
+        insert_history(
+            conn,
+            &item.id,
+            &wf.id,
+            hop.from.as_ref(),
+            &hop.to,
+            hop.cause,
+            operator,
+            revision,
+            via_delivery,
+            now,
+        )?;
+    }
+    if !route.deliver {
+        return Ok(None);
+    }
+    let mut entered = item.clone();
+    entered.stage = route.stage.clone();
+    entered.state = route.state;
+    entered.version = version;
+    entered.updated_at = to_time(now);
+    let previous = route.hops.last().and_then(|h| h.from.clone());
+    let id = insert_delivery(conn, wf, &entered, previous, trigger, now)?;
+    Ok(Some(id))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_history(
+    conn: &Connection,
+    item: &ItemId,
+    wf: &WorkflowId,
+    from: Option<&StageId>,
+    to: &StageId,
+    cause: HistoryCause,
+    operator: Option<&str>,
+    revision: i64,
+    delivery: Option<&DeliveryId>,
+    now: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO history (item_id, workflow_id, from_stage, to_stage, cause, operator, revision, delivery_id, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        item.as_str(),
+        wf.as_str(),
+        from.map(|s| s.as_str()),
+        to.as_str(),
+        cause.as_str(),
+        operator,
+        revision,
+        delivery.map(|d| d.as_str()),
+        now
+    ])?;
+    Ok(())
+}
+
+fn import_chunk(
+    conn: &Connection,
+    wf_id: &WorkflowId,
+    items: &[NewItem],
+    default_dataset: &DatasetRef,
+    operator: &str,
+) -> Result<ImportReport> {
+    let (wf, revision) = current_spec(conn, wf_id)?;
+    let dataset = wf
+        .dataset_stage()
+        .ok_or_else(|| StoreError::Invalid(format!("workflow `{wf_id}` has no dataset stage")))?
+        .id
+        .clone();
+    let now = now_ms();
+    let mut report = ImportReport::default();
+    let mut existing = conn.prepare_cached(
+        "SELECT workflow_id, fingerprint FROM items WHERE id = ?1",
+    )?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO items (id, workflow_id, stage_id, state, name, path, dataset_name, dataset_slug,
+             tags, properties, slots, annotations, fingerprint, version, created_at, updated_at, entered_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 0, ?14, ?14, ?14)",
+    )?;
+    for new in items {
+        let found: Option<(String, String)> = existing
+            .query_row([new.id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((other_wf, fingerprint)) = found {
+            if other_wf != wf_id.as_str() {
+                return Err(StoreError::Invalid(format!(
+                    "line {}: item id `{}` already exists in workflow `{other_wf}`",
+                    new.line, new.id
+                )));
+            }
+            report.already_present += 1;
+            if fingerprint != new.fingerprint {
+                report.differing.push(new.id.clone());
+            }
+            continue;
+        }
+        let ds = new.dataset.clone().unwrap_or_else(|| default_dataset.clone());
+        insert.execute(params![
+            new.id.as_str(),
+            wf_id.as_str(),
+            dataset.as_str(),
+            ItemState::Waiting.as_str(),
+            new.name,
+            new.path,
+            ds.name,
+            ds.slug,
+            serde_json::to_string(&new.tags)?,
+            serde_json::to_string(&new.properties)?,
+            serde_json::to_string(&new.slots)?,
+            serde_json::to_string(&new.annotations)?,
+            new.fingerprint,
+            now
+        ])?;
+        let item = Item {
+            id: new.id.clone(),
+            workflow: wf_id.clone(),
+            stage: dataset.clone(),
+            state: ItemState::Waiting,
+            name: new.name.clone(),
+            path: new.path.clone(),
+            dataset: ds,
+            tags: new.tags.clone(),
+            properties: new.properties.clone(),
+            slots: new.slots.clone(),
+            annotations: new.annotations.clone(),
+            version: 0,
+            created_at: to_time(now),
+            updated_at: to_time(now),
+        };
+        let mut route = engine::import(&wf, &item).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        // The landing in the dataset stage is the first row of every item's history.
+        if route.hops.first().is_none_or(|h| h.from.is_some()) {
+            route.hops.insert(
+                0,
+                engine::Hop {
+                    from: None,
+                    to: dataset.clone(),
+                    cause: HistoryCause::Import,
+                },
+            );
+        }
+        apply_route(
+            conn,
+            &wf,
+            revision,
+            &item,
+            &route,
+            Some(operator),
+            DeliveryTrigger::Route,
+            None,
+            now,
+        )?;
+        report.imported += 1;
+        *report.landed.entry(route.stage.to_string()).or_default() += 1;
+    }
+    Ok(report)
+}
+
+fn merge(into: &mut ImportReport, chunk: ImportReport) {
+    into.imported += chunk.imported;
+    into.already_present += chunk.already_present;
+    into.differing.extend(chunk.differing);
+    for (k, v) in chunk.landed {
+        *into.landed.entry(k).or_default() += v;
+    }
+}
+
+fn merge_moves(into: &mut MoveReport, chunk: MoveReport) {
+    into.moved += chunk.moved;
+    into.deliveries += chunk.deliveries;
+    into.refused.extend(chunk.refused);
+    for (k, v) in chunk.landed {
+        *into.landed.entry(k).or_default() += v;
+    }
+}
+
+/// Moves one item (read in this transaction) along `route_for(item)`.
+#[allow(clippy::too_many_arguments)]
+fn move_one(
+    conn: &Connection,
+    wf: &Workflow,
+    revision: i64,
+    id: &ItemId,
+    expect: &Expect,
+    operator: &str,
+    trigger: DeliveryTrigger,
+    route_for: &dyn Fn(&Item) -> std::result::Result<Route, String>,
+    report: &mut MoveReport,
+) -> Result<()> {
+    let refuse = |report: &mut MoveReport, reason: String| {
+        report.refused.push(Refusal {
+            item_id: id.clone(),
+            reason,
+        })
+    };
+    let Some(item) = load_item(conn, id)? else {
+        refuse(report, format!("no item with id `{id}`"));
+        return Ok(());
+    };
+    if item.workflow != wf.id {
+        refuse(
+            report,
+            format!("item `{id}` belongs to workflow `{}`", item.workflow),
+        );
+        return Ok(());
+    }
+    if expect.stage.as_ref().is_some_and(|s| *s != item.stage)
+        || expect.version.is_some_and(|v| v != item.version)
+    {
+        refuse(
+            report,
+            format!(
+                "{}; it moved since you looked",
+                where_now(&item.id, &item.stage, item.state)
+            ),
+        );
+        return Ok(());
+    }
+    let route = match route_for(&item) {
+        Ok(r) => r,
+        Err(reason) => {
+            refuse(report, reason);
+            return Ok(());
+        }
+    };
+    let now = now_ms();
+    let created = apply_route(
+        conn,
+        wf,
+        revision,
+        &item,
+        &route,
+        Some(operator),
+        trigger,
+        None,
+        now,
+    )?;
+    report.moved += 1;
+    report.deliveries += created.is_some() as i64;
+    *report.landed.entry(route.stage.to_string()).or_default() += 1;
+    Ok(())
+}
+
+/// Moves every item of `from` into `to` in the caller's transaction (used by `workflow apply`
+/// when a removed stage still holds items).
+pub(crate) fn move_stage_items(
+    conn: &Connection,
+    wf: &Workflow,
+    revision: i64,
+    from: &StageId,
+    to: &StageId,
+    operator: &str,
+) -> Result<i64> {
+    let ids: Vec<String> = conn
+        .prepare_cached("SELECT id FROM items WHERE workflow_id = ?1 AND stage_id = ?2 ORDER BY seq")?
+        .query_map([wf.id.as_str(), from.as_str()], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut report = MoveReport::default();
+    for id in ids {
+        move_one(
+            conn,
+            wf,
+            revision,
+            &ItemId(id),
+            &Expect::default(),
+            operator,
+            DeliveryTrigger::Assign,
+            &|item| engine::enter(wf, item, to, HistoryCause::Assign).map_err(|e| e.to_string()),
+            &mut report,
+        )?;
+    }
+    Ok(report.moved)
+}
+
+impl Store {
+    /// Imports parsed items into a workflow's dataset stage, in chunks. Items whose id is
+    /// present are skipped (counted, never overwritten). On failure, what was committed stays
+    /// and the error says how far the import got; running it again imports only the rest.
+    pub fn import_items(
+        &self,
+        workflow: &WorkflowId,
+        items: Vec<NewItem>,
+        default_dataset: Option<DatasetRef>,
+        operator: &str,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> std::result::Result<ImportReport, ImportInterrupted> {
+        let total = items.len();
+        let mut report = ImportReport::default();
+        let interrupted = |done, report: &ImportReport, source| ImportInterrupted {
+            done,
+            total,
+            report: report.clone(),
+            source,
+        };
+        if let Err(e) = self.ensure_writable("import") {
+            return Err(interrupted(0, &report, e));
+        }
+        // Every line is checked against other workflows before anything is written.
+        if let Err(e) = self.check_import_ids(workflow, &items) {
+            return Err(interrupted(0, &report, e));
+        }
+        let default_dataset = default_dataset.unwrap_or_else(|| DatasetRef {
+            name: workflow.to_string(),
+            slug: workflow.to_string(),
+        });
+        let mut done = 0;
+        let mut chunks = items.into_iter().peekable();
+        while chunks.peek().is_some() {
+            let chunk: Vec<NewItem> = chunks.by_ref().take(IMPORT_CHUNK).collect();
+            let n = chunk.len();
+            let (wf, ds, op) = (workflow.clone(), default_dataset.clone(), operator.to_string());
+            match self.write("import", move |c| import_chunk(c, &wf, &chunk, &ds, &op)) {
+                Ok(r) => merge(&mut report, r),
+                Err(e) => return Err(interrupted(done, &report, e)),
+            }
+            done += n;
+            progress(done, total);
+        }
+        let (wf, op, n) = (workflow.clone(), operator.to_string(), report.imported);
+        let _ = self.write("import", move |c| {
+            audit(c, &op, "import", &format!("workflow {wf}"), None, n)
+        });
+        Ok(report)
+    }
+
+    fn check_import_ids(&self, workflow: &WorkflowId, items: &[NewItem]) -> Result<()> {
+        self.read(|c| {
+            current_spec(c, workflow)?;
+            let mut q = c.prepare_cached("SELECT workflow_id FROM items WHERE id = ?1")?;
+            let mut problems = Vec::new();
+            for new in items {
+                let other: Option<String> =
+                    q.query_row([new.id.as_str()], |r| r.get(0)).optional()?;
+                if let Some(other) = other
+                    && other != workflow.as_str()
+                {
+                    problems.push(format!(
+                        "line {}: item id `{}` already exists in workflow `{other}`",
+                        new.line, new.id
+                    ));
+                }
+            }
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(StoreError::Invalid(problems.join("\n")))
+            }
+        })
+    }
+
+    /// Assigns items to a stage by hand (design §1): the items named, or every item of a stage.
+    /// Automated stages run at once; entering a webhook stage creates its delivery.
+    pub fn assign(
+        &self,
+        workflow: &WorkflowId,
+        to: &StageId,
+        target: &AssignTarget,
+        expect_stage: Option<&StageId>,
+        operator: &str,
+    ) -> Result<MoveReport> {
+        self.ensure_writable("assign")?;
+        let spec = self.workflow_spec(workflow)?;
+        if spec.stage(to).is_none() {
+            return Err(StoreError::NotFound {
+                what: "stage",
+                id: format!("{workflow}/{to}"),
+            });
+        }
+        let mut report = MoveReport::default();
+        let (filter, count_target) = match target {
+            AssignTarget::Items(ids) => {
+                for chunk in ids.chunks(MOVE_CHUNK) {
+                    let (wf, to, op) = (workflow.clone(), to.clone(), operator.to_string());
+                    let ids = chunk.to_vec();
+                    let expect = Expect {
+                        stage: expect_stage.cloned(),
+                        version: None,
+                    };
+                    let r = self.write("assign", move |c| {
+                        let (spec, rev) = current_spec(c, &wf)?;
+                        let mut r = MoveReport::default();
+                        for id in &ids {
+                            move_one(
+                                c,
+                                &spec,
+                                rev,
+                                id,
+                                &expect,
+                                &op,
+                                DeliveryTrigger::Assign,
+                                &|item| {
+                                    engine::enter(&spec, item, &to, HistoryCause::Assign)
+                                        .map_err(|e| e.to_string())
+                                },
+                                &mut r,
+                            )?;
+                        }
+                        Ok(r)
+                    })?;
+                    merge_moves(&mut report, r);
+                }
+                (None, ids.len().to_string())
+            }
+            AssignTarget::FromStage { stage, limit } => {
+                if spec.stage(stage).is_none() {
+                    return Err(StoreError::NotFound {
+                        what: "stage",
+                        id: format!("{workflow}/{stage}"),
+                    });
+                }
+                if stage == to {
+                    return Err(StoreError::Invalid(format!(
+                        "the items are already in stage `{to}`; name them one by one to re-enter it"
+                    )));
+                }
+                let mut after = 0i64;
+                let mut left = limit.unwrap_or(usize::MAX);
+                while left > 0 {
+                    let take = left.min(MOVE_CHUNK);
+                    let (wf, from, to, op) =
+                        (workflow.clone(), stage.clone(), to.clone(), operator.to_string());
+                    let (r, last, n) = self.write("assign", move |c| {
+                        let (spec, rev) = current_spec(c, &wf)?;
+                        let batch: Vec<(i64, String)> = c
+                            .prepare_cached(
+                                "SELECT seq, id FROM items WHERE workflow_id = ?1 AND stage_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+                            )?
+                            .query_map(params![wf.as_str(), from.as_str(), after, take as i64], |r| {
+                                Ok((r.get(0)?, r.get(1)?))
+                            })?
+                            .collect::<rusqlite::Result<_>>()?;
+                        let mut r = MoveReport::default();
+                        let expect = Expect { stage: Some(from.clone()), version: None };
+                        for (_, id) in &batch {
+                            move_one(c, &spec, rev, &ItemId(id.clone()), &expect, &op, DeliveryTrigger::Assign,
+                                &|item| engine::enter(&spec, item, &to, HistoryCause::Assign).map_err(|e| e.to_string()),
+                                &mut r)?;
+                        }
+                        Ok((r, batch.last().map(|b| b.0), batch.len()))
+                    })?;
+                    merge_moves(&mut report, r);
+                    match last {
+                        Some(seq) if n == take => {
+                            after = seq;
+                            left -= n;
+                        }
+                        _ => break,
+                    }
+                }
+                (Some(format!("from stage {stage}")), "bulk".to_string())
+            }
+        };
+        let (wf, to, op, n) = (workflow.clone(), to.clone(), operator.to_string(), report.moved);
+        let _ = count_target;
+        self.write("assign", move |c| {
+            audit(
+                c,
+                &op,
+                "assign",
+                &format!("stage {wf}/{to}"),
+                filter.as_deref(),
+                n,
+            )
+        })?;
+        Ok(report)
+    }
+
+    /// Completes the items' current annotate (or dataset) stage, or decides their review.
+    pub fn advance(
+        &self,
+        ids: &[ItemId],
+        outcome: Option<Outcome>,
+        expect: &Expect,
+        operator: &str,
+    ) -> Result<MoveReport> {
+        self.ensure_writable("advance")?;
+        let mut report = MoveReport::default();
+        for chunk in ids.chunks(MOVE_CHUNK) {
+            let ids = chunk.to_vec();
+            let (expect, op) = (expect.clone(), operator.to_string());
+            let r = self.write("advance", move |c| {
+                let mut r = MoveReport::default();
+                let mut specs: HashMap<WorkflowId, (std::sync::Arc<Workflow>, i64)> =
+                    HashMap::new();
+                for id in &ids {
+                    let Some(item) = load_item(c, id)? else {
+                        r.refused.push(Refusal {
+                            item_id: id.clone(),
+                            reason: format!("no item with id `{id}`"),
+                        });
+                        continue;
+                    };
+                    if !specs.contains_key(&item.workflow) {
+                        let s = current_spec(c, &item.workflow)?;
+                        specs.insert(item.workflow.clone(), s);
+                    }
+                    let (spec, rev) = &specs[&item.workflow];
+                    let kind = spec.stage(&item.stage).map(|s| s.kind());
+                    let outcome = match (outcome, kind) {
+                        (Some(o), _) => o,
+                        (None, Some(crate::model::StageKind::Review)) => {
+                            r.refused.push(Refusal {
+                                item_id: id.clone(),
+                                reason: format!(
+                                    "item `{id}` is in review stage `{}`: say --outcome approve or --outcome reject",
+                                    item.stage
+                                ),
+                            });
+                            continue;
+                        }
+                        (None, _) => Outcome::Advance,
+                    };
+                    move_one(
+                        c,
+                        spec,
+                        *rev,
+                        id,
+                        &expect,
+                        &op,
+                        DeliveryTrigger::Route,
+                        &|item| engine::outcome(spec, item, outcome).map_err(|e| e.to_string()),
+                        &mut r,
+                    )?;
+                }
+                let action = match outcome {
+                    Some(Outcome::Approve) => "approve",
+                    Some(Outcome::Reject) => "reject",
+                    _ => "advance",
+                };
+                audit(c, &op, action, &format!("{} item(s)", ids.len()), None, r.moved)?;
+                Ok(r)
+            })?;
+            merge_moves(&mut report, r);
+        }
+        Ok(report)
+    }
+
+    /// One page of items matching `filter`, after `after`.
+    pub fn list_items(
+        &self,
+        filter: &ItemFilter,
+        after: Option<&ItemCursor>,
+        limit: usize,
+    ) -> Result<Vec<ItemRow>> {
+        self.read(|c| {
+            let (sql, args) = item_query(filter, after, Some(limit));
+            let mut s = c.prepare_cached(&sql)?;
+            let rows = s
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                    let key: rusqlite::types::Value = r.get(9)?;
+                    let key = match key {
+                        rusqlite::types::Value::Integer(i) => i.to_string(),
+                        rusqlite::types::Value::Text(t) => t,
+                        _ => String::new(),
+                    };
+                    Ok(ItemRow {
+                        id: ItemId(r.get(0)?),
+                        name: r.get(1)?,
+                        workflow: WorkflowId(r.get(2)?),
+                        stage: StageId(r.get(3)?),
+                        state: enum_col(r, 4)?,
+                        version: r.get(5)?,
+                        tags: json_col(r, 6)?,
+                        entered_at: to_time(r.get(7)?),
+                        updated_at: to_time(r.get(8)?),
+                        cursor: ItemCursor {
+                            key,
+                            seq: r.get(10)?,
+                        },
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// How many items match `filter` (a full count: for the CLI's "N more" line, not frames).
+    pub fn count_items(&self, filter: &ItemFilter) -> Result<i64> {
+        self.read(|c| {
+            let (sql, args) = item_query(filter, None, None);
+            let sql = format!("SELECT COUNT(*) FROM ({sql})");
+            Ok(c.query_row(&sql, rusqlite::params_from_iter(args.iter()), |r| {
+                r.get(0)
+            })?)
+        })
+    }
+
+    pub fn item(&self, id: &ItemId) -> Result<Item> {
+        self.read(|c| load_item(c, id))?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "item",
+                id: id.to_string(),
+            })
+    }
+
+    /// The item with its full history and its deliveries, newest delivery first.
+    pub fn item_detail(&self, id: &ItemId) -> Result<ItemDetail> {
+        self.read(|c| {
+            let item = load_item(c, id)?.ok_or_else(|| StoreError::NotFound {
+                what: "item",
+                id: id.to_string(),
+            })?;
+            let history = c
+                .prepare_cached(
+                    "SELECT at, from_stage, to_stage, cause, operator, revision, delivery_id
+                     FROM history WHERE item_id = ?1 ORDER BY seq",
+                )?
+                .query_map([id.as_str()], |r| {
+                    Ok(HistoryEntry {
+                        at: to_time(r.get(0)?),
+                        from: r.get::<_, Option<String>>(1)?.map(StageId),
+                        to: StageId(r.get(2)?),
+                        cause: enum_col(r, 3)?,
+                        operator: r.get(4)?,
+                        revision: r.get(5)?,
+                        delivery_id: r.get::<_, Option<String>>(6)?.map(DeliveryId),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let deliveries = super::deliveries::deliveries_of_item(c, id)?;
+            Ok(ItemDetail {
+                item,
+                history,
+                deliveries,
+            })
+        })
+    }
+}
+
+/// Builds the list query: returns SQL selecting (id, name, workflow, stage, state, version,
+/// tags, entered_at, updated_at, sort key, seq) and its arguments.
+fn item_query(
+    filter: &ItemFilter,
+    after: Option<&ItemCursor>,
+    limit: Option<usize>,
+) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut wh = Vec::new();
+    let mut args: Vec<Value> = Vec::new();
+    if let Some(w) = &filter.workflow {
+        args.push(Value::Text(w.to_string()));
+        wh.push(format!("workflow_id = ?{}", args.len()));
+    }
+    if let Some(s) = &filter.stage {
+        args.push(Value::Text(s.to_string()));
+        wh.push(format!("stage_id = ?{}", args.len()));
+    }
+    if let Some(s) = filter.state {
+        args.push(Value::Text(s.as_str().to_string()));
+        wh.push(format!("state = ?{}", args.len()));
+    }
+    if let Some(q) = filter.search.as_ref().filter(|q| !q.is_empty()) {
+        let escaped = q
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        args.push(Value::Text(format!("%{escaped}%")));
+        let n = args.len();
+        wh.push(format!(
+            "(name LIKE ?{n} ESCAPE '\\' OR id LIKE ?{n} ESCAPE '\\')"
+        ));
+    }
+    // Within one stage the oldest arrival comes first; across stages, import order.
+    let key = match (filter.order, filter.stage.is_some()) {
+        (ItemOrder::Name, _) => "name",
+        (ItemOrder::Waiting, true) => "entered_at",
+        (ItemOrder::Waiting, false) => "seq",
+    };
+    if let Some(c) = after {
+        let k = if key == "name" {
+            Value::Text(c.key.clone())
+        } else {
+            Value::Integer(c.key.parse().unwrap_or(0))
+        };
+        args.push(k);
+        let a = args.len();
+        args.push(Value::Integer(c.seq));
+        let b = args.len();
+        wh.push(format!("({key}, seq) > (?{a}, ?{b})"));
+    }
+    let where_sql = if wh.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", wh.join(" AND "))
+    };
+    let limit_sql = limit.map(|l| format!("LIMIT {l}")).unwrap_or_default();
+    (
+        format!(
+            "SELECT id, name, workflow_id, stage_id, state, version, tags, entered_at, updated_at, {key}, seq
+             FROM items {where_sql} ORDER BY {key}, seq {limit_sql}"
+        ),
+        args,
+    )
+}

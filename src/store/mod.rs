@@ -1,0 +1,394 @@
+//! The SQLite store: migrations, one writer, read connections, and every query.
+//!
+//! Invariants this module keeps:
+//! - Only this module speaks SQL, and no rusqlite type leaves it: the API is in domain types,
+//!   so a second backend (Postgres) can implement the same methods.
+//! - All writes of a process go through one writer thread ([`writer`]) that groups the jobs
+//!   waiting in its queue into one short `BEGIN IMMEDIATE` transaction (group commit), each job
+//!   inside its own savepoint so one failing job does not undo the others. Replies are sent only
+//!   after the commit, so nothing acts on a write that is not durable.
+//! - Every commit uses `synchronous=FULL`. Multi-row operations are chunked so no transaction
+//!   holds the write lock for long; each chunk is atomic.
+//! - Counters of items per stage and state, and of deliveries per stage and state, are kept by
+//!   triggers in the same transaction as the rows they count.
+
+mod deliveries;
+mod items;
+mod schema;
+mod workflows;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{Connection, OpenFlags};
+
+pub use deliveries::*;
+pub use items::*;
+pub use workflows::*;
+
+use crate::model::{ItemId, ItemState, StageId};
+
+/// The schema version this binary writes (the number of migrations).
+pub const SCHEMA_VERSION: i64 = schema::MIGRATIONS.len() as i64;
+
+/// What can go wrong in the store, worded for the operator at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("cannot open database {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("the database is open read-only: {action} is not allowed")]
+    ReadOnly { action: &'static str },
+    #[error("no {what} with id `{id}`")]
+    NotFound { what: &'static str, id: String },
+    #[error("{0}")]
+    Stale(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("the store's writer has stopped")]
+    WriterGone,
+}
+
+impl StoreError {
+    /// Whether this is a refusal of the operation (exit 1) rather than bad input (exit 2).
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, StoreError::Invalid(_))
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Database(format!("stored JSON is unreadable: {e}"))
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// How to open the database.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Open read-only and refuse every write.
+    pub read_only: bool,
+    /// File mode when the file is created (0600 by default; `--db-mode 0660` for a team).
+    pub create_mode: u32,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            read_only: false,
+            create_mode: 0o600,
+        }
+    }
+}
+
+/// A handle on one database file: one writer thread and a small pool of read connections.
+/// Cheap to clone; every clone shares the writer.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    read_only: bool,
+    writer: Option<writer::Writer>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Open {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating when missing, with mode `opts.create_mode`) and migrates the database.
+    pub fn open(path: &Path, opts: &OpenOptions) -> Result<Store> {
+        let exists = path.exists();
+        if opts.read_only && !exists {
+            return Err(StoreError::Open {
+                path: path.to_path_buf(),
+                message: "the file does not exist (a read-only console cannot create it)".into(),
+            });
+        }
+        if !exists {
+            create_file(path, opts.create_mode)?;
+        }
+        let conn = open_connection(path, opts.read_only)?;
+        check_is_database(&conn, path)?;
+        if opts.read_only {
+            let version = schema::user_version(&conn)?;
+            if version != SCHEMA_VERSION {
+                return Err(StoreError::Open {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "schema version {version}, this binary needs {SCHEMA_VERSION}; open it once without --read-only to migrate"
+                    ),
+                });
+            }
+        } else {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            schema::migrate(&conn).map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        }
+        let writer = if opts.read_only {
+            None
+        } else {
+            Some(writer::Writer::start(conn)?)
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                read_only: opts.read_only,
+                writer,
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    /// Refuses `action` when the store is read-only.
+    pub fn ensure_writable(&self, action: &'static str) -> Result<()> {
+        if self.inner.read_only {
+            Err(StoreError::ReadOnly { action })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs `f` on a read connection from the pool.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        let conn = {
+            let mut pool = self
+                .inner
+                .readers
+                .lock()
+                .map_err(|_| StoreError::Database("reader pool poisoned".into()))?;
+            pool.pop()
+        };
+        let conn = match conn {
+            Some(c) => c,
+            None => open_connection(&self.inner.path, true)?,
+        };
+        let result = f(&conn);
+        if let Ok(mut pool) = self.inner.readers.lock()
+            && pool.len() < 4
+        {
+            pool.push(conn);
+        }
+        result
+    }
+
+    /// Runs `f` inside the writer's current transaction (in its own savepoint) and waits for
+    /// the commit. Refused when read-only.
+    pub(crate) fn write<R: Send + 'static>(
+        &self,
+        action: &'static str,
+        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        self.ensure_writable(action)?;
+        match &self.inner.writer {
+            Some(w) => w.run(f),
+            None => Err(StoreError::ReadOnly { action }),
+        }
+    }
+
+    /// Like [`Store::write`], for async callers (the dispatcher): awaits the commit.
+    pub(crate) async fn write_async<R: Send + 'static>(
+        &self,
+        action: &'static str,
+        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        self.ensure_writable(action)?;
+        match &self.inner.writer {
+            Some(w) => w.run_async(f).await,
+            None => Err(StoreError::ReadOnly { action }),
+        }
+    }
+
+    /// A receiver that changes after every commit of this process's writer.
+    pub fn commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.writer.as_ref().map(|w| w.subscribe())
+    }
+
+    /// SQLite's `data_version` on a read connection: changes when another connection or
+    /// process commits. Cheap; the dispatcher and console poll it for cross-process wake-ups.
+    pub fn data_version(&self) -> Result<i64> {
+        self.read(|c| Ok(c.query_row("PRAGMA data_version", [], |r| r.get(0))?))
+    }
+
+    /// The schema version stored in the file.
+    pub fn schema_version(&self) -> Result<i64> {
+        self.read(|c| schema::user_version(c))
+    }
+}
+
+fn create_file(path: &Path, mode: u32) -> Result<()> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            message: format!("cannot create directory {}: {e}", dir.display()),
+        })?;
+    }
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(mode);
+    }
+    let f = o.open(path).map_err(|e| StoreError::Open {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    // The umask may have removed bits the operator asked for (0660): set them explicitly.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+    }
+    Ok(())
+}
+
+/// Refuses a file that is not an SQLite database, or an SQLite database of another program.
+fn check_is_database(conn: &Connection, path: &Path) -> Result<()> {
+    let foreign = |message: String| StoreError::Open {
+        path: path.to_path_buf(),
+        message,
+    };
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(|e| foreign(format!("not a hookops database ({e})")))?;
+    let app_id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    if !tables.is_empty() && app_id != schema::APPLICATION_ID {
+        return Err(foreign(
+            "this SQLite file belongs to another program (it is not a hookops database)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch, the store's time unit.
+pub(crate) fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+pub(crate) fn to_time(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
+/// One row of the audit log.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    pub operator: String,
+    pub action: String,
+    pub target: String,
+    pub filter: Option<String>,
+    pub count: i64,
+}
+
+pub(crate) fn audit(
+    conn: &Connection,
+    operator: &str,
+    action: &str,
+    target: &str,
+    filter: Option<&str>,
+    count: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO audit (at, operator, action, target, filter, count) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(rusqlite::params![now_ms(), operator, action, target, filter, count])?;
+    Ok(())
+}
+
+impl Store {
+    /// The newest audit rows, newest first.
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.read(|c| {
+            let mut s = c.prepare(
+                "SELECT at, operator, action, target, filter, count FROM audit ORDER BY seq DESC LIMIT ?1",
+            )?;
+            let rows = s
+                .query_map([limit as i64], |r| {
+                    Ok(AuditEntry {
+                        at: to_time(r.get(0)?),
+                        operator: r.get(1)?,
+                        action: r.get(2)?,
+                        target: r.get(3)?,
+                        filter: r.get(4)?,
+                        count: r.get(5)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Records an audit row on its own (for actions whose effect is elsewhere, like `test`).
+    pub fn record_audit(
+        &self,
+        operator: &str,
+        action: &'static str,
+        target: String,
+        count: i64,
+    ) -> Result<()> {
+        let op = operator.to_string();
+        self.write("audit", move |c| audit(c, &op, action, &target, None, count))
+    }
+}
+
+/// Says where an item is now, for refusals of stale actions.
+pub(crate) fn where_now(id: &ItemId, stage: &StageId, state: ItemState) -> String {
+    format!("item `{id}` is now in stage `{stage}` ({state})")
+}

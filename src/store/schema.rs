@@ -1,0 +1,298 @@
+//! Numbered schema migrations, applied in order and recorded in `PRAGMA user_version`.
+//!
+//! A migration is never edited once released: a change is a new entry at the end. Every
+//! migration runs in its own transaction, so a crash mid-migration leaves the previous version.
+
+use rusqlite::Connection;
+
+/// Marks the file as a hookops database (`PRAGMA application_id`, "HOOK").
+pub(super) const APPLICATION_ID: i64 = 0x484F_4F4B;
+
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: the whole first schema.
+    r#"
+CREATE TABLE workflows (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    team        TEXT NOT NULL,
+    revision    INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+
+-- Each apply that changes something is a numbered revision; the spec is the validated
+-- workflow as JSON, with expanded secrets (the file is 0600).
+CREATE TABLE workflow_revisions (
+    workflow_id TEXT NOT NULL REFERENCES workflows(id),
+    revision    INTEGER NOT NULL,
+    spec        TEXT NOT NULL,
+    applied_at  INTEGER NOT NULL,
+    operator    TEXT NOT NULL,
+    PRIMARY KEY (workflow_id, revision)
+);
+
+-- Stages are retired, never deleted, so history and deliveries keep their references.
+CREATE TABLE stages (
+    seq                  INTEGER PRIMARY KEY,
+    workflow_id          TEXT NOT NULL REFERENCES workflows(id),
+    id                   TEXT NOT NULL,
+    name                 TEXT NOT NULL,
+    kind                 TEXT NOT NULL,
+    position             INTEGER NOT NULL,
+    retired_at           INTEGER,
+    paused               INTEGER NOT NULL DEFAULT 0,
+    paused_reason        TEXT,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX stages_live ON stages(workflow_id, id) WHERE retired_at IS NULL;
+
+CREATE TABLE items (
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT NOT NULL UNIQUE,
+    workflow_id TEXT NOT NULL REFERENCES workflows(id),
+    stage_id    TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    dataset_name TEXT NOT NULL,
+    dataset_slug TEXT NOT NULL,
+    tags        TEXT NOT NULL,
+    properties  TEXT NOT NULL,
+    slots       TEXT NOT NULL,
+    annotations TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    entered_at  INTEGER NOT NULL
+);
+-- Oldest first within a stage (longest waiting on top), keyset-paged.
+CREATE INDEX items_by_stage ON items(workflow_id, stage_id, entered_at, seq);
+CREATE INDEX items_by_state ON items(workflow_id, state, seq);
+CREATE INDEX items_by_name ON items(workflow_id, name, seq);
+
+CREATE TABLE history (
+    seq         INTEGER PRIMARY KEY,
+    item_id     TEXT NOT NULL,
+    workflow_id TEXT NOT NULL,
+    from_stage  TEXT,
+    to_stage    TEXT NOT NULL,
+    cause       TEXT NOT NULL,
+    operator    TEXT,
+    revision    INTEGER NOT NULL,
+    delivery_id TEXT,
+    at          INTEGER NOT NULL
+);
+CREATE INDEX history_by_item ON history(item_id, seq);
+
+CREATE TABLE deliveries (
+    seq             INTEGER PRIMARY KEY,
+    id              TEXT NOT NULL UNIQUE,
+    workflow_id     TEXT NOT NULL,
+    stage_id        TEXT NOT NULL,
+    item_id         TEXT,
+    event           TEXT NOT NULL,
+    trigger         TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    body            BLOB NOT NULL,
+    item_version    INTEGER,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_number     INTEGER NOT NULL DEFAULT 1,
+    next_attempt_at INTEGER,
+    lease_token     TEXT,
+    lease_until     INTEGER,
+    lease_owner     TEXT,
+    lease_number    INTEGER,
+    refire_of       TEXT,
+    cancel_reason   TEXT,
+    cancelled_by    TEXT,
+    last_status     INTEGER,
+    last_error_kind TEXT,
+    last_attempt_at INTEGER,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX deliveries_due ON deliveries(next_attempt_at)
+    WHERE state IN ('pending', 'retry_scheduled');
+CREATE INDEX deliveries_leased ON deliveries(lease_until) WHERE state = 'in_flight';
+CREATE INDEX deliveries_by_item ON deliveries(item_id, seq);
+CREATE INDEX deliveries_by_state ON deliveries(state, seq);
+CREATE INDEX deliveries_by_stage ON deliveries(workflow_id, stage_id, state, seq);
+
+CREATE TABLE attempts (
+    seq              INTEGER PRIMARY KEY,
+    delivery_id      TEXT NOT NULL,
+    number           INTEGER NOT NULL,
+    trigger          TEXT NOT NULL,
+    counted          INTEGER NOT NULL,
+    started_at       INTEGER NOT NULL,
+    duration_ms      INTEGER,
+    url              TEXT NOT NULL,
+    request_headers  TEXT NOT NULL,
+    status           INTEGER,
+    response_headers TEXT,
+    response_body    BLOB,
+    error_kind       TEXT,
+    error_message    TEXT,
+    UNIQUE (delivery_id, number)
+);
+
+CREATE TABLE audit (
+    seq      INTEGER PRIMARY KEY,
+    at       INTEGER NOT NULL,
+    operator TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    target   TEXT NOT NULL,
+    filter   TEXT,
+    count    INTEGER NOT NULL
+);
+
+CREATE TABLE dispatchers (
+    id            TEXT PRIMARY KEY,
+    pid           INTEGER NOT NULL,
+    host          TEXT NOT NULL,
+    process_start TEXT NOT NULL,
+    started_at    INTEGER NOT NULL,
+    last_beat     INTEGER NOT NULL,
+    concurrency   INTEGER NOT NULL
+);
+
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+-- Counters kept by triggers in the same transaction as the rows they count, so headers and
+-- stage lists never run COUNT(*) over millions of rows.
+CREATE TABLE item_counts (
+    workflow_id TEXT NOT NULL,
+    stage_id    TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    n           INTEGER NOT NULL,
+    PRIMARY KEY (workflow_id, stage_id, state)
+) WITHOUT ROWID;
+
+CREATE TABLE delivery_counts (
+    workflow_id TEXT NOT NULL,
+    stage_id    TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    n           INTEGER NOT NULL,
+    PRIMARY KEY (workflow_id, stage_id, state)
+) WITHOUT ROWID;
+
+CREATE TRIGGER items_count_insert AFTER INSERT ON items BEGIN
+    INSERT INTO item_counts (workflow_id, stage_id, state, n)
+    VALUES (NEW.workflow_id, NEW.stage_id, NEW.state, 1)
+    ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER items_count_update AFTER UPDATE OF stage_id, state ON items
+WHEN OLD.stage_id IS NOT NEW.stage_id OR OLD.state IS NOT NEW.state BEGIN
+    UPDATE item_counts SET n = n - 1
+    WHERE workflow_id = OLD.workflow_id AND stage_id = OLD.stage_id AND state = OLD.state;
+    INSERT INTO item_counts (workflow_id, stage_id, state, n)
+    VALUES (NEW.workflow_id, NEW.stage_id, NEW.state, 1)
+    ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER items_count_delete AFTER DELETE ON items BEGIN
+    UPDATE item_counts SET n = n - 1
+    WHERE workflow_id = OLD.workflow_id AND stage_id = OLD.stage_id AND state = OLD.state;
+END;
+
+CREATE TRIGGER deliveries_count_insert AFTER INSERT ON deliveries BEGIN
+    INSERT INTO delivery_counts (workflow_id, stage_id, state, n)
+    VALUES (NEW.workflow_id, NEW.stage_id, NEW.state, 1)
+    ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER deliveries_count_update AFTER UPDATE OF state ON deliveries
+WHEN OLD.state IS NOT NEW.state BEGIN
+    UPDATE delivery_counts SET n = n - 1
+    WHERE workflow_id = OLD.workflow_id AND stage_id = OLD.stage_id AND state = OLD.state;
+    INSERT INTO delivery_counts (workflow_id, stage_id, state, n)
+    VALUES (NEW.workflow_id, NEW.stage_id, NEW.state, 1)
+    ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER deliveries_count_delete AFTER DELETE ON deliveries BEGIN
+    UPDATE delivery_counts SET n = n - 1
+    WHERE workflow_id = OLD.workflow_id AND stage_id = OLD.stage_id AND state = OLD.state;
+END;
+"#,
+];
+
+pub(super) fn user_version(conn: &Connection) -> super::Result<i64> {
+    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+}
+
+/// Brings the file up to [`MIGRATIONS`]`.len()`; refuses a file newer than this binary.
+pub(super) fn migrate(conn: &Connection) -> Result<(), String> {
+    let current = user_version(conn).map_err(|e| e.to_string())?;
+    let latest = MIGRATIONS.len() as i64;
+    if current > latest {
+        return Err(format!(
+            "schema version {current} is newer than this binary understands ({latest}); upgrade hookops"
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i64 + 1;
+        let script = format!(
+            "BEGIN IMMEDIATE;\n{sql}\nPRAGMA application_id = {APPLICATION_ID};\nPRAGMA user_version = {version};\nCOMMIT;"
+        );
+        if let Err(e) = conn.execute_batch(&script) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(format!("migration {version} failed: {e}"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_from_every_earlier_version() {
+        for start in 0..MIGRATIONS.len() {
+            let conn = Connection::open_in_memory().unwrap();
+            for sql in &MIGRATIONS[..start] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", start as i64)
+                .unwrap();
+            migrate(&conn).unwrap();
+            assert_eq!(user_version(&conn).unwrap(), MIGRATIONS.len() as i64);
+            // Idempotent: a second run changes nothing.
+            migrate(&conn).unwrap();
+        }
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", 999).unwrap();
+        let err = migrate(&conn).unwrap_err();
+        assert!(err.contains("newer"), "{err}");
+    }
+
+    #[test]
+    fn counters_follow_rows() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        conn.execute_batch(
+            "INSERT INTO workflows VALUES ('w','W','t',1,0,0);
+             INSERT INTO items (id, workflow_id, stage_id, state, name, path, dataset_name, dataset_slug, tags, properties, slots, annotations, fingerprint, version, created_at, updated_at, entered_at)
+               VALUES ('a','w','s1','waiting','a','/','d','d','[]','{}','[]','[]','',1,0,0,0),
+                      ('b','w','s1','waiting','b','/','d','d','[]','{}','[]','[]','',1,0,0,0);
+             UPDATE items SET stage_id = 's2', state = 'active' WHERE id = 'a';",
+        )
+        .unwrap();
+        let n = |stage: &str, state: &str| -> i64 {
+            conn.query_row(
+                "SELECT COALESCE(SUM(n), 0) FROM item_counts WHERE stage_id = ?1 AND state = ?2",
+                [stage, state],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(n("s1", "waiting"), 1);
+        assert_eq!(n("s2", "active"), 1);
+    }
+}

@@ -1,0 +1,488 @@
+//! Workflows, their revisions and stages: apply, list, show, pause and resume.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use super::{Result, Store, StoreError, audit, now_ms, to_time};
+use crate::model::{ItemState, StageId, StageKind, WorkflowId};
+use crate::workflow::Workflow;
+
+/// What `workflow apply` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ApplyReport {
+    pub workflow: WorkflowId,
+    pub revision: i64,
+    /// True when the file matched the current revision and nothing was written.
+    pub unchanged: bool,
+    pub created: bool,
+    pub added_stages: Vec<StageId>,
+    pub retired_stages: Vec<StageId>,
+    pub changed_stages: Vec<StageId>,
+    /// Items moved out of removed stages, per `(from, to)`.
+    pub moved: Vec<(StageId, StageId, i64)>,
+}
+
+/// A stage as listed by `workflow show` and the console: config, pause state and counts.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageSummary {
+    pub id: StageId,
+    pub name: String,
+    pub kind: StageKind,
+    /// Outgoing edges, as `label -> stage`.
+    pub edges: Vec<(String, StageId)>,
+    pub items: i64,
+    pub waiting: i64,
+    pub active: i64,
+    pub in_delivery: i64,
+    pub failed: i64,
+    pub done: i64,
+    pub paused: bool,
+    pub paused_reason: Option<String>,
+    /// Deliveries of this stage per state.
+    pub deliveries: BTreeMap<String, i64>,
+    /// Dataset stage whose `next` is automated: its waiting items need an operator.
+    pub needs_assignment: bool,
+}
+
+/// A workflow as listed: id, names, revision and item totals.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkflowSummary {
+    pub id: WorkflowId,
+    pub name: String,
+    pub team: String,
+    pub revision: i64,
+    pub stages: i64,
+    pub items: i64,
+    pub waiting: i64,
+    pub in_delivery: i64,
+    pub failed: i64,
+    pub done: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `workflow show`: the summary plus every live stage.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkflowDetail {
+    #[serde(flatten)]
+    pub summary: WorkflowSummary,
+    pub stage_list: Vec<StageSummary>,
+}
+
+/// Where to move the items of stages that an apply removes.
+pub type MoveMap = Vec<(StageId, StageId)>;
+
+/// Parsed workflow specs, keyed by their stored JSON text (a revision never changes, so the
+/// text identifies the spec exactly, across databases too).
+fn spec_cache() -> &'static Mutex<HashMap<String, Arc<Workflow>>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Workflow>>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+fn parse_spec(text: String) -> Result<Arc<Workflow>> {
+    if let Ok(cache) = spec_cache().lock()
+        && let Some(wf) = cache.get(&text)
+    {
+        return Ok(wf.clone());
+    }
+    let wf = Arc::new(serde_json::from_str::<Workflow>(&text)?);
+    if let Ok(mut cache) = spec_cache().lock() {
+        if cache.len() > 256 {
+            cache.clear();
+        }
+        cache.insert(text, wf.clone());
+    }
+    Ok(wf)
+}
+
+/// The current spec and revision of a workflow.
+pub(crate) fn current_spec(conn: &Connection, id: &WorkflowId) -> Result<(Arc<Workflow>, i64)> {
+    let row: Option<(String, i64)> = conn
+        .prepare_cached(
+            "SELECT r.spec, w.revision FROM workflows w
+             JOIN workflow_revisions r ON r.workflow_id = w.id AND r.revision = w.revision
+             WHERE w.id = ?1",
+        )?
+        .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match row {
+        Some((text, rev)) => Ok((parse_spec(text)?, rev)),
+        None => Err(StoreError::NotFound {
+            what: "workflow",
+            id: id.to_string(),
+        }),
+    }
+}
+
+fn stage_item_count(conn: &Connection, wf: &WorkflowId, stage: &StageId) -> Result<i64> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COALESCE(SUM(n), 0) FROM item_counts WHERE workflow_id = ?1 AND stage_id = ?2",
+        )?
+        .query_row([wf.as_str(), stage.as_str()], |r| r.get(0))?)
+}
+
+fn apply_in_tx(
+    conn: &Connection,
+    wf: &Workflow,
+    moves: &MoveMap,
+    operator: &str,
+) -> Result<ApplyReport> {
+    let now = now_ms();
+    let spec = serde_json::to_string(wf)?;
+    let existing = current_spec(conn, &wf.id);
+    let (old, old_rev) = match existing {
+        Ok((old, rev)) => (Some(old), rev),
+        Err(StoreError::NotFound { .. }) => (None, 0),
+        Err(e) => return Err(e),
+    };
+    let mut report = ApplyReport {
+        workflow: wf.id.clone(),
+        revision: old_rev,
+        unchanged: false,
+        created: old.is_none(),
+        added_stages: vec![],
+        retired_stages: vec![],
+        changed_stages: vec![],
+        moved: vec![],
+    };
+    if let Some(old) = &old
+        && **old == *wf
+    {
+        report.unchanged = true;
+        return Ok(report);
+    }
+    let revision = old_rev + 1;
+    report.revision = revision;
+
+    // Stages that go away (removed, or whose kind changed) must be empty or have a target.
+    let mut retire = Vec::new();
+    if let Some(old) = &old {
+        for s in &old.stages {
+            let replacement = wf.stage(&s.id);
+            if replacement.is_some_and(|n| n.kind() == s.kind()) {
+                if replacement.is_some_and(|n| n != s) {
+                    report.changed_stages.push(s.id.clone());
+                }
+                continue;
+            }
+            let held = stage_item_count(conn, &wf.id, &s.id)?;
+            if held > 0 {
+                let target = moves.iter().find(|(from, _)| from == &s.id).map(|(_, to)| to);
+                let why = if replacement.is_some() {
+                    "changes kind"
+                } else {
+                    "is removed"
+                };
+                match target {
+                    Some(to) if wf.stage(to).is_some() => {
+                        report.moved.push((s.id.clone(), to.clone(), held));
+                    }
+                    Some(to) => {
+                        return Err(StoreError::Invalid(format!(
+                            "cannot move items to `{to}`: it is not a stage of the new file"
+                        )));
+                    }
+                    None => {
+                        return Err(StoreError::Refused(format!(
+                            "stage `{}` {why} but holds {held} item(s); move them first or apply with `--move {}=STAGE`",
+                            s.id, s.id
+                        )));
+                    }
+                }
+            }
+            retire.push(s.id.clone());
+        }
+    }
+
+    if old.is_none() {
+        conn.execute(
+            "INSERT INTO workflows (id, name, team, revision, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            params![wf.id.as_str(), wf.name, wf.team, revision, now],
+        )?;
+    } else {
+        conn.execute(
+            "UPDATE workflows SET name = ?2, team = ?3, revision = ?4, updated_at = ?5 WHERE id = ?1",
+            params![wf.id.as_str(), wf.name, wf.team, revision, now],
+        )?;
+    }
+    conn.execute(
+        "INSERT INTO workflow_revisions (workflow_id, revision, spec, applied_at, operator) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![wf.id.as_str(), revision, spec, now, operator],
+    )?;
+    for id in &retire {
+        conn.execute(
+            "UPDATE stages SET retired_at = ?3 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
+            params![wf.id.as_str(), id.as_str(), now],
+        )?;
+        report.retired_stages.push(id.clone());
+    }
+    for (pos, s) in wf.stages.iter().enumerate() {
+        let updated = conn.execute(
+            "UPDATE stages SET name = ?3, position = ?4 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
+            params![wf.id.as_str(), s.id.as_str(), s.name, pos as i64],
+        )?;
+        if updated == 0 {
+            conn.execute(
+                "INSERT INTO stages (workflow_id, id, name, kind, position) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![wf.id.as_str(), s.id.as_str(), s.name, s.kind().as_str(), pos as i64],
+            )?;
+            if old.as_ref().is_some_and(|o| o.stage(&s.id).is_none()) || old.is_none() {
+                report.added_stages.push(s.id.clone());
+            }
+        }
+    }
+    // Items of removed stages move in the same transaction: an apply is never half done.
+    for (from, to, _) in &report.moved {
+        super::items::move_stage_items(conn, wf, revision, from, to, operator)?;
+    }
+    let target = format!("workflow {} revision {revision}", wf.id);
+    audit(conn, operator, "apply", &target, None, 1)?;
+    Ok(report)
+}
+
+/// Builds a summary row for each stage from the counter tables.
+fn stage_summaries(
+    conn: &Connection,
+    wf: &Workflow,
+) -> Result<(Vec<StageSummary>, BTreeMap<ItemState, i64>)> {
+    let mut counts: HashMap<(String, String), i64> = HashMap::new();
+    {
+        let mut s = conn.prepare_cached(
+            "SELECT stage_id, state, n FROM item_counts WHERE workflow_id = ?1 AND n != 0",
+        )?;
+        let rows = s.query_map([wf.id.as_str()], |r| {
+            Ok(((r.get::<_, String>(0)?, r.get::<_, String>(1)?), r.get(2)?))
+        })?;
+        for row in rows {
+            let (k, n) = row?;
+            counts.insert(k, n);
+        }
+    }
+    let mut dcounts: HashMap<String, BTreeMap<String, i64>> = HashMap::new();
+    {
+        let mut s = conn.prepare_cached(
+            "SELECT stage_id, state, n FROM delivery_counts WHERE workflow_id = ?1 AND n != 0",
+        )?;
+        let rows = s.query_map([wf.id.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (stage, state, n) = row?;
+            dcounts.entry(stage).or_default().insert(state, n);
+        }
+    }
+    let mut paused: HashMap<String, Option<String>> = HashMap::new();
+    {
+        let mut s = conn.prepare_cached(
+            "SELECT id, paused_reason FROM stages WHERE workflow_id = ?1 AND retired_at IS NULL AND paused = 1",
+        )?;
+        let rows = s.query_map([wf.id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        for row in rows {
+            let (id, reason) = row?;
+            paused.insert(id, reason);
+        }
+    }
+    let mut totals: BTreeMap<ItemState, i64> = BTreeMap::new();
+    let mut out = Vec::new();
+    for st in &wf.stages {
+        let get = |state: ItemState| {
+            counts
+                .get(&(st.id.to_string(), state.as_str().to_string()))
+                .copied()
+                .unwrap_or(0)
+        };
+        let per: Vec<(ItemState, i64)> = ItemState::ALL.iter().map(|s| (*s, get(*s))).collect();
+        for (s, n) in &per {
+            *totals.entry(*s).or_default() += n;
+        }
+        let needs_assignment = match &st.spec {
+            crate::workflow::StageSpec::Dataset { next } => wf
+                .stage(next)
+                .is_some_and(|n| n.kind().is_automated()),
+            _ => false,
+        };
+        out.push(StageSummary {
+            id: st.id.clone(),
+            name: st.name.clone(),
+            kind: st.kind(),
+            edges: edge_labels(st),
+            items: per.iter().map(|(_, n)| n).sum(),
+            waiting: get(ItemState::Waiting),
+            active: get(ItemState::Active),
+            in_delivery: get(ItemState::InDelivery),
+            failed: get(ItemState::Failed),
+            done: get(ItemState::Done),
+            paused: paused.contains_key(st.id.as_str()),
+            paused_reason: paused.get(st.id.as_str()).cloned().flatten(),
+            deliveries: dcounts.remove(st.id.as_str()).unwrap_or_default(),
+            needs_assignment,
+        });
+    }
+    Ok((out, totals))
+}
+
+fn edge_labels(st: &crate::workflow::Stage) -> Vec<(String, StageId)> {
+    use crate::workflow::StageSpec as S;
+    match &st.spec {
+        S::Dataset { next } | S::Annotate { next } => vec![("next".into(), next.clone())],
+        S::Review {
+            on_approve,
+            on_reject,
+        } => vec![
+            ("on_approve".into(), on_approve.clone()),
+            ("on_reject".into(), on_reject.clone()),
+        ],
+        S::Webhook(w) => {
+            let mut v = vec![("on_success".into(), w.on_success.clone())];
+            if let Some(f) = &w.on_failure {
+                v.push(("on_failure".into(), f.clone()));
+            }
+            v
+        }
+        S::Logic { rules, else_to } => {
+            let mut v: Vec<(String, StageId)> = rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("rule {}", i + 1), r.to.clone()))
+                .collect();
+            v.push(("else".into(), else_to.clone()));
+            v
+        }
+        S::Sampling { split } => split
+            .iter()
+            .map(|s| (format!("{}%", s.percent), s.to.clone()))
+            .collect(),
+        S::Complete | S::Discard => vec![],
+    }
+}
+
+fn summary_row(conn: &Connection, wf: &Workflow, revision: i64) -> Result<WorkflowDetail> {
+    let updated: i64 = conn
+        .prepare_cached("SELECT updated_at FROM workflows WHERE id = ?1")?
+        .query_row([wf.id.as_str()], |r| r.get(0))?;
+    let (stage_list, totals) = stage_summaries(conn, wf)?;
+    let t = |s: ItemState| totals.get(&s).copied().unwrap_or(0);
+    Ok(WorkflowDetail {
+        summary: WorkflowSummary {
+            id: wf.id.clone(),
+            name: wf.name.clone(),
+            team: wf.team.clone(),
+            revision,
+            stages: wf.stages.len() as i64,
+            items: totals.values().sum(),
+            waiting: t(ItemState::Waiting),
+            in_delivery: t(ItemState::InDelivery),
+            failed: t(ItemState::Failed),
+            done: t(ItemState::Done),
+            updated_at: to_time(updated),
+        },
+        stage_list,
+    })
+}
+
+impl Store {
+    /// Applies a validated workflow: idempotent, keeps items in surviving stages, retires
+    /// removed stages (refused while they hold items unless `moves` says where they go).
+    pub fn apply_workflow(
+        &self,
+        wf: &Workflow,
+        moves: &MoveMap,
+        operator: &str,
+    ) -> Result<ApplyReport> {
+        let wf = wf.clone();
+        let moves = moves.clone();
+        let operator = operator.to_string();
+        let report = self.write("workflow apply", move |conn| {
+            apply_in_tx(conn, &wf, &moves, &operator)
+        })?;
+        Ok(report)
+    }
+
+    /// The current validated spec of a workflow (with secrets: never print it raw).
+    pub fn workflow_spec(&self, id: &WorkflowId) -> Result<Arc<Workflow>> {
+        self.read(|c| current_spec(c, id).map(|(wf, _)| wf))
+    }
+
+    pub fn list_workflows(&self) -> Result<Vec<WorkflowSummary>> {
+        self.read(|c| {
+            let ids: Vec<String> = c
+                .prepare("SELECT id FROM workflows ORDER BY id")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut out = Vec::new();
+            for id in ids {
+                let (wf, rev) = current_spec(c, &WorkflowId(id))?;
+                out.push(summary_row(c, &wf, rev)?.summary);
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn workflow_detail(&self, id: &WorkflowId) -> Result<WorkflowDetail> {
+        self.read(|c| {
+            let (wf, rev) = current_spec(c, id)?;
+            summary_row(c, &wf, rev)
+        })
+    }
+
+    /// Workflows that have a live stage with this id (for `--stage` without `--workflow`).
+    pub fn workflows_with_stage(&self, stage: &StageId) -> Result<Vec<WorkflowId>> {
+        self.read(|c| {
+            let v = c
+                .prepare("SELECT workflow_id FROM stages WHERE id = ?1 AND retired_at IS NULL ORDER BY workflow_id")?
+                .query_map([stage.as_str()], |r| Ok(WorkflowId(r.get(0)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(v)
+        })
+    }
+
+    /// Pauses (`true`) or resumes a stage; resuming resets the consecutive-failure count.
+    pub fn set_paused(
+        &self,
+        wf: &WorkflowId,
+        stage: &StageId,
+        paused: bool,
+        operator: &str,
+    ) -> Result<bool> {
+        let (wf, stage, operator) = (wf.clone(), stage.clone(), operator.to_string());
+        let action = if paused { "pause" } else { "resume" };
+        self.write(action, move |c| {
+            let (spec, _) = current_spec(c, &wf)?;
+            let st = spec.stage(&stage).ok_or_else(|| StoreError::NotFound {
+                what: "stage",
+                id: format!("{wf}/{stage}"),
+            })?;
+            if st.kind() != StageKind::Webhook {
+                return Err(StoreError::Invalid(format!(
+                    "stage `{stage}` is a {} stage; only webhook stages can be paused",
+                    st.kind()
+                )));
+            }
+            let was: bool = c.query_row(
+                "SELECT paused FROM stages WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
+                [wf.as_str(), stage.as_str()],
+                |r| r.get(0),
+            )?;
+            c.execute(
+                "UPDATE stages SET paused = ?3, paused_reason = ?4, consecutive_failures = 0
+                 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
+                params![
+                    wf.as_str(),
+                    stage.as_str(),
+                    paused,
+                    paused.then(|| format!("paused by {operator}"))
+                ],
+            )?;
+            audit(c, &operator, action, &format!("stage {wf}/{stage}"), None, 1)?;
+            Ok(was != paused)
+        })
+    }
+}

@@ -1,0 +1,171 @@
+//! The one writer of a process: a thread that owns the read-write connection and runs every
+//! write job, grouping the jobs that wait in its queue into one transaction (group commit).
+//!
+//! Each job runs in its own savepoint, so a job that fails is rolled back alone. Replies go out
+//! only after `COMMIT` returned, so a caller never acts on a write that is not durable. A batch
+//! stops growing after [`BATCH_BUDGET`] so the write lock is never held long for others.
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use tokio::sync::{oneshot, watch};
+
+use super::{Result, StoreError};
+
+/// How long one group commit may keep taking queued jobs before it commits.
+const BATCH_BUDGET: Duration = Duration::from_millis(20);
+const MAX_BATCH: usize = 1024;
+/// After this long without writes the writer checkpoints the WAL.
+const IDLE_CHECKPOINT: Duration = Duration::from_millis(500);
+
+trait Job: Send {
+    fn run(&mut self, conn: &Connection);
+    fn finish(self: Box<Self>, commit: std::result::Result<(), String>);
+}
+
+struct TypedJob<R, F> {
+    f: Option<F>,
+    result: Option<Result<R>>,
+    reply: oneshot::Sender<Result<R>>,
+}
+
+impl<R, F> Job for TypedJob<R, F>
+where
+    R: Send,
+    F: FnOnce(&Connection) -> Result<R> + Send,
+{
+    fn run(&mut self, conn: &Connection) {
+        if let Some(f) = self.f.take() {
+            self.result = Some(in_savepoint(conn, f));
+        }
+    }
+
+    fn finish(self: Box<Self>, commit: std::result::Result<(), String>) {
+        let result = match (commit, self.result) {
+            (_, Some(Err(e))) => Err(e),
+            (Err(e), _) => Err(StoreError::Database(e)),
+            (Ok(()), Some(r)) => r,
+            (Ok(()), None) => Err(StoreError::Database("write job was not run".into())),
+        };
+        // The caller may have given up waiting; nothing to do then.
+        let _ = self.reply.send(result);
+    }
+}
+
+fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+    conn.execute_batch("SAVEPOINT job")?;
+    match f(conn) {
+        Ok(r) => {
+            conn.execute_batch("RELEASE job")?;
+            Ok(r)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            Err(e)
+        }
+    }
+}
+
+pub(super) struct Writer {
+    jobs: mpsc::Sender<Box<dyn Job>>,
+    commits: watch::Receiver<u64>,
+}
+
+impl Writer {
+    pub(super) fn start(conn: Connection) -> Result<Writer> {
+        let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
+        let (commit_tx, commits) = watch::channel(0u64);
+        thread::Builder::new()
+            .name("hookops-writer".into())
+            .spawn(move || writer_loop(conn, rx, commit_tx))
+            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        Ok(Writer { jobs, commits })
+    }
+
+    pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.commits.clone()
+    }
+
+    fn submit<R, F>(&self, f: F) -> Result<oneshot::Receiver<Result<R>>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = TypedJob {
+            f: Some(f),
+            result: None,
+            reply,
+        };
+        self.jobs
+            .send(Box::new(job))
+            .map_err(|_| StoreError::WriterGone)?;
+        Ok(rx)
+    }
+
+    pub(super) fn run<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let rx = self.submit(f)?;
+        // Inside a tokio runtime, blocking_recv would panic: callers there use run_async.
+        rx.blocking_recv().map_err(|_| StoreError::WriterGone)?
+    }
+
+    pub(super) async fn run_async<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let rx = self.submit(f)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, commits: watch::Sender<u64>) {
+    let mut dirty = false;
+    loop {
+        let first = match rx.recv_timeout(IDLE_CHECKPOINT) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if dirty {
+                    // PASSIVE never blocks readers or other writers; it only keeps the WAL short.
+                    let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+                    dirty = false;
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            first.finish(Err(e.to_string()));
+            continue;
+        }
+        let started = Instant::now();
+        let mut batch = vec![first];
+        batch[0].run(&conn);
+        while batch.len() < MAX_BATCH && started.elapsed() < BATCH_BUDGET {
+            match rx.try_recv() {
+                Ok(mut job) => {
+                    job.run(&conn);
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            e.to_string()
+        });
+        if commit.is_ok() {
+            dirty = true;
+            commits.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        for job in batch {
+            job.finish(commit.clone());
+        }
+    }
+}
