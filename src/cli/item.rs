@@ -1,0 +1,415 @@
+//! `hookops item import|list|show|advance` and `hookops assign`.
+
+use std::io::BufReader;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::{CliError, Global, output, require_workflow, stage_id};
+use crate::engine::Outcome;
+use crate::model::{DatasetRef, ItemId, ItemState, StageId, WorkflowId};
+use crate::store::{AssignTarget, Expect, ItemFilter, ItemOrder, MoveReport};
+
+/// Rows a listing shows unless `--limit` says otherwise (design §6).
+pub const DEFAULT_LIMIT: usize = 1000;
+
+#[derive(Debug, Subcommand)]
+pub enum ItemCommand {
+    /// Import JSON Lines: plain items or whole Darwin JSON 2.0 exports, one per line
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        workflow: String,
+        /// Dataset name for items whose line names none [default: the workflow id]
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Import the good lines even when some lines are invalid
+        #[arg(long)]
+        skip_invalid: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List items, oldest first in their stage
+    List(ListArgs),
+    /// Show an item: fields, annotations summary, history and deliveries
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Complete an item's annotate stage, or decide its review
+    Advance {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Required in a review stage
+        #[arg(long, value_enum)]
+        outcome: Option<OutcomeArg>,
+        /// Refuse items that are not in this stage (compare-and-set for scripts)
+        #[arg(long)]
+        expect_stage: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutcomeArg {
+    Approve,
+    Reject,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub workflow: Option<String>,
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// waiting, active, in_delivery, failed or done
+    #[arg(long)]
+    pub state: Option<ItemState>,
+    /// Substring of the item's name or id
+    #[arg(long)]
+    pub search: Option<String>,
+    /// Sort by name instead of waiting time
+    #[arg(long)]
+    pub by_name: bool,
+    /// At most N rows (0 = all)
+    #[arg(long, default_value_t = DEFAULT_LIMIT)]
+    pub limit: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AssignArgs {
+    #[arg(long)]
+    pub workflow: Option<String>,
+    /// The stage to assign the items to
+    #[arg(long)]
+    pub stage: String,
+    /// Move every item of this stage (oldest first)
+    #[arg(long, conflicts_with = "ids")]
+    pub from_stage: Option<String>,
+    /// With --from-stage: at most N items
+    #[arg(long, requires = "from_stage")]
+    pub limit: Option<usize>,
+    /// Refuse items that are not in this stage (compare-and-set for scripts)
+    #[arg(long, conflicts_with = "from_stage")]
+    pub expect_stage: Option<String>,
+    /// Item ids
+    pub ids: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(g: &Global, c: ItemCommand) -> Result<(), CliError> {
+    match c {
+        ItemCommand::Import {
+            file,
+            workflow,
+            dataset,
+            skip_invalid,
+            json,
+        } => import(g, file, WorkflowId::new(workflow), dataset, skip_invalid, json),
+        ItemCommand::List(a) => list(g, a),
+        ItemCommand::Show { id, json } => show(g, &ItemId::new(id), json),
+        ItemCommand::Advance {
+            ids,
+            outcome,
+            expect_stage,
+            json,
+        } => {
+            let store = g.open()?;
+            let outcome = outcome.map(|o| match o {
+                OutcomeArg::Approve => Outcome::Approve,
+                OutcomeArg::Reject => Outcome::Reject,
+            });
+            let expect = Expect {
+                stage: expect_stage.map(StageId::new),
+                version: None,
+            };
+            let ids: Vec<ItemId> = ids.into_iter().map(ItemId::new).collect();
+            let report = store.advance(&ids, outcome, &expect, &g.operator())?;
+            print_moves("advanced", &report, json)
+        }
+    }
+}
+
+fn import(
+    g: &Global,
+    file: PathBuf,
+    workflow: WorkflowId,
+    dataset: Option<String>,
+    skip_invalid: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let f = std::fs::File::open(&file)
+        .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
+    let parsed = crate::import::parse_jsonl(BufReader::new(f))
+        .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
+    if !parsed.errors.is_empty() {
+        for e in parsed.errors.iter().take(50) {
+            eprintln!("{}:{e}", file.display());
+        }
+        if parsed.errors.len() > 50 {
+            eprintln!("… and {} more invalid lines", parsed.errors.len() - 50);
+        }
+        if !skip_invalid {
+            return Err(CliError::usage(format!(
+                "{} invalid line(s) in {}; nothing was imported (fix them, or pass --skip-invalid to import the {} good lines)",
+                parsed.errors.len(),
+                file.display(),
+                parsed.items.len()
+            )));
+        }
+    }
+    let store = g.open()?;
+    let default_dataset = dataset.map(|name| DatasetRef {
+        slug: crate::import::dataset_from_name(&name)
+            .map(|d| d.slug)
+            .unwrap_or_else(|| name.clone()),
+        name,
+    });
+    let total = parsed.items.len();
+    let show_progress = total >= 50_000 && !json;
+    let report = store
+        .import_items(&workflow, parsed.items, default_dataset, &g.operator(), &mut |done, total| {
+            if show_progress && done % 100_000 < 1000 {
+                eprintln!("imported {done} of {total}");
+            }
+        })
+        .map_err(|e| {
+            let code = if e.source.is_refusal() { 1 } else { 2 };
+            CliError {
+                code,
+                message: format!(
+                    "{e}; run the same import again to add the rest (items already present are skipped)"
+                ),
+            }
+        })?;
+    for id in report.differing.iter().take(20) {
+        eprintln!("warning: item `{id}` is already present with different content; it was not changed");
+    }
+    if json {
+        output::json(&serde_json::json!({
+            "imported": report.imported,
+            "already_present": report.already_present,
+            "differing": report.differing,
+            "invalid": parsed.errors.len(),
+            "landed": report.landed,
+        }))?;
+    } else {
+        println!(
+            "imported {} item(s) into {workflow}; {} already present{}",
+            report.imported,
+            report.already_present,
+            if parsed.errors.is_empty() {
+                String::new()
+            } else {
+                format!("; {} invalid line(s) skipped", parsed.errors.len())
+            }
+        );
+        for (stage, n) in &report.landed {
+            println!("  {stage}: {n}");
+        }
+    }
+    let _ = total;
+    if !parsed.errors.is_empty() {
+        // Some lines were refused: the operation was only partly done.
+        return Err(CliError::failure(format!(
+            "{} line(s) were not imported",
+            parsed.errors.len()
+        )));
+    }
+    Ok(())
+}
+
+fn list(g: &Global, a: ListArgs) -> Result<(), CliError> {
+    let store = g.open()?;
+    let filter = ItemFilter {
+        workflow: a.workflow.map(WorkflowId::new),
+        stage: a.stage.map(StageId::new),
+        state: a.state,
+        search: a.search,
+        order: if a.by_name {
+            ItemOrder::Name
+        } else {
+            ItemOrder::Waiting
+        },
+    };
+    let limit = if a.limit == 0 { usize::MAX } else { a.limit };
+    let mut rows = Vec::new();
+    let mut cursor = None;
+    // Page through in bounded reads so even `--limit 0` never holds one huge query.
+    loop {
+        let want = (limit - rows.len()).min(5000);
+        let page = store.list_items(&filter, cursor.as_ref(), want + 1)?;
+        let more = page.len() > want;
+        cursor = page.get(want.saturating_sub(1)).map(|r| r.cursor.clone());
+        rows.extend(page.into_iter().take(want));
+        if !more || rows.len() >= limit {
+            if more {
+                let total = store.count_items(&filter)?;
+                eprintln!(
+                    "{} more item(s) match; use --limit 0 to see all",
+                    total - rows.len() as i64
+                );
+            }
+            break;
+        }
+    }
+    if a.json {
+        return output::json(&rows);
+    }
+    let mut t = output::Table::new(&["ID", "NAME", "WORKFLOW", "STAGE", "STATE", "SINCE"]);
+    for r in rows {
+        t.row(vec![
+            r.id.to_string(),
+            output::clean(&r.name),
+            r.workflow.to_string(),
+            r.stage.to_string(),
+            r.state.to_string(),
+            output::time(&r.entered_at),
+        ]);
+    }
+    t.print();
+    Ok(())
+}
+
+fn show(g: &Global, id: &ItemId, json: bool) -> Result<(), CliError> {
+    let store = g.open()?;
+    let d = store.item_detail(id)?;
+    if json {
+        return output::json(&d);
+    }
+    let it = &d.item;
+    println!("item      {}", it.id);
+    println!("name      {}", output::clean(&it.name));
+    println!("path      {}", output::clean(&it.path));
+    println!("workflow  {}", it.workflow);
+    println!("stage     {} ({})", it.stage, it.state);
+    println!("dataset   {}", output::clean(&it.dataset.name));
+    println!("version   {}", it.version);
+    if !it.tags.is_empty() {
+        println!("tags      {}", output::clean(&it.tags.join(", ")));
+    }
+    if !it.properties.is_empty() {
+        println!(
+            "properties {}",
+            output::clean(&serde_json::Value::Object(it.properties.clone()).to_string())
+        );
+    }
+    println!("slots     {}", it.slots.len());
+    println!(
+        "annotations {}",
+        annotation_summary(&it.annotations)
+    );
+    println!("\nhistory");
+    let mut t = output::Table::new(&["AT", "FROM", "TO", "CAUSE", "OPERATOR", "REV"]);
+    for h in &d.history {
+        t.row(vec![
+            output::time(&h.at),
+            h.from.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+            h.to.to_string(),
+            h.cause.to_string(),
+            h.operator.clone().unwrap_or_else(|| "-".into()),
+            h.revision.to_string(),
+        ]);
+    }
+    t.print();
+    if !d.deliveries.is_empty() {
+        println!("\ndeliveries");
+        let mut t = output::Table::new(&["ID", "STAGE", "STATE", "ATTEMPTS", "LAST", "CREATED"]);
+        for del in &d.deliveries {
+            t.row(vec![
+                del.id.to_string(),
+                del.stage.to_string(),
+                del.state.to_string(),
+                del.attempts.to_string(),
+                del.last_status
+                    .map(|s| s.to_string())
+                    .or(del.last_error_kind.map(|k| k.to_string()))
+                    .unwrap_or_else(|| "-".into()),
+                output::time(&del.created_at),
+            ]);
+        }
+        t.print();
+    }
+    Ok(())
+}
+
+/// "5 (2 bounding_box, 2 polygon, 1 tag)": counts per annotation type.
+pub fn annotation_summary(annotations: &[serde_json::Value]) -> String {
+    const TYPES: &[&str] = &[
+        "bounding_box", "polygon", "complex_polygon", "ellipse", "keypoint", "line", "skeleton",
+        "tag", "mask", "raster_layer", "cuboid", "text", "attributes",
+    ];
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for a in annotations {
+        let kind = TYPES
+            .iter()
+            .find(|t| a.get(**t).is_some())
+            .copied()
+            .unwrap_or("other");
+        *counts.entry(kind).or_default() += 1;
+    }
+    if counts.is_empty() {
+        return "0".into();
+    }
+    format!(
+        "{} ({})",
+        annotations.len(),
+        counts
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+pub fn assign(g: &Global, a: AssignArgs) -> Result<(), CliError> {
+    let workflow = require_workflow(&a.workflow, "assign")?;
+    let to = stage_id(&a.stage);
+    let target = match (&a.from_stage, a.ids.is_empty()) {
+        (Some(from), true) => AssignTarget::FromStage {
+            stage: StageId::new(from.as_str()),
+            limit: a.limit,
+        },
+        (None, false) => AssignTarget::Items(a.ids.iter().map(|i| ItemId::new(i.as_str())).collect()),
+        _ => {
+            return Err(CliError::usage(
+                "name the items to assign, or give --from-stage STAGE",
+            ));
+        }
+    };
+    let store = g.open()?;
+    let expect = a.expect_stage.map(StageId::new);
+    let report = store.assign(&workflow, &to, &target, expect.as_ref(), &g.operator())?;
+    print_moves("assigned", &report, a.json)
+}
+
+fn print_moves(verb: &str, r: &MoveReport, json: bool) -> Result<(), CliError> {
+    if json {
+        output::json(r)?;
+    } else {
+        println!("{verb} {} item(s){}", r.moved, if r.deliveries > 0 {
+            format!(", {} delivery(ies) queued", r.deliveries)
+        } else {
+            String::new()
+        });
+        for (stage, n) in &r.landed {
+            println!("  now in {stage}: {n}");
+        }
+    }
+    for refusal in &r.refused {
+        eprintln!("refused: {}", refusal.reason);
+    }
+    if !r.refused.is_empty() {
+        return Err(CliError::failure(format!(
+            "{} of {} item(s) were refused",
+            r.refused.len(),
+            r.refused.len() as i64 + r.moved
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! The command line: one clap definition, one file per subcommand.
+//!
+//! Every subcommand prints a table by default or JSON with `--json` (one array for listings,
+//! one object for `show`), writes errors to stderr as one sentence, and maps failures to exit
+//! codes: 0 ok, 1 the operation failed or was refused (wholly or in part), 2 bad usage or
+//! invalid input files.
+
+mod item;
+mod output;
+mod workflow;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::model::{StageId, WorkflowId};
+use crate::store::{OpenOptions, Store, StoreError};
+
+/// A failure worded for the operator, with its exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CliError {
+    /// The operation failed or was refused (exit 1).
+    pub fn failure(message: impl Into<String>) -> CliError {
+        CliError {
+            code: 1,
+            message: message.into(),
+        }
+    }
+
+    /// Bad usage or invalid input (exit 2).
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError {
+            code: 2,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> CliError {
+        let code = if e.is_refusal() { 1 } else { 2 };
+        CliError {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// hookops: operate annotation workflows whose stages fire webhooks.
+#[derive(Debug, Parser)]
+#[command(name = "hookops", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Database file [default: $HOOKOPS_DB, else $XDG_DATA_HOME/hookops/hookops.db]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// Name recorded in the audit log [default: $USER]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub operator: Option<String>,
+    /// Open the database read-only and refuse every action
+    #[arg(long, global = true)]
+    pub read_only: bool,
+    /// File mode of a newly created database, e.g. 0660 for a team [default: 0600]
+    #[arg(long, global = true, value_name = "MODE", env = "HOOKOPS_DB_MODE", value_parser = parse_mode)]
+    pub db_mode: Option<u32>,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("`{s}` is not an octal file mode like 0600 or 0660"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply, list and show workflows
+    #[command(subcommand)]
+    Workflow(workflow::WorkflowCommand),
+    /// Import, list, show and advance items
+    #[command(subcommand)]
+    Item(item::ItemCommand),
+    /// Assign items to a stage by hand (automated stages run at once)
+    Assign(item::AssignArgs),
+    /// Show the audit log of operator actions, newest first
+    Audit(AuditArgs),
+    /// Create a fresh demo database with the demo workflow and items
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// At most this many rows
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to create the demo database [default: a fresh file under $XDG_DATA_HOME/hookops/demo/]
+    #[arg(long, value_name = "PATH")]
+    pub demo_db: Option<PathBuf>,
+}
+
+impl Global {
+    /// The database path: `--db`, else `$HOOKOPS_DB`, else the XDG data directory.
+    pub fn db_path(&self) -> PathBuf {
+        if let Some(p) = &self.db {
+            return p.clone();
+        }
+        if let Some(p) = std::env::var_os("HOOKOPS_DB").filter(|p| !p.is_empty()) {
+            return PathBuf::from(p);
+        }
+        data_dir().join("hookops.db")
+    }
+
+    pub fn operator(&self) -> String {
+        self.operator
+            .clone()
+            .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+            .unwrap_or_else(|| "unknown".to_string())
+    }
+
+    pub fn open(&self) -> Result<Store, CliError> {
+        let opts = OpenOptions {
+            read_only: self.read_only,
+            create_mode: self.db_mode.unwrap_or(0o600),
+        };
+        Ok(Store::open(&self.db_path(), &opts)?)
+    }
+}
+
+/// `$XDG_DATA_HOME/hookops`, else `~/.local/share/hookops`.
+pub fn data_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("hookops")
+}
+
+/// Runs one command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Workflow(c) => workflow::run(g, c),
+        Command::Item(c) => item::run(g, c),
+        Command::Assign(a) => item::assign(g, a),
+        Command::Audit(a) => audit(g, a),
+        Command::Demo(a) => demo(g, a),
+    }
+}
+
+fn audit(g: &Global, a: AuditArgs) -> Result<(), CliError> {
+    let store = g.open()?;
+    let rows = store.audit_log(a.limit)?;
+    if a.json {
+        return output::json(&rows);
+    }
+    let mut t = output::Table::new(&["AT", "OPERATOR", "ACTION", "TARGET", "COUNT", "FILTER"]);
+    for r in rows {
+        t.row(vec![
+            output::time(&r.at),
+            output::clean(&r.operator),
+            r.action,
+            output::clean(&r.target),
+            r.count.to_string(),
+            r.filter.unwrap_or_default(),
+        ]);
+    }
+    t.print();
+    Ok(())
+}
+
+/// The demo's files, compiled into the binary so `hookops demo` works from anywhere.
+pub const DEMO_WORKFLOW: &str = include_str!("../../demo/workflow.toml");
+pub const DEMO_ITEMS: &str = include_str!("../../demo/items.jsonl");
+
+/// Creates a fresh demo database: applies the demo workflow and imports the demo items.
+pub fn seed_demo(path: &std::path::Path, operator: &str) -> Result<Store, CliError> {
+    let env = |name: &str| std::env::var(name).ok();
+    let wf = crate::workflow::parse("demo/workflow.toml", DEMO_WORKFLOW, &env).map_err(|errs| {
+        CliError::failure(format!(
+            "the built-in demo workflow is invalid: {}",
+            errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+        ))
+    })?;
+    let store = Store::open(path, &OpenOptions::default())?;
+    store.apply_workflow(&wf, &Vec::new(), operator)?;
+    let parsed = crate::import::parse_jsonl(DEMO_ITEMS.as_bytes())
+        .map_err(|e| CliError::failure(format!("cannot read the demo items: {e}")))?;
+    if let Some(e) = parsed.errors.first() {
+        return Err(CliError::failure(format!("the built-in demo items are invalid: {e}")));
+    }
+    store
+        .import_items(&wf.id, parsed.items, None, operator, &mut |_, _| {})
+        .map_err(|e| CliError::failure(e.to_string()))?;
+    Ok(store)
+}
+
+fn demo(g: &Global, a: DemoArgs) -> Result<(), CliError> {
+    let path = match a.demo_db.or_else(|| g.db.clone()) {
+        Some(p) => p,
+        None => {
+            let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
+            data_dir()
+                .join("demo")
+                .join(format!("demo-{stamp}-{}.db", std::process::id()))
+        }
+    };
+    if path.exists() {
+        return Err(CliError::failure(format!(
+            "{} already exists; the demo always starts from a fresh file",
+            path.display()
+        )));
+    }
+    let store = seed_demo(&path, &g.operator())?;
+    let detail = store.list_workflows()?;
+    println!("demo database: {}", path.display());
+    for w in detail {
+        println!(
+            "workflow {} ({}): {} items, {} waiting for assignment",
+            w.id, w.name, w.items, w.waiting
+        );
+    }
+    println!(
+        "try: hookops --db {} workflow show defects",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Parses `--stage` for a mutation: it needs `--workflow` (design §6).
+pub(crate) fn require_workflow(
+    workflow: &Option<String>,
+    what: &str,
+) -> Result<WorkflowId, CliError> {
+    workflow
+        .as_ref()
+        .map(|w| WorkflowId::new(w.as_str()))
+        .ok_or_else(|| CliError::usage(format!("{what} needs --workflow ID")))
+}
+
+pub(crate) fn stage_id(s: &str) -> StageId {
+    StageId::new(s)
+}

@@ -1,0 +1,242 @@
+//! `hookops workflow apply|list|show`.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::{CliError, Global, output};
+use crate::model::{StageId, WorkflowId};
+use crate::redact::Redactor;
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Validate a workflow file and apply it (idempotent; keeps items in surviving stages)
+    Apply {
+        file: PathBuf,
+        /// Move the items of a stage the file removes: --move OLD=NEW (repeatable)
+        #[arg(long = "move", value_name = "OLD=NEW")]
+        moves: Vec<String>,
+        /// Only validate the file; write nothing
+        #[arg(long)]
+        check: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List workflows with item totals
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a workflow's stages, edges, per-stage counts and pause state
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(g: &Global, c: WorkflowCommand) -> Result<(), CliError> {
+    match c {
+        WorkflowCommand::Apply {
+            file,
+            moves,
+            check,
+            json,
+        } => apply(g, file, moves, check, json),
+        WorkflowCommand::List { json } => list(g, json),
+        WorkflowCommand::Show { id, json } => show(g, &WorkflowId::new(id), json),
+    }
+}
+
+fn apply(
+    g: &Global,
+    file: PathBuf,
+    moves: Vec<String>,
+    check: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let moves = moves
+        .iter()
+        .map(|m| match m.split_once('=') {
+            Some((a, b)) if !a.is_empty() && !b.is_empty() => {
+                Ok((StageId::new(a), StageId::new(b)))
+            }
+            _ => Err(CliError::usage(format!(
+                "--move `{m}` must look like OLD_STAGE=NEW_STAGE"
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = |name: &str| std::env::var(name).ok();
+    let wf = crate::workflow::load_file(&file, &env).map_err(|e| CliError::usage(e.to_string()))?;
+    if check {
+        println!(
+            "{}: valid workflow `{}` with {} stages",
+            file.display(),
+            wf.id,
+            wf.stages.len()
+        );
+        return Ok(());
+    }
+    let store = g.open()?;
+    let report = store.apply_workflow(&wf, &moves, &g.operator())?;
+    if json {
+        return output::json(&report);
+    }
+    if report.unchanged {
+        println!(
+            "workflow {} unchanged (revision {})",
+            report.workflow, report.revision
+        );
+        return Ok(());
+    }
+    let verb = if report.created { "created" } else { "updated" };
+    println!(
+        "workflow {} {verb}: revision {}, {} stages",
+        report.workflow,
+        report.revision,
+        wf.stages.len()
+    );
+    let list = |ids: &[StageId]| {
+        ids.iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !report.created && !report.added_stages.is_empty() {
+        println!("  added: {}", list(&report.added_stages));
+    }
+    if !report.changed_stages.is_empty() {
+        println!("  changed: {}", list(&report.changed_stages));
+    }
+    if !report.retired_stages.is_empty() {
+        println!("  retired: {}", list(&report.retired_stages));
+    }
+    for (from, to, n) in &report.moved {
+        println!("  moved {n} item(s) from {from} to {to}");
+    }
+    Ok(())
+}
+
+fn list(g: &Global, json: bool) -> Result<(), CliError> {
+    let store = g.open()?;
+    let rows = store.list_workflows()?;
+    if json {
+        return output::json(&rows);
+    }
+    let mut t = output::Table::new(&[
+        "ID", "NAME", "REV", "STAGES", "ITEMS", "WAITING", "IN_DELIVERY", "FAILED", "DONE",
+    ]);
+    for w in rows {
+        t.row(vec![
+            w.id.to_string(),
+            w.name,
+            w.revision.to_string(),
+            w.stages.to_string(),
+            w.items.to_string(),
+            w.waiting.to_string(),
+            w.in_delivery.to_string(),
+            w.failed.to_string(),
+            w.done.to_string(),
+        ]);
+    }
+    t.print();
+    Ok(())
+}
+
+fn show(g: &Global, id: &WorkflowId, json: bool) -> Result<(), CliError> {
+    let store = g.open()?;
+    let detail = store.workflow_detail(id)?;
+    let spec = store.workflow_spec(id)?;
+    let redactor = Redactor::new(&spec.secrets);
+    if json {
+        let mut value = serde_json::to_value(&detail)
+            .map_err(|e| CliError::failure(format!("cannot encode JSON: {e}")))?;
+        // Webhook settings as an operator may see them: secrets masked.
+        if let Some(stages) = value.get_mut("stage_list").and_then(|v| v.as_array_mut()) {
+            for s in stages {
+                let id = s.get("id").and_then(|v| v.as_str()).map(StageId::new);
+                if let Some(w) = id.as_ref().and_then(|id| spec.stage(id)).and_then(|st| st.webhook()) {
+                    s["webhook"] = webhook_json(w, &redactor);
+                }
+            }
+        }
+        return output::json(&value);
+    }
+    let w = &detail.summary;
+    println!(
+        "{} ({}) team {} revision {}: {} items ({} waiting, {} in delivery, {} failed, {} done)",
+        w.id, w.name, w.team, w.revision, w.items, w.waiting, w.in_delivery, w.failed, w.done
+    );
+    let mut t = output::Table::new(&[
+        "STAGE", "KIND", "ITEMS", "WAITING", "ACTIVE", "IN_DELIVERY", "FAILED", "DONE", "STATUS",
+        "EDGES",
+    ]);
+    for s in &detail.stage_list {
+        let mut status = Vec::new();
+        if s.paused {
+            status.push(format!(
+                "paused ({})",
+                s.paused_reason.as_deref().unwrap_or("by an operator")
+            ));
+        }
+        if s.needs_assignment && s.waiting > 0 {
+            status.push("needs assignment".to_string());
+        }
+        t.row(vec![
+            s.id.to_string(),
+            s.kind.to_string(),
+            s.items.to_string(),
+            s.waiting.to_string(),
+            s.active.to_string(),
+            s.in_delivery.to_string(),
+            s.failed.to_string(),
+            s.done.to_string(),
+            if status.is_empty() { "-".into() } else { status.join(", ") },
+            s.edges
+                .iter()
+                .map(|(label, to)| format!("{label}→{to}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ]);
+    }
+    t.print();
+    for st in &spec.stages {
+        if let Some(w) = st.webhook() {
+            println!(
+                "{}: POST {}{}{}",
+                st.id,
+                redactor.redact(&w.url),
+                w.authorization
+                    .as_ref()
+                    .map(|a| format!("  authorization {}", crate::redact::mask(a)))
+                    .unwrap_or_default(),
+                if w.secrets.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "  signed ({})",
+                        w.secrets.iter().map(|s| crate::redact::mask(s)).collect::<Vec<_>>().join(", ")
+                    )
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A webhook stage's settings with every secret masked.
+fn webhook_json(w: &crate::workflow::WebhookConfig, r: &Redactor) -> serde_json::Value {
+    serde_json::json!({
+        "url": r.redact(&w.url),
+        "authorization": w.authorization.as_deref().map(crate::redact::mask),
+        "headers": r.headers(&w.headers),
+        "secrets": w.secrets.iter().map(|s| crate::redact::mask(s)).collect::<Vec<_>>(),
+        "include_annotations": w.include_annotations,
+        "payload": w.payload,
+        "max_attempts": w.max_attempts,
+        "timeout_ms": w.timeout.as_millis() as u64,
+        "retry_schedule_ms": w.retry_schedule.iter().map(|d| d.as_millis() as u64).collect::<Vec<_>>(),
+        "pause_after_failures": w.pause_after_failures,
+        "max_in_flight": w.max_in_flight,
+    })
+}
