@@ -254,6 +254,24 @@ impl Store {
         self.read(|c| Ok(c.query_row("PRAGMA data_version", [], |r| r.get(0))?))
     }
 
+    /// This process's writer figures: (longest transaction in µs, transactions, jobs).
+    /// Resets the maximum when `reset` is true.
+    pub fn writer_stats(&self, reset: bool) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match &self.inner.writer {
+            Some(w) => {
+                let s = w.stats();
+                let max = if reset {
+                    s.max_hold_us.swap(0, Relaxed)
+                } else {
+                    s.max_hold_us.load(Relaxed)
+                };
+                (max, s.transactions.load(Relaxed), s.jobs.load(Relaxed))
+            }
+            None => (0, 0, 0),
+        }
+    }
+
     /// The schema version stored in the file.
     pub fn schema_version(&self) -> Result<i64> {
         self.read(|c| schema::user_version(c))

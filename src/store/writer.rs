@@ -5,6 +5,8 @@
 //! only after `COMMIT` returned, so a caller never acts on a write that is not durable. A batch
 //! stops growing after [`BATCH_BUDGET`] so the write lock is never held long for others.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -71,17 +73,37 @@ fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) 
 pub(super) struct Writer {
     jobs: mpsc::Sender<Box<dyn Job>>,
     commits: watch::Receiver<u64>,
+    stats: Arc<Stats>,
+}
+
+/// Figures about the writer's transactions, for benchmarks and the console header.
+#[derive(Default)]
+pub(super) struct Stats {
+    /// Longest time from `BEGIN IMMEDIATE` to the end of `COMMIT`, in microseconds.
+    pub max_hold_us: AtomicU64,
+    pub transactions: AtomicU64,
+    pub jobs: AtomicU64,
 }
 
 impl Writer {
     pub(super) fn start(conn: Connection) -> Result<Writer> {
         let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
         let (commit_tx, commits) = watch::channel(0u64);
+        let stats = Arc::new(Stats::default());
+        let thread_stats = stats.clone();
         thread::Builder::new()
             .name("hookops-writer".into())
-            .spawn(move || writer_loop(conn, rx, commit_tx))
+            .spawn(move || writer_loop(conn, rx, commit_tx, &thread_stats))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
-        Ok(Writer { jobs, commits })
+        Ok(Writer {
+            jobs,
+            commits,
+            stats,
+        })
+    }
+
+    pub(super) fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
@@ -125,7 +147,12 @@ impl Writer {
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, commits: watch::Sender<u64>) {
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Box<dyn Job>>,
+    commits: watch::Sender<u64>,
+    stats: &Stats,
+) {
     let mut dirty = false;
     loop {
         let first = match rx.recv_timeout(IDLE_CHECKPOINT) {
@@ -160,6 +187,10 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, commits: watc
             let _ = conn.execute_batch("ROLLBACK");
             e.to_string()
         });
+        let held = started.elapsed().as_micros() as u64;
+        stats.max_hold_us.fetch_max(held, Ordering::Relaxed);
+        stats.transactions.fetch_add(1, Ordering::Relaxed);
+        stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
         if commit.is_ok() {
             dirty = true;
             commits.send_modify(|n| *n = n.wrapping_add(1));
