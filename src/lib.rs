@@ -6,6 +6,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod import;
 pub mod model;
+pub mod receiver;
 pub mod redact;
 pub mod store;
 pub mod workflow;
