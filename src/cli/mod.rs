@@ -5,8 +5,10 @@
 //! codes: 0 ok, 1 the operation failed or was refused (wholly or in part), 2 bad usage or
 //! invalid input files.
 
+mod deliveries;
 mod item;
 mod output;
+mod serve;
 mod workflow;
 
 use std::path::PathBuf;
@@ -97,6 +99,22 @@ pub enum Command {
     Assign(item::AssignArgs),
     /// Show the audit log of operator actions, newest first
     Audit(AuditArgs),
+    /// List deliveries, newest first
+    Deliveries(deliveries::ListArgs),
+    /// Show one delivery with every attempt
+    #[command(subcommand)]
+    Delivery(deliveries::DeliveryCommand),
+    /// Re-fire deliveries (the item goes back into the stage and is delivered anew), or replay them
+    Refire(deliveries::RefireArgs),
+    /// POST a sample document to a webhook stage; moves nothing
+    TestWebhook(deliveries::TestArgs),
+    /// Pause or resume a webhook stage
+    #[command(subcommand)]
+    Stage(deliveries::StageCommand),
+    /// Run the delivery engine without the console
+    Serve(serve::ServeArgs),
+    /// Run a small webhook receiver with scripted behaviour (for demos and tests)
+    Receiver(serve::ReceiverArgs),
     /// Create a fresh demo database with the demo workflow and items
     Demo(DemoArgs),
 }
@@ -163,6 +181,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Item(c) => item::run(g, c),
         Command::Assign(a) => item::assign(g, a),
         Command::Audit(a) => audit(g, a),
+        Command::Deliveries(a) => deliveries::list(g, a),
+        Command::Delivery(c) => deliveries::run(g, c),
+        Command::Refire(a) => deliveries::refire(g, a),
+        Command::TestWebhook(a) => deliveries::test_webhook(g, a),
+        Command::Stage(c) => deliveries::stage(g, c),
+        Command::Serve(a) => serve::serve(g, a),
+        Command::Receiver(a) => serve::receiver(a),
         Command::Demo(a) => demo(g, a),
     }
 }
@@ -244,6 +269,15 @@ fn demo(g: &Global, a: DemoArgs) -> Result<(), CliError> {
         path.display()
     );
     Ok(())
+}
+
+/// The async runtime for commands that talk HTTP.
+pub(crate) fn deliveries_runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failure(format!("cannot start the async runtime: {e}")))
 }
 
 /// Parses `--stage` for a mutation: it needs `--workflow` (design §6).

@@ -103,6 +103,7 @@ CREATE TABLE deliveries (
     lease_until     INTEGER,
     lease_owner     TEXT,
     lease_number    INTEGER,
+    routed_version  INTEGER,
     refire_of       TEXT,
     cancel_reason   TEXT,
     cancelled_by    TEXT,

@@ -1,0 +1,467 @@
+//! `hookops deliveries`, `delivery show`, `refire`, `test-webhook`, `stage pause|resume`.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use clap::{Args, Subcommand};
+
+use super::{CliError, Global, output, require_workflow};
+use crate::dispatch::{AttemptEvent, send_manual};
+use crate::model::{DeliveryId, DeliveryState, EventType, ItemId, StageId, WorkflowId};
+use crate::store::{DeliveryFilter, Store};
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// pending, in_flight, retry_scheduled, succeeded, failed or cancelled
+    #[arg(long)]
+    pub state: Option<DeliveryState>,
+    #[arg(long)]
+    pub stage: Option<String>,
+    #[arg(long)]
+    pub workflow: Option<String>,
+    #[arg(long)]
+    pub item: Option<String>,
+    /// stage.webhook or webhook.test
+    #[arg(long)]
+    pub event: Option<EventType>,
+    /// At most N rows, newest first (0 = all)
+    #[arg(long, default_value_t = super::item::DEFAULT_LIMIT)]
+    pub limit: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveryCommand {
+    /// Show a delivery: every attempt with request and response
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RefireArgs {
+    /// Deliveries to re-fire (or replay)
+    pub ids: Vec<String>,
+    /// Every failed delivery matching the filters (the latest of each item)
+    #[arg(long)]
+    pub failed: bool,
+    #[arg(long, requires = "failed")]
+    pub workflow: Option<String>,
+    #[arg(long, requires = "failed")]
+    pub stage: Option<String>,
+    /// Only deliveries created at or after this time (RFC 3339, or a duration like 2h ago)
+    #[arg(long, requires = "failed")]
+    pub since: Option<String>,
+    /// At most N deliveries
+    #[arg(long, requires = "failed")]
+    pub limit: Option<usize>,
+    /// Re-send the stored bytes as a manual attempt instead; the item does not move
+    #[arg(long)]
+    pub replay: bool,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub yes: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    #[arg(long)]
+    pub workflow: Option<String>,
+    #[arg(long)]
+    pub stage: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StageCommand {
+    /// Keep a webhook stage's deliveries pending until it is resumed
+    Pause(StageArgs),
+    /// Resume a paused stage (resets its failure count)
+    Resume(StageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    #[arg(long)]
+    pub workflow: Option<String>,
+    pub stage: String,
+}
+
+fn filter(
+    workflow: Option<&String>,
+    stage: Option<&String>,
+    state: Option<DeliveryState>,
+    item: Option<&String>,
+    event: Option<EventType>,
+) -> DeliveryFilter {
+    DeliveryFilter {
+        workflow: workflow.map(|w| WorkflowId::new(w.as_str())),
+        stage: stage.map(|s| StageId::new(s.as_str())),
+        state,
+        item: item.map(|i| ItemId::new(i.as_str())),
+        event,
+        since: None,
+    }
+}
+
+pub fn list(g: &Global, a: ListArgs) -> Result<(), CliError> {
+    let store = g.open()?;
+    let f = filter(
+        a.workflow.as_ref(),
+        a.stage.as_ref(),
+        a.state,
+        a.item.as_ref(),
+        a.event,
+    );
+    let limit = if a.limit == 0 { usize::MAX } else { a.limit };
+    let mut rows = Vec::new();
+    let mut after = None;
+    loop {
+        let want = (limit - rows.len()).min(5000);
+        let page = store.list_deliveries(&f, after, want + 1)?;
+        let more = page.len() > want;
+        after = page.get(want.saturating_sub(1)).map(|(_, c)| *c);
+        rows.extend(page.into_iter().take(want).map(|(d, _)| d));
+        if !more || rows.len() >= limit {
+            if more {
+                let total = store.count_deliveries(&f)?;
+                eprintln!(
+                    "{} more delivery(ies) match; use --limit 0 to see all",
+                    total - rows.len() as i64
+                );
+            }
+            break;
+        }
+    }
+    if a.json {
+        return output::json(&rows);
+    }
+    let mut t = output::Table::new(&[
+        "ID", "STAGE", "ITEM", "NAME", "STATE", "ATTEMPTS", "LAST", "EVENT", "CREATED",
+    ]);
+    for d in rows {
+        t.row(vec![
+            d.id.to_string(),
+            d.stage.to_string(),
+            d.item_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+            output::clean(d.item_name.as_deref().unwrap_or("-")),
+            d.state.to_string(),
+            d.attempts.to_string(),
+            last_result(d.last_status, d.last_error_kind),
+            d.event.to_string(),
+            output::time(&d.created_at),
+        ]);
+    }
+    t.print();
+    Ok(())
+}
+
+fn last_result(status: Option<u16>, kind: Option<crate::model::ErrorKind>) -> String {
+    match (status, kind) {
+        (Some(s), _) => s.to_string(),
+        (None, Some(k)) => k.to_string(),
+        (None, None) => "-".into(),
+    }
+}
+
+pub fn run(g: &Global, c: DeliveryCommand) -> Result<(), CliError> {
+    match c {
+        DeliveryCommand::Show { id, json } => show(g, &DeliveryId::new(id), json),
+    }
+}
+
+fn show(g: &Global, id: &DeliveryId, json: bool) -> Result<(), CliError> {
+    let store = g.open()?;
+    let d = store.delivery_detail(id)?;
+    if json {
+        return output::json(&d);
+    }
+    let s = &d.summary;
+    println!("delivery  {}", s.id);
+    println!("event     {} ({})", s.event, s.trigger);
+    println!("workflow  {}  stage {}", s.workflow, s.stage);
+    if let Some(item) = &s.item_id {
+        println!(
+            "item      {} {}",
+            item,
+            output::clean(s.item_name.as_deref().unwrap_or(""))
+        );
+    }
+    println!("state     {}  attempts {}", s.state, s.attempts);
+    if let Some(t) = s.next_attempt_at {
+        println!("next      {}", output::time(&t));
+    }
+    if let Some(r) = &s.refire_of {
+        println!("re-fires  {r}");
+    }
+    if let Some(reason) = s.cancel_reason {
+        println!(
+            "cancelled {reason} by {}",
+            d.cancelled_by.as_deref().unwrap_or("-")
+        );
+    }
+    for a in &d.attempt_log {
+        println!(
+            "\nattempt {} ({}{})  {}  {}",
+            a.number,
+            a.trigger,
+            if a.counted { "" } else { ", not counted" },
+            output::time(&a.started_at),
+            a.duration_ms.map(|d| format!("{d} ms")).unwrap_or_default()
+        );
+        println!("  POST {}", output::clean(&a.url));
+        for (k, v) in &a.request_headers {
+            println!("  > {}: {}", output::clean(k), output::clean(v));
+        }
+        match (a.status, &a.error_message) {
+            (Some(st), msg) => println!(
+                "  < {}{}",
+                crate::dispatch::classify::status_message(st),
+                msg.as_ref()
+                    .filter(|_| a.error_kind == Some(crate::model::ErrorKind::Body))
+                    .map(|m| format!(" ({})", output::clean(m)))
+                    .unwrap_or_default()
+            ),
+            (None, Some(msg)) => println!(
+                "  ✗ {}: {}",
+                a.error_kind.map(|k| k.to_string()).unwrap_or_default(),
+                output::clean(msg)
+            ),
+            (None, None) => {}
+        }
+        for (k, v) in &a.response_headers {
+            println!("  < {}: {}", output::clean(k), output::clean(v));
+        }
+        if let Some(body) = a.response_body.as_ref().filter(|b| !b.is_empty()) {
+            let excerpt: String = body.chars().take(500).collect();
+            println!("  < {}", output::clean(&excerpt));
+        }
+    }
+    println!("\nbody\n{}", serde_json::to_string_pretty(&d.body).unwrap_or_default());
+    Ok(())
+}
+
+/// Asks "Proceed? [y/N]" on the terminal; refuses without one (use --yes in scripts).
+fn confirm(question: &str) -> Result<bool, CliError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::failure(format!(
+            "{question}: refusing without a terminal to confirm on; pass --yes"
+        )));
+    }
+    eprint!("{question}. Proceed? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| CliError::failure(format!("cannot read the answer: {e}")))?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let d = s.trim().trim_end_matches("ago").trim();
+    humantime::parse_duration(d)
+        .ok()
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .map(|d| chrono::Utc::now() - d)
+        .ok_or_else(|| {
+            CliError::usage(format!(
+                "--since `{s}` is neither an RFC 3339 time nor a duration like `2h`"
+            ))
+        })
+}
+
+pub fn refire(g: &Global, a: RefireArgs) -> Result<(), CliError> {
+    let store = g.open()?;
+    let ids: Vec<DeliveryId> = if a.failed {
+        if !a.ids.is_empty() {
+            return Err(CliError::usage("give delivery ids or --failed, not both"));
+        }
+        let mut f = filter(a.workflow.as_ref(), a.stage.as_ref(), None, None, None);
+        f.since = a.since.as_deref().map(parse_since).transpose()?;
+        store.failed_deliveries(&f, a.limit)?
+    } else {
+        if a.ids.is_empty() {
+            return Err(CliError::usage(
+                "name the deliveries to re-fire, or give --failed with filters",
+            ));
+        }
+        a.ids.iter().map(|i| DeliveryId::new(i.as_str())).collect()
+    };
+    let verb = if a.replay { "replay" } else { "re-fire" };
+    if ids.is_empty() {
+        println!("nothing to {verb}: no delivery matches");
+        return Ok(());
+    }
+    store.ensure_writable(if a.replay { "replay" } else { "refire" })?;
+    if a.failed && !a.yes && !confirm(&format!("{verb} {} failed delivery(ies)", ids.len()))? {
+        return Err(CliError::failure(format!("{verb} cancelled; nothing was sent")));
+    }
+    if a.replay {
+        return replay(g, &store, ids, a.json);
+    }
+    let total = ids.len();
+    let mut report = crate::store::RefireReport::default();
+    for (i, chunk) in ids.chunks(5000).enumerate() {
+        let r = store.refire(chunk, &g.operator())?;
+        report.refired += r.refired;
+        report.created.extend(r.created);
+        report.refused.extend(r.refused);
+        if total > 5000 && !a.json {
+            eprintln!("re-fired {} of {total}", ((i + 1) * 5000).min(total));
+        }
+    }
+    if a.json {
+        output::json(&report)?;
+    } else {
+        println!(
+            "re-fired {} delivery(ies); {} new delivery(ies) queued",
+            report.refired,
+            report.created.len()
+        );
+    }
+    for (id, reason) in &report.refused {
+        eprintln!("refused {id}: {reason}");
+    }
+    if !report.refused.is_empty() {
+        return Err(CliError::failure(format!(
+            "{} of {total} delivery(ies) were refused",
+            report.refused.len()
+        )));
+    }
+    Ok(())
+}
+
+
+fn replay(g: &Global, store: &Store, ids: Vec<DeliveryId>, json: bool) -> Result<(), CliError> {
+    let rt = super::deliveries_runtime()?;
+    let mut failures = 0;
+    let mut events = Vec::new();
+    for id in ids {
+        let lease = store.begin_replay(&id, &g.operator())?;
+        let st = store.clone();
+        let ev = rt.block_on(send_manual(
+            &st,
+            lease,
+            crate::dispatch::http::DEFAULT_MAX_BODY,
+        ))?;
+        if ev.status.is_none_or(|s| !(200..300).contains(&s)) {
+            failures += 1;
+        }
+        if !json {
+            println!("{}", attempt_line(&ev));
+        }
+        events.push(ev);
+    }
+    if json {
+        output::json(&events)?;
+    }
+    if failures > 0 {
+        return Err(CliError::failure(format!(
+            "{failures} replay(s) did not get a 2xx"
+        )));
+    }
+    Ok(())
+}
+
+pub fn test_webhook(g: &Global, a: TestArgs) -> Result<(), CliError> {
+    let wf = require_workflow(&a.workflow, "test-webhook")?;
+    let store = g.open()?;
+    let lease = store.begin_test(&wf, &StageId::new(a.stage.as_str()), &g.operator())?;
+    let rt = super::deliveries_runtime()?;
+    let ev = rt.block_on(send_manual(
+        &store,
+        lease,
+        crate::dispatch::http::DEFAULT_MAX_BODY,
+    ))?;
+    if a.json {
+        output::json(&ev)?;
+    } else {
+        println!("{}", attempt_line(&ev));
+        let detail = store.delivery_detail(&ev.delivery_id)?;
+        if let Some(body) = detail
+            .attempt_log
+            .last()
+            .and_then(|at| at.response_body.as_ref())
+            .filter(|b| !b.is_empty())
+        {
+            let excerpt: String = body.chars().take(500).collect();
+            println!("response: {}", output::clean(&excerpt));
+        }
+    }
+    if ev.status.is_none_or(|s| !(200..300).contains(&s)) {
+        return Err(CliError::failure("the test webhook did not get a 2xx"));
+    }
+    Ok(())
+}
+
+pub fn stage(g: &Global, c: StageCommand) -> Result<(), CliError> {
+    let (a, pause) = match c {
+        StageCommand::Pause(a) => (a, true),
+        StageCommand::Resume(a) => (a, false),
+    };
+    let wf = require_workflow(&a.workflow, if pause { "stage pause" } else { "stage resume" })?;
+    let store = g.open()?;
+    let stage = StageId::new(a.stage.as_str());
+    let changed = store.set_paused(&wf, &stage, pause, &g.operator())?;
+    let word = if pause { "paused" } else { "resumed" };
+    if changed {
+        println!("stage {wf}/{stage} {word}");
+    } else {
+        println!("stage {wf}/{stage} was already {word}");
+    }
+    Ok(())
+}
+
+/// One line per attempt, as `serve` prints it: glyph, status, stage, item, attempt n/max.
+pub fn attempt_line(e: &AttemptEvent) -> String {
+    let (glyph, result) = match (e.status, e.error_kind) {
+        (Some(s), _) if (200..300).contains(&s) => ("✓", s.to_string()),
+        (Some(s), _) => ("✗", s.to_string()),
+        (None, Some(k)) => ("✗", k.to_string()),
+        (None, None) => ("?", "-".to_string()),
+    };
+    let glyph = if e.state == DeliveryState::RetryScheduled {
+        "↻"
+    } else {
+        glyph
+    };
+    let item = match (&e.item_id, &e.item_name) {
+        (Some(id), Some(name)) => format!("{} ({id})", output::clean(name)),
+        (Some(id), None) => id.to_string(),
+        _ => e.event.to_string(),
+    };
+    let mut line = format!(
+        "{} {glyph} {result} {}/{} {item} {} attempt {}/{} {} ms",
+        e.at.format("%H:%M:%S"),
+        e.workflow,
+        e.stage,
+        e.delivery_id,
+        e.number,
+        e.max_attempts,
+        e.duration_ms
+    );
+    if let Some(m) = &e.error_message {
+        line.push_str(&format!(": {}", output::clean(m)));
+    }
+    match (e.state, e.next_attempt_at, &e.routed_to) {
+        (DeliveryState::RetryScheduled, Some(t), _) => {
+            let secs = (t - chrono::Utc::now()).num_milliseconds().max(0) as f64 / 1000.0;
+            line.push_str(&format!(" → retry in {secs:.1} s"));
+        }
+        (_, _, Some(to)) => line.push_str(&format!(" → {to}")),
+        _ => {}
+    }
+    if e.paused_stage {
+        line.push_str(" (stage paused after repeated failures)");
+    }
+    line
+}

@@ -1,0 +1,155 @@
+//! `hookops serve` (the dispatcher without the console) and `hookops receiver`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use tokio::sync::{broadcast, watch};
+
+use super::{CliError, Global};
+use crate::dispatch::{DispatchNotice, DispatcherOptions};
+use crate::receiver::{ReceiverOptions, Script};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Requests in flight at once in this process
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub concurrency: u32,
+    /// Print one JSON object per attempt instead of a line of text
+    #[arg(long)]
+    pub json: bool,
+    /// Write diagnostics (tracing) to this file
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiverArgs {
+    /// Port on 127.0.0.1 (0 picks a free one and prints it)
+    #[arg(long, default_value_t = 9000)]
+    pub port: u16,
+    /// Address to bind instead of 127.0.0.1
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
+    /// Scripted behaviour per path, e.g. '/validate=fail-first-2,/export=500,*=ok'
+    #[arg(long)]
+    pub script: Option<String>,
+    /// whsec_ key to verify Standard Webhooks signatures with (repeatable)
+    #[arg(long = "secret", value_name = "WHSEC")]
+    pub secrets: Vec<String>,
+    /// Append every request received as a JSON line to this file
+    #[arg(long, value_name = "PATH")]
+    pub record: Option<PathBuf>,
+    /// Print nothing per request
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Sends a clean stop to `tx` on Ctrl-C or SIGTERM.
+async fn stop_on_signal(tx: watch::Sender<bool>) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                let _ = tx.send(true);
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    let _ = tx.send(true);
+}
+
+/// Sends tracing output to a file (created 0600), never to the terminal.
+pub fn init_log_file(path: Option<&PathBuf>) -> Result<(), CliError> {
+    let Some(path) = path else { return Ok(()) };
+    let mut o = std::fs::OpenOptions::new();
+    o.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let file = o
+        .open(path)
+        .map_err(|e| CliError::usage(format!("cannot open log file {}: {e}", path.display())))?;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HOOKOPS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    Ok(())
+}
+
+pub fn serve(g: &Global, a: ServeArgs) -> Result<(), CliError> {
+    init_log_file(a.log_file.as_ref())?;
+    let store = g.open()?;
+    store.ensure_writable("serve")?;
+    let rt = super::deliveries_runtime()?;
+    rt.block_on(async move {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(stop_on_signal(tx));
+        let (events, mut sub) = broadcast::channel(4096);
+        let opts = DispatcherOptions {
+            concurrency: a.concurrency as usize,
+            ..DispatcherOptions::default()
+        };
+        eprintln!(
+            "hookops serve: dispatching from {} with concurrency {} (Ctrl-C to stop)",
+            store.path().display(),
+            opts.concurrency
+        );
+        let json = a.json;
+        let printer = tokio::spawn(async move {
+            loop {
+                match sub.recv().await {
+                    Ok(DispatchNotice::Attempt(e)) => {
+                        if json {
+                            if let Ok(line) = serde_json::to_string(&e) {
+                                println!("{line}");
+                            }
+                        } else {
+                            println!("{}", super::deliveries::attempt_line(&e));
+                        }
+                    }
+                    Ok(DispatchNotice::StoreError(m)) => eprintln!("hookops serve: {m}"),
+                    Ok(DispatchNotice::Recovered) => eprintln!("hookops serve: dispatch resumed"),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        eprintln!("hookops serve: {n} attempt line(s) not printed (output too slow)")
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        let result = crate::dispatch::run(store, opts, events, rx).await;
+        let _ = printer.await;
+        result.map_err(CliError::from)
+    })
+}
+
+pub fn receiver(a: ReceiverArgs) -> Result<(), CliError> {
+    let script = match &a.script {
+        Some(s) => s.parse::<Script>().map_err(|e| CliError::usage(e.to_string()))?,
+        None => Script::default(),
+    };
+    let opts = ReceiverOptions {
+        addr: SocketAddr::new(a.bind, a.port),
+        script,
+        secrets: a.secrets,
+        quiet: a.quiet,
+    };
+    let rt = super::deliveries_runtime()?;
+    rt.block_on(crate::receiver::run_cli(opts, a.record))
+        .map_err(|e| CliError::failure(format!("receiver: {e}")))
+}

@@ -1,0 +1,262 @@
+//! The dispatcher loop: lease due deliveries, send them with bounded concurrency, record each
+//! attempt through the store's group-committing writer, and publish attempt events.
+//!
+//! Wake-ups: within the process the writer's commit counter wakes the loop at once; commits
+//! of other processes are noticed through `PRAGMA data_version` on a dedicated connection,
+//! checked every [`POLL`]; otherwise the loop sleeps until the next due time or lease expiry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{Semaphore, broadcast, watch};
+
+use super::http::Sender;
+use crate::model::{
+    AttemptTrigger, DeliveryId, DeliveryState, ErrorKind, EventType, ItemId, StageId, WorkflowId,
+};
+use crate::store::{
+    AttemptOutcome, DispatcherInfo, Lease, Recorded, Store, StoreError,
+    hostname, process_start,
+};
+
+/// How often other processes' commits are looked for.
+const POLL: Duration = Duration::from_millis(15);
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long shutdown waits for in-flight requests before recording them as interrupted.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Settings of one dispatcher.
+#[derive(Clone, Debug)]
+pub struct DispatcherOptions {
+    /// Requests in flight at once in this process.
+    pub concurrency: usize,
+    /// Request bodies larger than this fail with a `policy` error.
+    pub max_body: usize,
+}
+
+impl Default for DispatcherOptions {
+    fn default() -> Self {
+        DispatcherOptions {
+            concurrency: 64,
+            max_body: super::http::DEFAULT_MAX_BODY,
+        }
+    }
+}
+
+/// One finished attempt, as the console's log pane and `serve` print it.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttemptEvent {
+    pub at: DateTime<Utc>,
+    pub delivery_id: DeliveryId,
+    pub event: EventType,
+    pub workflow: WorkflowId,
+    pub stage: StageId,
+    pub item_id: Option<ItemId>,
+    pub item_name: Option<String>,
+    pub number: i64,
+    pub trigger: AttemptTrigger,
+    /// Counted attempts so far and the stage's maximum.
+    pub attempts: i64,
+    pub max_attempts: u32,
+    pub status: Option<u16>,
+    pub error_kind: Option<ErrorKind>,
+    pub error_message: Option<String>,
+    pub duration_ms: i64,
+    /// The delivery's state after this attempt.
+    pub state: DeliveryState,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub routed_to: Option<StageId>,
+    pub paused_stage: bool,
+    pub lease_lost: bool,
+}
+
+impl AttemptEvent {
+    pub fn new(lease: &Lease, outcome: &AttemptOutcome, rec: &Recorded) -> AttemptEvent {
+        AttemptEvent {
+            at: crate::store::time_of(outcome.started_at),
+            delivery_id: lease.delivery_id.clone(),
+            event: lease.event,
+            workflow: lease.workflow.clone(),
+            stage: lease.stage.clone(),
+            item_id: lease.item_id.clone(),
+            item_name: lease.item_name.clone(),
+            number: lease.number,
+            trigger: lease.trigger,
+            attempts: rec.attempts,
+            max_attempts: rec.max_attempts,
+            status: outcome.status,
+            error_kind: outcome.error_kind,
+            error_message: outcome.error_message.clone(),
+            duration_ms: outcome.duration_ms,
+            state: rec.state,
+            next_attempt_at: rec.next_attempt_at,
+            routed_to: rec.routed_to.clone(),
+            paused_stage: rec.paused_stage,
+            lease_lost: rec.lease_lost,
+        }
+    }
+}
+
+/// A problem the dispatcher reports while it keeps running (e.g. the disk is full).
+#[derive(Clone, Debug)]
+pub enum DispatchNotice {
+    Attempt(Box<AttemptEvent>),
+    /// The store refused a write; dispatch pauses and retries.
+    StoreError(String),
+    /// The store accepts writes again.
+    Recovered,
+}
+
+/// Runs a dispatcher until `shutdown` becomes true. Publishes notices on `events`.
+pub async fn run(
+    store: Store,
+    opts: DispatcherOptions,
+    events: broadcast::Sender<DispatchNotice>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    store.ensure_writable("dispatch")?;
+    let sender = Arc::new(Sender::new(opts.max_body).map_err(StoreError::Database)?);
+    let pid = std::process::id();
+    let info = DispatcherInfo {
+        id: format!("{}:{pid}:{}", hostname(), uuid::Uuid::now_v7().simple()),
+        pid,
+        host: hostname(),
+        process_start: process_start(pid).unwrap_or_default(),
+        concurrency: opts.concurrency as u32,
+        started_at: Utc::now(),
+        last_beat: Utc::now(),
+    };
+    store.heartbeat(&info).await?;
+    let concurrency = opts.concurrency.max(1);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut commits = store.commits();
+    let mut watcher = store.change_watcher()?;
+    let mut dead = store.dead_local_dispatchers().unwrap_or_default();
+    let mut last_beat = tokio::time::Instant::now();
+    let mut failing = false;
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+
+    while !*shutdown.borrow() {
+        if last_beat.elapsed() >= HEARTBEAT {
+            last_beat = tokio::time::Instant::now();
+            let _ = store.heartbeat(&info).await;
+            dead = store.dead_local_dispatchers().unwrap_or_default();
+        }
+        let free = slots.available_permits();
+        let mut leased = 0;
+        if free > 0 {
+            match store.lease_due(&info.id, free, std::mem::take(&mut dead)).await {
+                Ok(leases) => {
+                    if failing {
+                        failing = false;
+                        let _ = events.send(DispatchNotice::Recovered);
+                    }
+                    leased = leases.len();
+                    for lease in leases {
+                        let Ok(permit) = slots.clone().acquire_owned().await else {
+                            break;
+                        };
+                        let (store, sender, events, done) =
+                            (store.clone(), sender.clone(), events.clone(), done_tx.clone());
+                        tokio::spawn(async move {
+                            attempt(&store, &sender, &events, lease).await;
+                            drop(permit);
+                            let _ = done.send(());
+                        });
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        failing = true;
+                        let _ = events.send(DispatchNotice::StoreError(format!(
+                            "dispatch paused: {e}; retrying every second"
+                        )));
+                    }
+                    tracing::error!("lease failed: {e}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+            }
+        }
+        if free > 0 && leased == free {
+            continue; // there may be more due work; take it as slots free up
+        }
+        // Sleep until something may have changed.
+        let now = Utc::now().timestamp_millis();
+        let next = store.next_wakeup().ok().flatten();
+        // Due work we could not lease (caps, all slots busy) must not make this loop spin.
+        let floor = if leased == 0 { 20 } else { 0 };
+        let wait_ms = next.map(|t| (t - now).max(floor)).unwrap_or(HEARTBEAT.as_millis() as i64);
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(wait_ms.min(HEARTBEAT.as_millis() as i64) as u64);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shutdown.changed() => break,
+                r = async {
+                    match commits.as_mut() {
+                        Some(c) => c.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                } => { if r { break; } commits = None; }
+                Some(()) = done_rx.recv(), if free == 0 => break,
+                _ = tokio::time::sleep(POLL) => {
+                    if watcher.changed().unwrap_or(false) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    // Shutdown: stop leasing, give in-flight requests a few seconds, then hand back the rest.
+    let all = concurrency as u32;
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all)).await;
+    if drained.is_err() {
+        let n = store.release_leases(&info.id).await.unwrap_or(0);
+        tracing::warn!("shutdown: {n} in-flight deliveries recorded as interrupted and due now");
+    }
+    let _ = store.unregister_dispatcher(&info.id).await;
+    Ok(())
+}
+
+async fn attempt(
+    store: &Store,
+    sender: &Sender,
+    events: &broadcast::Sender<DispatchNotice>,
+    lease: Lease,
+) {
+    let outcome = sender.send(&lease).await;
+    match store.record_attempt(&lease, outcome.clone()).await {
+        Ok(rec) => {
+            let _ = events.send(DispatchNotice::Attempt(Box::new(AttemptEvent::new(
+                &lease, &outcome, &rec,
+            ))));
+        }
+        Err(e) => {
+            // The lease will expire and the attempt will be made again (at least once).
+            tracing::error!("cannot record attempt {} of {}: {e}", lease.number, lease.delivery_id);
+            let _ = events.send(DispatchNotice::StoreError(format!(
+                "cannot record an attempt of {}: {e}",
+                lease.delivery_id
+            )));
+        }
+    }
+}
+
+/// Sends a manual attempt (a replay or a test) once, now, and records it.
+pub async fn send_manual(
+    store: &Store,
+    lease: Lease,
+    max_body: usize,
+) -> Result<AttemptEvent, StoreError> {
+    let sender = Sender::new(max_body).map_err(StoreError::Database)?;
+    let outcome = sender.send(&lease).await;
+    let rec = store.record_attempt(&lease, outcome.clone()).await?;
+    Ok(AttemptEvent::new(&lease, &outcome, &rec))
+}

@@ -1,0 +1,890 @@
+//! The dispatcher's side of the store: heartbeats, leasing, recording attempts and routing
+//! their outcomes, re-fire, replay and test deliveries.
+//!
+//! Fencing (design §6): recording an outcome requires the lease token to still hold; routing
+//! an outcome is compare-and-set on the item's (stage, version) recorded in the delivery, so an
+//! item that moved meanwhile is never moved again by a late outcome.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use super::deliveries::DeliveryFilter;
+use super::items::{apply_route, enum_col, load_item};
+use super::workflows::current_spec;
+use super::{Result, Store, StoreError, audit, now_ms, to_time, where_now};
+use crate::dispatch::classify::{self, INTERRUPTED_MESSAGE, Verdict};
+use crate::dispatch::payload::{DeliveryMeta, test_body};
+use crate::engine::{self, Outcome};
+use crate::model::{
+    AttemptTrigger, DeliveryId, DeliveryState, DeliveryTrigger, ErrorKind, EventType,
+    HistoryCause, ItemId, StageId, StageKind, WorkflowId,
+};
+use crate::workflow::{WebhookConfig, Workflow};
+
+/// Extra lease time beyond the stage timeout (design §6: at least timeout + 30 s).
+pub const LEASE_MARGIN_MS: i64 = 30_000;
+
+/// A running dispatcher, as its heartbeat row records it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DispatcherInfo {
+    pub id: String,
+    pub pid: u32,
+    pub host: String,
+    /// The process's start time as the OS reports it, to tell a reused pid apart.
+    pub process_start: String,
+    pub concurrency: u32,
+    pub started_at: DateTime<Utc>,
+    pub last_beat: DateTime<Utc>,
+}
+
+/// One attempt to make: a leased delivery (scheduled), a replay or a test (manual).
+#[derive(Clone, Debug)]
+pub struct Lease {
+    pub delivery_id: DeliveryId,
+    /// `None` for manual attempts, which hold no lease.
+    pub token: Option<String>,
+    pub number: i64,
+    pub trigger: AttemptTrigger,
+    pub workflow: WorkflowId,
+    pub revision: i64,
+    pub stage: StageId,
+    pub item_id: Option<ItemId>,
+    pub item_name: Option<String>,
+    pub event: EventType,
+    pub body: Arc<Vec<u8>>,
+    /// Counted attempts before this one.
+    pub attempts: i64,
+    /// The workflow spec current at lease time; its stage config is what this attempt uses.
+    pub spec: Arc<Workflow>,
+}
+
+impl Lease {
+    /// The stage's webhook settings, or `None` when the stage is gone or no longer a webhook.
+    pub fn config(&self) -> Option<&WebhookConfig> {
+        self.spec.stage(&self.stage).and_then(|s| s.webhook())
+    }
+}
+
+/// What happened on the wire, to be recorded.
+#[derive(Clone, Debug, Default)]
+pub struct AttemptOutcome {
+    pub started_at: i64,
+    pub duration_ms: i64,
+    /// The URL as sent, secrets redacted.
+    pub url: String,
+    /// Request headers as sent, secrets redacted.
+    pub request_headers: Vec<(String, String)>,
+    pub status: Option<u16>,
+    pub response_headers: Vec<(String, String)>,
+    /// At most the first 64 KiB.
+    pub response_body: Option<Vec<u8>>,
+    pub error_kind: Option<ErrorKind>,
+    pub error_message: Option<String>,
+    pub retry_after: Option<String>,
+}
+
+/// What recording an attempt did to its delivery.
+#[derive(Clone, Debug, Serialize)]
+pub struct Recorded {
+    pub delivery_id: DeliveryId,
+    pub number: i64,
+    pub state: DeliveryState,
+    pub attempts: i64,
+    pub max_attempts: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Where the item went, when the outcome routed it.
+    pub routed_to: Option<StageId>,
+    /// The lease had expired or the delivery was cancelled: only the attempt row was written.
+    pub lease_lost: bool,
+    /// This outcome paused the stage (auto-pause).
+    pub paused_stage: bool,
+}
+
+/// What a re-fire did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RefireReport {
+    pub refired: i64,
+    pub created: Vec<DeliveryId>,
+    pub refused: Vec<(DeliveryId, String)>,
+}
+
+/// Hostname, for heartbeat rows (read from the kernel, no libc call).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// The start time of a process (field 22 of `/proc/PID/stat`), or `None` when it is gone.
+pub fn process_start(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19).map(str::to_string)
+}
+
+fn webhook_of<'a>(spec: &'a Workflow, stage: &StageId) -> Option<&'a WebhookConfig> {
+    spec.stage(stage).and_then(|s| s.webhook())
+}
+
+fn lease_ms(cfg: Option<&WebhookConfig>) -> i64 {
+    cfg.map(|c| c.timeout.as_millis() as i64)
+        .unwrap_or(10_000)
+        + LEASE_MARGIN_MS
+}
+
+/// Turns expired leases (and leases of dead local dispatchers) back into due deliveries, with
+/// an `interrupted` attempt row for the attempt that may have been sent unrecorded.
+fn reclaim(conn: &Connection, now: i64, dead_owners: &[String]) -> Result<usize> {
+    let mut rows: Vec<(String, String, String, i64)> = conn
+        .prepare_cached(
+            "SELECT id, workflow_id, stage_id, lease_number FROM deliveries
+             WHERE state = 'in_flight' AND lease_until < ?1",
+        )?
+        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for owner in dead_owners {
+        let more: Vec<(String, String, String, i64)> = conn
+            .prepare_cached(
+                "SELECT id, workflow_id, stage_id, lease_number FROM deliveries
+                 WHERE state = 'in_flight' AND lease_owner = ?1 AND lease_until >= ?2",
+            )?
+            .query_map(params![owner, now], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.extend(more);
+    }
+    for (id, wf, stage, number) in &rows {
+        let url = current_spec(conn, &WorkflowId::new(wf.as_str()))
+            .ok()
+            .and_then(|(spec, _)| {
+                webhook_of(&spec, &StageId::new(stage.as_str())).map(|c| {
+                    crate::redact::Redactor::new(&spec.secrets).redact(&c.url)
+                })
+            })
+            .unwrap_or_default();
+        conn.prepare_cached(
+            "INSERT INTO attempts (delivery_id, number, trigger, counted, started_at, url, request_headers,
+                 error_kind, error_message)
+             VALUES (?1, ?2, 'scheduled', 0, ?3, ?4, '[]', 'interrupted', ?5)
+             ON CONFLICT (delivery_id, number) DO NOTHING",
+        )?
+        .execute(params![id, number, now, url, INTERRUPTED_MESSAGE])?;
+        conn.prepare_cached(
+            "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2, lease_token = NULL,
+                 lease_until = NULL, lease_owner = NULL, last_error_kind = 'interrupted', updated_at = ?2
+             WHERE id = ?1 AND state = 'in_flight'",
+        )?
+        .execute(params![id, now])?;
+    }
+    for owner in dead_owners {
+        conn.execute("DELETE FROM dispatchers WHERE id = ?1", [owner])?;
+    }
+    Ok(rows.len())
+}
+
+fn lease_in_tx(
+    conn: &Connection,
+    owner: &str,
+    limit: usize,
+    dead_owners: &[String],
+) -> Result<Vec<Lease>> {
+    let now = now_ms();
+    reclaim(conn, now, dead_owners)?;
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let candidates: Vec<(i64, String, String)> = conn
+        .prepare_cached(
+            "SELECT d.seq, d.workflow_id, d.stage_id FROM deliveries d
+             WHERE d.state IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= ?1
+               AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
+                               AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
+             ORDER BY d.next_attempt_at LIMIT ?2",
+        )?
+        .query_map(params![now, (limit * 4 + 16) as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut leases = Vec::new();
+    // Per-stage caps (max_in_flight) count in-flight deliveries across all processes.
+    let mut in_flight: std::collections::HashMap<(String, String), i64> = Default::default();
+    let mut specs: std::collections::HashMap<String, (Arc<Workflow>, i64)> = Default::default();
+    for (seq, wf, stage) in candidates {
+        if leases.len() >= limit {
+            break;
+        }
+        if !specs.contains_key(&wf) {
+            let s = current_spec(conn, &WorkflowId::new(wf.as_str()))?;
+            specs.insert(wf.clone(), s);
+        }
+        let (spec, revision) = &specs[&wf];
+        let cfg = webhook_of(spec, &StageId::new(stage.as_str()));
+        if let Some(cap) = cfg.and_then(|c| c.max_in_flight) {
+            let key = (wf.clone(), stage.clone());
+            if !in_flight.contains_key(&key) {
+                let n: i64 = conn
+                    .prepare_cached(
+                        "SELECT COALESCE(SUM(n), 0) FROM delivery_counts
+                         WHERE workflow_id = ?1 AND stage_id = ?2 AND state = 'in_flight'",
+                    )?
+                    .query_row([&wf, &stage], |r| r.get(0))?;
+                in_flight.insert(key.clone(), n);
+            }
+            let n = in_flight.get_mut(&key).map(|n| {
+                *n += 1;
+                *n
+            });
+            if n.unwrap_or(0) > cap as i64 {
+                continue;
+            }
+        }
+        let token = uuid::Uuid::now_v7().simple().to_string();
+        let until = now + lease_ms(cfg);
+        let row = conn
+            .prepare_cached(
+                "UPDATE deliveries SET state = 'in_flight', lease_token = ?2, lease_until = ?3,
+                     lease_owner = ?4, lease_number = next_number, next_number = next_number + 1,
+                     updated_at = ?5
+                 WHERE seq = ?1 AND state IN ('pending', 'retry_scheduled')
+                 RETURNING id, item_id, event, body, lease_number, attempts",
+            )?
+            .query_row(params![seq, token, until, owner, now], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    enum_col::<EventType>(r, 2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
+            .optional()?;
+        let Some((id, item_id, event, body, number, attempts)) = row else {
+            continue;
+        };
+        let item_name: Option<String> = match &item_id {
+            Some(i) => conn
+                .prepare_cached("SELECT name FROM items WHERE id = ?1")?
+                .query_row([i], |r| r.get(0))
+                .optional()?,
+            None => None,
+        };
+        leases.push(Lease {
+            delivery_id: DeliveryId(id),
+            token: Some(token),
+            number,
+            trigger: AttemptTrigger::Scheduled,
+            workflow: WorkflowId(wf.clone()),
+            revision: *revision,
+            stage: StageId(stage),
+            item_id: item_id.map(ItemId),
+            item_name,
+            event,
+            body: Arc::new(body),
+            attempts,
+            spec: spec.clone(),
+        });
+    }
+    Ok(leases)
+}
+
+fn insert_attempt(
+    conn: &Connection,
+    id: &DeliveryId,
+    number: i64,
+    trigger: AttemptTrigger,
+    counted: bool,
+    o: &AttemptOutcome,
+) -> Result<()> {
+    let headers = serde_json::to_string(&o.request_headers)?;
+    let response_headers = serde_json::to_string(&o.response_headers)?;
+    // A late recorder fills in the `interrupted` row another dispatcher wrote for its number.
+    conn.prepare_cached(
+        "INSERT INTO attempts (delivery_id, number, trigger, counted, started_at, duration_ms, url,
+             request_headers, status, response_headers, response_body, error_kind, error_message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (delivery_id, number) DO UPDATE SET
+             started_at = excluded.started_at, duration_ms = excluded.duration_ms, url = excluded.url,
+             request_headers = excluded.request_headers, status = excluded.status,
+             response_headers = excluded.response_headers, response_body = excluded.response_body,
+             error_kind = excluded.error_kind, error_message = excluded.error_message",
+    )?
+    .execute(params![
+        id.as_str(),
+        number,
+        trigger.as_str(),
+        counted,
+        o.started_at,
+        o.duration_ms,
+        o.url,
+        headers,
+        o.status,
+        response_headers,
+        o.response_body,
+        o.error_kind.map(|k| k.as_str()),
+        o.error_message,
+    ])?;
+    Ok(())
+}
+
+struct DeliveryRow {
+    state: DeliveryState,
+    token: Option<String>,
+    attempts: i64,
+    item_id: Option<String>,
+    item_version: Option<i64>,
+    workflow: WorkflowId,
+    stage: StageId,
+    event: EventType,
+}
+
+fn delivery_row(conn: &Connection, id: &DeliveryId) -> Result<DeliveryRow> {
+    conn.prepare_cached(
+        "SELECT state, lease_token, attempts, item_id, item_version, workflow_id, stage_id, event
+         FROM deliveries WHERE id = ?1",
+    )?
+    .query_row([id.as_str()], |r| {
+        Ok(DeliveryRow {
+            state: enum_col(r, 0)?,
+            token: r.get(1)?,
+            attempts: r.get(2)?,
+            item_id: r.get(3)?,
+            item_version: r.get(4)?,
+            workflow: WorkflowId(r.get(5)?),
+            stage: StageId(r.get(6)?),
+            event: enum_col(r, 7)?,
+        })
+    })
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound {
+        what: "delivery",
+        id: id.to_string(),
+    })
+}
+
+/// Records one attempt and applies its outcome (design §2, §6). `jitter` in [-1, 1].
+fn record_in_tx(
+    conn: &Connection,
+    lease: &Lease,
+    o: &AttemptOutcome,
+    jitter: f64,
+) -> Result<Recorded> {
+    let now = now_ms();
+    let d = delivery_row(conn, &lease.delivery_id)?;
+    let (spec, revision) = current_spec(conn, &d.workflow)?;
+    let cfg = webhook_of(&spec, &d.stage);
+    let max_attempts = cfg.map(|c| c.max_attempts).unwrap_or(1);
+    let mut rec = Recorded {
+        delivery_id: lease.delivery_id.clone(),
+        number: lease.number,
+        state: d.state,
+        attempts: d.attempts,
+        max_attempts,
+        next_attempt_at: None,
+        routed_to: None,
+        lease_lost: false,
+        paused_stage: false,
+    };
+    let holds = lease.token.is_some() && d.token == lease.token && d.state == DeliveryState::InFlight;
+    let counted = lease.trigger == AttemptTrigger::Scheduled
+        && holds
+        && d.event == EventType::StageWebhook
+        && o.error_kind != Some(ErrorKind::Interrupted);
+    insert_attempt(conn, &lease.delivery_id, lease.number, lease.trigger, counted, o)?;
+    if lease.trigger == AttemptTrigger::Manual && d.event != EventType::WebhookTest {
+        // A replay never changes the delivery (design §6).
+        return Ok(rec);
+    }
+    if !holds {
+        rec.lease_lost = true;
+        return Ok(rec);
+    }
+    let end = o.started_at + o.duration_ms;
+    let verdict = classify::classify(o.status, o.error_kind, o.retry_after.as_deref(), to_time(end));
+    let attempts = d.attempts + counted as i64;
+    rec.attempts = attempts;
+    let is_test = d.event == EventType::WebhookTest;
+    let (state, next) = match verdict {
+        Verdict::Success => (DeliveryState::Succeeded, None),
+        Verdict::Retry { after } if !is_test && attempts < max_attempts as i64 => {
+            let delay = cfg
+                .map(|c| classify::retry_delay(c, attempts as u32, after, jitter))
+                .unwrap_or_default();
+            (DeliveryState::RetryScheduled, Some(end + delay.as_millis() as i64))
+        }
+        _ => (DeliveryState::Failed, None),
+    };
+    conn.prepare_cached(
+        "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, lease_token = NULL,
+             lease_until = NULL, lease_owner = NULL, last_status = ?5, last_error_kind = ?6,
+             last_attempt_at = ?7, updated_at = ?8
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        lease.delivery_id.as_str(),
+        state.as_str(),
+        attempts,
+        next,
+        o.status,
+        o.error_kind.map(|k| k.as_str()),
+        o.started_at,
+        now
+    ])?;
+    rec.state = state;
+    rec.next_attempt_at = next.map(to_time);
+    if is_test || state == DeliveryState::RetryScheduled {
+        return Ok(rec);
+    }
+    // Auto-pause counts consecutive failed deliveries of the stage; a success resets it.
+    if let Some(cfg) = cfg {
+        if state == DeliveryState::Succeeded {
+            conn.prepare_cached(
+                "UPDATE stages SET consecutive_failures = 0
+                 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL AND consecutive_failures != 0",
+            )?
+            .execute([d.workflow.as_str(), d.stage.as_str()])?;
+        } else {
+            let n: i64 = conn
+                .prepare_cached(
+                    "UPDATE stages SET consecutive_failures = consecutive_failures + 1
+                     WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL
+                     RETURNING consecutive_failures",
+                )?
+                .query_row([d.workflow.as_str(), d.stage.as_str()], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            let threshold = cfg.pause_after_failures as i64;
+            if threshold > 0 && n >= threshold {
+                let changed = conn
+                    .prepare_cached(
+                        "UPDATE stages SET paused = 1, paused_reason = ?3
+                         WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL AND paused = 0",
+                    )?
+                    .execute(params![
+                        d.workflow.as_str(),
+                        d.stage.as_str(),
+                        format!("paused automatically after {n} consecutive failed deliveries")
+                    ])?;
+                rec.paused_stage = changed > 0;
+            }
+        }
+    }
+    // Routing is compare-and-set on the item's stage and version (fencing).
+    let Some(item_id) = d.item_id.map(ItemId) else {
+        return Ok(rec);
+    };
+    let Some(item) = load_item(conn, &item_id)? else {
+        return Ok(rec);
+    };
+    if item.stage != d.stage || Some(item.version) != d.item_version {
+        return Ok(rec);
+    }
+    let outcome = if state == DeliveryState::Succeeded {
+        Outcome::WebhookSuccess
+    } else {
+        Outcome::WebhookFailure
+    };
+    let route = engine::outcome(&spec, &item, outcome).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    apply_route(
+        conn,
+        &spec,
+        revision,
+        &item,
+        &route,
+        None,
+        DeliveryTrigger::Route,
+        Some(&lease.delivery_id),
+        now,
+    )?;
+    conn.prepare_cached("UPDATE deliveries SET routed_version = ?2 WHERE id = ?1")?
+        .execute(params![lease.delivery_id.as_str(), item.version + 1])?;
+    rec.routed_to = Some(route.stage);
+    Ok(rec)
+}
+
+/// Why a delivery cannot be re-fired now, or `None` when it can (design §6).
+fn refire_refusal(
+    conn: &Connection,
+    id: &DeliveryId,
+) -> Result<std::result::Result<(Arc<Workflow>, i64, crate::model::Item, StageId), String>> {
+    let row: Option<(String, String, String, Option<String>, String, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT workflow_id, stage_id, event, item_id, state, routed_version FROM deliveries WHERE id = ?1",
+        )?
+        .query_row([id.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+        })
+        .optional()?;
+    let Some((wf, stage, event, item_id, state, routed_version)) = row else {
+        return Ok(Err(format!("no delivery with id `{id}`")));
+    };
+    let Some(item_id) = item_id.filter(|_| event == EventType::StageWebhook.as_str()) else {
+        return Ok(Err(format!(
+            "delivery `{id}` is a {event} delivery; only stage.webhook deliveries can be re-fired"
+        )));
+    };
+    let state: DeliveryState = state
+        .parse()
+        .map_err(|e: crate::model::ParseEnumError| StoreError::Database(e.to_string()))?;
+    if state.is_open() {
+        return Ok(Err(format!(
+            "delivery `{id}` is still {state}; wait for its outcome or cancel it"
+        )));
+    }
+    let latest: Option<String> = conn
+        .prepare_cached(
+            "SELECT id FROM deliveries WHERE item_id = ?1 AND event = 'stage.webhook' ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row([&item_id], |r| r.get(0))
+        .optional()?;
+    let Some(item) = load_item(conn, &ItemId::new(item_id.as_str()))? else {
+        return Ok(Err(format!("item `{item_id}` no longer exists")));
+    };
+    if let Some(latest) = latest.filter(|l| l != id.as_str()) {
+        return Ok(Err(format!(
+            "delivery `{latest}` is newer for item `{item_id}`; {}",
+            where_now(&item.id, &item.stage, item.state)
+        )));
+    }
+    let stage = StageId(stage);
+    let unmoved = item.stage == stage || routed_version == Some(item.version);
+    if !unmoved {
+        return Ok(Err(format!(
+            "{} and has moved since delivery `{id}`; assign it to `{stage}` to deliver again",
+            where_now(&item.id, &item.stage, item.state)
+        )));
+    }
+    let (spec, rev) = current_spec(conn, &WorkflowId(wf))?;
+    if spec.stage(&stage).map(|s| s.kind()) != Some(StageKind::Webhook) {
+        return Ok(Err(format!(
+            "stage `{stage}` is no longer a webhook stage of the workflow"
+        )));
+    }
+    Ok(Ok((spec, rev, item, stage)))
+}
+
+fn refire_in_tx(conn: &Connection, ids: &[DeliveryId], operator: &str) -> Result<RefireReport> {
+    let mut report = RefireReport::default();
+    let now = now_ms();
+    for id in ids {
+        match refire_refusal(conn, id)? {
+            Err(reason) => report.refused.push((id.clone(), reason)),
+            Ok((spec, rev, item, stage)) => {
+                let route = engine::enter(&spec, &item, &stage, HistoryCause::Refire)
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                let created = apply_route(
+                    conn,
+                    &spec,
+                    rev,
+                    &item,
+                    &route,
+                    Some(operator),
+                    DeliveryTrigger::Refire,
+                    None,
+                    now,
+                )?;
+                if let Some(new) = created {
+                    conn.prepare_cached("UPDATE deliveries SET refire_of = ?2 WHERE id = ?1")?
+                        .execute([new.as_str(), id.as_str()])?;
+                    report.created.push(new);
+                }
+                report.refired += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+const REFIRE_CHUNK: usize = 500;
+
+impl Store {
+    /// Writes this dispatcher's heartbeat row (insert or refresh).
+    pub async fn heartbeat(&self, info: &DispatcherInfo) -> Result<()> {
+        let info = info.clone();
+        self.write_async("dispatch", move |c| {
+            c.prepare_cached(
+                "INSERT INTO dispatchers (id, pid, host, process_start, started_at, last_beat, concurrency)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (id) DO UPDATE SET last_beat = excluded.last_beat",
+            )?
+            .execute(params![
+                info.id,
+                info.pid,
+                info.host,
+                info.process_start,
+                info.started_at.timestamp_millis(),
+                now_ms(),
+                info.concurrency
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes this dispatcher's heartbeat row (clean shutdown).
+    pub async fn unregister_dispatcher(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.write_async("dispatch", move |c| {
+            c.execute("DELETE FROM dispatchers WHERE id = ?1", [id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every heartbeat row, newest beat first.
+    pub fn dispatchers(&self) -> Result<Vec<DispatcherInfo>> {
+        self.read(|c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT id, pid, host, process_start, concurrency, started_at, last_beat
+                     FROM dispatchers ORDER BY last_beat DESC",
+                )?
+                .query_map([], |r| {
+                    Ok(DispatcherInfo {
+                        id: r.get(0)?,
+                        pid: r.get(1)?,
+                        host: r.get(2)?,
+                        process_start: r.get(3)?,
+                        concurrency: r.get(4)?,
+                        started_at: to_time(r.get(5)?),
+                        last_beat: to_time(r.get(6)?),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Dispatchers on this host whose process is gone (their leases may be taken at once).
+    pub fn dead_local_dispatchers(&self) -> Result<Vec<String>> {
+        let host = hostname();
+        Ok(self
+            .dispatchers()?
+            .into_iter()
+            .filter(|d| d.host == host && process_start(d.pid).as_deref() != Some(&d.process_start))
+            .map(|d| d.id)
+            .collect())
+    }
+
+    /// Leases up to `limit` due deliveries for `owner`, first reclaiming expired leases.
+    pub async fn lease_due(
+        &self,
+        owner: &str,
+        limit: usize,
+        dead_owners: Vec<String>,
+    ) -> Result<Vec<Lease>> {
+        let owner = owner.to_string();
+        self.write_async("dispatch", move |c| lease_in_tx(c, &owner, limit, &dead_owners))
+            .await
+    }
+
+    /// When the dispatcher next has something to do: the earliest due time of an unpaused
+    /// open delivery or the earliest lease expiry, in ms since the epoch.
+    pub fn next_wakeup(&self) -> Result<Option<i64>> {
+        self.read(|c| {
+            let due: Option<i64> = c
+                .prepare_cached(
+                    "SELECT d.next_attempt_at FROM deliveries d
+                     WHERE d.state IN ('pending', 'retry_scheduled') AND d.next_attempt_at IS NOT NULL
+                       AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
+                                       AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
+                     ORDER BY d.next_attempt_at LIMIT 1",
+                )?
+                .query_row([], |r| r.get(0))
+                .optional()?;
+            let expiry: Option<i64> = c
+                .prepare_cached(
+                    "SELECT MIN(lease_until) FROM deliveries WHERE state = 'in_flight'",
+                )?
+                .query_row([], |r| r.get(0))?;
+            Ok(match (due, expiry) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            })
+        })
+    }
+
+    /// Records an attempt and applies its outcome, in the writer's next group commit.
+    pub async fn record_attempt(&self, lease: &Lease, outcome: AttemptOutcome) -> Result<Recorded> {
+        let lease = lease.clone();
+        let jitter = fastrand::f64() * 2.0 - 1.0;
+        self.write_async("dispatch", move |c| record_in_tx(c, &lease, &outcome, jitter))
+            .await
+    }
+
+    /// Gives back leases this dispatcher could not finish (shutdown): each gets an
+    /// `interrupted` attempt and is due again now.
+    pub async fn release_leases(&self, owner: &str) -> Result<usize> {
+        let owner = owner.to_string();
+        self.write_async("dispatch", move |c| reclaim(c, now_ms(), &[owner])).await
+    }
+
+    /// Re-fires deliveries by id (design §6): each item goes back into the delivery's stage
+    /// and gets a new delivery linked to the old one.
+    pub fn refire(&self, ids: &[DeliveryId], operator: &str) -> Result<RefireReport> {
+        self.ensure_writable("refire")?;
+        let mut report = RefireReport::default();
+        for chunk in ids.chunks(REFIRE_CHUNK) {
+            let (ids, op) = (chunk.to_vec(), operator.to_string());
+            let r = self.write("refire", move |c| {
+                let r = refire_in_tx(c, &ids, &op)?;
+                audit(c, &op, "refire", &format!("{} delivery(ies)", ids.len()), None, r.refired)?;
+                Ok(r)
+            })?;
+            report.refired += r.refired;
+            report.created.extend(r.created);
+            report.refused.extend(r.refused);
+        }
+        Ok(report)
+    }
+
+    /// Every failed `stage.webhook` delivery matching `filter` that is its item's latest,
+    /// oldest first, at most `limit`.
+    pub fn failed_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        limit: Option<usize>,
+    ) -> Result<Vec<DeliveryId>> {
+        let mut f = filter.clone();
+        f.state = Some(DeliveryState::Failed);
+        f.event = Some(EventType::StageWebhook);
+        let mut out = Vec::new();
+        let mut after = None;
+        let want = limit.unwrap_or(usize::MAX);
+        loop {
+            let page = self.list_deliveries(&f, after, 5000)?;
+            let done = page.len() < 5000;
+            after = page.last().map(|(_, c)| *c);
+            out.extend(page.into_iter().map(|(d, _)| d.id));
+            if done || out.len() >= want {
+                break;
+            }
+        }
+        out.truncate(want);
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Allocates a manual attempt of a delivery: a replay of its frozen bytes (design §6).
+    pub fn begin_replay(&self, id: &DeliveryId, operator: &str) -> Result<Lease> {
+        let (id, op) = (id.clone(), operator.to_string());
+        self.write("replay", move |c| {
+            let row = c
+                .prepare_cached(
+                    "UPDATE deliveries SET next_number = next_number + 1 WHERE id = ?1
+                     RETURNING workflow_id, stage_id, item_id, event, body, next_number - 1, attempts",
+                )?
+                .query_row([id.as_str()], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        enum_col::<EventType>(r, 3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, i64>(6)?,
+                    ))
+                })
+                .optional()?;
+            let Some((wf, stage, item_id, event, body, number, attempts)) = row else {
+                return Err(StoreError::NotFound {
+                    what: "delivery",
+                    id: id.to_string(),
+                });
+            };
+            let (spec, revision) = current_spec(c, &WorkflowId::new(wf.as_str()))?;
+            let item_name = match &item_id {
+                Some(i) => c
+                    .query_row("SELECT name FROM items WHERE id = ?1", [i], |r| r.get(0))
+                    .optional()?,
+                None => None,
+            };
+            audit(c, &op, "replay", &format!("delivery {id}"), None, 1)?;
+            Ok(Lease {
+                delivery_id: id,
+                token: None,
+                number,
+                trigger: AttemptTrigger::Manual,
+                workflow: WorkflowId(wf),
+                revision,
+                stage: StageId(stage),
+                item_id: item_id.map(ItemId),
+                item_name,
+                event,
+                body: Arc::new(body),
+                attempts,
+                spec,
+            })
+        })
+    }
+
+    /// Creates a `webhook.test` delivery for a stage with a sample body, leased to the caller,
+    /// who sends it once and records it (design §2 Test).
+    pub fn begin_test(&self, wf: &WorkflowId, stage: &StageId, operator: &str) -> Result<Lease> {
+        let (wf, stage, op) = (wf.clone(), stage.clone(), operator.to_string());
+        self.write("test", move |c| {
+            let (spec, revision) = current_spec(c, &wf)?;
+            let st = spec.stage(&stage).ok_or_else(|| StoreError::NotFound {
+                what: "stage",
+                id: format!("{wf}/{stage}"),
+            })?;
+            let cfg = st.webhook().ok_or_else(|| {
+                StoreError::Invalid(format!(
+                    "stage `{stage}` is a {} stage; only webhook stages can be tested",
+                    st.kind()
+                ))
+            })?;
+            let now = now_ms();
+            let id = DeliveryId::generate();
+            let meta = DeliveryMeta {
+                delivery_id: id.clone(),
+                event: EventType::WebhookTest,
+                trigger: DeliveryTrigger::Test,
+                previous_stage: None,
+                created_at: to_time(now),
+            };
+            let body = test_body(&spec, st, &meta)
+                .map_err(|e| StoreError::Invalid(format!("cannot build the test payload: {e}")))?;
+            let token = uuid::Uuid::now_v7().simple().to_string();
+            c.prepare_cached(
+                "INSERT INTO deliveries (id, workflow_id, stage_id, item_id, event, trigger, state, body,
+                     next_number, lease_token, lease_until, lease_owner, lease_number, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, NULL, 'webhook.test', 'test', 'in_flight', ?4, 2, ?5, ?6, ?7, 1, ?8, ?8)",
+            )?
+            .execute(params![
+                id.as_str(),
+                wf.as_str(),
+                stage.as_str(),
+                body,
+                token,
+                now + lease_ms(Some(cfg)),
+                format!("test:{}", std::process::id()),
+                now
+            ])?;
+            audit(c, &op, "test", &format!("stage {wf}/{stage}"), None, 1)?;
+            Ok(Lease {
+                delivery_id: id,
+                token: Some(token),
+                number: 1,
+                trigger: AttemptTrigger::Manual,
+                workflow: wf,
+                revision,
+                stage,
+                item_id: None,
+                item_name: None,
+                event: EventType::WebhookTest,
+                body: Arc::new(body),
+                attempts: 0,
+                spec,
+            })
+        })
+    }
+}
