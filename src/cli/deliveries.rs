@@ -182,31 +182,31 @@ fn show(g: &Global, id: &DeliveryId, json: bool) -> Result<(), CliError> {
         return output::json(&d);
     }
     let s = &d.summary;
-    println!("delivery  {}", s.id);
-    println!("event     {} ({})", s.event, s.trigger);
-    println!("workflow  {}  stage {}", s.workflow, s.stage);
+    outln!("delivery  {}", s.id);
+    outln!("event     {} ({})", s.event, s.trigger);
+    outln!("workflow  {}  stage {}", s.workflow, s.stage);
     if let Some(item) = &s.item_id {
-        println!(
+        outln!(
             "item      {} {}",
             item,
             output::clean(s.item_name.as_deref().unwrap_or(""))
         );
     }
-    println!("state     {}  attempts {}", s.state, s.attempts);
+    outln!("state     {}  attempts {}", s.state, s.attempts);
     if let Some(t) = s.next_attempt_at {
-        println!("next      {}", output::time(&t));
+        outln!("next      {}", output::time(&t));
     }
     if let Some(r) = &s.refire_of {
-        println!("re-fires  {r}");
+        outln!("re-fires  {r}");
     }
     if let Some(reason) = s.cancel_reason {
-        println!(
+        outln!(
             "cancelled {reason} by {}",
             d.cancelled_by.as_deref().unwrap_or("-")
         );
     }
     for a in &d.attempt_log {
-        println!(
+        outln!(
             "\nattempt {} ({}{})  {}  {}",
             a.number,
             a.trigger,
@@ -214,12 +214,12 @@ fn show(g: &Global, id: &DeliveryId, json: bool) -> Result<(), CliError> {
             output::time(&a.started_at),
             a.duration_ms.map(|d| format!("{d} ms")).unwrap_or_default()
         );
-        println!("  POST {}", output::clean(&a.url));
+        outln!("  POST {}", output::clean(&a.url));
         for (k, v) in &a.request_headers {
-            println!("  > {}: {}", output::clean(k), output::clean(v));
+            outln!("  > {}: {}", output::clean(k), output::clean(v));
         }
         match (a.status, &a.error_message) {
-            (Some(st), msg) => println!(
+            (Some(st), msg) => outln!(
                 "  < {}{}",
                 crate::dispatch::classify::status_message(st),
                 msg.as_ref()
@@ -227,7 +227,7 @@ fn show(g: &Global, id: &DeliveryId, json: bool) -> Result<(), CliError> {
                     .map(|m| format!(" ({})", output::clean(m)))
                     .unwrap_or_default()
             ),
-            (None, Some(msg)) => println!(
+            (None, Some(msg)) => outln!(
                 "  ✗ {}: {}",
                 a.error_kind.map(|k| k.to_string()).unwrap_or_default(),
                 output::clean(msg)
@@ -235,14 +235,14 @@ fn show(g: &Global, id: &DeliveryId, json: bool) -> Result<(), CliError> {
             (None, None) => {}
         }
         for (k, v) in &a.response_headers {
-            println!("  < {}: {}", output::clean(k), output::clean(v));
+            outln!("  < {}: {}", output::clean(k), output::clean(v));
         }
         if let Some(body) = a.response_body.as_ref().filter(|b| !b.is_empty()) {
             let excerpt: String = body.chars().take(500).collect();
-            println!("  < {}", output::clean(&excerpt));
+            outln!("  < {}", output::clean(&excerpt));
         }
     }
-    println!("\nbody\n{}", serde_json::to_string_pretty(&d.body).unwrap_or_default());
+    outln!("\nbody\n{}", serde_json::to_string_pretty(&d.body).unwrap_or_default());
     Ok(())
 }
 
@@ -298,7 +298,7 @@ pub fn refire(g: &Global, a: RefireArgs) -> Result<(), CliError> {
     };
     let verb = if a.replay { "replay" } else { "re-fire" };
     if ids.is_empty() {
-        println!("nothing to {verb}: no delivery matches");
+        outln!("nothing to {verb}: no delivery matches");
         return Ok(());
     }
     store.ensure_writable(if a.replay { "replay" } else { "refire" })?;
@@ -322,7 +322,7 @@ pub fn refire(g: &Global, a: RefireArgs) -> Result<(), CliError> {
     if a.json {
         output::json(&report)?;
     } else {
-        println!(
+        outln!(
             "re-fired {} delivery(ies); {} new delivery(ies) queued",
             report.refired,
             report.created.len()
@@ -357,7 +357,7 @@ fn replay(g: &Global, store: &Store, ids: Vec<DeliveryId>, json: bool) -> Result
             failures += 1;
         }
         if !json {
-            println!("{}", attempt_line(&ev));
+            outln!("{}", attempt_line(&ev));
         }
         events.push(ev);
     }
@@ -385,7 +385,7 @@ pub fn test_webhook(g: &Global, a: TestArgs) -> Result<(), CliError> {
     if a.json {
         output::json(&ev)?;
     } else {
-        println!("{}", attempt_line(&ev));
+        outln!("{}", attempt_line(&ev));
         let detail = store.delivery_detail(&ev.delivery_id)?;
         if let Some(body) = detail
             .attempt_log
@@ -394,7 +394,7 @@ pub fn test_webhook(g: &Global, a: TestArgs) -> Result<(), CliError> {
             .filter(|b| !b.is_empty())
         {
             let excerpt: String = body.chars().take(500).collect();
-            println!("response: {}", output::clean(&excerpt));
+            outln!("response: {}", output::clean(&excerpt));
         }
     }
     if ev.status.is_none_or(|s| !(200..300).contains(&s)) {
@@ -414,9 +414,9 @@ pub fn stage(g: &Global, c: StageCommand) -> Result<(), CliError> {
     let changed = store.set_paused(&wf, &stage, pause, &g.operator())?;
     let word = if pause { "paused" } else { "resumed" };
     if changed {
-        println!("stage {wf}/{stage} {word}");
+        outln!("stage {wf}/{stage} {word}");
     } else {
-        println!("stage {wf}/{stage} was already {word}");
+        outln!("stage {wf}/{stage} was already {word}");
     }
     Ok(())
 }

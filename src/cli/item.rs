@@ -199,7 +199,7 @@ fn import(
             "landed": report.landed,
         }))?;
     } else {
-        println!(
+        outln!(
             "imported {} item(s) into {workflow}; {} already present{}",
             report.imported,
             report.already_present,
@@ -210,7 +210,7 @@ fn import(
             }
         );
         for (stage, n) in &report.landed {
-            println!("  {stage}: {n}");
+            outln!("  {stage}: {n}");
         }
     }
     let _ = total;
@@ -283,28 +283,28 @@ fn show(g: &Global, id: &ItemId, json: bool) -> Result<(), CliError> {
         return output::json(&d);
     }
     let it = &d.item;
-    println!("item      {}", it.id);
-    println!("name      {}", output::clean(&it.name));
-    println!("path      {}", output::clean(&it.path));
-    println!("workflow  {}", it.workflow);
-    println!("stage     {} ({})", it.stage, it.state);
-    println!("dataset   {}", output::clean(&it.dataset.name));
-    println!("version   {}", it.version);
+    outln!("item      {}", it.id);
+    outln!("name      {}", output::clean(&it.name));
+    outln!("path      {}", output::clean(&it.path));
+    outln!("workflow  {}", it.workflow);
+    outln!("stage     {} ({})", it.stage, it.state);
+    outln!("dataset   {}", output::clean(&it.dataset.name));
+    outln!("version   {}", it.version);
     if !it.tags.is_empty() {
-        println!("tags      {}", output::clean(&it.tags.join(", ")));
+        outln!("tags      {}", output::clean(&it.tags.join(", ")));
     }
     if !it.properties.is_empty() {
-        println!(
+        outln!(
             "properties {}",
             output::clean(&serde_json::Value::Object(it.properties.clone()).to_string())
         );
     }
-    println!("slots     {}", it.slots.len());
-    println!(
+    outln!("slots     {}", it.slots.len());
+    outln!(
         "annotations {}",
         annotation_summary(&it.annotations)
     );
-    println!("\nhistory");
+    outln!("\nhistory");
     let mut t = output::Table::new(&["AT", "FROM", "TO", "CAUSE", "OPERATOR", "REV"]);
     for h in &d.history {
         t.row(vec![
@@ -318,7 +318,7 @@ fn show(g: &Global, id: &ItemId, json: bool) -> Result<(), CliError> {
     }
     t.print();
     if !d.deliveries.is_empty() {
-        println!("\ndeliveries");
+        outln!("\ndeliveries");
         let mut t = output::Table::new(&["ID", "STAGE", "STATE", "ATTEMPTS", "LAST", "CREATED"]);
         for del in &d.deliveries {
             t.row(vec![
@@ -392,13 +392,13 @@ fn print_moves(verb: &str, r: &MoveReport, json: bool) -> Result<(), CliError> {
     if json {
         output::json(r)?;
     } else {
-        println!("{verb} {} item(s){}", r.moved, if r.deliveries > 0 {
+        outln!("{verb} {} item(s){}", r.moved, if r.deliveries > 0 {
             format!(", {} delivery(ies) queued", r.deliveries)
         } else {
             String::new()
         });
         for (stage, n) in &r.landed {
-            println!("  now in {stage}: {n}");
+            outln!("  now in {stage}: {n}");
         }
     }
     for refusal in &r.refused {

@@ -5,6 +5,20 @@
 //! codes: 0 ok, 1 the operation failed or was refused (wholly or in part), 2 bad usage or
 //! invalid input files.
 
+/// `println!` for command output: a closed stdout (`hookops … | head`) ends the command
+/// quietly instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 mod deliveries;
 mod item;
 mod output;
@@ -257,14 +271,14 @@ fn demo(g: &Global, a: DemoArgs) -> Result<(), CliError> {
     }
     let store = seed_demo(&path, &g.operator())?;
     let detail = store.list_workflows()?;
-    println!("demo database: {}", path.display());
+    outln!("demo database: {}", path.display());
     for w in detail {
-        println!(
+        outln!(
             "workflow {} ({}): {} items, {} waiting for assignment",
             w.id, w.name, w.items, w.waiting
         );
     }
-    println!(
+    outln!(
         "try: hookops --db {} workflow show defects",
         path.display()
     );

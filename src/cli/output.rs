@@ -10,7 +10,7 @@ use super::CliError;
 pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| CliError::failure(format!("cannot encode JSON: {e}")))?;
-    println!("{text}");
+    outln!("{text}");
     Ok(())
 }
 
@@ -56,9 +56,12 @@ impl Table {
             }
             s.trim_end().to_string()
         };
-        let _ = writeln!(out, "{}", line(&self.header));
+        let mut result = writeln!(out, "{}", line(&self.header));
         for r in &self.rows {
-            let _ = writeln!(out, "{}", line(r));
+            result = result.and_then(|_| writeln!(out, "{}", line(r)));
+        }
+        if result.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+            std::process::exit(0);
         }
     }
 }

@@ -117,10 +117,10 @@ pub fn serve(g: &Global, a: ServeArgs) -> Result<(), CliError> {
                     Ok(DispatchNotice::Attempt(e)) => {
                         if json {
                             if let Ok(line) = serde_json::to_string(&e) {
-                                println!("{line}");
+                                outln!("{line}");
                             }
                         } else {
-                            println!("{}", super::deliveries::attempt_line(&e));
+                            outln!("{}", super::deliveries::attempt_line(&e));
                         }
                     }
                     Ok(DispatchNotice::StoreError(m)) => eprintln!("hookops serve: {m}"),

@@ -69,7 +69,7 @@ fn apply(
     let env = |name: &str| std::env::var(name).ok();
     let wf = crate::workflow::load_file(&file, &env).map_err(|e| CliError::usage(e.to_string()))?;
     if check {
-        println!(
+        outln!(
             "{}: valid workflow `{}` with {} stages",
             file.display(),
             wf.id,
@@ -83,14 +83,14 @@ fn apply(
         return output::json(&report);
     }
     if report.unchanged {
-        println!(
+        outln!(
             "workflow {} unchanged (revision {})",
             report.workflow, report.revision
         );
         return Ok(());
     }
     let verb = if report.created { "created" } else { "updated" };
-    println!(
+    outln!(
         "workflow {} {verb}: revision {}, {} stages",
         report.workflow,
         report.revision,
@@ -103,16 +103,16 @@ fn apply(
             .join(", ")
     };
     if !report.created && !report.added_stages.is_empty() {
-        println!("  added: {}", list(&report.added_stages));
+        outln!("  added: {}", list(&report.added_stages));
     }
     if !report.changed_stages.is_empty() {
-        println!("  changed: {}", list(&report.changed_stages));
+        outln!("  changed: {}", list(&report.changed_stages));
     }
     if !report.retired_stages.is_empty() {
-        println!("  retired: {}", list(&report.retired_stages));
+        outln!("  retired: {}", list(&report.retired_stages));
     }
     for (from, to, n) in &report.moved {
-        println!("  moved {n} item(s) from {from} to {to}");
+        outln!("  moved {n} item(s) from {from} to {to}");
     }
     Ok(())
 }
@@ -163,7 +163,7 @@ fn show(g: &Global, id: &WorkflowId, json: bool) -> Result<(), CliError> {
         return output::json(&value);
     }
     let w = &detail.summary;
-    println!(
+    outln!(
         "{} ({}) team {} revision {}: {} items ({} waiting, {} in delivery, {} failed, {} done)",
         w.id, w.name, w.team, w.revision, w.items, w.waiting, w.in_delivery, w.failed, w.done
     );
@@ -202,7 +202,7 @@ fn show(g: &Global, id: &WorkflowId, json: bool) -> Result<(), CliError> {
     t.print();
     for st in &spec.stages {
         if let Some(w) = st.webhook() {
-            println!(
+            outln!(
                 "{}: POST {}{}{}",
                 st.id,
                 redactor.redact(&w.url),
