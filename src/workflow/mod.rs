@@ -187,7 +187,10 @@ pub enum Condition {
     Tag(String),
     /// The item's property `name` has one of these values (compared as strings; a number or
     /// boolean compares by its JSON text, a list matches when any element matches).
-    Property { name: String, is_any_of: Vec<String> },
+    Property {
+        name: String,
+        is_any_of: Vec<String>,
+    },
 }
 
 /// One branch of a sampling stage.
@@ -224,3 +227,8 @@ mod duration_ms_vec {
             .collect())
     }
 }
+
+mod expand;
+mod parse;
+
+pub use parse::{Diagnostic, LoadError, load_file, parse};
