@@ -68,10 +68,10 @@ pub(crate) fn expand(
                     text.push_str(&v);
                     substituted.push(v);
                 }
-                (None, Some(d)) => {
-                    text.push_str(d);
-                    substituted.push(d.to_string());
-                }
+                // A default is written in the file for anyone to read, so it is not a secret
+                // (the demo's `${HOOKOPS_DEMO_URL:-http://127.0.0.1:9000}` stays readable).
+                // `authorization` and `secret` values are secrets whatever they came from.
+                (None, Some(d)) => text.push_str(d),
                 (None, None) => errors.push(ExpandError::Unset(name.to_string())),
             }
         } else {

@@ -3,7 +3,7 @@
 //! A file is parsed and validated in one pass that collects every error (with file, line and
 //! column) instead of stopping at the first. The result is a [`Workflow`]: a validated graph
 //! whose edges all point at stages of the same workflow, ready to be stored as a revision.
-//! `${NAME}` references are expanded here, from the environment given to [`load`]; the values
+//! `${NAME}` references are expanded here, from the environment given to [`load_file`]; the values
 //! they produce are recorded in [`Workflow::secrets`] so every output can mask them.
 
 use std::time::Duration;
