@@ -17,8 +17,7 @@ use crate::model::{
     AttemptTrigger, DeliveryId, DeliveryState, ErrorKind, EventType, ItemId, StageId, WorkflowId,
 };
 use crate::store::{
-    AttemptOutcome, DispatcherInfo, Lease, Recorded, Store, StoreError,
-    hostname, process_start,
+    AttemptOutcome, DispatcherInfo, Lease, Recorded, Store, StoreError, hostname, process_start,
 };
 
 /// How often other processes' commits are looked for.
@@ -137,8 +136,12 @@ pub async fn run(
     let mut last_beat = tokio::time::Instant::now();
     let mut failing = false;
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // Attempt tasks, kept so shutdown can stop the ones still waiting on the network: each
+    // holds a sender of `events`, and `serve` waits for every sender to go before it exits.
+    let mut tasks = tokio::task::JoinSet::new();
 
     while !*shutdown.borrow() {
+        while tasks.try_join_next().is_some() {}
         if last_beat.elapsed() >= HEARTBEAT {
             last_beat = tokio::time::Instant::now();
             let _ = store.heartbeat(&info).await;
@@ -147,7 +150,10 @@ pub async fn run(
         let free = slots.available_permits();
         let mut leased = 0;
         if free > 0 {
-            match store.lease_due(&info.id, free, std::mem::take(&mut dead)).await {
+            match store
+                .lease_due(&info.id, free, std::mem::take(&mut dead))
+                .await
+            {
                 Ok(leases) => {
                     if failing {
                         failing = false;
@@ -158,9 +164,13 @@ pub async fn run(
                         let Ok(permit) = slots.clone().acquire_owned().await else {
                             break;
                         };
-                        let (store, sender, events, done) =
-                            (store.clone(), sender.clone(), events.clone(), done_tx.clone());
-                        tokio::spawn(async move {
+                        let (store, sender, events, done) = (
+                            store.clone(),
+                            sender.clone(),
+                            events.clone(),
+                            done_tx.clone(),
+                        );
+                        tasks.spawn(async move {
                             attempt(&store, &sender, &events, lease).await;
                             drop(permit);
                             let _ = done.send(());
@@ -191,7 +201,9 @@ pub async fn run(
         let next = store.next_wakeup().ok().flatten();
         // Due work we could not lease (caps, all slots busy) must not make this loop spin.
         let floor = if leased == 0 { 20 } else { 0 };
-        let wait_ms = next.map(|t| (t - now).max(floor)).unwrap_or(HEARTBEAT.as_millis() as i64);
+        let wait_ms = next
+            .map(|t| (t - now).max(floor))
+            .unwrap_or(HEARTBEAT.as_millis() as i64);
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(wait_ms.min(HEARTBEAT.as_millis() as i64) as u64);
         loop {
@@ -220,6 +232,9 @@ pub async fn run(
     if drained.is_err() {
         let n = store.release_leases(&info.id).await.unwrap_or(0);
         tracing::warn!("shutdown: {n} in-flight deliveries recorded as interrupted and due now");
+        // Their leases are given back: stop waiting for the answers (a late answer would only
+        // fill in the `interrupted` row).
+        tasks.shutdown().await;
     }
     let _ = store.unregister_dispatcher(&info.id).await;
     Ok(())
@@ -240,7 +255,11 @@ async fn attempt(
         }
         Err(e) => {
             // The lease will expire and the attempt will be made again (at least once).
-            tracing::error!("cannot record attempt {} of {}: {e}", lease.number, lease.delivery_id);
+            tracing::error!(
+                "cannot record attempt {} of {}: {e}",
+                lease.number,
+                lease.delivery_id
+            );
             let _ = events.send(DispatchNotice::StoreError(format!(
                 "cannot record an attempt of {}: {e}",
                 lease.delivery_id
