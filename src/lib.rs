@@ -3,10 +3,13 @@
 #![forbid(unsafe_code)]
 
 pub mod dispatch;
+pub mod cli;
 pub mod engine;
 pub mod import;
 pub mod model;
 pub mod receiver;
 pub mod redact;
+pub mod sanitize;
 pub mod store;
+pub mod tui;
 pub mod workflow;

@@ -20,10 +20,13 @@ macro_rules! outln {
 }
 
 mod deliveries;
+mod demo;
 mod item;
 mod output;
 mod serve;
 mod workflow;
+
+pub use item::annotation_summary;
 
 use std::path::PathBuf;
 
@@ -73,8 +76,28 @@ impl From<StoreError> for CliError {
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
+    #[command(flatten)]
+    pub console: ConsoleArgs,
+    /// Without a command, hookops opens the console on the database
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+/// Options of the console (`hookops` with no command, and `hookops demo`).
+#[derive(Debug, Clone, Args)]
+pub struct ConsoleArgs {
+    /// Run no dispatcher in the console (when `hookops serve` runs elsewhere)
+    #[arg(long)]
+    pub no_dispatch: bool,
+    /// Requests the console's dispatcher sends at once
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub concurrency: u32,
+    /// Capture the mouse (off by default, so the terminal's own selection works)
+    #[arg(long)]
+    pub mouse: bool,
+    /// Write diagnostics (tracing) to this file; never to the screen
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
 }
 
 /// Options every subcommand takes.
@@ -147,6 +170,12 @@ pub struct DemoArgs {
     /// Where to create the demo database [default: a fresh file under $XDG_DATA_HOME/hookops/demo/]
     #[arg(long, value_name = "PATH")]
     pub demo_db: Option<PathBuf>,
+    /// Run the demo headless until its deliveries settle, then print a summary
+    #[arg(long)]
+    pub no_tui: bool,
+    /// With --no-tui: stop waiting after this long
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 impl Global {
@@ -190,7 +219,10 @@ pub fn data_dir() -> PathBuf {
 /// Runs one command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     let g = &cli.global;
-    match cli.command {
+    let Some(command) = cli.command else {
+        return console(g, &cli.console);
+    };
+    match command {
         Command::Workflow(c) => workflow::run(g, c),
         Command::Item(c) => item::run(g, c),
         Command::Assign(a) => item::assign(g, a),
@@ -202,8 +234,25 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Stage(c) => deliveries::stage(g, c),
         Command::Serve(a) => serve::serve(g, a),
         Command::Receiver(a) => serve::receiver(a),
-        Command::Demo(a) => demo(g, a),
+        Command::Demo(a) => demo::run(g, &cli.console, a),
     }
+}
+
+fn console(g: &Global, c: &ConsoleArgs) -> Result<(), CliError> {
+    serve::init_log_file(c.log_file.as_ref())?;
+    let store = g.open()?;
+    run_console(store, g, c)
+}
+
+pub(crate) fn run_console(store: Store, g: &Global, c: &ConsoleArgs) -> Result<(), CliError> {
+    let opts = crate::tui::ConsoleOptions {
+        read_only: g.read_only,
+        dispatch: !c.no_dispatch,
+        concurrency: c.concurrency as usize,
+        operator: g.operator(),
+        mouse: c.mouse,
+    };
+    crate::tui::run(store, opts).map_err(CliError::failure)
 }
 
 fn audit(g: &Global, a: AuditArgs) -> Result<(), CliError> {
@@ -224,64 +273,6 @@ fn audit(g: &Global, a: AuditArgs) -> Result<(), CliError> {
         ]);
     }
     t.print();
-    Ok(())
-}
-
-/// The demo's files, compiled into the binary so `hookops demo` works from anywhere.
-pub const DEMO_WORKFLOW: &str = include_str!("../../demo/workflow.toml");
-pub const DEMO_ITEMS: &str = include_str!("../../demo/items.jsonl");
-
-/// Creates a fresh demo database: applies the demo workflow and imports the demo items.
-pub fn seed_demo(path: &std::path::Path, operator: &str) -> Result<Store, CliError> {
-    let env = |name: &str| std::env::var(name).ok();
-    let wf = crate::workflow::parse("demo/workflow.toml", DEMO_WORKFLOW, &env).map_err(|errs| {
-        CliError::failure(format!(
-            "the built-in demo workflow is invalid: {}",
-            errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
-        ))
-    })?;
-    let store = Store::open(path, &OpenOptions::default())?;
-    store.apply_workflow(&wf, &Vec::new(), operator)?;
-    let parsed = crate::import::parse_jsonl(DEMO_ITEMS.as_bytes())
-        .map_err(|e| CliError::failure(format!("cannot read the demo items: {e}")))?;
-    if let Some(e) = parsed.errors.first() {
-        return Err(CliError::failure(format!("the built-in demo items are invalid: {e}")));
-    }
-    store
-        .import_items(&wf.id, parsed.items, None, operator, &mut |_, _| {})
-        .map_err(|e| CliError::failure(e.to_string()))?;
-    Ok(store)
-}
-
-fn demo(g: &Global, a: DemoArgs) -> Result<(), CliError> {
-    let path = match a.demo_db.or_else(|| g.db.clone()) {
-        Some(p) => p,
-        None => {
-            let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
-            data_dir()
-                .join("demo")
-                .join(format!("demo-{stamp}-{}.db", std::process::id()))
-        }
-    };
-    if path.exists() {
-        return Err(CliError::failure(format!(
-            "{} already exists; the demo always starts from a fresh file",
-            path.display()
-        )));
-    }
-    let store = seed_demo(&path, &g.operator())?;
-    let detail = store.list_workflows()?;
-    outln!("demo database: {}", path.display());
-    for w in detail {
-        outln!(
-            "workflow {} ({}): {} items, {} waiting for assignment",
-            w.id, w.name, w.items, w.waiting
-        );
-    }
-    outln!(
-        "try: hookops --db {} workflow show defects",
-        path.display()
-    );
     Ok(())
 }
 

@@ -148,6 +148,8 @@ pub fn receiver(a: ReceiverArgs) -> Result<(), CliError> {
         script,
         secrets: a.secrets,
         quiet: a.quiet,
+        // The CLI never reads the in-memory log; keeping it would only grow for ever.
+        keep_log: false,
     };
     let rt = super::deliveries_runtime()?;
     rt.block_on(crate::receiver::run_cli(opts, a.record))

@@ -70,7 +70,7 @@ pub struct DeliveryDetail {
 }
 
 /// Filters of `deliveries` and the console's deliveries view.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct DeliveryFilter {
     pub workflow: Option<WorkflowId>,
     pub stage: Option<StageId>,

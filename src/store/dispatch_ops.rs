@@ -888,3 +888,77 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// Attempts recorded after `after_seq` (any process), oldest first, for the console's log
+    /// pane. Returns each with its sequence number.
+    pub fn attempts_after(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, crate::dispatch::AttemptEvent)>> {
+        self.read(|c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT a.seq, a.delivery_id, d.event, d.workflow_id, d.stage_id, d.item_id, i.name,
+                            a.number, a.trigger, d.attempts, a.status, a.error_kind, a.error_message,
+                            a.duration_ms, d.state, d.next_attempt_at, a.started_at
+                     FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+                     LEFT JOIN items i ON i.id = d.item_id
+                     WHERE a.seq > ?1 ORDER BY a.seq LIMIT ?2",
+                )?
+                .query_map(params![after_seq, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        crate::dispatch::AttemptEvent {
+                            at: to_time(r.get(16)?),
+                            delivery_id: DeliveryId(r.get(1)?),
+                            event: enum_col(r, 2)?,
+                            workflow: WorkflowId(r.get(3)?),
+                            stage: StageId(r.get(4)?),
+                            item_id: r.get::<_, Option<String>>(5)?.map(ItemId),
+                            item_name: r.get(6)?,
+                            number: r.get(7)?,
+                            trigger: enum_col(r, 8)?,
+                            attempts: r.get(9)?,
+                            max_attempts: 0,
+                            status: r.get(10)?,
+                            error_kind: match r.get::<_, Option<String>>(11)? {
+                                Some(_) => Some(enum_col(r, 11)?),
+                                None => None,
+                            },
+                            error_message: r.get(12)?,
+                            duration_ms: r.get::<_, Option<i64>>(13)?.unwrap_or(0),
+                            state: enum_col(r, 14)?,
+                            next_attempt_at: r.get::<_, Option<i64>>(15)?.map(to_time),
+                            routed_to: None,
+                            paused_stage: false,
+                            lease_lost: false,
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut out = Vec::with_capacity(rows.len());
+            let mut max: std::collections::HashMap<String, Arc<Workflow>> = Default::default();
+            for (seq, mut e) in rows {
+                if !max.contains_key(e.workflow.as_str()) {
+                    if let Ok((spec, _)) = current_spec(c, &e.workflow) {
+                        max.insert(e.workflow.to_string(), spec);
+                    }
+                }
+                e.max_attempts = max
+                    .get(e.workflow.as_str())
+                    .and_then(|s| webhook_of(s, &e.stage))
+                    .map(|w| w.max_attempts)
+                    .unwrap_or(0);
+                out.push((seq, e));
+            }
+            Ok(out)
+        })
+    }
+
+    /// The sequence number of the newest attempt (the log pane starts after it).
+    pub fn last_attempt_seq(&self) -> Result<i64> {
+        self.read(|c| Ok(c.query_row("SELECT COALESCE(MAX(seq), 0) FROM attempts", [], |r| r.get(0))?))
+    }
+}

@@ -52,6 +52,8 @@ pub struct ImportInterrupted {
 #[derive(Clone, Debug)]
 pub enum AssignTarget {
     Items(Vec<ItemId>),
+    /// Named items, each refused unless it still has the version the operator saw.
+    Versions(Vec<(ItemId, i64)>),
     /// Every item in `stage` (oldest first), or the first `limit`.
     FromStage {
         stage: StageId,
@@ -611,18 +613,26 @@ impl Store {
         }
         let mut report = MoveReport::default();
         let (filter, count_target) = match target {
-            AssignTarget::Items(ids) => {
+            AssignTarget::Items(_) | AssignTarget::Versions(_) => {
+                let ids: Vec<(ItemId, Option<i64>)> = match target {
+                    AssignTarget::Items(ids) => ids.iter().map(|i| (i.clone(), None)).collect(),
+                    AssignTarget::Versions(ids) => {
+                        ids.iter().map(|(i, v)| (i.clone(), Some(*v))).collect()
+                    }
+                    AssignTarget::FromStage { .. } => Vec::new(),
+                };
                 for chunk in ids.chunks(MOVE_CHUNK) {
                     let (wf, to, op) = (workflow.clone(), to.clone(), operator.to_string());
                     let ids = chunk.to_vec();
-                    let expect = Expect {
-                        stage: expect_stage.cloned(),
-                        version: None,
-                    };
+                    let expect_stage = expect_stage.cloned();
                     let r = self.write("assign", move |c| {
                         let (spec, rev) = current_spec(c, &wf)?;
                         let mut r = MoveReport::default();
-                        for id in &ids {
+                        for (id, version) in &ids {
+                            let expect = Expect {
+                                stage: expect_stage.clone(),
+                                version: *version,
+                            };
                             move_one(
                                 c,
                                 &spec,

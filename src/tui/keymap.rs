@@ -1,0 +1,236 @@
+//! The one binding table: keys, action, description, scope, and whether the action changes
+//! anything. Dispatch, the footer hints, the `?` help and read-only filtering all come from it.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+/// Where a binding applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Everywhere outside dialogs.
+    Global,
+    /// Any list view.
+    List,
+    Workflows,
+    Stages,
+    Items,
+    Item,
+    Deliveries,
+    Delivery,
+    /// The log pane, when it has the focus.
+    Log,
+}
+
+/// What a key does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Up,
+    Down,
+    Top,
+    Bottom,
+    PageUp,
+    PageDown,
+    Open,
+    Back,
+    Command,
+    Filter,
+    Help,
+    Quit,
+    ToggleLog,
+    FocusLog,
+    Follow,
+    PauseLog,
+    Select,
+    SelectAll,
+    SortByName,
+    Assign,
+    Advance,
+    Approve,
+    Reject,
+    Refire,
+    RefireAll,
+    Replay,
+    Test,
+    PauseStage,
+    Copy,
+    Deliveries,
+    Items,
+}
+
+/// One row of the binding table.
+pub struct Binding {
+    pub keys: &'static [Key],
+    pub action: Action,
+    pub description: &'static str,
+    pub scopes: &'static [Scope],
+    /// Changes something: hidden and refused in `--read-only`.
+    pub dangerous: bool,
+    /// Shown in the footer (the rest only in `?` help).
+    pub hint: bool,
+}
+
+/// A key as the table writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    Char(char),
+    Ctrl(char),
+    Enter,
+    Esc,
+    Tab,
+    Up,
+    Down,
+    PageUp,
+    PageDown,
+    Home,
+    End,
+}
+
+impl Key {
+    pub fn label(self) -> String {
+        match self {
+            Key::Char(' ') => "space".into(),
+            Key::Char(c) => c.to_string(),
+            Key::Ctrl(c) => format!("ctrl-{c}"),
+            Key::Enter => "enter".into(),
+            Key::Esc => "esc".into(),
+            Key::Tab => "tab".into(),
+            Key::Up => "↑".into(),
+            Key::Down => "↓".into(),
+            Key::PageUp => "pgup".into(),
+            Key::PageDown => "pgdn".into(),
+            Key::Home => "home".into(),
+            Key::End => "end".into(),
+        }
+    }
+
+    pub fn matches(self, ev: &KeyEvent) -> bool {
+        let ctrl = ev.modifiers.contains(KeyModifiers::CONTROL);
+        match (self, ev.code) {
+            (Key::Char(c), KeyCode::Char(k)) => !ctrl && c == k,
+            (Key::Ctrl(c), KeyCode::Char(k)) => ctrl && c == k,
+            (Key::Enter, KeyCode::Enter) => true,
+            (Key::Esc, KeyCode::Esc) => true,
+            (Key::Tab, KeyCode::Tab) => true,
+            (Key::Up, KeyCode::Up) => true,
+            (Key::Down, KeyCode::Down) => true,
+            (Key::PageUp, KeyCode::PageUp) => true,
+            (Key::PageDown, KeyCode::PageDown) => true,
+            (Key::Home, KeyCode::Home) => true,
+            (Key::End, KeyCode::End) => true,
+            _ => false,
+        }
+    }
+}
+
+use Scope::*;
+
+const LISTS: &[Scope] = &[List, Log];
+
+/// Every binding of the console, in help order.
+pub const BINDINGS: &[Binding] = &[
+    Binding { keys: &[Key::Char('k'), Key::Up], action: Action::Up, description: "up", scopes: &[Global], dangerous: false, hint: false },
+    Binding { keys: &[Key::Char('j'), Key::Down], action: Action::Down, description: "down", scopes: &[Global], dangerous: false, hint: false },
+    Binding { keys: &[Key::Char('g'), Key::Home], action: Action::Top, description: "first row", scopes: &[Global], dangerous: false, hint: false },
+    Binding { keys: &[Key::Char('G'), Key::End], action: Action::Bottom, description: "last row", scopes: &[Global], dangerous: false, hint: false },
+    Binding { keys: &[Key::PageUp, Key::Ctrl('u')], action: Action::PageUp, description: "page up", scopes: &[Global], dangerous: false, hint: false },
+    Binding { keys: &[Key::PageDown, Key::Ctrl('d')], action: Action::PageDown, description: "page down", scopes: &[Global], dangerous: false, hint: false },
+    Binding { keys: &[Key::Enter], action: Action::Open, description: "open", scopes: &[Workflows, Stages, Items, Item, Deliveries, Delivery, Log], dangerous: false, hint: true },
+    Binding { keys: &[Key::Esc], action: Action::Back, description: "back", scopes: &[Global], dangerous: false, hint: true },
+    Binding { keys: &[Key::Char('/')], action: Action::Filter, description: "filter", scopes: LISTS, dangerous: false, hint: true },
+    Binding { keys: &[Key::Char(' ')], action: Action::Select, description: "select", scopes: &[Items, Deliveries], dangerous: false, hint: true },
+    Binding { keys: &[Key::Char('*')], action: Action::SelectAll, description: "select all shown", scopes: &[Items, Deliveries], dangerous: false, hint: false },
+    Binding { keys: &[Key::Char('s')], action: Action::SortByName, description: "sort by name / waiting", scopes: &[Items], dangerous: false, hint: false },
+    Binding { keys: &[Key::Char('a')], action: Action::Assign, description: "assign to stage", scopes: &[Stages, Items, Item], dangerous: true, hint: true },
+    Binding { keys: &[Key::Char('v')], action: Action::Advance, description: "advance (annotate done)", scopes: &[Items, Item], dangerous: true, hint: false },
+    Binding { keys: &[Key::Char('o')], action: Action::Approve, description: "approve review", scopes: &[Items, Item], dangerous: true, hint: false },
+    Binding { keys: &[Key::Char('x')], action: Action::Reject, description: "reject review", scopes: &[Items, Item], dangerous: true, hint: false },
+    Binding { keys: &[Key::Char('r')], action: Action::Refire, description: "re-fire", scopes: &[Item, Deliveries, Delivery, Log], dangerous: true, hint: true },
+    Binding { keys: &[Key::Char('F')], action: Action::RefireAll, description: "re-fire all failed matching", scopes: &[Stages, Deliveries], dangerous: true, hint: true },
+    Binding { keys: &[Key::Char('R')], action: Action::Replay, description: "replay (same bytes, item stays)", scopes: &[Item, Deliveries, Delivery, Log], dangerous: true, hint: false },
+    Binding { keys: &[Key::Char('t')], action: Action::Test, description: "test webhook", scopes: &[Stages], dangerous: true, hint: true },
+    Binding { keys: &[Key::Char('p')], action: Action::PauseStage, description: "pause / resume stage", scopes: &[Stages], dangerous: true, hint: true },
+    Binding { keys: &[Key::Char('d')], action: Action::Deliveries, description: "deliveries", scopes: &[Workflows, Stages, Items, Item], dangerous: false, hint: true },
+    Binding { keys: &[Key::Char('i')], action: Action::Items, description: "items", scopes: &[Workflows, Stages], dangerous: false, hint: false },
+    Binding { keys: &[Key::Char('y')], action: Action::Copy, description: "copy id", scopes: &[Items, Item, Deliveries, Delivery, Log], dangerous: false, hint: false },
+    Binding { keys: &[Key::Char('l')], action: Action::ToggleLog, description: "log pane", scopes: &[Global], dangerous: false, hint: true },
+    Binding { keys: &[Key::Tab], action: Action::FocusLog, description: "focus log pane", scopes: &[Global], dangerous: false, hint: false },
+    Binding { keys: &[Key::Char('f')], action: Action::Follow, description: "follow newest", scopes: &[Log], dangerous: false, hint: true },
+    Binding { keys: &[Key::Char('P')], action: Action::PauseLog, description: "pause / resume the stream", scopes: &[Log], dangerous: false, hint: true },
+    Binding { keys: &[Key::Char(':')], action: Action::Command, description: "command (:items :deliveries failed :audit :q)", scopes: &[Global], dangerous: false, hint: true },
+    Binding { keys: &[Key::Char('?')], action: Action::Help, description: "help", scopes: &[Global], dangerous: false, hint: true },
+    Binding { keys: &[Key::Char('q'), Key::Ctrl('c')], action: Action::Quit, description: "quit", scopes: &[Global], dangerous: false, hint: true },
+];
+
+fn in_scope(b: &Binding, scope: Scope, focus_log: bool) -> bool {
+    b.scopes.iter().any(|s| match s {
+        Global => true,
+        List => !focus_log && scope != Item && scope != Delivery,
+        Log => focus_log,
+        other => !focus_log && *other == scope,
+    })
+}
+
+/// The action a key press means in `scope`, honouring read-only.
+pub fn lookup(ev: &KeyEvent, scope: Scope, focus_log: bool, read_only: bool) -> Option<&'static Binding> {
+    BINDINGS.iter().find(|b| {
+        in_scope(b, scope, focus_log) && b.keys.iter().any(|k| k.matches(ev)) && !(read_only && b.dangerous)
+    })
+}
+
+/// The bindings that apply in `scope`, for hints and help.
+pub fn active(scope: Scope, focus_log: bool, read_only: bool) -> impl Iterator<Item = &'static Binding> {
+    BINDINGS
+        .iter()
+        .filter(move |b| in_scope(b, scope, focus_log) && !(read_only && b.dangerous))
+}
+
+/// Any binding for this key that is refused only because of read-only (to say so).
+pub fn refused_read_only(ev: &KeyEvent, scope: Scope, focus_log: bool) -> Option<&'static Binding> {
+    BINDINGS
+        .iter()
+        .find(|b| b.dangerous && in_scope(b, scope, focus_log) && b.keys.iter().any(|k| k.matches(ev)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(c: char) -> KeyEvent {
+        KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)
+    }
+
+    #[test]
+    fn no_key_is_bound_twice_in_one_scope() {
+        let scopes = [Workflows, Stages, Items, Item, Deliveries, Delivery];
+        for scope in scopes {
+            for focus in [false, true] {
+                let mut seen: Vec<String> = Vec::new();
+                for b in active(scope, focus, false) {
+                    for k in b.keys {
+                        let label = k.label();
+                        assert!(!seen.contains(&label), "{label} twice in {scope:?} (log {focus})");
+                        seen.push(label);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn read_only_hides_dangerous_actions() {
+        assert_eq!(lookup(&key('a'), Items, false, false).map(|b| b.action), Some(Action::Assign));
+        assert!(lookup(&key('a'), Items, false, true).is_none());
+        assert!(refused_read_only(&key('a'), Items, false).is_some());
+        assert!(active(Deliveries, false, true).all(|b| !b.dangerous));
+    }
+
+    #[test]
+    fn avoids_terminal_multiplexer_keys() {
+        for b in BINDINGS {
+            for k in b.keys {
+                if let Key::Ctrl(c) = k {
+                    assert!(!"absqhjkl".contains(*c), "ctrl-{c} belongs to tmux/screen/flow control");
+                }
+            }
+        }
+    }
+}

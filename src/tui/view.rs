@@ -1,0 +1,861 @@
+//! Drawing: a pure function of the state onto a frame. Never performs IO.
+//!
+//! Every piece guards its own minimum size and uses saturating arithmetic, so any terminal
+//! size (0×0 included) draws without panicking. Text from outside is sanitised here, at the
+//! last moment, so nothing unsanitised reaches the screen.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, Wrap};
+
+use super::keymap;
+use super::state::{App, Level, Overlay, ViewData};
+use super::theme::Theme;
+use crate::dispatch::AttemptEvent;
+use crate::model::{DeliveryState, StageKind};
+use crate::sanitize::{strip_controls, strip_controls_multiline};
+
+/// Smallest terminal the console draws in.
+pub const MIN_WIDTH: u16 = 50;
+pub const MIN_HEIGHT: u16 = 12;
+
+fn clean(s: &str) -> String {
+    strip_controls(s)
+}
+
+fn ago(t: &chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) -> String {
+    let s = (now - *t).num_seconds().max(0);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// Draws the whole console.
+pub fn draw(f: &mut Frame, app: &mut App, theme: &Theme, now: chrono::DateTime<chrono::Utc>) {
+    let area = f.area();
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+        let text = format!("make the terminal larger (needs {MIN_WIDTH}×{MIN_HEIGHT})");
+        f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), area);
+        return;
+    }
+    let log_h = if app.log.visible {
+        (area.height / 3).clamp(4, 14)
+    } else {
+        0
+    };
+    let [header, main, log, flash, footer] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Min(3),
+        Constraint::Length(log_h),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    draw_header(f, app, theme, header);
+    draw_main(f, app, theme, main, now);
+    if app.log.visible {
+        draw_log(f, app, theme, log, now);
+    }
+    draw_flash(f, app, theme, flash);
+    draw_footer(f, app, theme, footer);
+    if let Some(o) = &app.overlay {
+        draw_overlay(f, app, o, theme, area);
+    }
+}
+
+fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let [left, right] =
+        Layout::horizontal([Constraint::Min(20), Constraint::Length(32)]).areas(area);
+    let count = |s: DeliveryState| {
+        app.header
+            .counts
+            .iter()
+            .find(|(st, _)| *st == s)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    };
+    let dispatcher_style = if app.header.dispatcher_warning {
+        theme.warn
+    } else {
+        theme.dim
+    };
+    let mut line1 = vec![
+        Span::styled(" hookops ", theme.title),
+        Span::raw(" "),
+        Span::styled(clean(&app.header.db), theme.dim),
+    ];
+    if app.read_only {
+        line1.push(Span::styled("  [read-only]", theme.warn));
+    }
+    let line2 = vec![
+        Span::styled(
+            if app.header.dispatcher_warning { "⚠ " } else { "" },
+            dispatcher_style,
+        ),
+        Span::styled(app.header.dispatcher.clone(), dispatcher_style),
+        Span::raw("  "),
+        Span::styled(format!("pending {}", count(DeliveryState::Pending)), theme.normal),
+        Span::raw(" · "),
+        Span::styled(format!("in flight {}", count(DeliveryState::InFlight)), theme.normal),
+        Span::raw(" · "),
+        Span::styled(
+            format!("↻ retrying {}", count(DeliveryState::RetryScheduled)),
+            theme.warn,
+        ),
+        Span::raw(" · "),
+        Span::styled(format!("✗ failed {}", count(DeliveryState::Failed)), theme.bad),
+    ];
+    f.render_widget(
+        Paragraph::new(vec![Line::from(line1), Line::from(line2)]),
+        left,
+    );
+    let rate: Vec<u64> = app.rate.iter().copied().collect();
+    let last = rate.iter().rev().nth(1).copied().unwrap_or(0);
+    let [label, spark] = Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(right);
+    f.render_widget(
+        Paragraph::new(format!("{last} attempts/s")).style(theme.dim),
+        label,
+    );
+    let width = spark.width as usize;
+    let tail: Vec<u64> = rate.iter().rev().skip(1).take(width).rev().copied().collect();
+    f.render_widget(Sparkline::default().data(&tail).style(theme.good), spark);
+}
+
+fn block<'a>(title: String, theme: &Theme, focused: bool) -> Block<'a> {
+    Block::default()
+        .borders(Borders::ALL)
+        .border_style(if focused { theme.focus } else { theme.dim })
+        .title(Span::styled(format!(" {title} "), theme.title))
+}
+
+/// Keeps the cursor row visible: the first row to draw for a window of `height` rows.
+fn window(cursor: usize, len: usize, height: usize) -> usize {
+    if height == 0 || len <= height {
+        return 0;
+    }
+    cursor
+        .saturating_sub(height / 2)
+        .min(len.saturating_sub(height))
+}
+
+fn draw_main(f: &mut Frame, app: &mut App, theme: &Theme, area: Rect, now: chrono::DateTime<chrono::Utc>) {
+    let focused = !app.focus_log;
+    let Some(v) = app.stack.last() else { return };
+    let mut title = v.kind.title();
+    if !v.filter.is_empty() {
+        title.push_str(&format!(" · /{}", clean(&v.filter)));
+    }
+    if !v.selected.is_empty() {
+        title.push_str(&format!(" · {} selected", v.selected.len()));
+    }
+    let b = block(title, theme, focused);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    // Header row of tables takes one line.
+    app.page_rows = inner.height.saturating_sub(1).max(1) as usize;
+    let Some(v) = app.stack.last() else { return };
+    let height = inner.height.saturating_sub(1) as usize;
+    let vis = v.visible_indices();
+    let start = window(v.cursor, vis.len(), height);
+    let shown: Vec<usize> = vis.iter().skip(start).take(height).copied().collect();
+    let cursor_row = v.cursor.saturating_sub(start);
+    let mark = |id: &str| if v.selected.contains(id) { "●" } else { " " };
+    let (header, rows, widths): (Vec<&str>, Vec<Row>, Vec<Constraint>) = match &v.data {
+        ViewData::Loading => {
+            f.render_widget(Paragraph::new("loading…").style(theme.dim), inner);
+            return;
+        }
+        ViewData::Failed(e) => {
+            f.render_widget(
+                Paragraph::new(clean(e)).style(theme.bad).wrap(Wrap { trim: true }),
+                inner,
+            );
+            return;
+        }
+        ViewData::Workflows(rows) => (
+            vec!["ID", "NAME", "STAGES", "ITEMS", "WAITING", "IN DELIVERY", "FAILED", "DONE"],
+            shown
+                .iter()
+                .map(|i| {
+                    let w = &rows[*i];
+                    Row::new(vec![
+                        Cell::from(w.id.to_string()),
+                        Cell::from(clean(&w.name)),
+                        Cell::from(w.stages.to_string()),
+                        Cell::from(w.items.to_string()),
+                        Cell::from(w.waiting.to_string()),
+                        Cell::from(w.in_delivery.to_string()),
+                        Cell::from(fail_cell(w.failed, theme)),
+                        Cell::from(w.done.to_string()),
+                    ])
+                })
+                .collect(),
+            vec![
+                Constraint::Min(12),
+                Constraint::Min(16),
+                Constraint::Length(6),
+                Constraint::Length(8),
+                Constraint::Length(8),
+                Constraint::Length(11),
+                Constraint::Length(8),
+                Constraint::Length(8),
+            ],
+        ),
+        ViewData::Stages(d) => (
+            vec!["STAGE", "KIND", "ITEMS", "WAITING", "IN DELIVERY", "FAILED", "STATUS"],
+            shown
+                .iter()
+                .map(|i| {
+                    let s = &d.stage_list[*i];
+                    let mut status: Vec<Span> = Vec::new();
+                    if s.paused {
+                        status.push(Span::styled("⏸ paused ", theme.warn));
+                    }
+                    if s.needs_assignment && s.waiting > 0 {
+                        status.push(Span::styled(
+                            format!("▶ {} waiting for assignment (a) ", s.waiting),
+                            theme.warn,
+                        ));
+                    }
+                    if s.kind == StageKind::Webhook {
+                        let d = |k: &str| s.deliveries.get(k).copied().unwrap_or(0);
+                        if d("failed") > 0 {
+                            status.push(Span::styled(format!("✗ {} failed ", d("failed")), theme.bad));
+                        }
+                        if d("retry_scheduled") > 0 {
+                            status.push(Span::styled(
+                                format!("↻ {} retrying ", d("retry_scheduled")),
+                                theme.warn,
+                            ));
+                        }
+                        if d("succeeded") > 0 {
+                            status.push(Span::styled(format!("✓ {} ", d("succeeded")), theme.good));
+                        }
+                    }
+                    Row::new(vec![
+                        Cell::from(clean(&s.name)),
+                        Cell::from(s.kind.to_string()),
+                        Cell::from(s.items.to_string()),
+                        Cell::from(s.waiting.to_string()),
+                        Cell::from(s.in_delivery.to_string()),
+                        Cell::from(fail_cell(s.failed, theme)),
+                        Cell::from(Line::from(status)),
+                    ])
+                })
+                .collect(),
+            vec![
+                Constraint::Min(14),
+                Constraint::Length(9),
+                Constraint::Length(7),
+                Constraint::Length(8),
+                Constraint::Length(11),
+                Constraint::Length(7),
+                Constraint::Min(20),
+            ],
+        ),
+        ViewData::Items { rows, more } => {
+            let _ = more;
+            (
+                vec!["", "NAME", "ID", "STAGE", "STATE", "WAITING"],
+                shown
+                    .iter()
+                    .map(|i| {
+                        let r = &rows[*i];
+                        Row::new(vec![
+                            Cell::from(mark(r.id.as_str())),
+                            Cell::from(clean(&r.name)),
+                            Cell::from(r.id.to_string()),
+                            Cell::from(r.stage.to_string()),
+                            Cell::from(state_span(r.state, theme)),
+                            Cell::from(ago(&r.entered_at, now)),
+                        ])
+                    })
+                    .collect(),
+                vec![
+                    Constraint::Length(1),
+                    Constraint::Min(16),
+                    Constraint::Min(14),
+                    Constraint::Length(14),
+                    Constraint::Length(13),
+                    Constraint::Length(7),
+                ],
+            )
+        }
+        ViewData::Deliveries { rows, .. } => (
+            vec!["", "STATE", "STAGE", "ITEM", "ATTEMPTS", "LAST", "AGE", "ID"],
+            shown
+                .iter()
+                .map(|i| {
+                    let r = &rows[*i];
+                    Row::new(vec![
+                        Cell::from(mark(r.id.as_str())),
+                        Cell::from(delivery_state_span(r.state, theme)),
+                        Cell::from(r.stage.to_string()),
+                        Cell::from(clean(
+                            r.item_name
+                                .as_deref()
+                                .or(r.item_id.as_ref().map(|i| i.as_str()))
+                                .unwrap_or(r.event.as_str()),
+                        )),
+                        Cell::from(r.attempts.to_string()),
+                        Cell::from(result_span(r.last_status, r.last_error_kind, theme)),
+                        Cell::from(ago(&r.created_at, now)),
+                        Cell::from(r.id.to_string()),
+                    ])
+                })
+                .collect(),
+            vec![
+                Constraint::Length(1),
+                Constraint::Length(12),
+                Constraint::Length(14),
+                Constraint::Min(16),
+                Constraint::Length(8),
+                Constraint::Length(11),
+                Constraint::Length(5),
+                Constraint::Min(12),
+            ],
+        ),
+        ViewData::Audit(rows) => (
+            vec!["AT", "OPERATOR", "ACTION", "TARGET", "COUNT", "FILTER"],
+            shown
+                .iter()
+                .map(|i| {
+                    let r = &rows[*i];
+                    Row::new(vec![
+                        Cell::from(r.at.format("%m-%d %H:%M:%S").to_string()),
+                        Cell::from(clean(&r.operator)),
+                        Cell::from(r.action.clone()),
+                        Cell::from(clean(&r.target)),
+                        Cell::from(r.count.to_string()),
+                        Cell::from(clean(r.filter.as_deref().unwrap_or(""))),
+                    ])
+                })
+                .collect(),
+            vec![
+                Constraint::Length(15),
+                Constraint::Length(12),
+                Constraint::Length(8),
+                Constraint::Min(20),
+                Constraint::Length(6),
+                Constraint::Min(10),
+            ],
+        ),
+        ViewData::Item(d) => {
+            draw_item(f, d, v.cursor, theme, inner, now);
+            return;
+        }
+        ViewData::Delivery(d) => {
+            draw_delivery(f, d, v.scroll, theme, inner);
+            return;
+        }
+    };
+    if rows.is_empty() {
+        let empty = if v.filter.is_empty() {
+            "nothing here yet".to_string()
+        } else {
+            format!("nothing matches /{}", clean(&v.filter))
+        };
+        f.render_widget(Paragraph::new(empty).style(theme.dim), inner);
+        return;
+    }
+    let rows: Vec<Row> = rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            if i == cursor_row && focused {
+                r.style(theme.selected)
+            } else {
+                r
+            }
+        })
+        .collect();
+    let table = Table::new(rows, widths)
+        .header(Row::new(header).style(theme.header))
+        .column_spacing(1);
+    f.render_widget(table, inner);
+}
+
+fn fail_cell(n: i64, theme: &Theme) -> Span<'static> {
+    if n > 0 {
+        Span::styled(format!("✗ {n}"), theme.bad)
+    } else {
+        Span::raw("0")
+    }
+}
+
+fn state_span(s: crate::model::ItemState, theme: &Theme) -> Span<'static> {
+    use crate::model::ItemState as S;
+    match s {
+        S::Waiting => Span::styled("◷ waiting", theme.warn),
+        S::Active => Span::styled("● active", theme.normal),
+        S::InDelivery => Span::styled("↗ in delivery", theme.normal),
+        S::Failed => Span::styled("✗ failed", theme.bad),
+        S::Done => Span::styled("✓ done", theme.good),
+    }
+}
+
+fn delivery_state_span(s: DeliveryState, theme: &Theme) -> Span<'static> {
+    match s {
+        DeliveryState::Pending => Span::styled("◷ pending", theme.normal),
+        DeliveryState::InFlight => Span::styled("↗ in flight", theme.normal),
+        DeliveryState::RetryScheduled => Span::styled("↻ retrying", theme.warn),
+        DeliveryState::Succeeded => Span::styled("✓ succeeded", theme.good),
+        DeliveryState::Failed => Span::styled("✗ failed", theme.bad),
+        DeliveryState::Cancelled => Span::styled("⊘ cancelled", theme.dim),
+    }
+}
+
+fn result_span(
+    status: Option<u16>,
+    kind: Option<crate::model::ErrorKind>,
+    theme: &Theme,
+) -> Span<'static> {
+    match (status, kind) {
+        (Some(s), _) if (200..300).contains(&s) => Span::styled(format!("✓ {s}"), theme.good),
+        (Some(s), _) => Span::styled(format!("✗ {s}"), theme.bad),
+        (None, Some(k)) => Span::styled(format!("✗ {k}"), theme.bad),
+        (None, None) => Span::raw("-"),
+    }
+}
+
+fn draw_item(
+    f: &mut Frame,
+    d: &crate::store::ItemDetail,
+    cursor: usize,
+    theme: &Theme,
+    area: Rect,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let it = &d.item;
+    let mut lines = vec![
+        Line::from(vec![Span::styled("name      ", theme.dim), Span::raw(clean(&it.name))]),
+        Line::from(vec![Span::styled("id        ", theme.dim), Span::raw(it.id.to_string())]),
+        Line::from(vec![
+            Span::styled("stage     ", theme.dim),
+            Span::raw(format!("{} ", it.stage)),
+            state_span(it.state, theme),
+            Span::styled(format!("  v{}", it.version), theme.dim),
+        ]),
+        Line::from(vec![Span::styled("path      ", theme.dim), Span::raw(clean(&it.path))]),
+        Line::from(vec![
+            Span::styled("tags      ", theme.dim),
+            Span::raw(clean(&it.tags.join(", "))),
+        ]),
+        Line::from(vec![
+            Span::styled("properties ", theme.dim),
+            Span::raw(clean(&serde_json::Value::Object(it.properties.clone()).to_string())),
+        ]),
+        Line::from(vec![
+            Span::styled("annotations ", theme.dim),
+            Span::raw(crate::cli::annotation_summary(&it.annotations)),
+        ]),
+        Line::from(Span::styled("history", theme.header)),
+    ];
+    for h in d.history.iter().rev().take(8) {
+        lines.push(Line::from(format!(
+            "  {} ago  {} → {}  {}{}",
+            ago(&h.at, now),
+            h.from.as_ref().map(|s| s.as_str()).unwrap_or("·"),
+            h.to,
+            h.cause,
+            h.operator.as_ref().map(|o| format!(" by {}", clean(o))).unwrap_or_default()
+        )));
+    }
+    if d.history.len() > 8 {
+        lines.push(Line::from(Span::styled(
+            format!("  … {} earlier moves", d.history.len() - 8),
+            theme.dim,
+        )));
+    }
+    lines.push(Line::from(Span::styled(
+        "deliveries (enter opens, r re-fires)",
+        theme.header,
+    )));
+    let top = lines.len() as u16;
+    f.render_widget(Paragraph::new(lines), area);
+    let rest = Rect {
+        y: area.y.saturating_add(top),
+        height: area.height.saturating_sub(top),
+        ..area
+    };
+    let start = window(cursor, d.deliveries.len(), rest.height as usize);
+    let rows: Vec<Row> = d
+        .deliveries
+        .iter()
+        .enumerate()
+        .skip(start)
+        .take(rest.height as usize)
+        .map(|(i, del)| {
+            let r = Row::new(vec![
+                Cell::from(delivery_state_span(del.state, theme)),
+                Cell::from(del.stage.to_string()),
+                Cell::from(del.attempts.to_string()),
+                Cell::from(result_span(del.last_status, del.last_error_kind, theme)),
+                Cell::from(del.id.to_string()),
+            ]);
+            if i == cursor { r.style(theme.selected) } else { r }
+        })
+        .collect();
+    f.render_widget(
+        Table::new(
+            rows,
+            [
+                Constraint::Length(12),
+                Constraint::Length(14),
+                Constraint::Length(3),
+                Constraint::Length(11),
+                Constraint::Min(10),
+            ],
+        ),
+        rest,
+    );
+}
+
+fn draw_delivery(
+    f: &mut Frame,
+    d: &crate::store::DeliveryDetail,
+    scroll: usize,
+    theme: &Theme,
+    area: Rect,
+) {
+    let s = &d.summary;
+    let mut lines: Vec<Line> = vec![
+        Line::from(vec![
+            delivery_state_span(s.state, theme),
+            Span::raw(format!(
+                "  {} {}  stage {}  attempts {}",
+                s.event, s.trigger, s.stage, s.attempts
+            )),
+        ]),
+        Line::from(format!(
+            "item {} {}",
+            s.item_id.as_ref().map(|i| i.as_str()).unwrap_or("-"),
+            clean(s.item_name.as_deref().unwrap_or(""))
+        )),
+    ];
+    if let Some(n) = s.next_attempt_at {
+        lines.push(Line::from(format!("next attempt {}", n.format("%H:%M:%S"))));
+    }
+    if let Some(r) = &s.refire_of {
+        lines.push(Line::from(format!("re-fires {r}")));
+    }
+    if let Some(c) = s.cancel_reason {
+        lines.push(Line::from(Span::styled(
+            format!(
+                "cancelled ({c}) by {}",
+                clean(d.cancelled_by.as_deref().unwrap_or("-"))
+            ),
+            theme.dim,
+        )));
+    }
+    for a in d.attempt_log.iter().rev() {
+        lines.push(Line::from(""));
+        lines.push(Line::from(vec![
+            Span::styled(format!("attempt {} ", a.number), theme.header),
+            Span::raw(format!(
+                "{} {}{} {}",
+                a.started_at.format("%H:%M:%S%.3f"),
+                a.trigger,
+                if a.counted { "" } else { " (not counted)" },
+                a.duration_ms.map(|d| format!("{d} ms")).unwrap_or_default()
+            )),
+        ]));
+        let result = match (a.status, &a.error_kind, &a.error_message) {
+            (Some(st), _, _) => result_span(Some(st), None, theme),
+            (None, Some(k), _) => result_span(None, Some(*k), theme),
+            _ => Span::raw("-"),
+        };
+        lines.push(Line::from(vec![
+            Span::raw("  "),
+            result,
+            Span::raw(format!(
+                "  {}",
+                clean(a.error_message.as_deref().unwrap_or(""))
+            )),
+        ]));
+        lines.push(Line::from(format!("  POST {}", clean(&a.url))));
+        for (k, v) in &a.request_headers {
+            lines.push(Line::from(Span::styled(
+                format!("  > {}: {}", clean(k), clean(v)),
+                theme.dim,
+            )));
+        }
+        for (k, v) in &a.response_headers {
+            lines.push(Line::from(Span::styled(
+                format!("  < {}: {}", clean(k), clean(v)),
+                theme.dim,
+            )));
+        }
+        if let Some(b) = a.response_body.as_ref().filter(|b| !b.is_empty()) {
+            for l in strip_controls_multiline(b).lines().take(20) {
+                lines.push(Line::from(format!("  < {l}")));
+            }
+        }
+    }
+    lines.push(Line::from(""));
+    lines.push(Line::from(Span::styled("request body", theme.header)));
+    let body = serde_json::to_string_pretty(&d.body).unwrap_or_default();
+    for l in strip_controls_multiline(&body).lines() {
+        lines.push(Line::from(format!("  {l}")));
+    }
+    let max = lines.len().saturating_sub(area.height as usize);
+    let scroll = scroll.min(max);
+    let lines: Vec<Line> = lines.into_iter().skip(scroll).take(area.height as usize).collect();
+    f.render_widget(Paragraph::new(lines), area);
+}
+
+/// One log line: time, glyph, status, stage, item, attempt n/max, duration, next retry.
+pub fn log_line(e: &AttemptEvent, theme: &Theme, now: chrono::DateTime<chrono::Utc>) -> Line<'static> {
+    let (glyph, style) = match (e.status, e.state) {
+        (_, DeliveryState::RetryScheduled) => ("↻", theme.warn),
+        (Some(s), _) if (200..300).contains(&s) => ("✓", theme.good),
+        (_, DeliveryState::Cancelled) => ("⊘", theme.dim),
+        _ => ("✗", theme.bad),
+    };
+    let result = match (e.status, e.error_kind) {
+        (Some(s), _) => s.to_string(),
+        (None, Some(k)) => k.to_string(),
+        _ => "-".into(),
+    };
+    let item = clean(
+        e.item_name
+            .as_deref()
+            .or(e.item_id.as_ref().map(|i| i.as_str()))
+            .unwrap_or(e.event.as_str()),
+    );
+    let max = if e.max_attempts > 0 {
+        e.max_attempts.to_string()
+    } else {
+        "?".into()
+    };
+    let mut spans = vec![
+        Span::styled(e.at.format("%H:%M:%S ").to_string(), theme.dim),
+        Span::styled(format!("{glyph} {result:<7}"), style),
+        Span::raw(format!(
+            " {:<12} {:<22} #{}/{} {:>5}ms",
+            e.stage.as_str(),
+            item,
+            e.number,
+            max,
+            e.duration_ms
+        )),
+    ];
+    if e.state == DeliveryState::RetryScheduled
+        && let Some(t) = e.next_attempt_at
+    {
+        let secs = (t - now).num_milliseconds().max(0) as f64 / 1000.0;
+        spans.push(Span::styled(format!("  retry in {secs:.0}s"), theme.warn));
+    }
+    if let Some(m) = e.error_message.as_ref().filter(|_| e.status.is_none_or(|s| s >= 300)) {
+        spans.push(Span::styled(format!("  {}", clean(m)), theme.dim));
+    }
+    if let Some(to) = &e.routed_to {
+        spans.push(Span::styled(format!("  → {to}"), theme.dim));
+    }
+    Line::from(spans)
+}
+
+fn draw_log(f: &mut Frame, app: &App, theme: &Theme, area: Rect, now: chrono::DateTime<chrono::Utc>) {
+    let mut title = String::from("log");
+    if app.log.follow {
+        title.push_str(" · following");
+    }
+    if app.log.paused {
+        title.push_str(&format!(" · ⏸ paused ({} held)", app.log.held.len()));
+    }
+    if !app.log.filter.is_empty() {
+        title.push_str(&format!(" · /{}", clean(&app.log.filter)));
+    }
+    let b = block(title, theme, app.focus_log);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    let vis = app.log.visible_indices();
+    if vis.is_empty() {
+        f.render_widget(
+            Paragraph::new("no attempts yet: deliveries show up here as they are sent").style(theme.dim),
+            inner,
+        );
+        return;
+    }
+    let h = inner.height as usize;
+    let pos = vis
+        .iter()
+        .position(|i| *i >= app.log.cursor)
+        .unwrap_or(vis.len().saturating_sub(1));
+    let start = if app.log.follow {
+        vis.len().saturating_sub(h)
+    } else {
+        window(pos, vis.len(), h)
+    };
+    let lines: Vec<Line> = vis
+        .iter()
+        .skip(start)
+        .take(h)
+        .map(|i| {
+            let line = log_line(&app.log.entries[*i], theme, now);
+            if app.focus_log && *i == app.log.cursor {
+                line.style(theme.selected)
+            } else {
+                line
+            }
+        })
+        .collect();
+    f.render_widget(Paragraph::new(lines), inner);
+}
+
+fn draw_flash(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let Some(fl) = &app.flash else { return };
+    let (glyph, style) = match fl.level {
+        Level::Info => ("ℹ", theme.normal),
+        Level::Warn => ("⚠", theme.warn),
+        Level::Error => ("✗", theme.bad),
+    };
+    f.render_widget(
+        Paragraph::new(format!("{glyph} {}", clean(&fl.text))).style(style),
+        area,
+    );
+}
+
+fn draw_footer(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    let mut spans = Vec::new();
+    for b in keymap::active(app.scope(), app.focus_log, app.read_only).filter(|b| b.hint) {
+        spans.push(Span::styled(format!("<{}>", b.keys[0].label()), theme.key));
+        spans.push(Span::styled(format!(" {}  ", b.description), theme.dim));
+    }
+    f.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let w = w.min(area.width);
+    let h = h.min(area.height);
+    Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    }
+}
+
+fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect) {
+    match o {
+        Overlay::Command(s) | Overlay::Filter(s) => {
+            let prefix = if matches!(o, Overlay::Command(_)) { ":" } else { "/" };
+            let r = Rect {
+                y: area.y + area.height.saturating_sub(2),
+                height: 1,
+                ..area
+            };
+            f.render_widget(Clear, r);
+            f.render_widget(
+                Paragraph::new(format!("{prefix}{}▏", clean(s))).style(theme.focus),
+                r,
+            );
+        }
+        Overlay::Help => {
+            let r = centered(area, 72, area.height.saturating_sub(2));
+            f.render_widget(Clear, r);
+            let mut lines = vec![Line::from(Span::styled(
+                format!("keys in {} (esc closes)", app.view().map(|v| v.kind.title()).unwrap_or_default()),
+                theme.header,
+            ))];
+            for b in keymap::active(app.scope(), app.focus_log, app.read_only) {
+                let keys: Vec<String> = b.keys.iter().map(|k| k.label()).collect();
+                lines.push(Line::from(vec![
+                    Span::styled(format!("{:>14}  ", keys.join(" ")), theme.key),
+                    Span::raw(b.description),
+                ]));
+            }
+            lines.push(Line::from(""));
+            lines.push(Line::from(Span::styled(
+                "tab focuses the log pane; in dialogs tab/←/→ move, enter presses, esc cancels",
+                theme.dim,
+            )));
+            if app.read_only {
+                lines.push(Line::from(Span::styled(
+                    "read-only: actions are hidden",
+                    theme.warn,
+                )));
+            }
+            f.render_widget(
+                Paragraph::new(lines).block(block("help".into(), theme, true)),
+                r,
+            );
+        }
+        Overlay::Picker { title, choices, query, cursor, .. } => {
+            let matching: Vec<_> = choices
+                .iter()
+                .filter(|(id, _)| id.as_str().contains(query.as_str()))
+                .collect();
+            let r = centered(area, 50, (matching.len() as u16 + 4).min(area.height));
+            f.render_widget(Clear, r);
+            let mut lines = vec![Line::from(format!("› {}▏", clean(query)))];
+            for (i, (id, kind)) in matching.iter().enumerate() {
+                let l = Line::from(format!("{} {id}  ({kind})", if i == *cursor { "▶" } else { " " }));
+                lines.push(if i == *cursor { l.style(theme.selected) } else { l });
+            }
+            if matching.is_empty() {
+                lines.push(Line::from(Span::styled("no stage matches", theme.dim)));
+            }
+            f.render_widget(
+                Paragraph::new(lines).block(block(title.clone(), theme, true)),
+                r,
+            );
+        }
+        Overlay::Confirm { text, focus, .. } => {
+            let r = centered(area, 60, 7);
+            f.render_widget(Clear, r);
+            let button = |label: &str, on: bool| {
+                if on {
+                    Span::styled(format!("▶ {label} ◀"), theme.selected)
+                } else {
+                    Span::styled(format!("  {label}  "), theme.normal)
+                }
+            };
+            let lines = vec![
+                Line::from(clean(text)),
+                Line::from(""),
+                Line::from(vec![
+                    button("Cancel", *focus == 0),
+                    Span::raw("    "),
+                    button("OK", *focus == 1),
+                ]),
+            ];
+            f.render_widget(
+                Paragraph::new(lines)
+                    .wrap(Wrap { trim: true })
+                    .block(block("confirm".into(), theme, true)),
+                r,
+            );
+        }
+        Overlay::Typed { text, expected, typed, .. } => {
+            let r = centered(area, 64, 8);
+            f.render_widget(Clear, r);
+            let lines = vec![
+                Line::from(clean(text)),
+                Line::from(""),
+                Line::from(format!("type {expected} and press enter (esc cancels)")),
+                Line::from(Span::styled(format!("› {typed}▏"), theme.focus)),
+            ];
+            f.render_widget(
+                Paragraph::new(lines)
+                    .wrap(Wrap { trim: true })
+                    .block(block("confirm bulk action".into(), theme, true)),
+                r,
+            );
+        }
+        Overlay::Popup { title, text } => {
+            let r = centered(area, 72, 14);
+            f.render_widget(Clear, r);
+            f.render_widget(
+                Paragraph::new(strip_controls_multiline(text))
+                    .wrap(Wrap { trim: false })
+                    .block(block(format!("{} (esc closes)", clean(title)), theme, true)),
+                r,
+            );
+        }
+    }
+}
