@@ -808,6 +808,10 @@ pub struct ReceiverOptions {
     pub secrets: Vec<String>,
     /// Do not print a line per request.
     pub quiet: bool,
+    /// Keep every request in memory for [`Receiver::received`]. Off for long runs (the CLI,
+    /// benchmarks), where the log would only grow: then `received` is empty and `count` and
+    /// `wait_for` still work.
+    pub keep_log: bool,
 }
 
 impl Default for ReceiverOptions {
@@ -818,6 +822,7 @@ impl Default for ReceiverOptions {
             script: Script::default(),
             secrets: Vec::new(),
             quiet: true,
+            keep_log: true,
         }
     }
 }
@@ -832,6 +837,7 @@ impl fmt::Debug for ReceiverOptions {
                 &format_args!("[{} redacted]", self.secrets.len()),
             )
             .field("quiet", &self.quiet)
+            .field("keep_log", &self.keep_log)
             .finish()
     }
 }
@@ -846,6 +852,8 @@ struct Shared {
     /// Requests answered by a fail-first rule, per `webhook-id`; reset by `set_script`.
     fail_counts: Mutex<HashMap<String, u32>>,
     log: Mutex<Vec<Received>>,
+    keep_log: bool,
+    /// Requests arrived so far.
     count: watch::Sender<usize>,
     stop: watch::Sender<bool>,
     macs: Vec<Hmac<Sha256>>,
@@ -866,18 +874,35 @@ impl Shared {
             .clone()
     }
 
-    /// Records a request and returns its index in the log.
-    fn arrive(&self, r: Received) -> usize {
+    /// Records a request and returns its index in the log, and the request itself when it is
+    /// not kept in the log but still wanted for printing or recording.
+    fn arrive(&self, r: Received) -> (usize, Option<Received>) {
+        if !self.keep_log {
+            let mut seq = 0;
+            self.count.send_modify(|c| {
+                seq = *c;
+                *c += 1;
+            });
+            return (seq, self.events.is_some().then_some(r));
+        }
         let len = {
             let mut log = lock(&self.log);
             log.push(r);
             log.len()
         };
         self.count.send_modify(|c| *c = (*c).max(len));
-        len - 1
+        (len - 1, None)
     }
 
-    fn finish(&self, seq: usize, status: u16, note: &'static str) {
+    fn finish(&self, seq: usize, pending: Option<Received>, status: u16, note: &'static str) {
+        if let Some(mut r) = pending {
+            r.status = status;
+            if let Some((tx, with_body)) = &self.events {
+                let received = if *with_body { r } else { r.without_body() };
+                let _ = tx.send(Event { received, note });
+            }
+            return;
+        }
         let event = {
             let mut log = lock(&self.log);
             // seq came from `arrive` and the log only grows, so it is in range.
@@ -917,19 +942,25 @@ impl Shared {
 struct Answer<'a> {
     shared: &'a Shared,
     seq: usize,
+    /// The request, when the log does not keep it (see [`ReceiverOptions::keep_log`]).
+    pending: Option<Received>,
     done: bool,
 }
 
 impl Answer<'_> {
     fn reply(mut self, response: Response, note: &'static str) -> Response {
-        self.shared
-            .finish(self.seq, response.status().as_u16(), note);
+        self.shared.finish(
+            self.seq,
+            self.pending.take(),
+            response.status().as_u16(),
+            note,
+        );
         self.done = true;
         response
     }
 
     fn none(mut self, note: &'static str) {
-        self.shared.finish(self.seq, 0, note);
+        self.shared.finish(self.seq, self.pending.take(), 0, note);
         self.done = true;
     }
 }
@@ -937,7 +968,8 @@ impl Answer<'_> {
 impl Drop for Answer<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.shared.finish(self.seq, 0, "client went away");
+            self.shared
+                .finish(self.seq, self.pending.take(), 0, "client went away");
         }
     }
 }
@@ -1050,10 +1082,11 @@ async fn handle(
         signature_valid,
         status: 0,
     };
-    let seq = shared.arrive(received);
+    let (seq, pending) = shared.arrive(received);
     let answer = Answer {
         shared: &shared,
         seq,
+        pending,
         done: false,
     };
 
@@ -1218,6 +1251,7 @@ impl Receiver {
             script: RwLock::new(Arc::new(opts.script)),
             fail_counts: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
+            keep_log: opts.keep_log,
             count: watch::Sender::new(0),
             stop: watch::Sender::new(false),
             macs,
@@ -1246,14 +1280,14 @@ impl Receiver {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Every request so far, in arrival order.
+    /// Every request so far, in arrival order (empty unless [`ReceiverOptions::keep_log`]).
     pub fn received(&self) -> Vec<Received> {
         lock(&self.shared.log).clone()
     }
 
     /// How many requests arrived so far.
     pub fn count(&self) -> usize {
-        lock(&self.shared.log).len()
+        *self.shared.count.borrow()
     }
 
     /// Waits until at least `n` requests have arrived; false if `timeout` passed first.
