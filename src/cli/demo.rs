@@ -2,9 +2,10 @@
 //! a free loopback port scripted so each stage behaves differently, and the console on top
 //! (or, with `--no-tui`, the dispatcher until the deliveries settle and a summary).
 //!
-//! Half the items are assigned to the first webhook stage at start, so the log pane has
-//! attempts, retries and failures to show within seconds; the other half wait in the dataset
-//! stage for the operator to assign.
+//! Half the items are assigned at start (most to the first webhook stage, some to later webhook
+//! stages whose receiver paths retry, time out and fail), so the log pane has attempts,
+//! retries and failures to show within seconds; the other half wait in the dataset stage for
+//! the operator to assign.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,8 +22,10 @@ pub const DEMO_ITEMS: &str = include_str!("../../demo/items.jsonl");
 /// How the demo receiver answers each stage's path (see the comment atop demo/workflow.toml).
 pub const DEMO_SCRIPT: &str =
     "/validate=fail-first-2,/export=ok,/qa=flaky:30%,/notify-slow=hang,/archive=400,*=ok";
-/// Items assigned to the first webhook stage when the demo starts.
-const DEMO_ASSIGNED: usize = 100;
+/// Items assigned when the demo starts, per stage: the first webhook stage, and two later
+/// webhook stages whose receivers retry, time out and fail, so every outcome shows at once.
+/// The remaining items wait in the dataset stage for the operator.
+const DEMO_ASSIGNED: &[(&str, usize)] = &[("validate", 60), ("export", 25), ("qa-export", 15)];
 
 /// Creates a fresh demo database: applies the demo workflow (its URLs pointing at `base_url`)
 /// and imports the demo items.
@@ -90,16 +93,18 @@ pub fn run(g: &Global, c: &ConsoleArgs, a: DemoArgs) -> Result<(), CliError> {
     let operator = g.operator();
     let store = seed_demo(&path, &operator, Some(&base))?;
     let wf = WorkflowId::new("defects");
-    store.assign(
-        &wf,
-        &StageId::new("validate"),
-        &AssignTarget::FromStage {
-            stage: StageId::new("dataset"),
-            limit: Some(DEMO_ASSIGNED),
-        },
-        None,
-        &operator,
-    )?;
+    for (stage, n) in DEMO_ASSIGNED {
+        store.assign(
+            &wf,
+            &StageId::new(*stage),
+            &AssignTarget::FromStage {
+                stage: StageId::new("dataset"),
+                limit: Some(*n),
+            },
+            None,
+            &operator,
+        )?;
+    }
     let result = if a.no_tui {
         headless(&rt, &store, a.timeout)
     } else {

@@ -303,7 +303,7 @@ fn header(store: &Store, own: bool, concurrency: usize) -> Header {
         ..Header::default()
     };
     if own {
-        h.dispatcher = format!("dispatcher: this process ({concurrency} at once)");
+        h.dispatcher = format!("dispatcher: this process ×{concurrency}");
         return h;
     }
     let beats = store.dispatchers().unwrap_or_default();

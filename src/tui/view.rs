@@ -69,7 +69,7 @@ pub fn draw(f: &mut Frame, app: &mut App, theme: &Theme, now: chrono::DateTime<c
 
 fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let [left, right] =
-        Layout::horizontal([Constraint::Min(20), Constraint::Length(32)]).areas(area);
+        Layout::horizontal([Constraint::Min(20), Constraint::Length(24)]).areas(area);
     let count = |s: DeliveryState| {
         app.header
             .counts
@@ -98,12 +98,12 @@ fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         ),
         Span::styled(app.header.dispatcher.clone(), dispatcher_style),
         Span::raw("  "),
-        Span::styled(format!("pending {}", count(DeliveryState::Pending)), theme.normal),
+        Span::styled(format!("◷ pending {}", count(DeliveryState::Pending)), theme.normal),
         Span::raw(" · "),
-        Span::styled(format!("in flight {}", count(DeliveryState::InFlight)), theme.normal),
+        Span::styled(format!("↗ in flight {}", count(DeliveryState::InFlight)), theme.normal),
         Span::raw(" · "),
         Span::styled(
-            format!("↻ retrying {}", count(DeliveryState::RetryScheduled)),
+            format!("↻ retry {}", count(DeliveryState::RetryScheduled)),
             theme.warn,
         ),
         Span::raw(" · "),
