@@ -469,7 +469,7 @@ mod tests {
 
     /// The demo's shape: dataset -> validate (webhook) -> triage (logic) -> annotate/review ->
     /// sample (sampling) -> qa-export / export -> complete, with a parking stage and a discard.
-    fn demo() -> Workflow {
+    pub(super) fn demo() -> Workflow {
         wf(vec![
             next("dataset", "dataset", "validate"),
             webhook("validate", "triage", Some("webhook-failed")),
@@ -493,7 +493,7 @@ mod tests {
         ])
     }
 
-    fn item(id: &str, stage: &str) -> Item {
+    pub(super) fn item(id: &str, stage: &str) -> Item {
         let t = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
         Item {
             id: ItemId::from(id),
@@ -1217,3 +1217,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod demo_tests;
