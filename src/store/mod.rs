@@ -120,16 +120,17 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Open {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    let open_error = |e: rusqlite::Error| open_error(path, e);
+    let conn = Connection::open_with_flags(path, flags).map_err(open_error)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(open_error)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(open_error)?;
     // Every write job runs in a savepoint; its sub-journal goes to a temp file unless temp
     // storage is in memory, which cost ~20 pwrite calls per imported item.
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(open_error)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -316,6 +317,21 @@ fn create_file(path: &Path, mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// An error while opening `path`, worded for the operator: a file that is not SQLite (the
+/// first read of the header fails with `SQLITE_NOTADB`) is named as such.
+fn open_error(path: &Path, e: rusqlite::Error) -> StoreError {
+    let message = match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => {
+            "it is not an SQLite database (a hookops database is an SQLite file)".to_string()
+        }
+        _ => e.to_string(),
+    };
+    StoreError::Open {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
 /// Refuses a file that is not an SQLite database, or an SQLite database of another program.
 fn check_is_database(conn: &Connection, path: &Path) -> Result<()> {
     let foreign = |message: String| StoreError::Open {
@@ -328,7 +344,7 @@ fn check_is_database(conn: &Connection, path: &Path) -> Result<()> {
             s.query_map([], |r| r.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
-        .map_err(|e| foreign(format!("not a hookops database ({e})")))?;
+        .map_err(|e| open_error(path, e))?;
     let app_id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
     if !tables.is_empty() && app_id != schema::APPLICATION_ID {
         return Err(foreign(
