@@ -7,10 +7,14 @@
 //! answered by a frame at once, and redraws caused by the attempt stream are coalesced to at
 //! most ~30 a second. Only this module touches crossterm.
 
+pub mod headless;
 pub mod keymap;
 pub mod state;
 pub mod theme;
 pub mod view;
+
+#[cfg(test)]
+mod tests;
 
 use std::io::Write;
 use std::time::Duration;
@@ -442,7 +446,7 @@ impl Executor {
     }
 }
 
-fn load(
+pub(crate) fn load(
     s: &Store,
     kind: &ViewKind,
     search: &str,
@@ -487,7 +491,7 @@ fn load(
     })
 }
 
-fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
+pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
     let done = |text: String, refused: usize| Msg::Done {
         text,
         level: if refused > 0 { Level::Warn } else { Level::Info },
