@@ -180,12 +180,16 @@ fn import(
         })
         .map_err(|e| {
             let code = if e.source.is_refusal() { 1 } else { 2 };
-            CliError {
-                code,
-                message: format!(
+            // Refused before anything was written (unknown workflow, read-only, an id of
+            // another workflow): say only why; "run it again" is for an interrupted import.
+            let message = if e.done == 0 && e.report.imported == 0 {
+                e.source.to_string()
+            } else {
+                format!(
                     "{e}; run the same import again to add the rest (items already present are skipped)"
-                ),
-            }
+                )
+            };
+            CliError { code, message }
         })?;
     for id in report.differing.iter().take(20) {
         eprintln!("warning: item `{id}` is already present with different content; it was not changed");
