@@ -763,7 +763,27 @@ impl Store {
             let page = self.list_deliveries(&f, after, 5000)?;
             let done = page.len() < 5000;
             after = page.last().map(|(_, c)| *c);
-            out.extend(page.into_iter().map(|(d, _)| d.id));
+            // An older failed delivery of an item that has a newer one would only be refused.
+            let latest = self.read(|c| {
+                let mut q = c.prepare_cached(
+                    "SELECT MAX(seq) FROM deliveries WHERE item_id = ?1 AND event = 'stage.webhook'",
+                )?;
+                let mut keep = Vec::with_capacity(page.len());
+                for (d, seq) in &page {
+                    let newest: Option<i64> = match &d.item_id {
+                        Some(item) => q.query_row([item.as_str()], |r| r.get(0))?,
+                        None => None,
+                    };
+                    keep.push(newest == Some(*seq));
+                }
+                Ok(keep)
+            })?;
+            out.extend(
+                page.into_iter()
+                    .zip(latest)
+                    .filter(|(_, latest)| *latest)
+                    .map(|((d, _), _)| d.id),
+            );
             if done || out.len() >= want {
                 break;
             }
