@@ -22,6 +22,7 @@ macro_rules! outln {
 mod deliveries;
 mod demo;
 mod item;
+mod ops;
 mod output;
 mod serve;
 mod workflow;
@@ -98,6 +99,9 @@ pub struct ConsoleArgs {
     /// Write diagnostics (tracing) to this file; never to the screen
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+    /// Console config with `[keys]` overrides [default: $XDG_CONFIG_HOME/hookops/config.toml]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 /// Options every subcommand takes.
@@ -136,8 +140,8 @@ pub enum Command {
     Assign(item::AssignArgs),
     /// Show the audit log of operator actions, newest first
     Audit(AuditArgs),
-    /// List deliveries, newest first
-    Deliveries(deliveries::ListArgs),
+    /// List deliveries, newest first (or `deliveries export` them as JSON Lines)
+    Deliveries(ops::DeliveriesArgs),
     /// Show one delivery with every attempt
     #[command(subcommand)]
     Delivery(deliveries::DeliveryCommand),
@@ -154,6 +158,16 @@ pub enum Command {
     Receiver(serve::ReceiverArgs),
     /// Create a fresh demo database with the demo workflow and items
     Demo(DemoArgs),
+    /// Remove old finished deliveries and their attempts (keeps each item's latest per stage)
+    Prune(ops::PruneArgs),
+    /// Write a consistent copy of the database while it is in use
+    Backup(ops::BackupArgs),
+    /// Check the database's health; --repair fixes what is safe
+    Check(ops::CheckArgs),
+    /// Print a shell completion script (bash, zsh, fish, …)
+    Completions(ops::CompletionsArgs),
+    /// Print the man page (roff)
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -227,7 +241,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Item(c) => item::run(g, c),
         Command::Assign(a) => item::assign(g, a),
         Command::Audit(a) => audit(g, a),
-        Command::Deliveries(a) => deliveries::list(g, a),
+        Command::Deliveries(a) => ops::deliveries(g, a),
         Command::Delivery(c) => deliveries::run(g, c),
         Command::Refire(a) => deliveries::refire(g, a),
         Command::TestWebhook(a) => deliveries::test_webhook(g, a),
@@ -235,6 +249,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve(a) => serve::serve(g, a),
         Command::Receiver(a) => serve::receiver(a),
         Command::Demo(a) => demo::run(g, &cli.console, a),
+        Command::Prune(a) => ops::prune(g, a),
+        Command::Backup(a) => ops::backup(g, a),
+        Command::Check(a) => ops::check(g, a),
+        Command::Completions(a) => ops::completions(a),
+        Command::Man => ops::man(),
     }
 }
 
@@ -251,6 +270,7 @@ pub(crate) fn run_console(store: Store, g: &Global, c: &ConsoleArgs) -> Result<(
         concurrency: c.concurrency as usize,
         operator: g.operator(),
         mouse: c.mouse,
+        config: c.config.clone().or_else(crate::tui::default_config_path),
     };
     crate::tui::run(store, opts).map_err(CliError::failure)
 }

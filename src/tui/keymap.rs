@@ -1,6 +1,8 @@
 //! The one binding table: keys, action, description, scope, and whether the action changes
 //! anything. Dispatch, the footer hints, the `?` help and read-only filtering all come from it.
 
+use std::sync::OnceLock;
+
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 /// Where a binding applies.
@@ -133,7 +135,7 @@ pub const BINDINGS: &[Binding] = &[
     Binding { keys: &[Key::Char('G'), Key::End], action: Action::Bottom, description: "last row", scopes: &[Global], dangerous: false, hint: false },
     Binding { keys: &[Key::PageUp, Key::Ctrl('u')], action: Action::PageUp, description: "page up", scopes: &[Global], dangerous: false, hint: false },
     Binding { keys: &[Key::PageDown, Key::Ctrl('d')], action: Action::PageDown, description: "page down", scopes: &[Global], dangerous: false, hint: false },
-    Binding { keys: &[Key::Enter], action: Action::Open, description: "open", scopes: &[Workflows, Stages, Items, Item, Deliveries, Delivery, Log], dangerous: false, hint: true },
+    Binding { keys: &[Key::Enter], action: Action::Open, description: "open", scopes: &[Workflows, Stages, Items, Item, Deliveries, Log], dangerous: false, hint: true },
     Binding { keys: &[Key::Esc], action: Action::Back, description: "back", scopes: &[Global], dangerous: false, hint: true },
     Binding { keys: &[Key::Char('/')], action: Action::Filter, description: "filter", scopes: LISTS, dangerous: false, hint: true },
     Binding { keys: &[Key::Char(' ')], action: Action::Select, description: "select", scopes: &[Items, Deliveries], dangerous: false, hint: true },
@@ -160,6 +162,136 @@ pub const BINDINGS: &[Binding] = &[
     Binding { keys: &[Key::Char('q'), Key::Ctrl('c')], action: Action::Quit, description: "quit", scopes: &[Global], dangerous: false, hint: true },
 ];
 
+/// Keys the operator rebound in the config file, per action (set once at start-up).
+static OVERRIDES: OnceLock<Vec<(Action, Vec<Key>)>> = OnceLock::new();
+
+/// The keys of a binding, after the operator's overrides.
+pub fn keys_of(b: &Binding) -> Vec<Key> {
+    OVERRIDES
+        .get()
+        .and_then(|o| o.iter().find(|(a, _)| *a == b.action))
+        .map(|(_, k)| k.clone())
+        .unwrap_or_else(|| b.keys.to_vec())
+}
+
+/// An action's name in the config file: `refire_all` for `Action::RefireAll`.
+pub fn action_name(a: Action) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{a:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// Parses a key as the config file writes it: `a`, `A`, `ctrl-r`, `enter`, `esc`, `tab`,
+/// `space`, `up`, `down`, `pgup`, `pgdn`, `home`, `end`.
+pub fn parse_key(s: &str) -> Option<Key> {
+    let named = match s {
+        "enter" => Some(Key::Enter),
+        "esc" => Some(Key::Esc),
+        "tab" => Some(Key::Tab),
+        "space" => Some(Key::Char(' ')),
+        "up" => Some(Key::Up),
+        "down" => Some(Key::Down),
+        "pgup" => Some(Key::PageUp),
+        "pgdn" => Some(Key::PageDown),
+        "home" => Some(Key::Home),
+        "end" => Some(Key::End),
+        _ => None,
+    };
+    if named.is_some() {
+        return named;
+    }
+    let mut chars = s.chars();
+    match (s.strip_prefix("ctrl-"), chars.next(), chars.next()) {
+        (Some(rest), _, _) => {
+            let mut r = rest.chars();
+            match (r.next(), r.next()) {
+                (Some(c), None) if c.is_ascii_lowercase() => Some(Key::Ctrl(c)),
+                _ => None,
+            }
+        }
+        (None, Some(c), None) if !c.is_control() => Some(Key::Char(c)),
+        _ => None,
+    }
+}
+
+/// Reads key overrides from a config file's `[keys]` table (`assign = "A"`, or a list of
+/// keys). Every problem becomes a warning; the defaults stay for anything not understood.
+/// Without the file, nothing changes.
+pub fn load_overrides(path: &std::path::Path) -> Vec<String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vec![],
+        Err(e) => return vec![format!("{}: cannot read it ({e}); using the default keys", path.display())],
+    };
+    let (overrides, warnings) = parse_overrides(&text, &path.display().to_string());
+    let _ = OVERRIDES.set(overrides);
+    warnings
+}
+
+/// The pure part of [`load_overrides`].
+pub fn parse_overrides(text: &str, file: &str) -> (Vec<(Action, Vec<Key>)>, Vec<String>) {
+    let mut warnings = Vec::new();
+    let table: toml::Table = match toml::from_str(text) {
+        Ok(t) => t,
+        Err(e) => {
+            let msg = e.message().to_string();
+            return (vec![], vec![format!("{file}: {msg}; using the default keys")]);
+        }
+    };
+    let mut out: Vec<(Action, Vec<Key>)> = Vec::new();
+    for (k, _) in table.iter().filter(|(k, _)| k.as_str() != "keys") {
+        warnings.push(format!("{file}: unknown section `{k}` ignored (only [keys] is read)"));
+    }
+    let Some(keys) = table.get("keys").and_then(|v| v.as_table()) else {
+        return (out, warnings);
+    };
+    for (name, value) in keys {
+        let Some(b) = BINDINGS.iter().find(|b| action_name(b.action) == *name) else {
+            warnings.push(format!("{file}: [keys] `{name}` is not an action; see `?` in the console for names"));
+            continue;
+        };
+        let specs: Vec<&str> = match value {
+            toml::Value::String(s) => vec![s.as_str()],
+            toml::Value::Array(a) => a.iter().filter_map(|v| v.as_str()).collect(),
+            _ => vec![],
+        };
+        let parsed: Vec<Option<Key>> = specs.iter().map(|s| parse_key(s)).collect();
+        if specs.is_empty() || parsed.iter().any(Option::is_none) {
+            warnings.push(format!(
+                "{file}: [keys] `{name}` = {value}: write a key like \"a\", \"ctrl-r\" or \"enter\"; kept the default"
+            ));
+            continue;
+        }
+        let keys: Vec<Key> = parsed.into_iter().flatten().collect();
+        // A key already used by another action in a shared scope would make one unreachable.
+        let clash = BINDINGS.iter().find(|other| {
+            other.action != b.action
+                && other.scopes.iter().any(|s| *s == Global || b.scopes.contains(s) || b.scopes.contains(&Global))
+                && out
+                    .iter()
+                    .find(|(a, _)| *a == other.action)
+                    .map(|(_, k)| k.clone())
+                    .unwrap_or_else(|| other.keys.to_vec())
+                    .iter()
+                    .any(|k| keys.contains(k))
+        });
+        if let Some(other) = clash {
+            warnings.push(format!(
+                "{file}: [keys] `{name}` would take a key of `{}`; kept the default",
+                action_name(other.action)
+            ));
+            continue;
+        }
+        out.push((b.action, keys));
+    }
+    (out, warnings)
+}
+
 fn in_scope(b: &Binding, scope: Scope, focus_log: bool) -> bool {
     b.scopes.iter().any(|s| match s {
         Global => true,
@@ -172,7 +304,9 @@ fn in_scope(b: &Binding, scope: Scope, focus_log: bool) -> bool {
 /// The action a key press means in `scope`, honouring read-only.
 pub fn lookup(ev: &KeyEvent, scope: Scope, focus_log: bool, read_only: bool) -> Option<&'static Binding> {
     BINDINGS.iter().find(|b| {
-        in_scope(b, scope, focus_log) && b.keys.iter().any(|k| k.matches(ev)) && !(read_only && b.dangerous)
+        in_scope(b, scope, focus_log)
+            && keys_of(b).iter().any(|k| k.matches(ev))
+            && !(read_only && b.dangerous)
     })
 }
 
@@ -187,7 +321,7 @@ pub fn active(scope: Scope, focus_log: bool, read_only: bool) -> impl Iterator<I
 pub fn refused_read_only(ev: &KeyEvent, scope: Scope, focus_log: bool) -> Option<&'static Binding> {
     BINDINGS
         .iter()
-        .find(|b| b.dangerous && in_scope(b, scope, focus_log) && b.keys.iter().any(|k| k.matches(ev)))
+        .find(|b| b.dangerous && in_scope(b, scope, focus_log) && keys_of(b).iter().any(|k| k.matches(ev)))
 }
 
 #[cfg(test)]
@@ -221,6 +355,21 @@ mod tests {
         assert!(lookup(&key('a'), Items, false, true).is_none());
         assert!(refused_read_only(&key('a'), Items, false).is_some());
         assert!(active(Deliveries, false, true).all(|b| !b.dangerous));
+    }
+
+    #[test]
+    fn config_overrides_are_checked() {
+        let (o, w) = parse_overrides("[keys]\nassign = \"A\"\nrefire = [\"r\", \"ctrl-r\"]\n", "k.toml");
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(o, vec![(Action::Assign, vec![Key::Char('A')]), (Action::Refire, vec![Key::Char('r'), Key::Ctrl('r')])]);
+        let (o, w) = parse_overrides("[keys]\nnope = \"z\"\nassign = 3\nquit = \"j\"\n[colors]\n", "k.toml");
+        assert!(o.is_empty(), "{o:?}");
+        assert_eq!(w.len(), 4, "{w:?}");
+        assert!(w.iter().any(|m| m.contains("`nope` is not an action")));
+        assert!(w.iter().any(|m| m.contains("would take a key of `down`")));
+        let (_, w) = parse_overrides("[keys", "k.toml");
+        assert!(w[0].starts_with("k.toml: "), "{w:?}");
+        assert_eq!(action_name(Action::RefireAll), "refire_all");
     }
 
     #[test]

@@ -38,6 +38,17 @@ pub struct ConsoleOptions {
     pub concurrency: usize,
     pub operator: String,
     pub mouse: bool,
+    /// The config file with `[keys]` overrides.
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// `$XDG_CONFIG_HOME/hookops/config.toml`, else `~/.config/hookops/config.toml`.
+pub fn default_config_path() -> Option<std::path::PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".config")))
+        .map(|d| d.join("hookops").join("config.toml"))
 }
 
 /// Owns raw mode, the alternate screen and bracketed paste; restores them when dropped, on
@@ -175,7 +186,15 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
     // Ticks, the header, other processes' commits and attempts.
     spawn_watchers(store.clone(), tx.clone(), own_dispatcher, opts.concurrency, stop_rx.clone());
 
+    let warnings = opts
+        .config
+        .as_deref()
+        .map(keymap::load_overrides)
+        .unwrap_or_default();
     let (mut app, effects) = App::new(opts.read_only);
+    if !warnings.is_empty() {
+        app.flash(warnings.join(" · "), Level::Warn);
+    }
     let exec = Executor {
         store: store.clone(),
         tx: tx.clone(),

@@ -723,7 +723,9 @@ fn draw_flash(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
 fn draw_footer(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let mut spans = Vec::new();
     for b in keymap::active(app.scope(), app.focus_log, app.read_only).filter(|b| b.hint) {
-        spans.push(Span::styled(format!("<{}>", b.keys[0].label()), theme.key));
+        let keys = keymap::keys_of(b);
+        let Some(first) = keys.first() else { continue };
+        spans.push(Span::styled(format!("<{}>", first.label()), theme.key));
         spans.push(Span::styled(format!(" {}  ", b.description), theme.dim));
     }
     f.render_widget(Paragraph::new(Line::from(spans)), area);
@@ -763,7 +765,7 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
                 theme.header,
             ))];
             for b in keymap::active(app.scope(), app.focus_log, app.read_only) {
-                let keys: Vec<String> = b.keys.iter().map(|k| k.label()).collect();
+                let keys: Vec<String> = keymap::keys_of(b).iter().map(|k| k.label()).collect();
                 lines.push(Line::from(vec![
                     Span::styled(format!("{:>14}  ", keys.join(" ")), theme.key),
                     Span::raw(b.description),
