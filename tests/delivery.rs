@@ -1198,41 +1198,6 @@ fn replay_resends_the_same_delivery_and_refire_makes_a_new_one() {
 }
 
 #[test]
-fn refire_failed_takes_only_the_latest_delivery_of_each_item() {
-    // An item whose re-fire failed again has two failed deliveries; a bulk re-fire of
-    // everything failed re-fires the newer one and does not trip over the older.
-    let mut h = Harness::new("/hook=400");
-    h.apply(&hook("hook", &h.url("/hook"), FAST));
-    h.import(&["i1"]);
-    h.start_dispatcher(h.store.clone(), 4);
-    h.assign(&["i1"], "hook");
-    h.wait_settled(&["i1"], Duration::from_secs(10));
-    let d1 = h.delivery_of("i1").id;
-    let r = h.store.refire(std::slice::from_ref(&d1), OPERATOR).unwrap();
-    assert_eq!(r.created.len(), 1);
-    h.wait_settled(&["i1"], Duration::from_secs(10));
-    let d2 = h.deliveries_of("i1").remove(0);
-    assert_eq!(d2.state, DeliveryState::Failed);
-
-    h.receiver.set_script("/hook=ok".parse::<Script>().unwrap());
-    let out = h.hookops(&["refire", "--failed", "--workflow", WF, "--yes", "--json"]);
-    assert_ok(&out, "refire --failed --yes");
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["refired"], 1, "{report}");
-    assert_eq!(report["refused"], json!([]), "{report}");
-    wait_until(
-        "the third delivery to succeed",
-        Duration::from_secs(10),
-        || {
-            let d = h.deliveries_of("i1");
-            d.len() == 3 && d[0].state == DeliveryState::Succeeded
-        },
-    );
-    assert_eq!(h.deliveries_of("i1")[0].refire_of.as_ref(), Some(&d2.id));
-    assert_eq!(h.item_stage("i1").0.as_str(), "ok-sink");
-}
-
-#[test]
 fn pause_holds_deliveries_test_webhook_moves_nothing_and_resume_sends() {
     let mut h = Harness::new("/hook=ok,/ctl=ok");
     h.apply(&format!(

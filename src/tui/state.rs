@@ -346,7 +346,11 @@ impl LogPane {
             }
         }
         if self.paused {
+            // Only the newest LOG_CAPACITY could ever be shown after resuming.
             self.held.push(e);
+            if self.held.len() > LOG_CAPACITY * 2 {
+                self.held.drain(..self.held.len() - LOG_CAPACITY);
+            }
             return true;
         }
         self.entries.push_back(e);
@@ -717,6 +721,10 @@ fn log_action(app: &mut App, a: Action) -> Option<Vec<Effect>> {
                 }
                 while app.log.entries.len() > LOG_CAPACITY {
                     app.log.entries.pop_front();
+                    app.log.cursor = app.log.cursor.saturating_sub(1);
+                }
+                if app.log.follow {
+                    app.log.cursor = app.log.entries.len().saturating_sub(1);
                 }
                 app.flash(format!("stream resumed ({k} attempts were held)"), Level::Info);
             } else {
@@ -725,7 +733,11 @@ fn log_action(app: &mut App, a: Action) -> Option<Vec<Effect>> {
         }
         Action::Filter => app.overlay = Some(Overlay::Filter(app.log.filter.clone())),
         Action::Open | Action::Refire | Action::Replay | Action::Copy => {
-            let e = visible.get(pos).and_then(|i| app.log.entries.get(*i))?;
+            // With nothing under the log cursor the key does nothing (it must not fall
+            // through to the main view, which does not have the focus).
+            let Some(e) = visible.get(pos).and_then(|i| app.log.entries.get(*i)) else {
+                return Some(vec![]);
+            };
             let id = e.delivery_id.clone();
             return Some(match a {
                 Action::Open => app.push(ViewKind::Delivery(id)),
