@@ -102,6 +102,14 @@ pub struct ItemCursor {
     seq: i64,
 }
 
+#[cfg(test)]
+impl ItemCursor {
+    /// A cursor for hand-built rows in the console's tests (the store makes real ones).
+    pub(crate) fn for_tests(key: &str, seq: i64) -> ItemCursor {
+        ItemCursor { key: key.to_string(), seq }
+    }
+}
+
 /// Filters of `item list` and the console's item view.
 #[derive(Clone, Debug, Default)]
 pub struct ItemFilter {
