@@ -23,6 +23,12 @@ pub struct ListArgs {
     /// stage.webhook or webhook.test
     #[arg(long)]
     pub event: Option<EventType>,
+    /// Error kind of the last attempt: connect, timeout, tls, redirect, http_status, body, policy, interrupted
+    #[arg(long, value_name = "KIND")]
+    pub error_kind: Option<crate::model::ErrorKind>,
+    /// HTTP status of the last attempt, e.g. 503
+    #[arg(long, value_name = "CODE")]
+    pub status: Option<u16>,
     /// At most N rows, newest first (0 = all)
     #[arg(long, default_value_t = super::item::DEFAULT_LIMIT)]
     pub limit: usize,
@@ -38,6 +44,8 @@ pub enum DeliveryCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Cancel open deliveries by id or by filter; items route along on_failure
+    Cancel(super::ops::CancelArgs),
 }
 
 #[derive(Debug, Args)]
@@ -105,19 +113,21 @@ fn filter(
         state,
         item: item.map(|i| ItemId::new(i.as_str())),
         event,
-        since: None,
+        ..DeliveryFilter::default()
     }
 }
 
 pub fn list(g: &Global, a: ListArgs) -> Result<(), CliError> {
     let store = g.open()?;
-    let f = filter(
+    let mut f = filter(
         a.workflow.as_ref(),
         a.stage.as_ref(),
         a.state,
         a.item.as_ref(),
         a.event,
     );
+    f.error_kind = a.error_kind;
+    f.status = a.status;
     let limit = if a.limit == 0 { usize::MAX } else { a.limit };
     let mut rows = Vec::new();
     let mut after = None;
@@ -172,6 +182,7 @@ fn last_result(status: Option<u16>, kind: Option<crate::model::ErrorKind>) -> St
 pub fn run(g: &Global, c: DeliveryCommand) -> Result<(), CliError> {
     match c {
         DeliveryCommand::Show { id, json } => show(g, &DeliveryId::new(id), json),
+        DeliveryCommand::Cancel(a) => super::ops::cancel(g, a),
     }
 }
 
@@ -247,7 +258,7 @@ fn show(g: &Global, id: &DeliveryId, json: bool) -> Result<(), CliError> {
 }
 
 /// Asks "Proceed? [y/N]" on the terminal; refuses without one (use --yes in scripts).
-fn confirm(question: &str) -> Result<bool, CliError> {
+pub(super) fn confirm(question: &str) -> Result<bool, CliError> {
     if !std::io::stdin().is_terminal() {
         return Err(CliError::failure(format!(
             "{question}: refusing without a terminal to confirm on; pass --yes"
@@ -263,7 +274,7 @@ fn confirm(question: &str) -> Result<bool, CliError> {
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
-fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
+pub(super) fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }

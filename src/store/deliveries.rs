@@ -79,6 +79,10 @@ pub struct DeliveryFilter {
     pub event: Option<EventType>,
     /// Created at or after this time.
     pub since: Option<DateTime<Utc>>,
+    /// The error kind of the delivery's last attempt (`timeout`, `connect`, …).
+    pub error_kind: Option<ErrorKind>,
+    /// The HTTP status of the delivery's last attempt.
+    pub status: Option<u16>,
 }
 
 pub(crate) const SUMMARY_COLUMNS: &str = "d.id, d.item_id, i.name, d.workflow_id, d.stage_id, d.event, d.state, d.trigger, \
@@ -238,6 +242,12 @@ fn delivery_query(
     }
     if let Some(t) = f.since {
         push("d.created_at >= ?", Value::Integer(t.timestamp_millis()), &mut args);
+    }
+    if let Some(k) = f.error_kind {
+        push("d.last_error_kind = ?", Value::Text(k.as_str().into()), &mut args);
+    }
+    if let Some(s) = f.status {
+        push("d.last_status = ?", Value::Integer(s.into()), &mut args);
     }
     if let Some(a) = after {
         push("d.seq < ?", Value::Integer(a), &mut args);

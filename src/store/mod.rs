@@ -15,6 +15,7 @@
 mod deliveries;
 mod dispatch_ops;
 mod items;
+mod maintenance;
 mod schema;
 mod workflows;
 mod writer;
@@ -29,6 +30,7 @@ use rusqlite::{Connection, OpenFlags};
 pub use deliveries::*;
 pub use dispatch_ops::*;
 pub use items::*;
+pub use maintenance::*;
 pub use workflows::*;
 
 use crate::model::{ItemId, ItemState, StageId};
@@ -161,6 +163,11 @@ impl Store {
                 });
             }
         } else {
+            if !exists {
+                // Set before the first table exists: lets `prune` give pages back to the file
+                // system in short steps while others use the file (a full VACUUM cannot).
+                conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+            }
             conn.pragma_update(None, "journal_mode", "WAL")?;
             schema::migrate(&conn).map_err(|e| StoreError::Open {
                 path: path.to_path_buf(),

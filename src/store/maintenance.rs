@@ -1,0 +1,1078 @@
+//! Day-two operations on the store: retention (prune), online backup, the health check and its
+//! safe repairs, and operator cancel.
+//!
+//! Invariants this module keeps:
+//! - Every write is a short job of the group-commit writer: prune deletes in chunks sized to
+//!   stay well under [`CHUNK_TARGET`], so a running `serve` or console never waits long.
+//! - Scans that find work run on read connections (WAL readers never block the writer).
+//! - `check` never writes: it reads through a connection of its own that does not migrate, so it
+//!   can report a file this binary does not understand. Only `repair` writes, and only what is
+//!   safe: expired leases (through the dispatcher's own reclaim path), deliveries orphaned by a
+//!   moved item, and the counter rows.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use super::dispatch_ops::{hostname, process_start, reclaim};
+use super::items::{apply_route, enum_col, load_item};
+use super::workflows::current_spec;
+use super::{
+    DeliveryFilter, Result, SCHEMA_VERSION, Store, StoreError, audit, now_ms, open_connection,
+    schema, to_time,
+};
+use crate::engine::{self, Outcome};
+use crate::model::{
+    DeliveryId, DeliveryState, DeliveryTrigger, EventType, HistoryCause, ItemId, StageId,
+    WorkflowId,
+};
+
+/// The longest a prune chunk should hold the write lock; chunks adapt their size to it.
+pub const CHUNK_TARGET: Duration = Duration::from_millis(50);
+const MIN_CHUNK: usize = 16;
+const MAX_CHUNK: usize = 4096;
+/// Finished deliveries examined per read of the prune scan.
+const SCAN_PAGE: usize = 4096;
+/// Pages released per incremental-vacuum write.
+const VACUUM_PAGES: i64 = 1024;
+/// A WAL file larger than this is reported (a long reader keeps it from being reset).
+pub const WAL_WARN_BYTES: u64 = 64 * 1024 * 1024;
+/// A due delivery overdue by more than this means nothing is sending.
+pub const OVERDUE_FAIL: Duration = Duration::from_secs(300);
+/// A heartbeat older than this is stale (design §6: the console warns after 10 s).
+pub const HEARTBEAT_STALE: Duration = Duration::from_secs(10);
+
+const FINISHED: &str = "('succeeded', 'failed', 'cancelled')";
+const OPEN: &str = "('pending', 'retry_scheduled', 'in_flight')";
+
+// ---------------------------------------------------------------------------------------------
+// Prune
+// ---------------------------------------------------------------------------------------------
+
+/// What `prune` removes.
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Finished deliveries whose last activity is older than this are removed.
+    pub older_than: Duration,
+    /// Audit rows older than this are removed too (kept when `None`).
+    pub audit_older_than: Option<Duration>,
+    /// Count only; write nothing.
+    pub dry_run: bool,
+}
+
+/// What `prune` did (or, with `dry_run`, would do).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub cutoff: Option<DateTime<Utc>>,
+    pub deliveries: i64,
+    pub attempts: i64,
+    pub audit_rows: i64,
+    /// Old finished deliveries kept because each is its item's latest in its stage.
+    pub kept_latest: i64,
+    /// Open deliveries, never touched.
+    pub kept_open: i64,
+    /// Write transactions the removal took, and the longest of them in milliseconds.
+    pub chunks: i64,
+    pub longest_chunk_ms: f64,
+    /// Bytes of data removed (pages that became free).
+    pub bytes_freed: u64,
+    /// The database file (without its WAL) before and after, in bytes.
+    pub file_bytes_before: u64,
+    pub file_bytes_after: u64,
+    /// Pages returned to the file system by the incremental vacuum.
+    pub pages_vacuumed: i64,
+    pub elapsed_ms: f64,
+}
+
+/// One page of the prune scan: `(seq, id, is latest of its item and stage, attempts)`.
+type ScanRow = (i64, String, bool, i64);
+
+fn scan_page(c: &Connection, after: i64, cutoff: i64, limit: usize) -> Result<Vec<ScanRow>> {
+    let sql = format!(
+        "SELECT d.seq, d.id,
+                d.item_id IS NOT NULL AND d.event = 'stage.webhook' AND NOT EXISTS (
+                    SELECT 1 FROM deliveries n WHERE n.item_id = d.item_id AND n.seq > d.seq
+                      AND n.stage_id = d.stage_id AND n.event = 'stage.webhook'),
+                (SELECT COUNT(*) FROM attempts a WHERE a.delivery_id = d.id)
+         FROM deliveries d
+         WHERE d.seq > ?1 AND d.state IN {FINISHED}
+           AND d.updated_at < ?2 AND COALESCE(d.last_attempt_at, 0) < ?2
+           AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.delivery_id = d.id AND a.started_at >= ?2)
+         ORDER BY d.seq LIMIT ?3"
+    );
+    let rows = c
+        .prepare_cached(&sql)?
+        .query_map(params![after, cutoff, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// `(page_size, page_count, freelist_count, auto_vacuum)` as a connection sees them.
+fn page_stats(c: &Connection) -> Result<(i64, i64, i64, i64)> {
+    let get =
+        |p: &str| -> Result<i64> { Ok(c.query_row(&format!("PRAGMA {p}"), [], |r| r.get(0))?) };
+    Ok((
+        get("page_size")?,
+        get("page_count")?,
+        get("freelist_count")?,
+        get("auto_vacuum")?,
+    ))
+}
+
+fn delete_chunk(c: &Connection, ids: &[String]) -> Result<(i64, i64)> {
+    let (mut deliveries, mut attempts) = (0i64, 0i64);
+    for id in ids {
+        // Finished states are final, and a delivery that is not its item's latest in its stage
+        // never becomes the latest again, so the scan's verdict still holds here.
+        let n = c
+            .prepare_cached(&format!(
+                "DELETE FROM deliveries WHERE id = ?1 AND state IN {FINISHED}"
+            ))?
+            .execute([id])?;
+        if n > 0 {
+            deliveries += n as i64;
+            attempts += c
+                .prepare_cached("DELETE FROM attempts WHERE delivery_id = ?1")?
+                .execute([id])? as i64;
+        }
+    }
+    Ok((deliveries, attempts))
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+fn wal_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+fn cutoff_ms(older_than: Duration) -> i64 {
+    now_ms().saturating_sub(older_than.as_millis().min(i64::MAX as u128) as i64)
+}
+
+impl Store {
+    /// Removes finished deliveries (and their attempts) whose last activity is older than the
+    /// cutoff, keeping each item's latest delivery per stage and every open delivery; with
+    /// `audit_older_than`, old audit rows too. Works in short chunks; safe while `serve` runs.
+    pub fn prune(&self, opts: &PruneOptions, operator: &str) -> Result<PruneReport> {
+        if !opts.dry_run {
+            self.ensure_writable("prune")?;
+        }
+        let started = Instant::now();
+        let cutoff = cutoff_ms(opts.older_than);
+        let mut report = PruneReport {
+            dry_run: opts.dry_run,
+            cutoff: Some(to_time(cutoff)),
+            file_bytes_before: file_len(self.path()),
+            ..PruneReport::default()
+        };
+        let (page_size, pages0, free0, auto_vacuum) = self.read(page_stats)?;
+        report.kept_open = self.read(|c| {
+            Ok(c.query_row(
+                &format!("SELECT COALESCE(SUM(n), 0) FROM delivery_counts WHERE state IN {OPEN}"),
+                [],
+                |r| r.get(0),
+            )?)
+        })?;
+        let mut after = 0i64;
+        let mut chunk = 256usize;
+        let mut pending: Vec<String> = Vec::new();
+        loop {
+            let page = self.read(|c| scan_page(c, after, cutoff, SCAN_PAGE))?;
+            let done = page.len() < SCAN_PAGE;
+            if let Some(last) = page.last() {
+                after = last.0;
+            }
+            for (_, id, latest, attempts) in page {
+                if latest {
+                    report.kept_latest += 1;
+                } else if opts.dry_run {
+                    report.deliveries += 1;
+                    report.attempts += attempts;
+                } else {
+                    pending.push(id);
+                }
+            }
+            while pending.len() >= chunk || (done && !pending.is_empty()) {
+                let ids: Vec<String> = pending.drain(..chunk.min(pending.len())).collect();
+                let t = Instant::now();
+                let (d, a) = self.write("prune", move |c| delete_chunk(c, &ids))?;
+                chunk = adapt(chunk, t.elapsed());
+                report.chunks += 1;
+                report.longest_chunk_ms = report.longest_chunk_ms.max(ms(t.elapsed()));
+                report.deliveries += d;
+                report.attempts += a;
+            }
+            if done {
+                break;
+            }
+        }
+        if let Some(age) = opts.audit_older_than {
+            report.audit_rows = self.prune_audit(cutoff_ms(age), opts.dry_run, &mut report)?;
+        }
+        if !opts.dry_run {
+            let (_, pages1, free1, _) = self.read(page_stats)?;
+            let used = |pages: i64, free: i64| (pages - free).max(0) as u64;
+            report.bytes_freed =
+                used(pages0, free0).saturating_sub(used(pages1, free1)) * page_size as u64;
+            // Only a file created with auto_vacuum = INCREMENTAL can give pages back while
+            // others use it; a full VACUUM would hold the write lock for the whole copy.
+            if auto_vacuum == 2 && free1 > 0 {
+                report.pages_vacuumed = self.incremental_vacuum(&mut report)?;
+            }
+            let op = operator.to_string();
+            let target = format!(
+                "finished deliveries older than {}",
+                humantime::format_duration(opts.older_than)
+            );
+            let (d, a) = (report.deliveries, report.audit_rows);
+            self.write("prune", move |c| {
+                audit(
+                    c,
+                    &op,
+                    "prune",
+                    &target,
+                    Some(&format!("{a} audit row(s)")),
+                    d,
+                )
+            })?;
+            self.checkpoint();
+        } else {
+            // What the removal would free, estimated from the share of rows removed is
+            // unreliable; a dry run reports counts only.
+            let _ = (pages0, free0);
+        }
+        report.file_bytes_after = file_len(self.path());
+        report.elapsed_ms = ms(started.elapsed());
+        Ok(report)
+    }
+
+    fn prune_audit(&self, cutoff: i64, dry_run: bool, report: &mut PruneReport) -> Result<i64> {
+        if dry_run {
+            return self.read(|c| {
+                Ok(
+                    c.query_row("SELECT COUNT(*) FROM audit WHERE at < ?1", [cutoff], |r| {
+                        r.get(0)
+                    })?,
+                )
+            });
+        }
+        let mut total = 0;
+        let mut chunk = 1024usize;
+        loop {
+            let t = Instant::now();
+            let n = self.write("prune", move |c| {
+                Ok(c.prepare_cached(
+                    "DELETE FROM audit WHERE seq IN
+                        (SELECT seq FROM audit WHERE at < ?1 ORDER BY seq LIMIT ?2)",
+                )?
+                .execute(params![cutoff, chunk as i64])? as i64)
+            })?;
+            report.chunks += 1;
+            report.longest_chunk_ms = report.longest_chunk_ms.max(ms(t.elapsed()));
+            chunk = adapt(chunk, t.elapsed());
+            total += n;
+            if n == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn incremental_vacuum(&self, report: &mut PruneReport) -> Result<i64> {
+        let mut total = 0;
+        let mut pages = VACUUM_PAGES;
+        loop {
+            let t = Instant::now();
+            let n = self.write("prune", move |c| {
+                let before: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+                // The pragma frees one page per step: run it to completion.
+                let mut s = c.prepare(&format!("PRAGMA incremental_vacuum({pages})"))?;
+                let mut rows = s.query([])?;
+                while rows.next()?.is_some() {}
+                let after: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+                Ok(before - after)
+            })?;
+            report.chunks += 1;
+            report.longest_chunk_ms = report.longest_chunk_ms.max(ms(t.elapsed()));
+            pages = adapt(pages as usize, t.elapsed()).max(64) as i64;
+            total += n;
+            if n <= 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// A passive checkpoint on a connection of its own: never waits for readers or writers; it
+    /// lets the database file shrink after an incremental vacuum.
+    fn checkpoint(&self) {
+        if let Ok(c) = open_connection(self.path(), false) {
+            let _ = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
+    }
+}
+
+/// Grows or shrinks a chunk so one write stays near [`CHUNK_TARGET`].
+fn adapt(chunk: usize, took: Duration) -> usize {
+    if took > CHUNK_TARGET * 3 / 2 {
+        (chunk / 2).max(MIN_CHUNK)
+    } else if took < CHUNK_TARGET / 3 {
+        (chunk * 2).min(MAX_CHUNK)
+    } else {
+        chunk
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backup
+// ---------------------------------------------------------------------------------------------
+
+/// What `backup` wrote.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackupReport {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub items: i64,
+    pub deliveries: i64,
+    pub attempts: i64,
+    pub schema_version: i64,
+    pub elapsed_ms: f64,
+}
+
+impl Store {
+    /// Writes a consistent copy of the database to `dest` through SQLite's online backup API,
+    /// while other connections and processes keep writing. `dest` is created with mode 0600;
+    /// an existing file is refused unless `force`.
+    pub fn backup(&self, dest: &Path, force: bool) -> Result<BackupReport> {
+        let started = Instant::now();
+        let same = dest
+            .canonicalize()
+            .ok()
+            .zip(self.path().canonicalize().ok())
+            .is_some_and(|(a, b)| a == b);
+        if same {
+            return Err(StoreError::Invalid(
+                "the backup file is the database itself: name another file".into(),
+            ));
+        }
+        if dest.exists() {
+            if !force {
+                return Err(StoreError::Refused(format!(
+                    "{} exists; pass --force to overwrite it",
+                    dest.display()
+                )));
+            }
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let mut p = dest.as_os_str().to_owned();
+                p.push(suffix);
+                let p = PathBuf::from(p);
+                if p.exists() {
+                    std::fs::remove_file(&p).map_err(|e| {
+                        StoreError::Refused(format!("cannot remove {}: {e}", p.display()))
+                    })?;
+                }
+            }
+        }
+        super::create_file(dest, 0o600)?;
+        let src = open_connection(self.path(), true)?;
+        let mut dst = Connection::open(dest).map_err(|e| StoreError::Open {
+            path: dest.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        {
+            let b = rusqlite::backup::Backup::new(&src, &mut dst)?;
+            // One step copies every page inside one read transaction of the source: in WAL mode
+            // that never blocks writers, and a multi-step copy would restart on every commit.
+            loop {
+                match b.step(-1)? {
+                    rusqlite::backup::StepResult::Done => break,
+                    rusqlite::backup::StepResult::More => {}
+                    // Busy/Locked are transient; SQLite asks to retry the step.
+                    _ => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        // A standalone copy: no WAL beside it, so copying or moving the one file is enough.
+        dst.pragma_update(None, "journal_mode", "DELETE")?;
+        let count = |sql: &str| -> Result<i64> { Ok(dst.query_row(sql, [], |r| r.get(0))?) };
+        let report = BackupReport {
+            path: dest.to_path_buf(),
+            items: count("SELECT COUNT(*) FROM items")?,
+            deliveries: count("SELECT COUNT(*) FROM deliveries")?,
+            attempts: count("SELECT COUNT(*) FROM attempts")?,
+            schema_version: schema::user_version(&dst)?,
+            bytes: 0,
+            elapsed_ms: 0.0,
+        };
+        drop(dst);
+        Ok(BackupReport {
+            bytes: file_len(dest),
+            elapsed_ms: ms(started.elapsed()),
+            ..report
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health check
+// ---------------------------------------------------------------------------------------------
+
+/// How one check came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Ok,
+    /// Worth a look; not counted as wrong (a paused stage, a large WAL).
+    Warn,
+    /// Something is wrong: `check` exits 1.
+    Fail,
+    /// Not run (the schema is not one this binary reads).
+    Skipped,
+}
+
+impl CheckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Ok => "ok",
+            CheckStatus::Warn => "warn",
+            CheckStatus::Fail => "FAIL",
+            CheckStatus::Skipped => "skip",
+        }
+    }
+}
+
+/// One line of the health report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    /// Stable key, for scripts.
+    pub name: &'static str,
+    pub status: CheckStatus,
+    pub detail: String,
+    /// `check --repair` can fix this one.
+    pub repairable: bool,
+}
+
+/// The health report shared by `hookops check` and the console's `:health` view.
+#[derive(Clone, Debug, Serialize)]
+pub struct HealthReport {
+    pub path: PathBuf,
+    /// Database file plus WAL, in bytes.
+    pub size_bytes: u64,
+    /// No check failed.
+    pub ok: bool,
+    pub checks: Vec<Check>,
+    /// What `--repair` did, one sentence each.
+    pub repaired: Vec<String>,
+}
+
+impl HealthReport {
+    pub fn check(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+}
+
+/// Names of the checks, in report order.
+pub const CHECKS: &[&str] = &[
+    "integrity",
+    "schema",
+    "file_mode",
+    "wal",
+    "dispatcher",
+    "expired_leases",
+    "stuck_items",
+    "orphaned_deliveries",
+    "paused_stages",
+    "oldest_pending",
+    "counters",
+];
+
+fn line(name: &'static str, status: CheckStatus, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        status,
+        detail: detail.into(),
+        repairable: false,
+    }
+}
+
+/// Human size: `12.3 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn ago(ms: i64) -> String {
+    let secs = (ms.max(0) / 1000) as u64;
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// Runs every check on the file at `path` through a read-only connection of its own (no
+/// migration, no write), so it also reports on a file this binary cannot open normally.
+pub fn check_database(path: &Path) -> Result<HealthReport> {
+    if !path.exists() {
+        return Err(StoreError::Open {
+            path: path.to_path_buf(),
+            message: "the file does not exist".into(),
+        });
+    }
+    let c = open_connection(path, true)?;
+    let now = now_ms();
+    let mut checks = Vec::new();
+
+    let problems: Vec<String> = c
+        .prepare("PRAGMA integrity_check(10)")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    checks.push(if problems.len() == 1 && problems[0] == "ok" {
+        line("integrity", CheckStatus::Ok, "SQLite integrity_check: ok")
+    } else {
+        line(
+            "integrity",
+            CheckStatus::Fail,
+            format!(
+                "SQLite integrity_check: {} (restore from a backup)",
+                problems.join("; ")
+            ),
+        )
+    });
+
+    let version = schema::user_version(&c)?;
+    let app_id: i64 = c.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let schema_ok = version == SCHEMA_VERSION && app_id == schema::APPLICATION_ID;
+    checks.push(if schema_ok {
+        line(
+            "schema",
+            CheckStatus::Ok,
+            format!("schema version {version} (this binary: {SCHEMA_VERSION})"),
+        )
+    } else if app_id != schema::APPLICATION_ID {
+        line("schema", CheckStatus::Fail, "not a hookops database")
+    } else if version > SCHEMA_VERSION {
+        line(
+            "schema",
+            CheckStatus::Fail,
+            format!("schema version {version} is newer than this binary ({SCHEMA_VERSION}): upgrade hookops"),
+        )
+    } else {
+        line(
+            "schema",
+            CheckStatus::Fail,
+            format!("schema version {version}, this binary writes {SCHEMA_VERSION}: any command that writes migrates it"),
+        )
+    });
+
+    checks.push(file_mode_check(path));
+
+    let wal = file_len(&wal_path(path));
+    checks.push(if wal > WAL_WARN_BYTES {
+        line(
+            "wal",
+            CheckStatus::Warn,
+            format!(
+                "WAL is {} (a long-running reader may keep it from being checkpointed)",
+                human_bytes(wal)
+            ),
+        )
+    } else {
+        line("wal", CheckStatus::Ok, format!("WAL {}", human_bytes(wal)))
+    });
+
+    if schema_ok {
+        table_checks(&c, now, &mut checks)?;
+    } else {
+        for name in &CHECKS[4..] {
+            checks.push(line(
+                name,
+                CheckStatus::Skipped,
+                "not checked: the schema differs",
+            ));
+        }
+    }
+    Ok(HealthReport {
+        path: path.to_path_buf(),
+        size_bytes: file_len(path) + wal,
+        ok: checks.iter().all(|c| c.status != CheckStatus::Fail),
+        checks,
+        repaired: Vec::new(),
+    })
+}
+
+fn file_mode_check(path: &Path) -> Check {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0);
+        if mode & 0o007 != 0 {
+            return line(
+                "file_mode",
+                CheckStatus::Fail,
+                format!(
+                    "mode {mode:04o}: every user can read the webhook secrets inside (chmod 600, or 660 for a team)"
+                ),
+            );
+        }
+        line("file_mode", CheckStatus::Ok, format!("mode {mode:04o}"))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        line("file_mode", CheckStatus::Ok, "not checked on this platform")
+    }
+}
+
+fn count(c: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<i64> {
+    Ok(c.query_row(sql, p, |r| r.get(0))?)
+}
+
+fn sample(c: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<String>> {
+    Ok(c.prepare(sql)?
+        .query_map(p, |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+const STUCK_ITEMS: &str = "FROM items i WHERE i.state = 'in_delivery' AND NOT EXISTS (
+     SELECT 1 FROM deliveries d WHERE d.item_id = i.id AND d.state IN ('pending', 'retry_scheduled', 'in_flight'))";
+
+const ORPHANS: &str = "FROM deliveries d LEFT JOIN items i ON i.id = d.item_id
+     WHERE d.state IN ('pending', 'retry_scheduled', 'in_flight') AND d.event = 'stage.webhook'
+       AND (i.id IS NULL OR i.stage_id != d.stage_id)";
+
+fn table_checks(c: &Connection, now: i64, checks: &mut Vec<Check>) -> Result<()> {
+    // Dispatcher heartbeat.
+    let beats: Vec<(u32, String, String, i64)> = c
+        .prepare(
+            "SELECT pid, host, process_start, last_beat FROM dispatchers ORDER BY last_beat DESC",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let host = hostname();
+    checks.push(match beats.first() {
+        None => line(
+            "dispatcher",
+            CheckStatus::Ok,
+            "none running: deliveries queue until `hookops serve` or the console runs",
+        ),
+        Some((pid, h, start, beat)) => {
+            let age = now - beat;
+            let gone = *h == host && process_start(*pid).as_deref() != Some(start.as_str());
+            if age > HEARTBEAT_STALE.as_millis() as i64 || gone {
+                line(
+                    "dispatcher",
+                    CheckStatus::Fail,
+                    format!(
+                        "stale: pid {pid} on {h} last beat {} ago{}",
+                        ago(age),
+                        if gone { " and the process is gone" } else { "" }
+                    ),
+                )
+            } else {
+                line(
+                    "dispatcher",
+                    CheckStatus::Ok,
+                    format!("running: pid {pid} on {h}, last beat {} ago", ago(age)),
+                )
+            }
+        }
+    });
+
+    let expired = count(
+        c,
+        "SELECT COUNT(*) FROM deliveries WHERE state = 'in_flight' AND lease_until < ?1",
+        [now],
+    )?;
+    checks.push(if expired == 0 {
+        line("expired_leases", CheckStatus::Ok, "no expired leases")
+    } else {
+        Check {
+            repairable: true,
+            ..line(
+                "expired_leases",
+                CheckStatus::Fail,
+                format!("{expired} in-flight delivery(ies) hold an expired lease (--repair releases them)"),
+            )
+        }
+    });
+
+    let stuck = count(c, &format!("SELECT COUNT(*) {STUCK_ITEMS}"), [])?;
+    checks.push(if stuck == 0 {
+        line("stuck_items", CheckStatus::Ok, "every item in_delivery has an open delivery")
+    } else {
+        let ids = sample(c, &format!("SELECT i.id {STUCK_ITEMS} LIMIT 3"), [])?;
+        line(
+            "stuck_items",
+            CheckStatus::Fail,
+            format!(
+                "{stuck} item(s) in_delivery without an open delivery (e.g. {}): re-fire their latest delivery or assign them",
+                ids.join(", ")
+            ),
+        )
+    });
+
+    let orphans = count(c, &format!("SELECT COUNT(*) {ORPHANS}"), [])?;
+    checks.push(if orphans == 0 {
+        line("orphaned_deliveries", CheckStatus::Ok, "no open delivery whose item left its stage")
+    } else {
+        let ids = sample(c, &format!("SELECT d.id {ORPHANS} LIMIT 3"), [])?;
+        Check {
+            repairable: true,
+            ..line(
+                "orphaned_deliveries",
+                CheckStatus::Fail,
+                format!(
+                    "{orphans} open delivery(ies) whose item has left the stage (e.g. {}; --repair cancels them)",
+                    ids.join(", ")
+                ),
+            )
+        }
+    });
+
+    let paused: Vec<(String, String, Option<String>)> = c
+        .prepare(
+            "SELECT workflow_id, id, paused_reason FROM stages
+             WHERE paused = 1 AND retired_at IS NULL ORDER BY workflow_id, position",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    checks.push(if paused.is_empty() {
+        line("paused_stages", CheckStatus::Ok, "no stage paused")
+    } else {
+        line(
+            "paused_stages",
+            CheckStatus::Warn,
+            paused
+                .iter()
+                .map(|(w, s, why)| format!("{w}/{s} ({})", why.as_deref().unwrap_or("paused")))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    });
+
+    let oldest: Option<(String, i64, Option<i64>)> = c
+        .query_row(
+            "SELECT d.id, d.created_at, d.next_attempt_at FROM deliveries d
+             WHERE d.state IN ('pending', 'retry_scheduled')
+               AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
+                               AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
+             ORDER BY d.next_attempt_at LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    checks.push(match oldest {
+        None => line("oldest_pending", CheckStatus::Ok, "nothing pending"),
+        Some((id, created, due)) => {
+            let overdue = due.map(|d| now - d).unwrap_or(0);
+            let text = format!(
+                "{id} created {} ago{}",
+                ago(now - created),
+                if overdue > 0 {
+                    format!(", due {} ago", ago(overdue))
+                } else {
+                    String::new()
+                }
+            );
+            if overdue > OVERDUE_FAIL.as_millis() as i64 {
+                line(
+                    "oldest_pending",
+                    CheckStatus::Fail,
+                    format!("{text}: nothing is sending (is a dispatcher running?)"),
+                )
+            } else {
+                line("oldest_pending", CheckStatus::Ok, text)
+            }
+        }
+    });
+
+    let wrong = counter_mismatches(c)?;
+    checks.push(if wrong == 0 {
+        line("counters", CheckStatus::Ok, "item and delivery counters match the rows")
+    } else {
+        Check {
+            repairable: true,
+            ..line(
+                "counters",
+                CheckStatus::Fail,
+                format!("{wrong} counter row(s) differ from the rows they count (--repair recomputes them)"),
+            )
+        }
+    });
+    Ok(())
+}
+
+fn counter_mismatches(c: &Connection) -> Result<i64> {
+    let mut wrong = 0;
+    for (counts, table) in [("item_counts", "items"), ("delivery_counts", "deliveries")] {
+        let sql = format!(
+            "WITH actual AS (SELECT workflow_id, stage_id, state, COUNT(*) AS n FROM {table}
+                             GROUP BY workflow_id, stage_id, state)
+             SELECT (SELECT COUNT(*) FROM actual a WHERE a.n != COALESCE((SELECT k.n FROM {counts} k
+                         WHERE k.workflow_id = a.workflow_id AND k.stage_id = a.stage_id AND k.state = a.state), 0))
+                  + (SELECT COUNT(*) FROM {counts} k WHERE k.n != 0 AND NOT EXISTS (SELECT 1 FROM actual a
+                         WHERE k.workflow_id = a.workflow_id AND k.stage_id = a.stage_id AND k.state = a.state))"
+        );
+        wrong += count(c, &sql, [])?;
+    }
+    Ok(wrong)
+}
+
+impl Store {
+    /// The health report of this store's file (the console's `:health`).
+    pub fn health(&self) -> Result<HealthReport> {
+        check_database(self.path())
+    }
+
+    /// Fixes what is safe to fix, then reports again. Releases expired leases through the
+    /// dispatcher's reclaim path (an `interrupted` attempt each), cancels open deliveries whose
+    /// item left their stage (reason `item_moved`), and recomputes counters. Audited.
+    pub fn repair(&self, operator: &str) -> Result<HealthReport> {
+        self.ensure_writable("repair")?;
+        let before = self.health()?;
+        let mut repaired = Vec::new();
+        let failing = |name: &str| {
+            before
+                .check(name)
+                .is_some_and(|c| c.status == CheckStatus::Fail)
+        };
+        if failing("expired_leases") {
+            let op = operator.to_string();
+            let n = self.write("repair", move |c| {
+                let n = reclaim(c, now_ms(), &[])?;
+                audit(c, &op, "repair", "expired leases", None, n as i64)?;
+                Ok(n)
+            })?;
+            repaired.push(format!(
+                "released {n} expired lease(s); each delivery is due again with an `interrupted` attempt"
+            ));
+        }
+        if failing("orphaned_deliveries") {
+            let mut total = 0;
+            loop {
+                let ids =
+                    self.read(|c| sample(c, &format!("SELECT d.id {ORPHANS} LIMIT 500"), []))?;
+                if ids.is_empty() {
+                    break;
+                }
+                let op = operator.to_string();
+                total += self.write("repair", move |c| {
+                    let now = now_ms();
+                    let mut n = 0;
+                    for id in &ids {
+                        n += c
+                            .prepare_cached(&format!(
+                                "UPDATE deliveries SET state = 'cancelled', cancel_reason = 'item_moved',
+                                     cancelled_by = ?2, next_attempt_at = NULL, lease_token = NULL,
+                                     lease_until = NULL, lease_owner = NULL, updated_at = ?3
+                                 WHERE id = ?1 AND state IN {OPEN}"
+                            ))?
+                            .execute(params![id, op, now])?;
+                    }
+                    audit(c, &op, "repair", "orphaned deliveries", None, n as i64)?;
+                    Ok(n)
+                })?;
+            }
+            repaired.push(format!(
+                "cancelled {total} delivery(ies) whose item had left the stage (reason item_moved)"
+            ));
+        }
+        if failing("counters") {
+            let op = operator.to_string();
+            self.write("repair", move |c| {
+                for (counts, table) in [("item_counts", "items"), ("delivery_counts", "deliveries")]
+                {
+                    c.execute_batch(&format!(
+                        "DELETE FROM {counts};
+                         INSERT INTO {counts} (workflow_id, stage_id, state, n)
+                         SELECT workflow_id, stage_id, state, COUNT(*) FROM {table}
+                         GROUP BY workflow_id, stage_id, state;"
+                    ))?;
+                }
+                audit(c, &op, "repair", "counters", None, 1)
+            })?;
+            repaired.push("recomputed the item and delivery counters".into());
+        }
+        let mut after = self.health()?;
+        after.repaired = repaired;
+        Ok(after)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cancel
+// ---------------------------------------------------------------------------------------------
+
+/// What an operator cancel did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CancelReport {
+    pub cancelled: i64,
+    /// Items that routed along `on_failure` (or were marked failed), with where they went.
+    pub routed: Vec<(ItemId, StageId)>,
+    pub refused: Vec<(DeliveryId, String)>,
+}
+
+const CANCEL_CHUNK: usize = 500;
+
+fn cancel_in_tx(c: &Connection, ids: &[DeliveryId], op: &str) -> Result<CancelReport> {
+    let mut report = CancelReport::default();
+    let now = now_ms();
+    for id in ids {
+        let row: Option<(DeliveryState, String, String, Option<String>, Option<i64>, EventType)> = c
+            .prepare_cached(
+                "SELECT state, workflow_id, stage_id, item_id, item_version, event FROM deliveries WHERE id = ?1",
+            )?
+            .query_row([id.as_str()], |r| {
+                Ok((enum_col(r, 0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, enum_col(r, 5)?))
+            })
+            .optional()?;
+        let Some((state, wf, stage, item_id, item_version, event)) = row else {
+            report
+                .refused
+                .push((id.clone(), format!("no delivery with id `{id}`")));
+            continue;
+        };
+        if !state.is_open() {
+            report
+                .refused
+                .push((id.clone(), format!("delivery `{id}` is already {state}")));
+            continue;
+        }
+        // The lease no longer holds: an attempt on the wire is recorded and routes nothing.
+        c.prepare_cached(&format!(
+            "UPDATE deliveries SET state = 'cancelled', cancel_reason = 'operator', cancelled_by = ?2,
+                 next_attempt_at = NULL, lease_token = NULL, lease_until = NULL, lease_owner = NULL,
+                 updated_at = ?3
+             WHERE id = ?1 AND state IN {OPEN}"
+        ))?
+        .execute(params![id.as_str(), op, now])?;
+        report.cancelled += 1;
+        let stage = StageId(stage);
+        let item = match item_id.filter(|_| event == EventType::StageWebhook) {
+            Some(i) => load_item(c, &ItemId(i))?,
+            None => None,
+        };
+        // Route only an item still where this delivery found it (the same fencing as outcomes).
+        let Some(item) = item.filter(|i| i.stage == stage && Some(i.version) == item_version)
+        else {
+            continue;
+        };
+        let (spec, revision) = current_spec(c, &WorkflowId(wf))?;
+        let Ok(mut route) = engine::outcome(&spec, &item, Outcome::WebhookFailure) else {
+            // The stage is no longer a webhook stage of the workflow: nothing to route along.
+            continue;
+        };
+        if let Some(first) = route.hops.first_mut() {
+            first.cause = HistoryCause::Cancelled;
+        }
+        apply_route(
+            c,
+            &spec,
+            revision,
+            &item,
+            &route,
+            Some(op),
+            DeliveryTrigger::Route,
+            Some(id),
+            now,
+        )?;
+        c.prepare_cached("UPDATE deliveries SET routed_version = ?2 WHERE id = ?1")?
+            .execute(params![id.as_str(), item.version + 1])?;
+        report.routed.push((item.id.clone(), route.stage));
+    }
+    Ok(report)
+}
+
+impl Store {
+    /// Cancels open deliveries by id (design §6 "Cancelled", reason `operator`): each becomes
+    /// `cancelled`, its item's version is bumped and the item routes along `on_failure` (history
+    /// cause `cancelled`, with the operator) or is marked failed where there is none. Never
+    /// counts toward auto-pause. Already finished or unknown deliveries are refused.
+    pub fn cancel_deliveries(&self, ids: &[DeliveryId], operator: &str) -> Result<CancelReport> {
+        self.ensure_writable("cancel")?;
+        let mut report = CancelReport::default();
+        for chunk in ids.chunks(CANCEL_CHUNK) {
+            let (ids, op) = (chunk.to_vec(), operator.to_string());
+            let r = self.write("cancel", move |c| {
+                let r = cancel_in_tx(c, &ids, &op)?;
+                audit(
+                    c,
+                    &op,
+                    "cancel",
+                    &format!("{} delivery(ies)", ids.len()),
+                    None,
+                    r.cancelled,
+                )?;
+                Ok(r)
+            })?;
+            report.cancelled += r.cancelled;
+            report.routed.extend(r.routed);
+            report.refused.extend(r.refused);
+        }
+        Ok(report)
+    }
+
+    /// Open deliveries matching `filter` (all three open states unless it names one), oldest
+    /// first, at most `limit`. A finished state in the filter is refused.
+    pub fn open_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        limit: Option<usize>,
+    ) -> Result<Vec<DeliveryId>> {
+        let states = match filter.state {
+            Some(s) if s.is_open() => vec![s],
+            Some(s) => {
+                return Err(StoreError::Invalid(format!(
+                    "only pending, retry_scheduled and in_flight deliveries can be cancelled, not {s}"
+                )));
+            }
+            None => vec![
+                DeliveryState::Pending,
+                DeliveryState::RetryScheduled,
+                DeliveryState::InFlight,
+            ],
+        };
+        let mut out: Vec<(DeliveryId, i64)> = Vec::new();
+        for state in states {
+            let mut f = filter.clone();
+            f.state = Some(state);
+            let mut after = None;
+            loop {
+                let page = self.list_deliveries(&f, after, 5000)?;
+                let done = page.len() < 5000;
+                after = page.last().map(|(_, c)| *c);
+                out.extend(page.into_iter().map(|(d, c)| (d.id, c)));
+                if done {
+                    break;
+                }
+            }
+        }
+        out.sort_by_key(|(_, seq)| *seq);
+        let mut ids: Vec<DeliveryId> = out.into_iter().map(|(d, _)| d).collect();
+        if let Some(l) = limit {
+            ids.truncate(l);
+        }
+        Ok(ids)
+    }
+}
