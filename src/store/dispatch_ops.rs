@@ -201,9 +201,12 @@ fn lease_in_tx(
     if limit == 0 {
         return Ok(Vec::new());
     }
+    // INDEXED BY: without statistics SQLite picked `deliveries_by_state` here and sorted every
+    // pending delivery on each lease (quadratic over a big backlog); the partial due index
+    // yields them in order and stops at the limit.
     let candidates: Vec<(i64, String, String)> = conn
         .prepare_cached(
-            "SELECT d.seq, d.workflow_id, d.stage_id FROM deliveries d
+            "SELECT d.seq, d.workflow_id, d.stage_id FROM deliveries d INDEXED BY deliveries_due
              WHERE d.state IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= ?1
                AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
                                AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
@@ -692,7 +695,7 @@ impl Store {
         self.read(|c| {
             let due: Option<i64> = c
                 .prepare_cached(
-                    "SELECT d.next_attempt_at FROM deliveries d
+                    "SELECT d.next_attempt_at FROM deliveries d INDEXED BY deliveries_due
                      WHERE d.state IN ('pending', 'retry_scheduled') AND d.next_attempt_at IS NOT NULL
                        AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
                                        AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
