@@ -391,6 +391,28 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> (ExitStatus, Duration) {
     }
 }
 
+/// The next `n` attempt events of a dispatcher (published just after their commit, so they
+/// may trail what the database already shows).
+fn attempt_events(
+    rx: &mut broadcast::Receiver<DispatchNotice>,
+    n: usize,
+) -> Vec<hookops::dispatch::AttemptEvent> {
+    let mut out = Vec::new();
+    wait_until(
+        &format!("{n} attempt event(s)"),
+        Duration::from_secs(10),
+        || {
+            while let Ok(notice) = rx.try_recv() {
+                if let DispatchNotice::Attempt(e) = notice {
+                    out.push(*e);
+                }
+            }
+            out.len() >= n
+        },
+    );
+    out
+}
+
 fn body_json(r: &Received) -> Value {
     serde_json::from_slice(&r.body).unwrap()
 }
@@ -1198,6 +1220,41 @@ fn replay_resends_the_same_delivery_and_refire_makes_a_new_one() {
 }
 
 #[test]
+fn refire_failed_takes_only_the_latest_delivery_of_each_item() {
+    // An item whose re-fire failed again has two failed deliveries; a bulk re-fire of
+    // everything failed re-fires the newer one and does not trip over the older.
+    let mut h = Harness::new("/hook=400");
+    h.apply(&hook("hook", &h.url("/hook"), FAST));
+    h.import(&["i1"]);
+    h.start_dispatcher(h.store.clone(), 4);
+    h.assign(&["i1"], "hook");
+    h.wait_settled(&["i1"], Duration::from_secs(10));
+    let d1 = h.delivery_of("i1").id;
+    let r = h.store.refire(std::slice::from_ref(&d1), OPERATOR).unwrap();
+    assert_eq!(r.created.len(), 1);
+    h.wait_settled(&["i1"], Duration::from_secs(10));
+    let d2 = h.deliveries_of("i1").remove(0);
+    assert_eq!(d2.state, DeliveryState::Failed);
+
+    h.receiver.set_script("/hook=ok".parse::<Script>().unwrap());
+    let out = h.hookops(&["refire", "--failed", "--workflow", WF, "--yes", "--json"]);
+    assert_ok(&out, "refire --failed --yes");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["refired"], 1, "{report}");
+    assert_eq!(report["refused"], json!([]), "{report}");
+    wait_until(
+        "the third delivery to succeed",
+        Duration::from_secs(10),
+        || {
+            let d = h.deliveries_of("i1");
+            d.len() == 3 && d[0].state == DeliveryState::Succeeded
+        },
+    );
+    assert_eq!(h.deliveries_of("i1")[0].refire_of.as_ref(), Some(&d2.id));
+    assert_eq!(h.item_stage("i1").0.as_str(), "ok-sink");
+}
+
+#[test]
 fn pause_holds_deliveries_test_webhook_moves_nothing_and_resume_sends() {
     let mut h = Harness::new("/hook=ok,/ctl=ok");
     h.apply(&format!(
@@ -1344,12 +1401,10 @@ fn a_stage_pauses_itself_after_consecutive_failures() {
     let (paused, reason) = h.stage_paused("bad");
     assert!(paused, "three failed deliveries in a row pause the stage");
     assert!(reason.unwrap_or_default().contains('3'));
-    let mut paused_events = 0;
-    while let Ok(n) = notices.try_recv() {
-        if let DispatchNotice::Attempt(e) = n {
-            paused_events += e.paused_stage as usize;
-        }
-    }
+    let paused_events = attempt_events(&mut notices, 3)
+        .iter()
+        .filter(|e| e.paused_stage)
+        .count();
     assert_eq!(
         paused_events, 1,
         "exactly one attempt says it paused the stage"
@@ -1426,17 +1481,11 @@ fn an_item_moved_by_hand_mid_flight_is_not_routed_by_the_late_outcome() {
         !h.history_causes("m1")
             .contains(&HistoryCause::WebhookSuccess)
     );
-    let mut lost = None;
-    while let Ok(n) = notices.try_recv() {
-        if let DispatchNotice::Attempt(e) = n {
-            lost = Some((e.lease_lost, e.routed_to.clone()));
-        }
-    }
-    assert_eq!(
-        lost,
-        Some((true, None)),
-        "the recorder knew it lost the lease"
-    );
+    let lost: Vec<_> = attempt_events(&mut notices, 1)
+        .into_iter()
+        .map(|e| (e.lease_lost, e.routed_to))
+        .collect();
+    assert_eq!(lost, [(true, None)], "the recorder knew it lost the lease");
     assert_eq!(
         h.received("/slow").len(),
         1,
