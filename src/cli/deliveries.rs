@@ -183,6 +183,7 @@ pub fn run(g: &Global, c: DeliveryCommand) -> Result<(), CliError> {
     match c {
         DeliveryCommand::Show { id, json } => show(g, &DeliveryId::new(id), json),
         DeliveryCommand::Cancel(a) => super::ops::cancel(g, a),
+        DeliveryCommand::Cancel(a) => super::ops::cancel(g, a),
     }
 }
 
@@ -258,7 +259,7 @@ fn show(g: &Global, id: &DeliveryId, json: bool) -> Result<(), CliError> {
 }
 
 /// Asks "Proceed? [y/N]" on the terminal; refuses without one (use --yes in scripts).
-pub(super) fn confirm(question: &str) -> Result<bool, CliError> {
+pub(super) pub(super) fn confirm(question: &str) -> Result<bool, CliError> {
     if !std::io::stdin().is_terminal() {
         return Err(CliError::failure(format!(
             "{question}: refusing without a terminal to confirm on; pass --yes"
@@ -274,7 +275,7 @@ pub(super) fn confirm(question: &str) -> Result<bool, CliError> {
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
-pub(super) fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
+pub(super) pub(super) fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }

@@ -423,3 +423,28 @@ pub fn man() -> Result<(), CliError> {
         .render(&mut out)
         .map_err(|e| CliError::failure(format!("cannot write the man page: {e}")))
 }
+
+/// `serve --retain`: prunes at start and then once an hour, printing what each run removed.
+pub async fn retain(store: crate::store::Store, older_than: Duration, operator: String) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let (s, op) = (store.clone(), operator.clone());
+        let opts = PruneOptions {
+            older_than,
+            audit_older_than: None,
+            dry_run: false,
+        };
+        // The store's writer API blocks; keep it off the runtime's worker threads.
+        match tokio::task::spawn_blocking(move || s.prune(&opts, &op)).await {
+            Ok(Ok(r)) => {
+                for l in prune_lines(&r, older_than) {
+                    eprintln!("hookops serve: prune: {l}");
+                }
+            }
+            Ok(Err(e)) => eprintln!("hookops serve: prune failed: {e}"),
+            Err(e) => eprintln!("hookops serve: prune stopped: {e}"),
+        }
+    }
+}

@@ -21,6 +21,9 @@ pub struct ServeArgs {
     /// Write diagnostics (tracing) to this file
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+    /// Prune finished deliveries older than this at start and then once an hour (e.g. 30d)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub retain: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +135,9 @@ pub fn serve(g: &Global, a: ServeArgs) -> Result<(), CliError> {
                 }
             }
         });
+        if let Some(age) = a.retain {
+            tokio::spawn(super::ops::retain(store.clone(), age, g.operator()));
+        }
         let result = crate::dispatch::run(store, opts, events, rx).await;
         let _ = printer.await;
         result.map_err(CliError::from)
