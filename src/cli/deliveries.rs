@@ -183,7 +183,6 @@ pub fn run(g: &Global, c: DeliveryCommand) -> Result<(), CliError> {
     match c {
         DeliveryCommand::Show { id, json } => show(g, &DeliveryId::new(id), json),
         DeliveryCommand::Cancel(a) => super::ops::cancel(g, a),
-        DeliveryCommand::Cancel(a) => super::ops::cancel(g, a),
     }
 }
 
@@ -259,7 +258,7 @@ fn show(g: &Global, id: &DeliveryId, json: bool) -> Result<(), CliError> {
 }
 
 /// Asks "Proceed? [y/N]" on the terminal; refuses without one (use --yes in scripts).
-pub(super) pub(super) fn confirm(question: &str) -> Result<bool, CliError> {
+pub(super) fn confirm(question: &str) -> Result<bool, CliError> {
     if !std::io::stdin().is_terminal() {
         return Err(CliError::failure(format!(
             "{question}: refusing without a terminal to confirm on; pass --yes"
@@ -275,7 +274,7 @@ pub(super) pub(super) fn confirm(question: &str) -> Result<bool, CliError> {
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
-pub(super) pub(super) fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
+pub(super) fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }

@@ -249,12 +249,6 @@ fn delivery_query(
     if let Some(s) = f.status {
         push("d.last_status = ?", Value::Integer(s.into()), &mut args);
     }
-    if let Some(k) = f.error_kind {
-        push("d.last_error_kind = ?", Value::Text(k.as_str().into()), &mut args);
-    }
-    if let Some(s) = f.status {
-        push("d.last_status = ?", Value::Integer(s.into()), &mut args);
-    }
     if let Some(a) = after {
         push("d.seq < ?", Value::Integer(a), &mut args);
     }

@@ -141,7 +141,7 @@ fn lease_ms(cfg: Option<&WebhookConfig>) -> i64 {
 
 /// Turns expired leases (and leases of dead local dispatchers) back into due deliveries, with
 /// an `interrupted` attempt row for the attempt that may have been sent unrecorded.
-pub(super) pub(super) fn reclaim(conn: &Connection, now: i64, dead_owners: &[String]) -> Result<usize> {
+pub(super) fn reclaim(conn: &Connection, now: i64, dead_owners: &[String]) -> Result<usize> {
     let mut rows: Vec<(String, String, String, i64)> = conn
         .prepare_cached(
             "SELECT id, workflow_id, stage_id, lease_number FROM deliveries

@@ -31,7 +31,6 @@ pub use deliveries::*;
 pub use dispatch_ops::*;
 pub use items::*;
 pub use maintenance::*;
-pub use maintenance::*;
 pub use workflows::*;
 
 use crate::model::{ItemId, ItemState, StageId};
