@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(
+            Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+            schemars::JsonSchema,
+        )]
         #[serde(transparent)]
         pub struct $name(pub String);
 
@@ -140,6 +143,16 @@ macro_rules! str_enum {
                 s.parse().map_err(serde::de::Error::custom)
             }
         }
+
+        // The API's OpenAPI document is generated from these (see `api::openapi`).
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({ "type": "string", "enum": [$($s),+] })
+            }
+        }
     };
 }
 
@@ -160,7 +173,10 @@ str_enum!(
 impl StageKind {
     /// Automated stages move items out by themselves the moment they enter.
     pub fn is_automated(self) -> bool {
-        matches!(self, StageKind::Webhook | StageKind::Logic | StageKind::Sampling)
+        matches!(
+            self,
+            StageKind::Webhook | StageKind::Logic | StageKind::Sampling
+        )
     }
     pub fn is_terminal(self) -> bool {
         matches!(self, StageKind::Complete | StageKind::Discard)
@@ -261,8 +277,22 @@ str_enum!(
     EventType, "event type" {
         StageWebhook => "stage.webhook",
         WebhookTest => "webhook.test",
+        // Event notifications (`[[notify]]`, issue 7): never route, never pause, never notify.
+        ItemCreated => "item.created",
+        ItemStageChanged => "item.stage_changed",
+        ItemCompleted => "item.completed",
+        ItemDiscarded => "item.discarded",
+        DeliveryFailed => "delivery.failed",
+        StagePaused => "stage.paused",
     }
 );
+
+impl EventType {
+    /// Whether this is an event notification of a `[[notify]]` entry.
+    pub fn is_notification(self) -> bool {
+        !matches!(self, EventType::StageWebhook | EventType::WebhookTest)
+    }
+}
 
 str_enum!(
     /// How a webhook stage shapes its body (design §6).
@@ -298,19 +328,22 @@ mod tests {
         assert!(!is_valid_slug("Webhook"));
         assert!(!is_valid_slug("-a"));
         let d = DeliveryId::generate();
-        assert!(d.as_str().starts_with("msg_") && d.as_str().len() == 36, "{d}");
+        assert!(
+            d.as_str().starts_with("msg_") && d.as_str().len() == 36,
+            "{d}"
+        );
     }
 }
 
 /// A dataset reference as Darwin JSON writes it (`{name, slug}`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DatasetRef {
     pub name: String,
     pub slug: String,
 }
 
 /// An item as the store holds it: what routing reads and payloads are built from.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Item {
     pub id: ItemId,
     pub workflow: WorkflowId,

@@ -45,7 +45,7 @@ impl Default for DispatcherOptions {
 }
 
 /// One finished attempt, as the console's log pane and `serve` print it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct AttemptEvent {
     pub at: DateTime<Utc>,
     pub delivery_id: DeliveryId,

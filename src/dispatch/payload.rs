@@ -311,6 +311,7 @@ mod tests {
             team: "E2E Testing".into(),
             workview_url_base: base.map(String::from),
             stages: vec![stage(PayloadFormat::Darwin, true)],
+            notify: vec![],
             secrets: vec![],
         }
     }

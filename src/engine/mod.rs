@@ -463,6 +463,7 @@ mod tests {
             team: "acme".to_string(),
             workview_url_base: None,
             stages,
+            notify: Vec::new(),
             secrets: Vec::new(),
         }
     }

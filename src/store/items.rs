@@ -11,13 +11,15 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::deliveries::{DeliverySummary, cancel_open_deliveries, insert_delivery};
+use super::deliveries::{
+    DeliverySummary, cancel_open_deliveries, insert_delivery, insert_notifications,
+};
 use super::workflows::current_spec;
 use super::{Result, Store, StoreError, audit, now_ms, to_time, where_now};
 use crate::engine::{self, Outcome, Route};
 use crate::model::{
-    CancelReason, DatasetRef, DeliveryId, DeliveryTrigger, HistoryCause, Item, ItemId, ItemState,
-    NewItem, StageId, WorkflowId,
+    CancelReason, DatasetRef, DeliveryId, DeliveryTrigger, EventType, HistoryCause, Item, ItemId,
+    ItemState, NewItem, StageId, StageKind, WorkflowId,
 };
 use crate::workflow::Workflow;
 
@@ -27,7 +29,7 @@ const IMPORT_CHUNK: usize = 1000;
 const MOVE_CHUNK: usize = 500;
 
 /// What an import did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct ImportReport {
     pub imported: i64,
     pub already_present: i64,
@@ -35,6 +37,15 @@ pub struct ImportReport {
     pub differing: Vec<ItemId>,
     /// Where the imported items landed, per stage.
     pub landed: BTreeMap<String, i64>,
+    /// Each imported item and the stage it landed in, in import order.
+    pub created: Vec<Landed>,
+}
+
+/// An imported item and the stage it landed in.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct Landed {
+    pub id: ItemId,
+    pub stage: StageId,
 }
 
 /// An import stopped part way (a chunk failed): what was committed before it.
@@ -62,14 +73,14 @@ pub enum AssignTarget {
 }
 
 /// One item an action refused, and why (where it is now).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Refusal {
     pub item_id: ItemId,
     pub reason: String,
 }
 
 /// What a move action (assign, advance) did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct MoveReport {
     pub moved: i64,
     pub refused: Vec<Refusal>,
@@ -102,11 +113,30 @@ pub struct ItemCursor {
     seq: i64,
 }
 
+impl ItemCursor {
+    /// The cursor as an opaque string for the API (`<seq>.<key>`).
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.seq, self.key)
+    }
+
+    /// Reads back a cursor made by [`ItemCursor::encode`]; `None` when it is not one.
+    pub fn decode(s: &str) -> Option<ItemCursor> {
+        let (seq, key) = s.split_once('.')?;
+        Some(ItemCursor {
+            key: key.to_string(),
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
 #[cfg(test)]
 impl ItemCursor {
     /// A cursor for hand-built rows in the console's tests (the store makes real ones).
     pub(crate) fn for_tests(key: &str, seq: i64) -> ItemCursor {
-        ItemCursor { key: key.to_string(), seq }
+        ItemCursor {
+            key: key.to_string(),
+            seq,
+        }
     }
 }
 
@@ -122,7 +152,7 @@ pub struct ItemFilter {
 }
 
 /// One row of an item list.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ItemRow {
     pub id: ItemId,
     pub name: String,
@@ -138,7 +168,7 @@ pub struct ItemRow {
 }
 
 /// One row of an item's history.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct HistoryEntry {
     pub at: DateTime<Utc>,
     pub from: Option<StageId>,
@@ -150,7 +180,7 @@ pub struct HistoryEntry {
 }
 
 /// `item show`: the item, its history and its deliveries.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ItemDetail {
     #[serde(flatten)]
     pub item: Item,
@@ -177,7 +207,6 @@ where
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
     })
 }
-
 
 fn item_from_row(row: &Row) -> rusqlite::Result<Item> {
     Ok(Item {
@@ -262,6 +291,9 @@ pub(crate) fn apply_route(
             via_delivery,
             now,
         )?;
+        if !wf.notify.is_empty() {
+            notify_hop(conn, wf, item, hop, operator, via_delivery, now)?;
+        }
     }
     if !route.deliver {
         return Ok(None);
@@ -274,6 +306,44 @@ pub(crate) fn apply_route(
     let previous = route.hops.last().and_then(|h| h.from.clone());
     let id = insert_delivery(conn, wf, &entered, previous, trigger, now)?;
     Ok(Some(id))
+}
+
+/// The notifications of one history row: `item.created` (import) or `item.stage_changed`,
+/// and `item.completed` / `item.discarded` when it lands in a terminal stage.
+fn notify_hop(
+    conn: &Connection,
+    wf: &Workflow,
+    item: &Item,
+    hop: &engine::Hop,
+    operator: Option<&str>,
+    via_delivery: Option<&DeliveryId>,
+    now: i64,
+) -> Result<()> {
+    let data = serde_json::json!({
+        "workflow": wf.id,
+        "item_id": item.id,
+        "item_name": item.name,
+        "previous_stage": hop.from,
+        "stage": hop.to,
+        "cause": hop.cause,
+        "operator": operator,
+        "delivery_id": via_delivery,
+    });
+    let first = if hop.from.is_none() {
+        EventType::ItemCreated
+    } else {
+        EventType::ItemStageChanged
+    };
+    insert_notifications(conn, wf, first, Some(&item.id), &data, now)?;
+    let terminal = match wf.stage(&hop.to).map(|s| s.kind()) {
+        Some(StageKind::Complete) => Some(EventType::ItemCompleted),
+        Some(StageKind::Discard) => Some(EventType::ItemDiscarded),
+        _ => None,
+    };
+    if let Some(event) = terminal {
+        insert_notifications(conn, wf, event, Some(&item.id), &data, now)?;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -322,9 +392,8 @@ fn import_chunk(
         .clone();
     let now = now_ms();
     let mut report = ImportReport::default();
-    let mut existing = conn.prepare_cached(
-        "SELECT workflow_id, fingerprint FROM items WHERE id = ?1",
-    )?;
+    let mut existing =
+        conn.prepare_cached("SELECT workflow_id, fingerprint FROM items WHERE id = ?1")?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO items (id, workflow_id, stage_id, state, name, path, dataset_name, dataset_slug,
              tags, properties, slots, annotations, fingerprint, version, created_at, updated_at, entered_at)
@@ -347,7 +416,10 @@ fn import_chunk(
             }
             continue;
         }
-        let ds = new.dataset.clone().unwrap_or_else(|| default_dataset.clone());
+        let ds = new
+            .dataset
+            .clone()
+            .unwrap_or_else(|| default_dataset.clone());
         insert.execute(params![
             new.id.as_str(),
             wf_id.as_str(),
@@ -380,7 +452,8 @@ fn import_chunk(
             created_at: to_time(now),
             updated_at: to_time(now),
         };
-        let mut route = engine::import(&wf, &item).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut route =
+            engine::import(&wf, &item).map_err(|e| StoreError::Invalid(e.to_string()))?;
         // The landing in the dataset stage is the first row of every item's history.
         if route.hops.first().is_none_or(|h| h.from.is_some()) {
             route.hops.insert(
@@ -405,6 +478,10 @@ fn import_chunk(
         )?;
         report.imported += 1;
         *report.landed.entry(route.stage.to_string()).or_default() += 1;
+        report.created.push(Landed {
+            id: item.id.clone(),
+            stage: route.stage.clone(),
+        });
     }
     Ok(report)
 }
@@ -413,6 +490,7 @@ fn merge(into: &mut ImportReport, chunk: ImportReport) {
     into.imported += chunk.imported;
     into.already_present += chunk.already_present;
     into.differing.extend(chunk.differing);
+    into.created.extend(chunk.created);
     for (k, v) in chunk.landed {
         *into.landed.entry(k).or_default() += v;
     }
@@ -505,7 +583,9 @@ pub(crate) fn move_stage_items(
     operator: &str,
 ) -> Result<i64> {
     let ids: Vec<String> = conn
-        .prepare_cached("SELECT id FROM items WHERE workflow_id = ?1 AND stage_id = ?2 ORDER BY seq")?
+        .prepare_cached(
+            "SELECT id FROM items WHERE workflow_id = ?1 AND stage_id = ?2 ORDER BY seq",
+        )?
         .query_map([wf.id.as_str(), from.as_str()], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     let mut report = MoveReport::default();
@@ -561,7 +641,11 @@ impl Store {
         while chunks.peek().is_some() {
             let chunk: Vec<NewItem> = chunks.by_ref().take(IMPORT_CHUNK).collect();
             let n = chunk.len();
-            let (wf, ds, op) = (workflow.clone(), default_dataset.clone(), operator.to_string());
+            let (wf, ds, op) = (
+                workflow.clone(),
+                default_dataset.clone(),
+                operator.to_string(),
+            );
             match self.write("import", move |c| import_chunk(c, &wf, &chunk, &ds, &op)) {
                 Ok(r) => merge(&mut report, r),
                 Err(e) => return Err(interrupted(done, &report, e)),
@@ -678,8 +762,12 @@ impl Store {
                 let mut left = limit.unwrap_or(usize::MAX);
                 while left > 0 {
                     let take = left.min(MOVE_CHUNK);
-                    let (wf, from, to, op) =
-                        (workflow.clone(), stage.clone(), to.clone(), operator.to_string());
+                    let (wf, from, to, op) = (
+                        workflow.clone(),
+                        stage.clone(),
+                        to.clone(),
+                        operator.to_string(),
+                    );
                     let (r, last, n) = self.write("assign", move |c| {
                         let (spec, rev) = current_spec(c, &wf)?;
                         let batch: Vec<(i64, String)> = c
@@ -711,7 +799,12 @@ impl Store {
                 (Some(format!("from stage {stage}")), "bulk".to_string())
             }
         };
-        let (wf, to, op, n) = (workflow.clone(), to.clone(), operator.to_string(), report.moved);
+        let (wf, to, op, n) = (
+            workflow.clone(),
+            to.clone(),
+            operator.to_string(),
+            report.moved,
+        );
         let _ = count_target;
         self.write("assign", move |c| {
             audit(
@@ -840,9 +933,7 @@ impl Store {
         self.read(|c| {
             let (sql, args) = item_query(filter, None, None);
             let sql = format!("SELECT COUNT(*) FROM ({sql})");
-            Ok(c.query_row(&sql, rusqlite::params_from_iter(args.iter()), |r| {
-                r.get(0)
-            })?)
+            Ok(c.query_row(&sql, rusqlite::params_from_iter(args.iter()), |r| r.get(0))?)
         })
     }
 

@@ -27,7 +27,7 @@ pub struct ApplyReport {
 }
 
 /// A stage as listed by `workflow show` and the console: config, pause state and counts.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct StageSummary {
     pub id: StageId,
     pub name: String,
@@ -49,7 +49,7 @@ pub struct StageSummary {
 }
 
 /// A workflow as listed: id, names, revision and item totals.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct WorkflowSummary {
     pub id: WorkflowId,
     pub name: String,
@@ -65,7 +65,7 @@ pub struct WorkflowSummary {
 }
 
 /// `workflow show`: the summary plus every live stage.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct WorkflowDetail {
     #[serde(flatten)]
     pub summary: WorkflowSummary,
@@ -171,7 +171,10 @@ fn apply_in_tx(
             }
             let held = stage_item_count(conn, &wf.id, &s.id)?;
             if held > 0 {
-                let target = moves.iter().find(|(from, _)| from == &s.id).map(|(_, to)| to);
+                let target = moves
+                    .iter()
+                    .find(|(from, _)| from == &s.id)
+                    .map(|(_, to)| to);
                 let why = if replacement.is_some() {
                     "changes kind"
                 } else {
@@ -304,9 +307,9 @@ fn stage_summaries(
             *totals.entry(*s).or_default() += n;
         }
         let needs_assignment = match &st.spec {
-            crate::workflow::StageSpec::Dataset { next } => wf
-                .stage(next)
-                .is_some_and(|n| n.kind().is_automated()),
+            crate::workflow::StageSpec::Dataset { next } => {
+                wf.stage(next).is_some_and(|n| n.kind().is_automated())
+            }
             _ => false,
         };
         out.push(StageSummary {
@@ -482,6 +485,10 @@ impl Store {
                 ],
             )?;
             audit(c, &operator, action, &format!("stage {wf}/{stage}"), None, 1)?;
+            if paused && !was {
+                let reason = format!("paused by {operator}");
+                super::dispatch_ops::notify_paused(c, &spec, &stage, &reason, Some(&operator), now_ms())?;
+            }
             Ok(was != paused)
         })
     }

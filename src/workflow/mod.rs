@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{PayloadFormat, StageId, StageKind, WorkflowId};
+use crate::model::{EventType, PayloadFormat, StageId, StageKind, WorkflowId};
 
 /// A validated workflow.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -22,6 +22,9 @@ pub struct Workflow {
     /// `workview_url` = `{base}/items/{id}` when set.
     pub workview_url_base: Option<String>,
     pub stages: Vec<Stage>,
+    /// `[[notify]]` entries: event notifications (issue 7). Absent in specs stored before them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<Notify>,
     /// Every secret value in this workflow after expansion (each `${…}` expansion, every
     /// `authorization` value and every `secret`), for redaction. Never printed.
     pub secrets: Vec<String>,
@@ -36,6 +39,38 @@ impl Workflow {
     pub fn dataset_stage(&self) -> Option<&Stage> {
         self.stages.iter().find(|s| s.kind() == StageKind::Dataset)
     }
+
+    /// How deliveries of `stage` are sent: a webhook stage's settings, or those of the
+    /// `[[notify]]` entry that a notification's pseudo-stage (`notify:N`) names.
+    pub fn delivery_config(&self, stage: &StageId) -> Option<&WebhookConfig> {
+        match notify_index(stage) {
+            Some(i) => self.notify.get(i).map(|n| &n.delivery),
+            None => self.stage(stage).and_then(|s| s.webhook()),
+        }
+    }
+}
+
+/// The pseudo-stage id that notification deliveries of `[[notify]]` entry `index` carry
+/// (`notify:0`, …). Stage slugs cannot contain `:`, so it never names a real stage.
+pub fn notify_stage_id(index: usize) -> StageId {
+    StageId(format!("{NOTIFY_PREFIX}{index}"))
+}
+
+/// The `[[notify]]` index a pseudo-stage id names, if it is one.
+pub fn notify_index(stage: &StageId) -> Option<usize> {
+    stage.as_str().strip_prefix(NOTIFY_PREFIX)?.parse().ok()
+}
+
+const NOTIFY_PREFIX: &str = "notify:";
+
+/// One `[[notify]]` entry: which events to send, and where and how.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Notify {
+    /// Events of this workflow to send (never `stage.webhook` or `webhook.test`).
+    pub events: Vec<EventType>,
+    /// URL, authorization, headers and secret, with the engine's default retries and
+    /// timeouts; the edges (`on_success`) name the entry's own pseudo-stage and are unused.
+    pub delivery: WebhookConfig,
 }
 
 /// One stage of a workflow.

@@ -24,8 +24,10 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::expand::{ExpandError, expand};
-use super::{Condition, Rule, Split, Stage, StageSpec, WebhookConfig, Workflow};
-use crate::model::{PayloadFormat, StageId, StageKind, WorkflowId, is_valid_slug};
+use super::{
+    Condition, Notify, Rule, Split, Stage, StageSpec, WebhookConfig, Workflow, notify_stage_id,
+};
+use crate::model::{EventType, PayloadFormat, StageId, StageKind, WorkflowId, is_valid_slug};
 
 /// One problem in a workflow file, with its place.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -260,7 +262,9 @@ struct Reported;
 
 type R<T> = Result<T, Reported>;
 
-const TOP_KEYS: &[&str] = &["id", "name", "team", "workview_url_base", "stage"];
+const TOP_KEYS: &[&str] = &["id", "name", "team", "workview_url_base", "stage", "notify"];
+/// Keys of a `[[notify]]` table (issue 7).
+const NOTIFY_KEYS: &[&str] = &["url", "authorization", "headers", "secret", "events"];
 const STAGE_COMMON: &[&str] = &["id", "name", "kind"];
 const WEBHOOK_KEYS: &[&str] = &[
     "url",
@@ -372,6 +376,8 @@ fn example(key: &str) -> &'static str {
         "split" => "`split = [{ to = \"qa\", percent = 5 }, { to = \"complete\", percent = 95 }]`",
         "percent" => "`percent = 5`",
         "stage" => "`[[stage]]` tables",
+        "events" => "`events = [\"item.created\", \"delivery.failed\"]`",
+        "notify" => "`[[notify]]` tables",
         "to" => "`to = \"<stage id>\"`",
         "next" | "on_approve" | "on_reject" | "on_success" | "on_failure" | "else" => {
             "`<key> = \"<stage id>\"`"
@@ -816,6 +822,7 @@ impl Checker<'_> {
             self.check_loops(heads, &stages);
         }
 
+        let notify = self.notifies(top);
         let stages = stages.into_iter().collect::<Option<Vec<_>>>();
         Some(Workflow {
             id: WorkflowId::new(id.ok()?),
@@ -823,8 +830,131 @@ impl Checker<'_> {
             team: team.ok()?,
             workview_url_base: workview_url_base.ok()?,
             stages: stages?,
+            notify: notify.ok()?,
             secrets: Vec::new(),
         })
+    }
+
+    /// `[[notify]]` tables: `url`, `events`, optional `authorization`, `secret`, `headers`,
+    /// checked like a webhook stage's; sent with the engine's default retries and timeouts.
+    fn notifies(&mut self, top: &DeTable<'_>) -> R<Vec<Notify>> {
+        let Some(v) = top.get("notify") else {
+            return Ok(Vec::new());
+        };
+        let tables: Vec<_> = match v.get_ref() {
+            DeValue::Array(a) => a.iter().collect(),
+            _ => return Err(self.wrong_type("notify", v, "an array of `[[notify]]` tables")),
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (n, v) in tables.into_iter().enumerate() {
+            let DeValue::Table(t) = v.get_ref() else {
+                self.wrong_type("notify", v, "an array of `[[notify]]` tables");
+                ok = false;
+                continue;
+            };
+            let at = v.span().start;
+            self.whose = format!("notify entry {} (line {})", n + 1, self.lines.line(at));
+            self.check_keys(t, NOTIFY_KEYS, "the keys of a `[[notify]]` table");
+            let url = self.req(t, at, "url", |cx, k, v| {
+                let s = cx.expanded(k, v)?;
+                let raw = cx.string(k, v)?;
+                cx.http_url(k, v, &s, s != raw)?;
+                Ok(s.trim().to_string())
+            });
+            let authorization = self.opt(t, "authorization", |cx, k, v| {
+                let s = cx.expanded(k, v)?;
+                cx.secrets.push(s.clone());
+                if s.is_empty() || HeaderValue::from_str(&s).is_err() {
+                    cx.err(
+                        v.span().start,
+                        "`authorization` must be a non-empty HTTP header value (after \
+                         expansion), e.g. `authorization = \"Bearer ${TOKEN}\"`",
+                    );
+                    return Err(Reported);
+                }
+                Ok(s)
+            });
+            let headers = self.opt(t, "headers", Self::headers);
+            let secrets = self.opt(t, "secret", Self::signing_keys);
+            let events = self.req(t, at, "events", Self::notify_events);
+            let (Ok(url), Ok(authorization), Ok(headers), Ok(secrets), Ok(events)) =
+                (url, authorization, headers, secrets, events)
+            else {
+                ok = false;
+                continue;
+            };
+            let own = notify_stage_id(n);
+            out.push(Notify {
+                events,
+                delivery: WebhookConfig {
+                    url,
+                    authorization,
+                    headers: headers.unwrap_or_default(),
+                    secrets: secrets.unwrap_or_default(),
+                    include_annotations: false,
+                    payload: PayloadFormat::Darwin,
+                    event_type: String::new(),
+                    max_attempts: WebhookConfig::DEFAULT_MAX_ATTEMPTS,
+                    timeout: WebhookConfig::DEFAULT_TIMEOUT,
+                    retry_schedule: WebhookConfig::default_retry_schedule(),
+                    pause_after_failures: 0,
+                    max_in_flight: None,
+                    on_success: own,
+                    on_failure: None,
+                },
+            });
+        }
+        self.whose = "the workflow".to_string();
+        if ok { Ok(out) } else { Err(Reported) }
+    }
+
+    fn notify_events(&mut self, key: &str, v: &Val<'_>) -> R<Vec<EventType>> {
+        let DeValue::Array(a) = v.get_ref() else {
+            return Err(self.wrong_type(key, v, "a list of event names"));
+        };
+        let allowed: Vec<&str> = EventType::ALL
+            .iter()
+            .filter(|e| e.is_notification())
+            .map(|e| e.as_str())
+            .collect();
+        if a.is_empty() {
+            self.err(
+                v.span().start,
+                format!(
+                    "`events` is empty: list one or more of {}",
+                    allowed.join(", ")
+                ),
+            );
+            return Err(Reported);
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for e in a.iter() {
+            let s = self.string(key, e)?;
+            match s.parse::<EventType>() {
+                Ok(ev) if ev.is_notification() => {
+                    if !out.contains(&ev) {
+                        out.push(ev);
+                    }
+                }
+                _ => {
+                    let near = closest(s, allowed.iter().copied())
+                        .map(|n| format!(" (did you mean `{n}`?)"))
+                        .unwrap_or_default();
+                    self.err(
+                        e.span().start,
+                        format!(
+                            "unknown event `{}`{near}; the events are: {}",
+                            excerpt(s),
+                            allowed.join(", ")
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if ok { Ok(out) } else { Err(Reported) }
     }
 
     /// First pass: every stage's table, id and kind, so edges can be checked in the second.

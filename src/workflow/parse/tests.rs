@@ -335,9 +335,9 @@ fn unknown_keys_suggest_the_near_miss() {
         "unknown key `teem`; did you mean `team`?",
     );
     assert_error(
-        &format!("notify = []\n{BASE}"),
+        &format!("zzzz = []\n{BASE}"),
         "1:1",
-        "unknown key `notify`; the top-level keys are",
+        "unknown key `zzzz`; the top-level keys are",
     );
     assert_error(
         &format!("url = \"http://x\"\n{BASE}"),

@@ -1,0 +1,785 @@
+//! The handlers: parse and check the request, call the library function the CLI calls (on a
+//! blocking thread), answer with the CLI's serde type.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::auth::Operator;
+use super::error::{ApiError, FieldError};
+use crate::dispatch::{AttemptEvent, DispatchNotice};
+use crate::engine::Outcome;
+use crate::model::{
+    DeliveryId, DeliveryState, EventType, ItemId, ItemState, StageId, WorkflowId, is_valid_item_id,
+    is_valid_slug,
+};
+use crate::store::{
+    AssignTarget, DeliveryDetail, DeliveryFilter, DeliverySummary, Expect, ItemCursor, ItemDetail,
+    ItemFilter, ItemOrder, ItemRow, Landed, MoveReport, RefireReport, Refusal, WorkflowDetail,
+    WorkflowSummary,
+};
+
+type S = State<Arc<AppState>>;
+
+/// Rows a list returns unless `limit` says otherwise, and the most it may ask for.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+// ---- shapes ---------------------------------------------------------------------------------
+
+/// One page of a list; pass `next_cursor` back as `cursor` for the next (absent at the end).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /v1/items/stage`, V7's "Set Stage" shape. `item_ids` moves those items; with
+/// `from_stage_id` too, each is moved only if it is still in that stage (compare-and-set);
+/// `from_stage_id` alone moves every item of that stage (or the first `limit`).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetStageRequest {
+    pub workflow_id: String,
+    pub stage_id: String,
+    #[serde(default)]
+    pub item_ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub from_stage_id: Option<String>,
+    /// With `from_stage_id` alone: move at most this many (oldest first).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `POST /v1/items/{id}/advance`: `outcome` decides a review (required there); elsewhere the
+/// item moves along `next`. `expect_stage_id` / `expect_version` refuse an item that moved.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdvanceRequest {
+    #[serde(default)]
+    pub outcome: Option<AdvanceOutcome>,
+    #[serde(default)]
+    pub expect_stage_id: Option<String>,
+    #[serde(default)]
+    pub expect_version: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AdvanceOutcome {
+    Approve,
+    Reject,
+}
+
+/// What `POST /v1/items` did: the `item import --json` figures plus each created item and the
+/// stage it landed in.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct ImportResponse {
+    pub imported: i64,
+    pub already_present: i64,
+    /// Ids already present whose content differs (never overwritten).
+    pub differing: Vec<ItemId>,
+    /// Invalid lines (always 0: a request with an invalid line imports nothing).
+    pub invalid: i64,
+    pub landed: BTreeMap<String, i64>,
+    pub items: Vec<Landed>,
+}
+
+/// A stage's pause state after `pause` or `resume`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct StagePauseState {
+    pub workflow: WorkflowId,
+    pub stage: StageId,
+    pub paused: bool,
+    /// False when the stage already was in that state.
+    pub changed: bool,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Health {
+    pub ok: bool,
+    pub version: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    /// The workflow whose dataset stage the items land in.
+    pub workflow: String,
+    /// Dataset name for items whose line names none (default: the workflow id).
+    #[serde(default)]
+    pub dataset: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ItemsQuery {
+    #[serde(default)]
+    pub workflow: Option<String>,
+    #[serde(default)]
+    pub stage: Option<String>,
+    #[serde(default)]
+    pub state: Option<ItemState>,
+    /// Substring of the name or id.
+    #[serde(default)]
+    pub search: Option<String>,
+    /// `waiting` (default: oldest first in their stage) or `name`.
+    #[serde(default)]
+    pub order: Option<ListOrder>,
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// 1–1000, default 100.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ListOrder {
+    Waiting,
+    Name,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveriesQuery {
+    #[serde(default)]
+    pub workflow: Option<String>,
+    /// A stage id, or `notify:N` for the notifications of `[[notify]]` entry N.
+    #[serde(default)]
+    pub stage: Option<String>,
+    #[serde(default)]
+    pub state: Option<DeliveryState>,
+    #[serde(default)]
+    pub item: Option<String>,
+    #[serde(default)]
+    pub event: Option<EventType>,
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// 1–1000, default 100.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+// ---- plumbing -------------------------------------------------------------------------------
+
+/// Runs a blocking store call off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("the request's worker stopped: {e}")))?
+}
+
+/// The request body, read up to the configured cap (413 beyond it).
+pub struct RawBody(pub Bytes);
+
+impl FromRequest<Arc<AppState>> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let limit = state.max_body;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::too_large(limit));
+        }
+        match axum::body::to_bytes(req.into_body(), limit).await {
+            Ok(b) => Ok(RawBody(b)),
+            Err(e) => {
+                // axum wraps http-body's `LengthLimitError`; its wording is the stable part.
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    text.push_str(&s.to_string());
+                    source = s.source();
+                }
+                if text.contains("length limit") {
+                    Err(ApiError::too_large(limit))
+                } else {
+                    Err(ApiError::bad_request(
+                        format!("the request body could not be read: {e}"),
+                        vec![],
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// A JSON body, refused with 400 naming the field at fault.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            ApiError::bad_request(format!("the body is not valid: {inner}"), vec![])
+        } else {
+            ApiError::field(&path, inner.to_string())
+        }
+    })
+}
+
+fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
+    Query::<T>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text()), vec![]))
+}
+
+fn limit_of(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::field(
+            "limit",
+            format!("must be 1 to {MAX_PAGE}, not {n}"),
+        )),
+    }
+}
+
+fn slug(path: &str, s: &str) -> Result<(), ApiError> {
+    if is_valid_slug(s) {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            path,
+            format!(
+                "`{}` is not an id (lowercase letters, digits, `-`, `_`)",
+                clip(s)
+            ),
+        ))
+    }
+}
+
+fn clip(s: &str) -> String {
+    crate::sanitize::strip_controls(&s.chars().take(80).collect::<String>())
+}
+
+/// Cursors are opaque: base64url of a tag and the store's keyset position.
+fn encode_cursor(raw: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_cursor(s: &str, tag: char) -> Result<String, ApiError> {
+    let bad = || ApiError::field("cursor", "is not a cursor this list returned");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let rest = text.strip_prefix(tag).and_then(|r| r.strip_prefix(':'));
+    rest.map(str::to_string).ok_or_else(bad)
+}
+
+fn operator(op: &Operator) -> String {
+    op.0.clone()
+}
+
+/// Publishes an attempt made by the API (replay, test) like the dispatcher's own.
+/// (`serve` feeds the metrics from that channel; without one they are counted here.)
+fn published(state: &AppState, e: &AttemptEvent) {
+    match &state.events {
+        Some(tx) => {
+            let _ = tx.send(DispatchNotice::Attempt(Box::new(e.clone())));
+        }
+        None => state.metrics.observe(e),
+    }
+}
+
+/// The status of an item refusal, from the store's wording of it.
+fn refusal_error(refused: &[Refusal]) -> ApiError {
+    let first = &refused[0];
+    let (status, code) = if first.reason.starts_with("no item with id") {
+        (StatusCode::NOT_FOUND, "not_found")
+    } else if first.reason.contains("moved since you looked") {
+        (StatusCode::CONFLICT, "stale")
+    } else {
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_transition")
+    };
+    let mut e = ApiError::new(status, code, first.reason.clone());
+    e.body.error.details = refused
+        .iter()
+        .map(|r| FieldError {
+            path: r.item_id.to_string(),
+            message: r.reason.clone(),
+        })
+        .collect();
+    e
+}
+
+// ---- handlers -------------------------------------------------------------------------------
+
+pub async fn healthz(State(state): S) -> Json<Health> {
+    Json(Health {
+        ok: true,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        read_only: state.store.is_read_only(),
+    })
+}
+
+pub async fn metrics(State(state): S) -> Result<Response, ApiError> {
+    let st = state.clone();
+    let text = blocking(move || Ok(st.metrics.render(&st.store)?)).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+pub async fn openapi() -> Json<serde_json::Value> {
+    Json(super::openapi::document())
+}
+
+pub async fn import(
+    State(state): S,
+    Extension(op): Extension<Operator>,
+    uri: Uri,
+    RawBody(body): RawBody,
+) -> Result<Json<ImportResponse>, ApiError> {
+    state.store.ensure_writable("import")?;
+    let q: ImportQuery = query(&uri)?;
+    slug("workflow", &q.workflow)?;
+    let items = parse_items(&body)?;
+    let store = state.store.clone();
+    let operator = operator(&op);
+    let report = blocking(move || {
+        let dataset = q.dataset.map(|name| crate::model::DatasetRef {
+            slug: crate::import::dataset_from_name(&name)
+                .map(|d| d.slug)
+                .unwrap_or_else(|| name.clone()),
+            name,
+        });
+        store
+            .import_items(
+                &WorkflowId::new(q.workflow),
+                items,
+                dataset,
+                &operator,
+                &mut |_, _| {},
+            )
+            .map_err(|e| {
+                if e.done == 0
+                    && let crate::store::StoreError::Invalid(m) = &e.source
+                {
+                    return ApiError::bad_request(m.clone(), vec![]);
+                }
+                ApiError::from(e.source)
+            })
+    })
+    .await?;
+    Ok(Json(ImportResponse {
+        imported: report.imported,
+        already_present: report.already_present,
+        differing: report.differing,
+        invalid: 0,
+        landed: report.landed,
+        items: report.created,
+    }))
+}
+
+/// One item, an array of items, or JSON Lines: the formats and checks of `item import`.
+fn parse_items(body: &[u8]) -> Result<Vec<crate::model::NewItem>, ApiError> {
+    let text = body.trim_ascii_start();
+    if text.is_empty() {
+        return Err(ApiError::bad_request(
+            "the body is empty: send an item, an array of items, or JSON Lines",
+            vec![],
+        ));
+    }
+    let mut items = Vec::new();
+    let mut errors = Vec::new();
+    if text.starts_with(b"[") {
+        let values: Vec<serde_json::Value> = serde_json::from_slice(text).map_err(|e| {
+            ApiError::bad_request(
+                format!("the body is not a JSON array of items: {e}"),
+                vec![],
+            )
+        })?;
+        for (i, v) in values.iter().enumerate() {
+            let line = serde_json::to_vec(v).unwrap_or_default();
+            match crate::import::parse_line(i + 1, &line) {
+                Ok(item) => items.push(item),
+                Err(e) => errors.push(FieldError {
+                    path: format!("[{i}]"),
+                    message: e.message,
+                }),
+            }
+        }
+    } else if text.starts_with(b"{")
+        && serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok()
+    {
+        match crate::import::parse_line(1, text) {
+            Ok(item) => items.push(item),
+            Err(e) => errors.push(FieldError {
+                path: "body".into(),
+                message: e.message,
+            }),
+        }
+    } else {
+        let parsed = crate::import::parse_jsonl(text)
+            .map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}"), vec![]))?;
+        items = parsed.items;
+        errors = parsed
+            .errors
+            .into_iter()
+            .map(|e| FieldError {
+                path: format!("line {}", e.line),
+                message: e.message,
+            })
+            .collect();
+    }
+    if !errors.is_empty() {
+        let n = errors.len();
+        return Err(ApiError::bad_request(
+            format!("{n} invalid item(s); nothing was imported"),
+            errors,
+        ));
+    }
+    if items.is_empty() {
+        return Err(ApiError::bad_request("the body holds no items", vec![]));
+    }
+    Ok(items)
+}
+
+pub async fn set_stage(
+    State(state): S,
+    Extension(op): Extension<Operator>,
+    JsonBody(req): JsonBody<SetStageRequest>,
+) -> Result<Json<MoveReport>, ApiError> {
+    state.store.ensure_writable("assign")?;
+    slug("workflow_id", &req.workflow_id)?;
+    slug("stage_id", &req.stage_id)?;
+    if let Some(from) = &req.from_stage_id {
+        slug("from_stage_id", from)?;
+    }
+    let target = match (&req.item_ids, &req.from_stage_id) {
+        (Some(ids), _) if !ids.is_empty() => {
+            for (i, id) in ids.iter().enumerate() {
+                if !is_valid_item_id(id) {
+                    return Err(ApiError::field(
+                        &format!("item_ids[{i}]"),
+                        format!("`{}` is not an item id", clip(id)),
+                    ));
+                }
+            }
+            if req.limit.is_some() {
+                return Err(ApiError::field(
+                    "limit",
+                    "only applies to `from_stage_id` alone",
+                ));
+            }
+            AssignTarget::Items(ids.iter().map(|i| ItemId::new(i.as_str())).collect())
+        }
+        (Some(_), _) => return Err(ApiError::field("item_ids", "is empty")),
+        (None, Some(from)) => AssignTarget::FromStage {
+            stage: StageId::new(from.as_str()),
+            limit: req.limit,
+        },
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "give `item_ids`, or `from_stage_id` to move every item of a stage",
+                vec![],
+            ));
+        }
+    };
+    // `item_ids` with `from_stage_id` is compare-and-set (design §6).
+    let expect = match (&req.item_ids, &req.from_stage_id) {
+        (Some(_), Some(from)) => Some(StageId::new(from.as_str())),
+        _ => None,
+    };
+    let store = state.store.clone();
+    let operator = operator(&op);
+    let report = blocking(move || {
+        Ok(store.assign(
+            &WorkflowId::new(req.workflow_id),
+            &StageId::new(req.stage_id),
+            &target,
+            expect.as_ref(),
+            &operator,
+        )?)
+    })
+    .await?;
+    if report.moved == 0 && !report.refused.is_empty() {
+        return Err(refusal_error(&report.refused));
+    }
+    Ok(Json(report))
+}
+
+pub async fn advance(
+    State(state): S,
+    Extension(op): Extension<Operator>,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Json<MoveReport>, ApiError> {
+    state.store.ensure_writable("advance")?;
+    let req: AdvanceRequest = if body.trim_ascii().is_empty() {
+        AdvanceRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    if !is_valid_item_id(&id) {
+        return Err(ApiError::not_found(format!(
+            "no item with id `{}`",
+            clip(&id)
+        )));
+    }
+    if let Some(s) = &req.expect_stage_id {
+        slug("expect_stage_id", s)?;
+    }
+    let outcome = req.outcome.map(|o| match o {
+        AdvanceOutcome::Approve => Outcome::Approve,
+        AdvanceOutcome::Reject => Outcome::Reject,
+    });
+    let expect = Expect {
+        stage: req.expect_stage_id.map(StageId::new),
+        version: req.expect_version,
+    };
+    let store = state.store.clone();
+    let operator = operator(&op);
+    let report =
+        blocking(move || Ok(store.advance(&[ItemId::new(id)], outcome, &expect, &operator)?))
+            .await?;
+    if !report.refused.is_empty() {
+        return Err(refusal_error(&report.refused));
+    }
+    Ok(Json(report))
+}
+
+pub async fn list_workflows(State(state): S) -> Result<Json<Page<WorkflowSummary>>, ApiError> {
+    let store = state.store.clone();
+    let items = blocking(move || Ok(store.list_workflows()?)).await?;
+    Ok(Json(Page {
+        items,
+        next_cursor: None,
+    }))
+}
+
+pub async fn show_workflow(
+    State(state): S,
+    Path(id): Path<String>,
+) -> Result<Json<WorkflowDetail>, ApiError> {
+    let store = state.store.clone();
+    let d = blocking(move || Ok(store.workflow_detail(&WorkflowId::new(id))?)).await?;
+    Ok(Json(d))
+}
+
+pub async fn list_items(State(state): S, uri: Uri) -> Result<Json<Page<ItemRow>>, ApiError> {
+    let q: ItemsQuery = query(&uri)?;
+    let limit = limit_of(q.limit)?;
+    let order = match q.order {
+        Some(ListOrder::Name) => ItemOrder::Name,
+        _ => ItemOrder::Waiting,
+    };
+    // A cursor belongs to one order: the tag says which.
+    let tag = if order == ItemOrder::Name { 'n' } else { 'w' };
+    let after = match &q.cursor {
+        Some(c) => Some(
+            ItemCursor::decode(&decode_cursor(c, tag)?)
+                .ok_or_else(|| ApiError::field("cursor", "is not a cursor this list returned"))?,
+        ),
+        None => None,
+    };
+    let filter = ItemFilter {
+        workflow: q.workflow.map(WorkflowId::new),
+        stage: q.stage.map(StageId::new),
+        state: q.state,
+        search: q.search,
+        order,
+    };
+    let store = state.store.clone();
+    let mut rows =
+        blocking(move || Ok(store.list_items(&filter, after.as_ref(), limit + 1)?)).await?;
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last()
+            .map(|r| encode_cursor(&format!("{tag}:{}", r.cursor.encode())))
+    } else {
+        None
+    };
+    Ok(Json(Page {
+        items: rows,
+        next_cursor,
+    }))
+}
+
+pub async fn show_item(
+    State(state): S,
+    Path(id): Path<String>,
+) -> Result<Json<ItemDetail>, ApiError> {
+    let store = state.store.clone();
+    let d = blocking(move || Ok(store.item_detail(&ItemId::new(id))?)).await?;
+    Ok(Json(d))
+}
+
+pub async fn list_deliveries(
+    State(state): S,
+    uri: Uri,
+) -> Result<Json<Page<DeliverySummary>>, ApiError> {
+    let q: DeliveriesQuery = query(&uri)?;
+    let limit = limit_of(q.limit)?;
+    let after = match &q.cursor {
+        Some(c) => Some(
+            decode_cursor(c, 'd')?
+                .parse::<i64>()
+                .map_err(|_| ApiError::field("cursor", "is not a cursor this list returned"))?,
+        ),
+        None => None,
+    };
+    let filter = DeliveryFilter {
+        workflow: q.workflow.map(WorkflowId::new),
+        stage: q.stage.map(StageId::new),
+        state: q.state,
+        item: q.item.map(ItemId::new),
+        event: q.event,
+        ..DeliveryFilter::default()
+    };
+    let store = state.store.clone();
+    let mut rows = blocking(move || Ok(store.list_deliveries(&filter, after, limit + 1)?)).await?;
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last()
+            .map(|(_, seq)| encode_cursor(&format!("d:{seq}")))
+    } else {
+        None
+    };
+    Ok(Json(Page {
+        items: rows.into_iter().map(|(d, _)| d).collect(),
+        next_cursor,
+    }))
+}
+
+pub async fn show_delivery(
+    State(state): S,
+    Path(id): Path<String>,
+) -> Result<Json<DeliveryDetail>, ApiError> {
+    let store = state.store.clone();
+    let d = blocking(move || Ok(store.delivery_detail(&DeliveryId::new(id))?)).await?;
+    Ok(Json(d))
+}
+
+pub async fn refire(
+    State(state): S,
+    Extension(op): Extension<Operator>,
+    Path(id): Path<String>,
+) -> Result<Json<RefireReport>, ApiError> {
+    state.store.ensure_writable("refire")?;
+    let store = state.store.clone();
+    let operator = operator(&op);
+    let report = blocking(move || Ok(store.refire(&[DeliveryId::new(id)], &operator)?)).await?;
+    if let Some((_, reason)) = report.refused.first() {
+        let (status, code) = if reason.starts_with("no delivery with id") {
+            (StatusCode::NOT_FOUND, "not_found")
+        } else if reason.contains("only stage.webhook deliveries") {
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_transition")
+        } else {
+            (StatusCode::CONFLICT, "stale")
+        };
+        return Err(ApiError::new(status, code, reason.clone()));
+    }
+    Ok(Json(report))
+}
+
+pub async fn replay(
+    State(state): S,
+    Extension(op): Extension<Operator>,
+    Path(id): Path<String>,
+) -> Result<Json<AttemptEvent>, ApiError> {
+    state.store.ensure_writable("replay")?;
+    let store = state.store.clone();
+    let operator = operator(&op);
+    let lease = blocking(move || Ok(store.begin_replay(&DeliveryId::new(id), &operator)?)).await?;
+    let e = crate::dispatch::send_manual(&state.store, lease, state.max_send_body).await?;
+    published(&state, &e);
+    Ok(Json(e))
+}
+
+pub async fn test_stage(
+    State(state): S,
+    Extension(op): Extension<Operator>,
+    Path((workflow, stage)): Path<(String, String)>,
+) -> Result<Json<AttemptEvent>, ApiError> {
+    state.store.ensure_writable("test")?;
+    let store = state.store.clone();
+    let operator = operator(&op);
+    let lease = blocking(move || {
+        Ok(store.begin_test(&WorkflowId::new(workflow), &StageId::new(stage), &operator)?)
+    })
+    .await?;
+    let e = crate::dispatch::send_manual(&state.store, lease, state.max_send_body).await?;
+    published(&state, &e);
+    Ok(Json(e))
+}
+
+async fn set_paused(
+    state: Arc<AppState>,
+    op: Operator,
+    workflow: String,
+    stage: String,
+    paused: bool,
+) -> Result<Json<StagePauseState>, ApiError> {
+    state
+        .store
+        .ensure_writable(if paused { "pause" } else { "resume" })?;
+    let store = state.store.clone();
+    let (wf, st) = (WorkflowId::new(workflow), StageId::new(stage));
+    let (w, s) = (wf.clone(), st.clone());
+    let changed = blocking(move || Ok(store.set_paused(&w, &s, paused, &op.0)?)).await?;
+    Ok(Json(StagePauseState {
+        workflow: wf,
+        stage: st,
+        paused,
+        changed,
+    }))
+}
+
+pub async fn pause(
+    State(state): S,
+    Extension(op): Extension<Operator>,
+    Path((workflow, stage)): Path<(String, String)>,
+) -> Result<Json<StagePauseState>, ApiError> {
+    set_paused(state, op, workflow, stage, true).await
+}
+
+pub async fn resume(
+    State(state): S,
+    Extension(op): Extension<Operator>,
+    Path((workflow, stage)): Path<(String, String)>,
+) -> Result<Json<StagePauseState>, ApiError> {
+    set_paused(state, op, workflow, stage, false).await
+}
+
+/// Unknown paths: a JSON 404 like every other error.
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no API endpoint at `{}`", clip(uri.path())))
+}
