@@ -200,35 +200,8 @@ fn export(g: &Global, a: ExportArgs) -> Result<(), CliError> {
         Some(p) => Box::new(std::io::BufWriter::new(create_private(p, a.force)?)),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let limit = if a.limit == 0 { usize::MAX } else { a.limit };
-    let mut written = 0usize;
-    let mut after = None;
-    'pages: loop {
-        let page = store.list_deliveries(&f, after, 1000)?;
-        let done = page.len() < 1000;
-        after = page.last().map(|(_, c)| *c);
-        for (d, _) in page {
-            if written >= limit {
-                break 'pages;
-            }
-            // `delivery show --json`'s type; request headers were redacted when stored.
-            let detail = store.delivery_detail(&d.id)?;
-            let line = serde_json::to_string(&detail)
-                .map_err(|e| CliError::failure(format!("cannot encode JSON: {e}")))?;
-            if let Err(e) = writeln!(out, "{line}") {
-                if e.kind() == std::io::ErrorKind::BrokenPipe {
-                    return Ok(());
-                }
-                return Err(CliError::failure(format!("cannot write the export: {e}")));
-            }
-            written += 1;
-        }
-        if done {
-            break;
-        }
-    }
-    out.flush()
-        .map_err(|e| CliError::failure(format!("cannot write the export: {e}")))?;
+    let limit = (a.limit != 0).then_some(a.limit);
+    let written = store.export_deliveries(&f, limit, &mut out)?;
     if let Some(p) = &a.output {
         eprintln!("exported {written} delivery(ies) to {}", p.display());
     }

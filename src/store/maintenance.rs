@@ -1076,3 +1076,45 @@ impl Store {
         Ok(ids)
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Export
+// ---------------------------------------------------------------------------------------------
+
+impl Store {
+    /// Writes the deliveries matching `filter` (newest first, at most `limit`) to `out` as JSON
+    /// Lines: one [`super::DeliveryDetail`] per line (the `delivery show --json` shape, request
+    /// headers redacted as stored). A closed pipe ends the export quietly. Returns the count.
+    pub fn export_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        limit: Option<usize>,
+        out: &mut dyn std::io::Write,
+    ) -> Result<usize> {
+        let limit = limit.unwrap_or(usize::MAX);
+        let mut written = 0usize;
+        let mut after = None;
+        while written < limit {
+            let page = self.list_deliveries(filter, after, 1000)?;
+            let done = page.len() < 1000;
+            after = page.last().map(|(_, c)| *c);
+            for (d, _) in page.into_iter().take(limit - written) {
+                let detail = self.delivery_detail(&d.id)?;
+                let line = serde_json::to_string(&detail)?;
+                match writeln!(out, "{line}") {
+                    Ok(()) => written += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(written),
+                    Err(e) => {
+                        return Err(StoreError::Refused(format!("cannot write the export: {e}")));
+                    }
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        out.flush()
+            .map_err(|e| StoreError::Refused(format!("cannot write the export: {e}")))?;
+        Ok(written)
+    }
+}

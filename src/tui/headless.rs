@@ -56,7 +56,11 @@ impl Headless {
                     Err(e) => Msg::Done { text: e.to_string(), level: state::Level::Error },
                 },
                 // Network and terminal effects have no place here.
-                Effect::CountStage { .. } | Effect::Test { .. } | Effect::Copy(_) => continue,
+                Effect::CountStage { .. }
+                | Effect::CountOpen(_)
+                | Effect::Export(_)
+                | Effect::Test { .. }
+                | Effect::Copy(_) => continue,
             };
             queue.extend(state::update(&mut self.app, msg));
         }

@@ -56,6 +56,9 @@ pub enum Action {
     Copy,
     Deliveries,
     Items,
+    Cancel,
+    CancelAll,
+    Export,
 }
 
 /// One row of the binding table.
@@ -148,6 +151,9 @@ pub const BINDINGS: &[Binding] = &[
     Binding { keys: &[Key::Char('r')], action: Action::Refire, description: "re-fire", scopes: &[Item, Deliveries, Delivery, Log], dangerous: true, hint: true },
     Binding { keys: &[Key::Char('F')], action: Action::RefireAll, description: "re-fire all failed matching", scopes: &[Stages, Deliveries], dangerous: true, hint: true },
     Binding { keys: &[Key::Char('R')], action: Action::Replay, description: "replay (same bytes, item stays)", scopes: &[Item, Deliveries, Delivery, Log], dangerous: true, hint: false },
+    Binding { keys: &[Key::Char('c')], action: Action::Cancel, description: "cancel delivery (item routes on failure)", scopes: &[Deliveries, Delivery], dangerous: true, hint: false },
+    Binding { keys: &[Key::Char('C')], action: Action::CancelAll, description: "cancel all open matching", scopes: &[Deliveries], dangerous: true, hint: false },
+    Binding { keys: &[Key::Char('e')], action: Action::Export, description: "export matching as JSON Lines", scopes: &[Deliveries], dangerous: false, hint: false },
     Binding { keys: &[Key::Char('t')], action: Action::Test, description: "test webhook", scopes: &[Stages], dangerous: true, hint: true },
     Binding { keys: &[Key::Char('p')], action: Action::PauseStage, description: "pause / resume stage", scopes: &[Stages], dangerous: true, hint: true },
     Binding { keys: &[Key::Char('d')], action: Action::Deliveries, description: "deliveries", scopes: &[Workflows, Stages, Items, Item], dangerous: false, hint: true },
@@ -157,7 +163,7 @@ pub const BINDINGS: &[Binding] = &[
     Binding { keys: &[Key::Tab], action: Action::FocusLog, description: "focus log pane", scopes: &[Global], dangerous: false, hint: false },
     Binding { keys: &[Key::Char('f')], action: Action::Follow, description: "follow newest", scopes: &[Log], dangerous: false, hint: true },
     Binding { keys: &[Key::Char('P')], action: Action::PauseLog, description: "pause / resume the stream", scopes: &[Log], dangerous: false, hint: true },
-    Binding { keys: &[Key::Char(':')], action: Action::Command, description: "command (:items :deliveries failed :audit :q)", scopes: &[Global], dangerous: false, hint: true },
+    Binding { keys: &[Key::Char(':')], action: Action::Command, description: "command (:items :deliveries failed timeout :audit :health :q)", scopes: &[Global], dangerous: false, hint: true },
     Binding { keys: &[Key::Char('?')], action: Action::Help, description: "help", scopes: &[Global], dangerous: false, hint: true },
     Binding { keys: &[Key::Char('q'), Key::Ctrl('c')], action: Action::Quit, description: "quit", scopes: &[Global], dangerous: false, hint: true },
 ];

@@ -9,6 +9,7 @@
 
 pub mod headless;
 pub mod keymap;
+mod ops;
 pub mod state;
 pub mod theme;
 pub mod view;
@@ -376,6 +377,11 @@ impl Executor {
                 Ok(ids) => Msg::Counted { filter, count: ids.len() as i64 },
                 Err(e) => Msg::Done { text: e.to_string(), level: Level::Error },
             }),
+            Effect::CountOpen(filter) => self.blocking(move |s| match s.open_deliveries(&filter, None) {
+                Ok(ids) => Msg::CountedOpen { filter, count: ids.len() as i64 },
+                Err(e) => Msg::Done { text: e.to_string(), level: Level::Error },
+            }),
+            Effect::Export(filter) => self.blocking(move |s| ops::export(s, &filter)),
             Effect::CountStage { workflow, from } => self.blocking(move |s| {
                 let count = s
                     .workflow_detail(&workflow)
@@ -507,6 +513,7 @@ pub(crate) fn load(
         }
         ViewKind::Delivery(id) => ViewData::Delivery(Box::new(s.delivery_detail(id).map_err(e)?)),
         ViewKind::Audit => ViewData::Audit(s.audit_log(500).map_err(e)?),
+        ViewKind::Health => ViewData::Health(Box::new(s.health().map_err(e)?)),
     })
 }
 
@@ -586,5 +593,10 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
             Err(e) => fail(e),
         },
         Pending::Replay(_) => done("replay runs asynchronously".into(), 0),
+        Pending::Cancel(ids) => ops::cancel_done(s.cancel_deliveries(&ids, op)),
+        Pending::CancelFiltered { filter, .. } => match s.open_deliveries(&filter, None) {
+            Ok(ids) => ops::cancel_done(s.cancel_deliveries(&ids, op)),
+            Err(e) => fail(e),
+        },
     }
 }

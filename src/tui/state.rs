@@ -36,6 +36,8 @@ pub enum ViewKind {
     Deliveries(DeliveryFilter),
     Delivery(DeliveryId),
     Audit,
+    /// The health report (`:health`), the same as `hookops check`.
+    Health,
 }
 
 impl ViewKind {
@@ -47,7 +49,7 @@ impl ViewKind {
             ViewKind::Item(_) => Scope::Item,
             ViewKind::Deliveries(_) => Scope::Deliveries,
             ViewKind::Delivery(_) => Scope::Delivery,
-            ViewKind::Audit => Scope::Workflows,
+            ViewKind::Audit | ViewKind::Health => Scope::Workflows,
         }
     }
 
@@ -75,10 +77,17 @@ impl ViewKind {
                 if let Some(i) = &f.item {
                     parts.push(format!("item {i}"));
                 }
+                if let Some(k) = f.error_kind {
+                    parts.push(k.to_string());
+                }
+                if let Some(s) = f.status {
+                    parts.push(s.to_string());
+                }
                 parts.join(" · ")
             }
             ViewKind::Delivery(id) => format!("delivery · {id}"),
             ViewKind::Audit => "audit".into(),
+            ViewKind::Health => "health".into(),
         }
     }
 }
@@ -102,6 +111,7 @@ pub enum ViewData {
     },
     Delivery(Box<DeliveryDetail>),
     Audit(Vec<AuditEntry>),
+    Health(Box<crate::store::HealthReport>),
     Failed(String),
 }
 
@@ -170,6 +180,7 @@ impl View {
             ViewData::Audit(rows) => (0..rows.len())
                 .filter(|i| keep(&format!("{} {} {}", rows[*i].operator, rows[*i].action, rows[*i].target)))
                 .collect(),
+            ViewData::Health(r) => (0..r.checks.len()).collect(),
             ViewData::Loading | ViewData::Failed(_) => vec![],
         }
     }
@@ -218,6 +229,12 @@ pub enum Pending {
         count: i64,
     },
     Replay(Vec<DeliveryId>),
+    /// Operator cancel (design §6): items route along `on_failure`.
+    Cancel(Vec<DeliveryId>),
+    CancelFiltered {
+        filter: DeliveryFilter,
+        count: i64,
+    },
     Pause {
         workflow: WorkflowId,
         stage: StageId,
@@ -401,6 +418,8 @@ pub enum Msg {
     TestResult { title: String, text: String },
     /// The number of failed deliveries a bulk re-fire would take.
     Counted { filter: DeliveryFilter, count: i64 },
+    /// The number of open deliveries a bulk cancel would take.
+    CountedOpen { filter: DeliveryFilter, count: i64 },
     /// The number of items in a stage, for a bulk assign.
     StageCount { workflow: WorkflowId, from: StageId, count: i64 },
 }
@@ -417,6 +436,9 @@ pub enum Effect {
     },
     Run(Pending),
     CountFailed(DeliveryFilter),
+    CountOpen(DeliveryFilter),
+    /// Write the deliveries matching the filter as JSON Lines to a new file.
+    Export(DeliveryFilter),
     CountStage { workflow: WorkflowId, from: StageId },
     Test { workflow: WorkflowId, stage: StageId },
     Copy(String),
@@ -587,6 +609,22 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                     expected: count.to_string(),
                     typed: String::new(),
                     action: Pending::RefireFiltered { filter, count },
+                });
+            }
+            vec![]
+        }
+        Msg::CountedOpen { filter, count } => {
+            if count == 0 {
+                app.flash("no open deliveries match: nothing to cancel", Level::Info);
+            } else {
+                app.overlay = Some(Overlay::Typed {
+                    text: format!(
+                        "Cancel {count} open deliveries ({}). Each item routes along its stage's on_failure.",
+                        filter_words(&filter)
+                    ),
+                    expected: count.to_string(),
+                    typed: String::new(),
+                    action: Pending::CancelFiltered { filter, count },
                 });
             }
             vec![]
@@ -1038,6 +1076,31 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
                 vec![Effect::Run(Pending::Pause { workflow: w, stage: s.id, pause })]
             }
         }
+        Action::Cancel => {
+            let Some(v) = app.view() else { return vec![] };
+            let ids: Vec<DeliveryId> = match &v.data {
+                ViewData::Delivery(d) => vec![d.summary.id.clone()],
+                _ => targets(v).into_iter().map(DeliveryId).collect(),
+            };
+            if ids.is_empty() {
+                return vec![];
+            }
+            let text = if ids.len() == 1 {
+                format!("Cancel delivery {}? The item routes along on_failure; an attempt on the wire routes nothing.", ids[0])
+            } else {
+                format!("Cancel {} deliveries? Each item routes along on_failure.", ids.len())
+            };
+            app.overlay = Some(Overlay::Confirm { text, focus: 0, action: Pending::Cancel(ids) });
+            vec![]
+        }
+        Action::CancelAll | Action::Export => {
+            let Some(ViewKind::Deliveries(f)) = app.view().map(|v| v.kind.clone()) else { return vec![] };
+            if a == Action::Export {
+                app.flash("exporting…", Level::Info);
+                return vec![Effect::Export(f)];
+            }
+            vec![Effect::CountOpen(f)]
+        }
         Action::Copy => {
             let Some(v) = app.view() else { return vec![] };
             let id = match &v.data {
@@ -1304,10 +1367,22 @@ fn command(app: &mut App, cmd: &str) -> Vec<Effect> {
                 }
                 None => None,
             };
-            let workflow = app.current_workflow();
-            app.jump(ViewKind::Deliveries(DeliveryFilter { state, workflow, ..Default::default() }))
+            let mut f = DeliveryFilter { state, workflow: app.current_workflow(), ..Default::default() };
+            // Further words: an error kind (`timeout`) or a status (`503`).
+            for w in words {
+                if let Ok(k) = w.parse() {
+                    f.error_kind = Some(k);
+                } else if let Ok(s) = w.parse::<u16>() {
+                    f.status = Some(s);
+                } else {
+                    app.flash(format!("`{w}` is neither an error kind nor a status"), Level::Error);
+                    return vec![];
+                }
+            }
+            app.jump(ViewKind::Deliveries(f))
         }
         "audit" => app.jump(ViewKind::Audit),
+        "health" => app.jump(ViewKind::Health),
         "" => vec![],
         other => {
             app.flash(

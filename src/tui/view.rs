@@ -146,6 +146,9 @@ fn draw_main(f: &mut Frame, app: &mut App, theme: &Theme, area: Rect, now: chron
     let focused = !app.focus_log;
     let Some(v) = app.stack.last() else { return };
     let mut title = v.kind.title();
+    if let ViewData::Health(r) = &v.data {
+        title.push_str(&super::ops::health_title(r));
+    }
     if !v.filter.is_empty() {
         title.push_str(&format!(" · /{}", clean(&v.filter)));
     }
@@ -344,6 +347,7 @@ fn draw_main(f: &mut Frame, app: &mut App, theme: &Theme, area: Rect, now: chron
                 Constraint::Min(10),
             ],
         ),
+        ViewData::Health(r) => super::ops::health_table(r, &shown, theme),
         ViewData::Item(d) => {
             draw_item(f, d, v.cursor, theme, inner, now);
             return;
