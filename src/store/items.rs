@@ -758,7 +758,11 @@ impl Store {
                         "the items are already in stage `{to}`; name them one by one to re-enter it"
                     )));
                 }
-                let mut after = 0i64;
+                // Keyset on (entered_at, seq), the order of the `items_by_stage` index: oldest
+                // first in the stage, and each chunk reads only its own rows. (Ordering by
+                // `seq` alone made SQLite sort every item of the stage for every chunk, so a
+                // chunk of 500 out of 1,000,000 held the write lock for over a second.)
+                let mut after = (i64::MIN, i64::MIN);
                 let mut left = limit.unwrap_or(usize::MAX);
                 while left > 0 {
                     let take = left.min(MOVE_CHUNK);
@@ -770,13 +774,16 @@ impl Store {
                     );
                     let (r, last, n) = self.write("assign", move |c| {
                         let (spec, rev) = current_spec(c, &wf)?;
-                        let batch: Vec<(i64, String)> = c
+                        let batch: Vec<((i64, i64), String)> = c
                             .prepare_cached(
-                                "SELECT seq, id FROM items WHERE workflow_id = ?1 AND stage_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+                                "SELECT entered_at, seq, id FROM items
+                                 WHERE workflow_id = ?1 AND stage_id = ?2 AND (entered_at, seq) > (?3, ?4)
+                                 ORDER BY entered_at, seq LIMIT ?5",
                             )?
-                            .query_map(params![wf.as_str(), from.as_str(), after, take as i64], |r| {
-                                Ok((r.get(0)?, r.get(1)?))
-                            })?
+                            .query_map(
+                                params![wf.as_str(), from.as_str(), after.0, after.1, take as i64],
+                                |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)),
+                            )?
                             .collect::<rusqlite::Result<_>>()?;
                         let mut r = MoveReport::default();
                         let expect = Expect { stage: Some(from.clone()), version: None };
@@ -789,8 +796,8 @@ impl Store {
                     })?;
                     merge_moves(&mut report, r);
                     match last {
-                        Some(seq) if n == take => {
-                            after = seq;
+                        Some(key) if n == take => {
+                            after = key;
                             left -= n;
                         }
                         _ => break,
