@@ -96,7 +96,7 @@ fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             if app.header.dispatcher_warning { "⚠ " } else { "" },
             dispatcher_style,
         ),
-        Span::styled(app.header.dispatcher.clone(), dispatcher_style),
+        Span::styled(clean(&app.header.dispatcher), dispatcher_style),
         Span::raw("  "),
         Span::styled(format!("◷ pending {}", count(DeliveryState::Pending)), theme.normal),
         Span::raw(" · "),
