@@ -1,10 +1,10 @@
 //! Console tests that need neither a terminal nor a database: the pure update (`update`), the
 //! drawing on `TestBackend` buffers (`render`) and `insta` snapshots of every screen
-//! (`snapshots`). The data is hand-built here with fixed ids and times, so the same state
+//! (`screens`). The data is hand-built here with fixed ids and times, so the same state
 //! always draws the same frame.
 
 mod render;
-mod snapshots;
+mod screens;
 mod update;
 
 use std::collections::BTreeMap;
@@ -467,4 +467,259 @@ pub fn with_attempts(app: &mut App) {
     for a in attempts() {
         update(app, Msg::Attempt(Box::new(a)));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Screens and drawing
+// ---------------------------------------------------------------------------------------------
+
+/// Header figures as the executor would report them.
+pub fn header() -> super::state::Header {
+    super::state::Header {
+        db: "/srv/hookops/ops.db".into(),
+        dispatcher: "dispatcher: this process ×64".into(),
+        dispatcher_warning: false,
+        counts: vec![
+            (DeliveryState::Pending, 17),
+            (DeliveryState::InFlight, 8),
+            (DeliveryState::RetryScheduled, 5),
+            (DeliveryState::Failed, 3),
+        ],
+        db_bytes: 1 << 20,
+    }
+}
+
+/// Header, throughput history and a few attempts: what every screen shows around its view.
+pub fn dress(app: &mut App) {
+    update(app, Msg::Header(header()));
+    let focus = app.focus_log;
+    app.focus_log = false;
+    for n in [0u64, 3, 9, 14, 20, 18, 25, 31, 12, 4, 0, 7] {
+        update(app, Msg::Tick);
+        *app.rate.back_mut().unwrap() += n;
+    }
+    with_attempts(app);
+    app.focus_log = focus;
+    app.flash = None;
+}
+
+fn dressed(mut app: App) -> App {
+    dress(&mut app);
+    app
+}
+
+/// Every screen of the console, each from fixed data, by name.
+pub fn screens() -> Vec<(&'static str, App)> {
+    let mut out: Vec<(&'static str, App)> = Vec::new();
+    out.push(("workflows", dressed(on_workflows(false))));
+    out.push(("stages", {
+        let mut app = dressed(on_stages(false));
+        ch(&mut app, 'j');
+        app
+    }));
+    out.push(("items", {
+        let mut app = dressed(on_items(false, 30));
+        ch(&mut app, ' ');
+        ch(&mut app, ' ');
+        ch(&mut app, 'j');
+        app
+    }));
+    out.push(("item", {
+        let mut app = on_items(false, 3);
+        press(&mut app, KeyCode::Enter);
+        load(&mut app, ViewData::Item(Box::new(item_detail())));
+        dressed(app)
+    }));
+    out.push(("deliveries", {
+        let mut app = dressed(on_deliveries(false));
+        ch(&mut app, 'j');
+        ch(&mut app, ' ');
+        app
+    }));
+    out.push(("delivery", {
+        let mut app = on_deliveries(false);
+        press(&mut app, KeyCode::Enter);
+        load(&mut app, ViewData::Delivery(Box::new(delivery_detail())));
+        dressed(app)
+    }));
+    out.push(("audit", {
+        let mut app = on_workflows(false);
+        ch(&mut app, ':');
+        type_str(&mut app, "audit");
+        press(&mut app, KeyCode::Enter);
+        load(&mut app, ViewData::Audit(audit()));
+        dressed(app)
+    }));
+    out.push(("help", {
+        let mut app = dressed(on_items(false, 5));
+        ch(&mut app, '?');
+        app
+    }));
+    out.push(("picker", {
+        let mut app = dressed(on_items(false, 5));
+        ch(&mut app, ' ');
+        ch(&mut app, ' ');
+        ch(&mut app, 'a');
+        type_str(&mut app, "at");
+        press(&mut app, KeyCode::Down);
+        app
+    }));
+    out.push(("confirm", {
+        let mut app = dressed(on_items(false, 5));
+        ch(&mut app, 'a');
+        type_str(&mut app, "validate");
+        press(&mut app, KeyCode::Enter);
+        app
+    }));
+    out.push(("typed_confirm", {
+        let mut app = dressed(on_deliveries(false));
+        ch(&mut app, 'F');
+        let filter = crate::store::DeliveryFilter {
+            workflow: Some(WorkflowId::new(WF)),
+            state: Some(DeliveryState::Failed),
+            ..Default::default()
+        };
+        update(&mut app, Msg::Counted { filter, count: 42 });
+        type_str(&mut app, "4");
+        app
+    }));
+    out.push(("popup", {
+        let mut app = dressed(on_stages(false));
+        ch(&mut app, 'j');
+        ch(&mut app, 't');
+        update(
+            &mut app,
+            Msg::TestResult {
+                title: "test defects/validate".into(),
+                text: "200 OK in 12 ms\n\n{\"ok\":true}".into(),
+            },
+        );
+        app
+    }));
+    out.push(("log_focused", {
+        let mut app = dressed(on_stages(false));
+        press(&mut app, KeyCode::Tab);
+        ch(&mut app, 'k');
+        ch(&mut app, 'k');
+        app
+    }));
+    out.push(("log_paused_filtered", {
+        let mut app = dressed(on_stages(false));
+        press(&mut app, KeyCode::Tab);
+        ch(&mut app, 'P');
+        update(
+            &mut app,
+            Msg::Attempt(Box::new(attempt(9, 1, Some(200), DeliveryState::Succeeded))),
+        );
+        ch(&mut app, '/');
+        type_str(&mut app, "500");
+        press(&mut app, KeyCode::Enter);
+        app
+    }));
+    out.push(("log_hidden", {
+        let mut app = dressed(on_stages(false));
+        ch(&mut app, 'l');
+        app
+    }));
+    out.push(("read_only", {
+        let mut app = dressed(on_stages(true));
+        ch(&mut app, 'a');
+        app
+    }));
+    out.push(("filter_line", {
+        let mut app = dressed(on_stages(false));
+        ch(&mut app, '/');
+        type_str(&mut app, "web");
+        app
+    }));
+    out.push(("command_line", {
+        let mut app = dressed(on_stages(false));
+        ch(&mut app, ':');
+        type_str(&mut app, "deliveries fa");
+        app
+    }));
+    out.push(("flash_error", {
+        let mut app = dressed(on_workflows(false));
+        ch(&mut app, ':');
+        type_str(&mut app, "nope");
+        press(&mut app, KeyCode::Enter);
+        app
+    }));
+    out.push(("loading", {
+        let (mut app, _) = App::new(false);
+        dress(&mut app);
+        app
+    }));
+    out.push(("load_failed", {
+        let (mut app, _) = App::new(false);
+        load(&mut app, ViewData::Failed("database is locked".into()));
+        dressed(app)
+    }));
+    out.push(("empty", {
+        let mut app = on_stages(false);
+        press(&mut app, KeyCode::Enter);
+        load(
+            &mut app,
+            ViewData::Items {
+                rows: vec![],
+                more: false,
+            },
+        );
+        dressed(app)
+    }));
+    out.push(("nothing_matches", {
+        let mut app = dressed(on_workflows(false));
+        ch(&mut app, '/');
+        type_str(&mut app, "zzz");
+        press(&mut app, KeyCode::Enter);
+        app
+    }));
+    out.push(("no_dispatcher", {
+        let mut app = dressed(on_workflows(false));
+        let mut h = header();
+        h.dispatcher = "no dispatcher running: deliveries are queued".into();
+        h.dispatcher_warning = true;
+        update(&mut app, Msg::Header(h));
+        app.log = Default::default();
+        app
+    }));
+    out
+}
+
+/// Draws `app` on a `w`×`h` test terminal with the monochrome theme at [`now`].
+pub fn render(app: &mut App, w: u16, h: u16) -> ratatui::buffer::Buffer {
+    render_with(app, w, h, &super::theme::Theme::mono())
+}
+
+pub fn render_with(
+    app: &mut App,
+    w: u16,
+    h: u16,
+    theme: &super::theme::Theme,
+) -> ratatui::buffer::Buffer {
+    let mut t = ratatui::Terminal::new(ratatui::backend::TestBackend::new(w, h)).unwrap();
+    t.draw(|f| super::view::draw(f, app, theme, now())).unwrap();
+    t.backend().buffer().clone()
+}
+
+/// The buffer as lines of text (a wide character's hidden trailing cell is skipped).
+pub fn text(buf: &ratatui::buffer::Buffer) -> String {
+    let area = buf.area;
+    let mut out = String::new();
+    for y in 0..area.height {
+        let mut skip = 0;
+        let mut line = String::new();
+        for x in 0..area.width {
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            let sym = buf[(x, y)].symbol();
+            skip = ratatui::text::Span::raw(sym).width().saturating_sub(1);
+            line.push_str(sym);
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }

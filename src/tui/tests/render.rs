@@ -1,1 +1,457 @@
+//! Drawing on `TestBackend` buffers: every screen at every size without a panic, the size
+//! notice, the selection's reverse video and marker, and untrusted text kept off the screen.
 
+use crossterm::event::KeyCode;
+use ratatui::buffer::Buffer;
+use ratatui::style::Modifier;
+
+use super::*;
+use crate::tui::state::Header;
+use crate::tui::theme::Theme;
+
+const SIZES: &[(u16, u16)] = &[
+    (0, 0),
+    (1, 1),
+    (10, 3),
+    (20, 5),
+    (49, 11),
+    (49, 40),
+    (120, 11),
+    (50, 12),
+    (80, 24),
+    (120, 40),
+    (300, 3),
+    (300, 100),
+];
+
+fn collapsed(buf: &Buffer) -> String {
+    text(buf).split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn every_screen_draws_at_every_size_and_small_ones_ask_for_more_room() {
+    for (name, mut app) in screens() {
+        for &(w, h) in SIZES {
+            for theme in [Theme::mono(), Theme::colour()] {
+                let buf = render_with(&mut app, w, h, &theme);
+                let small = w < 50 || h < 12;
+                let notice = collapsed(&buf).contains("make the terminal larger");
+                if small && w >= 10 && h >= 3 {
+                    assert!(notice, "{name} at {w}×{h}:\n{}", text(&buf));
+                }
+                if !small {
+                    assert!(!notice, "{name} at {w}×{h}");
+                }
+                if !small && h >= 24 {
+                    assert!(
+                        text(&buf).contains("hookops"),
+                        "{name} at {w}×{h}: no header"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_size_notice_names_the_minimum() {
+    let mut app = on_workflows(false);
+    let buf = render(&mut app, 49, 11);
+    assert!(
+        collapsed(&buf).contains("make the terminal larger (needs 50×12)"),
+        "{}",
+        text(&buf)
+    );
+    let buf = render(&mut app, 300, 3);
+    assert!(
+        collapsed(&buf).contains("make the terminal larger (needs 50×12)"),
+        "{}",
+        text(&buf)
+    );
+}
+
+#[test]
+fn drawing_remembers_the_page_height_for_page_keys() {
+    let mut app = on_items(false, 100);
+    render(&mut app, 80, 24);
+    let small = app.page_rows;
+    render(&mut app, 120, 40);
+    assert!(
+        app.page_rows > small && small >= 3,
+        "{small} then {}",
+        app.page_rows
+    );
+    press(&mut app, KeyCode::PageDown);
+    assert_eq!(app.view().unwrap().cursor, app.page_rows);
+}
+
+/// The row of the buffer whose text contains `needle`.
+fn row_of(buf: &Buffer, needle: &str) -> u16 {
+    text(buf)
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle} not on screen:\n{}", text(buf))) as u16
+}
+
+/// Whether every cell of the row's text (between the borders of the main view) is reversed.
+fn reversed(buf: &Buffer, y: u16, from: u16, to: u16) -> bool {
+    (from..to).all(|x| buf[(x, y)].modifier.contains(Modifier::REVERSED))
+}
+
+#[test]
+fn the_cursor_row_is_reverse_video_and_selected_rows_carry_a_marker() {
+    for theme in [Theme::mono(), Theme::colour()] {
+        let mut app = on_items(false, 5);
+        ch(&mut app, ' '); // selects item-001, cursor to item-002
+        ch(&mut app, 'j');
+        ch(&mut app, ' '); // selects item-003, cursor to item-004
+        ch(&mut app, 'k'); // cursor back on item-003: selected and under the cursor
+        let buf = render_with(&mut app, 100, 30, &theme);
+        let (sel, both, plain) = (
+            row_of(&buf, "item-001"),
+            row_of(&buf, "item-003"),
+            row_of(&buf, "item-002"),
+        );
+        let line = |y: u16| text(&buf).lines().nth(y as usize).unwrap().to_string();
+        // The marker is in the first column of the table, inside the border.
+        assert_eq!(buf[(1, sel)].symbol(), "●", "{}", line(sel));
+        assert_eq!(buf[(1, both)].symbol(), "●", "{}", line(both));
+        assert_eq!(buf[(1, plain)].symbol(), " ", "{}", line(plain));
+        assert!(
+            reversed(&buf, both, 1, 99),
+            "the cursor row is reverse video: {}",
+            line(both)
+        );
+        assert!(!buf[(5, sel)].modifier.contains(Modifier::REVERSED));
+        assert!(!buf[(5, plain)].modifier.contains(Modifier::REVERSED));
+        assert!(
+            text(&buf).contains("2 selected"),
+            "the title counts the selection"
+        );
+    }
+}
+
+#[test]
+fn the_cursor_row_is_reverse_video_in_every_list() {
+    for (name, mut app, needle) in [
+        ("workflows", on_workflows(false), "intake"),
+        ("stages", on_stages(false), "Validate"),
+        ("deliveries", on_deliveries(false), "weld_0002.jpg"),
+    ] {
+        ch(&mut app, 'j');
+        let buf = render(&mut app, 120, 40);
+        let y = row_of(&buf, needle);
+        assert!(reversed(&buf, y, 1, 119), "{name}: {}", text(&buf));
+        // Only that row.
+        assert!(
+            !buf[(3, y - 1)].modifier.contains(Modifier::REVERSED) || y == 0,
+            "{name}"
+        );
+        // The log pane has no cursor while the main view has the focus.
+    }
+}
+
+#[test]
+fn the_log_pane_shows_its_cursor_only_when_focused() {
+    let mut app = on_stages(false);
+    with_attempts(&mut app);
+    let buf = render(&mut app, 120, 40);
+    let y = row_of(&buf, "weld_0004.jpg");
+    assert!(!buf[(3, y)].modifier.contains(Modifier::REVERSED));
+    press(&mut app, KeyCode::Tab);
+    let buf = render(&mut app, 120, 40);
+    assert!(reversed(&buf, y, 1, 60), "{}", text(&buf));
+    // And the main view's cursor row loses its highlight while the log has the focus.
+    let stage_row = row_of(&buf, "Weld inspection images");
+    assert!(!buf[(3, stage_row)].modifier.contains(Modifier::REVERSED));
+}
+
+#[test]
+fn dialogs_mark_the_focused_choice_with_a_glyph_and_reverse_video() {
+    let mut app = on_items(false, 5);
+    ch(&mut app, 'a');
+    type_str(&mut app, "val");
+    let buf = render(&mut app, 80, 24);
+    let y = row_of(&buf, "▶ validate");
+    let x = text(&buf)
+        .lines()
+        .nth(y as usize)
+        .unwrap()
+        .chars()
+        .position(|c| c == '▶')
+        .unwrap() as u16;
+    assert!(buf[(x, y)].modifier.contains(Modifier::REVERSED));
+    press(&mut app, KeyCode::Enter);
+    let buf = render(&mut app, 80, 24);
+    assert!(text(&buf).contains("▶ Cancel ◀"), "{}", text(&buf));
+    assert!(!text(&buf).contains("▶ OK ◀"));
+    press(&mut app, KeyCode::Tab);
+    let buf = render(&mut app, 80, 24);
+    assert!(text(&buf).contains("▶ OK ◀") && !text(&buf).contains("▶ Cancel ◀"));
+    let y = row_of(&buf, "▶ OK ◀");
+    let x = text(&buf)
+        .lines()
+        .nth(y as usize)
+        .unwrap()
+        .chars()
+        .position(|c| c == '▶')
+        .unwrap() as u16;
+    assert!(buf[(x, y)].modifier.contains(Modifier::REVERSED));
+}
+
+#[test]
+fn states_carry_a_glyph_not_only_a_colour() {
+    let mut app = on_deliveries(false);
+    let buf = render(&mut app, 120, 40);
+    let t = text(&buf);
+    for glyph in [
+        "✗ failed",
+        "✓ succeeded",
+        "↻ retrying",
+        "◷ pending",
+        "↗ in flight",
+        "⊘ cancelled",
+        "✗ 500",
+        "✓ 200",
+    ] {
+        assert!(t.contains(glyph), "{glyph} missing:\n{t}");
+    }
+}
+
+#[test]
+fn footer_hints_come_from_the_key_map_and_read_only_hides_actions() {
+    let mut app = on_stages(false);
+    let t = text(&render(&mut app, 300, 40));
+    for hint in [
+        "<a> assign to stage",
+        "<t> test webhook",
+        "<p> pause / resume stage",
+        "<F> re-fire all failed",
+        "<?> help",
+        "<q> quit",
+    ] {
+        assert!(t.contains(hint), "{hint} missing:\n{t}");
+    }
+    let mut app = on_stages(true);
+    let t = text(&render(&mut app, 300, 40));
+    assert!(t.contains("[read-only]"));
+    assert!(t.contains("<?> help"));
+    for hint in ["<a>", "<t>", "<p>", "<F>", "<r>"] {
+        assert!(!t.contains(hint), "{hint} shown in read-only:\n{t}");
+    }
+    ch(&mut app, '?');
+    let t = text(&render(&mut app, 120, 40));
+    assert!(t.contains("read-only: actions are hidden"));
+    assert!(!t.contains("assign to stage"), "{t}");
+}
+
+#[test]
+fn the_stages_view_makes_items_waiting_for_assignment_stand_out() {
+    let mut app = on_stages(false);
+    let t = text(&render(&mut app, 120, 40));
+    assert!(t.contains("▶ 40 waiting for assignment (a)"), "{t}");
+    assert!(t.contains("⏸ paused"), "{t}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Untrusted text
+// ---------------------------------------------------------------------------------------------
+
+/// Every way a hostile string might try to reach the terminal.
+const EVIL: &str = "A\x1b]52;c;ZXZpbA==\x07B\x1b[2JC\x1b]8;;http://x\x1b\\D\u{9b}31mE\u{9d}0;title\u{9c}F\x07\x08\r\tG\u{85}H";
+
+fn hostile_screens() -> Vec<(&'static str, App)> {
+    let evil = || EVIL.to_string();
+    let mut out = Vec::new();
+    let mut rows = items(3);
+    rows[0].name = evil();
+    out.push(("items", {
+        let mut app = on_stages(false);
+        press(&mut app, KeyCode::Enter);
+        load(
+            &mut app,
+            ViewData::Items {
+                rows: rows.clone(),
+                more: false,
+            },
+        );
+        app
+    }));
+    out.push(("item", {
+        let mut d = item_detail();
+        d.item.name = evil();
+        d.item.path = evil();
+        d.item.tags = vec![evil()];
+        d.item
+            .properties
+            .insert(evil(), serde_json::Value::String(evil()));
+        d.history[0].operator = Some(evil());
+        d.deliveries[0].item_name = Some(evil());
+        let mut app = on_items(false, 3);
+        press(&mut app, KeyCode::Enter);
+        load(&mut app, ViewData::Item(Box::new(d)));
+        app
+    }));
+    out.push(("delivery", {
+        let mut d = delivery_detail();
+        d.summary.item_name = Some(evil());
+        d.cancelled_by = Some(evil());
+        d.summary.cancel_reason = Some(crate::model::CancelReason::Operator);
+        for a in &mut d.attempt_log {
+            a.response_body = Some(format!("{EVIL}\nline two {EVIL}\n"));
+            a.response_headers.push((evil(), evil()));
+            a.request_headers.push(("x-evil".into(), evil()));
+            a.error_message = Some(evil());
+            a.url = format!("http://127.0.0.1/{EVIL}");
+        }
+        d.body = serde_json::json!({ "name": evil() });
+        let mut app = on_deliveries(false);
+        press(&mut app, KeyCode::Enter);
+        load(&mut app, ViewData::Delivery(Box::new(d)));
+        app
+    }));
+    out.push(("deliveries", {
+        let mut rows = deliveries();
+        rows[0].item_name = Some(evil());
+        let mut app = on_stages(false);
+        ch(&mut app, 'd');
+        load(
+            &mut app,
+            ViewData::Deliveries {
+                rows,
+                cursors: vec![1, 2, 3, 4, 5, 6, 7],
+                more: false,
+            },
+        );
+        app
+    }));
+    out.push(("workflows_and_stages", {
+        let mut w = workflows();
+        w[0].name = evil();
+        let mut app = on_workflows(false);
+        load(&mut app, ViewData::Workflows(w));
+        press(&mut app, KeyCode::Enter);
+        let mut s = stages();
+        s.stage_list[0].name = evil();
+        load(&mut app, ViewData::Stages(Box::new(s)));
+        app
+    }));
+    out.push(("audit", {
+        let mut a = audit();
+        a[0].operator = evil();
+        a[0].target = evil();
+        a[0].filter = Some(evil());
+        let mut app = on_workflows(false);
+        ch(&mut app, ':');
+        type_str(&mut app, "audit");
+        press(&mut app, KeyCode::Enter);
+        load(&mut app, ViewData::Audit(a));
+        app
+    }));
+    out.push(("popup", {
+        let mut app = on_stages(false);
+        update(
+            &mut app,
+            Msg::TestResult {
+                title: evil(),
+                text: format!("500 in 3 ms\n\n{EVIL}"),
+            },
+        );
+        app
+    }));
+    out.push(("log_header_flash", {
+        let mut app = on_workflows(false);
+        let mut e = attempt(1, 1, Some(500), DeliveryState::Failed);
+        e.item_name = Some(evil());
+        e.error_message = Some(evil());
+        update(&mut app, Msg::Attempt(Box::new(e)));
+        update(
+            &mut app,
+            Msg::Header(Header {
+                db: evil(),
+                dispatcher: format!("dispatcher: serve pid 7 on {EVIL}"),
+                ..header()
+            }),
+        );
+        update(
+            &mut app,
+            Msg::Done {
+                text: evil(),
+                level: crate::tui::state::Level::Error,
+            },
+        );
+        app
+    }));
+    out.push(("filter_and_confirm", {
+        let mut app = on_deliveries(false);
+        ch(&mut app, '/');
+        // Typed text is ours, but a paste could carry anything.
+        for c in EVIL.chars() {
+            ch(&mut app, c);
+        }
+        app
+    }));
+    out
+}
+
+fn assert_clean(name: &str, buf: &Buffer) {
+    for cell in buf.content() {
+        let sym = cell.symbol();
+        assert!(
+            !sym.chars()
+                .any(|c| c.is_control() || ('\u{80}'..='\u{9f}').contains(&c)),
+            "{name}: a control character reached the buffer: {sym:?}\n{}",
+            text(buf)
+        );
+    }
+    // What is left when only the escape character goes: the sequence's body next to the
+    // letters around it (a JSON-escaped `\u001b]52;…` in a pretty-printed body is plain text).
+    let t = text(buf);
+    for leak in [
+        "A]52",
+        "\u{fffd}]52",
+        "==B",
+        "B[2J",
+        "\u{fffd}[2J",
+        "C]8",
+        "\u{fffd}]8",
+        "http://xD",
+        "31mE",
+        "E0;title",
+        "\u{fffd}0;title",
+    ] {
+        assert!(
+            !t.contains(leak),
+            "{name}: `{leak}` of an escape sequence reached the screen:\n{t}"
+        );
+    }
+}
+
+#[test]
+fn untrusted_text_never_reaches_the_buffer_as_escape_sequences() {
+    for (name, mut app) in hostile_screens() {
+        for (w, h) in [(80, 24), (120, 40), (300, 60)] {
+            let buf = render(&mut app, w, h);
+            assert_clean(name, &buf);
+        }
+        // The visible parts of the text survive, so the operator still sees the name.
+        let t = text(&render(&mut app, 300, 60));
+        assert!(
+            t.contains("ABCD") || name == "filter_and_confirm" || name == "workflows_and_stages",
+            "{name}:\n{t}"
+        );
+    }
+}
+
+#[test]
+fn untrusted_item_names_are_cleaned_in_dialogs_too() {
+    let mut rows = items(2);
+    rows[0].name = EVIL.into();
+    let mut app = on_stages(false);
+    press(&mut app, KeyCode::Enter);
+    load(&mut app, ViewData::Items { rows, more: false });
+    ch(&mut app, 'a');
+    type_str(&mut app, "validate");
+    press(&mut app, KeyCode::Enter);
+    assert_clean("confirm", &render(&mut app, 80, 24));
+}

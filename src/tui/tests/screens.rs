@@ -1,1 +1,22 @@
+//! `insta` snapshots of every screen at 80×24 and 120×40, drawn in the monochrome theme from
+//! the fixed data of this module's parent (fixed ids and a fixed "now", so nothing needs
+//! filtering). Review changes with `INSTA_UPDATE=always cargo test --lib tui::tests::screens`
+//! and `git diff src/tui/tests/snapshots`.
 
+use super::*;
+
+#[test]
+fn every_screen_at_80x24_and_120x40() {
+    for (name, mut app) in screens() {
+        for (w, h) in [(80u16, 24u16), (120, 40)] {
+            let frame = text(&render(&mut app, w, h));
+            insta::assert_snapshot!(format!("{name}_{w}x{h}"), frame);
+        }
+    }
+}
+
+#[test]
+fn the_size_notice_at_10x3() {
+    let (mut app, _) = App::new(false);
+    insta::assert_snapshot!("too_small_10x3", text(&render(&mut app, 10, 3)));
+}

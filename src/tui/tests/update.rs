@@ -1451,7 +1451,8 @@ fn keys_in_an_empty_log_pane_do_nothing() {
 
 #[test]
 fn read_only_refuses_every_dangerous_key_with_a_flash_and_no_effect() {
-    let apps: Vec<(&str, fn() -> App)> = vec![
+    type Make = fn() -> App;
+    let apps: Vec<(&str, Make)> = vec![
         ("stages", || on_stages(true)),
         ("items", || on_items(true, 4)),
         ("deliveries", || on_deliveries(true)),
@@ -1480,7 +1481,7 @@ fn read_only_refuses_every_dangerous_key_with_a_flash_and_no_effect() {
             for k in b.keys {
                 let mut app = make();
                 let scope = app.scope();
-                if !keymap::refused_read_only(&key_event(*k), scope, app.focus_log).is_some() {
+                if keymap::refused_read_only(&key_event(*k), scope, app.focus_log).is_none() {
                     continue; // not bound here at all
                 }
                 app.flash = None;

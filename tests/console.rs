@@ -1,0 +1,665 @@
+//! End-to-end tests of the console: the real `hookops` binary in a pseudo-terminal
+//! (`portable-pty`), its output read through a terminal emulator (`vt100`), on SQLite files
+//! prepared with the CLI and real HTTP receivers on 127.0.0.1.
+//!
+//! The screen is read by waiting, with a deadline, until what is expected appears; nothing
+//! sleeps to synchronise. Each test starts its own console, database and receiver, so they run
+//! in parallel.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use hookops::receiver::{Receiver, ReceiverOptions};
+use portable_pty::{Child, CommandBuilder, MasterPty, PtySize, native_pty_system};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hookops");
+/// Debug builds on a busy machine: generous, but a hang still fails.
+const DEADLINE: Duration = Duration::from_secs(40);
+
+/// What the reader thread has seen so far.
+struct Seen {
+    parser: vt100::Parser,
+    raw: Vec<u8>,
+    closed: bool,
+}
+
+/// The console running in a pseudo-terminal.
+struct Console {
+    child: Box<dyn Child + Send + Sync>,
+    master: Box<dyn MasterPty + Send>,
+    writer: Box<dyn Write + Send>,
+    seen: Arc<(Mutex<Seen>, Condvar)>,
+}
+
+fn size(cols: u16, rows: u16) -> PtySize {
+    PtySize {
+        rows,
+        cols,
+        pixel_width: 0,
+        pixel_height: 0,
+    }
+}
+
+fn nz(n: u16) -> std::num::NonZeroU16 {
+    std::num::NonZeroU16::new(n.max(1)).unwrap()
+}
+
+impl Console {
+    fn start(dir: &Path, args: &[&str], cols: u16, rows: u16) -> Console {
+        let pair = native_pty_system().openpty(size(cols, rows)).unwrap();
+        let mut cmd = CommandBuilder::new(BIN);
+        cmd.args(args);
+        cmd.cwd(dir);
+        cmd.env("TERM", "xterm-256color");
+        // Nothing from the user's own setup: no config file, no default database.
+        cmd.env("HOME", dir);
+        cmd.env("XDG_CONFIG_HOME", dir.join("config"));
+        cmd.env("XDG_DATA_HOME", dir.join("data"));
+        cmd.env_remove("HOOKOPS_DB");
+        let child = pair.slave.spawn_command(cmd).unwrap();
+        drop(pair.slave);
+        let mut reader = pair.master.try_clone_reader().unwrap();
+        let writer = pair.master.take_writer().unwrap();
+        let seen = Arc::new((
+            Mutex::new(Seen {
+                parser: vt100::Parser::new(nz(rows), nz(cols), 0),
+                raw: Vec::new(),
+                closed: false,
+            }),
+            Condvar::new(),
+        ));
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16384];
+            loop {
+                let n = reader.read(&mut buf).unwrap_or(0);
+                let (lock, cv) = &*s;
+                let mut seen = lock.lock().unwrap();
+                if n == 0 {
+                    seen.closed = true;
+                    cv.notify_all();
+                    break;
+                }
+                seen.parser.process(&buf[..n]);
+                seen.raw.extend_from_slice(&buf[..n]);
+                cv.notify_all();
+            }
+        });
+        Console {
+            child,
+            master: pair.master,
+            writer,
+            seen,
+        }
+    }
+
+    fn screen(&self) -> String {
+        self.seen.0.lock().unwrap().parser.screen().contents()
+    }
+
+    fn raw(&self) -> Vec<u8> {
+        self.seen.0.lock().unwrap().raw.clone()
+    }
+
+    /// Waits until `ok` holds for the screen; panics with the screen after the deadline.
+    fn wait_until(&self, what: &str, ok: impl Fn(&vt100::Screen) -> bool) -> String {
+        let (lock, cv) = &*self.seen;
+        let end = Instant::now() + DEADLINE;
+        let mut seen = lock.lock().unwrap();
+        loop {
+            if ok(seen.parser.screen()) {
+                return seen.parser.screen().contents();
+            }
+            let now = Instant::now();
+            if now >= end || seen.closed {
+                let why = if seen.closed {
+                    "the console exited"
+                } else {
+                    "timed out"
+                };
+                let screen = seen.parser.screen().contents();
+                // Not while holding the lock: the reader thread still needs it.
+                drop(seen);
+                panic!("{why} waiting for {what}; the screen:\n{screen}");
+            }
+            seen = cv.wait_timeout(seen, end - now).unwrap().0;
+        }
+    }
+
+    /// Waits until the screen shows `needle`.
+    fn wait_for(&self, needle: &str) -> String {
+        self.wait_until(&format!("{needle:?}"), |s| s.contents().contains(needle))
+    }
+
+    /// Waits until one line of the screen holds every one of `parts`.
+    fn wait_for_line(&self, parts: &[&str]) -> String {
+        self.wait_until(&format!("a line with {parts:?}"), |s| {
+            s.contents()
+                .lines()
+                .any(|l| parts.iter().all(|p| l.contains(p)))
+        })
+    }
+
+    fn send(&mut self, keys: &str) {
+        self.writer.write_all(keys.as_bytes()).unwrap();
+        self.writer.flush().unwrap();
+    }
+
+    fn resize(&mut self, cols: u16, rows: u16) {
+        self.seen
+            .0
+            .lock()
+            .unwrap()
+            .parser
+            .screen_mut()
+            .set_size(nz(rows), nz(cols));
+        self.master.resize(size(cols, rows)).unwrap();
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for the process to end (the deadline applies) and for its last output.
+    fn wait_exit(&mut self) -> portable_pty::ExitStatus {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // The reader sees the end of the output once the process is gone.
+                let (lock, cv) = &*self.seen;
+                let mut seen = lock.lock().unwrap();
+                while !seen.closed && Instant::now() < end {
+                    seen = cv.wait_timeout(seen, Duration::from_millis(200)).unwrap().0;
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < end,
+                "the console did not exit:\n{}",
+                self.screen()
+            );
+            // Exit is not signalled through the pty on every platform: poll it.
+            let (lock, cv) = &*self.seen;
+            let seen = lock.lock().unwrap();
+            let _ = cv.wait_timeout(seen, Duration::from_millis(50)).unwrap();
+        }
+    }
+
+    /// Quits with `q` and checks the terminal was given back: alternate screen left, cursor
+    /// shown, exit status 0 (raw mode is restored by the same guard, before the exit).
+    fn quit_and_check_restored(&mut self) {
+        self.send("q");
+        let status = self.wait_exit();
+        assert!(status.success(), "exit status {status:?}");
+        let raw = self.raw();
+        let entered = find_last(&raw, b"\x1b[?1049h")
+            .expect("the console never entered the alternate screen");
+        let tail = &raw[entered..];
+        assert!(
+            find_last(tail, b"\x1b[?1049l").is_some(),
+            "the alternate screen was not left"
+        );
+        assert!(
+            find_last(tail, b"\x1b[?25h").is_some(),
+            "the cursor was not shown again"
+        );
+        assert!(
+            find_last(tail, b"\x1b[?2004l").is_some(),
+            "bracketed paste was not turned off"
+        );
+        let seen = self.seen.0.lock().unwrap();
+        let screen = seen.parser.screen();
+        assert!(!screen.alternate_screen(), "still on the alternate screen");
+        assert!(!screen.hide_cursor(), "the cursor is still hidden");
+        assert!(!screen.bracketed_paste(), "bracketed paste is still on");
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn find_last(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).rposition(|w| w == needle)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Preparing a database with the CLI
+// ---------------------------------------------------------------------------------------------
+
+/// Runs a CLI command on `db` and returns its stdout; it must succeed.
+fn cli(db: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("--db")
+        .arg(db)
+        .args(["--operator", "e2e"])
+        .args(args)
+        .env_remove("HOOKOPS_DB")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hookops {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A database with workflow `e2e`: `dataset` (waiting for assignment) → webhook `hook`
+/// (one attempt, to `url`) → `done`; and these `(id, name)` items in the dataset stage.
+fn prepare(dir: &Path, url: &str, items: &[(&str, &str)]) -> PathBuf {
+    let db = dir.join("e2e.db");
+    let wf = dir.join("wf.toml");
+    std::fs::write(
+        &wf,
+        format!(
+            r#"id = "e2e"
+name = "End to end"
+team = "qa"
+
+[[stage]]
+id = "dataset"
+name = "Incoming images"
+kind = "dataset"
+next = "hook"
+
+[[stage]]
+id = "hook"
+name = "Notify"
+kind = "webhook"
+url = "{url}"
+max_attempts = 1
+timeout = "5s"
+on_success = "done"
+
+[[stage]]
+id = "done"
+name = "Done"
+kind = "complete"
+"#
+        ),
+    )
+    .unwrap();
+    cli(&db, &["workflow", "apply", wf.to_str().unwrap()]);
+    let lines: String = items
+        .iter()
+        .map(|(id, name)| serde_json::json!({"id": id, "name": name}).to_string() + "\n")
+        .collect();
+    let file = dir.join("items.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    cli(
+        &db,
+        &[
+            "item",
+            "import",
+            "--workflow",
+            "e2e",
+            file.to_str().unwrap(),
+        ],
+    );
+    db
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+const ITEMS: &[(&str, &str)] = &[
+    ("it-1", "alpha.jpg"),
+    ("it-2", "beta.jpg"),
+    ("it-3", "gamma.jpg"),
+];
+
+// ---------------------------------------------------------------------------------------------
+// (a) + (b): assign through the picker, watch the attempts, re-fire after a fix, quit
+// ---------------------------------------------------------------------------------------------
+
+fn assign_watch_refire_quit(cols: u16, rows: u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let receiver = rt
+        .block_on(Receiver::start(ReceiverOptions {
+            script: "/hook=500".parse().unwrap(),
+            ..ReceiverOptions::default()
+        }))
+        .unwrap();
+    let db = prepare(dir.path(), &receiver.url("/hook"), ITEMS);
+    let mut c = Console::start(
+        dir.path(),
+        &["--db", db.to_str().unwrap(), "--operator", "e2e"],
+        cols,
+        rows,
+    );
+
+    // Workflows → stages: the dataset stage says it waits for an operator.
+    c.wait_for_line(&["e2e", "End to end"]);
+    c.wait_for("dispatcher: this process");
+    c.send("\r");
+    c.wait_for("stages · e2e");
+    // At 80 columns the status column is cut: "▶ 3 waiting for assi…".
+    let waiting = if cols >= 120 {
+        "▶ 3 waiting for assignment (a)"
+    } else {
+        "▶ 3 waiting"
+    };
+    c.wait_for_line(&["Incoming", "dataset", waiting]);
+
+    // Items of the dataset stage; select two with Space.
+    c.send("\r");
+    c.wait_for("items · e2e/dataset");
+    c.wait_for("gamma.jpg");
+    c.send(" ");
+    c.wait_for("1 selected");
+    c.send(" ");
+    c.wait_for("2 selected");
+
+    // `a`: the picker narrows as we type; Enter picks; the dialog starts on Cancel.
+    c.send("a");
+    c.wait_for("assign 2 item(s) to stage");
+    c.send("ho");
+    c.wait_until("the picker narrowed to hook", |s| {
+        let t = s.contents();
+        t.contains("▶ hook") && !t.contains("dataset  (dataset)")
+    });
+    c.send("\r");
+    c.wait_for("Assign 2 items to stage hook?");
+    c.wait_for("▶ Cancel ◀");
+    c.send("\t");
+    c.wait_for("▶ OK ◀");
+    c.send("\r");
+
+    // The log pane shows both attempts failing (max_attempts 1: final at once).
+    c.wait_for("assigned 2 item(s) to hook");
+    c.wait_for_line(&["✗ 500", "hook", "alpha.jpg", "#1/1"]);
+    c.wait_for_line(&["✗ 500", "hook", "beta.jpg", "#1/1"]);
+    assert!(receiver.count() >= 2);
+
+    // The failed deliveries, by command.
+    c.send(":deliveries failed\r");
+    c.wait_for("deliveries · failed");
+    c.wait_for_line(&["✗ failed", "hook", "✗ 500"]);
+    c.wait_until("both failed deliveries listed", |s| {
+        s.contents().matches("✗ failed").count() >= 2
+    });
+
+    // Fix the receiver, re-fire the delivery under the cursor through its dialog.
+    receiver.set_script("*=ok".parse().unwrap());
+    c.send("r");
+    c.wait_for("Re-fire delivery msg_");
+    c.wait_for("▶ Cancel ◀");
+    c.send("\t");
+    c.wait_for("▶ OK ◀");
+    c.send("\r");
+    c.wait_for("re-fired 1 delivery");
+    c.wait_for_line(&["✓ 200", "hook", "→ done"]);
+
+    // The store agrees: one item is done, one still failed in the hook stage.
+    let list = cli(&db, &["item", "list", "--workflow", "e2e"]);
+    assert!(
+        list.lines()
+            .any(|l| l.contains("done") && l.contains("done")),
+        "{list}"
+    );
+    assert_eq!(
+        list.lines()
+            .filter(|l| l.contains(" hook ") && l.contains("failed"))
+            .count(),
+        1,
+        "{list}"
+    );
+
+    c.quit_and_check_restored();
+    rt.block_on(receiver.shutdown());
+}
+
+#[test]
+fn assign_watch_and_refire_at_120x40() {
+    assign_watch_refire_quit(120, 40);
+}
+
+#[test]
+fn assign_watch_and_refire_at_80x24() {
+    assign_watch_refire_quit(80, 24);
+}
+
+// ---------------------------------------------------------------------------------------------
+// (c), (d): sizes
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_tiny_terminal_shows_a_notice_and_keeps_running_until_q() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = prepare(dir.path(), "http://127.0.0.1:9/hook", ITEMS);
+    let mut c = Console::start(
+        dir.path(),
+        &["--db", db.to_str().unwrap(), "--no-dispatch"],
+        10,
+        3,
+    );
+    c.wait_until("the size notice", |s| {
+        s.contents()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .contains("make the terminal larger")
+    });
+    assert!(c.running(), "the console exited in a 10×3 terminal");
+    // Keys still work: open the help (invisible at this size), close it with any key, quit.
+    c.send("?");
+    c.send("j");
+    assert!(c.running());
+    c.quit_and_check_restored();
+}
+
+#[test]
+fn resizing_redraws_and_never_kills_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = prepare(dir.path(), "http://127.0.0.1:9/hook", ITEMS);
+    let mut c = Console::start(
+        dir.path(),
+        &["--db", db.to_str().unwrap(), "--no-dispatch"],
+        80,
+        24,
+    );
+    c.wait_for_line(&["e2e", "End to end"]);
+    c.resize(30, 8);
+    c.wait_until("the size notice", |s| {
+        s.contents()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .contains("make the terminal larger")
+    });
+    assert!(c.running());
+    c.resize(1, 1);
+    c.resize(300, 3);
+    c.wait_until("the size notice on one wide line", |s| {
+        s.contents()
+            .contains("make the terminal larger (needs 50×12)")
+    });
+    c.resize(120, 40);
+    c.wait_for_line(&["e2e", "End to end"]);
+    c.wait_for("no attempts yet");
+    // The layout follows the new size: the box spans the new width.
+    c.wait_until("a 120-column frame", |s| {
+        s.contents()
+            .lines()
+            .any(|l| l.starts_with('└') && l.chars().count() == 120)
+    });
+    assert!(c.running());
+    c.send("\r");
+    c.wait_for("stages · e2e");
+    c.quit_and_check_restored();
+}
+
+// ---------------------------------------------------------------------------------------------
+// (e) read-only
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn read_only_hides_action_hints_and_refuses_actions() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = prepare(dir.path(), "http://127.0.0.1:9/hook", ITEMS);
+    // The same view without --read-only shows the actions.
+    let mut c = Console::start(
+        dir.path(),
+        &["--db", db.to_str().unwrap(), "--no-dispatch"],
+        200,
+        30,
+    );
+    c.wait_for_line(&["e2e", "End to end"]);
+    c.send("\r");
+    c.wait_for_line(&["<a> assign to stage", "<t> test webhook"]);
+    c.quit_and_check_restored();
+
+    let mut c = Console::start(
+        dir.path(),
+        &["--db", db.to_str().unwrap(), "--read-only"],
+        200,
+        30,
+    );
+    c.wait_for("[read-only]");
+    c.wait_for_line(&["e2e", "End to end"]);
+    c.send("\r");
+    let screen = c.wait_for("stages · e2e");
+    let footer = screen.lines().last().unwrap_or("").to_string();
+    assert!(footer.contains("<?> help"), "{footer}");
+    for hint in [
+        "<a>",
+        "<t>",
+        "<p>",
+        "<F>",
+        "assign",
+        "test webhook",
+        "pause",
+    ] {
+        assert!(
+            !footer.contains(hint),
+            "{hint} in the read-only footer: {footer}"
+        );
+    }
+    c.send("a");
+    c.wait_for("read-only console: actions are disabled");
+    c.send("?");
+    c.wait_for("read-only: actions are hidden");
+    // Esc closes it; wait, so that Esc and the next key are not read as one Alt-key.
+    c.send("\x1b");
+    c.wait_until("the help to close", |s| {
+        !s.contents().contains("read-only: actions are hidden")
+    });
+    c.quit_and_check_restored();
+    // Nothing was written: no item left the dataset stage.
+    let list = cli(&db, &["item", "list", "--workflow", "e2e"]);
+    assert_eq!(
+        list.lines().filter(|l| l.contains("dataset")).count(),
+        3,
+        "{list}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// (f) untrusted text
+// ---------------------------------------------------------------------------------------------
+
+/// An item name that tries: OSC 52 (clipboard), clear screen, an OSC 8 link, C1 CSI.
+const EVIL_NAME: &str =
+    "evil\x1b]52;c;ZXZpbA==\x07name\x1b[2J\x1b]8;;http://x\x1b\\link\u{9b}31m.jpg";
+const EVIL_BODY: &str = "BODY\x1b]52;c;ZXZpbA==\x07\x1b[2J\x1b]8;;http://x\x1b\\\u{9b}31mEND";
+
+/// A loopback HTTP server that answers every request 500 with [`EVIL_BODY`] (the scripted
+/// receiver only sends fixed bodies).
+fn hostile_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0u8; length];
+                let _ = reader.read_exact(&mut body);
+                let answer = format!(
+                    "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\nx-evil: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{EVIL_BODY}",
+                    "head\u{9b}31mer",
+                    EVIL_BODY.len()
+                );
+                let _ = stream.write_all(answer.as_bytes());
+            });
+        }
+    });
+    format!("http://{addr}/hook")
+}
+
+#[test]
+fn untrusted_names_and_bodies_never_reach_the_terminal_as_escape_sequences() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = hostile_server();
+    let db = prepare(
+        dir.path(),
+        &url,
+        &[("it-evil", EVIL_NAME), ("it-2", "plain.jpg")],
+    );
+    // Queued before the console starts; its dispatcher sends it.
+    cli(
+        &db,
+        &["assign", "--workflow", "e2e", "--stage", "hook", "it-evil"],
+    );
+    let mut c = Console::start(dir.path(), &["--db", db.to_str().unwrap()], 120, 40);
+    c.wait_for_line(&["✗ 500", "evilnamelink.jpg"]);
+    c.send("\r");
+    c.wait_for("stages · e2e");
+    c.send(":items\r");
+    c.wait_for_line(&["evilnamelink.jpg", "it-evil"]);
+    c.send(":deliveries failed\r");
+    c.wait_for("deliveries · failed");
+    c.wait_for_line(&["✗ failed", "evilnamelink.jpg", "✗ 500"]);
+    c.send("\r");
+    c.wait_for("delivery · msg_");
+    c.wait_for("< BODYEND");
+    c.wait_for("x-evil: header");
+    c.quit_and_check_restored();
+
+    let raw = c.raw();
+    for (what, bad) in [
+        ("OSC 52", &b"\x1b]52"[..]),
+        ("the OSC 52 payload", b"ZXZpbA"),
+        ("OSC 8", b"\x1b]8;"),
+        ("the OSC 8 target", b"http://x"),
+        ("C1 CSI", "\u{9b}".as_bytes()),
+        ("clear screen", b"\x1b[2J"),
+    ] {
+        assert!(!contains(&raw, bad), "{what} reached the terminal");
+    }
+}
