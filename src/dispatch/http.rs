@@ -256,6 +256,12 @@ fn describe_error(e: &reqwest::Error, timeout: Duration) -> (ErrorKind, String) 
             .to_string();
         return (ErrorKind::Connect, format!("could not resolve host {host}"));
     }
+    if all.contains("invalid HTTP") || all.contains("parse") && all.contains("HTTP") {
+        return (
+            ErrorKind::Connect,
+            "the receiver's answer is not valid HTTP".to_string(),
+        );
+    }
     if let Some(kind) = io_kind {
         let what = classify::io_error_message(kind);
         return (ErrorKind::Connect, what.to_string());
