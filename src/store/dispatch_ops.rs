@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use super::deliveries::DeliveryFilter;
+use super::deliveries::{DeliveryFilter, insert_notifications};
 use super::items::{apply_route, enum_col, load_item};
 use super::workflows::current_spec;
 use super::{Result, Store, StoreError, audit, now_ms, to_time, where_now};
@@ -19,8 +19,8 @@ use crate::dispatch::classify::{self, INTERRUPTED_MESSAGE, Verdict};
 use crate::dispatch::payload::{DeliveryMeta, test_body};
 use crate::engine::{self, Outcome};
 use crate::model::{
-    AttemptTrigger, DeliveryId, DeliveryState, DeliveryTrigger, ErrorKind, EventType,
-    HistoryCause, ItemId, StageId, StageKind, WorkflowId,
+    AttemptTrigger, DeliveryId, DeliveryState, DeliveryTrigger, ErrorKind, EventType, HistoryCause,
+    ItemId, StageId, StageKind, WorkflowId,
 };
 use crate::workflow::{WebhookConfig, Workflow};
 
@@ -64,7 +64,7 @@ pub struct Lease {
 impl Lease {
     /// The stage's webhook settings, or `None` when the stage is gone or no longer a webhook.
     pub fn config(&self) -> Option<&WebhookConfig> {
-        self.spec.stage(&self.stage).and_then(|s| s.webhook())
+        self.spec.delivery_config(&self.stage)
     }
 }
 
@@ -104,7 +104,7 @@ pub struct Recorded {
 }
 
 /// What a re-fire did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct RefireReport {
     pub refired: i64,
     pub created: Vec<DeliveryId>,
@@ -129,14 +129,13 @@ pub fn process_start(pid: u32) -> Option<String> {
     rest.split_whitespace().nth(19).map(str::to_string)
 }
 
+/// How deliveries of `stage` are sent (a webhook stage, or a `[[notify]]` pseudo-stage).
 fn webhook_of<'a>(spec: &'a Workflow, stage: &StageId) -> Option<&'a WebhookConfig> {
-    spec.stage(stage).and_then(|s| s.webhook())
+    spec.delivery_config(stage)
 }
 
 fn lease_ms(cfg: Option<&WebhookConfig>) -> i64 {
-    cfg.map(|c| c.timeout.as_millis() as i64)
-        .unwrap_or(10_000)
-        + LEASE_MARGIN_MS
+    cfg.map(|c| c.timeout.as_millis() as i64).unwrap_or(10_000) + LEASE_MARGIN_MS
 }
 
 /// Turns expired leases (and leases of dead local dispatchers) back into due deliveries, with
@@ -167,9 +166,8 @@ pub(super) fn reclaim(conn: &Connection, now: i64, dead_owners: &[String]) -> Re
         let url = current_spec(conn, &WorkflowId::new(wf.as_str()))
             .ok()
             .and_then(|(spec, _)| {
-                webhook_of(&spec, &StageId::new(stage.as_str())).map(|c| {
-                    crate::redact::Redactor::new(&spec.secrets).redact(&c.url)
-                })
+                webhook_of(&spec, &StageId::new(stage.as_str()))
+                    .map(|c| crate::redact::Redactor::new(&spec.secrets).redact(&c.url))
             })
             .unwrap_or_default();
         conn.prepare_cached(
@@ -398,12 +396,20 @@ fn record_in_tx(
         lease_lost: false,
         paused_stage: false,
     };
-    let holds = lease.token.is_some() && d.token == lease.token && d.state == DeliveryState::InFlight;
+    let holds =
+        lease.token.is_some() && d.token == lease.token && d.state == DeliveryState::InFlight;
     let counted = lease.trigger == AttemptTrigger::Scheduled
         && holds
-        && d.event == EventType::StageWebhook
+        && d.event != EventType::WebhookTest
         && o.error_kind != Some(ErrorKind::Interrupted);
-    insert_attempt(conn, &lease.delivery_id, lease.number, lease.trigger, counted, o)?;
+    insert_attempt(
+        conn,
+        &lease.delivery_id,
+        lease.number,
+        lease.trigger,
+        counted,
+        o,
+    )?;
     if lease.trigger == AttemptTrigger::Manual && d.event != EventType::WebhookTest {
         // A replay never changes the delivery (design §6).
         return Ok(rec);
@@ -413,7 +419,12 @@ fn record_in_tx(
         return Ok(rec);
     }
     let end = o.started_at + o.duration_ms;
-    let verdict = classify::classify(o.status, o.error_kind, o.retry_after.as_deref(), to_time(end));
+    let verdict = classify::classify(
+        o.status,
+        o.error_kind,
+        o.retry_after.as_deref(),
+        to_time(end),
+    );
     let attempts = d.attempts + counted as i64;
     rec.attempts = attempts;
     let is_test = d.event == EventType::WebhookTest;
@@ -423,7 +434,10 @@ fn record_in_tx(
             let delay = cfg
                 .map(|c| classify::retry_delay(c, attempts as u32, after, jitter))
                 .unwrap_or_default();
-            (DeliveryState::RetryScheduled, Some(end + delay.as_millis() as i64))
+            (
+                DeliveryState::RetryScheduled,
+                Some(end + delay.as_millis() as i64),
+            )
         }
         _ => (DeliveryState::Failed, None),
     };
@@ -445,8 +459,31 @@ fn record_in_tx(
     ])?;
     rec.state = state;
     rec.next_attempt_at = next.map(to_time);
-    if is_test || state == DeliveryState::RetryScheduled {
+    // A notification's outcome routes nothing, pauses nothing and notifies nobody (design §6).
+    if is_test || state == DeliveryState::RetryScheduled || d.event.is_notification() {
         return Ok(rec);
+    }
+    if state == DeliveryState::Failed && !spec.notify.is_empty() {
+        let data = serde_json::json!({
+            "workflow": d.workflow,
+            "stage": d.stage,
+            "delivery_id": lease.delivery_id,
+            "item_id": d.item_id,
+            "item_name": lease.item_name,
+            "attempts": attempts,
+            "last_status": o.status,
+            "last_error_kind": o.error_kind,
+            "error_message": o.error_message,
+        });
+        let item = d.item_id.clone().map(ItemId);
+        insert_notifications(
+            conn,
+            &spec,
+            EventType::DeliveryFailed,
+            item.as_ref(),
+            &data,
+            now,
+        )?;
     }
     // Auto-pause counts consecutive failed deliveries of the stage; a success resets it.
     if let Some(cfg) = cfg {
@@ -468,17 +505,18 @@ fn record_in_tx(
                 .unwrap_or(0);
             let threshold = cfg.pause_after_failures as i64;
             if threshold > 0 && n >= threshold {
+                let reason =
+                    format!("paused automatically after {n} consecutive failed deliveries");
                 let changed = conn
                     .prepare_cached(
                         "UPDATE stages SET paused = 1, paused_reason = ?3
                          WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL AND paused = 0",
                     )?
-                    .execute(params![
-                        d.workflow.as_str(),
-                        d.stage.as_str(),
-                        format!("paused automatically after {n} consecutive failed deliveries")
-                    ])?;
+                    .execute(params![d.workflow.as_str(), d.stage.as_str(), reason])?;
                 rec.paused_stage = changed > 0;
+                if rec.paused_stage {
+                    notify_paused(conn, &spec, &d.stage, &reason, None, now)?;
+                }
             }
         }
     }
@@ -497,7 +535,8 @@ fn record_in_tx(
     } else {
         Outcome::WebhookFailure
     };
-    let route = engine::outcome(&spec, &item, outcome).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let route =
+        engine::outcome(&spec, &item, outcome).map_err(|e| StoreError::Invalid(e.to_string()))?;
     apply_route(
         conn,
         &spec,
@@ -513,6 +552,28 @@ fn record_in_tx(
         .execute(params![lease.delivery_id.as_str(), item.version + 1])?;
     rec.routed_to = Some(route.stage);
     Ok(rec)
+}
+
+/// The `stage.paused` notifications of a stage that was just paused (by hand or by itself).
+pub(super) fn notify_paused(
+    conn: &Connection,
+    spec: &Workflow,
+    stage: &StageId,
+    reason: &str,
+    operator: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    if spec.notify.is_empty() {
+        return Ok(());
+    }
+    let data = serde_json::json!({
+        "workflow": spec.id,
+        "stage": stage,
+        "reason": reason,
+        "operator": operator,
+    });
+    insert_notifications(conn, spec, EventType::StagePaused, None, &data, now)?;
+    Ok(())
 }
 
 /// Why a delivery cannot be re-fired now, or `None` when it can (design §6).
@@ -687,8 +748,10 @@ impl Store {
         dead_owners: Vec<String>,
     ) -> Result<Vec<Lease>> {
         let owner = owner.to_string();
-        self.write_async("dispatch", move |c| lease_in_tx(c, &owner, limit, &dead_owners))
-            .await
+        self.write_async("dispatch", move |c| {
+            lease_in_tx(c, &owner, limit, &dead_owners)
+        })
+        .await
     }
 
     /// When the dispatcher next has something to do: the earliest due time of an unpaused
@@ -721,15 +784,18 @@ impl Store {
     pub async fn record_attempt(&self, lease: &Lease, outcome: AttemptOutcome) -> Result<Recorded> {
         let lease = lease.clone();
         let jitter = fastrand::f64() * 2.0 - 1.0;
-        self.write_async("dispatch", move |c| record_in_tx(c, &lease, &outcome, jitter))
-            .await
+        self.write_async("dispatch", move |c| {
+            record_in_tx(c, &lease, &outcome, jitter)
+        })
+        .await
     }
 
     /// Gives back leases this dispatcher could not finish (shutdown): each gets an
     /// `interrupted` attempt and is due again now.
     pub async fn release_leases(&self, owner: &str) -> Result<usize> {
         let owner = owner.to_string();
-        self.write_async("dispatch", move |c| reclaim(c, now_ms(), &[owner])).await
+        self.write_async("dispatch", move |c| reclaim(c, now_ms(), &[owner]))
+            .await
     }
 
     /// Re-fires deliveries by id (design §6): each item goes back into the delivery's stage
@@ -741,7 +807,14 @@ impl Store {
             let (ids, op) = (chunk.to_vec(), operator.to_string());
             let r = self.write("refire", move |c| {
                 let r = refire_in_tx(c, &ids, &op)?;
-                audit(c, &op, "refire", &format!("{} delivery(ies)", ids.len()), None, r.refired)?;
+                audit(
+                    c,
+                    &op,
+                    "refire",
+                    &format!("{} delivery(ies)", ids.len()),
+                    None,
+                    r.refired,
+                )?;
                 Ok(r)
             })?;
             report.refired += r.refired;
@@ -984,6 +1057,12 @@ impl Store {
 
     /// The sequence number of the newest attempt (the log pane starts after it).
     pub fn last_attempt_seq(&self) -> Result<i64> {
-        self.read(|c| Ok(c.query_row("SELECT COALESCE(MAX(seq), 0) FROM attempts", [], |r| r.get(0))?))
+        self.read(|c| {
+            Ok(
+                c.query_row("SELECT COALESCE(MAX(seq), 0) FROM attempts", [], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
     }
 }

@@ -762,34 +762,68 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
             );
         }
         Overlay::Help => {
-            let r = centered(area, 72, area.height.saturating_sub(2));
-            f.render_widget(Clear, r);
-            let mut lines = vec![Line::from(Span::styled(
-                format!("keys in {} (esc closes)", app.view().map(|v| v.kind.title()).unwrap_or_default()),
-                theme.header,
-            ))];
-            for b in keymap::active(app.scope(), app.focus_log, app.read_only) {
-                let keys: Vec<String> = keymap::keys_of(b).iter().map(|k| k.label()).collect();
-                lines.push(Line::from(vec![
-                    Span::styled(format!("{:>14}  ", keys.join(" ")), theme.key),
-                    Span::raw(b.description),
-                ]));
-            }
-            lines.push(Line::from(""));
-            lines.push(Line::from(Span::styled(
-                "tab focuses the log pane; in dialogs tab/←/→ move, enter presses, esc cancels",
-                theme.dim,
-            )));
+            let entries: Vec<(String, &str)> = keymap::active(app.scope(), app.focus_log, app.read_only)
+                .map(|b| {
+                    let keys: Vec<String> = keymap::keys_of(b).iter().map(|k| k.label()).collect();
+                    (keys.join(" "), b.description)
+                })
+                .collect();
+            let mut notes = vec![
+                Line::from(""),
+                Line::from(Span::styled(
+                    "tab focuses the log pane; in dialogs tab/←/→ move, enter presses, esc cancels",
+                    theme.dim,
+                )),
+            ];
             if app.read_only {
-                lines.push(Line::from(Span::styled(
-                    "read-only: actions are hidden",
-                    theme.warn,
-                )));
+                notes.push(Line::from(Span::styled("read-only: actions are hidden", theme.warn)));
             }
+            // One column when every key fits (title, keys, notes, borders); else two side by
+            // side over the whole width, so 80×24 still shows every key.
+            let height = area.height.saturating_sub(2);
+            let two = entries.len() + notes.len() + 3 > height as usize;
+            let r = centered(area, if two { area.width.saturating_sub(2) } else { 72 }, height);
+            f.render_widget(Clear, r);
+            let b = block("help".into(), theme, true);
+            let inner = b.inner(r);
+            f.render_widget(b, r);
+            let per_column = if two { entries.len().div_ceil(2) } else { entries.len() };
+            let [title, body, rest] = Layout::vertical([
+                Constraint::Length(1),
+                Constraint::Length(per_column as u16),
+                Constraint::Min(0),
+            ])
+            .areas(inner);
             f.render_widget(
-                Paragraph::new(lines).block(block("help".into(), theme, true)),
-                r,
+                Paragraph::new(Span::styled(
+                    format!("keys in {} (esc closes)", app.view().map(|v| v.kind.title()).unwrap_or_default()),
+                    theme.header,
+                )),
+                title,
             );
+            let key_width = entries.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+            let column = |part: &[(String, &str)]| -> Paragraph<'static> {
+                let lines: Vec<Line> = part
+                    .iter()
+                    .map(|(k, d)| {
+                        Line::from(vec![
+                            Span::styled(format!("{k:>key_width$}  "), theme.key),
+                            Span::raw(d.to_string()),
+                        ])
+                    })
+                    .collect();
+                Paragraph::new(lines)
+            };
+            if two {
+                let [left, right] =
+                    Layout::horizontal([Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)]).areas(body);
+                let (a, b) = entries.split_at(per_column.min(entries.len()));
+                f.render_widget(column(a), left);
+                f.render_widget(column(b), right);
+            } else {
+                f.render_widget(column(&entries), body);
+            }
+            f.render_widget(Paragraph::new(notes).wrap(Wrap { trim: true }), rest);
         }
         Overlay::Picker { title, choices, query, cursor, .. } => {
             let matching: Vec<_> = choices
