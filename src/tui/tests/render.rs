@@ -6,6 +6,7 @@ use ratatui::buffer::Buffer;
 use ratatui::style::Modifier;
 
 use super::*;
+use crate::tui::keymap::{self, Scope};
 use crate::tui::state::Header;
 use crate::tui::theme::Theme;
 
@@ -454,4 +455,25 @@ fn untrusted_item_names_are_cleaned_in_dialogs_too() {
     type_str(&mut app, "validate");
     press(&mut app, KeyCode::Enter);
     assert_clean("confirm", &render(&mut app, 80, 24));
+}
+
+#[test]
+fn help_lists_every_key_of_the_scope_even_at_80x24() {
+    for (mut app, scope) in [
+        (on_items(false, 5), Scope::Items),
+        (on_stages(true), Scope::Stages),
+    ] {
+        ch(&mut app, '?');
+        let t = text(&render(&mut app, 80, 24));
+        for b in keymap::active(scope, false, app.read_only) {
+            // Long descriptions may be cut at the column's edge; their start must show.
+            let start: String = b.description.chars().take(12).collect();
+            assert!(
+                t.contains(&start),
+                "`{}` missing from help at 80×24:\n{t}",
+                b.description
+            );
+        }
+        assert!(t.contains("keys in"));
+    }
 }
