@@ -24,6 +24,40 @@ pub struct ServeArgs {
     /// Prune finished deliveries older than this at start and then once an hour (e.g. 30d)
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub retain: Option<std::time::Duration>,
+    /// Serve the HTTP API on this address [default when given alone: 127.0.0.1:8787]
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::api::DEFAULT_ADDR)]
+    pub api: Option<SocketAddr>,
+    /// Bearer tokens for the API: lines of `name:token` (the file must not be world-readable);
+    /// else $HOOKOPS_API_TOKEN (operator name `api`)
+    #[arg(long, value_name = "FILE", requires = "api")]
+    pub api_tokens: Option<PathBuf>,
+    /// Largest API request body in bytes (larger ones get 413)
+    #[arg(long, value_name = "BYTES", default_value_t = crate::api::DEFAULT_MAX_BODY)]
+    pub api_max_body: usize,
+}
+
+/// The API's options from the flags and `HOOKOPS_API_TOKEN`.
+fn api_options(addr: SocketAddr, a: &ServeArgs) -> Result<crate::api::ApiOptions, CliError> {
+    use crate::api::Tokens;
+    let tokens = match &a.api_tokens {
+        Some(path) => Tokens::from_file(path).map_err(|e| CliError::usage(e.to_string()))?,
+        None => match std::env::var("HOOKOPS_API_TOKEN") {
+            Ok(t) if !t.is_empty() => Tokens::single(crate::api::ENV_TOKEN_NAME, &t)
+                .map_err(|e| CliError::usage(e.to_string()))?,
+            _ => Tokens::default(),
+        },
+    };
+    if tokens.is_empty() && !addr.ip().is_loopback() {
+        return Err(CliError::usage(
+            crate::api::StartError::NoTokens(addr).to_string(),
+        ));
+    }
+    Ok(crate::api::ApiOptions {
+        addr,
+        tokens,
+        max_body: a.api_max_body,
+        max_send_body: crate::dispatch::http::DEFAULT_MAX_BODY,
+    })
 }
 
 #[derive(Debug, Args)]
@@ -53,14 +87,15 @@ async fn stop_on_signal(tx: watch::Sender<bool>) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                let _ = tx.send(true);
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    let _ = tx.send(true);
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -98,12 +133,21 @@ pub fn init_log_file(path: Option<&PathBuf>) -> Result<(), CliError> {
 pub fn serve(g: &Global, a: ServeArgs) -> Result<(), CliError> {
     init_log_file(a.log_file.as_ref())?;
     let store = g.open()?;
-    store.ensure_writable("serve")?;
+    // A read-only `serve --api` answers reads and refuses every action; it sends nothing.
+    let dispatch = !(g.read_only && a.api.is_some());
+    if dispatch {
+        store.ensure_writable("serve")?;
+    }
+    let api = a.api.map(|addr| api_options(addr, &a)).transpose()?;
     let rt = super::deliveries_runtime()?;
     rt.block_on(async move {
         let (tx, rx) = watch::channel(false);
         tokio::spawn(stop_on_signal(tx));
         let (events, mut sub) = broadcast::channel(4096);
+        let api_task = match api {
+            Some(opts) => Some(start_api(&store, opts, &events, rx.clone()).await?),
+            None => None,
+        };
         let opts = DispatcherOptions {
             concurrency: a.concurrency as usize,
             ..DispatcherOptions::default()
@@ -129,24 +173,77 @@ pub fn serve(g: &Global, a: ServeArgs) -> Result<(), CliError> {
                     Ok(DispatchNotice::StoreError(m)) => eprintln!("hookops serve: {m}"),
                     Ok(DispatchNotice::Recovered) => eprintln!("hookops serve: dispatch resumed"),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        eprintln!("hookops serve: {n} attempt line(s) not printed (output too slow)")
+                        eprintln!(
+                            "hookops serve: {n} attempt line(s) not printed (output too slow)"
+                        )
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
             }
         });
-        if let Some(age) = a.retain {
+        if let Some(age) = a.retain.filter(|_| dispatch) {
             tokio::spawn(super::ops::retain(store.clone(), age, g.operator()));
         }
-        let result = crate::dispatch::run(store, opts, events, rx).await;
+        let result = if dispatch {
+            crate::dispatch::run(store, opts, events, rx).await
+        } else {
+            eprintln!("hookops serve: read-only: no dispatcher runs; the API refuses every action");
+            drop(events);
+            let mut rx = rx;
+            while !*rx.borrow() {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        };
+        // The API finishes its open requests, then lets go of its sender of `events`.
+        if let Some(t) = api_task {
+            match t.await {
+                Ok(Err(e)) => eprintln!("hookops serve: API stopped: {e}"),
+                Err(e) => eprintln!("hookops serve: API stopped: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
         let _ = printer.await;
         result.map_err(CliError::from)
     })
 }
 
+/// Binds the API and runs it until `stop`; its metrics follow the dispatcher's attempts.
+async fn start_api(
+    store: &crate::store::Store,
+    opts: crate::api::ApiOptions,
+    events: &broadcast::Sender<DispatchNotice>,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, CliError> {
+    let metrics = std::sync::Arc::new(crate::api::Metrics::default());
+    let server =
+        crate::api::Server::bind(store.clone(), opts, metrics.clone(), Some(events.clone()))
+            .await
+            .map_err(|e| CliError::failure(e.to_string()))?;
+    let addr = server
+        .local_addr()
+        .map_err(|e| CliError::failure(format!("API: {e}")))?;
+    eprintln!("hookops serve: API on http://{addr}");
+    let mut feed = events.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match feed.recv().await {
+                Ok(DispatchNotice::Attempt(e)) => metrics.observe(&e),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    Ok(tokio::spawn(server.run(stop)))
+}
+
 pub fn receiver(a: ReceiverArgs) -> Result<(), CliError> {
     let script = match &a.script {
-        Some(s) => s.parse::<Script>().map_err(|e| CliError::usage(e.to_string()))?,
+        Some(s) => s
+            .parse::<Script>()
+            .map_err(|e| CliError::usage(e.to_string()))?,
         None => Script::default(),
     };
     let opts = ReceiverOptions {

@@ -10,13 +10,13 @@ use super::items::enum_col;
 use super::{Result, Store, StoreError, to_time};
 use crate::dispatch::payload::{DeliveryMeta, build_body};
 use crate::model::{
-    CancelReason, DeliveryId, DeliveryState, DeliveryTrigger, ErrorKind, EventType, Item,
-    ItemId, StageId, WorkflowId,
+    CancelReason, DeliveryId, DeliveryState, DeliveryTrigger, ErrorKind, EventType, Item, ItemId,
+    StageId, WorkflowId,
 };
 use crate::workflow::Workflow;
 
 /// A delivery as listed (one JSON shape for CLI, API and console; design §6).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct DeliverySummary {
     pub id: DeliveryId,
     pub item_id: Option<ItemId>,
@@ -39,7 +39,7 @@ pub struct DeliverySummary {
 }
 
 /// One HTTP try of a delivery.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct AttemptRecord {
     pub number: i64,
     pub trigger: crate::model::AttemptTrigger,
@@ -58,7 +58,7 @@ pub struct AttemptRecord {
 }
 
 /// `delivery show`: the summary, the frozen body and every attempt.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct DeliveryDetail {
     #[serde(flatten)]
     pub summary: DeliverySummary,
@@ -174,6 +174,50 @@ pub(crate) fn insert_delivery_linked(
     Ok(id)
 }
 
+/// Writes one notification delivery per `[[notify]]` entry of `wf` that subscribes to
+/// `event`, in the caller's transaction (design §6: "one per history row per subscribed event,
+/// written in the same transaction"). Each is a delivery of its own event type on the entry's
+/// pseudo-stage `notify:N`, with the body `{type, timestamp, data}` frozen now. Notifications
+/// have no stage to pause and never cause notifications themselves.
+pub(crate) fn insert_notifications(
+    conn: &Connection,
+    wf: &Workflow,
+    event: EventType,
+    item: Option<&ItemId>,
+    data: &serde_json::Value,
+    now: i64,
+) -> Result<usize> {
+    debug_assert!(event.is_notification());
+    let mut n = 0;
+    for (i, entry) in wf.notify.iter().enumerate() {
+        if !entry.events.contains(&event) {
+            continue;
+        }
+        let id = DeliveryId::generate();
+        let body = serde_json::to_vec(&serde_json::json!({
+            "type": event,
+            "timestamp": to_time(now).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "data": data,
+        }))?;
+        conn.prepare_cached(
+            "INSERT INTO deliveries (id, workflow_id, stage_id, item_id, event, trigger, state, body,
+                 next_attempt_at, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'route', 'pending', ?6, ?7, ?7, ?7)",
+        )?
+        .execute(params![
+            id.as_str(),
+            wf.id.as_str(),
+            crate::workflow::notify_stage_id(i).as_str(),
+            item.map(|i| i.as_str()),
+            event.as_str(),
+            body,
+            now,
+        ])?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Cancels the item's open `stage.webhook` deliveries (other than `except`), because the item
 /// was moved by hand or re-entered the stage. An attempt already on the wire still records.
 pub(crate) fn cancel_open_deliveries(
@@ -241,10 +285,18 @@ fn delivery_query(
         push("d.event = ?", Value::Text(e.as_str().into()), &mut args);
     }
     if let Some(t) = f.since {
-        push("d.created_at >= ?", Value::Integer(t.timestamp_millis()), &mut args);
+        push(
+            "d.created_at >= ?",
+            Value::Integer(t.timestamp_millis()),
+            &mut args,
+        );
     }
     if let Some(k) = f.error_kind {
-        push("d.last_error_kind = ?", Value::Text(k.as_str().into()), &mut args);
+        push(
+            "d.last_error_kind = ?",
+            Value::Text(k.as_str().into()),
+            &mut args,
+        );
     }
     if let Some(s) = f.status {
         push("d.last_status = ?", Value::Integer(s.into()), &mut args);
@@ -384,4 +436,3 @@ pub(crate) fn attempts_of(conn: &Connection, id: &DeliveryId) -> Result<Vec<Atte
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
 }
-

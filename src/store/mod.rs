@@ -12,10 +12,12 @@
 //! - Counters of items per stage and state, and of deliveries per stage and state, are kept by
 //!   triggers in the same transaction as the rows they count.
 
+mod api_ops;
 mod deliveries;
 mod dispatch_ops;
 mod items;
 mod maintenance;
+mod policy;
 mod schema;
 mod workflows;
 mod writer;
@@ -27,10 +29,12 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OpenFlags};
 
+pub use api_ops::*;
 pub use deliveries::*;
 pub use dispatch_ops::*;
 pub use items::*;
 pub use maintenance::*;
+pub use policy::*;
 pub use workflows::*;
 
 use crate::model::{ItemId, ItemState, StageId};
