@@ -331,6 +331,40 @@ pub fn audit() -> Vec<AuditEntry> {
     ]
 }
 
+/// A health report with one check in each state.
+pub fn health() -> crate::store::HealthReport {
+    use crate::store::{Check, CheckStatus};
+    let check = |name: &'static str, status: CheckStatus, detail: &str, repairable: bool| Check {
+        name,
+        status,
+        detail: detail.into(),
+        repairable,
+    };
+    crate::store::HealthReport {
+        path: "/srv/hookops/ops.db".into(),
+        size_bytes: 3 << 20,
+        ok: false,
+        checks: vec![
+            check("integrity", CheckStatus::Ok, "ok", false),
+            check("schema", CheckStatus::Ok, "version 4", false),
+            check(
+                "counters",
+                CheckStatus::Fail,
+                "2 stage counters disagree with the rows",
+                true,
+            ),
+            check(
+                "paused",
+                CheckStatus::Warn,
+                "stage defects/export is paused",
+                false,
+            ),
+            check("dispatcher", CheckStatus::Skipped, "not checked", false),
+        ],
+        repaired: vec![],
+    }
+}
+
 /// An attempt event for the log pane.
 pub fn attempt(
     delivery: usize,
@@ -673,6 +707,14 @@ pub fn screens() -> Vec<(&'static str, App)> {
         type_str(&mut app, "zzz");
         press(&mut app, KeyCode::Enter);
         app
+    }));
+    out.push(("health", {
+        let mut app = on_workflows(false);
+        ch(&mut app, ':');
+        type_str(&mut app, "health");
+        press(&mut app, KeyCode::Enter);
+        load(&mut app, ViewData::Health(Box::new(health())));
+        dressed(app)
     }));
     out.push(("no_dispatcher", {
         let mut app = dressed(on_workflows(false));

@@ -944,6 +944,92 @@ fn shift_f_counts_then_asks_for_the_count_typed() {
     assert_eq!(fx, vec![Effect::CountFailed(filter)]);
 }
 
+#[test]
+fn c_cancels_with_a_confirmation_and_shift_c_counts_then_asks_for_the_count() {
+    let mut app = on_deliveries(false);
+    ch(&mut app, 'j');
+    ch(&mut app, 'j');
+    assert!(ch(&mut app, 'c').is_empty());
+    let Some(Overlay::Confirm {
+        text,
+        focus: 0,
+        action,
+    }) = &app.overlay
+    else {
+        panic!("{:?}", app.overlay)
+    };
+    assert!(text.contains("Cancel delivery msg_0003"), "{text}");
+    assert_eq!(*action, Pending::Cancel(vec![DeliveryId::new("msg_0003")]));
+    assert!(
+        press(&mut app, KeyCode::Enter).is_empty(),
+        "Cancel has the focus"
+    );
+    ch(&mut app, 'c');
+    press(&mut app, KeyCode::Tab);
+    assert_eq!(
+        press(&mut app, KeyCode::Enter),
+        vec![Effect::Run(Pending::Cancel(vec![DeliveryId::new(
+            "msg_0003"
+        )]))]
+    );
+
+    let filter = DeliveryFilter {
+        workflow: Some(wf()),
+        state: Some(DeliveryState::Failed),
+        ..Default::default()
+    };
+    assert_eq!(ch(&mut app, 'C'), vec![Effect::CountOpen(filter.clone())]);
+    update(
+        &mut app,
+        Msg::CountedOpen {
+            filter: filter.clone(),
+            count: 0,
+        },
+    );
+    assert!(app.overlay.is_none());
+    assert!(flash(&app).contains("nothing to cancel"), "{}", flash(&app));
+    update(
+        &mut app,
+        Msg::CountedOpen {
+            filter: filter.clone(),
+            count: 7,
+        },
+    );
+    assert!(matches!(&app.overlay, Some(Overlay::Typed { expected, .. }) if expected == "7"));
+    assert!(
+        press(&mut app, KeyCode::Enter).is_empty(),
+        "nothing typed yet"
+    );
+    ch(&mut app, '7');
+    assert_eq!(
+        press(&mut app, KeyCode::Enter),
+        vec![Effect::Run(Pending::CancelFiltered { filter, count: 7 })]
+    );
+}
+
+#[test]
+fn e_exports_the_deliveries_view_with_its_filter() {
+    let mut app = on_deliveries(false);
+    let filter = DeliveryFilter {
+        workflow: Some(wf()),
+        state: Some(DeliveryState::Failed),
+        ..Default::default()
+    };
+    assert_eq!(ch(&mut app, 'e'), vec![Effect::Export(filter)]);
+    assert!(flash(&app).contains("exporting"));
+}
+
+#[test]
+fn colon_health_opens_the_health_report() {
+    let mut app = on_stages(false);
+    let fx = command(&mut app, "health");
+    assert_eq!(loads(&fx), vec![(ViewKind::Health, String::new())]);
+    load(&mut app, ViewData::Health(Box::new(health())));
+    assert_eq!(app.view().unwrap().len(), 5);
+    ch(&mut app, 'G');
+    assert_eq!(cursor(&app), 4);
+}
+
 fn to_stage(app: &mut App, id: &str) {
     let ViewData::Stages(d) = &app.view().unwrap().data else {
         panic!("not on stages")
