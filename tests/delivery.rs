@@ -727,6 +727,7 @@ fn an_oversized_body_fails_by_policy_without_being_sent() {
         DispatcherOptions {
             concurrency: 4,
             max_body: 200,
+            ..DispatcherOptions::default()
         },
     );
     h.assign(&["o1"], "hook");

@@ -24,6 +24,7 @@ mod demo;
 mod item;
 mod ops;
 mod output;
+mod policy;
 mod serve;
 mod workflow;
 
@@ -168,6 +169,9 @@ pub enum Command {
     Completions(ops::CompletionsArgs),
     /// Print the man page (roff)
     Man,
+    /// Show or set the delivery policies stored in the database (deny_private_targets, max_body_bytes)
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +258,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Check(a) => ops::check(g, a),
         Command::Completions(a) => ops::completions(a),
         Command::Man => ops::man(),
+        Command::Policy(c) => policy::run(g, c),
     }
 }
 

@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// else $HOOKOPS_API_TOKEN (operator name `api`)
     #[arg(long, value_name = "FILE", requires = "api")]
     pub api_tokens: Option<PathBuf>,
+    /// Refuse webhook URLs that resolve to private, loopback, link-local or metadata
+    /// addresses, even when the stored policy allows them (`hookops policy` sets it for all)
+    #[arg(long)]
+    pub deny_private_targets: bool,
     /// Largest API request body in bytes (larger ones get 413)
     #[arg(long, value_name = "BYTES", default_value_t = crate::api::DEFAULT_MAX_BODY)]
     pub api_max_body: usize,
@@ -152,6 +156,7 @@ pub fn serve(g: &Global, a: ServeArgs) -> Result<(), CliError> {
             concurrency: a.concurrency as usize,
             ..DispatcherOptions::default()
         };
+            deny_private_targets: a.deny_private_targets,
         eprintln!(
             "hookops serve: dispatching from {} with concurrency {} (Ctrl-C to stop)",
             store.path().display(),
@@ -159,6 +164,10 @@ pub fn serve(g: &Global, a: ServeArgs) -> Result<(), CliError> {
         );
         let json = a.json;
         let printer = tokio::spawn(async move {
+        if dispatch && let Ok(p) = store.policies() {
+            let p = p.tightened(opts.deny_private_targets, opts.max_body);
+            eprintln!("hookops serve: policies: {}", p.summary());
+        }
             loop {
                 match sub.recv().await {
                     Ok(DispatchNotice::Attempt(e)) => {

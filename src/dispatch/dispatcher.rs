@@ -31,8 +31,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct DispatcherOptions {
     /// Requests in flight at once in this process.
     pub concurrency: usize,
-    /// Request bodies larger than this fail with a `policy` error.
+    /// Request bodies larger than this fail with a `policy` error (the stored
+    /// `max_body_bytes` policy applies when it is smaller).
     pub max_body: usize,
+    /// Refuse private targets even when the stored policy allows them (a flag only tightens).
+    pub deny_private_targets: bool,
 }
 
 impl Default for DispatcherOptions {
@@ -40,6 +43,7 @@ impl Default for DispatcherOptions {
         DispatcherOptions {
             concurrency: 64,
             max_body: super::http::DEFAULT_MAX_BODY,
+            deny_private_targets: false,
         }
     }
 }
@@ -116,7 +120,14 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
     store.ensure_writable("dispatch")?;
-    let sender = Arc::new(Sender::new(opts.max_body).map_err(StoreError::Database)?);
+    // Policies are stored in the database so they bind every dispatcher; re-read with each
+    // heartbeat so a `policy set` takes effect within seconds.
+    let policies = |store: &Store| {
+        store
+            .policies()
+            .map(|p| p.tightened(opts.deny_private_targets, opts.max_body))
+    };
+    let sender = Arc::new(Sender::new(policies(&store)?).map_err(StoreError::Database)?);
     let pid = std::process::id();
     let info = DispatcherInfo {
         id: format!("{}:{pid}:{}", hostname(), uuid::Uuid::now_v7().simple()),
@@ -146,6 +157,9 @@ pub async fn run(
             last_beat = tokio::time::Instant::now();
             let _ = store.heartbeat(&info).await;
             dead = store.dead_local_dispatchers().unwrap_or_default();
+            if let Ok(p) = policies(&store) {
+                sender.set_policies(p);
+            }
         }
         let free = slots.available_permits();
         let mut leased = 0;
@@ -271,7 +285,7 @@ async fn slot(
                 }
             }
         };
-        let ((), next) = tokio::join!(record(store, events, &lease, outcome), next);
+        let ((), next) = tokio::join!(record(store, events, &lease, outcome, shutdown), next);
         match next {
             Some(l) => lease = l,
             None => return,
@@ -279,29 +293,49 @@ async fn slot(
     }
 }
 
+/// Records an attempt. When the database refuses the write (disk full, file made
+/// read-only) the slot keeps the outcome and tries again every second until it is recorded
+/// or the process stops: the request was sent, so its outcome must not be lost to a fault
+/// that passes. A process that stops first leaves the lease to expire, and the delivery is
+/// sent again (at least once).
 async fn record(
     store: &Store,
     events: &broadcast::Sender<DispatchNotice>,
     lease: &Lease,
     outcome: AttemptOutcome,
+    shutdown: &watch::Receiver<bool>,
 ) {
-    match store.record_attempt(lease, outcome.clone()).await {
-        Ok(rec) => {
-            let _ = events.send(DispatchNotice::Attempt(Box::new(AttemptEvent::new(
-                lease, &outcome, &rec,
-            ))));
-        }
-        Err(e) => {
-            // The lease will expire and the attempt will be made again (at least once).
-            tracing::error!(
-                "cannot record attempt {} of {}: {e}",
-                lease.number,
-                lease.delivery_id
-            );
-            let _ = events.send(DispatchNotice::StoreError(format!(
-                "cannot record an attempt of {}: {e}",
-                lease.delivery_id
-            )));
+    let mut shutdown = shutdown.clone();
+    let mut reported = false;
+    loop {
+        match store.record_attempt(lease, outcome.clone()).await {
+            Ok(rec) => {
+                let _ = events.send(DispatchNotice::Attempt(Box::new(AttemptEvent::new(
+                    lease, &outcome, &rec,
+                ))));
+                return;
+            }
+            Err(e) => {
+                if !reported {
+                    reported = true;
+                    tracing::error!(
+                        "cannot record attempt {} of {}: {e}",
+                        lease.number,
+                        lease.delivery_id
+                    );
+                    let _ = events.send(DispatchNotice::StoreError(format!(
+                        "dispatch paused: cannot record an attempt of {}: {e}; retrying every second",
+                        lease.delivery_id
+                    )));
+                }
+                if !matches!(e, StoreError::Database(_)) || *shutdown.borrow() {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
         }
     }
 }
@@ -312,7 +346,8 @@ pub async fn send_manual(
     lease: Lease,
     max_body: usize,
 ) -> Result<AttemptEvent, StoreError> {
-    let sender = Sender::new(max_body).map_err(StoreError::Database)?;
+    let policies = store.policies()?.tightened(false, max_body);
+    let sender = Sender::new(policies).map_err(StoreError::Database)?;
     let outcome = sender.send(&lease).await;
     let rec = store.record_attempt(&lease, outcome.clone()).await?;
     Ok(AttemptEvent::new(&lease, &outcome, &rec))

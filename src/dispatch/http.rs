@@ -4,8 +4,20 @@
 //! 64 KiB of a response body is kept (up to 1 MiB more is read and dropped so the connection
 //! can be reused; beyond that the connection is closed), and every header or URL that is kept
 //! has its secrets redacted.
+//!
+//! Where a request may go is decided on the *resolved* address ([`TargetPolicy`]): names are
+//! resolved by our own resolver, which drops addresses the policy refuses before hyper
+//! connects, so a name that resolves to a private address (DNS rebinding included) is refused
+//! like the address itself. IP literals, which skip the resolver, are checked before sending.
+//! `.invalid` names never resolve (RFC 6761) and `localhost` is loopback, without asking DNS.
+//! Two environment variables exist for tests, which must never send beyond loopback (design
+//! §6): `HOOKOPS_LOOPBACK_ONLY=1` refuses every address that is not loopback and never asks
+//! DNS; `HOOKOPS_RESOLVE=host=ip,host=ip` answers those names from the list (like curl's
+//! `--resolve`), so a test can make a name resolve to a private or metadata address.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -15,21 +27,210 @@ use super::classify;
 use super::sign;
 use crate::model::ErrorKind;
 use crate::redact::Redactor;
-use crate::store::{AttemptOutcome, Lease};
+use crate::store::{AttemptOutcome, Lease, Policies};
 
 /// Kept of a response body.
 pub const RESPONSE_KEEP: usize = 64 * 1024;
 /// Read and dropped beyond [`RESPONSE_KEEP`] before the connection is closed instead.
 const RESPONSE_DRAIN: usize = 1024 * 1024;
 /// Default maximum request body (design §6).
-pub const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
+pub const DEFAULT_MAX_BODY: usize = crate::store::DEFAULT_MAX_BODY;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The HTTP side of the engine: one keep-alive client shared by every attempt of a process.
 pub struct Sender {
     client: reqwest::Client,
-    max_body: usize,
+    max_body: AtomicUsize,
+    target: Arc<TargetPolicy>,
     redactors: Mutex<HashMap<(String, i64), Arc<Redactor>>>,
+}
+
+/// Which addresses a request may go to: the `deny_private_targets` policy (changed while the
+/// process runs) and the test guards read from the environment once.
+#[derive(Debug, Default)]
+pub struct TargetPolicy {
+    deny_private: AtomicBool,
+    loopback_only: bool,
+    overrides: HashMap<String, Vec<IpAddr>>,
+}
+
+/// A request refused by [`TargetPolicy`]: recorded as a `policy` error.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Refused {}
+
+/// A name that does not resolve.
+#[derive(Debug)]
+struct NoSuchHost(String);
+
+impl std::fmt::Display for NoSuchHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no such host {}", self.0)
+    }
+}
+impl std::error::Error for NoSuchHost {}
+
+/// Why `ip` is not a public address, or `None` when it is one.
+pub fn private_reason(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => private_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return private_v4(v4);
+            }
+            let seg = v6.segments();
+            // NAT64 (64:ff9b::/96) carries an IPv4 address in its last 32 bits.
+            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let o = v6.octets();
+                return private_v4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+            }
+            if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+                Some("a cloud metadata address")
+            } else if v6.is_loopback() {
+                Some("a loopback address")
+            } else if v6.is_unspecified() {
+                Some("the unspecified address")
+            } else if seg[0] & 0xfe00 == 0xfc00 {
+                Some("a unique local (private) address")
+            } else if seg[0] & 0xffc0 == 0xfe80 || seg[0] & 0xffc0 == 0xfec0 {
+                Some("a link-local address")
+            } else if v6.is_multicast() {
+                Some("a multicast address")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn private_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let o = ip.octets();
+    if ip == Ipv4Addr::new(169, 254, 169, 254) || ip == Ipv4Addr::new(100, 100, 100, 200) {
+        Some("a cloud metadata address")
+    } else if ip.is_loopback() {
+        Some("a loopback address")
+    } else if ip.is_private() {
+        Some("a private address")
+    } else if ip.is_link_local() {
+        Some("a link-local address")
+    } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
+        Some("a shared (carrier-grade NAT) address")
+    } else if o[0] == 0 || ip.is_broadcast() || ip.is_multicast() || o[0] >= 240 {
+        Some("a reserved address")
+    } else if o[0] == 192 && o[1] == 0 && o[2] == 0 {
+        Some("a reserved address")
+    } else {
+        None
+    }
+}
+
+impl TargetPolicy {
+    /// A policy with the test guards of this process's environment.
+    pub fn from_env(deny_private: bool) -> TargetPolicy {
+        let loopback_only =
+            std::env::var_os("HOOKOPS_LOOPBACK_ONLY").is_some_and(|v| !v.is_empty() && v != "0");
+        let mut overrides: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        if let Ok(list) = std::env::var("HOOKOPS_RESOLVE") {
+            for pair in list.split(',') {
+                if let Some((host, ip)) = pair.split_once('=')
+                    && let Ok(ip) = ip.trim().parse::<IpAddr>()
+                {
+                    overrides
+                        .entry(host.trim().to_ascii_lowercase())
+                        .or_default()
+                        .push(ip);
+                }
+            }
+        }
+        TargetPolicy {
+            deny_private: AtomicBool::new(deny_private),
+            loopback_only,
+            overrides,
+        }
+    }
+
+    /// Why a request to `ip` (named `host`) is refused, or `None` when it may go.
+    fn refusal(&self, host: &str, ip: IpAddr) -> Option<String> {
+        let shown = if host == ip.to_string() {
+            host.to_string()
+        } else {
+            format!("{host} resolves to {ip}, which")
+        };
+        if self.loopback_only && !ip.to_canonical().is_loopback() {
+            return Some(format!(
+                "refused: {shown} is not a loopback address and HOOKOPS_LOOPBACK_ONLY is set"
+            ));
+        }
+        if self.deny_private.load(Ordering::Relaxed)
+            && let Some(reason) = private_reason(ip)
+        {
+            return Some(format!(
+                "refused by policy deny_private_targets: {shown} is {reason}"
+            ));
+        }
+        None
+    }
+
+    /// The addresses of `host` a request may use; an error when none is left.
+    fn filter(&self, host: &str, addrs: Vec<IpAddr>) -> Result<Vec<IpAddr>, Refused> {
+        let mut first_refusal = None;
+        let kept: Vec<IpAddr> = addrs
+            .into_iter()
+            .filter(|ip| match self.refusal(host, *ip) {
+                Some(r) => {
+                    first_refusal.get_or_insert(r);
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        match (kept.is_empty(), first_refusal) {
+            (true, Some(r)) => Err(Refused(r)),
+            _ => Ok(kept),
+        }
+    }
+}
+
+/// The resolver every request uses: answers from the overrides, `.invalid` and `localhost`
+/// locally, otherwise the system's resolver; then drops what [`TargetPolicy`] refuses.
+struct PolicyResolver(Arc<TargetPolicy>);
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let target = self.0.clone();
+        let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
+        Box::pin(async move {
+            let addrs: Vec<IpAddr> = if let Some(a) = target.overrides.get(&host) {
+                a.clone()
+            } else if host == "invalid" || host.ends_with(".invalid") {
+                return Err(Box::new(NoSuchHost(host)) as _);
+            } else if host == "localhost" || host.ends_with(".localhost") {
+                vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
+            } else if target.loopback_only {
+                // Never ask DNS under the guard: a test must not touch the network.
+                return Err(Box::new(Refused(format!(
+                    "refused: {host} is not a loopback name and HOOKOPS_LOOPBACK_ONLY is set"
+                ))) as _);
+            } else {
+                tokio::net::lookup_host((host.as_str(), 0))
+                    .await
+                    .map_err(|_| Box::new(NoSuchHost(host.clone())))?
+                    .map(|sa| sa.ip())
+                    .collect()
+            };
+            if addrs.is_empty() {
+                return Err(Box::new(NoSuchHost(host)) as _);
+            }
+            let kept = target.filter(&host, addrs).map_err(Box::new)?;
+            Ok(Box::new(kept.into_iter().map(|ip| SocketAddr::new(ip, 0))) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 /// Installs the process-wide TLS crypto provider once (reqwest is built without one).
@@ -42,9 +243,12 @@ fn install_crypto_provider() {
 }
 
 impl Sender {
-    pub fn new(max_body: usize) -> Result<Sender, String> {
+    /// A sender applying `policies` (see [`Sender::set_policies`] for changes later).
+    pub fn new(policies: Policies) -> Result<Sender, String> {
         install_crypto_provider();
+        let target = Arc::new(TargetPolicy::from_env(policies.deny_private_targets));
         let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(PolicyResolver(target.clone())))
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT)
             .no_proxy()
@@ -55,9 +259,20 @@ impl Sender {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Sender {
             client,
-            max_body,
+            max_body: AtomicUsize::new(policies.max_body_bytes),
+            target,
             redactors: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Applies policies changed in the database (the dispatcher re-reads them every few
+    /// seconds); connections already open are reused only for addresses they were allowed.
+    pub fn set_policies(&self, policies: Policies) {
+        self.max_body
+            .store(policies.max_body_bytes, Ordering::Relaxed);
+        self.target
+            .deny_private
+            .store(policies.deny_private_targets, Ordering::Relaxed);
     }
 
     fn redactor(&self, lease: &Lease) -> Arc<Redactor> {
@@ -94,13 +309,27 @@ impl Sender {
             return out;
         };
         out.url = redactor.redact(&cfg.url);
-        if lease.body.len() > self.max_body {
+        let max_body = self.max_body.load(Ordering::Relaxed);
+        if lease.body.len() > max_body {
             out.error_kind = Some(ErrorKind::Policy);
-            out.error_message = Some(classify::body_too_large_message(
-                lease.body.len(),
-                self.max_body,
-            ));
+            out.error_message = Some(classify::body_too_large_message(lease.body.len(), max_body));
             return out;
+        }
+        // An IP literal skips the resolver, so its address is checked here.
+        if let Ok(url) = reqwest::Url::parse(&cfg.url) {
+            let ip = url.host_str().and_then(|h| {
+                h.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .ok()
+            });
+            if let Some(ip) = ip
+                && let Some(why) = self.target.refusal(&ip.to_string(), ip)
+            {
+                out.error_kind = Some(ErrorKind::Policy);
+                out.error_message = Some(redactor.redact(&why));
+                return out;
+            }
         }
         let timestamp = started.timestamp();
         let mut headers: Vec<(String, String)> = vec![
@@ -112,8 +341,12 @@ impl Sender {
             ("webhook-id".into(), lease.delivery_id.to_string()),
             ("webhook-timestamp".into(), timestamp.to_string()),
         ];
-        match sign::signature_header(&cfg.secrets, lease.delivery_id.as_str(), timestamp, &lease.body)
-        {
+        match sign::signature_header(
+            &cfg.secrets,
+            lease.delivery_id.as_str(),
+            timestamp,
+            &lease.body,
+        ) {
             Ok(Some(sig)) => headers.push(("webhook-signature".into(), sig)),
             Ok(None) => {}
             Err(e) => {
@@ -131,7 +364,10 @@ impl Sender {
 
         let mut map = HeaderMap::with_capacity(headers.len());
         for (k, v) in &headers {
-            match (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+            match (
+                HeaderName::try_from(k.as_str()),
+                HeaderValue::try_from(v.as_str()),
+            ) {
                 (Ok(k), Ok(v)) => {
                     map.append(k, v);
                 }
@@ -148,7 +384,8 @@ impl Sender {
             .headers(map)
             .timeout(cfg.timeout)
             .body(lease.body.as_ref().clone());
-        let finish = |out: &mut AttemptOutcome| out.duration_ms = clock.elapsed().as_millis() as i64;
+        let finish =
+            |out: &mut AttemptOutcome| out.duration_ms = clock.elapsed().as_millis() as i64;
         let mut resp = match request.send().await {
             Ok(r) => r,
             Err(e) => {
@@ -207,7 +444,11 @@ impl Sender {
                     if out.error_kind.is_none() {
                         out.error_kind = Some(ErrorKind::Body);
                     }
-                    let prefix = out.error_message.take().map(|m| format!("{m}; ")).unwrap_or_default();
+                    let prefix = out
+                        .error_message
+                        .take()
+                        .map(|m| format!("{m}; "))
+                        .unwrap_or_default();
                     out.error_message = Some(format!("{prefix}response body cut off: {message}"));
                     break;
                 }
@@ -226,6 +467,15 @@ fn describe_error(e: &reqwest::Error, timeout: Duration) -> (ErrorKind, String) 
     let mut tls = false;
     let mut text = Vec::new();
     while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<Refused>() {
+            return (ErrorKind::Policy, r.0.clone());
+        }
+        if let Some(n) = s.downcast_ref::<NoSuchHost>() {
+            return (
+                ErrorKind::Connect,
+                format!("could not resolve host {}", n.0),
+            );
+        }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             io_kind.get_or_insert(io.kind());
         }
@@ -246,7 +496,10 @@ fn describe_error(e: &reqwest::Error, timeout: Duration) -> (ErrorKind, String) 
         return (ErrorKind::Timeout, classify::timeout_message(timeout));
     }
     if tls || all.contains("certificate") || all.contains("tls handshake") {
-        return (ErrorKind::Tls, classify::one_line(&format!("TLS error: {all}")));
+        return (
+            ErrorKind::Tls,
+            classify::one_line(&format!("TLS error: {all}")),
+        );
     }
     if all.contains("dns error") || all.contains("failed to lookup address") {
         let host = e
@@ -267,4 +520,61 @@ fn describe_error(e: &reqwest::Error, timeout: Duration) -> (ErrorKind, String) 
         return (ErrorKind::Connect, what.to_string());
     }
     (ErrorKind::Connect, classify::one_line(&all))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_addresses_are_named() {
+        for (ip, want) in [
+            ("127.0.0.1", "loopback"),
+            ("10.1.2.3", "private"),
+            ("172.16.0.1", "private"),
+            ("192.168.1.1", "private"),
+            ("169.254.169.254", "metadata"),
+            ("169.254.1.1", "link-local"),
+            ("100.64.0.1", "shared"),
+            ("0.0.0.0", "reserved"),
+            ("::1", "loopback"),
+            ("fd00:ec2::254", "metadata"),
+            ("fc00::1", "unique local"),
+            ("fe80::1", "link-local"),
+            ("::ffff:10.0.0.1", "private"),
+            ("64:ff9b::a9fe:a9fe", "metadata"),
+        ] {
+            let why = private_reason(ip.parse().unwrap());
+            assert!(why.is_some_and(|w| w.contains(want)), "{ip}: {why:?}");
+        }
+        for ip in ["93.184.216.34", "2606:4700::1111", "8.8.8.8"] {
+            assert_eq!(private_reason(ip.parse().unwrap()), None, "{ip}");
+        }
+    }
+
+    #[test]
+    fn the_policy_filters_resolved_addresses() {
+        let t = TargetPolicy::default();
+        let private: IpAddr = "10.0.0.5".parse().unwrap();
+        let public: IpAddr = "93.184.216.34".parse().unwrap();
+        assert_eq!(t.filter("h", vec![private]).unwrap(), vec![private]);
+        t.deny_private.store(true, Ordering::Relaxed);
+        assert_eq!(t.filter("h", vec![private, public]).unwrap(), vec![public]);
+        let err = t.filter("rebind.example", vec![private]).unwrap_err();
+        assert!(
+            err.0.contains("rebind.example resolves to 10.0.0.5"),
+            "{err}"
+        );
+        let guard = TargetPolicy {
+            loopback_only: true,
+            ..TargetPolicy::default()
+        };
+        assert!(guard.refusal("x", public).is_some());
+        assert!(guard.refusal("x", "127.0.0.1".parse().unwrap()).is_none());
+        assert!(
+            guard
+                .refusal("x", "::ffff:127.0.0.1".parse().unwrap())
+                .is_none()
+        );
+    }
 }

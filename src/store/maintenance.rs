@@ -496,6 +496,7 @@ pub const CHECKS: &[&str] = &[
     "paused_stages",
     "oldest_pending",
     "counters",
+    "policies",
 ];
 
 fn line(name: &'static str, status: CheckStatus, detail: impl Into<String>) -> Check {
@@ -820,6 +821,9 @@ fn table_checks(c: &Connection, now: i64, checks: &mut Vec<Check>) -> Result<()>
             )
         }
     });
+
+    let policies = super::policy::read_policies(c)?;
+    checks.push(line("policies", CheckStatus::Ok, policies.summary()));
     Ok(())
 }
 

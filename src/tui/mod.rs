@@ -317,8 +317,17 @@ fn spawn_watchers(
     });
 }
 
-/// Header figures: database, dispatcher state, delivery counts.
+/// Header figures: database, dispatcher state (and the private-target policy when it is on),
+/// delivery counts.
 fn header(store: &Store, own: bool, concurrency: usize) -> Header {
+    let mut h = dispatcher_header(store, own, concurrency);
+    if store.policies().is_ok_and(|p| p.deny_private_targets) {
+        h.dispatcher.push_str(" · private targets denied");
+    }
+    h
+}
+
+fn dispatcher_header(store: &Store, own: bool, concurrency: usize) -> Header {
     let now = chrono::Utc::now();
     let mut h = Header {
         db: store.path().display().to_string(),
