@@ -314,6 +314,15 @@ kind = "complete"
     db
 }
 
+/// How many rows of `item list` (ID NAME WORKFLOW STAGE STATE SINCE) are in `stage` and `state`.
+fn in_stage(list: &str, stage: &str, state: &str) -> usize {
+    list.lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|r| r.get(3) == Some(&stage) && r.get(4) == Some(&state))
+        .count()
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -411,20 +420,19 @@ fn assign_watch_refire_quit(cols: u16, rows: u16) {
     c.wait_for("re-fired 1 delivery");
     c.wait_for_line(&["✓ 200", "hook", "→ done"]);
 
-    // The store agrees: one item is done, one still failed in the hook stage.
-    let list = cli(&db, &["item", "list", "--workflow", "e2e"]);
+    // `y` copies the id under the cursor with OSC 52 and says so.
+    c.send("y");
+    c.wait_for("copied msg_");
     assert!(
-        list.lines()
-            .any(|l| l.contains("done") && l.contains("done")),
-        "{list}"
+        contains(&c.raw(), b"\x1b]52;c;bXNnX"),
+        "no OSC 52 copy of a msg_ id"
     );
-    assert_eq!(
-        list.lines()
-            .filter(|l| l.contains(" hook ") && l.contains("failed"))
-            .count(),
-        1,
-        "{list}"
-    );
+
+    // The store agrees: one item went through, one is still failed, one never left.
+    let list = cli(&db, &["item", "list", "--workflow", "e2e"]);
+    assert_eq!(in_stage(&list, "done", "done"), 1, "{list}");
+    assert_eq!(in_stage(&list, "hook", "failed"), 1, "{list}");
+    assert_eq!(in_stage(&list, "dataset", "waiting"), 1, "{list}");
 
     c.quit_and_check_restored();
     rt.block_on(receiver.shutdown());
@@ -568,11 +576,7 @@ fn read_only_hides_action_hints_and_refuses_actions() {
     c.quit_and_check_restored();
     // Nothing was written: no item left the dataset stage.
     let list = cli(&db, &["item", "list", "--workflow", "e2e"]);
-    assert_eq!(
-        list.lines().filter(|l| l.contains("dataset")).count(),
-        3,
-        "{list}"
-    );
+    assert_eq!(in_stage(&list, "dataset", "waiting"), 3, "{list}");
 }
 
 // ---------------------------------------------------------------------------------------------
