@@ -25,8 +25,10 @@ use crate::workflow::Workflow;
 
 /// Items written per transaction by import and bulk moves: small enough that no chunk holds
 /// the write lock for more than a few tens of milliseconds.
-const IMPORT_CHUNK: usize = 1000;
+const IMPORT_CHUNK: usize = 4000;
 const MOVE_CHUNK: usize = 500;
+/// A chunk of an import stops taking items after this long, whatever their size.
+const CHUNK_BUDGET: std::time::Duration = std::time::Duration::from_millis(40);
 
 /// What an import did.
 #[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
@@ -278,6 +280,35 @@ pub(crate) fn apply_route(
         now,
         moved
     ])?;
+    record_hops(
+        conn,
+        wf,
+        revision,
+        item,
+        route,
+        operator,
+        trigger,
+        via_delivery,
+        now,
+    )
+}
+
+/// The rest of a move, once the item row holds its new stage, state and version
+/// (`item.version + 1`): one history row (and its notifications) per hop, and the delivery
+/// when the item landed in a webhook stage.
+#[allow(clippy::too_many_arguments)]
+fn record_hops(
+    conn: &Connection,
+    wf: &Workflow,
+    revision: i64,
+    item: &Item,
+    route: &Route,
+    operator: Option<&str>,
+    trigger: DeliveryTrigger,
+    via_delivery: Option<&DeliveryId>,
+    now: i64,
+) -> Result<Option<DeliveryId>> {
+    let version = item.version + 1;
     for hop in &route.hops {
         insert_history(
             conn,
@@ -377,13 +408,16 @@ fn insert_history(
     Ok(())
 }
 
+/// Imports items of `items` in order until they are done or the chunk's time budget is
+/// spent; returns the report and the items it did not get to.
 fn import_chunk(
     conn: &Connection,
     wf_id: &WorkflowId,
-    items: &[NewItem],
+    mut items: Vec<NewItem>,
     default_dataset: &DatasetRef,
     operator: &str,
-) -> Result<ImportReport> {
+) -> Result<(ImportReport, Vec<NewItem>)> {
+    let started = std::time::Instant::now();
     let (wf, revision) = current_spec(conn, wf_id)?;
     let dataset = wf
         .dataset_stage()
@@ -397,9 +431,14 @@ fn import_chunk(
     let mut insert = conn.prepare_cached(
         "INSERT INTO items (id, workflow_id, stage_id, state, name, path, dataset_name, dataset_slug,
              tags, properties, slots, annotations, fingerprint, version, created_at, updated_at, entered_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 0, ?14, ?14, ?14)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 1, ?14, ?14, ?14)",
     )?;
-    for new in items {
+    let mut taken = 0;
+    for new in &items {
+        if taken % 64 == 63 && started.elapsed() >= CHUNK_BUDGET {
+            break;
+        }
+        taken += 1;
         let found: Option<(String, String)> = existing
             .query_row([new.id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
@@ -420,22 +459,6 @@ fn import_chunk(
             .dataset
             .clone()
             .unwrap_or_else(|| default_dataset.clone());
-        insert.execute(params![
-            new.id.as_str(),
-            wf_id.as_str(),
-            dataset.as_str(),
-            ItemState::Waiting.as_str(),
-            new.name,
-            new.path,
-            ds.name,
-            ds.slug,
-            serde_json::to_string(&new.tags)?,
-            serde_json::to_string(&new.properties)?,
-            serde_json::to_string(&new.slots)?,
-            serde_json::to_string(&new.annotations)?,
-            new.fingerprint,
-            now
-        ])?;
         let item = Item {
             id: new.id.clone(),
             workflow: wf_id.clone(),
@@ -465,7 +488,25 @@ fn import_chunk(
                 },
             );
         }
-        apply_route(
+        // A new item has no deliveries to cancel and no row to update: it is written once,
+        // where its route ends, as version 1 (the version a move from version 0 writes).
+        insert.execute(params![
+            new.id.as_str(),
+            wf_id.as_str(),
+            route.stage.as_str(),
+            route.state.as_str(),
+            new.name,
+            new.path,
+            item.dataset.name,
+            item.dataset.slug,
+            serde_json::to_string(&new.tags)?,
+            serde_json::to_string(&new.properties)?,
+            serde_json::to_string(&new.slots)?,
+            serde_json::to_string(&new.annotations)?,
+            new.fingerprint,
+            now
+        ])?;
+        record_hops(
             conn,
             &wf,
             revision,
@@ -483,7 +524,9 @@ fn import_chunk(
             stage: route.stage.clone(),
         });
     }
-    Ok(report)
+    drop((existing, insert));
+    let left = items.split_off(taken);
+    Ok((report, left))
 }
 
 fn merge(into: &mut ImportReport, chunk: ImportReport) {
@@ -637,20 +680,27 @@ impl Store {
             slug: workflow.to_string(),
         });
         let mut done = 0;
-        let mut chunks = items.into_iter().peekable();
-        while chunks.peek().is_some() {
-            let chunk: Vec<NewItem> = chunks.by_ref().take(IMPORT_CHUNK).collect();
-            let n = chunk.len();
+        let mut rest: Vec<NewItem> = items;
+        rest.reverse(); // taken from the end, so chunks leave in file order
+        while !rest.is_empty() {
+            let take = rest.len().min(IMPORT_CHUNK);
+            let mut chunk = rest.split_off(rest.len() - take);
+            chunk.reverse();
             let (wf, ds, op) = (
                 workflow.clone(),
                 default_dataset.clone(),
                 operator.to_string(),
             );
-            match self.write("import", move |c| import_chunk(c, &wf, &chunk, &ds, &op)) {
-                Ok(r) => merge(&mut report, r),
+            // A chunk stops at its time budget; what it did not take comes back.
+            match self.write("import", move |c| import_chunk(c, &wf, chunk, &ds, &op)) {
+                Ok((r, mut left)) => {
+                    done += take - left.len();
+                    merge(&mut report, r);
+                    left.reverse();
+                    rest.extend(left);
+                }
                 Err(e) => return Err(interrupted(done, &report, e)),
             }
-            done += n;
             progress(done, total);
         }
         let (wf, op, n) = (workflow.clone(), operator.to_string(), report.imported);
@@ -663,6 +713,16 @@ impl Store {
     fn check_import_ids(&self, workflow: &WorkflowId, items: &[NewItem]) -> Result<()> {
         self.read(|c| {
             current_spec(c, workflow)?;
+            // One read transaction for every lookup, not one per item.
+            c.execute_batch("BEGIN")?;
+            let result = Self::check_ids_in(c, workflow, items);
+            let _ = c.execute_batch("COMMIT");
+            result
+        })
+    }
+
+    fn check_ids_in(c: &Connection, workflow: &WorkflowId, items: &[NewItem]) -> Result<()> {
+        {
             let mut q = c.prepare_cached("SELECT workflow_id FROM items WHERE id = ?1")?;
             let mut problems = Vec::new();
             for new in items {
@@ -682,7 +742,7 @@ impl Store {
             } else {
                 Err(StoreError::Invalid(problems.join("\n")))
             }
-        })
+        }
     }
 
     /// Assigns items to a stage by hand (design §1): the items named, or every item of a stage.
