@@ -62,7 +62,7 @@ static GARBAGE: &[u8] =
     b"\x00\xff\xfeSSH-2.0-this is not HTTP, sent by the hookops receiver script\r\n\r\n";
 
 const BEHAVIOUR_HELP: &str = "ok, a status such as 500, 429:retry-after=2, fail-first-N, flaky:P%, slow:15s, hang, \
-     big-body, endless-body, trickle, reset, redirect or garbage";
+     big-body, endless-body, trickle, reset, redirect, garbage or callback:STAGE";
 
 // ---------------------------------------------------------------------------------------------
 // Script
@@ -100,6 +100,56 @@ pub enum Behaviour {
     Redirect,
     /// Bytes that are not HTTP at all, then the connection is closed.
     Garbage,
+    /// 200 `{"ok":true}`, then a V7-style "Set Stage" call back to the hookops API
+    /// (`POST /v1/items/stage`) moving the delivered item to this stage (`callback:triage`).
+    /// The API's address and token are the script's [`CallbackApi`].
+    Callback(StageSlug),
+}
+
+/// A stage id kept inline, so [`Behaviour`] stays `Copy`: at most 64 bytes (design §6).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct StageSlug {
+    bytes: [u8; 64],
+    len: u8,
+}
+
+impl StageSlug {
+    pub fn new(s: &str) -> Option<StageSlug> {
+        if !crate::model::is_valid_slug(s) {
+            return None;
+        }
+        let mut bytes = [0u8; 64];
+        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Some(StageSlug {
+            bytes,
+            len: s.len() as u8,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for StageSlug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+/// Where `callback:STAGE` calls back: the hookops API's base URL and a bearer token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CallbackApi {
+    /// e.g. `http://127.0.0.1:8787`.
+    pub url: String,
+    pub token: String,
+}
+
+impl fmt::Debug for CallbackApi {
+    // The token is a secret: never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CallbackApi {{ url: {:?}, token: **** }}", self.url)
+    }
 }
 
 impl Behaviour {
@@ -117,6 +167,7 @@ impl Behaviour {
             Behaviour::Reset => "reset mid-body",
             Behaviour::Redirect => "redirect",
             Behaviour::Garbage => "garbage: not HTTP",
+            Behaviour::Callback(_) => "callback",
         }
     }
 }
@@ -137,6 +188,7 @@ impl fmt::Display for Behaviour {
             Behaviour::Reset => f.write_str("reset"),
             Behaviour::Redirect => f.write_str("redirect"),
             Behaviour::Garbage => f.write_str("garbage"),
+            Behaviour::Callback(stage) => write!(f, "callback:{}", stage.as_str()),
         }
     }
 }
@@ -198,6 +250,14 @@ fn parse_behaviour(entry: &str, text: &str) -> Result<Behaviour, ScriptError> {
     };
     if let Some(b) = fixed {
         return Ok(b);
+    }
+    if let Some(stage) = text.strip_prefix("callback:") {
+        return StageSlug::new(stage.trim())
+            .map(Behaviour::Callback)
+            .ok_or_else(|| ScriptError::UnknownBehaviour {
+                entry: entry.to_owned(),
+                behaviour: text.to_owned(),
+            });
     }
     if let Some(n) = text.strip_prefix("fail-first-") {
         return n
@@ -270,9 +330,17 @@ fn parse_behaviour(entry: &str, text: &str) -> Result<Behaviour, ScriptError> {
 pub struct Script {
     rules: Vec<(String, Behaviour)>,
     fallback: Option<Behaviour>,
+    /// Where `callback:STAGE` rules call back (none: they only answer 200).
+    callback_api: Option<CallbackApi>,
 }
 
 impl Script {
+    /// Sets where `callback:STAGE` rules call back.
+    pub fn with_callback_api(mut self, api: CallbackApi) -> Script {
+        self.callback_api = Some(api);
+        self
+    }
+
     /// The behaviour for a request path, or `None` when the script has no rule for it.
     pub fn behaviour_for(&self, path: &str) -> Option<Behaviour> {
         if self.rules.is_empty() && self.fallback.is_none() {
@@ -1206,8 +1274,63 @@ async fn handle(
             // The connection writes garbage in place of this response.
             return ok_response();
         }
+        Behaviour::Callback(stage) => {
+            // Answer first, call back at once: the call races the sender recording this very
+            // delivery, which is what a real validator does (and what must never deadlock).
+            if let Some(api) = shared.script().callback_api.clone() {
+                let quiet = shared.events.is_none();
+                tokio::spawn(call_back(api, stage, body.clone(), quiet));
+            }
+            ok(ok_response())
+        }
     };
     answer.reply(response, note)
+}
+
+/// The delivered item's workflow and id: Darwin (`hookops.workflow.id`,
+/// `item.source_info.item_id`) or envelope (`payload.workflow_id`, `payload.item_id`).
+fn delivered_item(body: &[u8]) -> Option<(String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let text = |p: &str| v.pointer(p).and_then(|x| x.as_str()).map(str::to_owned);
+    let wf = text("/hookops/workflow/id").or_else(|| text("/payload/workflow_id"))?;
+    let item = text("/item/source_info/item_id").or_else(|| text("/payload/item_id"))?;
+    Some((wf, item))
+}
+
+/// `callback:STAGE`: `POST {api}/v1/items/stage` moving the delivered item to `stage`.
+async fn call_back(api: CallbackApi, stage: StageSlug, body: Bytes, quiet: bool) {
+    let Some((workflow, item)) = delivered_item(&body) else {
+        if !quiet {
+            eprintln!("receiver: callback skipped: the body names no hookops item");
+        }
+        return;
+    };
+    let request = serde_json::json!({
+        "workflow_id": workflow,
+        "stage_id": stage.as_str(),
+        "item_ids": [item],
+    });
+    let url = format!("{}/v1/items/stage", api.url.trim_end_matches('/'));
+    // reqwest is built without a TLS provider of its own (see `dispatch::http`).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let result = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&api.token)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(request.to_string())
+        .send()
+        .await;
+    if !quiet {
+        match result {
+            Ok(r) => println!(
+                "receiver: callback moved {} to {}: {}",
+                crate::sanitize::strip_controls(request["item_ids"][0].as_str().unwrap_or("")),
+                stage.as_str(),
+                r.status()
+            ),
+            Err(e) => eprintln!("receiver: callback to {url} failed: {e}"),
+        }
+    }
 }
 
 /// A running receiver. Dropping it stops it too (without waiting).

@@ -100,6 +100,8 @@ pub fn router(
 pub struct Server {
     listener: tokio::net::TcpListener,
     router: Router,
+    metrics: Arc<Metrics>,
+    events: Option<broadcast::Sender<DispatchNotice>>,
 }
 
 impl Server {
@@ -119,8 +121,13 @@ impl Server {
                 addr: opts.addr,
                 source,
             })?;
-        let router = router(store, &opts, metrics, events);
-        Ok(Server { listener, router })
+        let router = router(store, &opts, metrics.clone(), events.clone());
+        Ok(Server {
+            listener,
+            router,
+            metrics,
+            events,
+        })
     }
 
     /// The address actually bound (the real port when 0 was asked for).
@@ -128,8 +135,23 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` becomes true; open requests are finished first.
+    /// Serves until `shutdown` becomes true; open requests are finished first. The metrics
+    /// count every attempt published on `events` (the dispatcher's and the API's own).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+        if let Some(tx) = &self.events {
+            let mut feed = tx.subscribe();
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                loop {
+                    match feed.recv().await {
+                        Ok(DispatchNotice::Attempt(e)) => metrics.observe(&e),
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            });
+        }
+        drop(self.events);
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move {
                 while !*shutdown.borrow() {

@@ -72,7 +72,9 @@ pub struct ReceiverArgs {
     /// Address to bind instead of 127.0.0.1
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: std::net::IpAddr,
-    /// Scripted behaviour per path, e.g. '/validate=fail-first-2,/export=500,*=ok'
+    /// Scripted behaviour per path, e.g. '/validate=fail-first-2,/export=500,*=ok';
+    /// `callback:STAGE` answers 200 then moves the item through the API ($HOOKOPS_API_URL,
+    /// $HOOKOPS_API_TOKEN)
     #[arg(long)]
     pub script: Option<String>,
     /// whsec_ key to verify Standard Webhooks signatures with (repeatable)
@@ -154,20 +156,20 @@ pub fn serve(g: &Global, a: ServeArgs) -> Result<(), CliError> {
         };
         let opts = DispatcherOptions {
             concurrency: a.concurrency as usize,
+            deny_private_targets: a.deny_private_targets,
             ..DispatcherOptions::default()
         };
-            deny_private_targets: a.deny_private_targets,
         eprintln!(
             "hookops serve: dispatching from {} with concurrency {} (Ctrl-C to stop)",
             store.path().display(),
             opts.concurrency
         );
-        let json = a.json;
-        let printer = tokio::spawn(async move {
         if dispatch && let Ok(p) = store.policies() {
             let p = p.tightened(opts.deny_private_targets, opts.max_body);
             eprintln!("hookops serve: policies: {}", p.summary());
         }
+        let json = a.json;
+        let printer = tokio::spawn(async move {
             loop {
                 match sub.recv().await {
                     Ok(DispatchNotice::Attempt(e)) => {
@@ -227,24 +229,13 @@ async fn start_api(
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, CliError> {
     let metrics = std::sync::Arc::new(crate::api::Metrics::default());
-    let server =
-        crate::api::Server::bind(store.clone(), opts, metrics.clone(), Some(events.clone()))
-            .await
-            .map_err(|e| CliError::failure(e.to_string()))?;
+    let server = crate::api::Server::bind(store.clone(), opts, metrics, Some(events.clone()))
+        .await
+        .map_err(|e| CliError::failure(e.to_string()))?;
     let addr = server
         .local_addr()
         .map_err(|e| CliError::failure(format!("API: {e}")))?;
     eprintln!("hookops serve: API on http://{addr}");
-    let mut feed = events.subscribe();
-    tokio::spawn(async move {
-        loop {
-            match feed.recv().await {
-                Ok(DispatchNotice::Attempt(e)) => metrics.observe(&e),
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => break,
-            }
-        }
-    });
     Ok(tokio::spawn(server.run(stop)))
 }
 
@@ -254,6 +245,18 @@ pub fn receiver(a: ReceiverArgs) -> Result<(), CliError> {
             .parse::<Script>()
             .map_err(|e| CliError::usage(e.to_string()))?,
         None => Script::default(),
+    };
+    // `callback:STAGE` rules call the API of a `serve --api` ($HOOKOPS_API_URL, default
+    // 127.0.0.1:8787) with $HOOKOPS_API_TOKEN.
+    let script = match std::env::var("HOOKOPS_API_TOKEN") {
+        Ok(token) if !token.is_empty() => script.with_callback_api(crate::receiver::CallbackApi {
+            url: std::env::var("HOOKOPS_API_URL")
+                .ok()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| format!("http://{}", crate::api::DEFAULT_ADDR)),
+            token,
+        }),
+        _ => script,
     };
     let opts = ReceiverOptions {
         addr: SocketAddr::new(a.bind, a.port),

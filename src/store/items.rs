@@ -652,6 +652,9 @@ impl Store {
     /// Imports parsed items into a workflow's dataset stage, in chunks. Items whose id is
     /// present are skipped (counted, never overwritten). On failure, what was committed stays
     /// and the error says how far the import got; running it again imports only the rest.
+    // The error carries what was committed (the partial report) by value; it is made at most
+    // once per import, so its size costs nothing.
+    #[allow(clippy::result_large_err)]
     pub fn import_items(
         &self,
         workflow: &WorkflowId,

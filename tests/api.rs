@@ -1,0 +1,1386 @@
+//! The HTTP API of `hookops serve --api` over real HTTP on 127.0.0.1: every endpoint, every
+//! error status, auth, read-only, the body cap, cursor paging across inserts, the V7-style
+//! callback loop, event notifications, and every response checked against `/openapi.json`.
+//!
+//! Each test builds its own world: a temp SQLite file, a scripted receiver, the API server and
+//! (where deliveries matter) an in-process dispatcher. Waiting is on conditions with a
+//! deadline, never on fixed sleeps.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hookops::api::{ApiOptions, Metrics, Server, StartError, Tokens};
+use hookops::dispatch::{self, DispatchNotice, DispatcherOptions};
+use hookops::model::{DeliveryState, ItemId};
+use hookops::receiver::{CallbackApi, Receiver, ReceiverOptions, Script};
+use hookops::store::{OpenOptions, Store};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
+
+const TOKEN: &str = "alice-token-0123456789";
+const BOT_TOKEN: &str = "bot-token-abcdefghijkl";
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct World {
+    dir: tempfile::TempDir,
+    store: Store,
+    api: String,
+    receiver: Receiver,
+    client: reqwest::Client,
+    stop: watch::Sender<bool>,
+    notices: broadcast::Sender<DispatchNotice>,
+    store_errors: Arc<std::sync::Mutex<Vec<String>>>,
+    doc: Value,
+}
+
+#[derive(Clone)]
+struct Opts {
+    script: &'static str,
+    dispatch: bool,
+    max_body: usize,
+    /// Serve a second, read-only store of the same file instead of the writable one.
+    read_only: bool,
+    /// `callback:STAGE` rules call this world's own API.
+    callback: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            script: "/hook=ok,/fail=500,/events=ok,/events-down=400,*=ok",
+            dispatch: true,
+            max_body: hookops::api::DEFAULT_MAX_BODY,
+            read_only: false,
+            callback: false,
+        }
+    }
+}
+
+fn workflow_text(recv: &Receiver, hook_path: &str) -> String {
+    format!(
+        r#"
+id = "wf"
+name = "API test"
+team = "acme"
+
+[[notify]]
+url = "{events}"
+events = ["item.created", "item.stage_changed", "item.completed", "delivery.failed", "stage.paused"]
+secret = "{SECRET}"
+
+[[notify]]
+url = "{down}"
+events = ["delivery.failed"]
+secret = "{SECRET}"
+
+[[stage]]
+id = "dataset"
+kind = "dataset"
+next = "hook"
+
+[[stage]]
+id = "hold"
+kind = "annotate"
+next = "hook"
+
+[[stage]]
+id = "hook"
+kind = "webhook"
+url = "{hook}"
+secret = "{SECRET}"
+max_attempts = 1
+on_success = "review"
+on_failure = "parked"
+
+[[stage]]
+id = "failing"
+kind = "webhook"
+url = "{fail}"
+secret = "{SECRET}"
+max_attempts = 1
+on_success = "review"
+on_failure = "parked"
+
+[[stage]]
+id = "review"
+kind = "review"
+on_approve = "done"
+on_reject = "hold"
+
+[[stage]]
+id = "parked"
+kind = "annotate"
+next = "done"
+
+[[stage]]
+id = "done"
+kind = "complete"
+"#,
+        events = recv.url("/events"),
+        down = recv.url("/events-down"),
+        hook = recv.url(hook_path),
+        fail = recv.url("/fail"),
+    )
+}
+
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl World {
+    async fn new(o: Opts) -> World {
+        Self::with_hook(o, "/hook").await
+    }
+
+    async fn with_hook(o: Opts, hook_path: &str) -> World {
+        install_tls_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("api.db");
+        let tokens_file = dir.path().join("tokens");
+        std::fs::write(&tokens_file, format!("alice:{TOKEN}\nbot:{BOT_TOKEN}\n")).unwrap();
+        std::fs::set_permissions(
+            &tokens_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let tokens = Tokens::from_file(&tokens_file).unwrap();
+        let receiver = Receiver::start(ReceiverOptions {
+            script: o.script.parse().unwrap(),
+            secrets: vec![SECRET.to_string()],
+            ..ReceiverOptions::default()
+        })
+        .await
+        .unwrap();
+        let writable = Store::open(&db, &OpenOptions::default()).unwrap();
+        let wf =
+            hookops::workflow::parse("wf.toml", &workflow_text(&receiver, hook_path), &|_| None)
+                .unwrap();
+        // Store writes block on the writer: off the async threads.
+        tokio::task::block_in_place(|| writable.apply_workflow(&wf, &Vec::new(), "setup")).unwrap();
+        let store = if o.read_only {
+            Store::open(
+                &db,
+                &OpenOptions {
+                    read_only: true,
+                    ..OpenOptions::default()
+                },
+            )
+            .unwrap()
+        } else {
+            writable.clone()
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let (notices, _) = broadcast::channel(4096);
+        let store_errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        {
+            let mut sub = notices.subscribe();
+            let errors = store_errors.clone();
+            tokio::spawn(async move {
+                loop {
+                    match sub.recv().await {
+                        Ok(DispatchNotice::StoreError(m)) => errors.lock().unwrap().push(m),
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            });
+        }
+        let server = Server::bind(
+            store.clone(),
+            ApiOptions {
+                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                tokens,
+                max_body: o.max_body,
+                max_send_body: hookops::dispatch::http::DEFAULT_MAX_BODY,
+            },
+            Arc::new(Metrics::default()),
+            Some(notices.clone()),
+        )
+        .await
+        .unwrap();
+        let api = format!("http://{}", server.local_addr().unwrap());
+        tokio::spawn(server.run(stop_rx.clone()));
+        if o.callback {
+            receiver.set_script(o.script.parse::<Script>().unwrap().with_callback_api(
+                CallbackApi {
+                    url: api.clone(),
+                    token: BOT_TOKEN.to_string(),
+                },
+            ));
+        }
+        if o.dispatch {
+            tokio::spawn(dispatch::run(
+                writable.clone(),
+                DispatcherOptions::default(),
+                notices.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let doc: Value = client
+            .get(format!("{api}/openapi.json"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .map(|t| serde_json::from_str(&t).unwrap())
+            .unwrap();
+        World {
+            dir,
+            store: writable,
+            api,
+            receiver,
+            client,
+            stop,
+            notices,
+            store_errors,
+            doc,
+        }
+    }
+
+    /// Calls `METHOD template` (with `{…}` filled from `args`) and checks the answer against
+    /// the OpenAPI document: the status must be documented and the body must match its schema.
+    async fn call(
+        &self,
+        method: &str,
+        template: &str,
+        args: &[&str],
+        query: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.call_as(
+            Some(TOKEN),
+            method,
+            template,
+            args,
+            query,
+            body.map(|b| b.to_string()),
+        )
+        .await
+    }
+
+    async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        template: &str,
+        args: &[&str],
+        query: &str,
+        body: Option<String>,
+    ) -> (u16, Value) {
+        let mut path = template.to_string();
+        for a in args {
+            let start = path.find('{').expect("more args than parameters");
+            let end = path[start..].find('}').unwrap() + start;
+            path.replace_range(start..=end, a);
+        }
+        let url = format!(
+            "{}{path}{}",
+            self.api,
+            if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{query}")
+            }
+        );
+        let mut req = match method {
+            "get" => self.client.get(&url),
+            "post" => self.client.post(&url),
+            _ => unreachable!(),
+        };
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let text = resp.text().await.unwrap();
+        let value = if ctype.starts_with("application/json") {
+            serde_json::from_str(&text).unwrap()
+        } else {
+            Value::String(text)
+        };
+        self.check_schema(method, template, status, &ctype, &value);
+        (status, value)
+    }
+
+    fn check_schema(&self, method: &str, template: &str, status: u16, ctype: &str, body: &Value) {
+        let op = &self.doc["paths"][template][method];
+        assert!(
+            op.is_object(),
+            "{method} {template} is not in /openapi.json"
+        );
+        let resp = &op["responses"][status.to_string()];
+        assert!(
+            resp.is_object(),
+            "{method} {template} answered {status}, which /openapi.json does not list: {body}"
+        );
+        let content = resp["content"].as_object().unwrap();
+        let media = ctype.split(';').next().unwrap_or("").trim();
+        let (_, spec) = content
+            .iter()
+            .find(|(k, _)| k.split(';').next().unwrap().trim() == media)
+            .unwrap_or_else(|| panic!("{method} {template} {status}: undocumented type {ctype}"));
+        let mut schema = spec["schema"].clone();
+        if let Some(obj) = schema.as_object_mut() {
+            obj.insert("components".into(), self.doc["components"].clone());
+        }
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(body)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {template} {status} does not match /openapi.json: {errors:?}\n{body}"
+        );
+    }
+
+    async fn import(&self, items: Value) -> Value {
+        let (s, v) = self
+            .call("post", "/v1/items", &[], "workflow=wf", Some(items))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    async fn set_stage(&self, body: Value) -> (u16, Value) {
+        self.call("post", "/v1/items/stage", &[], "", Some(body))
+            .await
+    }
+
+    async fn item(&self, id: &str) -> Value {
+        let (s, v) = self.call("get", "/v1/items/{id}", &[id], "", None).await;
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    /// Polls `cond` until it holds or the deadline passes.
+    async fn wait(&self, what: &str, mut cond: impl AsyncFnMut() -> bool) {
+        let until = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if cond().await {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn wait_item_in(&self, id: &str, stage: &str) {
+        self.wait(&format!("item {id} in {stage}"), async || {
+            self.store.item(&ItemId::new(id)).unwrap().stage.as_str() == stage
+        })
+        .await;
+    }
+
+    fn notifications(&self) -> Vec<Value> {
+        self.receiver
+            .received()
+            .into_iter()
+            .filter(|r| r.path == "/events")
+            .map(|r| {
+                assert_eq!(r.signature_valid, Some(true), "notifications are signed");
+                serde_json::from_slice(&r.body).unwrap()
+            })
+            .collect()
+    }
+
+    fn assert_no_store_errors(&self) {
+        let errors = self.store_errors.lock().unwrap();
+        assert!(
+            errors.is_empty(),
+            "the dispatcher hit store errors: {errors:?}"
+        );
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        let _ = &self.notices;
+        let _ = self.dir.path();
+    }
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn items(prefix: &str, n: usize) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| json!({"id": format!("{prefix}{i:03}"), "name": format!("{prefix} {i}.jpg")}))
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auth_is_required_everywhere_but_healthz_and_names_the_operator() {
+    let w = World::new(Opts {
+        dispatch: false,
+        ..Opts::default()
+    })
+    .await;
+    let (s, v) = w.call_as(None, "get", "/healthz", &[], "", None).await;
+    assert_eq!((s, &v["ok"]), (200, &json!(true)));
+    for token in [None, Some("wrong-token-0123456789"), Some("")] {
+        let (s, v) = w
+            .call_as(token, "get", "/v1/workflows", &[], "", None)
+            .await;
+        assert_eq!(s, 401, "{token:?}: {v}");
+        assert_eq!(v["error"]["code"], "unauthorized");
+        let (s, _) = w.call_as(token, "get", "/metrics", &[], "", None).await;
+        assert_eq!(s, 401);
+        let (s, _) = w
+            .call_as(token, "post", "/v1/items/stage", &[], "", Some("{}".into()))
+            .await;
+        assert_eq!(s, 401);
+    }
+    // The 401 says how to authenticate, and never echoes the token.
+    let resp = w
+        .client
+        .get(format!("{}/v1/workflows", w.api))
+        .bearer_auth("wrong-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    assert!(!resp.text().await.unwrap().contains("wrong-token"));
+
+    let (s, v) = w.call("get", "/v1/workflows", &[], "", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(ids(&v), vec!["wf"]);
+
+    // The token's name is the operator in the audit log.
+    w.import(json!({"id": "a1", "name": "a1.jpg"})).await;
+    let (s, _) = w
+        .call_as(
+            Some(BOT_TOKEN),
+            "post",
+            "/v1/items/stage",
+            &[],
+            "",
+            Some(json!({"workflow_id": "wf", "stage_id": "hold", "item_ids": ["a1"]}).to_string()),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let audit = w.store.audit_log(10).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "assign" && a.operator == "bot"),
+        "{audit:?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "import" && a.operator == "alice"),
+        "{audit:?}"
+    );
+
+    // A non-loopback address without tokens is refused at start.
+    let err = Server::bind(
+        w.store.clone(),
+        ApiOptions {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            tokens: Tokens::default(),
+            max_body: 1024,
+            max_send_body: 1024,
+        },
+        Arc::new(Metrics::default()),
+        None,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(matches!(err, StartError::NoTokens(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_endpoint_answers_its_documented_shape_and_errors() {
+    let w = World::new(Opts::default()).await;
+    // Every documented route is exercised below; this list keeps the two in step.
+    let documented: Vec<String> = w.doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| format!("{m} {p}"))
+        })
+        .collect();
+    assert_eq!(documented.len(), 17, "{documented:?}");
+
+    // POST /v1/items: one object, an array, JSON Lines.
+    let v = w
+        .import(json!({"id": "i1", "name": "one.jpg", "tags": ["urgent"]}))
+        .await;
+    assert_eq!(v["imported"], 1);
+    assert_eq!(v["items"], json!([{"id": "i1", "stage": "dataset"}]));
+    let v = w.import(items("arr", 3)).await;
+    assert_eq!(v["imported"], 3);
+    let lines = "{\"id\":\"l1\",\"name\":\"l1.jpg\"}\n{\"id\":\"l2\",\"name\":\"l2.jpg\"}\n";
+    let (s, v) = w
+        .call_as(
+            Some(TOKEN),
+            "post",
+            "/v1/items",
+            &[],
+            "workflow=wf",
+            Some(lines.into()),
+        )
+        .await;
+    assert_eq!((s, v["imported"].as_i64()), (200, Some(2)), "{v}");
+    let v = w
+        .import(json!({"id": "i1", "name": "one.jpg", "tags": ["urgent"]}))
+        .await;
+    assert_eq!(
+        (v["imported"].as_i64(), v["already_present"].as_i64()),
+        (Some(0), Some(1))
+    );
+    // 400 with the line at fault; nothing imported.
+    let bad = "{\"id\":\"ok1\",\"name\":\"ok\"}\n{\"id\":\"bad id\",\"name\":\"x\"}\n";
+    let (s, v) = w
+        .call_as(
+            Some(TOKEN),
+            "post",
+            "/v1/items",
+            &[],
+            "workflow=wf",
+            Some(bad.into()),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["details"][0]["path"], "line 2");
+    assert!(
+        w.store.item(&ItemId::new("ok1")).is_err(),
+        "nothing imported"
+    );
+    let (s, v) = w
+        .call("post", "/v1/items", &[], "", Some(json!({"name": "x"})))
+        .await;
+    assert_eq!(s, 400, "missing ?workflow: {v}");
+    let (s, v) = w
+        .call(
+            "post",
+            "/v1/items",
+            &[],
+            "workflow=nope",
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+
+    // GET /v1/items and /v1/items/{id}.
+    let (s, v) = w
+        .call("get", "/v1/items", &[], "workflow=wf&stage=dataset", None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        ids(&v),
+        vec!["i1", "arr000", "arr001", "arr002", "l1", "l2"]
+    );
+    let (s, v) = w.call("get", "/v1/items", &[], "state=bogus", None).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, _) = w.call("get", "/v1/items", &[], "limit=0", None).await;
+    assert_eq!(s, 400);
+    let (s, _) = w
+        .call("get", "/v1/items", &[], "cursor=not-a-cursor", None)
+        .await;
+    assert_eq!(s, 400);
+    let d = w.item("i1").await;
+    assert_eq!(
+        (d["workflow"].as_str(), d["stage"].as_str()),
+        (Some("wf"), Some("dataset"))
+    );
+    assert_eq!(d["history"][0]["cause"], "import");
+    let (s, v) = w.call("get", "/v1/items/{id}", &["nope"], "", None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+
+    // POST /v1/items/stage: by ids, compare-and-set, bulk from a stage; refusals.
+    let (s, v) = w
+        .set_stage(
+            json!({"workflow_id": "wf", "stage_id": "hold", "item_ids": ["i1", "zz-unknown"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["moved"], 1);
+    assert_eq!(v["refused"][0]["item_id"], "zz-unknown");
+    let (s, v) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "review", "item_ids": ["i1"], "from_stage_id": "dataset"}))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("stale")),
+        "{v}"
+    );
+    let (s, v) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "hold", "item_ids": ["nope"]}))
+        .await;
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "hold", "from_stage_id": "dataset", "limit": 2}))
+        .await;
+    assert_eq!((s, v["moved"].as_i64()), (200, Some(2)), "{v}");
+    let (s, v) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "hold", "item_ids": [7]}))
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(v["error"]["details"][0]["path"], "item_ids[0]", "{v}");
+    let (s, v) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "hold", "surprise": 1}))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, _) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "hold"}))
+        .await;
+    assert_eq!(s, 400);
+    let (s, _) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "nowhere", "item_ids": ["i1"]}))
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = w
+        .call_as(
+            Some(TOKEN),
+            "post",
+            "/v1/items/stage",
+            &[],
+            "",
+            Some("{not json".into()),
+        )
+        .await;
+    assert_eq!(s, 400);
+
+    // POST /v1/items/{id}/advance: annotate -> webhook -> review; decide the review.
+    let (s, v) = w
+        .call("post", "/v1/items/{id}/advance", &["i1"], "", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    w.wait_item_in("i1", "review").await;
+    let (s, v) = w
+        .call("post", "/v1/items/{id}/advance", &["i1"], "", None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("invalid_transition")),
+        "{v}"
+    );
+    let (s, v) = w
+        .call(
+            "post",
+            "/v1/items/{id}/advance",
+            &["i1"],
+            "",
+            Some(json!({"outcome": "approve", "expect_stage_id": "hold"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("stale")),
+        "{v}"
+    );
+    let (s, _) = w
+        .call(
+            "post",
+            "/v1/items/{id}/advance",
+            &["i1"],
+            "",
+            Some(json!({"outcome": "maybe"})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (s, v) = w
+        .call(
+            "post",
+            "/v1/items/{id}/advance",
+            &["i1"],
+            "",
+            Some(json!({"outcome": "approve"})),
+        )
+        .await;
+    assert_eq!((s, v["landed"]["done"].as_i64()), (200, Some(1)), "{v}");
+    let (s, _) = w
+        .call("post", "/v1/items/{id}/advance", &["nope"], "", None)
+        .await;
+    assert_eq!(s, 404);
+
+    // Workflows.
+    let (s, v) = w.call("get", "/v1/workflows/{id}", &["wf"], "", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["stage_list"].as_array().unwrap().len(), 7);
+    let (s, _) = w
+        .call("get", "/v1/workflows/{id}", &["nope"], "", None)
+        .await;
+    assert_eq!(s, 404);
+
+    // Deliveries: list, show, refire (409 while the item moved on), replay, failing stage.
+    let (s, v) = w
+        .call(
+            "get",
+            "/v1/deliveries",
+            &[],
+            "stage=hook&event=stage.webhook",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let first = v["items"][0]["id"].as_str().unwrap().to_string();
+    let (s, v) = w
+        .call("get", "/v1/deliveries/{id}", &[&first], "", None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["attempt_log"][0]["status"], 200, "{v}");
+    let (s, _) = w
+        .call("get", "/v1/deliveries/{id}", &["msg_nope"], "", None)
+        .await;
+    assert_eq!(s, 404);
+    let (s, v) = w
+        .call("post", "/v1/deliveries/{id}/refire", &[&first], "", None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("stale")),
+        "{v}"
+    );
+    let (s, _) = w
+        .call(
+            "post",
+            "/v1/deliveries/{id}/refire",
+            &["msg_nope"],
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, v) = w
+        .call("post", "/v1/deliveries/{id}/replay", &[&first], "", None)
+        .await;
+    assert_eq!(
+        (s, v["status"].as_u64(), v["trigger"].as_str()),
+        (200, Some(200), Some("manual")),
+        "{v}"
+    );
+    let (s, _) = w
+        .call(
+            "post",
+            "/v1/deliveries/{id}/replay",
+            &["msg_nope"],
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    // A failing stage: its delivery fails, the item parks; re-fire makes a new delivery.
+    let (s, _) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "failing", "item_ids": ["l1"]}))
+        .await;
+    assert_eq!(s, 200);
+    w.wait_item_in("l1", "parked").await;
+    let (_, v) = w
+        .call(
+            "get",
+            "/v1/deliveries",
+            &[],
+            "stage=failing&state=failed",
+            None,
+        )
+        .await;
+    let failed = v["items"][0]["id"].as_str().unwrap().to_string();
+    let (s, v) = w
+        .call("post", "/v1/deliveries/{id}/refire", &[&failed], "", None)
+        .await;
+    assert_eq!((s, v["refired"].as_i64()), (200, Some(1)), "{v}");
+    let history = w.item("l1").await["history"].clone();
+    assert!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["cause"] == "refire" && h["operator"] == "alice"),
+        "{history}"
+    );
+    // A notification delivery cannot be re-fired (it is no stage.webhook): 422.
+    w.wait("a notification", async || {
+        w.call("get", "/v1/deliveries", &[], "event=item.created", None)
+            .await
+            .1["items"][0]["id"]
+            .is_string()
+    })
+    .await;
+    let (_, v) = w
+        .call("get", "/v1/deliveries", &[], "event=item.created", None)
+        .await;
+    let note = v["items"][0]["id"].as_str().unwrap().to_string();
+    let (s, _) = w
+        .call("post", "/v1/deliveries/{id}/refire", &[&note], "", None)
+        .await;
+    assert_eq!(s, 422);
+
+    // Stages: test, pause, resume.
+    let (s, v) = w
+        .call(
+            "post",
+            "/v1/stages/{workflow}/{stage}/test",
+            &["wf", "hook"],
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["event"].as_str(), v["status"].as_u64()),
+        (200, Some("webhook.test"), Some(200)),
+        "{v}"
+    );
+    let (s, _) = w
+        .call(
+            "post",
+            "/v1/stages/{workflow}/{stage}/test",
+            &["wf", "hold"],
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(s, 422);
+    let (s, _) = w
+        .call(
+            "post",
+            "/v1/stages/{workflow}/{stage}/test",
+            &["wf", "nope"],
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, v) = w
+        .call(
+            "post",
+            "/v1/stages/{workflow}/{stage}/pause",
+            &["wf", "hook"],
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, &v),
+        (
+            200,
+            &json!({"workflow": "wf", "stage": "hook", "paused": true, "changed": true})
+        )
+    );
+    let (s, v) = w
+        .call(
+            "post",
+            "/v1/stages/{workflow}/{stage}/pause",
+            &["wf", "hook"],
+            "",
+            None,
+        )
+        .await;
+    assert_eq!((s, v["changed"].as_bool()), (200, Some(false)));
+    let (s, _) = w
+        .call(
+            "post",
+            "/v1/stages/{workflow}/{stage}/pause",
+            &["wf", "review"],
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(s, 422);
+
+    // Metrics: Prometheus text with the documented families.
+    let (s, v) = w.call("get", "/metrics", &[], "", None).await;
+    assert_eq!(s, 200);
+    let text = v.as_str().unwrap();
+    for family in [
+        "hookops_deliveries{workflow=\"wf\",stage=\"hook\",state=\"succeeded\"}",
+        "hookops_retry_queue_depth",
+        "hookops_stage_paused{workflow=\"wf\",stage=\"hook\"} 1",
+        "hookops_paused_stages 1",
+        "hookops_attempts_recorded_total",
+        "hookops_attempt_duration_seconds_bucket{le=\"+Inf\"}",
+        "hookops_attempt_duration_seconds_count",
+    ] {
+        assert!(text.contains(family), "missing {family} in\n{text}");
+    }
+    // The replay and the test went through the API's own event channel into the histogram.
+    let count = text
+        .lines()
+        .find_map(|l| l.strip_prefix("hookops_attempt_duration_seconds_count "))
+        .unwrap();
+    assert!(count.parse::<u64>().unwrap() >= 2, "{text}");
+    let (s, v) = w
+        .call(
+            "post",
+            "/v1/stages/{workflow}/{stage}/resume",
+            &["wf", "hook"],
+            "",
+            None,
+        )
+        .await;
+    assert_eq!((s, v["paused"].as_bool()), (200, Some(false)));
+
+    // Unknown paths are JSON 404s too.
+    let resp = w
+        .client
+        .get(format!("{}/v2/nothing", w.api))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], "not_found");
+    w.assert_no_store_errors();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_only_api_answers_reads_and_refuses_every_action() {
+    let w = World::new(Opts {
+        dispatch: false,
+        read_only: true,
+        ..Opts::default()
+    })
+    .await;
+    let (s, v) = w.call("get", "/healthz", &[], "", None).await;
+    assert_eq!((s, v["read_only"].as_bool()), (200, Some(true)));
+    let (s, _) = w.call("get", "/v1/workflows/{id}", &["wf"], "", None).await;
+    assert_eq!(s, 200);
+    let (s, _) = w.call("get", "/v1/items", &[], "", None).await;
+    assert_eq!(s, 200);
+    let (s, v) = w
+        .call("post", "/v1/items", &[], "workflow=wf", Some(items("x", 1)))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("read_only")),
+        "{v}"
+    );
+    let (s, _) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "hold", "from_stage_id": "dataset"}))
+        .await;
+    assert_eq!(s, 403);
+    for (t, a) in [
+        ("/v1/items/{id}/advance", vec!["x"]),
+        ("/v1/deliveries/{id}/refire", vec!["msg_x"]),
+        ("/v1/deliveries/{id}/replay", vec!["msg_x"]),
+        ("/v1/stages/{workflow}/{stage}/test", vec!["wf", "hook"]),
+        ("/v1/stages/{workflow}/{stage}/pause", vec!["wf", "hook"]),
+        ("/v1/stages/{workflow}/{stage}/resume", vec!["wf", "hook"]),
+    ] {
+        let (s, v) = w.call("post", t, &a, "", None).await;
+        assert_eq!(s, 403, "{t}: {v}");
+    }
+    // Nothing was sent: a read-only operator sends nothing.
+    assert_eq!(w.receiver.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bodies_over_the_cap_get_413() {
+    let w = World::new(Opts {
+        dispatch: false,
+        max_body: 4096,
+        ..Opts::default()
+    })
+    .await;
+    let big = json!({"id": "big", "name": "x".repeat(8192)}).to_string();
+    let (s, v) = w
+        .call_as(
+            Some(TOKEN),
+            "post",
+            "/v1/items",
+            &[],
+            "workflow=wf",
+            Some(big.clone()),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (413, Some("too_large")),
+        "{v}"
+    );
+    // Without a Content-Length (chunked), the cap holds while reading.
+    let (status, v) = chunked_post(&w.api, "/v1/items/stage", big.as_bytes()).await;
+    w.check_schema("post", "/v1/items/stage", status, "application/json", &v);
+    assert_eq!(status, 413, "{v}");
+    // Under the cap is fine.
+    w.import(json!({"id": "small", "name": "small.jpg"})).await;
+}
+
+/// POSTs `body` with `Transfer-Encoding: chunked` (no Content-Length) over a raw connection.
+async fn chunked_post(api: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = api.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for c in body.chunks(1000) {
+        req.extend(format!("{:x}\r\n", c.len()).bytes());
+        req.extend(c);
+        req.extend(b"\r\n");
+    }
+    req.extend(b"0\r\n\r\n");
+    // The server may answer and close before it has read everything: a write error is fine.
+    let _ = s.write_all(&req).await;
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp).await;
+    let text = String::from_utf8_lossy(&resp);
+    let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    (status, serde_json::from_str(body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cursors_page_through_lists_while_rows_are_inserted() {
+    let w = World::new(Opts {
+        dispatch: false,
+        ..Opts::default()
+    })
+    .await;
+    w.import(items("p", 25)).await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut round = 0;
+    loop {
+        let q = match &cursor {
+            Some(c) => format!("workflow=wf&limit=10&cursor={c}"),
+            None => "workflow=wf&limit=10".to_string(),
+        };
+        let (s, v) = w.call("get", "/v1/items", &[], &q, None).await;
+        assert_eq!(s, 200, "{v}");
+        seen.extend(ids(&v));
+        // New items arrive between pages; they come after everything already listed.
+        w.import(items(&format!("new{round}-"), 3)).await;
+        round += 1;
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+        assert!(round < 20, "paging does not end");
+    }
+    let originals: Vec<String> = (0..25).map(|i| format!("p{i:03}")).collect();
+    assert_eq!(
+        &seen[..25],
+        &originals[..],
+        "every original once, in order, before the new ones"
+    );
+    let mut dedup = seen.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(dedup.len(), seen.len(), "no item twice");
+    // By name: its own cursor; a waiting-order cursor is refused there.
+    let (_, v) = w
+        .call("get", "/v1/items", &[], "order=name&limit=5", None)
+        .await;
+    let c = v["next_cursor"].as_str().unwrap().to_string();
+    let (s, _) = w
+        .call(
+            "get",
+            "/v1/items",
+            &[],
+            &format!("order=name&limit=5&cursor={c}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = w
+        .call(
+            "get",
+            "/v1/items",
+            &[],
+            &format!("limit=5&cursor={c}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 400);
+
+    // Deliveries are newest first: rows made while paging never repeat or shift a page.
+    w.set_stage(
+        json!({"workflow_id": "wf", "stage_id": "hook", "from_stage_id": "dataset", "limit": 12}),
+    )
+    .await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for round in 0.. {
+        let q = match &cursor {
+            Some(c) => format!("stage=hook&limit=5&cursor={c}"),
+            None => "stage=hook&limit=5".to_string(),
+        };
+        let (_, v) = w.call("get", "/v1/deliveries", &[], &q, None).await;
+        seen.extend(ids(&v));
+        let (s, _) = w
+            .set_stage(json!({"workflow_id": "wf", "stage_id": "hook", "item_ids": [format!("new{round}-000")]}))
+            .await;
+        assert_eq!(s, 200);
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 12, "{seen:?}");
+    let mut dedup = seen.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(dedup.len(), 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiver_calling_back_while_its_delivery_is_recorded_never_deadlocks() {
+    // The receiver's own `callback:STAGE` mode: answer 200, call /v1/items/stage at once.
+    let w = World::new(Opts {
+        script: "/hook=callback:parked,/events=ok,/events-down=400,*=ok",
+        callback: true,
+        ..Opts::default()
+    })
+    .await;
+    w.import(items("cb", 40)).await;
+    let (s, v) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "hook", "from_stage_id": "dataset"}))
+        .await;
+    assert_eq!((s, v["moved"].as_i64()), (200, Some(40)), "{v}");
+    // Whichever commits first (the record routing to `review`, or the callback), the
+    // callback's move is the last word: every item ends in `parked`.
+    for i in 0..40 {
+        w.wait_item_in(&format!("cb{i:03}"), "parked").await;
+    }
+    w.wait("every delivery closed", async || {
+        let (_, v) = w
+            .call("get", "/v1/deliveries", &[], "stage=hook&limit=100", None)
+            .await;
+        v["items"].as_array().unwrap().iter().all(|d| {
+            let s: DeliveryState = d["state"].as_str().unwrap().parse().unwrap();
+            !s.is_open()
+        })
+    })
+    .await;
+    w.assert_no_store_errors();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiver_calling_back_before_it_answers_never_deadlocks() {
+    // A validator that calls /v1/items/stage *inside* its handler, before answering: the
+    // dispatcher holds the lease (in_flight) while the API moves the item and cancels the
+    // delivery; the late answer is recorded and routes nothing.
+    install_tls_provider();
+    let api_slot: Arc<std::sync::OnceLock<String>> = Default::default();
+    let slot = api_slot.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let slot = slot.clone();
+            async move {
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                let id = v["item"]["source_info"]["item_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                let r = reqwest::Client::new()
+                    .post(format!("{}/v1/items/stage", slot.get().unwrap()))
+                    .bearer_auth(BOT_TOKEN)
+                    .header("content-type", "application/json")
+                    .body(
+                        json!({"workflow_id": "wf", "stage_id": "parked", "item_ids": [id]})
+                            .to_string(),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                "{\"ok\":true}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let w = World::with_hook(Opts::default(), "/unused").await;
+    api_slot.set(w.api.clone()).unwrap();
+    // Point the webhook stage at the validator (re-apply: future attempts use the new URL).
+    let text = workflow_text(&w.receiver, "/unused").replace(&w.receiver.url("/unused"), &hook);
+    let wf = hookops::workflow::parse("wf.toml", &text, &|_| None).unwrap();
+    tokio::task::block_in_place(|| w.store.apply_workflow(&wf, &Vec::new(), "setup")).unwrap();
+    w.import(items("pre", 30)).await;
+    let (s, _) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "hook", "from_stage_id": "dataset"}))
+        .await;
+    assert_eq!(s, 200);
+    for i in 0..30 {
+        w.wait_item_in(&format!("pre{i:03}"), "parked").await;
+    }
+    w.wait("every delivery recorded", async || {
+        let (_, v) = w
+            .call("get", "/v1/deliveries", &[], "stage=hook&limit=100", None)
+            .await;
+        let all = v["items"].as_array().unwrap();
+        all.len() == 30
+            && all
+                .iter()
+                .all(|d| d["state"] == "cancelled" && d["cancel_reason"] == "item_moved")
+    })
+    .await;
+    // Each late answer was still recorded as an attempt of its (cancelled) delivery.
+    let (_, v) = w
+        .call("get", "/v1/deliveries", &[], "stage=hook&limit=1", None)
+        .await;
+    let id = v["items"][0]["id"].as_str().unwrap().to_string();
+    w.wait("the late answer recorded", async || {
+        let (_, d) = w.call("get", "/v1/deliveries/{id}", &[&id], "", None).await;
+        d["attempt_log"][0]["status"] == 200
+    })
+    .await;
+    w.assert_no_store_errors();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn notifications_are_delivered_signed_and_never_notify_themselves() {
+    let w = World::new(Opts::default()).await;
+    w.import(items("n", 2)).await;
+    // item.created for each import (history row "import").
+    w.wait("two item.created", async || {
+        w.notifications()
+            .iter()
+            .filter(|n| n["type"] == "item.created")
+            .count()
+            == 2
+    })
+    .await;
+    let created = w
+        .notifications()
+        .into_iter()
+        .find(|n| n["type"] == "item.created" && n["data"]["item_id"] == "n000")
+        .unwrap();
+    assert_eq!(created["data"]["stage"], "dataset");
+    assert_eq!(created["data"]["workflow"], "wf");
+    assert!(created["timestamp"].as_str().unwrap().ends_with('Z'));
+    // A move and a failed delivery: item.stage_changed (twice: into `failing`, then `parked`)
+    // and delivery.failed, sent to the first entry; the second entry answers 400.
+    w.set_stage(json!({"workflow_id": "wf", "stage_id": "failing", "item_ids": ["n000"]}))
+        .await;
+    w.wait_item_in("n000", "parked").await;
+    w.wait("delivery.failed and stage changes", async || {
+        let n = w.notifications();
+        n.iter().any(|n| n["type"] == "delivery.failed")
+            && n.iter()
+                .filter(|n| n["type"] == "item.stage_changed")
+                .count()
+                == 2
+    })
+    .await;
+    let failed = w
+        .notifications()
+        .into_iter()
+        .find(|n| n["type"] == "delivery.failed")
+        .unwrap();
+    assert_eq!(failed["data"]["stage"], "failing");
+    assert_eq!(failed["data"]["last_status"], 500);
+    let failed_delivery = failed["data"]["delivery_id"].as_str().unwrap().to_string();
+    // The failing notification entry (400) ends failed and routes, pauses and notifies nothing.
+    w.wait("the second entry's notification failed", async || {
+        let (_, v) = w
+            .call(
+                "get",
+                "/v1/deliveries",
+                &[],
+                "stage=notify:1&state=failed",
+                None,
+            )
+            .await;
+        !v["items"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let (_, v) = w
+        .call("get", "/v1/deliveries", &[], "stage=notify:1", None)
+        .await;
+    let down = &v["items"][0];
+    assert_eq!(
+        (down["event"].as_str(), down["state"].as_str()),
+        (Some("delivery.failed"), Some("failed"))
+    );
+    let (_, d) = w
+        .call(
+            "get",
+            "/v1/deliveries/{id}",
+            &[down["id"].as_str().unwrap()],
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(d["body"]["type"], "delivery.failed");
+    assert_eq!(d["body"]["data"]["delivery_id"], failed_delivery.as_str());
+    // Exactly one delivery.failed was ever made per entry: the failed notification made none.
+    let (_, v) = w
+        .call("get", "/v1/deliveries", &[], "event=delivery.failed", None)
+        .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 2, "{v}");
+    let reported: Vec<String> = w
+        .notifications()
+        .iter()
+        .filter(|n| n["type"] == "delivery.failed")
+        .map(|n| n["data"]["delivery_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(reported, vec![failed_delivery.clone()]);
+    // Every notification carries the webhook-id that is its delivery's id (receivers dedup).
+    for r in w.receiver.received().iter().filter(|r| r.path == "/events") {
+        let id = r.webhook_id.clone().unwrap();
+        let (s, d) = w.call("get", "/v1/deliveries/{id}", &[&id], "", None).await;
+        assert_eq!(s, 200);
+        assert!(d["stage"].as_str().unwrap().starts_with("notify:"), "{d}");
+    }
+    // A paused stage holds webhook deliveries, never notifications (they have no stage).
+    w.call(
+        "post",
+        "/v1/stages/{workflow}/{stage}/pause",
+        &["wf", "hook"],
+        "",
+        None,
+    )
+    .await;
+    w.wait("stage.paused", async || {
+        w.notifications()
+            .iter()
+            .any(|n| n["type"] == "stage.paused" && n["data"]["operator"] == "alice")
+    })
+    .await;
+    let before = w.notifications().len();
+    w.set_stage(json!({"workflow_id": "wf", "stage_id": "hook", "item_ids": ["n001"]}))
+        .await;
+    w.wait("the move's notification despite the pause", async || {
+        w.notifications().len() > before
+    })
+    .await;
+    assert_eq!(w.item("n001").await["state"], "in_delivery");
+    assert!(
+        !w.receiver.received().iter().any(|r| r.path == "/hook"),
+        "paused: nothing sent"
+    );
+    w.assert_no_store_errors();
+}
