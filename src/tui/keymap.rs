@@ -18,6 +18,8 @@ pub enum Scope {
     Item,
     Deliveries,
     Delivery,
+    /// Read-only reports: the audit log and the health check.
+    Report,
     /// The log pane, when it has the focus.
     Log,
 }

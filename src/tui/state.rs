@@ -49,7 +49,7 @@ impl ViewKind {
             ViewKind::Item(_) => Scope::Item,
             ViewKind::Deliveries(_) => Scope::Deliveries,
             ViewKind::Delivery(_) => Scope::Delivery,
-            ViewKind::Audit | ViewKind::Health => Scope::Workflows,
+            ViewKind::Audit | ViewKind::Health => Scope::Report,
         }
     }
 
@@ -398,6 +398,8 @@ pub struct App {
     pub dirty: bool,
     /// The main list's visible height, set by the view (for paging).
     pub page_rows: usize,
+    /// An assignment waiting for its workflow's stage list before the picker can open.
+    pub pending_picker: Option<(WorkflowId, AssignWhat)>,
 }
 
 /// Inputs of [`update`].
@@ -467,6 +469,7 @@ impl App {
             stages: HashMap::new(),
             dirty: true,
             page_rows: 10,
+            pending_picker: None,
         };
         let fx = app.push(ViewKind::Workflows);
         (app, fx)
@@ -659,7 +662,13 @@ fn loaded(app: &mut App, view: u64, data: ViewData, append: bool) {
     if let ViewData::Stages(d) = &data {
         let w = d.summary.id.clone();
         app.stages
-            .insert(w, d.stage_list.iter().map(|s| (s.id.clone(), s.kind)).collect());
+            .insert(w.clone(), d.stage_list.iter().map(|s| (s.id.clone(), s.kind)).collect());
+        if app.pending_picker.as_ref().is_some_and(|(pw, _)| *pw == w)
+            && let Some((pw, target)) = app.pending_picker.take()
+            && app.overlay.is_none()
+        {
+            open_picker(app, pw, target);
+        }
     }
     let Some(v) = app.stack.iter_mut().find(|v| v.id == view) else {
         return;
@@ -1138,8 +1147,8 @@ fn assign(app: &mut App) -> Vec<Effect> {
             };
             let Some(workflow) = workflow.filter(|_| !ids.is_empty()) else { return vec![] };
             if !app.stages.contains_key(&workflow) {
-                // The picker needs the stage list: load it and ask again.
-                app.flash("loading the workflow's stages; press a again", Level::Info);
+                // The picker needs the stage list: load it; the picker opens when it arrives.
+                app.pending_picker = Some((workflow.clone(), AssignWhat::Items(ids)));
                 return vec![Effect::Load {
                     view: 0,
                     kind: ViewKind::Stages(workflow),

@@ -83,22 +83,23 @@ fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     } else {
         theme.dim
     };
+    // Line 1: who dispatches (the thing to worry about first) and the file; line 2: counts,
+    // which must survive an 80-column terminal.
     let mut line1 = vec![
         Span::styled(" hookops ", theme.title),
         Span::raw(" "),
-        Span::styled(clean(&app.header.db), theme.dim),
-    ];
-    if app.read_only {
-        line1.push(Span::styled("  [read-only]", theme.warn));
-    }
-    let line2 = vec![
         Span::styled(
             if app.header.dispatcher_warning { "⚠ " } else { "" },
             dispatcher_style,
         ),
         Span::styled(clean(&app.header.dispatcher), dispatcher_style),
-        Span::raw("  "),
-        Span::styled(format!("◷ pending {}", count(DeliveryState::Pending)), theme.normal),
+    ];
+    if app.read_only {
+        line1.push(Span::styled("  [read-only]", theme.warn));
+    }
+    line1.push(Span::styled(format!("  {}", clean(&app.header.db)), theme.dim));
+    let line2 = vec![
+        Span::styled(format!(" ◷ pending {}", count(DeliveryState::Pending)), theme.normal),
         Span::raw(" · "),
         Span::styled(format!("↗ in flight {}", count(DeliveryState::InFlight)), theme.normal),
         Span::raw(" · "),
@@ -117,7 +118,9 @@ fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let last = rate.iter().rev().nth(1).copied().unwrap_or(0);
     let [label, spark] = Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(right);
     f.render_widget(
-        Paragraph::new(format!("{last} attempts/s")).style(theme.dim),
+        Paragraph::new(format!("{last} attempts/s"))
+            .style(theme.dim)
+            .alignment(ratatui::layout::Alignment::Right),
         label,
     );
     let width = spark.width as usize;
@@ -220,7 +223,7 @@ fn draw_main(f: &mut Frame, app: &mut App, theme: &Theme, area: Rect, now: chron
                     }
                     if s.needs_assignment && s.waiting > 0 {
                         status.push(Span::styled(
-                            format!("▶ {} waiting for assignment (a) ", s.waiting),
+                            format!("▶ {} to assign (a) ", s.waiting),
                             theme.warn,
                         ));
                     }
@@ -366,21 +369,16 @@ fn draw_main(f: &mut Frame, app: &mut App, theme: &Theme, area: Rect, now: chron
         f.render_widget(Paragraph::new(empty).style(theme.dim), inner);
         return;
     }
-    let rows: Vec<Row> = rows
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            if i == cursor_row && focused {
-                r.style(theme.selected)
-            } else {
-                r
-            }
-        })
-        .collect();
+    // The cursor row: reverse video plus a marker, so it survives NO_COLOR and monochrome.
     let table = Table::new(rows, widths)
         .header(Row::new(header).style(theme.header))
-        .column_spacing(1);
-    f.render_widget(table, inner);
+        .column_spacing(1)
+        .row_highlight_style(theme.selected)
+        .highlight_symbol("▶")
+        .highlight_spacing(ratatui::widgets::HighlightSpacing::Always);
+    let mut state = ratatui::widgets::TableState::default();
+    state.select(focused.then_some(cursor_row));
+    f.render_stateful_widget(table, inner, &mut state);
 }
 
 fn fail_cell(n: i64, theme: &Theme) -> Span<'static> {
@@ -459,7 +457,15 @@ fn draw_item(
         ]),
         Line::from(Span::styled("history", theme.header)),
     ];
-    for h in d.history.iter().rev().take(8) {
+    // The deliveries below keep at least a few rows on a small screen: the history gives way.
+    let fixed = lines.len() + 2;
+    let delivery_rows = d.deliveries.len().clamp(1, 4);
+    let history_rows = (area.height as usize)
+        .saturating_sub(fixed + delivery_rows)
+        .min(8);
+    let shown_history = history_rows.min(d.history.len());
+    let hidden = d.history.len() - shown_history;
+    for h in d.history.iter().rev().take(shown_history) {
         lines.push(Line::from(format!(
             "  {} ago  {} → {}  {}{}",
             ago(&h.at, now),
@@ -469,9 +475,9 @@ fn draw_item(
             h.operator.as_ref().map(|o| format!(" by {}", clean(o))).unwrap_or_default()
         )));
     }
-    if d.history.len() > 8 {
+    if hidden > 0 {
         lines.push(Line::from(Span::styled(
-            format!("  … {} earlier moves", d.history.len() - 8),
+            format!("  … {hidden} earlier moves (hookops item show {})", it.id),
             theme.dim,
         )));
     }
@@ -726,11 +732,18 @@ fn draw_flash(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
 
 fn draw_footer(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let mut spans = Vec::new();
-    for b in keymap::active(app.scope(), app.focus_log, app.read_only).filter(|b| b.hint) {
+    // Help and quit first, so they survive a narrow terminal; then the view's own keys.
+    let mut hints: Vec<&keymap::Binding> = keymap::active(app.scope(), app.focus_log, app.read_only)
+        .filter(|b| b.hint)
+        .collect();
+    hints.sort_by_key(|b| !matches!(b.action, keymap::Action::Help | keymap::Action::Quit));
+    for b in hints {
         let keys = keymap::keys_of(b);
         let Some(first) = keys.first() else { continue };
+        // The footer keeps descriptions short; `?` shows them whole.
+        let short = b.description.split(" (").next().unwrap_or(b.description);
         spans.push(Span::styled(format!("<{}>", first.label()), theme.key));
-        spans.push(Span::styled(format!(" {}  ", b.description), theme.dim));
+        spans.push(Span::styled(format!(" {short}  "), theme.dim));
     }
     f.render_widget(Paragraph::new(Line::from(spans)), area);
 }

@@ -114,10 +114,13 @@ fn the_cursor_row_is_reverse_video_and_selected_rows_carry_a_marker() {
             row_of(&buf, "item-002"),
         );
         let line = |y: u16| text(&buf).lines().nth(y as usize).unwrap().to_string();
-        // The marker is in the first column of the table, inside the border.
-        assert_eq!(buf[(1, sel)].symbol(), "●", "{}", line(sel));
-        assert_eq!(buf[(1, both)].symbol(), "●", "{}", line(both));
-        assert_eq!(buf[(1, plain)].symbol(), " ", "{}", line(plain));
+        // The cursor marker is the first column inside the border; the selection marker the
+        // table's first column after it.
+        assert_eq!(buf[(1, both)].symbol(), "▶", "{}", line(both));
+        assert_eq!(buf[(1, sel)].symbol(), " ", "{}", line(sel));
+        assert_eq!(buf[(2, sel)].symbol(), "●", "{}", line(sel));
+        assert_eq!(buf[(2, both)].symbol(), "●", "{}", line(both));
+        assert_eq!(buf[(2, plain)].symbol(), " ", "{}", line(plain));
         assert!(
             reversed(&buf, both, 1, 99),
             "the cursor row is reverse video: {}",
@@ -250,7 +253,7 @@ fn footer_hints_come_from_the_key_map_and_read_only_hides_actions() {
 fn the_stages_view_makes_items_waiting_for_assignment_stand_out() {
     let mut app = on_stages(false);
     let t = text(&render(&mut app, 120, 40));
-    assert!(t.contains("▶ 40 waiting for assignment (a)"), "{t}");
+    assert!(t.contains("▶ 40 to assign (a)"), "{t}");
     assert!(t.contains("⏸ paused"), "{t}");
 }
 
