@@ -428,33 +428,22 @@ fn import_chunk(
     let mut report = ImportReport::default();
     let mut existing =
         conn.prepare_cached("SELECT workflow_id, fingerprint FROM items WHERE id = ?1")?;
+    // `ON CONFLICT DO NOTHING`: an id already present is skipped by the insert itself, and
+    // only then looked up (to count it and compare its content).
     let mut insert = conn.prepare_cached(
         "INSERT INTO items (id, workflow_id, stage_id, state, name, path, dataset_name, dataset_slug,
              tags, properties, slots, annotations, fingerprint, version, created_at, updated_at, entered_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 1, ?14, ?14, ?14)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 1, ?14, ?14, ?14)
+         ON CONFLICT (id) DO NOTHING",
     )?;
     let mut taken = 0;
-    for new in &items {
+    while taken < items.len() {
         if taken % 64 == 63 && started.elapsed() >= CHUNK_BUDGET {
             break;
         }
+        // The item's content moves into the stored item; only untaken items are kept whole.
+        let new = &mut items[taken];
         taken += 1;
-        let found: Option<(String, String)> = existing
-            .query_row([new.id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        if let Some((other_wf, fingerprint)) = found {
-            if other_wf != wf_id.as_str() {
-                return Err(StoreError::Invalid(format!(
-                    "line {}: item id `{}` already exists in workflow `{other_wf}`",
-                    new.line, new.id
-                )));
-            }
-            report.already_present += 1;
-            if fingerprint != new.fingerprint {
-                report.differing.push(new.id.clone());
-            }
-            continue;
-        }
         let ds = new
             .dataset
             .clone()
@@ -464,13 +453,13 @@ fn import_chunk(
             workflow: wf_id.clone(),
             stage: dataset.clone(),
             state: ItemState::Waiting,
-            name: new.name.clone(),
-            path: new.path.clone(),
+            name: std::mem::take(&mut new.name),
+            path: std::mem::take(&mut new.path),
             dataset: ds,
-            tags: new.tags.clone(),
-            properties: new.properties.clone(),
-            slots: new.slots.clone(),
-            annotations: new.annotations.clone(),
+            tags: std::mem::take(&mut new.tags),
+            properties: std::mem::take(&mut new.properties),
+            slots: std::mem::take(&mut new.slots),
+            annotations: std::mem::take(&mut new.annotations),
             version: 0,
             created_at: to_time(now),
             updated_at: to_time(now),
@@ -490,22 +479,37 @@ fn import_chunk(
         }
         // A new item has no deliveries to cancel and no row to update: it is written once,
         // where its route ends, as version 1 (the version a move from version 0 writes).
-        insert.execute(params![
-            new.id.as_str(),
+        let inserted = insert.execute(params![
+            item.id.as_str(),
             wf_id.as_str(),
             route.stage.as_str(),
             route.state.as_str(),
-            new.name,
-            new.path,
+            item.name,
+            item.path,
             item.dataset.name,
             item.dataset.slug,
-            serde_json::to_string(&new.tags)?,
-            serde_json::to_string(&new.properties)?,
-            serde_json::to_string(&new.slots)?,
-            serde_json::to_string(&new.annotations)?,
+            serde_json::to_string(&item.tags)?,
+            serde_json::to_string(&item.properties)?,
+            serde_json::to_string(&item.slots)?,
+            serde_json::to_string(&item.annotations)?,
             new.fingerprint,
             now
         ])?;
+        if inserted == 0 {
+            let (other_wf, fingerprint): (String, String) = existing
+                .query_row([new.id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if other_wf != wf_id.as_str() {
+                return Err(StoreError::Invalid(format!(
+                    "line {}: item id `{}` already exists in workflow `{other_wf}`",
+                    new.line, new.id
+                )));
+            }
+            report.already_present += 1;
+            if fingerprint != new.fingerprint {
+                report.differing.push(new.id.clone());
+            }
+            continue;
+        }
         record_hops(
             conn,
             &wf,
