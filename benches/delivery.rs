@@ -1,0 +1,570 @@
+//! Delivery benchmark (issue 4, design §5 and §6 "Durability"): the engine's throughput against
+//! plain keep-alive HTTP in the same run, and the idle stage-entry → on-the-wire latency.
+//!
+//! `cargo bench --bench delivery [-- --deliveries N --concurrency 64 --samples 200 --api]`
+//!
+//! Fixed conditions: ~2 KiB Darwin bodies (annotations included), concurrency 64, the bundled
+//! receiver answering 200 at once, a `dataset → hook (webhook) → complete` workflow, every
+//! attempt recorded with `synchronous=FULL` in a database on the machine's disk.
+//!
+//! The receiver runs as a subprocess (`hookops receiver`): a real receiver is another process,
+//! and this keeps it off the tokio runtime of the client being measured (the baseline's or the
+//! engine's). Both still share the machine's cores, equally for both measurements, which is why
+//! the ratio (not the absolute rates) is the figure that carries a target.
+//!
+//! 1. Baseline: N POSTs of the engine's own frozen bodies from a reqwest client, 64 tasks.
+//! 2. Engine: N deliveries already assigned into the webhook stage (setup not timed), then
+//!    `hookops::dispatch::run` until all N succeeded.
+//! 3. Idle latency: with the dispatcher idle, one item at a time enters a webhook stage that
+//!    points at a second, recording receiver; from this process (Store API) and from another
+//!    (`hookops assign`, which the dispatcher notices through its `data_version` poll). Latency
+//!    is the receiver's arrival timestamp minus the delivery's `created_at`, which is taken
+//!    inside the entering transaction just before its COMMIT (so the commit's own fsync is
+//!    counted too).
+//!
+//! The bench reads a few figures straight from the database file (bodies, creation times),
+//! read-only: the store API has no call for "every body", and none is wanted.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hookops::dispatch::{DispatcherOptions, run};
+use hookops::model::{DeliveryState, ItemId, StageId, WorkflowId};
+use hookops::store::{AssignTarget, OpenOptions, Store};
+use tokio::sync::{broadcast, watch};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hookops");
+const THROUGHPUT_TARGET: f64 = 0.5;
+const P99_TARGET_MS: f64 = 50.0;
+
+struct Args {
+    deliveries: usize,
+    concurrency: usize,
+    samples: usize,
+    /// Serve the HTTP API (idle) on the engine's store while it runs (issue 7's figure).
+    api: bool,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        deliveries: 10_000,
+        concurrency: 64,
+        samples: 200,
+        api: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut num = |name: &str| -> usize {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} takes a number"))
+        };
+        match arg.as_str() {
+            "--deliveries" => a.deliveries = num("--deliveries"),
+            "--concurrency" => a.concurrency = num("--concurrency"),
+            "--samples" => a.samples = num("--samples"),
+            "--api" => a.api = true,
+            // `cargo bench` passes --bench; other harness flags mean nothing here.
+            _ => {}
+        }
+    }
+    a
+}
+
+/// A `hookops receiver` subprocess, killed on drop.
+struct ReceiverProcess {
+    child: Child,
+    base: String,
+}
+
+impl ReceiverProcess {
+    fn start(record: Option<&Path>) -> ReceiverProcess {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["receiver", "--port", "0", "--quiet"]);
+        if let Some(p) = record {
+            cmd.arg("--record").arg(p);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the hookops binary starts");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("receiver prints where it listens");
+        // "hookops receiver listening on http://127.0.0.1:PORT · …"
+        let base = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("unexpected receiver banner: {line}"))
+            .to_string();
+        ReceiverProcess { child, base }
+    }
+}
+
+impl Drop for ReceiverProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn hookops(db: &Path, args: &[&str]) {
+    let out = Command::new(BIN)
+        .arg("--db")
+        .arg(db)
+        .args(["--operator", "bench"])
+        .args(args)
+        .output()
+        .expect("the hookops binary runs");
+    assert!(
+        out.status.success(),
+        "hookops {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn workflow_toml(id: &str, url: &str) -> String {
+    format!(
+        r#"id = "{id}"
+name = "Benchmark {id}"
+team = "bench"
+
+[[stage]]
+id = "dataset"
+name = "Dataset"
+kind = "dataset"
+next = "hook"
+
+[[stage]]
+id = "hook"
+name = "Hook"
+kind = "webhook"
+url = "{url}"
+include_annotations = true
+on_success = "complete"
+
+[[stage]]
+id = "complete"
+name = "Complete"
+kind = "complete"
+"#
+    )
+}
+
+/// Items whose Darwin body comes to ~2 KiB: seven boxes and a polygon.
+fn items_jsonl(prefix: &str, n: usize) -> String {
+    let mut s = String::with_capacity(n * 1500);
+    for i in 0..n {
+        let f = i as f64;
+        let ann = |k: usize, name: &str| {
+            format!(
+                r#"{{"name": "{name}", "slot_names": ["0"], "bounding_box": {{"x": {:.4}, "y": {:.4}, "w": {:.4}, "h": {:.4}}}, "properties": []}}"#,
+                100.0 + f + k as f64,
+                200.5 + f,
+                64.25 + k as f64,
+                48.75
+            )
+        };
+        s.push_str(&format!(
+            r#"{{"id": "{prefix}-{i:06}", "name": "weld_{i:06}.jpg", "path": "/line-3/2024-09-07", "tags": ["night-shift", "bench"], "properties": {{"camera": "cam-south-1", "line": 3}}, "annotations": [{}, {}, {}, {}, {}, {}, {}, {{"name": "crack", "slot_names": ["0"], "properties": [], "polygon": {{"paths": [[{{"x": 1630.8456, "y": 237.9172}}, {{"x": 1585.3297, "y": 249.2353}}, {{"x": 1412.0545, "y": 181.3502}}, {{"x": 1483.2359, "y": 189.8918}}]]}}}}]}}"#,
+            ann(0, "spatter"),
+            ann(1, "porosity"),
+            ann(2, "undercut"),
+            ann(3, "spatter"),
+            ann(4, "porosity"),
+            ann(5, "crack"),
+            ann(6, "undercut"),
+        ));
+        s.push('\n');
+    }
+    s
+}
+
+fn read_db(db: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("the database opens read-only")
+}
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The same pool settings as the engine's sender (src/dispatch/http.rs).
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .build()
+        .expect("client builds")
+}
+
+/// Plain keep-alive POSTs of `bodies` with `concurrency` tasks: requests per second.
+async fn baseline(url: &str, bodies: Arc<Vec<Vec<u8>>>, concurrency: usize) -> f64 {
+    let client = client();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, next, bodies, url) = (
+            client.clone(),
+            next.clone(),
+            bodies.clone(),
+            url.to_string(),
+        );
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else { break };
+                let resp = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .expect("baseline POST");
+                assert!(resp.status().is_success());
+                let _ = resp.bytes().await.expect("baseline response body");
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    bodies.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+fn succeeded(store: &Store) -> i64 {
+    store
+        .delivery_totals()
+        .expect("delivery totals")
+        .into_iter()
+        .filter(|(s, _)| *s == DeliveryState::Succeeded)
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Follows the recording receiver's JSON lines.
+struct RecordTail {
+    file: std::fs::File,
+    pending: String,
+}
+
+impl RecordTail {
+    /// Waits for the next recorded request: (webhook-id, arrival time in µs since the epoch).
+    fn next(&mut self, deadline: Instant) -> (String, i64) {
+        loop {
+            if let Some(nl) = self.pending.find('\n') {
+                let line: String = self.pending.drain(..=nl).collect();
+                let v: serde_json::Value = serde_json::from_str(&line).expect("record line");
+                let id = v["webhook_id"].as_str().unwrap_or_default().to_string();
+                let at = chrono::DateTime::parse_from_rfc3339(v["at"].as_str().expect("at"))
+                    .expect("rfc3339 time")
+                    .timestamp_micros();
+                return (id, at);
+            }
+            let mut buf = String::new();
+            self.file.read_to_string(&mut buf).expect("record file");
+            self.pending.push_str(&buf);
+            if buf.is_empty() {
+                assert!(Instant::now() < deadline, "no request arrived within 10 s");
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+    }
+}
+
+fn delivery_of(conn: &rusqlite::Connection, item: &str) -> (String, i64) {
+    conn.query_row(
+        "SELECT id, created_at FROM deliveries WHERE item_id = ?1 ORDER BY seq DESC LIMIT 1",
+        [item],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .expect("the item's delivery")
+}
+
+fn wait_succeeded(conn: &rusqlite::Connection, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state: String = conn
+            .query_row("SELECT state FROM deliveries WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .expect("delivery state");
+        if state == "succeeded" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "delivery {id} is still {state}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// One sample series of idle latency (ms), entering items `ids` one at a time with `enter`.
+fn latency_series(
+    db: &Path,
+    tail: &mut RecordTail,
+    ids: &[String],
+    mut enter: impl FnMut(&str),
+) -> Vec<f64> {
+    let conn = read_db(db);
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        enter(id);
+        let (delivery, created_ms) = delivery_of(&conn, id);
+        let (arrived_id, at_us) = tail.next(Instant::now() + Duration::from_secs(10));
+        assert_eq!(arrived_id, delivery, "requests arrive one at a time");
+        out.push((at_us - created_ms * 1000) as f64 / 1000.0);
+        // Idle again (attempt recorded) before the next one, then a random pause so samples
+        // fall at every phase of the dispatcher's 15 ms data_version poll.
+        wait_succeeded(&conn, &delivery);
+        std::thread::sleep(Duration::from_millis(fastrand::u64(5..40)));
+    }
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+fn main() {
+    let args = parse_args();
+    let n = args.deliveries;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("bench.db");
+    let record = dir.path().join("received.jsonl");
+    std::fs::File::create(&record).expect("record file");
+
+    let fast = ReceiverProcess::start(None);
+    let recording = ReceiverProcess::start(Some(&record));
+
+    // Setup (not timed): two workflows, N items assigned into the webhook stage, and items
+    // waiting in the dataset stage for the latency samples.
+    let write = |name: &str, text: &str| -> PathBuf {
+        let p = dir.path().join(name);
+        std::fs::File::create(&p)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .expect("write setup file");
+        p
+    };
+    let wf = write(
+        "bench.toml",
+        &workflow_toml("bench", &format!("{}/hook", fast.base)),
+    );
+    let idle_wf = write(
+        "idle.toml",
+        &workflow_toml("idle", &format!("{}/idle", recording.base)),
+    );
+    let items = write("items.jsonl", &items_jsonl("bench", n));
+    let idle_items = write("idle.jsonl", &items_jsonl("idle", 2 * args.samples));
+    let db_s = db.to_str().expect("utf-8 temp path");
+    let setup = Instant::now();
+    hookops(&db, &["workflow", "apply", wf.to_str().unwrap_or_default()]);
+    hookops(
+        &db,
+        &["workflow", "apply", idle_wf.to_str().unwrap_or_default()],
+    );
+    hookops(
+        &db,
+        &[
+            "item",
+            "import",
+            "--workflow",
+            "bench",
+            items.to_str().unwrap_or_default(),
+        ],
+    );
+    hookops(
+        &db,
+        &[
+            "item",
+            "import",
+            "--workflow",
+            "idle",
+            idle_items.to_str().unwrap_or_default(),
+        ],
+    );
+    hookops(
+        &db,
+        &[
+            "assign",
+            "--workflow",
+            "bench",
+            "--stage",
+            "hook",
+            "--from-stage",
+            "dataset",
+        ],
+    );
+    let bodies: Vec<Vec<u8>> = {
+        let conn = read_db(&db);
+        let mut q = conn
+            .prepare("SELECT body FROM deliveries WHERE workflow_id = 'bench' ORDER BY seq")
+            .expect("query bodies");
+        q.query_map([], |r| r.get(0))
+            .expect("bodies")
+            .collect::<Result<_, _>>()
+            .expect("bodies")
+    };
+    assert_eq!(bodies.len(), n, "every item has a delivery");
+    let mean_body = bodies.iter().map(Vec::len).sum::<usize>() / n.max(1);
+    eprintln!(
+        "setup: {n} deliveries of {mean_body} B mean in {:.1} s ({db_s})",
+        setup.elapsed().as_secs_f64()
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+
+    // (a) Baseline.
+    let base_rate = rt.block_on(baseline(
+        &format!("{}/baseline", fast.base),
+        Arc::new(bodies),
+        args.concurrency,
+    ));
+    eprintln!("baseline: {base_rate:.0} requests/s");
+
+    // (b) The engine, from a cold start of the dispatcher to the last success recorded.
+    let store = Store::open(&db, &OpenOptions::default()).expect("store opens");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (events, _) = broadcast::channel(16);
+    let opts = DispatcherOptions {
+        concurrency: args.concurrency,
+        ..DispatcherOptions::default()
+    };
+    if args.api {
+        // The API idles beside the dispatcher: bound, serving, its metrics fed from `events`.
+        let server = rt
+            .block_on(hookops::api::Server::bind(
+                store.clone(),
+                hookops::api::ApiOptions {
+                    addr: ([127, 0, 0, 1], 0).into(),
+                    tokens: hookops::api::Tokens::single("bench", "bench-token-0123456789")
+                        .expect("token"),
+                    max_body: hookops::api::DEFAULT_MAX_BODY,
+                    max_send_body: hookops::dispatch::http::DEFAULT_MAX_BODY,
+                },
+                Arc::new(hookops::api::Metrics::default()),
+                Some(events.clone()),
+            ))
+            .expect("API binds");
+        eprintln!("api: serving on {}", server.local_addr().expect("address"));
+        rt.spawn(server.run(stop_rx.clone()));
+    }
+    let (_, tx0, jobs0) = store.writer_stats(true);
+    let started = Instant::now();
+    let dispatcher = rt.spawn(run(store.clone(), opts, events, stop_rx));
+    let deadline = started + Duration::from_secs(600);
+    while succeeded(&store) < n as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "the engine did not finish in 10 min"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let engine_secs = started.elapsed().as_secs_f64();
+    let engine_rate = n as f64 / engine_secs;
+    let (max_hold_us, tx1, jobs1) = store.writer_stats(false);
+    let attempts: i64 = read_db(&db)
+        .query_row(
+            "SELECT COUNT(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+             WHERE d.workflow_id = 'bench' AND a.status = 200",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count attempts");
+    assert_eq!(attempts, n as i64, "every attempt is recorded");
+    eprintln!("engine: {engine_rate:.0} deliveries/s");
+
+    // (c) Idle latency, the same dispatcher still running.
+    let mut tail = RecordTail {
+        file: std::fs::File::open(&record).expect("record file"),
+        pending: String::new(),
+    };
+    tail.file.seek(SeekFrom::End(0)).expect("seek");
+    let ids: Vec<String> = (0..2 * args.samples)
+        .map(|i| format!("idle-{i:06}"))
+        .collect();
+    let (same_ids, cli_ids) = ids.split_at(args.samples);
+    let (idle, hook) = (WorkflowId::new("idle"), StageId::new("hook"));
+    let same = latency_series(&db, &mut tail, same_ids, |id| {
+        store
+            .assign(
+                &idle,
+                &hook,
+                &AssignTarget::Items(vec![ItemId::new(id)]),
+                None,
+                "bench",
+            )
+            .expect("assign in process");
+    });
+    let other = latency_series(&db, &mut tail, cli_ids, |id| {
+        hookops(
+            &db,
+            &["assign", "--workflow", "idle", "--stage", "hook", id],
+        );
+    });
+
+    let _ = stop_tx.send(true);
+    let _ = rt.block_on(dispatcher);
+
+    let ratio = engine_rate / base_rate;
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let (p50s, p99s) = (percentile(&same, 50.0), percentile(&same, 99.0));
+    let (p50o, p99o) = (percentile(&other, 50.0), percentile(&other, 99.0));
+    let txs = (tx1 - tx0).max(1);
+    println!();
+    println!(
+        "hookops delivery benchmark · {} · {n} deliveries · concurrency {} · {mean_body} B bodies · synchronous=FULL · {} cores",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        args.concurrency,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    println!("{:<44} {:>22}  {:<14}", "measure", "figure", "target");
+    println!(
+        "{:<44} {:>22}",
+        "(a) baseline: keep-alive POSTs",
+        format!("{base_rate:.0} req/s")
+    );
+    println!(
+        "{:<44} {:>22}",
+        "(b) engine: deliveries, every attempt durable",
+        format!("{engine_rate:.0} deliveries/s")
+    );
+    println!(
+        "{:<44} {:>22}  {:<14} {}",
+        "    engine / baseline",
+        format!("{ratio:.2}"),
+        format!(">= {THROUGHPUT_TARGET:.2}"),
+        verdict(ratio >= THROUGHPUT_TARGET)
+    );
+    println!(
+        "{:<44} {:>22}  {:<14} {}",
+        format!("(c) idle latency, same process (n={})", same.len()),
+        format!("p50 {p50s:.1} ms, p99 {p99s:.1} ms"),
+        format!("p99 < {P99_TARGET_MS:.0} ms"),
+        verdict(p99s < P99_TARGET_MS)
+    );
+    println!(
+        "{:<44} {:>22}  {:<14} {}",
+        format!("    idle latency, other process (n={})", other.len()),
+        format!("p50 {p50o:.1} ms, p99 {p99o:.1} ms"),
+        format!("p99 < {P99_TARGET_MS:.0} ms"),
+        verdict(p99o < P99_TARGET_MS)
+    );
+    println!(
+        "writer during (b): {} transactions, {:.1} jobs each, longest held {:.1} ms",
+        tx1 - tx0,
+        (jobs1 - jobs0) as f64 / txs as f64,
+        max_hold_us as f64 / 1000.0
+    );
+}
