@@ -169,6 +169,7 @@ fn writer_loop(
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
+        let changes_before = conn.total_changes();
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             first.finish(Err(e.to_string()));
             continue;
@@ -193,7 +194,9 @@ fn writer_loop(
         stats.max_hold_us.fetch_max(held, Ordering::Relaxed);
         stats.transactions.fetch_add(1, Ordering::Relaxed);
         stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        if commit.is_ok() {
+        // Only a commit that changed rows wakes the dispatcher and the console: an idle
+        // dispatcher's lease attempt commits nothing, and waking on it would spin the loop.
+        if commit.is_ok() && conn.total_changes() != changes_before {
             dirty = true;
             commits.send_modify(|n| *n = n.wrapping_add(1));
         }
