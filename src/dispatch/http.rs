@@ -65,6 +65,9 @@ impl std::fmt::Display for Refused {
 }
 impl std::error::Error for Refused {}
 
+/// Resolver errors are boxed as this; a concrete type boxed twice would hide from `downcast`.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A name that does not resolve.
 #[derive(Debug)]
 struct NoSuchHost(String);
@@ -220,14 +223,16 @@ impl reqwest::dns::Resolve for PolicyResolver {
             } else {
                 tokio::net::lookup_host((host.as_str(), 0))
                     .await
-                    .map_err(|_| Box::new(NoSuchHost(host.clone())))?
+                    .map_err(|_| Box::new(NoSuchHost(host.clone())) as BoxError)?
                     .map(|sa| sa.ip())
                     .collect()
             };
             if addrs.is_empty() {
                 return Err(Box::new(NoSuchHost(host)) as _);
             }
-            let kept = target.filter(&host, addrs).map_err(Box::new)?;
+            let kept = target
+                .filter(&host, addrs)
+                .map_err(|e| Box::new(e) as BoxError)?;
             Ok(Box::new(kept.into_iter().map(|ip| SocketAddr::new(ip, 0))) as reqwest::dns::Addrs)
         })
     }
