@@ -609,7 +609,7 @@ fn each_check_fires_on_a_planted_defect_and_repair_clears_the_safe_ones() {
     .unwrap();
     // A counter that drifted.
     c.execute(
-        "UPDATE item_counts SET n = n + 5 WHERE stage_id = 'dataset'",
+        "UPDATE item_counts SET n = n + 5 WHERE stage_id = 'hook'",
         [],
     )
     .unwrap();
@@ -1151,4 +1151,199 @@ fn completion_scripts_parse_and_the_man_page_renders() {
 fn which(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Console: :health, the delivery filter words, cancel and export keys
+// ---------------------------------------------------------------------------------------------
+
+mod console {
+    use super::*;
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    use hookops::tui::state::{App, Effect, Msg, Overlay, Pending, ViewData, ViewKind, update};
+
+    fn key(app: &mut App, code: KeyCode) -> Vec<Effect> {
+        update(app, Msg::Key(KeyEvent::new(code, KeyModifiers::NONE)))
+    }
+
+    fn command(app: &mut App, text: &str) -> Vec<Effect> {
+        key(app, KeyCode::Char(':'));
+        for c in text.chars() {
+            key(app, KeyCode::Char(c));
+        }
+        key(app, KeyCode::Enter)
+    }
+
+    fn loaded_kind(fx: &[Effect]) -> (u64, ViewKind) {
+        fx.iter()
+            .find_map(|e| match e {
+                Effect::Load { view, kind, .. } => Some((*view, kind.clone())),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no load in {fx:?}"))
+    }
+
+    fn screen(app: &mut App) -> String {
+        let backend = ratatui::backend::TestBackend::new(120, 30);
+        let mut term = ratatui::Terminal::new(backend).unwrap();
+        let theme = hookops::tui::theme::Theme::mono();
+        term.draw(|f| hookops::tui::view::draw(f, app, &theme, chrono::Utc::now()))
+            .unwrap();
+        let buf = term.backend().buffer().clone();
+        let mut out = String::new();
+        for y in 0..buf.area.height {
+            for x in 0..buf.area.width {
+                out.push_str(buf[(x, y)].symbol());
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    #[test]
+    fn health_view_filters_and_cancel_keys() {
+        let w = World::new("*=ok");
+        let url = w.url("/hook");
+        w.apply(&hook("hook", &url, r#"on_failure = "fail-sink""#), &[]);
+        let items = ids("k", 3);
+        w.import(&items);
+        w.assign(&items, "hook");
+
+        let (mut app, _) = App::new(false);
+        // :health loads the check report and draws one line per check.
+        let (view, kind) = loaded_kind(&command(&mut app, "health"));
+        assert_eq!(kind, ViewKind::Health);
+        let report = w.store.health().unwrap();
+        update(
+            &mut app,
+            Msg::Loaded {
+                view,
+                data: ViewData::Health(Box::new(report)),
+                append: false,
+            },
+        );
+        let text = screen(&mut app);
+        for name in hookops::store::CHECKS {
+            assert!(
+                text.contains(name),
+                "{name} missing from the health view:\n{text}"
+            );
+        }
+        assert!(text.contains("✓ ok"), "{text}");
+        assert!(
+            text.contains("KiB") || text.contains("MiB"),
+            "size in the title:\n{text}"
+        );
+
+        // The delivery filter takes a state, an error kind and a status, in any order.
+        let (_, kind) = loaded_kind(&command(&mut app, "deliveries 503 failed timeout"));
+        let ViewKind::Deliveries(f) = kind else {
+            panic!("{kind:?}")
+        };
+        assert_eq!(f.state, Some(DeliveryState::Failed));
+        assert_eq!(f.error_kind, Some(ErrorKind::Timeout));
+        assert_eq!(f.status, Some(503));
+        assert!(command(&mut app, "deliveries sideways").is_empty());
+
+        // A deliveries view of the three pending deliveries.
+        let (view, kind) = loaded_kind(&command(&mut app, "deliveries pending"));
+        let ViewKind::Deliveries(filter) = kind else {
+            panic!()
+        };
+        let page = w.store.list_deliveries(&filter, None, 100).unwrap();
+        assert_eq!(page.len(), 3);
+        let cursors = page.iter().map(|(_, c)| *c).collect();
+        let rows: Vec<DeliverySummary> = page.into_iter().map(|(d, _)| d).collect();
+        let first = rows[0].id.clone();
+        update(
+            &mut app,
+            Msg::Loaded {
+                view,
+                data: ViewData::Deliveries {
+                    rows,
+                    cursors,
+                    more: false,
+                },
+                append: false,
+            },
+        );
+
+        // c: a dialog naming the delivery, focus on Cancel; Enter there does nothing.
+        assert!(key(&mut app, KeyCode::Char('c')).is_empty());
+        match &app.overlay {
+            Some(Overlay::Confirm {
+                text,
+                focus,
+                action,
+            }) => {
+                assert!(text.contains(first.as_str()), "{text}");
+                assert_eq!(*focus, 0);
+                assert_eq!(action, &Pending::Cancel(vec![first.clone()]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(key(&mut app, KeyCode::Enter).is_empty());
+        assert!(app.overlay.is_none());
+        // Tab to OK, Enter: the cancel runs.
+        key(&mut app, KeyCode::Char('c'));
+        key(&mut app, KeyCode::Tab);
+        let fx = key(&mut app, KeyCode::Enter);
+        assert_eq!(fx, vec![Effect::Run(Pending::Cancel(vec![first.clone()]))]);
+
+        // C: counts what the filter matches, then asks for the count to be typed.
+        let fx = key(&mut app, KeyCode::Char('C'));
+        let Some(Effect::CountOpen(f)) = fx.first().cloned() else {
+            panic!("{fx:?}")
+        };
+        let n = w.store.open_deliveries(&f, None).unwrap().len() as i64;
+        assert_eq!(n, 3);
+        update(
+            &mut app,
+            Msg::CountedOpen {
+                filter: f.clone(),
+                count: n,
+            },
+        );
+        assert!(matches!(&app.overlay, Some(Overlay::Typed { expected, .. }) if expected == "3"));
+        assert!(
+            key(&mut app, KeyCode::Enter).is_empty(),
+            "nothing typed yet"
+        );
+        key(&mut app, KeyCode::Char('3'));
+        let fx = key(&mut app, KeyCode::Enter);
+        assert_eq!(
+            fx,
+            vec![Effect::Run(Pending::CancelFiltered {
+                filter: f.clone(),
+                count: 3
+            })]
+        );
+
+        // e: export what the view's filter matches.
+        let fx = key(&mut app, KeyCode::Char('e'));
+        assert_eq!(fx, vec![Effect::Export(f)]);
+
+        // Read-only: neither cancel key acts, export still does.
+        let (mut ro, _) = App::new(true);
+        let (view, _) = loaded_kind(&command(&mut ro, "deliveries pending"));
+        let page = w.store.list_deliveries(&filter, None, 100).unwrap();
+        let cursors = page.iter().map(|(_, c)| *c).collect();
+        let rows = page.into_iter().map(|(d, _)| d).collect();
+        update(
+            &mut ro,
+            Msg::Loaded {
+                view,
+                data: ViewData::Deliveries {
+                    rows,
+                    cursors,
+                    more: false,
+                },
+                append: false,
+            },
+        );
+        assert!(key(&mut ro, KeyCode::Char('c')).is_empty());
+        assert!(key(&mut ro, KeyCode::Char('C')).is_empty());
+        assert!(ro.overlay.is_none());
+        assert_eq!(key(&mut ro, KeyCode::Char('e')).len(), 1);
+    }
 }

@@ -316,6 +316,10 @@ fn print_prune(r: &PruneReport, older_than: Duration) {
 pub fn backup(g: &Global, a: BackupArgs) -> Result<(), CliError> {
     let store = g.open()?;
     let r = store.backup(&a.file, a.force)?;
+    if !store.is_read_only() {
+        // A backup only reads; a read-only operator may take one, unaudited.
+        store.record_audit(&g.operator(), "backup", r.path.display().to_string(), 1)?;
+    }
     if a.json {
         return output::json(&r);
     }

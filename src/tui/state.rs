@@ -1368,23 +1368,18 @@ fn command(app: &mut App, cmd: &str) -> Vec<Effect> {
             app.jump(ViewKind::Items { workflow, stage })
         }
         "deliveries" | "dl" => {
-            let state = match arg.map(|a| a.parse::<DeliveryState>()) {
-                Some(Ok(s)) => Some(s),
-                Some(Err(e)) => {
-                    app.flash(e.to_string(), Level::Error);
-                    return vec![];
-                }
-                None => None,
-            };
-            let mut f = DeliveryFilter { state, workflow: app.current_workflow(), ..Default::default() };
-            // Further words: an error kind (`timeout`) or a status (`503`).
-            for w in words {
-                if let Ok(k) = w.parse() {
+            // Words in any order: a state (`failed`), an error kind (`timeout`), a status (`503`).
+            let mut f = DeliveryFilter { workflow: app.current_workflow(), ..Default::default() };
+            for w in arg.into_iter().chain(words) {
+                if let Ok(s) = w.parse::<DeliveryState>() {
+                    f.state = Some(s);
+                } else if let Ok(k) = w.parse() {
                     f.error_kind = Some(k);
-                } else if let Ok(s) = w.parse::<u16>() {
-                    f.status = Some(s);
+                } else if let Ok(code) = w.parse::<u16>() {
+                    f.status = Some(code);
                 } else {
-                    app.flash(format!("`{w}` is neither an error kind nor a status"), Level::Error);
+                    let e = w.parse::<DeliveryState>().err().map(|e| e.to_string()).unwrap_or_default();
+                    app.flash(format!("{e}; or an error kind (timeout, connect, …) or an HTTP status"), Level::Error);
                     return vec![];
                 }
             }
