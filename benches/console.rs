@@ -61,8 +61,12 @@ fn main() {
         measure(Path::new(&db));
         return;
     }
-    let items: usize = arg("--items").and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
-    let attempts: usize = arg("--attempts").and_then(|s| s.parse().ok()).unwrap_or(5_000_000);
+    let items: usize = arg("--items")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let attempts: usize = arg("--attempts")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5_000_000);
     let db = arg("--db").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("console-{items}-{attempts}.db"))
     });
@@ -93,7 +97,9 @@ fn seed(db: &Path, items: usize, attempts: usize) {
     let wf = hookops::workflow::parse("bench.toml", WORKFLOW, &env).expect("bench workflow");
     {
         let store = Store::open(db, &OpenOptions::default()).expect("create");
-        store.apply_workflow(&wf, &Vec::new(), "bench").expect("apply");
+        store
+            .apply_workflow(&wf, &Vec::new(), "bench")
+            .expect("apply");
     }
     let conn = rusqlite::Connection::open(db).expect("open");
     conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;")
@@ -123,7 +129,11 @@ fn seed(db: &Path, items: usize, attempts: usize) {
                 let id = format!("item-{n:07}");
                 // Deliveries belong to the first items: they went through export.
                 let (stage, state) = if n < deliveries {
-                    if n % 10 == 0 { ("export", "failed") } else { ("complete", "done") }
+                    if n % 10 == 0 {
+                        ("export", "failed")
+                    } else {
+                        ("complete", "done")
+                    }
                 } else if n % 3 == 0 {
                     ("dataset", "waiting")
                 } else if n % 3 == 1 {
@@ -132,10 +142,22 @@ fn seed(db: &Path, items: usize, attempts: usize) {
                     ("review", "active")
                 };
                 let t = now - (items - n) as i64 * 10;
-                ins.execute(rusqlite::params![id, stage, state, format!("image_{n:07}.jpg"), t])
-                    .expect("item");
-                hist.execute(rusqlite::params![id, Option::<&str>::None, "dataset", "import", t])
-                    .expect("history");
+                ins.execute(rusqlite::params![
+                    id,
+                    stage,
+                    state,
+                    format!("image_{n:07}.jpg"),
+                    t
+                ])
+                .expect("item");
+                hist.execute(rusqlite::params![
+                    id,
+                    Option::<&str>::None,
+                    "dataset",
+                    "import",
+                    t
+                ])
+                .expect("history");
                 if stage != "dataset" {
                     hist.execute(rusqlite::params![id, "dataset", stage, "assign", t + 1])
                         .expect("history");
@@ -167,7 +189,8 @@ fn seed(db: &Path, items: usize, attempts: usize) {
                 let id = format!("msg_{n:032}");
                 let failed = n % 10 == 0;
                 let t = now - (deliveries - n) as i64 * 50;
-                let body = format!("{{\"item\":{{\"name\":\"image_{n:07}.jpg\"}},\"annotations\":[]}}");
+                let body =
+                    format!("{{\"item\":{{\"name\":\"image_{n:07}.jpg\"}},\"annotations\":[]}}");
                 let (state, status, kind) = if failed {
                     ("failed", 503, Some("http_status"))
                 } else {
@@ -190,17 +213,31 @@ fn seed(db: &Path, items: usize, attempts: usize) {
                     let (st, kind, msg, body) = if last && !failed {
                         (200, None, None, "{\"ok\":true}")
                     } else {
-                        (503, Some("http_status"), Some("503 Service Unavailable"), "busy")
+                        (
+                            503,
+                            Some("http_status"),
+                            Some("503 Service Unavailable"),
+                            "busy",
+                        )
                     };
-                    att.execute(rusqlite::params![id, k as i64, t + k as i64, st, body.as_bytes(), kind, msg])
-                        .expect("attempt");
+                    att.execute(rusqlite::params![
+                        id,
+                        k as i64,
+                        t + k as i64,
+                        st,
+                        body.as_bytes(),
+                        kind,
+                        msg
+                    ])
+                    .expect("attempt");
                 }
             }
         }
         conn.execute_batch("COMMIT").expect("commit");
         d += chunk;
     }
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").expect("checkpoint");
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .expect("checkpoint");
 }
 
 fn key(c: char) -> Msg {
@@ -221,9 +258,11 @@ fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|k| k.parse::<f64>().ok())
+            })
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
@@ -308,8 +347,12 @@ fn measure(db: &Path) {
                         .expect("prepare");
                     for _ in 0..100 {
                         let d = format!("msg_{:032}", n % 1000);
-                        st.execute(rusqlite::params![d, 100 + n, chrono::Utc::now().timestamp_millis()])
-                            .expect("insert");
+                        st.execute(rusqlite::params![
+                            d,
+                            100 + n,
+                            chrono::Utc::now().timestamp_millis()
+                        ])
+                        .expect("insert");
                         n += 1;
                     }
                 }
@@ -348,15 +391,53 @@ fn measure(db: &Path) {
     let rss = peak_rss_mb();
 
     println!();
-    println!("console benchmark: 120×40, {} ({n} scripted keys)", db.display());
+    println!(
+        "console benchmark: 120×40, {} ({n} scripted keys)",
+        db.display()
+    );
     println!("{:<44} {:>12} {:>10}", "figure", "measured", "target");
-    println!("{:<44} {:>12} {:>10}", "first frame (open + load + draw)", ms(first), "< 300 ms");
-    println!("{:<44} {:>12} {:>10}", "key press → frame, p50", ms(p50), "");
-    println!("{:<44} {:>12} {:>10}", "key press → frame, p99", ms(p99), "< 16 ms");
-    println!("{:<44} {:>12} {:>10}", "key press → frame with its data, p50", ms(d50), "");
-    println!("{:<44} {:>12} {:>10}", "key press → frame with its data, p99", ms(d99), "");
-    println!("{:<44} {:>12} {:>10}", "key press → frame with its data, max", ms(dmax), "");
-    println!("{:<44} {:>12} {:>10}", "peak RSS", format!("{rss:.1} MB"), "< 100 MB");
+    println!(
+        "{:<44} {:>12} {:>10}",
+        "first frame (open + load + draw)",
+        ms(first),
+        "< 300 ms"
+    );
+    println!(
+        "{:<44} {:>12} {:>10}",
+        "key press → frame, p50",
+        ms(p50),
+        ""
+    );
+    println!(
+        "{:<44} {:>12} {:>10}",
+        "key press → frame, p99",
+        ms(p99),
+        "< 16 ms"
+    );
+    println!(
+        "{:<44} {:>12} {:>10}",
+        "key press → frame with its data, p50",
+        ms(d50),
+        ""
+    );
+    println!(
+        "{:<44} {:>12} {:>10}",
+        "key press → frame with its data, p99",
+        ms(d99),
+        ""
+    );
+    println!(
+        "{:<44} {:>12} {:>10}",
+        "key press → frame with its data, max",
+        ms(dmax),
+        ""
+    );
+    println!(
+        "{:<44} {:>12} {:>10}",
+        "peak RSS",
+        format!("{rss:.1} MB"),
+        "< 100 MB"
+    );
     println!(
         "{:<44} {:>12} {:>10}",
         "frames/s while attempts stream in",
@@ -366,8 +447,17 @@ fn measure(db: &Path) {
     println!(
         "{:<44} {:>12} {:>10}",
         "attempts/s written / ingested",
-        format!("{:.0} / {:.0}", written as f64 / secs, ingested as f64 / secs),
+        format!(
+            "{:.0} / {:.0}",
+            written as f64 / secs,
+            ingested as f64 / secs
+        ),
         "5000"
     );
-    println!("{:<44} {:>12} {:>10}", "worst frame while streaming", ms(worst), "");
+    println!(
+        "{:<44} {:>12} {:>10}",
+        "worst frame while streaming",
+        ms(worst),
+        ""
+    );
 }

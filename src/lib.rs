@@ -3,8 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod dispatch;
 pub mod cli;
+pub mod dispatch;
 pub mod engine;
 pub mod import;
 pub mod model;

@@ -74,6 +74,9 @@ mod tests {
         assert_eq!(strip_controls("a\u{85}b\x00c"), "a\u{fffd}b\u{fffd}c");
         assert_eq!(strip_controls("a\nb\tc\r"), "a b c");
         assert_eq!(strip_controls_multiline("a\nb"), "a\nb");
-        assert_eq!(strip_controls("unterminated \x1b]52;c;abc"), "unterminated ");
+        assert_eq!(
+            strip_controls("unterminated \x1b]52;c;abc"),
+            "unterminated "
+        );
     }
 }

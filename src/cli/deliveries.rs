@@ -158,7 +158,9 @@ pub fn list(g: &Global, a: ListArgs) -> Result<(), CliError> {
         t.row(vec![
             d.id.to_string(),
             d.stage.to_string(),
-            d.item_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+            d.item_id
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "-".into()),
             output::clean(d.item_name.as_deref().unwrap_or("-")),
             d.state.to_string(),
             d.attempts.to_string(),
@@ -253,7 +255,10 @@ fn show(g: &Global, id: &DeliveryId, json: bool) -> Result<(), CliError> {
             outln!("  < {}", output::clean(&excerpt));
         }
     }
-    outln!("\nbody\n{}", serde_json::to_string_pretty(&d.body).unwrap_or_default());
+    outln!(
+        "\nbody\n{}",
+        serde_json::to_string_pretty(&d.body).unwrap_or_default()
+    );
     Ok(())
 }
 
@@ -314,7 +319,9 @@ pub fn refire(g: &Global, a: RefireArgs) -> Result<(), CliError> {
     }
     store.ensure_writable(if a.replay { "replay" } else { "refire" })?;
     if a.failed && !a.yes && !confirm(&format!("{verb} {} failed delivery(ies)", ids.len()))? {
-        return Err(CliError::failure(format!("{verb} cancelled; nothing was sent")));
+        return Err(CliError::failure(format!(
+            "{verb} cancelled; nothing was sent"
+        )));
     }
     if a.replay {
         return replay(g, &store, ids, a.json);
@@ -350,7 +357,6 @@ pub fn refire(g: &Global, a: RefireArgs) -> Result<(), CliError> {
     }
     Ok(())
 }
-
 
 fn replay(g: &Global, store: &Store, ids: Vec<DeliveryId>, json: bool) -> Result<(), CliError> {
     let rt = super::deliveries_runtime()?;
@@ -419,7 +425,10 @@ pub fn stage(g: &Global, c: StageCommand) -> Result<(), CliError> {
         StageCommand::Pause(a) => (a, true),
         StageCommand::Resume(a) => (a, false),
     };
-    let wf = require_workflow(&a.workflow, if pause { "stage pause" } else { "stage resume" })?;
+    let wf = require_workflow(
+        &a.workflow,
+        if pause { "stage pause" } else { "stage resume" },
+    )?;
     let store = g.open()?;
     let stage = StageId::new(a.stage.as_str());
     let changed = store.set_paused(&wf, &stage, pause, &g.operator())?;

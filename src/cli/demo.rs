@@ -37,7 +37,10 @@ pub fn seed_demo(path: &Path, operator: &str, base_url: Option<&str>) -> Result<
     let wf = crate::workflow::parse("demo/workflow.toml", DEMO_WORKFLOW, &env).map_err(|errs| {
         CliError::failure(format!(
             "the built-in demo workflow is invalid: {}",
-            errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
         ))
     })?;
     let store = Store::open(path, &OpenOptions::default())?;
@@ -45,7 +48,9 @@ pub fn seed_demo(path: &Path, operator: &str, base_url: Option<&str>) -> Result<
     let parsed = crate::import::parse_jsonl(DEMO_ITEMS.as_bytes())
         .map_err(|e| CliError::failure(format!("cannot read the demo items: {e}")))?;
     if let Some(e) = parsed.errors.first() {
-        return Err(CliError::failure(format!("the built-in demo items are invalid: {e}")));
+        return Err(CliError::failure(format!(
+            "the built-in demo items are invalid: {e}"
+        )));
     }
     store
         .import_items(&wf.id, parsed.items, None, operator, &mut |_, _| {})
@@ -120,7 +125,11 @@ pub fn run(g: &Global, c: &ConsoleArgs, a: DemoArgs) -> Result<(), CliError> {
 }
 
 /// Runs the dispatcher until no delivery is open (or `timeout`), then prints a summary.
-fn headless(rt: &tokio::runtime::Runtime, store: &Store, timeout: Duration) -> Result<(), CliError> {
+fn headless(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    timeout: Duration,
+) -> Result<(), CliError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (events, _) = tokio::sync::broadcast::channel(1024);
     let s = store.clone();
@@ -146,7 +155,8 @@ fn headless(rt: &tokio::runtime::Runtime, store: &Store, timeout: Duration) -> R
         rt.block_on(async {
             match commits.as_mut() {
                 Some(c) => {
-                    let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), c.changed()).await;
+                    let _ =
+                        tokio::time::timeout(left.min(Duration::from_secs(1)), c.changed()).await;
                 }
                 None => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -166,7 +176,13 @@ fn headless(rt: &tokio::runtime::Runtime, store: &Store, timeout: Duration) -> R
         }
     }
     let totals = store.delivery_totals()?;
-    let get = |st: DeliveryState| totals.iter().find(|(s, _)| *s == st).map(|(_, n)| *n).unwrap_or(0);
+    let get = |st: DeliveryState| {
+        totals
+            .iter()
+            .find(|(s, _)| *s == st)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    };
     println!(
         "deliveries: {} succeeded, {} failed, {} retrying, {} pending",
         get(DeliveryState::Succeeded),

@@ -110,7 +110,14 @@ pub fn run(g: &Global, c: ItemCommand) -> Result<(), CliError> {
             dataset,
             skip_invalid,
             json,
-        } => import(g, file, WorkflowId::new(workflow), dataset, skip_invalid, json),
+        } => import(
+            g,
+            file,
+            WorkflowId::new(workflow),
+            dataset,
+            skip_invalid,
+            json,
+        ),
         ItemCommand::List(a) => list(g, a),
         ItemCommand::Show { id, json } => show(g, &ItemId::new(id), json),
         ItemCommand::Advance {
@@ -192,7 +199,9 @@ fn import(
             CliError { code, message }
         })?;
     for id in report.differing.iter().take(20) {
-        eprintln!("warning: item `{id}` is already present with different content; it was not changed");
+        eprintln!(
+            "warning: item `{id}` is already present with different content; it was not changed"
+        );
     }
     if json {
         output::json(&serde_json::json!({
@@ -304,16 +313,16 @@ fn show(g: &Global, id: &ItemId, json: bool) -> Result<(), CliError> {
         );
     }
     outln!("slots     {}", it.slots.len());
-    outln!(
-        "annotations {}",
-        annotation_summary(&it.annotations)
-    );
+    outln!("annotations {}", annotation_summary(&it.annotations));
     outln!("\nhistory");
     let mut t = output::Table::new(&["AT", "FROM", "TO", "CAUSE", "OPERATOR", "REV"]);
     for h in &d.history {
         t.row(vec![
             output::time(&h.at),
-            h.from.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+            h.from
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into()),
             h.to.to_string(),
             h.cause.to_string(),
             h.operator.clone().unwrap_or_else(|| "-".into()),
@@ -345,8 +354,19 @@ fn show(g: &Global, id: &ItemId, json: bool) -> Result<(), CliError> {
 /// "5 (2 bounding_box, 2 polygon, 1 tag)": counts per annotation type.
 pub fn annotation_summary(annotations: &[serde_json::Value]) -> String {
     const TYPES: &[&str] = &[
-        "bounding_box", "polygon", "complex_polygon", "ellipse", "keypoint", "line", "skeleton",
-        "tag", "mask", "raster_layer", "cuboid", "text", "attributes",
+        "bounding_box",
+        "polygon",
+        "complex_polygon",
+        "ellipse",
+        "keypoint",
+        "line",
+        "skeleton",
+        "tag",
+        "mask",
+        "raster_layer",
+        "cuboid",
+        "text",
+        "attributes",
     ];
     let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
     for a in annotations {
@@ -379,7 +399,9 @@ pub fn assign(g: &Global, a: AssignArgs) -> Result<(), CliError> {
             stage: StageId::new(from.as_str()),
             limit: a.limit,
         },
-        (None, false) => AssignTarget::Items(a.ids.iter().map(|i| ItemId::new(i.as_str())).collect()),
+        (None, false) => {
+            AssignTarget::Items(a.ids.iter().map(|i| ItemId::new(i.as_str())).collect())
+        }
         _ => {
             return Err(CliError::usage(
                 "name the items to assign, or give --from-stage STAGE",
@@ -396,11 +418,15 @@ fn print_moves(verb: &str, r: &MoveReport, json: bool) -> Result<(), CliError> {
     if json {
         output::json(r)?;
     } else {
-        outln!("{verb} {} item(s){}", r.moved, if r.deliveries > 0 {
-            format!(", {} delivery(ies) queued", r.deliveries)
-        } else {
-            String::new()
-        });
+        outln!(
+            "{verb} {} item(s){}",
+            r.moved,
+            if r.deliveries > 0 {
+                format!(", {} delivery(ies) queued", r.deliveries)
+            } else {
+                String::new()
+            }
+        );
         for (stage, n) in &r.landed {
             outln!("  now in {stage}: {n}");
         }

@@ -85,7 +85,8 @@ fn apply(
     if report.unchanged {
         outln!(
             "workflow {} unchanged (revision {})",
-            report.workflow, report.revision
+            report.workflow,
+            report.revision
         );
         return Ok(());
     }
@@ -124,7 +125,15 @@ fn list(g: &Global, json: bool) -> Result<(), CliError> {
         return output::json(&rows);
     }
     let mut t = output::Table::new(&[
-        "ID", "NAME", "REV", "STAGES", "ITEMS", "WAITING", "IN_DELIVERY", "FAILED", "DONE",
+        "ID",
+        "NAME",
+        "REV",
+        "STAGES",
+        "ITEMS",
+        "WAITING",
+        "IN_DELIVERY",
+        "FAILED",
+        "DONE",
     ]);
     for w in rows {
         t.row(vec![
@@ -155,7 +164,11 @@ fn show(g: &Global, id: &WorkflowId, json: bool) -> Result<(), CliError> {
         if let Some(stages) = value.get_mut("stage_list").and_then(|v| v.as_array_mut()) {
             for s in stages {
                 let id = s.get("id").and_then(|v| v.as_str()).map(StageId::new);
-                if let Some(w) = id.as_ref().and_then(|id| spec.stage(id)).and_then(|st| st.webhook()) {
+                if let Some(w) = id
+                    .as_ref()
+                    .and_then(|id| spec.stage(id))
+                    .and_then(|st| st.webhook())
+                {
                     s["webhook"] = webhook_json(w, &redactor);
                 }
             }
@@ -165,10 +178,26 @@ fn show(g: &Global, id: &WorkflowId, json: bool) -> Result<(), CliError> {
     let w = &detail.summary;
     outln!(
         "{} ({}) team {} revision {}: {} items ({} waiting, {} in delivery, {} failed, {} done)",
-        w.id, w.name, w.team, w.revision, w.items, w.waiting, w.in_delivery, w.failed, w.done
+        w.id,
+        w.name,
+        w.team,
+        w.revision,
+        w.items,
+        w.waiting,
+        w.in_delivery,
+        w.failed,
+        w.done
     );
     let mut t = output::Table::new(&[
-        "STAGE", "KIND", "ITEMS", "WAITING", "ACTIVE", "IN_DELIVERY", "FAILED", "DONE", "STATUS",
+        "STAGE",
+        "KIND",
+        "ITEMS",
+        "WAITING",
+        "ACTIVE",
+        "IN_DELIVERY",
+        "FAILED",
+        "DONE",
+        "STATUS",
         "EDGES",
     ]);
     for s in &detail.stage_list {
@@ -191,7 +220,11 @@ fn show(g: &Global, id: &WorkflowId, json: bool) -> Result<(), CliError> {
             s.in_delivery.to_string(),
             s.failed.to_string(),
             s.done.to_string(),
-            if status.is_empty() { "-".into() } else { status.join(", ") },
+            if status.is_empty() {
+                "-".into()
+            } else {
+                status.join(", ")
+            },
             s.edges
                 .iter()
                 .map(|(label, to)| format!("{label}→{to}"))
@@ -215,7 +248,11 @@ fn show(g: &Global, id: &WorkflowId, json: bool) -> Result<(), CliError> {
                 } else {
                     format!(
                         "  signed ({})",
-                        w.secrets.iter().map(|s| crate::redact::mask(s)).collect::<Vec<_>>().join(", ")
+                        w.secrets
+                            .iter()
+                            .map(|s| crate::redact::mask(s))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 }
             );

@@ -275,7 +275,10 @@ mod tests {
     use chrono::TimeZone;
     use std::time::Duration;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jsonl/darwin-v2");
+    const FIXTURES: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/jsonl/darwin-v2"
+    );
 
     fn cfg(payload: PayloadFormat, include_annotations: bool) -> WebhookConfig {
         WebhookConfig {

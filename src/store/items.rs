@@ -496,8 +496,8 @@ fn import_chunk(
             now
         ])?;
         if inserted == 0 {
-            let (other_wf, fingerprint): (String, String) = existing
-                .query_row([new.id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let (other_wf, fingerprint): (String, String) =
+                existing.query_row([new.id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
             if other_wf != wf_id.as_str() {
                 return Err(StoreError::Invalid(format!(
                     "line {}: item id `{}` already exists in workflow `{other_wf}`",

@@ -44,7 +44,13 @@ impl Headless {
         let mut queue = effects;
         while let Some(e) = queue.pop() {
             let msg = match e {
-                Effect::Load { view, kind, search, order, after } => {
+                Effect::Load {
+                    view,
+                    kind,
+                    search,
+                    order,
+                    after,
+                } => {
                     let append = after.is_some();
                     let data = super::load(&self.store, &kind, &search, order, after)
                         .unwrap_or_else(state::ViewData::Failed);
@@ -52,8 +58,14 @@ impl Headless {
                 }
                 Effect::Run(p) => super::run_pending(&self.store, p, &self.operator),
                 Effect::CountFailed(filter) => match self.store.failed_deliveries(&filter, None) {
-                    Ok(ids) => Msg::Counted { filter, count: ids.len() as i64 },
-                    Err(e) => Msg::Done { text: e.to_string(), level: state::Level::Error },
+                    Ok(ids) => Msg::Counted {
+                        filter,
+                        count: ids.len() as i64,
+                    },
+                    Err(e) => Msg::Done {
+                        text: e.to_string(),
+                        level: state::Level::Error,
+                    },
                 },
                 // Network and terminal effects have no place here.
                 Effect::CountStage { .. }
@@ -93,7 +105,9 @@ impl Headless {
         let start = Instant::now();
         let now = chrono::Utc::now();
         let (app, theme) = (&mut self.app, &self.theme);
-        let _ = self.terminal.draw(|f| super::view::draw(f, app, theme, now));
+        let _ = self
+            .terminal
+            .draw(|f| super::view::draw(f, app, theme, now));
         start.elapsed()
     }
 

@@ -134,40 +134,278 @@ const LISTS: &[Scope] = &[List, Log];
 
 /// Every binding of the console, in help order.
 pub const BINDINGS: &[Binding] = &[
-    Binding { keys: &[Key::Char('k'), Key::Up], action: Action::Up, description: "up", scopes: &[Global], dangerous: false, hint: false },
-    Binding { keys: &[Key::Char('j'), Key::Down], action: Action::Down, description: "down", scopes: &[Global], dangerous: false, hint: false },
-    Binding { keys: &[Key::Char('g'), Key::Home], action: Action::Top, description: "first row", scopes: &[Global], dangerous: false, hint: false },
-    Binding { keys: &[Key::Char('G'), Key::End], action: Action::Bottom, description: "last row", scopes: &[Global], dangerous: false, hint: false },
-    Binding { keys: &[Key::PageUp, Key::Ctrl('u')], action: Action::PageUp, description: "page up", scopes: &[Global], dangerous: false, hint: false },
-    Binding { keys: &[Key::PageDown, Key::Ctrl('d')], action: Action::PageDown, description: "page down", scopes: &[Global], dangerous: false, hint: false },
-    Binding { keys: &[Key::Enter], action: Action::Open, description: "open", scopes: &[Workflows, Stages, Items, Item, Deliveries, Log], dangerous: false, hint: true },
-    Binding { keys: &[Key::Esc], action: Action::Back, description: "back", scopes: &[Global], dangerous: false, hint: true },
-    Binding { keys: &[Key::Char('/')], action: Action::Filter, description: "filter", scopes: LISTS, dangerous: false, hint: true },
-    Binding { keys: &[Key::Char(' ')], action: Action::Select, description: "select", scopes: &[Items, Deliveries], dangerous: false, hint: true },
-    Binding { keys: &[Key::Char('*')], action: Action::SelectAll, description: "select all shown", scopes: &[Items, Deliveries], dangerous: false, hint: false },
-    Binding { keys: &[Key::Char('s')], action: Action::SortByName, description: "sort by name / waiting", scopes: &[Items], dangerous: false, hint: false },
-    Binding { keys: &[Key::Char('a')], action: Action::Assign, description: "assign to stage", scopes: &[Stages, Items, Item], dangerous: true, hint: true },
-    Binding { keys: &[Key::Char('v')], action: Action::Advance, description: "advance (annotate done)", scopes: &[Items, Item], dangerous: true, hint: false },
-    Binding { keys: &[Key::Char('o')], action: Action::Approve, description: "approve review", scopes: &[Items, Item], dangerous: true, hint: false },
-    Binding { keys: &[Key::Char('x')], action: Action::Reject, description: "reject review", scopes: &[Items, Item], dangerous: true, hint: false },
-    Binding { keys: &[Key::Char('r')], action: Action::Refire, description: "re-fire", scopes: &[Item, Deliveries, Delivery, Log], dangerous: true, hint: true },
-    Binding { keys: &[Key::Char('F')], action: Action::RefireAll, description: "re-fire all failed matching", scopes: &[Stages, Deliveries], dangerous: true, hint: true },
-    Binding { keys: &[Key::Char('R')], action: Action::Replay, description: "replay (same bytes, item stays)", scopes: &[Item, Deliveries, Delivery, Log], dangerous: true, hint: false },
-    Binding { keys: &[Key::Char('c')], action: Action::Cancel, description: "cancel delivery (item routes on failure)", scopes: &[Deliveries, Delivery], dangerous: true, hint: false },
-    Binding { keys: &[Key::Char('C')], action: Action::CancelAll, description: "cancel all open matching", scopes: &[Deliveries], dangerous: true, hint: false },
-    Binding { keys: &[Key::Char('e')], action: Action::Export, description: "export matching as JSON Lines", scopes: &[Deliveries], dangerous: false, hint: false },
-    Binding { keys: &[Key::Char('t')], action: Action::Test, description: "test webhook", scopes: &[Stages], dangerous: true, hint: true },
-    Binding { keys: &[Key::Char('p')], action: Action::PauseStage, description: "pause / resume stage", scopes: &[Stages], dangerous: true, hint: true },
-    Binding { keys: &[Key::Char('d')], action: Action::Deliveries, description: "deliveries", scopes: &[Workflows, Stages, Items, Item], dangerous: false, hint: true },
-    Binding { keys: &[Key::Char('i')], action: Action::Items, description: "items", scopes: &[Workflows, Stages], dangerous: false, hint: false },
-    Binding { keys: &[Key::Char('y')], action: Action::Copy, description: "copy id", scopes: &[Items, Item, Deliveries, Delivery, Log], dangerous: false, hint: false },
-    Binding { keys: &[Key::Char('l')], action: Action::ToggleLog, description: "log pane", scopes: &[Global], dangerous: false, hint: true },
-    Binding { keys: &[Key::Tab], action: Action::FocusLog, description: "focus log pane", scopes: &[Global], dangerous: false, hint: false },
-    Binding { keys: &[Key::Char('f')], action: Action::Follow, description: "follow newest", scopes: &[Log], dangerous: false, hint: true },
-    Binding { keys: &[Key::Char('P')], action: Action::PauseLog, description: "pause / resume the stream", scopes: &[Log], dangerous: false, hint: true },
-    Binding { keys: &[Key::Char(':')], action: Action::Command, description: "command (:items :deliveries failed timeout :audit :health :q)", scopes: &[Global], dangerous: false, hint: true },
-    Binding { keys: &[Key::Char('?')], action: Action::Help, description: "help", scopes: &[Global], dangerous: false, hint: true },
-    Binding { keys: &[Key::Char('q'), Key::Ctrl('c')], action: Action::Quit, description: "quit", scopes: &[Global], dangerous: false, hint: true },
+    Binding {
+        keys: &[Key::Char('k'), Key::Up],
+        action: Action::Up,
+        description: "up",
+        scopes: &[Global],
+        dangerous: false,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::Char('j'), Key::Down],
+        action: Action::Down,
+        description: "down",
+        scopes: &[Global],
+        dangerous: false,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::Char('g'), Key::Home],
+        action: Action::Top,
+        description: "first row",
+        scopes: &[Global],
+        dangerous: false,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::Char('G'), Key::End],
+        action: Action::Bottom,
+        description: "last row",
+        scopes: &[Global],
+        dangerous: false,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::PageUp, Key::Ctrl('u')],
+        action: Action::PageUp,
+        description: "page up",
+        scopes: &[Global],
+        dangerous: false,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::PageDown, Key::Ctrl('d')],
+        action: Action::PageDown,
+        description: "page down",
+        scopes: &[Global],
+        dangerous: false,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::Enter],
+        action: Action::Open,
+        description: "open",
+        scopes: &[Workflows, Stages, Items, Item, Deliveries, Log],
+        dangerous: false,
+        hint: true,
+    },
+    Binding {
+        keys: &[Key::Esc],
+        action: Action::Back,
+        description: "back",
+        scopes: &[Global],
+        dangerous: false,
+        hint: true,
+    },
+    Binding {
+        keys: &[Key::Char('/')],
+        action: Action::Filter,
+        description: "filter",
+        scopes: LISTS,
+        dangerous: false,
+        hint: true,
+    },
+    Binding {
+        keys: &[Key::Char(' ')],
+        action: Action::Select,
+        description: "select",
+        scopes: &[Items, Deliveries],
+        dangerous: false,
+        hint: true,
+    },
+    Binding {
+        keys: &[Key::Char('*')],
+        action: Action::SelectAll,
+        description: "select all shown",
+        scopes: &[Items, Deliveries],
+        dangerous: false,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::Char('s')],
+        action: Action::SortByName,
+        description: "sort by name / waiting",
+        scopes: &[Items],
+        dangerous: false,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::Char('a')],
+        action: Action::Assign,
+        description: "assign to stage",
+        scopes: &[Stages, Items, Item],
+        dangerous: true,
+        hint: true,
+    },
+    Binding {
+        keys: &[Key::Char('v')],
+        action: Action::Advance,
+        description: "advance (annotate done)",
+        scopes: &[Items, Item],
+        dangerous: true,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::Char('o')],
+        action: Action::Approve,
+        description: "approve review",
+        scopes: &[Items, Item],
+        dangerous: true,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::Char('x')],
+        action: Action::Reject,
+        description: "reject review",
+        scopes: &[Items, Item],
+        dangerous: true,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::Char('r')],
+        action: Action::Refire,
+        description: "re-fire",
+        scopes: &[Item, Deliveries, Delivery, Log],
+        dangerous: true,
+        hint: true,
+    },
+    Binding {
+        keys: &[Key::Char('F')],
+        action: Action::RefireAll,
+        description: "re-fire all failed matching",
+        scopes: &[Stages, Deliveries],
+        dangerous: true,
+        hint: true,
+    },
+    Binding {
+        keys: &[Key::Char('R')],
+        action: Action::Replay,
+        description: "replay (same bytes, item stays)",
+        scopes: &[Item, Deliveries, Delivery, Log],
+        dangerous: true,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::Char('c')],
+        action: Action::Cancel,
+        description: "cancel delivery (item routes on failure)",
+        scopes: &[Deliveries, Delivery],
+        dangerous: true,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::Char('C')],
+        action: Action::CancelAll,
+        description: "cancel all open matching",
+        scopes: &[Deliveries],
+        dangerous: true,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::Char('e')],
+        action: Action::Export,
+        description: "export matching as JSON Lines",
+        scopes: &[Deliveries],
+        dangerous: false,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::Char('t')],
+        action: Action::Test,
+        description: "test webhook",
+        scopes: &[Stages],
+        dangerous: true,
+        hint: true,
+    },
+    Binding {
+        keys: &[Key::Char('p')],
+        action: Action::PauseStage,
+        description: "pause / resume stage",
+        scopes: &[Stages],
+        dangerous: true,
+        hint: true,
+    },
+    Binding {
+        keys: &[Key::Char('d')],
+        action: Action::Deliveries,
+        description: "deliveries",
+        scopes: &[Workflows, Stages, Items, Item],
+        dangerous: false,
+        hint: true,
+    },
+    Binding {
+        keys: &[Key::Char('i')],
+        action: Action::Items,
+        description: "items",
+        scopes: &[Workflows, Stages],
+        dangerous: false,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::Char('y')],
+        action: Action::Copy,
+        description: "copy id",
+        scopes: &[Items, Item, Deliveries, Delivery, Log],
+        dangerous: false,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::Char('l')],
+        action: Action::ToggleLog,
+        description: "log pane",
+        scopes: &[Global],
+        dangerous: false,
+        hint: true,
+    },
+    Binding {
+        keys: &[Key::Tab],
+        action: Action::FocusLog,
+        description: "focus log pane",
+        scopes: &[Global],
+        dangerous: false,
+        hint: false,
+    },
+    Binding {
+        keys: &[Key::Char('f')],
+        action: Action::Follow,
+        description: "follow newest",
+        scopes: &[Log],
+        dangerous: false,
+        hint: true,
+    },
+    Binding {
+        keys: &[Key::Char('P')],
+        action: Action::PauseLog,
+        description: "pause / resume the stream",
+        scopes: &[Log],
+        dangerous: false,
+        hint: true,
+    },
+    Binding {
+        keys: &[Key::Char(':')],
+        action: Action::Command,
+        description: "command (:items :deliveries failed timeout :audit :health :q)",
+        scopes: &[Global],
+        dangerous: false,
+        hint: true,
+    },
+    Binding {
+        keys: &[Key::Char('?')],
+        action: Action::Help,
+        description: "help",
+        scopes: &[Global],
+        dangerous: false,
+        hint: true,
+    },
+    Binding {
+        keys: &[Key::Char('q'), Key::Ctrl('c')],
+        action: Action::Quit,
+        description: "quit",
+        scopes: &[Global],
+        dangerous: false,
+        hint: true,
+    },
 ];
 
 /// Keys the operator rebound in the config file, per action (set once at start-up).
@@ -234,7 +472,12 @@ pub fn load_overrides(path: &std::path::Path) -> Vec<String> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vec![],
-        Err(e) => return vec![format!("{}: cannot read it ({e}); using the default keys", path.display())],
+        Err(e) => {
+            return vec![format!(
+                "{}: cannot read it ({e}); using the default keys",
+                path.display()
+            )];
+        }
     };
     let (overrides, warnings) = parse_overrides(&text, &path.display().to_string());
     let _ = OVERRIDES.set(overrides);
@@ -248,19 +491,26 @@ pub fn parse_overrides(text: &str, file: &str) -> (Vec<(Action, Vec<Key>)>, Vec<
         Ok(t) => t,
         Err(e) => {
             let msg = e.message().to_string();
-            return (vec![], vec![format!("{file}: {msg}; using the default keys")]);
+            return (
+                vec![],
+                vec![format!("{file}: {msg}; using the default keys")],
+            );
         }
     };
     let mut out: Vec<(Action, Vec<Key>)> = Vec::new();
     for (k, _) in table.iter().filter(|(k, _)| k.as_str() != "keys") {
-        warnings.push(format!("{file}: unknown section `{k}` ignored (only [keys] is read)"));
+        warnings.push(format!(
+            "{file}: unknown section `{k}` ignored (only [keys] is read)"
+        ));
     }
     let Some(keys) = table.get("keys").and_then(|v| v.as_table()) else {
         return (out, warnings);
     };
     for (name, value) in keys {
         let Some(b) = BINDINGS.iter().find(|b| action_name(b.action) == *name) else {
-            warnings.push(format!("{file}: [keys] `{name}` is not an action; see `?` in the console for names"));
+            warnings.push(format!(
+                "{file}: [keys] `{name}` is not an action; see `?` in the console for names"
+            ));
             continue;
         };
         let specs: Vec<&str> = match value {
@@ -279,7 +529,10 @@ pub fn parse_overrides(text: &str, file: &str) -> (Vec<(Action, Vec<Key>)>, Vec<
         // A key already used by another action in a shared scope would make one unreachable.
         let clash = BINDINGS.iter().find(|other| {
             other.action != b.action
-                && other.scopes.iter().any(|s| *s == Global || b.scopes.contains(s) || b.scopes.contains(&Global))
+                && other
+                    .scopes
+                    .iter()
+                    .any(|s| *s == Global || b.scopes.contains(s) || b.scopes.contains(&Global))
                 && out
                     .iter()
                     .find(|(a, _)| *a == other.action)
@@ -310,7 +563,12 @@ fn in_scope(b: &Binding, scope: Scope, focus_log: bool) -> bool {
 }
 
 /// The action a key press means in `scope`, honouring read-only.
-pub fn lookup(ev: &KeyEvent, scope: Scope, focus_log: bool, read_only: bool) -> Option<&'static Binding> {
+pub fn lookup(
+    ev: &KeyEvent,
+    scope: Scope,
+    focus_log: bool,
+    read_only: bool,
+) -> Option<&'static Binding> {
     BINDINGS.iter().find(|b| {
         in_scope(b, scope, focus_log)
             && keys_of(b).iter().any(|k| k.matches(ev))
@@ -319,7 +577,11 @@ pub fn lookup(ev: &KeyEvent, scope: Scope, focus_log: bool, read_only: bool) -> 
 }
 
 /// The bindings that apply in `scope`, for hints and help.
-pub fn active(scope: Scope, focus_log: bool, read_only: bool) -> impl Iterator<Item = &'static Binding> {
+pub fn active(
+    scope: Scope,
+    focus_log: bool,
+    read_only: bool,
+) -> impl Iterator<Item = &'static Binding> {
     BINDINGS
         .iter()
         .filter(move |b| in_scope(b, scope, focus_log) && !(read_only && b.dangerous))
@@ -327,9 +589,9 @@ pub fn active(scope: Scope, focus_log: bool, read_only: bool) -> impl Iterator<I
 
 /// Any binding for this key that is refused only because of read-only (to say so).
 pub fn refused_read_only(ev: &KeyEvent, scope: Scope, focus_log: bool) -> Option<&'static Binding> {
-    BINDINGS
-        .iter()
-        .find(|b| b.dangerous && in_scope(b, scope, focus_log) && keys_of(b).iter().any(|k| k.matches(ev)))
+    BINDINGS.iter().find(|b| {
+        b.dangerous && in_scope(b, scope, focus_log) && keys_of(b).iter().any(|k| k.matches(ev))
+    })
 }
 
 #[cfg(test)]
@@ -349,7 +611,10 @@ mod tests {
                 for b in active(scope, focus, false) {
                     for k in b.keys {
                         let label = k.label();
-                        assert!(!seen.contains(&label), "{label} twice in {scope:?} (log {focus})");
+                        assert!(
+                            !seen.contains(&label),
+                            "{label} twice in {scope:?} (log {focus})"
+                        );
                         seen.push(label);
                     }
                 }
@@ -359,7 +624,10 @@ mod tests {
 
     #[test]
     fn read_only_hides_dangerous_actions() {
-        assert_eq!(lookup(&key('a'), Items, false, false).map(|b| b.action), Some(Action::Assign));
+        assert_eq!(
+            lookup(&key('a'), Items, false, false).map(|b| b.action),
+            Some(Action::Assign)
+        );
         assert!(lookup(&key('a'), Items, false, true).is_none());
         assert!(refused_read_only(&key('a'), Items, false).is_some());
         assert!(active(Deliveries, false, true).all(|b| !b.dangerous));
@@ -367,10 +635,22 @@ mod tests {
 
     #[test]
     fn config_overrides_are_checked() {
-        let (o, w) = parse_overrides("[keys]\nassign = \"A\"\nrefire = [\"r\", \"ctrl-r\"]\n", "k.toml");
+        let (o, w) = parse_overrides(
+            "[keys]\nassign = \"A\"\nrefire = [\"r\", \"ctrl-r\"]\n",
+            "k.toml",
+        );
         assert!(w.is_empty(), "{w:?}");
-        assert_eq!(o, vec![(Action::Assign, vec![Key::Char('A')]), (Action::Refire, vec![Key::Char('r'), Key::Ctrl('r')])]);
-        let (o, w) = parse_overrides("[keys]\nnope = \"z\"\nassign = 3\nquit = \"j\"\n[colors]\n", "k.toml");
+        assert_eq!(
+            o,
+            vec![
+                (Action::Assign, vec![Key::Char('A')]),
+                (Action::Refire, vec![Key::Char('r'), Key::Ctrl('r')])
+            ]
+        );
+        let (o, w) = parse_overrides(
+            "[keys]\nnope = \"z\"\nassign = 3\nquit = \"j\"\n[colors]\n",
+            "k.toml",
+        );
         assert!(o.is_empty(), "{o:?}");
         assert_eq!(w.len(), 4, "{w:?}");
         assert!(w.iter().any(|m| m.contains("`nope` is not an action")));
@@ -385,7 +665,10 @@ mod tests {
         for b in BINDINGS {
             for k in b.keys {
                 if let Key::Ctrl(c) = k {
-                    assert!(!"absqhjkl".contains(*c), "ctrl-{c} belongs to tmux/screen/flow control");
+                    assert!(
+                        !"absqhjkl".contains(*c),
+                        "ctrl-{c} belongs to tmux/screen/flow control"
+                    );
                 }
             }
         }

@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::dispatch::{DispatchNotice, DispatcherOptions};
 use crate::store::{AssignTarget, Expect, ItemFilter, Store};
-use state::{App, Effect, Header, Level, LoadAfter, Msg, Pending, ViewData, ViewKind, PAGE};
+use state::{App, Effect, Header, Level, LoadAfter, Msg, PAGE, Pending, ViewData, ViewKind};
 
 /// How the console was started.
 #[derive(Clone, Debug)]
@@ -111,7 +111,8 @@ pub fn run(store: Store, opts: ConsoleOptions) -> Result<(), String> {
         restore_terminal(mouse);
         previous(info);
     }));
-    let guard = TerminalGuard::enter(mouse).map_err(|e| format!("cannot set up the terminal: {e}"))?;
+    let guard =
+        TerminalGuard::enter(mouse).map_err(|e| format!("cannot set up the terminal: {e}"))?;
     let result = rt.block_on(main_loop(store, opts));
     drop(guard);
     result
@@ -169,7 +170,10 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
                         }
                     }
                     Ok(DispatchNotice::StoreError(m)) => {
-                        let _ = t.send(Msg::Done { text: m, level: Level::Error });
+                        let _ = t.send(Msg::Done {
+                            text: m,
+                            level: Level::Error,
+                        });
                     }
                     Ok(DispatchNotice::Recovered) => {
                         let _ = t.send(Msg::Done {
@@ -185,7 +189,13 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
     }
 
     // Ticks, the header, other processes' commits and attempts.
-    spawn_watchers(store.clone(), tx.clone(), own_dispatcher, opts.concurrency, stop_rx.clone());
+    spawn_watchers(
+        store.clone(),
+        tx.clone(),
+        own_dispatcher,
+        opts.concurrency,
+        stop_rx.clone(),
+    );
 
     let warnings = opts
         .config
@@ -293,7 +303,11 @@ fn spawn_watchers(
             let after = last_seq;
             let res = tokio::task::spawn_blocking(move || {
                 let changed = watcher.changed().unwrap_or(false);
-                let rows = if changed { s.attempts_after(after, 5000).unwrap_or_default() } else { vec![] };
+                let rows = if changed {
+                    s.attempts_after(after, 5000).unwrap_or_default()
+                } else {
+                    vec![]
+                };
                 (watcher, changed, rows)
             })
             .await;
@@ -332,7 +346,9 @@ fn dispatcher_header(store: &Store, own: bool, concurrency: usize) -> Header {
     let mut h = Header {
         db: store.path().display().to_string(),
         counts: store.delivery_totals().unwrap_or_default(),
-        db_bytes: std::fs::metadata(store.path()).map(|m| m.len()).unwrap_or(0),
+        db_bytes: std::fs::metadata(store.path())
+            .map(|m| m.len())
+            .unwrap_or(0),
         ..Header::default()
     };
     if own {
@@ -344,7 +360,10 @@ fn dispatcher_header(store: &Store, own: bool, concurrency: usize) -> Header {
         Some(d) => {
             let age = (now - d.last_beat).num_seconds();
             if age > 10 {
-                h.dispatcher = format!("dispatcher pid {} silent for {age}s: deliveries may be queued", d.pid);
+                h.dispatcher = format!(
+                    "dispatcher pid {} silent for {age}s: deliveries may be queued",
+                    d.pid
+                );
                 h.dispatcher_warning = true;
             } else {
                 h.dispatcher = format!("dispatcher: serve pid {} on {}", d.pid, d.host);
@@ -375,29 +394,63 @@ impl Executor {
 
     fn run(&self, effect: Effect, app: &mut App) {
         match effect {
-            Effect::Load { view, kind, search, order, after } => {
+            Effect::Load {
+                view,
+                kind,
+                search,
+                order,
+                after,
+            } => {
                 self.blocking(move |s| {
                     let append = after.is_some();
-                    let data = load(s, &kind, &search, order, after).unwrap_or_else(ViewData::Failed);
+                    let data =
+                        load(s, &kind, &search, order, after).unwrap_or_else(ViewData::Failed);
                     Msg::Loaded { view, data, append }
                 });
             }
-            Effect::CountFailed(filter) => self.blocking(move |s| match s.failed_deliveries(&filter, None) {
-                Ok(ids) => Msg::Counted { filter, count: ids.len() as i64 },
-                Err(e) => Msg::Done { text: e.to_string(), level: Level::Error },
-            }),
-            Effect::CountOpen(filter) => self.blocking(move |s| match s.open_deliveries(&filter, None) {
-                Ok(ids) => Msg::CountedOpen { filter, count: ids.len() as i64 },
-                Err(e) => Msg::Done { text: e.to_string(), level: Level::Error },
-            }),
+            Effect::CountFailed(filter) => {
+                self.blocking(move |s| match s.failed_deliveries(&filter, None) {
+                    Ok(ids) => Msg::Counted {
+                        filter,
+                        count: ids.len() as i64,
+                    },
+                    Err(e) => Msg::Done {
+                        text: e.to_string(),
+                        level: Level::Error,
+                    },
+                })
+            }
+            Effect::CountOpen(filter) => {
+                self.blocking(move |s| match s.open_deliveries(&filter, None) {
+                    Ok(ids) => Msg::CountedOpen {
+                        filter,
+                        count: ids.len() as i64,
+                    },
+                    Err(e) => Msg::Done {
+                        text: e.to_string(),
+                        level: Level::Error,
+                    },
+                })
+            }
             Effect::Export(filter) => self.blocking(move |s| ops::export(s, &filter)),
             Effect::CountStage { workflow, from } => self.blocking(move |s| {
-                let count = s
-                    .workflow_detail(&workflow)
-                    .map(|d| d.stage_list.iter().find(|st| st.id == from).map(|st| st.items).unwrap_or(0));
+                let count = s.workflow_detail(&workflow).map(|d| {
+                    d.stage_list
+                        .iter()
+                        .find(|st| st.id == from)
+                        .map(|st| st.items)
+                        .unwrap_or(0)
+                });
                 match count {
-                    Ok(count) => Msg::StageCount { workflow, from, count },
-                    Err(e) => Msg::Done { text: e.to_string(), level: Level::Error },
+                    Ok(count) => Msg::StageCount {
+                        workflow,
+                        from,
+                        count,
+                    },
+                    Err(e) => Msg::Done {
+                        text: e.to_string(),
+                        level: Level::Error,
+                    },
                 }
             }),
             Effect::Copy(text) => {
@@ -414,18 +467,30 @@ impl Executor {
                 tokio::spawn(async move {
                     let s2 = store.clone();
                     let (w2, st2) = (workflow.clone(), stage.clone());
-                    let lease = tokio::task::spawn_blocking(move || s2.begin_test(&w2, &st2, &op)).await;
+                    let lease =
+                        tokio::task::spawn_blocking(move || s2.begin_test(&w2, &st2, &op)).await;
                     let msg = match lease {
-                        Ok(Ok(lease)) => match crate::dispatch::send_manual(&store, lease, crate::dispatch::http::DEFAULT_MAX_BODY).await {
+                        Ok(Ok(lease)) => match crate::dispatch::send_manual(
+                            &store,
+                            lease,
+                            crate::dispatch::http::DEFAULT_MAX_BODY,
+                        )
+                        .await
+                        {
                             Ok(ev) => {
                                 let _ = tx.send(Msg::Attempt(Box::new(ev.clone())));
                                 let detail = {
                                     let s3 = store.clone();
                                     let id = ev.delivery_id.clone();
-                                    tokio::task::spawn_blocking(move || s3.delivery_detail(&id)).await.ok().and_then(|r| r.ok())
+                                    tokio::task::spawn_blocking(move || s3.delivery_detail(&id))
+                                        .await
+                                        .ok()
+                                        .and_then(|r| r.ok())
                                 };
                                 let body = detail
-                                    .and_then(|d| d.attempt_log.last().and_then(|a| a.response_body.clone()))
+                                    .and_then(|d| {
+                                        d.attempt_log.last().and_then(|a| a.response_body.clone())
+                                    })
                                     .unwrap_or_default();
                                 let status = match (ev.status, &ev.error_message) {
                                     (Some(s), _) => crate::dispatch::classify::status_message(s),
@@ -434,13 +499,26 @@ impl Executor {
                                 };
                                 Msg::TestResult {
                                     title: format!("test {workflow}/{stage}"),
-                                    text: format!("{status} in {} ms\n\n{}", ev.duration_ms, body.chars().take(2000).collect::<String>()),
+                                    text: format!(
+                                        "{status} in {} ms\n\n{}",
+                                        ev.duration_ms,
+                                        body.chars().take(2000).collect::<String>()
+                                    ),
                                 }
                             }
-                            Err(e) => Msg::Done { text: e.to_string(), level: Level::Error },
+                            Err(e) => Msg::Done {
+                                text: e.to_string(),
+                                level: Level::Error,
+                            },
                         },
-                        Ok(Err(e)) => Msg::Done { text: e.to_string(), level: Level::Error },
-                        Err(e) => Msg::Done { text: e.to_string(), level: Level::Error },
+                        Ok(Err(e)) => Msg::Done {
+                            text: e.to_string(),
+                            level: Level::Error,
+                        },
+                        Err(e) => Msg::Done {
+                            text: e.to_string(),
+                            level: Level::Error,
+                        },
                     };
                     let _ = tx.send(msg);
                 });
@@ -458,21 +536,35 @@ impl Executor {
                     let (mut ok, mut bad) = (0, 0);
                     for id in ids {
                         let (s2, op2) = (store.clone(), op.clone());
-                        let lease = tokio::task::spawn_blocking(move || s2.begin_replay(&id, &op2)).await;
+                        let lease =
+                            tokio::task::spawn_blocking(move || s2.begin_replay(&id, &op2)).await;
                         let Ok(Ok(lease)) = lease else {
                             bad += 1;
                             continue;
                         };
-                        match crate::dispatch::send_manual(&store, lease, crate::dispatch::http::DEFAULT_MAX_BODY).await {
+                        match crate::dispatch::send_manual(
+                            &store,
+                            lease,
+                            crate::dispatch::http::DEFAULT_MAX_BODY,
+                        )
+                        .await
+                        {
                             Ok(ev) => {
-                                if ev.status.is_some_and(|s| (200..300).contains(&s)) { ok += 1 } else { bad += 1 }
+                                if ev.status.is_some_and(|s| (200..300).contains(&s)) {
+                                    ok += 1
+                                } else {
+                                    bad += 1
+                                }
                                 let _ = tx.send(Msg::Attempt(Box::new(ev)));
                             }
                             Err(_) => bad += 1,
                         }
                     }
                     let level = if bad > 0 { Level::Warn } else { Level::Info };
-                    let _ = tx.send(Msg::Done { text: format!("replayed: {ok} got 2xx, {bad} did not"), level });
+                    let _ = tx.send(Msg::Done {
+                        text: format!("replayed: {ok} got 2xx, {bad} did not"),
+                        level,
+                    });
                 });
             }
             other => self.blocking(move |s| run_pending(s, other, &op)),
@@ -503,7 +595,9 @@ pub(crate) fn load(
                 Some(LoadAfter::Item(c)) => Some(c),
                 _ => None,
             };
-            let mut rows = s.list_items(&filter, cursor.as_ref(), PAGE + 1).map_err(e)?;
+            let mut rows = s
+                .list_items(&filter, cursor.as_ref(), PAGE + 1)
+                .map_err(e)?;
             let more = rows.len() > PAGE;
             rows.truncate(PAGE);
             ViewData::Items { rows, more }
@@ -518,7 +612,11 @@ pub(crate) fn load(
             let more = page.len() > PAGE;
             page.truncate(PAGE);
             let cursors = page.iter().map(|(_, c)| *c).collect();
-            ViewData::Deliveries { rows: page.into_iter().map(|(d, _)| d).collect(), cursors, more }
+            ViewData::Deliveries {
+                rows: page.into_iter().map(|(d, _)| d).collect(),
+                cursors,
+                more,
+            }
         }
         ViewKind::Delivery(id) => ViewData::Delivery(Box::new(s.delivery_detail(id).map_err(e)?)),
         ViewKind::Audit => ViewData::Audit(s.audit_log(500).map_err(e)?),
@@ -529,24 +627,44 @@ pub(crate) fn load(
 pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
     let done = |text: String, refused: usize| Msg::Done {
         text,
-        level: if refused > 0 { Level::Warn } else { Level::Info },
+        level: if refused > 0 {
+            Level::Warn
+        } else {
+            Level::Info
+        },
     };
-    let fail = |e: crate::store::StoreError| Msg::Done { text: e.to_string(), level: Level::Error };
+    let fail = |e: crate::store::StoreError| Msg::Done {
+        text: e.to_string(),
+        level: Level::Error,
+    };
     let first_refusal = |r: &[crate::store::Refusal]| {
-        r.first().map(|r| format!(" — refused: {}", r.reason)).unwrap_or_default()
+        r.first()
+            .map(|r| format!(" — refused: {}", r.reason))
+            .unwrap_or_default()
     };
     match p {
-        Pending::Assign { workflow, to, target } => {
+        Pending::Assign {
+            workflow,
+            to,
+            target,
+        } => {
             let t = match target {
                 state::AssignWhat::Items(ids) => AssignTarget::Versions(ids),
-                state::AssignWhat::Stage { from, .. } => AssignTarget::FromStage { stage: from, limit: None },
+                state::AssignWhat::Stage { from, .. } => AssignTarget::FromStage {
+                    stage: from,
+                    limit: None,
+                },
             };
             match s.assign(&workflow, &to, &t, None, op) {
                 Ok(r) => done(
                     format!(
                         "assigned {} item(s) to {to}{}{}",
                         r.moved,
-                        if r.deliveries > 0 { format!(", {} deliveries queued", r.deliveries) } else { String::new() },
+                        if r.deliveries > 0 {
+                            format!(", {} deliveries queued", r.deliveries)
+                        } else {
+                            String::new()
+                        },
                         first_refusal(&r.refused)
                     ),
                     r.refused.len(),
@@ -558,7 +676,10 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
             let mut moved = 0;
             let mut refused = Vec::new();
             for (id, version) in ids {
-                let expect = Expect { stage: None, version: Some(version) };
+                let expect = Expect {
+                    stage: None,
+                    version: Some(version),
+                };
                 match s.advance(&[id], outcome, &expect, op) {
                     Ok(r) => {
                         moved += r.moved;
@@ -567,14 +688,20 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
                     Err(e) => return fail(e),
                 }
             }
-            done(format!("moved {moved} item(s){}", first_refusal(&refused)), refused.len())
+            done(
+                format!("moved {moved} item(s){}", first_refusal(&refused)),
+                refused.len(),
+            )
         }
         Pending::Refire(ids) => match s.refire(&ids, op) {
             Ok(r) => done(
                 format!(
                     "re-fired {} delivery(ies){}",
                     r.refired,
-                    r.refused.first().map(|(_, why)| format!(" — refused: {why}")).unwrap_or_default()
+                    r.refused
+                        .first()
+                        .map(|(_, why)| format!(" — refused: {why}"))
+                        .unwrap_or_default()
                 ),
                 r.refused.len(),
             ),
@@ -595,10 +722,20 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
                     Err(e) => return fail(e),
                 }
             }
-            done(format!("re-fired {n} failed deliveries ({refused} refused)"), refused)
+            done(
+                format!("re-fired {n} failed deliveries ({refused} refused)"),
+                refused,
+            )
         }
-        Pending::Pause { workflow, stage, pause } => match s.set_paused(&workflow, &stage, pause, op) {
-            Ok(_) => done(format!("stage {stage} {}", if pause { "paused" } else { "resumed" }), 0),
+        Pending::Pause {
+            workflow,
+            stage,
+            pause,
+        } => match s.set_paused(&workflow, &stage, pause, op) {
+            Ok(_) => done(
+                format!("stage {stage} {}", if pause { "paused" } else { "resumed" }),
+                0,
+            ),
             Err(e) => fail(e),
         },
         Pending::Replay(_) => done("replay runs asynchronously".into(), 0),

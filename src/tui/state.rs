@@ -12,8 +12,8 @@ use super::keymap::{self, Action, Scope};
 use crate::dispatch::AttemptEvent;
 use crate::model::{DeliveryId, DeliveryState, ItemId, StageId, StageKind, WorkflowId};
 use crate::store::{
-    AuditEntry, DeliveryDetail, DeliveryFilter, DeliverySummary, ItemCursor, ItemDetail,
-    ItemOrder, ItemRow, WorkflowDetail, WorkflowSummary,
+    AuditEntry, DeliveryDetail, DeliveryFilter, DeliverySummary, ItemCursor, ItemDetail, ItemOrder,
+    ItemRow, WorkflowDetail, WorkflowSummary,
 };
 
 /// Rows fetched per page in list views.
@@ -159,7 +159,12 @@ impl View {
                 .filter(|i| keep(&format!("{} {}", rows[*i].id, rows[*i].name)))
                 .collect(),
             ViewData::Stages(d) => (0..d.stage_list.len())
-                .filter(|i| keep(&format!("{} {} {}", d.stage_list[*i].id, d.stage_list[*i].name, d.stage_list[*i].kind)))
+                .filter(|i| {
+                    keep(&format!(
+                        "{} {} {}",
+                        d.stage_list[*i].id, d.stage_list[*i].name, d.stage_list[*i].kind
+                    ))
+                })
                 .collect(),
             ViewData::Items { rows, .. } => (0..rows.len()).collect(),
             ViewData::Item(d) => (0..d.deliveries.len()).collect(),
@@ -178,7 +183,12 @@ impl View {
                 .collect(),
             ViewData::Delivery(d) => (0..d.attempt_log.len()).collect(),
             ViewData::Audit(rows) => (0..rows.len())
-                .filter(|i| keep(&format!("{} {} {}", rows[*i].operator, rows[*i].action, rows[*i].target)))
+                .filter(|i| {
+                    keep(&format!(
+                        "{} {} {}",
+                        rows[*i].operator, rows[*i].action, rows[*i].target
+                    ))
+                })
                 .collect(),
             ViewData::Health(r) => (0..r.checks.len()).collect(),
             ViewData::Loading | ViewData::Failed(_) => vec![],
@@ -411,19 +421,39 @@ pub enum Msg {
     Tick,
     /// The database changed: reload what is on screen.
     Changed,
-    Loaded { view: u64, data: ViewData, append: bool },
+    Loaded {
+        view: u64,
+        data: ViewData,
+        append: bool,
+    },
     Header(Header),
     Attempt(Box<AttemptEvent>),
     /// A result for the flash line.
-    Done { text: String, level: Level },
+    Done {
+        text: String,
+        level: Level,
+    },
     /// A test webhook's result, for a popup.
-    TestResult { title: String, text: String },
+    TestResult {
+        title: String,
+        text: String,
+    },
     /// The number of failed deliveries a bulk re-fire would take.
-    Counted { filter: DeliveryFilter, count: i64 },
+    Counted {
+        filter: DeliveryFilter,
+        count: i64,
+    },
     /// The number of open deliveries a bulk cancel would take.
-    CountedOpen { filter: DeliveryFilter, count: i64 },
+    CountedOpen {
+        filter: DeliveryFilter,
+        count: i64,
+    },
     /// The number of items in a stage, for a bulk assign.
-    StageCount { workflow: WorkflowId, from: StageId, count: i64 },
+    StageCount {
+        workflow: WorkflowId,
+        from: StageId,
+        count: i64,
+    },
 }
 
 /// What the executor does for [`update`].
@@ -441,8 +471,14 @@ pub enum Effect {
     CountOpen(DeliveryFilter),
     /// Write the deliveries matching the filter as JSON Lines to a new file.
     Export(DeliveryFilter),
-    CountStage { workflow: WorkflowId, from: StageId },
-    Test { workflow: WorkflowId, stage: StageId },
+    CountStage {
+        workflow: WorkflowId,
+        from: StageId,
+    },
+    Test {
+        workflow: WorkflowId,
+        stage: StageId,
+    },
     Copy(String),
 }
 
@@ -484,7 +520,9 @@ impl App {
     }
 
     pub fn scope(&self) -> Scope {
-        self.view().map(|v| v.kind.scope()).unwrap_or(Scope::Workflows)
+        self.view()
+            .map(|v| v.kind.scope())
+            .unwrap_or(Scope::Workflows)
     }
 
     fn push(&mut self, kind: ViewKind) -> Vec<Effect> {
@@ -530,7 +568,9 @@ impl App {
         for v in self.stack.iter().rev() {
             match &v.kind {
                 ViewKind::Stages(w) => return Some(w.clone()),
-                ViewKind::Items { workflow: Some(w), .. } => return Some(w.clone()),
+                ViewKind::Items {
+                    workflow: Some(w), ..
+                } => return Some(w.clone()),
                 ViewKind::Item(_) => {
                     if let ViewData::Item(d) = &v.data {
                         return Some(d.item.workflow.clone());
@@ -566,7 +606,9 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
         Msg::Changed => {
             // Reload what is on screen; pages already appended are reloaded from the top.
             match app.view() {
-                Some(v) if !matches!(v.data, ViewData::Items { .. } | ViewData::Deliveries { .. }) => {
+                Some(v)
+                    if !matches!(v.data, ViewData::Items { .. } | ViewData::Deliveries { .. }) =>
+                {
                     app.load_current(None)
                 }
                 Some(v) if v.cursor < PAGE => app.load_current(None),
@@ -602,7 +644,10 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
         }
         Msg::Counted { filter, count } => {
             if count == 0 {
-                app.flash("no failed deliveries match: nothing to re-fire", Level::Info);
+                app.flash(
+                    "no failed deliveries match: nothing to re-fire",
+                    Level::Info,
+                );
             } else {
                 app.overlay = Some(Overlay::Typed {
                     text: format!(
@@ -632,7 +677,11 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             }
             vec![]
         }
-        Msg::StageCount { workflow, from, count } => {
+        Msg::StageCount {
+            workflow,
+            from,
+            count,
+        } => {
             if count == 0 {
                 app.flash(format!("stage {from} holds no items"), Level::Info);
                 return vec![];
@@ -661,8 +710,13 @@ fn filter_words(f: &DeliveryFilter) -> String {
 fn loaded(app: &mut App, view: u64, data: ViewData, append: bool) {
     if let ViewData::Stages(d) = &data {
         let w = d.summary.id.clone();
-        app.stages
-            .insert(w.clone(), d.stage_list.iter().map(|s| (s.id.clone(), s.kind)).collect());
+        app.stages.insert(
+            w.clone(),
+            d.stage_list
+                .iter()
+                .map(|s| (s.id.clone(), s.kind))
+                .collect(),
+        );
         if app.pending_picker.as_ref().is_some_and(|(pw, _)| *pw == w)
             && let Some((pw, target)) = app.pending_picker.take()
             && app.overlay.is_none()
@@ -680,8 +734,16 @@ fn loaded(app: &mut App, view: u64, data: ViewData, append: bool) {
         }
         (
             true,
-            ViewData::Deliveries { rows, cursors, more },
-            ViewData::Deliveries { rows: new, cursors: c, more: m },
+            ViewData::Deliveries {
+                rows,
+                cursors,
+                more,
+            },
+            ViewData::Deliveries {
+                rows: new,
+                cursors: c,
+                more: m,
+            },
         ) => {
             rows.extend(new);
             cursors.extend(c);
@@ -730,7 +792,10 @@ fn key(app: &mut App, k: KeyEvent) -> Vec<Effect> {
 fn log_action(app: &mut App, a: Action) -> Option<Vec<Effect>> {
     let visible = app.log.visible_indices();
     let n = visible.len();
-    let pos = visible.iter().position(|i| *i >= app.log.cursor).unwrap_or(n.saturating_sub(1));
+    let pos = visible
+        .iter()
+        .position(|i| *i >= app.log.cursor)
+        .unwrap_or(n.saturating_sub(1));
     let set = |app: &mut App, p: usize| {
         if let Some(i) = visible.get(p) {
             app.log.cursor = *i;
@@ -773,7 +838,10 @@ fn log_action(app: &mut App, a: Action) -> Option<Vec<Effect>> {
                 if app.log.follow {
                     app.log.cursor = app.log.entries.len().saturating_sub(1);
                 }
-                app.flash(format!("stream resumed ({k} attempts were held)"), Level::Info);
+                app.flash(
+                    format!("stream resumed ({k} attempts were held)"),
+                    Level::Info,
+                );
             } else {
                 app.flash("stream paused: new attempts are held", Level::Info);
             }
@@ -815,8 +883,14 @@ fn move_cursor(app: &mut App, f: impl Fn(usize, usize, usize) -> usize) -> Vec<E
     // Near the end of what is loaded: fetch the next page (keyset).
     let near_end = v.cursor + page >= n;
     let after = match &v.data {
-        ViewData::Items { rows, more: true } if near_end => rows.last().map(|r| LoadAfter::Item(r.cursor.clone())),
-        ViewData::Deliveries { cursors, more: true, .. } if near_end => cursors.last().map(|c| LoadAfter::Delivery(*c)),
+        ViewData::Items { rows, more: true } if near_end => {
+            rows.last().map(|r| LoadAfter::Item(r.cursor.clone()))
+        }
+        ViewData::Deliveries {
+            cursors,
+            more: true,
+            ..
+        } if near_end => cursors.last().map(|c| LoadAfter::Delivery(*c)),
         _ => None,
     };
     match after {
@@ -837,7 +911,11 @@ fn targets(v: &View) -> Vec<String> {
     match &v.data {
         ViewData::Items { rows, .. } => vec![rows[*i].id.to_string()],
         ViewData::Deliveries { rows, .. } => vec![rows[*i].id.to_string()],
-        ViewData::Item(d) => d.deliveries.get(*i).map(|d| vec![d.id.to_string()]).unwrap_or_default(),
+        ViewData::Item(d) => d
+            .deliveries
+            .get(*i)
+            .map(|d| vec![d.id.to_string()])
+            .unwrap_or_default(),
         _ => vec![],
     }
 }
@@ -858,13 +936,18 @@ fn current_stage_row(v: &View) -> Option<&crate::store::StageSummary> {
     let ViewData::Stages(d) = &v.data else {
         return None;
     };
-    v.visible_indices().get(v.cursor).and_then(|i| d.stage_list.get(*i))
+    v.visible_indices()
+        .get(v.cursor)
+        .and_then(|i| d.stage_list.get(*i))
 }
 
 fn open_picker(app: &mut App, workflow: WorkflowId, target: AssignWhat) {
     let choices = app.stages.get(&workflow).cloned().unwrap_or_default();
     if choices.is_empty() {
-        app.flash("open the workflow's stages first (its stage list is not loaded)", Level::Warn);
+        app.flash(
+            "open the workflow's stages first (its stage list is not loaded)",
+            Level::Warn,
+        );
         return;
     }
     let n = match &target {
@@ -883,21 +966,41 @@ fn open_picker(app: &mut App, workflow: WorkflowId, target: AssignWhat) {
 
 fn confirm_refire(app: &mut App, ids: Vec<DeliveryId>) -> Vec<Effect> {
     let text = if ids.len() == 1 {
-        format!("Re-fire delivery {}? The item goes back into its webhook stage and is delivered anew.", ids[0])
+        format!(
+            "Re-fire delivery {}? The item goes back into its webhook stage and is delivered anew.",
+            ids[0]
+        )
     } else {
-        format!("Re-fire {} deliveries? Each item goes back into its webhook stage.", ids.len())
+        format!(
+            "Re-fire {} deliveries? Each item goes back into its webhook stage.",
+            ids.len()
+        )
     };
-    app.overlay = Some(Overlay::Confirm { text, focus: 0, action: Pending::Refire(ids) });
+    app.overlay = Some(Overlay::Confirm {
+        text,
+        focus: 0,
+        action: Pending::Refire(ids),
+    });
     vec![]
 }
 
 fn confirm_replay(app: &mut App, ids: Vec<DeliveryId>) -> Vec<Effect> {
     let text = if ids.len() == 1 {
-        format!("Replay delivery {}? The stored bytes are sent again; the item does not move.", ids[0])
+        format!(
+            "Replay delivery {}? The stored bytes are sent again; the item does not move.",
+            ids[0]
+        )
     } else {
-        format!("Replay {} deliveries? The stored bytes are sent again; items do not move.", ids.len())
+        format!(
+            "Replay {} deliveries? The stored bytes are sent again; items do not move.",
+            ids.len()
+        )
     };
-    app.overlay = Some(Overlay::Confirm { text, focus: 0, action: Pending::Replay(ids) });
+    app.overlay = Some(Overlay::Confirm {
+        text,
+        focus: 0,
+        action: Pending::Replay(ids),
+    });
     vec![]
 }
 
@@ -955,7 +1058,9 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
         }
         Action::Open => open(app),
         Action::Select => {
-            let Some(v) = app.view_mut() else { return vec![] };
+            let Some(v) = app.view_mut() else {
+                return vec![];
+            };
             let vis = v.visible_indices();
             let id = match (&v.data, vis.get(v.cursor)) {
                 (ViewData::Items { rows, .. }, Some(i)) => rows[*i].id.to_string(),
@@ -968,22 +1073,41 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
             move_cursor(app, |c, _, _| c + 1)
         }
         Action::SelectAll => {
-            let Some(v) = app.view_mut() else { return vec![] };
+            let Some(v) = app.view_mut() else {
+                return vec![];
+            };
             let ids: Vec<String> = match &v.data {
                 ViewData::Items { rows, .. } => rows.iter().map(|r| r.id.to_string()).collect(),
-                ViewData::Deliveries { rows, .. } => v.visible_indices().iter().map(|i| rows[*i].id.to_string()).collect(),
+                ViewData::Deliveries { rows, .. } => v
+                    .visible_indices()
+                    .iter()
+                    .map(|i| rows[*i].id.to_string())
+                    .collect(),
                 _ => vec![],
             };
             let n = ids.len();
             v.selected.extend(ids);
-            app.flash(format!("{n} rows selected (all loaded rows; Esc clears)"), Level::Info);
+            app.flash(
+                format!("{n} rows selected (all loaded rows; Esc clears)"),
+                Level::Info,
+            );
             vec![]
         }
         Action::SortByName => {
-            let Some(v) = app.view_mut() else { return vec![] };
-            v.order = if v.order == ItemOrder::Name { ItemOrder::Waiting } else { ItemOrder::Name };
+            let Some(v) = app.view_mut() else {
+                return vec![];
+            };
+            v.order = if v.order == ItemOrder::Name {
+                ItemOrder::Waiting
+            } else {
+                ItemOrder::Name
+            };
             v.cursor = 0;
-            let word = if v.order == ItemOrder::Name { "name" } else { "waiting time" };
+            let word = if v.order == ItemOrder::Name {
+                "name"
+            } else {
+                "waiting time"
+            };
             app.flash(format!("sorted by {word}"), Level::Info);
             app.load_current(None)
         }
@@ -991,18 +1115,28 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
             let filter = match app.view().map(|v| &v.kind) {
                 Some(ViewKind::Stages(w)) => {
                     let stage = app.view().and_then(current_stage_row).map(|s| s.id.clone());
-                    DeliveryFilter { workflow: Some(w.clone()), stage, ..Default::default() }
+                    DeliveryFilter {
+                        workflow: Some(w.clone()),
+                        stage,
+                        ..Default::default()
+                    }
                 }
                 Some(ViewKind::Workflows) => {
                     let w = workflow_under_cursor(app);
-                    DeliveryFilter { workflow: w, ..Default::default() }
+                    DeliveryFilter {
+                        workflow: w,
+                        ..Default::default()
+                    }
                 }
                 Some(ViewKind::Items { workflow, stage }) => DeliveryFilter {
                     workflow: workflow.clone(),
                     stage: stage.clone(),
                     ..Default::default()
                 },
-                Some(ViewKind::Item(id)) => DeliveryFilter { item: Some(id.clone()), ..Default::default() },
+                Some(ViewKind::Item(id)) => DeliveryFilter {
+                    item: Some(id.clone()),
+                    ..Default::default()
+                },
                 _ => DeliveryFilter::default(),
             };
             app.push(ViewKind::Deliveries(filter))
@@ -1035,7 +1169,11 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
             } else {
                 format!("{verb} {} items?", ids.len())
             };
-            app.overlay = Some(Overlay::Confirm { text, focus: 0, action: Pending::Advance { ids, outcome } });
+            app.overlay = Some(Overlay::Confirm {
+                text,
+                focus: 0,
+                action: Pending::Advance { ids, outcome },
+            });
             vec![]
         }
         Action::Refire | Action::Replay => {
@@ -1047,7 +1185,11 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
             if ids.is_empty() {
                 return vec![];
             }
-            if a == Action::Refire { confirm_refire(app, ids) } else { confirm_replay(app, ids) }
+            if a == Action::Refire {
+                confirm_refire(app, ids)
+            } else {
+                confirm_replay(app, ids)
+            }
         }
         Action::RefireAll => {
             let filter = match app.view().map(|v| &v.kind) {
@@ -1062,27 +1204,56 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
             vec![Effect::CountFailed(filter)]
         }
         Action::Test | Action::PauseStage => {
-            let Some(ViewKind::Stages(w)) = app.view().map(|v| v.kind.clone()) else { return vec![] };
-            let Some(s) = app.view().and_then(current_stage_row).cloned() else { return vec![] };
+            let Some(ViewKind::Stages(w)) = app.view().map(|v| v.kind.clone()) else {
+                return vec![];
+            };
+            let Some(s) = app.view().and_then(current_stage_row).cloned() else {
+                return vec![];
+            };
             if s.kind != StageKind::Webhook {
-                app.flash(format!("stage {} is a {} stage; only webhook stages can be {}", s.id, s.kind,
-                    if a == Action::Test { "tested" } else { "paused" }), Level::Warn);
+                app.flash(
+                    format!(
+                        "stage {} is a {} stage; only webhook stages can be {}",
+                        s.id,
+                        s.kind,
+                        if a == Action::Test {
+                            "tested"
+                        } else {
+                            "paused"
+                        }
+                    ),
+                    Level::Warn,
+                );
                 return vec![];
             }
             if a == Action::Test {
                 app.flash(format!("testing {}…", s.id), Level::Info);
-                return vec![Effect::Test { workflow: w, stage: s.id }];
+                return vec![Effect::Test {
+                    workflow: w,
+                    stage: s.id,
+                }];
             }
             let pause = !s.paused;
             if pause {
                 app.overlay = Some(Overlay::Confirm {
-                    text: format!("Pause stage {}? Its deliveries stay pending until it is resumed.", s.id),
+                    text: format!(
+                        "Pause stage {}? Its deliveries stay pending until it is resumed.",
+                        s.id
+                    ),
                     focus: 0,
-                    action: Pending::Pause { workflow: w, stage: s.id, pause },
+                    action: Pending::Pause {
+                        workflow: w,
+                        stage: s.id,
+                        pause,
+                    },
                 });
                 vec![]
             } else {
-                vec![Effect::Run(Pending::Pause { workflow: w, stage: s.id, pause })]
+                vec![Effect::Run(Pending::Pause {
+                    workflow: w,
+                    stage: s.id,
+                    pause,
+                })]
             }
         }
         Action::Cancel => {
@@ -1095,15 +1266,27 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
                 return vec![];
             }
             let text = if ids.len() == 1 {
-                format!("Cancel delivery {}? The item routes along on_failure; an attempt on the wire routes nothing.", ids[0])
+                format!(
+                    "Cancel delivery {}? The item routes along on_failure; an attempt on the wire routes nothing.",
+                    ids[0]
+                )
             } else {
-                format!("Cancel {} deliveries? Each item routes along on_failure.", ids.len())
+                format!(
+                    "Cancel {} deliveries? Each item routes along on_failure.",
+                    ids.len()
+                )
             };
-            app.overlay = Some(Overlay::Confirm { text, focus: 0, action: Pending::Cancel(ids) });
+            app.overlay = Some(Overlay::Confirm {
+                text,
+                focus: 0,
+                action: Pending::Cancel(ids),
+            });
             vec![]
         }
         Action::CancelAll | Action::Export => {
-            let Some(ViewKind::Deliveries(f)) = app.view().map(|v| v.kind.clone()) else { return vec![] };
+            let Some(ViewKind::Deliveries(f)) = app.view().map(|v| v.kind.clone()) else {
+                return vec![];
+            };
             if a == Action::Export {
                 app.flash("exporting…", Level::Info);
                 return vec![Effect::Export(f)];
@@ -1127,16 +1310,25 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
 
 fn workflow_under_cursor(app: &App) -> Option<WorkflowId> {
     let v = app.view()?;
-    let ViewData::Workflows(rows) = &v.data else { return None };
-    v.visible_indices().get(v.cursor).map(|i| rows[*i].id.clone())
+    let ViewData::Workflows(rows) = &v.data else {
+        return None;
+    };
+    v.visible_indices()
+        .get(v.cursor)
+        .map(|i| rows[*i].id.clone())
 }
 
 fn assign(app: &mut App) -> Vec<Effect> {
     let Some(v) = app.view() else { return vec![] };
     match &v.kind {
         ViewKind::Stages(w) => {
-            let Some(s) = current_stage_row(v) else { return vec![] };
-            vec![Effect::CountStage { workflow: w.clone(), from: s.id.clone() }]
+            let Some(s) = current_stage_row(v) else {
+                return vec![];
+            };
+            vec![Effect::CountStage {
+                workflow: w.clone(),
+                from: s.id.clone(),
+            }]
         }
         ViewKind::Items { .. } | ViewKind::Item(_) => {
             let ids = item_versions(v, &targets(v));
@@ -1145,7 +1337,9 @@ fn assign(app: &mut App) -> Vec<Effect> {
                 ViewData::Items { rows, .. } => rows.first().map(|r| r.workflow.clone()),
                 _ => None,
             };
-            let Some(workflow) = workflow.filter(|_| !ids.is_empty()) else { return vec![] };
+            let Some(workflow) = workflow.filter(|_| !ids.is_empty()) else {
+                return vec![];
+            };
             if !app.stages.contains_key(&workflow) {
                 // The picker needs the stage list: load it; the picker opens when it arrives.
                 app.pending_picker = Some((workflow.clone(), AssignWhat::Items(ids)));
@@ -1167,7 +1361,9 @@ fn assign(app: &mut App) -> Vec<Effect> {
 fn open(app: &mut App) -> Vec<Effect> {
     let Some(v) = app.view() else { return vec![] };
     let vis = v.visible_indices();
-    let Some(i) = vis.get(v.cursor).copied() else { return vec![] };
+    let Some(i) = vis.get(v.cursor).copied() else {
+        return vec![];
+    };
     let next = match &v.data {
         ViewData::Workflows(rows) => ViewKind::Stages(rows[i].id.clone()),
         ViewData::Stages(d) => ViewKind::Items {
@@ -1220,7 +1416,9 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
                     app.log.filter = text;
                     return vec![];
                 }
-                let Some(v) = app.view_mut() else { return vec![] };
+                let Some(v) = app.view_mut() else {
+                    return vec![];
+                };
                 v.filter = text;
                 v.cursor = 0;
                 if matches!(v.kind, ViewKind::Items { .. }) {
@@ -1242,7 +1440,14 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
                 }
             }
         }
-        Overlay::Picker { title, workflow, choices, mut query, mut cursor, target } => {
+        Overlay::Picker {
+            title,
+            workflow,
+            choices,
+            mut query,
+            mut cursor,
+            target,
+        } => {
             let matching: Vec<&(StageId, StageKind)> = choices
                 .iter()
                 .filter(|(id, _)| id.as_str().contains(query.as_str()))
@@ -1251,11 +1456,22 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
                 KeyCode::Esc => return vec![],
                 KeyCode::Enter => {
                     let Some((to, _)) = matching.get(cursor).cloned() else {
-                        app.overlay = Some(Overlay::Picker { title, workflow, choices, query, cursor, target });
+                        app.overlay = Some(Overlay::Picker {
+                            title,
+                            workflow,
+                            choices,
+                            query,
+                            cursor,
+                            target,
+                        });
                         return vec![];
                     };
                     let to = to.clone();
-                    let action = Pending::Assign { workflow: workflow.clone(), to: to.clone(), target: target.clone() };
+                    let action = Pending::Assign {
+                        workflow: workflow.clone(),
+                        to: to.clone(),
+                        target: target.clone(),
+                    };
                     app.overlay = Some(match &target {
                         AssignWhat::Items(ids) => Overlay::Confirm {
                             text: if ids.len() == 1 {
@@ -1267,7 +1483,9 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
                             action,
                         },
                         AssignWhat::Stage { from, count } => Overlay::Typed {
-                            text: format!("Assign all {count} items of stage {from} to stage {to}."),
+                            text: format!(
+                                "Assign all {count} items of stage {from} to stage {to}."
+                            ),
                             expected: count.to_string(),
                             typed: String::new(),
                             action,
@@ -1283,17 +1501,32 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
                     }
                 }
             }
-            app.overlay = Some(Overlay::Picker { title, workflow, choices, query, cursor, target });
+            app.overlay = Some(Overlay::Picker {
+                title,
+                workflow,
+                choices,
+                query,
+                cursor,
+                target,
+            });
             vec![]
         }
-        Overlay::Confirm { text, mut focus, action } => match k.code {
+        Overlay::Confirm {
+            text,
+            mut focus,
+            action,
+        } => match k.code {
             KeyCode::Esc => {
                 app.flash("cancelled", Level::Info);
                 vec![]
             }
             KeyCode::Tab | KeyCode::Left | KeyCode::Right | KeyCode::BackTab => {
                 focus = 1 - focus.min(1);
-                app.overlay = Some(Overlay::Confirm { text, focus, action });
+                app.overlay = Some(Overlay::Confirm {
+                    text,
+                    focus,
+                    action,
+                });
                 vec![]
             }
             KeyCode::Enter => {
@@ -1310,11 +1543,20 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
                     app.quit = true;
                     return vec![];
                 }
-                app.overlay = Some(Overlay::Confirm { text, focus, action });
+                app.overlay = Some(Overlay::Confirm {
+                    text,
+                    focus,
+                    action,
+                });
                 vec![]
             }
         },
-        Overlay::Typed { text, expected, mut typed, action } => match k.code {
+        Overlay::Typed {
+            text,
+            expected,
+            mut typed,
+            action,
+        } => match k.code {
             KeyCode::Esc => {
                 app.flash("cancelled", Level::Info);
                 vec![]
@@ -1325,7 +1567,12 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
                     vec![Effect::Run(action)]
                 } else {
                     app.flash(format!("type {expected} to confirm"), Level::Warn);
-                    app.overlay = Some(Overlay::Typed { text, expected, typed, action });
+                    app.overlay = Some(Overlay::Typed {
+                        text,
+                        expected,
+                        typed,
+                        action,
+                    });
                     vec![]
                 }
             }
@@ -1337,7 +1584,12 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
                 } else if k.code == KeyCode::Backspace {
                     typed.pop();
                 }
-                app.overlay = Some(Overlay::Typed { text, expected, typed, action });
+                app.overlay = Some(Overlay::Typed {
+                    text,
+                    expected,
+                    typed,
+                    action,
+                });
                 vec![]
             }
         },
@@ -1369,7 +1621,10 @@ fn command(app: &mut App, cmd: &str) -> Vec<Effect> {
         }
         "deliveries" | "dl" => {
             // Words in any order: a state (`failed`), an error kind (`timeout`), a status (`503`).
-            let mut f = DeliveryFilter { workflow: app.current_workflow(), ..Default::default() };
+            let mut f = DeliveryFilter {
+                workflow: app.current_workflow(),
+                ..Default::default()
+            };
             for w in arg.into_iter().chain(words) {
                 if let Ok(s) = w.parse::<DeliveryState>() {
                     f.state = Some(s);
@@ -1378,8 +1633,15 @@ fn command(app: &mut App, cmd: &str) -> Vec<Effect> {
                 } else if let Ok(code) = w.parse::<u16>() {
                     f.status = Some(code);
                 } else {
-                    let e = w.parse::<DeliveryState>().err().map(|e| e.to_string()).unwrap_or_default();
-                    app.flash(format!("{e}; or an error kind (timeout, connect, …) or an HTTP status"), Level::Error);
+                    let e = w
+                        .parse::<DeliveryState>()
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default();
+                    app.flash(
+                        format!("{e}; or an error kind (timeout, connect, …) or an HTTP status"),
+                        Level::Error,
+                    );
                     return vec![];
                 }
             }

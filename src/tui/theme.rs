@@ -23,7 +23,9 @@ impl Theme {
         Theme {
             normal: Style::default(),
             dim: Style::default().fg(Color::DarkGray),
-            title: Style::default().fg(Color::Cyan).add_modifier(Modifier::BOLD),
+            title: Style::default()
+                .fg(Color::Cyan)
+                .add_modifier(Modifier::BOLD),
             header: Style::default().add_modifier(Modifier::BOLD),
             key: Style::default().fg(Color::Cyan),
             focus: Style::default().fg(Color::Cyan),

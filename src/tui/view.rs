@@ -89,7 +89,11 @@ fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         Span::styled(" hookops ", theme.title),
         Span::raw(" "),
         Span::styled(
-            if app.header.dispatcher_warning { "⚠ " } else { "" },
+            if app.header.dispatcher_warning {
+                "⚠ "
+            } else {
+                ""
+            },
             dispatcher_style,
         ),
         Span::styled(clean(&app.header.dispatcher), dispatcher_style),
@@ -97,18 +101,30 @@ fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     if app.read_only {
         line1.push(Span::styled("  [read-only]", theme.warn));
     }
-    line1.push(Span::styled(format!("  {}", clean(&app.header.db)), theme.dim));
+    line1.push(Span::styled(
+        format!("  {}", clean(&app.header.db)),
+        theme.dim,
+    ));
     let line2 = vec![
-        Span::styled(format!(" ◷ pending {}", count(DeliveryState::Pending)), theme.normal),
+        Span::styled(
+            format!(" ◷ pending {}", count(DeliveryState::Pending)),
+            theme.normal,
+        ),
         Span::raw(" · "),
-        Span::styled(format!("↗ in flight {}", count(DeliveryState::InFlight)), theme.normal),
+        Span::styled(
+            format!("↗ in flight {}", count(DeliveryState::InFlight)),
+            theme.normal,
+        ),
         Span::raw(" · "),
         Span::styled(
             format!("↻ retry {}", count(DeliveryState::RetryScheduled)),
             theme.warn,
         ),
         Span::raw(" · "),
-        Span::styled(format!("✗ failed {}", count(DeliveryState::Failed)), theme.bad),
+        Span::styled(
+            format!("✗ failed {}", count(DeliveryState::Failed)),
+            theme.bad,
+        ),
     ];
     f.render_widget(
         Paragraph::new(vec![Line::from(line1), Line::from(line2)]),
@@ -116,7 +132,8 @@ fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     );
     let rate: Vec<u64> = app.rate.iter().copied().collect();
     let last = rate.iter().rev().nth(1).copied().unwrap_or(0);
-    let [label, spark] = Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(right);
+    let [label, spark] =
+        Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(right);
     f.render_widget(
         Paragraph::new(format!("{last} attempts/s"))
             .style(theme.dim)
@@ -124,7 +141,14 @@ fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         label,
     );
     let width = spark.width as usize;
-    let tail: Vec<u64> = rate.iter().rev().skip(1).take(width).rev().copied().collect();
+    let tail: Vec<u64> = rate
+        .iter()
+        .rev()
+        .skip(1)
+        .take(width)
+        .rev()
+        .copied()
+        .collect();
     f.render_widget(Sparkline::default().data(&tail).style(theme.good), spark);
 }
 
@@ -145,7 +169,13 @@ fn window(cursor: usize, len: usize, height: usize) -> usize {
         .min(len.saturating_sub(height))
 }
 
-fn draw_main(f: &mut Frame, app: &mut App, theme: &Theme, area: Rect, now: chrono::DateTime<chrono::Utc>) {
+fn draw_main(
+    f: &mut Frame,
+    app: &mut App,
+    theme: &Theme,
+    area: Rect,
+    now: chrono::DateTime<chrono::Utc>,
+) {
     let focused = !app.focus_log;
     let Some(v) = app.stack.last() else { return };
     let mut title = v.kind.title();
@@ -177,13 +207,24 @@ fn draw_main(f: &mut Frame, app: &mut App, theme: &Theme, area: Rect, now: chron
         }
         ViewData::Failed(e) => {
             f.render_widget(
-                Paragraph::new(clean(e)).style(theme.bad).wrap(Wrap { trim: true }),
+                Paragraph::new(clean(e))
+                    .style(theme.bad)
+                    .wrap(Wrap { trim: true }),
                 inner,
             );
             return;
         }
         ViewData::Workflows(rows) => (
-            vec!["ID", "NAME", "STAGES", "ITEMS", "WAITING", "IN DELIVERY", "FAILED", "DONE"],
+            vec![
+                "ID",
+                "NAME",
+                "STAGES",
+                "ITEMS",
+                "WAITING",
+                "IN DELIVERY",
+                "FAILED",
+                "DONE",
+            ],
             shown
                 .iter()
                 .map(|i| {
@@ -212,7 +253,15 @@ fn draw_main(f: &mut Frame, app: &mut App, theme: &Theme, area: Rect, now: chron
             ],
         ),
         ViewData::Stages(d) => (
-            vec!["STAGE", "KIND", "ITEMS", "WAITING", "IN DELIVERY", "FAILED", "STATUS"],
+            vec![
+                "STAGE",
+                "KIND",
+                "ITEMS",
+                "WAITING",
+                "IN DELIVERY",
+                "FAILED",
+                "STATUS",
+            ],
             shown
                 .iter()
                 .map(|i| {
@@ -230,7 +279,10 @@ fn draw_main(f: &mut Frame, app: &mut App, theme: &Theme, area: Rect, now: chron
                     if s.kind == StageKind::Webhook {
                         let d = |k: &str| s.deliveries.get(k).copied().unwrap_or(0);
                         if d("failed") > 0 {
-                            status.push(Span::styled(format!("✗ {} failed ", d("failed")), theme.bad));
+                            status.push(Span::styled(
+                                format!("✗ {} failed ", d("failed")),
+                                theme.bad,
+                            ));
                         }
                         if d("retry_scheduled") > 0 {
                             status.push(Span::styled(
@@ -292,7 +344,9 @@ fn draw_main(f: &mut Frame, app: &mut App, theme: &Theme, area: Rect, now: chron
             )
         }
         ViewData::Deliveries { rows, .. } => (
-            vec!["", "STATE", "STAGE", "ITEM", "ATTEMPTS", "LAST", "AGE", "ID"],
+            vec![
+                "", "STATE", "STAGE", "ITEM", "ATTEMPTS", "LAST", "AGE", "ID",
+            ],
             shown
                 .iter()
                 .map(|i| {
@@ -434,22 +488,33 @@ fn draw_item(
 ) {
     let it = &d.item;
     let mut lines = vec![
-        Line::from(vec![Span::styled("name      ", theme.dim), Span::raw(clean(&it.name))]),
-        Line::from(vec![Span::styled("id        ", theme.dim), Span::raw(it.id.to_string())]),
+        Line::from(vec![
+            Span::styled("name      ", theme.dim),
+            Span::raw(clean(&it.name)),
+        ]),
+        Line::from(vec![
+            Span::styled("id        ", theme.dim),
+            Span::raw(it.id.to_string()),
+        ]),
         Line::from(vec![
             Span::styled("stage     ", theme.dim),
             Span::raw(format!("{} ", it.stage)),
             state_span(it.state, theme),
             Span::styled(format!("  v{}", it.version), theme.dim),
         ]),
-        Line::from(vec![Span::styled("path      ", theme.dim), Span::raw(clean(&it.path))]),
+        Line::from(vec![
+            Span::styled("path      ", theme.dim),
+            Span::raw(clean(&it.path)),
+        ]),
         Line::from(vec![
             Span::styled("tags      ", theme.dim),
             Span::raw(clean(&it.tags.join(", "))),
         ]),
         Line::from(vec![
             Span::styled("properties ", theme.dim),
-            Span::raw(clean(&serde_json::Value::Object(it.properties.clone()).to_string())),
+            Span::raw(clean(
+                &serde_json::Value::Object(it.properties.clone()).to_string(),
+            )),
         ]),
         Line::from(vec![
             Span::styled("annotations ", theme.dim),
@@ -472,7 +537,10 @@ fn draw_item(
             h.from.as_ref().map(|s| s.as_str()).unwrap_or("·"),
             h.to,
             h.cause,
-            h.operator.as_ref().map(|o| format!(" by {}", clean(o))).unwrap_or_default()
+            h.operator
+                .as_ref()
+                .map(|o| format!(" by {}", clean(o)))
+                .unwrap_or_default()
         )));
     }
     if hidden > 0 {
@@ -507,7 +575,11 @@ fn draw_item(
                 Cell::from(result_span(del.last_status, del.last_error_kind, theme)),
                 Cell::from(del.id.to_string()),
             ]);
-            if i == cursor { r.style(theme.selected) } else { r }
+            if i == cursor {
+                r.style(theme.selected)
+            } else {
+                r
+            }
         })
         .collect();
     f.render_widget(
@@ -614,12 +686,20 @@ fn draw_delivery(
     }
     let max = lines.len().saturating_sub(area.height as usize);
     let scroll = scroll.min(max);
-    let lines: Vec<Line> = lines.into_iter().skip(scroll).take(area.height as usize).collect();
+    let lines: Vec<Line> = lines
+        .into_iter()
+        .skip(scroll)
+        .take(area.height as usize)
+        .collect();
     f.render_widget(Paragraph::new(lines), area);
 }
 
 /// One log line: time, glyph, status, stage, item, attempt n/max, duration, next retry.
-pub fn log_line(e: &AttemptEvent, theme: &Theme, now: chrono::DateTime<chrono::Utc>) -> Line<'static> {
+pub fn log_line(
+    e: &AttemptEvent,
+    theme: &Theme,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Line<'static> {
     let (glyph, style) = match (e.status, e.state) {
         (_, DeliveryState::RetryScheduled) => ("↻", theme.warn),
         (Some(s), _) if (200..300).contains(&s) => ("✓", theme.good),
@@ -660,7 +740,11 @@ pub fn log_line(e: &AttemptEvent, theme: &Theme, now: chrono::DateTime<chrono::U
         let secs = (t - now).num_milliseconds().max(0) as f64 / 1000.0;
         spans.push(Span::styled(format!("  retry in {secs:.0}s"), theme.warn));
     }
-    if let Some(m) = e.error_message.as_ref().filter(|_| e.status.is_none_or(|s| s >= 300)) {
+    if let Some(m) = e
+        .error_message
+        .as_ref()
+        .filter(|_| e.status.is_none_or(|s| s >= 300))
+    {
         spans.push(Span::styled(format!("  {}", clean(m)), theme.dim));
     }
     if let Some(to) = &e.routed_to {
@@ -669,7 +753,13 @@ pub fn log_line(e: &AttemptEvent, theme: &Theme, now: chrono::DateTime<chrono::U
     Line::from(spans)
 }
 
-fn draw_log(f: &mut Frame, app: &App, theme: &Theme, area: Rect, now: chrono::DateTime<chrono::Utc>) {
+fn draw_log(
+    f: &mut Frame,
+    app: &App,
+    theme: &Theme,
+    area: Rect,
+    now: chrono::DateTime<chrono::Utc>,
+) {
     let mut title = String::from("log");
     if app.log.follow {
         title.push_str(" · following");
@@ -686,7 +776,8 @@ fn draw_log(f: &mut Frame, app: &App, theme: &Theme, area: Rect, now: chrono::Da
     let vis = app.log.visible_indices();
     if vis.is_empty() {
         f.render_widget(
-            Paragraph::new("no attempts yet: deliveries show up here as they are sent").style(theme.dim),
+            Paragraph::new("no attempts yet: deliveries show up here as they are sent")
+                .style(theme.dim),
             inner,
         );
         return;
@@ -733,9 +824,10 @@ fn draw_flash(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
 fn draw_footer(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let mut spans = Vec::new();
     // Help and quit first, so they survive a narrow terminal; then the view's own keys.
-    let mut hints: Vec<&keymap::Binding> = keymap::active(app.scope(), app.focus_log, app.read_only)
-        .filter(|b| b.hint)
-        .collect();
+    let mut hints: Vec<&keymap::Binding> =
+        keymap::active(app.scope(), app.focus_log, app.read_only)
+            .filter(|b| b.hint)
+            .collect();
     hints.sort_by_key(|b| !matches!(b.action, keymap::Action::Help | keymap::Action::Quit));
     for b in hints {
         let keys = keymap::keys_of(b);
@@ -762,7 +854,11 @@ fn centered(area: Rect, w: u16, h: u16) -> Rect {
 fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect) {
     match o {
         Overlay::Command(s) | Overlay::Filter(s) => {
-            let prefix = if matches!(o, Overlay::Command(_)) { ":" } else { "/" };
+            let prefix = if matches!(o, Overlay::Command(_)) {
+                ":"
+            } else {
+                "/"
+            };
             let r = Rect {
                 y: area.y + area.height.saturating_sub(2),
                 height: 1,
@@ -775,12 +871,14 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
             );
         }
         Overlay::Help => {
-            let entries: Vec<(String, &str)> = keymap::active(app.scope(), app.focus_log, app.read_only)
-                .map(|b| {
-                    let keys: Vec<String> = keymap::keys_of(b).iter().map(|k| k.label()).collect();
-                    (keys.join(" "), b.description)
-                })
-                .collect();
+            let entries: Vec<(String, &str)> =
+                keymap::active(app.scope(), app.focus_log, app.read_only)
+                    .map(|b| {
+                        let keys: Vec<String> =
+                            keymap::keys_of(b).iter().map(|k| k.label()).collect();
+                        (keys.join(" "), b.description)
+                    })
+                    .collect();
             let mut notes = vec![
                 Line::from(""),
                 Line::from(Span::styled(
@@ -789,18 +887,33 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
                 )),
             ];
             if app.read_only {
-                notes.push(Line::from(Span::styled("read-only: actions are hidden", theme.warn)));
+                notes.push(Line::from(Span::styled(
+                    "read-only: actions are hidden",
+                    theme.warn,
+                )));
             }
             // One column when every key fits (title, keys, notes, borders); else two side by
             // side over the whole width, so 80×24 still shows every key.
             let height = area.height.saturating_sub(2);
             let two = entries.len() + notes.len() + 3 > height as usize;
-            let r = centered(area, if two { area.width.saturating_sub(2) } else { 72 }, height);
+            let r = centered(
+                area,
+                if two {
+                    area.width.saturating_sub(2)
+                } else {
+                    72
+                },
+                height,
+            );
             f.render_widget(Clear, r);
             let b = block("help".into(), theme, true);
             let inner = b.inner(r);
             f.render_widget(b, r);
-            let per_column = if two { entries.len().div_ceil(2) } else { entries.len() };
+            let per_column = if two {
+                entries.len().div_ceil(2)
+            } else {
+                entries.len()
+            };
             let [title, body, rest] = Layout::vertical([
                 Constraint::Length(1),
                 Constraint::Length(per_column as u16),
@@ -809,12 +922,19 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
             .areas(inner);
             f.render_widget(
                 Paragraph::new(Span::styled(
-                    format!("keys in {} (esc closes)", app.view().map(|v| v.kind.title()).unwrap_or_default()),
+                    format!(
+                        "keys in {} (esc closes)",
+                        app.view().map(|v| v.kind.title()).unwrap_or_default()
+                    ),
                     theme.header,
                 )),
                 title,
             );
-            let key_width = entries.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+            let key_width = entries
+                .iter()
+                .map(|(k, _)| k.chars().count())
+                .max()
+                .unwrap_or(0);
             let column = |part: &[(String, &str)]| -> Paragraph<'static> {
                 let lines: Vec<Line> = part
                     .iter()
@@ -829,7 +949,8 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
             };
             if two {
                 let [left, right] =
-                    Layout::horizontal([Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)]).areas(body);
+                    Layout::horizontal([Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)])
+                        .areas(body);
                 let (a, b) = entries.split_at(per_column.min(entries.len()));
                 f.render_widget(column(a), left);
                 f.render_widget(column(b), right);
@@ -838,7 +959,13 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
             }
             f.render_widget(Paragraph::new(notes).wrap(Wrap { trim: true }), rest);
         }
-        Overlay::Picker { title, choices, query, cursor, .. } => {
+        Overlay::Picker {
+            title,
+            choices,
+            query,
+            cursor,
+            ..
+        } => {
             let matching: Vec<_> = choices
                 .iter()
                 .filter(|(id, _)| id.as_str().contains(query.as_str()))
@@ -847,8 +974,15 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
             f.render_widget(Clear, r);
             let mut lines = vec![Line::from(format!("› {}▏", clean(query)))];
             for (i, (id, kind)) in matching.iter().enumerate() {
-                let l = Line::from(format!("{} {id}  ({kind})", if i == *cursor { "▶" } else { " " }));
-                lines.push(if i == *cursor { l.style(theme.selected) } else { l });
+                let l = Line::from(format!(
+                    "{} {id}  ({kind})",
+                    if i == *cursor { "▶" } else { " " }
+                ));
+                lines.push(if i == *cursor {
+                    l.style(theme.selected)
+                } else {
+                    l
+                });
             }
             if matching.is_empty() {
                 lines.push(Line::from(Span::styled("no stage matches", theme.dim)));
@@ -878,13 +1012,20 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
                 ]),
             ];
             f.render_widget(
-                Paragraph::new(lines)
-                    .wrap(Wrap { trim: true })
-                    .block(block("confirm".into(), theme, true)),
+                Paragraph::new(lines).wrap(Wrap { trim: true }).block(block(
+                    "confirm".into(),
+                    theme,
+                    true,
+                )),
                 r,
             );
         }
-        Overlay::Typed { text, expected, typed, .. } => {
+        Overlay::Typed {
+            text,
+            expected,
+            typed,
+            ..
+        } => {
             let r = centered(area, 64, 8);
             f.render_widget(Clear, r);
             let lines = vec![
@@ -894,9 +1035,11 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
                 Line::from(Span::styled(format!("› {typed}▏"), theme.focus)),
             ];
             f.render_widget(
-                Paragraph::new(lines)
-                    .wrap(Wrap { trim: true })
-                    .block(block("confirm bulk action".into(), theme, true)),
+                Paragraph::new(lines).wrap(Wrap { trim: true }).block(block(
+                    "confirm bulk action".into(),
+                    theme,
+                    true,
+                )),
                 r,
             );
         }

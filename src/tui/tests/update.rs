@@ -681,7 +681,10 @@ fn assign_before_the_stage_list_is_known_loads_it_first() {
     );
     let fx = ch(&mut app, 'a');
     assert_eq!(loads(&fx), vec![(ViewKind::Stages(wf()), String::new())]);
-    assert!(app.overlay.is_none(), "no picker before the stages are known");
+    assert!(
+        app.overlay.is_none(),
+        "no picker before the stages are known"
+    );
     let Effect::Load { view, .. } = fx[0].clone() else {
         unreachable!()
     };
