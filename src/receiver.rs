@@ -1670,7 +1670,7 @@ mod tests {
             ),
             (
                 "/a=explode",
-                "unknown behaviour `explode` in `/a=explode`: use ok, a status such as 500, 429:retry-after=2, fail-first-N, flaky:P%, slow:15s, hang, big-body, endless-body, trickle, reset, redirect or garbage",
+                "unknown behaviour `explode` in `/a=explode`: use ok, a status such as 500, 429:retry-after=2, fail-first-N, flaky:P%, slow:15s, hang, big-body, endless-body, trickle, reset, redirect, garbage or callback:STAGE",
             ),
             (
                 "/a=99",
@@ -1701,6 +1701,33 @@ mod tests {
             let err = spec.parse::<Script>().expect_err(spec);
             assert_eq!(err.to_string(), want, "{spec}");
         }
+    }
+
+    #[test]
+    fn callback_names_a_stage_and_round_trips() {
+        let script: Script = "/validate=callback:review,*=ok".parse().unwrap();
+        assert_eq!(script.to_string(), "/validate=callback:review,*=ok");
+        let Some(Behaviour::Callback(stage)) = script.behaviour_for("/validate") else {
+            panic!("not a callback");
+        };
+        assert_eq!(stage.as_str(), "review");
+        assert!("/v=callback:Not A Stage".parse::<Script>().is_err());
+        // The token never shows in debug output.
+        let with = script.with_callback_api(CallbackApi {
+            url: "http://127.0.0.1:8787".into(),
+            token: "secret-token-0123456789".into(),
+        });
+        assert!(!format!("{with:?}").contains("secret-token"));
+        assert_eq!(
+            delivered_item(
+                br#"{"hookops":{"workflow":{"id":"wf"}},"item":{"source_info":{"item_id":"a1"}}}"#
+            ),
+            Some(("wf".into(), "a1".into()))
+        );
+        assert_eq!(
+            delivered_item(br#"{"payload":{"workflow_id":"wf","item_id":"a2"}}"#),
+            Some(("wf".into(), "a2".into()))
+        );
     }
 
     #[test]
