@@ -576,12 +576,17 @@ pub(super) fn notify_paused(
     Ok(())
 }
 
-/// Why a delivery cannot be re-fired now, or `None` when it can (design §6).
+/// What a re-fire needs: the current spec and revision, the item, and the webhook stage.
+type Refirable = (Arc<Workflow>, i64, crate::model::Item, StageId);
+/// A delivery row as re-fire reads it: workflow, stage, event, item, state, routed version.
+type RefireRow = (String, String, String, Option<String>, String, Option<i64>);
+
+/// Why a delivery cannot be re-fired now (`Err` with the reason), or what re-firing it takes.
 fn refire_refusal(
     conn: &Connection,
     id: &DeliveryId,
-) -> Result<std::result::Result<(Arc<Workflow>, i64, crate::model::Item, StageId), String>> {
-    let row: Option<(String, String, String, Option<String>, String, Option<i64>)> = conn
+) -> Result<std::result::Result<Refirable, String>> {
+    let row: Option<RefireRow> = conn
         .prepare_cached(
             "SELECT workflow_id, stage_id, event, item_id, state, routed_version FROM deliveries WHERE id = ?1",
         )?
@@ -1039,10 +1044,10 @@ impl Store {
             let mut out = Vec::with_capacity(rows.len());
             let mut max: std::collections::HashMap<String, Arc<Workflow>> = Default::default();
             for (seq, mut e) in rows {
-                if !max.contains_key(e.workflow.as_str()) {
-                    if let Ok((spec, _)) = current_spec(c, &e.workflow) {
-                        max.insert(e.workflow.to_string(), spec);
-                    }
+                if !max.contains_key(e.workflow.as_str())
+                    && let Ok((spec, _)) = current_spec(c, &e.workflow)
+                {
+                    max.insert(e.workflow.to_string(), spec);
                 }
                 e.max_attempts = max
                     .get(e.workflow.as_str())

@@ -145,6 +145,11 @@ impl View {
         }
     }
 
+    /// Whether the view shows no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Rows a list view shows, after the local filter (items filter in SQL instead).
     pub fn len(&self) -> usize {
         self.visible_indices().len()
@@ -781,10 +786,10 @@ fn key(app: &mut App, k: KeyEvent) -> Vec<Effect> {
         }
         return vec![];
     };
-    if app.focus_log {
-        if let Some(fx) = log_action(app, b.action) {
-            return fx;
-        }
+    if app.focus_log
+        && let Some(fx) = log_action(app, b.action)
+    {
+        return fx;
     }
     action(app, b.action)
 }
