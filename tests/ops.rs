@@ -1002,7 +1002,7 @@ retry_schedule = ["1h"]"#,
     let plain = w.deliveries_of("plain")[0].id.clone();
     let r = w
         .store
-        .cancel_deliveries(&[plain.clone()], OPERATOR)
+        .cancel_deliveries(std::slice::from_ref(&plain), OPERATOR)
         .unwrap();
     assert_eq!(r.cancelled, 1);
     assert_eq!(w.item("plain").0.as_str(), "bare");
