@@ -145,7 +145,7 @@ pub async fn run(
     let mut watcher = store.change_watcher()?;
     let mut dead = store.dead_local_dispatchers().unwrap_or_default();
     let mut last_beat = tokio::time::Instant::now();
-    let mut failing = false;
+    let health = StoreHealth::default();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     // Attempt tasks, kept so shutdown can stop the ones still waiting on the network: each
     // holds a sender of `events`, and `serve` waits for every sender to go before it exits.
@@ -169,10 +169,7 @@ pub async fn run(
                 .await
             {
                 Ok(leases) => {
-                    if failing {
-                        failing = false;
-                        let _ = events.send(DispatchNotice::Recovered);
-                    }
+                    health.ok(&events);
                     leased = leases.len();
                     for lease in leases {
                         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -185,20 +182,26 @@ pub async fn run(
                             done_tx.clone(),
                         );
                         let (owner, stop) = (info.id.clone(), shutdown.clone());
+                        let health = health.clone();
                         tasks.spawn(async move {
-                            slot(&store, &sender, &events, &owner, &stop, lease).await;
+                            let ctx = SlotContext {
+                                store: &store,
+                                sender: &sender,
+                                events: &events,
+                                owner: &owner,
+                                shutdown: &stop,
+                                health: &health,
+                            };
+                            slot(ctx, lease).await;
                             drop(permit);
                             let _ = done.send(());
                         });
                     }
                 }
                 Err(e) => {
-                    if !failing {
-                        failing = true;
-                        let _ = events.send(DispatchNotice::StoreError(format!(
-                            "dispatch paused: {e}; retrying every second"
-                        )));
-                    }
+                    health.failed(&events, || {
+                        format!("dispatch paused: {e}; retrying every second")
+                    });
                     tracing::error!("lease failed: {e}");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -255,28 +258,51 @@ pub async fn run(
     Ok(())
 }
 
+/// Whether the store refused the dispatcher's last write, shared by the main loop and the
+/// slots so "dispatch paused" and "dispatch resumed" are each said once per episode.
+#[derive(Clone, Default)]
+struct StoreHealth(Arc<std::sync::atomic::AtomicBool>);
+
+impl StoreHealth {
+    fn failed(&self, events: &broadcast::Sender<DispatchNotice>, message: impl FnOnce() -> String) {
+        if !self.0.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            let _ = events.send(DispatchNotice::StoreError(message()));
+        }
+    }
+
+    fn ok(&self, events: &broadcast::Sender<DispatchNotice>) {
+        if self.0.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            let _ = events.send(DispatchNotice::Recovered);
+        }
+    }
+}
+
+/// What a slot needs besides its lease.
+#[derive(Clone, Copy)]
+struct SlotContext<'a> {
+    store: &'a Store,
+    sender: &'a Sender,
+    events: &'a broadcast::Sender<DispatchNotice>,
+    owner: &'a str,
+    shutdown: &'a watch::Receiver<bool>,
+    health: &'a StoreHealth,
+}
+
 /// Runs one concurrency slot: sends `lease`, and while there is due work and no shutdown,
 /// leases the slot's next delivery in the same group commit that records the attempt (the
 /// request is over, so the slot is free: design §6 "at most as many as free slots"). This
 /// saves the second commit wait per attempt that a lease from the main loop costs.
-async fn slot(
-    store: &Store,
-    sender: &Sender,
-    events: &broadcast::Sender<DispatchNotice>,
-    owner: &str,
-    shutdown: &watch::Receiver<bool>,
-    mut lease: Lease,
-) {
+async fn slot(ctx: SlotContext<'_>, mut lease: Lease) {
     loop {
-        let outcome = sender.send(&lease).await;
-        let more = !*shutdown.borrow();
+        let outcome = ctx.sender.send(&lease).await;
+        let more = !*ctx.shutdown.borrow();
         // Both jobs are queued back to back, so the writer takes them into one transaction,
         // the record first (a per-stage cap never counts this slot twice).
         let next = async {
             if !more {
                 return None;
             }
-            match store.lease_due(owner, 1, Vec::new()).await {
+            match ctx.store.lease_due(ctx.owner, 1, Vec::new()).await {
                 Ok(mut leases) => leases.pop(),
                 Err(e) => {
                     // The main loop reports store trouble; this slot just ends.
@@ -285,7 +311,7 @@ async fn slot(
                 }
             }
         };
-        let ((), next) = tokio::join!(record(store, events, &lease, outcome, shutdown), next);
+        let ((), next) = tokio::join!(record(ctx, &lease, outcome), next);
         match next {
             Some(l) => lease = l,
             None => return,
@@ -298,36 +324,35 @@ async fn slot(
 /// or the process stops: the request was sent, so its outcome must not be lost to a fault
 /// that passes. A process that stops first leaves the lease to expire, and the delivery is
 /// sent again (at least once).
-async fn record(
-    store: &Store,
-    events: &broadcast::Sender<DispatchNotice>,
-    lease: &Lease,
-    outcome: AttemptOutcome,
-    shutdown: &watch::Receiver<bool>,
-) {
-    let mut shutdown = shutdown.clone();
-    let mut reported = false;
+async fn record(ctx: SlotContext<'_>, lease: &Lease, outcome: AttemptOutcome) {
+    let mut shutdown = ctx.shutdown.clone();
+    let mut logged = false;
     loop {
-        match store.record_attempt(lease, outcome.clone()).await {
+        match ctx.store.record_attempt(lease, outcome.clone()).await {
             Ok(rec) => {
-                let _ = events.send(DispatchNotice::Attempt(Box::new(AttemptEvent::new(
-                    lease, &outcome, &rec,
-                ))));
+                ctx.health.ok(ctx.events);
+                let _ = ctx
+                    .events
+                    .send(DispatchNotice::Attempt(Box::new(AttemptEvent::new(
+                        lease, &outcome, &rec,
+                    ))));
                 return;
             }
             Err(e) => {
-                if !reported {
-                    reported = true;
+                if !logged {
+                    logged = true;
                     tracing::error!(
                         "cannot record attempt {} of {}: {e}",
                         lease.number,
                         lease.delivery_id
                     );
-                    let _ = events.send(DispatchNotice::StoreError(format!(
+                }
+                ctx.health.failed(ctx.events, || {
+                    format!(
                         "dispatch paused: cannot record an attempt of {}: {e}; retrying every second",
                         lease.delivery_id
-                    )));
-                }
+                    )
+                });
                 if !matches!(e, StoreError::Database(_)) || *shutdown.borrow() {
                     return;
                 }

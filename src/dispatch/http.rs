@@ -124,9 +124,12 @@ fn private_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("a link-local address")
     } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
         Some("a shared (carrier-grade NAT) address")
-    } else if o[0] == 0 || ip.is_broadcast() || ip.is_multicast() || o[0] >= 240 {
-        Some("a reserved address")
-    } else if o[0] == 192 && o[1] == 0 && o[2] == 0 {
+    } else if o[0] == 0
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || o[0] >= 240
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+    {
         Some("a reserved address")
     } else {
         None
@@ -165,16 +168,18 @@ impl TargetPolicy {
         } else {
             format!("{host} resolves to {ip}, which")
         };
-        if self.loopback_only && !ip.to_canonical().is_loopback() {
-            return Some(format!(
-                "refused: {shown} is not a loopback address and HOOKOPS_LOOPBACK_ONLY is set"
-            ));
-        }
+        // The policy is checked first: it is what an operator asked for; the guard is a test's
+        // safety net.
         if self.deny_private.load(Ordering::Relaxed)
             && let Some(reason) = private_reason(ip)
         {
             return Some(format!(
                 "refused by policy deny_private_targets: {shown} is {reason}"
+            ));
+        }
+        if self.loopback_only && !ip.to_canonical().is_loopback() {
+            return Some(format!(
+                "refused: {shown} is not a loopback address and HOOKOPS_LOOPBACK_ONLY is set"
             ));
         }
         None
