@@ -928,6 +928,19 @@ fn a_full_disk_pauses_dispatch_which_resumes_without_loss_and_a_read_only_one_is
     for id in &all {
         assert!(ids.contains(id), "{id} was never sent");
     }
+    // No outcome was lost while the disk was full: every attempt that was sent was recorded
+    // once space returned (a lost one would show as an `interrupted` row and a second send
+    // after its lease expired).
+    let interrupted = count(
+        &c,
+        "SELECT COUNT(*) FROM attempts WHERE error_kind = 'interrupted'",
+    );
+    assert_eq!(
+        interrupted, 0,
+        "attempt outcomes were lost to the full disk"
+    );
+    let received = recv.received().len();
+    assert_eq!(received, n as usize, "deliveries were sent twice");
     rt.block_on(recv.shutdown());
 }
 
