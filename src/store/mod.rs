@@ -169,15 +169,15 @@ impl Store {
         } else {
             if !exists {
                 // Set before the first table exists: lets `prune` give pages back to the file
-        // SQLite silently opens a file it cannot write read-only; say so now rather than at
-        // the first write.
-        if !opts.read_only && conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
-            return Err(StoreError::Open {
+                // SQLite silently opens a file it cannot write read-only; say so now rather than at
+                // the first write.
+                if !opts.read_only && conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+                    return Err(StoreError::Open {
                 path: path.to_path_buf(),
                 message: "the file or its file system is read-only (use --read-only to look at it)"
                     .into(),
             });
-        }
+                }
                 // system in short steps while others use the file (a full VACUUM cannot).
                 conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
             }
@@ -443,7 +443,9 @@ impl Store {
         count: i64,
     ) -> Result<()> {
         let op = operator.to_string();
-        self.write("audit", move |c| audit(c, &op, action, &target, None, count))
+        self.write("audit", move |c| {
+            audit(c, &op, action, &target, None, count)
+        })
     }
 }
 
