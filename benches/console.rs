@@ -329,6 +329,12 @@ fn measure(db: &Path) {
         std::thread::spawn(move || {
             let conn = rusqlite::Connection::open(&db).expect("open");
             conn.busy_timeout(Duration::from_secs(5)).expect("busy");
+            // Attempt numbers continue after any a previous run streamed into this file.
+            let base: i64 = conn
+                .query_row("SELECT COALESCE(MAX(number), 0) FROM attempts", [], |r| {
+                    r.get(0)
+                })
+                .expect("max number");
             let mut n: i64 = 0;
             let start = Instant::now();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -349,7 +355,7 @@ fn measure(db: &Path) {
                         let d = format!("msg_{:032}", n % 1000);
                         st.execute(rusqlite::params![
                             d,
-                            100 + n,
+                            base + 1 + n,
                             chrono::Utc::now().timestamp_millis()
                         ])
                         .expect("insert");
