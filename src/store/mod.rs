@@ -137,6 +137,19 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
     // storage is in memory, which cost ~20 pwrite calls per imported item.
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(open_error)?;
+    // Query planner stability guarantee: plans never depend on bound values. Without it,
+    // SQLite marks a parameter "re-prepare when rebound" whenever its value could matter to
+    // the planner (`LIMIT ?`, `col = ?` in a join or under ORDER BY, a partial index's
+    // column compared to `?`), and `sqlite3_clear_bindings`, which rusqlite's statement cache
+    // calls on every statement it takes back, then expires the statement: the lease query and
+    // the spec lookup were parsed and planned again on every call (most of the writer's time).
+    // The hot queries name their index (INDEXED BY) and inline their constants, so they need
+    // no parameter value to plan well.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map_err(open_error)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -156,6 +169,15 @@ impl Store {
         }
         let conn = open_connection(path, opts.read_only)?;
         check_is_database(&conn, path)?;
+        // SQLite silently opens a file it cannot write read-only; say so now rather than at
+        // the first write.
+        if !opts.read_only && conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            return Err(StoreError::Open {
+                path: path.to_path_buf(),
+                message: "the file or its file system is read-only (use --read-only to look at it)"
+                    .into(),
+            });
+        }
         if opts.read_only {
             let version = schema::user_version(&conn)?;
             if version != SCHEMA_VERSION {
@@ -169,15 +191,6 @@ impl Store {
         } else {
             if !exists {
                 // Set before the first table exists: lets `prune` give pages back to the file
-                // SQLite silently opens a file it cannot write read-only; say so now rather than at
-                // the first write.
-                if !opts.read_only && conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
-                    return Err(StoreError::Open {
-                path: path.to_path_buf(),
-                message: "the file or its file system is read-only (use --read-only to look at it)"
-                    .into(),
-            });
-                }
                 // system in short steps while others use the file (a full VACUUM cannot).
                 conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
             }
@@ -483,5 +496,51 @@ impl Store {
         let conn = open_connection(&self.inner.path, true)?;
         let last = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
         Ok(ChangeWatcher { conn, last })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::StatementStatus;
+
+    /// A cached statement is not parsed again on its next use: rusqlite clears its bindings
+    /// when it goes back to the cache, which expires any statement whose plan depended on a
+    /// bound value (see `open_connection`).
+    #[test]
+    fn cached_statements_are_not_reprepared() {
+        let dir = std::env::temp_dir().join(format!("hookops-qpsg-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        let conn = open_connection(&path, false).unwrap();
+        schema::migrate(&conn).unwrap();
+        let queries = [
+            // A join with `= ?` (the spec lookup's shape).
+            "SELECT r.spec, w.revision FROM workflows w
+             JOIN workflow_revisions r ON r.workflow_id = w.id AND r.revision = w.revision
+             WHERE w.id = ?1",
+            // ORDER BY … LIMIT ? over a partial index (the lease query's shape).
+            "SELECT d.seq FROM deliveries d INDEXED BY deliveries_due
+             WHERE d.state IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= ?1
+             ORDER BY d.next_attempt_at LIMIT ?2",
+            // A partial index's column compared to a parameter.
+            "SELECT seq FROM deliveries WHERE state = ?1 AND lease_until < ?2",
+        ];
+        for sql in queries {
+            for round in 0..3i64 {
+                let mut s = conn.prepare_cached(sql).unwrap();
+                let n = s.parameter_count();
+                let vals: Vec<rusqlite::types::Value> = (0..n)
+                    .map(|i| rusqlite::types::Value::Integer(round * 10 + i as i64 + 2))
+                    .collect();
+                s.query(rusqlite::params_from_iter(vals))
+                    .unwrap()
+                    .next()
+                    .unwrap();
+                assert_eq!(s.get_status(StatementStatus::RePrepare), 0, "{sql}");
+            }
+        }
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
