@@ -98,8 +98,65 @@ fn parse_spec(text: String) -> Result<Arc<Workflow>> {
     Ok(wf)
 }
 
+type SpecsByRevision = HashMap<(String, i64), Arc<Workflow>>;
+
+thread_local! {
+    /// Specs read in the writer's current transaction, by (workflow, revision). `Some` only on
+    /// the writer thread between `BEGIN IMMEDIATE` and the end of the transaction, when no other
+    /// connection can write: a (workflow, revision) then names one spec, and the lookup is one
+    /// row by key instead of reading and hashing the spec's whole text. Cleared when a job's
+    /// savepoint rolls back (it may have added a revision that is gone now).
+    static TX_SPECS: std::cell::RefCell<Option<SpecsByRevision>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Starts (`true`) or ends (`false`) the writer's per-transaction spec cache on this thread.
+pub(super) fn tx_spec_cache(active: bool) {
+    TX_SPECS.with(|c| *c.borrow_mut() = active.then(HashMap::new));
+}
+
+/// Forgets the specs cached in this transaction (a savepoint rolled back).
+pub(super) fn tx_spec_cache_clear() {
+    TX_SPECS.with(|c| {
+        if let Some(m) = c.borrow_mut().as_mut() {
+            m.clear();
+        }
+    });
+}
+
 /// The current spec and revision of a workflow.
 pub(crate) fn current_spec(conn: &Connection, id: &WorkflowId) -> Result<(Arc<Workflow>, i64)> {
+    if TX_SPECS.with(|c| c.borrow().is_some()) {
+        let rev: Option<i64> = conn
+            .prepare_cached("SELECT revision FROM workflows WHERE id = ?1")?
+            .query_row([id.as_str()], |r| r.get(0))
+            .optional()?;
+        let Some(rev) = rev else {
+            return Err(StoreError::NotFound {
+                what: "workflow",
+                id: id.to_string(),
+            });
+        };
+        let key = (id.as_str().to_string(), rev);
+        if let Some(spec) =
+            TX_SPECS.with(|c| c.borrow().as_ref().and_then(|m| m.get(&key).cloned()))
+        {
+            return Ok((spec, rev));
+        }
+        let found = read_current_spec(conn, id)?;
+        if found.1 == rev {
+            TX_SPECS.with(|c| {
+                if let Some(m) = c.borrow_mut().as_mut() {
+                    m.insert(key, found.0.clone());
+                }
+            });
+        }
+        return Ok(found);
+    }
+    read_current_spec(conn, id)
+}
+
+fn read_current_spec(conn: &Connection, id: &WorkflowId) -> Result<(Arc<Workflow>, i64)> {
     let row: Option<(String, i64)> = conn
         .prepare_cached(
             "SELECT r.spec, w.revision FROM workflows w

@@ -66,6 +66,7 @@ fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) 
             Ok(r)
         }
         Err(e) => {
+            super::workflows::tx_spec_cache_clear();
             conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
             Err(e)
         }
@@ -175,6 +176,7 @@ fn writer_loop(
             continue;
         }
         let started = Instant::now();
+        super::workflows::tx_spec_cache(true);
         let mut batch = vec![first];
         batch[0].run(&conn);
         while batch.len() < MAX_BATCH && started.elapsed() < BATCH_BUDGET {
@@ -186,6 +188,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        super::workflows::tx_spec_cache(false);
         let commit = conn.execute_batch("COMMIT").map_err(|e| {
             let _ = conn.execute_batch("ROLLBACK");
             e.to_string()
