@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::deliveries::{DeliveryFilter, insert_notifications};
-use super::items::{apply_route, enum_col, load_item};
+use super::items::{apply_route, enum_col, load_item, load_item_head};
 use super::workflows::current_spec;
 use super::{Result, Store, StoreError, audit, now_ms, to_time, where_now};
 use crate::dispatch::classify::{self, INTERRUPTED_MESSAGE, Verdict};
@@ -524,10 +524,10 @@ fn record_in_tx(
     let Some(item_id) = d.item_id.map(ItemId) else {
         return Ok(rec);
     };
-    let Some(item) = load_item(conn, &item_id)? else {
+    let Some(head) = load_item_head(conn, &item_id)? else {
         return Ok(rec);
     };
-    if item.stage != d.stage || Some(item.version) != d.item_version {
+    if head.stage != d.stage || Some(head.version) != d.item_version {
         return Ok(rec);
     }
     let outcome = if state == DeliveryState::Succeeded {
@@ -535,8 +535,22 @@ fn record_in_tx(
     } else {
         Outcome::WebhookFailure
     };
-    let route =
-        engine::outcome(&spec, &item, outcome).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let route_of = |item: &crate::model::Item| {
+        engine::outcome(&spec, item, outcome).map_err(|e| StoreError::Invalid(e.to_string()))
+    };
+    // The item's content (tags, properties, annotations: JSON to parse) is read by a route
+    // only through a logic or sampling stage (each adds a hop) or into a webhook stage (a new
+    // body). A route of at most one hop that delivers nothing read none of it: keep it.
+    let mut route = route_of(&head)?;
+    let item = if route.deliver || route.hops.len() > 1 {
+        let Some(item) = load_item(conn, &item_id)? else {
+            return Ok(rec);
+        };
+        route = route_of(&item)?;
+        item
+    } else {
+        head
+    };
     apply_route(
         conn,
         &spec,

@@ -239,6 +239,40 @@ pub(crate) fn load_item(conn: &Connection, id: &ItemId) -> Result<Option<Item>> 
         .optional()?)
 }
 
+/// An item's plain columns only: `tags`, `properties`, `slots` and `annotations` are left
+/// empty (no JSON read or parsed). Enough to fence and to route an outcome whose route reads
+/// no content (see `record_in_tx`).
+pub(crate) fn load_item_head(conn: &Connection, id: &ItemId) -> Result<Option<Item>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, workflow_id, stage_id, state, name, path, dataset_name, dataset_slug,
+                 version, created_at, updated_at
+             FROM items WHERE id = ?1",
+        )?
+        .query_row([id.as_str()], |row| {
+            Ok(Item {
+                id: ItemId(row.get(0)?),
+                workflow: WorkflowId(row.get(1)?),
+                stage: StageId(row.get(2)?),
+                state: enum_col(row, 3)?,
+                name: row.get(4)?,
+                path: row.get(5)?,
+                dataset: DatasetRef {
+                    name: row.get(6)?,
+                    slug: row.get(7)?,
+                },
+                tags: Vec::new(),
+                properties: Default::default(),
+                slots: Vec::new(),
+                annotations: Vec::new(),
+                version: row.get(8)?,
+                created_at: to_time(row.get(9)?),
+                updated_at: to_time(row.get(10)?),
+            })
+        })
+        .optional()?)
+}
+
 /// Applies a route to an item in the caller's transaction. Returns the delivery it created.
 ///
 /// `item` is the item as read in this transaction. When the route leaves the item where it is
