@@ -6,6 +6,7 @@
 #
 #   scripts/bench.sh            # everything, full size (~15-25 min on 2 cores)
 #   scripts/bench.sh --quick    # smaller sizes, for checking the script itself
+#   ONLY="console refire" scripts/bench.sh   # re-run some; reuse the others' last reports
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/bench-all
@@ -33,51 +34,43 @@ run() { # NAME ARGS...
   cargo bench -q --bench "$name" -- "$@" >"$out/$name.txt" 2>&1 || echo "($name failed: see $out/$name.txt)" >&2
   echo "  $name took $((SECONDS - t0)) s" >&2
 }
-run import "${args_import[@]}"
-run delivery "${args_delivery[@]}"
-run console "${args_console[@]}"
-run refire "${args_refire[@]}"
-run prune "${args_prune[@]}"
+# ONLY="console refire" re-runs some and reuses the others' last reports.
+only=" ${ONLY:-import delivery console refire prune} "
+[[ $only == *" import "* ]] && run import "${args_import[@]}"
+[[ $only == *" delivery "* ]] && run delivery "${args_delivery[@]}"
+[[ $only == *" console "* ]] && run console "${args_console[@]}"
+[[ $only == *" refire "* ]] && run refire "${args_refire[@]}"
+[[ $only == *" prune "* ]] && run prune "${args_prune[@]}"
 
-# The value after a row's label: the text between the label and two or more spaces (or |).
-field() { # FILE REGEX [AWK FIELD SPEC]
-  local line
-  line=$(grep -E -m1 -- "$2" "$out/$1.txt" 2>/dev/null || true)
-  [[ -z "$line" ]] && { echo "?"; return; }
-  echo "$line"
+# The figure on a report row: the first cell after a label (a Perl regex matched at the start
+# of the line, after any `|`); cells are separated by two or more spaces or by `|`.
+val() { # NAME LABEL_REGEX
+  perl -ne 'BEGIN { $re = shift @ARGV } if (s/^[\s|]*(?:$re)[\s|]*//) { s/\s*\|?\s*$//; ($c) = split /\s{2,}|\s*\|\s*/; print $c; $f = 1; exit } END { print "?" unless $f }' \
+    "$2" "$out/$1.txt" 2>/dev/null || echo "?"
 }
-# Cells of a fixed-width row: everything after the label, squeezed.
-after() { # FILE LABEL
-  local line
-  line=$(grep -F -m1 -- "$2" "$out/$1.txt" 2>/dev/null || true)
-  [[ -z "$line" ]] && { echo "?"; return; }
-  line=${line#*"$2"}
-  echo "$line" | sed -E 's/^[ |]+//; s/ *\|? *$//; s/ {2,}/  /g'
-}
-first_cell() { after "$1" "$2" | awk -F'  ' '{print $1}'; }
 
 rows=()
 add() { rows+=("$1|$2|$3"); }
 
-add "import: parse + import of 1M items" "$(first_cell import 'parse + import')" "< 30 s"
-add "import: longest write hold / other writer's worst wait" "$(first_cell import 'during import') / $(after import 'during import' | awk -F'  ' '{print $2}')" "~100 ms"
-add "import: bulk assign 100k" "$(first_cell import 'bulk assign')" "seconds"
-add "delivery: plain keep-alive POSTs (baseline)" "$(first_cell delivery '(a) baseline')" ""
-add "delivery: engine, every attempt durable" "$(first_cell delivery '(b) engine')" ""
-add "delivery: engine / baseline" "$(first_cell delivery 'engine / baseline')" ">= 0.50"
-add "delivery: idle latency, same process" "$(first_cell delivery 'idle latency, same process' | sed -E 's/^\(n=[0-9]+\) *//')" "p99 < 50 ms"
-add "delivery: idle latency, other process" "$(first_cell delivery 'idle latency, other process' | sed -E 's/^\(n=[0-9]+\) *//')" "p99 < 50 ms"
-add "console: first frame (1M items, 5M attempts)" "$(first_cell console 'first frame')" "< 300 ms"
-add "console: key press → frame, p99" "$(first_cell console 'key press → frame, p99')" "< 16 ms"
-add "console: peak RSS" "$(first_cell console 'peak RSS')" "< 100 MB"
-add "console: frames/s while 5,000 attempts/s stream" "$(first_cell console 'frames/s while attempts stream in')" ">= 20"
-add "console: attempts/s written / ingested" "$(first_cell console 'attempts/s written / ingested')" "5000"
-add "re-fire: bulk re-fire of 100,000 failed" "$(first_cell refire 'bulk re-fire of')" "seconds (< 10 s)"
-add "re-fire: longest write transaction" "$(first_cell refire 'longest write transaction')" "< 100 ms"
-add "re-fire: other writer's worst wait" "$(first_cell refire "other writer's wait for the lock, worst")" "< 100 ms"
-add "prune: 5M attempts, 30-day cutoff" "$(after prune 'prune time')" ""
-add "prune: longest write-lock hold" "$(after prune 'longest write-lock hold')" "~100 ms"
-add "prune: reader worst / p99 during prune" "$(after prune 'reader worst / p99, during prune')" ""
+add "import: parse + import of 1M items" "$(val import 'parse \+ import')" "< 30 s"
+add "import: longest write hold during import" "$(val import 'during import')" "~100 ms"
+add "import: bulk assign of 100,000" "$(val import 'bulk assign(?! of)')" "seconds"
+add "delivery: plain keep-alive POSTs (baseline, same run)" "$(val delivery '\(a\) baseline: keep-alive POSTs')" ""
+add "delivery: engine, every attempt durable" "$(val delivery '\(b\) engine: deliveries, every attempt durable')" ""
+add "delivery: engine / baseline" "$(val delivery 'engine / baseline')" ">= 0.50"
+add "delivery: idle latency, same process" "$(val delivery '\(c\) idle latency, same process \(n=\d+\)')" "p99 < 50 ms"
+add "delivery: idle latency, other process" "$(val delivery 'idle latency, other process \(n=\d+\)')" "p99 < 50 ms"
+add "console: first frame (1M items, 5M attempts)" "$(val console 'first frame \(open \+ load \+ draw\)')" "< 300 ms"
+add "console: key press → frame, p99" "$(val console 'key press → frame, p99')" "< 16 ms"
+add "console: peak RSS" "$(val console 'peak RSS')" "< 100 MB"
+add "console: frames/s while 5,000 attempts/s stream in" "$(val console 'frames/s while attempts stream in')" ">= 20"
+add "console: attempts/s written / ingested" "$(val console 'attempts/s written / ingested')" "5000"
+add "re-fire: bulk re-fire of 100,000 failed deliveries" "$(val refire 'bulk re-fire of \d+ \(list \+ re-fire\)')" "seconds (< 10 s)"
+add "re-fire: longest write transaction" "$(val refire 'longest write transaction \(\d+ transactions\)')" "< 100 ms"
+add "re-fire: another writer's worst wait for the lock" "$(val refire "other writer's wait for the lock, worst \\(n=\\d+\\)")" "< 100 ms"
+add "prune: 5M attempts, 30-day cutoff" "$(val prune 'prune time')" ""
+add "prune: longest write-lock hold" "$(val prune 'longest write-lock hold \(Store::writer_stats\)')" "~100 ms"
+add "prune: another writer's worst / p99 wait during prune" "$(val prune 'other-process write wait worst / p99, during prune')" ""
 
 cores=$(nproc 2>/dev/null || echo "?")
 echo

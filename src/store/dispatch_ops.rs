@@ -656,10 +656,22 @@ fn refire_refusal(
     Ok(Ok((spec, rev, item, stage)))
 }
 
-fn refire_in_tx(conn: &Connection, ids: &[DeliveryId], operator: &str) -> Result<RefireReport> {
+/// Re-fires `ids` in order until they are done or [`REFIRE_BUDGET`] has passed; returns the
+/// report and how many ids it took (the caller sends the rest in the next transaction).
+fn refire_in_tx(
+    conn: &Connection,
+    ids: &[DeliveryId],
+    operator: &str,
+) -> Result<(RefireReport, usize)> {
     let mut report = RefireReport::default();
     let now = now_ms();
+    let started = std::time::Instant::now();
+    let mut taken = 0;
     for id in ids {
+        if taken % 16 == 15 && started.elapsed() >= REFIRE_BUDGET {
+            break;
+        }
+        taken += 1;
         match refire_refusal(conn, id)? {
             Err(reason) => report.refused.push((id.clone(), reason)),
             Ok((spec, rev, item, stage)) => {
@@ -685,10 +697,14 @@ fn refire_in_tx(conn: &Connection, ids: &[DeliveryId], operator: &str) -> Result
             }
         }
     }
-    Ok(report)
+    Ok((report, taken))
 }
 
 const REFIRE_CHUNK: usize = 500;
+/// A re-fire transaction stops taking deliveries after this long: 500 re-fires held the write
+/// lock ~300 ms, and another process waiting for it (a `serve` recording attempts) was
+/// starved for seconds during a 100,000-delivery re-fire.
+const REFIRE_BUDGET: std::time::Duration = std::time::Duration::from_millis(40);
 
 impl Store {
     /// Writes this dispatcher's heartbeat row (insert or refresh).
@@ -822,20 +838,23 @@ impl Store {
     pub fn refire(&self, ids: &[DeliveryId], operator: &str) -> Result<RefireReport> {
         self.ensure_writable("refire")?;
         let mut report = RefireReport::default();
-        for chunk in ids.chunks(REFIRE_CHUNK) {
+        let mut rest = ids;
+        while !rest.is_empty() {
+            let chunk = &rest[..rest.len().min(REFIRE_CHUNK)];
             let (ids, op) = (chunk.to_vec(), operator.to_string());
-            let r = self.write("refire", move |c| {
-                let r = refire_in_tx(c, &ids, &op)?;
+            let (r, taken) = self.write("refire", move |c| {
+                let (r, taken) = refire_in_tx(c, &ids, &op)?;
                 audit(
                     c,
                     &op,
                     "refire",
-                    &format!("{} delivery(ies)", ids.len()),
+                    &format!("{taken} delivery(ies)"),
                     None,
                     r.refired,
                 )?;
-                Ok(r)
+                Ok((r, taken))
             })?;
+            rest = &rest[taken.max(1).min(rest.len())..];
             report.refired += r.refired;
             report.created.extend(r.created);
             report.refused.extend(r.refused);
