@@ -363,11 +363,11 @@ fn assign_watch_refire_quit(cols: u16, rows: u16) {
     c.wait_for("dispatcher: this process");
     c.send("\r");
     c.wait_for("stages · e2e");
-    // At 80 columns the status column is cut: "▶ 3 waiting for assi…".
+    // At 80 columns the status column may be cut after "▶ 3 to assign".
     let waiting = if cols >= 120 {
-        "▶ 3 waiting for assignment (a)"
+        "▶ 3 to assign (a)"
     } else {
-        "▶ 3 waiting"
+        "▶ 3 to assign"
     };
     c.wait_for_line(&["Incoming", "dataset", waiting]);
 
