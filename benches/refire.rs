@@ -53,9 +53,13 @@ fn arg(name: &str) -> Option<String> {
 /// Worst and 99th-percentile wait for the write lock seen by another connection.
 fn probe(db: std::path::PathBuf, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec<Duration>> {
     thread::spawn(move || {
-        let c = Connection::open(&db).expect("probe connection");
-        c.busy_timeout(Duration::from_secs(60))
-            .expect("busy timeout");
+        let mut c = Connection::open(&db).expect("probe connection");
+        // Waits for the lock as every hookops connection does: polling every millisecond.
+        c.busy_handler(Some(|tries| {
+            thread::sleep(Duration::from_millis(1));
+            tries < 60_000
+        }))
+        .expect("busy handler");
         let mut waits = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             let t = Instant::now();

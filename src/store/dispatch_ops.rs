@@ -855,6 +855,11 @@ impl Store {
                 Ok((r, taken))
             })?;
             rest = &rest[taken.max(1).min(rest.len())..];
+            if !rest.is_empty() {
+                // Leave the lock free for a moment: other processes poll for it every
+                // millisecond (store::wait_for_lock), this process's writer queue takes its turn.
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
             report.refired += r.refired;
             report.created.extend(r.created);
             report.refused.extend(r.refused);

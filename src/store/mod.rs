@@ -119,6 +119,18 @@ struct Inner {
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
+/// SQLite's busy handler for every connection: poll the lock every millisecond, up to
+/// [`BUSY_TIMEOUT`]. SQLite's own timeout backs off to 100 ms sleeps, and a process that long
+/// bulk work (a 100,000-delivery re-fire) frees only briefly between its short transactions
+/// then starved such a waiter for seconds; polling catches the gaps.
+fn wait_for_lock(tries: i32) -> bool {
+    if i64::from(tries) >= BUSY_TIMEOUT.as_millis() as i64 {
+        return false;
+    }
+    std::thread::sleep(Duration::from_millis(1));
+    true
+}
+
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
@@ -127,8 +139,9 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let open_error = |e: rusqlite::Error| open_error(path, e);
-    let conn = Connection::open_with_flags(path, flags).map_err(open_error)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
+    let mut conn = Connection::open_with_flags(path, flags).map_err(open_error)?;
+    conn.busy_handler(Some(wait_for_lock))
+        .map_err(open_error)?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(open_error)?;
     conn.pragma_update(None, "synchronous", "FULL")
