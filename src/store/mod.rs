@@ -116,9 +116,9 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
 }
 
+/// How long a connection waits for another's lock before the operation fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
 /// SQLite's busy handler for every connection: poll the lock every millisecond, up to
 /// [`BUSY_TIMEOUT`]. SQLite's own timeout backs off to 100 ms sleeps, and a process that long
 /// bulk work (a 100,000-delivery re-fire) frees only briefly between its short transactions
@@ -131,6 +131,7 @@ fn wait_for_lock(tries: i32) -> bool {
     true
 }
 
+fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
