@@ -78,8 +78,33 @@ fn ok(db: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// A `serve` child that is killed if a test fails before it stops it.
+struct Serve(Child);
+
+impl std::ops::Deref for Serve {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Serve {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `hookops serve` with stdout and stderr in `log`.
-fn serve(db: &Path, log: &Path, extra: &[&str], env: &[(&str, &str)]) -> Child {
+fn serve(db: &Path, log: &Path, extra: &[&str], env: &[(&str, &str)]) -> Serve {
     let out = std::fs::File::create(log).unwrap();
     let mut c = hookops(db);
     c.arg("serve");
@@ -90,7 +115,7 @@ fn serve(db: &Path, log: &Path, extra: &[&str], env: &[(&str, &str)]) -> Child {
     for (k, v) in env {
         c.env(k, v);
     }
-    c.spawn().unwrap()
+    Serve(c.spawn().unwrap())
 }
 
 fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
