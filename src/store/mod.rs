@@ -141,8 +141,7 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
     };
     let open_error = |e: rusqlite::Error| open_error(path, e);
     let mut conn = Connection::open_with_flags(path, flags).map_err(open_error)?;
-    conn.busy_handler(Some(wait_for_lock))
-        .map_err(open_error)?;
+    conn.busy_handler(Some(wait_for_lock)).map_err(open_error)?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(open_error)?;
     conn.pragma_update(None, "synchronous", "FULL")
