@@ -213,6 +213,19 @@ fn assert_outbox_consistent(c: &Connection, when: &str) {
          AND state IN ('pending','in_flight','retry_scheduled') GROUP BY item_id HAVING COUNT(*) > 1)",
     );
     assert_eq!(doubles, 0, "{when}: items with two open deliveries");
+    // The counters behind headers and stage lists agree with the rows (design §6).
+    for (counts, table) in [("item_counts", "items"), ("delivery_counts", "deliveries")] {
+        let wrong = count(
+            c,
+            &format!(
+                "SELECT COUNT(*) FROM (
+                     SELECT workflow_id, stage_id, state, COUNT(*) AS n FROM {table} GROUP BY 1, 2, 3
+                 ) a FULL JOIN (SELECT * FROM {counts} WHERE n != 0) k
+                 USING (workflow_id, stage_id, state) WHERE a.n IS NOT k.n"
+            ),
+        );
+        assert_eq!(wrong, 0, "{when}: {counts} disagree with the {table}");
+    }
 }
 
 fn crash_workflow(a: &str, b: &str) -> String {

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
+use super::counts;
 use super::items::enum_col;
 use super::{Result, Store, StoreError, to_time};
 use crate::dispatch::payload::{DeliveryMeta, build_body};
@@ -171,6 +172,13 @@ pub(crate) fn insert_delivery_linked(
         now,
         refire_of.map(|d| d.as_str()),
     ])?;
+    counts::add_deliveries(
+        conn,
+        wf.id.as_str(),
+        item.stage.as_str(),
+        DeliveryState::Pending.as_str(),
+        1,
+    )?;
     Ok(id)
 }
 
@@ -213,6 +221,13 @@ pub(crate) fn insert_notifications(
             body,
             now,
         ])?;
+        counts::add_deliveries(
+            conn,
+            wf.id.as_str(),
+            crate::workflow::notify_stage_id(i).as_str(),
+            DeliveryState::Pending.as_str(),
+            1,
+        )?;
         n += 1;
     }
     Ok(n)
@@ -228,21 +243,28 @@ pub(crate) fn cancel_open_deliveries(
     except: Option<&DeliveryId>,
     now: i64,
 ) -> Result<usize> {
-    Ok(conn
+    // Read first: the counters need each row's state before the update.
+    let open: Vec<(i64, String, String, String)> = conn
         .prepare_cached(
-            "UPDATE deliveries SET state = 'cancelled', cancel_reason = ?2, cancelled_by = ?3,
-                 next_attempt_at = NULL, updated_at = ?4
+            "SELECT seq, workflow_id, stage_id, state FROM deliveries
              WHERE item_id = ?1 AND event = 'stage.webhook'
                AND state IN ('pending', 'retry_scheduled', 'in_flight')
-               AND id IS NOT ?5",
+               AND id IS NOT ?2",
         )?
-        .execute(params![
-            item.as_str(),
-            reason.as_str(),
-            by,
-            now,
-            except.map(|d| d.as_str())
-        ])?)
+        .query_map(params![item.as_str(), except.map(|d| d.as_str())], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for (seq, wf, stage, state) in &open {
+        conn.prepare_cached(
+            "UPDATE deliveries SET state = 'cancelled', cancel_reason = ?2, cancelled_by = ?3,
+                 next_attempt_at = NULL, updated_at = ?4
+             WHERE seq = ?1",
+        )?
+        .execute(params![seq, reason.as_str(), by, now])?;
+        counts::delivery_moved(conn, wf, stage, state, DeliveryState::Cancelled.as_str())?;
+    }
+    Ok(open.len())
 }
 
 pub(crate) fn deliveries_of_item(conn: &Connection, item: &ItemId) -> Result<Vec<DeliverySummary>> {

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use super::counts;
 use super::deliveries::{DeliveryFilter, insert_notifications};
 use super::items::{apply_route, enum_col, load_item, load_item_head};
 use super::workflows::current_spec;
@@ -177,12 +178,16 @@ pub(super) fn reclaim(conn: &Connection, now: i64, dead_owners: &[String]) -> Re
              ON CONFLICT (delivery_id, number) DO NOTHING",
         )?
         .execute(params![id, number, now, url, INTERRUPTED_MESSAGE])?;
-        conn.prepare_cached(
-            "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2, lease_token = NULL,
+        let released = conn
+            .prepare_cached(
+                "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2, lease_token = NULL,
                  lease_until = NULL, lease_owner = NULL, last_error_kind = 'interrupted', updated_at = ?2
              WHERE id = ?1 AND state = 'in_flight'",
-        )?
-        .execute(params![id, now])?;
+            )?
+            .execute(params![id, now])?;
+        if released > 0 {
+            counts::delivery_moved(conn, wf, stage, "in_flight", "pending")?;
+        }
     }
     for owner in dead_owners {
         conn.execute("DELETE FROM dispatchers WHERE id = ?1", [owner])?;
@@ -204,23 +209,23 @@ fn lease_in_tx(
     // INDEXED BY: without statistics SQLite picked `deliveries_by_state` here and sorted every
     // pending delivery on each lease (quadratic over a big backlog); the partial due index
     // yields them in order and stops at the limit.
-    let candidates: Vec<(i64, String, String)> = conn
+    let candidates: Vec<(i64, String, String, String)> = conn
         .prepare_cached(
-            "SELECT d.seq, d.workflow_id, d.stage_id FROM deliveries d INDEXED BY deliveries_due
+            "SELECT d.seq, d.workflow_id, d.stage_id, d.state FROM deliveries d INDEXED BY deliveries_due
              WHERE d.state IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= ?1
                AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
                                AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
              ORDER BY d.next_attempt_at LIMIT ?2",
         )?
         .query_map(params![now, (limit * 4 + 16) as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut leases = Vec::new();
     // Per-stage caps (max_in_flight) count in-flight deliveries across all processes.
     let mut in_flight: std::collections::HashMap<(String, String), i64> = Default::default();
     let mut specs: std::collections::HashMap<String, (Arc<Workflow>, i64)> = Default::default();
-    for (seq, wf, stage) in candidates {
+    for (seq, wf, stage, state) in candidates {
         if leases.len() >= limit {
             break;
         }
@@ -273,6 +278,7 @@ fn lease_in_tx(
         let Some((id, item_id, event, body, number, attempts)) = row else {
             continue;
         };
+        counts::delivery_moved(conn, &wf, &stage, &state, "in_flight")?;
         let item_name: Option<String> = match &item_id {
             Some(i) => conn
                 .prepare_cached("SELECT name FROM items WHERE id = ?1")?
@@ -457,6 +463,13 @@ fn record_in_tx(
         o.started_at,
         now
     ])?;
+    counts::delivery_moved(
+        conn,
+        d.workflow.as_str(),
+        d.stage.as_str(),
+        d.state.as_str(),
+        state.as_str(),
+    )?;
     rec.state = state;
     rec.next_attempt_at = next.map(to_time);
     // A notification's outcome routes nothing, pauses nothing and notifies nobody (design §6).
@@ -1010,6 +1023,7 @@ impl Store {
                 format!("test:{}", std::process::id()),
                 now
             ])?;
+            counts::add_deliveries(c, wf.as_str(), stage.as_str(), "in_flight", 1)?;
             audit(c, &op, "test", &format!("stage {wf}/{stage}"), None, 1)?;
             Ok(Lease {
                 delivery_id: id,

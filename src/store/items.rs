@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
+use super::counts;
 use super::deliveries::{
     DeliverySummary, cancel_open_deliveries, insert_delivery, insert_notifications,
 };
@@ -314,6 +315,11 @@ pub(crate) fn apply_route(
         now,
         moved
     ])?;
+    if route.stage != item.stage || route.state != item.state {
+        let wf = item.workflow.as_str();
+        counts::add_items(conn, wf, item.stage.as_str(), item.state.as_str(), -1)?;
+        counts::add_items(conn, wf, route.stage.as_str(), route.state.as_str(), 1)?;
+    }
     record_hops(
         conn,
         wf,
@@ -470,6 +476,8 @@ fn import_chunk(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 1, ?14, ?14, ?14)
          ON CONFLICT (id) DO NOTHING",
     )?;
+    // Counted here and added once per chunk (see `counts`).
+    let mut landed: HashMap<(StageId, ItemState), i64> = HashMap::new();
     let mut taken = 0;
     while taken < items.len() {
         if taken % 64 == 63 && started.elapsed() >= CHUNK_BUDGET {
@@ -556,6 +564,9 @@ fn import_chunk(
             now,
         )?;
         report.imported += 1;
+        *landed
+            .entry((route.stage.clone(), route.state))
+            .or_default() += 1;
         *report.landed.entry(route.stage.to_string()).or_default() += 1;
         report.created.push(Landed {
             id: item.id.clone(),
@@ -563,6 +574,9 @@ fn import_chunk(
         });
     }
     drop((existing, insert));
+    for ((stage, state), n) in landed {
+        counts::add_items(conn, wf_id.as_str(), stage.as_str(), state.as_str(), n)?;
+    }
     let left = items.split_off(taken);
     Ok((report, left))
 }

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use super::counts;
 use super::dispatch_ops::{hostname, process_start, reclaim};
 use super::items::{apply_route, enum_col, load_item};
 use super::workflows::current_spec;
@@ -142,13 +143,16 @@ fn delete_chunk(c: &Connection, ids: &[String]) -> Result<(i64, i64)> {
     for id in ids {
         // Finished states are final, and a delivery that is not its item's latest in its stage
         // never becomes the latest again, so the scan's verdict still holds here.
-        let n = c
+        let deleted: Option<(String, String, String)> = c
             .prepare_cached(&format!(
-                "DELETE FROM deliveries WHERE id = ?1 AND state IN {FINISHED}"
+                "DELETE FROM deliveries WHERE id = ?1 AND state IN {FINISHED}
+                 RETURNING workflow_id, stage_id, state"
             ))?
-            .execute([id])?;
-        if n > 0 {
-            deliveries += n as i64;
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        if let Some((wf, stage, state)) = deleted {
+            counts::add_deliveries(c, &wf, &stage, &state, -1)?;
+            deliveries += 1;
             attempts += c
                 .prepare_cached("DELETE FROM attempts WHERE delivery_id = ?1")?
                 .execute([id])? as i64;
@@ -919,14 +923,25 @@ impl Store {
                     let now = now_ms();
                     let mut n = 0;
                     for id in &ids {
-                        n += c
+                        let open: Option<(String, String, String)> = c
                             .prepare_cached(&format!(
-                                "UPDATE deliveries SET state = 'cancelled', cancel_reason = 'item_moved',
-                                     cancelled_by = ?2, next_attempt_at = NULL, lease_token = NULL,
-                                     lease_until = NULL, lease_owner = NULL, updated_at = ?3
+                                "SELECT workflow_id, stage_id, state FROM deliveries
                                  WHERE id = ?1 AND state IN {OPEN}"
                             ))?
-                            .execute(params![id, op, now])?;
+                            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                            .optional()?;
+                        let Some((wf, stage, state)) = open else {
+                            continue;
+                        };
+                        c.prepare_cached(
+                            "UPDATE deliveries SET state = 'cancelled', cancel_reason = 'item_moved',
+                                 cancelled_by = ?2, next_attempt_at = NULL, lease_token = NULL,
+                                 lease_until = NULL, lease_owner = NULL, updated_at = ?3
+                             WHERE id = ?1",
+                        )?
+                        .execute(params![id, op, now])?;
+                        counts::delivery_moved(c, &wf, &stage, &state, "cancelled")?;
+                        n += 1;
                     }
                     audit(c, &op, "repair", "orphaned deliveries", None, n as i64)?;
                     Ok(n)
@@ -1015,6 +1030,7 @@ fn cancel_in_tx(c: &Connection, ids: &[DeliveryId], op: &str) -> Result<CancelRe
              WHERE id = ?1 AND state IN {OPEN}"
         ))?
         .execute(params![id.as_str(), op, now])?;
+        counts::delivery_moved(c, &wf, &stage, state.as_str(), "cancelled")?;
         report.cancelled += 1;
         let stage = StageId(stage);
         let item = match item_id.filter(|_| event == EventType::StageWebhook) {

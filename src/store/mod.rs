@@ -10,9 +10,10 @@
 //! - Every commit uses `synchronous=FULL`. Multi-row operations are chunked so no transaction
 //!   holds the write lock for long; each chunk is atomic.
 //! - Counters of items per stage and state, and of deliveries per stage and state, are kept by
-//!   triggers in the same transaction as the rows they count.
+//!   the writes that change them, in the same transaction ([`counts`]).
 
 mod api_ops;
+mod counts;
 mod deliveries;
 mod dispatch_ops;
 mod items;

@@ -67,7 +67,11 @@ fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) 
         }
         Err(e) => {
             super::workflows::tx_spec_cache_clear();
-            conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            // After some errors (a full disk, I/O) SQLite has already rolled back the whole
+            // transaction: there is no savepoint left to roll back to.
+            if !conn.is_autocommit() {
+                conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            }
             Err(e)
         }
     }
@@ -179,20 +183,29 @@ fn writer_loop(
         super::workflows::tx_spec_cache(true);
         let mut batch = vec![first];
         batch[0].run(&conn);
-        while batch.len() < MAX_BATCH && started.elapsed() < BATCH_BUDGET {
+        // When SQLite rolls back the transaction itself (a full disk, an I/O error), the jobs
+        // run so far are undone: the batch stops, and no later job may run outside a
+        // transaction, where each of its statements would commit on its own.
+        let mut rolled_back = conn.is_autocommit();
+        while !rolled_back && batch.len() < MAX_BATCH && started.elapsed() < BATCH_BUDGET {
             match rx.try_recv() {
                 Ok(mut job) => {
                     job.run(&conn);
                     batch.push(job);
+                    rolled_back = conn.is_autocommit();
                 }
                 Err(_) => break,
             }
         }
         super::workflows::tx_spec_cache(false);
-        let commit = conn.execute_batch("COMMIT").map_err(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
-            e.to_string()
-        });
+        let commit = if rolled_back {
+            Err("the database rolled back the transaction after an error".to_string())
+        } else {
+            conn.execute_batch("COMMIT").map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                e.to_string()
+            })
+        };
         let held = started.elapsed().as_micros() as u64;
         stats.max_hold_us.fetch_max(held, Ordering::Relaxed);
         stats.transactions.fetch_add(1, Ordering::Relaxed);
@@ -206,5 +219,47 @@ fn writer_loop(
         for job in batch {
             job.finish(commit.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite may roll back a whole transaction on an error (a full disk, I/O). A job queued
+    /// behind the failing one must not run outside a transaction in that batch (its
+    /// statements would commit on their own while its caller is told the batch failed): it
+    /// runs in the next transaction, and its caller hears the truth.
+    #[test]
+    fn a_job_behind_a_transaction_sqlite_rolled_back_runs_in_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+        let writer = Writer::start(conn).unwrap();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        // The first job waits until the second is queued, then rolls the transaction back
+        // the way SQLite does after SQLITE_FULL.
+        let first = writer
+            .submit(move |c| {
+                go_rx.recv().unwrap();
+                c.execute_batch("INSERT INTO t VALUES (1); ROLLBACK")?;
+                Err::<(), _>(StoreError::Database("database or disk is full".into()))
+            })
+            .unwrap();
+        let second = writer.submit(|c| Ok(c.is_autocommit())).unwrap();
+        go_tx.send(()).unwrap();
+        let err = first.blocking_recv().unwrap().unwrap_err();
+        assert!(err.to_string().contains("full"), "{err}");
+        let autocommit = second
+            .blocking_recv()
+            .unwrap()
+            .expect("the second job succeeds");
+        assert!(!autocommit, "the second job ran outside a transaction");
+        let rows: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "the rolled-back job's row was committed");
     }
 }
