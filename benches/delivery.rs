@@ -461,6 +461,7 @@ fn main() {
         rt.spawn(server.run(stop_rx.clone()));
     }
     let (_, tx0, jobs0) = store.writer_stats(true);
+    let busy0 = store.writer_busy_us();
     let started = Instant::now();
     let dispatcher = rt.spawn(run(store.clone(), opts, events, stop_rx));
     let deadline = started + Duration::from_secs(600);
@@ -474,6 +475,7 @@ fn main() {
     let engine_secs = started.elapsed().as_secs_f64();
     let engine_rate = n as f64 / engine_secs;
     let (max_hold_us, tx1, jobs1) = store.writer_stats(false);
+    let busy = (store.writer_busy_us() - busy0) as f64 / 1e6;
     let attempts: i64 = read_db(&db)
         .query_row(
             "SELECT COUNT(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
@@ -562,9 +564,10 @@ fn main() {
         verdict(p99o < P99_TARGET_MS)
     );
     println!(
-        "writer during (b): {} transactions, {:.1} jobs each, longest held {:.1} ms",
+        "writer during (b): {} transactions, {:.1} jobs each, longest held {:.1} ms, busy {:.0} % of the time",
         tx1 - tx0,
         (jobs1 - jobs0) as f64 / txs as f64,
-        max_hold_us as f64 / 1000.0
+        max_hold_us as f64 / 1000.0,
+        100.0 * busy / engine_secs
     );
 }

@@ -811,6 +811,34 @@ fn max_in_flight_caps_concurrent_requests_across_dispatchers() {
     }
 }
 
+#[test]
+fn a_stage_at_its_cap_does_not_hold_up_the_deliveries_behind_it() {
+    let mut h = Harness::new("/capped=slow:100ms,/fast=ok");
+    let capped_extra = format!("max_in_flight = 1\n{}", FAST.replace("300ms", "5s"));
+    h.apply(&format!(
+        "{}{}",
+        hook("capped", &h.url("/capped"), &capped_extra),
+        hook("fast", &h.url("/fast"), FAST)
+    ));
+    let capped: Vec<String> = (0..100).map(|i| format!("c{i:03}")).collect();
+    let capped: Vec<&str> = capped.iter().map(String::as_str).collect();
+    let fast = ["f1", "f2", "f3"];
+    h.import(&capped);
+    h.import(&fast);
+    // The capped stage's deliveries are due first, all 100 ahead of the fast stage's.
+    h.assign(&capped, "capped");
+    h.assign(&fast, "fast");
+    h.start_dispatcher(h.store.clone(), 8);
+    h.wait_settled(&fast, Duration::from_secs(20));
+    // One capped request at a time, 100 ms each: the fast stage's three went out while the
+    // capped backlog had barely started, not after it shrank.
+    let sent = h.received("/capped").len();
+    assert!(
+        sent < 50,
+        "the fast stage waited behind {sent} deliveries of the capped stage"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Retries, identity and signatures
 // ---------------------------------------------------------------------------------------------

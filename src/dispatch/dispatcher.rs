@@ -153,6 +153,7 @@ pub async fn run(
 
     while !*shutdown.borrow() {
         while tasks.try_join_next().is_some() {}
+        while done_rx.try_recv().is_ok() {}
         if last_beat.elapsed() >= HEARTBEAT {
             last_beat = tokio::time::Instant::now();
             let _ = store.heartbeat(&info).await;
@@ -214,6 +215,15 @@ pub async fn run(
         if free > 0 && leased == free {
             continue; // there may be more due work; take it as slots free up
         }
+        if free == 0 {
+            // Every slot is busy and leases its own next delivery: wait for one to end.
+            tokio::select! {
+                _ = tokio::time::sleep(HEARTBEAT.saturating_sub(last_beat.elapsed())) => {}
+                _ = shutdown.changed() => {}
+                _ = done_rx.recv() => {}
+            }
+            continue;
+        }
         // Sleep until something may have changed.
         let now = Utc::now().timestamp_millis();
         let next = store.next_wakeup().ok().flatten();
@@ -234,7 +244,6 @@ pub async fn run(
                         None => std::future::pending().await,
                     }
                 } => { if r { break; } commits = None; }
-                Some(()) = done_rx.recv(), if free == 0 => break,
                 _ = tokio::time::sleep(POLL) => {
                     if watcher.changed().unwrap_or(false) {
                         break;

@@ -325,8 +325,16 @@ impl Sender {
             out.error_message = Some(classify::body_too_large_message(lease.body.len(), max_body));
             return out;
         }
+        let url = match reqwest::Url::parse(&cfg.url) {
+            Ok(url) => url,
+            Err(e) => {
+                out.error_kind = Some(ErrorKind::Policy);
+                out.error_message = Some(redactor.redact(&format!("invalid URL: {e}")));
+                return out;
+            }
+        };
         // An IP literal skips the resolver, so its address is checked here.
-        if let Ok(url) = reqwest::Url::parse(&cfg.url) {
+        {
             let ip = url.host_str().and_then(|h| {
                 h.trim_start_matches('[')
                     .trim_end_matches(']')
@@ -390,7 +398,7 @@ impl Sender {
         }
         let request = self
             .client
-            .post(&cfg.url)
+            .post(url)
             .headers(map)
             .timeout(cfg.timeout)
             .body(lease.body.as_ref().clone());

@@ -203,106 +203,132 @@ fn lease_in_tx(
 ) -> Result<Vec<Lease>> {
     let now = now_ms();
     reclaim(conn, now, dead_owners)?;
-    if limit == 0 {
-        return Ok(Vec::new());
-    }
-    // INDEXED BY: without statistics SQLite picked `deliveries_by_state` here and sorted every
-    // pending delivery on each lease (quadratic over a big backlog); the partial due index
-    // yields them in order and stops at the limit.
-    let candidates: Vec<(i64, String, String, String)> = conn
-        .prepare_cached(
-            "SELECT d.seq, d.workflow_id, d.stage_id, d.state FROM deliveries d INDEXED BY deliveries_due
-             WHERE d.state IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= ?1
-               AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
-                               AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
-             ORDER BY d.next_attempt_at LIMIT ?2",
-        )?
-        .query_map(params![now, (limit * 4 + 16) as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
     let mut leases = Vec::new();
     // Per-stage caps (max_in_flight) count in-flight deliveries across all processes.
     let mut in_flight: std::collections::HashMap<(String, String), i64> = Default::default();
     let mut specs: std::collections::HashMap<String, (Arc<Workflow>, i64)> = Default::default();
-    for (seq, wf, stage, state) in candidates {
+    // Due deliveries are read a page at a time, oldest due first, each page after the last
+    // row seen and twice the size of the one before: one passed over (its stage at its
+    // `max_in_flight` cap) stays due, and the deliveries behind it are still reached.
+    let mut after = (i64::MIN, i64::MIN);
+    for round in 0..LEASE_ROUNDS {
         if leases.len() >= limit {
             break;
         }
-        if !specs.contains_key(&wf) {
-            let s = current_spec(conn, &WorkflowId::new(wf.as_str()))?;
-            specs.insert(wf.clone(), s);
-        }
-        let (spec, revision) = &specs[&wf];
-        let cfg = webhook_of(spec, &StageId::new(stage.as_str()));
-        if let Some(cap) = cfg.and_then(|c| c.max_in_flight) {
-            let key = (wf.clone(), stage.clone());
-            if !in_flight.contains_key(&key) {
-                let n: i64 = conn
-                    .prepare_cached(
-                        "SELECT COALESCE(SUM(n), 0) FROM delivery_counts
-                         WHERE workflow_id = ?1 AND stage_id = ?2 AND state = 'in_flight'",
-                    )?
-                    .query_row([&wf, &stage], |r| r.get(0))?;
-                in_flight.insert(key.clone(), n);
+        let want = (limit - leases.len() + 1) << round;
+        let page = due_page(conn, now, after, want)?;
+        let exhausted = page.len() < want;
+        for (seq, due, wf, stage, state) in page {
+            if leases.len() >= limit {
+                break;
             }
-            let n = in_flight.get_mut(&key).map(|n| {
-                *n += 1;
-                *n
-            });
-            if n.unwrap_or(0) > cap as i64 {
+            after = (due, seq);
+            if !specs.contains_key(&wf) {
+                let s = current_spec(conn, &WorkflowId::new(wf.as_str()))?;
+                specs.insert(wf.clone(), s);
+            }
+            let (spec, revision) = &specs[&wf];
+            let cfg = webhook_of(spec, &StageId::new(stage.as_str()));
+            if let Some(cap) = cfg.and_then(|c| c.max_in_flight) {
+                let key = (wf.clone(), stage.clone());
+                if !in_flight.contains_key(&key) {
+                    let n: i64 = conn
+                        .prepare_cached(
+                            "SELECT COALESCE(SUM(n), 0) FROM delivery_counts
+                             WHERE workflow_id = ?1 AND stage_id = ?2 AND state = 'in_flight'",
+                        )?
+                        .query_row([&wf, &stage], |r| r.get(0))?;
+                    in_flight.insert(key.clone(), n);
+                }
+                let n = in_flight.get_mut(&key).map(|n| {
+                    *n += 1;
+                    *n
+                });
+                if n.unwrap_or(0) > cap as i64 {
+                    continue;
+                }
+            }
+            let token = uuid::Uuid::now_v7().simple().to_string();
+            let until = now + lease_ms(cfg);
+            let row = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET state = 'in_flight', lease_token = ?2, lease_until = ?3,
+                         lease_owner = ?4, lease_number = next_number, next_number = next_number + 1,
+                         updated_at = ?5
+                     WHERE seq = ?1 AND state IN ('pending', 'retry_scheduled')
+                     RETURNING id, item_id, event, body, lease_number, attempts",
+                )?
+                .query_row(params![seq, token, until, owner, now], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        enum_col::<EventType>(r, 2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                    ))
+                })
+                .optional()?;
+            let Some((id, item_id, event, body, number, attempts)) = row else {
                 continue;
-            }
+            };
+            counts::delivery_moved(conn, &wf, &stage, &state, "in_flight")?;
+            let item_name: Option<String> = match &item_id {
+                Some(i) => conn
+                    .prepare_cached("SELECT name FROM items WHERE id = ?1")?
+                    .query_row([i], |r| r.get(0))
+                    .optional()?,
+                None => None,
+            };
+            leases.push(Lease {
+                delivery_id: DeliveryId(id),
+                token: Some(token),
+                number,
+                trigger: AttemptTrigger::Scheduled,
+                workflow: WorkflowId(wf.clone()),
+                revision: *revision,
+                stage: StageId(stage),
+                item_id: item_id.map(ItemId),
+                item_name,
+                event,
+                body: Arc::new(body),
+                attempts,
+                spec: spec.clone(),
+            });
         }
-        let token = uuid::Uuid::now_v7().simple().to_string();
-        let until = now + lease_ms(cfg);
-        let row = conn
-            .prepare_cached(
-                "UPDATE deliveries SET state = 'in_flight', lease_token = ?2, lease_until = ?3,
-                     lease_owner = ?4, lease_number = next_number, next_number = next_number + 1,
-                     updated_at = ?5
-                 WHERE seq = ?1 AND state IN ('pending', 'retry_scheduled')
-                 RETURNING id, item_id, event, body, lease_number, attempts",
-            )?
-            .query_row(params![seq, token, until, owner, now], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    enum_col::<EventType>(r, 2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                ))
-            })
-            .optional()?;
-        let Some((id, item_id, event, body, number, attempts)) = row else {
-            continue;
-        };
-        counts::delivery_moved(conn, &wf, &stage, &state, "in_flight")?;
-        let item_name: Option<String> = match &item_id {
-            Some(i) => conn
-                .prepare_cached("SELECT name FROM items WHERE id = ?1")?
-                .query_row([i], |r| r.get(0))
-                .optional()?,
-            None => None,
-        };
-        leases.push(Lease {
-            delivery_id: DeliveryId(id),
-            token: Some(token),
-            number,
-            trigger: AttemptTrigger::Scheduled,
-            workflow: WorkflowId(wf.clone()),
-            revision: *revision,
-            stage: StageId(stage),
-            item_id: item_id.map(ItemId),
-            item_name,
-            event,
-            body: Arc::new(body),
-            attempts,
-            spec: spec.clone(),
-        });
+        if exhausted {
+            break;
+        }
     }
     Ok(leases)
+}
+
+/// Pages of due deliveries one lease reads at most (each twice the size of the one before).
+const LEASE_ROUNDS: usize = 8;
+
+/// `(seq, next_attempt_at, workflow, stage, state)` of a due delivery.
+type Due = (i64, i64, String, String, String);
+
+/// At most `n` due deliveries of unpaused stages after `after` (`(next_attempt_at, seq)`),
+/// oldest due first.
+fn due_page(conn: &Connection, now: i64, after: (i64, i64), n: usize) -> Result<Vec<Due>> {
+    // INDEXED BY: without statistics SQLite picked `deliveries_by_state` here and sorted every
+    // pending delivery on each lease (quadratic over a big backlog); the partial due index
+    // (whose keys end in the rowid) yields them in order from `after` and stops at the limit.
+    Ok(conn
+        .prepare_cached(
+            "SELECT d.seq, d.next_attempt_at, d.workflow_id, d.stage_id, d.state
+             FROM deliveries d INDEXED BY deliveries_due
+             WHERE d.state IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= ?1
+               AND (d.next_attempt_at, d.seq) > (?2, ?3)
+               AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
+                               AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
+             ORDER BY d.next_attempt_at, d.seq LIMIT ?4",
+        )?
+        .query_map(params![now, after.0, after.1, n as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?)
 }
 
 fn insert_attempt(
@@ -447,10 +473,27 @@ fn record_in_tx(
         }
         _ => (DeliveryState::Failed, None),
     };
+    rec.state = state;
+    rec.next_attempt_at = next.map(to_time);
+    // A notification's outcome routes nothing, pauses nothing and notifies nobody (design §6).
+    let settles = !(is_test || state == DeliveryState::RetryScheduled || d.event.is_notification());
+    let routed_version = if settles {
+        let outcome = Final {
+            lease,
+            o,
+            state,
+            attempts,
+            now,
+        };
+        settle(conn, &spec, revision, cfg, &d, &outcome, &mut rec)?
+    } else {
+        None
+    };
+    // One update of the delivery, after its routing (which never reads it back).
     conn.prepare_cached(
         "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, lease_token = NULL,
              lease_until = NULL, lease_owner = NULL, last_status = ?5, last_error_kind = ?6,
-             last_attempt_at = ?7, updated_at = ?8
+             last_attempt_at = ?7, updated_at = ?8, routed_version = COALESCE(?9, routed_version)
          WHERE id = ?1",
     )?
     .execute(params![
@@ -461,7 +504,8 @@ fn record_in_tx(
         o.status,
         o.error_kind.map(|k| k.as_str()),
         o.started_at,
-        now
+        now,
+        routed_version,
     ])?;
     counts::delivery_moved(
         conn,
@@ -470,12 +514,37 @@ fn record_in_tx(
         d.state.as_str(),
         state.as_str(),
     )?;
-    rec.state = state;
-    rec.next_attempt_at = next.map(to_time);
-    // A notification's outcome routes nothing, pauses nothing and notifies nobody (design §6).
-    if is_test || state == DeliveryState::RetryScheduled || d.event.is_notification() {
-        return Ok(rec);
-    }
+    Ok(rec)
+}
+
+/// A final outcome being recorded.
+struct Final<'a> {
+    lease: &'a Lease,
+    o: &'a AttemptOutcome,
+    state: DeliveryState,
+    attempts: i64,
+    now: i64,
+}
+
+/// What a final outcome (succeeded or failed) does besides the delivery row: the
+/// `delivery.failed` notification, the stage's auto-pause count, and the item's routing.
+/// Returns the item version the routing wrote, when it routed.
+fn settle(
+    conn: &Connection,
+    spec: &Arc<Workflow>,
+    revision: i64,
+    cfg: Option<&WebhookConfig>,
+    d: &DeliveryRow,
+    f: &Final<'_>,
+    rec: &mut Recorded,
+) -> Result<Option<i64>> {
+    let Final {
+        lease,
+        o,
+        state,
+        attempts,
+        now,
+    } = *f;
     if state == DeliveryState::Failed && !spec.notify.is_empty() {
         let data = serde_json::json!({
             "workflow": d.workflow,
@@ -491,7 +560,7 @@ fn record_in_tx(
         let item = d.item_id.clone().map(ItemId);
         insert_notifications(
             conn,
-            &spec,
+            spec,
             EventType::DeliveryFailed,
             item.as_ref(),
             &data,
@@ -528,20 +597,20 @@ fn record_in_tx(
                     .execute(params![d.workflow.as_str(), d.stage.as_str(), reason])?;
                 rec.paused_stage = changed > 0;
                 if rec.paused_stage {
-                    notify_paused(conn, &spec, &d.stage, &reason, None, now)?;
+                    notify_paused(conn, spec, &d.stage, &reason, None, now)?;
                 }
             }
         }
     }
     // Routing is compare-and-set on the item's stage and version (fencing).
-    let Some(item_id) = d.item_id.map(ItemId) else {
-        return Ok(rec);
+    let Some(item_id) = d.item_id.clone().map(ItemId) else {
+        return Ok(None);
     };
     let Some(head) = load_item_head(conn, &item_id)? else {
-        return Ok(rec);
+        return Ok(None);
     };
     if head.stage != d.stage || Some(head.version) != d.item_version {
-        return Ok(rec);
+        return Ok(None);
     }
     let outcome = if state == DeliveryState::Succeeded {
         Outcome::WebhookSuccess
@@ -549,7 +618,7 @@ fn record_in_tx(
         Outcome::WebhookFailure
     };
     let route_of = |item: &crate::model::Item| {
-        engine::outcome(&spec, item, outcome).map_err(|e| StoreError::Invalid(e.to_string()))
+        engine::outcome(spec, item, outcome).map_err(|e| StoreError::Invalid(e.to_string()))
     };
     // The item's content (tags, properties, annotations: JSON to parse) is read by a route
     // only through a logic or sampling stage (each adds a hop) or into a webhook stage (a new
@@ -557,7 +626,7 @@ fn record_in_tx(
     let mut route = route_of(&head)?;
     let item = if route.deliver || route.hops.len() > 1 {
         let Some(item) = load_item(conn, &item_id)? else {
-            return Ok(rec);
+            return Ok(None);
         };
         route = route_of(&item)?;
         item
@@ -566,7 +635,7 @@ fn record_in_tx(
     };
     apply_route(
         conn,
-        &spec,
+        spec,
         revision,
         &item,
         &route,
@@ -575,10 +644,8 @@ fn record_in_tx(
         Some(&lease.delivery_id),
         now,
     )?;
-    conn.prepare_cached("UPDATE deliveries SET routed_version = ?2 WHERE id = ?1")?
-        .execute(params![lease.delivery_id.as_str(), item.version + 1])?;
     rec.routed_to = Some(route.stage);
-    Ok(rec)
+    Ok(Some(item.version + 1))
 }
 
 /// The `stage.paused` notifications of a stage that was just paused (by hand or by itself).

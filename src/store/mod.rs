@@ -309,6 +309,13 @@ impl Store {
 
     /// This process's writer figures: (longest transaction in µs, transactions, jobs).
     /// Resets the maximum when `reset` is true.
+    /// How long the writer has spent in transactions, in microseconds (benchmarks).
+    pub fn writer_busy_us(&self) -> u64 {
+        self.inner.writer.as_ref().map_or(0, |w| {
+            w.stats().busy_us.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
     pub fn writer_stats(&self, reset: bool) -> (u64, u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         match &self.inner.writer {

@@ -90,6 +90,8 @@ pub(super) struct Stats {
     pub max_hold_us: AtomicU64,
     pub transactions: AtomicU64,
     pub jobs: AtomicU64,
+    /// Sum of the transactions' times, in microseconds: how busy the writer was.
+    pub busy_us: AtomicU64,
 }
 
 impl Writer {
@@ -208,6 +210,7 @@ fn writer_loop(
         };
         let held = started.elapsed().as_micros() as u64;
         stats.max_hold_us.fetch_max(held, Ordering::Relaxed);
+        stats.busy_us.fetch_add(held, Ordering::Relaxed);
         stats.transactions.fetch_add(1, Ordering::Relaxed);
         stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
         // Only a commit that changed rows wakes the dispatcher and the console: an idle
