@@ -3,66 +3,152 @@
 //!
 //! Until migration 2 triggers kept them. A table with a trigger makes SQLite keep a statement
 //! journal for every write to it, copying each page the statement touches: that doubled the
-//! cost of an import and of every delivery state change. So each statement that inserts,
-//! moves or deletes a counted row calls these instead; `check` compares the counters with the
-//! rows and `check --repair` recomputes them.
+//! cost of an import and of every delivery state change. Now each write that inserts, moves
+//! or deletes a counted row adds a delta here; the writer thread keeps the deltas of the job
+//! it is running apart (a job that fails is undone alone, its deltas with it), adds those of
+//! each job that succeeded to the transaction's, and writes them just before `COMMIT`: one
+//! upsert per counter a transaction changed, not one per row. `check` compares the counters
+//! with the rows and `check --repair` recomputes them.
+//!
+//! Everything here runs on the writer thread (the only one that writes), so the deltas are
+//! thread-local, like the transaction's spec cache.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 use rusqlite::{Connection, params};
 
 use super::Result;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Table {
+    Items,
+    Deliveries,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Items => "item_counts",
+            Table::Deliveries => "delivery_counts",
+        }
+    }
+}
+
+type Key = (Table, String, String, String);
+
+#[derive(Default)]
+struct Deltas {
+    /// The running job's deltas.
+    job: HashMap<Key, i64>,
+    /// The running job recomputed every counter from the rows (`check --repair`).
+    job_recomputed: bool,
+    /// The deltas of this transaction's jobs that succeeded, not yet written.
+    tx: HashMap<Key, i64>,
+}
+
+thread_local! {
+    static DELTAS: RefCell<Deltas> = RefCell::new(Deltas::default());
+}
+
+fn add(table: Table, workflow: &str, stage: &str, state: &str, delta: i64) {
+    if delta == 0 {
+        return;
+    }
+    DELTAS.with_borrow_mut(|d| {
+        *d.job
+            .entry((table, workflow.into(), stage.into(), state.into()))
+            .or_default() += delta;
+    });
+}
+
 /// Adds `delta` to the items counted in `(workflow, stage, state)`.
-pub(super) fn add_items(
-    conn: &Connection,
-    workflow: &str,
-    stage: &str,
-    state: &str,
-    delta: i64,
-) -> Result<()> {
-    add(conn, "item_counts", workflow, stage, state, delta)
+pub(super) fn add_items(workflow: &str, stage: &str, state: &str, delta: i64) {
+    add(Table::Items, workflow, stage, state, delta);
 }
 
 /// Adds `delta` to the deliveries counted in `(workflow, stage, state)`.
-pub(super) fn add_deliveries(
-    conn: &Connection,
-    workflow: &str,
-    stage: &str,
-    state: &str,
-    delta: i64,
-) -> Result<()> {
-    add(conn, "delivery_counts", workflow, stage, state, delta)
+pub(super) fn add_deliveries(workflow: &str, stage: &str, state: &str, delta: i64) {
+    add(Table::Deliveries, workflow, stage, state, delta);
 }
 
 /// A delivery of `(workflow, stage)` went from state `from` to `to`.
-pub(super) fn delivery_moved(
-    conn: &Connection,
-    workflow: &str,
-    stage: &str,
-    from: &str,
-    to: &str,
-) -> Result<()> {
+pub(super) fn delivery_moved(workflow: &str, stage: &str, from: &str, to: &str) {
     if from != to {
-        add_deliveries(conn, workflow, stage, from, -1)?;
-        add_deliveries(conn, workflow, stage, to, 1)?;
+        add_deliveries(workflow, stage, from, -1);
+        add_deliveries(workflow, stage, to, 1);
+    }
+}
+
+/// What this transaction has added to the deliveries counted in `(workflow, stage, state)`
+/// and not yet written: a job that reads a counter adds this to the stored figure.
+pub(super) fn unwritten_deliveries(workflow: &str, stage: &str, state: &str) -> i64 {
+    let key = (
+        Table::Deliveries,
+        workflow.into(),
+        stage.into(),
+        state.into(),
+    );
+    DELTAS.with_borrow(|d| d.job.get(&key).unwrap_or(&0) + d.tx.get(&key).unwrap_or(&0))
+}
+
+/// Like [`unwritten_deliveries`], for the items of a stage in any state.
+pub(super) fn unwritten_items_in_stage(workflow: &str, stage: &str) -> i64 {
+    DELTAS.with_borrow(|d| {
+        d.job
+            .iter()
+            .chain(d.tx.iter())
+            .filter(|((t, w, s, _), _)| *t == Table::Items && w == workflow && s == stage)
+            .map(|(_, n)| n)
+            .sum()
+    })
+}
+
+/// The running job rewrote every counter from the rows: when it succeeds, the deltas before
+/// it are already in the figures.
+pub(super) fn recomputed() {
+    DELTAS.with_borrow_mut(|d| {
+        d.job.clear();
+        d.job_recomputed = true;
+    });
+}
+
+/// The running job ended: its deltas join the transaction's when it succeeded, and are
+/// dropped with its savepoint when it failed.
+pub(super) fn end_job(succeeded: bool) {
+    DELTAS.with_borrow_mut(|d| {
+        let job = std::mem::take(&mut d.job);
+        let recomputed = std::mem::take(&mut d.job_recomputed);
+        if !succeeded {
+            return;
+        }
+        if recomputed {
+            d.tx.clear();
+        }
+        for (k, n) in job {
+            *d.tx.entry(k).or_default() += n;
+        }
+    });
+}
+
+/// Writes the transaction's deltas; the writer calls this just before `COMMIT`.
+pub(super) fn flush(conn: &Connection) -> Result<()> {
+    let tx = DELTAS.with_borrow_mut(|d| std::mem::take(&mut d.tx));
+    for ((table, workflow, stage, state), n) in tx {
+        if n == 0 {
+            continue;
+        }
+        conn.prepare_cached(&format!(
+            "INSERT INTO {} (workflow_id, stage_id, state, n) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO UPDATE SET n = n + excluded.n",
+            table.name()
+        ))?
+        .execute(params![workflow, stage, state, n])?;
     }
     Ok(())
 }
 
-fn add(
-    conn: &Connection,
-    table: &str,
-    workflow: &str,
-    stage: &str,
-    state: &str,
-    delta: i64,
-) -> Result<()> {
-    if delta == 0 {
-        return Ok(());
-    }
-    conn.prepare_cached(&format!(
-        "INSERT INTO {table} (workflow_id, stage_id, state, n) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT DO UPDATE SET n = n + excluded.n"
-    ))?
-    .execute(params![workflow, stage, state, delta])?;
-    Ok(())
+/// The transaction was rolled back: its deltas go with it.
+pub(super) fn discard() {
+    DELTAS.with_borrow_mut(|d| *d = Deltas::default());
 }

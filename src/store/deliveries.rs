@@ -173,12 +173,11 @@ pub(crate) fn insert_delivery_linked(
         refire_of.map(|d| d.as_str()),
     ])?;
     counts::add_deliveries(
-        conn,
         wf.id.as_str(),
         item.stage.as_str(),
         DeliveryState::Pending.as_str(),
         1,
-    )?;
+    );
     Ok(id)
 }
 
@@ -222,12 +221,11 @@ pub(crate) fn insert_notifications(
             now,
         ])?;
         counts::add_deliveries(
-            conn,
             wf.id.as_str(),
             crate::workflow::notify_stage_id(i).as_str(),
             DeliveryState::Pending.as_str(),
             1,
-        )?;
+        );
         n += 1;
     }
     Ok(n)
@@ -262,7 +260,7 @@ pub(crate) fn cancel_open_deliveries(
              WHERE seq = ?1",
         )?
         .execute(params![seq, reason.as_str(), by, now])?;
-        counts::delivery_moved(conn, wf, stage, state, DeliveryState::Cancelled.as_str())?;
+        counts::delivery_moved(wf, stage, state, DeliveryState::Cancelled.as_str());
     }
     Ok(open.len())
 }

@@ -186,7 +186,7 @@ pub(super) fn reclaim(conn: &Connection, now: i64, dead_owners: &[String]) -> Re
             )?
             .execute(params![id, now])?;
         if released > 0 {
-            counts::delivery_moved(conn, wf, stage, "in_flight", "pending")?;
+            counts::delivery_moved(wf, stage, "in_flight", "pending");
         }
     }
     for owner in dead_owners {
@@ -238,6 +238,7 @@ fn lease_in_tx(
                              WHERE workflow_id = ?1 AND stage_id = ?2 AND state = 'in_flight'",
                         )?
                         .query_row([&wf, &stage], |r| r.get(0))?;
+                    let n = n + counts::unwritten_deliveries(&wf, &stage, "in_flight");
                     in_flight.insert(key.clone(), n);
                 }
                 let n = in_flight.get_mut(&key).map(|n| {
@@ -272,7 +273,7 @@ fn lease_in_tx(
             let Some((id, item_id, event, body, number, attempts)) = row else {
                 continue;
             };
-            counts::delivery_moved(conn, &wf, &stage, &state, "in_flight")?;
+            counts::delivery_moved(&wf, &stage, &state, "in_flight");
             let item_name: Option<String> = match &item_id {
                 Some(i) => conn
                     .prepare_cached("SELECT name FROM items WHERE id = ?1")?
@@ -508,12 +509,11 @@ fn record_in_tx(
         routed_version,
     ])?;
     counts::delivery_moved(
-        conn,
         d.workflow.as_str(),
         d.stage.as_str(),
         d.state.as_str(),
         state.as_str(),
-    )?;
+    );
     Ok(rec)
 }
 
@@ -1090,7 +1090,7 @@ impl Store {
                 format!("test:{}", std::process::id()),
                 now
             ])?;
-            counts::add_deliveries(c, wf.as_str(), stage.as_str(), "in_flight", 1)?;
+            counts::add_deliveries(wf.as_str(), stage.as_str(), "in_flight", 1);
             audit(c, &op, "test", &format!("stage {wf}/{stage}"), None, 1)?;
             Ok(Lease {
                 delivery_id: id,

@@ -317,8 +317,8 @@ pub(crate) fn apply_route(
     ])?;
     if route.stage != item.stage || route.state != item.state {
         let wf = item.workflow.as_str();
-        counts::add_items(conn, wf, item.stage.as_str(), item.state.as_str(), -1)?;
-        counts::add_items(conn, wf, route.stage.as_str(), route.state.as_str(), 1)?;
+        counts::add_items(wf, item.stage.as_str(), item.state.as_str(), -1);
+        counts::add_items(wf, route.stage.as_str(), route.state.as_str(), 1);
     }
     record_hops(
         conn,
@@ -575,7 +575,7 @@ fn import_chunk(
     }
     drop((existing, insert));
     for ((stage, state), n) in landed {
-        counts::add_items(conn, wf_id.as_str(), stage.as_str(), state.as_str(), n)?;
+        counts::add_items(wf_id.as_str(), stage.as_str(), state.as_str(), n);
     }
     let left = items.split_off(taken);
     Ok((report, left))

@@ -151,7 +151,7 @@ fn delete_chunk(c: &Connection, ids: &[String]) -> Result<(i64, i64)> {
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
         if let Some((wf, stage, state)) = deleted {
-            counts::add_deliveries(c, &wf, &stage, &state, -1)?;
+            counts::add_deliveries(&wf, &stage, &state, -1);
             deliveries += 1;
             attempts += c
                 .prepare_cached("DELETE FROM attempts WHERE delivery_id = ?1")?
@@ -940,7 +940,7 @@ impl Store {
                              WHERE id = ?1",
                         )?
                         .execute(params![id, op, now])?;
-                        counts::delivery_moved(c, &wf, &stage, &state, "cancelled")?;
+                        counts::delivery_moved(&wf, &stage, &state, "cancelled");
                         n += 1;
                     }
                     audit(c, &op, "repair", "orphaned deliveries", None, n as i64)?;
@@ -963,6 +963,7 @@ impl Store {
                          GROUP BY workflow_id, stage_id, state;"
                     ))?;
                 }
+                counts::recomputed();
                 audit(c, &op, "repair", "counters", None, 1)
             })?;
             repaired.push("recomputed the item and delivery counters".into());
@@ -1030,7 +1031,7 @@ fn cancel_in_tx(c: &Connection, ids: &[DeliveryId], op: &str) -> Result<CancelRe
              WHERE id = ?1 AND state IN {OPEN}"
         ))?
         .execute(params![id.as_str(), op, now])?;
-        counts::delivery_moved(c, &wf, &stage, state.as_str(), "cancelled")?;
+        counts::delivery_moved(&wf, &stage, state.as_str(), "cancelled");
         report.cancelled += 1;
         let stage = StageId(stage);
         let item = match item_id.filter(|_| event == EventType::StageWebhook) {

@@ -175,11 +175,12 @@ fn read_current_spec(conn: &Connection, id: &WorkflowId) -> Result<(Arc<Workflow
 }
 
 fn stage_item_count(conn: &Connection, wf: &WorkflowId, stage: &StageId) -> Result<i64> {
-    Ok(conn
+    let stored: i64 = conn
         .prepare_cached(
             "SELECT COALESCE(SUM(n), 0) FROM item_counts WHERE workflow_id = ?1 AND stage_id = ?2",
         )?
-        .query_row([wf.as_str(), stage.as_str()], |r| r.get(0))?)
+        .query_row([wf.as_str(), stage.as_str()], |r| r.get(0))?;
+    Ok(stored + super::counts::unwritten_items_in_stage(wf.as_str(), stage.as_str()))
 }
 
 fn apply_in_tx(

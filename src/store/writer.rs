@@ -60,11 +60,19 @@ fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) 
     // Cached statements: these two run for every job, and parsing them each time showed up
     // in the writer's profile.
     conn.prepare_cached("SAVEPOINT job")?.execute([])?;
-    match f(conn) {
-        Ok(r) => {
-            conn.prepare_cached("RELEASE job")?.execute([])?;
-            Ok(r)
-        }
+    let result = match f(conn) {
+        Ok(r) => match conn
+            .prepare_cached("RELEASE job")
+            .and_then(|mut s| s.execute([]))
+        {
+            Ok(_) => Ok(r),
+            Err(e) => Err(e.into()),
+        },
+        Err(e) => Err(e),
+    };
+    super::counts::end_job(result.is_ok());
+    match result {
+        Ok(r) => Ok(r),
         Err(e) => {
             super::workflows::tx_spec_cache_clear();
             // After some errors (a full disk, I/O) SQLite has already rolled back the whole
@@ -200,14 +208,20 @@ fn writer_loop(
             }
         }
         super::workflows::tx_spec_cache(false);
+        // The counters the batch changed are written last, once each (see `counts`).
         let commit = if rolled_back {
             Err("the database rolled back the transaction after an error".to_string())
         } else {
-            conn.execute_batch("COMMIT").map_err(|e| {
-                let _ = conn.execute_batch("ROLLBACK");
-                e.to_string()
-            })
+            super::counts::flush(&conn)
+                .map_err(|e| e.to_string())
+                .and_then(|()| conn.execute_batch("COMMIT").map_err(|e| e.to_string()))
+                .inspect_err(|_| {
+                    let _ = conn.execute_batch("ROLLBACK");
+                })
         };
+        if commit.is_err() {
+            super::counts::discard();
+        }
         let held = started.elapsed().as_micros() as u64;
         stats.max_hold_us.fetch_max(held, Ordering::Relaxed);
         stats.busy_us.fetch_add(held, Ordering::Relaxed);
@@ -264,5 +278,54 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 0, "the rolled-back job's row was committed");
+    }
+
+    /// Counter deltas are written once per transaction, and only those of jobs that
+    /// succeeded: a failed job's savepoint takes its deltas with it.
+    #[test]
+    fn counters_keep_the_deltas_of_the_jobs_that_succeeded() {
+        use super::super::counts;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE item_counts (workflow_id TEXT, stage_id TEXT, state TEXT, n INTEGER,
+                 PRIMARY KEY (workflow_id, stage_id, state))",
+        )
+        .unwrap();
+        let writer = Writer::start(conn).unwrap();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let first = writer
+            .submit(move |_| {
+                go_rx.recv().unwrap();
+                counts::add_items("w", "s", "waiting", 2);
+                Ok(())
+            })
+            .unwrap();
+        let failing = writer
+            .submit(|_| {
+                counts::add_items("w", "s", "waiting", 5);
+                Err::<(), _>(StoreError::Invalid("refused".into()))
+            })
+            .unwrap();
+        // A later job sees the figure, written or not yet (in the same transaction).
+        let seen = writer
+            .submit(|c| {
+                let stored: i64 =
+                    c.query_row("SELECT COALESCE(SUM(n), 0) FROM item_counts", [], |r| {
+                        r.get(0)
+                    })?;
+                Ok(stored + counts::unwritten_items_in_stage("w", "s"))
+            })
+            .unwrap();
+        go_tx.send(()).unwrap();
+        first.blocking_recv().unwrap().unwrap();
+        assert!(failing.blocking_recv().unwrap().is_err());
+        assert_eq!(seen.blocking_recv().unwrap().unwrap(), 2);
+        let n: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT n FROM item_counts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
     }
 }
