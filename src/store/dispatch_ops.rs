@@ -274,13 +274,7 @@ fn lease_in_tx(
                 continue;
             };
             counts::delivery_moved(&wf, &stage, &state, "in_flight");
-            let item_name: Option<String> = match &item_id {
-                Some(i) => conn
-                    .prepare_cached("SELECT name FROM items WHERE id = ?1")?
-                    .query_row([i], |r| r.get(0))
-                    .optional()?,
-                None => None,
-            };
+            let item_name = item_name(conn, item_id.as_deref())?;
             leases.push(Lease {
                 delivery_id: DeliveryId(id),
                 token: Some(token),
@@ -302,6 +296,17 @@ fn lease_in_tx(
         }
     }
     Ok(leases)
+}
+
+/// The name of a delivery's item, shown beside its id in lists of attempts.
+fn item_name(conn: &Connection, item: Option<&str>) -> Result<Option<String>> {
+    let Some(item) = item else {
+        return Ok(None);
+    };
+    Ok(conn
+        .prepare_cached("SELECT name FROM items WHERE id = ?1")?
+        .query_row([item], |r| r.get(0))
+        .optional()?)
 }
 
 /// Pages of due deliveries one lease reads at most (each twice the size of the one before).
@@ -1022,12 +1027,7 @@ impl Store {
                 });
             };
             let (spec, revision) = current_spec(c, &WorkflowId::new(wf.as_str()))?;
-            let item_name = match &item_id {
-                Some(i) => c
-                    .query_row("SELECT name FROM items WHERE id = ?1", [i], |r| r.get(0))
-                    .optional()?,
-                None => None,
-            };
+            let item_name = item_name(c, item_id.as_deref())?;
             audit(c, &op, "replay", &format!("delivery {id}"), None, 1)?;
             Ok(Lease {
                 delivery_id: id,
