@@ -236,19 +236,10 @@ fn seed(db: &Path, items: usize, attempts: usize) {
         conn.execute_batch("COMMIT").expect("commit");
         d += chunk;
     }
-    // The store keeps its counters in its own writes (design §6); rows written here with
-    // plain SQL get them computed once, as `check --repair` does.
-    conn.execute_batch(
-        "BEGIN;
-         DELETE FROM item_counts;
-         INSERT INTO item_counts (workflow_id, stage_id, state, n)
-             SELECT workflow_id, stage_id, state, COUNT(*) FROM items GROUP BY 1, 2, 3;
-         DELETE FROM delivery_counts;
-         INSERT INTO delivery_counts (workflow_id, stage_id, state, n)
-             SELECT workflow_id, stage_id, state, COUNT(*) FROM deliveries GROUP BY 1, 2, 3;
-         COMMIT;",
-    )
-    .expect("counters");
+    // The rows were written with plain SQL: the store counts them once.
+    Store::open(db, &OpenOptions::default())
+        .and_then(|store| store.recount())
+        .expect("counters");
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .expect("checkpoint");
 }

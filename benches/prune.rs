@@ -59,16 +59,6 @@ fn attempts_arg() -> i64 {
         .unwrap_or(5_000_000)
 }
 
-/// The store keeps its counters in its own writes (design §6); rows written here with plain
-/// SQL get them computed once, as `check --repair` does.
-const RECOMPUTE_COUNTERS: &str = "
-    DELETE FROM item_counts;
-    INSERT INTO item_counts (workflow_id, stage_id, state, n)
-        SELECT workflow_id, stage_id, state, COUNT(*) FROM items GROUP BY 1, 2, 3;
-    DELETE FROM delivery_counts;
-    INSERT INTO delivery_counts (workflow_id, stage_id, state, n)
-        SELECT workflow_id, stage_id, state, COUNT(*) FROM deliveries GROUP BY 1, 2, 3;";
-
 /// Fills the database with plain SQL: items, deliveries and attempts.
 fn generate(path: &std::path::Path, attempts: i64) -> (i64, i64) {
     let items = (attempts / (DELIVERIES_PER_ITEM * ATTEMPTS_PER_DELIVERY)).max(1);
@@ -127,7 +117,6 @@ fn generate(path: &std::path::Path, attempts: i64) -> (i64, i64) {
         rusqlite::params![OPEN.min(items), now + 365 * DAY_MS, old],
     )
     .unwrap();
-    c.execute_batch(RECOMPUTE_COUNTERS).unwrap();
     c.execute_batch("COMMIT").unwrap();
     c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
     (items, deliveries)
@@ -224,6 +213,8 @@ fn main() {
 
     let t = Instant::now();
     let (items, deliveries) = generate(&path, attempts);
+    // The rows were written with plain SQL: the store counts them once.
+    store.recount().unwrap();
     let generated = t.elapsed();
     let size_before = std::fs::metadata(&path).unwrap().len();
     eprintln!(

@@ -104,13 +104,28 @@ pub(super) fn unwritten_items_in_stage(workflow: &str, stage: &str) -> i64 {
     })
 }
 
-/// The running job rewrote every counter from the rows: when it succeeds, the deltas before
-/// it are already in the figures.
-pub(super) fn recomputed() {
+/// Rewrites every counter from the rows, in the caller's job (`check --repair`, and rows
+/// written with plain SQL). When the job succeeds, the deltas before it are already in the
+/// figures.
+pub(super) fn recompute(conn: &Connection) -> Result<()> {
+    for table in [Table::Items, Table::Deliveries] {
+        let rows = match table {
+            Table::Items => "items",
+            Table::Deliveries => "deliveries",
+        };
+        conn.execute_batch(&format!(
+            "DELETE FROM {counts};
+             INSERT INTO {counts} (workflow_id, stage_id, state, n)
+             SELECT workflow_id, stage_id, state, COUNT(*) FROM {rows}
+             GROUP BY workflow_id, stage_id, state;",
+            counts = table.name()
+        ))?;
+    }
     DELTAS.with_borrow_mut(|d| {
         d.job.clear();
         d.job_recomputed = true;
     });
+    Ok(())
 }
 
 /// The running job ended: its deltas join the transaction's when it succeeded, and are
