@@ -173,10 +173,13 @@ fn seed(db: &Path, items: usize, attempts: usize) {
         {
             let mut del = conn
                 .prepare(
-                    "INSERT INTO deliveries (id, workflow_id, stage_id, item_id, event, trigger, state, body,
+                    "INSERT INTO deliveries (id, workflow_id, stage_id, item_id, event, trigger, state,
                          item_version, attempts, next_number, last_status, last_error_kind, last_attempt_at, created_at, updated_at)
-                     VALUES (?1, 'bench', 'export', ?2, 'stage.webhook', 'route', ?3, ?4, 2, ?5, ?6, ?7, ?8, ?9, ?9, ?9)",
+                     VALUES (?1, 'bench', 'export', ?2, 'stage.webhook', 'route', ?3, 2, ?4, ?5, ?6, ?7, ?8, ?8, ?8)",
                 )
+                .expect("prepare");
+            let mut frozen = conn
+                .prepare("INSERT INTO delivery_bodies (seq, body) VALUES (last_insert_rowid(), ?1)")
                 .expect("prepare");
             let mut att = conn
                 .prepare(
@@ -200,7 +203,6 @@ fn seed(db: &Path, items: usize, attempts: usize) {
                     id,
                     format!("item-{n:07}"),
                     state,
-                    body.as_bytes(),
                     per_delivery as i64,
                     per_delivery as i64 + 1,
                     status,
@@ -208,6 +210,7 @@ fn seed(db: &Path, items: usize, attempts: usize) {
                     t
                 ])
                 .expect("delivery");
+                frozen.execute([body.as_bytes()]).expect("body");
                 for k in 1..=per_delivery {
                     let last = k == per_delivery;
                     let (st, kind, msg, body) = if last && !failed {

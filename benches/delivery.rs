@@ -433,7 +433,10 @@ fn main() {
     let bodies: Vec<Vec<u8>> = {
         let conn = read_db(&db);
         let mut q = conn
-            .prepare("SELECT body FROM deliveries WHERE workflow_id = 'bench' ORDER BY seq")
+            .prepare(
+                "SELECT b.body FROM deliveries d JOIN delivery_bodies b ON b.seq = d.seq
+                 WHERE d.workflow_id = 'bench' ORDER BY d.seq",
+            )
             .expect("query bodies");
         q.query_map([], |r| r.get(0))
             .expect("bodies")

@@ -213,6 +213,12 @@ fn assert_outbox_consistent(c: &Connection, when: &str) {
          AND state IN ('pending','in_flight','retry_scheduled') GROUP BY item_id HAVING COUNT(*) > 1)",
     );
     assert_eq!(doubles, 0, "{when}: items with two open deliveries");
+    let bodiless = count(
+        c,
+        "SELECT COUNT(*) FROM deliveries d
+         WHERE NOT EXISTS (SELECT 1 FROM delivery_bodies b WHERE b.seq = d.seq)",
+    );
+    assert_eq!(bodiless, 0, "{when}: deliveries without their frozen body");
     // The counters behind headers and stage lists agree with the rows (design §6).
     for (counts, table) in [("item_counts", "items"), ("delivery_counts", "deliveries")] {
         let wrong = count(
@@ -451,8 +457,9 @@ fn check_crash_invariants(
     // lease behind.
     let mut st = c
         .prepare(
-            "SELECT d.id, d.state, d.attempts, d.body, a.number, a.counted, a.status, a.error_kind
-             FROM deliveries d JOIN attempts a ON a.delivery_id = d.id
+            "SELECT d.id, d.state, d.attempts, b.body, a.number, a.counted, a.status, a.error_kind
+             FROM deliveries d JOIN delivery_bodies b ON b.seq = d.seq
+             JOIN attempts a ON a.delivery_id = d.id
              WHERE d.event = 'stage.webhook' ORDER BY d.seq, a.number",
         )
         .unwrap();

@@ -155,9 +155,9 @@ pub(crate) fn insert_delivery_linked(
     let body = build_body(wf, stage, item, &meta)
         .map_err(|e| StoreError::Invalid(format!("cannot build the payload: {e}")))?;
     conn.prepare_cached(
-        "INSERT INTO deliveries (id, workflow_id, stage_id, item_id, event, trigger, state, body,
+        "INSERT INTO deliveries (id, workflow_id, stage_id, item_id, event, trigger, state,
              item_version, next_attempt_at, refire_of, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10, ?10)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9, ?9)",
     )?
     .execute(params![
         id.as_str(),
@@ -167,11 +167,11 @@ pub(crate) fn insert_delivery_linked(
         EventType::StageWebhook.as_str(),
         trigger.as_str(),
         DeliveryState::Pending.as_str(),
-        body,
         item.version,
         now,
         refire_of.map(|d| d.as_str()),
     ])?;
+    insert_body(conn, &body)?;
     counts::add_deliveries(
         wf.id.as_str(),
         item.stage.as_str(),
@@ -179,6 +179,21 @@ pub(crate) fn insert_delivery_linked(
         1,
     );
     Ok(id)
+}
+
+/// Stores the frozen body of the delivery row just inserted on `conn` (migration 3: bodies
+/// live apart from the delivery rows, which are rewritten on every lease and outcome).
+pub(crate) fn insert_body(conn: &Connection, body: &[u8]) -> Result<()> {
+    conn.prepare_cached("INSERT INTO delivery_bodies (seq, body) VALUES (?1, ?2)")?
+        .execute(params![conn.last_insert_rowid(), body])?;
+    Ok(())
+}
+
+/// The frozen body of the delivery whose `seq` is given.
+pub(crate) fn body_of(conn: &Connection, seq: i64) -> Result<Vec<u8>> {
+    Ok(conn
+        .prepare_cached("SELECT body FROM delivery_bodies WHERE seq = ?1")?
+        .query_row([seq], |r| r.get(0))?)
 }
 
 /// Writes one notification delivery per `[[notify]]` entry of `wf` that subscribes to
@@ -207,9 +222,9 @@ pub(crate) fn insert_notifications(
             "data": data,
         }))?;
         conn.prepare_cached(
-            "INSERT INTO deliveries (id, workflow_id, stage_id, item_id, event, trigger, state, body,
+            "INSERT INTO deliveries (id, workflow_id, stage_id, item_id, event, trigger, state,
                  next_attempt_at, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'route', 'pending', ?6, ?7, ?7, ?7)",
+             VALUES (?1, ?2, ?3, ?4, ?5, 'route', 'pending', ?6, ?6, ?6)",
         )?
         .execute(params![
             id.as_str(),
@@ -217,9 +232,9 @@ pub(crate) fn insert_notifications(
             crate::workflow::notify_stage_id(i).as_str(),
             item.map(|i| i.as_str()),
             event.as_str(),
-            body,
             now,
         ])?;
+        insert_body(conn, &body)?;
         counts::add_deliveries(
             wf.id.as_str(),
             crate::workflow::notify_stage_id(i).as_str(),
@@ -387,8 +402,9 @@ impl Store {
     pub fn delivery_detail(&self, id: &DeliveryId) -> Result<DeliveryDetail> {
         self.read(|c| {
             let sql = format!(
-                "SELECT {SUMMARY_COLUMNS}, d.item_version, d.cancelled_by, d.body
-                 FROM deliveries d LEFT JOIN items i ON i.id = d.item_id WHERE d.id = ?1"
+                "SELECT {SUMMARY_COLUMNS}, d.item_version, d.cancelled_by, b.body
+                 FROM deliveries d LEFT JOIN items i ON i.id = d.item_id
+                 JOIN delivery_bodies b ON b.seq = d.seq WHERE d.id = ?1"
             );
             let found = c
                 .prepare_cached(&sql)?

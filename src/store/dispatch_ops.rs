@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::counts;
-use super::deliveries::{DeliveryFilter, insert_notifications};
+use super::deliveries::{DeliveryFilter, body_of, insert_body, insert_notifications};
 use super::items::{apply_route, enum_col, load_item, load_item_head};
 use super::workflows::current_spec;
 use super::{Result, Store, StoreError, audit, now_ms, to_time, where_now};
@@ -257,22 +257,22 @@ fn lease_in_tx(
                          lease_owner = ?4, lease_number = next_number, next_number = next_number + 1,
                          updated_at = ?5
                      WHERE seq = ?1 AND state IN ('pending', 'retry_scheduled')
-                     RETURNING id, item_id, event, body, lease_number, attempts",
+                     RETURNING id, item_id, event, lease_number, attempts",
                 )?
                 .query_row(params![seq, token, until, owner, now], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, Option<String>>(1)?,
                         enum_col::<EventType>(r, 2)?,
-                        r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, i64>(3)?,
                         r.get::<_, i64>(4)?,
-                        r.get::<_, i64>(5)?,
                     ))
                 })
                 .optional()?;
-            let Some((id, item_id, event, body, number, attempts)) = row else {
+            let Some((id, item_id, event, number, attempts)) = row else {
                 continue;
             };
+            let body = body_of(conn, seq)?;
             counts::delivery_moved(&wf, &stage, &state, "in_flight");
             let item_name = item_name(conn, item_id.as_deref())?;
             leases.push(Lease {
@@ -1006,7 +1006,7 @@ impl Store {
             let row = c
                 .prepare_cached(
                     "UPDATE deliveries SET next_number = next_number + 1 WHERE id = ?1
-                     RETURNING workflow_id, stage_id, item_id, event, body, next_number - 1, attempts",
+                     RETURNING workflow_id, stage_id, item_id, event, seq, next_number - 1, attempts",
                 )?
                 .query_row([id.as_str()], |r| {
                     Ok((
@@ -1014,18 +1014,19 @@ impl Store {
                         r.get::<_, String>(1)?,
                         r.get::<_, Option<String>>(2)?,
                         enum_col::<EventType>(r, 3)?,
-                        r.get::<_, Vec<u8>>(4)?,
+                        r.get::<_, i64>(4)?,
                         r.get::<_, i64>(5)?,
                         r.get::<_, i64>(6)?,
                     ))
                 })
                 .optional()?;
-            let Some((wf, stage, item_id, event, body, number, attempts)) = row else {
+            let Some((wf, stage, item_id, event, seq, number, attempts)) = row else {
                 return Err(StoreError::NotFound {
                     what: "delivery",
                     id: id.to_string(),
                 });
             };
+            let body = body_of(c, seq)?;
             let (spec, revision) = current_spec(c, &WorkflowId::new(wf.as_str()))?;
             let item_name = item_name(c, item_id.as_deref())?;
             audit(c, &op, "replay", &format!("delivery {id}"), None, 1)?;
@@ -1076,20 +1077,20 @@ impl Store {
                 .map_err(|e| StoreError::Invalid(format!("cannot build the test payload: {e}")))?;
             let token = uuid::Uuid::now_v7().simple().to_string();
             c.prepare_cached(
-                "INSERT INTO deliveries (id, workflow_id, stage_id, item_id, event, trigger, state, body,
+                "INSERT INTO deliveries (id, workflow_id, stage_id, item_id, event, trigger, state,
                      next_number, lease_token, lease_until, lease_owner, lease_number, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, NULL, 'webhook.test', 'test', 'in_flight', ?4, 2, ?5, ?6, ?7, 1, ?8, ?8)",
+                 VALUES (?1, ?2, ?3, NULL, 'webhook.test', 'test', 'in_flight', 2, ?4, ?5, ?6, 1, ?7, ?7)",
             )?
             .execute(params![
                 id.as_str(),
                 wf.as_str(),
                 stage.as_str(),
-                body,
                 token,
                 now + lease_ms(Some(cfg)),
                 format!("test:{}", std::process::id()),
                 now
             ])?;
+            insert_body(c, &body)?;
             counts::add_deliveries(wf.as_str(), stage.as_str(), "in_flight", 1);
             audit(c, &op, "test", &format!("stage {wf}/{stage}"), None, 1)?;
             Ok(Lease {
