@@ -22,6 +22,10 @@
 //!    inside the entering transaction just before its COMMIT (so the commit's own fsync is
 //!    counted too).
 //!
+//! 4. Store alone: N more deliveries leased and recorded through the same store calls the
+//!    dispatcher makes (`lease_due`, `record_attempt` with a 200's outcome), from 64 tasks, with
+//!    no HTTP at all. Not a target: it shows how much of the engine's time is the store's.
+//!
 //! The bench reads a few figures straight from the database file (bodies, creation times),
 //! read-only: the store API has no call for "every body", and none is wanted.
 
@@ -34,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use hookops::dispatch::{DispatcherOptions, run};
 use hookops::model::{DeliveryState, ItemId, StageId, WorkflowId};
-use hookops::store::{AssignTarget, OpenOptions, Store};
+use hookops::store::{AssignTarget, AttemptOutcome, OpenOptions, Store};
 use tokio::sync::{broadcast, watch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hookops");
@@ -237,6 +241,72 @@ async fn baseline(url: &str, bodies: Arc<Vec<Vec<u8>>>, concurrency: usize) -> f
     bodies.len() as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The outcome the dispatcher records for a plain 200 (the headers it sends and gets back).
+fn ok_outcome() -> AttemptOutcome {
+    let now = chrono::Utc::now().timestamp_millis();
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    AttemptOutcome {
+        started_at: now,
+        duration_ms: 1,
+        url: "http://127.0.0.1:9/solo".into(),
+        request_headers: pairs(&[
+            ("content-type", "application/json"),
+            ("user-agent", "hookops/0.1.0"),
+            ("webhook-id", "msg_2pqJ4q8pC9Xb1h0x3mZ7wKfR5sT"),
+            ("webhook-timestamp", "1764316800"),
+            ("hookops-attempt", "1"),
+        ]),
+        status: Some(200),
+        response_headers: pairs(&[
+            ("content-type", "application/json"),
+            ("content-length", "11"),
+            ("date", "Sat, 28 Nov 2026 07:00:00 GMT"),
+        ]),
+        response_body: Some(b"{\"ok\":true}".to_vec()),
+        ..AttemptOutcome::default()
+    }
+}
+
+/// Phase 4: every due delivery leased one at a time and recorded with `outcome`, from
+/// `concurrency` tasks, as the dispatcher's slots do; deliveries per second.
+async fn store_alone(store: &Store, concurrency: usize) -> (f64, usize) {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for slot in 0..concurrency {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let owner = format!("bench-store-{slot}");
+            let outcome = ok_outcome();
+            let mut n = 0;
+            loop {
+                let leases = store
+                    .lease_due(&owner, 1, Vec::new())
+                    .await
+                    .expect("lease");
+                if leases.is_empty() {
+                    return n;
+                }
+                for lease in leases {
+                    store
+                        .record_attempt(&lease, outcome.clone())
+                        .await
+                        .expect("record");
+                    n += 1;
+                }
+            }
+        });
+    }
+    let mut n = 0;
+    while let Some(done) = tasks.join_next().await {
+        n += done.expect("store task");
+    }
+    (n as f64 / started.elapsed().as_secs_f64(), n)
+}
+
 fn succeeded(store: &Store) -> i64 {
     store
         .delivery_totals()
@@ -389,7 +459,9 @@ fn main() {
         "idle.toml",
         &workflow_toml("idle", &format!("{}/idle", recording.base)),
     );
+    let solo_wf = write("solo.toml", &workflow_toml("solo", "http://127.0.0.1:9/solo"));
     let items = write("items.jsonl", &items_jsonl("bench", n));
+    let solo_items = write("solo.jsonl", &items_jsonl("solo", n));
     let idle_items = write("idle.jsonl", &items_jsonl("idle", 2 * args.samples));
     let db_s = db.to_str().expect("utf-8 temp path");
     let setup = Instant::now();
@@ -406,6 +478,20 @@ fn main() {
             "--workflow",
             "bench",
             items.to_str().unwrap_or_default(),
+        ],
+    );
+    hookops(
+        &db,
+        &["workflow", "apply", solo_wf.to_str().unwrap_or_default()],
+    );
+    hookops(
+        &db,
+        &[
+            "item",
+            "import",
+            "--workflow",
+            "solo",
+            solo_items.to_str().unwrap_or_default(),
         ],
     );
     hookops(
@@ -552,6 +638,24 @@ fn main() {
     let _ = stop_tx.send(true);
     let _ = rt.block_on(dispatcher);
 
+    // (d) The store alone, the dispatcher stopped: N deliveries entered now (not timed).
+    store
+        .assign(
+            &WorkflowId::new("solo"),
+            &hook,
+            &AssignTarget::FromStage {
+                stage: StageId::new("dataset"),
+                limit: None,
+            },
+            None,
+            "bench",
+        )
+        .expect("assign the store-alone items");
+    let writer_cpu0 = thread_cpu("hookops-writer");
+    let (solo_rate, solo_n) = rt.block_on(store_alone(&store, args.concurrency));
+    assert_eq!(solo_n, n, "the store alone leased every delivery once");
+    let solo_writer_us = (thread_cpu("hookops-writer") - writer_cpu0).as_secs_f64() * 1e6 / n as f64;
+
     let ratio = engine_rate / base_rate;
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     let (p50s, p99s) = (percentile(&same, 50.0), percentile(&same, 99.0));
@@ -605,5 +709,8 @@ fn main() {
     );
     println!(
         "CPU per delivery during (b): writer thread {writer_cpu_us:.0} µs, runtime threads {runtime_cpu_us:.0} µs"
+    );
+    println!(
+        "(d) store alone, no HTTP: {solo_rate:.0} deliveries/s, writer thread {solo_writer_us:.0} µs per delivery"
     );
 }
