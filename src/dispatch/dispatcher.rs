@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 
 use super::http::Sender;
 use crate::model::{
@@ -146,7 +146,9 @@ pub async fn run(
     let mut dead = store.dead_local_dispatchers().unwrap_or_default();
     let mut last_beat = tokio::time::Instant::now();
     let health = StoreHealth::default();
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+    let (handin, handins) = mpsc::unbounded_channel::<Handin>();
+    tokio::spawn(batcher(store.clone(), info.id.clone(), handins));
     // Attempt tasks, kept so shutdown can stop the ones still waiting on the network: each
     // holds a sender of `events`, and `serve` waits for every sender to go before it exits.
     let mut tasks = tokio::task::JoinSet::new();
@@ -176,11 +178,12 @@ pub async fn run(
                         let Ok(permit) = slots.clone().acquire_owned().await else {
                             break;
                         };
-                        let (store, sender, events, done) = (
+                        let (store, sender, events, done, handin) = (
                             store.clone(),
                             sender.clone(),
                             events.clone(),
                             done_tx.clone(),
+                            handin.clone(),
                         );
                         let (owner, stop) = (info.id.clone(), shutdown.clone());
                         let health = health.clone();
@@ -192,6 +195,7 @@ pub async fn run(
                                 owner: &owner,
                                 shutdown: &stop,
                                 health: &health,
+                                handin: &handin,
                             };
                             slot(ctx, lease).await;
                             drop(permit);
@@ -295,37 +299,135 @@ struct SlotContext<'a> {
     owner: &'a str,
     shutdown: &'a watch::Receiver<bool>,
     health: &'a StoreHealth,
+    handin: &'a mpsc::UnboundedSender<Handin>,
+}
+
+/// A finished attempt a slot hands to the [`batcher`], and where the answer goes: what was
+/// recorded and the slot's next lease, or `None` when the batch failed (the slot then records
+/// alone, which tells which attempt the store refused and why).
+struct Handin {
+    lease: Lease,
+    outcome: AttemptOutcome,
+    /// The slot goes on: lease its next delivery in the same job.
+    next: bool,
+    reply: oneshot::Sender<Option<(Recorded, Option<Lease>)>>,
+}
+
+/// Most attempts one write job records.
+const MAX_HANDIN: usize = 256;
+/// Write jobs of the batcher queued or running at once: one commits while the next fills.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Turns the slots' finished attempts into few write jobs: everything handed in while the
+/// writer is busy goes into the next job, which records them all and leases the slots'
+/// next deliveries (`Store::record_and_lease`). One job per batch instead of two per attempt
+/// is what keeps the single writer from being the engine's ceiling (issue 4).
+async fn batcher(store: Store, owner: String, mut handins: mpsc::UnboundedReceiver<Handin>) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = handins.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        // Waiting for the permit let more hand-ins queue: take them all.
+        let mut batch = vec![first];
+        while batch.len() < MAX_HANDIN {
+            match handins.try_recv() {
+                Ok(h) => batch.push(h),
+                Err(_) => break,
+            }
+        }
+        let (store, owner) = (store.clone(), owner.clone());
+        tokio::spawn(async move {
+            let want = batch.iter().filter(|h| h.next).count();
+            let mut replies = Vec::with_capacity(batch.len());
+            let finished = batch
+                .into_iter()
+                .map(|h| {
+                    replies.push((h.next, h.reply));
+                    (h.lease, h.outcome)
+                })
+                .collect();
+            match store.record_and_lease(&owner, finished, want).await {
+                Ok((recorded, leases)) => {
+                    let mut leases = leases.into_iter();
+                    for ((next, reply), rec) in replies.into_iter().zip(recorded) {
+                        let lease = if next { leases.next() } else { None };
+                        let _ = reply.send(Some((rec, lease)));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("batched record failed, recording one by one: {e}");
+                    for (_, reply) in replies {
+                        let _ = reply.send(None);
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
 }
 
 /// Runs one concurrency slot: sends `lease`, and while there is due work and no shutdown,
-/// leases the slot's next delivery in the same group commit that records the attempt (the
-/// request is over, so the slot is free: design §6 "at most as many as free slots"). This
-/// saves the second commit wait per attempt that a lease from the main loop costs.
+/// leases the slot's next delivery in the same write job that records the attempt (the
+/// request is over, so the slot is free: design §6 "at most as many as free slots").
 async fn slot(ctx: SlotContext<'_>, mut lease: Lease) {
     loop {
         let outcome = ctx.sender.send(&lease).await;
         let more = !*ctx.shutdown.borrow();
-        // Both jobs are queued back to back, so the writer takes them into one transaction,
-        // the record first (a per-stage cap never counts this slot twice).
-        let next = async {
-            if !more {
-                return None;
-            }
-            match ctx.store.lease_due(ctx.owner, 1, Vec::new()).await {
-                Ok(mut leases) => leases.pop(),
-                Err(e) => {
-                    // The main loop reports store trouble; this slot just ends.
-                    tracing::warn!("re-lease failed: {e}");
-                    None
-                }
-            }
+        let (reply, answer) = oneshot::channel();
+        let handin = Handin {
+            lease: lease.clone(),
+            outcome: outcome.clone(),
+            next: more,
+            reply,
         };
-        let ((), next) = tokio::join!(record(ctx, &lease, outcome), next);
+        let answer = match ctx.handin.send(handin) {
+            Ok(()) => answer.await.ok().flatten(),
+            Err(_) => None,
+        };
+        let next = match answer {
+            Some((rec, next)) => {
+                ctx.health.ok(ctx.events);
+                publish(ctx, &lease, &outcome, &rec);
+                next
+            }
+            None => alone(ctx, &lease, outcome, more).await,
+        };
         match next {
             Some(l) => lease = l,
             None => return,
         }
     }
+}
+
+/// A slot's way when its batch failed: record its attempt by itself (retrying while the
+/// store refuses writes) and lease its next delivery in the same group commit.
+async fn alone(
+    ctx: SlotContext<'_>,
+    lease: &Lease,
+    outcome: AttemptOutcome,
+    more: bool,
+) -> Option<Lease> {
+    let next = async {
+        if !more {
+            return None;
+        }
+        match ctx.store.lease_due(ctx.owner, 1, Vec::new()).await {
+            Ok(mut leases) => leases.pop(),
+            Err(e) => {
+                // The main loop reports store trouble; this slot just ends.
+                tracing::warn!("re-lease failed: {e}");
+                None
+            }
+        }
+    };
+    let ((), next) = tokio::join!(record(ctx, lease, outcome), next);
+    next
+}
+
+fn publish(ctx: SlotContext<'_>, lease: &Lease, outcome: &AttemptOutcome, rec: &Recorded) {
+    let event = AttemptEvent::new(lease, outcome, rec);
+    let _ = ctx.events.send(DispatchNotice::Attempt(Box::new(event)));
 }
 
 /// Records an attempt. When the database refuses the write (disk full, file made
@@ -340,11 +442,7 @@ async fn record(ctx: SlotContext<'_>, lease: &Lease, outcome: AttemptOutcome) {
         match ctx.store.record_attempt(lease, outcome.clone()).await {
             Ok(rec) => {
                 ctx.health.ok(ctx.events);
-                let _ = ctx
-                    .events
-                    .send(DispatchNotice::Attempt(Box::new(AttemptEvent::new(
-                        lease, &outcome, &rec,
-                    ))));
+                publish(ctx, lease, &outcome, &rec);
                 return;
             }
             Err(e) => {

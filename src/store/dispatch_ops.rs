@@ -910,6 +910,36 @@ impl Store {
         .await
     }
 
+    /// Records finished attempts and leases up to `want` next deliveries for `owner`, all in
+    /// one write job: the dispatcher's slots hand in what they finished together, so the
+    /// writer runs one job (one savepoint, one read of the due index) for many attempts
+    /// instead of two per attempt. The records come first, so a stage's `max_in_flight` never
+    /// counts a finished slot. All or nothing: when any record fails, nothing of the job is
+    /// kept and the caller records them one by one ([`Store::record_attempt`]) to learn which.
+    pub async fn record_and_lease(
+        &self,
+        owner: &str,
+        finished: Vec<(Lease, AttemptOutcome)>,
+        want: usize,
+    ) -> Result<(Vec<Recorded>, Vec<Lease>)> {
+        let owner = owner.to_string();
+        self.write_async("dispatch", move |c| {
+            let recorded = finished
+                .iter()
+                .map(|(lease, outcome)| {
+                    record_in_tx(c, lease, outcome, fastrand::f64() * 2.0 - 1.0)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let leases = if want > 0 {
+                lease_in_tx(c, &owner, want, &[])?
+            } else {
+                Vec::new()
+            };
+            Ok((recorded, leases))
+        })
+        .await
+    }
+
     /// Gives back leases this dispatcher could not finish (shutdown): each gets an
     /// `interrupted` attempt and is due again now.
     pub async fn release_leases(&self, owner: &str) -> Result<usize> {
