@@ -426,6 +426,23 @@ fn latency_series(
     out
 }
 
+/// CPU time (user + system) of a whole process, from /proc (10 ms ticks).
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let ticks: u64 = stat
+        .rfind(')')
+        .map(|close| {
+            stat[close + 1..]
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 /// CPU time (user + system) of this process's threads whose name starts with `prefix`, from
 /// /proc (10 ms ticks): less noisy than wall time on a shared machine.
 fn thread_cpu(prefix: &str) -> Duration {
@@ -564,11 +581,16 @@ fn main() {
         .expect("tokio runtime");
 
     // (a) Baseline.
+    let receiver_pid = fast.child.id();
+    let (client_cpu0, receiver_cpu0) = (thread_cpu("tokio-rt"), process_cpu(receiver_pid));
     let base_rate = rt.block_on(baseline(
         &format!("{}/baseline", fast.base),
         Arc::new(bodies),
         args.concurrency,
     ));
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    let base_client_us = per(thread_cpu("tokio-rt") - client_cpu0);
+    let base_receiver_us = per(process_cpu(receiver_pid) - receiver_cpu0);
     eprintln!("baseline: {base_rate:.0} requests/s");
 
     // (b) The engine, from a cold start of the dispatcher to the last success recorded.
@@ -601,6 +623,7 @@ fn main() {
     let (_, tx0, jobs0) = store.writer_stats(true);
     let busy0 = store.writer_busy_us();
     let (writer_cpu0, runtime_cpu0) = (thread_cpu("hookops-writer"), thread_cpu("tokio-rt"));
+    let receiver_cpu0 = process_cpu(receiver_pid);
     let started = Instant::now();
     let dispatcher = rt.spawn(run(store.clone(), opts, events, stop_rx));
     let deadline = started + Duration::from_secs(600);
@@ -617,6 +640,7 @@ fn main() {
     let busy = (store.writer_busy_us() - busy0) as f64 / 1e6;
     let writer_cpu_us = (thread_cpu("hookops-writer") - writer_cpu0).as_secs_f64() * 1e6 / n as f64;
     let runtime_cpu_us = (thread_cpu("tokio-rt") - runtime_cpu0).as_secs_f64() * 1e6 / n as f64;
+    let receiver_cpu_us = per(process_cpu(receiver_pid) - receiver_cpu0);
     let attempts: i64 = read_db(&db)
         .query_row(
             "SELECT COUNT(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
@@ -741,7 +765,10 @@ fn main() {
         100.0 * busy / engine_secs
     );
     println!(
-        "CPU per delivery during (b): writer thread {writer_cpu_us:.0} µs, runtime threads {runtime_cpu_us:.0} µs"
+        "CPU per request during (a): client threads {base_client_us:.0} µs, receiver {base_receiver_us:.0} µs"
+    );
+    println!(
+        "CPU per delivery during (b): writer thread {writer_cpu_us:.0} µs, runtime threads {runtime_cpu_us:.0} µs, receiver {receiver_cpu_us:.0} µs"
     );
     for (name, (secs, cpu)) in ["batched", "unbatched"].iter().zip(solo) {
         println!(

@@ -45,6 +45,8 @@ pub struct DispatcherInfo {
 #[derive(Clone, Debug)]
 pub struct Lease {
     pub delivery_id: DeliveryId,
+    /// The delivery's row (`deliveries.seq`), so recording finds it without its text id.
+    pub seq: i64,
     /// `None` for manual attempts, which hold no lease.
     pub token: Option<String>,
     pub number: i64,
@@ -98,6 +100,9 @@ pub struct Recorded {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// Where the item went, when the outcome routed it.
     pub routed_to: Option<StageId>,
+    /// The item's name, for the attempt's log line (a lease leaves it to the record, which
+    /// reads the item anyway when it routes).
+    pub item_name: Option<String>,
     /// The lease had expired or the delivery was cancelled: only the attempt row was written.
     pub lease_lost: bool,
     /// This outcome paused the stage (auto-pause).
@@ -274,9 +279,9 @@ fn lease_in_tx(
             };
             let body = body_of(conn, seq)?;
             counts::delivery_moved(&wf, &stage, &state, "in_flight");
-            let item_name = item_name(conn, item_id.as_deref())?;
             leases.push(Lease {
                 delivery_id: DeliveryId(id),
+                seq,
                 token: Some(token),
                 number,
                 trigger: AttemptTrigger::Scheduled,
@@ -284,7 +289,7 @@ fn lease_in_tx(
                 revision: *revision,
                 stage: StageId(stage),
                 item_id: item_id.map(ItemId),
-                item_name,
+                item_name: None,
                 event,
                 body: Arc::new(body),
                 attempts,
@@ -387,12 +392,12 @@ struct DeliveryRow {
     event: EventType,
 }
 
-fn delivery_row(conn: &Connection, id: &DeliveryId) -> Result<DeliveryRow> {
+fn delivery_row(conn: &Connection, lease: &Lease) -> Result<DeliveryRow> {
     conn.prepare_cached(
         "SELECT state, lease_token, attempts, item_id, item_version, workflow_id, stage_id, event
-         FROM deliveries WHERE id = ?1",
+         FROM deliveries WHERE seq = ?1 AND id = ?2",
     )?
-    .query_row([id.as_str()], |r| {
+    .query_row(params![lease.seq, lease.delivery_id.as_str()], |r| {
         Ok(DeliveryRow {
             state: enum_col(r, 0)?,
             token: r.get(1)?,
@@ -407,7 +412,7 @@ fn delivery_row(conn: &Connection, id: &DeliveryId) -> Result<DeliveryRow> {
     .optional()?
     .ok_or_else(|| StoreError::NotFound {
         what: "delivery",
-        id: id.to_string(),
+        id: lease.delivery_id.to_string(),
     })
 }
 
@@ -419,7 +424,7 @@ fn record_in_tx(
     jitter: f64,
 ) -> Result<Recorded> {
     let now = now_ms();
-    let d = delivery_row(conn, &lease.delivery_id)?;
+    let d = delivery_row(conn, lease)?;
     let (spec, revision) = current_spec(conn, &d.workflow)?;
     let cfg = webhook_of(&spec, &d.stage);
     let max_attempts = cfg.map(|c| c.max_attempts).unwrap_or(1);
@@ -431,6 +436,7 @@ fn record_in_tx(
         max_attempts,
         next_attempt_at: None,
         routed_to: None,
+        item_name: lease.item_name.clone(),
         lease_lost: false,
         paused_stage: false,
     };
@@ -454,6 +460,7 @@ fn record_in_tx(
     }
     if !holds {
         rec.lease_lost = true;
+        rec.item_name = item_name(conn, d.item_id.as_deref())?;
         return Ok(rec);
     }
     let end = o.started_at + o.duration_ms;
@@ -495,15 +502,18 @@ fn record_in_tx(
     } else {
         None
     };
+    if rec.item_name.is_none() {
+        rec.item_name = item_name(conn, d.item_id.as_deref())?;
+    }
     // One update of the delivery, after its routing (which never reads it back).
     conn.prepare_cached(
         "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, lease_token = NULL,
              lease_until = NULL, lease_owner = NULL, last_status = ?5, last_error_kind = ?6,
              last_attempt_at = ?7, updated_at = ?8, routed_version = COALESCE(?9, routed_version)
-         WHERE id = ?1",
+         WHERE seq = ?1",
     )?
     .execute(params![
-        lease.delivery_id.as_str(),
+        lease.seq,
         state.as_str(),
         attempts,
         next,
@@ -614,6 +624,7 @@ fn settle(
     let Some(head) = load_item_head(conn, &item_id)? else {
         return Ok(None);
     };
+    rec.item_name = Some(head.name.clone());
     if head.stage != d.stage || Some(head.version) != d.item_version {
         return Ok(None);
     }
@@ -1062,6 +1073,7 @@ impl Store {
             audit(c, &op, "replay", &format!("delivery {id}"), None, 1)?;
             Ok(Lease {
                 delivery_id: id,
+                seq,
                 token: None,
                 number,
                 trigger: AttemptTrigger::Manual,
@@ -1120,11 +1132,13 @@ impl Store {
                 format!("test:{}", std::process::id()),
                 now
             ])?;
+            let seq = c.last_insert_rowid();
             insert_body(c, &body)?;
             counts::add_deliveries(wf.as_str(), stage.as_str(), "in_flight", 1);
             audit(c, &op, "test", &format!("stage {wf}/{stage}"), None, 1)?;
             Ok(Lease {
                 delivery_id: id,
+                seq,
                 token: Some(token),
                 number: 1,
                 trigger: AttemptTrigger::Manual,

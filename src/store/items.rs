@@ -290,7 +290,10 @@ pub(crate) fn apply_route(
     via_delivery: Option<&DeliveryId>,
     now: i64,
 ) -> Result<Option<DeliveryId>> {
-    if !route.hops.is_empty() {
+    // A move caused by a delivery's outcome (`via_delivery`) passed its fencing: that
+    // delivery is the item's only open one (every other was cancelled when it was made, and
+    // any made since would have changed the item's version), so there is nothing to cancel.
+    if !route.hops.is_empty() && via_delivery.is_none() {
         cancel_open_deliveries(
             conn,
             &item.id,
