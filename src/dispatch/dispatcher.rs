@@ -431,10 +431,11 @@ fn publish(ctx: SlotContext<'_>, lease: &Lease, outcome: &AttemptOutcome, rec: &
 }
 
 /// Records an attempt. When the database refuses the write (disk full, file made
-/// read-only) the slot keeps the outcome and tries again every second until it is recorded
-/// or the process stops: the request was sent, so its outcome must not be lost to a fault
-/// that passes. A process that stops first leaves the lease to expire, and the delivery is
-/// sent again (at least once).
+/// read-only) the slot keeps the outcome and tries again every second until it is recorded:
+/// the request was sent, so its outcome must not be lost to a fault that passes. A shutdown
+/// does not stop the retries (it retries at once, then every second): the slot is still in
+/// flight, so shutdown's grace period waits for it, and when that runs out the lease is given
+/// back as `interrupted` and due now (design §6), not left to expire.
 async fn record(ctx: SlotContext<'_>, lease: &Lease, outcome: AttemptOutcome) {
     let mut shutdown = ctx.shutdown.clone();
     let mut logged = false;
@@ -460,12 +461,16 @@ async fn record(ctx: SlotContext<'_>, lease: &Lease, outcome: AttemptOutcome) {
                         lease.delivery_id
                     )
                 });
-                if !matches!(e, StoreError::Database(_)) || *shutdown.borrow() {
+                if !matches!(e, StoreError::Database(_)) {
                     return;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.changed() => return,
+                if *shutdown.borrow_and_update() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                } else {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => {}
+                    }
                 }
             }
         }
