@@ -115,8 +115,14 @@ fn seed(db: &Path, items: usize, attempts: usize) {
             let mut ins = conn
                 .prepare(
                     "INSERT INTO items (id, workflow_id, stage_id, state, name, path, dataset_name, dataset_slug,
-                         tags, properties, slots, annotations, fingerprint, version, created_at, updated_at, entered_at)
-                     VALUES (?1, 'bench', ?2, ?3, ?4, '/', 'bench', 'bench', '[]', '{\"camera\":\"a\"}', '[]', '[]', '', 2, ?5, ?5, ?5)",
+                         tags, fingerprint, version, created_at, updated_at, entered_at)
+                     VALUES (?1, 'bench', ?2, ?3, ?4, '/', 'bench', 'bench', '[]', '', 2, ?5, ?5, ?5)",
+                )
+                .expect("prepare");
+            let mut content = conn
+                .prepare(
+                    "INSERT INTO item_content (seq, properties, slots, annotations)
+                     VALUES (last_insert_rowid(), '{\"camera\":\"a\"}', '[]', '[]')",
                 )
                 .expect("prepare");
             let mut hist = conn
@@ -150,6 +156,7 @@ fn seed(db: &Path, items: usize, attempts: usize) {
                     t
                 ])
                 .expect("item");
+                content.execute([]).expect("item content");
                 hist.execute(rusqlite::params![
                     id,
                     Option::<&str>::None,

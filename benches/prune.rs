@@ -72,10 +72,16 @@ fn generate(path: &std::path::Path, attempts: i64) -> (i64, i64) {
     c.execute(
         "WITH RECURSIVE n(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM n WHERE x < ?1 - 1)
          INSERT INTO items (id, workflow_id, stage_id, state, name, path, dataset_name, dataset_slug,
-             tags, properties, slots, annotations, fingerprint, version, created_at, updated_at, entered_at)
+             tags, fingerprint, version, created_at, updated_at, entered_at)
          SELECT printf('item-%07d', x), 'bench', 'done', 'done', printf('item-%07d.jpg', x), '/',
-             'bench', 'bench', '[]', '{}', '[]', '[]', '', 1, ?2, ?2, ?2 FROM n",
+             'bench', 'bench', '[]', '', 1, ?2, ?2, ?2 FROM n",
         rusqlite::params![items, old],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO item_content (seq, properties, slots, annotations)
+         SELECT seq, '{}', '[]', '[]' FROM items",
+        [],
     )
     .unwrap();
     // Delivery k of item i has seq i * 10 + k + 1; k = 9 is the item's latest.

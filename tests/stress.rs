@@ -219,6 +219,12 @@ fn assert_outbox_consistent(c: &Connection, when: &str) {
          WHERE NOT EXISTS (SELECT 1 FROM delivery_bodies b WHERE b.seq = d.seq)",
     );
     assert_eq!(bodiless, 0, "{when}: deliveries without their frozen body");
+    let empty = count(
+        c,
+        "SELECT COUNT(*) FROM items i
+         WHERE NOT EXISTS (SELECT 1 FROM item_content c WHERE c.seq = i.seq)",
+    );
+    assert_eq!(empty, 0, "{when}: items without their content");
     // The counters behind headers and stage lists agree with the rows (design §6).
     for (counts, table) in [("item_counts", "items"), ("delivery_counts", "deliveries")] {
         let wrong = count(

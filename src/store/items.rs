@@ -191,8 +191,10 @@ pub struct ItemDetail {
     pub deliveries: Vec<DeliverySummary>,
 }
 
-const ITEM_COLUMNS: &str = "id, workflow_id, stage_id, state, name, path, dataset_name, dataset_slug, \
-     tags, properties, slots, annotations, version, created_at, updated_at";
+/// An item's columns with its content (migration 4 keeps the content in `item_content`).
+const ITEM_COLUMNS: &str = "i.id, i.workflow_id, i.stage_id, i.state, i.name, i.path, \
+     i.dataset_name, i.dataset_slug, i.tags, c.properties, c.slots, c.annotations, i.version, \
+     i.created_at, i.updated_at";
 
 pub(crate) fn json_col<T: serde::de::DeserializeOwned>(row: &Row, i: usize) -> rusqlite::Result<T> {
     let text: String = row.get(i)?;
@@ -235,12 +237,15 @@ fn item_from_row(row: &Row) -> rusqlite::Result<Item> {
 
 pub(crate) fn load_item(conn: &Connection, id: &ItemId) -> Result<Option<Item>> {
     Ok(conn
-        .prepare_cached(&format!("SELECT {ITEM_COLUMNS} FROM items WHERE id = ?1"))?
+        .prepare_cached(&format!(
+            "SELECT {ITEM_COLUMNS} FROM items i JOIN item_content c ON c.seq = i.seq
+             WHERE i.id = ?1"
+        ))?
         .query_row([id.as_str()], item_from_row)
         .optional()?)
 }
 
-/// An item's plain columns only: `tags`, `properties`, `slots` and `annotations` are left
+/// An item's plain columns only (its row, not its `item_content`): `tags`, `properties`, `slots` and `annotations` are left
 /// empty (no JSON read or parsed). Enough to fence and to route an outcome whose route reads
 /// no content (see `record_in_tx`).
 pub(crate) fn load_item_head(conn: &Connection, id: &ItemId) -> Result<Option<Item>> {
@@ -475,9 +480,12 @@ fn import_chunk(
     // only then looked up (to count it and compare its content).
     let mut insert = conn.prepare_cached(
         "INSERT INTO items (id, workflow_id, stage_id, state, name, path, dataset_name, dataset_slug,
-             tags, properties, slots, annotations, fingerprint, version, created_at, updated_at, entered_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 1, ?14, ?14, ?14)
+             tags, fingerprint, version, created_at, updated_at, entered_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?11, ?11)
          ON CONFLICT (id) DO NOTHING",
+    )?;
+    let mut content = conn.prepare_cached(
+        "INSERT INTO item_content (seq, properties, slots, annotations) VALUES (?1, ?2, ?3, ?4)",
     )?;
     // Counted here and added once per chunk (see `counts`).
     let mut landed: HashMap<(StageId, ItemState), i64> = HashMap::new();
@@ -534,12 +542,17 @@ fn import_chunk(
             item.dataset.name,
             item.dataset.slug,
             serde_json::to_string(&item.tags)?,
-            serde_json::to_string(&item.properties)?,
-            serde_json::to_string(&item.slots)?,
-            serde_json::to_string(&item.annotations)?,
             new.fingerprint,
             now
         ])?;
+        if inserted == 1 {
+            content.execute(params![
+                conn.last_insert_rowid(),
+                serde_json::to_string(&item.properties)?,
+                serde_json::to_string(&item.slots)?,
+                serde_json::to_string(&item.annotations)?,
+            ])?;
+        }
         if inserted == 0 {
             let (other_wf, fingerprint): (String, String) =
                 existing.query_row([new.id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;

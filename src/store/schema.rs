@@ -239,6 +239,22 @@ CREATE TABLE delivery_bodies (
 INSERT INTO delivery_bodies (seq, body) SELECT seq, body FROM deliveries;
 ALTER TABLE deliveries DROP COLUMN body;
 "#,
+    // 4: an item's content (properties, slots, annotations: ~2 KiB of JSON) lives in a table
+    // of its own, written at import. Every move rewrites the item's row; without the content
+    // it is ~300 B, so routing an outcome no longer writes a page per item (issue 4).
+    r#"
+CREATE TABLE item_content (
+    seq         INTEGER PRIMARY KEY, -- items.seq
+    properties  TEXT NOT NULL,
+    slots       TEXT NOT NULL,
+    annotations TEXT NOT NULL
+);
+INSERT INTO item_content (seq, properties, slots, annotations)
+    SELECT seq, properties, slots, annotations FROM items;
+ALTER TABLE items DROP COLUMN properties;
+ALTER TABLE items DROP COLUMN slots;
+ALTER TABLE items DROP COLUMN annotations;
+"#,
 ];
 
 pub(super) fn user_version(conn: &Connection) -> super::Result<i64> {
@@ -329,6 +345,52 @@ mod tests {
             )
             .unwrap();
         assert_eq!(has_body, 0, "the delivery rows no longer carry the body");
+    }
+
+    #[test]
+    fn migration_4_moves_every_item_content_beside_its_item() {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.execute(
+            "INSERT INTO workflows (id, name, team, revision, created_at, updated_at)
+             VALUES ('wf', 'wf', 't', 1, 0, 0)",
+            [],
+        )
+        .unwrap();
+        for (id, annotations) in [("a", "[{\"name\":\"crack\"}]"), ("b", "[]")] {
+            conn.execute(
+                "INSERT INTO items (id, workflow_id, stage_id, state, name, path, dataset_name,
+                     dataset_slug, tags, properties, slots, annotations, fingerprint, version,
+                     created_at, updated_at, entered_at)
+                 VALUES (?1, 'wf', 'dataset', 'waiting', ?1, '/', 'd', 'd', '[\"t\"]',
+                     '{\"line\":3}', '[]', ?2, 'f', 1, 0, 0, 0)",
+                [id, annotations],
+            )
+            .unwrap();
+        }
+        migrate(&conn).unwrap();
+        let moved: Vec<(String, String, String, String)> = conn
+            .prepare(
+                "SELECT i.id, i.tags, c.properties, c.annotations
+                 FROM items i JOIN item_content c ON c.seq = i.seq ORDER BY i.seq",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let row = |id: &str, a: &str| {
+            (
+                id.to_string(),
+                "[\"t\"]".to_string(),
+                "{\"line\":3}".to_string(),
+                a.to_string(),
+            )
+        };
+        assert_eq!(moved, [row("a", "[{\"name\":\"crack\"}]"), row("b", "[]")]);
     }
 
     #[test]
