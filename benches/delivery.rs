@@ -22,9 +22,16 @@
 //!    inside the entering transaction just before its COMMIT (so the commit's own fsync is
 //!    counted too).
 //!
-//! 4. Store alone: N more deliveries leased and recorded through the same store calls the
-//!    dispatcher makes (`lease_due`, `record_attempt` with a 200's outcome), from 64 tasks, with
-//!    no HTTP at all. Not a target: it shows how much of the engine's time is the store's.
+//! 4. Store alone: 2N more deliveries leased and recorded with a 200's outcome through the
+//!    store calls the dispatcher makes, with no HTTP at all, in rounds that alternate two ways:
+//!    batched (`record_and_lease` for 64 at a time, what the dispatcher's batcher does when
+//!    every slot finishes together) and unbatched (64 tasks, one `lease_due` and one
+//!    `record_attempt` job per delivery). Not a target: it shows how much of the engine's time
+//!    is the store's, and what batching saves.
+//!
+//! Besides the rates it prints CPU per request or delivery of each side (from /proc): the
+//! client's runtime threads, the receiver process and the store's writer thread. On 2 cores
+//! these add up to the rate's ceiling, which is how the ratio's limits are explained.
 //!
 //! The bench reads a few figures straight from the database file (bodies, creation times),
 //! read-only: the store API has no call for "every body", and none is wanted.

@@ -26,7 +26,10 @@ const IDLE_CHECKPOINT: Duration = Duration::from_millis(500);
 const CHECKPOINT_PAGES: i32 = 1000;
 
 trait Job: Send {
-    fn run(&mut self, conn: &Connection);
+    /// Runs the job in its own savepoint, or, when `alone` (it is the first job of its
+    /// transaction), without one: nothing else would be rolled back with it, so the writer
+    /// rolls back the whole transaction when it fails. Returns whether it succeeded.
+    fn run(&mut self, conn: &Connection, alone: bool) -> bool;
     fn finish(self: Box<Self>, commit: std::result::Result<(), String>);
 }
 
@@ -41,10 +44,15 @@ where
     R: Send,
     F: FnOnce(&Connection) -> Result<R> + Send,
 {
-    fn run(&mut self, conn: &Connection) {
+    fn run(&mut self, conn: &Connection, alone: bool) -> bool {
         if let Some(f) = self.f.take() {
-            self.result = Some(in_savepoint(conn, f));
+            self.result = Some(if alone {
+                first_in_transaction(f(conn))
+            } else {
+                in_savepoint(conn, f)
+            });
         }
+        matches!(self.result, Some(Ok(_)))
     }
 
     fn finish(self: Box<Self>, commit: std::result::Result<(), String>) {
@@ -57,6 +65,18 @@ where
         // The caller may have given up waiting; nothing to do then.
         let _ = self.reply.send(result);
     }
+}
+
+/// The bookkeeping of a job that ran without a savepoint as the first of its transaction
+/// (the writer rolls the transaction back when it failed). A savepoint costs more than its two
+/// statements: SQLite copies every page the job changes into the savepoint's journal first,
+/// and the dispatcher's batch job, which changes many pages, is usually first.
+fn first_in_transaction<R>(result: Result<R>) -> Result<R> {
+    super::counts::end_job(result.is_ok());
+    if result.is_err() {
+        super::workflows::tx_spec_cache_clear();
+    }
+    result
 }
 
 fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
@@ -207,7 +227,11 @@ fn writer_loop(
         let started = Instant::now();
         super::workflows::tx_spec_cache(true);
         let mut batch = vec![first];
-        batch[0].run(&conn);
+        if !batch[0].run(&conn, true) && !conn.is_autocommit() {
+            // The first job failed without a savepoint: undo the transaction, which holds
+            // nothing else, and start the next one for the jobs behind it.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
         // When SQLite rolls back the transaction itself (a full disk, an I/O error), the jobs
         // run so far are undone: the batch stops, and no later job may run outside a
         // transaction, where each of its statements would commit on its own.
@@ -215,7 +239,7 @@ fn writer_loop(
         while !rolled_back && batch.len() < MAX_BATCH && started.elapsed() < BATCH_BUDGET {
             match rx.try_recv() {
                 Ok(mut job) => {
-                    job.run(&conn);
+                    job.run(&conn, false);
                     batch.push(job);
                     rolled_back = conn.is_autocommit();
                 }
@@ -302,6 +326,41 @@ mod tests {
 
     /// Counter deltas are written once per transaction, and only those of jobs that
     /// succeeded: a failed job's savepoint takes its deltas with it.
+    /// The first job of a transaction runs without a savepoint: when it fails, what it wrote
+    /// is undone with the transaction, and the jobs queued behind it commit in the next one.
+    #[test]
+    fn a_failed_first_job_leaves_nothing_and_the_jobs_behind_it_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+        let writer = Writer::start(conn).unwrap();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let first = writer
+            .submit(move |c| {
+                go_rx.recv().unwrap();
+                c.execute_batch("INSERT INTO t VALUES (1)")?;
+                Err::<(), _>(StoreError::Invalid("refused after writing".into()))
+            })
+            .unwrap();
+        let second = writer
+            .submit(|c| Ok(c.execute("INSERT INTO t VALUES (2)", [])?))
+            .unwrap();
+        go_tx.send(()).unwrap();
+        let err = first.blocking_recv().unwrap().unwrap_err();
+        assert!(err.to_string().contains("refused"), "{err}");
+        second.blocking_recv().unwrap().expect("the second job commits");
+        let rows: Vec<i64> = Connection::open(&path)
+            .unwrap()
+            .prepare("SELECT x FROM t ORDER BY x")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(rows, [2], "only the second job's row is kept");
+    }
+
     #[test]
     fn counters_keep_the_deltas_of_the_jobs_that_succeeded() {
         use super::super::counts;
