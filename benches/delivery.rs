@@ -12,7 +12,8 @@
 //! engine's). Both still share the machine's cores, equally for both measurements, which is why
 //! the ratio (not the absolute rates) is the figure that carries a target.
 //!
-//! 1. Baseline: N POSTs of the engine's own frozen bodies from a reqwest client, 64 tasks.
+//! 1. Baseline: N POSTs of the engine's own frozen bodies from a reqwest client, 64 tasks,
+//!    once before the engine and once right after it; the ratio uses the mean of the two.
 //! 2. Engine: N deliveries already assigned into the webhook stage (setup not timed), then
 //!    `hookops::dispatch::run` until all N succeeded.
 //! 3. Idle latency: with the dispatcher idle, one item at a time enters a webhook stage that
@@ -505,7 +506,10 @@ fn main() {
         "idle.toml",
         &workflow_toml("idle", &format!("{}/idle", recording.base)),
     );
-    let solo_wf = write("solo.toml", &workflow_toml("solo", "http://127.0.0.1:9/solo"));
+    let solo_wf = write(
+        "solo.toml",
+        &workflow_toml("solo", "http://127.0.0.1:9/solo"),
+    );
     let items = write("items.jsonl", &items_jsonl("bench", n));
     let solo_items = write("solo.jsonl", &items_jsonl("solo", 2 * n));
     let idle_items = write("idle.jsonl", &items_jsonl("idle", 2 * args.samples));
@@ -590,15 +594,13 @@ fn main() {
     // (a) Baseline.
     let receiver_pid = fast.child.id();
     let (client_cpu0, receiver_cpu0) = (thread_cpu("tokio-rt"), process_cpu(receiver_pid));
-    let base_rate = rt.block_on(baseline(
-        &format!("{}/baseline", fast.base),
-        Arc::new(bodies),
-        args.concurrency,
-    ));
+    let bodies = Arc::new(bodies);
+    let baseline_url = format!("{}/baseline", fast.base);
+    let base_before = rt.block_on(baseline(&baseline_url, bodies.clone(), args.concurrency));
     let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
     let base_client_us = per(thread_cpu("tokio-rt") - client_cpu0);
     let base_receiver_us = per(process_cpu(receiver_pid) - receiver_cpu0);
-    eprintln!("baseline: {base_rate:.0} requests/s");
+    eprintln!("baseline: {base_before:.0} requests/s");
 
     // (b) The engine, from a cold start of the dispatcher to the last success recorded.
     let store = Store::open(&db, &OpenOptions::default()).expect("store opens");
@@ -658,6 +660,11 @@ fn main() {
         .expect("count attempts");
     assert_eq!(attempts, n as i64, "every attempt is recorded");
     eprintln!("engine: {engine_rate:.0} deliveries/s");
+    // The baseline again right after the engine: this machine's speed drifts within a minute,
+    // and the ratio is taken against the mean of the two.
+    let base_after = rt.block_on(baseline(&baseline_url, bodies, args.concurrency));
+    let base_rate = (base_before + base_after) / 2.0;
+    eprintln!("baseline again: {base_after:.0} requests/s");
 
     // (c) Idle latency, the same dispatcher still running.
     let mut tail = RecordTail {
@@ -737,6 +744,11 @@ fn main() {
         "{:<44} {:>22}",
         "(a) baseline: keep-alive POSTs",
         format!("{base_rate:.0} req/s")
+    );
+    println!(
+        "{:<44} {:>22}",
+        "    before / after the engine",
+        format!("{base_before:.0} / {base_after:.0}")
     );
     println!(
         "{:<44} {:>22}",

@@ -349,7 +349,10 @@ mod tests {
         go_tx.send(()).unwrap();
         let err = first.blocking_recv().unwrap().unwrap_err();
         assert!(err.to_string().contains("refused"), "{err}");
-        second.blocking_recv().unwrap().expect("the second job commits");
+        second
+            .blocking_recv()
+            .unwrap()
+            .expect("the second job commits");
         let rows: Vec<i64> = Connection::open(&path)
             .unwrap()
             .prepare("SELECT x FROM t ORDER BY x")
