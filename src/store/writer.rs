@@ -287,6 +287,26 @@ fn writer_loop(
 mod tests {
     use super::*;
 
+    /// A writer on a new file holding one table `t (x INTEGER)`, and the file's path.
+    fn writer_on_table(dir: &tempfile::TempDir) -> (Writer, std::path::PathBuf) {
+        let path = dir.path().join("w.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+        (Writer::start(conn).unwrap(), path)
+    }
+
+    /// The values committed to `t`, in order.
+    fn committed(path: &std::path::Path) -> Vec<i64> {
+        Connection::open(path)
+            .unwrap()
+            .prepare("SELECT x FROM t ORDER BY x")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
     /// SQLite may roll back a whole transaction on an error (a full disk, I/O). A job queued
     /// behind the failing one must not run outside a transaction in that batch (its
     /// statements would commit on their own while its caller is told the batch failed): it
@@ -294,10 +314,7 @@ mod tests {
     #[test]
     fn a_job_behind_a_transaction_sqlite_rolled_back_runs_in_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.db");
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
-        let writer = Writer::start(conn).unwrap();
+        let (writer, path) = writer_on_table(&dir);
         let (go_tx, go_rx) = mpsc::channel::<()>();
         // The first job waits until the second is queued, then rolls the transaction back
         // the way SQLite does after SQLITE_FULL.
@@ -317,24 +334,18 @@ mod tests {
             .unwrap()
             .expect("the second job succeeds");
         assert!(!autocommit, "the second job ran outside a transaction");
-        let rows: i64 = Connection::open(&path)
-            .unwrap()
-            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(rows, 0, "the rolled-back job's row was committed");
+        assert!(
+            committed(&path).is_empty(),
+            "the rolled-back job's row was committed"
+        );
     }
 
-    /// Counter deltas are written once per transaction, and only those of jobs that
-    /// succeeded: a failed job's savepoint takes its deltas with it.
     /// The first job of a transaction runs without a savepoint: when it fails, what it wrote
     /// is undone with the transaction, and the jobs queued behind it commit in the next one.
     #[test]
     fn a_failed_first_job_leaves_nothing_and_the_jobs_behind_it_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.db");
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
-        let writer = Writer::start(conn).unwrap();
+        let (writer, path) = writer_on_table(&dir);
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let first = writer
             .submit(move |c| {
@@ -353,17 +364,11 @@ mod tests {
             .blocking_recv()
             .unwrap()
             .expect("the second job commits");
-        let rows: Vec<i64> = Connection::open(&path)
-            .unwrap()
-            .prepare("SELECT x FROM t ORDER BY x")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        assert_eq!(rows, [2], "only the second job's row is kept");
+        assert_eq!(committed(&path), [2], "only the second job's row is kept");
     }
 
+    /// Counter deltas are written once per transaction, and only those of jobs that
+    /// succeeded: a failed job's savepoint takes its deltas with it.
     #[test]
     fn counters_keep_the_deltas_of_the_jobs_that_succeeded() {
         use super::super::counts;
