@@ -223,23 +223,11 @@ fn lease_in_tx(
         let want = (limit - leases.len() + 1) << round;
         let page = due_page(conn, now, after, want)?;
         let exhausted = page.len() < want;
-        for due in page {
+        for (seq, due, wf, stage, state) in page {
             if leases.len() >= limit {
                 break;
             }
-            after = (due.at, due.seq);
-            let Due {
-                seq,
-                workflow: wf,
-                stage,
-                state,
-                id,
-                item_id,
-                event,
-                next_number: number,
-                attempts,
-                ..
-            } = due;
+            after = (due, seq);
             if !specs.contains_key(&wf) {
                 let s = current_spec(conn, &WorkflowId::new(wf.as_str()))?;
                 specs.insert(wf.clone(), s);
@@ -268,19 +256,27 @@ fn lease_in_tx(
             }
             let token = uuid::Uuid::now_v7().simple().to_string();
             let until = now + lease_ms(cfg);
-            // The due read fetched the row's columns in this transaction: the update needs no
-            // RETURNING (which costs SQLite a buffered result set per statement).
-            let taken = conn
+            let row = conn
                 .prepare_cached(
                     "UPDATE deliveries SET state = 'in_flight', lease_token = ?2, lease_until = ?3,
                          lease_owner = ?4, lease_number = next_number, next_number = next_number + 1,
                          updated_at = ?5
-                     WHERE seq = ?1 AND state IN ('pending', 'retry_scheduled')",
+                     WHERE seq = ?1 AND state IN ('pending', 'retry_scheduled')
+                     RETURNING id, item_id, event, lease_number, attempts",
                 )?
-                .execute(params![seq, token, until, owner, now])?;
-            if taken == 0 {
+                .query_row(params![seq, token, until, owner, now], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        enum_col::<EventType>(r, 2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                })
+                .optional()?;
+            let Some((id, item_id, event, number, attempts)) = row else {
                 continue;
-            }
+            };
             let body = body_of(conn, seq)?;
             counts::delivery_moved(&wf, &stage, &state, "in_flight");
             leases.push(Lease {
@@ -321,20 +317,8 @@ fn item_name(conn: &Connection, item: Option<&str>) -> Result<Option<String>> {
 /// Pages of due deliveries one lease reads at most (each twice the size of the one before).
 const LEASE_ROUNDS: usize = 8;
 
-/// A due delivery's row, as a lease reads it.
-struct Due {
-    seq: i64,
-    /// `next_attempt_at`.
-    at: i64,
-    workflow: String,
-    stage: String,
-    state: String,
-    id: String,
-    item_id: Option<String>,
-    event: EventType,
-    next_number: i64,
-    attempts: i64,
-}
+/// `(seq, next_attempt_at, workflow, stage, state)` of a due delivery.
+type Due = (i64, i64, String, String, String);
 
 /// At most `n` due deliveries of unpaused stages after `after` (`(next_attempt_at, seq)`),
 /// oldest due first.
@@ -344,8 +328,7 @@ fn due_page(conn: &Connection, now: i64, after: (i64, i64), n: usize) -> Result<
     // (whose keys end in the rowid) yields them in order from `after` and stops at the limit.
     Ok(conn
         .prepare_cached(
-            "SELECT d.seq, d.next_attempt_at, d.workflow_id, d.stage_id, d.state, d.id, d.item_id,
-                 d.event, d.next_number, d.attempts
+            "SELECT d.seq, d.next_attempt_at, d.workflow_id, d.stage_id, d.state
              FROM deliveries d INDEXED BY deliveries_due
              WHERE d.state IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= ?1
                AND (d.next_attempt_at, d.seq) > (?2, ?3)
@@ -354,18 +337,7 @@ fn due_page(conn: &Connection, now: i64, after: (i64, i64), n: usize) -> Result<
              ORDER BY d.next_attempt_at, d.seq LIMIT ?4",
         )?
         .query_map(params![now, after.0, after.1, n as i64], |r| {
-            Ok(Due {
-                seq: r.get(0)?,
-                at: r.get(1)?,
-                workflow: r.get(2)?,
-                stage: r.get(3)?,
-                state: r.get(4)?,
-                id: r.get(5)?,
-                item_id: r.get(6)?,
-                event: enum_col(r, 7)?,
-                next_number: r.get(8)?,
-                attempts: r.get(9)?,
-            })
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?
         .collect::<rusqlite::Result<_>>()?)
 }
