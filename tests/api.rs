@@ -1301,6 +1301,7 @@ async fn notifications_are_delivered_signed_and_never_notify_themselves() {
         .find(|n| n["type"] == "delivery.failed")
         .unwrap();
     assert_eq!(failed["data"]["stage"], "failing");
+    assert_eq!(failed["data"]["item_name"], "n 0.jpg");
     assert_eq!(failed["data"]["last_status"], 500);
     let failed_delivery = failed["data"]["delivery_id"].as_str().unwrap().to_string();
     // The failing notification entry (400) ends failed and routes, pauses and notifies nothing.

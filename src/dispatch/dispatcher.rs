@@ -84,7 +84,7 @@ impl AttemptEvent {
             workflow: lease.workflow.clone(),
             stage: lease.stage.clone(),
             item_id: lease.item_id.clone(),
-            item_name: rec.item_name.clone().or_else(|| lease.item_name.clone()),
+            item_name: rec.item_name.clone(),
             number: lease.number,
             trigger: lease.trigger,
             attempts: rec.attempts,

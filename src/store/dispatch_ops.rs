@@ -55,7 +55,6 @@ pub struct Lease {
     pub revision: i64,
     pub stage: StageId,
     pub item_id: Option<ItemId>,
-    pub item_name: Option<String>,
     pub event: EventType,
     pub body: Arc<Vec<u8>>,
     /// Counted attempts before this one.
@@ -100,8 +99,8 @@ pub struct Recorded {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// Where the item went, when the outcome routed it.
     pub routed_to: Option<StageId>,
-    /// The item's name, for the attempt's log line (a lease leaves it to the record, which
-    /// reads the item anyway when it routes).
+    /// The item's name, for the attempt's log line (read by the record, which reads the item
+    /// anyway when it routes).
     pub item_name: Option<String>,
     /// The lease had expired or the delivery was cancelled: only the attempt row was written.
     pub lease_lost: bool,
@@ -289,7 +288,6 @@ fn lease_in_tx(
                 revision: *revision,
                 stage: StageId(stage),
                 item_id: item_id.map(ItemId),
-                item_name: None,
                 event,
                 body: Arc::new(body),
                 attempts,
@@ -436,7 +434,7 @@ fn record_in_tx(
         max_attempts,
         next_attempt_at: None,
         routed_to: None,
-        item_name: lease.item_name.clone(),
+        item_name: None,
         lease_lost: false,
         paused_stage: false,
     };
@@ -456,6 +454,7 @@ fn record_in_tx(
     )?;
     if lease.trigger == AttemptTrigger::Manual && d.event != EventType::WebhookTest {
         // A replay never changes the delivery (design §6).
+        rec.item_name = item_name(conn, d.item_id.as_deref())?;
         return Ok(rec);
     }
     if !holds {
@@ -500,11 +499,9 @@ fn record_in_tx(
         };
         settle(conn, &spec, revision, cfg, &d, &outcome, &mut rec)?
     } else {
+        rec.item_name = item_name(conn, d.item_id.as_deref())?;
         None
     };
-    if rec.item_name.is_none() {
-        rec.item_name = item_name(conn, d.item_id.as_deref())?;
-    }
     // One update of the delivery, after its routing (which never reads it back).
     conn.prepare_cached(
         "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, lease_token = NULL,
@@ -560,24 +557,31 @@ fn settle(
         attempts,
         now,
     } = *f;
+    // The item as it is now: its name for the notification and the log line, its stage and
+    // version for the fencing below.
+    let item_id = d.item_id.clone().map(ItemId);
+    let head = match &item_id {
+        Some(id) => load_item_head(conn, id)?,
+        None => None,
+    };
+    rec.item_name = head.as_ref().map(|h| h.name.clone());
     if state == DeliveryState::Failed && !spec.notify.is_empty() {
         let data = serde_json::json!({
             "workflow": d.workflow,
             "stage": d.stage,
             "delivery_id": lease.delivery_id,
             "item_id": d.item_id,
-            "item_name": lease.item_name,
+            "item_name": rec.item_name,
             "attempts": attempts,
             "last_status": o.status,
             "last_error_kind": o.error_kind,
             "error_message": o.error_message,
         });
-        let item = d.item_id.clone().map(ItemId);
         insert_notifications(
             conn,
             spec,
             EventType::DeliveryFailed,
-            item.as_ref(),
+            item_id.as_ref(),
             &data,
             now,
         )?;
@@ -618,13 +622,9 @@ fn settle(
         }
     }
     // Routing is compare-and-set on the item's stage and version (fencing).
-    let Some(item_id) = d.item_id.clone().map(ItemId) else {
+    let (Some(item_id), Some(head)) = (item_id, head) else {
         return Ok(None);
     };
-    let Some(head) = load_item_head(conn, &item_id)? else {
-        return Ok(None);
-    };
-    rec.item_name = Some(head.name.clone());
     if head.stage != d.stage || Some(head.version) != d.item_version {
         return Ok(None);
     }
@@ -1069,7 +1069,6 @@ impl Store {
             };
             let body = body_of(c, seq)?;
             let (spec, revision) = current_spec(c, &WorkflowId::new(wf.as_str()))?;
-            let item_name = item_name(c, item_id.as_deref())?;
             audit(c, &op, "replay", &format!("delivery {id}"), None, 1)?;
             Ok(Lease {
                 delivery_id: id,
@@ -1081,7 +1080,6 @@ impl Store {
                 revision,
                 stage: StageId(stage),
                 item_id: item_id.map(ItemId),
-                item_name,
                 event,
                 body: Arc::new(body),
                 attempts,
@@ -1146,7 +1144,6 @@ impl Store {
                 revision,
                 stage,
                 item_id: None,
-                item_name: None,
                 event: EventType::WebhookTest,
                 body: Arc::new(body),
                 attempts: 0,
