@@ -46,8 +46,11 @@ where
 {
     fn run(&mut self, conn: &Connection, alone: bool) -> bool {
         if let Some(f) = self.f.take() {
+            // A savepoint costs more than its two statements: SQLite copies every page the
+            // job changes into the savepoint's journal first, and the dispatcher's batch job,
+            // which changes many pages, is usually the first of its transaction.
             self.result = Some(if alone {
-                first_in_transaction(f(conn))
+                end_job(f(conn))
             } else {
                 in_savepoint(conn, f)
             });
@@ -67,11 +70,10 @@ where
     }
 }
 
-/// The bookkeeping of a job that ran without a savepoint as the first of its transaction
-/// (the writer rolls the transaction back when it failed). A savepoint costs more than its two
-/// statements: SQLite copies every page the job changes into the savepoint's journal first,
-/// and the dispatcher's batch job, which changes many pages, is usually first.
-fn first_in_transaction<R>(result: Result<R>) -> Result<R> {
+/// What every job's end leaves behind, with or without a savepoint: its counter deltas join
+/// the transaction's when it succeeded, and the transaction's spec cache is forgotten when it
+/// failed (it may have read a revision that is gone now).
+fn end_job<R>(result: Result<R>) -> Result<R> {
     super::counts::end_job(result.is_ok());
     if result.is_err() {
         super::workflows::tx_spec_cache_clear();
@@ -83,29 +85,17 @@ fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) 
     // Cached statements: these two run for every job, and parsing them each time showed up
     // in the writer's profile.
     conn.prepare_cached("SAVEPOINT job")?.execute([])?;
-    let result = match f(conn) {
-        Ok(r) => match conn
-            .prepare_cached("RELEASE job")
-            .and_then(|mut s| s.execute([]))
-        {
-            Ok(_) => Ok(r),
-            Err(e) => Err(e.into()),
-        },
-        Err(e) => Err(e),
-    };
-    super::counts::end_job(result.is_ok());
-    match result {
-        Ok(r) => Ok(r),
-        Err(e) => {
-            super::workflows::tx_spec_cache_clear();
-            // After some errors (a full disk, I/O) SQLite has already rolled back the whole
-            // transaction: there is no savepoint left to roll back to.
-            if !conn.is_autocommit() {
-                conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
-            }
-            Err(e)
-        }
+    let result = f(conn).and_then(|r| {
+        conn.prepare_cached("RELEASE job")?.execute([])?;
+        Ok(r)
+    });
+    let result = end_job(result);
+    // After some errors (a full disk, I/O) SQLite has already rolled back the whole
+    // transaction: there is no savepoint left to roll back to.
+    if result.is_err() && !conn.is_autocommit() {
+        conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
     }
+    result
 }
 
 pub(super) struct Writer {
