@@ -245,9 +245,9 @@ pub(crate) fn load_item(conn: &Connection, id: &ItemId) -> Result<Option<Item>> 
         .optional()?)
 }
 
-/// An item's plain columns only (its row, not its `item_content`): `tags`, `properties`, `slots` and `annotations` are left
-/// empty (no JSON read or parsed). Enough to fence and to route an outcome whose route reads
-/// no content (see `record_in_tx`).
+/// An item's row only, not its `item_content`: `tags`, `properties`, `slots` and
+/// `annotations` are left empty (no JSON read or parsed). Enough to fence and to route an
+/// outcome whose route reads no content (see `record_in_tx`).
 pub(crate) fn load_item_head(conn: &Connection, id: &ItemId) -> Result<Option<Item>> {
     Ok(conn
         .prepare_cached(
@@ -589,7 +589,7 @@ fn import_chunk(
             stage: route.stage.clone(),
         });
     }
-    drop((existing, insert));
+    drop((existing, insert, content));
     for ((stage, state), n) in landed {
         counts::add_items(wf_id.as_str(), stage.as_str(), state.as_str(), n);
     }

@@ -307,8 +307,6 @@ impl Store {
         self.read(|c| Ok(c.query_row("PRAGMA data_version", [], |r| r.get(0))?))
     }
 
-    /// This process's writer figures: (longest transaction in µs, transactions, jobs).
-    /// Resets the maximum when `reset` is true.
     /// How long the writer has spent in transactions, in microseconds (benchmarks).
     pub fn writer_busy_us(&self) -> u64 {
         self.inner.writer.as_ref().map_or(0, |w| {
@@ -316,6 +314,8 @@ impl Store {
         })
     }
 
+    /// This process's writer figures: (longest transaction in µs, transactions, jobs).
+    /// Resets the maximum when `reset` is true.
     pub fn writer_stats(&self, reset: bool) -> (u64, u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         match &self.inner.writer {
