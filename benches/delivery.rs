@@ -296,7 +296,7 @@ async fn store_alone(store: &Store, concurrency: usize) -> (f64, usize) {
         let want = leases.len();
         let finished = leases.into_iter().map(|l| (l, outcome.clone())).collect();
         leases = store
-            .record_and_lease(owner, finished, want)
+            .record_and_lease(owner, Arc::new(finished), want)
             .await
             .expect("record and lease")
             .1;

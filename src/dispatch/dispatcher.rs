@@ -148,7 +148,13 @@ pub async fn run(
     let health = StoreHealth::default();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
     let (handin, handins) = mpsc::unbounded_channel::<Handin>();
-    tokio::spawn(batcher(store.clone(), info.id.clone(), handins));
+    tokio::spawn(batcher(
+        store.clone(),
+        info.id.clone(),
+        events.clone(),
+        health.clone(),
+        handins,
+    ));
     // Attempt tasks, kept so shutdown can stop the ones still waiting on the network: each
     // holds a sender of `events`, and `serve` waits for every sender to go before it exits.
     let mut tasks = tokio::task::JoinSet::new();
@@ -302,15 +308,22 @@ struct SlotContext<'a> {
     handin: &'a mpsc::UnboundedSender<Handin>,
 }
 
-/// A finished attempt a slot hands to the [`batcher`], and where the answer goes: what was
-/// recorded and the slot's next lease, or `None` when the batch failed (the slot then records
-/// alone, which tells which attempt the store refused and why).
+/// A finished attempt a slot hands to the [`batcher`], and where the answer goes.
 struct Handin {
     lease: Lease,
     outcome: AttemptOutcome,
     /// The slot goes on: lease its next delivery in the same job.
     next: bool,
-    reply: oneshot::Sender<Option<(Recorded, Option<Lease>)>>,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// The [`batcher`]'s answer to a slot.
+enum Answer {
+    /// The attempt is recorded and published; the slot's next lease, if it got one.
+    Recorded(Option<Lease>),
+    /// The batch failed: the slot records its attempt alone, which tells which attempt the
+    /// store refused and why.
+    Failed(Lease, AttemptOutcome),
 }
 
 /// Most attempts one write job records.
@@ -321,8 +334,15 @@ const BATCHES_IN_FLIGHT: usize = 2;
 /// Turns the slots' finished attempts into few write jobs: everything handed in while the
 /// writer is busy goes into the next job, which records them all and leases the slots'
 /// next deliveries (`Store::record_and_lease`). One job per batch instead of two per attempt
-/// is what keeps the single writer from being the engine's ceiling (issue 4).
-async fn batcher(store: Store, owner: String, mut handins: mpsc::UnboundedReceiver<Handin>) {
+/// is what keeps the single writer from being the engine's ceiling (issue 4). The batcher
+/// publishes what was recorded, so a slot's lease and outcome are moved, never copied.
+async fn batcher(
+    store: Store,
+    owner: String,
+    events: broadcast::Sender<DispatchNotice>,
+    health: StoreHealth,
+    mut handins: mpsc::UnboundedReceiver<Handin>,
+) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     while let Some(first) = handins.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -336,29 +356,38 @@ async fn batcher(store: Store, owner: String, mut handins: mpsc::UnboundedReceiv
                 Err(_) => break,
             }
         }
-        let (store, owner) = (store.clone(), owner.clone());
+        let (store, owner, events, health) =
+            (store.clone(), owner.clone(), events.clone(), health.clone());
         tokio::spawn(async move {
             let want = batch.iter().filter(|h| h.next).count();
             let mut replies = Vec::with_capacity(batch.len());
-            let finished = batch
+            let finished: Vec<_> = batch
                 .into_iter()
                 .map(|h| {
                     replies.push((h.next, h.reply));
                     (h.lease, h.outcome)
                 })
                 .collect();
-            match store.record_and_lease(&owner, finished, want).await {
+            let finished = Arc::new(finished);
+            let result = store.record_and_lease(&owner, finished.clone(), want).await;
+            match result {
                 Ok((recorded, leases)) => {
+                    health.ok(&events);
                     let mut leases = leases.into_iter();
-                    for ((next, reply), rec) in replies.into_iter().zip(recorded) {
+                    for (((next, reply), rec), (lease, outcome)) in
+                        replies.into_iter().zip(recorded).zip(finished.iter())
+                    {
+                        publish(&events, lease, outcome, &rec);
                         let lease = if next { leases.next() } else { None };
-                        let _ = reply.send(Some((rec, lease)));
+                        let _ = reply.send(Answer::Recorded(lease));
                     }
                 }
                 Err(e) => {
                     tracing::debug!("batched record failed, recording one by one: {e}");
-                    for (_, reply) in replies {
-                        let _ = reply.send(None);
+                    // The writer has let go of its copy by now; a clone is the fallback.
+                    let finished = Arc::try_unwrap(finished).unwrap_or_else(|a| a.to_vec());
+                    for ((_, reply), (lease, outcome)) in replies.into_iter().zip(finished) {
+                        let _ = reply.send(Answer::Failed(lease, outcome));
                     }
                 }
             }
@@ -376,22 +405,22 @@ async fn slot(ctx: SlotContext<'_>, mut lease: Lease) {
         let more = !*ctx.shutdown.borrow();
         let (reply, answer) = oneshot::channel();
         let handin = Handin {
-            lease: lease.clone(),
-            outcome: outcome.clone(),
+            lease,
+            outcome,
             next: more,
             reply,
         };
+        // A batcher that is gone (shutdown) answers nothing: the attempt is recorded alone.
         let answer = match ctx.handin.send(handin) {
-            Ok(()) => answer.await.ok().flatten(),
-            Err(_) => None,
+            Ok(()) => answer.await.ok(),
+            Err(mpsc::error::SendError(h)) => Some(Answer::Failed(h.lease, h.outcome)),
         };
         let next = match answer {
-            Some((rec, next)) => {
-                ctx.health.ok(ctx.events);
-                publish(ctx, &lease, &outcome, &rec);
-                next
-            }
-            None => alone(ctx, &lease, outcome, more).await,
+            Some(Answer::Recorded(next)) => next,
+            Some(Answer::Failed(lease, outcome)) => alone(ctx, &lease, outcome, more).await,
+            // The batcher's job ended without an answer (only a panic does that): the lease
+            // expires and its delivery is sent again, as after a crash.
+            None => None,
         };
         match next {
             Some(l) => lease = l,
@@ -425,9 +454,14 @@ async fn alone(
     next
 }
 
-fn publish(ctx: SlotContext<'_>, lease: &Lease, outcome: &AttemptOutcome, rec: &Recorded) {
+fn publish(
+    events: &broadcast::Sender<DispatchNotice>,
+    lease: &Lease,
+    outcome: &AttemptOutcome,
+    rec: &Recorded,
+) {
     let event = AttemptEvent::new(lease, outcome, rec);
-    let _ = ctx.events.send(DispatchNotice::Attempt(Box::new(event)));
+    let _ = events.send(DispatchNotice::Attempt(Box::new(event)));
 }
 
 /// Records an attempt. When the database refuses the write (disk full, file made
@@ -443,7 +477,7 @@ async fn record(ctx: SlotContext<'_>, lease: &Lease, outcome: AttemptOutcome) {
         match ctx.store.record_attempt(lease, outcome.clone()).await {
             Ok(rec) => {
                 ctx.health.ok(ctx.events);
-                publish(ctx, lease, &outcome, &rec);
+                publish(ctx.events, lease, &outcome, &rec);
                 return;
             }
             Err(e) => {

@@ -28,6 +28,7 @@ use super::sign;
 use crate::model::ErrorKind;
 use crate::redact::Redactor;
 use crate::store::{AttemptOutcome, Lease, Policies};
+use crate::workflow::WebhookConfig;
 
 /// Kept of a response body.
 pub const RESPONSE_KEEP: usize = 64 * 1024;
@@ -42,7 +43,82 @@ pub struct Sender {
     client: reqwest::Client,
     max_body: AtomicUsize,
     target: Arc<TargetPolicy>,
-    redactors: Mutex<HashMap<(String, i64), Arc<Redactor>>>,
+    /// Per workflow: the revision its entries belong to, and a [`Target`] per stage.
+    targets: Mutex<HashMap<String, (i64, HashMap<String, Arc<Target>>)>>,
+}
+
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+const HOOKOPS_ATTEMPT: HeaderName = HeaderName::from_static("hookops-attempt");
+
+/// A header as sent, and as recorded (its name as configured, its value redacted).
+type FixedHeader = (HeaderName, HeaderValue, (String, String));
+
+/// What every attempt to one webhook shares: its URL, parsed and as recorded, the headers
+/// that do not change between attempts, and the redactor of its workflow's secrets. Errors
+/// (an invalid URL or header) are kept as the one-line message each attempt records.
+struct Target {
+    redactor: Redactor,
+    /// The URL as recorded, secrets redacted.
+    shown_url: String,
+    url: Result<reqwest::Url, String>,
+    /// The host when it is an IP literal, which skips the resolver (and its policy check).
+    literal: Option<IpAddr>,
+    /// Sent before the per-attempt headers (`content-type`, `user-agent`) and after them
+    /// (`authorization`, then the stage's own headers).
+    headers: Result<(Vec<FixedHeader>, Vec<FixedHeader>), String>,
+}
+
+impl Target {
+    fn new(cfg: &WebhookConfig, secrets: &[String]) -> Target {
+        let redactor = Redactor::new(secrets);
+        let url = reqwest::Url::parse(&cfg.url)
+            .map_err(|e| redactor.redact(&format!("invalid URL: {e}")));
+        let literal = url.as_ref().ok().and_then(|u| {
+            u.host_str()?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .ok()
+        });
+        let head = [
+            ("content-type".to_string(), "application/json".to_string()),
+            (
+                "user-agent".to_string(),
+                concat!("hookops/", env!("CARGO_PKG_VERSION")).to_string(),
+            ),
+        ];
+        let auth = cfg
+            .authorization
+            .iter()
+            .map(|a| ("authorization".to_string(), a.clone()));
+        let tail: Vec<(String, String)> = auth.chain(cfg.headers.iter().cloned()).collect();
+        let fixed = |pairs: &[(String, String)]| -> Result<Vec<FixedHeader>, String> {
+            let shown = redactor.headers(pairs);
+            pairs
+                .iter()
+                .zip(shown)
+                .map(|((k, v), shown)| {
+                    match (
+                        HeaderName::try_from(k.as_str()),
+                        HeaderValue::try_from(v.as_str()),
+                    ) {
+                        (Ok(k), Ok(v)) => Ok((k, v, shown)),
+                        _ => Err(format!("header `{k}` is not a valid HTTP header")),
+                    }
+                })
+                .collect()
+        };
+        let headers = fixed(&head).and_then(|h| Ok((h, fixed(&tail)?)));
+        Target {
+            shown_url: redactor.redact(&cfg.url),
+            redactor,
+            url,
+            literal,
+            headers,
+        }
+    }
 }
 
 /// Which addresses a request may go to: the `deny_private_targets` policy (changed while the
@@ -161,12 +237,12 @@ impl TargetPolicy {
         }
     }
 
-    /// Why a request to `ip` (named `host`) is refused, or `None` when it may go.
-    fn refusal(&self, host: &str, ip: IpAddr) -> Option<String> {
-        let shown = if host == ip.to_string() {
-            host.to_string()
-        } else {
-            format!("{host} resolves to {ip}, which")
+    /// Why a request to `ip` (named `host`, or an IP literal when `None`) is refused, or
+    /// `None` when it may go.
+    fn refusal(&self, host: Option<&str>, ip: IpAddr) -> Option<String> {
+        let shown = || match host {
+            Some(host) if host != ip.to_string() => format!("{host} resolves to {ip}, which"),
+            _ => ip.to_string(),
         };
         // The policy is checked first: it is what an operator asked for; the guard is a test's
         // safety net.
@@ -174,12 +250,14 @@ impl TargetPolicy {
             && let Some(reason) = private_reason(ip)
         {
             return Some(format!(
-                "refused by policy deny_private_targets: {shown} is {reason}"
+                "refused by policy deny_private_targets: {} is {reason}",
+                shown()
             ));
         }
         if self.loopback_only && !ip.to_canonical().is_loopback() {
             return Some(format!(
-                "refused: {shown} is not a loopback address and HOOKOPS_LOOPBACK_ONLY is set"
+                "refused: {} is not a loopback address and HOOKOPS_LOOPBACK_ONLY is set",
+                shown()
             ));
         }
         None
@@ -190,7 +268,7 @@ impl TargetPolicy {
         let mut first_refusal = None;
         let kept: Vec<IpAddr> = addrs
             .into_iter()
-            .filter(|ip| match self.refusal(host, *ip) {
+            .filter(|ip| match self.refusal(Some(host), *ip) {
                 Some(r) => {
                     first_refusal.get_or_insert(r);
                     false
@@ -271,7 +349,7 @@ impl Sender {
             client,
             max_body: AtomicUsize::new(policies.max_body_bytes),
             target,
-            redactors: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
         })
     }
 
@@ -285,18 +363,33 @@ impl Sender {
             .store(policies.deny_private_targets, Ordering::Relaxed);
     }
 
-    fn redactor(&self, lease: &Lease) -> Arc<Redactor> {
-        let key = (lease.workflow.to_string(), lease.revision);
-        if let Ok(mut map) = self.redactors.lock() {
-            if map.len() > 64 {
-                map.clear();
-            }
-            return map
-                .entry(key)
-                .or_insert_with(|| Arc::new(Redactor::new(&lease.spec.secrets)))
-                .clone();
+    /// The parts of `lease`'s requests that are the same for every attempt of its stage,
+    /// worked out once per workflow revision (a lookup allocates nothing).
+    fn target(&self, lease: &Lease, cfg: &WebhookConfig) -> Arc<Target> {
+        let build = || Arc::new(Target::new(cfg, &lease.spec.secrets));
+        let Ok(mut map) = self.targets.lock() else {
+            return build();
+        };
+        if let Some((revision, stages)) = map.get(lease.workflow.as_str())
+            && *revision == lease.revision
+            && let Some(t) = stages.get(lease.stage.as_str())
+        {
+            return t.clone();
         }
-        Arc::new(Redactor::new(&lease.spec.secrets))
+        if map.len() > 64 {
+            map.clear();
+        }
+        let entry = map
+            .entry(lease.workflow.to_string())
+            .or_insert_with(|| (lease.revision, HashMap::new()));
+        if entry.0 != lease.revision {
+            *entry = (lease.revision, HashMap::new());
+        }
+        entry
+            .1
+            .entry(lease.stage.to_string())
+            .or_insert_with(build)
+            .clone()
     }
 
     /// Sends the lease's attempt and describes the outcome. Never fails: every problem is an
@@ -304,7 +397,6 @@ impl Sender {
     pub async fn send(&self, lease: &Lease) -> AttemptOutcome {
         let started = chrono::Utc::now();
         let clock = Instant::now();
-        let redactor = self.redactor(lease);
         let mut out = AttemptOutcome {
             started_at: started.timestamp_millis(),
             ..AttemptOutcome::default()
@@ -318,46 +410,35 @@ impl Sender {
             ));
             return out;
         };
-        out.url = redactor.redact(&cfg.url);
+        let target = self.target(lease, cfg);
+        let redactor = &target.redactor;
+        out.url = target.shown_url.clone();
         let max_body = self.max_body.load(Ordering::Relaxed);
         if lease.body.len() > max_body {
             out.error_kind = Some(ErrorKind::Policy);
             out.error_message = Some(classify::body_too_large_message(lease.body.len(), max_body));
             return out;
         }
-        let url = match reqwest::Url::parse(&cfg.url) {
-            Ok(url) => url,
-            Err(e) => {
+        let url = match &target.url {
+            Ok(url) => url.clone(),
+            Err(message) => {
                 out.error_kind = Some(ErrorKind::Policy);
-                out.error_message = Some(redactor.redact(&format!("invalid URL: {e}")));
+                out.error_message = Some(message.clone());
                 return out;
             }
         };
         // An IP literal skips the resolver, so its address is checked here.
+        if let Some(ip) = target.literal
+            && let Some(why) = self.target.refusal(None, ip)
         {
-            let ip = url.host_str().and_then(|h| {
-                h.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<IpAddr>()
-                    .ok()
-            });
-            if let Some(ip) = ip
-                && let Some(why) = self.target.refusal(&ip.to_string(), ip)
-            {
-                out.error_kind = Some(ErrorKind::Policy);
-                out.error_message = Some(redactor.redact(&why));
-                return out;
-            }
+            out.error_kind = Some(ErrorKind::Policy);
+            out.error_message = Some(redactor.redact(&why));
+            return out;
         }
         let timestamp = started.timestamp();
-        let mut headers: Vec<(String, String)> = vec![
-            ("content-type".into(), "application/json".into()),
-            (
-                "user-agent".into(),
-                concat!("hookops/", env!("CARGO_PKG_VERSION")).into(),
-            ),
-            ("webhook-id".into(), lease.delivery_id.to_string()),
-            ("webhook-timestamp".into(), timestamp.to_string()),
+        let mut dynamic: Vec<(HeaderName, String)> = vec![
+            (WEBHOOK_ID, lease.delivery_id.to_string()),
+            (WEBHOOK_TIMESTAMP, timestamp.to_string()),
         ];
         match sign::signature_header(
             &cfg.secrets,
@@ -365,7 +446,7 @@ impl Sender {
             timestamp,
             &lease.body,
         ) {
-            Ok(Some(sig)) => headers.push(("webhook-signature".into(), sig)),
+            Ok(Some(sig)) => dynamic.push((WEBHOOK_SIGNATURE, sig)),
             Ok(None) => {}
             Err(e) => {
                 out.error_kind = Some(ErrorKind::Policy);
@@ -373,35 +454,48 @@ impl Sender {
                 return out;
             }
         }
-        headers.push(("hookops-attempt".into(), lease.number.to_string()));
-        if let Some(a) = &cfg.authorization {
-            headers.push(("authorization".into(), a.clone()));
+        dynamic.push((HOOKOPS_ATTEMPT, lease.number.to_string()));
+        let (head, tail) = match &target.headers {
+            Ok(parts) => parts,
+            Err(message) => {
+                out.error_kind = Some(ErrorKind::Policy);
+                out.error_message = Some(message.clone());
+                return out;
+            }
+        };
+        // As recorded: in the order sent, secrets redacted (the per-attempt values hold none,
+        // but they are redacted like any other value).
+        let mut shown = Vec::with_capacity(head.len() + dynamic.len() + tail.len());
+        let mut map = HeaderMap::with_capacity(shown.capacity());
+        for (name, value, as_shown) in head {
+            shown.push(as_shown.clone());
+            map.append(name.clone(), value.clone());
         }
-        headers.extend(cfg.headers.iter().cloned());
-        out.request_headers = redactor.headers(&headers);
-
-        let mut map = HeaderMap::with_capacity(headers.len());
-        for (k, v) in &headers {
-            match (
-                HeaderName::try_from(k.as_str()),
-                HeaderValue::try_from(v.as_str()),
-            ) {
-                (Ok(k), Ok(v)) => {
-                    map.append(k, v);
+        for (name, value) in dynamic {
+            shown.push((name.as_str().to_string(), redactor.redact(&value)));
+            match HeaderValue::try_from(value) {
+                Ok(v) => {
+                    map.append(name, v);
                 }
-                _ => {
+                Err(_) => {
                     out.error_kind = Some(ErrorKind::Policy);
-                    out.error_message = Some(format!("header `{k}` is not a valid HTTP header"));
+                    out.error_message = Some(format!("header `{name}` is not a valid HTTP header"));
                     return out;
                 }
             }
         }
+        for (name, value, as_shown) in tail {
+            shown.push(as_shown.clone());
+            map.append(name.clone(), value.clone());
+        }
+        out.request_headers = shown;
+
         let request = self
             .client
             .post(url)
             .headers(map)
             .timeout(cfg.timeout)
-            .body(lease.body.as_ref().clone());
+            .body(lease.body.clone());
         let finish =
             |out: &mut AttemptOutcome| out.duration_ms = clock.elapsed().as_millis() as i64;
         let mut resp = match request.send().await {
@@ -587,11 +681,15 @@ mod tests {
             loopback_only: true,
             ..TargetPolicy::default()
         };
-        assert!(guard.refusal("x", public).is_some());
-        assert!(guard.refusal("x", "127.0.0.1".parse().unwrap()).is_none());
+        assert!(guard.refusal(Some("x"), public).is_some());
         assert!(
             guard
-                .refusal("x", "::ffff:127.0.0.1".parse().unwrap())
+                .refusal(Some("x"), "127.0.0.1".parse().unwrap())
+                .is_none()
+        );
+        assert!(
+            guard
+                .refusal(Some("x"), "::ffff:127.0.0.1".parse().unwrap())
                 .is_none()
         );
     }

@@ -56,7 +56,7 @@ pub struct Lease {
     pub stage: StageId,
     pub item_id: Option<ItemId>,
     pub event: EventType,
-    pub body: Arc<Vec<u8>>,
+    pub body: bytes::Bytes,
     /// Counted attempts before this one.
     pub attempts: i64,
     /// The workflow spec current at lease time; its stage config is what this attempt uses.
@@ -289,7 +289,7 @@ fn lease_in_tx(
                 stage: StageId(stage),
                 item_id: item_id.map(ItemId),
                 event,
-                body: Arc::new(body),
+                body: body.into(),
                 attempts,
                 spec: spec.clone(),
             });
@@ -927,10 +927,11 @@ impl Store {
     /// instead of two per attempt. The records come first, so a stage's `max_in_flight` never
     /// counts a finished slot. All or nothing: when any record fails, nothing of the job is
     /// kept and the caller records them one by one ([`Store::record_attempt`]) to learn which.
+    /// `finished` is shared, not copied: the caller keeps it to publish or retry from.
     pub async fn record_and_lease(
         &self,
         owner: &str,
-        finished: Vec<(Lease, AttemptOutcome)>,
+        finished: Arc<Vec<(Lease, AttemptOutcome)>>,
         want: usize,
     ) -> Result<(Vec<Recorded>, Vec<Lease>)> {
         let owner = owner.to_string();
@@ -1081,7 +1082,7 @@ impl Store {
                 stage: StageId(stage),
                 item_id: item_id.map(ItemId),
                 event,
-                body: Arc::new(body),
+                body: body.into(),
                 attempts,
                 spec,
             })
@@ -1145,7 +1146,7 @@ impl Store {
                 stage,
                 item_id: None,
                 event: EventType::WebhookTest,
-                body: Arc::new(body),
+                body: body.into(),
                 attempts: 0,
                 spec,
             })
