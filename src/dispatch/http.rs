@@ -43,9 +43,11 @@ pub struct Sender {
     client: reqwest::Client,
     max_body: AtomicUsize,
     target: Arc<TargetPolicy>,
-    /// Per workflow: the revision its entries belong to, and a [`Target`] per stage.
-    targets: Mutex<HashMap<String, (i64, HashMap<String, Arc<Target>>)>>,
+    targets: Mutex<Targets>,
 }
+
+/// Per workflow: the revision its entries belong to, and a [`Target`] per stage.
+type Targets = HashMap<String, (i64, HashMap<String, Arc<Target>>)>;
 
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
