@@ -255,9 +255,12 @@ fn lease_in_tx(
             }
             let token = uuid::Uuid::now_v7().simple().to_string();
             let until = now + lease_ms(cfg);
+            // OR FAIL: this one-row update cannot break a constraint (every value it sets is
+            // given and not null), and with the default ABORT SQLite keeps a statement journal
+            // for it: ~17 % of the lease's instructions (issue 4).
             let row = conn
                 .prepare_cached(
-                    "UPDATE deliveries SET state = 'in_flight', lease_token = ?2, lease_until = ?3,
+                    "UPDATE OR FAIL deliveries SET state = 'in_flight', lease_token = ?2, lease_until = ?3,
                          lease_owner = ?4, lease_number = next_number, next_number = next_number + 1,
                          updated_at = ?5
                      WHERE seq = ?1 AND state IN ('pending', 'retry_scheduled')

@@ -98,15 +98,16 @@ fn parse_spec(text: String) -> Result<Arc<Workflow>> {
     Ok(wf)
 }
 
-type SpecsByRevision = HashMap<(String, i64), Arc<Workflow>>;
+/// Per workflow id: its current revision and spec.
+type CurrentSpecs = HashMap<String, (i64, Arc<Workflow>)>;
 
 thread_local! {
-    /// Specs read in the writer's current transaction, by (workflow, revision). `Some` only on
-    /// the writer thread between `BEGIN IMMEDIATE` and the end of the transaction, when no other
-    /// connection can write: a (workflow, revision) then names one spec, and the lookup is one
-    /// row by key instead of reading and hashing the spec's whole text. Cleared when a job's
-    /// savepoint rolls back (it may have added a revision that is gone now).
-    static TX_SPECS: std::cell::RefCell<Option<SpecsByRevision>> =
+    /// The current specs read in the writer's current transaction. `Some` only on the writer
+    /// thread between `BEGIN IMMEDIATE` and the end of the transaction, when no other
+    /// connection can write: a workflow's revision then changes only through this thread's
+    /// own apply, which forgets the cache, so a hit reads nothing. Also forgotten when a job
+    /// fails (it may have added a revision that is gone now).
+    static TX_SPECS: std::cell::RefCell<Option<CurrentSpecs>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -115,7 +116,7 @@ pub(super) fn tx_spec_cache(active: bool) {
     TX_SPECS.with(|c| *c.borrow_mut() = active.then(HashMap::new));
 }
 
-/// Forgets the specs cached in this transaction (a savepoint rolled back).
+/// Forgets the specs cached in this transaction (a job failed, or a revision was applied).
 pub(super) fn tx_spec_cache_clear() {
     TX_SPECS.with(|c| {
         if let Some(m) = c.borrow_mut().as_mut() {
@@ -126,34 +127,24 @@ pub(super) fn tx_spec_cache_clear() {
 
 /// The current spec and revision of a workflow.
 pub(crate) fn current_spec(conn: &Connection, id: &WorkflowId) -> Result<(Arc<Workflow>, i64)> {
-    if TX_SPECS.with(|c| c.borrow().is_some()) {
-        let rev: Option<i64> = conn
-            .prepare_cached("SELECT revision FROM workflows WHERE id = ?1")?
-            .query_row([id.as_str()], |r| r.get(0))
-            .optional()?;
-        let Some(rev) = rev else {
-            return Err(StoreError::NotFound {
-                what: "workflow",
-                id: id.to_string(),
-            });
-        };
-        let key = (id.as_str().to_string(), rev);
-        if let Some(spec) =
-            TX_SPECS.with(|c| c.borrow().as_ref().and_then(|m| m.get(&key).cloned()))
-        {
-            return Ok((spec, rev));
-        }
-        let found = read_current_spec(conn, id)?;
-        if found.1 == rev {
+    let cached = TX_SPECS.with(|c| {
+        c.borrow()
+            .as_ref()
+            .map(|m| m.get(id.as_str()).map(|(rev, spec)| (spec.clone(), *rev)))
+    });
+    match cached {
+        None => read_current_spec(conn, id),
+        Some(Some(hit)) => Ok(hit),
+        Some(None) => {
+            let found = read_current_spec(conn, id)?;
             TX_SPECS.with(|c| {
                 if let Some(m) = c.borrow_mut().as_mut() {
-                    m.insert(key, found.0.clone());
+                    m.insert(id.as_str().to_string(), (found.1, found.0.clone()));
                 }
             });
+            Ok(found)
         }
-        return Ok(found);
     }
-    read_current_spec(conn, id)
 }
 
 fn read_current_spec(conn: &Connection, id: &WorkflowId) -> Result<(Arc<Workflow>, i64)> {
@@ -274,6 +265,8 @@ fn apply_in_tx(
         "INSERT INTO workflow_revisions (workflow_id, revision, spec, applied_at, operator) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![wf.id.as_str(), revision, spec, now, operator],
     )?;
+    // The transaction's cached current spec of this workflow is stale now.
+    tx_spec_cache_clear();
     for id in &retire {
         conn.execute(
             "UPDATE stages SET retired_at = ?3 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
@@ -549,5 +542,45 @@ impl Store {
             }
             Ok(was != paused)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{OpenOptions, Store};
+
+    fn workflow(name: &str) -> Workflow {
+        let text = format!(
+            "id = \"w\"\nname = \"{name}\"\nteam = \"t\"\n\n[[stage]]\nid = \"dataset\"\nname = \"Dataset\"\nkind = \"dataset\"\nnext = \"done\"\n\n[[stage]]\nid = \"done\"\nname = \"Done\"\nkind = \"complete\"\n"
+        );
+        crate::workflow::parse("w.toml", &text, &|_| None).expect("valid workflow")
+    }
+
+    /// Within one writer transaction the current spec is read once; an apply in that same
+    /// transaction makes the next read see the new revision, not the cached one.
+    #[test]
+    fn the_transaction_spec_cache_sees_an_apply_in_the_same_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db"), &OpenOptions::default()).unwrap();
+        store
+            .apply_workflow(&workflow("first"), &Vec::new(), "test")
+            .unwrap();
+        let second = workflow("second");
+        let seen = store
+            .write("test", move |c| {
+                let id = WorkflowId::new("w");
+                let (before, rev_before) = current_spec(c, &id)?;
+                apply_in_tx(c, &second, &Vec::new(), "test")?;
+                let (after, rev_after) = current_spec(c, &id)?;
+                Ok((
+                    before.name.clone(),
+                    rev_before,
+                    after.name.clone(),
+                    rev_after,
+                ))
+            })
+            .unwrap();
+        assert_eq!(seen, ("first".into(), 1, "second".into(), 2));
     }
 }
