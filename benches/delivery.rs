@@ -294,9 +294,9 @@ async fn store_alone(store: &Store, concurrency: usize) -> (f64, usize) {
     while !leases.is_empty() {
         n += leases.len();
         let want = leases.len();
-        let finished = leases.into_iter().map(|l| (l, outcome.clone())).collect();
+        let finished = Arc::new(leases.into_iter().map(|l| (l, outcome.clone())).collect());
         leases = store
-            .record_and_lease(owner, Arc::new(finished), want)
+            .record_and_lease(owner, move || (finished, want))
             .await
             .expect("record and lease")
             .1;

@@ -326,16 +326,27 @@ enum Answer {
     Failed(Lease, AttemptOutcome),
 }
 
-/// Most attempts one write job records.
-const MAX_HANDIN: usize = 256;
-/// Write jobs of the batcher queued or running at once: one commits while the next fills.
-const BATCHES_IN_FLIGHT: usize = 2;
+/// Hand-ins waiting for the writer, and whether a write job that will take them is queued.
+#[derive(Default)]
+struct Waiting {
+    handins: Vec<Handin>,
+    queued: bool,
+}
 
-/// Turns the slots' finished attempts into few write jobs: everything handed in while the
-/// writer is busy goes into the next job, which records them all and leases the slots'
-/// next deliveries (`Store::record_and_lease`). One job per batch instead of two per attempt
-/// is what keeps the single writer from being the engine's ceiling (issue 4). The batcher
-/// publishes what was recorded, so a slot's lease and outcome are moved, never copied.
+/// What one write job took: the attempts (shared with the writer) and, in the same order,
+/// whether each slot goes on and where its answer goes.
+type Taken = (
+    Arc<Vec<(Lease, AttemptOutcome)>>,
+    Vec<(bool, oneshot::Sender<Answer>)>,
+);
+
+/// Turns the slots' finished attempts into few write jobs (`Store::record_and_lease`): one
+/// job records every attempt it takes and leases those slots' next deliveries. At most one
+/// job waits for the writer at a time, and it takes its hand-ins when the writer starts it,
+/// so it holds everything handed in until then: while one job runs, the next is already
+/// queued and grows, and the writer goes from one to the next without waiting for this task
+/// (issue 4). The batcher publishes what was recorded, so a slot's lease and outcome are
+/// moved, never copied.
 async fn batcher(
     store: Store,
     owner: String,
@@ -343,35 +354,53 @@ async fn batcher(
     health: StoreHealth,
     mut handins: mpsc::UnboundedReceiver<Handin>,
 ) {
-    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let waiting = Arc::new(std::sync::Mutex::new(Waiting::default()));
     while let Some(first) = handins.recv().await {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        // Waiting for the permit let more hand-ins queue: take them all.
-        let mut batch = vec![first];
-        while batch.len() < MAX_HANDIN {
-            match handins.try_recv() {
-                Ok(h) => batch.push(h),
-                Err(_) => break,
+        let submit = {
+            let Ok(mut w) = waiting.lock() else { return };
+            w.handins.push(first);
+            while let Ok(h) = handins.try_recv() {
+                w.handins.push(h);
             }
+            !std::mem::replace(&mut w.queued, true)
+        };
+        if !submit {
+            continue; // the queued job will take them
         }
         let (store, owner, events, health) =
             (store.clone(), owner.clone(), events.clone(), health.clone());
+        let waiting = waiting.clone();
         tokio::spawn(async move {
-            let want = batch.iter().filter(|h| h.next).count();
-            let mut replies = Vec::with_capacity(batch.len());
-            let finished: Vec<_> = batch
-                .into_iter()
-                .map(|h| {
-                    replies.push((h.next, h.reply));
-                    (h.lease, h.outcome)
+            let taken: Arc<std::sync::Mutex<Option<Taken>>> = Default::default();
+            let (into, from) = (taken.clone(), waiting.clone());
+            let result = store
+                .record_and_lease(&owner, move || {
+                    let batch = from
+                        .lock()
+                        .map(|mut w| {
+                            w.queued = false;
+                            std::mem::take(&mut w.handins)
+                        })
+                        .unwrap_or_default();
+                    let want = batch.iter().filter(|h| h.next).count();
+                    let mut replies = Vec::with_capacity(batch.len());
+                    let finished: Vec<_> = batch
+                        .into_iter()
+                        .map(|h| {
+                            replies.push((h.next, h.reply));
+                            (h.lease, h.outcome)
+                        })
+                        .collect();
+                    let finished = Arc::new(finished);
+                    if let Ok(mut t) = into.lock() {
+                        *t = Some((finished.clone(), replies));
+                    }
+                    (finished, want)
                 })
-                .collect();
-            let finished = Arc::new(finished);
-            let result = store.record_and_lease(&owner, finished.clone(), want).await;
-            match result {
-                Ok((recorded, leases)) => {
+                .await;
+            let taken = taken.lock().ok().and_then(|mut t| t.take());
+            match (result, taken) {
+                (Ok((recorded, leases)), Some((finished, replies))) => {
                     health.ok(&events);
                     let mut leases = leases.into_iter();
                     for (((next, reply), rec), (lease, outcome)) in
@@ -382,7 +411,7 @@ async fn batcher(
                         let _ = reply.send(Answer::Recorded(lease));
                     }
                 }
-                Err(e) => {
+                (Err(e), Some((finished, replies))) => {
                     tracing::debug!("batched record failed, recording one by one: {e}");
                     // The writer has let go of its copy by now; a clone is the fallback.
                     let finished = Arc::try_unwrap(finished).unwrap_or_else(|a| a.to_vec());
@@ -390,8 +419,21 @@ async fn batcher(
                         let _ = reply.send(Answer::Failed(lease, outcome));
                     }
                 }
+                (_, None) => {
+                    // The job never ran (the writer is gone): whatever waits would wait for
+                    // a job that is not coming. Each slot records alone, which reports why.
+                    let batch = waiting
+                        .lock()
+                        .map(|mut w| {
+                            w.queued = false;
+                            std::mem::take(&mut w.handins)
+                        })
+                        .unwrap_or_default();
+                    for h in batch {
+                        let _ = h.reply.send(Answer::Failed(h.lease, h.outcome));
+                    }
+                }
             }
-            drop(permit);
         });
     }
 }

@@ -924,21 +924,23 @@ impl Store {
         .await
     }
 
-    /// Records finished attempts and leases up to `want` next deliveries for `owner`, all in
-    /// one write job: the dispatcher's slots hand in what they finished together, so the
-    /// writer runs one job (one savepoint, one read of the due index) for many attempts
-    /// instead of two per attempt. The records come first, so a stage's `max_in_flight` never
-    /// counts a finished slot. All or nothing: when any record fails, nothing of the job is
-    /// kept and the caller records them one by one ([`Store::record_attempt`]) to learn which.
-    /// `finished` is shared, not copied: the caller keeps it to publish or retry from.
+    /// Records finished attempts and leases next deliveries for `owner`, all in one write job:
+    /// the dispatcher's slots hand in what they finished together, so the writer runs one job
+    /// (one savepoint, one read of the due index) for many attempts instead of two per
+    /// attempt. `take` runs when the writer starts the job, so the batch holds everything
+    /// handed in until that moment; it gives the finished attempts (shared, not copied: the
+    /// caller keeps them to publish or retry from) and how many next deliveries to lease. The
+    /// records come first, so a stage's `max_in_flight` never counts a finished slot. All or
+    /// nothing: when any record fails, nothing of the job is kept and the caller records them
+    /// one by one ([`Store::record_attempt`]) to learn which.
     pub async fn record_and_lease(
         &self,
         owner: &str,
-        finished: Arc<Vec<(Lease, AttemptOutcome)>>,
-        want: usize,
+        take: impl FnOnce() -> (Arc<Vec<(Lease, AttemptOutcome)>>, usize) + Send + 'static,
     ) -> Result<(Vec<Recorded>, Vec<Lease>)> {
         let owner = owner.to_string();
         self.write_async("dispatch", move |c| {
+            let (finished, want) = take();
             let recorded = finished
                 .iter()
                 .map(|(lease, outcome)| {
