@@ -333,6 +333,19 @@ struct Waiting {
     queued: bool,
 }
 
+impl Waiting {
+    /// Takes every hand-in for a job that is starting: the next hand-in queues a new one.
+    fn take(waiting: &std::sync::Mutex<Waiting>) -> Vec<Handin> {
+        waiting
+            .lock()
+            .map(|mut w| {
+                w.queued = false;
+                std::mem::take(&mut w.handins)
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// What one write job took: the attempts (shared with the writer) and, in the same order,
 /// whether each slot goes on and where its answer goes.
 type Taken = (
@@ -375,13 +388,7 @@ async fn batcher(
             let (into, from) = (taken.clone(), waiting.clone());
             let result = store
                 .record_and_lease(&owner, move || {
-                    let batch = from
-                        .lock()
-                        .map(|mut w| {
-                            w.queued = false;
-                            std::mem::take(&mut w.handins)
-                        })
-                        .unwrap_or_default();
+                    let batch = Waiting::take(&from);
                     let want = batch.iter().filter(|h| h.next).count();
                     let mut replies = Vec::with_capacity(batch.len());
                     let finished: Vec<_> = batch
@@ -422,14 +429,7 @@ async fn batcher(
                 (_, None) => {
                     // The job never ran (the writer is gone): whatever waits would wait for
                     // a job that is not coming. Each slot records alone, which reports why.
-                    let batch = waiting
-                        .lock()
-                        .map(|mut w| {
-                            w.queued = false;
-                            std::mem::take(&mut w.handins)
-                        })
-                        .unwrap_or_default();
-                    for h in batch {
+                    for h in Waiting::take(&waiting) {
                         let _ = h.reply.send(Answer::Failed(h.lease, h.outcome));
                     }
                 }
