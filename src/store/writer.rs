@@ -297,6 +297,22 @@ mod tests {
             .unwrap()
     }
 
+    /// Queues `f` as a transaction's first job that waits for the returned sender before it
+    /// runs, so the caller can queue more jobs behind it first.
+    fn gated_first_job<R: Send + 'static>(
+        writer: &Writer,
+        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> (mpsc::Sender<()>, oneshot::Receiver<Result<R>>) {
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let rx = writer
+            .submit(move |c| {
+                go_rx.recv().unwrap();
+                f(c)
+            })
+            .unwrap();
+        (go_tx, rx)
+    }
+
     /// SQLite may roll back a whole transaction on an error (a full disk, I/O). A job queued
     /// behind the failing one must not run outside a transaction in that batch (its
     /// statements would commit on their own while its caller is told the batch failed): it
@@ -305,16 +321,12 @@ mod tests {
     fn a_job_behind_a_transaction_sqlite_rolled_back_runs_in_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
         let (writer, path) = writer_on_table(&dir);
-        let (go_tx, go_rx) = mpsc::channel::<()>();
         // The first job waits until the second is queued, then rolls the transaction back
         // the way SQLite does after SQLITE_FULL.
-        let first = writer
-            .submit(move |c| {
-                go_rx.recv().unwrap();
-                c.execute_batch("INSERT INTO t VALUES (1); ROLLBACK")?;
-                Err::<(), _>(StoreError::Database("database or disk is full".into()))
-            })
-            .unwrap();
+        let (go_tx, first) = gated_first_job(&writer, |c| {
+            c.execute_batch("INSERT INTO t VALUES (1); ROLLBACK")?;
+            Err::<(), _>(StoreError::Database("database or disk is full".into()))
+        });
         let second = writer.submit(|c| Ok(c.is_autocommit())).unwrap();
         go_tx.send(()).unwrap();
         let err = first.blocking_recv().unwrap().unwrap_err();
@@ -336,14 +348,10 @@ mod tests {
     fn a_failed_first_job_leaves_nothing_and_the_jobs_behind_it_commit() {
         let dir = tempfile::tempdir().unwrap();
         let (writer, path) = writer_on_table(&dir);
-        let (go_tx, go_rx) = mpsc::channel::<()>();
-        let first = writer
-            .submit(move |c| {
-                go_rx.recv().unwrap();
-                c.execute_batch("INSERT INTO t VALUES (1)")?;
-                Err::<(), _>(StoreError::Invalid("refused after writing".into()))
-            })
-            .unwrap();
+        let (go_tx, first) = gated_first_job(&writer, |c| {
+            c.execute_batch("INSERT INTO t VALUES (1)")?;
+            Err::<(), _>(StoreError::Invalid("refused after writing".into()))
+        });
         let second = writer
             .submit(|c| Ok(c.execute("INSERT INTO t VALUES (2)", [])?))
             .unwrap();
