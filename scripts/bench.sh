@@ -58,6 +58,7 @@ add "import: bulk assign of 100,000" "$(val import 'bulk assign(?! of)')" "secon
 add "delivery: plain keep-alive POSTs (baseline, same run)" "$(val delivery '\(a\) baseline: keep-alive POSTs')" ""
 add "delivery: engine, every attempt durable" "$(val delivery '\(b\) engine: deliveries, every attempt durable')" ""
 add "delivery: engine / baseline" "$(val delivery 'engine / baseline')" ">= 0.50"
+add "delivery: ratio at the baseline's core use (CPU per request / per delivery)" "$(val delivery "ratio at the baseline's core use")" ""
 add "delivery: idle latency, same process" "$(val delivery '\(c\) idle latency, same process \(n=\d+\)')" "p99 < 50 ms"
 add "delivery: idle latency, other process" "$(val delivery 'idle latency, other process \(n=\d+\)')" "p99 < 50 ms"
 add "console: first frame (1M items, 5M attempts)" "$(val console 'first frame \(open \+ load \+ draw\)')" "< 300 ms"
