@@ -819,7 +819,7 @@ fn main() {
         100.0 * engine_cpu * engine_rate / (cores * 1e6)
     );
     println!(
-        "ratio at the baseline's core use: its {base_cpu:.0} µs per request / the engine's {engine_cpu:.0} µs per delivery = {at_base_use:.2}; the target needs {:.0} µs or less",
+        "ratio at the baseline's core use: its {base_cpu:.0} µs per request / the engine's {engine_cpu:.0} µs per delivery = {at_base_use:.2}; the target would need {:.0} µs or less at that core use",
         base_cpu / THROUGHPUT_TARGET
     );
 }
