@@ -135,7 +135,8 @@ pub struct Redactor {
 impl Redactor {
     /// A redactor for these secret values. Empty values are ignored. Besides each value it also
     /// finds the token of an `authorization` value on its own, the key of a `whsec_` secret on
-    /// its own, and percent-encoded forms of each (as they appear in URLs).
+    /// its own, and the forms each takes in a parsed URL: percent-encoded, and lowercased (a
+    /// host name).
     pub fn new(secrets: &[String]) -> Self {
         let mut needles: Vec<(String, String)> = Vec::new();
         let mut add = |needle: String, masked: String, derived: bool| {
@@ -159,9 +160,15 @@ impl Redactor {
             if let Some(part) = part {
                 add(part.to_string(), mask_plain(part), true);
             }
-            for encoded in [encode_component(secret), encode_query(secret)] {
-                if encoded != *secret {
-                    add(encoded, masked.clone(), true);
+            // A URL parser lowercases the host, so a secret expanded into a host name appears
+            // lowercased in every URL and connect error that comes out of it.
+            for form in [
+                encode_component(secret),
+                encode_query(secret),
+                secret.to_lowercase(),
+            ] {
+                if form != *secret {
+                    add(form, masked.clone(), true);
                 }
             }
         }
@@ -299,6 +306,19 @@ mod tests {
             r.redact("https://h.example/?k=my%20secret%20with%20spaces%21"),
             "https://h.example/?k=****ces!"
         );
+    }
+
+    #[test]
+    fn redacts_a_mixed_case_secret_in_a_host_the_url_parser_lowercased() {
+        let secret = "S3cr3t-Tenant-Token-ABCdef123456".to_string();
+        let r = Redactor::new(std::slice::from_ref(&secret));
+        let url = reqwest::Url::parse(&format!("https://{secret}.invalid/hook")).unwrap();
+        let shown = r.redact(&format!(
+            "could not resolve host {}",
+            url.host_str().unwrap()
+        ));
+        assert_eq!(shown, "could not resolve host ****3456.invalid");
+        assert!(!shown.to_lowercase().contains("tenant-token"));
     }
 
     #[test]

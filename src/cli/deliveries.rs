@@ -63,7 +63,7 @@ pub struct RefireArgs {
     #[arg(long, requires = "failed")]
     pub since: Option<String>,
     /// At most N deliveries
-    #[arg(long, requires = "failed")]
+    #[arg(long, requires = "failed", value_parser = super::action_limit)]
     pub limit: Option<usize>,
     /// Re-send the stored bytes as a manual attempt instead; the item does not move
     #[arg(long)]
@@ -301,6 +301,12 @@ pub fn refire(g: &Global, a: RefireArgs) -> Result<(), CliError> {
         if !a.ids.is_empty() {
             return Err(CliError::usage("give delivery ids or --failed, not both"));
         }
+        let what = if a.replay {
+            "refire --replay"
+        } else {
+            "refire"
+        };
+        super::check_scope(&store, a.workflow.as_ref(), a.stage.as_ref(), what)?;
         let mut f = filter(a.workflow.as_ref(), a.stage.as_ref(), None, None, None);
         f.since = a.since.as_deref().map(parse_since).transpose()?;
         store.failed_deliveries(&f, a.limit)?

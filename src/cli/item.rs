@@ -91,7 +91,7 @@ pub struct AssignArgs {
     #[arg(long, conflicts_with = "ids")]
     pub from_stage: Option<String>,
     /// With --from-stage: at most N items
-    #[arg(long, requires = "from_stage")]
+    #[arg(long, requires = "from_stage", value_parser = super::action_limit)]
     pub limit: Option<usize>,
     /// Refuse items that are not in this stage (compare-and-set for scripts)
     #[arg(long, conflicts_with = "from_stage")]

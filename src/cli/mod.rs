@@ -176,7 +176,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// At most this many rows
+    /// At most this many rows (0 = all)
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
     #[arg(long)]
@@ -282,7 +282,7 @@ pub(crate) fn run_console(store: Store, g: &Global, c: &ConsoleArgs) -> Result<(
 
 fn audit(g: &Global, a: AuditArgs) -> Result<(), CliError> {
     let store = g.open()?;
-    let rows = store.audit_log(a.limit)?;
+    let rows = store.audit_log(if a.limit == 0 { usize::MAX } else { a.limit })?;
     if a.json {
         return output::json(&rows);
     }
@@ -308,6 +308,46 @@ pub(crate) fn deliveries_runtime() -> Result<tokio::runtime::Runtime, CliError> 
         .enable_all()
         .build()
         .map_err(|e| CliError::failure(format!("cannot start the async runtime: {e}")))
+}
+
+/// Parses the `--limit` of a bulk action: at least 1. Listings read `0` as "all"; for an
+/// action that would mean either everything or nothing, so it is refused (exit 2).
+pub(crate) fn action_limit(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (leave --limit out to act on every match)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Checks the `--workflow`/`--stage` scope of a bulk mutation before it selects anything: a
+/// `--stage` needs `--workflow` (design §6, exit 2), and an unknown workflow or stage is an
+/// error (exit 1), not "nothing matches".
+pub(crate) fn check_scope(
+    store: &crate::store::Store,
+    workflow: Option<&String>,
+    stage: Option<&String>,
+    what: &str,
+) -> Result<(), CliError> {
+    let Some(workflow) = workflow else {
+        if stage.is_some() {
+            return Err(CliError::usage(format!(
+                "{what} --stage needs --workflow ID"
+            )));
+        }
+        return Ok(());
+    };
+    let spec = store.workflow_spec(&WorkflowId::new(workflow.as_str()))?;
+    if let Some(stage) = stage {
+        let id = StageId::new(stage.as_str());
+        // `notify:N` names the deliveries of a `[[notify]]` entry, which may outlive it.
+        if spec.stage(&id).is_none() && crate::workflow::notify_index(&id).is_none() {
+            return Err(CliError::failure(format!(
+                "workflow `{workflow}` has no stage `{stage}`"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Parses `--stage` for a mutation: it needs `--workflow` (design §6).

@@ -109,7 +109,7 @@ pub struct CancelArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
     /// At most N deliveries (oldest first)
-    #[arg(long)]
+    #[arg(long, value_parser = super::action_limit)]
     pub limit: Option<usize>,
     /// Do not ask for confirmation
     #[arg(long)]
@@ -217,11 +217,12 @@ pub fn cancel(g: &Global, a: CancelArgs) -> Result<(), CliError> {
                 "name the deliveries to cancel, or select them with filters such as --state retry_scheduled --workflow ID",
             ));
         }
-        if a.filter.stage.is_some() && a.filter.workflow.is_none() {
-            return Err(CliError::usage(
-                "delivery cancel --stage needs --workflow ID",
-            ));
-        }
+        super::check_scope(
+            &store,
+            a.filter.workflow.as_ref(),
+            a.filter.stage.as_ref(),
+            "delivery cancel",
+        )?;
         store.open_deliveries(&a.filter.filter()?, a.limit)?
     } else {
         if !a.filter.is_empty() || a.limit.is_some() {

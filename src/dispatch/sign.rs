@@ -7,7 +7,7 @@
 //! body bytes.
 
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::engine::general_purpose::{STANDARD as BASE64, STANDARD_PAD_INDIFFERENT};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -34,13 +34,16 @@ pub enum SignError {
 }
 
 /// Decodes a `whsec_<base64>` key to its bytes. Like the reference libraries, a key without
-/// the prefix is taken as bare base64.
+/// the prefix is taken as bare base64. Padding may be left out (`workflow apply` checks keys
+/// with this same function, so a key it accepts always signs).
 pub fn decode_secret(secret: &str) -> Result<Vec<u8>, SignError> {
     let b64 = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret).trim();
     if b64.is_empty() {
         return Err(SignError::Empty);
     }
-    let key = BASE64.decode(b64).map_err(|_| SignError::InvalidBase64)?;
+    let key = STANDARD_PAD_INDIFFERENT
+        .decode(b64)
+        .map_err(|_| SignError::InvalidBase64)?;
     if key.is_empty() {
         return Err(SignError::Empty);
     }
@@ -116,6 +119,20 @@ mod tests {
     const TS: i64 = 1614265330;
     const BODY: &[u8] = br#"{"test": 2432232314}"#;
     const EXPECTED: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+
+    #[test]
+    fn a_key_without_its_padding_is_the_same_key() {
+        let padded = "whsec_abcdefghijklmnopqrstuvw=";
+        let unpadded = "whsec_abcdefghijklmnopqrstuvw";
+        assert_eq!(
+            decode_secret(unpadded).unwrap(),
+            decode_secret(padded).unwrap()
+        );
+        assert_eq!(
+            sign(unpadded, MSG_ID, TS, BODY).unwrap(),
+            sign(padded, MSG_ID, TS, BODY).unwrap()
+        );
+    }
 
     #[test]
     fn matches_the_published_vector() {

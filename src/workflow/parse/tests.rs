@@ -789,6 +789,18 @@ fn secrets_are_checked() {
     assert_eq!(wf.secrets, vec![SECRET, SECRET2]);
     let errs = errors(&h("\"whsec_!!!topsecret\""));
     assert!(errs.iter().all(|e| !e.contains("topsecret")), "{errs:?}");
+    // Apply checks keys with the signer's decoder: what it accepts signs, what it refuses
+    // would not.
+    let unpadded = "whsec_abcdefghijklmnopqrstuvw";
+    let wf = ok(&h(&format!("\"{unpadded}\"")));
+    let key = &wf.stages[3].webhook().unwrap().secrets[0];
+    assert!(crate::dispatch::sign::sign(key, "msg_1", 1, b"{}").is_ok());
+    assert_error(
+        &h("\"whsec_abcde\""),
+        "24:10",
+        "is not `whsec_` followed by base64",
+    );
+    assert!(crate::dispatch::sign::sign("whsec_abcde", "msg_1", 1, b"{}").is_err());
 }
 
 #[test]
