@@ -587,6 +587,60 @@ fn invalid_lines_refuse_the_whole_file_unless_skip_invalid() {
     assert_eq!(ids, vec!["good-1", "good-4"]);
 }
 
+/// An id that belongs to another workflow is a line error (design §6): named with its file and
+/// line, it refuses the file like any other bad line, and `--skip-invalid` skips it.
+#[test]
+fn an_id_of_another_workflow_is_a_line_error_that_skip_invalid_skips() {
+    let env = waiting_env(1);
+    let second = env.write(
+        "second.toml",
+        &WAITING_WORKFLOW.replace("\"flow\"", "\"second\""),
+    );
+    env.apply(&second).ok();
+    let file = env.write(
+        "mixed.jsonl",
+        "{\"id\":\"new-1\",\"name\":\"a.jpg\"}\n\
+         {\"id\":\"it0\",\"name\":\"it0.jpg\"}\n\
+         {\"id\":\"new-2\",\"name\":\"b.jpg\"}\n",
+    );
+    let import = |skip: bool| {
+        let mut a = vec!["item", "import", s(&file), "--workflow", "second"];
+        if skip {
+            a.push("--skip-invalid");
+        }
+        env.run(&a)
+    };
+    let r = import(false).code(2);
+    assert!(
+        r.stderr.contains(&format!(
+            "{}:line 2: item id `it0` already exists in workflow `flow`",
+            file.display()
+        )),
+        "{r:#?}"
+    );
+    assert!(r.stderr.contains("nothing was imported"), "{r:#?}");
+    assert_eq!(env.items().len(), 1, "a refused file writes nothing");
+
+    let r = import(true).code(1);
+    assert!(r.stdout.contains("imported 2 item(s)"), "{r:#?}");
+    let mut ids: Vec<(String, String)> = env
+        .items()
+        .iter()
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap().into(),
+                i["workflow"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [("it0", "flow"), ("new-1", "second"), ("new-2", "second")]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Moves
 
@@ -961,6 +1015,27 @@ fn unknown_ids_exit_1_with_one_sentence() {
             ],
             "nostage",
         ),
+        // Bulk actions over a scope that does not exist say so, not "nothing matches".
+        (
+            vec!["refire", "--failed", "--workflow", "nope", "--yes"],
+            "`nope`",
+        ),
+        (
+            vec![
+                "refire",
+                "--failed",
+                "--workflow",
+                "flow",
+                "--stage",
+                "nostage",
+                "--yes",
+            ],
+            "nostage",
+        ),
+        (
+            vec!["delivery", "cancel", "--workflow", "nope", "--yes"],
+            "`nope`",
+        ),
     ];
     for (args, words) in cases {
         let r = env.run(&args).code(1);
@@ -1002,6 +1077,39 @@ fn bad_usage_exits_2() {
         ],
         &["workflow", "apply"],
         &["workflow", "apply", "flow.toml", "--move", "nonsense"],
+        // A mutation's --stage needs --workflow (design §6).
+        &["refire", "--failed", "--stage", "hook", "--yes"],
+        &["delivery", "cancel", "--stage", "hook", "--yes"],
+        // A bulk action's --limit 0 would mean all or nothing: refused.
+        &[
+            "assign",
+            "--workflow",
+            "flow",
+            "--stage",
+            "work",
+            "--from-stage",
+            "dataset",
+            "--limit",
+            "0",
+        ],
+        &[
+            "refire",
+            "--failed",
+            "--workflow",
+            "flow",
+            "--limit",
+            "0",
+            "--yes",
+        ],
+        &[
+            "delivery",
+            "cancel",
+            "--workflow",
+            "flow",
+            "--limit",
+            "0",
+            "--yes",
+        ],
         &["workflow", "apply", "/definitely/not/here.toml"],
         &[
             "item",
@@ -1144,6 +1252,9 @@ fn every_mutating_command_writes_an_audit_row_with_its_operator() {
     assert_eq!(find("assign", "tester")["count"], 1);
     // Newest first.
     assert_eq!(audit[0]["operator"], "tester");
+    // `--limit 0` is all of it, as in the listings; the default shows the newest 50.
+    let all = env.run(&["audit", "--json", "--limit", "0"]).ok().json();
+    assert_eq!(all.as_array().expect("an array").len(), audit.len());
     // The item's history names the operator too.
     let h = env.item("it0")["history"].clone();
     assert!(

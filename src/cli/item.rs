@@ -152,8 +152,23 @@ fn import(
 ) -> Result<(), CliError> {
     let f = std::fs::File::open(&file)
         .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
-    let parsed = crate::import::parse_jsonl(BufReader::new(f))
+    let mut parsed = crate::import::parse_jsonl(BufReader::new(f))
         .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
+    let store = g.open()?;
+    // An id that belongs to another workflow is a line error too (design §6), reported and
+    // skipped like the others.
+    let foreign = store.ids_in_other_workflows(&workflow, &parsed.items)?;
+    if !foreign.is_empty() {
+        for (i, other) in foreign.iter().rev() {
+            let item = parsed.items.remove(*i);
+            parsed.errors.push(crate::import::LineError {
+                line: item.line,
+                column: None,
+                message: format!("item id `{}` already exists in workflow `{other}`", item.id),
+            });
+        }
+        parsed.errors.sort_by_key(|e| e.line);
+    }
     if !parsed.errors.is_empty() {
         for e in parsed.errors.iter().take(50) {
             eprintln!("{}:{e}", file.display());
@@ -170,7 +185,6 @@ fn import(
             )));
         }
     }
-    let store = g.open()?;
     let default_dataset = dataset.map(|name| DatasetRef {
         slug: crate::import::dataset_from_name(&name)
             .map(|d| d.slug)
@@ -180,7 +194,7 @@ fn import(
     let total = parsed.items.len();
     let show_progress = total >= 50_000 && !json;
     let report = store
-        .import_items(&workflow, parsed.items, default_dataset, &g.operator(), &mut |done, total| {
+        .import_checked_items(&workflow, parsed.items, default_dataset, &g.operator(), &mut |done, total| {
             if show_progress && done % 100_000 < 1000 {
                 eprintln!("imported {done} of {total}");
             }

@@ -731,6 +731,34 @@ impl Store {
         operator: &str,
         progress: &mut dyn FnMut(usize, usize),
     ) -> std::result::Result<ImportReport, ImportInterrupted> {
+        self.import(workflow, items, default_dataset, operator, progress, true)
+    }
+
+    /// [`Store::import_items`] for a caller that has already set aside the ids of other
+    /// workflows ([`Store::ids_in_other_workflows`]), so every id is not read twice. An id
+    /// taken by another workflow in between still stops the import where it is met.
+    #[allow(clippy::result_large_err)]
+    pub fn import_checked_items(
+        &self,
+        workflow: &WorkflowId,
+        items: Vec<NewItem>,
+        default_dataset: Option<DatasetRef>,
+        operator: &str,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> std::result::Result<ImportReport, ImportInterrupted> {
+        self.import(workflow, items, default_dataset, operator, progress, false)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn import(
+        &self,
+        workflow: &WorkflowId,
+        items: Vec<NewItem>,
+        default_dataset: Option<DatasetRef>,
+        operator: &str,
+        progress: &mut dyn FnMut(usize, usize),
+        check_ids: bool,
+    ) -> std::result::Result<ImportReport, ImportInterrupted> {
         let total = items.len();
         let mut report = ImportReport::default();
         let interrupted = |done, report: &ImportReport, source| ImportInterrupted {
@@ -743,7 +771,7 @@ impl Store {
             return Err(interrupted(0, &report, e));
         }
         // Every line is checked against other workflows before anything is written.
-        if let Err(e) = self.check_import_ids(workflow, &items) {
+        if check_ids && let Err(e) = self.check_import_ids(workflow, &items) {
             return Err(interrupted(0, &report, e));
         }
         let default_dataset = default_dataset.unwrap_or_else(|| DatasetRef {
@@ -793,27 +821,55 @@ impl Store {
     }
 
     fn check_ids_in(c: &Connection, workflow: &WorkflowId, items: &[NewItem]) -> Result<()> {
-        {
-            let mut q = c.prepare_cached("SELECT workflow_id FROM items WHERE id = ?1")?;
-            let mut problems = Vec::new();
-            for new in items {
-                let other: Option<String> =
-                    q.query_row([new.id.as_str()], |r| r.get(0)).optional()?;
-                if let Some(other) = other
-                    && other != workflow.as_str()
-                {
-                    problems.push(format!(
-                        "line {}: item id `{}` already exists in workflow `{other}`",
-                        new.line, new.id
-                    ));
-                }
-            }
-            if problems.is_empty() {
-                Ok(())
-            } else {
-                Err(StoreError::Invalid(problems.join("\n")))
+        let problems: Vec<String> = Self::foreign_ids_in(c, workflow, items)?
+            .into_iter()
+            .map(|(i, other)| {
+                let new = &items[i];
+                format!(
+                    "line {}: item id `{}` already exists in workflow `{other}`",
+                    new.line, new.id
+                )
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Invalid(problems.join("\n")))
+        }
+    }
+
+    /// `(index in items, other workflow)` of each item whose id already belongs to another
+    /// workflow: a line error of an import (design §6), which `import --skip-invalid` skips.
+    pub fn ids_in_other_workflows(
+        &self,
+        workflow: &WorkflowId,
+        items: &[NewItem],
+    ) -> Result<Vec<(usize, String)>> {
+        self.read(|c| {
+            current_spec(c, workflow)?;
+            c.execute_batch("BEGIN")?;
+            let result = Self::foreign_ids_in(c, workflow, items);
+            let _ = c.execute_batch("COMMIT");
+            result
+        })
+    }
+
+    fn foreign_ids_in(
+        c: &Connection,
+        workflow: &WorkflowId,
+        items: &[NewItem],
+    ) -> Result<Vec<(usize, String)>> {
+        let mut q = c.prepare_cached("SELECT workflow_id FROM items WHERE id = ?1")?;
+        let mut found = Vec::new();
+        for (i, new) in items.iter().enumerate() {
+            let other: Option<String> = q.query_row([new.id.as_str()], |r| r.get(0)).optional()?;
+            if let Some(other) = other
+                && other != workflow.as_str()
+            {
+                found.push((i, other));
             }
         }
+        Ok(found)
     }
 
     /// Assigns items to a stage by hand (design §1): the items named, or every item of a stage.
