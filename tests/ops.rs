@@ -755,6 +755,38 @@ fn check_reports_corruption_a_foreign_schema_and_a_large_wal() {
     assert_eq!(out.status.code(), Some(1));
     let r = json_out(&out);
     assert_eq!(status_of(&r, "integrity"), "fail", "{r}");
+
+    // A damaged page of a table: reported as the integrity finding, the table checks (which
+    // would stop at the bad page) skipped, and the report still printed.
+    let damaged = w.dir.path().join("damaged.db");
+    assert_ok(
+        &w.hookops(&["backup", &damaged.to_string_lossy()]),
+        "backup",
+    );
+    let d = rusqlite::Connection::open(&damaged).unwrap();
+    let root: i64 = d
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'items'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let page: i64 = d.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    drop(d);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&damaged)
+            .unwrap();
+        f.seek(SeekFrom::Start((root * page - 600) as u64)).unwrap();
+        f.write_all(&[0xde, 0xad].repeat(300)).unwrap();
+    }
+    let out = hookops(&damaged, &["check", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let r = json_out(&out);
+    assert_eq!(status_of(&r, "integrity"), "fail", "{r}");
+    assert_eq!(status_of(&r, "counters"), "skipped", "{r}");
 }
 
 // ---------------------------------------------------------------------------------------------

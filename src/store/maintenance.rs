@@ -582,11 +582,17 @@ pub fn check_database(path: &Path) -> Result<HealthReport> {
     let now = now_ms();
     let mut checks = Vec::new();
 
-    let problems: Vec<String> = c
-        .prepare("PRAGMA integrity_check(10)")?
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    checks.push(if problems.len() == 1 && problems[0] == "ok" {
+    // A damaged page can stop integrity_check itself: that is its finding, not a failure of
+    // `check`.
+    let problems: Vec<String> = match c.prepare("PRAGMA integrity_check(10)").and_then(|mut q| {
+        q.query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<_>>()
+    }) {
+        Ok(problems) => problems,
+        Err(e) => vec![format!("could not finish: {e}")],
+    };
+    let intact = problems.len() == 1 && problems[0] == "ok";
+    checks.push(if intact {
         line("integrity", CheckStatus::Ok, "SQLite integrity_check: ok")
     } else {
         line(
@@ -640,15 +646,21 @@ pub fn check_database(path: &Path) -> Result<HealthReport> {
         line("wal", CheckStatus::Ok, format!("WAL {}", human_bytes(wal)))
     });
 
-    if schema_ok {
-        table_checks(&c, now, &mut checks)?;
+    // The table checks read every table: on a damaged file they would stop at the first bad
+    // page and say nothing more useful than the integrity line already does.
+    let skip = if !intact {
+        Some("not checked: the file is damaged")
+    } else if !schema_ok {
+        Some("not checked: the schema differs")
     } else {
-        for name in &CHECKS[4..] {
-            checks.push(line(
-                name,
-                CheckStatus::Skipped,
-                "not checked: the schema differs",
-            ));
+        None
+    };
+    match skip {
+        None => table_checks(&c, now, &mut checks)?,
+        Some(why) => {
+            for name in &CHECKS[4..] {
+                checks.push(line(name, CheckStatus::Skipped, why));
+            }
         }
     }
     Ok(HealthReport {
