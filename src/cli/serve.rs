@@ -125,13 +125,29 @@ pub fn init_log_file(path: Option<&PathBuf>) -> Result<(), CliError> {
     let file = o
         .open(path)
         .map_err(|e| CliError::usage(format!("cannot open log file {}: {e}", path.display())))?;
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("HOOKOPS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The HTTP stack logs host names, ports and headers at debug and trace, and a secret can
+    // be any of them (a `${…}` in a URL's host): its logs stop at warnings, whatever
+    // HOOKOPS_LOG asks. hookops's own lines are redacted where they are made.
+    for target in [
+        "reqwest",
+        "hyper",
+        "hyper_util",
+        "h2",
+        "rustls",
+        "tower",
+        "tower_http",
+        "axum",
+    ] {
+        if let Ok(directive) = format!("{target}=warn").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_writer(std::sync::Mutex::new(file))
         .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HOOKOPS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .try_init();
     Ok(())
 }
