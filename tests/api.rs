@@ -640,6 +640,21 @@ async fn every_endpoint_answers_its_documented_shape_and_errors() {
         (409, Some("stale")),
         "{v}"
     );
+    // Compare-and-set against a stage that does not exist: 404, not a "stale" to retry.
+    let (s, v) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "review", "item_ids": ["i1"], "from_stage_id": "nope"}))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    // `limit: 0` would mean all or nothing: refused, naming the field.
+    let (s, v) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "hold", "from_stage_id": "dataset", "limit": 0}))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["details"][0]["path"], "limit", "{v}");
     let (s, v) = w
         .set_stage(json!({"workflow_id": "wf", "stage_id": "hold", "item_ids": ["nope"]}))
         .await;
@@ -957,6 +972,11 @@ async fn every_endpoint_answers_its_documented_shape_and_errors() {
     assert_eq!(resp.status().as_u16(), 404);
     let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
     assert_eq!(v["error"]["code"], "not_found");
+
+    // An item whose id is `stage` shares its path with Set Stage (`POST /v1/items/stage`): a
+    // GET still reads the item.
+    w.import(json!({"id": "stage", "name": "stage.jpg"})).await;
+    assert_eq!(w.item("stage").await["id"], "stage");
     w.assert_no_store_errors();
 }
 

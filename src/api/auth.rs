@@ -100,7 +100,14 @@ impl Tokens {
             if entries.iter().any(|(n, _)| n == name) {
                 return Err(bad(&format!("the name `{name}` is given twice")));
             }
-            entries.push((name.to_string(), digest(token)));
+            // One token under two names would credit every action to the last of them.
+            let d = digest(token);
+            if let Some((other, _)) = entries.iter().find(|(_, e)| *e == d) {
+                return Err(bad(&format!(
+                    "`{name}` has the same token as `{other}`; give each operator their own"
+                )));
+            }
+            entries.push((name.to_string(), d));
         }
         if entries.is_empty() {
             return Err(TokenError::Empty(shown));
@@ -200,5 +207,13 @@ mod tests {
         std::fs::write(&p, "alice:short\n").unwrap();
         let e = Tokens::from_file(&p).err().unwrap().to_string();
         assert!(e.contains(":1:") && !e.contains("short\n"), "{e}");
+        // One token under two names: refused, naming both and showing neither token.
+        std::fs::write(&p, "alice:aaaaaaaaaaaaaaaaaaaa\nbob:aaaaaaaaaaaaaaaaaaaa\n").unwrap();
+        let e = Tokens::from_file(&p).err().unwrap().to_string();
+        assert!(
+            e.contains(":2:") && e.contains("`bob`") && e.contains("`alice`"),
+            "{e}"
+        );
+        assert!(!e.contains("aaaaaaaa"), "{e}");
     }
 }

@@ -502,6 +502,13 @@ pub async fn set_stage(
             AssignTarget::Items(ids.iter().map(|i| ItemId::new(i.as_str())).collect())
         }
         (Some(_), _) => return Err(ApiError::field("item_ids", "is empty")),
+        // `limit: 0` could be read as all or as none: refused, as the CLI's `--limit 0` is.
+        (None, Some(_)) if req.limit == Some(0) => {
+            return Err(ApiError::field(
+                "limit",
+                "must be at least 1 (leave it out to move every item of the stage)",
+            ));
+        }
         (None, Some(from)) => AssignTarget::FromStage {
             stage: StageId::new(from.as_str()),
             limit: req.limit,
@@ -640,6 +647,12 @@ pub async fn show_item(
     let store = state.store.clone();
     let d = blocking(move || Ok(store.item_detail(&ItemId::new(id))?)).await?;
     Ok(Json(d))
+}
+
+/// `GET /v1/items/stage`: the item whose id is `stage`. The path is also Set Stage's (`POST`),
+/// and axum matches the fixed path first, so without this the item could not be read.
+pub async fn show_item_named_stage(state: S) -> Result<Json<ItemDetail>, ApiError> {
+    show_item(state, Path("stage".to_string())).await
 }
 
 pub async fn list_deliveries(

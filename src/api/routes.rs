@@ -135,7 +135,7 @@ pub(super) const ENDPOINTS: &[Endpoint] = &[
         body: RequestBody::Json(schema::<SetStageRequest>),
         answer: Answer::Json(schema::<MoveReport>),
         errors: &[400, 403, 404, 409, 413, 422],
-        route: || post(h::set_stage),
+        route: || post(h::set_stage).get(h::show_item_named_stage),
     },
     Endpoint {
         method: "get",

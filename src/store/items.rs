@@ -884,11 +884,15 @@ impl Store {
     ) -> Result<MoveReport> {
         self.ensure_writable("assign")?;
         let spec = self.workflow_spec(workflow)?;
-        if spec.stage(to).is_none() {
-            return Err(StoreError::NotFound {
-                what: "stage",
-                id: format!("{workflow}/{to}"),
-            });
+        // A compare-and-set against a stage that does not exist is a mistake to name, not a
+        // stale item to re-read (it would never stop being "stale").
+        for stage in std::iter::once(to).chain(expect_stage) {
+            if spec.stage(stage).is_none() {
+                return Err(StoreError::NotFound {
+                    what: "stage",
+                    id: format!("{workflow}/{stage}"),
+                });
+            }
         }
         let mut report = MoveReport::default();
         let (filter, count_target) = match target {
