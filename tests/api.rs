@@ -749,6 +749,18 @@ async fn every_endpoint_answers_its_documented_shape_and_errors() {
     let (s, v) = w.call("get", "/v1/workflows/{id}", &["wf"], "", None).await;
     assert_eq!(s, 200);
     assert_eq!(v["stage_list"].as_array().unwrap().len(), 7);
+    // Webhook settings come with the shape `workflow show --json` has, keys masked.
+    let hook = v["stage_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["kind"] == "webhook")
+        .expect("a webhook stage");
+    let secrets = hook["webhook"]["secrets"]
+        .as_array()
+        .expect("webhook settings");
+    assert!(!secrets.is_empty(), "{hook}");
+    assert!(!v.to_string().contains(&SECRET[6..]), "{v}");
     let (s, _) = w
         .call("get", "/v1/workflows/{id}", &["nope"], "", None)
         .await;

@@ -6,7 +6,6 @@ use clap::Subcommand;
 
 use super::{CliError, Global, output};
 use crate::model::{StageId, WorkflowId};
-use crate::redact::Redactor;
 
 #[derive(Debug, Subcommand)]
 pub enum WorkflowCommand {
@@ -155,25 +154,9 @@ fn list(g: &Global, json: bool) -> Result<(), CliError> {
 fn show(g: &Global, id: &WorkflowId, json: bool) -> Result<(), CliError> {
     let store = g.open()?;
     let detail = store.workflow_detail(id)?;
-    let spec = store.workflow_spec(id)?;
-    let redactor = Redactor::new(&spec.secrets);
     if json {
-        let mut value = serde_json::to_value(&detail)
-            .map_err(|e| CliError::failure(format!("cannot encode JSON: {e}")))?;
-        // Webhook settings as an operator may see them: secrets masked.
-        if let Some(stages) = value.get_mut("stage_list").and_then(|v| v.as_array_mut()) {
-            for s in stages {
-                let id = s.get("id").and_then(|v| v.as_str()).map(StageId::new);
-                if let Some(w) = id
-                    .as_ref()
-                    .and_then(|id| spec.stage(id))
-                    .and_then(|st| st.webhook())
-                {
-                    s["webhook"] = webhook_json(w, &redactor);
-                }
-            }
-        }
-        return output::json(&value);
+        // The API's shape (design §6): webhook settings included, every secret masked.
+        return output::json(&detail);
     }
     let w = &detail.summary;
     outln!(
@@ -233,47 +216,23 @@ fn show(g: &Global, id: &WorkflowId, json: bool) -> Result<(), CliError> {
         ]);
     }
     t.print();
-    for st in &spec.stages {
-        if let Some(w) = st.webhook() {
+    for s in &detail.stage_list {
+        if let Some(w) = &s.webhook {
             outln!(
                 "{}: POST {}{}{}",
-                st.id,
-                redactor.redact(&w.url),
+                s.id,
+                w.url,
                 w.authorization
                     .as_ref()
-                    .map(|a| format!("  authorization {}", crate::redact::mask(a)))
+                    .map(|a| format!("  authorization {a}"))
                     .unwrap_or_default(),
                 if w.secrets.is_empty() {
                     String::new()
                 } else {
-                    format!(
-                        "  signed ({})",
-                        w.secrets
-                            .iter()
-                            .map(|s| crate::redact::mask(s))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
+                    format!("  signed ({})", w.secrets.join(", "))
                 }
             );
         }
     }
     Ok(())
-}
-
-/// A webhook stage's settings with every secret masked.
-fn webhook_json(w: &crate::workflow::WebhookConfig, r: &Redactor) -> serde_json::Value {
-    serde_json::json!({
-        "url": r.redact(&w.url),
-        "authorization": w.authorization.as_deref().map(crate::redact::mask),
-        "headers": r.headers(&w.headers),
-        "secrets": w.secrets.iter().map(|s| crate::redact::mask(s)).collect::<Vec<_>>(),
-        "include_annotations": w.include_annotations,
-        "payload": w.payload,
-        "max_attempts": w.max_attempts,
-        "timeout_ms": w.timeout.as_millis() as u64,
-        "retry_schedule_ms": w.retry_schedule.iter().map(|d| d.as_millis() as u64).collect::<Vec<_>>(),
-        "pause_after_failures": w.pause_after_failures,
-        "max_in_flight": w.max_in_flight,
-    })
 }

@@ -46,6 +46,48 @@ pub struct StageSummary {
     pub deliveries: BTreeMap<String, i64>,
     /// Dataset stage whose `next` is automated: its waiting items need an operator.
     pub needs_assignment: bool,
+    /// A webhook stage's settings, every secret masked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookView>,
+}
+
+/// A webhook stage's settings as an operator may see them (`workflow show --json`, the API):
+/// the URL and headers with their secrets redacted, `authorization` and signing keys masked.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct WebhookView {
+    pub url: String,
+    pub authorization: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub secrets: Vec<String>,
+    pub include_annotations: bool,
+    pub payload: crate::model::PayloadFormat,
+    pub max_attempts: u32,
+    pub timeout_ms: u64,
+    pub retry_schedule_ms: Vec<u64>,
+    pub pause_after_failures: u32,
+    pub max_in_flight: Option<u32>,
+}
+
+impl WebhookView {
+    pub fn new(w: &crate::workflow::WebhookConfig, r: &crate::redact::Redactor) -> WebhookView {
+        WebhookView {
+            url: r.redact(&w.url),
+            authorization: w.authorization.as_deref().map(crate::redact::mask),
+            headers: r.headers(&w.headers),
+            secrets: w.secrets.iter().map(|s| crate::redact::mask(s)).collect(),
+            include_annotations: w.include_annotations,
+            payload: w.payload,
+            max_attempts: w.max_attempts,
+            timeout_ms: w.timeout.as_millis() as u64,
+            retry_schedule_ms: w
+                .retry_schedule
+                .iter()
+                .map(|d| d.as_millis() as u64)
+                .collect(),
+            pause_after_failures: w.pause_after_failures,
+            max_in_flight: w.max_in_flight,
+        }
+    }
 }
 
 /// A workflow as listed: id, names, revision and item totals.
@@ -346,6 +388,7 @@ fn stage_summaries(
     }
     let mut totals: BTreeMap<ItemState, i64> = BTreeMap::new();
     let mut out = Vec::new();
+    let redactor = crate::redact::Redactor::new(&wf.secrets);
     for st in &wf.stages {
         let get = |state: ItemState| {
             counts
@@ -378,6 +421,7 @@ fn stage_summaries(
             paused_reason: paused.get(st.id.as_str()).cloned().flatten(),
             deliveries: dcounts.remove(st.id.as_str()).unwrap_or_default(),
             needs_assignment,
+            webhook: st.webhook().map(|w| WebhookView::new(w, &redactor)),
         });
     }
     Ok((out, totals))
