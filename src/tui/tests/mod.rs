@@ -94,6 +94,7 @@ fn stage(id: &str, name: &str, kind: StageKind) -> StageSummary {
         paused_reason: None,
         deliveries: BTreeMap::new(),
         needs_assignment: false,
+        webhook: None,
     }
 }
 
