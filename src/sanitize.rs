@@ -2,7 +2,10 @@
 //!
 //! Escape sequences (CSI, OSC, DCS and the like) are removed whole; other C0 and C1 control
 //! characters become `�`, except tab, which becomes a space. Newlines are kept only where the
-//! caller asks for multi-line text.
+//! caller asks for multi-line text. Unicode's bidirectional controls (which make a terminal
+//! draw the rest of a line reversed, "Trojan Source") become `�` too, and zero-width
+//! characters are dropped, so what is drawn is what the text says and as wide as it is
+//! counted.
 
 /// Strips escape sequences and control characters; newlines become spaces.
 pub fn strip_controls(s: &str) -> String {
@@ -51,11 +54,20 @@ fn clean(s: &str, keep_newlines: bool) -> String {
             '\n' if keep_newlines => out.push('\n'),
             '\t' | '\n' => out.push(' '),
             '\r' => {}
-            c if c.is_control() => out.push('\u{fffd}'),
+            c if c.is_control() || is_bidi_control(c) => out.push('\u{fffd}'),
+            '\u{200b}'..='\u{200d}' | '\u{2060}'..='\u{2064}' | '\u{feff}' => {}
             c => out.push(c),
         }
     }
     out
+}
+
+/// Embeddings, overrides, isolates and directional marks.
+fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+    )
 }
 
 #[cfg(test)]
@@ -78,5 +90,18 @@ mod tests {
             strip_controls("unterminated \x1b]52;c;abc"),
             "unterminated "
         );
+    }
+
+    #[test]
+    fn bidi_controls_are_shown_and_zero_width_characters_dropped() {
+        assert_eq!(
+            strip_controls("\u{202e}RTL override\u{200b}\u{301}"),
+            "\u{fffd}RTL override\u{301}"
+        );
+        assert_eq!(
+            strip_controls("a\u{2066}b\u{2069}c\u{feff}"),
+            "a\u{fffd}b\u{fffd}c"
+        );
+        assert_eq!(strip_controls("naïve 日本語"), "naïve 日本語");
     }
 }

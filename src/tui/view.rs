@@ -24,6 +24,29 @@ fn clean(s: &str) -> String {
     strip_controls(s)
 }
 
+/// `s` in exactly `width` terminal cells: cut with `…` when longer, padded when shorter.
+/// Counted in cells, not characters, so wide and combining characters keep columns aligned.
+fn fit(s: &str, width: usize) -> String {
+    use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+    let full = s.width();
+    if full <= width {
+        return format!("{s}{}", " ".repeat(width - full));
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w + 1 > width {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out.push('…');
+    out.push_str(&" ".repeat(width.saturating_sub(used + 1)));
+    out
+}
+
 fn ago(t: &chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) -> String {
     let s = (now - *t).num_seconds().max(0);
     match s {
@@ -726,9 +749,9 @@ pub fn log_line(
         Span::styled(e.at.format("%H:%M:%S ").to_string(), theme.dim),
         Span::styled(format!("{glyph} {result:<7}"), style),
         Span::raw(format!(
-            " {:<12} {:<22} #{}/{} {:>5}ms",
-            e.stage.as_str(),
-            item,
+            " {} {} #{}/{} {:>5}ms",
+            fit(e.stage.as_str(), 12),
+            fit(&item, 22),
             e.number,
             max,
             e.duration_ms

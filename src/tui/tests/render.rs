@@ -170,6 +170,43 @@ fn the_log_pane_shows_its_cursor_only_when_focused() {
     assert!(!buf[(3, stage_row)].modifier.contains(Modifier::REVERSED));
 }
 
+/// Item names that are long, wide, or carry zero-width and bidi characters keep the log
+/// pane's columns where they belong: each is cut to its column (with `…`) counting cells.
+#[test]
+fn the_log_pane_keeps_its_columns_whatever_the_item_names() {
+    let mut app = on_stages(false);
+    let names = [
+        "plain.png".to_string(),
+        "L".repeat(300),
+        format!("wide{}", "日本語🎉".repeat(40)),
+        "\u{202e}RTL override\u{200b}\u{301}".to_string(),
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let mut a = attempt(i + 1, 1, Some(500), DeliveryState::Failed);
+        a.item_name = Some(name.clone());
+        update(&mut app, Msg::Attempt(Box::new(a)));
+    }
+    let buf = render(&mut app, 120, 40);
+    let lines: Vec<String> = text(&buf)
+        .lines()
+        .filter(|l| l.contains("#1/4"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), names.len(), "{}", text(&buf));
+    // The attempt column starts in the same cell on every line (cells, not bytes).
+    let cells = |l: &str| {
+        use unicode_width::UnicodeWidthStr;
+        l[..l.find("#1/4").unwrap()].width()
+    };
+    let first = cells(&lines[0]);
+    for l in &lines {
+        assert_eq!(cells(l), first, "{l}");
+        assert!(l.contains("500 Internal Server Error"), "{l}");
+    }
+    assert!(lines.iter().any(|l| l.contains('…')), "{lines:?}");
+    assert!(!text(&buf).contains('\u{202e}'));
+}
+
 #[test]
 fn dialogs_mark_the_focused_choice_with_a_glyph_and_reverse_video() {
     let mut app = on_items(false, 5);
