@@ -1037,6 +1037,11 @@ retry_schedule = ["1h"]"#,
         .cancel_deliveries(std::slice::from_ref(&plain), OPERATOR)
         .unwrap();
     assert_eq!(r.cancelled, 1);
+    assert!(
+        r.routed.is_empty(),
+        "staying put is not a route: {:?}",
+        r.routed
+    );
     assert_eq!(w.item("plain").0.as_str(), "bare");
     assert_eq!(w.item("plain").1, ItemState::Failed);
 

@@ -996,7 +996,8 @@ impl Store {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CancelReport {
     pub cancelled: i64,
-    /// Items that routed along `on_failure` (or were marked failed), with where they went.
+    /// Items that routed along `on_failure`, with where they went (an item whose stage has no
+    /// `on_failure` stays where it is, marked failed, and is not listed).
     pub routed: Vec<(ItemId, StageId)>,
     pub refused: Vec<(DeliveryId, String)>,
 }
@@ -1078,7 +1079,10 @@ fn cancel_in_tx(c: &Connection, ids: &[DeliveryId], op: &str) -> Result<CancelRe
         )?;
         c.prepare_cached("UPDATE deliveries SET routed_version = ?2 WHERE id = ?1")?
             .execute(params![id.as_str(), item.version + 1])?;
-        report.routed.push((item.id.clone(), route.stage));
+        // Without `on_failure` the item stays where it is, marked failed: not a route.
+        if route.stage != item.stage {
+            report.routed.push((item.id.clone(), route.stage));
+        }
     }
     Ok(report)
 }

@@ -415,6 +415,9 @@ pub struct App {
     pub page_rows: usize,
     /// An assignment waiting for its workflow's stage list before the picker can open.
     pub pending_picker: Option<(WorkflowId, AssignWhat)>,
+    /// Actions sent to the executor whose answer ([`Msg::Done`]) has not come, and for how
+    /// many seconds the oldest has been waiting.
+    pub running: (u32, u32),
 }
 
 /// Inputs of [`update`].
@@ -511,6 +514,7 @@ impl App {
             dirty: true,
             page_rows: 10,
             pending_picker: None,
+            running: (0, 0),
         };
         let fx = app.push(ViewKind::Workflows);
         (app, fx)
@@ -606,6 +610,20 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                     app.flash = None;
                 }
             }
+            // An action that waits (another process holding the write lock) says so, for as
+            // long as it waits, instead of a "working…" that fades.
+            if app.running.0 > 0 {
+                app.running.1 += 1;
+                if (STILL_WORKING_AFTER..STILL_WORKING_UNTIL).contains(&app.running.1) {
+                    app.flash(
+                        format!(
+                            "still working after {} s: the database is busy (another process may be writing to it)",
+                            app.running.1
+                        ),
+                        Level::Warn,
+                    );
+                }
+            }
             vec![]
         }
         Msg::Changed => {
@@ -640,6 +658,10 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             vec![]
         }
         Msg::Done { text, level } => {
+            app.running.0 = app.running.0.saturating_sub(1);
+            if app.running.0 == 0 {
+                app.running.1 = 0;
+            }
             app.flash(text, level);
             app.load_current(None)
         }
@@ -1009,6 +1031,17 @@ fn confirm_replay(app: &mut App, ids: Vec<DeliveryId>) -> Vec<Effect> {
     vec![]
 }
 
+/// Seconds an action may take before the console says it is still waiting, and after which
+/// it stops saying so (an answer that never comes must not hold the status line forever).
+const STILL_WORKING_AFTER: u32 = 3;
+const STILL_WORKING_UNTIL: u32 = 600;
+
+/// Sends a confirmed action to the executor, counting it until its [`Msg::Done`].
+fn run(app: &mut App, action: Pending) -> Vec<Effect> {
+    app.running.0 += 1;
+    vec![Effect::Run(action)]
+}
+
 fn action(app: &mut App, a: Action) -> Vec<Effect> {
     match a {
         Action::Up => move_cursor(app, |c, _, _| c.saturating_sub(1)),
@@ -1254,11 +1287,14 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
                 });
                 vec![]
             } else {
-                vec![Effect::Run(Pending::Pause {
-                    workflow: w,
-                    stage: s.id,
-                    pause,
-                })]
+                run(
+                    app,
+                    Pending::Pause {
+                        workflow: w,
+                        stage: s.id,
+                        pause,
+                    },
+                )
             }
         }
         Action::Cancel => {
@@ -1537,7 +1573,7 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
             KeyCode::Enter => {
                 if focus == 1 {
                     app.flash("working…", Level::Info);
-                    vec![Effect::Run(action)]
+                    run(app, action)
                 } else {
                     app.flash("cancelled", Level::Info);
                     vec![]
@@ -1569,7 +1605,7 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
             KeyCode::Enter => {
                 if typed == expected {
                     app.flash("working…", Level::Info);
-                    vec![Effect::Run(action)]
+                    run(app, action)
                 } else {
                     app.flash(format!("type {expected} to confirm"), Level::Warn);
                     app.overlay = Some(Overlay::Typed {

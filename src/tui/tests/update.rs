@@ -621,6 +621,44 @@ fn assign_without_a_selection_takes_the_row_under_the_cursor() {
     );
 }
 
+/// An action that waits for the database (another process holding the write lock) says so
+/// while it waits, instead of a "working…" that fades; its answer ends the notice.
+#[test]
+fn an_action_that_waits_for_the_database_says_so_until_it_is_done() {
+    let mut app = on_items(false, 5);
+    ch(&mut app, 'a');
+    type_str(&mut app, "valid");
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Tab);
+    let fx = press(&mut app, KeyCode::Enter);
+    assert!(matches!(fx.as_slice(), [Effect::Run(_)]), "{fx:?}");
+    assert_eq!(flash(&app), "working…");
+    for _ in 0..3 {
+        update(&mut app, Msg::Tick);
+    }
+    assert!(
+        flash(&app).contains("still working after 3 s"),
+        "{}",
+        flash(&app)
+    );
+    for _ in 0..20 {
+        update(&mut app, Msg::Tick);
+    }
+    assert!(flash(&app).contains("database is busy"), "{}", flash(&app));
+    update(
+        &mut app,
+        Msg::Done {
+            text: "assigned 1 item(s)".into(),
+            level: Level::Info,
+        },
+    );
+    assert_eq!(flash(&app), "assigned 1 item(s)");
+    for _ in 0..3 {
+        update(&mut app, Msg::Tick);
+    }
+    assert!(!flash(&app).contains("still working"), "{}", flash(&app));
+}
+
 #[test]
 fn esc_cancels_the_picker_and_the_dialog() {
     let mut app = on_items(false, 5);
