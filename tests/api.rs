@@ -984,6 +984,29 @@ async fn every_endpoint_answers_its_documented_shape_and_errors() {
     assert_eq!(resp.status().as_u16(), 404);
     let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
     assert_eq!(v["error"]["code"], "not_found");
+    // So are the errors axum answers itself: a method a path does not take, a path that is
+    // not UTF-8.
+    let resp = w
+        .client
+        .delete(format!("{}/v1/items/i1", w.api))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    assert!(resp.headers().contains_key("allow"));
+    let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], "method_not_allowed", "{v}");
+    let resp = w
+        .client
+        .get(format!("{}/v1/items/%ff", w.api))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], "bad_request", "{v}");
 
     // An item whose id is `stage` shares its path with Set Stage (`POST /v1/items/stage`): a
     // GET still reads the item.

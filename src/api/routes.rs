@@ -298,5 +298,49 @@ pub(super) fn build(state: Arc<AppState>) -> Router {
         state.clone(),
         auth::require_token,
     ));
-    open.merge(guarded).fallback(h::not_found).with_state(state)
+    open.merge(guarded)
+        .fallback(h::not_found)
+        .layer(axum::middleware::map_response(json_errors))
+        .with_state(state)
+}
+
+/// Errors that axum itself answers (a method a path does not take, a path parameter that is
+/// not UTF-8) come as plain text or nothing: they are given the API's JSON error shape too,
+/// keeping their status and `Allow` header.
+async fn json_errors(resp: axum::response::Response) -> axum::response::Response {
+    use axum::http::header::{ALLOW, CONTENT_TYPE};
+    use axum::response::IntoResponse;
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return resp;
+    }
+    let allow = resp.headers().get(ALLOW).cloned();
+    let text = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = match (text.is_empty(), &allow) {
+        (false, _) => text,
+        (true, Some(a)) => format!(
+            "this path does not take that method (it takes {})",
+            a.to_str().unwrap_or("other methods")
+        ),
+        (true, None) => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let code = match status.as_u16() {
+        400 => "bad_request",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "too_large",
+        _ => "error",
+    };
+    let mut out = super::error::ApiError::new(status, code, message).into_response();
+    if let Some(a) = allow {
+        out.headers_mut().insert(ALLOW, a);
+    }
+    out
 }

@@ -175,11 +175,13 @@ pub fn serve(g: &Global, a: ServeArgs) -> Result<(), CliError> {
             deny_private_targets: a.deny_private_targets,
             ..DispatcherOptions::default()
         };
-        eprintln!(
-            "hookops serve: dispatching from {} with concurrency {} (Ctrl-C to stop)",
-            store.path().display(),
-            opts.concurrency
-        );
+        if dispatch {
+            eprintln!(
+                "hookops serve: dispatching from {} with concurrency {} (Ctrl-C to stop)",
+                store.path().display(),
+                opts.concurrency
+            );
+        }
         if dispatch && let Ok(p) = store.policies() {
             let p = p.tightened(opts.deny_private_targets, opts.max_body);
             eprintln!("hookops serve: policies: {}", p.summary());
@@ -214,7 +216,10 @@ pub fn serve(g: &Global, a: ServeArgs) -> Result<(), CliError> {
         let result = if dispatch {
             crate::dispatch::run(store, opts, events, rx).await
         } else {
-            eprintln!("hookops serve: read-only: no dispatcher runs; the API refuses every action");
+            eprintln!(
+                "hookops serve: read-only on {}: no dispatcher runs; the API answers reads and refuses every action (Ctrl-C to stop)",
+                store.path().display()
+            );
             drop(events);
             let mut rx = rx;
             while !*rx.borrow() {

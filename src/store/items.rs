@@ -1054,7 +1054,7 @@ impl Store {
                             r.refused.push(Refusal {
                                 item_id: id.clone(),
                                 reason: format!(
-                                    "item `{id}` is in review stage `{}`: say --outcome approve or --outcome reject",
+                                    "item `{id}` is in review stage `{}`: give the outcome, approve or reject (`--outcome`; `outcome` in the API)",
                                     item.stage
                                 ),
                             });
