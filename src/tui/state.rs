@@ -306,6 +306,8 @@ pub struct Header {
     pub dispatcher_warning: bool,
     pub counts: Vec<(DeliveryState, i64)>,
     pub db_bytes: u64,
+    /// The database file was deleted or replaced since the console opened it.
+    pub file_problem: Option<String>,
 }
 
 /// The log pane.
@@ -643,6 +645,15 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             vec![]
         }
         Msg::Header(h) => {
+            // What an action wrote to a deleted or replaced file would be lost on quit: the
+            // console stops offering actions and keeps saying why.
+            if let Some(problem) = &h.file_problem {
+                app.read_only = true;
+                app.flash(
+                    format!("{problem}: actions are off; quit and open it again"),
+                    Level::Error,
+                );
+            }
             app.header = h;
             vec![]
         }

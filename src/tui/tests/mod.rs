@@ -521,6 +521,7 @@ pub fn header() -> super::state::Header {
             (DeliveryState::Failed, 3),
         ],
         db_bytes: 1 << 20,
+        file_problem: None,
     }
 }
 

@@ -659,6 +659,31 @@ fn an_action_that_waits_for_the_database_says_so_until_it_is_done() {
     assert!(!flash(&app).contains("still working"), "{}", flash(&app));
 }
 
+/// A database file deleted or replaced under the console: what an action wrote would be
+/// lost, so actions go off and the console keeps saying why.
+#[test]
+fn a_database_file_that_is_gone_turns_actions_off_and_says_why() {
+    let mut app = on_items(false, 5);
+    update(
+        &mut app,
+        Msg::Header(crate::tui::state::Header {
+            file_problem: Some("the database file /srv/ops.db was deleted".into()),
+            ..header()
+        }),
+    );
+    assert!(app.read_only);
+    assert!(
+        flash(&app).contains("was deleted: actions are off"),
+        "{}",
+        flash(&app)
+    );
+    ch(&mut app, 'a');
+    assert!(
+        app.overlay.is_none(),
+        "no assign picker on a file that is gone"
+    );
+}
+
 #[test]
 fn esc_cancels_the_picker_and_the_dialog() {
     let mut app = on_items(false, 5);
