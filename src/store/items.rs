@@ -731,7 +731,16 @@ impl Store {
         operator: &str,
         progress: &mut dyn FnMut(usize, usize),
     ) -> std::result::Result<ImportReport, ImportInterrupted> {
-        self.import(workflow, items, default_dataset, operator, progress, true)
+        // Every line is checked against other workflows before anything is written.
+        if let Err(source) = self.check_import_ids(workflow, &items) {
+            return Err(ImportInterrupted {
+                done: 0,
+                total: items.len(),
+                report: ImportReport::default(),
+                source,
+            });
+        }
+        self.import_checked_items(workflow, items, default_dataset, operator, progress)
     }
 
     /// [`Store::import_items`] for a caller that has already set aside the ids of other
@@ -746,19 +755,6 @@ impl Store {
         operator: &str,
         progress: &mut dyn FnMut(usize, usize),
     ) -> std::result::Result<ImportReport, ImportInterrupted> {
-        self.import(workflow, items, default_dataset, operator, progress, false)
-    }
-
-    #[allow(clippy::result_large_err)]
-    fn import(
-        &self,
-        workflow: &WorkflowId,
-        items: Vec<NewItem>,
-        default_dataset: Option<DatasetRef>,
-        operator: &str,
-        progress: &mut dyn FnMut(usize, usize),
-        check_ids: bool,
-    ) -> std::result::Result<ImportReport, ImportInterrupted> {
         let total = items.len();
         let mut report = ImportReport::default();
         let interrupted = |done, report: &ImportReport, source| ImportInterrupted {
@@ -768,10 +764,6 @@ impl Store {
             source,
         };
         if let Err(e) = self.ensure_writable("import") {
-            return Err(interrupted(0, &report, e));
-        }
-        // Every line is checked against other workflows before anything is written.
-        if check_ids && let Err(e) = self.check_import_ids(workflow, &items) {
             return Err(interrupted(0, &report, e));
         }
         let default_dataset = default_dataset.unwrap_or_else(|| DatasetRef {
