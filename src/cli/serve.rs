@@ -56,6 +56,11 @@ fn api_options(addr: SocketAddr, a: &ServeArgs) -> Result<crate::api::ApiOptions
             crate::api::StartError::NoTokens(addr).to_string(),
         ));
     }
+    if tokens.is_empty() {
+        eprintln!(
+            "hookops serve: warning: the API has no token (no --api-tokens, no $HOOKOPS_API_TOKEN): every call but /healthz will get 401"
+        );
+    }
     Ok(crate::api::ApiOptions {
         addr,
         tokens,

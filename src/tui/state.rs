@@ -1453,6 +1453,11 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
             }
             vec![]
         }
+        // Ctrl-C quits from the text prompts too, as everywhere (the key map's `quit`).
+        Overlay::Command(_) | Overlay::Filter(_) if ctrl_c => {
+            app.quit = true;
+            vec![]
+        }
         Overlay::Command(mut s) => match k.code {
             KeyCode::Esc => vec![],
             KeyCode::Enter => command(app, s.trim()),

@@ -1333,6 +1333,15 @@ fn ctrl_c_quits_even_from_dialogs_and_help() {
     ch(&mut app, '?');
     update(&mut app, ctrl_c());
     assert!(app.quit);
+    // And from the text prompts, where `q` is a letter.
+    for prompt in ['/', ':'] {
+        let mut app = on_items(false, 3);
+        ch(&mut app, prompt);
+        ch(&mut app, 'q');
+        assert!(!app.quit);
+        update(&mut app, ctrl_c());
+        assert!(app.quit, "Ctrl-C in `{prompt}`");
+    }
 }
 
 #[test]
