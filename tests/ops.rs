@@ -1326,6 +1326,14 @@ mod console {
         key(&mut app, KeyCode::Tab);
         let fx = key(&mut app, KeyCode::Enter);
         assert_eq!(fx, vec![Effect::Run(Pending::Cancel(vec![first.clone()]))]);
+        // The executor's answer (a second action waits for it).
+        update(
+            &mut app,
+            Msg::Done {
+                text: "cancelled 1 delivery(ies)".into(),
+                level: hookops::tui::state::Level::Info,
+            },
+        );
 
         // C: counts what the filter matches, then asks for the count to be typed.
         let fx = key(&mut app, KeyCode::Char('C'));

@@ -1047,9 +1047,18 @@ fn confirm_replay(app: &mut App, ids: Vec<DeliveryId>) -> Vec<Effect> {
 const STILL_WORKING_AFTER: u32 = 3;
 const STILL_WORKING_UNTIL: u32 = 600;
 
-/// Sends a confirmed action to the executor, counting it until its [`Msg::Done`].
+/// Sends a confirmed action to the executor, counting it until its [`Msg::Done`]. While one
+/// is still waiting (for another process's write lock) a second is refused rather than
+/// queued behind it: pressing `p` twice must not pause twice.
 fn run(app: &mut App, action: Pending) -> Vec<Effect> {
-    app.running.0 += 1;
+    if app.running.0 > 0 && app.running.1 < STILL_WORKING_UNTIL {
+        app.flash(
+            "an action is still running (waiting for the database): try again when it is done",
+            Level::Warn,
+        );
+        return vec![];
+    }
+    app.running = (app.running.0 + 1, 0);
     vec![Effect::Run(action)]
 }
 

@@ -17,6 +17,17 @@ fn cursor(app: &App) -> usize {
     app.view().unwrap().cursor
 }
 
+/// The executor's answer to the action last sent (`Msg::Done`).
+fn answered(app: &mut App) {
+    update(
+        app,
+        Msg::Done {
+            text: "done".into(),
+            level: Level::Info,
+        },
+    );
+}
+
 fn flash(app: &App) -> String {
     app.flash
         .as_ref()
@@ -645,6 +656,13 @@ fn an_action_that_waits_for_the_database_says_so_until_it_is_done() {
         update(&mut app, Msg::Tick);
     }
     assert!(flash(&app).contains("database is busy"), "{}", flash(&app));
+    // A second action meanwhile is refused, not queued behind the first.
+    ch(&mut app, 'a');
+    type_str(&mut app, "valid");
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Tab);
+    assert!(press(&mut app, KeyCode::Enter).is_empty());
+    assert!(flash(&app).contains("still running"), "{}", flash(&app));
     update(
         &mut app,
         Msg::Done {
@@ -918,6 +936,7 @@ fn r_and_shift_r_in_deliveries_confirm_then_refire_or_replay() {
             DeliveryId::new("msg_0004")
         ]))]
     );
+    answered(&mut app);
 
     ch(&mut app, 'r');
     press(&mut app, KeyCode::BackTab);
@@ -1037,6 +1056,7 @@ fn c_cancels_with_a_confirmation_and_shift_c_counts_then_asks_for_the_count() {
             "msg_0003"
         )]))]
     );
+    answered(&mut app);
 
     let filter = DeliveryFilter {
         workflow: Some(wf()),
@@ -1160,6 +1180,7 @@ fn p_pauses_with_a_confirmation_and_resumes_at_once() {
             pause: true
         })]
     );
+    answered(&mut app);
 
     to_stage(&mut app, "export"); // paused
     assert_eq!(
