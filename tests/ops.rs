@@ -1329,7 +1329,7 @@ mod console {
         // The executor's answer (a second action waits for it).
         update(
             &mut app,
-            Msg::Done {
+            Msg::ActionDone {
                 text: "cancelled 1 delivery(ies)".into(),
                 level: hookops::tui::state::Level::Info,
             },

@@ -593,7 +593,7 @@ impl Executor {
                         }
                     }
                     let level = if bad > 0 { Level::Warn } else { Level::Info };
-                    let _ = tx.send(Msg::Done {
+                    let _ = tx.send(Msg::ActionDone {
                         text: format!("replayed: {ok} got 2xx, {bad} did not"),
                         level,
                     });
@@ -657,7 +657,7 @@ pub(crate) fn load(
 }
 
 pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
-    let done = |text: String, refused: usize| Msg::Done {
+    let done = |text: String, refused: usize| Msg::ActionDone {
         text,
         level: if refused > 0 {
             Level::Warn
@@ -665,7 +665,7 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
             Level::Info
         },
     };
-    let fail = |e: crate::store::StoreError| Msg::Done {
+    let fail = |e: crate::store::StoreError| Msg::ActionDone {
         text: e.to_string(),
         level: Level::Error,
     };

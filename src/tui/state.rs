@@ -443,6 +443,12 @@ pub enum Msg {
         text: String,
         level: Level,
     },
+    /// The answer to an action ([`Effect::Run`]): a result for the flash line, and one action
+    /// fewer waiting (see [`App::running`]).
+    ActionDone {
+        text: String,
+        level: Level,
+    },
     /// A test webhook's result, for a popup.
     TestResult {
         title: String,
@@ -669,6 +675,10 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             vec![]
         }
         Msg::Done { text, level } => {
+            app.flash(text, level);
+            app.load_current(None)
+        }
+        Msg::ActionDone { text, level } => {
             app.running.0 = app.running.0.saturating_sub(1);
             if app.running.0 == 0 {
                 app.running.1 = 0;

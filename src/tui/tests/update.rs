@@ -17,11 +17,11 @@ fn cursor(app: &App) -> usize {
     app.view().unwrap().cursor
 }
 
-/// The executor's answer to the action last sent (`Msg::Done`).
+/// The executor's answer to the action last sent (`Msg::ActionDone`).
 fn answered(app: &mut App) {
     update(
         app,
-        Msg::Done {
+        Msg::ActionDone {
             text: "done".into(),
             level: Level::Info,
         },
@@ -663,9 +663,18 @@ fn an_action_that_waits_for_the_database_says_so_until_it_is_done() {
     press(&mut app, KeyCode::Tab);
     assert!(press(&mut app, KeyCode::Enter).is_empty());
     assert!(flash(&app).contains("still running"), "{}", flash(&app));
+    // Other results (an export, the dispatcher's notices) are not the action's answer.
     update(
         &mut app,
         Msg::Done {
+            text: "dispatch resumed".into(),
+            level: Level::Info,
+        },
+    );
+    assert_eq!(app.running.0, 1);
+    update(
+        &mut app,
+        Msg::ActionDone {
             text: "assigned 1 item(s)".into(),
             level: Level::Info,
         },
