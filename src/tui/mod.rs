@@ -146,6 +146,9 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The dispatcher has its own stop: it also stops when the database file is deleted or
+    // replaced under the console, while the screen goes on showing why.
+    let (dispatch_stop_tx, dispatch_stop_rx) = watch::channel(false);
     let own_dispatcher = opts.dispatch && !opts.read_only;
     let mut dispatcher = None;
     if own_dispatcher {
@@ -158,7 +161,7 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
             store.clone(),
             d_opts,
             events,
-            stop_rx.clone(),
+            dispatch_stop_rx,
         )));
         let t = tx.clone();
         tokio::spawn(async move {
@@ -241,6 +244,9 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
         if app.quit {
             break;
         }
+        if app.header.file_problem.is_some() && !*dispatch_stop_tx.borrow() {
+            let _ = dispatch_stop_tx.send(true);
+        }
         if app.dirty && (urgent || last_draw.elapsed() >= frame_gap) {
             let now = chrono::Utc::now();
             terminal
@@ -251,6 +257,7 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
         }
     }
     let _ = stop_tx.send(true);
+    let _ = dispatch_stop_tx.send(true);
     if let Some(d) = dispatcher {
         let _ = tokio::time::timeout(Duration::from_secs(6), d).await;
     }
@@ -278,6 +285,10 @@ fn spawn_watchers(
             let header = tokio::task::spawn_blocking(move || {
                 let mut h = header(&s2, own_dispatcher, concurrency);
                 h.file_problem = file_problem(s2.path(), opened);
+                if own_dispatcher && h.file_problem.is_some() {
+                    h.dispatcher = "dispatcher stopped: the database file is gone".into();
+                    h.dispatcher_warning = true;
+                }
                 h
             })
             .await;

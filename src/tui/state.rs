@@ -656,7 +656,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             if let Some(problem) = &h.file_problem {
                 app.read_only = true;
                 app.flash(
-                    format!("{problem}: actions are off; quit and open it again"),
+                    format!("{problem}: nothing more is written or sent from here; quit and open it again"),
                     Level::Error,
                 );
             }

@@ -700,7 +700,7 @@ fn a_database_file_that_is_gone_turns_actions_off_and_says_why() {
     );
     assert!(app.read_only);
     assert!(
-        flash(&app).contains("was deleted: actions are off"),
+        flash(&app).contains("was deleted: nothing more is written or sent"),
         "{}",
         flash(&app)
     );
