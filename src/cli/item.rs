@@ -159,14 +159,21 @@ fn import(
     // skipped like the others.
     let foreign = store.ids_in_other_workflows(&workflow, &parsed.items)?;
     if !foreign.is_empty() {
-        for (i, other) in foreign.iter().rev() {
-            let item = parsed.items.remove(*i);
-            parsed.errors.push(crate::import::LineError {
-                line: item.line,
-                column: None,
-                message: format!("item id `{}` already exists in workflow `{other}`", item.id),
-            });
+        // One pass (indices ascend), not a `remove` per line: a file of another workflow's
+        // ids must not take quadratic time.
+        let mut foreign = foreign.into_iter().peekable();
+        let mut kept = Vec::with_capacity(parsed.items.len());
+        for (i, item) in std::mem::take(&mut parsed.items).into_iter().enumerate() {
+            match foreign.next_if(|(f, _)| *f == i) {
+                Some((_, other)) => parsed.errors.push(crate::import::LineError {
+                    line: item.line,
+                    column: None,
+                    message: format!("item id `{}` already exists in workflow `{other}`", item.id),
+                }),
+                None => kept.push(item),
+            }
         }
+        parsed.items = kept;
         parsed.errors.sort_by_key(|e| e.line);
     }
     if !parsed.errors.is_empty() {
