@@ -802,18 +802,8 @@ impl Store {
     }
 
     fn check_import_ids(&self, workflow: &WorkflowId, items: &[NewItem]) -> Result<()> {
-        self.read(|c| {
-            current_spec(c, workflow)?;
-            // One read transaction for every lookup, not one per item.
-            c.execute_batch("BEGIN")?;
-            let result = Self::check_ids_in(c, workflow, items);
-            let _ = c.execute_batch("COMMIT");
-            result
-        })
-    }
-
-    fn check_ids_in(c: &Connection, workflow: &WorkflowId, items: &[NewItem]) -> Result<()> {
-        let problems: Vec<String> = Self::foreign_ids_in(c, workflow, items)?
+        let problems: Vec<String> = self
+            .ids_in_other_workflows(workflow, items)?
             .into_iter()
             .map(|(i, other)| {
                 let new = &items[i];
@@ -839,6 +829,7 @@ impl Store {
     ) -> Result<Vec<(usize, String)>> {
         self.read(|c| {
             current_spec(c, workflow)?;
+            // One read transaction for every lookup, not one per item.
             c.execute_batch("BEGIN")?;
             let result = Self::foreign_ids_in(c, workflow, items);
             let _ = c.execute_batch("COMMIT");
