@@ -417,8 +417,8 @@ pub struct App {
     pub page_rows: usize,
     /// An assignment waiting for its workflow's stage list before the picker can open.
     pub pending_picker: Option<(WorkflowId, AssignWhat)>,
-    /// Actions sent to the executor whose answer ([`Msg::Done`]) has not come, and for how
-    /// many seconds the oldest has been waiting.
+    /// Actions sent to the executor whose answer ([`Msg::ActionDone`]) has not come, and for
+    /// how many seconds the oldest has been waiting.
     pub running: (u32, u32),
 }
 
@@ -683,8 +683,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             if app.running.0 == 0 {
                 app.running.1 = 0;
             }
-            app.flash(text, level);
-            app.load_current(None)
+            update(app, Msg::Done { text, level })
         }
         Msg::TestResult { title, text } => {
             app.overlay = Some(Overlay::Popup { title, text });
@@ -1057,7 +1056,7 @@ fn confirm_replay(app: &mut App, ids: Vec<DeliveryId>) -> Vec<Effect> {
 const STILL_WORKING_AFTER: u32 = 3;
 const STILL_WORKING_UNTIL: u32 = 600;
 
-/// Sends a confirmed action to the executor, counting it until its [`Msg::Done`]. While one
+/// Sends a confirmed action to the executor, counting it until its [`Msg::ActionDone`]. While one
 /// is still waiting (for another process's write lock) a second is refused rather than
 /// queued behind it: pressing `p` twice must not pause twice.
 fn run(app: &mut App, action: Pending) -> Vec<Effect> {
