@@ -6,6 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 macro_rules! id_type {
@@ -155,6 +156,17 @@ macro_rules! str_enum {
         }
     };
 }
+
+str_enum!(
+    /// Why the store refused an action on one object, so that front ends choose an exit
+    /// code or an HTTP status without reading the words (`not_found` 404, `stale` 409,
+    /// `invalid_transition` 422).
+    RefusalKind, "refusal kind" {
+        NotFound => "not_found",
+        Stale => "stale",
+        InvalidTransition => "invalid_transition",
+    }
+);
 
 str_enum!(
     /// What a stage does with the items that enter it (design §1).
@@ -401,4 +413,89 @@ pub struct NewItem {
     pub fingerprint: String,
     /// 1-based line number in the import file.
     pub line: usize,
+}
+
+/// One finished attempt, as the console's log pane and `serve` print it.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct AttemptEvent {
+    pub at: DateTime<Utc>,
+    pub delivery_id: DeliveryId,
+    pub event: EventType,
+    pub workflow: WorkflowId,
+    pub stage: StageId,
+    pub item_id: Option<ItemId>,
+    pub item_name: Option<String>,
+    pub number: i64,
+    pub trigger: AttemptTrigger,
+    /// Counted attempts so far and the stage's maximum.
+    pub attempts: i64,
+    pub max_attempts: u32,
+    pub status: Option<u16>,
+    pub error_kind: Option<ErrorKind>,
+    pub error_message: Option<String>,
+    pub duration_ms: i64,
+    /// The delivery's state after this attempt.
+    pub state: DeliveryState,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub routed_to: Option<StageId>,
+    pub paused_stage: bool,
+    pub lease_lost: bool,
+}
+
+/// What happened on the wire, to be recorded.
+#[derive(Clone, Debug, Default)]
+pub struct AttemptOutcome {
+    pub started_at: i64,
+    pub duration_ms: i64,
+    /// The URL as sent, secrets redacted.
+    pub url: String,
+    /// Request headers as sent, secrets redacted.
+    pub request_headers: Vec<(String, String)>,
+    pub status: Option<u16>,
+    pub response_headers: Vec<(String, String)>,
+    /// At most the first 64 KiB.
+    pub response_body: Option<Vec<u8>>,
+    pub error_kind: Option<ErrorKind>,
+    pub error_message: Option<String>,
+    pub retry_after: Option<String>,
+}
+
+/// "5 (2 bounding_box, 2 polygon, 1 tag)": counts per annotation type.
+pub fn annotation_summary(annotations: &[serde_json::Value]) -> String {
+    const TYPES: &[&str] = &[
+        "bounding_box",
+        "polygon",
+        "complex_polygon",
+        "ellipse",
+        "keypoint",
+        "line",
+        "skeleton",
+        "tag",
+        "mask",
+        "raster_layer",
+        "cuboid",
+        "text",
+        "attributes",
+    ];
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for a in annotations {
+        let kind = TYPES
+            .iter()
+            .find(|t| a.get(**t).is_some())
+            .copied()
+            .unwrap_or("other");
+        *counts.entry(kind).or_default() += 1;
+    }
+    if counts.is_empty() {
+        return "0".into();
+    }
+    format!(
+        "{} ({})",
+        annotations.len(),
+        counts
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }

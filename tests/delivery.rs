@@ -396,7 +396,7 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> (ExitStatus, Duration) {
 fn attempt_events(
     rx: &mut broadcast::Receiver<DispatchNotice>,
     n: usize,
-) -> Vec<hookops::dispatch::AttemptEvent> {
+) -> Vec<hookops::model::AttemptEvent> {
     let mut out = Vec::new();
     wait_until(
         &format!("{n} attempt event(s)"),
@@ -1215,8 +1215,12 @@ fn replay_resends_the_same_delivery_and_refire_makes_a_new_one() {
         .unwrap();
     assert_eq!(r.refired, 0);
     assert_eq!(r.refused.len(), 1);
-    assert!(r.refused[0].1.contains(d2.id.as_str()), "{:?}", r.refused);
-    assert!(r.refused[0].1.contains("ok-sink"), "{:?}", r.refused);
+    assert!(
+        r.refused[0].reason.contains(d2.id.as_str()),
+        "{:?}",
+        r.refused
+    );
+    assert!(r.refused[0].reason.contains("ok-sink"), "{:?}", r.refused);
 
     // Once the item moved on by hand, the latest one is refused too, saying where it is.
     h.assign(&["i1"], "elsewhere");
@@ -1225,7 +1229,7 @@ fn replay_resends_the_same_delivery_and_refire_makes_a_new_one() {
         .refire(std::slice::from_ref(&d2.id), OPERATOR)
         .unwrap();
     assert_eq!(r.refired, 0);
-    assert!(r.refused[0].1.contains("elsewhere"), "{:?}", r.refused);
+    assert!(r.refused[0].reason.contains("elsewhere"), "{:?}", r.refused);
     assert_eq!(h.deliveries_of("i1").len(), 2, "nothing was created");
     // Still the latest and unmoved since it routed the item: s1's re-fire may be re-fired.
     let s2 = h.deliveries_of("s1").remove(0);
@@ -1527,7 +1531,7 @@ fn an_item_moved_by_hand_mid_flight_is_not_routed_by_the_late_outcome() {
         .refire(std::slice::from_ref(&d.id), OPERATOR)
         .unwrap();
     assert_eq!(r.refired, 0);
-    assert!(r.refused[0].1.contains("elsewhere"), "{:?}", r.refused);
+    assert!(r.refused[0].reason.contains("elsewhere"), "{:?}", r.refused);
 }
 
 #[test]

@@ -4,6 +4,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::model::RefusalKind;
 use crate::store::StoreError;
 
 /// `{"error": {...}}`: every error the API answers.
@@ -68,6 +69,16 @@ impl ApiError {
                 message,
             }],
         )
+    }
+
+    /// A refusal of the store, by its kind (never by its words).
+    pub fn refusal(kind: RefusalKind, message: impl Into<String>) -> ApiError {
+        let status = match kind {
+            RefusalKind::NotFound => StatusCode::NOT_FOUND,
+            RefusalKind::Stale => StatusCode::CONFLICT,
+            RefusalKind::InvalidTransition => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError::new(status, kind.as_str(), message)
     }
 
     pub fn not_found(message: impl Into<String>) -> ApiError {

@@ -8,7 +8,7 @@ use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::de::DeserializeOwned;
@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::auth::Operator;
 use super::error::{ApiError, FieldError};
-use crate::dispatch::{AttemptEvent, DispatchNotice};
+use crate::dispatch::DispatchNotice;
 use crate::engine::Outcome;
+use crate::model::AttemptEvent;
 use crate::model::{
     DeliveryId, DeliveryState, EventType, ItemId, ItemState, StageId, WorkflowId, is_valid_item_id,
     is_valid_slug,
@@ -313,17 +314,11 @@ fn published(state: &AppState, e: &AttemptEvent) {
     }
 }
 
-/// The status of an item refusal, from the store's wording of it.
+/// The answer to an action the store refused for some items: the first refusal's kind
+/// decides the status; `details` lists every item.
 fn refusal_error(refused: &[Refusal]) -> ApiError {
     let first = &refused[0];
-    let (status, code) = if first.reason.starts_with("no item with id") {
-        (StatusCode::NOT_FOUND, "not_found")
-    } else if first.reason.contains("moved since you looked") {
-        (StatusCode::CONFLICT, "stale")
-    } else {
-        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_transition")
-    };
-    let mut e = ApiError::new(status, code, first.reason.clone());
+    let mut e = ApiError::refusal(first.kind, first.reason.clone());
     e.body.error.details = refused
         .iter()
         .map(|r| FieldError {
@@ -710,15 +705,8 @@ pub async fn refire(
     let store = state.store.clone();
     let operator = operator(&op);
     let report = blocking(move || Ok(store.refire(&[DeliveryId::new(id)], &operator)?)).await?;
-    if let Some((_, reason)) = report.refused.first() {
-        let (status, code) = if reason.starts_with("no delivery with id") {
-            (StatusCode::NOT_FOUND, "not_found")
-        } else if reason.contains("only stage.webhook deliveries") {
-            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_transition")
-        } else {
-            (StatusCode::CONFLICT, "stale")
-        };
-        return Err(ApiError::new(status, code, reason.clone()));
+    if let Some(r) = report.refused.first() {
+        return Err(ApiError::refusal(r.kind, r.reason.clone()));
     }
     Ok(Json(report))
 }

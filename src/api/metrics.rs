@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::dispatch::AttemptEvent;
+use crate::model::AttemptEvent;
 use crate::model::DeliveryState;
 use crate::store::Store;
 

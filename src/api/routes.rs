@@ -10,7 +10,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use super::AppState;
 use super::auth;
 use super::handlers::{self as h, *};
-use crate::dispatch::AttemptEvent;
+use crate::model::AttemptEvent;
 use crate::store::{
     DeliveryDetail, DeliverySummary, ItemDetail, ItemRow, MoveReport, RefireReport, WorkflowDetail,
     WorkflowSummary,

@@ -5,7 +5,8 @@ use std::io::{BufRead, IsTerminal, Write};
 use clap::{Args, Subcommand};
 
 use super::{CliError, Global, output, require_workflow};
-use crate::dispatch::{AttemptEvent, send_manual};
+use crate::dispatch::send_manual;
+use crate::model::AttemptEvent;
 use crate::model::{DeliveryId, DeliveryState, EventType, ItemId, StageId, WorkflowId};
 use crate::store::{DeliveryFilter, Store};
 
@@ -234,7 +235,7 @@ fn show(g: &Global, id: &DeliveryId, json: bool) -> Result<(), CliError> {
         match (a.status, &a.error_message) {
             (Some(st), msg) => outln!(
                 "  < {}{}",
-                crate::dispatch::classify::status_message(st),
+                crate::engine::classify::status_message(st),
                 msg.as_ref()
                     .filter(|_| a.error_kind == Some(crate::model::ErrorKind::Body))
                     .map(|m| format!(" ({})", output::clean(m)))
@@ -352,8 +353,8 @@ pub fn refire(g: &Global, a: RefireArgs) -> Result<(), CliError> {
             report.created.len()
         );
     }
-    for (id, reason) in &report.refused {
-        eprintln!("refused {id}: {reason}");
+    for r in &report.refused {
+        eprintln!("refused {}: {}", r.delivery_id, r.reason);
     }
     if !report.refused.is_empty() {
         return Err(CliError::failure(format!(

@@ -334,7 +334,10 @@ fn show(g: &Global, id: &ItemId, json: bool) -> Result<(), CliError> {
         );
     }
     outln!("slots     {}", it.slots.len());
-    outln!("annotations {}", annotation_summary(&it.annotations));
+    outln!(
+        "annotations {}",
+        crate::model::annotation_summary(&it.annotations)
+    );
     outln!("\nhistory");
     let mut t = output::Table::new(&["AT", "FROM", "TO", "CAUSE", "OPERATOR", "REV"]);
     for h in &d.history {
@@ -370,46 +373,6 @@ fn show(g: &Global, id: &ItemId, json: bool) -> Result<(), CliError> {
         t.print();
     }
     Ok(())
-}
-
-/// "5 (2 bounding_box, 2 polygon, 1 tag)": counts per annotation type.
-pub fn annotation_summary(annotations: &[serde_json::Value]) -> String {
-    const TYPES: &[&str] = &[
-        "bounding_box",
-        "polygon",
-        "complex_polygon",
-        "ellipse",
-        "keypoint",
-        "line",
-        "skeleton",
-        "tag",
-        "mask",
-        "raster_layer",
-        "cuboid",
-        "text",
-        "attributes",
-    ];
-    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
-    for a in annotations {
-        let kind = TYPES
-            .iter()
-            .find(|t| a.get(**t).is_some())
-            .copied()
-            .unwrap_or("other");
-        *counts.entry(kind).or_default() += 1;
-    }
-    if counts.is_empty() {
-        return "0".into();
-    }
-    format!(
-        "{} ({})",
-        annotations.len(),
-        counts
-            .iter()
-            .map(|(k, n)| format!("{n} {k}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
 }
 
 pub fn assign(g: &Global, a: AssignArgs) -> Result<(), CliError> {

@@ -28,8 +28,6 @@ mod policy;
 mod serve;
 mod workflow;
 
-pub use item::annotation_summary;
-
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};

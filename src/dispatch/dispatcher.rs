@@ -8,14 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use chrono::Utc;
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 
 use super::http::Sender;
-use crate::model::{
-    AttemptTrigger, DeliveryId, DeliveryState, ErrorKind, EventType, ItemId, StageId, WorkflowId,
-};
+use crate::model::AttemptEvent;
 use crate::store::{
     AttemptOutcome, DispatcherInfo, Lease, Recorded, Store, StoreError, hostname, process_start,
 };
@@ -48,57 +45,29 @@ impl Default for DispatcherOptions {
     }
 }
 
-/// One finished attempt, as the console's log pane and `serve` print it.
-#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
-pub struct AttemptEvent {
-    pub at: DateTime<Utc>,
-    pub delivery_id: DeliveryId,
-    pub event: EventType,
-    pub workflow: WorkflowId,
-    pub stage: StageId,
-    pub item_id: Option<ItemId>,
-    pub item_name: Option<String>,
-    pub number: i64,
-    pub trigger: AttemptTrigger,
-    /// Counted attempts so far and the stage's maximum.
-    pub attempts: i64,
-    pub max_attempts: u32,
-    pub status: Option<u16>,
-    pub error_kind: Option<ErrorKind>,
-    pub error_message: Option<String>,
-    pub duration_ms: i64,
-    /// The delivery's state after this attempt.
-    pub state: DeliveryState,
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    pub routed_to: Option<StageId>,
-    pub paused_stage: bool,
-    pub lease_lost: bool,
-}
-
-impl AttemptEvent {
-    pub fn new(lease: &Lease, outcome: &AttemptOutcome, rec: &Recorded) -> AttemptEvent {
-        AttemptEvent {
-            at: crate::store::time_of(outcome.started_at),
-            delivery_id: lease.delivery_id.clone(),
-            event: lease.event,
-            workflow: lease.workflow.clone(),
-            stage: lease.stage.clone(),
-            item_id: lease.item_id.clone(),
-            item_name: rec.item_name.clone(),
-            number: lease.number,
-            trigger: lease.trigger,
-            attempts: rec.attempts,
-            max_attempts: rec.max_attempts,
-            status: outcome.status,
-            error_kind: outcome.error_kind,
-            error_message: outcome.error_message.clone(),
-            duration_ms: outcome.duration_ms,
-            state: rec.state,
-            next_attempt_at: rec.next_attempt_at,
-            routed_to: rec.routed_to.clone(),
-            paused_stage: rec.paused_stage,
-            lease_lost: rec.lease_lost,
-        }
+/// The event of an attempt just recorded.
+fn attempt_event(lease: &Lease, outcome: &AttemptOutcome, rec: &Recorded) -> AttemptEvent {
+    AttemptEvent {
+        at: crate::store::time_of(outcome.started_at),
+        delivery_id: lease.delivery_id.clone(),
+        event: lease.event,
+        workflow: lease.workflow.clone(),
+        stage: lease.stage.clone(),
+        item_id: lease.item_id.clone(),
+        item_name: rec.item_name.clone(),
+        number: lease.number,
+        trigger: lease.trigger,
+        attempts: rec.attempts,
+        max_attempts: rec.max_attempts,
+        status: outcome.status,
+        error_kind: outcome.error_kind,
+        error_message: outcome.error_message.clone(),
+        duration_ms: outcome.duration_ms,
+        state: rec.state,
+        next_attempt_at: rec.next_attempt_at,
+        routed_to: rec.routed_to.clone(),
+        paused_stage: rec.paused_stage,
+        lease_lost: rec.lease_lost,
     }
 }
 
@@ -502,7 +471,7 @@ fn publish(
     outcome: &AttemptOutcome,
     rec: &Recorded,
 ) {
-    let event = AttemptEvent::new(lease, outcome, rec);
+    let event = attempt_event(lease, outcome, rec);
     let _ = events.send(DispatchNotice::Attempt(Box::new(event)));
 }
 
@@ -563,5 +532,5 @@ pub async fn send_manual(
     let sender = Sender::new(policies).map_err(StoreError::Database)?;
     let outcome = sender.send(&lease).await;
     let rec = store.record_attempt(&lease, outcome.clone()).await?;
-    Ok(AttemptEvent::new(&lease, &outcome, &rec))
+    Ok(attempt_event(&lease, &outcome, &rec))
 }

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::classify;
 use super::sign;
+use crate::engine::classify;
 use crate::model::ErrorKind;
 use crate::redact::Redactor;
 use crate::store::{AttemptOutcome, Lease, Policies};

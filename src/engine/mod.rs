@@ -12,6 +12,10 @@
 //! stages, but a route over an unvalidated workflow stops with [`RouteError::TooManyHops`]
 //! instead of looping.
 
+pub mod classify;
+pub mod delivery;
+pub mod payload;
+
 use std::fmt;
 use std::str::FromStr;
 

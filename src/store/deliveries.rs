@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::counts;
 use super::items::enum_col;
 use super::{Result, Store, StoreError, to_time};
-use crate::dispatch::payload::{DeliveryMeta, build_body};
+use crate::engine::payload::{DeliveryMeta, build_body};
 use crate::model::{
     CancelReason, DeliveryId, DeliveryState, DeliveryTrigger, ErrorKind, EventType, Item, ItemId,
     StageId, WorkflowId,

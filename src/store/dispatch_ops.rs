@@ -16,12 +16,13 @@ use super::deliveries::{DeliveryFilter, body_of, insert_body, insert_notificatio
 use super::items::{apply_route, enum_col, load_item, load_item_head};
 use super::workflows::current_spec;
 use super::{Result, Store, StoreError, audit, now_ms, to_time, where_now};
-use crate::dispatch::classify::{self, INTERRUPTED_MESSAGE, Verdict};
-use crate::dispatch::payload::{DeliveryMeta, test_body};
-use crate::engine::{self, Outcome};
+use crate::engine;
+use crate::engine::classify::INTERRUPTED_MESSAGE;
+use crate::engine::delivery::{self, AttemptMade, DeliveryNow, Effect, FailureRun, Settle};
+use crate::engine::payload::{DeliveryMeta, test_body};
 use crate::model::{
-    AttemptTrigger, DeliveryId, DeliveryState, DeliveryTrigger, ErrorKind, EventType, HistoryCause,
-    ItemId, StageId, StageKind, WorkflowId,
+    AttemptOutcome, AttemptTrigger, DeliveryId, DeliveryState, DeliveryTrigger, EventType,
+    HistoryCause, ItemId, RefusalKind, StageId, StageKind, WorkflowId,
 };
 use crate::workflow::{WebhookConfig, Workflow};
 
@@ -70,24 +71,6 @@ impl Lease {
     }
 }
 
-/// What happened on the wire, to be recorded.
-#[derive(Clone, Debug, Default)]
-pub struct AttemptOutcome {
-    pub started_at: i64,
-    pub duration_ms: i64,
-    /// The URL as sent, secrets redacted.
-    pub url: String,
-    /// Request headers as sent, secrets redacted.
-    pub request_headers: Vec<(String, String)>,
-    pub status: Option<u16>,
-    pub response_headers: Vec<(String, String)>,
-    /// At most the first 64 KiB.
-    pub response_body: Option<Vec<u8>>,
-    pub error_kind: Option<ErrorKind>,
-    pub error_message: Option<String>,
-    pub retry_after: Option<String>,
-}
-
 /// What recording an attempt did to its delivery.
 #[derive(Clone, Debug, Serialize)]
 pub struct Recorded {
@@ -113,7 +96,15 @@ pub struct Recorded {
 pub struct RefireReport {
     pub refired: i64,
     pub created: Vec<DeliveryId>,
-    pub refused: Vec<(DeliveryId, String)>,
+    pub refused: Vec<DeliveryRefusal>,
+}
+
+/// One delivery an action refused, and why.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct DeliveryRefusal {
+    pub delivery_id: DeliveryId,
+    pub kind: RefusalKind,
+    pub reason: String,
 }
 
 /// Hostname, for heartbeat rows (read from the kernel, no libc call).
@@ -417,7 +408,8 @@ fn delivery_row(conn: &Connection, lease: &Lease) -> Result<DeliveryRow> {
     })
 }
 
-/// Records one attempt and applies its outcome (design §2, §6). `jitter` in [-1, 1].
+/// Records one attempt and applies what [`delivery::decide`] made of it (design §2, §6).
+/// `jitter` in [-1, 1].
 fn record_in_tx(
     conn: &Connection,
     lease: &Lease,
@@ -428,82 +420,72 @@ fn record_in_tx(
     let d = delivery_row(conn, lease)?;
     let (spec, revision) = current_spec(conn, &d.workflow)?;
     let cfg = webhook_of(&spec, &d.stage);
-    let max_attempts = cfg.map(|c| c.max_attempts).unwrap_or(1);
+    let decision = delivery::decide(
+        DeliveryNow {
+            state: d.state,
+            token: d.token.as_deref(),
+            attempts: d.attempts,
+            event: d.event,
+        },
+        AttemptMade {
+            token: lease.token.as_deref(),
+            trigger: lease.trigger,
+        },
+        o,
+        cfg,
+        jitter,
+    );
     let mut rec = Recorded {
         delivery_id: lease.delivery_id.clone(),
         number: lease.number,
         state: d.state,
         attempts: d.attempts,
-        max_attempts,
+        max_attempts: delivery::max_attempts(cfg),
         next_attempt_at: None,
         routed_to: None,
         item_name: None,
         lease_lost: false,
         paused_stage: false,
     };
-    let holds =
-        lease.token.is_some() && d.token == lease.token && d.state == DeliveryState::InFlight;
-    let counted = lease.trigger == AttemptTrigger::Scheduled
-        && holds
-        && d.event != EventType::WebhookTest
-        && o.error_kind != Some(ErrorKind::Interrupted);
     insert_attempt(
         conn,
         &lease.delivery_id,
         lease.number,
         lease.trigger,
-        counted,
+        decision.counted,
         o,
     )?;
-    if lease.trigger == AttemptTrigger::Manual && d.event != EventType::WebhookTest {
-        // A replay never changes the delivery (design §6).
-        rec.item_name = item_name(conn, d.item_id.as_deref())?;
-        return Ok(rec);
-    }
-    if !holds {
-        rec.lease_lost = true;
-        rec.item_name = item_name(conn, d.item_id.as_deref())?;
-        return Ok(rec);
-    }
-    let end = o.started_at + o.duration_ms;
-    let verdict = classify::classify(
-        o.status,
-        o.error_kind,
-        o.retry_after.as_deref(),
-        to_time(end),
-    );
-    let attempts = d.attempts + counted as i64;
-    rec.attempts = attempts;
-    let is_test = d.event == EventType::WebhookTest;
-    let (state, next) = match verdict {
-        Verdict::Success => (DeliveryState::Succeeded, None),
-        Verdict::Retry { after } if !is_test && attempts < max_attempts as i64 => {
-            let delay = cfg
-                .map(|c| classify::retry_delay(c, attempts as u32, after, jitter))
-                .unwrap_or_default();
-            (
-                DeliveryState::RetryScheduled,
-                Some(end + delay.as_millis() as i64),
-            )
+    let (state, attempts, next, settlement) = match decision.effect {
+        Effect::AttemptOnly { lease_lost } => {
+            rec.lease_lost = lease_lost;
+            rec.item_name = item_name(conn, d.item_id.as_deref())?;
+            return Ok(rec);
         }
-        _ => (DeliveryState::Failed, None),
-    };
-    rec.state = state;
-    rec.next_attempt_at = next.map(to_time);
-    // A notification's outcome routes nothing, pauses nothing and notifies nobody (design §6).
-    let settles = !(is_test || state == DeliveryState::RetryScheduled || d.event.is_notification());
-    let routed_version = if settles {
-        let outcome = Final {
-            lease,
-            o,
+        Effect::Update {
             state,
             attempts,
-            now,
-        };
-        settle(conn, &spec, revision, cfg, &d, &outcome, &mut rec)?
-    } else {
-        rec.item_name = item_name(conn, d.item_id.as_deref())?;
-        None
+            next_attempt_at,
+            settle,
+        } => (state, attempts, next_attempt_at, settle),
+    };
+    rec.state = state;
+    rec.attempts = attempts;
+    rec.next_attempt_at = next.map(to_time);
+    let routed_version = match settlement {
+        Some(settlement) => {
+            let outcome = Final {
+                lease,
+                o,
+                attempts,
+                now,
+                settle: settlement,
+            };
+            settle(conn, &spec, revision, &d, &outcome, &mut rec)?
+        }
+        None => {
+            rec.item_name = item_name(conn, d.item_id.as_deref())?;
+            None
+        }
     };
     // One update of the delivery, after its routing (which never reads it back).
     conn.prepare_cached(
@@ -532,23 +514,22 @@ fn record_in_tx(
     Ok(rec)
 }
 
-/// A final outcome being recorded.
+/// A final outcome being recorded, and what the decision says it does.
 struct Final<'a> {
     lease: &'a Lease,
     o: &'a AttemptOutcome,
-    state: DeliveryState,
     attempts: i64,
     now: i64,
+    settle: Settle,
 }
 
-/// What a final outcome (succeeded or failed) does besides the delivery row: the
-/// `delivery.failed` notification, the stage's auto-pause count, and the item's routing.
+/// Applies a final outcome's [`Settle`] besides the delivery row: the `delivery.failed`
+/// notification, the stage's run of failures (and auto-pause), and the item's routing.
 /// Returns the item version the routing wrote, when it routed.
 fn settle(
     conn: &Connection,
     spec: &Arc<Workflow>,
     revision: i64,
-    cfg: Option<&WebhookConfig>,
     d: &DeliveryRow,
     f: &Final<'_>,
     rec: &mut Recorded,
@@ -556,9 +537,9 @@ fn settle(
     let Final {
         lease,
         o,
-        state,
         attempts,
         now,
+        settle,
     } = *f;
     // The item as it is now: its name for the notification and the log line, its stage and
     // version for the fencing below.
@@ -568,18 +549,17 @@ fn settle(
         None => None,
     };
     rec.item_name = head.as_ref().map(|h| h.name.clone());
-    if state == DeliveryState::Failed && !spec.notify.is_empty() {
-        let data = serde_json::json!({
-            "workflow": d.workflow,
-            "stage": d.stage,
-            "delivery_id": lease.delivery_id,
-            "item_id": d.item_id,
-            "item_name": rec.item_name,
-            "attempts": attempts,
-            "last_status": o.status,
-            "last_error_kind": o.error_kind,
-            "error_message": o.error_message,
-        });
+    if settle.notify_failed && !spec.notify.is_empty() {
+        let data = delivery::FailedDelivery {
+            workflow: &d.workflow,
+            stage: &d.stage,
+            delivery_id: &lease.delivery_id,
+            item_id: d.item_id.as_deref(),
+            item_name: rec.item_name.as_deref(),
+            attempts,
+            outcome: o,
+        }
+        .data();
         insert_notifications(
             conn,
             spec,
@@ -589,15 +569,16 @@ fn settle(
             now,
         )?;
     }
-    // Auto-pause counts consecutive failed deliveries of the stage; a success resets it.
-    if let Some(cfg) = cfg {
-        if state == DeliveryState::Succeeded {
+    match settle.failures {
+        FailureRun::Untracked => {}
+        FailureRun::Reset => {
             conn.prepare_cached(
                 "UPDATE stages SET consecutive_failures = 0
                  WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL AND consecutive_failures != 0",
             )?
             .execute([d.workflow.as_str(), d.stage.as_str()])?;
-        } else {
+        }
+        FailureRun::Extend { pause_after } => {
             let n: i64 = conn
                 .prepare_cached(
                     "UPDATE stages SET consecutive_failures = consecutive_failures + 1
@@ -607,10 +588,7 @@ fn settle(
                 .query_row([d.workflow.as_str(), d.stage.as_str()], |r| r.get(0))
                 .optional()?
                 .unwrap_or(0);
-            let threshold = cfg.pause_after_failures as i64;
-            if threshold > 0 && n >= threshold {
-                let reason =
-                    format!("paused automatically after {n} consecutive failed deliveries");
+            if let Some(reason) = delivery::auto_pause(n, pause_after) {
                 let changed = conn
                     .prepare_cached(
                         "UPDATE stages SET paused = 1, paused_reason = ?3
@@ -631,13 +609,8 @@ fn settle(
     if head.stage != d.stage || Some(head.version) != d.item_version {
         return Ok(None);
     }
-    let outcome = if state == DeliveryState::Succeeded {
-        Outcome::WebhookSuccess
-    } else {
-        Outcome::WebhookFailure
-    };
     let route_of = |item: &crate::model::Item| {
-        engine::outcome(spec, item, outcome).map_err(|e| StoreError::Invalid(e.to_string()))
+        engine::outcome(spec, item, settle.route).map_err(|e| StoreError::Invalid(e.to_string()))
     };
     // The item's content (tags, properties, annotations: JSON to parse) is read by a route
     // only through a logic or sampling stage (each adds a hop) or into a webhook stage (a new
@@ -679,12 +652,7 @@ pub(super) fn notify_paused(
     if spec.notify.is_empty() {
         return Ok(());
     }
-    let data = serde_json::json!({
-        "workflow": spec.id,
-        "stage": stage,
-        "reason": reason,
-        "operator": operator,
-    });
+    let data = delivery::paused_data(&spec.id, stage, reason, operator);
     insert_notifications(conn, spec, EventType::StagePaused, None, &data, now)?;
     Ok(())
 }
@@ -698,7 +666,7 @@ type RefireRow = (String, String, String, Option<String>, String, Option<i64>);
 fn refire_refusal(
     conn: &Connection,
     id: &DeliveryId,
-) -> Result<std::result::Result<Refirable, String>> {
+) -> Result<std::result::Result<Refirable, (RefusalKind, String)>> {
     let row: Option<RefireRow> = conn
         .prepare_cached(
             "SELECT workflow_id, stage_id, event, item_id, state, routed_version FROM deliveries WHERE id = ?1",
@@ -708,19 +676,26 @@ fn refire_refusal(
         })
         .optional()?;
     let Some((wf, stage, event, item_id, state, routed_version)) = row else {
-        return Ok(Err(format!("no delivery with id `{id}`")));
+        return Ok(Err((
+            RefusalKind::NotFound,
+            format!("no delivery with id `{id}`"),
+        )));
     };
     let Some(item_id) = item_id.filter(|_| event == EventType::StageWebhook.as_str()) else {
-        return Ok(Err(format!(
-            "delivery `{id}` is a {event} delivery; only stage.webhook deliveries can be re-fired"
+        return Ok(Err((
+            RefusalKind::InvalidTransition,
+            format!(
+                "delivery `{id}` is a {event} delivery; only stage.webhook deliveries can be re-fired"
+            ),
         )));
     };
     let state: DeliveryState = state
         .parse()
         .map_err(|e: crate::model::ParseEnumError| StoreError::Database(e.to_string()))?;
     if state.is_open() {
-        return Ok(Err(format!(
-            "delivery `{id}` is still {state}; wait for its outcome or cancel it"
+        return Ok(Err((
+            RefusalKind::Stale,
+            format!("delivery `{id}` is still {state}; wait for its outcome or cancel it"),
         )));
     }
     let latest: Option<String> = conn
@@ -730,26 +705,36 @@ fn refire_refusal(
         .query_row([&item_id], |r| r.get(0))
         .optional()?;
     let Some(item) = load_item(conn, &ItemId::new(item_id.as_str()))? else {
-        return Ok(Err(format!("item `{item_id}` no longer exists")));
+        return Ok(Err((
+            RefusalKind::Stale,
+            format!("item `{item_id}` no longer exists"),
+        )));
     };
     if let Some(latest) = latest.filter(|l| l != id.as_str()) {
-        return Ok(Err(format!(
-            "delivery `{latest}` is newer for item `{item_id}`; {}",
-            where_now(&item.id, &item.stage, item.state)
+        return Ok(Err((
+            RefusalKind::Stale,
+            format!(
+                "delivery `{latest}` is newer for item `{item_id}`; {}",
+                where_now(&item.id, &item.stage, item.state)
+            ),
         )));
     }
     let stage = StageId(stage);
     let unmoved = item.stage == stage || routed_version == Some(item.version);
     if !unmoved {
-        return Ok(Err(format!(
-            "{} and has moved since delivery `{id}`; assign it to `{stage}` to deliver again",
-            where_now(&item.id, &item.stage, item.state)
+        return Ok(Err((
+            RefusalKind::Stale,
+            format!(
+                "{} and has moved since delivery `{id}`; assign it to `{stage}` to deliver again",
+                where_now(&item.id, &item.stage, item.state)
+            ),
         )));
     }
     let (spec, rev) = current_spec(conn, &WorkflowId(wf))?;
     if spec.stage(&stage).map(|s| s.kind()) != Some(StageKind::Webhook) {
-        return Ok(Err(format!(
-            "stage `{stage}` is no longer a webhook stage of the workflow"
+        return Ok(Err((
+            RefusalKind::Stale,
+            format!("stage `{stage}` is no longer a webhook stage of the workflow"),
         )));
     }
     Ok(Ok((spec, rev, item, stage)))
@@ -772,7 +757,11 @@ fn refire_in_tx(
         }
         taken += 1;
         match refire_refusal(conn, id)? {
-            Err(reason) => report.refused.push((id.clone(), reason)),
+            Err((kind, reason)) => report.refused.push(DeliveryRefusal {
+                delivery_id: id.clone(),
+                kind,
+                reason,
+            }),
             Ok((spec, rev, item, stage)) => {
                 let route = engine::enter(&spec, &item, &stage, HistoryCause::Refire)
                     .map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -1166,7 +1155,7 @@ impl Store {
         &self,
         after_seq: i64,
         limit: usize,
-    ) -> Result<Vec<(i64, crate::dispatch::AttemptEvent)>> {
+    ) -> Result<Vec<(i64, crate::model::AttemptEvent)>> {
         self.read(|c| {
             let rows = c
                 .prepare_cached(
@@ -1180,7 +1169,7 @@ impl Store {
                 .query_map(params![after_seq, limit as i64], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
-                        crate::dispatch::AttemptEvent {
+                        crate::model::AttemptEvent {
                             at: to_time(r.get(16)?),
                             delivery_id: DeliveryId(r.get(1)?),
                             event: enum_col(r, 2)?,

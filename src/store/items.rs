@@ -20,7 +20,7 @@ use super::{Result, Store, StoreError, audit, now_ms, to_time, where_now};
 use crate::engine::{self, Outcome, Route};
 use crate::model::{
     CancelReason, DatasetRef, DeliveryId, DeliveryTrigger, EventType, HistoryCause, Item, ItemId,
-    ItemState, NewItem, StageId, StageKind, WorkflowId,
+    ItemState, NewItem, RefusalKind, StageId, StageKind, WorkflowId,
 };
 use crate::workflow::Workflow;
 
@@ -79,6 +79,7 @@ pub enum AssignTarget {
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Refusal {
     pub item_id: ItemId,
+    pub kind: RefusalKind,
     pub reason: String,
 }
 
@@ -629,19 +630,25 @@ fn move_one(
     route_for: &dyn Fn(&Item) -> std::result::Result<Route, String>,
     report: &mut MoveReport,
 ) -> Result<()> {
-    let refuse = |report: &mut MoveReport, reason: String| {
+    let refuse = |report: &mut MoveReport, kind: RefusalKind, reason: String| {
         report.refused.push(Refusal {
             item_id: id.clone(),
+            kind,
             reason,
         })
     };
     let Some(item) = load_item(conn, id)? else {
-        refuse(report, format!("no item with id `{id}`"));
+        refuse(
+            report,
+            RefusalKind::NotFound,
+            format!("no item with id `{id}`"),
+        );
         return Ok(());
     };
     if item.workflow != wf.id {
         refuse(
             report,
+            RefusalKind::InvalidTransition,
             format!("item `{id}` belongs to workflow `{}`", item.workflow),
         );
         return Ok(());
@@ -651,6 +658,7 @@ fn move_one(
     {
         refuse(
             report,
+            RefusalKind::Stale,
             format!(
                 "{}; it moved since you looked",
                 where_now(&item.id, &item.stage, item.state)
@@ -661,7 +669,7 @@ fn move_one(
     let route = match route_for(&item) {
         Ok(r) => r,
         Err(reason) => {
-            refuse(report, reason);
+            refuse(report, RefusalKind::InvalidTransition, reason);
             return Ok(());
         }
     };
@@ -1021,6 +1029,7 @@ impl Store {
                     let Some(item) = load_item(c, id)? else {
                         r.refused.push(Refusal {
                             item_id: id.clone(),
+                            kind: RefusalKind::NotFound,
                             reason: format!("no item with id `{id}`"),
                         });
                         continue;
@@ -1036,6 +1045,7 @@ impl Store {
                         (None, Some(crate::model::StageKind::Review)) => {
                             r.refused.push(Refusal {
                                 item_id: id.clone(),
+                                kind: RefusalKind::InvalidTransition,
                                 reason: format!(
                                     "item `{id}` is in review stage `{}`: give the outcome, approve or reject (`--outcome`; `outcome` in the API)",
                                     item.stage

@@ -38,6 +38,10 @@ pub use maintenance::*;
 pub use policy::*;
 pub use workflows::*;
 
+/// What happened on the wire: a plain record, kept in the model; re-exported where callers
+/// of [`Store::record_attempt`] look for it.
+pub use crate::model::AttemptOutcome;
+
 use crate::model::{ItemId, ItemState, StageId};
 
 /// The schema version this binary writes (the number of migrations).

@@ -536,7 +536,7 @@ impl Executor {
                                     })
                                     .unwrap_or_default();
                                 let status = match (ev.status, &ev.error_message) {
-                                    (Some(s), _) => crate::dispatch::classify::status_message(s),
+                                    (Some(s), _) => crate::engine::classify::status_message(s),
                                     (None, Some(m)) => m.clone(),
                                     _ => "-".into(),
                                 };
@@ -743,7 +743,7 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
                     r.refired,
                     r.refused
                         .first()
-                        .map(|(_, why)| format!(" — refused: {why}"))
+                        .map(|r| format!(" — refused: {}", r.reason))
                         .unwrap_or_default()
                 ),
                 r.refused.len(),

@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::keymap::{self, Action, Scope};
-use crate::dispatch::AttemptEvent;
+use crate::model::AttemptEvent;
 use crate::model::{DeliveryId, DeliveryState, ItemId, StageId, StageKind, WorkflowId};
 use crate::store::{
     AuditEntry, DeliveryDetail, DeliveryFilter, DeliverySummary, ItemCursor, ItemDetail, ItemOrder,

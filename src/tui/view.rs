@@ -12,7 +12,7 @@ use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, T
 use super::keymap;
 use super::state::{App, Level, Overlay, ViewData};
 use super::theme::Theme;
-use crate::dispatch::AttemptEvent;
+use crate::model::AttemptEvent;
 use crate::model::{DeliveryState, StageKind};
 use crate::sanitize::{strip_controls, strip_controls_multiline};
 
@@ -541,7 +541,7 @@ fn draw_item(
         ]),
         Line::from(vec![
             Span::styled("annotations ", theme.dim),
-            Span::raw(crate::cli::annotation_summary(&it.annotations)),
+            Span::raw(crate::model::annotation_summary(&it.annotations)),
         ]),
         Line::from(Span::styled("history", theme.header)),
     ];

@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use super::state::{App, Effect, Msg, ViewData, update};
-use crate::dispatch::AttemptEvent;
+use crate::model::AttemptEvent;
 use crate::model::{
     AttemptTrigger, DatasetRef, DeliveryId, DeliveryState, DeliveryTrigger, ErrorKind, EventType,
     HistoryCause, Item, ItemId, ItemState, StageId, StageKind, WorkflowId,
