@@ -217,6 +217,7 @@ impl Global {
         let opts = OpenOptions {
             read_only: self.read_only,
             create_mode: self.db_mode.unwrap_or(0o600),
+            ..OpenOptions::default()
         };
         Ok(Store::open(&self.db_path(), &opts)?)
     }

@@ -10,10 +10,9 @@
 //! upsert per counter a transaction changed, not one per row. `check` compares the counters
 //! with the rows and `check --repair` recomputes them.
 //!
-//! Everything here runs on the writer thread (the only one that writes), so the deltas are
-//! thread-local, like the transaction's spec cache.
+//! The deltas live in the transaction's context ([`super::tx::Tx`]), which the writer thread
+//! owns from `BEGIN` to the end of the transaction.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 
 use rusqlite::{Connection, params};
@@ -37,8 +36,10 @@ impl Table {
 
 type Key = (Table, String, String, String);
 
+/// The counter changes of one transaction: those of the running job, and those of the jobs
+/// before it that succeeded.
 #[derive(Default)]
-struct Deltas {
+pub(super) struct Deltas {
     /// The running job's deltas.
     job: HashMap<Key, i64>,
     /// The running job recomputed every counter from the rows (`check --repair`).
@@ -47,123 +48,108 @@ struct Deltas {
     tx: HashMap<Key, i64>,
 }
 
-thread_local! {
-    static DELTAS: RefCell<Deltas> = RefCell::new(Deltas::default());
-}
-
-fn add(table: Table, workflow: &str, stage: &str, state: &str, delta: i64) {
-    if delta == 0 {
-        return;
-    }
-    DELTAS.with_borrow_mut(|d| {
-        *d.job
+impl Deltas {
+    fn add(&mut self, table: Table, workflow: &str, stage: &str, state: &str, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        *self
+            .job
             .entry((table, workflow.into(), stage.into(), state.into()))
             .or_default() += delta;
-    });
-}
-
-/// Adds `delta` to the items counted in `(workflow, stage, state)`.
-pub(super) fn add_items(workflow: &str, stage: &str, state: &str, delta: i64) {
-    add(Table::Items, workflow, stage, state, delta);
-}
-
-/// Adds `delta` to the deliveries counted in `(workflow, stage, state)`.
-pub(super) fn add_deliveries(workflow: &str, stage: &str, state: &str, delta: i64) {
-    add(Table::Deliveries, workflow, stage, state, delta);
-}
-
-/// A delivery of `(workflow, stage)` went from state `from` to `to`.
-pub(super) fn delivery_moved(workflow: &str, stage: &str, from: &str, to: &str) {
-    if from != to {
-        add_deliveries(workflow, stage, from, -1);
-        add_deliveries(workflow, stage, to, 1);
     }
-}
 
-/// What this transaction has added to the deliveries counted in `(workflow, stage, state)`
-/// and not yet written: a job that reads a counter adds this to the stored figure.
-pub(super) fn unwritten_deliveries(workflow: &str, stage: &str, state: &str) -> i64 {
-    let key = (
-        Table::Deliveries,
-        workflow.into(),
-        stage.into(),
-        state.into(),
-    );
-    DELTAS.with_borrow(|d| d.job.get(&key).unwrap_or(&0) + d.tx.get(&key).unwrap_or(&0))
-}
+    /// Adds `delta` to the items counted in `(workflow, stage, state)`.
+    pub(super) fn add_items(&mut self, workflow: &str, stage: &str, state: &str, delta: i64) {
+        self.add(Table::Items, workflow, stage, state, delta);
+    }
 
-/// Like [`unwritten_deliveries`], for the items of a stage in any state.
-pub(super) fn unwritten_items_in_stage(workflow: &str, stage: &str) -> i64 {
-    DELTAS.with_borrow(|d| {
-        d.job
+    /// Adds `delta` to the deliveries counted in `(workflow, stage, state)`.
+    pub(super) fn add_deliveries(&mut self, workflow: &str, stage: &str, state: &str, delta: i64) {
+        self.add(Table::Deliveries, workflow, stage, state, delta);
+    }
+
+    /// A delivery of `(workflow, stage)` went from state `from` to `to`.
+    pub(super) fn delivery_moved(&mut self, workflow: &str, stage: &str, from: &str, to: &str) {
+        if from != to {
+            self.add_deliveries(workflow, stage, from, -1);
+            self.add_deliveries(workflow, stage, to, 1);
+        }
+    }
+
+    /// What this transaction has added to the deliveries counted in `(workflow, stage,
+    /// state)` and not yet written: a job that reads a counter adds this to the stored figure.
+    pub(super) fn unwritten_deliveries(&self, workflow: &str, stage: &str, state: &str) -> i64 {
+        let key = (
+            Table::Deliveries,
+            workflow.into(),
+            stage.into(),
+            state.into(),
+        );
+        self.job.get(&key).unwrap_or(&0) + self.tx.get(&key).unwrap_or(&0)
+    }
+
+    /// Like [`Deltas::unwritten_deliveries`], for the items of a stage in any state.
+    pub(super) fn unwritten_items_in_stage(&self, workflow: &str, stage: &str) -> i64 {
+        self.job
             .iter()
-            .chain(d.tx.iter())
+            .chain(self.tx.iter())
             .filter(|((t, w, s, _), _)| *t == Table::Items && w == workflow && s == stage)
             .map(|(_, n)| n)
             .sum()
-    })
-}
-
-/// Rewrites every counter from the rows, in the caller's job (`check --repair`, and rows
-/// written with plain SQL). When the job succeeds, the deltas before it are already in the
-/// figures.
-pub(super) fn recompute(conn: &Connection) -> Result<()> {
-    for table in [Table::Items, Table::Deliveries] {
-        let rows = match table {
-            Table::Items => "items",
-            Table::Deliveries => "deliveries",
-        };
-        conn.execute_batch(&format!(
-            "DELETE FROM {counts};
-             INSERT INTO {counts} (workflow_id, stage_id, state, n)
-             SELECT workflow_id, stage_id, state, COUNT(*) FROM {rows}
-             GROUP BY workflow_id, stage_id, state;",
-            counts = table.name()
-        ))?;
     }
-    DELTAS.with_borrow_mut(|d| {
-        d.job.clear();
-        d.job_recomputed = true;
-    });
-    Ok(())
-}
 
-/// The running job ended: its deltas join the transaction's when it succeeded, and are
-/// dropped with its savepoint when it failed.
-pub(super) fn end_job(succeeded: bool) {
-    DELTAS.with_borrow_mut(|d| {
-        let job = std::mem::take(&mut d.job);
-        let recomputed = std::mem::take(&mut d.job_recomputed);
+    /// Rewrites every counter from the rows, in the caller's job (`check --repair`, and rows
+    /// written with plain SQL). When the job succeeds, the deltas before it are already in
+    /// the figures.
+    pub(super) fn recompute(&mut self, conn: &Connection) -> Result<()> {
+        for table in [Table::Items, Table::Deliveries] {
+            let rows = match table {
+                Table::Items => "items",
+                Table::Deliveries => "deliveries",
+            };
+            conn.execute_batch(&format!(
+                "DELETE FROM {counts};
+                 INSERT INTO {counts} (workflow_id, stage_id, state, n)
+                 SELECT workflow_id, stage_id, state, COUNT(*) FROM {rows}
+                 GROUP BY workflow_id, stage_id, state;",
+                counts = table.name()
+            ))?;
+        }
+        self.job.clear();
+        self.job_recomputed = true;
+        Ok(())
+    }
+
+    /// The running job ended: its deltas join the transaction's when it succeeded, and are
+    /// dropped with its savepoint when it failed.
+    pub(super) fn end_job(&mut self, succeeded: bool) {
+        let job = std::mem::take(&mut self.job);
+        let recomputed = std::mem::take(&mut self.job_recomputed);
         if !succeeded {
             return;
         }
         if recomputed {
-            d.tx.clear();
+            self.tx.clear();
         }
         for (k, n) in job {
-            *d.tx.entry(k).or_default() += n;
+            *self.tx.entry(k).or_default() += n;
         }
-    });
-}
-
-/// Writes the transaction's deltas; the writer calls this just before `COMMIT`.
-pub(super) fn flush(conn: &Connection) -> Result<()> {
-    let tx = DELTAS.with_borrow_mut(|d| std::mem::take(&mut d.tx));
-    for ((table, workflow, stage, state), n) in tx {
-        if n == 0 {
-            continue;
-        }
-        conn.prepare_cached(&format!(
-            "INSERT INTO {} (workflow_id, stage_id, state, n) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT DO UPDATE SET n = n + excluded.n",
-            table.name()
-        ))?
-        .execute(params![workflow, stage, state, n])?;
     }
-    Ok(())
-}
 
-/// The transaction was rolled back: its deltas go with it.
-pub(super) fn discard() {
-    DELTAS.with_borrow_mut(|d| *d = Deltas::default());
+    /// Writes the transaction's deltas; the writer calls this just before `COMMIT`.
+    pub(super) fn flush(&mut self, conn: &Connection) -> Result<()> {
+        for ((table, workflow, stage, state), n) in std::mem::take(&mut self.tx) {
+            if n == 0 {
+                continue;
+            }
+            conn.prepare_cached(&format!(
+                "INSERT INTO {} (workflow_id, stage_id, state, n) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO UPDATE SET n = n + excluded.n",
+                table.name()
+            ))?
+            .execute(params![workflow, stage, state, n])?;
+        }
+        Ok(())
+    }
 }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::counts;
+use super::Tx;
 use super::items::enum_col;
 use super::{Result, Store, StoreError, to_time};
 use crate::engine::payload::{DeliveryMeta, build_body};
@@ -121,7 +121,7 @@ pub(crate) fn summary_from_row(r: &Row) -> rusqlite::Result<DeliverySummary> {
 /// Creates the `stage.webhook` delivery of an item that just entered a webhook stage, with
 /// its body frozen now. `item` is the item as it is after the move.
 pub(crate) fn insert_delivery(
-    conn: &Connection,
+    conn: &Tx<'_>,
     wf: &Workflow,
     item: &Item,
     previous_stage: Option<StageId>,
@@ -132,7 +132,7 @@ pub(crate) fn insert_delivery(
 }
 
 pub(crate) fn insert_delivery_linked(
-    conn: &Connection,
+    conn: &Tx<'_>,
     wf: &Workflow,
     item: &Item,
     previous_stage: Option<StageId>,
@@ -172,7 +172,7 @@ pub(crate) fn insert_delivery_linked(
         refire_of.map(|d| d.as_str()),
     ])?;
     insert_body(conn, &body)?;
-    counts::add_deliveries(
+    conn.counts().add_deliveries(
         wf.id.as_str(),
         item.stage.as_str(),
         DeliveryState::Pending.as_str(),
@@ -202,7 +202,7 @@ pub(crate) fn body_of(conn: &Connection, seq: i64) -> Result<Vec<u8>> {
 /// pseudo-stage `notify:N`, with the body `{type, timestamp, data}` frozen now. Notifications
 /// have no stage to pause and never cause notifications themselves.
 pub(crate) fn insert_notifications(
-    conn: &Connection,
+    conn: &Tx<'_>,
     wf: &Workflow,
     event: EventType,
     item: Option<&ItemId>,
@@ -235,7 +235,7 @@ pub(crate) fn insert_notifications(
             now,
         ])?;
         insert_body(conn, &body)?;
-        counts::add_deliveries(
+        conn.counts().add_deliveries(
             wf.id.as_str(),
             crate::workflow::notify_stage_id(i).as_str(),
             DeliveryState::Pending.as_str(),
@@ -249,7 +249,7 @@ pub(crate) fn insert_notifications(
 /// Cancels the item's open `stage.webhook` deliveries (other than `except`), because the item
 /// was moved by hand or re-entered the stage. An attempt already on the wire still records.
 pub(crate) fn cancel_open_deliveries(
-    conn: &Connection,
+    conn: &Tx<'_>,
     item: &ItemId,
     reason: CancelReason,
     by: &str,
@@ -275,7 +275,8 @@ pub(crate) fn cancel_open_deliveries(
              WHERE seq = ?1",
         )?
         .execute(params![seq, reason.as_str(), by, now])?;
-        counts::delivery_moved(wf, stage, state, DeliveryState::Cancelled.as_str());
+        conn.counts()
+            .delivery_moved(wf, stage, state, DeliveryState::Cancelled.as_str());
     }
     Ok(open.len())
 }

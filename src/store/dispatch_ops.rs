@@ -11,11 +11,11 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use super::counts;
+use super::Tx;
 use super::deliveries::{DeliveryFilter, body_of, insert_body, insert_notifications};
 use super::items::{apply_route, enum_col, load_item, load_item_head};
-use super::workflows::current_spec;
-use super::{Result, Store, StoreError, audit, now_ms, to_time, where_now};
+use super::workflows::{current_spec, read_current_spec};
+use super::{Result, Store, StoreError, audit, to_time, where_now};
 use crate::engine;
 use crate::engine::classify::INTERRUPTED_MESSAGE;
 use crate::engine::delivery::{self, AttemptMade, DeliveryNow, Effect, FailureRun, Settle};
@@ -136,7 +136,7 @@ fn lease_ms(cfg: Option<&WebhookConfig>) -> i64 {
 
 /// Turns expired leases (and leases of dead local dispatchers) back into due deliveries, with
 /// an `interrupted` attempt row for the attempt that may have been sent unrecorded.
-pub(super) fn reclaim(conn: &Connection, now: i64, dead_owners: &[String]) -> Result<usize> {
+pub(super) fn reclaim(conn: &Tx<'_>, now: i64, dead_owners: &[String]) -> Result<usize> {
     let mut rows: Vec<(String, String, String, i64)> = conn
         .prepare_cached(
             // INDEXED BY: the planner otherwise reads every in-flight row to test its
@@ -181,7 +181,8 @@ pub(super) fn reclaim(conn: &Connection, now: i64, dead_owners: &[String]) -> Re
             )?
             .execute(params![id, now])?;
         if released > 0 {
-            counts::delivery_moved(wf, stage, "in_flight", "pending");
+            conn.counts()
+                .delivery_moved(wf, stage, "in_flight", "pending");
         }
     }
     for owner in dead_owners {
@@ -191,12 +192,12 @@ pub(super) fn reclaim(conn: &Connection, now: i64, dead_owners: &[String]) -> Re
 }
 
 fn lease_in_tx(
-    conn: &Connection,
+    conn: &Tx<'_>,
     owner: &str,
     limit: usize,
     dead_owners: &[String],
 ) -> Result<Vec<Lease>> {
-    let now = now_ms();
+    let now = conn.now();
     reclaim(conn, now, dead_owners)?;
     let mut leases = Vec::new();
     // Per-stage caps (max_in_flight) count in-flight deliveries across all processes.
@@ -233,7 +234,7 @@ fn lease_in_tx(
                              WHERE workflow_id = ?1 AND stage_id = ?2 AND state = 'in_flight'",
                         )?
                         .query_row([&wf, &stage], |r| r.get(0))?;
-                    let n = n + counts::unwritten_deliveries(&wf, &stage, "in_flight");
+                    let n = n + conn.counts().unwritten_deliveries(&wf, &stage, "in_flight");
                     in_flight.insert(key.clone(), n);
                 }
                 let n = in_flight.get_mut(&key).map(|n| {
@@ -271,7 +272,8 @@ fn lease_in_tx(
                 continue;
             };
             let body = body_of(conn, seq)?;
-            counts::delivery_moved(&wf, &stage, &state, "in_flight");
+            conn.counts()
+                .delivery_moved(&wf, &stage, &state, "in_flight");
             leases.push(Lease {
                 delivery_id: DeliveryId(id),
                 seq,
@@ -410,13 +412,8 @@ fn delivery_row(conn: &Connection, lease: &Lease) -> Result<DeliveryRow> {
 
 /// Records one attempt and applies what [`delivery::decide`] made of it (design §2, §6).
 /// `jitter` in [-1, 1].
-fn record_in_tx(
-    conn: &Connection,
-    lease: &Lease,
-    o: &AttemptOutcome,
-    jitter: f64,
-) -> Result<Recorded> {
-    let now = now_ms();
+fn record_in_tx(conn: &Tx<'_>, lease: &Lease, o: &AttemptOutcome, jitter: f64) -> Result<Recorded> {
+    let now = conn.now();
     let d = delivery_row(conn, lease)?;
     let (spec, revision) = current_spec(conn, &d.workflow)?;
     let cfg = webhook_of(&spec, &d.stage);
@@ -505,7 +502,7 @@ fn record_in_tx(
         now,
         routed_version,
     ])?;
-    counts::delivery_moved(
+    conn.counts().delivery_moved(
         d.workflow.as_str(),
         d.stage.as_str(),
         d.state.as_str(),
@@ -527,7 +524,7 @@ struct Final<'a> {
 /// notification, the stage's run of failures (and auto-pause), and the item's routing.
 /// Returns the item version the routing wrote, when it routed.
 fn settle(
-    conn: &Connection,
+    conn: &Tx<'_>,
     spec: &Arc<Workflow>,
     revision: i64,
     d: &DeliveryRow,
@@ -642,7 +639,7 @@ fn settle(
 
 /// The `stage.paused` notifications of a stage that was just paused (by hand or by itself).
 pub(super) fn notify_paused(
-    conn: &Connection,
+    conn: &Tx<'_>,
     spec: &Workflow,
     stage: &StageId,
     reason: &str,
@@ -664,7 +661,7 @@ type RefireRow = (String, String, String, Option<String>, String, Option<i64>);
 
 /// Why a delivery cannot be re-fired now (`Err` with the reason), or what re-firing it takes.
 fn refire_refusal(
-    conn: &Connection,
+    conn: &Tx<'_>,
     id: &DeliveryId,
 ) -> Result<std::result::Result<Refirable, (RefusalKind, String)>> {
     let row: Option<RefireRow> = conn
@@ -743,12 +740,12 @@ fn refire_refusal(
 /// Re-fires `ids` in order until they are done or [`REFIRE_BUDGET`] has passed; returns the
 /// report and how many ids it took (the caller sends the rest in the next transaction).
 fn refire_in_tx(
-    conn: &Connection,
+    conn: &Tx<'_>,
     ids: &[DeliveryId],
     operator: &str,
 ) -> Result<(RefireReport, usize)> {
     let mut report = RefireReport::default();
-    let now = now_ms();
+    let now = conn.now();
     let started = std::time::Instant::now();
     let mut taken = 0;
     for id in ids {
@@ -810,7 +807,7 @@ impl Store {
                 info.host,
                 info.process_start,
                 info.started_at.timestamp_millis(),
-                now_ms(),
+                c.now(),
                 info.concurrency
             ])?;
             Ok(())
@@ -950,7 +947,7 @@ impl Store {
     /// `interrupted` attempt and is due again now.
     pub async fn release_leases(&self, owner: &str) -> Result<usize> {
         let owner = owner.to_string();
-        self.write_async("dispatch", move |c| reclaim(c, now_ms(), &[owner]))
+        self.write_async("dispatch", move |c| reclaim(c, c.now(), &[owner]))
             .await
     }
 
@@ -1099,7 +1096,7 @@ impl Store {
                     st.kind()
                 ))
             })?;
-            let now = now_ms();
+            let now = c.now();
             let id = DeliveryId::generate();
             let meta = DeliveryMeta {
                 delivery_id: id.clone(),
@@ -1127,7 +1124,7 @@ impl Store {
             ])?;
             let seq = c.last_insert_rowid();
             insert_body(c, &body)?;
-            counts::add_deliveries(wf.as_str(), stage.as_str(), "in_flight", 1);
+            c.counts().add_deliveries(wf.as_str(), stage.as_str(), "in_flight", 1);
             audit(c, &op, "test", &format!("stage {wf}/{stage}"), None, 1)?;
             Ok(Lease {
                 delivery_id: id,
@@ -1201,7 +1198,7 @@ impl Store {
             let mut max: std::collections::HashMap<String, Arc<Workflow>> = Default::default();
             for (seq, mut e) in rows {
                 if !max.contains_key(e.workflow.as_str())
-                    && let Ok((spec, _)) = current_spec(c, &e.workflow)
+                    && let Ok((spec, _)) = read_current_spec(c, &e.workflow)
                 {
                     max.insert(e.workflow.to_string(), spec);
                 }

@@ -11,12 +11,12 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::counts;
+use super::Tx;
 use super::deliveries::{
     DeliverySummary, cancel_open_deliveries, insert_delivery, insert_notifications,
 };
 use super::workflows::current_spec;
-use super::{Result, Store, StoreError, audit, now_ms, to_time, where_now};
+use super::{Result, Store, StoreError, audit, to_time, where_now};
 use crate::engine::{self, Outcome, Route};
 use crate::model::{
     CancelReason, DatasetRef, DeliveryId, DeliveryTrigger, EventType, HistoryCause, Item, ItemId,
@@ -286,7 +286,7 @@ pub(crate) fn load_item_head(conn: &Connection, id: &ItemId) -> Result<Option<It
 /// with no hops (a webhook failure without `on_failure`), only its state changes.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_route(
-    conn: &Connection,
+    conn: &Tx<'_>,
     wf: &Workflow,
     revision: i64,
     item: &Item,
@@ -326,8 +326,10 @@ pub(crate) fn apply_route(
     ])?;
     if route.stage != item.stage || route.state != item.state {
         let wf = item.workflow.as_str();
-        counts::add_items(wf, item.stage.as_str(), item.state.as_str(), -1);
-        counts::add_items(wf, route.stage.as_str(), route.state.as_str(), 1);
+        conn.counts()
+            .add_items(wf, item.stage.as_str(), item.state.as_str(), -1);
+        conn.counts()
+            .add_items(wf, route.stage.as_str(), route.state.as_str(), 1);
     }
     record_hops(
         conn,
@@ -347,7 +349,7 @@ pub(crate) fn apply_route(
 /// when the item landed in a webhook stage.
 #[allow(clippy::too_many_arguments)]
 fn record_hops(
-    conn: &Connection,
+    conn: &Tx<'_>,
     wf: &Workflow,
     revision: i64,
     item: &Item,
@@ -391,7 +393,7 @@ fn record_hops(
 /// The notifications of one history row: `item.created` (import) or `item.stage_changed`,
 /// and `item.completed` / `item.discarded` when it lands in a terminal stage.
 fn notify_hop(
-    conn: &Connection,
+    conn: &Tx<'_>,
     wf: &Workflow,
     item: &Item,
     hop: &engine::Hop,
@@ -460,7 +462,7 @@ fn insert_history(
 /// Imports items of `items` in order until they are done or the chunk's time budget is
 /// spent; returns the report and the items it did not get to.
 fn import_chunk(
-    conn: &Connection,
+    conn: &Tx<'_>,
     wf_id: &WorkflowId,
     mut items: Vec<NewItem>,
     default_dataset: &DatasetRef,
@@ -473,7 +475,7 @@ fn import_chunk(
         .ok_or_else(|| StoreError::Invalid(format!("workflow `{wf_id}` has no dataset stage")))?
         .id
         .clone();
-    let now = now_ms();
+    let now = conn.now();
     let mut report = ImportReport::default();
     let mut existing =
         conn.prepare_cached("SELECT workflow_id, fingerprint FROM items WHERE id = ?1")?;
@@ -592,7 +594,8 @@ fn import_chunk(
     }
     drop((existing, insert, content));
     for ((stage, state), n) in landed {
-        counts::add_items(wf_id.as_str(), stage.as_str(), state.as_str(), n);
+        conn.counts()
+            .add_items(wf_id.as_str(), stage.as_str(), state.as_str(), n);
     }
     let left = items.split_off(taken);
     Ok((report, left))
@@ -620,7 +623,7 @@ fn merge_moves(into: &mut MoveReport, chunk: MoveReport) {
 /// Moves one item (read in this transaction) along `route_for(item)`.
 #[allow(clippy::too_many_arguments)]
 fn move_one(
-    conn: &Connection,
+    conn: &Tx<'_>,
     wf: &Workflow,
     revision: i64,
     id: &ItemId,
@@ -673,7 +676,7 @@ fn move_one(
             return Ok(());
         }
     };
-    let now = now_ms();
+    let now = conn.now();
     let created = apply_route(
         conn,
         wf,
@@ -694,7 +697,7 @@ fn move_one(
 /// Moves every item of `from` into `to` in the caller's transaction (used by `workflow apply`
 /// when a removed stage still holds items).
 pub(crate) fn move_stage_items(
-    conn: &Connection,
+    conn: &Tx<'_>,
     wf: &Workflow,
     revision: i64,
     from: &StageId,
@@ -836,7 +839,7 @@ impl Store {
         items: &[NewItem],
     ) -> Result<Vec<(usize, String)>> {
         self.read(|c| {
-            current_spec(c, workflow)?;
+            super::workflows::read_current_spec(c, workflow)?;
             // One read transaction for every lookup, not one per item.
             c.execute_batch("BEGIN")?;
             let result = Self::foreign_ids_in(c, workflow, items);

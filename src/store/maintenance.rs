@@ -17,13 +17,13 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use super::counts;
+use super::Tx;
 use super::dispatch_ops::{hostname, process_start, reclaim};
 use super::items::{apply_route, enum_col, load_item};
 use super::workflows::current_spec;
 use super::{
-    DeliveryFilter, Result, SCHEMA_VERSION, Store, StoreError, audit, now_ms, open_connection,
-    schema, to_time,
+    DeliveryFilter, Result, SCHEMA_VERSION, Store, StoreError, audit, open_connection, schema,
+    to_time,
 };
 use crate::engine::{self, Outcome};
 use crate::model::{
@@ -138,7 +138,7 @@ fn page_stats(c: &Connection) -> Result<(i64, i64, i64, i64)> {
     ))
 }
 
-fn delete_chunk(c: &Connection, ids: &[String]) -> Result<(i64, i64)> {
+fn delete_chunk(c: &Tx<'_>, ids: &[String]) -> Result<(i64, i64)> {
     let (mut deliveries, mut attempts) = (0i64, 0i64);
     for id in ids {
         // Finished states are final, and a delivery that is not its item's latest in its stage
@@ -153,7 +153,7 @@ fn delete_chunk(c: &Connection, ids: &[String]) -> Result<(i64, i64)> {
         if let Some((seq, wf, stage, state)) = deleted {
             c.prepare_cached("DELETE FROM delivery_bodies WHERE seq = ?1")?
                 .execute([seq])?;
-            counts::add_deliveries(&wf, &stage, &state, -1);
+            c.counts().add_deliveries(&wf, &stage, &state, -1);
             deliveries += 1;
             attempts += c
                 .prepare_cached("DELETE FROM attempts WHERE delivery_id = ?1")?
@@ -173,8 +173,8 @@ fn wal_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn cutoff_ms(older_than: Duration) -> i64 {
-    now_ms().saturating_sub(older_than.as_millis().min(i64::MAX as u128) as i64)
+fn cutoff_ms(now: i64, older_than: Duration) -> i64 {
+    now.saturating_sub(older_than.as_millis().min(i64::MAX as u128) as i64)
 }
 
 impl Store {
@@ -186,7 +186,7 @@ impl Store {
             self.ensure_writable("prune")?;
         }
         let started = Instant::now();
-        let cutoff = cutoff_ms(opts.older_than);
+        let cutoff = cutoff_ms(self.now_ms(), opts.older_than);
         let mut report = PruneReport {
             dry_run: opts.dry_run,
             cutoff: Some(to_time(cutoff)),
@@ -248,7 +248,8 @@ impl Store {
             }
         }
         if let Some(age) = opts.audit_older_than {
-            report.audit_rows = self.prune_audit(cutoff_ms(age), opts.dry_run, &mut report)?;
+            report.audit_rows =
+                self.prune_audit(cutoff_ms(self.now_ms(), age), opts.dry_run, &mut report)?;
         }
         if !opts.dry_run {
             let (_, pages1, free1, _) = self.read(page_stats)?;
@@ -579,7 +580,8 @@ pub fn check_database(path: &Path) -> Result<HealthReport> {
         });
     }
     let c = open_connection(path, true)?;
-    let now = now_ms();
+    // A report on a file, not a store: the system clock.
+    let now = chrono::Utc::now().timestamp_millis();
     let mut checks = Vec::new();
 
     // A damaged page can stop integrity_check itself: that is its finding, not a failure of
@@ -884,7 +886,7 @@ impl Store {
     /// own writes; this is for rows written into the file by other means (the benchmarks'
     /// plain-SQL generators). `check --repair` does the same when `check` finds them wrong.
     pub fn recount(&self) -> Result<()> {
-        self.write("recount", counts::recompute)
+        self.write("recount", |c| c.counts().recompute(c))
     }
 }
 
@@ -925,7 +927,7 @@ impl Store {
         if failing("expired_leases") {
             let op = operator.to_string();
             let n = self.write("repair", move |c| {
-                let n = reclaim(c, now_ms(), &[])?;
+                let n = reclaim(c, c.now(), &[])?;
                 audit(c, &op, "repair", "expired leases", None, n as i64)?;
                 Ok(n)
             })?;
@@ -943,7 +945,7 @@ impl Store {
                 }
                 let op = operator.to_string();
                 total += self.write("repair", move |c| {
-                    let now = now_ms();
+                    let now = c.now();
                     let mut n = 0;
                     for id in &ids {
                         let open: Option<(String, String, String)> = c
@@ -963,7 +965,7 @@ impl Store {
                              WHERE id = ?1",
                         )?
                         .execute(params![id, op, now])?;
-                        counts::delivery_moved(&wf, &stage, &state, "cancelled");
+                        c.counts().delivery_moved(&wf, &stage, &state, "cancelled");
                         n += 1;
                     }
                     audit(c, &op, "repair", "orphaned deliveries", None, n as i64)?;
@@ -977,7 +979,7 @@ impl Store {
         if failing("counters") {
             let op = operator.to_string();
             self.write("repair", move |c| {
-                counts::recompute(c)?;
+                c.counts().recompute(c)?;
                 audit(c, &op, "repair", "counters", None, 1)
             })?;
             repaired.push("recomputed the item and delivery counters".into());
@@ -1014,9 +1016,9 @@ type CancelRow = (
     EventType,
 );
 
-fn cancel_in_tx(c: &Connection, ids: &[DeliveryId], op: &str) -> Result<CancelReport> {
+fn cancel_in_tx(c: &Tx<'_>, ids: &[DeliveryId], op: &str) -> Result<CancelReport> {
     let mut report = CancelReport::default();
-    let now = now_ms();
+    let now = c.now();
     for id in ids {
         let row: Option<CancelRow> = c
             .prepare_cached(
@@ -1046,7 +1048,8 @@ fn cancel_in_tx(c: &Connection, ids: &[DeliveryId], op: &str) -> Result<CancelRe
              WHERE id = ?1 AND state IN {OPEN}"
         ))?
         .execute(params![id.as_str(), op, now])?;
-        counts::delivery_moved(&wf, &stage, state.as_str(), "cancelled");
+        c.counts()
+            .delivery_moved(&wf, &stage, state.as_str(), "cancelled");
         report.cancelled += 1;
         let stage = StageId(stage);
         let item = match item_id.filter(|_| event == EventType::StageWebhook) {

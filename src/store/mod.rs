@@ -20,6 +20,7 @@ mod items;
 mod maintenance;
 mod policy;
 mod schema;
+mod tx;
 mod workflows;
 mod writer;
 
@@ -36,6 +37,8 @@ pub use dispatch_ops::*;
 pub use items::*;
 pub use maintenance::*;
 pub use policy::*;
+pub use tx::Clock;
+pub(crate) use tx::Tx;
 pub use workflows::*;
 
 /// What happened on the wire: a plain record, kept in the model; re-exported where callers
@@ -96,6 +99,8 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// File mode when the file is created (0600 by default; `--db-mode 0660` for a team).
     pub create_mode: u32,
+    /// Where the store's times come from: the system clock, or an adjustable one in tests.
+    pub clock: Clock,
 }
 
 impl Default for OpenOptions {
@@ -103,6 +108,7 @@ impl Default for OpenOptions {
         Self {
             read_only: false,
             create_mode: 0o600,
+            clock: Clock::system(),
         }
     }
 }
@@ -117,6 +123,7 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     read_only: bool,
+    clock: Clock,
     writer: Option<writer::Writer>,
     readers: Mutex<Vec<Connection>>,
 }
@@ -221,12 +228,13 @@ impl Store {
         let writer = if opts.read_only {
             None
         } else {
-            Some(writer::Writer::start(conn)?)
+            Some(writer::Writer::start(conn, opts.clock.clone())?)
         };
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 read_only: opts.read_only,
+                clock: opts.clock.clone(),
                 writer,
                 readers: Mutex::new(Vec::new()),
             }),
@@ -239,6 +247,11 @@ impl Store {
 
     pub fn is_read_only(&self) -> bool {
         self.inner.read_only
+    }
+
+    /// Now, by the store's clock, in ms since the epoch (reads that compare with due times).
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
     }
 
     /// Refuses `action` when the store is read-only.
@@ -278,7 +291,7 @@ impl Store {
     pub(crate) fn write<R: Send + 'static>(
         &self,
         action: &'static str,
-        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+        f: impl FnOnce(&Tx<'_>) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         self.ensure_writable(action)?;
         match &self.inner.writer {
@@ -291,7 +304,7 @@ impl Store {
     pub(crate) async fn write_async<R: Send + 'static>(
         &self,
         action: &'static str,
-        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+        f: impl FnOnce(&Tx<'_>) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         self.ensure_writable(action)?;
         match &self.inner.writer {
@@ -412,11 +425,6 @@ fn check_is_database(conn: &Connection, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Milliseconds since the Unix epoch, the store's time unit.
-pub(crate) fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
 pub(crate) fn to_time(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms)
         .single()
@@ -435,7 +443,7 @@ pub struct AuditEntry {
 }
 
 pub(crate) fn audit(
-    conn: &Connection,
+    conn: &Tx<'_>,
     operator: &str,
     action: &str,
     target: &str,
@@ -445,7 +453,7 @@ pub(crate) fn audit(
     conn.prepare_cached(
         "INSERT INTO audit (at, operator, action, target, filter, count) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(rusqlite::params![now_ms(), operator, action, target, filter, count])?;
+    .execute(rusqlite::params![conn.now(), operator, action, target, filter, count])?;
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use super::{Result, Store, StoreError, audit, now_ms, to_time};
+use super::{Result, Store, StoreError, Tx, audit, to_time};
 use crate::model::{ItemState, StageId, StageKind, WorkflowId};
 use crate::workflow::Workflow;
 
@@ -140,56 +140,17 @@ fn parse_spec(text: String) -> Result<Arc<Workflow>> {
     Ok(wf)
 }
 
-/// Per workflow id: its current revision and spec.
-type CurrentSpecs = HashMap<String, (i64, Arc<Workflow>)>;
-
-thread_local! {
-    /// The current specs read in the writer's current transaction. `Some` only on the writer
-    /// thread between `BEGIN IMMEDIATE` and the end of the transaction, when no other
-    /// connection can write: a workflow's revision then changes only through this thread's
-    /// own apply, which forgets the cache, so a hit reads nothing. Also forgotten when a job
-    /// fails (it may have added a revision that is gone now).
-    static TX_SPECS: std::cell::RefCell<Option<CurrentSpecs>> =
-        const { std::cell::RefCell::new(None) };
+/// The current spec and revision of a workflow, in a write transaction (read once per
+/// transaction: [`Tx::spec`]).
+pub(crate) fn current_spec(tx: &Tx<'_>, id: &WorkflowId) -> Result<(Arc<Workflow>, i64)> {
+    tx.spec(id)
 }
 
-/// Starts (`true`) or ends (`false`) the writer's per-transaction spec cache on this thread.
-pub(super) fn tx_spec_cache(active: bool) {
-    TX_SPECS.with(|c| *c.borrow_mut() = active.then(HashMap::new));
-}
-
-/// Forgets the specs cached in this transaction (a job failed, or a revision was applied).
-pub(super) fn tx_spec_cache_clear() {
-    TX_SPECS.with(|c| {
-        if let Some(m) = c.borrow_mut().as_mut() {
-            m.clear();
-        }
-    });
-}
-
-/// The current spec and revision of a workflow.
-pub(crate) fn current_spec(conn: &Connection, id: &WorkflowId) -> Result<(Arc<Workflow>, i64)> {
-    let cached = TX_SPECS.with(|c| {
-        c.borrow()
-            .as_ref()
-            .map(|m| m.get(id.as_str()).map(|(rev, spec)| (spec.clone(), *rev)))
-    });
-    match cached {
-        None => read_current_spec(conn, id),
-        Some(Some(hit)) => Ok(hit),
-        Some(None) => {
-            let found = read_current_spec(conn, id)?;
-            TX_SPECS.with(|c| {
-                if let Some(m) = c.borrow_mut().as_mut() {
-                    m.insert(id.as_str().to_string(), (found.1, found.0.clone()));
-                }
-            });
-            Ok(found)
-        }
-    }
-}
-
-fn read_current_spec(conn: &Connection, id: &WorkflowId) -> Result<(Arc<Workflow>, i64)> {
+/// The current spec and revision of a workflow, read from the database.
+pub(crate) fn read_current_spec(
+    conn: &Connection,
+    id: &WorkflowId,
+) -> Result<(Arc<Workflow>, i64)> {
     let row: Option<(String, i64)> = conn
         .prepare_cached(
             "SELECT r.spec, w.revision FROM workflows w
@@ -207,22 +168,25 @@ fn read_current_spec(conn: &Connection, id: &WorkflowId) -> Result<(Arc<Workflow
     }
 }
 
-fn stage_item_count(conn: &Connection, wf: &WorkflowId, stage: &StageId) -> Result<i64> {
+fn stage_item_count(conn: &Tx<'_>, wf: &WorkflowId, stage: &StageId) -> Result<i64> {
     let stored: i64 = conn
         .prepare_cached(
             "SELECT COALESCE(SUM(n), 0) FROM item_counts WHERE workflow_id = ?1 AND stage_id = ?2",
         )?
         .query_row([wf.as_str(), stage.as_str()], |r| r.get(0))?;
-    Ok(stored + super::counts::unwritten_items_in_stage(wf.as_str(), stage.as_str()))
+    Ok(stored
+        + conn
+            .counts()
+            .unwritten_items_in_stage(wf.as_str(), stage.as_str()))
 }
 
 fn apply_in_tx(
-    conn: &Connection,
+    conn: &Tx<'_>,
     wf: &Workflow,
     moves: &MoveMap,
     operator: &str,
 ) -> Result<ApplyReport> {
-    let now = now_ms();
+    let now = conn.now();
     let spec = serde_json::to_string(wf)?;
     let existing = current_spec(conn, &wf.id);
     let (old, old_rev) = match existing {
@@ -308,7 +272,7 @@ fn apply_in_tx(
         params![wf.id.as_str(), revision, spec, now, operator],
     )?;
     // The transaction's cached current spec of this workflow is stale now.
-    tx_spec_cache_clear();
+    conn.forget_specs();
     for id in &retire {
         conn.execute(
             "UPDATE stages SET retired_at = ?3 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
@@ -506,7 +470,7 @@ impl Store {
 
     /// The current validated spec of a workflow (with secrets: never print it raw).
     pub fn workflow_spec(&self, id: &WorkflowId) -> Result<Arc<Workflow>> {
-        self.read(|c| current_spec(c, id).map(|(wf, _)| wf))
+        self.read(|c| read_current_spec(c, id).map(|(wf, _)| wf))
     }
 
     pub fn list_workflows(&self) -> Result<Vec<WorkflowSummary>> {
@@ -517,7 +481,7 @@ impl Store {
                 .collect::<rusqlite::Result<_>>()?;
             let mut out = Vec::new();
             for id in ids {
-                let (wf, rev) = current_spec(c, &WorkflowId(id))?;
+                let (wf, rev) = read_current_spec(c, &WorkflowId(id))?;
                 out.push(summary_row(c, &wf, rev)?.summary);
             }
             Ok(out)
@@ -526,7 +490,7 @@ impl Store {
 
     pub fn workflow_detail(&self, id: &WorkflowId) -> Result<WorkflowDetail> {
         self.read(|c| {
-            let (wf, rev) = current_spec(c, id)?;
+            let (wf, rev) = read_current_spec(c, id)?;
             summary_row(c, &wf, rev)
         })
     }
@@ -582,7 +546,7 @@ impl Store {
             audit(c, &operator, action, &format!("stage {wf}/{stage}"), None, 1)?;
             if paused && !was {
                 let reason = format!("paused by {operator}");
-                super::dispatch_ops::notify_paused(c, &spec, &stage, &reason, Some(&operator), now_ms())?;
+                super::dispatch_ops::notify_paused(c, &spec, &stage, &reason, Some(&operator), c.now())?;
             }
             Ok(was != paused)
         })

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
+use super::tx::{Clock, Tx};
 use super::{Result, StoreError};
 
 /// How long one group commit may keep taking queued jobs before it commits.
@@ -29,7 +30,7 @@ trait Job: Send {
     /// Runs the job in its own savepoint, or, when `alone` (it is the first job of its
     /// transaction), without one: nothing else would be rolled back with it, so the writer
     /// rolls back the whole transaction when it fails. Returns whether it succeeded.
-    fn run(&mut self, conn: &Connection, alone: bool) -> bool;
+    fn run(&mut self, tx: &Tx<'_>, alone: bool) -> bool;
     fn finish(self: Box<Self>, commit: std::result::Result<(), String>);
 }
 
@@ -42,17 +43,18 @@ struct TypedJob<R, F> {
 impl<R, F> Job for TypedJob<R, F>
 where
     R: Send,
-    F: FnOnce(&Connection) -> Result<R> + Send,
+    F: FnOnce(&Tx<'_>) -> Result<R> + Send,
 {
-    fn run(&mut self, conn: &Connection, alone: bool) -> bool {
+    fn run(&mut self, tx: &Tx<'_>, alone: bool) -> bool {
         if let Some(f) = self.f.take() {
+            tx.start_job();
             // A savepoint costs more than its two statements: SQLite copies every page the
             // job changes into the savepoint's journal first, and the dispatcher's batch job,
             // which changes many pages, is usually the first of its transaction.
             self.result = Some(if alone {
-                end_job(f(conn))
+                end_job(tx, f(tx))
             } else {
-                in_savepoint(conn, f)
+                in_savepoint(tx, f)
             });
         }
         matches!(self.result, Some(Ok(_)))
@@ -73,23 +75,21 @@ where
 /// What every job's end leaves behind, with or without a savepoint: its counter deltas join
 /// the transaction's when it succeeded, and the transaction's spec cache is forgotten when it
 /// failed (it may have read a revision that is gone now).
-fn end_job<R>(result: Result<R>) -> Result<R> {
-    super::counts::end_job(result.is_ok());
-    if result.is_err() {
-        super::workflows::tx_spec_cache_clear();
-    }
+fn end_job<R>(tx: &Tx<'_>, result: Result<R>) -> Result<R> {
+    tx.end_job(result.is_ok());
     result
 }
 
-fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+fn in_savepoint<R>(tx: &Tx<'_>, f: impl FnOnce(&Tx<'_>) -> Result<R>) -> Result<R> {
+    let conn = tx.conn();
     // Cached statements: these two run for every job, and parsing them each time showed up
     // in the writer's profile.
     conn.prepare_cached("SAVEPOINT job")?.execute([])?;
-    let result = f(conn).and_then(|r| {
+    let result = f(tx).and_then(|r| {
         conn.prepare_cached("RELEASE job")?.execute([])?;
         Ok(r)
     });
-    let result = end_job(result);
+    let result = end_job(tx, result);
     // After some errors (a full disk, I/O) SQLite has already rolled back the whole
     // transaction: there is no savepoint left to roll back to.
     if result.is_err() && !conn.is_autocommit() {
@@ -116,7 +116,7 @@ pub(super) struct Stats {
 }
 
 impl Writer {
-    pub(super) fn start(mut conn: Connection) -> Result<Writer> {
+    pub(super) fn start(mut conn: Connection, clock: Clock) -> Result<Writer> {
         // SQLite's automatic checkpoint runs inside COMMIT, after the write lock is released
         // but before COMMIT returns, so it counted as lock hold time (a 745 ms "hold" during a
         // prune when other writers waited at most 120 ms). The writer checkpoints by itself
@@ -134,7 +134,7 @@ impl Writer {
         let thread_stats = stats.clone();
         thread::Builder::new()
             .name("hookops-writer".into())
-            .spawn(move || writer_loop(conn, rx, commit_tx, &thread_stats, &wal_pages))
+            .spawn(move || writer_loop(conn, &clock, rx, commit_tx, &thread_stats, &wal_pages))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         Ok(Writer {
             jobs,
@@ -154,7 +154,7 @@ impl Writer {
     fn submit<R, F>(&self, f: F) -> Result<oneshot::Receiver<Result<R>>>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<R> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         let job = TypedJob {
@@ -171,7 +171,7 @@ impl Writer {
     pub(super) fn run<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<R> + Send + 'static,
     {
         let rx = self.submit(f)?;
         // Inside a tokio runtime, blocking_recv would panic: callers there use run_async.
@@ -181,7 +181,7 @@ impl Writer {
     pub(super) async fn run_async<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<R> + Send + 'static,
     {
         let rx = self.submit(f)?;
         rx.await.map_err(|_| StoreError::WriterGone)?
@@ -190,6 +190,7 @@ impl Writer {
 
 fn writer_loop(
     conn: Connection,
+    clock: &Clock,
     rx: mpsc::Receiver<Box<dyn Job>>,
     commits: watch::Sender<u64>,
     stats: &Stats,
@@ -215,9 +216,9 @@ fn writer_loop(
             continue;
         }
         let started = Instant::now();
-        super::workflows::tx_spec_cache(true);
+        let tx = Tx::new(&conn, clock.clone());
         let mut batch = vec![first];
-        if !batch[0].run(&conn, true) && !conn.is_autocommit() {
+        if !batch[0].run(&tx, true) && !conn.is_autocommit() {
             // The first job failed without a savepoint: undo the transaction, which holds
             // nothing else, and start the next one for the jobs behind it.
             let _ = conn.execute_batch("ROLLBACK");
@@ -229,28 +230,26 @@ fn writer_loop(
         while !rolled_back && batch.len() < MAX_BATCH && started.elapsed() < BATCH_BUDGET {
             match rx.try_recv() {
                 Ok(mut job) => {
-                    job.run(&conn, false);
+                    job.run(&tx, false);
                     batch.push(job);
                     rolled_back = conn.is_autocommit();
                 }
                 Err(_) => break,
             }
         }
-        super::workflows::tx_spec_cache(false);
         // The counters the batch changed are written last, once each (see `counts`).
         let commit = if rolled_back {
             Err("the database rolled back the transaction after an error".to_string())
         } else {
-            super::counts::flush(&conn)
+            tx.flush_counts()
                 .map_err(|e| e.to_string())
                 .and_then(|()| conn.execute_batch("COMMIT").map_err(|e| e.to_string()))
                 .inspect_err(|_| {
                     let _ = conn.execute_batch("ROLLBACK");
                 })
         };
-        if commit.is_err() {
-            super::counts::discard();
-        }
+        // The transaction's context (its counter deltas, its specs) ends with it.
+        drop(tx);
         let held = started.elapsed().as_micros() as u64;
         stats.max_hold_us.fetch_max(held, Ordering::Relaxed);
         stats.busy_us.fetch_add(held, Ordering::Relaxed);
@@ -282,7 +281,7 @@ mod tests {
         let path = dir.path().join("w.db");
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
-        (Writer::start(conn).unwrap(), path)
+        (Writer::start(conn, Clock::system()).unwrap(), path)
     }
 
     /// The values committed to `t`, in order.
@@ -301,7 +300,7 @@ mod tests {
     /// runs, so the caller can queue more jobs behind it first.
     fn gated_first_job<R: Send + 'static>(
         writer: &Writer,
-        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+        f: impl FnOnce(&Tx<'_>) -> Result<R> + Send + 'static,
     ) -> (mpsc::Sender<()>, oneshot::Receiver<Result<R>>) {
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let rx = writer
@@ -369,7 +368,6 @@ mod tests {
     /// succeeded: a failed job's savepoint takes its deltas with it.
     #[test]
     fn counters_keep_the_deltas_of_the_jobs_that_succeeded() {
-        use super::super::counts;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         let conn = Connection::open(&path).unwrap();
@@ -378,18 +376,18 @@ mod tests {
                  PRIMARY KEY (workflow_id, stage_id, state))",
         )
         .unwrap();
-        let writer = Writer::start(conn).unwrap();
+        let writer = Writer::start(conn, Clock::system()).unwrap();
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let first = writer
-            .submit(move |_| {
+            .submit(move |c| {
                 go_rx.recv().unwrap();
-                counts::add_items("w", "s", "waiting", 2);
+                c.counts().add_items("w", "s", "waiting", 2);
                 Ok(())
             })
             .unwrap();
         let failing = writer
-            .submit(|_| {
-                counts::add_items("w", "s", "waiting", 5);
+            .submit(|c| {
+                c.counts().add_items("w", "s", "waiting", 5);
                 Err::<(), _>(StoreError::Invalid("refused".into()))
             })
             .unwrap();
@@ -400,7 +398,7 @@ mod tests {
                     c.query_row("SELECT COALESCE(SUM(n), 0) FROM item_counts", [], |r| {
                         r.get(0)
                     })?;
-                Ok(stored + counts::unwritten_items_in_stage("w", "s"))
+                Ok(stored + c.counts().unwritten_items_in_stage("w", "s"))
             })
             .unwrap();
         go_tx.send(()).unwrap();
@@ -423,7 +421,7 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         conn.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
-        let writer = Writer::start(conn).unwrap();
+        let writer = Writer::start(conn, Clock::system()).unwrap();
         // 100 commits of ~200 KiB: ~5,000 pages written in all.
         for _ in 0..100 {
             writer

@@ -1,0 +1,152 @@
+//! The context of one write transaction: what every write job of the store runs with.
+//!
+//! A [`Tx`] carries the connection, the job's `now` (read once from the store's [`Clock`] when
+//! the job starts, so every row a job writes carries one time), the workflow specs read in
+//! this transaction, and the counter deltas of its jobs ([`super::counts`]). The writer makes
+//! one per transaction, from `BEGIN` to `COMMIT` or `ROLLBACK`, and hands it to each job in
+//! turn; nothing about a transaction lives in thread-locals or globals.
+//!
+//! The spec cache is sound because no other connection can write while the transaction holds
+//! the write lock: a workflow's revision changes only through this transaction's own apply,
+//! which forgets the cache ([`Tx::forget_specs`]), and a job that fails forgets it too (it may
+//! have read a revision that is gone now).
+//!
+//! For now a `Tx` dereferences to the SQLite connection, so the store's SQL runs on it as
+//! before; the row operations a second backend needs are named in `ARCHITECTURE.md`.
+
+use std::cell::{Cell, RefCell, RefMut};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::Result;
+use super::counts::Deltas;
+use crate::model::WorkflowId;
+use crate::workflow::Workflow;
+
+/// The store's time source, in milliseconds since the Unix epoch. The system clock, or (for
+/// tests of rules that need time to pass: lease expiry, due retries, pruning by age) the
+/// system clock moved forward by an offset the test controls.
+#[derive(Clone, Debug, Default)]
+pub struct Clock {
+    offset_ms: Option<Arc<AtomicI64>>,
+}
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Clock {
+        Clock::default()
+    }
+
+    /// The system clock plus an offset that starts at zero and grows with [`Clock::advance`].
+    /// Clones share the offset.
+    pub fn adjustable() -> Clock {
+        Clock {
+            offset_ms: Some(Arc::new(AtomicI64::new(0))),
+        }
+    }
+
+    /// Moves an adjustable clock forward (no effect on the system clock).
+    pub fn advance(&self, by: Duration) {
+        if let Some(o) = &self.offset_ms {
+            o.fetch_add(by.as_millis() as i64, Ordering::Relaxed);
+        }
+    }
+
+    /// Now, in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        let offset = self
+            .offset_ms
+            .as_ref()
+            .map_or(0, |o| o.load(Ordering::Relaxed));
+        chrono::Utc::now().timestamp_millis() + offset
+    }
+}
+
+/// Per workflow id: its current revision and spec.
+type CurrentSpecs = HashMap<String, (i64, Arc<Workflow>)>;
+
+/// One write transaction's context (see the module's documentation).
+pub(crate) struct Tx<'c> {
+    conn: &'c Connection,
+    clock: Clock,
+    now: Cell<i64>,
+    specs: RefCell<CurrentSpecs>,
+    counts: RefCell<Deltas>,
+}
+
+impl<'c> Tx<'c> {
+    /// The context of a transaction just begun on `conn`.
+    pub(super) fn new(conn: &'c Connection, clock: Clock) -> Tx<'c> {
+        let now = Cell::new(clock.now_ms());
+        Tx {
+            conn,
+            clock,
+            now,
+            specs: RefCell::default(),
+            counts: RefCell::default(),
+        }
+    }
+
+    /// The connection the transaction runs on.
+    pub(crate) fn conn(&self) -> &'c Connection {
+        self.conn
+    }
+
+    /// A job starts: it gets its own `now`.
+    pub(super) fn start_job(&self) {
+        self.now.set(self.clock.now_ms());
+    }
+
+    /// A job ended: its counter deltas join the transaction's when it succeeded; when it
+    /// failed they go with it, and so does the spec cache.
+    pub(super) fn end_job(&self, succeeded: bool) {
+        self.counts.borrow_mut().end_job(succeeded);
+        if !succeeded {
+            self.forget_specs();
+        }
+    }
+
+    /// The time of the running job, in ms since the epoch.
+    pub(crate) fn now(&self) -> i64 {
+        self.now.get()
+    }
+
+    /// The transaction's counter deltas.
+    pub(super) fn counts(&self) -> RefMut<'_, Deltas> {
+        self.counts.borrow_mut()
+    }
+
+    /// The current spec and revision of a workflow, read once per transaction.
+    pub(crate) fn spec(&self, id: &WorkflowId) -> Result<(Arc<Workflow>, i64)> {
+        if let Some((rev, spec)) = self.specs.borrow().get(id.as_str()) {
+            return Ok((spec.clone(), *rev));
+        }
+        let found = super::workflows::read_current_spec(self.conn, id)?;
+        self.specs
+            .borrow_mut()
+            .insert(id.as_str().to_string(), (found.1, found.0.clone()));
+        Ok(found)
+    }
+
+    /// Forgets the specs read in this transaction (a revision was applied, or a job failed).
+    pub(super) fn forget_specs(&self) {
+        self.specs.borrow_mut().clear();
+    }
+
+    /// Writes the transaction's counter deltas, just before `COMMIT`.
+    pub(super) fn flush_counts(&self) -> Result<()> {
+        self.counts.borrow_mut().flush(self.conn)
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
