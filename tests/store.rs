@@ -58,6 +58,7 @@ macro_rules! conformance_suite {
                 shutdown_releases_leases_as_interrupted_attempts_due_now,
                 max_in_flight_caps_a_stage_across_dispatchers,
                 record_and_lease_records_first_so_a_finished_slot_frees_its_stage,
+                a_batch_that_fails_keeps_nothing_of_its_records_or_leases,
                 attempt_numbers_are_unique_and_only_scheduled_uninterrupted_ones_count,
                 outcomes_are_classified_by_status_then_error,
                 retries_are_due_at_the_attempts_end_plus_the_schedule_entry,
@@ -69,6 +70,9 @@ macro_rules! conformance_suite {
                 replay_is_a_manual_attempt_that_changes_nothing,
                 a_test_delivery_is_manual_moves_nothing_and_is_never_retried,
                 cancel_with_an_attempt_in_flight_routes_once,
+                cancel_selects_open_deliveries_by_filter_oldest_first,
+                bulk_refire_takes_only_each_items_latest_failed_delivery,
+                moves_are_compare_and_set_on_stage_and_version,
                 a_paused_stage_leases_nothing_but_replay_and_test_still_go,
                 a_stage_pauses_itself_after_consecutive_failures,
                 notifications_are_written_in_the_transaction_of_their_change,
@@ -776,6 +780,50 @@ pub mod cases {
         assert_eq!(next[0].item_id, Some(ItemId::new("c3")));
     }
 
+    /// The dispatcher's batch is all or nothing: when one record fails, no record, lease or
+    /// counter change of the job is kept, and each attempt can then be recorded alone.
+    pub fn a_batch_that_fails_keeps_nothing_of_its_records_or_leases(w: &World) {
+        w.import(&["a", "b", "c"]);
+        w.assign(&["a", "b"], "hook");
+        let leases = w.lease("one", 10);
+        assert_eq!(leases.len(), 2);
+        w.assign(&["c"], "hook");
+        let mut bogus = leases[1].clone();
+        bogus.seq = -1;
+        bogus.delivery_id = DeliveryId::new("msg_not_a_delivery");
+        let finished = Arc::new(vec![(leases[0].clone(), answer(200)), (bogus, answer(200))]);
+        let result =
+            w.rt.block_on(w.store.record_and_lease("one", move || (finished, 5)));
+        assert!(
+            result.is_err(),
+            "a record of an unknown delivery fails the batch"
+        );
+        w.counts();
+        assert_eq!(
+            w.latest("a").state,
+            DeliveryState::InFlight,
+            "its record was undone"
+        );
+        assert!(w.attempts(&leases[0].delivery_id).is_empty());
+        assert_eq!(w.at("a").0, "hook");
+        assert_eq!(
+            w.latest("c").state,
+            DeliveryState::Pending,
+            "its lease was undone"
+        );
+        // Alone, each record that can be made is made.
+        assert_eq!(
+            w.record(&leases[0], answer(200)).state,
+            DeliveryState::Succeeded
+        );
+        assert_eq!(
+            w.record(&leases[1], answer(200)).state,
+            DeliveryState::Succeeded
+        );
+        let c = w.lease_one("one", "c");
+        assert_eq!(c.number, 1);
+    }
+
     // --- Attempts ----------------------------------------------------------------------------
 
     /// §6 attempt numbers: allocated at lease, unique per delivery; only scheduled attempts
@@ -1353,6 +1401,172 @@ pub mod cases {
             r.refused[0].1.contains("already cancelled"),
             "{:?}",
             r.refused
+        );
+    }
+
+    /// Issue 8's cancel by filter: every open delivery matching it (pending, retry_scheduled
+    /// and in_flight), oldest first; a finished state is refused.
+    pub fn cancel_selects_open_deliveries_by_filter_oldest_first(w: &World) {
+        w.import(&["a", "b", "c", "d"]);
+        w.assign(&["a"], "hook");
+        let a = w.lease_one("one", "a");
+        w.record(&a, answer(503)); // retry_scheduled
+        w.assign(&["b"], "hook");
+        let b = w.lease_one("one", "b"); // in_flight
+        w.assign(&["c"], "hook"); // pending
+        w.assign(&["d"], "bare"); // another stage
+        let hook = DeliveryFilter {
+            stage: Some(st("hook")),
+            ..DeliveryFilter::default()
+        };
+        let open = w.store.open_deliveries(&hook, None).unwrap();
+        assert_eq!(
+            open,
+            vec![
+                a.delivery_id.clone(),
+                b.delivery_id.clone(),
+                w.latest("c").id
+            ]
+        );
+        assert_eq!(w.store.open_deliveries(&hook, Some(2)).unwrap().len(), 2);
+        let retrying = DeliveryFilter {
+            state: Some(DeliveryState::RetryScheduled),
+            ..hook.clone()
+        };
+        assert_eq!(
+            w.store.open_deliveries(&retrying, None).unwrap(),
+            vec![a.delivery_id.clone()]
+        );
+        let finished = DeliveryFilter {
+            state: Some(DeliveryState::Failed),
+            ..hook.clone()
+        };
+        assert!(w.store.open_deliveries(&finished, None).is_err());
+
+        let r = w.store.cancel_deliveries(&open, OP).unwrap();
+        w.counts();
+        assert_eq!(r.cancelled, 3);
+        assert_eq!(r.routed.len(), 3);
+        for id in ["a", "b", "c"] {
+            assert_eq!(w.at(id).0, "fail-sink", "{id}");
+        }
+        assert!(w.store.open_deliveries(&hook, None).unwrap().is_empty());
+        assert_eq!(w.latest("d").state, DeliveryState::Pending, "not matched");
+        assert!(w.record(&b, answer(200)).lease_lost);
+        assert_eq!(w.at("b").0, "fail-sink");
+    }
+
+    /// §2 re-fire of "every failed delivery matching a filter" takes only each item's latest
+    /// `stage.webhook` delivery, oldest first (an older one would only be refused).
+    pub fn bulk_refire_takes_only_each_items_latest_failed_delivery(w: &World) {
+        w.import(&["a", "b", "c"]);
+        for id in ["a", "b", "c"] {
+            w.assign(&[id], "bare");
+            let lease = w.lease_one("one", id);
+            w.record(&lease, answer(if id == "c" { 200 } else { 500 }));
+        }
+        let first_a = w.latest("a").id;
+        assert_eq!(
+            w.store
+                .refire(std::slice::from_ref(&first_a), OP)
+                .unwrap()
+                .refired,
+            1
+        );
+        let lease = w.lease_one("one", "a");
+        w.record(&lease, answer(500));
+        let failed = w
+            .store
+            .failed_deliveries(
+                &DeliveryFilter {
+                    workflow: Some(wf()),
+                    ..DeliveryFilter::default()
+                },
+                None,
+            )
+            .unwrap();
+        assert_eq!(failed, vec![w.latest("b").id, w.latest("a").id]);
+        assert!(!failed.contains(&first_a));
+        let r = w.store.refire(&failed, OP).unwrap();
+        w.counts();
+        assert_eq!((r.refired, r.refused.len()), (2, 0));
+        assert!(
+            w.store
+                .failed_deliveries(&DeliveryFilter::default(), None)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// §6 compare-and-set: an assign or advance that names the stage or version the operator
+    /// saw is refused, saying where the item is now, once the item has moved.
+    pub fn moves_are_compare_and_set_on_stage_and_version(w: &World) {
+        w.import(&["a", "b"]);
+        let v = w.at("a").2;
+        let r = w
+            .store
+            .assign(
+                &wf(),
+                &st("ok-sink"),
+                &AssignTarget::Versions(vec![(ItemId::new("a"), v), (ItemId::new("b"), v + 1)]),
+                None,
+                OP,
+            )
+            .unwrap();
+        w.counts();
+        assert_eq!(r.moved, 1);
+        assert_eq!(r.refused.len(), 1);
+        assert_eq!(r.refused[0].item_id, ItemId::new("b"));
+        assert!(
+            r.refused[0].reason.contains("is now in stage `hold`"),
+            "{}",
+            r.refused[0].reason
+        );
+        let r = w
+            .store
+            .assign(
+                &wf(),
+                &st("fail-sink"),
+                &AssignTarget::Items(vec![ItemId::new("a"), ItemId::new("b")]),
+                Some(&st("hold")),
+                OP,
+            )
+            .unwrap();
+        w.counts();
+        assert_eq!((r.moved, r.refused.len()), (1, 1));
+        assert_eq!(r.refused[0].item_id, ItemId::new("a"));
+        assert_eq!(w.at("a").0, "ok-sink");
+        assert_eq!(w.at("b").0, "fail-sink");
+        let stale = Expect {
+            stage: Some(st("hold")),
+            version: None,
+        };
+        let r = w
+            .store
+            .advance(&[ItemId::new("a")], None, &stale, OP)
+            .unwrap();
+        assert_eq!((r.moved, r.refused.len()), (0, 1));
+        let fresh = Expect {
+            stage: Some(st("ok-sink")),
+            version: Some(w.at("a").2),
+        };
+        let r = w
+            .store
+            .advance(&[ItemId::new("a")], None, &fresh, OP)
+            .unwrap();
+        w.counts();
+        assert_eq!(r.moved, 1);
+        assert_eq!(w.at("a"), ("done".into(), ItemState::Done, v + 2));
+        assert!(
+            w.store
+                .assign(
+                    &wf(),
+                    &st("nowhere"),
+                    &AssignTarget::Items(vec![ItemId::new("a")]),
+                    None,
+                    OP
+                )
+                .is_err()
         );
     }
 
