@@ -64,6 +64,7 @@ macro_rules! conformance_suite {
                 retries_are_due_at_the_attempts_end_plus_the_schedule_entry,
                 retry_after_replaces_the_delay_without_jitter_and_is_clamped,
                 a_final_outcome_routes_on_either_edge_in_the_record,
+                a_reapplied_workflow_binds_the_next_attempt_and_body_stays_frozen,
                 a_late_outcome_for_an_item_moved_by_hand_routes_nothing,
                 reentering_a_webhook_stage_cancels_the_open_delivery_and_makes_a_new_one,
                 refire_makes_a_new_linked_delivery_and_refuses_what_it_must,
@@ -1092,6 +1093,40 @@ pub mod cases {
             "bare",
             "no hop was recorded"
         );
+    }
+
+    /// §6: re-applying a changed file changes what every future attempt uses (the lease
+    /// carries the current spec) while the frozen body stays; an outcome routes by the
+    /// revision current when it is recorded.
+    pub fn a_reapplied_workflow_binds_the_next_attempt_and_body_stays_frozen(w: &World) {
+        w.import(&["a"]);
+        w.assign(&["a"], "hook");
+        let first = w.lease_one("one", "a");
+        assert_eq!(first.config().unwrap().url, "http://127.0.0.1:9/hook");
+        w.record(&first, answer_long_ago(503));
+        let edited = WORKFLOW
+            .replace("http://127.0.0.1:9/hook", "http://127.0.0.1:9/fixed")
+            .replace(
+                "on_success = \"ok-sink\"\non_failure = \"fail-sink\"\n\n# Four",
+                "on_success = \"fail-sink\"\non_failure = \"fail-sink\"\n\n# Four",
+            );
+        assert_ne!(edited, WORKFLOW);
+        let spec = hookops::workflow::parse("wf.toml", &edited, &|_| None).unwrap();
+        let report = w.store.apply_workflow(&spec, &Vec::new(), OP).unwrap();
+        w.counts();
+        assert_eq!(report.changed_stages, vec![st("hook")]);
+        let second = w.lease_one("one", "a");
+        assert_eq!(second.config().unwrap().url, "http://127.0.0.1:9/fixed");
+        assert_eq!(second.revision, first.revision + 1);
+        assert_eq!(second.body, first.body, "the body was frozen at creation");
+        let rec = w.record(&second, answer(200));
+        assert_eq!(
+            rec.routed_to,
+            Some(st("fail-sink")),
+            "the edge of the current revision"
+        );
+        let last = w.store.item_detail(&ItemId::new("a")).unwrap().history;
+        assert_eq!(last.last().unwrap().revision, second.revision);
     }
 
     /// §6 fencing: an item moved by hand while its attempt is on the wire cancels the delivery
