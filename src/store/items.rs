@@ -311,9 +311,17 @@ pub(crate) fn apply_route(
     }
     let version = item.version + 1;
     let moved = route.stage != item.stage || !route.hops.is_empty();
+    // An item entering a stage sorts after every item already there: lists page a stage by
+    // the keyset (entered_at, seq), and an arrival keyed before a reader's cursor would never
+    // be read. `now` alone does not do it: an item with an older `seq` entering in the same
+    // millisecond as the stage's last arrival sorted before it, so it takes that millisecond
+    // + 1 (and a clock behind the stage's last arrival takes that arrival's time).
     conn.prepare_cached(
         "UPDATE items SET stage_id = ?2, state = ?3, version = ?4, updated_at = ?5,
-             entered_at = CASE WHEN ?6 THEN ?5 ELSE entered_at END
+             entered_at = CASE WHEN ?6 THEN MAX(?5, COALESCE((
+                 SELECT l.entered_at + (l.seq > items.seq) FROM items l INDEXED BY items_by_stage
+                 WHERE l.workflow_id = items.workflow_id AND l.stage_id = ?2 AND l.seq != items.seq
+                 ORDER BY l.entered_at DESC, l.seq DESC LIMIT 1), ?5)) ELSE entered_at END
          WHERE id = ?1",
     )?
     .execute(params![

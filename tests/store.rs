@@ -1,0 +1,2182 @@
+//! The store conformance suite (issue 16, part 4): every store-level rule of design §2 and §6,
+//! written against the public [`Store`] API only, so that it holds for any backend under the
+//! seam. A backend joins the suite with one line at the bottom of this file:
+//!
+//! ```ignore
+//! conformance_suite!(postgres, open_postgres);
+//! ```
+//!
+//! which instantiates every case of [`cases`] as a `#[test]` in a module named after the
+//! backend. Each test gets a fresh store in a temp dir of its own.
+//!
+//! The suite drives the store the way the dispatcher does, without HTTP: it leases, and records
+//! hand-made [`AttemptOutcome`]s (the store decides from the outcome, never from the wire). After
+//! every operation it checks that the counters equal the rows ([`World::counts`]).
+//!
+//! Time: until the store has a clock of its own, rules about time are checked where the outcome
+//! decides them (a retry is due at the end of the attempt the outcome describes, so an outcome
+//! that started ten minutes ago makes its retry due now) and lease expiry through the two paths
+//! that need no waiting: a dead local process and a dispatcher's shutdown. No test sleeps.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hookops::model::{
+    AttemptTrigger, CancelReason, DeliveryId, DeliveryState, DeliveryTrigger, ErrorKind, EventType,
+    HistoryCause, Item, ItemId, ItemState, StageId, WorkflowId,
+};
+use hookops::store::{
+    AssignTarget, AttemptOutcome, CheckStatus, DeliveryDetail, DeliveryFilter, DeliverySummary,
+    DispatcherInfo, Expect, ImportReport, ItemFilter, ItemOrder, ItemRow, Lease, MoveReport,
+    OpenOptions, PruneOptions, Recorded, Store,
+};
+use serde_json::json;
+
+const WF: &str = "wf";
+const OP: &str = "tester";
+const MINUTE: i64 = 60_000;
+
+// ---------------------------------------------------------------------------------------------
+// Backends
+// ---------------------------------------------------------------------------------------------
+
+/// Opens a fresh SQLite store in `dir`.
+fn open_sqlite(dir: &Path) -> Store {
+    Store::open(&dir.join("hookops.db"), &OpenOptions::default()).expect("open the store")
+}
+
+/// Instantiates every case of the suite as a test of one backend: `$open` makes a fresh store
+/// in the directory it is given. The list of cases is written once, here.
+macro_rules! conformance_suite {
+    ($backend:ident, $open:expr) => {
+        mod $backend {
+            conformance_suite!(@cases $open;
+                a_lease_takes_a_due_delivery_once_with_a_token_and_a_number,
+                a_stale_lease_records_its_attempt_and_changes_nothing_else,
+                a_dead_local_dispatchers_leases_are_taken_at_once,
+                shutdown_releases_leases_as_interrupted_attempts_due_now,
+                max_in_flight_caps_a_stage_across_dispatchers,
+                record_and_lease_records_first_so_a_finished_slot_frees_its_stage,
+                a_batch_that_fails_keeps_nothing_of_its_records_or_leases,
+                attempt_numbers_are_unique_and_only_scheduled_uninterrupted_ones_count,
+                outcomes_are_classified_by_status_then_error,
+                retries_are_due_at_the_attempts_end_plus_the_schedule_entry,
+                retry_after_replaces_the_delay_without_jitter_and_is_clamped,
+                a_final_outcome_routes_on_either_edge_in_the_record,
+                a_reapplied_workflow_binds_the_next_attempt_and_body_stays_frozen,
+                a_late_outcome_for_an_item_moved_by_hand_routes_nothing,
+                reentering_a_webhook_stage_cancels_the_open_delivery_and_makes_a_new_one,
+                refire_makes_a_new_linked_delivery_and_refuses_what_it_must,
+                replay_is_a_manual_attempt_that_changes_nothing,
+                a_test_delivery_is_manual_moves_nothing_and_is_never_retried,
+                cancel_with_an_attempt_in_flight_routes_once,
+                cancel_selects_open_deliveries_by_filter_oldest_first,
+                bulk_refire_takes_only_each_items_latest_failed_delivery,
+                moves_are_compare_and_set_on_stage_and_version,
+                a_paused_stage_leases_nothing_but_replay_and_test_still_go,
+                a_stage_pauses_itself_after_consecutive_failures,
+                notifications_are_written_in_the_transaction_of_their_change,
+                import_is_idempotent_and_never_overwrites,
+                prune_keeps_the_latest_delivery_per_item_and_stage_and_open_ones,
+                item_pages_never_skip_or_repeat_a_row,
+                an_item_entering_a_stage_in_the_same_millisecond_is_not_skipped,
+                delivery_pages_never_skip_or_repeat_a_row,
+                attempt_pages_never_skip_or_repeat_a_row,
+            );
+        }
+    };
+    (@cases $open:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                super::cases::$case(&super::World::new(&$open));
+            }
+        )*
+    };
+}
+
+conformance_suite!(sqlite, super::open_sqlite);
+
+// ---------------------------------------------------------------------------------------------
+// The world of one test
+// ---------------------------------------------------------------------------------------------
+
+/// One test's store, in a temp dir of its own, and a runtime for the dispatcher's async calls.
+pub struct World {
+    store: Store,
+    rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+/// The workflow every case uses. Items land in `hold` (an annotate stage) on import and are
+/// assigned from there. URLs are never called: the suite hands the store its outcomes.
+const WORKFLOW: &str = r#"id = "wf"
+name = "Conformance"
+team = "qa"
+
+[[stage]]
+id = "dataset"
+kind = "dataset"
+next = "hold"
+
+[[stage]]
+id = "hold"
+kind = "annotate"
+next = "done"
+
+[[stage]]
+id = "ok-sink"
+kind = "annotate"
+next = "done"
+
+[[stage]]
+id = "fail-sink"
+kind = "annotate"
+next = "done"
+
+# Three tries, retries after 10 s then 1 min.
+[[stage]]
+id = "hook"
+kind = "webhook"
+url = "http://127.0.0.1:9/hook"
+timeout = "2s"
+max_attempts = 3
+retry_schedule = ["10s", "1m"]
+on_success = "ok-sink"
+on_failure = "fail-sink"
+
+# Four tries on a two-entry schedule: the last entry repeats.
+[[stage]]
+id = "patient"
+kind = "webhook"
+url = "http://127.0.0.1:9/patient"
+max_attempts = 4
+retry_schedule = ["10s", "1m"]
+on_success = "ok-sink"
+on_failure = "fail-sink"
+
+# One try and no failure edge: a failed item stays, marked failed.
+[[stage]]
+id = "bare"
+kind = "webhook"
+url = "http://127.0.0.1:9/bare"
+max_attempts = 1
+on_success = "ok-sink"
+
+# Success goes on into another webhook stage, failure through a logic stage.
+[[stage]]
+id = "chain"
+kind = "webhook"
+url = "http://127.0.0.1:9/chain"
+max_attempts = 1
+on_success = "hook"
+on_failure = "router"
+
+[[stage]]
+id = "router"
+kind = "logic"
+rules = [{ when = { tag = "urgent" }, to = "ok-sink" }]
+else = "fail-sink"
+
+[[stage]]
+id = "capped"
+kind = "webhook"
+url = "http://127.0.0.1:9/capped"
+max_attempts = 1
+max_in_flight = 2
+on_success = "ok-sink"
+on_failure = "fail-sink"
+
+[[stage]]
+id = "fragile"
+kind = "webhook"
+url = "http://127.0.0.1:9/fragile"
+max_attempts = 1
+pause_after_failures = 2
+on_success = "ok-sink"
+on_failure = "fail-sink"
+
+[[stage]]
+id = "done"
+kind = "complete"
+"#;
+
+/// A `[[notify]]` entry subscribed to every notification event.
+const NOTIFY: &str = r#"
+[[notify]]
+url = "http://127.0.0.1:9/events"
+events = ["item.created", "item.stage_changed", "item.completed", "delivery.failed", "stage.paused"]
+"#;
+
+fn wf() -> WorkflowId {
+    WorkflowId::new(WF)
+}
+
+fn st(id: &str) -> StageId {
+    StageId::new(id)
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// An outcome of an attempt that started at `started_at` and took 250 ms.
+fn outcome_at(started_at: i64, status: Option<u16>, error: Option<ErrorKind>) -> AttemptOutcome {
+    AttemptOutcome {
+        started_at,
+        duration_ms: 250,
+        url: "http://127.0.0.1:9/".into(),
+        status,
+        error_kind: error,
+        error_message: error.map(|k| format!("{k} (hand-made)")),
+        ..AttemptOutcome::default()
+    }
+}
+
+/// An answer with `status`, now.
+fn answer(status: u16) -> AttemptOutcome {
+    outcome_at(now_ms(), Some(status), None)
+}
+
+/// An answer with `status` to an attempt that started ten minutes ago: any retry it schedules
+/// (at most 1 min ± 20 % after its end) is due at once.
+fn answer_long_ago(status: u16) -> AttemptOutcome {
+    outcome_at(now_ms() - 10 * MINUTE, Some(status), None)
+}
+
+impl World {
+    fn new(open: &dyn Fn(&Path) -> Store) -> World {
+        // A file system in memory when there is one: the rules do not depend on the disk, and
+        // every commit here is `synchronous=FULL`.
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::Builder::new()
+                .prefix("hookops-store-")
+                .tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .expect("temp dir");
+        let store = open(dir.path());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let w = World {
+            store,
+            rt,
+            _dir: dir,
+        };
+        w.apply("");
+        w
+    }
+
+    /// Applies [`WORKFLOW`] followed by `extra` (more stages or `[[notify]]` entries).
+    fn apply(&self, extra: &str) {
+        let text = format!("{WORKFLOW}{extra}");
+        let spec = hookops::workflow::parse("wf.toml", &text, &|_| None)
+            .unwrap_or_else(|e| panic!("the workflow does not validate: {e:?}"));
+        self.store.apply_workflow(&spec, &Vec::new(), OP).unwrap();
+        self.counts();
+    }
+
+    fn import_lines(&self, workflow: &WorkflowId, lines: &[serde_json::Value]) -> ImportReport {
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let parsed = hookops::import::parse_jsonl(text.as_bytes()).unwrap();
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let report = self
+            .store
+            .import_items(workflow, parsed.items, None, OP, &mut |_, _| {})
+            .unwrap_or_else(|e| panic!("import failed: {e}"));
+        self.counts();
+        report
+    }
+
+    /// Imports items with these ids (named `<id>.jpg`; an id starting with `u` is tagged
+    /// `urgent`). They land in `hold`.
+    fn import(&self, ids: &[&str]) {
+        let lines: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let tags: Vec<&str> = if id.starts_with('u') {
+                    vec!["urgent"]
+                } else {
+                    vec![]
+                };
+                json!({"id": id, "name": format!("{id}.jpg"), "tags": tags})
+            })
+            .collect();
+        let r = self.import_lines(&wf(), &lines);
+        assert_eq!(r.imported, ids.len() as i64, "{r:?}");
+    }
+
+    fn assign(&self, ids: &[&str], stage: &str) -> MoveReport {
+        let ids = ids.iter().map(|i| ItemId::new(*i)).collect();
+        let r = self
+            .store
+            .assign(&wf(), &st(stage), &AssignTarget::Items(ids), None, OP)
+            .unwrap();
+        assert!(r.refused.is_empty(), "{:?}", r.refused);
+        self.counts();
+        r
+    }
+
+    fn lease(&self, owner: &str, limit: usize) -> Vec<Lease> {
+        self.lease_reclaiming(owner, limit, Vec::new())
+    }
+
+    fn lease_reclaiming(&self, owner: &str, limit: usize, dead: Vec<String>) -> Vec<Lease> {
+        let leases = self
+            .rt
+            .block_on(self.store.lease_due(owner, limit, dead))
+            .unwrap();
+        self.counts();
+        leases
+    }
+
+    /// Leases exactly one delivery, and checks it is `item`'s.
+    fn lease_one(&self, owner: &str, item: &str) -> Lease {
+        let leases = self.lease(owner, 10);
+        assert_eq!(
+            leases
+                .iter()
+                .map(|l| l.item_id.as_ref().map(|i| i.to_string()))
+                .collect::<Vec<_>>(),
+            vec![Some(item.to_string())],
+            "expected one lease, of {item}"
+        );
+        leases.into_iter().next().unwrap()
+    }
+
+    fn record(&self, lease: &Lease, outcome: AttemptOutcome) -> Recorded {
+        let r = self
+            .rt
+            .block_on(self.store.record_attempt(lease, outcome))
+            .unwrap();
+        self.counts();
+        r
+    }
+
+    fn release(&self, owner: &str) -> usize {
+        let n = self.rt.block_on(self.store.release_leases(owner)).unwrap();
+        self.counts();
+        n
+    }
+
+    fn item(&self, id: &str) -> Item {
+        self.store.item(&ItemId::new(id)).unwrap()
+    }
+
+    /// `(stage, state, version)` of an item.
+    fn at(&self, id: &str) -> (String, ItemState, i64) {
+        let i = self.item(id);
+        (i.stage.to_string(), i.state, i.version)
+    }
+
+    /// The item's deliveries, newest first.
+    fn deliveries_of(&self, id: &str) -> Vec<DeliverySummary> {
+        self.store.item_detail(&ItemId::new(id)).unwrap().deliveries
+    }
+
+    fn latest(&self, id: &str) -> DeliverySummary {
+        self.deliveries_of(id)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("{id} has no delivery"))
+    }
+
+    fn detail(&self, id: &DeliveryId) -> DeliveryDetail {
+        self.store.delivery_detail(id).unwrap()
+    }
+
+    /// `(number, trigger, counted, status, error kind)` of each attempt of a delivery.
+    fn attempts(&self, id: &DeliveryId) -> Vec<AttemptRow> {
+        self.detail(id)
+            .attempt_log
+            .iter()
+            .map(|a| (a.number, a.trigger, a.counted, a.status, a.error_kind))
+            .collect()
+    }
+
+    /// `(from, to, cause)` of an item's history.
+    fn history(&self, id: &str) -> Vec<(Option<String>, String, HistoryCause)> {
+        self.store
+            .item_detail(&ItemId::new(id))
+            .unwrap()
+            .history
+            .into_iter()
+            .map(|h| (h.from.map(|s| s.to_string()), h.to.to_string(), h.cause))
+            .collect()
+    }
+
+    fn stage_paused(&self, stage: &str) -> (bool, Option<String>) {
+        let s = self
+            .store
+            .workflow_detail(&wf())
+            .unwrap()
+            .stage_list
+            .into_iter()
+            .find(|s| s.id.as_str() == stage)
+            .unwrap();
+        (s.paused, s.paused_reason)
+    }
+
+    fn count_deliveries(&self, filter: DeliveryFilter) -> i64 {
+        self.store.count_deliveries(&filter).unwrap()
+    }
+
+    /// The counters equal the rows (design §6 "Counters"): the store's own health check, and
+    /// every public count against the rows its lists return.
+    fn counts(&self) {
+        assert_counts_match(&self.store);
+    }
+}
+
+/// `(number, trigger, counted, status, error kind)` of one attempt.
+type AttemptRow = (i64, AttemptTrigger, bool, Option<u16>, Option<ErrorKind>);
+
+/// Counters equal the rows: the `counters` line of the health check, each stage's item and
+/// delivery counts against the matching rows, and the delivery totals per state.
+fn assert_counts_match(store: &Store) {
+    let health = store.health().unwrap();
+    let check = health.check("counters").expect("a counters check");
+    assert_eq!(check.status, CheckStatus::Ok, "{}", check.detail);
+    for w in store.list_workflows().unwrap() {
+        let detail = store.workflow_detail(&w.id).unwrap();
+        let mut items = 0;
+        for s in &detail.stage_list {
+            let by_state = [
+                (ItemState::Waiting, s.waiting),
+                (ItemState::Active, s.active),
+                (ItemState::InDelivery, s.in_delivery),
+                (ItemState::Failed, s.failed),
+                (ItemState::Done, s.done),
+            ];
+            for (state, counted) in by_state {
+                let filter = ItemFilter {
+                    workflow: Some(w.id.clone()),
+                    stage: Some(s.id.clone()),
+                    state: Some(state),
+                    ..ItemFilter::default()
+                };
+                let rows = store.count_items(&filter).unwrap();
+                assert_eq!(counted, rows, "items of {}/{} in {state}", w.id, s.id);
+            }
+            assert_eq!(s.items, by_state.iter().map(|(_, n)| n).sum::<i64>());
+            items += s.items;
+            for state in DeliveryState::ALL {
+                let filter = DeliveryFilter {
+                    workflow: Some(w.id.clone()),
+                    stage: Some(s.id.clone()),
+                    state: Some(*state),
+                    ..DeliveryFilter::default()
+                };
+                let rows = store.count_deliveries(&filter).unwrap();
+                let counted = s.deliveries.get(state.as_str()).copied().unwrap_or(0);
+                assert_eq!(counted, rows, "deliveries of {}/{} {state}", w.id, s.id);
+            }
+        }
+        assert_eq!(w.items, items, "items of workflow {}", w.id);
+    }
+    let totals = store.delivery_totals().unwrap();
+    for state in DeliveryState::ALL {
+        let counted: i64 = totals
+            .iter()
+            .filter(|(s, _)| s == state)
+            .map(|(_, n)| n)
+            .sum();
+        let filter = DeliveryFilter {
+            state: Some(*state),
+            ..DeliveryFilter::default()
+        };
+        assert_eq!(
+            counted,
+            store.count_deliveries(&filter).unwrap(),
+            "deliveries {state}"
+        );
+    }
+}
+
+/// Waits (without sleeping) until the wall clock has passed `ms`.
+fn wait_past(ms: i64) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while now_ms() <= ms {
+        assert!(Instant::now() < deadline, "the clock does not advance");
+        std::thread::yield_now();
+    }
+}
+
+/// Every page of a list, read with `page(after, limit)` until a short page.
+fn all_pages<T, C: Clone>(
+    limit: usize,
+    mut page: impl FnMut(Option<C>, usize) -> Vec<T>,
+    cursor: impl Fn(&T) -> C,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let rows = page(after.clone(), limit);
+        let done = rows.len() < limit;
+        if let Some(last) = rows.last() {
+            after = Some(cursor(last));
+        }
+        out.extend(rows);
+        if done {
+            return out;
+        }
+    }
+}
+
+fn ids_of(rows: &[ItemRow]) -> Vec<String> {
+    rows.iter().map(|r| r.id.to_string()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cases
+// ---------------------------------------------------------------------------------------------
+
+pub mod cases {
+    use super::*;
+
+    // --- Leases and fencing ---------------------------------------------------------------
+
+    /// §2 at least once: a due delivery is leased once, with a token and attempt number 1;
+    /// while leased nobody else gets it.
+    pub fn a_lease_takes_a_due_delivery_once_with_a_token_and_a_number(w: &World) {
+        w.import(&["a"]);
+        let r = w.assign(&["a"], "hook");
+        assert_eq!((r.moved, r.deliveries), (1, 1));
+        let d = w.latest("a");
+        assert_eq!(
+            (d.state, d.trigger, d.event, d.attempts),
+            (
+                DeliveryState::Pending,
+                DeliveryTrigger::Assign,
+                EventType::StageWebhook,
+                0
+            )
+        );
+        assert_eq!(w.at("a").1, ItemState::InDelivery);
+
+        let lease = w.lease_one("one", "a");
+        assert_eq!(lease.delivery_id, d.id);
+        assert!(lease.token.is_some());
+        assert_eq!(
+            (lease.number, lease.trigger, lease.attempts),
+            (1, AttemptTrigger::Scheduled, 0)
+        );
+        assert_eq!(lease.stage, st("hook"));
+        assert_eq!(lease.config().map(|c| c.max_attempts), Some(3));
+        assert_eq!(w.latest("a").state, DeliveryState::InFlight);
+        assert!(
+            w.lease("two", 10).is_empty(),
+            "a leased delivery is not due"
+        );
+        assert!(w.lease("one", 10).is_empty());
+
+        let rec = w.record(&lease, answer(200));
+        assert!(!rec.lease_lost);
+        assert_eq!((rec.state, rec.attempts), (DeliveryState::Succeeded, 1));
+        assert!(
+            w.lease("two", 10).is_empty(),
+            "a finished delivery is not due"
+        );
+    }
+
+    /// §6 fencing: a dispatcher that lost its lease records the attempt it sent and changes
+    /// nothing else (no state, no count, no route).
+    pub fn a_stale_lease_records_its_attempt_and_changes_nothing_else(w: &World) {
+        w.import(&["a"]);
+        w.assign(&["a"], "hook");
+        let stale = w.lease_one("one", "a");
+        // The lease is lost (given back as at shutdown), and another dispatcher takes it.
+        assert_eq!(w.release("one"), 1);
+        let fresh = w.lease_one("two", "a");
+        assert_eq!(fresh.number, 2);
+        assert_ne!(fresh.token, stale.token);
+        let before = w.at("a");
+
+        let rec = w.record(&stale, answer(200));
+        assert!(rec.lease_lost);
+        assert_eq!(rec.routed_to, None);
+        assert_eq!((rec.state, rec.attempts), (DeliveryState::InFlight, 0));
+        assert_eq!(w.at("a"), before, "a stale lease moves nothing");
+        let d = w.latest("a");
+        assert_eq!((d.state, d.attempts), (DeliveryState::InFlight, 0));
+        // The late recorder filled in the `interrupted` row written for its number.
+        assert_eq!(
+            w.attempts(&d.id),
+            vec![(1, AttemptTrigger::Scheduled, false, Some(200), None)]
+        );
+
+        // The holder of the lease records normally, and routes.
+        let rec = w.record(&fresh, answer(200));
+        assert!(!rec.lease_lost);
+        assert_eq!(rec.routed_to, Some(st("ok-sink")));
+        assert_eq!(
+            w.at("a"),
+            ("ok-sink".into(), ItemState::Active, before.2 + 1)
+        );
+        assert_eq!(
+            w.attempts(&d.id),
+            vec![
+                (1, AttemptTrigger::Scheduled, false, Some(200), None),
+                (2, AttemptTrigger::Scheduled, true, Some(200), None),
+            ]
+        );
+        // Recording the stale lease again still changes nothing.
+        let rec = w.record(&stale, answer(500));
+        assert!(rec.lease_lost);
+        assert_eq!(w.latest("a").state, DeliveryState::Succeeded);
+        assert_eq!(
+            w.at("a"),
+            ("ok-sink".into(), ItemState::Active, before.2 + 1)
+        );
+    }
+
+    /// §6 leasing: a lease held by a process on this host that no longer exists is taken at
+    /// once, with an `interrupted` attempt; a live process's lease is not.
+    pub fn a_dead_local_dispatchers_leases_are_taken_at_once(w: &World) {
+        w.import(&["a", "b"]);
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let me = std::process::id();
+        let beat = |id: &str, pid: u32, start: Option<String>| {
+            let info = DispatcherInfo {
+                id: id.into(),
+                pid,
+                host: hookops::store::hostname(),
+                process_start: start.unwrap_or_else(|| "0".into()),
+                concurrency: 4,
+                started_at: chrono::Utc::now(),
+                last_beat: chrono::Utc::now(),
+            };
+            w.rt.block_on(w.store.heartbeat(&info)).unwrap();
+        };
+        beat("dead", dead_pid, None);
+        beat("live", me, hookops::store::process_start(me));
+        assert_eq!(w.store.dispatchers().unwrap().len(), 2);
+
+        w.assign(&["a"], "hook");
+        let lost = w.lease_one("dead", "a");
+        w.assign(&["b"], "hook");
+        let kept = w.lease_one("live", "b");
+
+        let dead = w.store.dead_local_dispatchers().unwrap();
+        assert_eq!(dead, vec!["dead".to_string()]);
+        let taken = w.lease_reclaiming("new", 10, dead);
+        assert_eq!(taken.len(), 1, "only the dead process's lease");
+        assert_eq!(taken[0].delivery_id, lost.delivery_id);
+        assert_eq!(taken[0].number, 2);
+        assert_eq!(
+            w.attempts(&lost.delivery_id),
+            vec![(
+                1,
+                AttemptTrigger::Scheduled,
+                false,
+                None,
+                Some(ErrorKind::Interrupted)
+            )]
+        );
+        let ids: Vec<String> = w
+            .store
+            .dispatchers()
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(ids, vec!["live".to_string()], "the dead one's row is gone");
+        assert_eq!(w.latest("b").state, DeliveryState::InFlight);
+        assert!(w.attempts(&kept.delivery_id).is_empty());
+        assert!(w.store.dead_local_dispatchers().unwrap().is_empty());
+    }
+
+    /// §6 leasing: on shutdown a dispatcher's leases become `interrupted` attempts (not
+    /// counted) and the deliveries are due again at once.
+    pub fn shutdown_releases_leases_as_interrupted_attempts_due_now(w: &World) {
+        w.import(&["a", "b", "c"]);
+        w.assign(&["a", "b"], "hook");
+        let leases = w.lease("one", 10);
+        assert_eq!(leases.len(), 2);
+        w.assign(&["c"], "hook");
+        let other = w.lease_one("two", "c");
+        let before = now_ms();
+        assert_eq!(w.release("one"), 2);
+        assert_eq!(w.release("one"), 0, "nothing left to release");
+        for l in &leases {
+            let d = w.detail(&l.delivery_id).summary;
+            assert_eq!((d.state, d.attempts), (DeliveryState::Pending, 0));
+            assert_eq!(d.last_error_kind, Some(ErrorKind::Interrupted));
+            let due = d.next_attempt_at.unwrap().timestamp_millis();
+            assert!(due >= before && due <= now_ms(), "due now: {due}");
+            assert_eq!(
+                w.attempts(&l.delivery_id),
+                vec![(
+                    1,
+                    AttemptTrigger::Scheduled,
+                    false,
+                    None,
+                    Some(ErrorKind::Interrupted)
+                )]
+            );
+        }
+        assert_eq!(
+            w.latest("c").state,
+            DeliveryState::InFlight,
+            "not its lease"
+        );
+        let again = w.lease("three", 10);
+        assert_eq!(again.len(), 2);
+        assert!(again.iter().all(|l| l.number == 2 && l.attempts == 0));
+        let rec = w.record(&other, answer(200));
+        assert_eq!(rec.attempts, 1);
+    }
+
+    /// §6 leasing: `max_in_flight` caps a stage across all dispatchers, and a stage at its cap
+    /// does not hold up the deliveries behind it.
+    pub fn max_in_flight_caps_a_stage_across_dispatchers(w: &World) {
+        w.import(&["c1", "c2", "c3", "c4", "h1"]);
+        w.assign(&["c1", "c2", "c3", "c4"], "capped");
+        w.assign(&["h1"], "hook");
+        let first = w.lease("one", 10);
+        let stages: Vec<&str> = first.iter().map(|l| l.stage.as_str()).collect();
+        assert_eq!(stages, vec!["capped", "capped", "hook"]);
+        assert!(
+            w.lease("two", 10).is_empty(),
+            "the cap holds for every owner"
+        );
+        assert_eq!(
+            w.count_deliveries(DeliveryFilter {
+                stage: Some(st("capped")),
+                state: Some(DeliveryState::InFlight),
+                ..DeliveryFilter::default()
+            }),
+            2
+        );
+        w.record(&first[0], answer(200));
+        let next = w.lease("two", 10);
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].stage, st("capped"));
+        assert!(w.lease("three", 10).is_empty());
+    }
+
+    /// The dispatcher's batch: records come before the leases of the same job, so the slot
+    /// that just finished frees its stage's cap for the next lease.
+    pub fn record_and_lease_records_first_so_a_finished_slot_frees_its_stage(w: &World) {
+        w.import(&["c1", "c2", "c3"]);
+        w.assign(&["c1", "c2", "c3"], "capped");
+        let leases = w.lease("one", 10);
+        assert_eq!(leases.len(), 2);
+        let finished = Arc::new(vec![(leases[0].clone(), answer(200))]);
+        let (recorded, next) =
+            w.rt.block_on(w.store.record_and_lease("one", move || (finished, 5)))
+                .unwrap();
+        w.counts();
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded[0].state, DeliveryState::Succeeded);
+        assert_eq!(recorded[0].routed_to, Some(st("ok-sink")));
+        assert_eq!(next.len(), 1, "one slot of the cap came free");
+        assert_eq!(next[0].item_id, Some(ItemId::new("c3")));
+    }
+
+    /// The dispatcher's batch is all or nothing: when one record fails, no record, lease or
+    /// counter change of the job is kept, and each attempt can then be recorded alone.
+    pub fn a_batch_that_fails_keeps_nothing_of_its_records_or_leases(w: &World) {
+        w.import(&["a", "b", "c"]);
+        w.assign(&["a", "b"], "hook");
+        let leases = w.lease("one", 10);
+        assert_eq!(leases.len(), 2);
+        w.assign(&["c"], "hook");
+        let mut bogus = leases[1].clone();
+        bogus.seq = -1;
+        bogus.delivery_id = DeliveryId::new("msg_not_a_delivery");
+        let finished = Arc::new(vec![(leases[0].clone(), answer(200)), (bogus, answer(200))]);
+        let result =
+            w.rt.block_on(w.store.record_and_lease("one", move || (finished, 5)));
+        assert!(
+            result.is_err(),
+            "a record of an unknown delivery fails the batch"
+        );
+        w.counts();
+        assert_eq!(
+            w.latest("a").state,
+            DeliveryState::InFlight,
+            "its record was undone"
+        );
+        assert!(w.attempts(&leases[0].delivery_id).is_empty());
+        assert_eq!(w.at("a").0, "hook");
+        assert_eq!(
+            w.latest("c").state,
+            DeliveryState::Pending,
+            "its lease was undone"
+        );
+        // Alone, each record that can be made is made.
+        assert_eq!(
+            w.record(&leases[0], answer(200)).state,
+            DeliveryState::Succeeded
+        );
+        assert_eq!(
+            w.record(&leases[1], answer(200)).state,
+            DeliveryState::Succeeded
+        );
+        let c = w.lease_one("one", "c");
+        assert_eq!(c.number, 1);
+    }
+
+    // --- Attempts ----------------------------------------------------------------------------
+
+    /// §6 attempt numbers: allocated at lease, unique per delivery; only scheduled attempts
+    /// that were not interrupted count toward `max_attempts`; replays are numbered, not counted.
+    pub fn attempt_numbers_are_unique_and_only_scheduled_uninterrupted_ones_count(w: &World) {
+        w.import(&["a"]);
+        w.assign(&["a"], "hook");
+        let id = w.latest("a").id;
+        let l1 = w.lease_one("one", "a");
+        let r = w.record(&l1, answer_long_ago(503));
+        assert_eq!(
+            (r.state, r.attempts, r.max_attempts),
+            (DeliveryState::RetryScheduled, 1, 3)
+        );
+
+        let replay = w.store.begin_replay(&id, OP).unwrap();
+        w.counts();
+        assert_eq!(
+            (replay.number, replay.trigger, replay.token.is_none()),
+            (2, AttemptTrigger::Manual, true)
+        );
+        w.record(&replay, answer(500));
+
+        let l3 = w.lease_one("one", "a");
+        assert_eq!((l3.number, l3.attempts), (3, 1));
+        w.release("one");
+        let l4 = w.lease_one("one", "a");
+        assert_eq!((l4.number, l4.attempts), (4, 1));
+        let r = w.record(&l4, answer_long_ago(503));
+        assert_eq!((r.state, r.attempts), (DeliveryState::RetryScheduled, 2));
+        let l5 = w.lease_one("one", "a");
+        let r = w.record(&l5, answer_long_ago(503));
+        assert_eq!((r.state, r.attempts), (DeliveryState::Failed, 3));
+        assert_eq!(r.routed_to, Some(st("fail-sink")));
+
+        use AttemptTrigger::{Manual, Scheduled};
+        assert_eq!(
+            w.attempts(&id),
+            vec![
+                (1, Scheduled, true, Some(503), None),
+                (2, Manual, false, Some(500), None),
+                (3, Scheduled, false, None, Some(ErrorKind::Interrupted)),
+                (4, Scheduled, true, Some(503), None),
+                (5, Scheduled, true, Some(503), None),
+            ]
+        );
+        assert_eq!(w.latest("a").attempts, 3);
+        // The next number is still unique after the delivery failed: a replay takes 6.
+        let replay = w.store.begin_replay(&id, OP).unwrap();
+        assert_eq!(replay.number, 6);
+    }
+
+    /// §2/§6 classification: 2xx succeeds; 408, 429, 5xx, connect, timeout and tls retry;
+    /// other 4xx, 3xx, redirect and policy are final at once; the status wins over an error
+    /// while reading the body.
+    pub fn outcomes_are_classified_by_status_then_error(w: &World) {
+        use DeliveryState::{Failed, RetryScheduled, Succeeded};
+        let cases: Vec<(&str, Option<u16>, Option<ErrorKind>, DeliveryState)> = vec![
+            ("s200", Some(200), None, Succeeded),
+            ("s204", Some(204), None, Succeeded),
+            ("s200body", Some(200), Some(ErrorKind::Body), Succeeded),
+            ("s408", Some(408), None, RetryScheduled),
+            ("s429", Some(429), None, RetryScheduled),
+            ("s500", Some(500), None, RetryScheduled),
+            ("s503body", Some(503), Some(ErrorKind::Body), RetryScheduled),
+            ("connect", None, Some(ErrorKind::Connect), RetryScheduled),
+            ("timeout", None, Some(ErrorKind::Timeout), RetryScheduled),
+            ("tls", None, Some(ErrorKind::Tls), RetryScheduled),
+            ("s400", Some(400), None, Failed),
+            ("s404", Some(404), None, Failed),
+            ("s301", Some(301), Some(ErrorKind::Redirect), Failed),
+            ("redirect", None, Some(ErrorKind::Redirect), Failed),
+            ("policy", None, Some(ErrorKind::Policy), Failed),
+        ];
+        let ids: Vec<&str> = cases.iter().map(|c| c.0).collect();
+        w.import(&ids);
+        for (id, status, error, want) in cases {
+            w.assign(&[id], "hook");
+            let lease = w.lease_one("one", id);
+            let rec = w.record(&lease, outcome_at(now_ms(), status, error));
+            assert_eq!(rec.state, want, "{id}");
+            assert_eq!(rec.attempts, 1, "{id}");
+            let (stage, state, _) = w.at(id);
+            let expected = match want {
+                Succeeded => ("ok-sink", ItemState::Active),
+                RetryScheduled => ("hook", ItemState::InDelivery),
+                _ => ("fail-sink", ItemState::Active),
+            };
+            assert_eq!((stage.as_str(), state), expected, "{id}");
+            let d = w.latest(id);
+            assert_eq!((d.last_status, d.last_error_kind), (status, error), "{id}");
+        }
+    }
+
+    /// §6 retry timing: retry k is due at the end of attempt k plus schedule entry
+    /// min(k, len) − 1, ±20 %; the last entry repeats; after `max_attempts` the delivery fails.
+    pub fn retries_are_due_at_the_attempts_end_plus_the_schedule_entry(w: &World) {
+        w.import(&["a"]);
+        w.assign(&["a"], "patient");
+        let id = w.latest("a").id;
+        let windows = [10_000i64, 60_000, 60_000];
+        for (k, entry) in windows.iter().enumerate() {
+            let lease = w.lease_one("one", "a");
+            assert_eq!(lease.attempts, k as i64);
+            let o = outcome_at(now_ms() - 10 * MINUTE, None, Some(ErrorKind::Timeout));
+            let end = o.started_at + o.duration_ms;
+            let rec = w.record(&lease, o);
+            assert_eq!(rec.state, DeliveryState::RetryScheduled, "retry {}", k + 1);
+            let due = rec.next_attempt_at.unwrap().timestamp_millis();
+            // 1 ms either way for the float arithmetic of the jitter.
+            let (lo, hi) = (end + entry * 8 / 10 - 1, end + entry * 12 / 10 + 1);
+            assert!(
+                (lo..=hi).contains(&due),
+                "retry {} due {} ms after the attempt's end, not within {entry} ms ± 20 %",
+                k + 1,
+                due - end
+            );
+            assert_eq!(
+                w.detail(&id)
+                    .summary
+                    .next_attempt_at
+                    .map(|t| t.timestamp_millis()),
+                Some(due)
+            );
+        }
+        let lease = w.lease_one("one", "a");
+        let rec = w.record(&lease, answer_long_ago(500));
+        assert_eq!(
+            (rec.state, rec.attempts, rec.next_attempt_at),
+            (DeliveryState::Failed, 4, None)
+        );
+        assert_eq!(w.at("a").0, "fail-sink");
+
+        // A retry in the future is not due: the schedule is honoured by the lease.
+        w.import(&["b"]);
+        w.assign(&["b"], "patient");
+        let lease = w.lease_one("one", "b");
+        let rec = w.record(&lease, answer(503));
+        assert_eq!(rec.state, DeliveryState::RetryScheduled);
+        assert!(
+            w.lease("one", 10).is_empty(),
+            "a retry 10 s away is not due yet"
+        );
+        assert_eq!(
+            w.store.next_wakeup().unwrap(),
+            rec.next_attempt_at.map(|t| t.timestamp_millis())
+        );
+    }
+
+    /// §6 retry timing: a `Retry-After` on a retryable answer replaces the delay, exactly (no
+    /// jitter), clamped to one hour; on a final answer it changes nothing.
+    pub fn retry_after_replaces_the_delay_without_jitter_and_is_clamped(w: &World) {
+        w.import(&["a", "b", "c"]);
+        for (id, header, status, delay) in [
+            ("a", "7", 429, Some(7_000)),
+            ("b", "99999999", 503, Some(3_600_000)),
+            ("c", "7", 400, None),
+        ] {
+            w.assign(&[id], "hook");
+            let lease = w.lease_one("one", id);
+            let mut o = answer(status);
+            o.retry_after = Some(header.into());
+            let end = o.started_at + o.duration_ms;
+            let rec = w.record(&lease, o);
+            assert_eq!(
+                rec.next_attempt_at.map(|t| t.timestamp_millis() - end),
+                delay,
+                "{id}"
+            );
+        }
+    }
+
+    // --- Routing -----------------------------------------------------------------------------
+
+    /// §2 outbox and §6 routing: a final outcome moves the item along `on_success` or
+    /// `on_failure` in the record itself: history row, new version, and the next stage's
+    /// delivery (or logic stage's hop) already there when the record returns.
+    pub fn a_final_outcome_routes_on_either_edge_in_the_record(w: &World) {
+        w.import(&["s", "f", "c", "u", "x", "n"]);
+
+        // Success edge.
+        w.assign(&["s"], "hook");
+        let v = w.at("s").2;
+        let lease = w.lease_one("one", "s");
+        let rec = w.record(&lease, answer(200));
+        assert_eq!(rec.routed_to, Some(st("ok-sink")));
+        assert_eq!(rec.item_name.as_deref(), Some("s.jpg"));
+        assert_eq!(w.at("s"), ("ok-sink".into(), ItemState::Active, v + 1));
+        let last = w.store.item_detail(&ItemId::new("s")).unwrap().history;
+        let last = last.last().unwrap();
+        assert_eq!(
+            (
+                last.from.as_ref().map(|s| s.as_str()),
+                last.to.as_str(),
+                last.cause
+            ),
+            (Some("hook"), "ok-sink", HistoryCause::WebhookSuccess)
+        );
+        assert_eq!(last.delivery_id.as_ref(), Some(&lease.delivery_id));
+
+        // Failure edge.
+        w.assign(&["f"], "hook");
+        let lease = w.lease_one("one", "f");
+        let rec = w.record(&lease, answer(400));
+        assert_eq!(rec.routed_to, Some(st("fail-sink")));
+        assert_eq!(
+            w.history("f").last().unwrap(),
+            &(
+                Some("hook".into()),
+                "fail-sink".into(),
+                HistoryCause::WebhookFailure
+            )
+        );
+
+        // Success into another webhook stage: its delivery is made by the same record.
+        w.assign(&["c"], "chain");
+        let lease = w.lease_one("one", "c");
+        let rec = w.record(&lease, answer(200));
+        assert_eq!(rec.routed_to, Some(st("hook")));
+        let ds = w.deliveries_of("c");
+        assert_eq!(ds.len(), 2);
+        assert_eq!(
+            (ds[0].stage.as_str(), ds[0].state, ds[0].trigger),
+            ("hook", DeliveryState::Pending, DeliveryTrigger::Route)
+        );
+        let entered = w.store.item_detail(&ItemId::new("c")).unwrap().history;
+        assert_eq!(
+            entered.last().unwrap().at,
+            ds[0].created_at,
+            "one transaction"
+        );
+        assert_eq!(w.at("c").1, ItemState::InDelivery);
+        let lease = w.lease_one("one", "c");
+        assert_eq!(lease.delivery_id, ds[0].id);
+        assert_eq!(w.record(&lease, answer(200)).routed_to, Some(st("ok-sink")));
+
+        // Failure through a logic stage: every hop is recorded, automated stages run at once.
+        for id in ["u", "x"] {
+            w.assign(&[id], "chain");
+            let lease = w.lease_one("one", id);
+            w.record(&lease, answer(500));
+        }
+        assert_eq!(
+            w.history("u")[w.history("u").len() - 2..].to_vec(),
+            vec![
+                (
+                    Some("chain".into()),
+                    "router".into(),
+                    HistoryCause::WebhookFailure
+                ),
+                (Some("router".into()), "ok-sink".into(), HistoryCause::Route),
+            ]
+        );
+        assert_eq!(w.at("u").0, "ok-sink", "tagged urgent");
+        assert_eq!(w.at("x").0, "fail-sink", "the else edge");
+
+        // No failure edge: the item stays in the stage, marked failed.
+        w.assign(&["n"], "bare");
+        let v = w.at("n").2;
+        let lease = w.lease_one("one", "n");
+        let rec = w.record(&lease, answer(500));
+        assert_eq!(rec.state, DeliveryState::Failed);
+        assert_eq!(w.at("n"), ("bare".into(), ItemState::Failed, v + 1));
+        assert_eq!(
+            w.history("n").last().unwrap().1,
+            "bare",
+            "no hop was recorded"
+        );
+    }
+
+    /// §6: re-applying a changed file changes what every future attempt uses (the lease
+    /// carries the current spec) while the frozen body stays; an outcome routes by the
+    /// revision current when it is recorded.
+    pub fn a_reapplied_workflow_binds_the_next_attempt_and_body_stays_frozen(w: &World) {
+        w.import(&["a"]);
+        w.assign(&["a"], "hook");
+        let first = w.lease_one("one", "a");
+        assert_eq!(first.config().unwrap().url, "http://127.0.0.1:9/hook");
+        w.record(&first, answer_long_ago(503));
+        let edited = WORKFLOW
+            .replace("http://127.0.0.1:9/hook", "http://127.0.0.1:9/fixed")
+            .replace(
+                "on_success = \"ok-sink\"\non_failure = \"fail-sink\"\n\n# Four",
+                "on_success = \"fail-sink\"\non_failure = \"fail-sink\"\n\n# Four",
+            );
+        assert_ne!(edited, WORKFLOW);
+        let spec = hookops::workflow::parse("wf.toml", &edited, &|_| None).unwrap();
+        let report = w.store.apply_workflow(&spec, &Vec::new(), OP).unwrap();
+        w.counts();
+        assert_eq!(report.changed_stages, vec![st("hook")]);
+        let second = w.lease_one("one", "a");
+        assert_eq!(second.config().unwrap().url, "http://127.0.0.1:9/fixed");
+        assert_eq!(second.revision, first.revision + 1);
+        assert_eq!(second.body, first.body, "the body was frozen at creation");
+        let rec = w.record(&second, answer(200));
+        assert_eq!(
+            rec.routed_to,
+            Some(st("fail-sink")),
+            "the edge of the current revision"
+        );
+        let last = w.store.item_detail(&ItemId::new("a")).unwrap().history;
+        assert_eq!(last.last().unwrap().revision, second.revision);
+    }
+
+    /// §6 fencing: an item moved by hand while its attempt is on the wire cancels the delivery
+    /// (`item_moved`); the late outcome is recorded and routes nothing.
+    pub fn a_late_outcome_for_an_item_moved_by_hand_routes_nothing(w: &World) {
+        w.import(&["m"]);
+        w.assign(&["m"], "hook");
+        let lease = w.lease_one("one", "m");
+        w.assign(&["m"], "hold");
+        let moved = w.at("m");
+        let d = w.detail(&lease.delivery_id);
+        assert_eq!(d.summary.state, DeliveryState::Cancelled);
+        assert_eq!(d.summary.cancel_reason, Some(CancelReason::ItemMoved));
+        assert_eq!(d.cancelled_by.as_deref(), Some(OP));
+
+        let rec = w.record(&lease, answer(200));
+        assert!(rec.lease_lost);
+        assert_eq!(rec.routed_to, None);
+        assert_eq!(w.at("m"), moved);
+        assert_eq!(w.latest("m").state, DeliveryState::Cancelled);
+        assert_eq!(
+            w.attempts(&lease.delivery_id),
+            vec![(1, AttemptTrigger::Scheduled, false, Some(200), None)]
+        );
+    }
+
+    /// §6 cancelled: assigning an item into the webhook stage it is in cancels its open
+    /// delivery (`item_moved`) and creates a fresh one.
+    pub fn reentering_a_webhook_stage_cancels_the_open_delivery_and_makes_a_new_one(w: &World) {
+        w.import(&["a"]);
+        w.assign(&["a"], "hook");
+        let first = w.latest("a");
+        let r = w.assign(&["a"], "hook");
+        assert_eq!(r.deliveries, 1);
+        let ds = w.deliveries_of("a");
+        assert_eq!(ds.len(), 2);
+        assert_eq!(ds[1].id, first.id);
+        assert_eq!(
+            (ds[1].state, ds[1].cancel_reason),
+            (DeliveryState::Cancelled, Some(CancelReason::ItemMoved))
+        );
+        assert_eq!(ds[0].state, DeliveryState::Pending);
+        let lease = w.lease_one("one", "a");
+        assert_eq!(lease.delivery_id, ds[0].id);
+    }
+
+    // --- Re-fire, replay, test ---------------------------------------------------------------
+
+    /// §2/§6 re-fire: the item goes back into the delivery's stage and gets a new delivery
+    /// linked to the old one; refused for an open delivery, an older one, and an item that has
+    /// moved on since.
+    pub fn refire_makes_a_new_linked_delivery_and_refuses_what_it_must(w: &World) {
+        w.import(&["a", "b"]);
+        w.assign(&["a"], "bare");
+        let lease = w.lease_one("one", "a");
+        w.record(&lease, answer(500));
+        let old = w.latest("a");
+        assert_eq!(old.state, DeliveryState::Failed);
+        let v = w.at("a").2;
+
+        let r = w.store.refire(std::slice::from_ref(&old.id), OP).unwrap();
+        w.counts();
+        assert_eq!((r.refired, r.created.len(), r.refused.len()), (1, 1, 0));
+        let new = w.latest("a");
+        assert_eq!(new.id, r.created[0]);
+        assert_eq!(new.refire_of.as_ref(), Some(&old.id));
+        assert_eq!(
+            (new.state, new.trigger, new.attempts),
+            (DeliveryState::Pending, DeliveryTrigger::Refire, 0)
+        );
+        assert_eq!(w.at("a"), ("bare".into(), ItemState::InDelivery, v + 1));
+        assert_eq!(
+            w.history("a").last().unwrap(),
+            &(Some("bare".into()), "bare".into(), HistoryCause::Refire)
+        );
+        assert_eq!(
+            w.detail(&old.id).summary.state,
+            DeliveryState::Failed,
+            "unchanged"
+        );
+
+        // Refused: the older one, and the new one while it is open.
+        let r = w
+            .store
+            .refire(&[old.id.clone(), new.id.clone()], OP)
+            .unwrap();
+        w.counts();
+        assert_eq!(r.refired, 0);
+        assert!(r.refused[0].1.contains("newer"), "{}", r.refused[0].1);
+        assert!(
+            r.refused[1].1.contains("still pending"),
+            "{}",
+            r.refused[1].1
+        );
+
+        // Allowed after it routed the item on, while the item has not moved since.
+        let lease = w.lease_one("one", "a");
+        w.record(&lease, answer(200));
+        assert_eq!(w.at("a").0, "ok-sink");
+        let r = w.store.refire(std::slice::from_ref(&new.id), OP).unwrap();
+        w.counts();
+        assert_eq!(r.refired, 1, "{:?}", r.refused);
+        assert_eq!(w.at("a").0, "bare");
+        let lease = w.lease_one("one", "a");
+        w.record(&lease, answer(200));
+
+        // Refused once the item has moved on by hand.
+        w.assign(&["b"], "bare");
+        let lease = w.lease_one("one", "b");
+        w.record(&lease, answer(200));
+        let d = w.latest("b");
+        let adv = w
+            .store
+            .advance(&[ItemId::new("b")], None, &Expect::default(), OP)
+            .unwrap();
+        w.counts();
+        assert_eq!(adv.moved, 1);
+        let r = w.store.refire(std::slice::from_ref(&d.id), OP).unwrap();
+        assert_eq!(r.refired, 0);
+        assert!(r.refused[0].1.contains("moved since"), "{}", r.refused[0].1);
+        assert_eq!(w.at("b").0, "done");
+        assert_eq!(w.deliveries_of("b").len(), 1);
+    }
+
+    /// §6 replay: the frozen bytes again as a manual attempt of the same delivery; it never
+    /// moves the item, never changes the delivery's state, next attempt time or routing, and
+    /// never counts.
+    pub fn replay_is_a_manual_attempt_that_changes_nothing(w: &World) {
+        w.import(&["a", "b"]);
+        w.assign(&["a"], "bare");
+        let lease = w.lease_one("one", "a");
+        w.record(&lease, answer(500));
+        let before = w.latest("a");
+        let at = w.at("a");
+
+        let replay = w.store.begin_replay(&before.id, OP).unwrap();
+        w.counts();
+        assert_eq!(replay.body, lease.body, "the frozen bytes");
+        let rec = w.record(&replay, answer(200));
+        assert!(!rec.lease_lost);
+        assert_eq!(rec.routed_to, None);
+        let after = w.latest("a");
+        assert_eq!(after.id, before.id, "no new delivery");
+        assert_eq!(
+            (after.state, after.attempts, after.next_attempt_at),
+            (before.state, before.attempts, before.next_attempt_at)
+        );
+        assert_eq!(w.at("a"), at);
+        assert_eq!(
+            w.attempts(&before.id),
+            vec![
+                (1, AttemptTrigger::Scheduled, true, Some(500), None),
+                (2, AttemptTrigger::Manual, false, Some(200), None),
+            ]
+        );
+
+        // A replay of a delivery waiting for its retry keeps its due time.
+        w.assign(&["b"], "hook");
+        let lease = w.lease_one("one", "b");
+        let rec = w.record(&lease, answer(503));
+        let due = rec.next_attempt_at;
+        let replay = w.store.begin_replay(&rec.delivery_id, OP).unwrap();
+        w.record(&replay, answer(500));
+        let d = w.latest("b");
+        assert_eq!(
+            (d.state, d.attempts, d.next_attempt_at),
+            (DeliveryState::RetryScheduled, 1, due)
+        );
+        assert!(
+            w.store
+                .begin_replay(&DeliveryId::new("msg_nope"), OP)
+                .is_err()
+        );
+    }
+
+    /// §2 test: a `webhook.test` delivery of the stage, sent once, never counted or retried,
+    /// moving nothing.
+    pub fn a_test_delivery_is_manual_moves_nothing_and_is_never_retried(w: &World) {
+        w.import(&["a"]);
+        let lease = w.store.begin_test(&wf(), &st("hook"), OP).unwrap();
+        w.counts();
+        assert_eq!(
+            (
+                lease.number,
+                lease.trigger,
+                lease.event,
+                lease.item_id.clone()
+            ),
+            (1, AttemptTrigger::Manual, EventType::WebhookTest, None)
+        );
+        assert!(w.lease("one", 10).is_empty(), "nobody else sends it");
+        let rec = w.record(&lease, answer(503));
+        assert_eq!(
+            (rec.state, rec.attempts),
+            (DeliveryState::Failed, 0),
+            "never retried"
+        );
+        let d = w.detail(&lease.delivery_id);
+        assert_eq!(
+            (d.summary.event, d.summary.trigger, d.summary.item_id),
+            (EventType::WebhookTest, DeliveryTrigger::Test, None)
+        );
+        assert_eq!(
+            w.attempts(&lease.delivery_id),
+            vec![(1, AttemptTrigger::Manual, false, Some(503), None)]
+        );
+        let ok = w.store.begin_test(&wf(), &st("hook"), OP).unwrap();
+        assert_eq!(w.record(&ok, answer(200)).state, DeliveryState::Succeeded);
+        assert_eq!(w.at("a"), ("hold".into(), ItemState::Active, 1));
+        assert!(
+            w.store.begin_test(&wf(), &st("hold"), OP).is_err(),
+            "not a webhook stage"
+        );
+        // Tests never count toward auto-pause (fragile pauses after two failures).
+        for _ in 0..2 {
+            let t = w.store.begin_test(&wf(), &st("fragile"), OP).unwrap();
+            w.record(&t, answer(500));
+        }
+        assert_eq!(w.stage_paused("fragile"), (false, None));
+    }
+
+    // --- Cancel and pause --------------------------------------------------------------------
+
+    /// §6 cancelled (operator): an open delivery is cancelled, its item's version bumped and
+    /// routed along `on_failure` once; the attempt still on the wire is recorded and routes
+    /// nothing; a cancel never counts toward auto-pause.
+    pub fn cancel_with_an_attempt_in_flight_routes_once(w: &World) {
+        w.import(&["s", "t", "p"]);
+        w.assign(&["s"], "fragile");
+        let lease = w.lease_one("one", "s");
+        let v = w.at("s").2;
+        let r = w
+            .store
+            .cancel_deliveries(std::slice::from_ref(&lease.delivery_id), OP)
+            .unwrap();
+        w.counts();
+        assert_eq!(r.cancelled, 1);
+        assert_eq!(r.routed, vec![(ItemId::new("s"), st("fail-sink"))]);
+        assert_eq!(w.at("s"), ("fail-sink".into(), ItemState::Active, v + 1));
+        let moves: Vec<_> = w
+            .store
+            .item_detail(&ItemId::new("s"))
+            .unwrap()
+            .history
+            .into_iter()
+            .filter(|h| h.from.as_ref().is_some_and(|f| f.as_str() == "fragile"))
+            .map(|h| (h.to.to_string(), h.cause, h.operator))
+            .collect();
+        assert_eq!(
+            moves,
+            vec![(
+                "fail-sink".to_string(),
+                HistoryCause::Cancelled,
+                Some(OP.to_string())
+            )]
+        );
+
+        let rec = w.record(&lease, answer(200));
+        assert!(rec.lease_lost);
+        assert_eq!(
+            w.at("s"),
+            ("fail-sink".into(), ItemState::Active, v + 1),
+            "routed once"
+        );
+        let d = w.detail(&lease.delivery_id);
+        assert_eq!(
+            (
+                d.summary.state,
+                d.summary.cancel_reason,
+                d.cancelled_by.as_deref()
+            ),
+            (
+                DeliveryState::Cancelled,
+                Some(CancelReason::Operator),
+                Some(OP)
+            )
+        );
+        assert_eq!(
+            w.attempts(&lease.delivery_id),
+            vec![(1, AttemptTrigger::Scheduled, false, Some(200), None)]
+        );
+
+        // A pending one; two cancels in a stage that pauses after two failures.
+        w.assign(&["t"], "fragile");
+        let r = w.store.cancel_deliveries(&[w.latest("t").id], OP).unwrap();
+        w.counts();
+        assert_eq!(r.routed, vec![(ItemId::new("t"), st("fail-sink"))]);
+        assert_eq!(w.stage_paused("fragile"), (false, None));
+
+        // Without on_failure the item stays, marked failed: not a route.
+        w.assign(&["p"], "bare");
+        let id = w.latest("p").id;
+        let r = w
+            .store
+            .cancel_deliveries(std::slice::from_ref(&id), OP)
+            .unwrap();
+        w.counts();
+        assert_eq!((r.cancelled, r.routed.len()), (1, 0));
+        assert_eq!(w.at("p").0, "bare");
+        assert_eq!(w.at("p").1, ItemState::Failed);
+        let r = w
+            .store
+            .cancel_deliveries(std::slice::from_ref(&id), OP)
+            .unwrap();
+        assert_eq!(r.cancelled, 0);
+        assert!(
+            r.refused[0].1.contains("already cancelled"),
+            "{:?}",
+            r.refused
+        );
+    }
+
+    /// Issue 8's cancel by filter: every open delivery matching it (pending, retry_scheduled
+    /// and in_flight), oldest first; a finished state is refused.
+    pub fn cancel_selects_open_deliveries_by_filter_oldest_first(w: &World) {
+        w.import(&["a", "b", "c", "d"]);
+        w.assign(&["a"], "hook");
+        let a = w.lease_one("one", "a");
+        w.record(&a, answer(503)); // retry_scheduled
+        w.assign(&["b"], "hook");
+        let b = w.lease_one("one", "b"); // in_flight
+        w.assign(&["c"], "hook"); // pending
+        w.assign(&["d"], "bare"); // another stage
+        let hook = DeliveryFilter {
+            stage: Some(st("hook")),
+            ..DeliveryFilter::default()
+        };
+        let open = w.store.open_deliveries(&hook, None).unwrap();
+        assert_eq!(
+            open,
+            vec![
+                a.delivery_id.clone(),
+                b.delivery_id.clone(),
+                w.latest("c").id
+            ]
+        );
+        assert_eq!(w.store.open_deliveries(&hook, Some(2)).unwrap().len(), 2);
+        let retrying = DeliveryFilter {
+            state: Some(DeliveryState::RetryScheduled),
+            ..hook.clone()
+        };
+        assert_eq!(
+            w.store.open_deliveries(&retrying, None).unwrap(),
+            vec![a.delivery_id.clone()]
+        );
+        let finished = DeliveryFilter {
+            state: Some(DeliveryState::Failed),
+            ..hook.clone()
+        };
+        assert!(w.store.open_deliveries(&finished, None).is_err());
+
+        let r = w.store.cancel_deliveries(&open, OP).unwrap();
+        w.counts();
+        assert_eq!(r.cancelled, 3);
+        assert_eq!(r.routed.len(), 3);
+        for id in ["a", "b", "c"] {
+            assert_eq!(w.at(id).0, "fail-sink", "{id}");
+        }
+        assert!(w.store.open_deliveries(&hook, None).unwrap().is_empty());
+        assert_eq!(w.latest("d").state, DeliveryState::Pending, "not matched");
+        assert!(w.record(&b, answer(200)).lease_lost);
+        assert_eq!(w.at("b").0, "fail-sink");
+    }
+
+    /// §2 re-fire of "every failed delivery matching a filter" takes only each item's latest
+    /// `stage.webhook` delivery, oldest first (an older one would only be refused).
+    pub fn bulk_refire_takes_only_each_items_latest_failed_delivery(w: &World) {
+        w.import(&["a", "b", "c"]);
+        for id in ["a", "b", "c"] {
+            w.assign(&[id], "bare");
+            let lease = w.lease_one("one", id);
+            w.record(&lease, answer(if id == "c" { 200 } else { 500 }));
+        }
+        let first_a = w.latest("a").id;
+        assert_eq!(
+            w.store
+                .refire(std::slice::from_ref(&first_a), OP)
+                .unwrap()
+                .refired,
+            1
+        );
+        let lease = w.lease_one("one", "a");
+        w.record(&lease, answer(500));
+        let failed = w
+            .store
+            .failed_deliveries(
+                &DeliveryFilter {
+                    workflow: Some(wf()),
+                    ..DeliveryFilter::default()
+                },
+                None,
+            )
+            .unwrap();
+        assert_eq!(failed, vec![w.latest("b").id, w.latest("a").id]);
+        assert!(!failed.contains(&first_a));
+        let r = w.store.refire(&failed, OP).unwrap();
+        w.counts();
+        assert_eq!((r.refired, r.refused.len()), (2, 0));
+        assert!(
+            w.store
+                .failed_deliveries(&DeliveryFilter::default(), None)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// §6 compare-and-set: an assign or advance that names the stage or version the operator
+    /// saw is refused, saying where the item is now, once the item has moved.
+    pub fn moves_are_compare_and_set_on_stage_and_version(w: &World) {
+        w.import(&["a", "b"]);
+        let v = w.at("a").2;
+        let r = w
+            .store
+            .assign(
+                &wf(),
+                &st("ok-sink"),
+                &AssignTarget::Versions(vec![(ItemId::new("a"), v), (ItemId::new("b"), v + 1)]),
+                None,
+                OP,
+            )
+            .unwrap();
+        w.counts();
+        assert_eq!(r.moved, 1);
+        assert_eq!(r.refused.len(), 1);
+        assert_eq!(r.refused[0].item_id, ItemId::new("b"));
+        assert!(
+            r.refused[0].reason.contains("is now in stage `hold`"),
+            "{}",
+            r.refused[0].reason
+        );
+        let r = w
+            .store
+            .assign(
+                &wf(),
+                &st("fail-sink"),
+                &AssignTarget::Items(vec![ItemId::new("a"), ItemId::new("b")]),
+                Some(&st("hold")),
+                OP,
+            )
+            .unwrap();
+        w.counts();
+        assert_eq!((r.moved, r.refused.len()), (1, 1));
+        assert_eq!(r.refused[0].item_id, ItemId::new("a"));
+        assert_eq!(w.at("a").0, "ok-sink");
+        assert_eq!(w.at("b").0, "fail-sink");
+        let stale = Expect {
+            stage: Some(st("hold")),
+            version: None,
+        };
+        let r = w
+            .store
+            .advance(&[ItemId::new("a")], None, &stale, OP)
+            .unwrap();
+        assert_eq!((r.moved, r.refused.len()), (0, 1));
+        let fresh = Expect {
+            stage: Some(st("ok-sink")),
+            version: Some(w.at("a").2),
+        };
+        let r = w
+            .store
+            .advance(&[ItemId::new("a")], None, &fresh, OP)
+            .unwrap();
+        w.counts();
+        assert_eq!(r.moved, 1);
+        assert_eq!(w.at("a"), ("done".into(), ItemState::Done, v + 2));
+        assert!(
+            w.store
+                .assign(
+                    &wf(),
+                    &st("nowhere"),
+                    &AssignTarget::Items(vec![ItemId::new("a")]),
+                    None,
+                    OP
+                )
+                .is_err()
+        );
+    }
+
+    /// §2/§6 pause: a paused stage keeps creating deliveries and leaves them pending (retries
+    /// included); replay and test are sent at once; resuming lets them go.
+    pub fn a_paused_stage_leases_nothing_but_replay_and_test_still_go(w: &World) {
+        w.import(&["a", "r"]);
+        w.assign(&["r"], "hook");
+        let lease = w.lease_one("one", "r");
+        w.record(&lease, answer_long_ago(503)); // a retry, due now
+        assert!(w.store.set_paused(&wf(), &st("hook"), true, OP).unwrap());
+        assert!(
+            !w.store.set_paused(&wf(), &st("hook"), true, OP).unwrap(),
+            "already paused"
+        );
+        w.counts();
+        assert_eq!(
+            w.stage_paused("hook"),
+            (true, Some(format!("paused by {OP}")))
+        );
+        assert!(w.store.set_paused(&wf(), &st("hold"), true, OP).is_err());
+
+        let r = w.assign(&["a"], "hook");
+        assert_eq!(r.deliveries, 1);
+        assert_eq!(w.latest("a").state, DeliveryState::Pending);
+        assert!(
+            w.lease("one", 10).is_empty(),
+            "neither the new one nor the retry"
+        );
+
+        let test = w.store.begin_test(&wf(), &st("hook"), OP).unwrap();
+        assert_eq!(w.record(&test, answer(200)).state, DeliveryState::Succeeded);
+        let replay = w.store.begin_replay(&w.latest("r").id, OP).unwrap();
+        w.record(&replay, answer(200));
+
+        assert!(w.store.set_paused(&wf(), &st("hook"), false, OP).unwrap());
+        w.counts();
+        let leases = w.lease("one", 10);
+        let mut items: Vec<String> = leases
+            .iter()
+            .map(|l| l.item_id.as_ref().unwrap().to_string())
+            .collect();
+        items.sort();
+        assert_eq!(items, vec!["a".to_string(), "r".to_string()]);
+    }
+
+    /// §2/§6 auto-pause: consecutive failed deliveries of a stage pause it, saying so; a
+    /// success or a resume resets the count.
+    pub fn a_stage_pauses_itself_after_consecutive_failures(w: &World) {
+        w.import(&["f1", "f2", "f3", "f4", "f5", "f6"]);
+        let run = |id: &str, status: u16| {
+            w.assign(&[id], "fragile");
+            let lease = w.lease_one("one", id);
+            w.record(&lease, answer(status))
+        };
+        assert!(!run("f1", 500).paused_stage);
+        assert!(!run("f2", 200).paused_stage, "a success resets the count");
+        assert!(!run("f3", 500).paused_stage);
+        let rec = run("f4", 500);
+        assert!(rec.paused_stage);
+        let reason = "paused automatically after 2 consecutive failed deliveries";
+        assert_eq!(w.stage_paused("fragile"), (true, Some(reason.to_string())));
+        assert_eq!(w.at("f4").0, "fail-sink", "the failure still routes");
+
+        w.assign(&["f5"], "fragile");
+        assert!(w.lease("one", 10).is_empty());
+        w.store
+            .set_paused(&wf(), &st("fragile"), false, OP)
+            .unwrap();
+        w.counts();
+        let lease = w.lease_one("one", "f5");
+        assert!(
+            !w.record(&lease, answer(500)).paused_stage,
+            "a resume resets the count"
+        );
+        assert!(run("f6", 500).paused_stage);
+    }
+
+    // --- Notifications -----------------------------------------------------------------------
+
+    /// §6 notifications: one per history row per subscribed event, written in the transaction
+    /// of the change; they have no stage, ignore pause, and never cause notifications.
+    pub fn notifications_are_written_in_the_transaction_of_their_change(w: &World) {
+        w.apply(NOTIFY);
+        let count = |event: EventType| {
+            w.count_deliveries(DeliveryFilter {
+                event: Some(event),
+                ..DeliveryFilter::default()
+            })
+        };
+        let all = |w: &World| {
+            [
+                EventType::ItemCreated,
+                EventType::ItemStageChanged,
+                EventType::ItemCompleted,
+                EventType::DeliveryFailed,
+                EventType::StagePaused,
+            ]
+            .map(|e| {
+                w.count_deliveries(DeliveryFilter {
+                    event: Some(e),
+                    ..DeliveryFilter::default()
+                })
+            })
+        };
+        // Import: the landing in the dataset and the move on to `hold` (two history rows).
+        w.import(&["n"]);
+        assert_eq!(all(w), [1, 1, 0, 0, 0]);
+        let created = w
+            .store
+            .list_deliveries(
+                &DeliveryFilter {
+                    event: Some(EventType::ItemCreated),
+                    ..DeliveryFilter::default()
+                },
+                None,
+                10,
+            )
+            .unwrap();
+        let (created, _) = &created[0];
+        assert_eq!(created.stage.as_str(), "notify:0");
+        assert_eq!(created.item_id, Some(ItemId::new("n")));
+        assert_eq!(created.state, DeliveryState::Pending);
+
+        w.assign(&["n"], "fragile");
+        assert_eq!(all(w), [1, 2, 0, 0, 0]);
+        // The dispatcher leases the notifications too; they succeed and route nothing.
+        let leases = w.lease("one", 10);
+        assert_eq!(leases.len(), 4);
+        for l in leases.iter().filter(|l| l.event.is_notification()) {
+            let rec = w.record(l, answer(200));
+            assert_eq!(
+                (rec.state, rec.routed_to.clone()),
+                (DeliveryState::Succeeded, None)
+            );
+        }
+        let mine = leases
+            .iter()
+            .find(|l| l.event == EventType::StageWebhook)
+            .unwrap();
+        let rec = w.record(mine, answer(400));
+        assert_eq!(rec.routed_to, Some(st("fail-sink")));
+        assert_eq!(
+            all(w),
+            [1, 3, 0, 1, 0],
+            "the failure and its route, in the record"
+        );
+        let failed = w
+            .store
+            .list_deliveries(
+                &DeliveryFilter {
+                    event: Some(EventType::DeliveryFailed),
+                    ..DeliveryFilter::default()
+                },
+                None,
+                10,
+            )
+            .unwrap();
+        let body = w.detail(&failed[0].0.id).body;
+        assert_eq!(body["type"], "delivery.failed");
+        assert_eq!(body["data"]["delivery_id"], mine.delivery_id.as_str());
+        assert_eq!(body["data"]["last_status"], 400);
+
+        let adv = w
+            .store
+            .advance(&[ItemId::new("n")], None, &Expect::default(), OP)
+            .unwrap();
+        w.counts();
+        assert_eq!(adv.moved, 1);
+        assert_eq!(all(w), [1, 4, 1, 1, 0]);
+
+        // Pausing (by hand) writes `stage.paused`; the notifications still go (no stage).
+        w.store.set_paused(&wf(), &st("fragile"), true, OP).unwrap();
+        w.counts();
+        assert_eq!(count(EventType::StagePaused), 1);
+        let leases = w.lease("one", 100);
+        assert!(leases.iter().all(|l| l.event.is_notification()));
+        assert_eq!(leases.len(), 5, "all but the three already sent");
+        // A failed notification routes nothing and notifies nobody.
+        for l in &leases {
+            let rec = w.record(l, answer(400));
+            assert_eq!(
+                (rec.state, rec.routed_to.clone(), rec.paused_stage),
+                (DeliveryState::Failed, None, false)
+            );
+        }
+        assert_eq!(all(w), [1, 4, 1, 1, 1]);
+        assert_eq!(w.at("n").0, "done");
+    }
+
+    // --- Import ------------------------------------------------------------------------------
+
+    /// §6 identity: an id already present is skipped and counted, never overwritten (its
+    /// differing content is reported); a line without an id gets the same UUIDv5 each time; an
+    /// id of another workflow is refused before anything is written.
+    pub fn import_is_idempotent_and_never_overwrites(w: &World) {
+        let lines = vec![
+            json!({"id": "a", "name": "a.jpg"}),
+            json!({"id": "b", "name": "b.jpg"}),
+            json!({"name": "no-id.jpg", "tags": ["x"]}),
+        ];
+        let r = w.import_lines(&wf(), &lines);
+        assert_eq!((r.imported, r.already_present), (3, 0));
+        assert_eq!(r.landed.get("hold"), Some(&3));
+        let again = w.import_lines(&wf(), &lines);
+        assert_eq!((again.imported, again.already_present), (0, 3));
+        assert!(again.differing.is_empty());
+        assert!(again.created.is_empty());
+
+        let changed = vec![
+            json!({"id": "b", "name": "renamed.jpg"}),
+            json!({"id": "c", "name": "c.jpg"}),
+        ];
+        let r = w.import_lines(&wf(), &changed);
+        assert_eq!((r.imported, r.already_present), (1, 1));
+        assert_eq!(r.differing, vec![ItemId::new("b")]);
+        assert_eq!(w.item("b").name, "b.jpg", "never overwritten");
+        assert_eq!(w.item("b").version, 1);
+        let all = w.store.count_items(&ItemFilter::default()).unwrap();
+        assert_eq!(all, 4);
+        // Each item's history starts with its import, once.
+        assert_eq!(
+            w.history("a"),
+            vec![
+                (None, "dataset".into(), HistoryCause::Import),
+                (Some("dataset".into()), "hold".into(), HistoryCause::Route),
+            ]
+        );
+
+        // Another workflow: an id of this one is a line error, and nothing is written.
+        let other = WORKFLOW.replacen("id = \"wf\"", "id = \"other\"", 1);
+        let spec = hookops::workflow::parse("other.toml", &other, &|_| None).unwrap();
+        w.store.apply_workflow(&spec, &Vec::new(), OP).unwrap();
+        let text = "{\"id\": \"z\", \"name\": \"z\"}\n{\"id\": \"a\", \"name\": \"a\"}\n";
+        let parsed = hookops::import::parse_jsonl(text.as_bytes()).unwrap();
+        assert_eq!((parsed.items.len(), parsed.errors.len()), (2, 0));
+        let err = w
+            .store
+            .import_items(
+                &WorkflowId::new("other"),
+                parsed.items,
+                None,
+                OP,
+                &mut |_, _| {},
+            )
+            .unwrap_err();
+        assert_eq!(err.done, 0);
+        assert!(
+            err.to_string().contains("already exists in workflow `wf`"),
+            "{err}"
+        );
+        assert!(w.store.item(&ItemId::new("z")).is_err());
+        w.counts();
+    }
+
+    // --- Prune -------------------------------------------------------------------------------
+
+    /// Prune removes finished deliveries (and their attempts) older than the cutoff, keeping
+    /// each item's latest delivery per stage and every open delivery.
+    pub fn prune_keeps_the_latest_delivery_per_item_and_stage_and_open_ones(w: &World) {
+        w.import(&["p", "q", "r"]);
+        // p: three failed deliveries in `bare` (the first and two re-fires), then one in `hook`.
+        w.assign(&["p"], "bare");
+        for round in 0..3 {
+            let lease = w.lease_one("one", "p");
+            w.record(&lease, answer(500));
+            if round < 2 {
+                let latest = w.latest("p").id;
+                assert_eq!(w.store.refire(&[latest], OP).unwrap().refired, 1);
+                w.counts();
+            }
+        }
+        w.assign(&["p"], "hook");
+        let lease = w.lease_one("one", "p");
+        w.record(&lease, answer(200));
+        // q: entered `bare` twice while it is paused: one cancelled, one pending.
+        w.store.set_paused(&wf(), &st("bare"), true, OP).unwrap();
+        w.assign(&["q"], "bare");
+        w.assign(&["q"], "bare");
+        // r: a test delivery of `hook` and a replayed success.
+        let test = w.store.begin_test(&wf(), &st("hook"), OP).unwrap();
+        w.record(&test, answer(200));
+        w.assign(&["r"], "hook");
+        let lease = w.lease_one("one", "r");
+        w.record(&lease, answer(200));
+        let replay = w.store.begin_replay(&lease.delivery_id, OP).unwrap();
+        w.record(&replay, answer(200));
+        let p = w.deliveries_of("p");
+        assert_eq!(p.len(), 4);
+        wait_past(now_ms());
+
+        let opts = |dry_run| PruneOptions {
+            older_than: Duration::ZERO,
+            audit_older_than: None,
+            dry_run,
+        };
+        let dry = w.store.prune(&opts(true), OP).unwrap();
+        // p's two older `bare` deliveries (1 attempt each), q's cancelled one, the test.
+        assert_eq!((dry.deliveries, dry.attempts), (4, 3));
+        assert_eq!(w.deliveries_of("p").len(), 4, "a dry run removes nothing");
+        let r = w.store.prune(&opts(false), OP).unwrap();
+        w.counts();
+        assert_eq!((r.deliveries, r.attempts), (4, 3));
+        assert_eq!(r.kept_latest, 3, "p in bare, p in hook, r in hook");
+        assert_eq!(r.kept_open, 1, "q's pending delivery");
+
+        let kept: Vec<DeliveryId> = w.deliveries_of("p").into_iter().map(|d| d.id).collect();
+        assert_eq!(kept, vec![p[0].id.clone(), p[1].id.clone()]);
+        for gone in &p[2..] {
+            assert!(
+                w.store.delivery_detail(&gone.id).is_err(),
+                "{} was pruned",
+                gone.id
+            );
+        }
+        assert!(w.store.delivery_detail(&test.delivery_id).is_err());
+        let q: Vec<_> = w.deliveries_of("q").into_iter().map(|d| d.state).collect();
+        assert_eq!(q, vec![DeliveryState::Pending]);
+        assert_eq!(
+            w.attempts(&lease.delivery_id).len(),
+            2,
+            "kept with its attempts"
+        );
+        let again = w.store.prune(&opts(false), OP).unwrap();
+        assert_eq!(again.deliveries, 0);
+        w.counts();
+    }
+
+    // --- List cursors ------------------------------------------------------------------------
+
+    /// Item pages (every order, every filter, any page size) return exactly the rows of one
+    /// full read, in its order; an item that enters the stage while it is being paged comes
+    /// at the end, once.
+    pub fn item_pages_never_skip_or_repeat_a_row(w: &World) {
+        // Names in the reverse of import order, so the name order differs from `seq`.
+        let ids = ["i1", "i2", "i3", "i4", "i5", "i6", "i7"];
+        let lines: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| json!({"id": id, "name": format!("{}-{id}", 9 - n)}))
+            .collect();
+        w.import_lines(&wf(), &lines);
+        w.assign(&["i2", "i5"], "ok-sink");
+        w.assign(&["i5"], "hold");
+        let filters = [
+            ItemFilter::default(),
+            ItemFilter {
+                stage: Some(st("hold")),
+                ..ItemFilter::default()
+            },
+            ItemFilter {
+                order: ItemOrder::Name,
+                ..ItemFilter::default()
+            },
+            ItemFilter {
+                workflow: Some(wf()),
+                stage: Some(st("hold")),
+                order: ItemOrder::Name,
+                ..ItemFilter::default()
+            },
+            ItemFilter {
+                search: Some("-i".into()),
+                state: Some(ItemState::Active),
+                ..ItemFilter::default()
+            },
+        ];
+        for f in &filters {
+            let full = ids_of(&w.store.list_items(f, None, 1000).unwrap());
+            assert_eq!(full.len() as i64, w.store.count_items(f).unwrap());
+            for limit in 1..=4 {
+                let paged = all_pages(
+                    limit,
+                    |after, n| w.store.list_items(f, after.as_ref(), n).unwrap(),
+                    |r: &ItemRow| r.cursor.clone(),
+                );
+                assert_eq!(ids_of(&paged), full, "{f:?} by {limit}");
+            }
+        }
+        let hold = ItemFilter {
+            stage: Some(st("hold")),
+            ..ItemFilter::default()
+        };
+        assert_eq!(
+            ids_of(&w.store.list_items(&hold, None, 100).unwrap()),
+            vec!["i1", "i3", "i4", "i6", "i7", "i5"],
+            "oldest arrival first"
+        );
+        let by_name = ItemFilter {
+            order: ItemOrder::Name,
+            ..ItemFilter::default()
+        };
+        assert_eq!(
+            ids_of(&w.store.list_items(&by_name, None, 100).unwrap()),
+            vec!["i7", "i6", "i5", "i4", "i3", "i2", "i1"]
+        );
+
+        // Items entering the stage while it is paged come after the page end, once.
+        let page = w.store.list_items(&hold, None, 3).unwrap();
+        w.assign(&["i2"], "hold");
+        w.assign(&["i3"], "ok-sink");
+        let rest = all_pages(
+            2,
+            |after, n| {
+                let after = after.or_else(|| Some(page.last().unwrap().cursor.clone()));
+                w.store.list_items(&hold, after.as_ref(), n).unwrap()
+            },
+            |r: &ItemRow| r.cursor.clone(),
+        );
+        assert_eq!(ids_of(&page), vec!["i1", "i3", "i4"]);
+        assert_eq!(ids_of(&rest), vec!["i6", "i7", "i5", "i2"]);
+    }
+
+    /// The console pages a stage oldest arrival first. An item entering the stage in the same
+    /// millisecond as the last row of the page read, but with an older `seq`, must still come
+    /// after that row (it arrived later), not before the cursor where no page will find it.
+    pub fn an_item_entering_a_stage_in_the_same_millisecond_is_not_skipped(w: &World) {
+        w.import(&["a", "b"]);
+        w.assign(&["a", "b"], "ok-sink");
+        let hold = ItemFilter {
+            stage: Some(st("hold")),
+            ..ItemFilter::default()
+        };
+        // Without a store clock to hold, repeat until the whole exchange fits in one
+        // millisecond (the wall clock reads the same before the first move and after the
+        // second), which is the case that matters.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut same_ms = 0;
+        let mut tries = 0;
+        while same_ms < 3 && Instant::now() < deadline {
+            tries += 1;
+            let t0 = now_ms();
+            w.store
+                .assign(
+                    &wf(),
+                    &st("hold"),
+                    &AssignTarget::Items(vec![ItemId::new("b")]),
+                    None,
+                    OP,
+                )
+                .unwrap();
+            let page = w.store.list_items(&hold, None, 1).unwrap();
+            w.store
+                .assign(
+                    &wf(),
+                    &st("hold"),
+                    &AssignTarget::Items(vec![ItemId::new("a")]),
+                    None,
+                    OP,
+                )
+                .unwrap();
+            let t1 = now_ms();
+            assert_eq!(ids_of(&page), vec!["b"]);
+            let rest = w
+                .store
+                .list_items(&hold, Some(&page[0].cursor), 10)
+                .unwrap();
+            assert_eq!(
+                ids_of(&rest),
+                vec!["a"],
+                "`a` entered `hold` after `b`: the page after `b` must hold it (try {tries})"
+            );
+            let full = ids_of(&w.store.list_items(&hold, None, 10).unwrap());
+            assert_eq!(full, vec!["b", "a"], "arrival order");
+            if t0 == t1 {
+                same_ms += 1;
+            }
+            w.store
+                .assign(
+                    &wf(),
+                    &st("ok-sink"),
+                    &AssignTarget::Items(vec![ItemId::new("a"), ItemId::new("b")]),
+                    None,
+                    OP,
+                )
+                .unwrap();
+        }
+        w.counts();
+        assert!(
+            same_ms > 0,
+            "no exchange fit in one millisecond in {tries} tries"
+        );
+    }
+
+    /// Delivery pages (newest first) return every delivery that existed when paging began
+    /// exactly once, whatever is created meanwhile, for any page size and filter.
+    pub fn delivery_pages_never_skip_or_repeat_a_row(w: &World) {
+        let ids = ["d1", "d2", "d3", "d4", "d5", "d6"];
+        w.import(&ids);
+        w.assign(&ids, "bare");
+        for _ in 0..3 {
+            let lease = w.lease("one", 1).remove(0);
+            w.record(&lease, answer(500));
+        }
+        let filters = [
+            DeliveryFilter::default(),
+            DeliveryFilter {
+                state: Some(DeliveryState::Pending),
+                ..DeliveryFilter::default()
+            },
+            DeliveryFilter {
+                stage: Some(st("bare")),
+                ..DeliveryFilter::default()
+            },
+        ];
+        for f in &filters {
+            for limit in 1..=4 {
+                let full: Vec<DeliveryId> = w
+                    .store
+                    .list_deliveries(f, None, 1000)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(d, _)| d.id)
+                    .collect();
+                assert_eq!(full.len() as i64, w.store.count_deliveries(f).unwrap());
+                let mut made = 0;
+                let paged = all_pages(
+                    limit,
+                    |after, n| {
+                        // A new delivery between pages: it is newer than every page's rows.
+                        if after.is_some() && made < 2 {
+                            made += 1;
+                            w.store.begin_test(&wf(), &st("hook"), OP).unwrap();
+                        }
+                        w.store.list_deliveries(f, after, n).unwrap()
+                    },
+                    |r: &(DeliverySummary, i64)| r.1,
+                );
+                let paged: Vec<DeliveryId> = paged.into_iter().map(|(d, _)| d.id).collect();
+                let wanted: Vec<DeliveryId> =
+                    paged.iter().filter(|d| full.contains(d)).cloned().collect();
+                assert_eq!(wanted, full, "{f:?} by {limit}");
+                assert_eq!(paged.len(), full.len(), "nothing newer than the first page");
+            }
+        }
+        w.counts();
+    }
+
+    /// `attempts_after` (the log pane, API cursors) returns every attempt once, in order,
+    /// however the reads interleave with the writes.
+    pub fn attempt_pages_never_skip_or_repeat_a_row(w: &World) {
+        let ids = ["a1", "a2", "a3", "a4", "a5"];
+        w.import(&ids);
+        w.assign(&ids, "hook");
+        let start = w.store.last_attempt_seq().unwrap();
+        let mut seen: Vec<(DeliveryId, i64)> = Vec::new();
+        let mut after = start;
+        let read = |after: &mut i64, seen: &mut Vec<(DeliveryId, i64)>| {
+            let page = w.store.attempts_after(*after, 2).unwrap();
+            if let Some((seq, _)) = page.last() {
+                *after = *seq;
+            }
+            seen.extend(page.into_iter().map(|(_, e)| (e.delivery_id, e.number)));
+        };
+        let mut written: Vec<(DeliveryId, i64)> = Vec::new();
+        for round in 0..3 {
+            for lease in w.lease("one", 10) {
+                written.push((lease.delivery_id.clone(), lease.number));
+                w.record(&lease, answer_long_ago(503));
+                read(&mut after, &mut seen);
+            }
+            if round == 1 {
+                let replay = w.store.begin_replay(&w.latest("a1").id, OP).unwrap();
+                written.push((replay.delivery_id.clone(), replay.number));
+                w.record(&replay, answer(200));
+            }
+        }
+        loop {
+            let before = seen.len();
+            read(&mut after, &mut seen);
+            if seen.len() == before {
+                break;
+            }
+        }
+        assert_eq!(written.len(), 16);
+        assert_eq!(seen, written, "every attempt once, in the order written");
+        assert_eq!(w.store.last_attempt_seq().unwrap(), after);
+    }
+}
