@@ -1215,11 +1215,15 @@ pub mod cases {
             .unwrap();
         w.counts();
         assert_eq!(r.refired, 0);
-        assert!(r.refused[0].1.contains("newer"), "{}", r.refused[0].1);
         assert!(
-            r.refused[1].1.contains("still pending"),
+            r.refused[0].reason.contains("newer"),
             "{}",
-            r.refused[1].1
+            r.refused[0].reason
+        );
+        assert!(
+            r.refused[1].reason.contains("still pending"),
+            "{}",
+            r.refused[1].reason
         );
 
         // Allowed after it routed the item on, while the item has not moved since.
@@ -1246,7 +1250,11 @@ pub mod cases {
         assert_eq!(adv.moved, 1);
         let r = w.store.refire(std::slice::from_ref(&d.id), OP).unwrap();
         assert_eq!(r.refired, 0);
-        assert!(r.refused[0].1.contains("moved since"), "{}", r.refused[0].1);
+        assert!(
+            r.refused[0].reason.contains("moved since"),
+            "{}",
+            r.refused[0].reason
+        );
         assert_eq!(w.at("b").0, "done");
         assert_eq!(w.deliveries_of("b").len(), 1);
     }
