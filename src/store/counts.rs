@@ -15,22 +15,16 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 
 use super::Result;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Table {
-    Items,
-    Deliveries,
-}
+use super::seam::{Counted as Table, Rows};
 
-impl Table {
-    fn name(self) -> &'static str {
-        match self {
-            Table::Items => "item_counts",
-            Table::Deliveries => "delivery_counts",
-        }
+fn table_name(table: Table) -> &'static str {
+    match table {
+        Table::Items => "item_counts",
+        Table::Deliveries => "delivery_counts",
     }
 }
 
@@ -113,7 +107,7 @@ impl Deltas {
                  INSERT INTO {counts} (workflow_id, stage_id, state, n)
                  SELECT workflow_id, stage_id, state, COUNT(*) FROM {rows}
                  GROUP BY workflow_id, stage_id, state;",
-                counts = table.name()
+                counts = table_name(table)
             ))?;
         }
         self.job.clear();
@@ -138,17 +132,11 @@ impl Deltas {
     }
 
     /// Writes the transaction's deltas; the writer calls this just before `COMMIT`.
-    pub(super) fn flush(&mut self, conn: &Connection) -> Result<()> {
+    pub(super) fn flush(&mut self, rows: &dyn Rows) -> Result<()> {
         for ((table, workflow, stage, state), n) in std::mem::take(&mut self.tx) {
-            if n == 0 {
-                continue;
+            if n != 0 {
+                rows.add_to_count(table, &workflow, &stage, &state, n)?;
             }
-            conn.prepare_cached(&format!(
-                "INSERT INTO {} (workflow_id, stage_id, state, n) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT DO UPDATE SET n = n + excluded.n",
-                table.name()
-            ))?
-            .execute(params![workflow, stage, state, n])?;
         }
         Ok(())
     }

@@ -3,11 +3,12 @@
 //! The dispatcher's side (leasing, recording outcomes) lives in `dispatch_ops`.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::Tx;
 use super::items::enum_col;
+use super::seam::NewDelivery;
 use super::{Result, Store, StoreError, to_time};
 use crate::engine::payload::{DeliveryMeta, build_body};
 use crate::model::{
@@ -119,31 +120,21 @@ pub(crate) fn summary_from_row(r: &Row) -> rusqlite::Result<DeliverySummary> {
 }
 
 /// Creates the `stage.webhook` delivery of an item that just entered a webhook stage, with
-/// its body frozen now. `item` is the item as it is after the move.
+/// its body frozen now. `item` is the item as it is after the move; `refire_of` links a
+/// re-fire to the delivery it re-fires.
 pub(crate) fn insert_delivery(
-    conn: &Tx<'_>,
-    wf: &Workflow,
-    item: &Item,
-    previous_stage: Option<StageId>,
-    trigger: DeliveryTrigger,
-    now: i64,
-) -> Result<DeliveryId> {
-    insert_delivery_linked(conn, wf, item, previous_stage, trigger, None, now)
-}
-
-pub(crate) fn insert_delivery_linked(
-    conn: &Tx<'_>,
+    tx: &Tx<'_>,
     wf: &Workflow,
     item: &Item,
     previous_stage: Option<StageId>,
     trigger: DeliveryTrigger,
     refire_of: Option<&DeliveryId>,
-    now: i64,
 ) -> Result<DeliveryId> {
     let stage = wf.stage(&item.stage).ok_or_else(|| StoreError::NotFound {
         what: "stage",
         id: format!("{}/{}", wf.id, item.stage),
     })?;
+    let now = tx.now();
     let id = DeliveryId::generate();
     let meta = DeliveryMeta {
         delivery_id: id.clone(),
@@ -154,25 +145,20 @@ pub(crate) fn insert_delivery_linked(
     };
     let body = build_body(wf, stage, item, &meta)
         .map_err(|e| StoreError::Invalid(format!("cannot build the payload: {e}")))?;
-    conn.prepare_cached(
-        "INSERT INTO deliveries (id, workflow_id, stage_id, item_id, event, trigger, state,
-             item_version, next_attempt_at, refire_of, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9, ?9)",
-    )?
-    .execute(params![
-        id.as_str(),
-        wf.id.as_str(),
-        item.stage.as_str(),
-        item.id.as_str(),
-        EventType::StageWebhook.as_str(),
-        trigger.as_str(),
-        DeliveryState::Pending.as_str(),
-        item.version,
+    tx.rows().insert_delivery(&NewDelivery {
+        id: &id,
+        workflow: &wf.id,
+        stage: &item.stage,
+        item: Some(&item.id),
+        event: EventType::StageWebhook,
+        trigger,
+        item_version: Some(item.version),
+        refire_of,
+        lease: None,
         now,
-        refire_of.map(|d| d.as_str()),
-    ])?;
-    insert_body(conn, &body)?;
-    conn.counts().add_deliveries(
+        body: &body,
+    })?;
+    tx.counts().add_deliveries(
         wf.id.as_str(),
         item.stage.as_str(),
         DeliveryState::Pending.as_str(),
@@ -181,63 +167,48 @@ pub(crate) fn insert_delivery_linked(
     Ok(id)
 }
 
-/// Stores the frozen body of the delivery row just inserted on `conn` (migration 3: bodies
-/// live apart from the delivery rows, which are rewritten on every lease and outcome).
-pub(crate) fn insert_body(conn: &Connection, body: &[u8]) -> Result<()> {
-    conn.prepare_cached("INSERT INTO delivery_bodies (seq, body) VALUES (?1, ?2)")?
-        .execute(params![conn.last_insert_rowid(), body])?;
-    Ok(())
-}
-
-/// The frozen body of the delivery whose `seq` is given.
-pub(crate) fn body_of(conn: &Connection, seq: i64) -> Result<Vec<u8>> {
-    Ok(conn
-        .prepare_cached("SELECT body FROM delivery_bodies WHERE seq = ?1")?
-        .query_row([seq], |r| r.get(0))?)
-}
-
 /// Writes one notification delivery per `[[notify]]` entry of `wf` that subscribes to
 /// `event`, in the caller's transaction (design §6: "one per history row per subscribed event,
 /// written in the same transaction"). Each is a delivery of its own event type on the entry's
 /// pseudo-stage `notify:N`, with the body `{type, timestamp, data}` frozen now. Notifications
 /// have no stage to pause and never cause notifications themselves.
 pub(crate) fn insert_notifications(
-    conn: &Tx<'_>,
+    tx: &Tx<'_>,
     wf: &Workflow,
     event: EventType,
     item: Option<&ItemId>,
     data: &serde_json::Value,
-    now: i64,
 ) -> Result<usize> {
     debug_assert!(event.is_notification());
+    let now = tx.now();
     let mut n = 0;
     for (i, entry) in wf.notify.iter().enumerate() {
         if !entry.events.contains(&event) {
             continue;
         }
         let id = DeliveryId::generate();
+        let stage = crate::workflow::notify_stage_id(i);
         let body = serde_json::to_vec(&serde_json::json!({
             "type": event,
             "timestamp": to_time(now).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "data": data,
         }))?;
-        conn.prepare_cached(
-            "INSERT INTO deliveries (id, workflow_id, stage_id, item_id, event, trigger, state,
-                 next_attempt_at, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'route', 'pending', ?6, ?6, ?6)",
-        )?
-        .execute(params![
-            id.as_str(),
-            wf.id.as_str(),
-            crate::workflow::notify_stage_id(i).as_str(),
-            item.map(|i| i.as_str()),
-            event.as_str(),
+        tx.rows().insert_delivery(&NewDelivery {
+            id: &id,
+            workflow: &wf.id,
+            stage: &stage,
+            item,
+            event,
+            trigger: DeliveryTrigger::Route,
+            item_version: None,
+            refire_of: None,
+            lease: None,
             now,
-        ])?;
-        insert_body(conn, &body)?;
-        conn.counts().add_deliveries(
+            body: &body,
+        })?;
+        tx.counts().add_deliveries(
             wf.id.as_str(),
-            crate::workflow::notify_stage_id(i).as_str(),
+            stage.as_str(),
             DeliveryState::Pending.as_str(),
             1,
         );
@@ -249,34 +220,22 @@ pub(crate) fn insert_notifications(
 /// Cancels the item's open `stage.webhook` deliveries (other than `except`), because the item
 /// was moved by hand or re-entered the stage. An attempt already on the wire still records.
 pub(crate) fn cancel_open_deliveries(
-    conn: &Tx<'_>,
+    tx: &Tx<'_>,
     item: &ItemId,
     reason: CancelReason,
     by: &str,
     except: Option<&DeliveryId>,
-    now: i64,
 ) -> Result<usize> {
     // Read first: the counters need each row's state before the update.
-    let open: Vec<(i64, String, String, String)> = conn
-        .prepare_cached(
-            "SELECT seq, workflow_id, stage_id, state FROM deliveries
-             WHERE item_id = ?1 AND event = 'stage.webhook'
-               AND state IN ('pending', 'retry_scheduled', 'in_flight')
-               AND id IS NOT ?2",
-        )?
-        .query_map(params![item.as_str(), except.map(|d| d.as_str())], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    for (seq, wf, stage, state) in &open {
-        conn.prepare_cached(
-            "UPDATE deliveries SET state = 'cancelled', cancel_reason = ?2, cancelled_by = ?3,
-                 next_attempt_at = NULL, updated_at = ?4
-             WHERE seq = ?1",
-        )?
-        .execute(params![seq, reason.as_str(), by, now])?;
-        conn.counts()
-            .delivery_moved(wf, stage, state, DeliveryState::Cancelled.as_str());
+    let open = tx.rows().open_webhook_deliveries(item, except)?;
+    for d in &open {
+        tx.rows().cancel_delivery(d.seq, reason, by, tx.now())?;
+        tx.counts().delivery_moved(
+            &d.workflow,
+            &d.stage,
+            &d.state,
+            DeliveryState::Cancelled.as_str(),
+        );
     }
     Ok(open.len())
 }

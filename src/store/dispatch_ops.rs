@@ -8,12 +8,16 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::Tx;
-use super::deliveries::{DeliveryFilter, body_of, insert_body, insert_notifications};
-use super::items::{apply_route, enum_col, load_item, load_item_head};
+use super::deliveries::{DeliveryFilter, insert_notifications};
+use super::items::{MovedBy, apply_route, enum_col};
+use super::seam::{
+    AttemptRow, Counted, DeliveryRow, DeliveryUpdate, Due, Heartbeat, ManualAttempt, NewDelivery,
+    NewLease, RefireRow,
+};
 use super::workflows::{current_spec, read_current_spec};
 use super::{Result, Store, StoreError, audit, to_time, where_now};
 use crate::engine;
@@ -135,70 +139,44 @@ fn lease_ms(cfg: Option<&WebhookConfig>) -> i64 {
 }
 
 /// Turns expired leases (and leases of dead local dispatchers) back into due deliveries, with
-/// an `interrupted` attempt row for the attempt that may have been sent unrecorded.
-pub(super) fn reclaim(conn: &Tx<'_>, now: i64, dead_owners: &[String]) -> Result<usize> {
-    let mut rows: Vec<(String, String, String, i64)> = conn
-        .prepare_cached(
-            // INDEXED BY: the planner otherwise reads every in-flight row to test its
-            // deadline, on every lease.
-            "SELECT id, workflow_id, stage_id, lease_number FROM deliveries INDEXED BY deliveries_leased
-             WHERE state = 'in_flight' AND lease_until < ?1",
-        )?
-        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+/// an `interrupted` attempt row for the attempt that may have been sent unrecorded; that row
+/// never counts toward `max_attempts` (design §6).
+pub(super) fn reclaim(tx: &Tx<'_>, dead_owners: &[String]) -> Result<usize> {
+    let now = tx.now();
+    let rows = tx.rows();
+    let mut lost = rows.expired_leases(now)?;
     for owner in dead_owners {
-        let more: Vec<(String, String, String, i64)> = conn
-            .prepare_cached(
-                "SELECT id, workflow_id, stage_id, lease_number FROM deliveries
-                 WHERE state = 'in_flight' AND lease_owner = ?1 AND lease_until >= ?2",
-            )?
-            .query_map(params![owner, now], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        rows.extend(more);
+        lost.extend(rows.leases_of(owner, now)?);
     }
-    for (id, wf, stage, number) in &rows {
-        let url = current_spec(conn, &WorkflowId::new(wf.as_str()))
+    for d in &lost {
+        let url = current_spec(tx, &WorkflowId::new(d.workflow.as_str()))
             .ok()
             .and_then(|(spec, _)| {
-                webhook_of(&spec, &StageId::new(stage.as_str()))
+                webhook_of(&spec, &StageId::new(d.stage.as_str()))
                     .map(|c| crate::redact::Redactor::new(&spec.secrets).redact(&c.url))
             })
             .unwrap_or_default();
-        conn.prepare_cached(
-            "INSERT INTO attempts (delivery_id, number, trigger, counted, started_at, url, request_headers,
-                 error_kind, error_message)
-             VALUES (?1, ?2, 'scheduled', 0, ?3, ?4, '[]', 'interrupted', ?5)
-             ON CONFLICT (delivery_id, number) DO NOTHING",
-        )?
-        .execute(params![id, number, now, url, INTERRUPTED_MESSAGE])?;
-        let released = conn
-            .prepare_cached(
-                "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2, lease_token = NULL,
-                 lease_until = NULL, lease_owner = NULL, last_error_kind = 'interrupted', updated_at = ?2
-             WHERE id = ?1 AND state = 'in_flight'",
-            )?
-            .execute(params![id, now])?;
-        if released > 0 {
-            conn.counts()
-                .delivery_moved(wf, stage, "in_flight", "pending");
+        rows.insert_interrupted_attempt(&d.id, d.number, &url, INTERRUPTED_MESSAGE, now)?;
+        if rows.release_lease(&d.id, now)? {
+            tx.counts()
+                .delivery_moved(&d.workflow, &d.stage, "in_flight", "pending");
         }
     }
     for owner in dead_owners {
-        conn.execute("DELETE FROM dispatchers WHERE id = ?1", [owner])?;
+        rows.delete_dispatcher(owner)?;
     }
-    Ok(rows.len())
+    Ok(lost.len())
 }
 
 fn lease_in_tx(
-    conn: &Tx<'_>,
+    tx: &Tx<'_>,
     owner: &str,
     limit: usize,
     dead_owners: &[String],
 ) -> Result<Vec<Lease>> {
-    let now = conn.now();
-    reclaim(conn, now, dead_owners)?;
+    let now = tx.now();
+    let rows = tx.rows();
+    reclaim(tx, dead_owners)?;
     let mut leases = Vec::new();
     // Per-stage caps (max_in_flight) count in-flight deliveries across all processes.
     let mut in_flight: std::collections::HashMap<(String, String), i64> = Default::default();
@@ -212,15 +190,22 @@ fn lease_in_tx(
             break;
         }
         let want = (limit - leases.len() + 1) << round;
-        let page = due_page(conn, now, after, want)?;
+        let page = rows.due_page(now, after, want)?;
         let exhausted = page.len() < want;
-        for (seq, due, wf, stage, state) in page {
+        for Due {
+            seq,
+            due,
+            workflow: wf,
+            stage,
+            state,
+        } in page
+        {
             if leases.len() >= limit {
                 break;
             }
             after = (due, seq);
             if !specs.contains_key(&wf) {
-                let s = current_spec(conn, &WorkflowId::new(wf.as_str()))?;
+                let s = current_spec(tx, &WorkflowId::new(wf.as_str()))?;
                 specs.insert(wf.clone(), s);
             }
             let (spec, revision) = &specs[&wf];
@@ -228,13 +213,8 @@ fn lease_in_tx(
             if let Some(cap) = cfg.and_then(|c| c.max_in_flight) {
                 let key = (wf.clone(), stage.clone());
                 if !in_flight.contains_key(&key) {
-                    let n: i64 = conn
-                        .prepare_cached(
-                            "SELECT COALESCE(SUM(n), 0) FROM delivery_counts
-                             WHERE workflow_id = ?1 AND stage_id = ?2 AND state = 'in_flight'",
-                        )?
-                        .query_row([&wf, &stage], |r| r.get(0))?;
-                    let n = n + conn.counts().unwritten_deliveries(&wf, &stage, "in_flight");
+                    let n = rows.stored_count(Counted::Deliveries, &wf, &stage, "in_flight")?
+                        + tx.counts().unwritten_deliveries(&wf, &stage, "in_flight");
                     in_flight.insert(key.clone(), n);
                 }
                 let n = in_flight.get_mut(&key).map(|n| {
@@ -247,46 +227,24 @@ fn lease_in_tx(
             }
             let token = uuid::Uuid::now_v7().simple().to_string();
             let until = now + lease_ms(cfg);
-            // OR FAIL: this one-row update cannot break a constraint (every value it sets is
-            // given and not null), and with the default ABORT SQLite keeps a statement journal
-            // for it: ~17 % of the lease's instructions (issue 4).
-            let row = conn
-                .prepare_cached(
-                    "UPDATE OR FAIL deliveries SET state = 'in_flight', lease_token = ?2, lease_until = ?3,
-                         lease_owner = ?4, lease_number = next_number, next_number = next_number + 1,
-                         updated_at = ?5
-                     WHERE seq = ?1 AND state IN ('pending', 'retry_scheduled')
-                     RETURNING id, item_id, event, lease_number, attempts",
-                )?
-                .query_row(params![seq, token, until, owner, now], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, Option<String>>(1)?,
-                        enum_col::<EventType>(r, 2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, i64>(4)?,
-                    ))
-                })
-                .optional()?;
-            let Some((id, item_id, event, number, attempts)) = row else {
+            let Some(leased) = rows.lease_delivery(seq, &token, until, owner, now)? else {
                 continue;
             };
-            let body = body_of(conn, seq)?;
-            conn.counts()
-                .delivery_moved(&wf, &stage, &state, "in_flight");
+            let body = rows.body_of(seq)?;
+            tx.counts().delivery_moved(&wf, &stage, &state, "in_flight");
             leases.push(Lease {
-                delivery_id: DeliveryId(id),
+                delivery_id: DeliveryId(leased.id),
                 seq,
                 token: Some(token),
-                number,
+                number: leased.number,
                 trigger: AttemptTrigger::Scheduled,
                 workflow: WorkflowId(wf.clone()),
                 revision: *revision,
                 stage: StageId(stage),
-                item_id: item_id.map(ItemId),
-                event,
+                item_id: leased.item_id.map(ItemId),
+                event: leased.event,
                 body: body.into(),
-                attempts,
+                attempts: leased.attempts,
                 spec: spec.clone(),
             });
         }
@@ -298,124 +256,28 @@ fn lease_in_tx(
 }
 
 /// The name of a delivery's item, shown beside its id in lists of attempts.
-fn item_name(conn: &Connection, item: Option<&str>) -> Result<Option<String>> {
-    let Some(item) = item else {
-        return Ok(None);
-    };
-    Ok(conn
-        .prepare_cached("SELECT name FROM items WHERE id = ?1")?
-        .query_row([item], |r| r.get(0))
-        .optional()?)
+fn item_name(tx: &Tx<'_>, item: Option<&str>) -> Result<Option<String>> {
+    match item {
+        Some(item) => tx.rows().item_name(&ItemId::new(item)),
+        None => Ok(None),
+    }
 }
 
 /// Pages of due deliveries one lease reads at most (each twice the size of the one before).
 const LEASE_ROUNDS: usize = 8;
 
-/// `(seq, next_attempt_at, workflow, stage, state)` of a due delivery.
-type Due = (i64, i64, String, String, String);
-
-/// At most `n` due deliveries of unpaused stages after `after` (`(next_attempt_at, seq)`),
-/// oldest due first.
-fn due_page(conn: &Connection, now: i64, after: (i64, i64), n: usize) -> Result<Vec<Due>> {
-    // INDEXED BY: without statistics SQLite picked `deliveries_by_state` here and sorted every
-    // pending delivery on each lease (quadratic over a big backlog); the partial due index
-    // (whose keys end in the rowid) yields them in order from `after` and stops at the limit.
-    Ok(conn
-        .prepare_cached(
-            "SELECT d.seq, d.next_attempt_at, d.workflow_id, d.stage_id, d.state
-             FROM deliveries d INDEXED BY deliveries_due
-             WHERE d.state IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= ?1
-               AND (d.next_attempt_at, d.seq) > (?2, ?3)
-               AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
-                               AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
-             ORDER BY d.next_attempt_at, d.seq LIMIT ?4",
-        )?
-        .query_map(params![now, after.0, after.1, n as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?)
-}
-
-fn insert_attempt(
-    conn: &Connection,
-    id: &DeliveryId,
-    number: i64,
-    trigger: AttemptTrigger,
-    counted: bool,
-    o: &AttemptOutcome,
-) -> Result<()> {
-    let headers = serde_json::to_string(&o.request_headers)?;
-    let response_headers = serde_json::to_string(&o.response_headers)?;
-    // A late recorder fills in the `interrupted` row another dispatcher wrote for its number.
-    conn.prepare_cached(
-        "INSERT INTO attempts (delivery_id, number, trigger, counted, started_at, duration_ms, url,
-             request_headers, status, response_headers, response_body, error_kind, error_message)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-         ON CONFLICT (delivery_id, number) DO UPDATE SET
-             started_at = excluded.started_at, duration_ms = excluded.duration_ms, url = excluded.url,
-             request_headers = excluded.request_headers, status = excluded.status,
-             response_headers = excluded.response_headers, response_body = excluded.response_body,
-             error_kind = excluded.error_kind, error_message = excluded.error_message",
-    )?
-    .execute(params![
-        id.as_str(),
-        number,
-        trigger.as_str(),
-        counted,
-        o.started_at,
-        o.duration_ms,
-        o.url,
-        headers,
-        o.status,
-        response_headers,
-        o.response_body,
-        o.error_kind.map(|k| k.as_str()),
-        o.error_message,
-    ])?;
-    Ok(())
-}
-
-struct DeliveryRow {
-    state: DeliveryState,
-    token: Option<String>,
-    attempts: i64,
-    item_id: Option<String>,
-    item_version: Option<i64>,
-    workflow: WorkflowId,
-    stage: StageId,
-    event: EventType,
-}
-
-fn delivery_row(conn: &Connection, lease: &Lease) -> Result<DeliveryRow> {
-    conn.prepare_cached(
-        "SELECT state, lease_token, attempts, item_id, item_version, workflow_id, stage_id, event
-         FROM deliveries WHERE seq = ?1 AND id = ?2",
-    )?
-    .query_row(params![lease.seq, lease.delivery_id.as_str()], |r| {
-        Ok(DeliveryRow {
-            state: enum_col(r, 0)?,
-            token: r.get(1)?,
-            attempts: r.get(2)?,
-            item_id: r.get(3)?,
-            item_version: r.get(4)?,
-            workflow: WorkflowId(r.get(5)?),
-            stage: StageId(r.get(6)?),
-            event: enum_col(r, 7)?,
-        })
-    })
-    .optional()?
-    .ok_or_else(|| StoreError::NotFound {
-        what: "delivery",
-        id: lease.delivery_id.to_string(),
-    })
-}
-
 /// Records one attempt and applies what [`delivery::decide`] made of it (design §2, §6).
 /// `jitter` in [-1, 1].
-fn record_in_tx(conn: &Tx<'_>, lease: &Lease, o: &AttemptOutcome, jitter: f64) -> Result<Recorded> {
-    let now = conn.now();
-    let d = delivery_row(conn, lease)?;
-    let (spec, revision) = current_spec(conn, &d.workflow)?;
+fn record_in_tx(tx: &Tx<'_>, lease: &Lease, o: &AttemptOutcome, jitter: f64) -> Result<Recorded> {
+    let now = tx.now();
+    let rows = tx.rows();
+    let d = rows
+        .delivery_for_record(lease.seq, &lease.delivery_id)?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "delivery",
+            id: lease.delivery_id.to_string(),
+        })?;
+    let (spec, revision) = current_spec(tx, &d.workflow)?;
     let cfg = webhook_of(&spec, &d.stage);
     let decision = delivery::decide(
         DeliveryNow {
@@ -444,18 +306,17 @@ fn record_in_tx(conn: &Tx<'_>, lease: &Lease, o: &AttemptOutcome, jitter: f64) -
         lease_lost: false,
         paused_stage: false,
     };
-    insert_attempt(
-        conn,
-        &lease.delivery_id,
-        lease.number,
-        lease.trigger,
-        decision.counted,
-        o,
-    )?;
+    rows.upsert_attempt(&AttemptRow {
+        delivery: &lease.delivery_id,
+        number: lease.number,
+        trigger: lease.trigger,
+        counted: decision.counted,
+        outcome: o,
+    })?;
     let (state, attempts, next, settlement) = match decision.effect {
         Effect::AttemptOnly { lease_lost } => {
             rec.lease_lost = lease_lost;
-            rec.item_name = item_name(conn, d.item_id.as_deref())?;
+            rec.item_name = item_name(tx, d.item_id.as_deref())?;
             return Ok(rec);
         }
         Effect::Update {
@@ -474,35 +335,30 @@ fn record_in_tx(conn: &Tx<'_>, lease: &Lease, o: &AttemptOutcome, jitter: f64) -
                 lease,
                 o,
                 attempts,
-                now,
                 settle: settlement,
             };
-            settle(conn, &spec, revision, &d, &outcome, &mut rec)?
+            settle(tx, &spec, revision, &d, &outcome, &mut rec)?
         }
         None => {
-            rec.item_name = item_name(conn, d.item_id.as_deref())?;
+            rec.item_name = item_name(tx, d.item_id.as_deref())?;
             None
         }
     };
     // One update of the delivery, after its routing (which never reads it back).
-    conn.prepare_cached(
-        "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, lease_token = NULL,
-             lease_until = NULL, lease_owner = NULL, last_status = ?5, last_error_kind = ?6,
-             last_attempt_at = ?7, updated_at = ?8, routed_version = COALESCE(?9, routed_version)
-         WHERE seq = ?1",
-    )?
-    .execute(params![
+    rows.update_delivery(
         lease.seq,
-        state.as_str(),
-        attempts,
-        next,
-        o.status,
-        o.error_kind.map(|k| k.as_str()),
-        o.started_at,
-        now,
-        routed_version,
-    ])?;
-    conn.counts().delivery_moved(
+        &DeliveryUpdate {
+            state,
+            attempts,
+            next_attempt_at: next,
+            last_status: o.status,
+            last_error_kind: o.error_kind,
+            last_attempt_at: o.started_at,
+            now,
+            routed_version,
+        },
+    )?;
+    tx.counts().delivery_moved(
         d.workflow.as_str(),
         d.stage.as_str(),
         d.state.as_str(),
@@ -516,7 +372,6 @@ struct Final<'a> {
     lease: &'a Lease,
     o: &'a AttemptOutcome,
     attempts: i64,
-    now: i64,
     settle: Settle,
 }
 
@@ -524,7 +379,7 @@ struct Final<'a> {
 /// notification, the stage's run of failures (and auto-pause), and the item's routing.
 /// Returns the item version the routing wrote, when it routed.
 fn settle(
-    conn: &Tx<'_>,
+    tx: &Tx<'_>,
     spec: &Arc<Workflow>,
     revision: i64,
     d: &DeliveryRow,
@@ -535,14 +390,14 @@ fn settle(
         lease,
         o,
         attempts,
-        now,
         settle,
     } = *f;
+    let rows = tx.rows();
     // The item as it is now: its name for the notification and the log line, its stage and
     // version for the fencing below.
     let item_id = d.item_id.clone().map(ItemId);
     let head = match &item_id {
-        Some(id) => load_item_head(conn, id)?,
+        Some(id) => rows.load_item_head(id)?,
         None => None,
     };
     rec.item_name = head.as_ref().map(|h| h.name.clone());
@@ -557,44 +412,17 @@ fn settle(
             outcome: o,
         }
         .data();
-        insert_notifications(
-            conn,
-            spec,
-            EventType::DeliveryFailed,
-            item_id.as_ref(),
-            &data,
-            now,
-        )?;
+        insert_notifications(tx, spec, EventType::DeliveryFailed, item_id.as_ref(), &data)?;
     }
     match settle.failures {
         FailureRun::Untracked => {}
-        FailureRun::Reset => {
-            conn.prepare_cached(
-                "UPDATE stages SET consecutive_failures = 0
-                 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL AND consecutive_failures != 0",
-            )?
-            .execute([d.workflow.as_str(), d.stage.as_str()])?;
-        }
+        FailureRun::Reset => rows.reset_failure_run(&d.workflow, &d.stage)?,
         FailureRun::Extend { pause_after } => {
-            let n: i64 = conn
-                .prepare_cached(
-                    "UPDATE stages SET consecutive_failures = consecutive_failures + 1
-                     WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL
-                     RETURNING consecutive_failures",
-                )?
-                .query_row([d.workflow.as_str(), d.stage.as_str()], |r| r.get(0))
-                .optional()?
-                .unwrap_or(0);
+            let n = rows.extend_failure_run(&d.workflow, &d.stage)?;
             if let Some(reason) = delivery::auto_pause(n, pause_after) {
-                let changed = conn
-                    .prepare_cached(
-                        "UPDATE stages SET paused = 1, paused_reason = ?3
-                         WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL AND paused = 0",
-                    )?
-                    .execute(params![d.workflow.as_str(), d.stage.as_str(), reason])?;
-                rec.paused_stage = changed > 0;
+                rec.paused_stage = rows.pause_stage(&d.workflow, &d.stage, &reason)?;
                 if rec.paused_stage {
-                    notify_paused(conn, spec, &d.stage, &reason, None, now)?;
+                    notify_paused(tx, spec, &d.stage, &reason, None)?;
                 }
             }
         }
@@ -614,7 +442,7 @@ fn settle(
     // body). A route of at most one hop that delivers nothing read none of it: keep it.
     let mut route = route_of(&head)?;
     let item = if route.deliver || route.hops.len() > 1 {
-        let Some(item) = load_item(conn, &item_id)? else {
+        let Some(item) = rows.load_item(&item_id)? else {
             return Ok(None);
         };
         route = route_of(&item)?;
@@ -623,15 +451,16 @@ fn settle(
         head
     };
     apply_route(
-        conn,
+        tx,
         spec,
         revision,
         &item,
         &route,
-        None,
-        DeliveryTrigger::Route,
-        Some(&lease.delivery_id),
-        now,
+        MovedBy {
+            operator: None,
+            trigger: DeliveryTrigger::Route,
+            via_delivery: Some(&lease.delivery_id),
+        },
     )?;
     rec.routed_to = Some(route.stage);
     Ok(Some(item.version + 1))
@@ -639,40 +468,37 @@ fn settle(
 
 /// The `stage.paused` notifications of a stage that was just paused (by hand or by itself).
 pub(super) fn notify_paused(
-    conn: &Tx<'_>,
+    tx: &Tx<'_>,
     spec: &Workflow,
     stage: &StageId,
     reason: &str,
     operator: Option<&str>,
-    now: i64,
 ) -> Result<()> {
     if spec.notify.is_empty() {
         return Ok(());
     }
     let data = delivery::paused_data(&spec.id, stage, reason, operator);
-    insert_notifications(conn, spec, EventType::StagePaused, None, &data, now)?;
+    insert_notifications(tx, spec, EventType::StagePaused, None, &data)?;
     Ok(())
 }
 
 /// What a re-fire needs: the current spec and revision, the item, and the webhook stage.
 type Refirable = (Arc<Workflow>, i64, crate::model::Item, StageId);
-/// A delivery row as re-fire reads it: workflow, stage, event, item, state, routed version.
-type RefireRow = (String, String, String, Option<String>, String, Option<i64>);
 
 /// Why a delivery cannot be re-fired now (`Err` with the reason), or what re-firing it takes.
 fn refire_refusal(
-    conn: &Tx<'_>,
+    tx: &Tx<'_>,
     id: &DeliveryId,
 ) -> Result<std::result::Result<Refirable, (RefusalKind, String)>> {
-    let row: Option<RefireRow> = conn
-        .prepare_cached(
-            "SELECT workflow_id, stage_id, event, item_id, state, routed_version FROM deliveries WHERE id = ?1",
-        )?
-        .query_row([id.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-        })
-        .optional()?;
-    let Some((wf, stage, event, item_id, state, routed_version)) = row else {
+    let Some(RefireRow {
+        workflow: wf,
+        stage,
+        event,
+        item_id,
+        state,
+        routed_version,
+    }) = tx.rows().refire_row(id)?
+    else {
         return Ok(Err((
             RefusalKind::NotFound,
             format!("no delivery with id `{id}`"),
@@ -695,13 +521,8 @@ fn refire_refusal(
             format!("delivery `{id}` is still {state}; wait for its outcome or cancel it"),
         )));
     }
-    let latest: Option<String> = conn
-        .prepare_cached(
-            "SELECT id FROM deliveries WHERE item_id = ?1 AND event = 'stage.webhook' ORDER BY seq DESC LIMIT 1",
-        )?
-        .query_row([&item_id], |r| r.get(0))
-        .optional()?;
-    let Some(item) = load_item(conn, &ItemId::new(item_id.as_str()))? else {
+    let latest = tx.rows().latest_webhook_delivery(&item_id)?;
+    let Some(item) = tx.rows().load_item(&ItemId::new(item_id.as_str()))? else {
         return Ok(Err((
             RefusalKind::Stale,
             format!("item `{item_id}` no longer exists"),
@@ -727,7 +548,7 @@ fn refire_refusal(
             ),
         )));
     }
-    let (spec, rev) = current_spec(conn, &WorkflowId(wf))?;
+    let (spec, rev) = current_spec(tx, &WorkflowId(wf))?;
     if spec.stage(&stage).map(|s| s.kind()) != Some(StageKind::Webhook) {
         return Ok(Err((
             RefusalKind::Stale,
@@ -745,7 +566,6 @@ fn refire_in_tx(
     operator: &str,
 ) -> Result<(RefireReport, usize)> {
     let mut report = RefireReport::default();
-    let now = conn.now();
     let started = std::time::Instant::now();
     let mut taken = 0;
     for id in ids {
@@ -768,14 +588,14 @@ fn refire_in_tx(
                     rev,
                     &item,
                     &route,
-                    Some(operator),
-                    DeliveryTrigger::Refire,
-                    None,
-                    now,
+                    MovedBy {
+                        operator: Some(operator),
+                        trigger: DeliveryTrigger::Refire,
+                        via_delivery: None,
+                    },
                 )?;
                 if let Some(new) = created {
-                    conn.prepare_cached("UPDATE deliveries SET refire_of = ?2 WHERE id = ?1")?
-                        .execute([new.as_str(), id.as_str()])?;
+                    conn.rows().set_refire_of(&new, id)?;
                     report.created.push(new);
                 }
                 report.refired += 1;
@@ -796,21 +616,15 @@ impl Store {
     pub async fn heartbeat(&self, info: &DispatcherInfo) -> Result<()> {
         let info = info.clone();
         self.write_async("dispatch", move |c| {
-            c.prepare_cached(
-                "INSERT INTO dispatchers (id, pid, host, process_start, started_at, last_beat, concurrency)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (id) DO UPDATE SET last_beat = excluded.last_beat",
-            )?
-            .execute(params![
-                info.id,
-                info.pid,
-                info.host,
-                info.process_start,
-                info.started_at.timestamp_millis(),
-                c.now(),
-                info.concurrency
-            ])?;
-            Ok(())
+            c.rows().upsert_heartbeat(&Heartbeat {
+                id: &info.id,
+                pid: info.pid,
+                host: &info.host,
+                process_start: &info.process_start,
+                started_at: info.started_at.timestamp_millis(),
+                now: c.now(),
+                concurrency: info.concurrency,
+            })
         })
         .await
     }
@@ -818,11 +632,8 @@ impl Store {
     /// Removes this dispatcher's heartbeat row (clean shutdown).
     pub async fn unregister_dispatcher(&self, id: &str) -> Result<()> {
         let id = id.to_string();
-        self.write_async("dispatch", move |c| {
-            c.execute("DELETE FROM dispatchers WHERE id = ?1", [id])?;
-            Ok(())
-        })
-        .await
+        self.write_async("dispatch", move |c| c.rows().delete_dispatcher(&id))
+            .await
     }
 
     /// Every heartbeat row, newest beat first.
@@ -947,7 +758,7 @@ impl Store {
     /// `interrupted` attempt and is due again now.
     pub async fn release_leases(&self, owner: &str) -> Result<usize> {
         let owner = owner.to_string();
-        self.write_async("dispatch", move |c| reclaim(c, c.now(), &[owner]))
+        self.write_async("dispatch", move |c| reclaim(c, &[owner]))
             .await
     }
 
@@ -1036,30 +847,22 @@ impl Store {
     pub fn begin_replay(&self, id: &DeliveryId, operator: &str) -> Result<Lease> {
         let (id, op) = (id.clone(), operator.to_string());
         self.write("replay", move |c| {
-            let row = c
-                .prepare_cached(
-                    "UPDATE deliveries SET next_number = next_number + 1 WHERE id = ?1
-                     RETURNING workflow_id, stage_id, item_id, event, seq, next_number - 1, attempts",
-                )?
-                .query_row([id.as_str()], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                        enum_col::<EventType>(r, 3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, i64>(6)?,
-                    ))
-                })
-                .optional()?;
-            let Some((wf, stage, item_id, event, seq, number, attempts)) = row else {
+            let Some(ManualAttempt {
+                workflow: wf,
+                stage,
+                item_id,
+                event,
+                seq,
+                number,
+                attempts,
+            }) = c.rows().take_manual_number(&id)?
+            else {
                 return Err(StoreError::NotFound {
                     what: "delivery",
                     id: id.to_string(),
                 });
             };
-            let body = body_of(c, seq)?;
+            let body = c.rows().body_of(seq)?;
             let (spec, revision) = current_spec(c, &WorkflowId::new(wf.as_str()))?;
             audit(c, &op, "replay", &format!("delivery {id}"), None, 1)?;
             Ok(Lease {
@@ -1108,23 +911,27 @@ impl Store {
             let body = test_body(&spec, st, &meta)
                 .map_err(|e| StoreError::Invalid(format!("cannot build the test payload: {e}")))?;
             let token = uuid::Uuid::now_v7().simple().to_string();
-            c.prepare_cached(
-                "INSERT INTO deliveries (id, workflow_id, stage_id, item_id, event, trigger, state,
-                     next_number, lease_token, lease_until, lease_owner, lease_number, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, NULL, 'webhook.test', 'test', 'in_flight', 2, ?4, ?5, ?6, 1, ?7, ?7)",
-            )?
-            .execute(params![
-                id.as_str(),
-                wf.as_str(),
-                stage.as_str(),
-                token,
-                now + lease_ms(Some(cfg)),
-                format!("test:{}", std::process::id()),
-                now
-            ])?;
-            let seq = c.last_insert_rowid();
-            insert_body(c, &body)?;
-            c.counts().add_deliveries(wf.as_str(), stage.as_str(), "in_flight", 1);
+            let owner = format!("test:{}", std::process::id());
+            let seq = c.rows().insert_delivery(&NewDelivery {
+                id: &id,
+                workflow: &wf,
+                stage: &stage,
+                item: None,
+                event: EventType::WebhookTest,
+                trigger: DeliveryTrigger::Test,
+                item_version: None,
+                refire_of: None,
+                lease: Some(NewLease {
+                    token: &token,
+                    until: now + lease_ms(Some(cfg)),
+                    owner: &owner,
+                    number: 1,
+                }),
+                now,
+                body: &body,
+            })?;
+            c.counts()
+                .add_deliveries(wf.as_str(), stage.as_str(), "in_flight", 1);
             audit(c, &op, "test", &format!("stage {wf}/{stage}"), None, 1)?;
             Ok(Lease {
                 delivery_id: id,

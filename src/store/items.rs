@@ -15,6 +15,7 @@ use super::Tx;
 use super::deliveries::{
     DeliverySummary, cancel_open_deliveries, insert_delivery, insert_notifications,
 };
+use super::seam::{HistoryRow, ItemMove};
 use super::workflows::current_spec;
 use super::{Result, Store, StoreError, audit, to_time, where_now};
 use crate::engine::{self, Outcome, Route};
@@ -192,11 +193,6 @@ pub struct ItemDetail {
     pub deliveries: Vec<DeliverySummary>,
 }
 
-/// An item's columns with its content (migration 4 keeps the content in `item_content`).
-const ITEM_COLUMNS: &str = "i.id, i.workflow_id, i.stage_id, i.state, i.name, i.path, \
-     i.dataset_name, i.dataset_slug, i.tags, c.properties, c.slots, c.annotations, i.version, \
-     i.created_at, i.updated_at";
-
 pub(crate) fn json_col<T: serde::de::DeserializeOwned>(row: &Row, i: usize) -> rusqlite::Result<T> {
     let text: String = row.get(i)?;
     serde_json::from_str(&text).map_err(|e| {
@@ -214,175 +210,82 @@ where
     })
 }
 
-fn item_from_row(row: &Row) -> rusqlite::Result<Item> {
-    Ok(Item {
-        id: ItemId(row.get(0)?),
-        workflow: WorkflowId(row.get(1)?),
-        stage: StageId(row.get(2)?),
-        state: enum_col(row, 3)?,
-        name: row.get(4)?,
-        path: row.get(5)?,
-        dataset: DatasetRef {
-            name: row.get(6)?,
-            slug: row.get(7)?,
-        },
-        tags: json_col(row, 8)?,
-        properties: json_col(row, 9)?,
-        slots: json_col(row, 10)?,
-        annotations: json_col(row, 11)?,
-        version: row.get(12)?,
-        created_at: to_time(row.get(13)?),
-        updated_at: to_time(row.get(14)?),
-    })
-}
-
-pub(crate) fn load_item(conn: &Connection, id: &ItemId) -> Result<Option<Item>> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {ITEM_COLUMNS} FROM items i JOIN item_content c ON c.seq = i.seq
-             WHERE i.id = ?1"
-        ))?
-        .query_row([id.as_str()], item_from_row)
-        .optional()?)
-}
-
-/// An item's row only, not its `item_content`: `tags`, `properties`, `slots` and
-/// `annotations` are left empty (no JSON read or parsed). Enough to fence and to route an
-/// outcome whose route reads no content (see `record_in_tx`).
-pub(crate) fn load_item_head(conn: &Connection, id: &ItemId) -> Result<Option<Item>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT id, workflow_id, stage_id, state, name, path, dataset_name, dataset_slug,
-                 version, created_at, updated_at
-             FROM items WHERE id = ?1",
-        )?
-        .query_row([id.as_str()], |row| {
-            Ok(Item {
-                id: ItemId(row.get(0)?),
-                workflow: WorkflowId(row.get(1)?),
-                stage: StageId(row.get(2)?),
-                state: enum_col(row, 3)?,
-                name: row.get(4)?,
-                path: row.get(5)?,
-                dataset: DatasetRef {
-                    name: row.get(6)?,
-                    slug: row.get(7)?,
-                },
-                tags: Vec::new(),
-                properties: Default::default(),
-                slots: Vec::new(),
-                annotations: Vec::new(),
-                version: row.get(8)?,
-                created_at: to_time(row.get(9)?),
-                updated_at: to_time(row.get(10)?),
-            })
-        })
-        .optional()?)
+/// Who moves an item, and through what: an operator (or none, for routing), the trigger a
+/// delivery it lands in gets, and the delivery whose outcome moved it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MovedBy<'a> {
+    pub operator: Option<&'a str>,
+    pub trigger: DeliveryTrigger,
+    pub via_delivery: Option<&'a DeliveryId>,
 }
 
 /// Applies a route to an item in the caller's transaction. Returns the delivery it created.
 ///
 /// `item` is the item as read in this transaction. When the route leaves the item where it is
 /// with no hops (a webhook failure without `on_failure`), only its state changes.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_route(
-    conn: &Tx<'_>,
+    tx: &Tx<'_>,
     wf: &Workflow,
     revision: i64,
     item: &Item,
     route: &Route,
-    operator: Option<&str>,
-    trigger: DeliveryTrigger,
-    via_delivery: Option<&DeliveryId>,
-    now: i64,
+    by: MovedBy<'_>,
 ) -> Result<Option<DeliveryId>> {
     // A move caused by a delivery's outcome (`via_delivery`) passed its fencing: that
     // delivery is the item's only open one (every other was cancelled when it was made, and
     // any made since would have changed the item's version), so there is nothing to cancel.
-    if !route.hops.is_empty() && via_delivery.is_none() {
+    if !route.hops.is_empty() && by.via_delivery.is_none() {
         cancel_open_deliveries(
-            conn,
+            tx,
             &item.id,
             CancelReason::ItemMoved,
-            operator.unwrap_or("hookops"),
-            via_delivery,
-            now,
+            by.operator.unwrap_or("hookops"),
+            None,
         )?;
     }
-    let version = item.version + 1;
-    let moved = route.stage != item.stage || !route.hops.is_empty();
-    // An item entering a stage sorts after every item already there: lists page a stage by
-    // the keyset (entered_at, seq), and an arrival keyed before a reader's cursor would never
-    // be read. `now` alone does not do it: an item with an older `seq` entering in the same
-    // millisecond as the stage's last arrival sorted before it, so it takes that millisecond
-    // + 1 (and a clock behind the stage's last arrival takes that arrival's time).
-    conn.prepare_cached(
-        "UPDATE items SET stage_id = ?2, state = ?3, version = ?4, updated_at = ?5,
-             entered_at = CASE WHEN ?6 THEN MAX(?5, COALESCE((
-                 SELECT l.entered_at + (l.seq > items.seq) FROM items l INDEXED BY items_by_stage
-                 WHERE l.workflow_id = items.workflow_id AND l.stage_id = ?2 AND l.seq != items.seq
-                 ORDER BY l.entered_at DESC, l.seq DESC LIMIT 1), ?5)) ELSE entered_at END
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        item.id.as_str(),
-        route.stage.as_str(),
-        route.state.as_str(),
-        version,
-        now,
-        moved
-    ])?;
+    tx.rows().move_item(&ItemMove {
+        id: &item.id,
+        stage: &route.stage,
+        state: route.state,
+        version: item.version + 1,
+        now: tx.now(),
+        entered: route.stage != item.stage || !route.hops.is_empty(),
+    })?;
     if route.stage != item.stage || route.state != item.state {
         let wf = item.workflow.as_str();
-        conn.counts()
-            .add_items(wf, item.stage.as_str(), item.state.as_str(), -1);
-        conn.counts()
-            .add_items(wf, route.stage.as_str(), route.state.as_str(), 1);
+        let mut counts = tx.counts();
+        counts.add_items(wf, item.stage.as_str(), item.state.as_str(), -1);
+        counts.add_items(wf, route.stage.as_str(), route.state.as_str(), 1);
     }
-    record_hops(
-        conn,
-        wf,
-        revision,
-        item,
-        route,
-        operator,
-        trigger,
-        via_delivery,
-        now,
-    )
+    record_hops(tx, wf, revision, item, route, by)
 }
 
 /// The rest of a move, once the item row holds its new stage, state and version
 /// (`item.version + 1`): one history row (and its notifications) per hop, and the delivery
 /// when the item landed in a webhook stage.
-#[allow(clippy::too_many_arguments)]
 fn record_hops(
-    conn: &Tx<'_>,
+    tx: &Tx<'_>,
     wf: &Workflow,
     revision: i64,
     item: &Item,
     route: &Route,
-    operator: Option<&str>,
-    trigger: DeliveryTrigger,
-    via_delivery: Option<&DeliveryId>,
-    now: i64,
+    by: MovedBy<'_>,
 ) -> Result<Option<DeliveryId>> {
-    let version = item.version + 1;
+    let now = tx.now();
     for hop in &route.hops {
-        insert_history(
-            conn,
-            &item.id,
-            &wf.id,
-            hop.from.as_ref(),
-            &hop.to,
-            hop.cause,
-            operator,
+        tx.rows().insert_history(&HistoryRow {
+            item: &item.id,
+            workflow: &wf.id,
+            from: hop.from.as_ref(),
+            to: &hop.to,
+            cause: hop.cause,
+            operator: by.operator,
             revision,
-            via_delivery,
-            now,
-        )?;
+            delivery: by.via_delivery,
+            at: now,
+        })?;
         if !wf.notify.is_empty() {
-            notify_hop(conn, wf, item, hop, operator, via_delivery, now)?;
+            notify_hop(tx, wf, item, hop, by)?;
         }
     }
     if !route.deliver {
@@ -391,23 +294,21 @@ fn record_hops(
     let mut entered = item.clone();
     entered.stage = route.stage.clone();
     entered.state = route.state;
-    entered.version = version;
+    entered.version = item.version + 1;
     entered.updated_at = to_time(now);
     let previous = route.hops.last().and_then(|h| h.from.clone());
-    let id = insert_delivery(conn, wf, &entered, previous, trigger, now)?;
+    let id = insert_delivery(tx, wf, &entered, previous, by.trigger, None)?;
     Ok(Some(id))
 }
 
 /// The notifications of one history row: `item.created` (import) or `item.stage_changed`,
 /// and `item.completed` / `item.discarded` when it lands in a terminal stage.
 fn notify_hop(
-    conn: &Tx<'_>,
+    tx: &Tx<'_>,
     wf: &Workflow,
     item: &Item,
     hop: &engine::Hop,
-    operator: Option<&str>,
-    via_delivery: Option<&DeliveryId>,
-    now: i64,
+    by: MovedBy<'_>,
 ) -> Result<()> {
     let data = serde_json::json!({
         "workflow": wf.id,
@@ -416,54 +317,23 @@ fn notify_hop(
         "previous_stage": hop.from,
         "stage": hop.to,
         "cause": hop.cause,
-        "operator": operator,
-        "delivery_id": via_delivery,
+        "operator": by.operator,
+        "delivery_id": by.via_delivery,
     });
     let first = if hop.from.is_none() {
         EventType::ItemCreated
     } else {
         EventType::ItemStageChanged
     };
-    insert_notifications(conn, wf, first, Some(&item.id), &data, now)?;
+    insert_notifications(tx, wf, first, Some(&item.id), &data)?;
     let terminal = match wf.stage(&hop.to).map(|s| s.kind()) {
         Some(StageKind::Complete) => Some(EventType::ItemCompleted),
         Some(StageKind::Discard) => Some(EventType::ItemDiscarded),
         _ => None,
     };
     if let Some(event) = terminal {
-        insert_notifications(conn, wf, event, Some(&item.id), &data, now)?;
+        insert_notifications(tx, wf, event, Some(&item.id), &data)?;
     }
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn insert_history(
-    conn: &Connection,
-    item: &ItemId,
-    wf: &WorkflowId,
-    from: Option<&StageId>,
-    to: &StageId,
-    cause: HistoryCause,
-    operator: Option<&str>,
-    revision: i64,
-    delivery: Option<&DeliveryId>,
-    now: i64,
-) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO history (item_id, workflow_id, from_stage, to_stage, cause, operator, revision, delivery_id, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        item.as_str(),
-        wf.as_str(),
-        from.map(|s| s.as_str()),
-        to.as_str(),
-        cause.as_str(),
-        operator,
-        revision,
-        delivery.map(|d| d.as_str()),
-        now
-    ])?;
     Ok(())
 }
 
@@ -585,10 +455,11 @@ fn import_chunk(
             revision,
             &item,
             &route,
-            Some(operator),
-            DeliveryTrigger::Route,
-            None,
-            now,
+            MovedBy {
+                operator: Some(operator),
+                trigger: DeliveryTrigger::Route,
+                via_delivery: None,
+            },
         )?;
         report.imported += 1;
         *landed
@@ -628,19 +499,29 @@ fn merge_moves(into: &mut MoveReport, chunk: MoveReport) {
     }
 }
 
+/// An operator's move of items: where they must be for it (compare-and-set), who moves
+/// them, and the trigger of the deliveries it makes.
+struct Mover<'a> {
+    expect: &'a Expect,
+    operator: &'a str,
+    trigger: DeliveryTrigger,
+}
+
 /// Moves one item (read in this transaction) along `route_for(item)`.
-#[allow(clippy::too_many_arguments)]
 fn move_one(
     conn: &Tx<'_>,
     wf: &Workflow,
     revision: i64,
     id: &ItemId,
-    expect: &Expect,
-    operator: &str,
-    trigger: DeliveryTrigger,
+    mover: &Mover<'_>,
     route_for: &dyn Fn(&Item) -> std::result::Result<Route, String>,
     report: &mut MoveReport,
 ) -> Result<()> {
+    let Mover {
+        expect,
+        operator,
+        trigger,
+    } = *mover;
     let refuse = |report: &mut MoveReport, kind: RefusalKind, reason: String| {
         report.refused.push(Refusal {
             item_id: id.clone(),
@@ -648,7 +529,7 @@ fn move_one(
             reason,
         })
     };
-    let Some(item) = load_item(conn, id)? else {
+    let Some(item) = conn.rows().load_item(id)? else {
         refuse(
             report,
             RefusalKind::NotFound,
@@ -684,17 +565,17 @@ fn move_one(
             return Ok(());
         }
     };
-    let now = conn.now();
     let created = apply_route(
         conn,
         wf,
         revision,
         &item,
         &route,
-        Some(operator),
-        trigger,
-        None,
-        now,
+        MovedBy {
+            operator: Some(operator),
+            trigger,
+            via_delivery: None,
+        },
     )?;
     report.moved += 1;
     report.deliveries += created.is_some() as i64;
@@ -725,9 +606,11 @@ pub(crate) fn move_stage_items(
             wf,
             revision,
             &ItemId(id),
-            &Expect::default(),
-            operator,
-            DeliveryTrigger::Assign,
+            &Mover {
+                expect: &Expect::default(),
+                operator,
+                trigger: DeliveryTrigger::Assign,
+            },
             &|item| engine::enter(wf, item, to, HistoryCause::Assign).map_err(|e| e.to_string()),
             &mut report,
         )?;
@@ -923,9 +806,11 @@ impl Store {
                                 &spec,
                                 rev,
                                 id,
-                                &expect,
-                                &op,
-                                DeliveryTrigger::Assign,
+                                &Mover {
+                                    expect: &expect,
+                                    operator: &op,
+                                    trigger: DeliveryTrigger::Assign,
+                                },
                                 &|item| {
                                     engine::enter(&spec, item, &to, HistoryCause::Assign)
                                         .map_err(|e| e.to_string())
@@ -981,7 +866,7 @@ impl Store {
                         let mut r = MoveReport::default();
                         let expect = Expect { stage: Some(from.clone()), version: None };
                         for (_, id) in &batch {
-                            move_one(c, &spec, rev, &ItemId(id.clone()), &expect, &op, DeliveryTrigger::Assign,
+                            move_one(c, &spec, rev, &ItemId(id.clone()), &Mover { expect: &expect, operator: &op, trigger: DeliveryTrigger::Assign },
                                 &|item| engine::enter(&spec, item, &to, HistoryCause::Assign).map_err(|e| e.to_string()),
                                 &mut r)?;
                         }
@@ -1037,7 +922,7 @@ impl Store {
                 let mut specs: HashMap<WorkflowId, (std::sync::Arc<Workflow>, i64)> =
                     HashMap::new();
                 for id in &ids {
-                    let Some(item) = load_item(c, id)? else {
+                    let Some(item) = c.rows().load_item(id)? else {
                         r.refused.push(Refusal {
                             item_id: id.clone(),
                             kind: RefusalKind::NotFound,
@@ -1071,9 +956,7 @@ impl Store {
                         spec,
                         *rev,
                         id,
-                        &expect,
-                        &op,
-                        DeliveryTrigger::Route,
+                        &Mover { expect: &expect, operator: &op, trigger: DeliveryTrigger::Route },
                         &|item| engine::outcome(spec, item, outcome).map_err(|e| e.to_string()),
                         &mut r,
                     )?;
@@ -1140,7 +1023,7 @@ impl Store {
     }
 
     pub fn item(&self, id: &ItemId) -> Result<Item> {
-        self.read(|c| load_item(c, id))?
+        self.read(|c| super::sqlite::rows::load_item(c, id))?
             .ok_or_else(|| StoreError::NotFound {
                 what: "item",
                 id: id.to_string(),
@@ -1150,10 +1033,11 @@ impl Store {
     /// The item with its full history and its deliveries, newest delivery first.
     pub fn item_detail(&self, id: &ItemId) -> Result<ItemDetail> {
         self.read(|c| {
-            let item = load_item(c, id)?.ok_or_else(|| StoreError::NotFound {
-                what: "item",
-                id: id.to_string(),
-            })?;
+            let item =
+                super::sqlite::rows::load_item(c, id)?.ok_or_else(|| StoreError::NotFound {
+                    what: "item",
+                    id: id.to_string(),
+                })?;
             let history = c
                 .prepare_cached(
                     "SELECT at, from_stage, to_stage, cause, operator, revision, delivery_id

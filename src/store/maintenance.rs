@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::Tx;
 use super::dispatch_ops::{hostname, process_start, reclaim};
-use super::items::{apply_route, enum_col, load_item};
+use super::items::{MovedBy, apply_route, enum_col};
 use super::workflows::current_spec;
 use super::{
     DeliveryFilter, Result, SCHEMA_VERSION, Store, StoreError, audit, open_connection, schema,
@@ -927,7 +927,7 @@ impl Store {
         if failing("expired_leases") {
             let op = operator.to_string();
             let n = self.write("repair", move |c| {
-                let n = reclaim(c, c.now(), &[])?;
+                let n = reclaim(c, &[])?;
                 audit(c, &op, "repair", "expired leases", None, n as i64)?;
                 Ok(n)
             })?;
@@ -1053,7 +1053,7 @@ fn cancel_in_tx(c: &Tx<'_>, ids: &[DeliveryId], op: &str) -> Result<CancelReport
         report.cancelled += 1;
         let stage = StageId(stage);
         let item = match item_id.filter(|_| event == EventType::StageWebhook) {
-            Some(i) => load_item(c, &ItemId(i))?,
+            Some(i) => c.rows().load_item(&ItemId(i))?,
             None => None,
         };
         // Route only an item still where this delivery found it (the same fencing as outcomes).
@@ -1075,10 +1075,11 @@ fn cancel_in_tx(c: &Tx<'_>, ids: &[DeliveryId], op: &str) -> Result<CancelReport
             revision,
             &item,
             &route,
-            Some(op),
-            DeliveryTrigger::Route,
-            Some(id),
-            now,
+            MovedBy {
+                operator: Some(op),
+                trigger: DeliveryTrigger::Route,
+                via_delivery: Some(id),
+            },
         )?;
         c.prepare_cached("UPDATE deliveries SET routed_version = ?2 WHERE id = ?1")?
             .execute(params![id.as_str(), item.version + 1])?;

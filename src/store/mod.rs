@@ -19,10 +19,12 @@ mod dispatch_ops;
 mod items;
 mod maintenance;
 mod policy;
-mod schema;
+mod seam;
+mod sqlite;
 mod tx;
 mod workflows;
-mod writer;
+
+use sqlite::{schema, writer};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -450,11 +452,14 @@ pub(crate) fn audit(
     filter: Option<&str>,
     count: i64,
 ) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO audit (at, operator, action, target, filter, count) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(rusqlite::params![conn.now(), operator, action, target, filter, count])?;
-    Ok(())
+    conn.rows().insert_audit(&seam::AuditRow {
+        at: conn.now(),
+        operator,
+        action,
+        target,
+        filter,
+        count,
+    })
 }
 
 impl Store {

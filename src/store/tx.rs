@@ -24,6 +24,7 @@ use rusqlite::Connection;
 
 use super::Result;
 use super::counts::Deltas;
+use super::seam::Rows;
 use crate::model::WorkflowId;
 use crate::workflow::Workflow;
 
@@ -72,6 +73,7 @@ type CurrentSpecs = HashMap<String, (i64, Arc<Workflow>)>;
 /// One write transaction's context (see the module's documentation).
 pub(crate) struct Tx<'c> {
     conn: &'c Connection,
+    rows: &'c dyn Rows,
     clock: Clock,
     now: Cell<i64>,
     specs: RefCell<CurrentSpecs>,
@@ -80,10 +82,11 @@ pub(crate) struct Tx<'c> {
 
 impl<'c> Tx<'c> {
     /// The context of a transaction just begun on `conn`.
-    pub(super) fn new(conn: &'c Connection, clock: Clock) -> Tx<'c> {
+    pub(super) fn new(conn: &'c Connection, rows: &'c dyn Rows, clock: Clock) -> Tx<'c> {
         let now = Cell::new(clock.now_ms());
         Tx {
             conn,
+            rows,
             clock,
             now,
             specs: RefCell::default(),
@@ -94,6 +97,11 @@ impl<'c> Tx<'c> {
     /// The connection the transaction runs on.
     pub(crate) fn conn(&self) -> &'c Connection {
         self.conn
+    }
+
+    /// The backend's row operations in this transaction.
+    pub(crate) fn rows(&self) -> &'c dyn Rows {
+        self.rows
     }
 
     /// A job starts: it gets its own `now`.
@@ -139,7 +147,7 @@ impl<'c> Tx<'c> {
 
     /// Writes the transaction's counter deltas, just before `COMMIT`.
     pub(super) fn flush_counts(&self) -> Result<()> {
-        self.counts.borrow_mut().flush(self.conn)
+        self.counts.borrow_mut().flush(self.rows)
     }
 }
 

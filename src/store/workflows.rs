@@ -546,7 +546,7 @@ impl Store {
             audit(c, &operator, action, &format!("stage {wf}/{stage}"), None, 1)?;
             if paused && !was {
                 let reason = format!("paused by {operator}");
-                super::dispatch_ops::notify_paused(c, &spec, &stage, &reason, Some(&operator), c.now())?;
+                super::dispatch_ops::notify_paused(c, &spec, &stage, &reason, Some(&operator))?;
             }
             Ok(was != paused)
         })

@@ -6,9 +6,9 @@
 use rusqlite::Connection;
 
 /// Marks the file as a hookops database (`PRAGMA application_id`, "HOOK").
-pub(super) const APPLICATION_ID: i64 = 0x484F_4F4B;
+pub(crate) const APPLICATION_ID: i64 = 0x484F_4F4B;
 
-pub(super) const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: the whole first schema.
     r#"
 CREATE TABLE workflows (
@@ -257,12 +257,12 @@ ALTER TABLE items DROP COLUMN annotations;
 "#,
 ];
 
-pub(super) fn user_version(conn: &Connection) -> super::Result<i64> {
+pub(crate) fn user_version(conn: &Connection) -> crate::store::Result<i64> {
     Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
 }
 
 /// Brings the file up to [`MIGRATIONS`]`.len()`; refuses a file newer than this binary.
-pub(super) fn migrate(conn: &Connection) -> Result<(), String> {
+pub(crate) fn migrate(conn: &Connection) -> Result<(), String> {
     let current = user_version(conn).map_err(|e| e.to_string())?;
     let latest = MIGRATIONS.len() as i64;
     if current > latest {

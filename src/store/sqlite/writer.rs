@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
-use super::tx::{Clock, Tx};
-use super::{Result, StoreError};
+use super::rows::SqliteRows;
+use crate::store::tx::{Clock, Tx};
+use crate::store::{Result, StoreError};
 
 /// How long one group commit may keep taking queued jobs before it commits.
 const BATCH_BUDGET: Duration = Duration::from_millis(20);
@@ -98,7 +99,7 @@ fn in_savepoint<R>(tx: &Tx<'_>, f: impl FnOnce(&Tx<'_>) -> Result<R>) -> Result<
     result
 }
 
-pub(super) struct Writer {
+pub(crate) struct Writer {
     jobs: mpsc::Sender<Box<dyn Job>>,
     commits: watch::Receiver<u64>,
     stats: Arc<Stats>,
@@ -106,7 +107,7 @@ pub(super) struct Writer {
 
 /// Figures about the writer's transactions, for benchmarks and the console header.
 #[derive(Default)]
-pub(super) struct Stats {
+pub(crate) struct Stats {
     /// Longest time from `BEGIN IMMEDIATE` to the end of `COMMIT`, in microseconds.
     pub max_hold_us: AtomicU64,
     pub transactions: AtomicU64,
@@ -116,7 +117,7 @@ pub(super) struct Stats {
 }
 
 impl Writer {
-    pub(super) fn start(mut conn: Connection, clock: Clock) -> Result<Writer> {
+    pub(crate) fn start(mut conn: Connection, clock: Clock) -> Result<Writer> {
         // SQLite's automatic checkpoint runs inside COMMIT, after the write lock is released
         // but before COMMIT returns, so it counted as lock hold time (a 745 ms "hold" during a
         // prune when other writers waited at most 120 ms). The writer checkpoints by itself
@@ -143,11 +144,11 @@ impl Writer {
         })
     }
 
-    pub(super) fn stats(&self) -> &Stats {
+    pub(crate) fn stats(&self) -> &Stats {
         &self.stats
     }
 
-    pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.commits.clone()
     }
 
@@ -168,7 +169,7 @@ impl Writer {
         Ok(rx)
     }
 
-    pub(super) fn run<R, F>(&self, f: F) -> Result<R>
+    pub(crate) fn run<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&Tx<'_>) -> Result<R> + Send + 'static,
@@ -178,7 +179,7 @@ impl Writer {
         rx.blocking_recv().map_err(|_| StoreError::WriterGone)?
     }
 
-    pub(super) async fn run_async<R, F>(&self, f: F) -> Result<R>
+    pub(crate) async fn run_async<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&Tx<'_>) -> Result<R> + Send + 'static,
@@ -216,7 +217,8 @@ fn writer_loop(
             continue;
         }
         let started = Instant::now();
-        let tx = Tx::new(&conn, clock.clone());
+        let rows = SqliteRows { conn: &conn };
+        let tx = Tx::new(&conn, &rows, clock.clone());
         let mut batch = vec![first];
         if !batch[0].run(&tx, true) && !conn.is_autocommit() {
             // The first job failed without a savepoint: undo the transaction, which holds

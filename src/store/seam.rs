@@ -1,0 +1,303 @@
+//! The backend boundary: the row operations a store backend writes (design §7, issue 16).
+//!
+//! Everything above this trait is backend-neutral and decides: where an item routes, what
+//! an attempt does to its delivery ([`crate::engine::delivery`]), which lease is stale, what
+//! a notification carries, how counters move. Everything below it only stores and fetches
+//! rows, the way River's `riverdriver` keeps the job-queue rules above its drivers. A method
+//! here is named by what it does to the rows, never by a rule, and takes and returns plain
+//! data; it is object-safe so a transaction carries `&dyn Rows`.
+//!
+//! Times are milliseconds since the Unix epoch, given by the caller (the transaction's
+//! `now`): a backend never reads a clock of its own here.
+//!
+//! SQLite implements it in `store/sqlite/rows.rs`. The operations of the day-two and bulk
+//! paths (import, apply, prune, operator cancel, repair) and the reads behind listings still
+//! run their SQL on the connection the transaction dereferences to; `ARCHITECTURE.md` lists
+//! them as the rest of the seam.
+
+use crate::model::{
+    AttemptOutcome, AttemptTrigger, CancelReason, DeliveryId, DeliveryState, DeliveryTrigger,
+    ErrorKind, EventType, HistoryCause, Item, ItemId, ItemState, StageId, WorkflowId,
+};
+
+use super::Result;
+
+/// An item's new place, written by a move (the item row only; history is separate).
+#[derive(Debug)]
+pub(crate) struct ItemMove<'a> {
+    pub id: &'a ItemId,
+    pub stage: &'a StageId,
+    pub state: ItemState,
+    pub version: i64,
+    pub now: i64,
+    /// The item entered a stage (its `entered_at` becomes `now`), rather than only changing
+    /// state where it is.
+    pub entered: bool,
+}
+
+/// One row of an item's history.
+#[derive(Debug)]
+pub(crate) struct HistoryRow<'a> {
+    pub item: &'a ItemId,
+    pub workflow: &'a WorkflowId,
+    pub from: Option<&'a StageId>,
+    pub to: &'a StageId,
+    pub cause: HistoryCause,
+    pub operator: Option<&'a str>,
+    pub revision: i64,
+    pub delivery: Option<&'a DeliveryId>,
+    pub at: i64,
+}
+
+/// A lease written with a new delivery (a test, sent at once by the process that made it).
+#[derive(Debug)]
+pub(crate) struct NewLease<'a> {
+    pub token: &'a str,
+    pub until: i64,
+    pub owner: &'a str,
+    pub number: i64,
+}
+
+/// A delivery to create, with its frozen body.
+#[derive(Debug)]
+pub(crate) struct NewDelivery<'a> {
+    pub id: &'a DeliveryId,
+    pub workflow: &'a WorkflowId,
+    pub stage: &'a StageId,
+    pub item: Option<&'a ItemId>,
+    pub event: EventType,
+    pub trigger: DeliveryTrigger,
+    /// The item's version after the move that made the delivery (fencing), for
+    /// `stage.webhook` deliveries.
+    pub item_version: Option<i64>,
+    pub refire_of: Option<&'a DeliveryId>,
+    /// `None`: pending and due at `now`. `Some`: in flight under this lease.
+    pub lease: Option<NewLease<'a>>,
+    pub now: i64,
+    pub body: &'a [u8],
+}
+
+/// A delivery as recording an attempt reads it.
+#[derive(Debug)]
+pub(crate) struct DeliveryRow {
+    pub state: DeliveryState,
+    pub token: Option<String>,
+    pub attempts: i64,
+    pub item_id: Option<String>,
+    pub item_version: Option<i64>,
+    pub workflow: WorkflowId,
+    pub stage: StageId,
+    pub event: EventType,
+}
+
+/// An attempt row to write. A late recorder's row replaces the `interrupted` row another
+/// dispatcher wrote for the same number.
+#[derive(Debug)]
+pub(crate) struct AttemptRow<'a> {
+    pub delivery: &'a DeliveryId,
+    pub number: i64,
+    pub trigger: AttemptTrigger,
+    pub counted: bool,
+    pub outcome: &'a AttemptOutcome,
+}
+
+/// What a recorded attempt leaves in its delivery row (the lease is released).
+#[derive(Debug)]
+pub(crate) struct DeliveryUpdate {
+    pub state: DeliveryState,
+    pub attempts: i64,
+    pub next_attempt_at: Option<i64>,
+    pub last_status: Option<u16>,
+    pub last_error_kind: Option<ErrorKind>,
+    pub last_attempt_at: i64,
+    pub now: i64,
+    /// The item version its routing wrote, when it routed.
+    pub routed_version: Option<i64>,
+}
+
+/// A delivery in flight: `(id, workflow, stage, lease number)`.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pub id: DeliveryId,
+    pub workflow: String,
+    pub stage: String,
+    pub number: i64,
+}
+
+/// An open delivery about to be cancelled: `seq` and what its counter needs.
+#[derive(Debug)]
+pub(crate) struct OpenDelivery {
+    pub seq: i64,
+    pub workflow: String,
+    pub stage: String,
+    pub state: String,
+}
+
+/// A due delivery of an unpaused stage, as leasing pages through them.
+#[derive(Debug)]
+pub(crate) struct Due {
+    pub seq: i64,
+    pub due: i64,
+    pub workflow: String,
+    pub stage: String,
+    pub state: String,
+}
+
+/// What leasing one delivery gives back.
+#[derive(Debug)]
+pub(crate) struct Leased {
+    pub id: String,
+    pub item_id: Option<String>,
+    pub event: EventType,
+    pub number: i64,
+    pub attempts: i64,
+}
+
+/// A delivery as a re-fire reads it.
+#[derive(Debug)]
+pub(crate) struct RefireRow {
+    pub workflow: String,
+    pub stage: String,
+    pub event: String,
+    pub item_id: Option<String>,
+    pub state: String,
+    pub routed_version: Option<i64>,
+}
+
+/// A delivery given its next attempt number for a manual attempt (a replay).
+#[derive(Debug)]
+pub(crate) struct ManualAttempt {
+    pub workflow: String,
+    pub stage: String,
+    pub item_id: Option<String>,
+    pub event: EventType,
+    pub seq: i64,
+    pub number: i64,
+    pub attempts: i64,
+}
+
+/// A dispatcher's heartbeat row.
+#[derive(Debug)]
+pub(crate) struct Heartbeat<'a> {
+    pub id: &'a str,
+    pub pid: u32,
+    pub host: &'a str,
+    pub process_start: &'a str,
+    pub started_at: i64,
+    pub now: i64,
+    pub concurrency: u32,
+}
+
+/// One row of the audit log.
+#[derive(Debug)]
+pub(crate) struct AuditRow<'a> {
+    pub at: i64,
+    pub operator: &'a str,
+    pub action: &'a str,
+    pub target: &'a str,
+    pub filter: Option<&'a str>,
+    pub count: i64,
+}
+
+/// The counted rows a counter covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Counted {
+    Items,
+    Deliveries,
+}
+
+/// The row operations of one write transaction. Every method runs inside the transaction
+/// the backend opened for the job; none commits.
+pub(crate) trait Rows {
+    // ---- items ----
+    /// An item with its content (tags, properties, slots, annotations).
+    fn load_item(&self, id: &ItemId) -> Result<Option<Item>>;
+    /// An item's row without its content (left empty): enough to fence and to route an
+    /// outcome whose route reads no content.
+    fn load_item_head(&self, id: &ItemId) -> Result<Option<Item>>;
+    fn item_name(&self, id: &ItemId) -> Result<Option<String>>;
+    fn move_item(&self, m: &ItemMove<'_>) -> Result<()>;
+    fn insert_history(&self, h: &HistoryRow<'_>) -> Result<()>;
+
+    // ---- deliveries ----
+    /// Inserts a delivery and its body; returns its `seq`.
+    fn insert_delivery(&self, d: &NewDelivery<'_>) -> Result<i64>;
+    fn body_of(&self, seq: i64) -> Result<Vec<u8>>;
+    /// The item's open `stage.webhook` deliveries other than `except`.
+    fn open_webhook_deliveries(
+        &self,
+        item: &ItemId,
+        except: Option<&DeliveryId>,
+    ) -> Result<Vec<OpenDelivery>>;
+    fn cancel_delivery(&self, seq: i64, reason: CancelReason, by: &str, now: i64) -> Result<()>;
+    /// The delivery `id` at row `seq`, as recording reads it.
+    fn delivery_for_record(&self, seq: i64, id: &DeliveryId) -> Result<Option<DeliveryRow>>;
+    fn upsert_attempt(&self, a: &AttemptRow<'_>) -> Result<()>;
+    /// Writes an `interrupted` attempt row for a lease found expired, unless a recorder
+    /// already wrote that number.
+    fn insert_interrupted_attempt(
+        &self,
+        id: &DeliveryId,
+        number: i64,
+        url: &str,
+        message: &str,
+        now: i64,
+    ) -> Result<()>;
+    fn update_delivery(&self, seq: i64, u: &DeliveryUpdate) -> Result<()>;
+    fn set_refire_of(&self, new: &DeliveryId, old: &DeliveryId) -> Result<()>;
+    fn refire_row(&self, id: &DeliveryId) -> Result<Option<RefireRow>>;
+    /// The id of the item's newest `stage.webhook` delivery.
+    fn latest_webhook_delivery(&self, item: &str) -> Result<Option<String>>;
+    /// Takes the delivery's next attempt number for a manual attempt.
+    fn take_manual_number(&self, id: &DeliveryId) -> Result<Option<ManualAttempt>>;
+
+    // ---- leases ----
+    /// Deliveries in flight whose lease ended before `now`.
+    fn expired_leases(&self, now: i64) -> Result<Vec<InFlight>>;
+    /// Deliveries in flight under `owner`'s unexpired leases.
+    fn leases_of(&self, owner: &str, now: i64) -> Result<Vec<InFlight>>;
+    /// Makes an in-flight delivery due again at `now` after its lease was lost; false when it
+    /// was no longer in flight.
+    fn release_lease(&self, id: &DeliveryId, now: i64) -> Result<bool>;
+    /// At most `n` due deliveries of unpaused stages after `after` (`(due, seq)`), oldest
+    /// due first.
+    fn due_page(&self, now: i64, after: (i64, i64), n: usize) -> Result<Vec<Due>>;
+    /// Leases a due delivery; `None` when it is no longer due.
+    fn lease_delivery(
+        &self,
+        seq: i64,
+        token: &str,
+        until: i64,
+        owner: &str,
+        now: i64,
+    ) -> Result<Option<Leased>>;
+
+    // ---- stages ----
+    fn reset_failure_run(&self, workflow: &WorkflowId, stage: &StageId) -> Result<()>;
+    /// Adds one to the stage's run of failed deliveries; returns the new length.
+    fn extend_failure_run(&self, workflow: &WorkflowId, stage: &StageId) -> Result<i64>;
+    /// Pauses the stage unless it is paused already; true when it changed.
+    fn pause_stage(&self, workflow: &WorkflowId, stage: &StageId, reason: &str) -> Result<bool>;
+
+    // ---- counters, dispatchers, audit ----
+    /// The stored counter of `(workflow, stage, state)` (without this transaction's deltas).
+    fn stored_count(
+        &self,
+        counted: Counted,
+        workflow: &str,
+        stage: &str,
+        state: &str,
+    ) -> Result<i64>;
+    /// Adds `n` to a stored counter.
+    fn add_to_count(
+        &self,
+        counted: Counted,
+        workflow: &str,
+        stage: &str,
+        state: &str,
+        n: i64,
+    ) -> Result<()>;
+    fn upsert_heartbeat(&self, h: &Heartbeat<'_>) -> Result<()>;
+    fn delete_dispatcher(&self, id: &str) -> Result<()>;
+    fn insert_audit(&self, a: &AuditRow<'_>) -> Result<()>;
+}

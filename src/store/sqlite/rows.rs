@@ -1,0 +1,607 @@
+//! SQLite's row operations ([`Rows`]): the SQL behind the store's backend-neutral write
+//! path. Each statement is cached on the writer's connection (`prepare_cached`); the hot ones
+//! name their index and inline their constants so that their plans never depend on a bound
+//! value (see `open_connection`).
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::model::{
+    CancelReason, DatasetRef, DeliveryId, DeliveryState, EventType, Item, ItemId, StageId,
+    WorkflowId,
+};
+use crate::store::seam::{
+    AttemptRow, AuditRow, Counted, DeliveryRow, DeliveryUpdate, Due, Heartbeat, HistoryRow,
+    InFlight, ItemMove, Leased, ManualAttempt, NewDelivery, OpenDelivery, RefireRow, Rows,
+};
+use crate::store::{Result, enum_col, json_col, to_time};
+
+/// The row operations on the writer's connection, inside its open transaction.
+pub(crate) struct SqliteRows<'c> {
+    pub(crate) conn: &'c Connection,
+}
+
+/// An item's columns with its content (migration 4 keeps the content in `item_content`).
+pub(crate) const ITEM_COLUMNS: &str = "i.id, i.workflow_id, i.stage_id, i.state, i.name, i.path, \
+     i.dataset_name, i.dataset_slug, i.tags, c.properties, c.slots, c.annotations, i.version, \
+     i.created_at, i.updated_at";
+
+pub(crate) fn item_from_row(row: &Row) -> rusqlite::Result<Item> {
+    Ok(Item {
+        id: ItemId(row.get(0)?),
+        workflow: WorkflowId(row.get(1)?),
+        stage: StageId(row.get(2)?),
+        state: enum_col(row, 3)?,
+        name: row.get(4)?,
+        path: row.get(5)?,
+        dataset: DatasetRef {
+            name: row.get(6)?,
+            slug: row.get(7)?,
+        },
+        tags: json_col(row, 8)?,
+        properties: json_col(row, 9)?,
+        slots: json_col(row, 10)?,
+        annotations: json_col(row, 11)?,
+        version: row.get(12)?,
+        created_at: to_time(row.get(13)?),
+        updated_at: to_time(row.get(14)?),
+    })
+}
+
+/// An item with its content, on any connection (reads use it too).
+pub(crate) fn load_item(conn: &Connection, id: &ItemId) -> Result<Option<Item>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {ITEM_COLUMNS} FROM items i JOIN item_content c ON c.seq = i.seq
+             WHERE i.id = ?1"
+        ))?
+        .query_row([id.as_str()], item_from_row)
+        .optional()?)
+}
+
+/// A delivery's frozen body, on any connection.
+pub(crate) fn body_of(conn: &Connection, seq: i64) -> Result<Vec<u8>> {
+    Ok(conn
+        .prepare_cached("SELECT body FROM delivery_bodies WHERE seq = ?1")?
+        .query_row([seq], |r| r.get(0))?)
+}
+
+fn in_flight_rows(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    p: impl rusqlite::Params,
+) -> Result<Vec<InFlight>> {
+    Ok(stmt
+        .query_map(p, |r| {
+            Ok(InFlight {
+                id: DeliveryId(r.get(0)?),
+                workflow: r.get(1)?,
+                stage: r.get(2)?,
+                number: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+fn counts_table(counted: Counted) -> &'static str {
+    match counted {
+        Counted::Items => "item_counts",
+        Counted::Deliveries => "delivery_counts",
+    }
+}
+
+impl Rows for SqliteRows<'_> {
+    fn load_item(&self, id: &ItemId) -> Result<Option<Item>> {
+        load_item(self.conn, id)
+    }
+
+    fn load_item_head(&self, id: &ItemId) -> Result<Option<Item>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT id, workflow_id, stage_id, state, name, path, dataset_name, dataset_slug,
+                     version, created_at, updated_at
+                 FROM items WHERE id = ?1",
+            )?
+            .query_row([id.as_str()], |row| {
+                Ok(Item {
+                    id: ItemId(row.get(0)?),
+                    workflow: WorkflowId(row.get(1)?),
+                    stage: StageId(row.get(2)?),
+                    state: enum_col(row, 3)?,
+                    name: row.get(4)?,
+                    path: row.get(5)?,
+                    dataset: DatasetRef {
+                        name: row.get(6)?,
+                        slug: row.get(7)?,
+                    },
+                    tags: Vec::new(),
+                    properties: Default::default(),
+                    slots: Vec::new(),
+                    annotations: Vec::new(),
+                    version: row.get(8)?,
+                    created_at: to_time(row.get(9)?),
+                    updated_at: to_time(row.get(10)?),
+                })
+            })
+            .optional()?)
+    }
+
+    fn item_name(&self, id: &ItemId) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT name FROM items WHERE id = ?1")?
+            .query_row([id.as_str()], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn move_item(&self, m: &ItemMove<'_>) -> Result<()> {
+        // An item entering a stage sorts after every item already there: lists page a stage
+        // by the keyset (entered_at, seq), and an arrival keyed before a reader's cursor would
+        // never be read. `now` alone does not do it: an item with an older `seq` entering in
+        // the same millisecond as the stage's last arrival sorted before it, so it takes that
+        // millisecond + 1 (and a clock behind the stage's last arrival takes that arrival's
+        // time).
+        self.conn
+            .prepare_cached(
+                "UPDATE items SET stage_id = ?2, state = ?3, version = ?4, updated_at = ?5,
+                     entered_at = CASE WHEN ?6 THEN MAX(?5, COALESCE((
+                         SELECT l.entered_at + (l.seq > items.seq) FROM items l INDEXED BY items_by_stage
+                         WHERE l.workflow_id = items.workflow_id AND l.stage_id = ?2 AND l.seq != items.seq
+                         ORDER BY l.entered_at DESC, l.seq DESC LIMIT 1), ?5)) ELSE entered_at END
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                m.id.as_str(),
+                m.stage.as_str(),
+                m.state.as_str(),
+                m.version,
+                m.now,
+                m.entered
+            ])?;
+        Ok(())
+    }
+
+    fn insert_history(&self, h: &HistoryRow<'_>) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO history (item_id, workflow_id, from_stage, to_stage, cause, operator, revision, delivery_id, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                h.item.as_str(),
+                h.workflow.as_str(),
+                h.from.map(|s| s.as_str()),
+                h.to.as_str(),
+                h.cause.as_str(),
+                h.operator,
+                h.revision,
+                h.delivery.map(|d| d.as_str()),
+                h.at
+            ])?;
+        Ok(())
+    }
+
+    fn insert_delivery(&self, d: &NewDelivery<'_>) -> Result<i64> {
+        let (state, next_attempt_at, next_number) = match &d.lease {
+            None => (DeliveryState::Pending, Some(d.now), 1),
+            Some(l) => (DeliveryState::InFlight, None, l.number + 1),
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO deliveries (id, workflow_id, stage_id, item_id, event, trigger, state,
+                     item_version, next_attempt_at, refire_of, next_number, lease_token, lease_until,
+                     lease_owner, lease_number, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16)",
+            )?
+            .execute(params![
+                d.id.as_str(),
+                d.workflow.as_str(),
+                d.stage.as_str(),
+                d.item.map(|i| i.as_str()),
+                d.event.as_str(),
+                d.trigger.as_str(),
+                state.as_str(),
+                d.item_version,
+                next_attempt_at,
+                d.refire_of.map(|r| r.as_str()),
+                next_number,
+                d.lease.as_ref().map(|l| l.token),
+                d.lease.as_ref().map(|l| l.until),
+                d.lease.as_ref().map(|l| l.owner),
+                d.lease.as_ref().map(|l| l.number),
+                d.now,
+            ])?;
+        let seq = self.conn.last_insert_rowid();
+        // Bodies live apart from the delivery rows, which are rewritten on every lease and
+        // outcome (migration 3).
+        self.conn
+            .prepare_cached("INSERT INTO delivery_bodies (seq, body) VALUES (?1, ?2)")?
+            .execute(params![seq, d.body])?;
+        Ok(seq)
+    }
+
+    fn body_of(&self, seq: i64) -> Result<Vec<u8>> {
+        body_of(self.conn, seq)
+    }
+
+    fn open_webhook_deliveries(
+        &self,
+        item: &ItemId,
+        except: Option<&DeliveryId>,
+    ) -> Result<Vec<OpenDelivery>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT seq, workflow_id, stage_id, state FROM deliveries
+                 WHERE item_id = ?1 AND event = 'stage.webhook'
+                   AND state IN ('pending', 'retry_scheduled', 'in_flight')
+                   AND id IS NOT ?2",
+            )?
+            .query_map(params![item.as_str(), except.map(|d| d.as_str())], |r| {
+                Ok(OpenDelivery {
+                    seq: r.get(0)?,
+                    workflow: r.get(1)?,
+                    stage: r.get(2)?,
+                    state: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn cancel_delivery(&self, seq: i64, reason: CancelReason, by: &str, now: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE deliveries SET state = 'cancelled', cancel_reason = ?2, cancelled_by = ?3,
+                     next_attempt_at = NULL, updated_at = ?4
+                 WHERE seq = ?1",
+            )?
+            .execute(params![seq, reason.as_str(), by, now])?;
+        Ok(())
+    }
+
+    fn delivery_for_record(&self, seq: i64, id: &DeliveryId) -> Result<Option<DeliveryRow>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT state, lease_token, attempts, item_id, item_version, workflow_id, stage_id, event
+                 FROM deliveries WHERE seq = ?1 AND id = ?2",
+            )?
+            .query_row(params![seq, id.as_str()], |r| {
+                Ok(DeliveryRow {
+                    state: enum_col(r, 0)?,
+                    token: r.get(1)?,
+                    attempts: r.get(2)?,
+                    item_id: r.get(3)?,
+                    item_version: r.get(4)?,
+                    workflow: WorkflowId(r.get(5)?),
+                    stage: StageId(r.get(6)?),
+                    event: enum_col(r, 7)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn upsert_attempt(&self, a: &AttemptRow<'_>) -> Result<()> {
+        let o = a.outcome;
+        let headers = serde_json::to_string(&o.request_headers)?;
+        let response_headers = serde_json::to_string(&o.response_headers)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO attempts (delivery_id, number, trigger, counted, started_at, duration_ms, url,
+                     request_headers, status, response_headers, response_body, error_kind, error_message)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                 ON CONFLICT (delivery_id, number) DO UPDATE SET
+                     started_at = excluded.started_at, duration_ms = excluded.duration_ms, url = excluded.url,
+                     request_headers = excluded.request_headers, status = excluded.status,
+                     response_headers = excluded.response_headers, response_body = excluded.response_body,
+                     error_kind = excluded.error_kind, error_message = excluded.error_message",
+            )?
+            .execute(params![
+                a.delivery.as_str(),
+                a.number,
+                a.trigger.as_str(),
+                a.counted,
+                o.started_at,
+                o.duration_ms,
+                o.url,
+                headers,
+                o.status,
+                response_headers,
+                o.response_body,
+                o.error_kind.map(|k| k.as_str()),
+                o.error_message,
+            ])?;
+        Ok(())
+    }
+
+    fn insert_interrupted_attempt(
+        &self,
+        id: &DeliveryId,
+        number: i64,
+        url: &str,
+        message: &str,
+        now: i64,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO attempts (delivery_id, number, trigger, counted, started_at, url, request_headers,
+                     error_kind, error_message)
+                 VALUES (?1, ?2, 'scheduled', 0, ?3, ?4, '[]', 'interrupted', ?5)
+                 ON CONFLICT (delivery_id, number) DO NOTHING",
+            )?
+            .execute(params![id.as_str(), number, now, url, message])?;
+        Ok(())
+    }
+
+    fn update_delivery(&self, seq: i64, u: &DeliveryUpdate) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, lease_token = NULL,
+                     lease_until = NULL, lease_owner = NULL, last_status = ?5, last_error_kind = ?6,
+                     last_attempt_at = ?7, updated_at = ?8, routed_version = COALESCE(?9, routed_version)
+                 WHERE seq = ?1",
+            )?
+            .execute(params![
+                seq,
+                u.state.as_str(),
+                u.attempts,
+                u.next_attempt_at,
+                u.last_status,
+                u.last_error_kind.map(|k| k.as_str()),
+                u.last_attempt_at,
+                u.now,
+                u.routed_version,
+            ])?;
+        Ok(())
+    }
+
+    fn set_refire_of(&self, new: &DeliveryId, old: &DeliveryId) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE deliveries SET refire_of = ?2 WHERE id = ?1")?
+            .execute([new.as_str(), old.as_str()])?;
+        Ok(())
+    }
+
+    fn refire_row(&self, id: &DeliveryId) -> Result<Option<RefireRow>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT workflow_id, stage_id, event, item_id, state, routed_version FROM deliveries WHERE id = ?1",
+            )?
+            .query_row([id.as_str()], |r| {
+                Ok(RefireRow {
+                    workflow: r.get(0)?,
+                    stage: r.get(1)?,
+                    event: r.get(2)?,
+                    item_id: r.get(3)?,
+                    state: r.get(4)?,
+                    routed_version: r.get(5)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn latest_webhook_delivery(&self, item: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM deliveries WHERE item_id = ?1 AND event = 'stage.webhook' ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row([item], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn take_manual_number(&self, id: &DeliveryId) -> Result<Option<ManualAttempt>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE deliveries SET next_number = next_number + 1 WHERE id = ?1
+                 RETURNING workflow_id, stage_id, item_id, event, seq, next_number - 1, attempts",
+            )?
+            .query_row([id.as_str()], |r| {
+                Ok(ManualAttempt {
+                    workflow: r.get(0)?,
+                    stage: r.get(1)?,
+                    item_id: r.get(2)?,
+                    event: enum_col::<EventType>(r, 3)?,
+                    seq: r.get(4)?,
+                    number: r.get(5)?,
+                    attempts: r.get(6)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn expired_leases(&self, now: i64) -> Result<Vec<InFlight>> {
+        // INDEXED BY: the planner otherwise reads every in-flight row to test its deadline,
+        // on every lease.
+        let mut s = self.conn.prepare_cached(
+            "SELECT id, workflow_id, stage_id, lease_number FROM deliveries INDEXED BY deliveries_leased
+             WHERE state = 'in_flight' AND lease_until < ?1",
+        )?;
+        in_flight_rows(&mut s, [now])
+    }
+
+    fn leases_of(&self, owner: &str, now: i64) -> Result<Vec<InFlight>> {
+        let mut s = self.conn.prepare_cached(
+            "SELECT id, workflow_id, stage_id, lease_number FROM deliveries
+             WHERE state = 'in_flight' AND lease_owner = ?1 AND lease_until >= ?2",
+        )?;
+        in_flight_rows(&mut s, params![owner, now])
+    }
+
+    fn release_lease(&self, id: &DeliveryId, now: i64) -> Result<bool> {
+        let released = self
+            .conn
+            .prepare_cached(
+                "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2, lease_token = NULL,
+                 lease_until = NULL, lease_owner = NULL, last_error_kind = 'interrupted', updated_at = ?2
+             WHERE id = ?1 AND state = 'in_flight'",
+            )?
+            .execute(params![id.as_str(), now])?;
+        Ok(released > 0)
+    }
+
+    fn due_page(&self, now: i64, after: (i64, i64), n: usize) -> Result<Vec<Due>> {
+        // INDEXED BY: without statistics SQLite picked `deliveries_by_state` here and sorted
+        // every pending delivery on each lease (quadratic over a big backlog); the partial due
+        // index (whose keys end in the rowid) yields them in order from `after` and stops at
+        // the limit.
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT d.seq, d.next_attempt_at, d.workflow_id, d.stage_id, d.state
+                 FROM deliveries d INDEXED BY deliveries_due
+                 WHERE d.state IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= ?1
+                   AND (d.next_attempt_at, d.seq) > (?2, ?3)
+                   AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
+                                   AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
+                 ORDER BY d.next_attempt_at, d.seq LIMIT ?4",
+            )?
+            .query_map(params![now, after.0, after.1, n as i64], |r| {
+                Ok(Due {
+                    seq: r.get(0)?,
+                    due: r.get(1)?,
+                    workflow: r.get(2)?,
+                    stage: r.get(3)?,
+                    state: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn lease_delivery(
+        &self,
+        seq: i64,
+        token: &str,
+        until: i64,
+        owner: &str,
+        now: i64,
+    ) -> Result<Option<Leased>> {
+        // OR FAIL: this one-row update cannot break a constraint (every value it sets is given
+        // and not null), and with the default ABORT SQLite keeps a statement journal for it:
+        // ~17 % of the lease's instructions (issue 4).
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE OR FAIL deliveries SET state = 'in_flight', lease_token = ?2, lease_until = ?3,
+                     lease_owner = ?4, lease_number = next_number, next_number = next_number + 1,
+                     updated_at = ?5
+                 WHERE seq = ?1 AND state IN ('pending', 'retry_scheduled')
+                 RETURNING id, item_id, event, lease_number, attempts",
+            )?
+            .query_row(params![seq, token, until, owner, now], |r| {
+                Ok(Leased {
+                    id: r.get(0)?,
+                    item_id: r.get(1)?,
+                    event: enum_col(r, 2)?,
+                    number: r.get(3)?,
+                    attempts: r.get(4)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn reset_failure_run(&self, workflow: &WorkflowId, stage: &StageId) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE stages SET consecutive_failures = 0
+                 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL AND consecutive_failures != 0",
+            )?
+            .execute([workflow.as_str(), stage.as_str()])?;
+        Ok(())
+    }
+
+    fn extend_failure_run(&self, workflow: &WorkflowId, stage: &StageId) -> Result<i64> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE stages SET consecutive_failures = consecutive_failures + 1
+                 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL
+                 RETURNING consecutive_failures",
+            )?
+            .query_row([workflow.as_str(), stage.as_str()], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    fn pause_stage(&self, workflow: &WorkflowId, stage: &StageId, reason: &str) -> Result<bool> {
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE stages SET paused = 1, paused_reason = ?3
+                 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL AND paused = 0",
+            )?
+            .execute(params![workflow.as_str(), stage.as_str(), reason])?;
+        Ok(changed > 0)
+    }
+
+    fn stored_count(
+        &self,
+        counted: Counted,
+        workflow: &str,
+        stage: &str,
+        state: &str,
+    ) -> Result<i64> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT COALESCE(SUM(n), 0) FROM {}
+                 WHERE workflow_id = ?1 AND stage_id = ?2 AND state = ?3",
+                counts_table(counted)
+            ))?
+            .query_row([workflow, stage, state], |r| r.get(0))?)
+    }
+
+    fn add_to_count(
+        &self,
+        counted: Counted,
+        workflow: &str,
+        stage: &str,
+        state: &str,
+        n: i64,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(&format!(
+                "INSERT INTO {} (workflow_id, stage_id, state, n) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO UPDATE SET n = n + excluded.n",
+                counts_table(counted)
+            ))?
+            .execute(params![workflow, stage, state, n])?;
+        Ok(())
+    }
+
+    fn upsert_heartbeat(&self, h: &Heartbeat<'_>) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO dispatchers (id, pid, host, process_start, started_at, last_beat, concurrency)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (id) DO UPDATE SET last_beat = excluded.last_beat",
+            )?
+            .execute(params![
+                h.id,
+                h.pid,
+                h.host,
+                h.process_start,
+                h.started_at,
+                h.now,
+                h.concurrency
+            ])?;
+        Ok(())
+    }
+
+    fn delete_dispatcher(&self, id: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM dispatchers WHERE id = ?1")?
+            .execute([id])?;
+        Ok(())
+    }
+
+    fn insert_audit(&self, a: &AuditRow<'_>) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO audit (at, operator, action, target, filter, count) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![a.at, a.operator, a.action, a.target, a.filter, a.count])?;
+        Ok(())
+    }
+}
