@@ -213,8 +213,9 @@ fn lease_in_tx(
             if let Some(cap) = cfg.and_then(|c| c.max_in_flight) {
                 let key = (wf.clone(), stage.clone());
                 if !in_flight.contains_key(&key) {
-                    let n = rows.stored_count(Counted::Deliveries, &wf, &stage, "in_flight")?
-                        + tx.counts().unwritten_deliveries(&wf, &stage, "in_flight");
+                    let n =
+                        rows.stored_count(Counted::Deliveries, &wf, &stage, Some("in_flight"))?
+                            + tx.counts().unwritten_deliveries(&wf, &stage, "in_flight");
                     in_flight.insert(key.clone(), n);
                 }
                 let n = in_flight.get_mut(&key).map(|n| {

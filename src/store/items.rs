@@ -8,14 +8,14 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::Tx;
 use super::deliveries::{
     DeliverySummary, cancel_open_deliveries, insert_delivery, insert_notifications,
 };
-use super::seam::{HistoryRow, ItemMove};
+use super::seam::{HistoryRow, ItemMove, NewItemRow};
 use super::workflows::current_spec;
 use super::{Result, Store, StoreError, audit, to_time, where_now};
 use crate::engine::{self, Outcome, Route};
@@ -355,19 +355,6 @@ fn import_chunk(
         .clone();
     let now = conn.now();
     let mut report = ImportReport::default();
-    let mut existing =
-        conn.prepare_cached("SELECT workflow_id, fingerprint FROM items WHERE id = ?1")?;
-    // `ON CONFLICT DO NOTHING`: an id already present is skipped by the insert itself, and
-    // only then looked up (to count it and compare its content).
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO items (id, workflow_id, stage_id, state, name, path, dataset_name, dataset_slug,
-             tags, fingerprint, version, created_at, updated_at, entered_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?11, ?11)
-         ON CONFLICT (id) DO NOTHING",
-    )?;
-    let mut content = conn.prepare_cached(
-        "INSERT INTO item_content (seq, properties, slots, annotations) VALUES (?1, ?2, ?3, ?4)",
-    )?;
     // Counted here and added once per chunk (see `counts`).
     let mut landed: HashMap<(StageId, ItemState), i64> = HashMap::new();
     let mut taken = 0;
@@ -413,30 +400,17 @@ fn import_chunk(
         }
         // A new item has no deliveries to cancel and no row to update: it is written once,
         // where its route ends, as version 1 (the version a move from version 0 writes).
-        let inserted = insert.execute(params![
-            item.id.as_str(),
-            wf_id.as_str(),
-            route.stage.as_str(),
-            route.state.as_str(),
-            item.name,
-            item.path,
-            item.dataset.name,
-            item.dataset.slug,
-            serde_json::to_string(&item.tags)?,
-            new.fingerprint,
-            now
-        ])?;
-        if inserted == 1 {
-            content.execute(params![
-                conn.last_insert_rowid(),
-                serde_json::to_string(&item.properties)?,
-                serde_json::to_string(&item.slots)?,
-                serde_json::to_string(&item.annotations)?,
-            ])?;
-        }
-        if inserted == 0 {
-            let (other_wf, fingerprint): (String, String) =
-                existing.query_row([new.id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let inserted = conn.rows().insert_item(&NewItemRow {
+            item: &item,
+            stage: &route.stage,
+            state: route.state,
+            fingerprint: &new.fingerprint,
+            now,
+        })?;
+        if !inserted {
+            let (other_wf, fingerprint) = conn.rows().item_owner(&new.id)?.ok_or_else(|| {
+                StoreError::Database(format!("item `{}` vanished during its import", new.id))
+            })?;
             if other_wf != wf_id.as_str() {
                 return Err(StoreError::Invalid(format!(
                     "line {}: item id `{}` already exists in workflow `{other_wf}`",
@@ -471,7 +445,6 @@ fn import_chunk(
             stage: route.stage.clone(),
         });
     }
-    drop((existing, insert, content));
     for ((stage, state), n) in landed {
         conn.counts()
             .add_items(wf_id.as_str(), stage.as_str(), state.as_str(), n);
@@ -593,14 +566,11 @@ pub(crate) fn move_stage_items(
     to: &StageId,
     operator: &str,
 ) -> Result<i64> {
-    let ids: Vec<String> = conn
-        .prepare_cached(
-            "SELECT id FROM items WHERE workflow_id = ?1 AND stage_id = ?2 ORDER BY seq",
-        )?
-        .query_map([wf.id.as_str(), from.as_str()], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let ids = conn
+        .rows()
+        .items_in_stage(&wf.id, from, (i64::MIN, i64::MIN), usize::MAX)?;
     let mut report = MoveReport::default();
-    for id in ids {
+    for (_, id) in ids {
         move_one(
             conn,
             wf,
@@ -852,23 +822,29 @@ impl Store {
                     );
                     let (r, last, n) = self.write("assign", move |c| {
                         let (spec, rev) = current_spec(c, &wf)?;
-                        let batch: Vec<((i64, i64), String)> = c
-                            .prepare_cached(
-                                "SELECT entered_at, seq, id FROM items
-                                 WHERE workflow_id = ?1 AND stage_id = ?2 AND (entered_at, seq) > (?3, ?4)
-                                 ORDER BY entered_at, seq LIMIT ?5",
-                            )?
-                            .query_map(
-                                params![wf.as_str(), from.as_str(), after.0, after.1, take as i64],
-                                |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)),
-                            )?
-                            .collect::<rusqlite::Result<_>>()?;
+                        let batch = c.rows().items_in_stage(&wf, &from, after, take)?;
                         let mut r = MoveReport::default();
-                        let expect = Expect { stage: Some(from.clone()), version: None };
+                        let expect = Expect {
+                            stage: Some(from.clone()),
+                            version: None,
+                        };
                         for (_, id) in &batch {
-                            move_one(c, &spec, rev, &ItemId(id.clone()), &Mover { expect: &expect, operator: &op, trigger: DeliveryTrigger::Assign },
-                                &|item| engine::enter(&spec, item, &to, HistoryCause::Assign).map_err(|e| e.to_string()),
-                                &mut r)?;
+                            move_one(
+                                c,
+                                &spec,
+                                rev,
+                                &ItemId(id.clone()),
+                                &Mover {
+                                    expect: &expect,
+                                    operator: &op,
+                                    trigger: DeliveryTrigger::Assign,
+                                },
+                                &|item| {
+                                    engine::enter(&spec, item, &to, HistoryCause::Assign)
+                                        .map_err(|e| e.to_string())
+                                },
+                                &mut r,
+                            )?;
                         }
                         Ok((r, batch.last().map(|b| b.0), batch.len()))
                     })?;

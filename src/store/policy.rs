@@ -155,11 +155,7 @@ impl Store {
         let value = normalise(key, value)?;
         let op = operator.to_string();
         self.write("policy set", move |c| {
-            c.prepare_cached(
-                "INSERT INTO settings (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute([setting_key(key), value.clone()])?;
+            c.rows().put_setting(&setting_key(key), &value)?;
             let target = format!("{}={value}", key.as_str());
             audit(c, &op, "policy", &target, None, 1)
         })?;

@@ -199,6 +199,32 @@ pub(crate) struct AuditRow<'a> {
     pub count: i64,
 }
 
+/// A new item, written once where its import route ends (version 1).
+#[derive(Debug)]
+pub(crate) struct NewItemRow<'a> {
+    pub item: &'a Item,
+    pub stage: &'a StageId,
+    pub state: ItemState,
+    /// The hash of the import line's content, to tell a differing re-import.
+    pub fingerprint: &'a str,
+    pub now: i64,
+}
+
+/// A workflow revision to store (and make current).
+#[derive(Debug)]
+pub(crate) struct RevisionRow<'a> {
+    pub workflow: &'a WorkflowId,
+    pub name: &'a str,
+    pub team: &'a str,
+    pub revision: i64,
+    /// The spec as JSON.
+    pub spec: &'a str,
+    pub operator: &'a str,
+    pub now: i64,
+    /// The workflow is new.
+    pub created: bool,
+}
+
 /// The counted rows a counter covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Counted {
@@ -218,6 +244,19 @@ pub(crate) trait Rows {
     fn item_name(&self, id: &ItemId) -> Result<Option<String>>;
     fn move_item(&self, m: &ItemMove<'_>) -> Result<()>;
     fn insert_history(&self, h: &HistoryRow<'_>) -> Result<()>;
+    /// Inserts an imported item and its content unless its id exists; false when it did.
+    fn insert_item(&self, i: &NewItemRow<'_>) -> Result<bool>;
+    /// The workflow and content fingerprint of an existing item.
+    fn item_owner(&self, id: &ItemId) -> Result<Option<(String, String)>>;
+    /// At most `limit` items of a stage after `after` (`(entered_at, seq)`), in the order
+    /// they entered it: their keys and ids.
+    fn items_in_stage(
+        &self,
+        workflow: &WorkflowId,
+        stage: &StageId,
+        after: (i64, i64),
+        limit: usize,
+    ) -> Result<Vec<((i64, i64), String)>>;
 
     // ---- deliveries ----
     /// Inserts a delivery and its body; returns its `seq`.
@@ -272,7 +311,26 @@ pub(crate) trait Rows {
         now: i64,
     ) -> Result<Option<Leased>>;
 
-    // ---- stages ----
+    // ---- workflows and stages ----
+    /// Stores a revision of a workflow and makes it current.
+    fn insert_revision(&self, r: &RevisionRow<'_>) -> Result<()>;
+    fn retire_stage(&self, workflow: &WorkflowId, stage: &StageId, now: i64) -> Result<()>;
+    /// Updates a live stage's name and position, or adds the stage; true when it was added.
+    fn upsert_stage(
+        &self,
+        workflow: &WorkflowId,
+        stage: &crate::workflow::Stage,
+        position: i64,
+    ) -> Result<bool>;
+    /// Whether a live stage is paused.
+    fn stage_paused(&self, workflow: &WorkflowId, stage: &StageId) -> Result<bool>;
+    /// Pauses or resumes a stage by hand (a resume ends its run of failures too).
+    fn set_stage_paused(
+        &self,
+        workflow: &WorkflowId,
+        stage: &StageId,
+        reason: Option<&str>,
+    ) -> Result<()>;
     fn reset_failure_run(&self, workflow: &WorkflowId, stage: &StageId) -> Result<()>;
     /// Adds one to the stage's run of failed deliveries; returns the new length.
     fn extend_failure_run(&self, workflow: &WorkflowId, stage: &StageId) -> Result<i64>;
@@ -280,13 +338,14 @@ pub(crate) trait Rows {
     fn pause_stage(&self, workflow: &WorkflowId, stage: &StageId, reason: &str) -> Result<bool>;
 
     // ---- counters, dispatchers, audit ----
-    /// The stored counter of `(workflow, stage, state)` (without this transaction's deltas).
+    /// The stored counter of `(workflow, stage, state)`, or of the stage in every state when
+    /// `state` is `None` (without this transaction's deltas).
     fn stored_count(
         &self,
         counted: Counted,
         workflow: &str,
         stage: &str,
-        state: &str,
+        state: Option<&str>,
     ) -> Result<i64>;
     /// Adds `n` to a stored counter.
     fn add_to_count(
@@ -300,4 +359,6 @@ pub(crate) trait Rows {
     fn upsert_heartbeat(&self, h: &Heartbeat<'_>) -> Result<()>;
     fn delete_dispatcher(&self, id: &str) -> Result<()>;
     fn insert_audit(&self, a: &AuditRow<'_>) -> Result<()>;
+    /// Stores a setting (a policy) for every process of the store.
+    fn put_setting(&self, key: &str, value: &str) -> Result<()>;
 }

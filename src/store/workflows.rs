@@ -4,9 +4,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
+use super::seam::{Counted, RevisionRow};
 use super::{Result, Store, StoreError, Tx, audit, to_time};
 use crate::model::{ItemState, StageId, StageKind, WorkflowId};
 use crate::workflow::Workflow;
@@ -169,11 +170,9 @@ pub(crate) fn read_current_spec(
 }
 
 fn stage_item_count(conn: &Tx<'_>, wf: &WorkflowId, stage: &StageId) -> Result<i64> {
-    let stored: i64 = conn
-        .prepare_cached(
-            "SELECT COALESCE(SUM(n), 0) FROM item_counts WHERE workflow_id = ?1 AND stage_id = ?2",
-        )?
-        .query_row([wf.as_str(), stage.as_str()], |r| r.get(0))?;
+    let stored = conn
+        .rows()
+        .stored_count(Counted::Items, wf.as_str(), stage.as_str(), None)?;
     Ok(stored
         + conn
             .counts()
@@ -256,40 +255,24 @@ fn apply_in_tx(
         }
     }
 
-    if old.is_none() {
-        conn.execute(
-            "INSERT INTO workflows (id, name, team, revision, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            params![wf.id.as_str(), wf.name, wf.team, revision, now],
-        )?;
-    } else {
-        conn.execute(
-            "UPDATE workflows SET name = ?2, team = ?3, revision = ?4, updated_at = ?5 WHERE id = ?1",
-            params![wf.id.as_str(), wf.name, wf.team, revision, now],
-        )?;
-    }
-    conn.execute(
-        "INSERT INTO workflow_revisions (workflow_id, revision, spec, applied_at, operator) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![wf.id.as_str(), revision, spec, now, operator],
-    )?;
+    conn.rows().insert_revision(&RevisionRow {
+        workflow: &wf.id,
+        name: &wf.name,
+        team: &wf.team,
+        revision,
+        spec: &spec,
+        operator,
+        now,
+        created: old.is_none(),
+    })?;
     // The transaction's cached current spec of this workflow is stale now.
     conn.forget_specs();
     for id in &retire {
-        conn.execute(
-            "UPDATE stages SET retired_at = ?3 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
-            params![wf.id.as_str(), id.as_str(), now],
-        )?;
+        conn.rows().retire_stage(&wf.id, id, now)?;
         report.retired_stages.push(id.clone());
     }
     for (pos, s) in wf.stages.iter().enumerate() {
-        let updated = conn.execute(
-            "UPDATE stages SET name = ?3, position = ?4 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
-            params![wf.id.as_str(), s.id.as_str(), s.name, pos as i64],
-        )?;
-        if updated == 0 {
-            conn.execute(
-                "INSERT INTO stages (workflow_id, id, name, kind, position) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![wf.id.as_str(), s.id.as_str(), s.name, s.kind().as_str(), pos as i64],
-            )?;
+        if conn.rows().upsert_stage(&wf.id, s, pos as i64)? {
             if old.as_ref().is_some_and(|o| o.stage(&s.id).is_none()) || old.is_none() {
                 report.added_stages.push(s.id.clone());
             }
@@ -528,22 +511,17 @@ impl Store {
                     st.kind()
                 )));
             }
-            let was: bool = c.query_row(
-                "SELECT paused FROM stages WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
-                [wf.as_str(), stage.as_str()],
-                |r| r.get(0),
+            let was = c.rows().stage_paused(&wf, &stage)?;
+            let reason = paused.then(|| format!("paused by {operator}"));
+            c.rows().set_stage_paused(&wf, &stage, reason.as_deref())?;
+            audit(
+                c,
+                &operator,
+                action,
+                &format!("stage {wf}/{stage}"),
+                None,
+                1,
             )?;
-            c.execute(
-                "UPDATE stages SET paused = ?3, paused_reason = ?4, consecutive_failures = 0
-                 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
-                params![
-                    wf.as_str(),
-                    stage.as_str(),
-                    paused,
-                    paused.then(|| format!("paused by {operator}"))
-                ],
-            )?;
-            audit(c, &operator, action, &format!("stage {wf}/{stage}"), None, 1)?;
             if paused && !was {
                 let reason = format!("paused by {operator}");
                 super::dispatch_ops::notify_paused(c, &spec, &stage, &reason, Some(&operator))?;

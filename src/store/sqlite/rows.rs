@@ -11,7 +11,8 @@ use crate::model::{
 };
 use crate::store::seam::{
     AttemptRow, AuditRow, Counted, DeliveryRow, DeliveryUpdate, Due, Heartbeat, HistoryRow,
-    InFlight, ItemMove, Leased, ManualAttempt, NewDelivery, OpenDelivery, RefireRow, Rows,
+    InFlight, ItemMove, Leased, ManualAttempt, NewDelivery, NewItemRow, OpenDelivery, RefireRow,
+    RevisionRow, Rows,
 };
 use crate::store::{Result, enum_col, json_col, to_time};
 
@@ -178,6 +179,82 @@ impl Rows for SqliteRows<'_> {
                 h.at
             ])?;
         Ok(())
+    }
+
+    fn insert_item(&self, i: &NewItemRow<'_>) -> Result<bool> {
+        let item = i.item;
+        // `ON CONFLICT DO NOTHING`: an id already present is skipped by the insert itself,
+        // and only then looked up (to count it and compare its content).
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO items (id, workflow_id, stage_id, state, name, path, dataset_name, dataset_slug,
+                     tags, fingerprint, version, created_at, updated_at, entered_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?11, ?11)
+                 ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![
+                item.id.as_str(),
+                item.workflow.as_str(),
+                i.stage.as_str(),
+                i.state.as_str(),
+                item.name,
+                item.path,
+                item.dataset.name,
+                item.dataset.slug,
+                serde_json::to_string(&item.tags)?,
+                i.fingerprint,
+                i.now
+            ])?;
+        if inserted == 0 {
+            return Ok(false);
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO item_content (seq, properties, slots, annotations) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                self.conn.last_insert_rowid(),
+                serde_json::to_string(&item.properties)?,
+                serde_json::to_string(&item.slots)?,
+                serde_json::to_string(&item.annotations)?,
+            ])?;
+        Ok(true)
+    }
+
+    fn item_owner(&self, id: &ItemId) -> Result<Option<(String, String)>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT workflow_id, fingerprint FROM items WHERE id = ?1")?
+            .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    fn items_in_stage(
+        &self,
+        workflow: &WorkflowId,
+        stage: &StageId,
+        after: (i64, i64),
+        limit: usize,
+    ) -> Result<Vec<((i64, i64), String)>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT entered_at, seq, id FROM items
+                 WHERE workflow_id = ?1 AND stage_id = ?2 AND (entered_at, seq) > (?3, ?4)
+                 ORDER BY entered_at, seq LIMIT ?5",
+            )?
+            .query_map(
+                params![
+                    workflow.as_str(),
+                    stage.as_str(),
+                    after.0,
+                    after.1,
+                    limit.min(i64::MAX as usize) as i64
+                ],
+                |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)),
+            )?
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     fn insert_delivery(&self, d: &NewDelivery<'_>) -> Result<i64> {
@@ -501,6 +578,79 @@ impl Rows for SqliteRows<'_> {
             .optional()?)
     }
 
+    fn insert_revision(&self, r: &RevisionRow<'_>) -> Result<()> {
+        let sql = if r.created {
+            "INSERT INTO workflows (id, name, team, revision, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)"
+        } else {
+            "UPDATE workflows SET name = ?2, team = ?3, revision = ?4, updated_at = ?5 WHERE id = ?1"
+        };
+        self.conn.execute(
+            sql,
+            params![r.workflow.as_str(), r.name, r.team, r.revision, r.now],
+        )?;
+        self.conn.execute(
+            "INSERT INTO workflow_revisions (workflow_id, revision, spec, applied_at, operator) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![r.workflow.as_str(), r.revision, r.spec, r.now, r.operator],
+        )?;
+        Ok(())
+    }
+
+    fn retire_stage(&self, workflow: &WorkflowId, stage: &StageId, now: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE stages SET retired_at = ?3 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
+            params![workflow.as_str(), stage.as_str(), now],
+        )?;
+        Ok(())
+    }
+
+    fn upsert_stage(
+        &self,
+        workflow: &WorkflowId,
+        stage: &crate::workflow::Stage,
+        position: i64,
+    ) -> Result<bool> {
+        let updated = self.conn.execute(
+            "UPDATE stages SET name = ?3, position = ?4 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
+            params![workflow.as_str(), stage.id.as_str(), stage.name, position],
+        )?;
+        if updated > 0 {
+            return Ok(false);
+        }
+        self.conn.execute(
+            "INSERT INTO stages (workflow_id, id, name, kind, position) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                workflow.as_str(),
+                stage.id.as_str(),
+                stage.name,
+                stage.kind().as_str(),
+                position
+            ],
+        )?;
+        Ok(true)
+    }
+
+    fn stage_paused(&self, workflow: &WorkflowId, stage: &StageId) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT paused FROM stages WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
+            [workflow.as_str(), stage.as_str()],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn set_stage_paused(
+        &self,
+        workflow: &WorkflowId,
+        stage: &StageId,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE stages SET paused = ?3, paused_reason = ?4, consecutive_failures = 0
+             WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
+            params![workflow.as_str(), stage.as_str(), reason.is_some(), reason],
+        )?;
+        Ok(())
+    }
+
     fn reset_failure_run(&self, workflow: &WorkflowId, stage: &StageId) -> Result<()> {
         self.conn
             .prepare_cached(
@@ -540,16 +690,16 @@ impl Rows for SqliteRows<'_> {
         counted: Counted,
         workflow: &str,
         stage: &str,
-        state: &str,
+        state: Option<&str>,
     ) -> Result<i64> {
         Ok(self
             .conn
             .prepare_cached(&format!(
                 "SELECT COALESCE(SUM(n), 0) FROM {}
-                 WHERE workflow_id = ?1 AND stage_id = ?2 AND state = ?3",
+                 WHERE workflow_id = ?1 AND stage_id = ?2 AND (?3 IS NULL OR state = ?3)",
                 counts_table(counted)
             ))?
-            .query_row([workflow, stage, state], |r| r.get(0))?)
+            .query_row(params![workflow, stage, state], |r| r.get(0))?)
     }
 
     fn add_to_count(
@@ -593,6 +743,16 @@ impl Rows for SqliteRows<'_> {
         self.conn
             .prepare_cached("DELETE FROM dispatchers WHERE id = ?1")?
             .execute([id])?;
+        Ok(())
+    }
+
+    fn put_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([key, value])?;
         Ok(())
     }
 
