@@ -19,7 +19,8 @@ use serde::Serialize;
 
 use super::Tx;
 use super::dispatch_ops::{hostname, process_start, reclaim};
-use super::items::{MovedBy, apply_route, enum_col};
+use super::items::{MovedBy, apply_route};
+use super::seam::CancelRow;
 use super::workflows::current_spec;
 use super::{
     DeliveryFilter, Result, SCHEMA_VERSION, Store, StoreError, audit, open_connection, schema,
@@ -948,24 +949,24 @@ impl Store {
                     let now = c.now();
                     let mut n = 0;
                     for id in &ids {
-                        let open: Option<(String, String, String)> = c
-                            .prepare_cached(&format!(
-                                "SELECT workflow_id, stage_id, state FROM deliveries
-                                 WHERE id = ?1 AND state IN {OPEN}"
-                            ))?
-                            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                            .optional()?;
-                        let Some((wf, stage, state)) = open else {
+                        let id = DeliveryId::new(id.as_str());
+                        let Some(d) = c.rows().delivery_for_cancel(&id)? else {
                             continue;
                         };
-                        c.prepare_cached(
-                            "UPDATE deliveries SET state = 'cancelled', cancel_reason = 'item_moved',
-                                 cancelled_by = ?2, next_attempt_at = NULL, lease_token = NULL,
-                                 lease_until = NULL, lease_owner = NULL, updated_at = ?3
-                             WHERE id = ?1",
-                        )?
-                        .execute(params![id, op, now])?;
-                        c.counts().delivery_moved(&wf, &stage, &state, "cancelled");
+                        if !c.rows().cancel_open_delivery(
+                            &id,
+                            crate::model::CancelReason::ItemMoved,
+                            &op,
+                            now,
+                        )? {
+                            continue;
+                        }
+                        c.counts().delivery_moved(
+                            &d.workflow,
+                            &d.stage,
+                            d.state.as_str(),
+                            "cancelled",
+                        );
                         n += 1;
                     }
                     audit(c, &op, "repair", "orphaned deliveries", None, n as i64)?;
@@ -1006,29 +1007,19 @@ pub struct CancelReport {
 
 const CANCEL_CHUNK: usize = 500;
 
-/// `(state, workflow, stage, item, item version, event)` of a delivery to cancel.
-type CancelRow = (
-    DeliveryState,
-    String,
-    String,
-    Option<String>,
-    Option<i64>,
-    EventType,
-);
-
 fn cancel_in_tx(c: &Tx<'_>, ids: &[DeliveryId], op: &str) -> Result<CancelReport> {
     let mut report = CancelReport::default();
     let now = c.now();
     for id in ids {
-        let row: Option<CancelRow> = c
-            .prepare_cached(
-                "SELECT state, workflow_id, stage_id, item_id, item_version, event FROM deliveries WHERE id = ?1",
-            )?
-            .query_row([id.as_str()], |r| {
-                Ok((enum_col(r, 0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, enum_col(r, 5)?))
-            })
-            .optional()?;
-        let Some((state, wf, stage, item_id, item_version, event)) = row else {
+        let Some(CancelRow {
+            state,
+            workflow: wf,
+            stage,
+            item_id,
+            item_version,
+            event,
+        }) = c.rows().delivery_for_cancel(id)?
+        else {
             report
                 .refused
                 .push((id.clone(), format!("no delivery with id `{id}`")));
@@ -1041,13 +1032,8 @@ fn cancel_in_tx(c: &Tx<'_>, ids: &[DeliveryId], op: &str) -> Result<CancelReport
             continue;
         }
         // The lease no longer holds: an attempt on the wire is recorded and routes nothing.
-        c.prepare_cached(&format!(
-            "UPDATE deliveries SET state = 'cancelled', cancel_reason = 'operator', cancelled_by = ?2,
-                 next_attempt_at = NULL, lease_token = NULL, lease_until = NULL, lease_owner = NULL,
-                 updated_at = ?3
-             WHERE id = ?1 AND state IN {OPEN}"
-        ))?
-        .execute(params![id.as_str(), op, now])?;
+        c.rows()
+            .cancel_open_delivery(id, crate::model::CancelReason::Operator, op, now)?;
         c.counts()
             .delivery_moved(&wf, &stage, state.as_str(), "cancelled");
         report.cancelled += 1;
@@ -1081,8 +1067,7 @@ fn cancel_in_tx(c: &Tx<'_>, ids: &[DeliveryId], op: &str) -> Result<CancelReport
                 via_delivery: Some(id),
             },
         )?;
-        c.prepare_cached("UPDATE deliveries SET routed_version = ?2 WHERE id = ?1")?
-            .execute(params![id.as_str(), item.version + 1])?;
+        c.rows().set_routed_version(id, item.version + 1)?;
         // Without `on_failure` the item stays where it is, marked failed: not a route.
         if route.stage != item.stage {
             report.routed.push((item.id.clone(), route.stage));

@@ -164,6 +164,17 @@ pub(crate) struct RefireRow {
     pub routed_version: Option<i64>,
 }
 
+/// A delivery as an operator's cancel reads it.
+#[derive(Debug)]
+pub(crate) struct CancelRow {
+    pub state: DeliveryState,
+    pub workflow: String,
+    pub stage: String,
+    pub item_id: Option<String>,
+    pub item_version: Option<i64>,
+    pub event: EventType,
+}
+
 /// A delivery given its next attempt number for a manual attempt (a replay).
 #[derive(Debug)]
 pub(crate) struct ManualAttempt {
@@ -283,6 +294,17 @@ pub(crate) trait Rows {
         now: i64,
     ) -> Result<()>;
     fn update_delivery(&self, seq: i64, u: &DeliveryUpdate) -> Result<()>;
+    fn delivery_for_cancel(&self, id: &DeliveryId) -> Result<Option<CancelRow>>;
+    /// Cancels an open delivery and releases its lease (an attempt on the wire then records
+    /// and routes nothing); false when it was not open.
+    fn cancel_open_delivery(
+        &self,
+        id: &DeliveryId,
+        reason: CancelReason,
+        by: &str,
+        now: i64,
+    ) -> Result<bool>;
+    fn set_routed_version(&self, id: &DeliveryId, version: i64) -> Result<()>;
     fn set_refire_of(&self, new: &DeliveryId, old: &DeliveryId) -> Result<()>;
     fn refire_row(&self, id: &DeliveryId) -> Result<Option<RefireRow>>;
     /// The id of the item's newest `stage.webhook` delivery.

@@ -10,9 +10,9 @@ use crate::model::{
     WorkflowId,
 };
 use crate::store::seam::{
-    AttemptRow, AuditRow, Counted, DeliveryRow, DeliveryUpdate, Due, Heartbeat, HistoryRow,
-    InFlight, ItemMove, Leased, ManualAttempt, NewDelivery, NewItemRow, OpenDelivery, RefireRow,
-    RevisionRow, Rows,
+    AttemptRow, AuditRow, CancelRow, Counted, DeliveryRow, DeliveryUpdate, Due, Heartbeat,
+    HistoryRow, InFlight, ItemMove, Leased, ManualAttempt, NewDelivery, NewItemRow, OpenDelivery,
+    RefireRow, RevisionRow, Rows,
 };
 use crate::store::{Result, enum_col, json_col, to_time};
 
@@ -428,6 +428,51 @@ impl Rows for SqliteRows<'_> {
                 u.now,
                 u.routed_version,
             ])?;
+        Ok(())
+    }
+
+    fn delivery_for_cancel(&self, id: &DeliveryId) -> Result<Option<CancelRow>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT state, workflow_id, stage_id, item_id, item_version, event FROM deliveries WHERE id = ?1",
+            )?
+            .query_row([id.as_str()], |r| {
+                Ok(CancelRow {
+                    state: enum_col(r, 0)?,
+                    workflow: r.get(1)?,
+                    stage: r.get(2)?,
+                    item_id: r.get(3)?,
+                    item_version: r.get(4)?,
+                    event: enum_col(r, 5)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn cancel_open_delivery(
+        &self,
+        id: &DeliveryId,
+        reason: CancelReason,
+        by: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE deliveries SET state = 'cancelled', cancel_reason = ?2, cancelled_by = ?3,
+                     next_attempt_at = NULL, lease_token = NULL, lease_until = NULL, lease_owner = NULL,
+                     updated_at = ?4
+                 WHERE id = ?1 AND state IN ('pending', 'in_flight', 'retry_scheduled')",
+            )?
+            .execute(params![id.as_str(), reason.as_str(), by, now])?;
+        Ok(n > 0)
+    }
+
+    fn set_routed_version(&self, id: &DeliveryId, version: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE deliveries SET routed_version = ?2 WHERE id = ?1")?
+            .execute(params![id.as_str(), version])?;
         Ok(())
     }
 
