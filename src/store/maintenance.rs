@@ -144,21 +144,10 @@ fn delete_chunk(c: &Tx<'_>, ids: &[String]) -> Result<(i64, i64)> {
     for id in ids {
         // Finished states are final, and a delivery that is not its item's latest in its stage
         // never becomes the latest again, so the scan's verdict still holds here.
-        let deleted: Option<(i64, String, String, String)> = c
-            .prepare_cached(&format!(
-                "DELETE FROM deliveries WHERE id = ?1 AND state IN {FINISHED}
-                 RETURNING seq, workflow_id, stage_id, state"
-            ))?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .optional()?;
-        if let Some((seq, wf, stage, state)) = deleted {
-            c.prepare_cached("DELETE FROM delivery_bodies WHERE seq = ?1")?
-                .execute([seq])?;
+        if let Some((wf, stage, state, n)) = c.rows().delete_finished_delivery(id)? {
             c.counts().add_deliveries(&wf, &stage, &state, -1);
             deliveries += 1;
-            attempts += c
-                .prepare_cached("DELETE FROM attempts WHERE delivery_id = ?1")?
-                .execute([id])? as i64;
+            attempts += n;
         }
     }
     Ok((deliveries, attempts))

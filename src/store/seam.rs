@@ -304,6 +304,9 @@ pub(crate) trait Rows {
         by: &str,
         now: i64,
     ) -> Result<bool>;
+    /// Deletes a finished delivery with its body and attempts (prune); returns its workflow,
+    /// stage and state, and how many attempts went, or `None` when it is not finished.
+    fn delete_finished_delivery(&self, id: &str) -> Result<Option<(String, String, String, i64)>>;
     fn set_routed_version(&self, id: &DeliveryId, version: i64) -> Result<()>;
     fn set_refire_of(&self, new: &DeliveryId, old: &DeliveryId) -> Result<()>;
     fn refire_row(&self, id: &DeliveryId) -> Result<Option<RefireRow>>;

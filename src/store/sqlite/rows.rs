@@ -469,6 +469,28 @@ impl Rows for SqliteRows<'_> {
         Ok(n > 0)
     }
 
+    fn delete_finished_delivery(&self, id: &str) -> Result<Option<(String, String, String, i64)>> {
+        let deleted: Option<(i64, String, String, String)> = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM deliveries WHERE id = ?1 AND state IN ('succeeded', 'failed', 'cancelled')
+                 RETURNING seq, workflow_id, stage_id, state",
+            )?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?;
+        let Some((seq, wf, stage, state)) = deleted else {
+            return Ok(None);
+        };
+        self.conn
+            .prepare_cached("DELETE FROM delivery_bodies WHERE seq = ?1")?
+            .execute([seq])?;
+        let attempts = self
+            .conn
+            .prepare_cached("DELETE FROM attempts WHERE delivery_id = ?1")?
+            .execute([id])? as i64;
+        Ok(Some((wf, stage, state, attempts)))
+    }
+
     fn set_routed_version(&self, id: &DeliveryId, version: i64) -> Result<()> {
         self.conn
             .prepare_cached("UPDATE deliveries SET routed_version = ?2 WHERE id = ?1")?
