@@ -272,10 +272,9 @@ fn apply_in_tx(
         report.retired_stages.push(id.clone());
     }
     for (pos, s) in wf.stages.iter().enumerate() {
-        if conn.rows().upsert_stage(&wf.id, s, pos as i64)? {
-            if old.as_ref().is_some_and(|o| o.stage(&s.id).is_none()) || old.is_none() {
-                report.added_stages.push(s.id.clone());
-            }
+        let added = conn.rows().upsert_stage(&wf.id, s, pos as i64)?;
+        if added && old.as_ref().is_none_or(|o| o.stage(&s.id).is_none()) {
+            report.added_stages.push(s.id.clone());
         }
     }
     // Items of removed stages move in the same transaction: an apply is never half done.
