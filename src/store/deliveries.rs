@@ -1,6 +1,6 @@
 //! Deliveries and attempts: creation inside moves, listings and detail.
 //!
-//! The dispatcher's side (leasing, recording outcomes) lives in `dispatch_ops`.
+//! Leasing lives in `leases`, recording outcomes in `attempts`.
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row};

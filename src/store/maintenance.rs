@@ -18,8 +18,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::Tx;
-use super::dispatch_ops::{hostname, process_start, reclaim};
+use super::dispatchers::{hostname, process_start};
 use super::items::{MovedBy, apply_route};
+use super::leases::reclaim;
 use super::seam::CancelRow;
 use super::workflows::current_spec;
 use super::{

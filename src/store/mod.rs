@@ -1,26 +1,33 @@
-//! The SQLite store: migrations, one writer, read connections, and every query.
+//! The store: every transaction of the product, written once over a backend seam.
 //!
 //! Invariants this module keeps:
-//! - Only this module speaks SQL, and no rusqlite type leaves it: the API is in domain types,
-//!   so a second backend (Postgres) can implement the same methods.
-//! - All writes of a process go through one writer thread ([`writer`]) that groups the jobs
-//!   waiting in its queue into one short `BEGIN IMMEDIATE` transaction (group commit), each job
-//!   inside its own savepoint so one failing job does not undo the others. Replies are sent only
-//!   after the commit, so nothing acts on a write that is not durable.
+//! - Only this module speaks SQL, and no rusqlite type leaves it: the API is in domain types.
+//! - The rules decide above the seam (`seam::Rows`, the row operations a backend writes):
+//!   routing (`items::apply_route`), what an attempt does (`attempts`, applying
+//!   `engine::delivery::decide`), leases and their fencing (`leases`), re-fire, replay and
+//!   tests (`refire`), notifications, counters. `sqlite/` is the one backend today.
+//! - All writes of a process go through one writer thread (`sqlite::writer`) that groups the
+//!   jobs waiting in its queue into one short `BEGIN IMMEDIATE` transaction (group commit),
+//!   each job inside its own savepoint so one failing job does not undo the others, each with
+//!   a transaction context ([`Tx`]: its `now`, the specs it read, its counter deltas). Replies
+//!   are sent only after the commit, so nothing acts on a write that is not durable.
 //! - Every commit uses `synchronous=FULL`. Multi-row operations are chunked so no transaction
 //!   holds the write lock for long; each chunk is atomic.
 //! - Counters of items per stage and state, and of deliveries per stage and state, are kept by
 //!   the writes that change them, in the same transaction ([`counts`]).
 
-mod api_ops;
+mod attempts;
 mod counts;
 mod deliveries;
-mod dispatch_ops;
+mod dispatchers;
 mod items;
+mod leases;
 mod maintenance;
 mod policy;
+mod refire;
 mod seam;
 mod sqlite;
+mod stats;
 mod tx;
 mod workflows;
 
@@ -33,12 +40,15 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OpenFlags};
 
-pub use api_ops::*;
+pub use attempts::*;
 pub use deliveries::*;
-pub use dispatch_ops::*;
+pub use dispatchers::*;
 pub use items::*;
+pub use leases::*;
 pub use maintenance::*;
 pub use policy::*;
+pub use refire::*;
+pub use stats::*;
 pub use tx::Clock;
 pub(crate) use tx::Tx;
 pub use workflows::*;

@@ -523,7 +523,7 @@ impl Store {
             )?;
             if paused && !was {
                 let reason = format!("paused by {operator}");
-                super::dispatch_ops::notify_paused(c, &spec, &stage, &reason, Some(&operator))?;
+                super::attempts::notify_paused(c, &spec, &stage, &reason, Some(&operator))?;
             }
             Ok(was != paused)
         })

@@ -1,5 +1,5 @@
-//! Read-only figures for the API's `/metrics`: delivery counters per stage and state (from the
-//! counter rows, never `COUNT(*)`) and the paused stages.
+//! Figures read from the counter rows (never `COUNT(*)`), for `/metrics` and the console:
+//! deliveries per stage and state, and the paused stages.
 
 use super::items::enum_col;
 use super::{Result, Store};

@@ -1,0 +1,100 @@
+//! Dispatchers' heartbeat rows: who is dispatching, from which host and process, and which
+//! of them on this host are gone (their leases may be taken at once, design §6).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::seam::Heartbeat;
+use super::{Result, Store, to_time};
+
+/// A running dispatcher, as its heartbeat row records it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DispatcherInfo {
+    pub id: String,
+    pub pid: u32,
+    pub host: String,
+    /// The process's start time as the OS reports it, to tell a reused pid apart.
+    pub process_start: String,
+    pub concurrency: u32,
+    pub started_at: DateTime<Utc>,
+    pub last_beat: DateTime<Utc>,
+}
+
+/// Hostname, for heartbeat rows (read from the kernel, no libc call).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// The start time of a process (field 22 of `/proc/PID/stat`), or `None` when it is gone.
+pub fn process_start(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19).map(str::to_string)
+}
+
+impl Store {
+    /// Writes this dispatcher's heartbeat row (insert or refresh).
+    pub async fn heartbeat(&self, info: &DispatcherInfo) -> Result<()> {
+        let info = info.clone();
+        self.write_async("dispatch", move |c| {
+            c.rows().upsert_heartbeat(&Heartbeat {
+                id: &info.id,
+                pid: info.pid,
+                host: &info.host,
+                process_start: &info.process_start,
+                started_at: info.started_at.timestamp_millis(),
+                now: c.now(),
+                concurrency: info.concurrency,
+            })
+        })
+        .await
+    }
+
+    /// Removes this dispatcher's heartbeat row (clean shutdown).
+    pub async fn unregister_dispatcher(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.write_async("dispatch", move |c| c.rows().delete_dispatcher(&id))
+            .await
+    }
+
+    /// Every heartbeat row, newest beat first.
+    pub fn dispatchers(&self) -> Result<Vec<DispatcherInfo>> {
+        self.read(|c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT id, pid, host, process_start, concurrency, started_at, last_beat
+                     FROM dispatchers ORDER BY last_beat DESC",
+                )?
+                .query_map([], |r| {
+                    Ok(DispatcherInfo {
+                        id: r.get(0)?,
+                        pid: r.get(1)?,
+                        host: r.get(2)?,
+                        process_start: r.get(3)?,
+                        concurrency: r.get(4)?,
+                        started_at: to_time(r.get(5)?),
+                        last_beat: to_time(r.get(6)?),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Dispatchers on this host whose process is gone (their leases may be taken at once).
+    pub fn dead_local_dispatchers(&self) -> Result<Vec<String>> {
+        let host = hostname();
+        Ok(self
+            .dispatchers()?
+            .into_iter()
+            .filter(|d| d.host == host && process_start(d.pid).as_deref() != Some(&d.process_start))
+            .map(|d| d.id)
+            .collect())
+    }
+}
