@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use hookops::model::{
     AttemptTrigger, CancelReason, DeliveryId, DeliveryState, DeliveryTrigger, ErrorKind, EventType,
-    HistoryCause, Item, ItemId, ItemState, StageId, WorkflowId,
+    HistoryCause, Item, ItemId, ItemState, RefusalKind, StageId, WorkflowId,
 };
 use hookops::store::{
     AssignTarget, AttemptOutcome, CheckStatus, DeliveryDetail, DeliveryFilter, DeliverySummary,
@@ -1215,6 +1215,7 @@ pub mod cases {
             .unwrap();
         w.counts();
         assert_eq!(r.refired, 0);
+        assert_eq!(r.refused[0].kind, RefusalKind::Stale);
         assert!(
             r.refused[0].reason.contains("newer"),
             "{}",
@@ -1250,6 +1251,7 @@ pub mod cases {
         assert_eq!(adv.moved, 1);
         let r = w.store.refire(std::slice::from_ref(&d.id), OP).unwrap();
         assert_eq!(r.refired, 0);
+        assert_eq!(r.refused[0].kind, RefusalKind::Stale);
         assert!(
             r.refused[0].reason.contains("moved since"),
             "{}",
@@ -1560,6 +1562,7 @@ pub mod cases {
         assert_eq!(r.moved, 1);
         assert_eq!(r.refused.len(), 1);
         assert_eq!(r.refused[0].item_id, ItemId::new("b"));
+        assert_eq!(r.refused[0].kind, RefusalKind::Stale);
         assert!(
             r.refused[0].reason.contains("is now in stage `hold`"),
             "{}",
