@@ -559,9 +559,19 @@ pub mod cases {
         );
         assert_eq!(w.at("a").1, ItemState::InDelivery);
 
+        let before = now_ms();
         let lease = w.lease_one("one", "a");
+        let after = now_ms();
         assert_eq!(lease.delivery_id, d.id);
         assert!(lease.token.is_some());
+        // §6: the deadline starts at lease time and is the stage timeout (2 s) + 30 s; the
+        // dispatcher next wakes for it (nothing else is due).
+        let deadline = w.store.next_wakeup().unwrap().expect("a lease deadline");
+        assert!(
+            (before + 32_000..=after + 32_000).contains(&deadline),
+            "deadline {} ms after the lease",
+            deadline - before
+        );
         assert_eq!(
             (lease.number, lease.trigger, lease.attempts),
             (1, AttemptTrigger::Scheduled, 0)
@@ -691,6 +701,9 @@ pub mod cases {
         assert_eq!(w.latest("b").state, DeliveryState::InFlight);
         assert!(w.attempts(&kept.delivery_id).is_empty());
         assert!(w.store.dead_local_dispatchers().unwrap().is_empty());
+        w.rt.block_on(w.store.unregister_dispatcher("live"))
+            .unwrap();
+        assert!(w.store.dispatchers().unwrap().is_empty());
     }
 
     /// §6 leasing: on shutdown a dispatcher's leases become `interrupted` attempts (not
