@@ -11,12 +11,15 @@
 //!
 //! The suite drives the store the way the dispatcher does, without HTTP: it leases, and records
 //! hand-made [`AttemptOutcome`]s (the store decides from the outcome, never from the wire). After
-//! every operation it checks that the counters equal the rows ([`World::counts`]).
+//! every operation it checks that the counters equal the rows ([`World::counts`]). It also takes
+//! a lease from a dead process (a heartbeat row whose pid is gone) and from a shutdown.
 //!
-//! Time: until the store has a clock of its own, rules about time are checked where the outcome
-//! decides them (a retry is due at the end of the attempt the outcome describes, so an outcome
-//! that started ten minutes ago makes its retry due now) and lease expiry through the two paths
-//! that need no waiting: a dead local process and a dispatcher's shutdown. No test sleeps.
+//! Time: each store runs on an adjustable [`Clock`] (the system clock plus an offset a case
+//! moves forward), so leases expire, retries fall due and deliveries age without waiting. The
+//! outcomes a case hands in carry their own times, as the dispatcher's do: a retry is due at the
+//! end of the attempt the outcome describes. Only the jitter is not fixed (the store draws it),
+//! so retry timing is checked as the ±20 % window around the schedule entry (the fixed-jitter
+//! arithmetic is `engine::delivery`'s own unit test). No case sleeps.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,9 +30,9 @@ use hookops::model::{
     HistoryCause, Item, ItemId, ItemState, RefusalKind, StageId, WorkflowId,
 };
 use hookops::store::{
-    AssignTarget, AttemptOutcome, CheckStatus, DeliveryDetail, DeliveryFilter, DeliverySummary,
-    DispatcherInfo, Expect, ImportReport, ItemFilter, ItemOrder, ItemRow, Lease, MoveReport,
-    OpenOptions, PruneOptions, Recorded, Store,
+    AssignTarget, AttemptOutcome, CheckStatus, Clock, DeliveryDetail, DeliveryFilter,
+    DeliverySummary, DispatcherInfo, Expect, ImportReport, ItemFilter, ItemOrder, ItemRow, Lease,
+    MoveReport, OpenOptions, PruneOptions, Recorded, Store,
 };
 use serde_json::json;
 
@@ -41,19 +44,25 @@ const MINUTE: i64 = 60_000;
 // Backends
 // ---------------------------------------------------------------------------------------------
 
-/// Opens a fresh SQLite store in `dir`.
-fn open_sqlite(dir: &Path) -> Store {
-    Store::open(&dir.join("hookops.db"), &OpenOptions::default()).expect("open the store")
+/// Opens a fresh SQLite store in `dir` whose times come from `clock`.
+fn open_sqlite(dir: &Path, clock: Clock) -> Store {
+    let opts = OpenOptions {
+        clock,
+        ..OpenOptions::default()
+    };
+    Store::open(&dir.join("hookops.db"), &opts).expect("open the store")
 }
 
-/// Instantiates every case of the suite as a test of one backend: `$open` makes a fresh store
-/// in the directory it is given. The list of cases is written once, here.
+/// Instantiates every case of the suite as a test of one backend: `$open(dir, clock)` makes a
+/// fresh store in `dir` whose times come from `clock` (an adjustable one: cases move it forward
+/// to let leases expire and retries fall due). The list of cases is written once, here.
 macro_rules! conformance_suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
             conformance_suite!(@cases $open;
                 a_lease_takes_a_due_delivery_once_with_a_token_and_a_number,
                 a_stale_lease_records_its_attempt_and_changes_nothing_else,
+                an_expired_lease_is_taken_again_after_the_timeout_plus_30_s,
                 a_dead_local_dispatchers_leases_are_taken_at_once,
                 shutdown_releases_leases_as_interrupted_attempts_due_now,
                 max_in_flight_caps_a_stage_across_dispatchers,
@@ -62,6 +71,7 @@ macro_rules! conformance_suite {
                 attempt_numbers_are_unique_and_only_scheduled_uninterrupted_ones_count,
                 outcomes_are_classified_by_status_then_error,
                 retries_are_due_at_the_attempts_end_plus_the_schedule_entry,
+                a_retry_is_leased_when_its_due_time_comes,
                 retry_after_replaces_the_delay_without_jitter_and_is_clamped,
                 a_final_outcome_routes_on_either_edge_in_the_record,
                 a_reapplied_workflow_binds_the_next_attempt_and_body_stays_frozen,
@@ -105,6 +115,8 @@ conformance_suite!(sqlite, super::open_sqlite);
 /// One test's store, in a temp dir of its own, and a runtime for the dispatcher's async calls.
 pub struct World {
     store: Store,
+    /// The store's clock: the system clock plus an offset the case moves forward.
+    clock: Clock,
     rt: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
 }
@@ -234,7 +246,12 @@ fn outcome_at(started_at: i64, status: Option<u16>, error: Option<ErrorKind>) ->
     }
 }
 
-/// An answer with `status`, now.
+/// When an attempt described by `o` ended.
+fn lease_end(o: &AttemptOutcome) -> i64 {
+    o.started_at + o.duration_ms
+}
+
+/// An answer with `status`, now by the system clock (the store's unless a case moved it).
 fn answer(status: u16) -> AttemptOutcome {
     outcome_at(now_ms(), Some(status), None)
 }
@@ -246,7 +263,7 @@ fn answer_long_ago(status: u16) -> AttemptOutcome {
 }
 
 impl World {
-    fn new(open: &dyn Fn(&Path) -> Store) -> World {
+    fn new(open: &dyn Fn(&Path, Clock) -> Store) -> World {
         // A file system in memory when there is one: the rules do not depend on the disk, and
         // every commit here is `synchronous=FULL`.
         let shm = Path::new("/dev/shm");
@@ -258,13 +275,15 @@ impl World {
             tempfile::tempdir()
         }
         .expect("temp dir");
-        let store = open(dir.path());
+        let clock = Clock::adjustable();
+        let store = open(dir.path(), clock.clone());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         let w = World {
             store,
+            clock,
             rt,
             _dir: dir,
         };
@@ -362,6 +381,16 @@ impl World {
         let n = self.rt.block_on(self.store.release_leases(owner)).unwrap();
         self.counts();
         n
+    }
+
+    /// Now by the store's clock.
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// An answer with `status`, now by the store's clock.
+    fn answer(&self, status: u16) -> AttemptOutcome {
+        outcome_at(self.now(), Some(status), None)
     }
 
     fn item(&self, id: &str) -> Item {
@@ -495,15 +524,6 @@ fn assert_counts_match(store: &Store) {
             store.count_deliveries(&filter).unwrap(),
             "deliveries {state}"
         );
-    }
-}
-
-/// Waits (without sleeping) until the wall clock has passed `ms`.
-fn wait_past(ms: i64) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while now_ms() <= ms {
-        assert!(Instant::now() < deadline, "the clock does not advance");
-        std::thread::yield_now();
     }
 }
 
@@ -642,6 +662,67 @@ pub mod cases {
         assert_eq!(
             w.at("a"),
             ("ok-sink".into(), ItemState::Active, before.2 + 1)
+        );
+    }
+
+    /// §6 leases: a lease's deadline is the stage timeout + 30 s after it was taken. Until
+    /// then nobody else takes the delivery; after it, the next lease writes an `interrupted`
+    /// attempt (not counted) for the number that may have been sent, and sends it again with
+    /// the next number. The late recorder fills in its row and changes nothing else.
+    pub fn an_expired_lease_is_taken_again_after_the_timeout_plus_30_s(w: &World) {
+        w.import(&["a"]);
+        w.assign(&["a"], "hook");
+        let taken_at = w.now();
+        let stale = w.lease_one("one", "a");
+        // 2 s of margin: the wall clock runs on between these calls.
+        w.clock.advance(Duration::from_secs(30));
+        assert!(w.lease("two", 10).is_empty(), "2 s + 30 s have not passed");
+        assert_eq!(w.latest("a").state, DeliveryState::InFlight);
+        w.clock.advance(Duration::from_secs(2));
+        assert!(w.now() > taken_at + 32_000);
+        let fresh = w.lease_one("two", "a");
+        assert_eq!((fresh.number, fresh.attempts), (2, 0));
+        let interrupted = w.detail(&stale.delivery_id).attempt_log;
+        assert_eq!(interrupted.len(), 1);
+        let a = &interrupted[0];
+        assert_eq!(
+            (a.number, a.trigger, a.counted, a.status, a.error_kind),
+            (
+                1,
+                AttemptTrigger::Scheduled,
+                false,
+                None,
+                Some(ErrorKind::Interrupted)
+            )
+        );
+        assert!(
+            a.started_at.timestamp_millis() >= taken_at + 32_000,
+            "written at reclaim"
+        );
+        assert_eq!(w.latest("a").last_error_kind, Some(ErrorKind::Interrupted));
+
+        // The first dispatcher's answer arrives late: recorded, nothing else.
+        let before = w.at("a");
+        let rec = w.record(&stale, w.answer(200));
+        assert!(rec.lease_lost);
+        assert_eq!(w.at("a"), before);
+        assert_eq!(
+            w.attempts(&stale.delivery_id),
+            vec![(1, AttemptTrigger::Scheduled, false, Some(200), None)]
+        );
+        let rec = w.record(&fresh, w.answer(500));
+        assert_eq!(
+            (rec.state, rec.attempts),
+            (DeliveryState::RetryScheduled, 1)
+        );
+        // The fresh lease expires too while its retry waits: nothing to reclaim.
+        w.clock.advance(Duration::from_secs(40));
+        let third = w.lease_one("three", "a");
+        assert_eq!((third.number, third.attempts), (3, 1));
+        assert_eq!(
+            w.attempts(&stale.delivery_id).len(),
+            2,
+            "no interrupted row for a finished lease"
         );
     }
 
@@ -985,6 +1066,34 @@ pub mod cases {
             w.store.next_wakeup().unwrap(),
             rec.next_attempt_at.map(|t| t.timestamp_millis())
         );
+    }
+
+    /// §6 retry timing, by the clock: a retry is not leased before its due time and is
+    /// leased once it has come.
+    pub fn a_retry_is_leased_when_its_due_time_comes(w: &World) {
+        w.import(&["a"]);
+        w.assign(&["a"], "hook");
+        let lease = w.lease_one("one", "a");
+        let o = w.answer(503);
+        let end = lease_end(&o);
+        let rec = w.record(&lease, o);
+        let due = rec.next_attempt_at.unwrap().timestamp_millis();
+        assert!((end + 7_999..=end + 12_001).contains(&due), "10 s ± 20 %");
+        // A second of margin: the wall clock runs on between these calls.
+        w.clock
+            .advance(Duration::from_millis((due - w.now() - 1_000).max(0) as u64));
+        assert!(w.lease("one", 10).is_empty(), "not due yet");
+        w.clock.advance(Duration::from_millis(1_001));
+        let retry = w.lease_one("one", "a");
+        assert_eq!((retry.number, retry.attempts), (2, 1));
+        let rec = w.record(&retry, w.answer(503));
+        let due2 = rec.next_attempt_at.unwrap().timestamp_millis();
+        w.clock
+            .advance(Duration::from_millis((due2 - w.now() + 10).max(0) as u64));
+        let last = w.lease_one("one", "a");
+        let rec = w.record(&last, w.answer(503));
+        assert_eq!((rec.state, rec.attempts), (DeliveryState::Failed, 3));
+        assert_eq!(w.at("a").0, "fail-sink");
     }
 
     /// §6 retry timing: a `Retry-After` on a retryable answer replaces the delay, exactly (no
@@ -1915,10 +2024,13 @@ pub mod cases {
         w.record(&replay, answer(200));
         let p = w.deliveries_of("p");
         assert_eq!(p.len(), 4);
-        wait_past(now_ms());
+        // A month later, one more finished delivery that is not its item's latest (a test).
+        w.clock.advance(Duration::from_secs(31 * 86_400));
+        let recent = w.store.begin_test(&wf(), &st("hook"), OP).unwrap();
+        w.record(&recent, w.answer(200));
 
         let opts = |dry_run| PruneOptions {
-            older_than: Duration::ZERO,
+            older_than: Duration::from_secs(30 * 86_400),
             audit_older_than: None,
             dry_run,
         };
@@ -1942,6 +2054,11 @@ pub mod cases {
             );
         }
         assert!(w.store.delivery_detail(&test.delivery_id).is_err());
+        assert_eq!(
+            w.attempts(&recent.delivery_id).len(),
+            1,
+            "younger than the cutoff: kept"
+        );
         let q: Vec<_> = w.deliveries_of("q").into_iter().map(|d| d.state).collect();
         assert_eq!(q, vec![DeliveryState::Pending]);
         assert_eq!(
