@@ -53,8 +53,9 @@ fn open_sqlite(dir: &Path, clock: Clock) -> Store {
     Store::open(&dir.join("hookops.db"), &opts).expect("open the store")
 }
 
-/// Instantiates every case of the suite as a test of one backend: `$open(dir, clock)` makes a
-/// fresh store in `dir` whose times come from `clock` (an adjustable one: cases move it forward
+/// Instantiates every case of the suite as a test of one backend: `$open(dir, clock)` opens
+/// the store of `dir` (a fresh one the first time; another handle on it, as another process
+/// would open it, after that) whose times come from `clock` (an adjustable one: cases move it forward
 /// to let leases expire and retries fall due). The list of cases is written once, here.
 macro_rules! conformance_suite {
     ($backend:ident, $open:expr) => {
@@ -91,6 +92,7 @@ macro_rules! conformance_suite {
                 prune_keeps_the_latest_delivery_per_item_and_stage_and_open_ones,
                 item_pages_never_skip_or_repeat_a_row,
                 an_item_entering_a_stage_in_the_same_millisecond_is_not_skipped,
+                an_item_entering_a_stage_from_a_process_whose_clock_is_behind_is_not_skipped,
                 delivery_pages_never_skip_or_repeat_a_row,
                 attempt_pages_never_skip_or_repeat_a_row,
             );
@@ -115,6 +117,8 @@ conformance_suite!(sqlite, super::open_sqlite);
 /// One test's store, in a temp dir of its own, and a runtime for the dispatcher's async calls.
 pub struct World {
     store: Store,
+    /// Opens another handle on this store (another process), with a clock of its own.
+    open: Box<dyn Fn(Clock) -> Store>,
     /// The store's clock: the system clock plus an offset the case moves forward.
     clock: Clock,
     rt: tokio::runtime::Runtime,
@@ -263,7 +267,7 @@ fn answer_long_ago(status: u16) -> AttemptOutcome {
 }
 
 impl World {
-    fn new(open: &dyn Fn(&Path, Clock) -> Store) -> World {
+    fn new(open: &'static dyn Fn(&Path, Clock) -> Store) -> World {
         // A file system in memory when there is one: the rules do not depend on the disk, and
         // every commit here is `synchronous=FULL`.
         let shm = Path::new("/dev/shm");
@@ -281,8 +285,10 @@ impl World {
             .enable_all()
             .build()
             .expect("runtime");
+        let path = dir.path().to_path_buf();
         let w = World {
             store,
+            open: Box::new(move |clock| open(&path, clock)),
             clock,
             rt,
             _dir: dir,
@@ -2224,6 +2230,39 @@ pub mod cases {
             same_ms > 0,
             "no exchange fit in one millisecond in {tries} tries"
         );
+    }
+
+    /// Processes' clocks differ (on one host by little, but they do). An item that enters a
+    /// stage from a process whose clock is behind the stage's last arrival, by a move or by an
+    /// import, still comes after it: a reader paged up to that arrival must find it.
+    pub fn an_item_entering_a_stage_from_a_process_whose_clock_is_behind_is_not_skipped(w: &World) {
+        w.import(&["a", "b"]);
+        w.assign(&["a", "b"], "ok-sink");
+        let ahead_clock = Clock::adjustable();
+        ahead_clock.advance(Duration::from_secs(60));
+        let ahead = (w.open)(ahead_clock);
+        ahead
+            .assign(
+                &wf(),
+                &st("hold"),
+                &AssignTarget::Items(vec![ItemId::new("b")]),
+                None,
+                OP,
+            )
+            .unwrap();
+        let hold = ItemFilter {
+            stage: Some(st("hold")),
+            ..ItemFilter::default()
+        };
+        let page = w.store.list_items(&hold, None, 10).unwrap();
+        assert_eq!(ids_of(&page), vec!["b"]);
+        let cursor = page[0].cursor.clone();
+        // This process, a minute behind: a move, then an import.
+        w.assign(&["a"], "hold");
+        w.import(&["c"]);
+        let rest = w.store.list_items(&hold, Some(&cursor), 10).unwrap();
+        assert_eq!(ids_of(&rest), vec!["a", "c"], "arrived after `b`");
+        assert_counts_match(&ahead);
     }
 
     /// Delivery pages (newest first) return every delivery that existed when paging began
