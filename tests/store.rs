@@ -67,6 +67,7 @@ macro_rules! conformance_suite {
                 a_dead_local_dispatchers_leases_are_taken_at_once,
                 shutdown_releases_leases_as_interrupted_attempts_due_now,
                 max_in_flight_caps_a_stage_across_dispatchers,
+                processes_leasing_at_once_never_take_the_same_delivery,
                 record_and_lease_records_first_so_a_finished_slot_frees_its_stage,
                 a_batch_that_fails_keeps_nothing_of_its_records_or_leases,
                 attempt_numbers_are_unique_and_only_scheduled_uninterrupted_ones_count,
@@ -387,6 +388,11 @@ impl World {
         let n = self.rt.block_on(self.store.release_leases(owner)).unwrap();
         self.counts();
         n
+    }
+
+    /// Another process's handle on this store, on the same clock.
+    fn other_process(&self) -> Store {
+        (self.open)(self.clock.clone())
     }
 
     /// Now by the store's clock.
@@ -847,6 +853,12 @@ pub mod cases {
             w.lease("two", 10).is_empty(),
             "the cap holds for every owner"
         );
+        // And for another process.
+        let other = w.other_process();
+        let leased =
+            w.rt.block_on(other.lease_due("other", 10, Vec::new()))
+                .unwrap();
+        assert!(leased.is_empty(), "the cap holds across processes");
         assert_eq!(
             w.count_deliveries(DeliveryFilter {
                 stage: Some(st("capped")),
@@ -855,11 +867,60 @@ pub mod cases {
             }),
             2
         );
-        w.record(&first[0], answer(200));
-        let next = w.lease("two", 10);
+        w.rt.block_on(other.record_attempt(&first[0], answer(200)))
+            .unwrap();
+        let next =
+            w.rt.block_on(other.lease_due("other", 10, Vec::new()))
+                .unwrap();
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].stage, st("capped"));
         assert!(w.lease("three", 10).is_empty());
+        w.counts();
+    }
+
+    /// §2: several processes lease from one store at once; none ever takes a delivery another
+    /// holds, and together they take every due one.
+    pub fn processes_leasing_at_once_never_take_the_same_delivery(w: &World) {
+        let ids: Vec<String> = (0..60).map(|i| format!("x{i:02}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        w.import(&refs);
+        w.assign(&refs, "hook");
+        let handles: Vec<_> = (0..3)
+            .map(|n| {
+                let store = w.other_process();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    let owner = format!("p{n}");
+                    let mut got = Vec::new();
+                    loop {
+                        let leases = rt.block_on(store.lease_due(&owner, 4, Vec::new())).unwrap();
+                        if leases.is_empty() {
+                            return got;
+                        }
+                        got.extend(leases.into_iter().map(|l| (l.delivery_id, l.number)));
+                    }
+                })
+            })
+            .collect();
+        let mut all: Vec<(DeliveryId, i64)> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(all.len(), 60, "every due delivery leased once");
+        assert!(all.iter().all(|(_, n)| *n == 1));
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 60, "no delivery leased twice");
+        assert_eq!(
+            w.count_deliveries(DeliveryFilter {
+                state: Some(DeliveryState::InFlight),
+                ..DeliveryFilter::default()
+            }),
+            60
+        );
+        w.counts();
     }
 
     /// The dispatcher's batch: records come before the leases of the same job, so the slot
