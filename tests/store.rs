@@ -77,6 +77,7 @@ macro_rules! conformance_suite {
                 retry_after_replaces_the_delay_without_jitter_and_is_clamped,
                 a_final_outcome_routes_on_either_edge_in_the_record,
                 a_reapplied_workflow_binds_the_next_attempt_and_body_stays_frozen,
+                apply_is_idempotent_and_retires_a_stage_only_once_its_items_move,
                 a_late_outcome_for_an_item_moved_by_hand_routes_nothing,
                 reentering_a_webhook_stage_cancels_the_open_delivery_and_makes_a_new_one,
                 refire_makes_a_new_linked_delivery_and_refuses_what_it_must,
@@ -96,6 +97,7 @@ macro_rules! conformance_suite {
                 an_item_entering_a_stage_from_a_process_whose_clock_is_behind_is_not_skipped,
                 delivery_pages_never_skip_or_repeat_a_row,
                 attempt_pages_never_skip_or_repeat_a_row,
+                attempt_pages_stay_complete_while_processes_record_at_once,
             );
         }
     };
@@ -1318,6 +1320,68 @@ pub mod cases {
         assert_eq!(last.last().unwrap().revision, second.revision);
     }
 
+    /// §1/§6: `workflow apply` is idempotent; a stage that still holds items is never dropped
+    /// unless told where they go, and then they move (their open deliveries cancelled) in the
+    /// apply's own transaction, and the stage is retired, not deleted.
+    pub fn apply_is_idempotent_and_retires_a_stage_only_once_its_items_move(w: &World) {
+        let spec = |text: &str| hookops::workflow::parse("wf.toml", text, &|_| None).unwrap();
+        let again = w
+            .store
+            .apply_workflow(&spec(WORKFLOW), &Vec::new(), OP)
+            .unwrap();
+        assert!(again.unchanged);
+        assert_eq!(again.revision, 1);
+        w.import(&["a"]);
+        w.assign(&["a"], "bare");
+        let d = w.latest("a").id;
+
+        let start = WORKFLOW.find("# One try and no failure edge").unwrap();
+        let end = WORKFLOW.find("# Success goes on").unwrap();
+        let without_bare = format!("{}{}", &WORKFLOW[..start], &WORKFLOW[end..]);
+        let refused = w
+            .store
+            .apply_workflow(&spec(&without_bare), &Vec::new(), OP)
+            .unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("stage `bare` is removed but holds 1 item(s)"),
+            "{refused}"
+        );
+        assert_eq!(w.store.workflow_detail(&wf()).unwrap().summary.revision, 1);
+        assert_eq!(w.at("a").0, "bare");
+        w.counts();
+
+        let moves = vec![(st("bare"), st("fail-sink"))];
+        let r = w
+            .store
+            .apply_workflow(&spec(&without_bare), &moves, OP)
+            .unwrap();
+        w.counts();
+        assert_eq!(r.revision, 2);
+        assert_eq!(r.retired_stages, vec![st("bare")]);
+        assert_eq!(r.moved, vec![(st("bare"), st("fail-sink"), 1)]);
+        assert_eq!(w.at("a").0, "fail-sink");
+        let cancelled = w.detail(&d).summary;
+        assert_eq!(
+            (
+                cancelled.state,
+                cancelled.cancel_reason,
+                cancelled.stage.as_str()
+            ),
+            (
+                DeliveryState::Cancelled,
+                Some(CancelReason::ItemMoved),
+                "bare"
+            ),
+            "the delivery keeps its (retired) stage"
+        );
+        assert!(w.lease("one", 10).is_empty());
+        let history = w.store.item_detail(&ItemId::new("a")).unwrap().history;
+        let last = history.last().unwrap();
+        assert_eq!((last.to.as_str(), last.revision), ("fail-sink", 2));
+    }
+
     /// §6 fencing: an item moved by hand while its attempt is on the wire cancels the delivery
     /// (`item_moved`); the late outcome is recorded and routes nothing.
     pub fn a_late_outcome_for_an_item_moved_by_hand_routes_nothing(w: &World) {
@@ -2377,6 +2441,76 @@ pub mod cases {
                 assert_eq!(paged.len(), full.len(), "nothing newer than the first page");
             }
         }
+        w.counts();
+    }
+
+    /// `attempts_after` read over and over while three processes record attempts at once:
+    /// every attempt is read once, in increasing sequence order, none skipped.
+    pub fn attempt_pages_stay_complete_while_processes_record_at_once(w: &World) {
+        let ids: Vec<String> = (0..30).map(|i| format!("y{i:02}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        w.import(&refs);
+        w.assign(&refs, "hook");
+        let start = w.store.last_attempt_seq().unwrap();
+        let writers: Vec<_> = (0..3)
+            .map(|n| {
+                let store = w.other_process();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    let owner = format!("w{n}");
+                    let mut written = 0;
+                    loop {
+                        let leases = rt.block_on(store.lease_due(&owner, 2, Vec::new())).unwrap();
+                        if leases.is_empty() {
+                            return written;
+                        }
+                        for l in leases {
+                            rt.block_on(store.record_attempt(&l, answer_long_ago(503)))
+                                .unwrap();
+                            written += 1;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut seen: Vec<(i64, DeliveryId, i64)> = Vec::new();
+        let mut after = start;
+        let mut read = |after: &mut i64| {
+            let page = w.store.attempts_after(*after, 3).unwrap();
+            if let Some((seq, _)) = page.last() {
+                *after = *seq;
+            }
+            let n = page.len();
+            seen.extend(
+                page.into_iter()
+                    .map(|(seq, e)| (seq, e.delivery_id, e.number)),
+            );
+            n
+        };
+        while writers.iter().any(|h| !h.is_finished()) {
+            read(&mut after);
+        }
+        let written: usize = writers.into_iter().map(|h| h.join().unwrap()).sum();
+        while read(&mut after) > 0 {}
+        // Three tries each (max_attempts 3, every retry due at once), then failed.
+        assert_eq!(written, 90);
+        assert_eq!(seen.len(), 90, "every attempt read once");
+        assert!(
+            seen.windows(2).all(|p| p[0].0 < p[1].0),
+            "in sequence order"
+        );
+        let mut keys: Vec<(DeliveryId, i64)> =
+            seen.iter().map(|(_, d, n)| (d.clone(), *n)).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), 90);
+        let mut logged = 0;
+        for id in &ids {
+            logged += w.attempts(&w.latest(id).id).len();
+        }
+        assert_eq!(logged, 90);
         w.counts();
     }
 
