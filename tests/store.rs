@@ -1,9 +1,10 @@
 //! The store conformance suite (issue 16, part 4): every store-level rule of design §2 and §6,
 //! written against the public [`Store`] API only, so that it holds for any backend under the
-//! seam. A backend joins the suite with one line at the bottom of this file:
+//! seam. A backend joins the suite with one line beside the SQLite one:
 //!
 //! ```ignore
-//! conformance_suite!(postgres, open_postgres);
+//! conformance_suite!(sqlite, super::open_sqlite);
+//! conformance_suite!(postgres, super::open_postgres);
 //! ```
 //!
 //! which instantiates every case of [`cases`] as a `#[test]` in a module named after the
@@ -53,10 +54,10 @@ fn open_sqlite(dir: &Path, clock: Clock) -> Store {
     Store::open(&dir.join("hookops.db"), &opts).expect("open the store")
 }
 
-/// Instantiates every case of the suite as a test of one backend: `$open(dir, clock)` opens
-/// the store of `dir` (a fresh one the first time; another handle on it, as another process
-/// would open it, after that) whose times come from `clock` (an adjustable one: cases move it forward
-/// to let leases expire and retries fall due). The list of cases is written once, here.
+/// Instantiates every case of the suite as a test of one backend. `$open(dir, clock)` opens
+/// the store of `dir` (a fresh one the first time; another handle on it after that, as another
+/// process would open it) whose times come from `clock` (an adjustable one: cases move it
+/// forward to let leases expire and retries fall due). The list of cases is written once, here.
 macro_rules! conformance_suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
