@@ -1,9 +1,10 @@
 //! The store conformance suite (issue 16, part 4): every store-level rule of design §2 and §6,
 //! written against the public [`Store`] API only, so that it holds for any backend under the
-//! seam. A backend joins the suite with one line at the bottom of this file:
+//! seam. A backend joins the suite with one line beside the SQLite one:
 //!
 //! ```ignore
-//! conformance_suite!(postgres, open_postgres);
+//! conformance_suite!(sqlite, super::open_sqlite);
+//! conformance_suite!(postgres, super::open_postgres);
 //! ```
 //!
 //! which instantiates every case of [`cases`] as a `#[test]` in a module named after the
@@ -11,12 +12,15 @@
 //!
 //! The suite drives the store the way the dispatcher does, without HTTP: it leases, and records
 //! hand-made [`AttemptOutcome`]s (the store decides from the outcome, never from the wire). After
-//! every operation it checks that the counters equal the rows ([`World::counts`]).
+//! every operation it checks that the counters equal the rows ([`World::counts`]). It also takes
+//! a lease from a dead process (a heartbeat row whose pid is gone) and from a shutdown.
 //!
-//! Time: until the store has a clock of its own, rules about time are checked where the outcome
-//! decides them (a retry is due at the end of the attempt the outcome describes, so an outcome
-//! that started ten minutes ago makes its retry due now) and lease expiry through the two paths
-//! that need no waiting: a dead local process and a dispatcher's shutdown. No test sleeps.
+//! Time: each store runs on an adjustable [`Clock`] (the system clock plus an offset a case
+//! moves forward), so leases expire, retries fall due and deliveries age without waiting. The
+//! outcomes a case hands in carry their own times, as the dispatcher's do: a retry is due at the
+//! end of the attempt the outcome describes. Only the jitter is not fixed (the store draws it),
+//! so retry timing is checked as the ±20 % window around the schedule entry (the fixed-jitter
+//! arithmetic is `engine::delivery`'s own unit test). No case sleeps.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,12 +28,12 @@ use std::time::{Duration, Instant};
 
 use hookops::model::{
     AttemptTrigger, CancelReason, DeliveryId, DeliveryState, DeliveryTrigger, ErrorKind, EventType,
-    HistoryCause, Item, ItemId, ItemState, StageId, WorkflowId,
+    HistoryCause, Item, ItemId, ItemState, RefusalKind, StageId, WorkflowId,
 };
 use hookops::store::{
-    AssignTarget, AttemptOutcome, CheckStatus, DeliveryDetail, DeliveryFilter, DeliverySummary,
-    DispatcherInfo, Expect, ImportReport, ItemFilter, ItemOrder, ItemRow, Lease, MoveReport,
-    OpenOptions, PruneOptions, Recorded, Store,
+    AssignTarget, AttemptOutcome, CheckStatus, Clock, DeliveryDetail, DeliveryFilter,
+    DeliverySummary, DispatcherInfo, Expect, ImportReport, ItemFilter, ItemOrder, ItemRow, Lease,
+    MoveReport, OpenOptions, PruneOptions, Recorded, Store,
 };
 use serde_json::json;
 
@@ -41,30 +45,40 @@ const MINUTE: i64 = 60_000;
 // Backends
 // ---------------------------------------------------------------------------------------------
 
-/// Opens a fresh SQLite store in `dir`.
-fn open_sqlite(dir: &Path) -> Store {
-    Store::open(&dir.join("hookops.db"), &OpenOptions::default()).expect("open the store")
+/// Opens a fresh SQLite store in `dir` whose times come from `clock`.
+fn open_sqlite(dir: &Path, clock: Clock) -> Store {
+    let opts = OpenOptions {
+        clock,
+        ..OpenOptions::default()
+    };
+    Store::open(&dir.join("hookops.db"), &opts).expect("open the store")
 }
 
-/// Instantiates every case of the suite as a test of one backend: `$open` makes a fresh store
-/// in the directory it is given. The list of cases is written once, here.
+/// Instantiates every case of the suite as a test of one backend. `$open(dir, clock)` opens
+/// the store of `dir` (a fresh one the first time; another handle on it after that, as another
+/// process would open it) whose times come from `clock` (an adjustable one: cases move it
+/// forward to let leases expire and retries fall due). The list of cases is written once, here.
 macro_rules! conformance_suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
             conformance_suite!(@cases $open;
                 a_lease_takes_a_due_delivery_once_with_a_token_and_a_number,
                 a_stale_lease_records_its_attempt_and_changes_nothing_else,
+                an_expired_lease_is_taken_again_after_the_timeout_plus_30_s,
                 a_dead_local_dispatchers_leases_are_taken_at_once,
                 shutdown_releases_leases_as_interrupted_attempts_due_now,
                 max_in_flight_caps_a_stage_across_dispatchers,
+                processes_leasing_at_once_never_take_the_same_delivery,
                 record_and_lease_records_first_so_a_finished_slot_frees_its_stage,
                 a_batch_that_fails_keeps_nothing_of_its_records_or_leases,
                 attempt_numbers_are_unique_and_only_scheduled_uninterrupted_ones_count,
                 outcomes_are_classified_by_status_then_error,
                 retries_are_due_at_the_attempts_end_plus_the_schedule_entry,
+                a_retry_is_leased_when_its_due_time_comes,
                 retry_after_replaces_the_delay_without_jitter_and_is_clamped,
                 a_final_outcome_routes_on_either_edge_in_the_record,
                 a_reapplied_workflow_binds_the_next_attempt_and_body_stays_frozen,
+                apply_is_idempotent_and_retires_a_stage_only_once_its_items_move,
                 a_late_outcome_for_an_item_moved_by_hand_routes_nothing,
                 reentering_a_webhook_stage_cancels_the_open_delivery_and_makes_a_new_one,
                 refire_makes_a_new_linked_delivery_and_refuses_what_it_must,
@@ -81,8 +95,10 @@ macro_rules! conformance_suite {
                 prune_keeps_the_latest_delivery_per_item_and_stage_and_open_ones,
                 item_pages_never_skip_or_repeat_a_row,
                 an_item_entering_a_stage_in_the_same_millisecond_is_not_skipped,
+                an_item_entering_a_stage_from_a_process_whose_clock_is_behind_is_not_skipped,
                 delivery_pages_never_skip_or_repeat_a_row,
                 attempt_pages_never_skip_or_repeat_a_row,
+                attempt_pages_stay_complete_while_processes_record_at_once,
             );
         }
     };
@@ -105,6 +121,10 @@ conformance_suite!(sqlite, super::open_sqlite);
 /// One test's store, in a temp dir of its own, and a runtime for the dispatcher's async calls.
 pub struct World {
     store: Store,
+    /// Opens another handle on this store (another process), with a clock of its own.
+    open: Box<dyn Fn(Clock) -> Store>,
+    /// The store's clock: the system clock plus an offset the case moves forward.
+    clock: Clock,
     rt: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
 }
@@ -234,7 +254,12 @@ fn outcome_at(started_at: i64, status: Option<u16>, error: Option<ErrorKind>) ->
     }
 }
 
-/// An answer with `status`, now.
+/// When an attempt described by `o` ended.
+fn lease_end(o: &AttemptOutcome) -> i64 {
+    o.started_at + o.duration_ms
+}
+
+/// An answer with `status`, now by the system clock (the store's unless a case moved it).
 fn answer(status: u16) -> AttemptOutcome {
     outcome_at(now_ms(), Some(status), None)
 }
@@ -246,7 +271,7 @@ fn answer_long_ago(status: u16) -> AttemptOutcome {
 }
 
 impl World {
-    fn new(open: &dyn Fn(&Path) -> Store) -> World {
+    fn new(open: &'static dyn Fn(&Path, Clock) -> Store) -> World {
         // A file system in memory when there is one: the rules do not depend on the disk, and
         // every commit here is `synchronous=FULL`.
         let shm = Path::new("/dev/shm");
@@ -258,13 +283,17 @@ impl World {
             tempfile::tempdir()
         }
         .expect("temp dir");
-        let store = open(dir.path());
+        let clock = Clock::adjustable();
+        let store = open(dir.path(), clock.clone());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
+        let path = dir.path().to_path_buf();
         let w = World {
             store,
+            open: Box::new(move |clock| open(&path, clock)),
+            clock,
             rt,
             _dir: dir,
         };
@@ -362,6 +391,21 @@ impl World {
         let n = self.rt.block_on(self.store.release_leases(owner)).unwrap();
         self.counts();
         n
+    }
+
+    /// Another process's handle on this store, on the same clock.
+    fn other_process(&self) -> Store {
+        (self.open)(self.clock.clone())
+    }
+
+    /// Now by the store's clock.
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// An answer with `status`, now by the store's clock.
+    fn answer(&self, status: u16) -> AttemptOutcome {
+        outcome_at(self.now(), Some(status), None)
     }
 
     fn item(&self, id: &str) -> Item {
@@ -498,15 +542,6 @@ fn assert_counts_match(store: &Store) {
     }
 }
 
-/// Waits (without sleeping) until the wall clock has passed `ms`.
-fn wait_past(ms: i64) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while now_ms() <= ms {
-        assert!(Instant::now() < deadline, "the clock does not advance");
-        std::thread::yield_now();
-    }
-}
-
 /// Every page of a list, read with `page(after, limit)` until a short page.
 fn all_pages<T, C: Clone>(
     limit: usize,
@@ -559,9 +594,19 @@ pub mod cases {
         );
         assert_eq!(w.at("a").1, ItemState::InDelivery);
 
+        let before = now_ms();
         let lease = w.lease_one("one", "a");
+        let after = now_ms();
         assert_eq!(lease.delivery_id, d.id);
         assert!(lease.token.is_some());
+        // §6: the deadline starts at lease time and is the stage timeout (2 s) + 30 s; the
+        // dispatcher next wakes for it (nothing else is due).
+        let deadline = w.store.next_wakeup().unwrap().expect("a lease deadline");
+        assert!(
+            (before + 32_000..=after + 32_000).contains(&deadline),
+            "deadline {} ms after the lease",
+            deadline - before
+        );
         assert_eq!(
             (lease.number, lease.trigger, lease.attempts),
             (1, AttemptTrigger::Scheduled, 0)
@@ -635,6 +680,67 @@ pub mod cases {
         );
     }
 
+    /// §6 leases: a lease's deadline is the stage timeout + 30 s after it was taken. Until
+    /// then nobody else takes the delivery; after it, the next lease writes an `interrupted`
+    /// attempt (not counted) for the number that may have been sent, and sends it again with
+    /// the next number. The late recorder fills in its row and changes nothing else.
+    pub fn an_expired_lease_is_taken_again_after_the_timeout_plus_30_s(w: &World) {
+        w.import(&["a"]);
+        w.assign(&["a"], "hook");
+        let taken_at = w.now();
+        let stale = w.lease_one("one", "a");
+        // 2 s of margin: the wall clock runs on between these calls.
+        w.clock.advance(Duration::from_secs(30));
+        assert!(w.lease("two", 10).is_empty(), "2 s + 30 s have not passed");
+        assert_eq!(w.latest("a").state, DeliveryState::InFlight);
+        w.clock.advance(Duration::from_secs(2));
+        assert!(w.now() > taken_at + 32_000);
+        let fresh = w.lease_one("two", "a");
+        assert_eq!((fresh.number, fresh.attempts), (2, 0));
+        let interrupted = w.detail(&stale.delivery_id).attempt_log;
+        assert_eq!(interrupted.len(), 1);
+        let a = &interrupted[0];
+        assert_eq!(
+            (a.number, a.trigger, a.counted, a.status, a.error_kind),
+            (
+                1,
+                AttemptTrigger::Scheduled,
+                false,
+                None,
+                Some(ErrorKind::Interrupted)
+            )
+        );
+        assert!(
+            a.started_at.timestamp_millis() >= taken_at + 32_000,
+            "written at reclaim"
+        );
+        assert_eq!(w.latest("a").last_error_kind, Some(ErrorKind::Interrupted));
+
+        // The first dispatcher's answer arrives late: recorded, nothing else.
+        let before = w.at("a");
+        let rec = w.record(&stale, w.answer(200));
+        assert!(rec.lease_lost);
+        assert_eq!(w.at("a"), before);
+        assert_eq!(
+            w.attempts(&stale.delivery_id),
+            vec![(1, AttemptTrigger::Scheduled, false, Some(200), None)]
+        );
+        let rec = w.record(&fresh, w.answer(500));
+        assert_eq!(
+            (rec.state, rec.attempts),
+            (DeliveryState::RetryScheduled, 1)
+        );
+        // The fresh lease expires too while its retry waits: nothing to reclaim.
+        w.clock.advance(Duration::from_secs(40));
+        let third = w.lease_one("three", "a");
+        assert_eq!((third.number, third.attempts), (3, 1));
+        assert_eq!(
+            w.attempts(&stale.delivery_id).len(),
+            2,
+            "no interrupted row for a finished lease"
+        );
+    }
+
     /// §6 leasing: a lease held by a process on this host that no longer exists is taken at
     /// once, with an `interrupted` attempt; a live process's lease is not.
     pub fn a_dead_local_dispatchers_leases_are_taken_at_once(w: &World) {
@@ -691,6 +797,9 @@ pub mod cases {
         assert_eq!(w.latest("b").state, DeliveryState::InFlight);
         assert!(w.attempts(&kept.delivery_id).is_empty());
         assert!(w.store.dead_local_dispatchers().unwrap().is_empty());
+        w.rt.block_on(w.store.unregister_dispatcher("live"))
+            .unwrap();
+        assert!(w.store.dispatchers().unwrap().is_empty());
     }
 
     /// §6 leasing: on shutdown a dispatcher's leases become `interrupted` attempts (not
@@ -747,6 +856,12 @@ pub mod cases {
             w.lease("two", 10).is_empty(),
             "the cap holds for every owner"
         );
+        // And for another process.
+        let other = w.other_process();
+        let leased =
+            w.rt.block_on(other.lease_due("other", 10, Vec::new()))
+                .unwrap();
+        assert!(leased.is_empty(), "the cap holds across processes");
         assert_eq!(
             w.count_deliveries(DeliveryFilter {
                 stage: Some(st("capped")),
@@ -755,11 +870,60 @@ pub mod cases {
             }),
             2
         );
-        w.record(&first[0], answer(200));
-        let next = w.lease("two", 10);
+        w.rt.block_on(other.record_attempt(&first[0], answer(200)))
+            .unwrap();
+        let next =
+            w.rt.block_on(other.lease_due("other", 10, Vec::new()))
+                .unwrap();
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].stage, st("capped"));
         assert!(w.lease("three", 10).is_empty());
+        w.counts();
+    }
+
+    /// §2: several processes lease from one store at once; none ever takes a delivery another
+    /// holds, and together they take every due one.
+    pub fn processes_leasing_at_once_never_take_the_same_delivery(w: &World) {
+        let ids: Vec<String> = (0..60).map(|i| format!("x{i:02}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        w.import(&refs);
+        w.assign(&refs, "hook");
+        let handles: Vec<_> = (0..3)
+            .map(|n| {
+                let store = w.other_process();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    let owner = format!("p{n}");
+                    let mut got = Vec::new();
+                    loop {
+                        let leases = rt.block_on(store.lease_due(&owner, 4, Vec::new())).unwrap();
+                        if leases.is_empty() {
+                            return got;
+                        }
+                        got.extend(leases.into_iter().map(|l| (l.delivery_id, l.number)));
+                    }
+                })
+            })
+            .collect();
+        let mut all: Vec<(DeliveryId, i64)> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(all.len(), 60, "every due delivery leased once");
+        assert!(all.iter().all(|(_, n)| *n == 1));
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 60, "no delivery leased twice");
+        assert_eq!(
+            w.count_deliveries(DeliveryFilter {
+                state: Some(DeliveryState::InFlight),
+                ..DeliveryFilter::default()
+            }),
+            60
+        );
+        w.counts();
     }
 
     /// The dispatcher's batch: records come before the leases of the same job, so the slot
@@ -974,6 +1138,34 @@ pub mod cases {
         );
     }
 
+    /// §6 retry timing, by the clock: a retry is not leased before its due time and is
+    /// leased once it has come.
+    pub fn a_retry_is_leased_when_its_due_time_comes(w: &World) {
+        w.import(&["a"]);
+        w.assign(&["a"], "hook");
+        let lease = w.lease_one("one", "a");
+        let o = w.answer(503);
+        let end = lease_end(&o);
+        let rec = w.record(&lease, o);
+        let due = rec.next_attempt_at.unwrap().timestamp_millis();
+        assert!((end + 7_999..=end + 12_001).contains(&due), "10 s ± 20 %");
+        // A second of margin: the wall clock runs on between these calls.
+        w.clock
+            .advance(Duration::from_millis((due - w.now() - 1_000).max(0) as u64));
+        assert!(w.lease("one", 10).is_empty(), "not due yet");
+        w.clock.advance(Duration::from_millis(1_001));
+        let retry = w.lease_one("one", "a");
+        assert_eq!((retry.number, retry.attempts), (2, 1));
+        let rec = w.record(&retry, w.answer(503));
+        let due2 = rec.next_attempt_at.unwrap().timestamp_millis();
+        w.clock
+            .advance(Duration::from_millis((due2 - w.now() + 10).max(0) as u64));
+        let last = w.lease_one("one", "a");
+        let rec = w.record(&last, w.answer(503));
+        assert_eq!((rec.state, rec.attempts), (DeliveryState::Failed, 3));
+        assert_eq!(w.at("a").0, "fail-sink");
+    }
+
     /// §6 retry timing: a `Retry-After` on a retryable answer replaces the delay, exactly (no
     /// jitter), clamped to one hour; on a final answer it changes nothing.
     pub fn retry_after_replaces_the_delay_without_jitter_and_is_clamped(w: &World) {
@@ -1129,6 +1321,68 @@ pub mod cases {
         assert_eq!(last.last().unwrap().revision, second.revision);
     }
 
+    /// §1/§6: `workflow apply` is idempotent; a stage that still holds items is never dropped
+    /// unless told where they go, and then they move (their open deliveries cancelled) in the
+    /// apply's own transaction, and the stage is retired, not deleted.
+    pub fn apply_is_idempotent_and_retires_a_stage_only_once_its_items_move(w: &World) {
+        let spec = |text: &str| hookops::workflow::parse("wf.toml", text, &|_| None).unwrap();
+        let again = w
+            .store
+            .apply_workflow(&spec(WORKFLOW), &Vec::new(), OP)
+            .unwrap();
+        assert!(again.unchanged);
+        assert_eq!(again.revision, 1);
+        w.import(&["a"]);
+        w.assign(&["a"], "bare");
+        let d = w.latest("a").id;
+
+        let start = WORKFLOW.find("# One try and no failure edge").unwrap();
+        let end = WORKFLOW.find("# Success goes on").unwrap();
+        let without_bare = format!("{}{}", &WORKFLOW[..start], &WORKFLOW[end..]);
+        let refused = w
+            .store
+            .apply_workflow(&spec(&without_bare), &Vec::new(), OP)
+            .unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("stage `bare` is removed but holds 1 item(s)"),
+            "{refused}"
+        );
+        assert_eq!(w.store.workflow_detail(&wf()).unwrap().summary.revision, 1);
+        assert_eq!(w.at("a").0, "bare");
+        w.counts();
+
+        let moves = vec![(st("bare"), st("fail-sink"))];
+        let r = w
+            .store
+            .apply_workflow(&spec(&without_bare), &moves, OP)
+            .unwrap();
+        w.counts();
+        assert_eq!(r.revision, 2);
+        assert_eq!(r.retired_stages, vec![st("bare")]);
+        assert_eq!(r.moved, vec![(st("bare"), st("fail-sink"), 1)]);
+        assert_eq!(w.at("a").0, "fail-sink");
+        let cancelled = w.detail(&d).summary;
+        assert_eq!(
+            (
+                cancelled.state,
+                cancelled.cancel_reason,
+                cancelled.stage.as_str()
+            ),
+            (
+                DeliveryState::Cancelled,
+                Some(CancelReason::ItemMoved),
+                "bare"
+            ),
+            "the delivery keeps its (retired) stage"
+        );
+        assert!(w.lease("one", 10).is_empty());
+        let history = w.store.item_detail(&ItemId::new("a")).unwrap().history;
+        let last = history.last().unwrap();
+        assert_eq!((last.to.as_str(), last.revision), ("fail-sink", 2));
+    }
+
     /// §6 fencing: an item moved by hand while its attempt is on the wire cancels the delivery
     /// (`item_moved`); the late outcome is recorded and routes nothing.
     pub fn a_late_outcome_for_an_item_moved_by_hand_routes_nothing(w: &World) {
@@ -1215,6 +1469,7 @@ pub mod cases {
             .unwrap();
         w.counts();
         assert_eq!(r.refired, 0);
+        assert_eq!(r.refused[0].kind, RefusalKind::Stale);
         assert!(
             r.refused[0].reason.contains("newer"),
             "{}",
@@ -1250,6 +1505,7 @@ pub mod cases {
         assert_eq!(adv.moved, 1);
         let r = w.store.refire(std::slice::from_ref(&d.id), OP).unwrap();
         assert_eq!(r.refired, 0);
+        assert_eq!(r.refused[0].kind, RefusalKind::Stale);
         assert!(
             r.refused[0].reason.contains("moved since"),
             "{}",
@@ -1560,6 +1816,7 @@ pub mod cases {
         assert_eq!(r.moved, 1);
         assert_eq!(r.refused.len(), 1);
         assert_eq!(r.refused[0].item_id, ItemId::new("b"));
+        assert_eq!(r.refused[0].kind, RefusalKind::Stale);
         assert!(
             r.refused[0].reason.contains("is now in stage `hold`"),
             "{}",
@@ -1899,10 +2156,13 @@ pub mod cases {
         w.record(&replay, answer(200));
         let p = w.deliveries_of("p");
         assert_eq!(p.len(), 4);
-        wait_past(now_ms());
+        // A month later, one more finished delivery that is not its item's latest (a test).
+        w.clock.advance(Duration::from_secs(31 * 86_400));
+        let recent = w.store.begin_test(&wf(), &st("hook"), OP).unwrap();
+        w.record(&recent, w.answer(200));
 
         let opts = |dry_run| PruneOptions {
-            older_than: Duration::ZERO,
+            older_than: Duration::from_secs(30 * 86_400),
             audit_older_than: None,
             dry_run,
         };
@@ -1926,6 +2186,11 @@ pub mod cases {
             );
         }
         assert!(w.store.delivery_detail(&test.delivery_id).is_err());
+        assert_eq!(
+            w.attempts(&recent.delivery_id).len(),
+            1,
+            "younger than the cutoff: kept"
+        );
         let q: Vec<_> = w.deliveries_of("q").into_iter().map(|d| d.state).collect();
         assert_eq!(q, vec![DeliveryState::Pending]);
         assert_eq!(
@@ -2093,6 +2358,39 @@ pub mod cases {
         );
     }
 
+    /// Processes' clocks differ (on one host by little, but they do). An item that enters a
+    /// stage from a process whose clock is behind the stage's last arrival, by a move or by an
+    /// import, still comes after it: a reader paged up to that arrival must find it.
+    pub fn an_item_entering_a_stage_from_a_process_whose_clock_is_behind_is_not_skipped(w: &World) {
+        w.import(&["a", "b"]);
+        w.assign(&["a", "b"], "ok-sink");
+        let ahead_clock = Clock::adjustable();
+        ahead_clock.advance(Duration::from_secs(60));
+        let ahead = (w.open)(ahead_clock);
+        ahead
+            .assign(
+                &wf(),
+                &st("hold"),
+                &AssignTarget::Items(vec![ItemId::new("b")]),
+                None,
+                OP,
+            )
+            .unwrap();
+        let hold = ItemFilter {
+            stage: Some(st("hold")),
+            ..ItemFilter::default()
+        };
+        let page = w.store.list_items(&hold, None, 10).unwrap();
+        assert_eq!(ids_of(&page), vec!["b"]);
+        let cursor = page[0].cursor.clone();
+        // This process, a minute behind: a move, then an import.
+        w.assign(&["a"], "hold");
+        w.import(&["c"]);
+        let rest = w.store.list_items(&hold, Some(&cursor), 10).unwrap();
+        assert_eq!(ids_of(&rest), vec!["a", "c"], "arrived after `b`");
+        assert_counts_match(&ahead);
+    }
+
     /// Delivery pages (newest first) return every delivery that existed when paging began
     /// exactly once, whatever is created meanwhile, for any page size and filter.
     pub fn delivery_pages_never_skip_or_repeat_a_row(w: &World) {
@@ -2144,6 +2442,76 @@ pub mod cases {
                 assert_eq!(paged.len(), full.len(), "nothing newer than the first page");
             }
         }
+        w.counts();
+    }
+
+    /// `attempts_after` read over and over while three processes record attempts at once:
+    /// every attempt is read once, in increasing sequence order, none skipped.
+    pub fn attempt_pages_stay_complete_while_processes_record_at_once(w: &World) {
+        let ids: Vec<String> = (0..30).map(|i| format!("y{i:02}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        w.import(&refs);
+        w.assign(&refs, "hook");
+        let start = w.store.last_attempt_seq().unwrap();
+        let writers: Vec<_> = (0..3)
+            .map(|n| {
+                let store = w.other_process();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    let owner = format!("w{n}");
+                    let mut written = 0;
+                    loop {
+                        let leases = rt.block_on(store.lease_due(&owner, 2, Vec::new())).unwrap();
+                        if leases.is_empty() {
+                            return written;
+                        }
+                        for l in leases {
+                            rt.block_on(store.record_attempt(&l, answer_long_ago(503)))
+                                .unwrap();
+                            written += 1;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut seen: Vec<(i64, DeliveryId, i64)> = Vec::new();
+        let mut after = start;
+        let mut read = |after: &mut i64| {
+            let page = w.store.attempts_after(*after, 3).unwrap();
+            if let Some((seq, _)) = page.last() {
+                *after = *seq;
+            }
+            let n = page.len();
+            seen.extend(
+                page.into_iter()
+                    .map(|(seq, e)| (seq, e.delivery_id, e.number)),
+            );
+            n
+        };
+        while writers.iter().any(|h| !h.is_finished()) {
+            read(&mut after);
+        }
+        let written: usize = writers.into_iter().map(|h| h.join().unwrap()).sum();
+        while read(&mut after) > 0 {}
+        // Three tries each (max_attempts 3, every retry due at once), then failed.
+        assert_eq!(written, 90);
+        assert_eq!(seen.len(), 90, "every attempt read once");
+        assert!(
+            seen.windows(2).all(|p| p[0].0 < p[1].0),
+            "in sequence order"
+        );
+        let mut keys: Vec<(DeliveryId, i64)> =
+            seen.iter().map(|(_, d, n)| (d.clone(), *n)).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), 90);
+        let mut logged = 0;
+        for id in &ids {
+            logged += w.attempts(&w.latest(id).id).len();
+        }
+        assert_eq!(logged, 90);
         w.counts();
     }
 

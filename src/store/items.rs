@@ -357,6 +357,8 @@ fn import_chunk(
     let mut report = ImportReport::default();
     // Counted here and added once per chunk (see `counts`).
     let mut landed: HashMap<(StageId, ItemState), i64> = HashMap::new();
+    // When the items landing in each stage entered it (see below).
+    let mut entered: HashMap<StageId, i64> = HashMap::new();
     let mut taken = 0;
     while taken < items.len() {
         if taken % 64 == 63 && started.elapsed() >= CHUNK_BUDGET {
@@ -398,6 +400,18 @@ fn import_chunk(
                 },
             );
         }
+        // An imported item sorts after every item already in the stage it lands in (see
+        // `apply_route`): its `seq` is the newest, so the stage's last arrival time will do
+        // when this process's clock is behind it. Read once per landing stage and chunk.
+        let entered_at = match entered.get(&route.stage) {
+            Some(t) => *t,
+            None => {
+                let last = conn.rows().last_arrival(wf_id, &route.stage)?;
+                let t = last.map_or(now, |last| last.max(now));
+                entered.insert(route.stage.clone(), t);
+                t
+            }
+        };
         // A new item has no deliveries to cancel and no row to update: it is written once,
         // where its route ends, as version 1 (the version a move from version 0 writes).
         let inserted = conn.rows().insert_item(&NewItemRow {
@@ -406,6 +420,7 @@ fn import_chunk(
             state: route.state,
             fingerprint: &new.fingerprint,
             now,
+            entered_at,
         })?;
         if !inserted {
             let (other_wf, fingerprint) = conn.rows().item_owner(&new.id)?.ok_or_else(|| {

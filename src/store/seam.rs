@@ -219,6 +219,9 @@ pub(crate) struct NewItemRow<'a> {
     /// The hash of the import line's content, to tell a differing re-import.
     pub fingerprint: &'a str,
     pub now: i64,
+    /// When it entered its stage: `now`, or the stage's last arrival when that is later
+    /// ([`Rows::last_arrival`]), so it sorts after every item already there.
+    pub entered_at: i64,
 }
 
 /// A workflow revision to store (and make current).
@@ -259,6 +262,8 @@ pub(crate) trait Rows {
     fn insert_item(&self, i: &NewItemRow<'_>) -> Result<bool>;
     /// The workflow and content fingerprint of an existing item.
     fn item_owner(&self, id: &ItemId) -> Result<Option<(String, String)>>;
+    /// The latest `entered_at` of the items in a stage; `None` when it holds none.
+    fn last_arrival(&self, workflow: &WorkflowId, stage: &StageId) -> Result<Option<i64>>;
     /// At most `limit` items of a stage after `after` (`(entered_at, seq)`), in the order
     /// they entered it: their keys and ids.
     fn items_in_stage(

@@ -190,7 +190,7 @@ impl Rows for SqliteRows<'_> {
             .prepare_cached(
                 "INSERT INTO items (id, workflow_id, stage_id, state, name, path, dataset_name, dataset_slug,
                      tags, fingerprint, version, created_at, updated_at, entered_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?11, ?11)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?11, ?12)
                  ON CONFLICT (id) DO NOTHING",
             )?
             .execute(params![
@@ -204,7 +204,8 @@ impl Rows for SqliteRows<'_> {
                 item.dataset.slug,
                 serde_json::to_string(&item.tags)?,
                 i.fingerprint,
-                i.now
+                i.now,
+                i.entered_at,
             ])?;
         if inserted == 0 {
             return Ok(false);
@@ -228,6 +229,16 @@ impl Rows for SqliteRows<'_> {
             .prepare_cached("SELECT workflow_id, fingerprint FROM items WHERE id = ?1")?
             .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
+    }
+
+    fn last_arrival(&self, workflow: &WorkflowId, stage: &StageId) -> Result<Option<i64>> {
+        // One covering seek of `items_by_stage` (SQLite's min/max optimisation).
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT MAX(entered_at) FROM items WHERE workflow_id = ?1 AND stage_id = ?2",
+            )?
+            .query_row([workflow.as_str(), stage.as_str()], |r| r.get(0))?)
     }
 
     fn items_in_stage(
