@@ -32,8 +32,8 @@ use hookops::model::{
 };
 use hookops::store::{
     AssignTarget, AttemptOutcome, CheckStatus, Clock, DeliveryDetail, DeliveryFilter,
-    DeliverySummary, DispatcherInfo, Expect, ImportReport, ItemFilter, ItemOrder, ItemRow, Lease,
-    MoveReport, OpenOptions, PruneOptions, Recorded, Store,
+    DeliverySummary, DispatcherInfo, Expect, ImportReport, ItemFilter, ItemOrder, ItemRow, Jitter,
+    Lease, MoveReport, OpenOptions, PruneOptions, Recorded, Store,
 };
 use serde_json::json;
 
@@ -45,10 +45,15 @@ const MINUTE: i64 = 60_000;
 // Backends
 // ---------------------------------------------------------------------------------------------
 
-/// Opens a fresh SQLite store in `dir` whose times come from `clock`.
+/// The jitter every store of the suite draws (`Jitter::Fixed`), so retry due times are exact.
+const JITTER: f64 = 0.5;
+
+/// Opens a fresh SQLite store in `dir` whose times come from `clock`, with the suite's fixed
+/// jitter.
 fn open_sqlite(dir: &Path, clock: Clock) -> Store {
     let opts = OpenOptions {
         clock,
+        jitter: Jitter::Fixed(JITTER),
         ..OpenOptions::default()
     };
     Store::open(&dir.join("hookops.db"), &opts).expect("open the store")
@@ -1098,13 +1103,14 @@ pub mod cases {
             let rec = w.record(&lease, o);
             assert_eq!(rec.state, DeliveryState::RetryScheduled, "retry {}", k + 1);
             let due = rec.next_attempt_at.unwrap().timestamp_millis();
-            // 1 ms either way for the float arithmetic of the jitter.
-            let (lo, hi) = (end + entry * 8 / 10 - 1, end + entry * 12 / 10 + 1);
+            // The suite's fixed jitter scales the entry by 1 + 0.2 × JITTER.
+            let expected = end + (*entry as f64 * (1.0 + 0.2 * JITTER)).round() as i64;
             assert!(
-                (lo..=hi).contains(&due),
-                "retry {} due {} ms after the attempt's end, not within {entry} ms ± 20 %",
+                (due - expected).abs() <= 1,
+                "retry {} due {} ms after the attempt's end, not {} ms (the entry {entry} ms with jitter {JITTER})",
                 k + 1,
-                due - end
+                due - end,
+                expected - end
             );
             assert_eq!(
                 w.detail(&id)

@@ -274,7 +274,7 @@ impl Store {
     /// Records an attempt and applies its outcome, in the writer's next group commit.
     pub async fn record_attempt(&self, lease: &Lease, outcome: AttemptOutcome) -> Result<Recorded> {
         let lease = lease.clone();
-        let jitter = fastrand::f64() * 2.0 - 1.0;
+        let jitter = self.jitter().draw();
         self.write_async("dispatch", move |c| {
             record_in_tx(c, &lease, &outcome, jitter)
         })
@@ -296,13 +296,12 @@ impl Store {
         take: impl FnOnce() -> (Arc<Vec<(Lease, AttemptOutcome)>>, usize) + Send + 'static,
     ) -> Result<(Vec<Recorded>, Vec<Lease>)> {
         let owner = owner.to_string();
+        let jitter = self.jitter();
         self.write_async("dispatch", move |c| {
             let (finished, want) = take();
             let recorded = finished
                 .iter()
-                .map(|(lease, outcome)| {
-                    record_in_tx(c, lease, outcome, fastrand::f64() * 2.0 - 1.0)
-                })
+                .map(|(lease, outcome)| record_in_tx(c, lease, outcome, jitter.draw()))
                 .collect::<Result<Vec<_>>>()?;
             let leases = if want > 0 {
                 lease_in_tx(c, &owner, want, &[])?

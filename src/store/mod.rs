@@ -49,8 +49,8 @@ pub use maintenance::*;
 pub use policy::*;
 pub use refire::*;
 pub use stats::*;
-pub use tx::Clock;
 pub(crate) use tx::Tx;
+pub use tx::{Clock, Jitter};
 pub use workflows::*;
 
 /// What happened on the wire: a plain record, kept in the model; re-exported where callers
@@ -113,6 +113,8 @@ pub struct OpenOptions {
     pub create_mode: u32,
     /// Where the store's times come from: the system clock, or an adjustable one in tests.
     pub clock: Clock,
+    /// Where the jitter of retry delays comes from: random, or fixed in tests.
+    pub jitter: Jitter,
 }
 
 impl Default for OpenOptions {
@@ -121,6 +123,7 @@ impl Default for OpenOptions {
             read_only: false,
             create_mode: 0o600,
             clock: Clock::system(),
+            jitter: Jitter::Random,
         }
     }
 }
@@ -136,6 +139,7 @@ struct Inner {
     path: PathBuf,
     read_only: bool,
     clock: Clock,
+    jitter: Jitter,
     writer: Option<writer::Writer>,
     readers: Mutex<Vec<Connection>>,
 }
@@ -247,6 +251,7 @@ impl Store {
                 path: path.to_path_buf(),
                 read_only: opts.read_only,
                 clock: opts.clock.clone(),
+                jitter: opts.jitter,
                 writer,
                 readers: Mutex::new(Vec::new()),
             }),
@@ -259,6 +264,11 @@ impl Store {
 
     pub fn is_read_only(&self) -> bool {
         self.inner.read_only
+    }
+
+    /// Where the jitter of retry delays comes from.
+    pub(crate) fn jitter(&self) -> Jitter {
+        self.inner.jitter
     }
 
     /// Now, by the store's clock, in ms since the epoch (reads that compare with due times).

@@ -67,6 +67,26 @@ impl Clock {
     }
 }
 
+/// Where the ±20 % jitter of retry delays comes from (design §6, "Retry timing").
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Jitter {
+    /// Drawn uniformly from [-1, 1] for each recorded attempt.
+    #[default]
+    Random,
+    /// Always this value (clamped to [-1, 1]): for tests that check exact due times.
+    Fixed(f64),
+}
+
+impl Jitter {
+    /// The jitter of one recorded attempt, in [-1, 1].
+    pub(crate) fn draw(self) -> f64 {
+        match self {
+            Jitter::Random => fastrand::f64() * 2.0 - 1.0,
+            Jitter::Fixed(j) => j.clamp(-1.0, 1.0),
+        }
+    }
+}
+
 /// Per workflow id: its current revision and spec.
 type CurrentSpecs = HashMap<String, (i64, Arc<Workflow>)>;
 
