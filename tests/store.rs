@@ -70,6 +70,7 @@ macro_rules! conformance_suite {
                 a_lease_takes_a_due_delivery_once_with_a_token_and_a_number,
                 a_stale_lease_records_its_attempt_and_changes_nothing_else,
                 an_expired_lease_is_taken_again_after_the_timeout_plus_30_s,
+                health_sees_an_expired_lease_by_the_stores_clock_and_repair_reclaims_it,
                 a_dead_local_dispatchers_leases_are_taken_at_once,
                 shutdown_releases_leases_as_interrupted_attempts_due_now,
                 max_in_flight_caps_a_stage_across_dispatchers,
@@ -689,6 +690,39 @@ pub mod cases {
     /// then nobody else takes the delivery; after it, the next lease writes an `interrupted`
     /// attempt (not counted) for the number that may have been sent, and sends it again with
     /// the next number. The late recorder fills in its row and changes nothing else.
+    /// `check` and `repair` judge lease deadlines by the store's clock: an expired lease is
+    /// a failing check, and `repair` reclaims it the dispatcher's way (an `interrupted`
+    /// attempt that does not count, the delivery due again).
+    pub fn health_sees_an_expired_lease_by_the_stores_clock_and_repair_reclaims_it(w: &World) {
+        w.import(&["a"]);
+        w.assign(&["a"], "hook");
+        let stale = w.lease_one("one", "a");
+        let check = |w: &World| {
+            w.store
+                .health()
+                .unwrap()
+                .check("expired_leases")
+                .map(|c| c.status)
+        };
+        assert_eq!(check(w), Some(CheckStatus::Ok));
+        w.clock.advance(Duration::from_secs(60));
+        assert_eq!(check(w), Some(CheckStatus::Fail));
+        w.store.repair("ops").unwrap();
+        assert_eq!(check(w), Some(CheckStatus::Ok));
+        assert_eq!(w.latest("a").state, DeliveryState::Pending);
+        assert_eq!(
+            w.attempts(&stale.delivery_id),
+            vec![(
+                1,
+                AttemptTrigger::Scheduled,
+                false,
+                None,
+                Some(ErrorKind::Interrupted)
+            )]
+        );
+        w.counts();
+    }
+
     pub fn an_expired_lease_is_taken_again_after_the_timeout_plus_30_s(w: &World) {
         w.import(&["a"]);
         w.assign(&["a"], "hook");

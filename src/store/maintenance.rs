@@ -564,6 +564,11 @@ fn ago(ms: i64) -> String {
 /// Runs every check on the file at `path` through a read-only connection of its own (no
 /// migration, no write), so it also reports on a file this binary cannot open normally.
 pub fn check_database(path: &Path) -> Result<HealthReport> {
+    check_database_at(path, chrono::Utc::now().timestamp_millis())
+}
+
+/// [`check_database`] as of `now` (ms since the epoch): an open store checks by its own clock.
+fn check_database_at(path: &Path, now: i64) -> Result<HealthReport> {
     if !path.exists() {
         return Err(StoreError::Open {
             path: path.to_path_buf(),
@@ -571,8 +576,6 @@ pub fn check_database(path: &Path) -> Result<HealthReport> {
         });
     }
     let c = open_connection(path, true)?;
-    // A report on a file, not a store: the system clock.
-    let now = chrono::Utc::now().timestamp_millis();
     let mut checks = Vec::new();
 
     // A damaged page can stop integrity_check itself: that is its finding, not a failure of
@@ -900,7 +903,7 @@ fn counter_mismatches(c: &Connection) -> Result<i64> {
 impl Store {
     /// The health report of this store's file (the console's `:health`).
     pub fn health(&self) -> Result<HealthReport> {
-        check_database(self.path())
+        check_database_at(self.path(), self.now_ms())
     }
 
     /// Fixes what is safe to fix, then reports again. Releases expired leases through the
