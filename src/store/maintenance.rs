@@ -417,7 +417,7 @@ impl Store {
                 }
             }
         }
-        super::create_file(dest, 0o600)?;
+        super::sqlite::create_file(dest, 0o600)?;
         let src = open_connection(self.path(), true)?;
         let mut dst = Connection::open(dest).map_err(|e| StoreError::Open {
             path: dest.to_path_buf(),
