@@ -571,7 +571,11 @@ impl Progress {
     }
 
     fn draw(&mut self, text: impl FnOnce() -> String) {
-        if !self.on || self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(250)) {
+        if !self.on
+            || self
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(250))
+        {
             return;
         }
         self.last = Some(Instant::now());

@@ -1184,7 +1184,11 @@ impl Store {
             let take = rest.len().min(IMPORT_CHUNK);
             let tail = rest.split_off(take);
             let chunk = std::mem::replace(&mut rest, tail);
-            let (wf, ds, op) = (workflow.clone(), default_dataset.clone(), operator.to_string());
+            let (wf, ds, op) = (
+                workflow.clone(),
+                default_dataset.clone(),
+                operator.to_string(),
+            );
             // A chunk stops at its time budget; what it did not take goes first next time.
             match self.write("import", move |c| import_chunk(c, &wf, chunk, &ds, &op)) {
                 Ok((mut r, mut left)) => {
