@@ -427,9 +427,12 @@ fn fixtures() -> Vec<(String, serde_json::Value)> {
 }
 
 /// A UUID-shaped id, fresh for each (line, index): V7 item and annotation ids are UUIDs.
-fn uuid_like(line: usize, index: usize) -> String {
-    let x = (line as u128) << 32 | index as u128;
+/// Multiplying by an odd constant is a bijection on u128, so distinct pairs give distinct
+/// digits (but for the two fixed version and variant digits).
+fn uuid_like(line: usize, index: u32) -> String {
+    let x = ((line as u128) << 64) | (u128::from(index) + 1);
     let h = x.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+    let h = h ^ (h >> 67);
     let s = format!("{h:032x}");
     format!(
         "{}-{}-7{}-8{}-{}",
@@ -446,7 +449,7 @@ fn v7_line(shape: Shape, fixtures: &[(String, serde_json::Value)], i: usize) -> 
     use serde_json::{Value, json};
     let (stem, fixture) = &fixtures[i % fixtures.len()];
     let mut doc = fixture.clone();
-    let id = uuid_like(i, usize::MAX >> 1);
+    let id = uuid_like(i, u32::MAX);
     let name = format!("{stem}_{i:08}.jpg");
     if let Some(Value::Array(anns)) = doc.get_mut("annotations") {
         if shape == Shape::Mixed {
@@ -454,7 +457,7 @@ fn v7_line(shape: Shape, fixtures: &[(String, serde_json::Value)], i: usize) -> 
         }
         for (j, a) in anns.iter_mut().enumerate() {
             if let Some(obj) = a.as_object_mut() {
-                obj.insert("id".into(), Value::String(uuid_like(i, j)));
+                obj.insert("id".into(), Value::String(uuid_like(i, j as u32)));
             }
         }
     }

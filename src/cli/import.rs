@@ -8,8 +8,9 @@
 //!    [`Store::import_batch`], each in the store's short, time-budgeted transactions. Lines
 //!    known to be bad are skipped (pass 2 runs with bad lines only under `--skip-invalid`).
 //!
-//! So memory is bounded by one batch (at most [`BATCH_ITEMS`] items, [`BATCH_BYTES`] of lines)
-//! plus 8 bytes per bad line, whatever the size of the file. Standard input (`-`) is first
+//! In pass 2 one thread reads and parses the next batch while the other writes the last.
+//! So memory is bounded by three batches (each at most [`BATCH_ITEMS`] items or
+//! [`BATCH_BYTES`] of lines) plus 8 bytes per bad line, whatever the size of the file. Standard input (`-`) is first
 //! spooled to an unlinked 0600 file next to the database, which is then read twice like any
 //! file. A file that changes between the passes is caught (size and modification time, and a
 //! line that turns bad in pass 2) and the import stops there, saying how far it got.
@@ -18,13 +19,12 @@
 //! exits at once. Re-running the same import adds only what is missing (present ids are
 //! skipped), so an interrupted import is finished by running it again.
 
-use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, BufReader, IsTerminal as _, Read, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{CliError, Global, output};
@@ -215,7 +215,11 @@ impl Input {
     }
 
     /// A reader from the start, counting the bytes it hands out into `count`.
-    fn reader(&mut self, limit: u64, count: Rc<Cell<u64>>) -> io::Result<impl io::BufRead> {
+    fn reader(
+        &mut self,
+        limit: u64,
+        count: Arc<AtomicU64>,
+    ) -> io::Result<impl io::BufRead + Send + use<>> {
         self.file.rewind()?;
         let file = self.file.try_clone()?;
         Ok(BufReader::with_capacity(
@@ -231,13 +235,13 @@ impl Input {
 /// A reader that adds up the bytes read through it (for progress and batch sizes).
 struct Counting<R> {
     inner: R,
-    count: Rc<Cell<u64>>,
+    count: Arc<AtomicU64>,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.count.set(self.count.get() + n as u64);
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -285,13 +289,13 @@ fn check(
     let name = input.name.clone();
     let read_error = |e: io::Error| CliError::usage(format!("cannot read {name}: {e}"));
     let size = input.stamp().map_or(0, |s| s.0);
-    let count = Rc::new(Cell::new(0u64));
+    let count = Arc::new(AtomicU64::new(0));
     let reader = input.reader(u64::MAX, count.clone()).map_err(read_error)?;
     let mut checked = Checked::default();
     // Ids only (with their lines), for the other-workflow lookup; never the items.
     let mut pending: Vec<NewItem> = Vec::with_capacity(BATCH_ITEMS);
     let started = Instant::now();
-    for outcome in crate::import::lines(reader) {
+    for outcome in crate::import::check_lines(reader) {
         checked.lines += 1;
         match outcome.map_err(read_error)? {
             LineOutcome::Blank => {}
@@ -311,7 +315,7 @@ fn check(
                     checked.lines
                 )));
             }
-            let done = count.get();
+            let done = count.load(Ordering::Relaxed);
             progress.draw(|| {
                 let secs = started.elapsed().as_secs_f64().max(1e-3);
                 let rate = done as f64 / secs;
@@ -330,7 +334,7 @@ fn check(
     foreign_ids(store, &a.workflow, &mut pending, &mut checked)?;
     checked.trim_errors();
     checked.bad_lines.sort_unstable();
-    checked.bytes = count.get();
+    checked.bytes = count.load(Ordering::Relaxed);
     input.stamp = input.stamp();
     progress.clear();
     Ok(checked)
@@ -403,8 +407,68 @@ impl Totals {
     }
 }
 
-/// Pass 2: read the file again and write its good lines in batches. On failure or Ctrl-C,
-/// returns what was written with the error to report.
+/// What the reading thread of pass 2 hands to the writing one, in file order.
+enum Read2 {
+    /// Good items, at most [`BATCH_ITEMS`] of them or [`BATCH_BYTES`] of lines.
+    Batch(Vec<NewItem>),
+    /// A line that was good in pass 1 and is bad now: the file is being changed.
+    Changed(LineError),
+    Failed(io::Error),
+}
+
+/// Reads the file again and sends its good lines in batches. Ends when the file ends, on the
+/// first surprise, or when the writer has gone (it stopped).
+fn read_batches(
+    reader: impl io::BufRead,
+    count: &AtomicU64,
+    bad_lines: &[u64],
+    tx: &mpsc::SyncSender<Read2>,
+) {
+    let mut bad = bad_lines.iter().copied().peekable();
+    let mut batch: Vec<NewItem> = Vec::with_capacity(BATCH_ITEMS);
+    let mut batch_start = 0u64;
+    for outcome in crate::import::lines(reader) {
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = tx.send(Read2::Failed(e));
+                return;
+            }
+        };
+        match outcome {
+            LineOutcome::Blank => {}
+            LineOutcome::Item(item) => {
+                if bad.next_if_eq(&(item.line as u64)).is_none() {
+                    batch.push(item);
+                }
+            }
+            LineOutcome::Error(e) => {
+                if bad.next_if_eq(&(e.line as u64)).is_none() {
+                    let _ = tx.send(Read2::Batch(batch));
+                    let _ = tx.send(Read2::Changed(e));
+                    return;
+                }
+            }
+        }
+        let read = count.load(Ordering::Relaxed);
+        if batch.len() >= BATCH_ITEMS || read - batch_start >= BATCH_BYTES {
+            batch_start = read;
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ITEMS));
+            if tx.send(Read2::Batch(full)).is_err() {
+                return;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(Read2::Batch(batch));
+    }
+}
+
+/// Pass 2: read the file again and write its good lines in batches. One thread reads and
+/// parses the next batch while this one writes the last (on two cores, parsing and SQLite
+/// overlap); the channel holds one batch, so at most three are in memory. On failure or
+/// Ctrl-C, returns what was written with the error to report.
+#[allow(clippy::too_many_arguments)]
 fn write(
     store: &Store,
     a: &ImportArgs,
@@ -424,94 +488,73 @@ fn write(
         ));
         return Err((totals, e));
     }
-    let count = Rc::new(Cell::new(0u64));
+    let count = Arc::new(AtomicU64::new(0));
     let reader = match input.reader(checked.bytes, count.clone()) {
         Ok(r) => r,
         Err(e) => return Err((totals, CliError::usage(format!("cannot read {name}: {e}")))),
     };
-    let mut bad = checked.bad_lines.iter().copied().peekable();
-    let mut batch: Vec<NewItem> = Vec::with_capacity(BATCH_ITEMS);
-    let mut batch_start = 0u64;
     let started = Instant::now();
     let total = checked.good;
-    let mut lines = crate::import::lines(reader);
-    loop {
-        let outcome = match lines.next() {
-            None => None,
-            Some(Ok(o)) => Some(o),
-            Some(Err(e)) => {
-                let e = CliError::failure(format!("cannot read {name}: {e}; {again}"));
-                return Err((totals, e));
+    let (tx, rx) = mpsc::sync_channel::<Read2>(1);
+    std::thread::scope(|scope| {
+        let bad_lines = &checked.bad_lines;
+        let count = &count;
+        scope.spawn(move || read_batches(reader, count, bad_lines, &tx));
+        // Returning drops `rx`, which ends the reading thread at its next send.
+        for msg in rx {
+            let batch = match msg {
+                Read2::Batch(b) => b,
+                Read2::Changed(e) => {
+                    // Checked good a moment ago, bad now: the file is being changed under us.
+                    let e = CliError::failure(format!(
+                        "{name} changed while it was being imported: {e}; {} item(s) were \
+                         imported before it; fix the file and {again}",
+                        totals.imported
+                    ));
+                    return Err((totals, e));
+                }
+                Read2::Failed(e) => {
+                    let e = CliError::failure(format!("cannot read {name}: {e}; {again}"));
+                    return Err((totals, e));
+                }
+            };
+            if batch.is_empty() {
+                continue;
             }
-        };
-        let line = match &outcome {
-            Some(LineOutcome::Item(item)) => Some(item.line as u64),
-            Some(LineOutcome::Error(e)) => Some(e.line as u64),
-            _ => None,
-        };
-        let known_bad = line.is_some_and(|l| bad.next_if_eq(&l).is_some());
-        let at_end = outcome.is_none();
-        match outcome {
-            Some(LineOutcome::Item(item)) if !known_bad => batch.push(item),
-            Some(LineOutcome::Error(e)) if !known_bad => {
-                // Checked good a moment ago, bad now: the file is being changed under us.
+            match store.import_batch(&a.workflow, batch, default_dataset, operator) {
+                Ok(r) => totals.add(r),
+                Err(e) => {
+                    let done = totals.done() + e.done as u64;
+                    totals.add(e.report);
+                    let message = format!(
+                        "import stopped after {done} of {total} items were written: {}; {again}",
+                        e.source
+                    );
+                    let code = if e.source.is_refusal() { 1 } else { 2 };
+                    return Err((totals, CliError { code, message }));
+                }
+            }
+            let done = totals.done();
+            progress.draw(|| {
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                let rate = done as f64 / secs;
+                format!(
+                    "importing: {done} of {total} items ({rate:.0}/s){}",
+                    time_left(total.saturating_sub(done) as f64 / rate.max(1.0))
+                )
+            });
+            // Between batches, never inside one: what is written is whole items.
+            if stop.load(Ordering::Relaxed) && done < total {
                 let e = CliError::failure(format!(
-                    "{name} changed while it was being imported: {e}; {} item(s) were imported \
-                     before it; fix the file and {again}",
-                    totals.imported
+                    "interrupted after {done} of {total} items ({} imported, {} already \
+                     present); {again}",
+                    totals.imported, totals.already_present
                 ));
                 return Err((totals, e));
             }
-            _ => {}
         }
-        let full = batch.len() >= BATCH_ITEMS || count.get() - batch_start >= BATCH_BYTES;
-        if !(full || at_end && !batch.is_empty()) {
-            if at_end {
-                break;
-            }
-            continue;
-        }
-        batch_start = count.get();
-        match store.import_batch(
-            &a.workflow,
-            std::mem::take(&mut batch),
-            default_dataset,
-            operator,
-        ) {
-            Ok(r) => totals.add(r),
-            Err(e) => {
-                let done = totals.done() + e.done as u64;
-                totals.add(e.report);
-                let message = format!(
-                    "import stopped after {done} of {total} items were written: {}; {again}",
-                    e.source
-                );
-                let code = if e.source.is_refusal() { 1 } else { 2 };
-                return Err((totals, CliError { code, message }));
-            }
-        }
-        let done = totals.done();
-        progress.draw(|| {
-            let secs = started.elapsed().as_secs_f64().max(1e-3);
-            let rate = done as f64 / secs;
-            format!(
-                "importing: {done} of {total} items ({rate:.0}/s){}",
-                time_left(total.saturating_sub(done) as f64 / rate.max(1.0))
-            )
-        });
-        // Between batches, never inside one: what is written is whole items.
-        if stop.load(Ordering::Relaxed) && done < total {
-            let e = CliError::failure(format!(
-                "interrupted after {done} of {total} items ({} imported, {} already present); {again}",
-                totals.imported, totals.already_present
-            ));
-            return Err((totals, e));
-        }
-        if at_end {
-            break;
-        }
-    }
-    Ok(totals)
+        Ok(totals)
+    })
 }
 
 fn report(a: &ImportArgs, t: &Totals, checked: &Checked, finished: bool) -> Result<(), CliError> {
