@@ -481,13 +481,18 @@ fn v7_line(shape: Shape, fixtures: &[(String, serde_json::Value)], i: usize) -> 
     doc.to_string()
 }
 
-/// Peak RSS of the largest waited-for child so far, in bytes.
-fn children_peak_rss() -> u64 {
+/// Peak RSS of the largest waited-for child so far, in bytes, and the CPU time (user +
+/// system) of all of them.
+fn children_usage() -> (u64, Duration) {
     // SAFETY: getrusage writes into the zeroed struct it is given and reads nothing else.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
     assert_eq!(rc, 0, "getrusage");
-    ru.ru_maxrss as u64 * 1024
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (
+        ru.ru_maxrss as u64 * 1024,
+        tv(ru.ru_utime) + tv(ru.ru_stime),
+    )
 }
 
 /// Baseline: read the file, parse each line with serde_json alone, insert its bytes raw.
@@ -564,7 +569,9 @@ fn v7_bench(a: &Args) {
         return;
     }
 
+    let c = cpu();
     let (base, n) = v7_baseline(&dir.path().join("baseline.db"), &file);
+    let base_cpu = cpu() - c;
     assert_eq!(n, a.items);
 
     let db = dir.path().join("bench.db");
@@ -588,7 +595,7 @@ fn v7_bench(a: &Args) {
         .expect("run hookops item import");
     let import = t.elapsed();
     let probe = probe.finish();
-    let rss = children_peak_rss();
+    let (rss, import_cpu) = children_usage();
     assert!(out.status.success(), "import failed: {:?}", out.status);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["imported"], a.items, "{report}");
@@ -597,24 +604,27 @@ fn v7_bench(a: &Args) {
     let mbs = |d: Duration| format!("{:.1} MB/s", bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9));
     println!();
     println!(
-        "{:<34}  {:>9}  {:>11}  {:>11}  wall vs baseline",
-        "phase", "wall", "items/s", "MB/s"
+        "{:<34}  {:>9}  {:>9}  {:>11}  {:>11}  wall vs baseline  cpu vs baseline",
+        "phase", "wall", "cpu", "items/s", "MB/s"
     );
     println!("{:<34}  {:>9}", "generate (not counted)", secs(generate));
     println!(
-        "{:<34}  {:>9}  {:>11}  {:>11}  1.00x",
+        "{:<34}  {:>9}  {:>9}  {:>11}  {:>11}  1.00x  1.00x",
         "baseline: serde_json + raw insert",
         secs(base),
+        secs(base_cpu),
         rate(a.items, base),
         mbs(base)
     );
     println!(
-        "{:<34}  {:>9}  {:>11}  {:>11}  {:.2}x",
+        "{:<34}  {:>9}  {:>9}  {:>11}  {:>11}  {:.2}x  {:.2}x",
         format!("hookops item import ({shape})"),
         secs(import),
+        secs(import_cpu),
         rate(a.items, import),
         mbs(import),
-        import.as_secs_f64() / base.as_secs_f64()
+        import.as_secs_f64() / base.as_secs_f64(),
+        import_cpu.as_secs_f64() / base_cpu.as_secs_f64().max(1e-9)
     );
     println!();
     println!(
