@@ -904,6 +904,8 @@ fn a_200k_line_import_stays_within_bounded_memory() {
         size > BOUND && N as u64 * 600 > BOUND,
         "the strings alone are over the bound ({size} bytes of file)"
     );
+    // Reaped by `wait4` below, which also reads its peak RSS; std's `wait` cannot give that.
+    #[allow(clippy::zombie_processes)]
     let mut child = command(&env)
         .args(["item", "import", s(&file), "--workflow", "flow", "--json"])
         .stdout(Stdio::piped())
