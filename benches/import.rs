@@ -1,6 +1,24 @@
-//! The import benchmark behind README's numbers (issue 3).
+//! The import benchmark behind README's numbers (issues 3 and 22).
 //!
 //! `cargo bench --bench import [-- --items N --assign M]` (defaults 1,000,000 and 100,000):
+//! small plain items through the library, as described below.
+//!
+//! `cargo bench --bench import -- --shape v7|mixed [--items N] [--keep FILE]`: V7-shaped lines
+//! made from `../shared/fixtures/darwin-v2/` (or `$HOOKOPS_FIXTURES`), imported by the real
+//! binary (`hookops item import FILE`, the streaming two-pass import) as a child process:
+//! - `v7`: every fixture whole, repeated with fresh item ids, names and annotation ids, so
+//!   sizes and annotation mixes are those of real exports (~3.4 KB a line);
+//! - `mixed`: the file of issue 22's report: plain items and whole Darwin exports alternating,
+//!   two annotations each (~0.65 KB a line).
+//!
+//! The file is written to disk first (not counted). The same-run baseline reads the file, parses
+//! every line with `serde_json` alone and inserts its bytes with raw rusqlite, 1000 rows per
+//! transaction, `synchronous=FULL`. It prints items/s, MB/s, the ratio to the baseline, the
+//! child's peak RSS (`getrusage(RUSAGE_CHILDREN)`) and the longest wait of another writer (the
+//! probe below) during the import. `--keep FILE` writes the generated file there and keeps it
+//! (for trying the import by hand); `--generate-only` stops after writing it.
+//!
+//! The small-item mode:
 //!
 //! 1. generates N small plain items as JSON Lines in memory and parses them
 //!    (`hookops::import::parse_jsonl`);
@@ -55,12 +73,25 @@ kind = "complete"
 struct Args {
     items: usize,
     assign: usize,
+    shape: Shape,
+    keep: Option<std::path::PathBuf>,
+    generate_only: bool,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    Small,
+    V7,
+    Mixed,
 }
 
 fn args() -> Args {
     let mut a = Args {
         items: 1_000_000,
         assign: 100_000,
+        shape: Shape::Small,
+        keep: None,
+        generate_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -72,6 +103,16 @@ fn args() -> Args {
         match arg.as_str() {
             "--items" => a.items = number("--items"),
             "--assign" => a.assign = number("--assign"),
+            "--shape" => {
+                a.shape = match it.next().as_deref() {
+                    Some("small") => Shape::Small,
+                    Some("v7") => Shape::V7,
+                    Some("mixed") => Shape::Mixed,
+                    other => panic!("--shape is small, v7 or mixed, not {other:?}"),
+                }
+            }
+            "--keep" => a.keep = it.next().map(Into::into),
+            "--generate-only" => a.generate_only = true,
             // cargo bench passes --bench; libtest-style filters are not used here.
             _ => {}
         }
@@ -222,6 +263,9 @@ fn rate(n: usize, d: Duration) -> String {
 
 fn main() {
     let a = args();
+    if a.shape != Shape::Small {
+        return v7_bench(&a);
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     println!(
         "hookops import benchmark: {} items, bulk assign of {}",
@@ -355,4 +399,258 @@ fn main() {
         verdict(import_hold_us.max(assign_hold_us) <= 100_000)
     );
     let _ = (import_probe.worst_txn, assign_probe.worst_txn);
+}
+
+// ---------------------------------------------------------------------------------------------
+// V7-shaped lines through the real binary (issue 22)
+
+/// The Darwin JSON 2.0 fixtures, sorted by file name.
+fn fixtures() -> Vec<(String, serde_json::Value)> {
+    let dir = std::env::var_os("HOOKOPS_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/darwin-v2")
+        });
+    let mut out: Vec<(String, serde_json::Value)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read fixtures in {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).expect("fixture");
+            let name = p.file_stem().expect("name").to_string_lossy().into_owned();
+            (name, serde_json::from_str(&text).expect("fixture JSON"))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(!out.is_empty(), "no fixtures in {}", dir.display());
+    out
+}
+
+/// A UUID-shaped id, fresh for each (line, index): V7 item and annotation ids are UUIDs.
+/// Multiplying by an odd constant is a bijection on u128, so distinct pairs give distinct
+/// digits (but for the two fixed version and variant digits).
+fn uuid_like(line: usize, index: u32) -> String {
+    let x = ((line as u128) << 64) | (u128::from(index) + 1);
+    let h = x.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+    let h = h ^ (h >> 67);
+    let s = format!("{h:032x}");
+    format!(
+        "{}-{}-7{}-8{}-{}",
+        &s[0..8],
+        &s[8..12],
+        &s[13..16],
+        &s[17..20],
+        &s[20..32]
+    )
+}
+
+/// Line `i` of a V7-shaped file.
+fn v7_line(shape: Shape, fixtures: &[(String, serde_json::Value)], i: usize) -> String {
+    use serde_json::{Value, json};
+    let (stem, fixture) = &fixtures[i % fixtures.len()];
+    let mut doc = fixture.clone();
+    let id = uuid_like(i, u32::MAX);
+    let name = format!("{stem}_{i:08}.jpg");
+    if let Some(Value::Array(anns)) = doc.get_mut("annotations") {
+        if shape == Shape::Mixed {
+            anns.truncate(2);
+        }
+        for (j, a) in anns.iter_mut().enumerate() {
+            if let Some(obj) = a.as_object_mut() {
+                obj.insert("id".into(), Value::String(uuid_like(i, j as u32)));
+            }
+        }
+    }
+    let item = &mut doc["item"];
+    item["name"] = Value::String(name.clone());
+    item["source_info"]["item_id"] = Value::String(id.clone());
+    if shape == Shape::Mixed && i % 2 == 1 {
+        // A plain item with the same content.
+        let plain = json!({
+            "id": id,
+            "name": name,
+            "path": item["path"],
+            "dataset": item["source_info"]["dataset"]["name"],
+            "tags": ["imported", format!("batch-{}", i % 10)],
+            "properties": {"camera": format!("cam-{}", i % 3)},
+            "slots": item["slots"],
+            "annotations": doc["annotations"],
+        });
+        return plain.to_string();
+    }
+    doc.to_string()
+}
+
+/// Peak RSS of the largest waited-for child so far, in bytes, and the CPU time (user +
+/// system) of all of them.
+fn children_usage() -> (u64, Duration) {
+    // SAFETY: getrusage writes into the zeroed struct it is given and reads nothing else.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    assert_eq!(rc, 0, "getrusage");
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (
+        ru.ru_maxrss as u64 * 1024,
+        tv(ru.ru_utime) + tv(ru.ru_stime),
+    )
+}
+
+/// Baseline: read the file, parse each line with serde_json alone, insert its bytes raw.
+fn v7_baseline(path: &std::path::Path, file: &std::path::Path) -> (Duration, usize) {
+    use std::io::BufRead as _;
+    let conn = Connection::open(path).expect("baseline db");
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .expect("wal");
+    conn.pragma_update(None, "synchronous", "FULL")
+        .expect("sync");
+    conn.execute_batch("CREATE TABLE lines (seq INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+        .expect("baseline schema");
+    let t0 = Instant::now();
+    let mut reader =
+        std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(file).expect("file"));
+    let mut line = Vec::new();
+    let mut n = 0;
+    let mut done = false;
+    while !done {
+        conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+        {
+            let mut ins = conn
+                .prepare_cached("INSERT INTO lines (body) VALUES (?1)")
+                .expect("prepare");
+            for _ in 0..1000 {
+                line.clear();
+                if reader.read_until(b'\n', &mut line).expect("read") == 0 {
+                    done = true;
+                    break;
+                }
+                let v: serde_json::Value = serde_json::from_slice(&line).expect("valid line");
+                std::hint::black_box(&v);
+                ins.execute([&line[..]]).expect("insert");
+                n += 1;
+            }
+        }
+        conn.execute_batch("COMMIT").expect("commit");
+    }
+    (t0.elapsed(), n)
+}
+
+fn v7_bench(a: &Args) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let shape = if a.shape == Shape::V7 { "v7" } else { "mixed" };
+    let file = a
+        .keep
+        .clone()
+        .unwrap_or_else(|| dir.path().join(format!("{shape}.jsonl")));
+    let fixtures = fixtures();
+    let t = Instant::now();
+    {
+        let mut out = std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(&file).expect("create the file"),
+        );
+        for i in 0..a.items {
+            out.write_all(v7_line(a.shape, &fixtures, i).as_bytes())
+                .and_then(|()| out.write_all(b"\n"))
+                .expect("write the file");
+        }
+        out.flush().expect("write the file");
+    }
+    let generate = t.elapsed();
+    let bytes = std::fs::metadata(&file).expect("file").len();
+    println!(
+        "hookops import benchmark, {shape} shape: {} lines, {:.0} MB ({} bytes a line) from {} fixtures",
+        a.items,
+        bytes as f64 / 1e6,
+        bytes / a.items.max(1) as u64,
+        fixtures.len()
+    );
+    if a.generate_only {
+        println!("wrote {}", file.display());
+        return;
+    }
+
+    let c = cpu();
+    let (base, n) = v7_baseline(&dir.path().join("baseline.db"), &file);
+    let base_cpu = cpu() - c;
+    assert_eq!(n, a.items);
+
+    let db = dir.path().join("bench.db");
+    {
+        let store = Store::open(&db, &OpenOptions::default()).expect("open store");
+        let env = |_: &str| None;
+        let wf = hookops::workflow::parse("bench.toml", WORKFLOW, &env).expect("bench workflow");
+        store
+            .apply_workflow(&wf, &Vec::new(), "bench")
+            .expect("apply");
+    }
+    let probe = Probe::start(&db);
+    let t = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookops"))
+        .arg("--db")
+        .arg(&db)
+        .args(["item", "import", "--workflow", "bench", "--json"])
+        .arg(&file)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run hookops item import");
+    let import = t.elapsed();
+    let probe = probe.finish();
+    let (rss, import_cpu) = children_usage();
+    assert!(out.status.success(), "import failed: {:?}", out.status);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["imported"], a.items, "{report}");
+
+    let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    let mbs = |d: Duration| format!("{:.1} MB/s", bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9));
+    println!();
+    println!(
+        "{:<34}  {:>9}  {:>9}  {:>11}  {:>11}  wall vs baseline  cpu vs baseline",
+        "phase", "wall", "cpu", "items/s", "MB/s"
+    );
+    println!("{:<34}  {:>9}", "generate (not counted)", secs(generate));
+    println!(
+        "{:<34}  {:>9}  {:>9}  {:>11}  {:>11}  1.00x  1.00x",
+        "baseline: serde_json + raw insert",
+        secs(base),
+        secs(base_cpu),
+        rate(a.items, base),
+        mbs(base)
+    );
+    println!(
+        "{:<34}  {:>9}  {:>9}  {:>11}  {:>11}  {:.2}x  {:.2}x",
+        format!("hookops item import ({shape})"),
+        secs(import),
+        secs(import_cpu),
+        rate(a.items, import),
+        mbs(import),
+        import.as_secs_f64() / base.as_secs_f64(),
+        import_cpu.as_secs_f64() / base_cpu.as_secs_f64().max(1e-9)
+    );
+    println!();
+    println!(
+        "{:<34}  {:.1} MB",
+        "peak RSS of the import",
+        rss as f64 / 1e6
+    );
+    println!(
+        "{:<34}  {} ({} probes)",
+        "longest write hold (probe wait)",
+        ms(probe.worst_wait),
+        probe.probes
+    );
+    println!();
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!(
+        "targets: peak RSS under 300 MB: {}; no hold over ~100 ms: {}{}",
+        verdict(rss < 300_000_000),
+        verdict(probe.worst_wait <= Duration::from_millis(100)),
+        if a.shape == Shape::Mixed && a.items >= 1_000_000 {
+            format!(
+                "; 1,000,000 lines under 45 s: {}",
+                verdict(import < Duration::from_secs(45))
+            )
+        } else {
+            String::new()
+        }
+    );
 }

@@ -14,9 +14,10 @@ mkdir -p "$out"
 
 quick=0
 [[ "${1:-}" == "--quick" ]] && quick=1
-args_import=() args_delivery=() args_console=() args_refire=() args_prune=()
+args_import=() args_import_v7=() args_delivery=() args_console=() args_refire=() args_prune=()
 if ((quick)); then
   args_import=(--items 100000 --assign 10000)
+  args_import_v7=(--items 100000)
   args_delivery=(--deliveries 5000 --samples 40)
   args_console=(--items 100000 --attempts 500000 --db "$out/console-quick.db")
   args_refire=(--deliveries 10000)
@@ -37,6 +38,14 @@ run() { # NAME ARGS...
 # ONLY="console refire" re-runs some and reuses the others' last reports.
 only=" ${ONLY:-import delivery console refire prune} "
 [[ $only == *" import "* ]] && run import "${args_import[@]}"
+# V7-shaped lines through the real binary (issue 22): its own report file.
+if [[ $only == *" import "* ]]; then
+  echo "running import --shape mixed…" >&2
+  t0=$SECONDS
+  cargo bench -q --bench import -- --shape mixed "${args_import_v7[@]}" >"$out/import-v7.txt" 2>&1 \
+    || echo "(import --shape mixed failed: see $out/import-v7.txt)" >&2
+  echo "  import --shape mixed took $((SECONDS - t0)) s" >&2
+fi
 [[ $only == *" delivery "* ]] && run delivery "${args_delivery[@]}"
 [[ $only == *" console "* ]] && run console "${args_console[@]}"
 [[ $only == *" refire "* ]] && run refire "${args_refire[@]}"
@@ -55,6 +64,10 @@ add() { rows+=("$1|$2|$3"); }
 add "import: parse + import of 1M items" "$(val import 'parse \+ import')" "< 30 s"
 add "import: longest write hold during import" "$(val import 'during import')" "~100 ms"
 add "import: bulk assign of 100,000" "$(val import 'bulk assign(?! of)')" "seconds"
+add "import: 1M V7-shaped lines (mixed), hookops item import" "$(val import-v7 'hookops item import \(mixed\)')" "< 45 s"
+add "import: V7-shaped, baseline serde_json + raw insert" "$(val import-v7 'baseline: serde_json \+ raw insert')" ""
+add "import: V7-shaped, peak RSS" "$(val import-v7 'peak RSS of the import')" "< 300 MB"
+add "import: V7-shaped, longest write hold (probe wait)" "$(val import-v7 'longest write hold \(probe wait\)')" "~100 ms"
 add "delivery: plain keep-alive POSTs (baseline, same run)" "$(val delivery '\(a\) baseline: keep-alive POSTs')" ""
 add "delivery: engine, every attempt durable" "$(val delivery '\(b\) engine: deliveries, every attempt durable')" ""
 add "delivery: engine / baseline" "$(val delivery 'engine / baseline')" ">= 0.50"

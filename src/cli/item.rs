@@ -1,13 +1,12 @@
 //! `hookops item import|list|show|advance` and `hookops assign`.
 
-use std::io::BufReader;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::{CliError, Global, output, require_workflow, stage_id};
 use crate::engine::Outcome;
-use crate::model::{DatasetRef, ItemId, ItemState, StageId, WorkflowId};
+use crate::model::{ItemId, ItemState, StageId, WorkflowId};
 use crate::store::{AssignTarget, Expect, ItemFilter, ItemOrder, MoveReport};
 
 /// Rows a listing shows unless `--limit` says otherwise (design §6).
@@ -16,7 +15,12 @@ pub const DEFAULT_LIMIT: usize = 1000;
 #[derive(Debug, Subcommand)]
 pub enum ItemCommand {
     /// Import JSON Lines: plain items or whole Darwin JSON 2.0 exports, one per line
+    ///
+    /// Every line is checked before anything is written; then the file is read again and
+    /// written in short chunks. Ctrl-C stops between chunks; running the same import again
+    /// adds only what is missing.
     Import {
+        /// The JSON Lines file, or `-` for standard input
         file: PathBuf,
         #[arg(long)]
         workflow: String,
@@ -110,13 +114,15 @@ pub fn run(g: &Global, c: ItemCommand) -> Result<(), CliError> {
             dataset,
             skip_invalid,
             json,
-        } => import(
+        } => super::import::run(
             g,
-            file,
-            WorkflowId::new(workflow),
-            dataset,
-            skip_invalid,
-            json,
+            super::import::ImportArgs {
+                file,
+                workflow: WorkflowId::new(workflow),
+                dataset,
+                skip_invalid,
+                json,
+            },
         ),
         ItemCommand::List(a) => list(g, a),
         ItemCommand::Show { id, json } => show(g, &ItemId::new(id), json),
@@ -140,122 +146,6 @@ pub fn run(g: &Global, c: ItemCommand) -> Result<(), CliError> {
             print_moves("advanced", &report, json)
         }
     }
-}
-
-fn import(
-    g: &Global,
-    file: PathBuf,
-    workflow: WorkflowId,
-    dataset: Option<String>,
-    skip_invalid: bool,
-    json: bool,
-) -> Result<(), CliError> {
-    let f = std::fs::File::open(&file)
-        .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
-    let mut parsed = crate::import::parse_jsonl(BufReader::new(f))
-        .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
-    let store = g.open()?;
-    // An id that belongs to another workflow is a line error too (design §6), reported and
-    // skipped like the others.
-    let foreign = store.ids_in_other_workflows(&workflow, &parsed.items)?;
-    if !foreign.is_empty() {
-        // One pass (indices ascend), not a `remove` per line: a file of another workflow's
-        // ids must not take quadratic time.
-        let mut foreign = foreign.into_iter().peekable();
-        let mut kept = Vec::with_capacity(parsed.items.len());
-        for (i, item) in std::mem::take(&mut parsed.items).into_iter().enumerate() {
-            match foreign.next_if(|(f, _)| *f == i) {
-                Some((_, other)) => parsed.errors.push(crate::import::LineError {
-                    line: item.line,
-                    column: None,
-                    message: format!("item id `{}` already exists in workflow `{other}`", item.id),
-                }),
-                None => kept.push(item),
-            }
-        }
-        parsed.items = kept;
-        parsed.errors.sort_by_key(|e| e.line);
-    }
-    if !parsed.errors.is_empty() {
-        for e in parsed.errors.iter().take(50) {
-            eprintln!("{}:{e}", file.display());
-        }
-        if parsed.errors.len() > 50 {
-            eprintln!("… and {} more invalid lines", parsed.errors.len() - 50);
-        }
-        if !skip_invalid {
-            return Err(CliError::usage(format!(
-                "{} invalid line(s) in {}; nothing was imported (fix them, or pass --skip-invalid to import the {} good lines)",
-                parsed.errors.len(),
-                file.display(),
-                parsed.items.len()
-            )));
-        }
-    }
-    let default_dataset = dataset.map(|name| DatasetRef {
-        slug: crate::import::dataset_from_name(&name)
-            .map(|d| d.slug)
-            .unwrap_or_else(|| name.clone()),
-        name,
-    });
-    let total = parsed.items.len();
-    let show_progress = total >= 50_000 && !json;
-    let report = store
-        .import_checked_items(&workflow, parsed.items, default_dataset, &g.operator(), &mut |done, total| {
-            if show_progress && done % 100_000 < 1000 {
-                eprintln!("imported {done} of {total}");
-            }
-        })
-        .map_err(|e| {
-            let code = if e.source.is_refusal() { 1 } else { 2 };
-            // Refused before anything was written (unknown workflow, read-only, an id of
-            // another workflow): say only why; "run it again" is for an interrupted import.
-            let message = if e.done == 0 && e.report.imported == 0 {
-                e.source.to_string()
-            } else {
-                format!(
-                    "{e}; run the same import again to add the rest (items already present are skipped)"
-                )
-            };
-            CliError { code, message }
-        })?;
-    for id in report.differing.iter().take(20) {
-        eprintln!(
-            "warning: item `{id}` is already present with different content; it was not changed"
-        );
-    }
-    if json {
-        output::json(&serde_json::json!({
-            "imported": report.imported,
-            "already_present": report.already_present,
-            "differing": report.differing,
-            "invalid": parsed.errors.len(),
-            "landed": report.landed,
-        }))?;
-    } else {
-        outln!(
-            "imported {} item(s) into {workflow}; {} already present{}",
-            report.imported,
-            report.already_present,
-            if parsed.errors.is_empty() {
-                String::new()
-            } else {
-                format!("; {} invalid line(s) skipped", parsed.errors.len())
-            }
-        );
-        for (stage, n) in &report.landed {
-            outln!("  {stage}: {n}");
-        }
-    }
-    let _ = total;
-    if !parsed.errors.is_empty() {
-        // Some lines were refused: the operation was only partly done.
-        return Err(CliError::failure(format!(
-            "{} line(s) were not imported",
-            parsed.errors.len()
-        )));
-    }
-    Ok(())
 }
 
 fn list(g: &Global, a: ListArgs) -> Result<(), CliError> {

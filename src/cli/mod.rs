@@ -21,6 +21,7 @@ macro_rules! outln {
 
 mod deliveries;
 mod demo;
+mod import;
 mod item;
 mod ops;
 mod output;

@@ -1056,6 +1056,66 @@ impl Store {
     }
 }
 
+// Streaming import (issue 22): the CLI reads a file of any size in bounded batches and writes
+// one audit row for the whole import. Kept apart from `import_checked_items` so the two can be
+// moved independently.
+impl Store {
+    /// One batch of a streaming import: [`Store::import_checked_items`] without its audit row
+    /// (the caller writes one for the whole import with [`Store::audit_import`]) and without
+    /// `created` in the report, so a caller that adds reports up holds nothing per item.
+    /// Writes in the same time-budgeted chunks, so no transaction holds the write lock long.
+    #[allow(clippy::result_large_err)]
+    pub fn import_batch(
+        &self,
+        workflow: &WorkflowId,
+        items: Vec<NewItem>,
+        default_dataset: &DatasetRef,
+        operator: &str,
+    ) -> std::result::Result<ImportReport, ImportInterrupted> {
+        let total = items.len();
+        let mut report = ImportReport::default();
+        let mut done = 0;
+        let mut rest = items;
+        while !rest.is_empty() {
+            let take = rest.len().min(IMPORT_CHUNK);
+            let tail = rest.split_off(take);
+            let chunk = std::mem::replace(&mut rest, tail);
+            let (wf, ds, op) = (
+                workflow.clone(),
+                default_dataset.clone(),
+                operator.to_string(),
+            );
+            // A chunk stops at its time budget; what it did not take goes first next time.
+            match self.write("import", move |c| import_chunk(c, &wf, chunk, &ds, &op)) {
+                Ok((mut r, mut left)) => {
+                    done += take - left.len();
+                    r.created = Vec::new();
+                    merge(&mut report, r);
+                    left.append(&mut rest);
+                    rest = left;
+                }
+                Err(source) => {
+                    return Err(ImportInterrupted {
+                        done,
+                        total,
+                        report,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// The audit row of a whole streaming import: `n` items imported into `workflow`.
+    pub fn audit_import(&self, workflow: &WorkflowId, operator: &str, n: i64) -> Result<()> {
+        let (wf, op) = (workflow.clone(), operator.to_string());
+        self.write("import", move |c| {
+            audit(c, &op, "import", &format!("workflow {wf}"), None, n)
+        })
+    }
+}
+
 /// Builds the list query: returns SQL selecting (id, name, workflow, stage, state, version,
 /// tags, entered_at, updated_at, sort key, seq) and its arguments.
 fn item_query(
