@@ -10,6 +10,7 @@
 pub mod headless;
 pub mod keymap;
 mod ops;
+pub mod report;
 pub mod state;
 pub mod theme;
 pub mod view;
@@ -576,14 +577,22 @@ impl Executor {
             Pending::Replay(ids) => {
                 let (store, tx) = (self.store.clone(), self.tx.clone());
                 tokio::spawn(async move {
-                    let (mut ok, mut bad) = (0, 0);
+                    // Per id: answered 2xx, or why not.
+                    let (mut ok, mut bad) = (Vec::new(), Vec::new());
                     for id in ids {
-                        let (s2, op2) = (store.clone(), op.clone());
+                        let (s2, op2, id2) = (store.clone(), op.clone(), id.clone());
                         let lease =
-                            tokio::task::spawn_blocking(move || s2.begin_replay(&id, &op2)).await;
-                        let Ok(Ok(lease)) = lease else {
-                            bad += 1;
-                            continue;
+                            tokio::task::spawn_blocking(move || s2.begin_replay(&id2, &op2)).await;
+                        let lease = match lease {
+                            Ok(Ok(lease)) => lease,
+                            Ok(Err(e)) => {
+                                bad.push((id.to_string(), e.to_string()));
+                                continue;
+                            }
+                            Err(e) => {
+                                bad.push((id.to_string(), e.to_string()));
+                                continue;
+                            }
                         };
                         match crate::dispatch::send_manual(
                             &store,
@@ -593,21 +602,24 @@ impl Executor {
                         .await
                         {
                             Ok(ev) => {
-                                if ev.status.is_some_and(|s| (200..300).contains(&s)) {
-                                    ok += 1
-                                } else {
-                                    bad += 1
+                                match ev.status {
+                                    Some(s) if (200..300).contains(&s) => {
+                                        ok.push(format!("{id} ({s})"))
+                                    }
+                                    Some(s) => bad.push((id.to_string(), format!("answered {s}"))),
+                                    None => bad.push((
+                                        id.to_string(),
+                                        ev.error_message
+                                            .clone()
+                                            .unwrap_or_else(|| "no answer".into()),
+                                    )),
                                 }
                                 let _ = tx.send(Msg::Attempt(Box::new(ev)));
                             }
-                            Err(_) => bad += 1,
+                            Err(e) => bad.push((id.to_string(), e.to_string())),
                         }
                     }
-                    let level = if bad > 0 { Level::Warn } else { Level::Info };
-                    let _ = tx.send(Msg::ActionDone {
-                        text: format!("replayed: {ok} got 2xx, {bad} did not"),
-                        level,
-                    });
+                    let _ = tx.send(report::per_id("replayed", &ok, bad, ""));
                 });
             }
             other => self.blocking(move |s| run_pending(s, other, &op)),
@@ -667,87 +679,94 @@ pub(crate) fn load(
     })
 }
 
+/// Performs a confirmed action and says, per id, what it did (see [`report`]).
 pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
-    let done = |text: String, refused: usize| Msg::ActionDone {
-        text,
-        level: if refused > 0 {
-            Level::Warn
-        } else {
-            Level::Info
-        },
-    };
-    let fail = |e: crate::store::StoreError| Msg::ActionDone {
-        text: e.to_string(),
-        level: Level::Error,
-    };
-    let first_refusal = |r: &[crate::store::Refusal]| {
-        r.first()
-            .map(|r| format!(" — refused: {}", r.reason))
-            .unwrap_or_default()
-    };
+    let fail = report::failed;
     match p {
         Pending::Assign {
             workflow,
             to,
             target,
         } => {
-            let t = match target {
-                state::AssignWhat::Items(ids) => AssignTarget::Versions(ids),
-                state::AssignWhat::Stage { from, .. } => AssignTarget::FromStage {
-                    stage: from,
-                    limit: None,
-                },
+            let (t, named) = match target {
+                state::AssignWhat::Items(ids) => {
+                    let named: Vec<String> = ids.iter().map(|(i, _)| i.to_string()).collect();
+                    (AssignTarget::Versions(ids), Some(named))
+                }
+                state::AssignWhat::Stage { from, .. } => (
+                    AssignTarget::FromStage {
+                        stage: from,
+                        limit: None,
+                    },
+                    None,
+                ),
             };
             match s.assign(&workflow, &to, &t, None, op) {
-                Ok(r) => done(
-                    format!(
-                        "assigned {} item(s) to {to}{}{}",
-                        r.moved,
-                        if r.deliveries > 0 {
-                            format!(", {} deliveries queued", r.deliveries)
-                        } else {
-                            String::new()
-                        },
-                        first_refusal(&r.refused)
-                    ),
-                    r.refused.len(),
-                ),
+                Ok(r) => {
+                    let queued = if r.deliveries > 0 {
+                        format!(" · {} deliveries queued", r.deliveries)
+                    } else {
+                        String::new()
+                    };
+                    let refused = report::refusals(&r.refused);
+                    match named {
+                        Some(ids) => report::per_id(
+                            &format!("assigned to {to}"),
+                            &report::not_refused(&ids, &refused),
+                            refused,
+                            &queued,
+                        ),
+                        None => report::per_id(
+                            &format!("assigned {} item(s) to {to}", r.moved),
+                            &[],
+                            refused,
+                            &queued,
+                        ),
+                    }
+                }
                 Err(e) => fail(e),
             }
         }
         Pending::Advance { ids, outcome } => {
-            let mut moved = 0;
+            let mut moved = Vec::new();
             let mut refused = Vec::new();
             for (id, version) in ids {
                 let expect = Expect {
                     stage: None,
                     version: Some(version),
                 };
-                match s.advance(&[id], outcome, &expect, op) {
+                match s.advance(std::slice::from_ref(&id), outcome, &expect, op) {
                     Ok(r) => {
-                        moved += r.moved;
-                        refused.extend(r.refused);
+                        if r.moved > 0 {
+                            moved.push(id.to_string());
+                        }
+                        refused.extend(report::refusals(&r.refused));
                     }
                     Err(e) => return fail(e),
                 }
             }
-            done(
-                format!("moved {moved} item(s){}", first_refusal(&refused)),
-                refused.len(),
-            )
+            let verb = match outcome {
+                Some(crate::engine::Outcome::Approve) => "approved",
+                Some(crate::engine::Outcome::Reject) => "rejected",
+                _ => "advanced",
+            };
+            report::per_id(verb, &moved, refused, "")
         }
         Pending::Refire(ids) => match s.refire(&ids, op) {
-            Ok(r) => done(
-                format!(
-                    "re-fired {} delivery(ies){}",
-                    r.refired,
-                    r.refused
-                        .first()
-                        .map(|(_, why)| format!(" — refused: {why}"))
-                        .unwrap_or_default()
-                ),
-                r.refused.len(),
-            ),
+            Ok(r) => {
+                let refused: Vec<(String, String)> = r
+                    .refused
+                    .iter()
+                    .map(|(id, why)| (id.to_string(), why.clone()))
+                    .collect();
+                let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+                report::per_id(
+                    "re-fired",
+                    &report::not_refused(&ids, &refused),
+                    refused,
+                    "",
+                )
+            }
             Err(e) => fail(e),
         },
         Pending::RefireFiltered { filter, .. } => {
@@ -755,36 +774,43 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
                 Ok(ids) => ids,
                 Err(e) => return fail(e),
             };
-            let (mut n, mut refused) = (0, 0);
+            let (mut n, mut refused) = (0, Vec::new());
             for chunk in ids.chunks(2000) {
                 match s.refire(chunk, op) {
                     Ok(r) => {
                         n += r.refired;
-                        refused += r.refused.len();
+                        refused.extend(
+                            r.refused
+                                .iter()
+                                .map(|(id, why)| (id.to_string(), why.clone())),
+                        );
                     }
                     Err(e) => return fail(e),
                 }
             }
-            done(
-                format!("re-fired {n} failed deliveries ({refused} refused)"),
-                refused,
-            )
+            report::per_id(&format!("re-fired {n} failed deliveries"), &[], refused, "")
         }
         Pending::Pause {
             workflow,
             stage,
             pause,
         } => match s.set_paused(&workflow, &stage, pause, op) {
-            Ok(_) => done(
-                format!("stage {stage} {}", if pause { "paused" } else { "resumed" }),
-                0,
+            Ok(_) => report::per_id(
+                &format!("stage {stage} {}", if pause { "paused" } else { "resumed" }),
+                &[],
+                vec![],
+                "",
             ),
             Err(e) => fail(e),
         },
-        Pending::Replay(_) => done("replay runs asynchronously".into(), 0),
-        Pending::Cancel(ids) => ops::cancel_done(s.cancel_deliveries(&ids, op)),
+        // The executor replays on the runtime (HTTP); this path is the headless one.
+        Pending::Replay(_) => report::per_id("replay runs asynchronously", &[], vec![], ""),
+        Pending::Cancel(ids) => {
+            let named: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+            ops::cancel_done(s.cancel_deliveries(&ids, op), Some(&named))
+        }
         Pending::CancelFiltered { filter, .. } => match s.open_deliveries(&filter, None) {
-            Ok(ids) => ops::cancel_done(s.cancel_deliveries(&ids, op)),
+            Ok(ids) => ops::cancel_done(s.cancel_deliveries(&ids, op), None),
             Err(e) => fail(e),
         },
     }

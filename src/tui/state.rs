@@ -4,7 +4,7 @@
 //! executor to perform (loads, actions, copies). It never touches the store, the clock or the
 //! terminal, so every key and every action is tested without either.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
@@ -115,20 +115,35 @@ pub enum ViewData {
     Failed(String),
 }
 
+/// A selected row as the operator saw it: what the confirmation calls it, and (for items)
+/// the version to compare-and-set against when the row is no longer loaded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Picked {
+    pub label: String,
+    pub version: Option<i64>,
+}
+
 /// One entry of the view stack.
 #[derive(Clone, Debug)]
 pub struct View {
-    /// Unique per view, so a late load for a view that is gone is ignored.
+    /// Unique per view and per list the view asks for (a new filter or order takes a new id),
+    /// so a late load for a view that is gone, or for a filter typed over, is ignored.
     pub id: u64,
     pub kind: ViewKind,
     pub data: ViewData,
     pub cursor: usize,
     /// Scroll offset of text views (delivery detail).
     pub scroll: usize,
-    pub selected: BTreeSet<String>,
+    /// Selected rows by id: a reload can neither drop nor duplicate one.
+    pub selected: BTreeMap<String, Picked>,
     /// The kept filter text (`/`).
     pub filter: String,
     pub order: ItemOrder,
+    /// The rows on screen are about to be replaced by a list the view asked for (first page,
+    /// new filter, new order): keys wait for it (see [`App::deferred`]).
+    pub awaiting: bool,
+    /// The filter changed: when its page arrives, selected rows it hides are unselected.
+    pub refilter: bool,
 }
 
 impl View {
@@ -139,9 +154,72 @@ impl View {
             data: ViewData::Loading,
             cursor: 0,
             scroll: 0,
-            selected: BTreeSet::new(),
+            selected: BTreeMap::new(),
             filter: String::new(),
             order: ItemOrder::Waiting,
+            awaiting: true,
+            refilter: false,
+        }
+    }
+
+    /// Ids of the rows the view shows (after its filter), for list views.
+    pub fn visible_ids(&self) -> HashSet<&str> {
+        let vis = self.visible_indices();
+        match &self.data {
+            ViewData::Items { rows, .. } => vis.iter().map(|i| rows[*i].id.as_str()).collect(),
+            ViewData::Deliveries { rows, .. } => vis.iter().map(|i| rows[*i].id.as_str()).collect(),
+            _ => HashSet::new(),
+        }
+    }
+
+    /// Unselects the rows the filter hides; says how many, if any (`None` when none was).
+    fn keep_visible_selection(&mut self) -> Option<String> {
+        if self.selected.is_empty() {
+            return None;
+        }
+        let visible: HashSet<String> = self.visible_ids().into_iter().map(String::from).collect();
+        let before = self.selected.len();
+        self.selected.retain(|id, _| visible.contains(id));
+        let dropped = before - self.selected.len();
+        (dropped > 0).then(|| {
+            format!(
+                "the filter hides {dropped} selected row(s): unselected; {} still selected",
+                self.selected.len()
+            )
+        })
+    }
+
+    /// The row under the cursor as a selection entry.
+    fn row_under_cursor(&self) -> Option<(String, Picked)> {
+        self.picked_at(*self.visible_indices().get(self.cursor)?)
+    }
+
+    /// Loaded row `i` as a selection entry: (id, what it is called, item version).
+    fn picked_at(&self, i: usize) -> Option<(String, Picked)> {
+        match &self.data {
+            ViewData::Items { rows, .. } => rows.get(i).map(|r| {
+                (
+                    r.id.to_string(),
+                    Picked {
+                        label: r.name.clone(),
+                        version: Some(r.version),
+                    },
+                )
+            }),
+            ViewData::Deliveries { rows, .. } => rows.get(i).map(|r| {
+                (
+                    r.id.to_string(),
+                    Picked {
+                        label: r
+                            .item_name
+                            .clone()
+                            .or_else(|| r.item_id.as_ref().map(|i| i.to_string()))
+                            .unwrap_or_default(),
+                        version: None,
+                    },
+                )
+            }),
+            _ => None,
         }
     }
 
@@ -279,6 +357,8 @@ pub enum Overlay {
         query: String,
         cursor: usize,
         target: AssignWhat,
+        /// How the confirmation will name the items.
+        naming: Naming,
     },
     Confirm {
         text: String,
@@ -415,8 +495,15 @@ pub struct App {
     pub dirty: bool,
     /// The main list's visible height, set by the view (for paging).
     pub page_rows: usize,
-    /// An assignment waiting for its workflow's stage list before the picker can open.
-    pub pending_picker: Option<(WorkflowId, AssignWhat)>,
+    /// An assignment waiting for its workflow's stage list before the picker can open, and
+    /// how the confirmation names its items.
+    pub pending_picker: Option<(WorkflowId, AssignWhat, Naming)>,
+    /// Keys that arrived while the view waited for the list it asked for ([`View::awaiting`]),
+    /// in order; they run when it arrives, so a key acts on the rows the screen then shows,
+    /// never on the rows of the list being replaced.
+    pub deferred: VecDeque<KeyEvent>,
+    /// Ticks the oldest deferred key has waited.
+    pub deferred_ticks: u32,
     /// Actions sent to the executor whose answer ([`Msg::ActionDone`]) has not come, and for
     /// how many seconds the oldest has been waiting.
     pub running: (u32, u32),
@@ -444,10 +531,12 @@ pub enum Msg {
         level: Level,
     },
     /// The answer to an action ([`Effect::Run`]): a result for the flash line, and one action
-    /// fewer waiting (see [`App::running`]).
+    /// fewer waiting (see [`App::running`]). `refused` lists, per id, what the action could
+    /// not do and why; when it is not empty a popup shows every line.
     ActionDone {
         text: String,
         level: Level,
+        refused: Vec<String>,
     },
     /// A test webhook's result, for a popup.
     TestResult {
@@ -522,6 +611,8 @@ impl App {
             dirty: true,
             page_rows: 10,
             pending_picker: None,
+            deferred: VecDeque::new(),
+            deferred_ticks: 0,
             running: (0, 0),
         };
         let fx = app.push(ViewKind::Workflows);
@@ -548,6 +639,33 @@ impl App {
         self.stack.push(View::new(id, kind));
         self.focus_log = false;
         self.load_current(None)
+    }
+
+    /// Asks the current view for a different list (new filter or order): it takes a new id,
+    /// so the pages of the list it replaces are ignored when they come late, and keys wait
+    /// until the new list arrives.
+    fn relist(&mut self, refilter: bool) -> Vec<Effect> {
+        let id = self.next_view_id;
+        let Some(v) = self.stack.last_mut() else {
+            return vec![];
+        };
+        self.next_view_id += 1;
+        v.id = id;
+        v.cursor = 0;
+        v.awaiting = true;
+        v.refilter |= refilter;
+        self.load_current(None)
+    }
+
+    /// Keys wait: some already wait, or the view waits for its list and no prompt or dialog
+    /// (which keys go to first) is open.
+    fn keys_wait(&self) -> bool {
+        !self.deferred.is_empty() || self.list_pending()
+    }
+
+    fn list_pending(&self) -> bool {
+        self.overlay.is_none()
+            && (self.pending_picker.is_some() || self.view().is_some_and(|v| v.awaiting))
     }
 
     /// Replaces the whole stack by `kind` (from the command line).
@@ -608,6 +726,13 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
         Msg::Key(k) => key(app, k),
         Msg::Resize => vec![],
         Msg::Tick => {
+            let mut fx = Vec::new();
+            if !app.deferred.is_empty() {
+                app.deferred_ticks += 1;
+                if app.deferred_ticks >= DEFER_TICKS {
+                    fx = give_up_waiting(app);
+                }
+            }
             app.rate.push_back(0);
             while app.rate.len() > RATE_SECONDS {
                 app.rate.pop_front();
@@ -632,7 +757,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                     );
                 }
             }
-            vec![]
+            fx
         }
         Msg::Changed => {
             // Reload what is on screen; pages already appended are reloaded from the top.
@@ -648,7 +773,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
         }
         Msg::Loaded { view, data, append } => {
             loaded(app, view, data, append);
-            vec![]
+            replay_deferred(app)
         }
         Msg::Header(h) => {
             // What an action wrote to a deleted or replaced file would be lost on quit: the
@@ -678,10 +803,22 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             app.flash(text, level);
             app.load_current(None)
         }
-        Msg::ActionDone { text, level } => {
+        Msg::ActionDone {
+            text,
+            level,
+            refused,
+        } => {
             app.running.0 = app.running.0.saturating_sub(1);
             if app.running.0 == 0 {
                 app.running.1 = 0;
+            }
+            // Refusals are what the operator must not miss: every one, per id, in a popup
+            // (unless a dialog or prompt is open, which a popup would replace).
+            if !refused.is_empty() && app.overlay.is_none() && app.deferred.is_empty() {
+                app.overlay = Some(Overlay::Popup {
+                    title: format!("{} not done", refused.len()),
+                    text: format!("{text}\n\n{}", refused.join("\n")),
+                });
             }
             update(app, Msg::Done { text, level })
         }
@@ -733,7 +870,12 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                 app.flash(format!("stage {from} holds no items"), Level::Info);
                 return vec![];
             }
-            open_picker(app, workflow, AssignWhat::Stage { from, count });
+            open_picker(
+                app,
+                workflow,
+                AssignWhat::Stage { from, count },
+                Naming::default(),
+            );
             vec![]
         }
     }
@@ -755,6 +897,16 @@ fn filter_words(f: &DeliveryFilter) -> String {
 }
 
 fn loaded(app: &mut App, view: u64, data: ViewData, append: bool) {
+    if view == 0 && !matches!(data, ViewData::Stages(_)) && app.pending_picker.take().is_some() {
+        let why = match &data {
+            ViewData::Failed(e) => e.clone(),
+            _ => "unexpected answer".into(),
+        };
+        app.flash(
+            format!("cannot list the workflow's stages: {why}"),
+            Level::Error,
+        );
+    }
     if let ViewData::Stages(d) = &data {
         let w = d.summary.id.clone();
         app.stages.insert(
@@ -764,19 +916,27 @@ fn loaded(app: &mut App, view: u64, data: ViewData, append: bool) {
                 .map(|s| (s.id.clone(), s.kind))
                 .collect(),
         );
-        if app.pending_picker.as_ref().is_some_and(|(pw, _)| *pw == w)
-            && let Some((pw, target)) = app.pending_picker.take()
+        if app
+            .pending_picker
+            .as_ref()
+            .is_some_and(|(pw, _, _)| *pw == w)
+            && let Some((pw, target, naming)) = app.pending_picker.take()
             && app.overlay.is_none()
         {
-            open_picker(app, pw, target);
+            open_picker(app, pw, target, naming);
         }
     }
     let Some(v) = app.stack.iter_mut().find(|v| v.id == view) else {
         return;
     };
+    if !append {
+        v.awaiting = false;
+    }
     match (append, &mut v.data, data) {
         (true, ViewData::Items { rows, more }, ViewData::Items { rows: new, more: m }) => {
-            rows.extend(new);
+            // A page asked for before a reload may repeat rows the reload already brought.
+            let have: HashSet<ItemId> = rows.iter().map(|r| r.id.clone()).collect();
+            rows.extend(new.into_iter().filter(|r| !have.contains(&r.id)));
             *more = m;
         }
         (
@@ -798,16 +958,58 @@ fn loaded(app: &mut App, view: u64, data: ViewData, append: bool) {
         }
         (_, slot, data) => *slot = data,
     }
-    // Selections only keep rows that still exist.
-    let ids: Option<BTreeSet<String>> = match &v.data {
-        ViewData::Items { rows, .. } => Some(rows.iter().map(|r| r.id.to_string()).collect()),
-        ViewData::Deliveries { rows, .. } => Some(rows.iter().map(|r| r.id.to_string()).collect()),
-        _ => None,
-    };
-    if let Some(ids) = ids {
-        v.selected.retain(|s| ids.contains(s));
+    // A reload keeps the selection whole (by id): a selected row that moved out of the list
+    // stays selected, and the confirmation says it is not on screen. A new filter's first
+    // page unselects what the filter hides, and says so.
+    let mut said = None;
+    if v.refilter && !append {
+        v.refilter = false;
+        said = v.keep_visible_selection();
     }
     v.clamp();
+    if let Some(text) = said {
+        app.flash(text, Level::Warn);
+    }
+}
+
+/// The list keys waited for did not come in time. A view that shows nothing yet (its first
+/// load) takes the keys as they are: with no rows there is nothing to act on by mistake, and
+/// Esc or `q` must still work. A view still showing the rows a new filter or order replaces
+/// drops them, rather than act on rows the operator did not ask for, and says so.
+fn give_up_waiting(app: &mut App) -> Vec<Effect> {
+    app.deferred_ticks = 0;
+    app.pending_picker = None;
+    let Some(v) = app.view_mut() else {
+        app.deferred.clear();
+        return vec![];
+    };
+    v.awaiting = false;
+    if matches!(v.data, ViewData::Loading) {
+        return replay_deferred(app);
+    }
+    let n = app.deferred.len();
+    app.deferred.clear();
+    app.flash(
+        format!("{n} key(s) dropped: the list they were typed for did not load in time"),
+        Level::Warn,
+    );
+    vec![]
+}
+
+/// Runs the keys that waited for the view's list, once it is there (until one of them asks
+/// for another list, behind which the rest wait again).
+fn replay_deferred(app: &mut App) -> Vec<Effect> {
+    let mut fx = Vec::new();
+    while !app.list_pending() {
+        let Some(k) = app.deferred.pop_front() else {
+            break;
+        };
+        fx.extend(key_now(app, k));
+    }
+    if app.deferred.is_empty() {
+        app.deferred_ticks = 0;
+    }
+    fx
 }
 
 fn is_press(k: &KeyEvent) -> bool {
@@ -818,6 +1020,19 @@ fn key(app: &mut App, k: KeyEvent) -> Vec<Effect> {
     if !is_press(&k) {
         return vec![];
     }
+    if app.keys_wait() {
+        // Ctrl-C never waits.
+        if k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL) {
+            app.quit = true;
+        } else {
+            app.deferred.push_back(k);
+        }
+        return vec![];
+    }
+    key_now(app, k)
+}
+
+fn key_now(app: &mut App, k: KeyEvent) -> Vec<Effect> {
     if let Some(overlay) = app.overlay.take() {
         return overlay_key(app, overlay, k);
     }
@@ -903,8 +1118,8 @@ fn log_action(app: &mut App, a: Action) -> Option<Vec<Effect>> {
             let id = e.delivery_id.clone();
             return Some(match a {
                 Action::Open => app.push(ViewKind::Delivery(id)),
-                Action::Refire => confirm_refire(app, vec![id]),
-                Action::Replay => confirm_replay(app, vec![id]),
+                Action::Refire => confirm_refire(app, vec![id], Naming::default()),
+                Action::Replay => confirm_replay(app, vec![id], Naming::default()),
                 _ => vec![Effect::Copy(id.to_string())],
             });
         }
@@ -949,7 +1164,7 @@ fn move_cursor(app: &mut App, f: impl Fn(usize, usize, usize) -> usize) -> Vec<E
 /// The rows an action applies to: the selection, else the row under the cursor.
 fn targets(v: &View) -> Vec<String> {
     if !v.selected.is_empty() {
-        return v.selected.iter().cloned().collect();
+        return v.selected.keys().cloned().collect();
     }
     let vis = v.visible_indices();
     let Some(i) = vis.get(v.cursor) else {
@@ -967,15 +1182,101 @@ fn targets(v: &View) -> Vec<String> {
     }
 }
 
+/// Each item with the version the operator saw: the loaded row's, else (a selected row no
+/// longer loaded) the one it had when it was selected, so the store refuses it if it moved.
 fn item_versions(v: &View, ids: &[String]) -> Vec<(ItemId, i64)> {
     match &v.data {
-        ViewData::Items { rows, .. } => rows
-            .iter()
-            .filter(|r| ids.iter().any(|i| i == r.id.as_str()))
-            .map(|r| (r.id.clone(), r.version))
-            .collect(),
+        ViewData::Items { rows, .. } => {
+            let loaded: HashMap<&str, i64> =
+                rows.iter().map(|r| (r.id.as_str(), r.version)).collect();
+            ids.iter()
+                .filter_map(|id| {
+                    let version = loaded
+                        .get(id.as_str())
+                        .copied()
+                        .or_else(|| v.selected.get(id).and_then(|p| p.version))?;
+                    Some((ItemId::new(id), version))
+                })
+                .collect()
+        }
         ViewData::Item(d) => vec![(d.item.id.clone(), d.item.version)],
         _ => vec![],
+    }
+}
+
+/// How a confirmation names the rows an action takes: each by name and id when there are at
+/// most [`super::report::NAMED`], and how many selected ones the list on screen does not show.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Naming {
+    pub names: Vec<String>,
+    pub count: usize,
+    pub hidden: usize,
+}
+
+impl Naming {
+    fn of(v: &View, ids: &[String]) -> Naming {
+        let visible = v.visible_ids();
+        let hidden = ids
+            .iter()
+            .filter(|id| v.selected.contains_key(*id) && !visible.contains(id.as_str()))
+            .count();
+        let label = |id: &str| -> String {
+            let name = v
+                .selected
+                .get(id)
+                .map(|p| p.label.clone())
+                .or_else(|| match &v.data {
+                    ViewData::Items { rows, .. } => rows
+                        .iter()
+                        .find(|r| r.id.as_str() == id)
+                        .map(|r| r.name.clone()),
+                    ViewData::Item(d) if d.item.id.as_str() == id => Some(d.item.name.clone()),
+                    ViewData::Deliveries { rows, .. } => rows
+                        .iter()
+                        .find(|r| r.id.as_str() == id)
+                        .and_then(|r| r.item_name.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            if name.is_empty() || name == id {
+                id.to_string()
+            } else {
+                format!("{name} ({id})")
+            }
+        };
+        Naming {
+            names: if ids.len() <= super::report::NAMED {
+                ids.iter().map(|id| label(id)).collect()
+            } else {
+                vec![]
+            },
+            count: ids.len(),
+            hidden,
+        }
+    }
+
+    /// `head` ("Assign 2 items to stage hook") with the names, a question mark and, when some
+    /// selected rows are not on screen, how many.
+    fn ask(&self, head: &str) -> String {
+        let mut s = head.to_string();
+        if !self.names.is_empty() && self.count > 1 {
+            s.push_str(": ");
+            s.push_str(&self.names.join(", "));
+        }
+        s.push('?');
+        if self.hidden > 0 {
+            s.push_str(&format!(
+                " {} of them {} not on screen (moved out of this list, hidden by the filter or not loaded).",
+                self.hidden,
+                if self.hidden == 1 { "is" } else { "are" }
+            ));
+        }
+        s
+    }
+
+    /// The one row's name, for a head that names a single row.
+    fn one(&self) -> String {
+        self.names.first().cloned().unwrap_or_default()
     }
 }
 
@@ -988,7 +1289,7 @@ fn current_stage_row(v: &View) -> Option<&crate::store::StageSummary> {
         .and_then(|i| d.stage_list.get(*i))
 }
 
-fn open_picker(app: &mut App, workflow: WorkflowId, target: AssignWhat) {
+fn open_picker(app: &mut App, workflow: WorkflowId, target: AssignWhat, naming: Naming) {
     let choices = app.stages.get(&workflow).cloned().unwrap_or_default();
     if choices.is_empty() {
         app.flash(
@@ -1008,19 +1309,20 @@ fn open_picker(app: &mut App, workflow: WorkflowId, target: AssignWhat) {
         query: String::new(),
         cursor: 0,
         target,
+        naming,
     });
 }
 
-fn confirm_refire(app: &mut App, ids: Vec<DeliveryId>) -> Vec<Effect> {
+fn confirm_refire(app: &mut App, ids: Vec<DeliveryId>, naming: Naming) -> Vec<Effect> {
     let text = if ids.len() == 1 {
         format!(
-            "Re-fire delivery {}? The item goes back into its webhook stage and is delivered anew.",
-            ids[0]
+            "{} The item goes back into its webhook stage and is delivered anew.",
+            naming.ask(&format!("Re-fire delivery {}", ids[0]))
         )
     } else {
         format!(
-            "Re-fire {} deliveries? Each item goes back into its webhook stage.",
-            ids.len()
+            "{} Each item goes back into its webhook stage.",
+            naming.ask(&format!("Re-fire {} deliveries", ids.len()))
         )
     };
     app.overlay = Some(Overlay::Confirm {
@@ -1031,16 +1333,16 @@ fn confirm_refire(app: &mut App, ids: Vec<DeliveryId>) -> Vec<Effect> {
     vec![]
 }
 
-fn confirm_replay(app: &mut App, ids: Vec<DeliveryId>) -> Vec<Effect> {
+fn confirm_replay(app: &mut App, ids: Vec<DeliveryId>, naming: Naming) -> Vec<Effect> {
     let text = if ids.len() == 1 {
         format!(
-            "Replay delivery {}? The stored bytes are sent again; the item does not move.",
-            ids[0]
+            "{} The stored bytes are sent again; the item does not move.",
+            naming.ask(&format!("Replay delivery {}", ids[0]))
         )
     } else {
         format!(
-            "Replay {} deliveries? The stored bytes are sent again; items do not move.",
-            ids.len()
+            "{} The stored bytes are sent again; items do not move.",
+            naming.ask(&format!("Replay {} deliveries", ids.len()))
         )
     };
     app.overlay = Some(Overlay::Confirm {
@@ -1050,6 +1352,9 @@ fn confirm_replay(app: &mut App, ids: Vec<DeliveryId>) -> Vec<Effect> {
     });
     vec![]
 }
+
+/// Ticks (seconds) keys may wait for the list they were typed for before they are dropped.
+const DEFER_TICKS: u32 = 3;
 
 /// Seconds an action may take before the console says it is still waiting, and after which
 /// it stops saying so (an answer that never comes must not hold the status line forever).
@@ -1128,14 +1433,11 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
             let Some(v) = app.view_mut() else {
                 return vec![];
             };
-            let vis = v.visible_indices();
-            let id = match (&v.data, vis.get(v.cursor)) {
-                (ViewData::Items { rows, .. }, Some(i)) => rows[*i].id.to_string(),
-                (ViewData::Deliveries { rows, .. }, Some(i)) => rows[*i].id.to_string(),
-                _ => return vec![],
+            let Some((id, picked)) = v.row_under_cursor() else {
+                return vec![];
             };
-            if !v.selected.remove(&id) {
-                v.selected.insert(id);
+            if v.selected.remove(&id).is_none() {
+                v.selected.insert(id, picked);
             }
             move_cursor(app, |c, _, _| c + 1)
         }
@@ -1143,17 +1445,13 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
             let Some(v) = app.view_mut() else {
                 return vec![];
             };
-            let ids: Vec<String> = match &v.data {
-                ViewData::Items { rows, .. } => rows.iter().map(|r| r.id.to_string()).collect(),
-                ViewData::Deliveries { rows, .. } => v
-                    .visible_indices()
-                    .iter()
-                    .map(|i| rows[*i].id.to_string())
-                    .collect(),
-                _ => vec![],
-            };
-            let n = ids.len();
-            v.selected.extend(ids);
+            let picked: Vec<(String, Picked)> = v
+                .visible_indices()
+                .into_iter()
+                .filter_map(|i| v.picked_at(i))
+                .collect();
+            let n = picked.len();
+            v.selected.extend(picked);
             app.flash(
                 format!("{n} rows selected (all loaded rows; Esc clears)"),
                 Level::Info,
@@ -1169,14 +1467,13 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
             } else {
                 ItemOrder::Name
             };
-            v.cursor = 0;
             let word = if v.order == ItemOrder::Name {
                 "name"
             } else {
                 "waiting time"
             };
             app.flash(format!("sorted by {word}"), Level::Info);
-            app.load_current(None)
+            app.relist(false)
         }
         Action::Deliveries => {
             let filter = match app.view().map(|v| &v.kind) {
@@ -1222,7 +1519,9 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
         Action::Assign => assign(app),
         Action::Advance | Action::Approve | Action::Reject => {
             let Some(v) = app.view() else { return vec![] };
-            let ids = item_versions(v, &targets(v));
+            let chosen = targets(v);
+            let naming = Naming::of(v, &chosen);
+            let ids = item_versions(v, &chosen);
             if ids.is_empty() {
                 return vec![];
             }
@@ -1232,9 +1531,9 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
                 _ => (None, "Advance"),
             };
             let text = if ids.len() == 1 {
-                format!("{verb} item {}?", ids[0].0)
+                naming.ask(&format!("{verb} item {}", naming.one()))
             } else {
-                format!("{verb} {} items?", ids.len())
+                naming.ask(&format!("{verb} {} items", ids.len()))
             };
             app.overlay = Some(Overlay::Confirm {
                 text,
@@ -1245,17 +1544,19 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
         }
         Action::Refire | Action::Replay => {
             let Some(v) = app.view() else { return vec![] };
-            let ids: Vec<DeliveryId> = match &v.data {
-                ViewData::Delivery(d) => vec![d.summary.id.clone()],
-                _ => targets(v).into_iter().map(DeliveryId).collect(),
+            let chosen: Vec<String> = match &v.data {
+                ViewData::Delivery(d) => vec![d.summary.id.to_string()],
+                _ => targets(v),
             };
-            if ids.is_empty() {
+            if chosen.is_empty() {
                 return vec![];
             }
+            let naming = Naming::of(v, &chosen);
+            let ids = chosen.into_iter().map(DeliveryId).collect();
             if a == Action::Refire {
-                confirm_refire(app, ids)
+                confirm_refire(app, ids, naming)
             } else {
-                confirm_replay(app, ids)
+                confirm_replay(app, ids, naming)
             }
         }
         Action::RefireAll => {
@@ -1328,22 +1629,24 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
         }
         Action::Cancel => {
             let Some(v) = app.view() else { return vec![] };
-            let ids: Vec<DeliveryId> = match &v.data {
-                ViewData::Delivery(d) => vec![d.summary.id.clone()],
-                _ => targets(v).into_iter().map(DeliveryId).collect(),
+            let chosen: Vec<String> = match &v.data {
+                ViewData::Delivery(d) => vec![d.summary.id.to_string()],
+                _ => targets(v),
             };
-            if ids.is_empty() {
+            if chosen.is_empty() {
                 return vec![];
             }
+            let naming = Naming::of(v, &chosen);
+            let ids: Vec<DeliveryId> = chosen.into_iter().map(DeliveryId).collect();
             let text = if ids.len() == 1 {
                 format!(
-                    "Cancel delivery {}? The item routes along on_failure; an attempt on the wire routes nothing.",
-                    ids[0]
+                    "{} The item routes along on_failure; an attempt on the wire routes nothing.",
+                    naming.ask(&format!("Cancel delivery {}", ids[0]))
                 )
             } else {
                 format!(
-                    "Cancel {} deliveries? Each item routes along on_failure.",
-                    ids.len()
+                    "{} Each item routes along on_failure.",
+                    naming.ask(&format!("Cancel {} deliveries", ids.len()))
                 )
             };
             app.overlay = Some(Overlay::Confirm {
@@ -1401,18 +1704,27 @@ fn assign(app: &mut App) -> Vec<Effect> {
             }]
         }
         ViewKind::Items { .. } | ViewKind::Item(_) => {
-            let ids = item_versions(v, &targets(v));
-            let workflow = match &v.data {
-                ViewData::Item(d) => Some(d.item.workflow.clone()),
-                ViewData::Items { rows, .. } => rows.first().map(|r| r.workflow.clone()),
+            let chosen = targets(v);
+            let naming = Naming::of(v, &chosen);
+            let ids = item_versions(v, &chosen);
+            let workflow = match (&v.kind, &v.data) {
+                (
+                    ViewKind::Items {
+                        workflow: Some(w), ..
+                    },
+                    _,
+                ) => Some(w.clone()),
+                (_, ViewData::Item(d)) => Some(d.item.workflow.clone()),
+                (_, ViewData::Items { rows, .. }) => rows.first().map(|r| r.workflow.clone()),
                 _ => None,
             };
             let Some(workflow) = workflow.filter(|_| !ids.is_empty()) else {
                 return vec![];
             };
             if !app.stages.contains_key(&workflow) {
-                // The picker needs the stage list: load it; the picker opens when it arrives.
-                app.pending_picker = Some((workflow.clone(), AssignWhat::Items(ids)));
+                // The picker needs the stage list: load it; the picker opens when it arrives,
+                // and keys typed meanwhile (the stage's name) wait for it.
+                app.pending_picker = Some((workflow.clone(), AssignWhat::Items(ids), naming));
                 return vec![Effect::Load {
                     view: 0,
                     kind: ViewKind::Stages(workflow),
@@ -1421,7 +1733,7 @@ fn assign(app: &mut App) -> Vec<Effect> {
                     after: None,
                 }];
             }
-            open_picker(app, workflow, AssignWhat::Items(ids));
+            open_picker(app, workflow, AssignWhat::Items(ids), naming);
             vec![]
         }
         _ => vec![],
@@ -1494,10 +1806,18 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
                 let Some(v) = app.view_mut() else {
                     return vec![];
                 };
+                if v.filter == text {
+                    return vec![];
+                }
                 v.filter = text;
-                v.cursor = 0;
                 if matches!(v.kind, ViewKind::Items { .. }) {
-                    return app.load_current(None);
+                    // Items filter in SQL: keys wait for the filtered page (`relist`).
+                    return app.relist(true);
+                }
+                // Other lists filter the loaded rows, at once.
+                v.cursor = 0;
+                if let Some(text) = v.keep_visible_selection() {
+                    app.flash(text, Level::Warn);
                 }
                 vec![]
             };
@@ -1522,6 +1842,7 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
             mut query,
             mut cursor,
             target,
+            naming,
         } => {
             let matching: Vec<&(StageId, StageKind)> = choices
                 .iter()
@@ -1538,6 +1859,7 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
                             query,
                             cursor,
                             target,
+                            naming,
                         });
                         return vec![];
                     };
@@ -1550,9 +1872,9 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
                     app.overlay = Some(match &target {
                         AssignWhat::Items(ids) => Overlay::Confirm {
                             text: if ids.len() == 1 {
-                                format!("Assign item {} to stage {to}?", ids[0].0)
+                                naming.ask(&format!("Assign item {} to stage {to}", naming.one()))
                             } else {
-                                format!("Assign {} items to stage {to}?", ids.len())
+                                naming.ask(&format!("Assign {} items to stage {to}", ids.len()))
                             },
                             focus: 0,
                             action,
@@ -1583,6 +1905,7 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
                 query,
                 cursor,
                 target,
+                naming,
             });
             vec![]
         }
@@ -1607,7 +1930,14 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
             KeyCode::Enter => {
                 if focus == 1 {
                     app.flash("working…", Level::Info);
-                    run(app, action)
+                    let fx = run(app, action);
+                    // The selection was for this action; the answer says what became of it.
+                    if !fx.is_empty()
+                        && let Some(v) = app.view_mut()
+                    {
+                        v.selected.clear();
+                    }
+                    fx
                 } else {
                     app.flash("cancelled", Level::Info);
                     vec![]

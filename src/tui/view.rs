@@ -210,6 +210,15 @@ fn draw_main(
     }
     if !v.selected.is_empty() {
         title.push_str(&format!(" · {} selected", v.selected.len()));
+        let shown = v.visible_ids();
+        let hidden = v
+            .selected
+            .keys()
+            .filter(|id| !shown.contains(id.as_str()))
+            .count();
+        if hidden > 0 {
+            title.push_str(&format!(" ({hidden} not shown)"));
+        }
     }
     let b = block(title, theme, focused);
     let inner = b.inner(area);
@@ -222,7 +231,13 @@ fn draw_main(
     let start = window(v.cursor, vis.len(), height);
     let shown: Vec<usize> = vis.iter().skip(start).take(height).copied().collect();
     let cursor_row = v.cursor.saturating_sub(start);
-    let mark = |id: &str| if v.selected.contains(id) { "●" } else { " " };
+    let mark = |id: &str| {
+        if v.selected.contains_key(id) {
+            "●"
+        } else {
+            " "
+        }
+    };
     let (header, rows, widths): (Vec<&str>, Vec<Row>, Vec<Constraint>) = match &v.data {
         ViewData::Loading => {
             f.render_widget(Paragraph::new("loading…").style(theme.dim), inner);
@@ -863,6 +878,32 @@ fn draw_footer(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     f.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
+/// Lines `text` takes when word-wrapped to `width` cells (as `Wrap { trim: true }` wraps it,
+/// near enough to size a box: a word longer than the width counts its own lines).
+fn wrapped_height(text: &str, width: usize) -> usize {
+    use unicode_width::UnicodeWidthStr;
+    if width == 0 {
+        return 1;
+    }
+    let mut lines = 0;
+    for para in text.split('\n') {
+        let mut used = 0;
+        lines += 1;
+        for word in para.split_whitespace() {
+            let w = word.width();
+            if used > 0 && used + 1 + w <= width {
+                used += 1 + w;
+            } else if used == 0 && w <= width {
+                used = w;
+            } else {
+                lines += usize::from(used > 0) + w.saturating_sub(1) / width;
+                used = w % width;
+            }
+        }
+    }
+    lines
+}
+
 fn centered(area: Rect, w: u16, h: u16) -> Rect {
     let w = w.min(area.width);
     let h = h.min(area.height);
@@ -1016,8 +1057,18 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
             );
         }
         Overlay::Confirm { text, focus, .. } => {
-            let r = centered(area, 60, 7);
+            // As tall as the text needs (it names up to five rows), the buttons always on
+            // their own last line, so a long text can never push them out of the box.
+            let text = clean(text);
+            let width = 60.min(area.width);
+            let lines = wrapped_height(&text, width.saturating_sub(2) as usize);
+            let r = centered(area, width, (lines as u16).saturating_add(4).max(7));
             f.render_widget(Clear, r);
+            let b = block("confirm".into(), theme, true);
+            let inner = b.inner(r);
+            f.render_widget(b, r);
+            let [body, buttons] =
+                Layout::vertical([Constraint::Min(0), Constraint::Length(1)]).areas(inner);
             let button = |label: &str, on: bool| {
                 if on {
                     Span::styled(format!("▶ {label} ◀"), theme.selected)
@@ -1025,22 +1076,14 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
                     Span::styled(format!("  {label}  "), theme.normal)
                 }
             };
-            let lines = vec![
-                Line::from(clean(text)),
-                Line::from(""),
-                Line::from(vec![
+            f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), body);
+            f.render_widget(
+                Paragraph::new(Line::from(vec![
                     button("Cancel", *focus == 0),
                     Span::raw("    "),
                     button("OK", *focus == 1),
-                ]),
-            ];
-            f.render_widget(
-                Paragraph::new(lines).wrap(Wrap { trim: true }).block(block(
-                    "confirm".into(),
-                    theme,
-                    true,
-                )),
-                r,
+                ])),
+                buttons,
             );
         }
         Overlay::Typed {

@@ -607,6 +607,24 @@ pub fn screens() -> Vec<(&'static str, App)> {
         press(&mut app, KeyCode::Enter);
         app
     }));
+    // Three selected, one of which a reload no longer shows: named, and the hidden one counted.
+    out.push(("confirm_names_and_hidden", {
+        let mut app = dressed(on_items(false, 5));
+        ch(&mut app, ' ');
+        ch(&mut app, ' ');
+        ch(&mut app, ' ');
+        load(
+            &mut app,
+            ViewData::Items {
+                rows: items(5).into_iter().skip(1).collect(),
+                more: false,
+            },
+        );
+        ch(&mut app, 'a');
+        type_str(&mut app, "validate");
+        press(&mut app, KeyCode::Enter);
+        app
+    }));
     out.push(("typed_confirm", {
         let mut app = dressed(on_deliveries(false));
         ch(&mut app, 'F');
