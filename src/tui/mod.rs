@@ -619,7 +619,7 @@ impl Executor {
                             Err(e) => bad.push((id.to_string(), e.to_string())),
                         }
                     }
-                    let _ = tx.send(report::per_id("replayed", &ok, bad, ""));
+                    let _ = tx.send(report::per_id("replayed", Some(&ok), bad, ""));
                 });
             }
             other => self.blocking(move |s| run_pending(s, other, &op)),
@@ -712,13 +712,13 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
                     match named {
                         Some(ids) => report::per_id(
                             &format!("assigned to {to}"),
-                            &report::not_refused(&ids, &refused),
+                            Some(&report::not_refused(&ids, &refused)),
                             refused,
                             &queued,
                         ),
                         None => report::per_id(
                             &format!("assigned {} item(s) to {to}", r.moved),
-                            &[],
+                            None,
                             refused,
                             &queued,
                         ),
@@ -750,7 +750,7 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
                 Some(crate::engine::Outcome::Reject) => "rejected",
                 _ => "advanced",
             };
-            report::per_id(verb, &moved, refused, "")
+            report::per_id(verb, Some(&moved), refused, "")
         }
         Pending::Refire(ids) => match s.refire(&ids, op) {
             Ok(r) => {
@@ -762,7 +762,7 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
                 let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
                 report::per_id(
                     "re-fired",
-                    &report::not_refused(&ids, &refused),
+                    Some(&report::not_refused(&ids, &refused)),
                     refused,
                     "",
                 )
@@ -788,7 +788,12 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
                     Err(e) => return fail(e),
                 }
             }
-            report::per_id(&format!("re-fired {n} failed deliveries"), &[], refused, "")
+            report::per_id(
+                &format!("re-fired {n} failed deliveries"),
+                None,
+                refused,
+                "",
+            )
         }
         Pending::Pause {
             workflow,
@@ -797,14 +802,14 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
         } => match s.set_paused(&workflow, &stage, pause, op) {
             Ok(_) => report::per_id(
                 &format!("stage {stage} {}", if pause { "paused" } else { "resumed" }),
-                &[],
+                None,
                 vec![],
                 "",
             ),
             Err(e) => fail(e),
         },
         // The executor replays on the runtime (HTTP); this path is the headless one.
-        Pending::Replay(_) => report::per_id("replay runs asynchronously", &[], vec![], ""),
+        Pending::Replay(_) => report::per_id("replay runs asynchronously", None, vec![], ""),
         Pending::Cancel(ids) => {
             let named: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
             ops::cancel_done(s.cancel_deliveries(&ids, op), Some(&named))

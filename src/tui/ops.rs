@@ -111,13 +111,13 @@ pub(crate) fn cancel_done(r: Result<CancelReport, StoreError>, named: Option<&[S
             match named {
                 Some(ids) => super::report::per_id(
                     "cancelled",
-                    &super::report::not_refused(ids, &refused),
+                    Some(&super::report::not_refused(ids, &refused)),
                     refused,
                     &routed,
                 ),
                 None => super::report::per_id(
                     &format!("cancelled {} delivery(ies)", r.cancelled),
-                    &[],
+                    None,
                     refused,
                     &routed,
                 ),

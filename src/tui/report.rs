@@ -39,13 +39,22 @@ pub fn not_refused(ids: &[String], refused: &[(String, String)]) -> Vec<String> 
         .collect()
 }
 
-/// The answer to an action: `verb` with the ids it was done to (`done`; empty when the verb
+/// The answer to an action: `verb` with the ids it was done to (`done`: `None` when the verb
 /// already says how many), `extra` (what followed, e.g. deliveries queued), and each refusal.
-pub fn per_id(verb: &str, done: &[String], refused: Vec<(String, String)>, extra: &str) -> Msg {
+pub fn per_id(
+    verb: &str,
+    done: Option<&[String]>,
+    refused: Vec<(String, String)>,
+    extra: &str,
+) -> Msg {
     let mut text = verb.to_string();
-    if !done.is_empty() {
-        text.push_str(": ");
-        text.push_str(&some_of(done));
+    match done {
+        Some([]) => text.push_str(": none"),
+        Some(done) => {
+            text.push_str(": ");
+            text.push_str(&some_of(done));
+        }
+        None => {}
     }
     text.push_str(extra);
     if let Some((id, why)) = refused.first() {

@@ -817,7 +817,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             if !refused.is_empty() && app.overlay.is_none() && app.deferred.is_empty() {
                 app.overlay = Some(Overlay::Popup {
                     title: format!("{} not done", refused.len()),
-                    text: format!("{text}\n\n{}", refused.join("\n")),
+                    text: refused.join("\n"),
                 });
             }
             update(app, Msg::Done { text, level })

@@ -771,7 +771,7 @@ fn an_action_reports_per_id_and_shows_every_refusal() {
     use crate::tui::report;
     let msg = report::per_id(
         "assigned to validate",
-        &["item-001".into()],
+        Some(&["item-001".into()]),
         vec![(
             "item-002".into(),
             "stale: it is now in stage validate".into(),
@@ -796,7 +796,8 @@ fn an_action_reports_per_id_and_shows_every_refusal() {
     assert_eq!(app.running.0, 0);
     // Many ids: five named, the rest counted.
     let ids: Vec<String> = (1..=8).map(|i| format!("i{i}")).collect();
-    let Msg::ActionDone { text, refused, .. } = report::per_id("re-fired", &ids, vec![], "") else {
+    let Msg::ActionDone { text, refused, .. } = report::per_id("re-fired", Some(&ids), vec![], "")
+    else {
         panic!()
     };
     assert_eq!(text, "re-fired: i1, i2, i3, i4, i5 and 3 more");
