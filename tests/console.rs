@@ -466,12 +466,13 @@ fn a_tiny_terminal_shows_a_notice_and_keeps_running_until_q() {
         10,
         3,
     );
+    // The wording shrinks to fit; the size it needs is never cut off.
     c.wait_until("the size notice", |s| {
         s.contents()
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ")
-            .contains("make the terminal larger")
+            .contains("larger (needs 50×12)")
     });
     assert!(c.running(), "the console exited in a 10×3 terminal");
     // Keys still work: open the help (invisible at this size), close it with any key, quit.

@@ -410,7 +410,10 @@ fn dispatcher_header(store: &Store, own: bool, concurrency: usize) -> Header {
                 );
                 h.dispatcher_warning = true;
             } else {
-                h.dispatcher = format!("dispatcher: serve pid {} on {}", d.pid, d.host);
+                h.dispatcher = match process_role(&d.host, d.pid) {
+                    Some(role) => format!("dispatcher: {role} pid {} on {}", d.pid, d.host),
+                    None => format!("dispatcher: pid {} on {}", d.pid, d.host),
+                };
             }
         }
         None => {
@@ -419,6 +422,22 @@ fn dispatcher_header(store: &Store, own: bool, concurrency: usize) -> Header {
         }
     }
     h
+}
+
+/// What the process behind a heartbeat is, when it runs on this host: `serve`, or a `console`
+/// (which also dispatches unless started with `--no-dispatch`). The heartbeat row does not say,
+/// so this reads the process's command line; another host's process is not named.
+fn process_role(host: &str, pid: u32) -> Option<&'static str> {
+    if host != crate::store::hostname() {
+        return None;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).skip(1).collect();
+    Some(if args.contains(&&b"serve"[..]) {
+        "serve"
+    } else {
+        "console"
+    })
 }
 
 /// Performs effects off the UI task and answers with messages.

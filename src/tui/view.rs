@@ -57,12 +57,69 @@ fn ago(t: &chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) ->
     }
 }
 
+/// The notice of a terminal too small to draw in: the longest wording that fits, so the size
+/// it needs is never the part cut off (at 10×3: "larger (needs 50×12)").
+pub fn size_notice(width: u16, height: u16) -> String {
+    let need = format!("(needs {MIN_WIDTH}×{MIN_HEIGHT})");
+    let words = [
+        format!("make the terminal larger {need}"),
+        format!("terminal too small {need}"),
+        format!("larger {need}"),
+        need.clone(),
+        format!("{MIN_WIDTH}×{MIN_HEIGHT}"),
+    ];
+    let fits = |s: &str| {
+        s.split_whitespace()
+            .all(|w| unicode_width::UnicodeWidthStr::width(w) <= width as usize)
+            && wrapped_height(s, width as usize) <= height as usize
+    };
+    words
+        .iter()
+        .find(|s| fits(s))
+        .unwrap_or(&words[words.len() - 1])
+        .clone()
+}
+
+/// `path` in at most `width` cells, shortened from the left (`…/hookops/demo.db`): the end of
+/// a path (the file) is the part that tells files apart.
+pub fn fit_path_left(path: &str, width: usize) -> String {
+    use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+    if path.width() <= width {
+        return path.to_string();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    let mut kept: Vec<char> = Vec::new();
+    let mut used = 0;
+    for c in path.chars().rev() {
+        let w = c.width().unwrap_or(0);
+        if used + w + 1 > width {
+            break;
+        }
+        kept.push(c);
+        used += w;
+    }
+    kept.reverse();
+    let mut tail: String = kept.into_iter().collect();
+    // Start at a directory boundary when the cut left one (not when it would leave only "/").
+    if let Some(i) = tail.find('/')
+        && i > 0
+        && i + 1 < tail.len()
+    {
+        tail = tail[i..].to_string();
+    }
+    format!("…{tail}")
+}
+
 /// Draws the whole console.
 pub fn draw(f: &mut Frame, app: &mut App, theme: &Theme, now: chrono::DateTime<chrono::Utc>) {
     let area = f.area();
     if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
-        let text = format!("make the terminal larger (needs {MIN_WIDTH}×{MIN_HEIGHT})");
-        f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), area);
+        f.render_widget(
+            Paragraph::new(size_notice(area.width, area.height)).wrap(Wrap { trim: true }),
+            area,
+        );
         return;
     }
     let log_h = if app.log.visible {
@@ -106,11 +163,14 @@ fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     } else {
         theme.dim
     };
-    // Line 1: who dispatches (the thing to worry about first) and the file; line 2: counts,
-    // which must survive an 80-column terminal.
-    let mut line1 = vec![
-        Span::styled(" hookops ", theme.title),
-        Span::raw(" "),
+    // Line 1: read-only, who dispatches (the thing to worry about first) and the file
+    // (shortened from the left); line 2: counts, which must survive an 80-column terminal.
+    let mut line1 = vec![Span::styled(" hookops ", theme.title), Span::raw(" ")];
+    // Read-only first: it changes what every key does, so no width may cut it off.
+    if app.read_only {
+        line1.push(Span::styled("[read-only] ", theme.warn));
+    }
+    line1.extend([
         Span::styled(
             if app.header.dispatcher_warning {
                 "⚠ "
@@ -120,14 +180,15 @@ fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             dispatcher_style,
         ),
         Span::styled(clean(&app.header.dispatcher), dispatcher_style),
-    ];
-    if app.read_only {
-        line1.push(Span::styled("  [read-only]", theme.warn));
+    ]);
+    let used: usize = line1.iter().map(|s| s.width()).sum();
+    let room = (left.width as usize).saturating_sub(used + 2);
+    if room >= 8 {
+        line1.push(Span::styled(
+            format!("  {}", fit_path_left(&clean(&app.header.db), room)),
+            theme.dim,
+        ));
     }
-    line1.push(Span::styled(
-        format!("  {}", clean(&app.header.db)),
-        theme.dim,
-    ));
     let line2 = vec![
         Span::styled(
             format!(" ◷ pending {}", count(DeliveryState::Pending)),

@@ -36,7 +36,7 @@ fn every_screen_draws_at_every_size_and_small_ones_ask_for_more_room() {
             for theme in [Theme::mono(), Theme::colour()] {
                 let buf = render_with(&mut app, w, h, &theme);
                 let small = w < 50 || h < 12;
-                let notice = collapsed(&buf).contains("make the terminal larger");
+                let notice = collapsed(&buf).contains("(needs 50×12)");
                 if small && w >= 10 && h >= 3 {
                     assert!(notice, "{name} at {w}×{h}:\n{}", text(&buf));
                 }
@@ -516,4 +516,52 @@ fn help_lists_every_key_of_the_scope_even_at_80x24() {
         }
         assert!(t.contains("keys in"));
     }
+}
+
+#[test]
+fn the_size_notice_always_keeps_the_size_it_needs() {
+    use crate::tui::view::size_notice;
+    assert_eq!(
+        size_notice(49, 11),
+        "make the terminal larger (needs 50×12)"
+    );
+    assert_eq!(size_notice(10, 3), "larger (needs 50×12)");
+    assert_eq!(size_notice(7, 2), "(needs 50×12)");
+    assert_eq!(size_notice(5, 1), "50×12");
+    for (w, h) in [(10, 3), (20, 5), (30, 8), (300, 3), (1, 1)] {
+        let (mut app, _) = App::new(false);
+        let screen = text(&render(&mut app, w, h));
+        let flat = screen.split_whitespace().collect::<Vec<_>>().join(" ");
+        if w >= 6 {
+            assert!(flat.contains("50×12"), "{w}×{h}: {flat}");
+        }
+    }
+}
+
+#[test]
+fn the_database_path_is_shortened_from_the_left() {
+    use crate::tui::view::fit_path_left;
+    let p = "/home/operator/.local/share/hookops/demo/demo-20261206.db";
+    assert_eq!(fit_path_left(p, 200), p);
+    assert_eq!(fit_path_left(p, 30), "…/demo/demo-20261206.db");
+    assert_eq!(fit_path_left(p, 32), "…/hookops/demo/demo-20261206.db");
+    assert_eq!(fit_path_left(p, 20), "…/demo-20261206.db");
+    assert_eq!(fit_path_left(p, 10), "…261206.db");
+    assert!(fit_path_left(p, 10).chars().count() <= 10);
+    // In the header at 80 columns: the file name shows, not the start of the path.
+    let (mut app, _) = App::new(false);
+    app.header.db = p.into();
+    app.header.dispatcher = "dispatcher: this process ×64".into();
+    let screen = text(&render(&mut app, 80, 24));
+    let first = screen.lines().next().unwrap();
+    assert!(
+        first.contains("…") && first.contains("20261206.db"),
+        "{first}"
+    );
+    let screen = text(&render(&mut app, 120, 24));
+    let first = screen.lines().next().unwrap();
+    assert!(
+        first.contains("…/operator/.local/share/hookops/demo/demo-20261206.db"),
+        "{first}"
+    );
 }
