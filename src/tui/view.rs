@@ -148,8 +148,10 @@ pub fn draw(f: &mut Frame, app: &mut App, theme: &Theme, now: chrono::DateTime<c
 }
 
 fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    // The sparkline gives way first on a narrow terminal: the counts must fit whole.
+    let spark_width = if area.width >= 80 { 24 } else { 14 };
     let [left, right] =
-        Layout::horizontal([Constraint::Min(20), Constraint::Length(24)]).areas(area);
+        Layout::horizontal([Constraint::Min(20), Constraint::Length(spark_width)]).areas(area);
     let count = |s: DeliveryState| {
         app.header
             .counts
@@ -210,6 +212,44 @@ fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             theme.bad,
         ),
     ];
+    // Too narrow for the words: the glyphs and numbers alone (never a cut number).
+    let line2 = if Line::from(line2.clone()).width() <= left.width as usize {
+        line2
+    } else {
+        vec![
+            Span::styled(format!(" ◷{}", count(DeliveryState::Pending)), theme.normal),
+            Span::styled(
+                format!(" ↗{}", count(DeliveryState::InFlight)),
+                theme.normal,
+            ),
+            Span::styled(
+                format!(" ↻{}", count(DeliveryState::RetryScheduled)),
+                theme.warn,
+            ),
+            Span::styled(format!(" ✗{}", count(DeliveryState::Failed)), theme.bad),
+        ]
+    };
+    // The dispatcher's words are cut with `…` rather than at the edge.
+    let used: usize = line1.iter().map(|s| s.width()).sum();
+    if used > left.width as usize
+        && let Some(last) = line1.pop()
+    {
+        // Whole words only, so a pid is never cut through.
+        let room = (left.width as usize).saturating_sub(used - last.width() + 1);
+        let mut kept = String::new();
+        for word in last.content.split(' ') {
+            let next = if kept.is_empty() {
+                word.to_string()
+            } else {
+                format!("{kept} {word}")
+            };
+            if unicode_width::UnicodeWidthStr::width(next.as_str()) > room {
+                break;
+            }
+            kept = next;
+        }
+        line1.push(Span::styled(format!("{kept}…"), last.style));
+    }
     f.render_widget(
         Paragraph::new(vec![Line::from(line1), Line::from(line2)]),
         left,
@@ -292,6 +332,8 @@ fn draw_main(
     let start = window(v.cursor, vis.len(), height);
     let shown: Vec<usize> = vis.iter().skip(start).take(height).copied().collect();
     let cursor_row = v.cursor.saturating_sub(start);
+    // The table's highlight symbol takes one cell before the columns.
+    let table_width = inner.width.saturating_sub(1) as usize;
     let mark = |id: &str| {
         if v.selected.contains_key(id) {
             "●"
@@ -313,53 +355,44 @@ fn draw_main(
             );
             return;
         }
-        ViewData::Workflows(rows) => (
-            vec![
-                "ID",
-                "NAME",
-                "STAGES",
-                "ITEMS",
-                "WAITING",
-                "IN DELIVERY",
-                "FAILED",
-                "DONE",
+        ViewData::Workflows(rows) => grid(
+            &[
+                ("ID", Col::Text { min: 8, keep: 9 }),
+                ("NAME", Col::Text { min: 8, keep: 3 }),
+                ("STAGES", Col::Num(2)),
+                ("ITEMS", Col::Num(6)),
+                ("WAITING", Col::Num(5)),
+                ("IN DELIVERY", Col::Num(4)),
+                ("FAILED", Col::Num(7)),
+                ("DONE", Col::Num(1)),
             ],
             shown
                 .iter()
                 .map(|i| {
                     let w = &rows[*i];
-                    Row::new(vec![
-                        Cell::from(w.id.to_string()),
-                        Cell::from(clean(&w.name)),
-                        Cell::from(w.stages.to_string()),
-                        Cell::from(w.items.to_string()),
-                        Cell::from(w.waiting.to_string()),
-                        Cell::from(w.in_delivery.to_string()),
-                        Cell::from(fail_cell(w.failed, theme)),
-                        Cell::from(w.done.to_string()),
-                    ])
+                    vec![
+                        Line::from(w.id.to_string()),
+                        Line::from(clean(&w.name)),
+                        Line::from(w.stages.to_string()),
+                        Line::from(w.items.to_string()),
+                        Line::from(w.waiting.to_string()),
+                        Line::from(w.in_delivery.to_string()),
+                        Line::from(fail_cell(w.failed, theme)),
+                        Line::from(w.done.to_string()),
+                    ]
                 })
                 .collect(),
-            vec![
-                Constraint::Min(12),
-                Constraint::Min(16),
-                Constraint::Length(6),
-                Constraint::Length(8),
-                Constraint::Length(8),
-                Constraint::Length(11),
-                Constraint::Length(8),
-                Constraint::Length(8),
-            ],
+            table_width,
         ),
-        ViewData::Stages(d) => (
-            vec![
-                "STAGE",
-                "KIND",
-                "ITEMS",
-                "WAITING",
-                "IN DELIVERY",
-                "FAILED",
-                "STATUS",
+        ViewData::Stages(d) => grid(
+            &[
+                ("STAGE", Col::Text { min: 10, keep: 9 }),
+                ("KIND", Col::Text { min: 8, keep: 3 }),
+                ("ITEMS", Col::Num(6)),
+                ("WAITING", Col::Num(5)),
+                ("IN DELIVERY", Col::Num(2)),
+                ("FAILED", Col::Num(7)),
+                ("STATUS", Col::Text { min: 12, keep: 10 }),
             ],
             shown
                 .iter()
@@ -393,115 +426,102 @@ fn draw_main(
                             status.push(Span::styled(format!("✓ {} ", d("succeeded")), theme.good));
                         }
                     }
-                    Row::new(vec![
-                        Cell::from(clean(&s.name)),
-                        Cell::from(s.kind.to_string()),
-                        Cell::from(s.items.to_string()),
-                        Cell::from(s.waiting.to_string()),
-                        Cell::from(s.in_delivery.to_string()),
-                        Cell::from(fail_cell(s.failed, theme)),
-                        Cell::from(Line::from(status)),
-                    ])
+                    vec![
+                        Line::from(clean(&s.name)),
+                        Line::from(s.kind.to_string()),
+                        Line::from(s.items.to_string()),
+                        Line::from(s.waiting.to_string()),
+                        Line::from(s.in_delivery.to_string()),
+                        Line::from(fail_cell(s.failed, theme)),
+                        Line::from(status),
+                    ]
                 })
                 .collect(),
-            vec![
-                Constraint::Min(14),
-                Constraint::Length(9),
-                Constraint::Length(7),
-                Constraint::Length(8),
-                Constraint::Length(11),
-                Constraint::Length(7),
-                Constraint::Min(20),
-            ],
+            table_width,
         ),
-        ViewData::Items { rows, more } => {
-            let _ = more;
-            (
-                vec!["", "NAME", "ID", "STAGE", "STATE", "WAITING"],
-                shown
-                    .iter()
-                    .map(|i| {
-                        let r = &rows[*i];
-                        Row::new(vec![
-                            Cell::from(mark(r.id.as_str())),
-                            Cell::from(clean(&r.name)),
-                            Cell::from(r.id.to_string()),
-                            Cell::from(r.stage.to_string()),
-                            Cell::from(state_span(r.state, theme)),
-                            Cell::from(ago(&r.entered_at, now)),
-                        ])
-                    })
-                    .collect(),
-                vec![
-                    Constraint::Length(1),
-                    Constraint::Min(16),
-                    Constraint::Min(14),
-                    Constraint::Length(14),
-                    Constraint::Length(13),
-                    Constraint::Length(7),
-                ],
-            )
-        }
-        ViewData::Deliveries { rows, .. } => (
-            vec![
-                "", "STATE", "STAGE", "ITEM", "ATTEMPTS", "LAST", "AGE", "ID",
+        ViewData::Items { rows, .. } => grid(
+            &[
+                ("", Col::Num(10)),
+                ("NAME", Col::Text { min: 10, keep: 9 }),
+                ("ID", Col::Text { min: 8, keep: 6 }),
+                ("STAGE", Col::Text { min: 8, keep: 4 }),
+                ("STATE", Col::Text { min: 9, keep: 5 }),
+                ("WAITING", Col::Num(7)),
             ],
             shown
                 .iter()
                 .map(|i| {
                     let r = &rows[*i];
-                    Row::new(vec![
-                        Cell::from(mark(r.id.as_str())),
-                        Cell::from(delivery_state_span(r.state, theme)),
-                        Cell::from(r.stage.to_string()),
-                        Cell::from(clean(
+                    vec![
+                        Line::from(mark(r.id.as_str())),
+                        Line::from(clean(&r.name)),
+                        Line::from(r.id.to_string()),
+                        Line::from(r.stage.to_string()),
+                        Line::from(state_span(r.state, theme)),
+                        Line::from(ago(&r.entered_at, now)),
+                    ]
+                })
+                .collect(),
+            table_width,
+        ),
+        ViewData::Deliveries { rows, .. } => grid(
+            &[
+                ("", Col::Num(10)),
+                ("STATE", Col::Text { min: 9, keep: 8 }),
+                ("STAGE", Col::Text { min: 8, keep: 5 }),
+                ("ITEM", Col::Text { min: 10, keep: 9 }),
+                ("ATTEMPTS", Col::Num(4)),
+                ("LAST", Col::Num(7)),
+                ("AGE", Col::Num(3)),
+                ("ID", Col::Text { min: 10, keep: 6 }),
+            ],
+            shown
+                .iter()
+                .map(|i| {
+                    let r = &rows[*i];
+                    vec![
+                        Line::from(mark(r.id.as_str())),
+                        Line::from(delivery_state_span(r.state, theme)),
+                        Line::from(r.stage.to_string()),
+                        Line::from(clean(
                             r.item_name
                                 .as_deref()
                                 .or(r.item_id.as_ref().map(|i| i.as_str()))
                                 .unwrap_or(r.event.as_str()),
                         )),
-                        Cell::from(r.attempts.to_string()),
-                        Cell::from(result_span(r.last_status, r.last_error_kind, theme)),
-                        Cell::from(ago(&r.created_at, now)),
-                        Cell::from(r.id.to_string()),
-                    ])
+                        Line::from(r.attempts.to_string()),
+                        Line::from(result_span(r.last_status, r.last_error_kind, theme)),
+                        Line::from(ago(&r.created_at, now)),
+                        Line::from(r.id.to_string()),
+                    ]
                 })
                 .collect(),
-            vec![
-                Constraint::Length(1),
-                Constraint::Length(12),
-                Constraint::Length(14),
-                Constraint::Min(16),
-                Constraint::Length(8),
-                Constraint::Length(11),
-                Constraint::Length(5),
-                Constraint::Min(12),
-            ],
+            table_width,
         ),
-        ViewData::Audit(rows) => (
-            vec!["AT", "OPERATOR", "ACTION", "TARGET", "COUNT", "FILTER"],
+        ViewData::Audit(rows) => grid(
+            &[
+                ("AT", Col::Num(6)),
+                ("OPERATOR", Col::Text { min: 6, keep: 5 }),
+                ("ACTION", Col::Text { min: 6, keep: 7 }),
+                ("TARGET", Col::Text { min: 10, keep: 8 }),
+                ("COUNT", Col::Num(9)),
+                ("FILTER", Col::Text { min: 6, keep: 2 }),
+            ],
             shown
                 .iter()
                 .map(|i| {
                     let r = &rows[*i];
-                    Row::new(vec![
-                        Cell::from(r.at.format("%m-%d %H:%M:%S").to_string()),
-                        Cell::from(clean(&r.operator)),
-                        Cell::from(r.action.clone()),
-                        Cell::from(clean(&r.target)),
-                        Cell::from(r.count.to_string()),
-                        Cell::from(clean(r.filter.as_deref().unwrap_or(""))),
-                    ])
+                    vec![
+                        Line::from(r.at.format("%m-%d %H:%M:%S").to_string()),
+                        Line::from(clean(&r.operator)),
+                        Line::from(r.action.clone()),
+                        Line::from(clean(&r.target)),
+                        Line::from(r.count.to_string()),
+                        Line::from(clean(r.filter.as_deref().unwrap_or(""))),
+                    ]
                 })
                 .collect(),
-            vec![
-                Constraint::Length(15),
-                Constraint::Length(12),
-                Constraint::Length(8),
-                Constraint::Min(20),
-                Constraint::Length(6),
-                Constraint::Min(10),
-            ],
+            table_width,
         ),
         ViewData::Health(r) => super::ops::health_table(r, &shown, theme),
         ViewData::Item(d) => {
@@ -532,6 +552,154 @@ fn draw_main(
     let mut state = ratatui::widgets::TableState::default();
     state.select(focused.then_some(cursor_row));
     f.render_stateful_widget(table, inner, &mut state);
+}
+
+/// How a table column gives way on a narrow terminal (issue 19: numbers never lie).
+#[derive(Clone, Copy, Debug)]
+enum Col {
+    /// Always as wide as its widest value, never cut; `keep` orders which columns are dropped
+    /// first (lowest) when even shrunk text columns leave too little room.
+    Num(u8),
+    /// Shrinks down to `min` cells, cut with `…`.
+    Text { min: u16, keep: u8 },
+}
+
+impl Col {
+    fn keep(self) -> u8 {
+        match self {
+            Col::Num(k) | Col::Text { keep: k, .. } => k,
+        }
+    }
+}
+
+/// A table whose numbers are never cut: number columns get their full width first, text
+/// columns share what is left (down to their minimum, cut with `…`), and when even that does
+/// not fit, whole columns are dropped, lowest `keep` first (rightmost among equals).
+fn grid(
+    cols: &[(&'static str, Col)],
+    rows: Vec<Vec<Line<'static>>>,
+    width: usize,
+) -> (Vec<&'static str>, Vec<Row<'static>>, Vec<Constraint>) {
+    use unicode_width::UnicodeWidthStr;
+    let content: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(c, (title, _))| {
+            rows.iter()
+                .map(|r| r.get(c).map(Line::width).unwrap_or(0))
+                .max()
+                .unwrap_or(0)
+                .max(title.width())
+        })
+        .collect();
+    let need_of = |c: usize| match cols[c].1 {
+        Col::Num(_) => content[c],
+        Col::Text { min, .. } => content[c].min(min as usize),
+    };
+    let mut kept: Vec<usize> = (0..cols.len()).collect();
+    loop {
+        let need: usize =
+            kept.iter().map(|c| need_of(*c)).sum::<usize>() + kept.len().saturating_sub(1);
+        if need <= width || kept.len() <= 1 {
+            break;
+        }
+        let Some(pos) = (0..kept.len())
+            .rev()
+            .min_by_key(|p| cols[kept[*p]].1.keep())
+        else {
+            break;
+        };
+        kept.remove(pos);
+    }
+    let mut widths: Vec<usize> = kept.iter().map(|c| need_of(*c)).collect();
+    let used: usize = widths.iter().sum::<usize>() + kept.len().saturating_sub(1);
+    let mut extra = width.saturating_sub(used);
+    // Text columns grow toward their content, the ones kept longest first.
+    let mut order: Vec<usize> = (0..kept.len()).collect();
+    order.sort_by_key(|i| std::cmp::Reverse(cols[kept[*i]].1.keep()));
+    for i in order {
+        let c = kept[i];
+        if matches!(cols[c].1, Col::Text { .. }) {
+            let add = content[c].saturating_sub(widths[i]).min(extra);
+            widths[i] += add;
+            extra -= add;
+        }
+    }
+    // What is left widens the last text column, so the table spans the view as before.
+    if let Some(i) = kept
+        .iter()
+        .rposition(|c| matches!(cols[*c].1, Col::Text { .. }))
+    {
+        widths[i] += extra;
+    }
+    let header = kept.iter().map(|c| cols[*c].0).collect();
+    let rows = rows
+        .into_iter()
+        .map(|mut r| {
+            let cells: Vec<Cell> = kept
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| {
+                    let line = std::mem::take(&mut r[*c]);
+                    Cell::from(fit_line(line, *w))
+                })
+                .collect();
+            Row::new(cells)
+        })
+        .collect();
+    let constraints = widths
+        .iter()
+        .map(|w| Constraint::Length(*w as u16))
+        .collect();
+    (header, rows, constraints)
+}
+
+/// `line` in at most `width` cells: when it is longer, whole spans are kept while they fit
+/// (so a phrase like "✗ 3 failed" is never cut through its number), the first one cut by
+/// character if it alone is too long, and `…` marks the cut.
+fn fit_line(line: Line<'static>, width: usize) -> Line<'static> {
+    use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+    if line.width() <= width || width == 0 {
+        return line;
+    }
+    let mut out: Vec<Span<'static>> = Vec::new();
+    let mut used = 0;
+    let style = line.style;
+    let mut last_style = ratatui::style::Style::default();
+    for span in line.spans {
+        // A span's trailing blank (a separator) need not fit.
+        let w = span.content.trim_end().width();
+        if used + w < width {
+            last_style = span.style;
+            if used + span.content.width() < width {
+                used += span.content.width();
+                out.push(span);
+            } else {
+                used += w;
+                out.push(Span::styled(
+                    span.content.trim_end().to_string(),
+                    span.style,
+                ));
+            }
+            continue;
+        }
+        if out.is_empty() {
+            let mut cut = String::new();
+            for ch in span.content.chars() {
+                let cw = ch.width().unwrap_or(0);
+                if used + cw + 1 > width {
+                    break;
+                }
+                cut.push(ch);
+                used += cw;
+            }
+            last_style = span.style;
+            out.push(Span::styled(cut, span.style));
+        }
+        break;
+    }
+    out.push(Span::styled("…", last_style));
+    Line::from(out).style(style)
 }
 
 fn fail_cell(n: i64, theme: &Theme) -> Span<'static> {

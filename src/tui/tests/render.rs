@@ -565,3 +565,112 @@ fn the_database_path_is_shortened_from_the_left() {
         "{first}"
     );
 }
+
+/// Issue 19: at any width a number is shown whole or its column is left out, never cut.
+/// Each numeric cell is read back from the buffer under its header and compared.
+#[test]
+fn numbers_are_never_cut_at_any_width() {
+    let mut wfs = workflows();
+    wfs[0].items = 19_837;
+    wfs[0].waiting = 123_456;
+    wfs[0].in_delivery = 7_654_321;
+    wfs[0].failed = 98_765;
+    wfs[0].done = 1_000_000;
+    wfs[0].name = "A workflow with a rather long name that must give way".into();
+    let mut st = stages();
+    st.stage_list[0].items = 19_837;
+    st.stage_list[0].waiting = 19_837;
+    st.stage_list[1].in_delivery = 4_321_000;
+    st.stage_list[1].failed = 88_888;
+    for w in [50u16, 60, 80, 120, 200, 300] {
+        let (mut app, _) = App::new(false);
+        load(&mut app, ViewData::Workflows(wfs.clone()));
+        app.header.counts = vec![
+            (DeliveryState::Pending, 1_234_567),
+            (DeliveryState::InFlight, 64),
+            (DeliveryState::RetryScheduled, 19_837),
+            (DeliveryState::Failed, 2_000_001),
+        ];
+        app.header.dispatcher = "dispatcher: console pid 123456 on a-rather-long-host".into();
+        let screen = text(&render(&mut app, w, 24));
+        let counts = screen.lines().nth(1).unwrap_or("");
+        for n in ["1234567", "64", "19837", "2000001"] {
+            assert!(
+                counts.split(|c: char| !c.is_ascii_digit()).any(|t| t == n),
+                "{n} in the header at {w}: {counts}"
+            );
+        }
+        let first = screen.lines().next().unwrap_or("");
+        assert!(
+            first.contains("123456") || !first.contains("pid 1"),
+            "the pid cut at {w}: {first}"
+        );
+        let expect = [
+            ("STAGES", "6"),
+            ("ITEMS", "19837"),
+            ("WAITING", "123456"),
+            ("IN DELIVERY", "7654321"),
+            ("FAILED", "✗ 98765"),
+            ("DONE", "1000000"),
+        ];
+        check_cells(&screen, "defects", &expect, w);
+
+        let mut app = on_stages(false);
+        load(&mut app, ViewData::Stages(Box::new(st.clone())));
+        let screen = text(&render(&mut app, w, 24));
+        check_cells(
+            &screen,
+            "Weld insp",
+            &[("ITEMS", "19837"), ("WAITING", "19837")],
+            w,
+        );
+        check_cells(
+            &screen,
+            "Validate",
+            &[("IN DELIVERY", "4321000"), ("FAILED", "✗ 88888")],
+            w,
+        );
+    }
+}
+
+/// In the table of `screen`, the row starting with `row` has, under each header of `cells`
+/// that is shown, exactly that value; a header that is not shown is a dropped column.
+fn check_cells(screen: &str, row: &str, cells: &[(&str, &str)], w: u16) {
+    let lines: Vec<&str> = screen.lines().collect();
+    let Some(header) = lines.iter().find(|l| l.contains("ITEMS")) else {
+        panic!("no header at {w}:\n{screen}")
+    };
+    let Some(line) = lines
+        .iter()
+        .find(|l| l.trim_start_matches(['│', '▶', ' ']).starts_with(row))
+    else {
+        panic!("no row {row} at {w}:\n{screen}")
+    };
+    let hc: Vec<char> = header.chars().collect();
+    let lc: Vec<char> = line.chars().collect();
+    for (title, value) in cells {
+        let t: Vec<char> = title.chars().collect();
+        let Some(at) = hc.windows(t.len()).position(|x| x == t.as_slice()) else {
+            continue; // dropped whole, never cut
+        };
+        let cell: String = lc[at..].iter().collect();
+        let got: String = cell
+            .split("  ")
+            .next()
+            .unwrap_or("")
+            .trim_end_matches('│')
+            .trim()
+            .split(' ')
+            .take(value.split(' ').count())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(&got, value, "{title} at {w} columns:\n{header}\n{line}");
+    }
+    assert!(
+        !line.contains('…')
+            || !line
+                .split('…')
+                .any(|p| p.ends_with(|c: char| c.is_ascii_digit())),
+        "a number was cut at {w}:\n{line}"
+    );
+}
