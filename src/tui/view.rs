@@ -535,11 +535,16 @@ fn draw_main(
     };
     if rows.is_empty() {
         let empty = if v.filter.is_empty() {
-            "nothing here yet".to_string()
+            empty_hint(app, v)
         } else {
-            format!("nothing matches /{}", clean(&v.filter))
+            format!("nothing matches /{} (esc in / clears it)", clean(&v.filter))
         };
-        f.render_widget(Paragraph::new(empty).style(theme.dim), inner);
+        f.render_widget(
+            Paragraph::new(empty)
+                .style(theme.dim)
+                .wrap(Wrap { trim: true }),
+            inner,
+        );
         return;
     }
     // The cursor row: reverse video plus a marker, so it survives NO_COLOR and monochrome.
@@ -552,6 +557,45 @@ fn draw_main(
     let mut state = ratatui::widgets::TableState::default();
     state.select(focused.then_some(cursor_row));
     f.render_stateful_widget(table, inner, &mut state);
+}
+
+/// What an empty view would show, and the command or key that fills it (issue 19: empty
+/// states that teach).
+fn empty_hint(app: &App, v: &super::state::View) -> String {
+    use super::state::ViewKind;
+    match &v.kind {
+        ViewKind::Workflows => "no workflows yet: add one with `hookops workflow apply FILE`, \
+             or try `hookops demo` (a demo database with a scripted receiver)"
+            .into(),
+        ViewKind::Items {
+            workflow: Some(w),
+            stage: Some(s),
+        } => {
+            let kind = app
+                .stages
+                .get(w)
+                .and_then(|st| st.iter().find(|(id, _)| id == s).map(|(_, k)| *k));
+            match kind {
+                Some(StageKind::Dataset) => format!(
+                    "no items in {s}: import some with `hookops item import --workflow {w} FILE` \
+                     (JSON Lines, or a V7 Darwin JSON export); they wait here to be assigned (a)"
+                ),
+                _ => format!(
+                    "no items in {s}: items arrive when assigned here (a on items) or routed \
+                     by the workflow"
+                ),
+            }
+        }
+        ViewKind::Items { workflow, .. } => format!(
+            "no items yet: import some with `hookops item import --workflow {} FILE`",
+            workflow.as_ref().map(|w| w.as_str()).unwrap_or("ID")
+        ),
+        ViewKind::Deliveries(_) => "no deliveries match: one is made each time an item enters \
+             a webhook stage (assign items to it with a), and by t (test webhook) in the stages view"
+            .into(),
+        ViewKind::Audit => "no operator actions recorded yet".into(),
+        _ => "nothing here yet".into(),
+    }
 }
 
 /// How a table column gives way on a narrow terminal (issue 19: numbers never lie).
@@ -1042,9 +1086,19 @@ fn draw_log(
     f.render_widget(b, area);
     let vis = app.log.visible_indices();
     if vis.is_empty() {
+        let text = if !app.log.filter.is_empty() && !app.log.entries.is_empty() {
+            format!("no attempt matches /{}", clean(&app.log.filter))
+        } else if app.header.dispatcher.starts_with("no dispatcher") {
+            "no attempts yet, and no dispatcher is running: deliveries wait, queued, until \
+             `hookops serve` runs (or a console without --no-dispatch)"
+                .to_string()
+        } else {
+            "no attempts yet: deliveries show up here as they are sent".to_string()
+        };
         f.render_widget(
-            Paragraph::new("no attempts yet: deliveries show up here as they are sent")
-                .style(theme.dim),
+            Paragraph::new(text)
+                .style(theme.dim)
+                .wrap(Wrap { trim: true }),
             inner,
         );
         return;

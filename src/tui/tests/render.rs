@@ -674,3 +674,36 @@ fn check_cells(screen: &str, row: &str, cells: &[(&str, &str)], w: u16) {
         "a number was cut at {w}:\n{line}"
     );
 }
+
+/// Issue 19: an empty view says what would fill it and the command or key that does.
+#[test]
+fn empty_views_say_how_to_fill_them() {
+    let collapsed_at = |app: &mut App| {
+        text(&render(app, 120, 30))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (mut app, _) = App::new(false);
+    load(&mut app, ViewData::Workflows(vec![]));
+    app.header.dispatcher = "no dispatcher running: deliveries are queued".into();
+    let t = collapsed_at(&mut app);
+    assert!(t.contains("`hookops workflow apply FILE`"), "{t}");
+    assert!(t.contains("`hookops demo`"), "{t}");
+    assert!(t.contains("queued, until `hookops serve` runs"), "{t}");
+
+    let mut app = on_stages(false);
+    press(&mut app, KeyCode::Enter);
+    load(
+        &mut app,
+        ViewData::Items {
+            rows: vec![],
+            more: false,
+        },
+    );
+    let t = collapsed_at(&mut app);
+    assert!(
+        t.contains("`hookops item import --workflow defects FILE`"),
+        "{t}"
+    );
+}
