@@ -800,6 +800,16 @@ fn fast_keys_act_only_on_the_filtered_rows_while_deliveries_flow() {
         }
         previous = filter;
     }
+    // A pasted id (bracketed paste) goes into the filter line, whole.
+    c.send("/");
+    c.send(&"\x7f".repeat(previous.chars().count()));
+    c.send("\x1b[200~t29b\x1b[201~\r");
+    c.wait_for("items · e2e · /t29b");
+    c.wait_for_line(&["run29-b.jpg", "t29b"]);
+    c.wait_until("only the pasted id listed", |s| {
+        let t = s.contents();
+        !t.contains("decoy-00.jpg") && !t.contains("run29-a.jpg")
+    });
     // The deliveries really flowed under the keys.
     assert!(
         receiver.count() > sent_before,

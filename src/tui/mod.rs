@@ -140,6 +140,11 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
                         break;
                     }
                 }
+                Ok(Event::Paste(text)) => {
+                    if keys.send(Msg::Paste(text)).is_err() {
+                        break;
+                    }
+                }
                 Ok(_) => {}
                 Err(_) => break,
             }
@@ -236,7 +241,10 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
                 }
             }
             for m in msgs {
-                urgent |= matches!(m, Msg::Key(_) | Msg::Resize | Msg::Loaded { .. });
+                urgent |= matches!(
+                    m,
+                    Msg::Key(_) | Msg::Paste(_) | Msg::Resize | Msg::Loaded { .. }
+                );
                 for e in state::update(&mut app, m) {
                     exec.run(e, &mut app);
                 }

@@ -501,7 +501,7 @@ pub struct App {
     /// Keys that arrived while the view waited for the list it asked for ([`View::awaiting`]),
     /// in order; they run when it arrives, so a key acts on the rows the screen then shows,
     /// never on the rows of the list being replaced.
-    pub deferred: VecDeque<KeyEvent>,
+    pub deferred: VecDeque<Input>,
     /// Ticks the oldest deferred key has waited.
     pub deferred_ticks: u32,
     /// Actions sent to the executor whose answer ([`Msg::ActionDone`]) has not come, and for
@@ -509,10 +509,19 @@ pub struct App {
     pub running: (u32, u32),
 }
 
+/// A key or a paste, in the order they arrived (see [`App::deferred`]).
+#[derive(Clone, Debug)]
+pub enum Input {
+    Key(KeyEvent),
+    Paste(String),
+}
+
 /// Inputs of [`update`].
 #[derive(Debug)]
 pub enum Msg {
     Key(KeyEvent),
+    /// Text pasted into the terminal (bracketed paste).
+    Paste(String),
     Resize,
     /// One second passed.
     Tick,
@@ -724,6 +733,13 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
     app.dirty = true;
     match msg {
         Msg::Key(k) => key(app, k),
+        Msg::Paste(text) => {
+            if app.keys_wait() {
+                app.deferred.push_back(Input::Paste(text));
+                return vec![];
+            }
+            paste_now(app, text)
+        }
         Msg::Resize => vec![],
         Msg::Tick => {
             let mut fx = Vec::new();
@@ -1001,10 +1017,11 @@ fn give_up_waiting(app: &mut App) -> Vec<Effect> {
 fn replay_deferred(app: &mut App) -> Vec<Effect> {
     let mut fx = Vec::new();
     while !app.list_pending() {
-        let Some(k) = app.deferred.pop_front() else {
-            break;
-        };
-        fx.extend(key_now(app, k));
+        match app.deferred.pop_front() {
+            Some(Input::Key(k)) => fx.extend(key_now(app, k)),
+            Some(Input::Paste(text)) => fx.extend(paste_now(app, text)),
+            None => break,
+        }
     }
     if app.deferred.is_empty() {
         app.deferred_ticks = 0;
@@ -1025,7 +1042,7 @@ fn key(app: &mut App, k: KeyEvent) -> Vec<Effect> {
         if k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL) {
             app.quit = true;
         } else {
-            app.deferred.push_back(k);
+            app.deferred.push_back(Input::Key(k));
         }
         return vec![];
     }
@@ -1798,29 +1815,7 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
             }
         },
         Overlay::Filter(mut s) => {
-            let apply = |app: &mut App, text: String| -> Vec<Effect> {
-                if app.focus_log {
-                    app.log.filter = text;
-                    return vec![];
-                }
-                let Some(v) = app.view_mut() else {
-                    return vec![];
-                };
-                if v.filter == text {
-                    return vec![];
-                }
-                v.filter = text;
-                if matches!(v.kind, ViewKind::Items { .. }) {
-                    // Items filter in SQL: keys wait for the filtered page (`relist`).
-                    return app.relist(true);
-                }
-                // Other lists filter the loaded rows, at once.
-                v.cursor = 0;
-                if let Some(text) = v.keep_visible_selection() {
-                    app.flash(text, Level::Warn);
-                }
-                vec![]
-            };
+            let apply = apply_filter;
             match k.code {
                 KeyCode::Esc => apply(app, String::new()),
                 KeyCode::Enter => vec![],
@@ -1998,6 +1993,70 @@ fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
                 vec![]
             }
         },
+    }
+}
+
+/// Sets the filter of the log pane (when it has the focus) or of the view.
+fn apply_filter(app: &mut App, text: String) -> Vec<Effect> {
+    if app.focus_log {
+        app.log.filter = text;
+        return vec![];
+    }
+    let Some(v) = app.view_mut() else {
+        return vec![];
+    };
+    if v.filter == text {
+        return vec![];
+    }
+    v.filter = text;
+    if matches!(v.kind, ViewKind::Items { .. }) {
+        // Items filter in SQL: keys wait for the filtered page (`relist`).
+        return app.relist(true);
+    }
+    // Other lists filter the loaded rows, at once.
+    v.cursor = 0;
+    if let Some(text) = v.keep_visible_selection() {
+        app.flash(text, Level::Warn);
+    }
+    vec![]
+}
+
+/// Pasted text (bracketed paste) goes into the prompt that is open: the filter (applied once,
+/// not once per character), the command line, the picker's query or a typed confirmation.
+/// Only its first line, without control characters. With no prompt open it does nothing: a
+/// paste must never be read as keys (`a`, `r`, …).
+fn paste_now(app: &mut App, text: String) -> Vec<Effect> {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let line = crate::sanitize::strip_controls(line);
+    match app.overlay.take() {
+        Some(Overlay::Filter(mut s)) => {
+            s.push_str(&line);
+            let fx = apply_filter(app, s.clone());
+            app.overlay = Some(Overlay::Filter(s));
+            fx
+        }
+        Some(o @ (Overlay::Command(_) | Overlay::Picker { .. } | Overlay::Typed { .. })) => {
+            app.overlay = Some(o);
+            let mut fx = Vec::new();
+            for c in line.chars() {
+                fx.extend(key_now(app, KeyEvent::from(KeyCode::Char(c))));
+            }
+            fx
+        }
+        other => {
+            app.overlay = other;
+            if !line.is_empty() {
+                app.flash(
+                    "pasted text goes into a prompt: open / (filter) or : (command) first",
+                    Level::Info,
+                );
+            }
+            vec![]
+        }
     }
 }
 

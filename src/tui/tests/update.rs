@@ -767,6 +767,43 @@ fn ctrl_c_never_waits() {
 }
 
 #[test]
+fn a_paste_goes_into_the_open_prompt_and_never_acts_as_keys() {
+    let mut app = on_items(false, 5);
+    // No prompt open: nothing happens (an `a` in the text must not assign).
+    assert!(update(&mut app, Msg::Paste("a r item-003".into())).is_empty());
+    assert!(app.overlay.is_none());
+    assert!(
+        flash(&app).contains("open / (filter) or : (command)"),
+        "{}",
+        flash(&app)
+    );
+    // Into `/`: its first line, without controls, applied once.
+    ch(&mut app, '/');
+    let fx = update(&mut app, Msg::Paste("item-\x1b[31m003\nsecond line".into()));
+    assert_eq!(loads(&fx), vec![(items_kind(), "item-003".to_string())]);
+    assert!(matches!(&app.overlay, Some(Overlay::Filter(s)) if s == "item-003"));
+    // A paste that arrives while keys wait for a list waits too, in order.
+    press(&mut app, KeyCode::Enter);
+    ch(&mut app, ':');
+    update(&mut app, Msg::Paste("audit".into()));
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.deferred.len(), 3);
+    let view = app.view().unwrap().id;
+    let fx = update(
+        &mut app,
+        Msg::Loaded {
+            view,
+            data: ViewData::Items {
+                rows: vec![item_row(3)],
+                more: false,
+            },
+            append: false,
+        },
+    );
+    assert_eq!(loads(&fx), vec![(ViewKind::Audit, String::new())]);
+}
+
+#[test]
 fn an_action_reports_per_id_and_shows_every_refusal() {
     use crate::tui::report;
     let msg = report::per_id(
