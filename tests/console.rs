@@ -818,3 +818,74 @@ fn fast_keys_act_only_on_the_filtered_rows_while_deliveries_flow() {
     c.quit_and_check_restored();
     rt.block_on(receiver.shutdown());
 }
+
+// ---------------------------------------------------------------------------------------------
+// (h) --mouse: clicks and the wheel (SGR mouse reports, as xterm and tmux send them)
+// ---------------------------------------------------------------------------------------------
+
+/// The 1-based screen row of the first line holding `needle`.
+fn row_of(screen: &str, needle: &str) -> u16 {
+    screen
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no {needle:?} on the screen:\n{screen}")) as u16
+        + 1
+}
+
+#[test]
+fn with_mouse_a_double_click_opens_a_row_and_the_wheel_scrolls() {
+    let dir = tempfile::tempdir().unwrap();
+    let many: Vec<(String, String)> = (0..60)
+        .map(|i| (format!("m-{i:02}"), format!("photo-{i:02}.jpg")))
+        .collect();
+    let refs: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let db = prepare(dir.path(), "http://127.0.0.1:9/hook", &refs);
+    let mut c = Console::start(
+        dir.path(),
+        &["--db", db.to_str().unwrap(), "--no-dispatch", "--mouse"],
+        120,
+        40,
+    );
+    let screen = c.wait_for_line(&["e2e", "End to end"]);
+    assert!(
+        contains(&c.raw(), b"\x1b[?1000h"),
+        "mouse capture was not turned on"
+    );
+    let click = |c: &mut Console, row: u16| {
+        c.send(&format!("\x1b[<0;10;{row}M\x1b[<0;10;{row}m"));
+    };
+    // Double-click the workflow: its stages.
+    let r = row_of(&screen, "End to end");
+    click(&mut c, r);
+    click(&mut c, r);
+    let screen = c.wait_for("stages · e2e");
+    // Double-click the dataset stage: its items.
+    let screen = if screen.contains("Incoming images") {
+        screen
+    } else {
+        c.wait_for("Incoming images")
+    };
+    let r = row_of(&screen, "Incoming images");
+    click(&mut c, r);
+    click(&mut c, r);
+    c.wait_for("items · e2e/dataset");
+    let screen = c.wait_for("photo-00.jpg");
+    // The wheel moves down the list (three rows a notch), past what fits on the screen.
+    let r = row_of(&screen, "photo-00.jpg");
+    for _ in 0..15 {
+        c.send(&format!("\x1b[<65;10;{r}M"));
+    }
+    c.wait_for("photo-45.jpg");
+    // A single click selects the row under it: Space then marks that row.
+    let screen = c.wait_for_line(&["▶", "photo-45.jpg"]);
+    let r = row_of(&screen, "photo-40.jpg");
+    click(&mut c, r);
+    c.wait_for_line(&["▶", "photo-40.jpg"]);
+    c.send(" ");
+    c.wait_for_line(&["●", "photo-40.jpg"]);
+    c.quit_and_check_restored();
+    assert!(
+        find_last(&c.raw(), b"\x1b[?1000l").is_some(),
+        "mouse capture was not turned off"
+    );
+}

@@ -106,7 +106,8 @@ pub fn run(store: Store, opts: ConsoleOptions) -> Result<(), String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     // Reverse video must survive NO_COLOR (style.md).
     crossterm::style::force_color_output(true);
-    let mouse = opts.mouse;
+    // `--mouse`, or `mouse = true` in the config file.
+    let mouse = opts.mouse || opts.config.as_deref().is_some_and(keymap::mouse_in_config);
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         restore_terminal(mouse);
@@ -127,6 +128,7 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
 
     // Keys and resizes: crossterm's blocking reader on its own thread.
     let keys = tx.clone();
+    let started = std::time::Instant::now();
     std::thread::spawn(move || {
         loop {
             match event::read() {
@@ -142,6 +144,24 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
                 }
                 Ok(Event::Paste(text)) => {
                     if keys.send(Msg::Paste(text)).is_err() {
+                        break;
+                    }
+                }
+                Ok(Event::Mouse(m)) => {
+                    use crossterm::event::{MouseButton, MouseEventKind as K};
+                    let what = match m.kind {
+                        K::Down(MouseButton::Left) => state::PointerKind::Click,
+                        K::ScrollUp => state::PointerKind::WheelUp,
+                        K::ScrollDown => state::PointerKind::WheelDown,
+                        _ => continue,
+                    };
+                    let p = state::Pointer {
+                        what,
+                        col: m.column,
+                        row: m.row,
+                        at_ms: started.elapsed().as_millis() as u64,
+                    };
+                    if keys.send(Msg::Mouse(p)).is_err() {
                         break;
                     }
                 }
@@ -243,7 +263,7 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
             for m in msgs {
                 urgent |= matches!(
                     m,
-                    Msg::Key(_) | Msg::Paste(_) | Msg::Resize | Msg::Loaded { .. }
+                    Msg::Key(_) | Msg::Paste(_) | Msg::Mouse(_) | Msg::Resize | Msg::Loaded { .. }
                 );
                 for e in state::update(&mut app, m) {
                     exec.run(e, &mut app);

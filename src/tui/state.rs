@@ -504,6 +504,10 @@ pub struct App {
     pub deferred: VecDeque<Input>,
     /// Ticks the oldest deferred key has waited.
     pub deferred_ticks: u32,
+    /// Where the last frame drew the lists (set by the view).
+    pub hit: HitMap,
+    /// The last click: (list row, when), to tell a double-click.
+    pub last_click: Option<(usize, u64)>,
     /// Actions sent to the executor whose answer ([`Msg::ActionDone`]) has not come, and for
     /// how many seconds the oldest has been waiting.
     pub running: (u32, u32),
@@ -516,12 +520,65 @@ pub enum Input {
     Paste(String),
 }
 
+/// A screen rectangle (the view records where it drew, for the mouse).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Area {
+    pub x: u16,
+    pub y: u16,
+    pub width: u16,
+    pub height: u16,
+}
+
+impl Area {
+    fn contains(&self, col: u16, row: u16) -> bool {
+        col >= self.x
+            && row >= self.y
+            && col < self.x.saturating_add(self.width)
+            && row < self.y.saturating_add(self.height)
+    }
+}
+
+/// Where the last frame drew the lists, so a click or the wheel finds its row.
+#[derive(Clone, Debug, Default)]
+pub struct HitMap {
+    /// Inside the main view's border; its first line is the table header.
+    pub main: Option<Area>,
+    /// The list row drawn on the first line below the header.
+    pub main_first: usize,
+    pub log: Option<Area>,
+    /// The visible log entry drawn on the log pane's first line.
+    pub log_first: usize,
+}
+
+/// A mouse event (with `--mouse`): where, what, and when (milliseconds on the executor's clock,
+/// so telling a double-click needs no clock here).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pointer {
+    pub what: PointerKind,
+    pub col: u16,
+    pub row: u16,
+    pub at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PointerKind {
+    Click,
+    WheelUp,
+    WheelDown,
+}
+
+/// Two clicks on one row within this many milliseconds open it.
+const DOUBLE_CLICK_MS: u64 = 400;
+/// Rows the wheel moves per notch.
+const WHEEL_ROWS: usize = 3;
+
 /// Inputs of [`update`].
 #[derive(Debug)]
 pub enum Msg {
     Key(KeyEvent),
     /// Text pasted into the terminal (bracketed paste).
     Paste(String),
+    Mouse(Pointer),
     Resize,
     /// One second passed.
     Tick,
@@ -622,6 +679,8 @@ impl App {
             pending_picker: None,
             deferred: VecDeque::new(),
             deferred_ticks: 0,
+            hit: HitMap::default(),
+            last_click: None,
             running: (0, 0),
         };
         let fx = app.push(ViewKind::Workflows);
@@ -739,6 +798,14 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                 return vec![];
             }
             paste_now(app, text)
+        }
+        Msg::Mouse(p) => {
+            // A click aims at what is drawn; while the list is being replaced there is nothing
+            // sure under it, so it is dropped rather than kept for rows it was not aimed at.
+            if app.keys_wait() {
+                return vec![];
+            }
+            mouse_now(app, p)
         }
         Msg::Resize => vec![],
         Msg::Tick => {
@@ -2055,6 +2122,72 @@ fn paste_now(app: &mut App, text: String) -> Vec<Effect> {
                     Level::Info,
                 );
             }
+            vec![]
+        }
+    }
+}
+
+/// A click selects the row under it (a second within [`DOUBLE_CLICK_MS`] opens it); the
+/// wheel scrolls the list or the log pane it is over. Dialogs and prompts take no mouse input.
+fn mouse_now(app: &mut App, p: Pointer) -> Vec<Effect> {
+    if app.overlay.is_some() {
+        return vec![];
+    }
+    let over_log = app.hit.log.is_some_and(|a| a.contains(p.col, p.row));
+    let over_main = app.hit.main.is_some_and(|a| a.contains(p.col, p.row));
+    match p.what {
+        PointerKind::WheelUp | PointerKind::WheelDown => {
+            let up = p.what == PointerKind::WheelUp;
+            if over_log {
+                for _ in 0..WHEEL_ROWS {
+                    log_action(app, if up { Action::Up } else { Action::Down });
+                }
+                return vec![];
+            }
+            if over_main {
+                return if up {
+                    move_cursor(app, |c, _, _| c.saturating_sub(WHEEL_ROWS))
+                } else {
+                    move_cursor(app, |c, _, _| c + WHEEL_ROWS)
+                };
+            }
+            vec![]
+        }
+        PointerKind::Click => {
+            if over_log && let Some(a) = app.hit.log {
+                let visible = app.log.visible_indices();
+                let at = app.hit.log_first + (p.row - a.y) as usize;
+                if let Some(i) = visible.get(at) {
+                    app.focus_log = true;
+                    app.log.follow = false;
+                    app.log.cursor = *i;
+                }
+                return vec![];
+            }
+            let Some(a) = app.hit.main.filter(|_| over_main) else {
+                return vec![];
+            };
+            app.focus_log = false;
+            // The first line is the table header.
+            let Some(line) = (p.row - a.y).checked_sub(1) else {
+                return vec![];
+            };
+            let at = app.hit.main_first + line as usize;
+            let Some(v) = app.view_mut() else {
+                return vec![];
+            };
+            if matches!(v.data, ViewData::Item(_) | ViewData::Delivery(_)) || at >= v.len() {
+                return vec![];
+            }
+            v.cursor = at;
+            let double = app
+                .last_click
+                .is_some_and(|(row, t)| row == at && p.at_ms.saturating_sub(t) <= DOUBLE_CLICK_MS);
+            if double {
+                app.last_click = None;
+                return open(app);
+            }
+            app.last_click = Some((at, p.at_ms));
             vec![]
         }
     }

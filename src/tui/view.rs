@@ -115,6 +115,8 @@ pub fn fit_path_left(path: &str, width: usize) -> String {
 /// Draws the whole console.
 pub fn draw(f: &mut Frame, app: &mut App, theme: &Theme, now: chrono::DateTime<chrono::Utc>) {
     let area = f.area();
+    // Rebuilt by this frame: a list not drawn cannot be clicked.
+    app.hit = Default::default();
     if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
         f.render_widget(
             Paragraph::new(size_notice(area.width, area.height)).wrap(Wrap { trim: true }),
@@ -276,6 +278,15 @@ fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     f.render_widget(Sparkline::default().data(&tail).style(theme.good), spark);
 }
 
+fn hit_rect(r: Rect) -> super::state::Area {
+    super::state::Area {
+        x: r.x,
+        y: r.y,
+        width: r.width,
+        height: r.height,
+    }
+}
+
 fn block<'a>(title: String, theme: &Theme, focused: bool) -> Block<'a> {
     Block::default()
         .borders(Borders::ALL)
@@ -326,6 +337,14 @@ fn draw_main(
     f.render_widget(b, area);
     // Header row of tables takes one line.
     app.page_rows = inner.height.saturating_sub(1).max(1) as usize;
+    // Where the rows are, for the mouse: list row `main_first` is drawn below the header line.
+    let (cursor, len) = app
+        .stack
+        .last()
+        .map(|v| (v.cursor, v.len()))
+        .unwrap_or((0, 0));
+    app.hit.main = Some(hit_rect(inner));
+    app.hit.main_first = window(cursor, len, inner.height.saturating_sub(1) as usize);
     let Some(v) = app.stack.last() else { return };
     let height = inner.height.saturating_sub(1) as usize;
     let vis = v.visible_indices();
@@ -1066,7 +1085,7 @@ pub fn log_line(
 
 fn draw_log(
     f: &mut Frame,
-    app: &App,
+    app: &mut App,
     theme: &Theme,
     area: Rect,
     now: chrono::DateTime<chrono::Utc>,
@@ -1084,6 +1103,8 @@ fn draw_log(
     let b = block(title, theme, app.focus_log);
     let inner = b.inner(area);
     f.render_widget(b, area);
+    app.hit.log = Some(hit_rect(inner));
+    app.hit.log_first = 0;
     let vis = app.log.visible_indices();
     if vis.is_empty() {
         let text = if !app.log.filter.is_empty() && !app.log.entries.is_empty() {
@@ -1113,6 +1134,7 @@ fn draw_log(
     } else {
         window(pos, vis.len(), h)
     };
+    app.hit.log_first = start;
     let lines: Vec<Line> = vis
         .iter()
         .skip(start)

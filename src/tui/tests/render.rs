@@ -707,3 +707,48 @@ fn empty_views_say_how_to_fill_them() {
         "{t}"
     );
 }
+
+/// Issue 19 (`--mouse`): a click selects the row drawn under it, a second click opens it, the
+/// wheel scrolls the list or the log pane it is over.
+#[test]
+fn clicks_and_the_wheel_act_on_what_is_drawn_under_them() {
+    use crate::tui::state::{Pointer, PointerKind};
+    let at = |what, col, row, at_ms| {
+        Msg::Mouse(Pointer {
+            what,
+            col,
+            row,
+            at_ms,
+        })
+    };
+    let mut app = on_items(false, 30);
+    with_attempts(&mut app);
+    let screen = text(&render(&mut app, 80, 24));
+    let lines: Vec<&str> = screen.lines().collect();
+    let row = lines
+        .iter()
+        .position(|l| l.contains("weld_0004.jpg"))
+        .unwrap() as u16;
+    update(&mut app, at(PointerKind::Click, 10, row, 1_000));
+    assert_eq!(app.view().unwrap().cursor, 3, "the clicked row");
+    // A second click on it soon after opens it.
+    let fx = update(&mut app, at(PointerKind::Click, 10, row, 1_200));
+    assert!(
+        matches!(&fx[..], [Effect::Load { kind: crate::tui::state::ViewKind::Item(id), .. }] if id.as_str() == "item-004"),
+        "{fx:?}"
+    );
+    // The wheel over the list moves its cursor; over the log pane, the log's.
+    let mut app = on_items(false, 30);
+    with_attempts(&mut app);
+    let screen = text(&render(&mut app, 80, 24));
+    update(&mut app, at(PointerKind::WheelDown, 10, 5, 0));
+    assert_eq!(app.view().unwrap().cursor, 3);
+    let log_row = screen.lines().position(|l| l.contains("log ·")).unwrap() as u16 + 2;
+    let before = app.log.cursor;
+    update(&mut app, at(PointerKind::WheelUp, 10, log_row, 0));
+    assert!(app.log.cursor < before && !app.log.follow);
+    assert_eq!(app.view().unwrap().cursor, 3, "the list did not move");
+    // The header line and the border are not rows.
+    update(&mut app, at(PointerKind::Click, 10, 3, 5_000));
+    assert_eq!(app.view().unwrap().cursor, 3);
+}
