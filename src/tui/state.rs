@@ -1466,6 +1466,23 @@ fn action(app: &mut App, a: Action) -> Vec<Effect> {
         Action::Down => move_cursor(app, |c, _, _| c + 1),
         Action::Top => move_cursor(app, |_, _, _| 0),
         Action::Bottom => move_cursor(app, |_, n, _| n.saturating_sub(1)),
+        // In the item detail, j/k move among its deliveries and the page keys scroll its
+        // history (the view clamps the offset to what there is).
+        Action::PageUp | Action::PageDown
+            if app
+                .view()
+                .is_some_and(|v| matches!(v.data, ViewData::Item(_))) =>
+        {
+            let page = app.page_rows.max(1) / 2;
+            if let Some(v) = app.view_mut() {
+                v.scroll = if a == Action::PageUp {
+                    v.scroll.saturating_sub(page.max(1))
+                } else {
+                    v.scroll.saturating_add(page.max(1))
+                };
+            }
+            vec![]
+        }
         Action::PageUp => move_cursor(app, |c, _, p| c.saturating_sub(p)),
         Action::PageDown => move_cursor(app, |c, _, p| c + p),
         Action::Quit => {

@@ -544,7 +544,7 @@ fn draw_main(
         ),
         ViewData::Health(r) => super::ops::health_table(r, &shown, theme),
         ViewData::Item(d) => {
-            draw_item(f, d, v.cursor, theme, inner, now);
+            draw_item(f, d, v.cursor, v.scroll, theme, inner, now);
             return;
         }
         ViewData::Delivery(d) => {
@@ -812,6 +812,7 @@ fn draw_item(
     f: &mut Frame,
     d: &crate::store::ItemDetail,
     cursor: usize,
+    scroll: usize,
     theme: &Theme,
     area: Rect,
     now: chrono::DateTime<chrono::Utc>,
@@ -850,17 +851,34 @@ fn draw_item(
             Span::styled("annotations ", theme.dim),
             Span::raw(crate::cli::annotation_summary(&it.annotations)),
         ]),
-        Line::from(Span::styled("history", theme.header)),
     ];
-    // The deliveries below keep at least a few rows on a small screen: the history gives way.
-    let fixed = lines.len() + 2;
+    // The whole history, newest first, in the rows the deliveries below leave (they keep at
+    // least a few on a small screen); the page keys scroll it.
+    // Below the fields: the history's title, then the deliveries' title and table header.
+    let fixed = lines.len() + 3;
     let delivery_rows = d.deliveries.len().clamp(1, 4);
-    let history_rows = (area.height as usize)
-        .saturating_sub(fixed + delivery_rows)
-        .min(8);
-    let shown_history = history_rows.min(d.history.len());
-    let hidden = d.history.len() - shown_history;
-    for h in d.history.iter().rev().take(shown_history) {
+    let history_rows = (area.height as usize).saturating_sub(fixed + delivery_rows);
+    let total = d.history.len();
+    let shown_history = history_rows.min(total);
+    let from = scroll.min(total - shown_history);
+    lines.push(Line::from(Span::styled(
+        if shown_history == 0 && total > 0 {
+            format!(
+                "history · {total} moves (no room here: a taller terminal, or hookops item show {})",
+                it.id
+            )
+        } else if shown_history < total {
+            format!(
+                "history · {}–{} of {total} moves, newest first (pgup/pgdn scroll)",
+                from + 1,
+                from + shown_history
+            )
+        } else {
+            format!("history · {total} moves, newest first")
+        },
+        theme.header,
+    )));
+    for h in d.history.iter().rev().skip(from).take(shown_history) {
         lines.push(Line::from(format!(
             "  {} ago  {} → {}  {}{}",
             ago(&h.at, now),
@@ -871,12 +889,6 @@ fn draw_item(
                 .as_ref()
                 .map(|o| format!(" by {}", clean(o)))
                 .unwrap_or_default()
-        )));
-    }
-    if hidden > 0 {
-        lines.push(Line::from(Span::styled(
-            format!("  … {hidden} earlier moves (hookops item show {})", it.id),
-            theme.dim,
         )));
     }
     lines.push(Line::from(Span::styled(

@@ -752,3 +752,46 @@ fn clicks_and_the_wheel_act_on_what_is_drawn_under_them() {
     update(&mut app, at(PointerKind::Click, 10, 3, 5_000));
     assert_eq!(app.view().unwrap().cursor, 3);
 }
+
+/// Issue 19: the item detail shows its whole history (not 8 moves at most), scrolled with the
+/// page keys while j/k stay on its deliveries.
+#[test]
+fn the_item_history_is_whole_and_scrolls() {
+    use crate::model::HistoryCause;
+    use crate::store::HistoryEntry;
+    let mut d = item_detail();
+    for i in 0..40 {
+        d.history.push(HistoryEntry {
+            at: now() - chrono::Duration::seconds(100 - i),
+            from: Some(StageId::new("review")),
+            to: StageId::new(format!("stage-{i:02}")),
+            cause: HistoryCause::Route,
+            operator: None,
+            revision: 3,
+            delivery_id: None,
+        });
+    }
+    let mut app = on_items(false, 3);
+    press(&mut app, KeyCode::Enter);
+    load(&mut app, ViewData::Item(Box::new(d)));
+    let screen = text(&render(&mut app, 120, 40));
+    assert!(screen.contains("history · 1–"), "{screen}");
+    assert!(screen.contains("of 42 moves"), "{screen}");
+    assert!(screen.contains("stage-39"), "newest first:\n{screen}");
+    assert!(!screen.contains("stage-00"), "{screen}");
+    for _ in 0..10 {
+        press(&mut app, KeyCode::PageDown);
+    }
+    let screen = text(&render(&mut app, 120, 40));
+    assert!(
+        screen.contains("stage-00"),
+        "scrolled to the oldest:\n{screen}"
+    );
+    assert!(screen.contains("dataset → validate"), "{screen}");
+    assert!(screen.contains("of 42 moves"), "{screen}");
+    assert_eq!(
+        app.view().unwrap().cursor,
+        0,
+        "the deliveries' cursor did not move"
+    );
+}
