@@ -375,6 +375,8 @@ pub enum Overlay {
     Popup {
         title: String,
         text: String,
+        /// Lines scrolled off the top (j/k, arrows, page keys; the view clamps it).
+        scroll: usize,
     },
 }
 
@@ -901,12 +903,17 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                 app.overlay = Some(Overlay::Popup {
                     title: format!("{} not done", refused.len()),
                     text: refused.join("\n"),
+                    scroll: 0,
                 });
             }
             update(app, Msg::Done { text, level })
         }
         Msg::TestResult { title, text } => {
-            app.overlay = Some(Overlay::Popup { title, text });
+            app.overlay = Some(Overlay::Popup {
+                title,
+                text,
+                scroll: 0,
+            });
             vec![]
         }
         Msg::Counted { filter, count } => {
@@ -1878,6 +1885,37 @@ fn text_edit(s: &mut String, k: &KeyEvent) -> bool {
 fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
     let ctrl_c = k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
     match overlay {
+        // A popup scrolls with j/k, the arrows and the page keys; any other key closes it.
+        Overlay::Popup {
+            title,
+            text,
+            mut scroll,
+        } if !ctrl_c
+            && matches!(
+                k.code,
+                KeyCode::Char('j' | 'k')
+                    | KeyCode::Up
+                    | KeyCode::Down
+                    | KeyCode::PageUp
+                    | KeyCode::PageDown
+            ) =>
+        {
+            let page = app.page_rows.max(2) / 2;
+            scroll = match k.code {
+                KeyCode::Char('k') | KeyCode::Up => scroll.saturating_sub(1),
+                KeyCode::PageUp => scroll.saturating_sub(page),
+                KeyCode::PageDown => scroll.saturating_add(page),
+                _ => scroll.saturating_add(1),
+            }
+            // No further than its last line (the view stops at the last screenful).
+            .min(text.lines().count());
+            app.overlay = Some(Overlay::Popup {
+                title,
+                text,
+                scroll,
+            });
+            vec![]
+        }
         Overlay::Help | Overlay::Popup { .. } => {
             if ctrl_c {
                 app.quit = true;

@@ -129,11 +129,18 @@ pub fn draw(f: &mut Frame, app: &mut App, theme: &Theme, now: chrono::DateTime<c
     } else {
         0
     };
+    // A long flash message wraps onto up to three lines instead of being cut.
+    let flash_h = app
+        .flash
+        .as_ref()
+        .map(|fl| wrapped_height(&format!("ℹ {}", clean(&fl.text)), area.width as usize))
+        .unwrap_or(1)
+        .clamp(1, 3) as u16;
     let [header, main, log, flash, footer] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Min(3),
         Constraint::Length(log_h),
-        Constraint::Length(1),
+        Constraint::Length(flash_h),
         Constraint::Length(1),
     ])
     .areas(area);
@@ -1171,7 +1178,9 @@ fn draw_flash(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         Level::Error => ("✗", theme.bad),
     };
     f.render_widget(
-        Paragraph::new(format!("{glyph} {}", clean(&fl.text))).style(style),
+        Paragraph::new(format!("{glyph} {}", clean(&fl.text)))
+            .style(style)
+            .wrap(Wrap { trim: true }),
         area,
     );
 }
@@ -1426,13 +1435,32 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
                 r,
             );
         }
-        Overlay::Popup { title, text } => {
+        Overlay::Popup {
+            title,
+            text,
+            scroll,
+        } => {
             let r = centered(area, 72, 14);
             f.render_widget(Clear, r);
+            let text = strip_controls_multiline(text);
+            let inner_h = r.height.saturating_sub(2) as usize;
+            let total = wrapped_height(&text, r.width.saturating_sub(2) as usize);
+            let top = (*scroll).min(total.saturating_sub(inner_h));
+            let title = if total > inner_h {
+                format!(
+                    "{} · lines {}–{} of {total} (j/k scroll, esc closes)",
+                    clean(title),
+                    top + 1,
+                    (top + inner_h).min(total)
+                )
+            } else {
+                format!("{} (esc closes)", clean(title))
+            };
             f.render_widget(
-                Paragraph::new(strip_controls_multiline(text))
+                Paragraph::new(text)
                     .wrap(Wrap { trim: false })
-                    .block(block(format!("{} (esc closes)", clean(title)), theme, true)),
+                    .scroll((top.min(u16::MAX as usize) as u16, 0))
+                    .block(block(title, theme, true)),
                 r,
             );
         }

@@ -795,3 +795,35 @@ fn the_item_history_is_whole_and_scrolls() {
         "the deliveries' cursor did not move"
     );
 }
+
+/// Issue 19: a popup longer than its box scrolls to its end; a long flash wraps, not cut.
+#[test]
+fn popups_scroll_and_flash_messages_wrap() {
+    let mut app = on_workflows(false);
+    let body: Vec<String> = (1..=60).map(|i| format!("line {i:02}")).collect();
+    update(
+        &mut app,
+        Msg::TestResult {
+            title: "test defects/validate".into(),
+            text: body.join("\n"),
+        },
+    );
+    let screen = text(&render(&mut app, 80, 24));
+    assert!(screen.contains("lines 1–12 of 60"), "{screen}");
+    assert!(!screen.contains("line 60"));
+    for _ in 0..30 {
+        press(&mut app, KeyCode::PageDown);
+    }
+    let screen = text(&render(&mut app, 80, 24));
+    assert!(screen.contains("line 60"), "scrolled to the end:\n{screen}");
+    assert!(screen.contains("of 60"), "{screen}");
+    ch(&mut app, 'k');
+    assert!(app.overlay.is_some(), "scrolling keeps it open");
+    press(&mut app, KeyCode::Esc);
+    assert!(app.overlay.is_none());
+
+    let long = format!("{} END-OF-MESSAGE", "word ".repeat(30));
+    app.flash(long, crate::tui::state::Level::Warn);
+    let screen = text(&render(&mut app, 80, 24));
+    assert!(screen.contains("END-OF-MESSAGE"), "{screen}");
+}

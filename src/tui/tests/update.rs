@@ -822,7 +822,7 @@ fn an_action_reports_per_id_and_shows_every_refusal() {
         flash(&app),
         "assigned to validate: item-001 · 1 deliveries queued · refused item-002: stale: it is now in stage validate"
     );
-    let Some(Overlay::Popup { title, text }) = &app.overlay else {
+    let Some(Overlay::Popup { title, text, .. }) = &app.overlay else {
         panic!("{:?}", app.overlay)
     };
     assert_eq!(title, "1 not done");
