@@ -491,6 +491,8 @@ pub struct App {
     pub quit: bool,
     /// Attempts per second, oldest first; the last bucket is the current second.
     pub rate: VecDeque<u64>,
+    /// Of those, the failed ones (no 2xx answer), second by second beside `rate`.
+    pub fail_rate: VecDeque<u64>,
     /// Stages per workflow, for the assign picker.
     pub stages: HashMap<WorkflowId, Vec<(StageId, StageKind)>>,
     /// Something changed since the last frame.
@@ -675,6 +677,7 @@ impl App {
             read_only,
             quit: false,
             rate: VecDeque::from(vec![0; RATE_SECONDS]),
+            fail_rate: VecDeque::from(vec![0; RATE_SECONDS]),
             stages: HashMap::new(),
             dirty: true,
             page_rows: 10,
@@ -818,9 +821,11 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                     fx = give_up_waiting(app);
                 }
             }
-            app.rate.push_back(0);
-            while app.rate.len() > RATE_SECONDS {
-                app.rate.pop_front();
+            for r in [&mut app.rate, &mut app.fail_rate] {
+                r.push_back(0);
+                while r.len() > RATE_SECONDS {
+                    r.pop_front();
+                }
             }
             if let Some(f) = &mut app.flash {
                 f.ttl = f.ttl.saturating_sub(1);
@@ -874,8 +879,13 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             vec![]
         }
         Msg::Attempt(e) => {
+            let failed =
+                e.error_kind.is_some() || !e.status.is_some_and(|s| (200..300).contains(&s));
             if app.log.push(*e) {
                 if let Some(last) = app.rate.back_mut() {
+                    *last += 1;
+                }
+                if failed && let Some(last) = app.fail_rate.back_mut() {
                     *last += 1;
                 }
                 if app.log.follow {

@@ -263,26 +263,59 @@ fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         Paragraph::new(vec![Line::from(line1), Line::from(line2)]),
         left,
     );
-    let rate: Vec<u64> = app.rate.iter().copied().collect();
-    let last = rate.iter().rev().nth(1).copied().unwrap_or(0);
+    // Attempts per second and, beside them on the same scale, failures per second (the last
+    // complete second in words; glyphs, not only colour, tell them apart).
+    let last = |r: &std::collections::VecDeque<u64>| r.iter().rev().nth(1).copied().unwrap_or(0);
     let [label, spark] =
         Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(right);
+    let fails = last(&app.fail_rate);
+    let n = last(&app.rate);
+    let text = [
+        format!("{n} attempts/s · ✗ {fails}/s"),
+        format!("{n}/s · ✗ {fails}/s"),
+        format!("{n}/s ✗{fails}"),
+    ]
+    .into_iter()
+    .find(|t| unicode_width::UnicodeWidthStr::width(t.as_str()) <= right.width as usize)
+    .unwrap_or_else(|| format!("{n}/s"));
     f.render_widget(
-        Paragraph::new(format!("{last} attempts/s"))
-            .style(theme.dim)
+        Paragraph::new(text)
+            .style(if fails > 0 { theme.warn } else { theme.dim })
             .alignment(ratatui::layout::Alignment::Right),
         label,
     );
-    let width = spark.width as usize;
-    let tail: Vec<u64> = rate
+    let [ok_area, _, fail_area] = Layout::horizontal([
+        Constraint::Ratio(3, 5),
+        Constraint::Length(1),
+        Constraint::Fill(1),
+    ])
+    .areas(spark);
+    let tail = |r: &std::collections::VecDeque<u64>, width: usize| -> Vec<u64> {
+        r.iter().rev().skip(1).take(width).rev().copied().collect()
+    };
+    let ok_tail = tail(&app.rate, ok_area.width as usize);
+    let fail_tail = tail(&app.fail_rate, fail_area.width as usize);
+    let max = ok_tail
         .iter()
-        .rev()
-        .skip(1)
-        .take(width)
-        .rev()
+        .chain(&fail_tail)
         .copied()
-        .collect();
-    f.render_widget(Sparkline::default().data(&tail).style(theme.good), spark);
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    f.render_widget(
+        Sparkline::default()
+            .data(&ok_tail)
+            .max(max)
+            .style(theme.good),
+        ok_area,
+    );
+    f.render_widget(
+        Sparkline::default()
+            .data(&fail_tail)
+            .max(max)
+            .style(theme.bad),
+        fail_area,
+    );
 }
 
 fn hit_rect(r: Rect) -> super::state::Area {

@@ -533,6 +533,7 @@ pub fn dress(app: &mut App) {
     for n in [0u64, 3, 9, 14, 20, 18, 25, 31, 12, 4, 0, 7] {
         update(app, Msg::Tick);
         *app.rate.back_mut().unwrap() += n;
+        *app.fail_rate.back_mut().unwrap() += n / 4;
     }
     with_attempts(app);
     app.focus_log = focus;

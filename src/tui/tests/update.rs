@@ -1761,9 +1761,12 @@ fn attempts_stream_into_the_log_pane_and_count_toward_the_rate() {
     assert_eq!(app.log.entries.len(), 5);
     assert_eq!(app.log.cursor, 4, "follow mode sticks to the newest");
     assert_eq!(*app.rate.back().unwrap(), 5);
+    // Failures (no 2xx answer) have their own rate, beside it.
+    assert_eq!(*app.fail_rate.back().unwrap(), 3);
     update(&mut app, Msg::Tick);
     assert_eq!(*app.rate.back().unwrap(), 0);
     assert_eq!(app.rate[app.rate.len() - 2], 5);
+    assert_eq!(app.fail_rate[app.fail_rate.len() - 2], 3);
 }
 
 #[test]
