@@ -1,4 +1,5 @@
-//! The operator console: state, update, views, key map, terminal guard and the executor.
+//! The operator console: state, update, views, key map, terminal guard; the executor lives in
+//! `executor.rs`.
 //!
 //! One UI task owns the [`state::App`]. Keys, store results, attempt events and ticks arrive
 //! as [`state::Msg`]s; [`state::update`] turns each into effects, which the executor runs off
