@@ -728,13 +728,9 @@ fn grid(
             extra -= add;
         }
     }
-    // What is left widens the last text column, so the table spans the view as before.
-    if let Some(i) = kept
-        .iter()
-        .rposition(|c| matches!(cols[*c].1, Col::Text { .. }))
-    {
-        widths[i] += extra;
-    }
+    // What is left stays at the right: on a wide terminal the numbers stay next to the names
+    // they belong to instead of drifting to the far edge.
+    let _ = extra;
     let header = kept.iter().map(|c| cols[*c].0).collect();
     let rows = rows
         .into_iter()
