@@ -533,6 +533,9 @@ fn draw_main(
                 ("LAST", Col::Num(7)),
                 ("AGE", Col::Num(3)),
                 ("ID", Col::Text { min: 10, keep: 6 }),
+                // Shown when the terminal is wide enough (dropped first otherwise).
+                ("NEXT", Col::Num(2)),
+                ("TRIGGER", Col::Text { min: 6, keep: 1 }),
             ],
             shown
                 .iter()
@@ -552,6 +555,13 @@ fn draw_main(
                         Line::from(result_span(r.last_status, r.last_error_kind, theme)),
                         Line::from(ago(&r.created_at, now)),
                         Line::from(r.id.to_string()),
+                        Line::from(
+                            r.next_attempt_at
+                                .filter(|_| r.state.is_open())
+                                .map(|t| format!("in {}", ago(&now, t)))
+                                .unwrap_or_else(|| "-".into()),
+                        ),
+                        Line::from(r.trigger.to_string()),
                     ]
                 })
                 .collect(),
@@ -714,23 +724,43 @@ fn grid(
         };
         kept.remove(pos);
     }
-    let mut widths: Vec<usize> = kept.iter().map(|c| need_of(*c)).collect();
-    let used: usize = widths.iter().sum::<usize>() + kept.len().saturating_sub(1);
-    let mut extra = width.saturating_sub(used);
-    // Text columns grow toward their content, the ones kept longest first.
-    let mut order: Vec<usize> = (0..kept.len()).collect();
-    order.sort_by_key(|i| std::cmp::Reverse(cols[kept[*i]].1.keep()));
-    for i in order {
-        let c = kept[i];
-        if matches!(cols[c].1, Col::Text { .. }) {
-            let add = content[c].saturating_sub(widths[i]).min(extra);
-            widths[i] += add;
-            extra -= add;
+    // Minimums first; then text columns grow toward their content, the ones kept longest
+    // first. What is left stays at the right: on a wide terminal the numbers stay next to the
+    // names they belong to instead of drifting to the far edge.
+    let widths_of = |kept: &[usize]| -> Vec<usize> {
+        let mut widths: Vec<usize> = kept.iter().map(|c| need_of(*c)).collect();
+        let used: usize = widths.iter().sum::<usize>() + kept.len().saturating_sub(1);
+        let mut extra = width.saturating_sub(used);
+        let mut order: Vec<usize> = (0..kept.len()).collect();
+        order.sort_by_key(|i| std::cmp::Reverse(cols[kept[*i]].1.keep()));
+        for i in order {
+            let c = kept[i];
+            if matches!(cols[c].1, Col::Text { .. }) {
+                let add = content[c].saturating_sub(widths[i]).min(extra);
+                widths[i] += add;
+                extra -= add;
+            }
+        }
+        widths
+    };
+    let mut widths = widths_of(&kept);
+    // Optional columns (`keep` ≤ 2) only take room that no more useful text column needs.
+    loop {
+        let cut = kept.iter().zip(&widths).any(|(c, w)| {
+            matches!(cols[*c].1, Col::Text { keep, .. } if keep > 2) && *w < content[*c]
+        });
+        let optional = (0..kept.len())
+            .rev()
+            .filter(|p| cols[kept[*p]].1.keep() <= 2)
+            .min_by_key(|p| cols[kept[*p]].1.keep());
+        match optional {
+            Some(pos) if cut => {
+                kept.remove(pos);
+                widths = widths_of(&kept);
+            }
+            _ => break,
         }
     }
-    // What is left stays at the right: on a wide terminal the numbers stay next to the names
-    // they belong to instead of drifting to the far edge.
-    let _ = extra;
     let header = kept.iter().map(|c| cols[*c].0).collect();
     let rows = rows
         .into_iter()
