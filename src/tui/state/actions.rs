@@ -409,7 +409,7 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
             let naming = Naming::of(v, &chosen);
             let ids = item_versions(v, &chosen);
             if ids.is_empty() {
-                return vec![];
+                return nothing_to_act_on(app);
             }
             let (outcome, verb) = match a {
                 Action::Approve => (Some(crate::engine::Outcome::Approve), "Approve"),
@@ -435,7 +435,7 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
                 _ => targets(v),
             };
             if chosen.is_empty() {
-                return vec![];
+                return nothing_to_act_on(app);
             }
             let naming = Naming::of(v, &chosen);
             let ids = chosen.into_iter().map(DeliveryId).collect();
@@ -520,7 +520,7 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
                 _ => targets(v),
             };
             if chosen.is_empty() {
-                return vec![];
+                return nothing_to_act_on(app);
             }
             let naming = Naming::of(v, &chosen);
             let ids: Vec<DeliveryId> = chosen.into_iter().map(DeliveryId).collect();
@@ -605,7 +605,7 @@ pub(super) fn assign(app: &mut App) -> Vec<Effect> {
                 _ => None,
             };
             let Some(workflow) = workflow.filter(|_| !ids.is_empty()) else {
-                return vec![];
+                return nothing_to_act_on(app);
             };
             if !app.stages.contains_key(&workflow) {
                 // The picker needs the stage list: load it; the picker opens when it arrives,
@@ -710,4 +710,15 @@ pub(super) fn mouse_now(app: &mut App, p: Pointer) -> Vec<Effect> {
             vec![]
         }
     }
+}
+
+/// An action key with no selected row and no row under the cursor (an empty list, or a filter
+/// that matches nothing) says so, so that a fast typist sees why the keys after it did not
+/// go to a dialog.
+fn nothing_to_act_on(app: &mut App) -> Vec<Effect> {
+    app.flash(
+        "nothing to act on: no row is selected or under the cursor",
+        Level::Warn,
+    );
+    vec![]
 }

@@ -637,6 +637,14 @@ fn keys_typed_before_the_filtered_page_arrives_wait_for_it() {
 }
 
 #[test]
+fn an_action_key_with_nothing_to_act_on_says_so() {
+    let mut app = on_items(false, 0);
+    assert!(ch(&mut app, 'a').is_empty());
+    assert!(app.overlay.is_none());
+    assert!(flash(&app).contains("nothing to act on"), "{}", flash(&app));
+}
+
+#[test]
 fn the_confirmation_names_up_to_five_items() {
     let mut app = on_items(false, 5);
     ch(&mut app, ' ');
