@@ -389,14 +389,18 @@ fn assign_watch_refire_quit(cols: u16, rows: u16) {
         t.contains("▶ hook") && !t.contains("dataset  (dataset)")
     });
     c.send("\r");
-    c.wait_for("Assign 2 items to stage hook?");
+    // The dialog names both items (issue 19).
+    c.wait_for("Assign 2 items to stage hook");
+    c.wait_for("alpha.jpg (it-1)");
+    c.wait_for("(it-2)?");
     c.wait_for("▶ Cancel ◀");
     c.send("\t");
     c.wait_for("▶ OK ◀");
     c.send("\r");
 
     // The log pane shows both attempts failing (max_attempts 1: final at once).
-    c.wait_for("assigned 2 item(s) to hook");
+    // The answer names each item it moved.
+    c.wait_for("assigned to hook: it-1, it-2");
     c.wait_for_line(&["✗ 500", "hook", "alpha.jpg", "#1/1"]);
     c.wait_for_line(&["✗ 500", "hook", "beta.jpg", "#1/1"]);
     assert!(receiver.count() >= 2);
@@ -417,7 +421,7 @@ fn assign_watch_refire_quit(cols: u16, rows: u16) {
     c.send("\t");
     c.wait_for("▶ OK ◀");
     c.send("\r");
-    c.wait_for("re-fired 1 delivery");
+    c.wait_for("re-fired: msg_");
     c.wait_for_line(&["✓ 200", "hook", "→ done"]);
 
     // `y` copies the id under the cursor with OSC 52 and says so.
@@ -462,12 +466,13 @@ fn a_tiny_terminal_shows_a_notice_and_keeps_running_until_q() {
         10,
         3,
     );
+    // The wording shrinks to fit; the size it needs is never cut off.
     c.wait_until("the size notice", |s| {
         s.contents()
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ")
-            .contains("make the terminal larger")
+            .contains("larger (needs 50×12)")
     });
     assert!(c.running(), "the console exited in a 10×3 terminal");
     // Keys still work: open the help (invisible at this size), close it with any key, quit.
@@ -666,4 +671,221 @@ fn untrusted_names_and_bodies_never_reach_the_terminal_as_escape_sequences() {
     ] {
         assert!(!contains(&raw, bad), "{what} reached the terminal");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (g) a fast typist: an action touches only what the screen showed and the dialog named
+// ---------------------------------------------------------------------------------------------
+
+/// Items in `stage` of workflow `e2e`, by id.
+fn ids_in(store: &hookops::store::Store, stage: &str) -> std::collections::BTreeSet<String> {
+    let filter = hookops::store::ItemFilter {
+        workflow: Some(hookops::model::WorkflowId::new("e2e")),
+        stage: Some(hookops::model::StageId::new(stage)),
+        state: None,
+        search: None,
+        order: hookops::store::ItemOrder::Waiting,
+    };
+    store
+        .list_items(&filter, None, 100_000)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id.to_string())
+        .collect()
+}
+
+/// Issue 19: `/`, a filter, Enter, Space, Space, `a`, a stage, Tab, Enter sent in one write,
+/// as a fast typist or `tmux send-keys` sends them, while deliveries flow. Before the fix
+/// about one run in three selected a row of the unfiltered list (the filtered page had not
+/// arrived) and assigned an item that was never visible under the filter. Each run must move
+/// exactly its two filtered items, and the console must name them.
+#[test]
+fn fast_keys_act_only_on_the_filtered_rows_while_deliveries_flow() {
+    const RUNS: usize = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let receiver = rt
+        .block_on(Receiver::start(ReceiverOptions {
+            script: "*=slow:100ms".parse().unwrap(),
+            ..ReceiverOptions::default()
+        }))
+        .unwrap();
+    // Import order is the order of `:items` across stages: decoys on top, then each run's
+    // two targets, then the fillers that keep the dispatcher busy.
+    let mut items: Vec<(String, String)> = (0..10)
+        .map(|i| (format!("d{i:02}"), format!("decoy-{i:02}.jpg")))
+        .collect();
+    for r in 0..RUNS {
+        items.push((format!("t{r:02}a"), format!("run{r:02}-a.jpg")));
+        items.push((format!("t{r:02}b"), format!("run{r:02}-b.jpg")));
+    }
+    let fillers: Vec<String> = (0..1200).map(|i| format!("f{i:04}")).collect();
+    items.extend(
+        fillers
+            .iter()
+            .map(|f| (f.clone(), format!("filler-{f}.jpg"))),
+    );
+    let refs: Vec<(&str, &str)> = items
+        .iter()
+        .map(|(i, n)| (i.as_str(), n.as_str()))
+        .collect();
+    let db = prepare(dir.path(), &receiver.url("/hook"), &refs);
+    // Queued before the console starts: its dispatcher (2 slots, 100 ms a request) delivers
+    // them for the whole test, so the list reloads under the keys.
+    let mut args = vec!["assign", "--workflow", "e2e", "--stage", "hook"];
+    args.extend(fillers.iter().map(|f| f.as_str()));
+    cli(&db, &args);
+    let store = hookops::store::Store::open(
+        &db,
+        &hookops::store::OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let decoys: std::collections::BTreeSet<String> = (0..10).map(|i| format!("d{i:02}")).collect();
+
+    let mut c = Console::start(
+        dir.path(),
+        &[
+            "--db",
+            db.to_str().unwrap(),
+            "--operator",
+            "e2e",
+            "--concurrency",
+            "2",
+        ],
+        120,
+        40,
+    );
+    c.wait_for_line(&["e2e", "End to end"]);
+    c.wait_for("dispatcher: this process");
+    c.send("\r");
+    c.wait_for("stages · e2e");
+    c.send(":items\r");
+    c.wait_for("decoy-00.jpg");
+    let sent_before = receiver.count();
+    let mut previous = String::new();
+    for r in 0..RUNS {
+        let filter = format!("run{r:02}-");
+        // Clear the last filter with Backspace (Esc then `/` would read as Alt-/).
+        let keys = format!(
+            "/{}{filter}\r  ahook\r\t\r",
+            "\x7f".repeat(previous.chars().count())
+        );
+        c.send(&keys);
+        let (a, b) = (format!("t{r:02}a"), format!("t{r:02}b"));
+        // The console names what it did, per id.
+        c.wait_for_line(&["assigned", &a, &b]);
+        let dataset = ids_in(&store, "dataset");
+        assert!(
+            !dataset.contains(&a) && !dataset.contains(&b),
+            "run {r}: a filtered item stayed waiting\n{}",
+            c.screen()
+        );
+        let moved: Vec<&String> = decoys.difference(&dataset).collect();
+        assert!(
+            moved.is_empty(),
+            "run {r}: items the filter hid were moved: {moved:?}\n{}",
+            c.screen()
+        );
+        for later in r + 1..RUNS {
+            for id in [format!("t{later:02}a"), format!("t{later:02}b")] {
+                assert!(
+                    dataset.contains(&id),
+                    "run {r}: {id} of a later run was moved\n{}",
+                    c.screen()
+                );
+            }
+        }
+        previous = filter;
+    }
+    // A pasted id (bracketed paste) goes into the filter line, whole.
+    c.send("/");
+    c.send(&"\x7f".repeat(previous.chars().count()));
+    c.send("\x1b[200~t29b\x1b[201~\r");
+    c.wait_for("items · e2e · /t29b");
+    c.wait_for_line(&["run29-b.jpg", "t29b"]);
+    c.wait_until("only the pasted id listed", |s| {
+        let t = s.contents();
+        !t.contains("decoy-00.jpg") && !t.contains("run29-a.jpg")
+    });
+    // The deliveries really flowed under the keys.
+    assert!(
+        receiver.count() > sent_before,
+        "no delivery was sent during the runs"
+    );
+    c.quit_and_check_restored();
+    rt.block_on(receiver.shutdown());
+}
+
+// ---------------------------------------------------------------------------------------------
+// (h) --mouse: clicks and the wheel (SGR mouse reports, as xterm and tmux send them)
+// ---------------------------------------------------------------------------------------------
+
+/// The 1-based screen row of the first line holding `needle`.
+fn row_of(screen: &str, needle: &str) -> u16 {
+    screen
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no {needle:?} on the screen:\n{screen}")) as u16
+        + 1
+}
+
+#[test]
+fn with_mouse_a_double_click_opens_a_row_and_the_wheel_scrolls() {
+    let dir = tempfile::tempdir().unwrap();
+    let many: Vec<(String, String)> = (0..60)
+        .map(|i| (format!("m-{i:02}"), format!("photo-{i:02}.jpg")))
+        .collect();
+    let refs: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let db = prepare(dir.path(), "http://127.0.0.1:9/hook", &refs);
+    let mut c = Console::start(
+        dir.path(),
+        &["--db", db.to_str().unwrap(), "--no-dispatch", "--mouse"],
+        120,
+        40,
+    );
+    let screen = c.wait_for_line(&["e2e", "End to end"]);
+    assert!(
+        contains(&c.raw(), b"\x1b[?1000h"),
+        "mouse capture was not turned on"
+    );
+    let click = |c: &mut Console, row: u16| {
+        c.send(&format!("\x1b[<0;10;{row}M\x1b[<0;10;{row}m"));
+    };
+    // Double-click the workflow: its stages.
+    let r = row_of(&screen, "End to end");
+    click(&mut c, r);
+    click(&mut c, r);
+    let screen = c.wait_for("stages · e2e");
+    // Double-click the dataset stage: its items.
+    let screen = if screen.contains("Incoming images") {
+        screen
+    } else {
+        c.wait_for("Incoming images")
+    };
+    let r = row_of(&screen, "Incoming images");
+    click(&mut c, r);
+    click(&mut c, r);
+    c.wait_for("items · e2e/dataset");
+    let screen = c.wait_for("photo-00.jpg");
+    // The wheel moves down the list (three rows a notch), past what fits on the screen.
+    let r = row_of(&screen, "photo-00.jpg");
+    for _ in 0..15 {
+        c.send(&format!("\x1b[<65;10;{r}M"));
+    }
+    c.wait_for("photo-45.jpg");
+    // A single click selects the row under it: Space then marks that row.
+    let screen = c.wait_for_line(&["▶", "photo-45.jpg"]);
+    let r = row_of(&screen, "photo-40.jpg");
+    click(&mut c, r);
+    c.wait_for_line(&["▶", "photo-40.jpg"]);
+    c.send(" ");
+    c.wait_for_line(&["●", "photo-40.jpg"]);
+    c.quit_and_check_restored();
+    assert!(
+        find_last(&c.raw(), b"\x1b[?1000l").is_some(),
+        "mouse capture was not turned off"
+    );
 }

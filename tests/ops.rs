@@ -1246,7 +1246,17 @@ mod console {
         w.import(&items);
         w.assign(&items, "hook");
 
-        let (mut app, _) = App::new(false);
+        let (mut app, fx) = App::new(false);
+        // Keys wait for a view's first list (issue 19): let the workflows arrive.
+        let (first, _) = loaded_kind(&fx);
+        update(
+            &mut app,
+            Msg::Loaded {
+                view: first,
+                data: ViewData::Workflows(vec![]),
+                append: false,
+            },
+        );
         // :health loads the check report and draws one line per check.
         let (view, kind) = loaded_kind(&command(&mut app, "health"));
         assert_eq!(kind, ViewKind::Health);
@@ -1273,10 +1283,22 @@ mod console {
         );
 
         // The delivery filter takes a state, an error kind and a status, in any order.
-        let (_, kind) = loaded_kind(&command(&mut app, "deliveries 503 failed timeout"));
+        let (view, kind) = loaded_kind(&command(&mut app, "deliveries 503 failed timeout"));
         let ViewKind::Deliveries(f) = kind else {
             panic!("{kind:?}")
         };
+        update(
+            &mut app,
+            Msg::Loaded {
+                view,
+                data: ViewData::Deliveries {
+                    rows: vec![],
+                    cursors: vec![],
+                    more: false,
+                },
+                append: false,
+            },
+        );
         assert_eq!(f.state, Some(DeliveryState::Failed));
         assert_eq!(f.error_kind, Some(ErrorKind::Timeout));
         assert_eq!(f.status, Some(503));
@@ -1332,6 +1354,7 @@ mod console {
             Msg::ActionDone {
                 text: "cancelled 1 delivery(ies)".into(),
                 level: hookops::tui::state::Level::Info,
+                refused: vec![],
             },
         );
 
@@ -1369,7 +1392,16 @@ mod console {
         assert_eq!(fx, vec![Effect::Export(f)]);
 
         // Read-only: neither cancel key acts, export still does.
-        let (mut ro, _) = App::new(true);
+        let (mut ro, fx) = App::new(true);
+        let (first, _) = loaded_kind(&fx);
+        update(
+            &mut ro,
+            Msg::Loaded {
+                view: first,
+                data: ViewData::Workflows(vec![]),
+                append: false,
+            },
+        );
         let (view, _) = loaded_kind(&command(&mut ro, "deliveries pending"));
         let page = w.store.list_deliveries(&filter, None, 100).unwrap();
         let cursors = page.iter().map(|(_, c)| *c).collect();

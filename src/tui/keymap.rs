@@ -484,6 +484,16 @@ pub fn load_overrides(path: &std::path::Path) -> Vec<String> {
     warnings
 }
 
+/// Whether the config file says `mouse = true` (as `--mouse` does). A missing or unreadable
+/// file says no; [`load_overrides`] reports what is wrong with it.
+pub fn mouse_in_config(path: &std::path::Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+        .and_then(|t| t.get("mouse").and_then(|v| v.as_bool()))
+        .unwrap_or(false)
+}
+
 /// The pure part of [`load_overrides`].
 pub fn parse_overrides(text: &str, file: &str) -> (Vec<(Action, Vec<Key>)>, Vec<String>) {
     let mut warnings = Vec::new();
@@ -498,9 +508,15 @@ pub fn parse_overrides(text: &str, file: &str) -> (Vec<(Action, Vec<Key>)>, Vec<
         }
     };
     let mut out: Vec<(Action, Vec<Key>)> = Vec::new();
-    for (k, _) in table.iter().filter(|(k, _)| k.as_str() != "keys") {
+    for (k, v) in table.iter().filter(|(k, _)| k.as_str() != "keys") {
+        if k == "mouse" {
+            if !v.is_bool() {
+                warnings.push(format!("{file}: `mouse` takes true or false; ignored"));
+            }
+            continue;
+        }
         warnings.push(format!(
-            "{file}: unknown section `{k}` ignored (only [keys] is read)"
+            "{file}: unknown section `{k}` ignored (only [keys] and `mouse` are read)"
         ));
     }
     let Some(keys) = table.get("keys").and_then(|v| v.as_table()) else {

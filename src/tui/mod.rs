@@ -1,4 +1,5 @@
-//! The operator console: state, update, views, key map, terminal guard and the executor.
+//! The operator console: state, update, views, key map, terminal guard; the executor lives in
+//! `executor.rs`.
 //!
 //! One UI task owns the [`state::App`]. Keys, store results, attempt events and ticks arrive
 //! as [`state::Msg`]s; [`state::update`] turns each into effects, which the executor runs off
@@ -7,9 +8,11 @@
 //! answered by a frame at once, and redraws caused by the attempt stream are coalesced to at
 //! most ~30 a second. Only this module touches crossterm.
 
+mod executor;
 pub mod headless;
 pub mod keymap;
 mod ops;
+pub mod report;
 pub mod state;
 pub mod theme;
 pub mod view;
@@ -17,7 +20,6 @@ pub mod view;
 #[cfg(test)]
 mod tests;
 
-use std::io::Write;
 use std::time::Duration;
 
 use crossterm::event::{self, Event};
@@ -27,8 +29,8 @@ use ratatui::backend::CrosstermBackend;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::dispatch::{DispatchNotice, DispatcherOptions};
-use crate::store::{AssignTarget, Expect, ItemFilter, Store};
-use state::{App, Effect, Header, Level, LoadAfter, Msg, PAGE, Pending, ViewData, ViewKind};
+use crate::store::Store;
+use state::{App, Header, Level, Msg};
 
 /// How the console was started.
 #[derive(Clone, Debug)]
@@ -105,7 +107,8 @@ pub fn run(store: Store, opts: ConsoleOptions) -> Result<(), String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     // Reverse video must survive NO_COLOR (style.md).
     crossterm::style::force_color_output(true);
-    let mouse = opts.mouse;
+    // `--mouse`, or `mouse = true` in the config file.
+    let mouse = opts.mouse || opts.config.as_deref().is_some_and(keymap::mouse_in_config);
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         restore_terminal(mouse);
@@ -126,6 +129,7 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
 
     // Keys and resizes: crossterm's blocking reader on its own thread.
     let keys = tx.clone();
+    let started = std::time::Instant::now();
     std::thread::spawn(move || {
         loop {
             match event::read() {
@@ -136,6 +140,29 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
                 }
                 Ok(Event::Resize(..)) => {
                     if keys.send(Msg::Resize).is_err() {
+                        break;
+                    }
+                }
+                Ok(Event::Paste(text)) => {
+                    if keys.send(Msg::Paste(text)).is_err() {
+                        break;
+                    }
+                }
+                Ok(Event::Mouse(m)) => {
+                    use crossterm::event::{MouseButton, MouseEventKind as K};
+                    let what = match m.kind {
+                        K::Down(MouseButton::Left) => state::PointerKind::Click,
+                        K::ScrollUp => state::PointerKind::WheelUp,
+                        K::ScrollDown => state::PointerKind::WheelDown,
+                        _ => continue,
+                    };
+                    let p = state::Pointer {
+                        what,
+                        col: m.column,
+                        row: m.row,
+                        at_ms: started.elapsed().as_millis() as u64,
+                    };
+                    if keys.send(Msg::Mouse(p)).is_err() {
                         break;
                     }
                 }
@@ -235,7 +262,10 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
                 }
             }
             for m in msgs {
-                urgent |= matches!(m, Msg::Key(_) | Msg::Resize | Msg::Loaded { .. });
+                urgent |= matches!(
+                    m,
+                    Msg::Key(_) | Msg::Paste(_) | Msg::Mouse(_) | Msg::Resize | Msg::Loaded { .. }
+                );
                 for e in state::update(&mut app, m) {
                     exec.run(e, &mut app);
                 }
@@ -409,7 +439,10 @@ fn dispatcher_header(store: &Store, own: bool, concurrency: usize) -> Header {
                 );
                 h.dispatcher_warning = true;
             } else {
-                h.dispatcher = format!("dispatcher: serve pid {} on {}", d.pid, d.host);
+                h.dispatcher = match process_role(&d.host, d.pid) {
+                    Some(role) => format!("dispatcher: {role} pid {} on {}", d.pid, d.host),
+                    None => format!("dispatcher: pid {} on {}", d.pid, d.host),
+                };
             }
         }
         None => {
@@ -420,372 +453,21 @@ fn dispatcher_header(store: &Store, own: bool, concurrency: usize) -> Header {
     h
 }
 
-/// Performs effects off the UI task and answers with messages.
-struct Executor {
-    store: Store,
-    tx: mpsc::UnboundedSender<Msg>,
-    operator: String,
-}
-
-impl Executor {
-    fn blocking(&self, f: impl FnOnce(&Store) -> Msg + Send + 'static) {
-        let (store, tx) = (self.store.clone(), self.tx.clone());
-        tokio::task::spawn_blocking(move || {
-            let _ = tx.send(f(&store));
-        });
+/// What the process behind a heartbeat is, when it runs on this host: `serve`, or a `console`
+/// (which also dispatches unless started with `--no-dispatch`). The heartbeat row does not say,
+/// so this reads the process's command line; another host's process is not named.
+fn process_role(host: &str, pid: u32) -> Option<&'static str> {
+    if host != crate::store::hostname() {
+        return None;
     }
-
-    fn run(&self, effect: Effect, app: &mut App) {
-        match effect {
-            Effect::Load {
-                view,
-                kind,
-                search,
-                order,
-                after,
-            } => {
-                self.blocking(move |s| {
-                    let append = after.is_some();
-                    let data =
-                        load(s, &kind, &search, order, after).unwrap_or_else(ViewData::Failed);
-                    Msg::Loaded { view, data, append }
-                });
-            }
-            Effect::CountFailed(filter) => {
-                self.blocking(move |s| match s.failed_deliveries(&filter, None) {
-                    Ok(ids) => Msg::Counted {
-                        filter,
-                        count: ids.len() as i64,
-                    },
-                    Err(e) => Msg::Done {
-                        text: e.to_string(),
-                        level: Level::Error,
-                    },
-                })
-            }
-            Effect::CountOpen(filter) => {
-                self.blocking(move |s| match s.open_deliveries(&filter, None) {
-                    Ok(ids) => Msg::CountedOpen {
-                        filter,
-                        count: ids.len() as i64,
-                    },
-                    Err(e) => Msg::Done {
-                        text: e.to_string(),
-                        level: Level::Error,
-                    },
-                })
-            }
-            Effect::Export(filter) => self.blocking(move |s| ops::export(s, &filter)),
-            Effect::CountStage { workflow, from } => self.blocking(move |s| {
-                let count = s.workflow_detail(&workflow).map(|d| {
-                    d.stage_list
-                        .iter()
-                        .find(|st| st.id == from)
-                        .map(|st| st.items)
-                        .unwrap_or(0)
-                });
-                match count {
-                    Ok(count) => Msg::StageCount {
-                        workflow,
-                        from,
-                        count,
-                    },
-                    Err(e) => Msg::Done {
-                        text: e.to_string(),
-                        level: Level::Error,
-                    },
-                }
-            }),
-            Effect::Copy(text) => {
-                // OSC 52 asks the terminal (local or over SSH) to put the text on the clipboard.
-                use base64::Engine as _;
-                let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
-                let mut out = std::io::stdout();
-                let _ = write!(out, "\x1b]52;c;{b64}\x07");
-                let _ = out.flush();
-                app.flash(format!("copied {text} (OSC 52)"), Level::Info);
-            }
-            Effect::Test { workflow, stage } => {
-                let (store, tx, op) = (self.store.clone(), self.tx.clone(), self.operator.clone());
-                tokio::spawn(async move {
-                    let s2 = store.clone();
-                    let (w2, st2) = (workflow.clone(), stage.clone());
-                    let lease =
-                        tokio::task::spawn_blocking(move || s2.begin_test(&w2, &st2, &op)).await;
-                    let msg = match lease {
-                        Ok(Ok(lease)) => match crate::dispatch::send_manual(
-                            &store,
-                            lease,
-                            crate::dispatch::http::DEFAULT_MAX_BODY,
-                        )
-                        .await
-                        {
-                            Ok(ev) => {
-                                let _ = tx.send(Msg::Attempt(Box::new(ev.clone())));
-                                let detail = {
-                                    let s3 = store.clone();
-                                    let id = ev.delivery_id.clone();
-                                    tokio::task::spawn_blocking(move || s3.delivery_detail(&id))
-                                        .await
-                                        .ok()
-                                        .and_then(|r| r.ok())
-                                };
-                                let body = detail
-                                    .and_then(|d| {
-                                        d.attempt_log.last().and_then(|a| a.response_body.clone())
-                                    })
-                                    .unwrap_or_default();
-                                let status = match (ev.status, &ev.error_message) {
-                                    (Some(s), _) => crate::engine::classify::status_message(s),
-                                    (None, Some(m)) => m.clone(),
-                                    _ => "-".into(),
-                                };
-                                Msg::TestResult {
-                                    title: format!("test {workflow}/{stage}"),
-                                    text: format!(
-                                        "{status} in {} ms\n\n{}",
-                                        ev.duration_ms,
-                                        body.chars().take(2000).collect::<String>()
-                                    ),
-                                }
-                            }
-                            Err(e) => Msg::Done {
-                                text: e.to_string(),
-                                level: Level::Error,
-                            },
-                        },
-                        Ok(Err(e)) => Msg::Done {
-                            text: e.to_string(),
-                            level: Level::Error,
-                        },
-                        Err(e) => Msg::Done {
-                            text: e.to_string(),
-                            level: Level::Error,
-                        },
-                    };
-                    let _ = tx.send(msg);
-                });
-            }
-            Effect::Run(p) => self.action(p),
-        }
-    }
-
-    fn action(&self, p: Pending) {
-        let op = self.operator.clone();
-        match p {
-            Pending::Replay(ids) => {
-                let (store, tx) = (self.store.clone(), self.tx.clone());
-                tokio::spawn(async move {
-                    let (mut ok, mut bad) = (0, 0);
-                    for id in ids {
-                        let (s2, op2) = (store.clone(), op.clone());
-                        let lease =
-                            tokio::task::spawn_blocking(move || s2.begin_replay(&id, &op2)).await;
-                        let Ok(Ok(lease)) = lease else {
-                            bad += 1;
-                            continue;
-                        };
-                        match crate::dispatch::send_manual(
-                            &store,
-                            lease,
-                            crate::dispatch::http::DEFAULT_MAX_BODY,
-                        )
-                        .await
-                        {
-                            Ok(ev) => {
-                                if ev.status.is_some_and(|s| (200..300).contains(&s)) {
-                                    ok += 1
-                                } else {
-                                    bad += 1
-                                }
-                                let _ = tx.send(Msg::Attempt(Box::new(ev)));
-                            }
-                            Err(_) => bad += 1,
-                        }
-                    }
-                    let level = if bad > 0 { Level::Warn } else { Level::Info };
-                    let _ = tx.send(Msg::ActionDone {
-                        text: format!("replayed: {ok} got 2xx, {bad} did not"),
-                        level,
-                    });
-                });
-            }
-            other => self.blocking(move |s| run_pending(s, other, &op)),
-        }
-    }
-}
-
-pub(crate) fn load(
-    s: &Store,
-    kind: &ViewKind,
-    search: &str,
-    order: crate::store::ItemOrder,
-    after: Option<LoadAfter>,
-) -> Result<ViewData, String> {
-    let e = |e: crate::store::StoreError| e.to_string();
-    Ok(match kind {
-        ViewKind::Workflows => ViewData::Workflows(s.list_workflows().map_err(e)?),
-        ViewKind::Stages(w) => ViewData::Stages(Box::new(s.workflow_detail(w).map_err(e)?)),
-        ViewKind::Items { workflow, stage } => {
-            let filter = ItemFilter {
-                workflow: workflow.clone(),
-                stage: stage.clone(),
-                state: None,
-                search: Some(search.to_string()).filter(|s| !s.is_empty()),
-                order,
-            };
-            let cursor = match after {
-                Some(LoadAfter::Item(c)) => Some(c),
-                _ => None,
-            };
-            let mut rows = s
-                .list_items(&filter, cursor.as_ref(), PAGE + 1)
-                .map_err(e)?;
-            let more = rows.len() > PAGE;
-            rows.truncate(PAGE);
-            ViewData::Items { rows, more }
-        }
-        ViewKind::Item(id) => ViewData::Item(Box::new(s.item_detail(id).map_err(e)?)),
-        ViewKind::Deliveries(f) => {
-            let after = match after {
-                Some(LoadAfter::Delivery(c)) => Some(c),
-                _ => None,
-            };
-            let mut page = s.list_deliveries(f, after, PAGE + 1).map_err(e)?;
-            let more = page.len() > PAGE;
-            page.truncate(PAGE);
-            let cursors = page.iter().map(|(_, c)| *c).collect();
-            ViewData::Deliveries {
-                rows: page.into_iter().map(|(d, _)| d).collect(),
-                cursors,
-                more,
-            }
-        }
-        ViewKind::Delivery(id) => ViewData::Delivery(Box::new(s.delivery_detail(id).map_err(e)?)),
-        ViewKind::Audit => ViewData::Audit(s.audit_log(500).map_err(e)?),
-        ViewKind::Health => ViewData::Health(Box::new(s.health().map_err(e)?)),
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).skip(1).collect();
+    Some(if args.contains(&&b"serve"[..]) {
+        "serve"
+    } else {
+        "console"
     })
 }
 
-pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
-    let done = |text: String, refused: usize| Msg::ActionDone {
-        text,
-        level: if refused > 0 {
-            Level::Warn
-        } else {
-            Level::Info
-        },
-    };
-    let fail = |e: crate::store::StoreError| Msg::ActionDone {
-        text: e.to_string(),
-        level: Level::Error,
-    };
-    let first_refusal = |r: &[crate::store::Refusal]| {
-        r.first()
-            .map(|r| format!(" — refused: {}", r.reason))
-            .unwrap_or_default()
-    };
-    match p {
-        Pending::Assign {
-            workflow,
-            to,
-            target,
-        } => {
-            let t = match target {
-                state::AssignWhat::Items(ids) => AssignTarget::Versions(ids),
-                state::AssignWhat::Stage { from, .. } => AssignTarget::FromStage {
-                    stage: from,
-                    limit: None,
-                },
-            };
-            match s.assign(&workflow, &to, &t, None, op) {
-                Ok(r) => done(
-                    format!(
-                        "assigned {} item(s) to {to}{}{}",
-                        r.moved,
-                        if r.deliveries > 0 {
-                            format!(", {} deliveries queued", r.deliveries)
-                        } else {
-                            String::new()
-                        },
-                        first_refusal(&r.refused)
-                    ),
-                    r.refused.len(),
-                ),
-                Err(e) => fail(e),
-            }
-        }
-        Pending::Advance { ids, outcome } => {
-            let mut moved = 0;
-            let mut refused = Vec::new();
-            for (id, version) in ids {
-                let expect = Expect {
-                    stage: None,
-                    version: Some(version),
-                };
-                match s.advance(&[id], outcome, &expect, op) {
-                    Ok(r) => {
-                        moved += r.moved;
-                        refused.extend(r.refused);
-                    }
-                    Err(e) => return fail(e),
-                }
-            }
-            done(
-                format!("moved {moved} item(s){}", first_refusal(&refused)),
-                refused.len(),
-            )
-        }
-        Pending::Refire(ids) => match s.refire(&ids, op) {
-            Ok(r) => done(
-                format!(
-                    "re-fired {} delivery(ies){}",
-                    r.refired,
-                    r.refused
-                        .first()
-                        .map(|r| format!(" — refused: {}", r.reason))
-                        .unwrap_or_default()
-                ),
-                r.refused.len(),
-            ),
-            Err(e) => fail(e),
-        },
-        Pending::RefireFiltered { filter, .. } => {
-            let ids = match s.failed_deliveries(&filter, None) {
-                Ok(ids) => ids,
-                Err(e) => return fail(e),
-            };
-            let (mut n, mut refused) = (0, 0);
-            for chunk in ids.chunks(2000) {
-                match s.refire(chunk, op) {
-                    Ok(r) => {
-                        n += r.refired;
-                        refused += r.refused.len();
-                    }
-                    Err(e) => return fail(e),
-                }
-            }
-            done(
-                format!("re-fired {n} failed deliveries ({refused} refused)"),
-                refused,
-            )
-        }
-        Pending::Pause {
-            workflow,
-            stage,
-            pause,
-        } => match s.set_paused(&workflow, &stage, pause, op) {
-            Ok(_) => done(
-                format!("stage {stage} {}", if pause { "paused" } else { "resumed" }),
-                0,
-            ),
-            Err(e) => fail(e),
-        },
-        Pending::Replay(_) => done("replay runs asynchronously".into(), 0),
-        Pending::Cancel(ids) => ops::cancel_done(s.cancel_deliveries(&ids, op)),
-        Pending::CancelFiltered { filter, .. } => match s.open_deliveries(&filter, None) {
-            Ok(ids) => ops::cancel_done(s.cancel_deliveries(&ids, op)),
-            Err(e) => fail(e),
-        },
-    }
-}
+use executor::Executor;
+pub(crate) use executor::{load, run_pending};

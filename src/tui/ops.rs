@@ -96,28 +96,33 @@ pub(crate) fn export(s: &Store, filter: &DeliveryFilter) -> Msg {
     }
 }
 
-/// The flash line after a cancel.
-pub(crate) fn cancel_done(r: Result<CancelReport, StoreError>) -> Msg {
+/// The answer to a cancel: per id when the operator named the deliveries (`named`), else
+/// counts; every refusal, per id, for the popup. (It answers the action, so it is an
+/// `ActionDone`: a `Done` left the console counting it as running.)
+pub(crate) fn cancel_done(r: Result<CancelReport, StoreError>, named: Option<&[String]>) -> Msg {
     match r {
-        Ok(r) => Msg::Done {
-            text: format!(
-                "cancelled {} delivery(ies); {} item(s) routed on failure{}",
-                r.cancelled,
-                r.routed.len(),
-                r.refused
-                    .first()
-                    .map(|(_, why)| format!(" — refused: {why}"))
-                    .unwrap_or_default()
-            ),
-            level: if r.refused.is_empty() {
-                Level::Info
-            } else {
-                Level::Warn
-            },
-        },
-        Err(e) => Msg::Done {
-            text: e.to_string(),
-            level: Level::Error,
-        },
+        Ok(r) => {
+            let refused: Vec<(String, String)> = r
+                .refused
+                .iter()
+                .map(|(id, why)| (id.to_string(), why.clone()))
+                .collect();
+            let routed = format!("; {} item(s) routed on failure", r.routed.len());
+            match named {
+                Some(ids) => super::report::per_id(
+                    "cancelled",
+                    Some(&super::report::not_refused(ids, &refused)),
+                    refused,
+                    &routed,
+                ),
+                None => super::report::per_id(
+                    &format!("cancelled {} delivery(ies)", r.cancelled),
+                    None,
+                    refused,
+                    &routed,
+                ),
+            }
+        }
+        Err(e) => super::report::failed(e),
     }
 }

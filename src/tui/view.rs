@@ -57,12 +57,71 @@ fn ago(t: &chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) ->
     }
 }
 
+/// The notice of a terminal too small to draw in: the longest wording that fits, so the size
+/// it needs is never the part cut off (at 10×3: "larger (needs 50×12)").
+pub fn size_notice(width: u16, height: u16) -> String {
+    let need = format!("(needs {MIN_WIDTH}×{MIN_HEIGHT})");
+    let words = [
+        format!("make the terminal larger {need}"),
+        format!("terminal too small {need}"),
+        format!("larger {need}"),
+        need.clone(),
+        format!("{MIN_WIDTH}×{MIN_HEIGHT}"),
+    ];
+    let fits = |s: &str| {
+        s.split_whitespace()
+            .all(|w| unicode_width::UnicodeWidthStr::width(w) <= width as usize)
+            && wrapped_height(s, width as usize) <= height as usize
+    };
+    words
+        .iter()
+        .find(|s| fits(s))
+        .unwrap_or(&words[words.len() - 1])
+        .clone()
+}
+
+/// `path` in at most `width` cells, shortened from the left (`…/hookops/demo.db`): the end of
+/// a path (the file) is the part that tells files apart.
+pub fn fit_path_left(path: &str, width: usize) -> String {
+    use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+    if path.width() <= width {
+        return path.to_string();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    let mut kept: Vec<char> = Vec::new();
+    let mut used = 0;
+    for c in path.chars().rev() {
+        let w = c.width().unwrap_or(0);
+        if used + w + 1 > width {
+            break;
+        }
+        kept.push(c);
+        used += w;
+    }
+    kept.reverse();
+    let mut tail: String = kept.into_iter().collect();
+    // Start at a directory boundary when the cut left one (not when it would leave only "/").
+    if let Some(i) = tail.find('/')
+        && i > 0
+        && i + 1 < tail.len()
+    {
+        tail = tail[i..].to_string();
+    }
+    format!("…{tail}")
+}
+
 /// Draws the whole console.
 pub fn draw(f: &mut Frame, app: &mut App, theme: &Theme, now: chrono::DateTime<chrono::Utc>) {
     let area = f.area();
+    // Rebuilt by this frame: a list not drawn cannot be clicked.
+    app.hit = Default::default();
     if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
-        let text = format!("make the terminal larger (needs {MIN_WIDTH}×{MIN_HEIGHT})");
-        f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), area);
+        f.render_widget(
+            Paragraph::new(size_notice(area.width, area.height)).wrap(Wrap { trim: true }),
+            area,
+        );
         return;
     }
     let log_h = if app.log.visible {
@@ -70,11 +129,18 @@ pub fn draw(f: &mut Frame, app: &mut App, theme: &Theme, now: chrono::DateTime<c
     } else {
         0
     };
+    // A long flash message wraps onto up to three lines instead of being cut.
+    let flash_h = app
+        .flash
+        .as_ref()
+        .map(|fl| wrapped_height(&format!("ℹ {}", clean(&fl.text)), area.width as usize))
+        .unwrap_or(1)
+        .clamp(1, 3) as u16;
     let [header, main, log, flash, footer] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Min(3),
         Constraint::Length(log_h),
-        Constraint::Length(1),
+        Constraint::Length(flash_h),
         Constraint::Length(1),
     ])
     .areas(area);
@@ -91,8 +157,10 @@ pub fn draw(f: &mut Frame, app: &mut App, theme: &Theme, now: chrono::DateTime<c
 }
 
 fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
+    // The sparkline gives way first on a narrow terminal: the counts must fit whole.
+    let spark_width = if area.width >= 80 { 24 } else { 14 };
     let [left, right] =
-        Layout::horizontal([Constraint::Min(20), Constraint::Length(24)]).areas(area);
+        Layout::horizontal([Constraint::Min(20), Constraint::Length(spark_width)]).areas(area);
     let count = |s: DeliveryState| {
         app.header
             .counts
@@ -106,11 +174,14 @@ fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     } else {
         theme.dim
     };
-    // Line 1: who dispatches (the thing to worry about first) and the file; line 2: counts,
-    // which must survive an 80-column terminal.
-    let mut line1 = vec![
-        Span::styled(" hookops ", theme.title),
-        Span::raw(" "),
+    // Line 1: read-only, who dispatches (the thing to worry about first) and the file
+    // (shortened from the left); line 2: counts, which must survive an 80-column terminal.
+    let mut line1 = vec![Span::styled(" hookops ", theme.title), Span::raw(" ")];
+    // Read-only first: it changes what every key does, so no width may cut it off.
+    if app.read_only {
+        line1.push(Span::styled("[read-only] ", theme.warn));
+    }
+    line1.extend([
         Span::styled(
             if app.header.dispatcher_warning {
                 "⚠ "
@@ -120,14 +191,15 @@ fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             dispatcher_style,
         ),
         Span::styled(clean(&app.header.dispatcher), dispatcher_style),
-    ];
-    if app.read_only {
-        line1.push(Span::styled("  [read-only]", theme.warn));
+    ]);
+    let used: usize = line1.iter().map(|s| s.width()).sum();
+    let room = (left.width as usize).saturating_sub(used + 2);
+    if room >= 8 {
+        line1.push(Span::styled(
+            format!("  {}", fit_path_left(&clean(&app.header.db), room)),
+            theme.dim,
+        ));
     }
-    line1.push(Span::styled(
-        format!("  {}", clean(&app.header.db)),
-        theme.dim,
-    ));
     let line2 = vec![
         Span::styled(
             format!(" ◷ pending {}", count(DeliveryState::Pending)),
@@ -149,30 +221,110 @@ fn draw_header(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             theme.bad,
         ),
     ];
+    // Too narrow for the words: the glyphs and numbers alone (never a cut number).
+    let line2 = if Line::from(line2.clone()).width() <= left.width as usize {
+        line2
+    } else {
+        vec![
+            Span::styled(format!(" ◷{}", count(DeliveryState::Pending)), theme.normal),
+            Span::styled(
+                format!(" ↗{}", count(DeliveryState::InFlight)),
+                theme.normal,
+            ),
+            Span::styled(
+                format!(" ↻{}", count(DeliveryState::RetryScheduled)),
+                theme.warn,
+            ),
+            Span::styled(format!(" ✗{}", count(DeliveryState::Failed)), theme.bad),
+        ]
+    };
+    // The dispatcher's words are cut with `…` rather than at the edge.
+    let used: usize = line1.iter().map(|s| s.width()).sum();
+    if used > left.width as usize
+        && let Some(last) = line1.pop()
+    {
+        // Whole words only, so a pid is never cut through.
+        let room = (left.width as usize).saturating_sub(used - last.width() + 1);
+        let mut kept = String::new();
+        for word in last.content.split(' ') {
+            let next = if kept.is_empty() {
+                word.to_string()
+            } else {
+                format!("{kept} {word}")
+            };
+            if unicode_width::UnicodeWidthStr::width(next.as_str()) > room {
+                break;
+            }
+            kept = next;
+        }
+        line1.push(Span::styled(format!("{kept}…"), last.style));
+    }
     f.render_widget(
         Paragraph::new(vec![Line::from(line1), Line::from(line2)]),
         left,
     );
-    let rate: Vec<u64> = app.rate.iter().copied().collect();
-    let last = rate.iter().rev().nth(1).copied().unwrap_or(0);
+    // Attempts per second and, beside them on the same scale, failures per second (the last
+    // complete second in words; glyphs, not only colour, tell them apart).
+    let last = |r: &std::collections::VecDeque<u64>| r.iter().rev().nth(1).copied().unwrap_or(0);
     let [label, spark] =
         Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(right);
+    let fails = last(&app.fail_rate);
+    let n = last(&app.rate);
+    let text = [
+        format!("{n} attempts/s · ✗ {fails}/s"),
+        format!("{n}/s · ✗ {fails}/s"),
+        format!("{n}/s ✗{fails}"),
+    ]
+    .into_iter()
+    .find(|t| unicode_width::UnicodeWidthStr::width(t.as_str()) <= right.width as usize)
+    .unwrap_or_else(|| format!("{n}/s"));
     f.render_widget(
-        Paragraph::new(format!("{last} attempts/s"))
-            .style(theme.dim)
+        Paragraph::new(text)
+            .style(if fails > 0 { theme.warn } else { theme.dim })
             .alignment(ratatui::layout::Alignment::Right),
         label,
     );
-    let width = spark.width as usize;
-    let tail: Vec<u64> = rate
+    let [ok_area, _, fail_area] = Layout::horizontal([
+        Constraint::Ratio(3, 5),
+        Constraint::Length(1),
+        Constraint::Fill(1),
+    ])
+    .areas(spark);
+    let tail = |r: &std::collections::VecDeque<u64>, width: usize| -> Vec<u64> {
+        r.iter().rev().skip(1).take(width).rev().copied().collect()
+    };
+    let ok_tail = tail(&app.rate, ok_area.width as usize);
+    let fail_tail = tail(&app.fail_rate, fail_area.width as usize);
+    let max = ok_tail
         .iter()
-        .rev()
-        .skip(1)
-        .take(width)
-        .rev()
+        .chain(&fail_tail)
         .copied()
-        .collect();
-    f.render_widget(Sparkline::default().data(&tail).style(theme.good), spark);
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    f.render_widget(
+        Sparkline::default()
+            .data(&ok_tail)
+            .max(max)
+            .style(theme.good),
+        ok_area,
+    );
+    f.render_widget(
+        Sparkline::default()
+            .data(&fail_tail)
+            .max(max)
+            .style(theme.bad),
+        fail_area,
+    );
+}
+
+fn hit_rect(r: Rect) -> super::state::Area {
+    super::state::Area {
+        x: r.x,
+        y: r.y,
+        width: r.width,
+        height: r.height,
+    }
 }
 
 fn block<'a>(title: String, theme: &Theme, focused: bool) -> Block<'a> {
@@ -210,19 +362,44 @@ fn draw_main(
     }
     if !v.selected.is_empty() {
         title.push_str(&format!(" · {} selected", v.selected.len()));
+        let shown = v.visible_ids();
+        let hidden = v
+            .selected
+            .keys()
+            .filter(|id| !shown.contains(id.as_str()))
+            .count();
+        if hidden > 0 {
+            title.push_str(&format!(" ({hidden} not shown)"));
+        }
     }
     let b = block(title, theme, focused);
     let inner = b.inner(area);
     f.render_widget(b, area);
     // Header row of tables takes one line.
     app.page_rows = inner.height.saturating_sub(1).max(1) as usize;
+    // Where the rows are, for the mouse: list row `main_first` is drawn below the header line.
+    let (cursor, len) = app
+        .stack
+        .last()
+        .map(|v| (v.cursor, v.len()))
+        .unwrap_or((0, 0));
+    app.hit.main = Some(hit_rect(inner));
+    app.hit.main_first = window(cursor, len, inner.height.saturating_sub(1) as usize);
     let Some(v) = app.stack.last() else { return };
     let height = inner.height.saturating_sub(1) as usize;
     let vis = v.visible_indices();
     let start = window(v.cursor, vis.len(), height);
     let shown: Vec<usize> = vis.iter().skip(start).take(height).copied().collect();
     let cursor_row = v.cursor.saturating_sub(start);
-    let mark = |id: &str| if v.selected.contains(id) { "●" } else { " " };
+    // The table's highlight symbol takes one cell before the columns.
+    let table_width = inner.width.saturating_sub(1) as usize;
+    let mark = |id: &str| {
+        if v.selected.contains_key(id) {
+            "●"
+        } else {
+            " "
+        }
+    };
     let (header, rows, widths): (Vec<&str>, Vec<Row>, Vec<Constraint>) = match &v.data {
         ViewData::Loading => {
             f.render_widget(Paragraph::new("loading…").style(theme.dim), inner);
@@ -237,53 +414,44 @@ fn draw_main(
             );
             return;
         }
-        ViewData::Workflows(rows) => (
-            vec![
-                "ID",
-                "NAME",
-                "STAGES",
-                "ITEMS",
-                "WAITING",
-                "IN DELIVERY",
-                "FAILED",
-                "DONE",
+        ViewData::Workflows(rows) => grid(
+            &[
+                ("ID", Col::Text { min: 8, keep: 9 }),
+                ("NAME", Col::Text { min: 8, keep: 3 }),
+                ("STAGES", Col::Num(2)),
+                ("ITEMS", Col::Num(6)),
+                ("WAITING", Col::Num(5)),
+                ("IN DELIVERY", Col::Num(4)),
+                ("FAILED", Col::Num(7)),
+                ("DONE", Col::Num(1)),
             ],
             shown
                 .iter()
                 .map(|i| {
                     let w = &rows[*i];
-                    Row::new(vec![
-                        Cell::from(w.id.to_string()),
-                        Cell::from(clean(&w.name)),
-                        Cell::from(w.stages.to_string()),
-                        Cell::from(w.items.to_string()),
-                        Cell::from(w.waiting.to_string()),
-                        Cell::from(w.in_delivery.to_string()),
-                        Cell::from(fail_cell(w.failed, theme)),
-                        Cell::from(w.done.to_string()),
-                    ])
+                    vec![
+                        Line::from(w.id.to_string()),
+                        Line::from(clean(&w.name)),
+                        Line::from(w.stages.to_string()),
+                        Line::from(w.items.to_string()),
+                        Line::from(w.waiting.to_string()),
+                        Line::from(w.in_delivery.to_string()),
+                        Line::from(fail_cell(w.failed, theme)),
+                        Line::from(w.done.to_string()),
+                    ]
                 })
                 .collect(),
-            vec![
-                Constraint::Min(12),
-                Constraint::Min(16),
-                Constraint::Length(6),
-                Constraint::Length(8),
-                Constraint::Length(8),
-                Constraint::Length(11),
-                Constraint::Length(8),
-                Constraint::Length(8),
-            ],
+            table_width,
         ),
-        ViewData::Stages(d) => (
-            vec![
-                "STAGE",
-                "KIND",
-                "ITEMS",
-                "WAITING",
-                "IN DELIVERY",
-                "FAILED",
-                "STATUS",
+        ViewData::Stages(d) => grid(
+            &[
+                ("STAGE", Col::Text { min: 10, keep: 9 }),
+                ("KIND", Col::Text { min: 8, keep: 3 }),
+                ("ITEMS", Col::Num(6)),
+                ("WAITING", Col::Num(5)),
+                ("IN DELIVERY", Col::Num(2)),
+                ("FAILED", Col::Num(7)),
+                ("STATUS", Col::Text { min: 12, keep: 10 }),
             ],
             shown
                 .iter()
@@ -317,119 +485,116 @@ fn draw_main(
                             status.push(Span::styled(format!("✓ {} ", d("succeeded")), theme.good));
                         }
                     }
-                    Row::new(vec![
-                        Cell::from(clean(&s.name)),
-                        Cell::from(s.kind.to_string()),
-                        Cell::from(s.items.to_string()),
-                        Cell::from(s.waiting.to_string()),
-                        Cell::from(s.in_delivery.to_string()),
-                        Cell::from(fail_cell(s.failed, theme)),
-                        Cell::from(Line::from(status)),
-                    ])
+                    vec![
+                        Line::from(clean(&s.name)),
+                        Line::from(s.kind.to_string()),
+                        Line::from(s.items.to_string()),
+                        Line::from(s.waiting.to_string()),
+                        Line::from(s.in_delivery.to_string()),
+                        Line::from(fail_cell(s.failed, theme)),
+                        Line::from(status),
+                    ]
                 })
                 .collect(),
-            vec![
-                Constraint::Min(14),
-                Constraint::Length(9),
-                Constraint::Length(7),
-                Constraint::Length(8),
-                Constraint::Length(11),
-                Constraint::Length(7),
-                Constraint::Min(20),
-            ],
+            table_width,
         ),
-        ViewData::Items { rows, more } => {
-            let _ = more;
-            (
-                vec!["", "NAME", "ID", "STAGE", "STATE", "WAITING"],
-                shown
-                    .iter()
-                    .map(|i| {
-                        let r = &rows[*i];
-                        Row::new(vec![
-                            Cell::from(mark(r.id.as_str())),
-                            Cell::from(clean(&r.name)),
-                            Cell::from(r.id.to_string()),
-                            Cell::from(r.stage.to_string()),
-                            Cell::from(state_span(r.state, theme)),
-                            Cell::from(ago(&r.entered_at, now)),
-                        ])
-                    })
-                    .collect(),
-                vec![
-                    Constraint::Length(1),
-                    Constraint::Min(16),
-                    Constraint::Min(14),
-                    Constraint::Length(14),
-                    Constraint::Length(13),
-                    Constraint::Length(7),
-                ],
-            )
-        }
-        ViewData::Deliveries { rows, .. } => (
-            vec![
-                "", "STATE", "STAGE", "ITEM", "ATTEMPTS", "LAST", "AGE", "ID",
+        ViewData::Items { rows, .. } => grid(
+            &[
+                ("", Col::Num(10)),
+                ("NAME", Col::Text { min: 10, keep: 9 }),
+                ("ID", Col::Text { min: 8, keep: 6 }),
+                ("STAGE", Col::Text { min: 8, keep: 4 }),
+                ("STATE", Col::Text { min: 9, keep: 5 }),
+                ("WAITING", Col::Num(7)),
             ],
             shown
                 .iter()
                 .map(|i| {
                     let r = &rows[*i];
-                    Row::new(vec![
-                        Cell::from(mark(r.id.as_str())),
-                        Cell::from(delivery_state_span(r.state, theme)),
-                        Cell::from(r.stage.to_string()),
-                        Cell::from(clean(
+                    vec![
+                        Line::from(mark(r.id.as_str())),
+                        Line::from(clean(&r.name)),
+                        Line::from(r.id.to_string()),
+                        Line::from(r.stage.to_string()),
+                        Line::from(state_span(r.state, theme)),
+                        Line::from(ago(&r.entered_at, now)),
+                    ]
+                })
+                .collect(),
+            table_width,
+        ),
+        ViewData::Deliveries { rows, .. } => grid(
+            &[
+                ("", Col::Num(10)),
+                ("STATE", Col::Text { min: 9, keep: 8 }),
+                ("STAGE", Col::Text { min: 8, keep: 5 }),
+                ("ITEM", Col::Text { min: 10, keep: 9 }),
+                ("ATTEMPTS", Col::Num(4)),
+                ("LAST", Col::Num(7)),
+                ("AGE", Col::Num(3)),
+                ("ID", Col::Text { min: 10, keep: 6 }),
+                // Shown when the terminal is wide enough (dropped first otherwise).
+                ("NEXT", Col::Num(2)),
+                ("TRIGGER", Col::Text { min: 6, keep: 1 }),
+            ],
+            shown
+                .iter()
+                .map(|i| {
+                    let r = &rows[*i];
+                    vec![
+                        Line::from(mark(r.id.as_str())),
+                        Line::from(delivery_state_span(r.state, theme)),
+                        Line::from(r.stage.to_string()),
+                        Line::from(clean(
                             r.item_name
                                 .as_deref()
                                 .or(r.item_id.as_ref().map(|i| i.as_str()))
                                 .unwrap_or(r.event.as_str()),
                         )),
-                        Cell::from(r.attempts.to_string()),
-                        Cell::from(result_span(r.last_status, r.last_error_kind, theme)),
-                        Cell::from(ago(&r.created_at, now)),
-                        Cell::from(r.id.to_string()),
-                    ])
+                        Line::from(r.attempts.to_string()),
+                        Line::from(result_span(r.last_status, r.last_error_kind, theme)),
+                        Line::from(ago(&r.created_at, now)),
+                        Line::from(r.id.to_string()),
+                        Line::from(
+                            r.next_attempt_at
+                                .filter(|_| r.state.is_open())
+                                .map(|t| format!("in {}", ago(&now, t)))
+                                .unwrap_or_else(|| "-".into()),
+                        ),
+                        Line::from(r.trigger.to_string()),
+                    ]
                 })
                 .collect(),
-            vec![
-                Constraint::Length(1),
-                Constraint::Length(12),
-                Constraint::Length(14),
-                Constraint::Min(16),
-                Constraint::Length(8),
-                Constraint::Length(11),
-                Constraint::Length(5),
-                Constraint::Min(12),
-            ],
+            table_width,
         ),
-        ViewData::Audit(rows) => (
-            vec!["AT", "OPERATOR", "ACTION", "TARGET", "COUNT", "FILTER"],
+        ViewData::Audit(rows) => grid(
+            &[
+                ("AT", Col::Num(6)),
+                ("OPERATOR", Col::Text { min: 6, keep: 5 }),
+                ("ACTION", Col::Text { min: 6, keep: 7 }),
+                ("TARGET", Col::Text { min: 10, keep: 8 }),
+                ("COUNT", Col::Num(9)),
+                ("FILTER", Col::Text { min: 6, keep: 2 }),
+            ],
             shown
                 .iter()
                 .map(|i| {
                     let r = &rows[*i];
-                    Row::new(vec![
-                        Cell::from(r.at.format("%m-%d %H:%M:%S").to_string()),
-                        Cell::from(clean(&r.operator)),
-                        Cell::from(r.action.clone()),
-                        Cell::from(clean(&r.target)),
-                        Cell::from(r.count.to_string()),
-                        Cell::from(clean(r.filter.as_deref().unwrap_or(""))),
-                    ])
+                    vec![
+                        Line::from(r.at.format("%m-%d %H:%M:%S").to_string()),
+                        Line::from(clean(&r.operator)),
+                        Line::from(r.action.clone()),
+                        Line::from(clean(&r.target)),
+                        Line::from(r.count.to_string()),
+                        Line::from(clean(r.filter.as_deref().unwrap_or(""))),
+                    ]
                 })
                 .collect(),
-            vec![
-                Constraint::Length(15),
-                Constraint::Length(12),
-                Constraint::Length(8),
-                Constraint::Min(20),
-                Constraint::Length(6),
-                Constraint::Min(10),
-            ],
+            table_width,
         ),
         ViewData::Health(r) => super::ops::health_table(r, &shown, theme),
         ViewData::Item(d) => {
-            draw_item(f, d, v.cursor, theme, inner, now);
+            draw_item(f, d, v.cursor, v.scroll, theme, inner, now);
             return;
         }
         ViewData::Delivery(d) => {
@@ -439,11 +604,16 @@ fn draw_main(
     };
     if rows.is_empty() {
         let empty = if v.filter.is_empty() {
-            "nothing here yet".to_string()
+            empty_hint(app, v)
         } else {
-            format!("nothing matches /{}", clean(&v.filter))
+            format!("nothing matches /{} (esc in / clears it)", clean(&v.filter))
         };
-        f.render_widget(Paragraph::new(empty).style(theme.dim), inner);
+        f.render_widget(
+            Paragraph::new(empty)
+                .style(theme.dim)
+                .wrap(Wrap { trim: true }),
+            inner,
+        );
         return;
     }
     // The cursor row: reverse video plus a marker, so it survives NO_COLOR and monochrome.
@@ -456,6 +626,209 @@ fn draw_main(
     let mut state = ratatui::widgets::TableState::default();
     state.select(focused.then_some(cursor_row));
     f.render_stateful_widget(table, inner, &mut state);
+}
+
+/// What an empty view would show, and the command or key that fills it (issue 19: empty
+/// states that teach).
+fn empty_hint(app: &App, v: &super::state::View) -> String {
+    use super::state::ViewKind;
+    match &v.kind {
+        ViewKind::Workflows => "no workflows yet: add one with `hookops workflow apply FILE`, \
+             or try `hookops demo` (a demo database with a scripted receiver)"
+            .into(),
+        ViewKind::Items {
+            workflow: Some(w),
+            stage: Some(s),
+        } => {
+            let kind = app
+                .stages
+                .get(w)
+                .and_then(|st| st.iter().find(|(id, _)| id == s).map(|(_, k)| *k));
+            match kind {
+                Some(StageKind::Dataset) => format!(
+                    "no items in {s}: import some with `hookops item import --workflow {w} FILE` \
+                     (JSON Lines, or a V7 Darwin JSON export); they wait here to be assigned (a)"
+                ),
+                _ => format!(
+                    "no items in {s}: items arrive when assigned here (a on items) or routed \
+                     by the workflow"
+                ),
+            }
+        }
+        ViewKind::Items { workflow, .. } => format!(
+            "no items yet: import some with `hookops item import --workflow {} FILE`",
+            workflow.as_ref().map(|w| w.as_str()).unwrap_or("ID")
+        ),
+        ViewKind::Deliveries(_) => "no deliveries match: one is made each time an item enters \
+             a webhook stage (assign items to it with a), and by t (test webhook) in the stages view"
+            .into(),
+        ViewKind::Audit => "no operator actions recorded yet".into(),
+        _ => "nothing here yet".into(),
+    }
+}
+
+/// How a table column gives way on a narrow terminal (issue 19: numbers never lie).
+#[derive(Clone, Copy, Debug)]
+enum Col {
+    /// Always as wide as its widest value, never cut; `keep` orders which columns are dropped
+    /// first (lowest) when even shrunk text columns leave too little room.
+    Num(u8),
+    /// Shrinks down to `min` cells, cut with `…`.
+    Text { min: u16, keep: u8 },
+}
+
+impl Col {
+    fn keep(self) -> u8 {
+        match self {
+            Col::Num(k) | Col::Text { keep: k, .. } => k,
+        }
+    }
+}
+
+/// A table whose numbers are never cut: number columns get their full width first, text
+/// columns share what is left (down to their minimum, cut with `…`), and when even that does
+/// not fit, whole columns are dropped, lowest `keep` first (rightmost among equals).
+fn grid(
+    cols: &[(&'static str, Col)],
+    rows: Vec<Vec<Line<'static>>>,
+    width: usize,
+) -> (Vec<&'static str>, Vec<Row<'static>>, Vec<Constraint>) {
+    use unicode_width::UnicodeWidthStr;
+    let content: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(c, (title, _))| {
+            rows.iter()
+                .map(|r| r.get(c).map(Line::width).unwrap_or(0))
+                .max()
+                .unwrap_or(0)
+                .max(title.width())
+        })
+        .collect();
+    let need_of = |c: usize| match cols[c].1 {
+        Col::Num(_) => content[c],
+        Col::Text { min, .. } => content[c].min(min as usize),
+    };
+    let mut kept: Vec<usize> = (0..cols.len()).collect();
+    loop {
+        let need: usize =
+            kept.iter().map(|c| need_of(*c)).sum::<usize>() + kept.len().saturating_sub(1);
+        if need <= width || kept.len() <= 1 {
+            break;
+        }
+        let Some(pos) = (0..kept.len())
+            .rev()
+            .min_by_key(|p| cols[kept[*p]].1.keep())
+        else {
+            break;
+        };
+        kept.remove(pos);
+    }
+    // Minimums first; then text columns grow toward their content, the ones kept longest
+    // first. What is left stays at the right: on a wide terminal the numbers stay next to the
+    // names they belong to instead of drifting to the far edge.
+    let widths_of = |kept: &[usize]| -> Vec<usize> {
+        let mut widths: Vec<usize> = kept.iter().map(|c| need_of(*c)).collect();
+        let used: usize = widths.iter().sum::<usize>() + kept.len().saturating_sub(1);
+        let mut extra = width.saturating_sub(used);
+        let mut order: Vec<usize> = (0..kept.len()).collect();
+        order.sort_by_key(|i| std::cmp::Reverse(cols[kept[*i]].1.keep()));
+        for i in order {
+            let c = kept[i];
+            if matches!(cols[c].1, Col::Text { .. }) {
+                let add = content[c].saturating_sub(widths[i]).min(extra);
+                widths[i] += add;
+                extra -= add;
+            }
+        }
+        widths
+    };
+    let mut widths = widths_of(&kept);
+    // Optional columns (`keep` ≤ 2) only take room that no more useful text column needs.
+    loop {
+        let cut = kept.iter().zip(&widths).any(|(c, w)| {
+            matches!(cols[*c].1, Col::Text { keep, .. } if keep > 2) && *w < content[*c]
+        });
+        let optional = (0..kept.len())
+            .rev()
+            .filter(|p| cols[kept[*p]].1.keep() <= 2)
+            .min_by_key(|p| cols[kept[*p]].1.keep());
+        match optional {
+            Some(pos) if cut => {
+                kept.remove(pos);
+                widths = widths_of(&kept);
+            }
+            _ => break,
+        }
+    }
+    let header = kept.iter().map(|c| cols[*c].0).collect();
+    let rows = rows
+        .into_iter()
+        .map(|mut r| {
+            let cells: Vec<Cell> = kept
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| {
+                    let line = std::mem::take(&mut r[*c]);
+                    Cell::from(fit_line(line, *w))
+                })
+                .collect();
+            Row::new(cells)
+        })
+        .collect();
+    let constraints = widths
+        .iter()
+        .map(|w| Constraint::Length(*w as u16))
+        .collect();
+    (header, rows, constraints)
+}
+
+/// `line` in at most `width` cells: when it is longer, whole spans are kept while they fit
+/// (so a phrase like "✗ 3 failed" is never cut through its number), the first one cut by
+/// character if it alone is too long, and `…` marks the cut.
+fn fit_line(line: Line<'static>, width: usize) -> Line<'static> {
+    use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+    if line.width() <= width || width == 0 {
+        return line;
+    }
+    let mut out: Vec<Span<'static>> = Vec::new();
+    let mut used = 0;
+    let style = line.style;
+    let mut last_style = ratatui::style::Style::default();
+    for span in line.spans {
+        // A span's trailing blank (a separator) need not fit.
+        let w = span.content.trim_end().width();
+        if used + w < width {
+            last_style = span.style;
+            if used + span.content.width() < width {
+                used += span.content.width();
+                out.push(span);
+            } else {
+                used += w;
+                out.push(Span::styled(
+                    span.content.trim_end().to_string(),
+                    span.style,
+                ));
+            }
+            continue;
+        }
+        if out.is_empty() {
+            let mut cut = String::new();
+            for ch in span.content.chars() {
+                let cw = ch.width().unwrap_or(0);
+                if used + cw + 1 > width {
+                    break;
+                }
+                cut.push(ch);
+                used += cw;
+            }
+            last_style = span.style;
+            out.push(Span::styled(cut, span.style));
+        }
+        break;
+    }
+    out.push(Span::styled("…", last_style));
+    Line::from(out).style(style)
 }
 
 fn fail_cell(n: i64, theme: &Theme) -> Span<'static> {
@@ -505,6 +878,7 @@ fn draw_item(
     f: &mut Frame,
     d: &crate::store::ItemDetail,
     cursor: usize,
+    scroll: usize,
     theme: &Theme,
     area: Rect,
     now: chrono::DateTime<chrono::Utc>,
@@ -543,17 +917,34 @@ fn draw_item(
             Span::styled("annotations ", theme.dim),
             Span::raw(crate::model::annotation_summary(&it.annotations)),
         ]),
-        Line::from(Span::styled("history", theme.header)),
     ];
-    // The deliveries below keep at least a few rows on a small screen: the history gives way.
-    let fixed = lines.len() + 2;
+    // The whole history, newest first, in the rows the deliveries below leave (they keep at
+    // least a few on a small screen); the page keys scroll it.
+    // Below the fields: the history's title, then the deliveries' title and table header.
+    let fixed = lines.len() + 3;
     let delivery_rows = d.deliveries.len().clamp(1, 4);
-    let history_rows = (area.height as usize)
-        .saturating_sub(fixed + delivery_rows)
-        .min(8);
-    let shown_history = history_rows.min(d.history.len());
-    let hidden = d.history.len() - shown_history;
-    for h in d.history.iter().rev().take(shown_history) {
+    let history_rows = (area.height as usize).saturating_sub(fixed + delivery_rows);
+    let total = d.history.len();
+    let shown_history = history_rows.min(total);
+    let from = scroll.min(total - shown_history);
+    lines.push(Line::from(Span::styled(
+        if shown_history == 0 && total > 0 {
+            format!(
+                "history · {total} moves (no room here: a taller terminal, or hookops item show {})",
+                it.id
+            )
+        } else if shown_history < total {
+            format!(
+                "history · {}–{} of {total} moves, newest first (pgup/pgdn scroll)",
+                from + 1,
+                from + shown_history
+            )
+        } else {
+            format!("history · {total} moves, newest first")
+        },
+        theme.header,
+    )));
+    for h in d.history.iter().rev().skip(from).take(shown_history) {
         lines.push(Line::from(format!(
             "  {} ago  {} → {}  {}{}",
             ago(&h.at, now),
@@ -564,12 +955,6 @@ fn draw_item(
                 .as_ref()
                 .map(|o| format!(" by {}", clean(o)))
                 .unwrap_or_default()
-        )));
-    }
-    if hidden > 0 {
-        lines.push(Line::from(Span::styled(
-            format!("  … {hidden} earlier moves (hookops item show {})", it.id),
-            theme.dim,
         )));
     }
     lines.push(Line::from(Span::styled(
@@ -778,7 +1163,7 @@ pub fn log_line(
 
 fn draw_log(
     f: &mut Frame,
-    app: &App,
+    app: &mut App,
     theme: &Theme,
     area: Rect,
     now: chrono::DateTime<chrono::Utc>,
@@ -796,11 +1181,23 @@ fn draw_log(
     let b = block(title, theme, app.focus_log);
     let inner = b.inner(area);
     f.render_widget(b, area);
+    app.hit.log = Some(hit_rect(inner));
+    app.hit.log_first = 0;
     let vis = app.log.visible_indices();
     if vis.is_empty() {
+        let text = if !app.log.filter.is_empty() && !app.log.entries.is_empty() {
+            format!("no attempt matches /{}", clean(&app.log.filter))
+        } else if app.header.dispatcher.starts_with("no dispatcher") {
+            "no attempts yet, and no dispatcher is running: deliveries wait, queued, until \
+             `hookops serve` runs (or a console without --no-dispatch)"
+                .to_string()
+        } else {
+            "no attempts yet: deliveries show up here as they are sent".to_string()
+        };
         f.render_widget(
-            Paragraph::new("no attempts yet: deliveries show up here as they are sent")
-                .style(theme.dim),
+            Paragraph::new(text)
+                .style(theme.dim)
+                .wrap(Wrap { trim: true }),
             inner,
         );
         return;
@@ -815,6 +1212,7 @@ fn draw_log(
     } else {
         window(pos, vis.len(), h)
     };
+    app.hit.log_first = start;
     let lines: Vec<Line> = vis
         .iter()
         .skip(start)
@@ -839,7 +1237,9 @@ fn draw_flash(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         Level::Error => ("✗", theme.bad),
     };
     f.render_widget(
-        Paragraph::new(format!("{glyph} {}", clean(&fl.text))).style(style),
+        Paragraph::new(format!("{glyph} {}", clean(&fl.text)))
+            .style(style)
+            .wrap(Wrap { trim: true }),
         area,
     );
 }
@@ -861,6 +1261,32 @@ fn draw_footer(f: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         spans.push(Span::styled(format!(" {short}  "), theme.dim));
     }
     f.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+/// Lines `text` takes when word-wrapped to `width` cells (as `Wrap { trim: true }` wraps it,
+/// near enough to size a box: a word longer than the width counts its own lines).
+fn wrapped_height(text: &str, width: usize) -> usize {
+    use unicode_width::UnicodeWidthStr;
+    if width == 0 {
+        return 1;
+    }
+    let mut lines = 0;
+    for para in text.split('\n') {
+        let mut used = 0;
+        lines += 1;
+        for word in para.split_whitespace() {
+            let w = word.width();
+            if used > 0 && used + 1 + w <= width {
+                used += 1 + w;
+            } else if used == 0 && w <= width {
+                used = w;
+            } else {
+                lines += usize::from(used > 0) + w.saturating_sub(1) / width;
+                used = w % width;
+            }
+        }
+    }
+    lines
 }
 
 fn centered(area: Rect, w: u16, h: u16) -> Rect {
@@ -1016,8 +1442,18 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
             );
         }
         Overlay::Confirm { text, focus, .. } => {
-            let r = centered(area, 60, 7);
+            // As tall as the text needs (it names up to five rows), the buttons always on
+            // their own last line, so a long text can never push them out of the box.
+            let text = clean(text);
+            let width = 60.min(area.width);
+            let lines = wrapped_height(&text, width.saturating_sub(2) as usize);
+            let r = centered(area, width, (lines as u16).saturating_add(4).max(7));
             f.render_widget(Clear, r);
+            let b = block("confirm".into(), theme, true);
+            let inner = b.inner(r);
+            f.render_widget(b, r);
+            let [body, buttons] =
+                Layout::vertical([Constraint::Min(0), Constraint::Length(1)]).areas(inner);
             let button = |label: &str, on: bool| {
                 if on {
                     Span::styled(format!("▶ {label} ◀"), theme.selected)
@@ -1025,22 +1461,14 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
                     Span::styled(format!("  {label}  "), theme.normal)
                 }
             };
-            let lines = vec![
-                Line::from(clean(text)),
-                Line::from(""),
-                Line::from(vec![
+            f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), body);
+            f.render_widget(
+                Paragraph::new(Line::from(vec![
                     button("Cancel", *focus == 0),
                     Span::raw("    "),
                     button("OK", *focus == 1),
-                ]),
-            ];
-            f.render_widget(
-                Paragraph::new(lines).wrap(Wrap { trim: true }).block(block(
-                    "confirm".into(),
-                    theme,
-                    true,
-                )),
-                r,
+                ])),
+                buttons,
             );
         }
         Overlay::Typed {
@@ -1066,13 +1494,32 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
                 r,
             );
         }
-        Overlay::Popup { title, text } => {
+        Overlay::Popup {
+            title,
+            text,
+            scroll,
+        } => {
             let r = centered(area, 72, 14);
             f.render_widget(Clear, r);
+            let text = strip_controls_multiline(text);
+            let inner_h = r.height.saturating_sub(2) as usize;
+            let total = wrapped_height(&text, r.width.saturating_sub(2) as usize);
+            let top = (*scroll).min(total.saturating_sub(inner_h));
+            let title = if total > inner_h {
+                format!(
+                    "{} · lines {}–{} of {total} (j/k scroll, esc closes)",
+                    clean(title),
+                    top + 1,
+                    (top + inner_h).min(total)
+                )
+            } else {
+                format!("{} (esc closes)", clean(title))
+            };
             f.render_widget(
-                Paragraph::new(strip_controls_multiline(text))
+                Paragraph::new(text)
                     .wrap(Wrap { trim: false })
-                    .block(block(format!("{} (esc closes)", clean(title)), theme, true)),
+                    .scroll((top.min(u16::MAX as usize) as u16, 0))
+                    .block(block(title, theme, true)),
                 r,
             );
         }

@@ -533,6 +533,7 @@ pub fn dress(app: &mut App) {
     for n in [0u64, 3, 9, 14, 20, 18, 25, 31, 12, 4, 0, 7] {
         update(app, Msg::Tick);
         *app.rate.back_mut().unwrap() += n;
+        *app.fail_rate.back_mut().unwrap() += n / 4;
     }
     with_attempts(app);
     app.focus_log = focus;
@@ -602,6 +603,24 @@ pub fn screens() -> Vec<(&'static str, App)> {
     }));
     out.push(("confirm", {
         let mut app = dressed(on_items(false, 5));
+        ch(&mut app, 'a');
+        type_str(&mut app, "validate");
+        press(&mut app, KeyCode::Enter);
+        app
+    }));
+    // Three selected, one of which a reload no longer shows: named, and the hidden one counted.
+    out.push(("confirm_names_and_hidden", {
+        let mut app = dressed(on_items(false, 5));
+        ch(&mut app, ' ');
+        ch(&mut app, ' ');
+        ch(&mut app, ' ');
+        load(
+            &mut app,
+            ViewData::Items {
+                rows: items(5).into_iter().skip(1).collect(),
+                more: false,
+            },
+        );
         ch(&mut app, 'a');
         type_str(&mut app, "validate");
         press(&mut app, KeyCode::Enter);

@@ -36,7 +36,7 @@ fn every_screen_draws_at_every_size_and_small_ones_ask_for_more_room() {
             for theme in [Theme::mono(), Theme::colour()] {
                 let buf = render_with(&mut app, w, h, &theme);
                 let small = w < 50 || h < 12;
-                let notice = collapsed(&buf).contains("make the terminal larger");
+                let notice = collapsed(&buf).contains("(needs 50×12)");
                 if small && w >= 10 && h >= 3 {
                     assert!(notice, "{name} at {w}×{h}:\n{}", text(&buf));
                 }
@@ -516,4 +516,314 @@ fn help_lists_every_key_of_the_scope_even_at_80x24() {
         }
         assert!(t.contains("keys in"));
     }
+}
+
+#[test]
+fn the_size_notice_always_keeps_the_size_it_needs() {
+    use crate::tui::view::size_notice;
+    assert_eq!(
+        size_notice(49, 11),
+        "make the terminal larger (needs 50×12)"
+    );
+    assert_eq!(size_notice(10, 3), "larger (needs 50×12)");
+    assert_eq!(size_notice(7, 2), "(needs 50×12)");
+    assert_eq!(size_notice(5, 1), "50×12");
+    for (w, h) in [(10, 3), (20, 5), (30, 8), (300, 3), (1, 1)] {
+        let (mut app, _) = App::new(false);
+        let screen = text(&render(&mut app, w, h));
+        let flat = screen.split_whitespace().collect::<Vec<_>>().join(" ");
+        if w >= 6 {
+            assert!(flat.contains("50×12"), "{w}×{h}: {flat}");
+        }
+    }
+}
+
+#[test]
+fn the_database_path_is_shortened_from_the_left() {
+    use crate::tui::view::fit_path_left;
+    let p = "/home/operator/.local/share/hookops/demo/demo-20261206.db";
+    assert_eq!(fit_path_left(p, 200), p);
+    assert_eq!(fit_path_left(p, 30), "…/demo/demo-20261206.db");
+    assert_eq!(fit_path_left(p, 32), "…/hookops/demo/demo-20261206.db");
+    assert_eq!(fit_path_left(p, 20), "…/demo-20261206.db");
+    assert_eq!(fit_path_left(p, 10), "…261206.db");
+    assert!(fit_path_left(p, 10).chars().count() <= 10);
+    // In the header at 80 columns: the file name shows, not the start of the path.
+    let (mut app, _) = App::new(false);
+    app.header.db = p.into();
+    app.header.dispatcher = "dispatcher: this process ×64".into();
+    let screen = text(&render(&mut app, 80, 24));
+    let first = screen.lines().next().unwrap();
+    assert!(
+        first.contains("…") && first.contains("20261206.db"),
+        "{first}"
+    );
+    let screen = text(&render(&mut app, 120, 24));
+    let first = screen.lines().next().unwrap();
+    assert!(
+        first.contains("…/operator/.local/share/hookops/demo/demo-20261206.db"),
+        "{first}"
+    );
+}
+
+/// Issue 19: at any width a number is shown whole or its column is left out, never cut.
+/// Each numeric cell is read back from the buffer under its header and compared.
+#[test]
+fn numbers_are_never_cut_at_any_width() {
+    let mut wfs = workflows();
+    wfs[0].items = 19_837;
+    wfs[0].waiting = 123_456;
+    wfs[0].in_delivery = 7_654_321;
+    wfs[0].failed = 98_765;
+    wfs[0].done = 1_000_000;
+    wfs[0].name = "A workflow with a rather long name that must give way".into();
+    let mut st = stages();
+    st.stage_list[0].items = 19_837;
+    st.stage_list[0].waiting = 19_837;
+    st.stage_list[1].in_delivery = 4_321_000;
+    st.stage_list[1].failed = 88_888;
+    for w in [50u16, 60, 80, 120, 200, 300] {
+        let (mut app, _) = App::new(false);
+        load(&mut app, ViewData::Workflows(wfs.clone()));
+        app.header.counts = vec![
+            (DeliveryState::Pending, 1_234_567),
+            (DeliveryState::InFlight, 64),
+            (DeliveryState::RetryScheduled, 19_837),
+            (DeliveryState::Failed, 2_000_001),
+        ];
+        app.header.dispatcher = "dispatcher: console pid 123456 on a-rather-long-host".into();
+        let screen = text(&render(&mut app, w, 24));
+        let counts = screen.lines().nth(1).unwrap_or("");
+        for n in ["1234567", "64", "19837", "2000001"] {
+            assert!(
+                counts.split(|c: char| !c.is_ascii_digit()).any(|t| t == n),
+                "{n} in the header at {w}: {counts}"
+            );
+        }
+        let first = screen.lines().next().unwrap_or("");
+        assert!(
+            first.contains("123456") || !first.contains("pid 1"),
+            "the pid cut at {w}: {first}"
+        );
+        let expect = [
+            ("STAGES", "6"),
+            ("ITEMS", "19837"),
+            ("WAITING", "123456"),
+            ("IN DELIVERY", "7654321"),
+            ("FAILED", "✗ 98765"),
+            ("DONE", "1000000"),
+        ];
+        check_cells(&screen, "defects", &expect, w);
+
+        let mut app = on_stages(false);
+        load(&mut app, ViewData::Stages(Box::new(st.clone())));
+        let screen = text(&render(&mut app, w, 24));
+        check_cells(
+            &screen,
+            "Weld insp",
+            &[("ITEMS", "19837"), ("WAITING", "19837")],
+            w,
+        );
+        check_cells(
+            &screen,
+            "Validate",
+            &[("IN DELIVERY", "4321000"), ("FAILED", "✗ 88888")],
+            w,
+        );
+    }
+}
+
+/// In the table of `screen`, the row starting with `row` has, under each header of `cells`
+/// that is shown, exactly that value; a header that is not shown is a dropped column.
+fn check_cells(screen: &str, row: &str, cells: &[(&str, &str)], w: u16) {
+    let lines: Vec<&str> = screen.lines().collect();
+    let Some(header) = lines.iter().find(|l| l.contains("ITEMS")) else {
+        panic!("no header at {w}:\n{screen}")
+    };
+    let Some(line) = lines
+        .iter()
+        .find(|l| l.trim_start_matches(['│', '▶', ' ']).starts_with(row))
+    else {
+        panic!("no row {row} at {w}:\n{screen}")
+    };
+    let hc: Vec<char> = header.chars().collect();
+    let lc: Vec<char> = line.chars().collect();
+    for (title, value) in cells {
+        let t: Vec<char> = title.chars().collect();
+        let Some(at) = hc.windows(t.len()).position(|x| x == t.as_slice()) else {
+            continue; // dropped whole, never cut
+        };
+        let cell: String = lc[at..].iter().collect();
+        let got: String = cell
+            .split("  ")
+            .next()
+            .unwrap_or("")
+            .trim_end_matches('│')
+            .trim()
+            .split(' ')
+            .take(value.split(' ').count())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(&got, value, "{title} at {w} columns:\n{header}\n{line}");
+    }
+    assert!(
+        !line.contains('…')
+            || !line
+                .split('…')
+                .any(|p| p.ends_with(|c: char| c.is_ascii_digit())),
+        "a number was cut at {w}:\n{line}"
+    );
+}
+
+/// Issue 19: an empty view says what would fill it and the command or key that does.
+#[test]
+fn empty_views_say_how_to_fill_them() {
+    let collapsed_at = |app: &mut App| {
+        text(&render(app, 120, 30))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (mut app, _) = App::new(false);
+    load(&mut app, ViewData::Workflows(vec![]));
+    app.header.dispatcher = "no dispatcher running: deliveries are queued".into();
+    let t = collapsed_at(&mut app);
+    assert!(t.contains("`hookops workflow apply FILE`"), "{t}");
+    assert!(t.contains("`hookops demo`"), "{t}");
+    assert!(t.contains("queued, until `hookops serve` runs"), "{t}");
+
+    let mut app = on_stages(false);
+    press(&mut app, KeyCode::Enter);
+    load(
+        &mut app,
+        ViewData::Items {
+            rows: vec![],
+            more: false,
+        },
+    );
+    let t = collapsed_at(&mut app);
+    assert!(
+        t.contains("`hookops item import --workflow defects FILE`"),
+        "{t}"
+    );
+}
+
+/// Issue 19 (`--mouse`): a click selects the row drawn under it, a second click opens it, the
+/// wheel scrolls the list or the log pane it is over.
+#[test]
+fn clicks_and_the_wheel_act_on_what_is_drawn_under_them() {
+    use crate::tui::state::{Pointer, PointerKind};
+    let at = |what, col, row, at_ms| {
+        Msg::Mouse(Pointer {
+            what,
+            col,
+            row,
+            at_ms,
+        })
+    };
+    let mut app = on_items(false, 30);
+    with_attempts(&mut app);
+    let screen = text(&render(&mut app, 80, 24));
+    let lines: Vec<&str> = screen.lines().collect();
+    let row = lines
+        .iter()
+        .position(|l| l.contains("weld_0004.jpg"))
+        .unwrap() as u16;
+    update(&mut app, at(PointerKind::Click, 10, row, 1_000));
+    assert_eq!(app.view().unwrap().cursor, 3, "the clicked row");
+    // A second click on it soon after opens it.
+    let fx = update(&mut app, at(PointerKind::Click, 10, row, 1_200));
+    assert!(
+        matches!(&fx[..], [Effect::Load { kind: crate::tui::state::ViewKind::Item(id), .. }] if id.as_str() == "item-004"),
+        "{fx:?}"
+    );
+    // The wheel over the list moves its cursor; over the log pane, the log's.
+    let mut app = on_items(false, 30);
+    with_attempts(&mut app);
+    let screen = text(&render(&mut app, 80, 24));
+    update(&mut app, at(PointerKind::WheelDown, 10, 5, 0));
+    assert_eq!(app.view().unwrap().cursor, 3);
+    let log_row = screen.lines().position(|l| l.contains("log ·")).unwrap() as u16 + 2;
+    let before = app.log.cursor;
+    update(&mut app, at(PointerKind::WheelUp, 10, log_row, 0));
+    assert!(app.log.cursor < before && !app.log.follow);
+    assert_eq!(app.view().unwrap().cursor, 3, "the list did not move");
+    // The header line and the border are not rows.
+    update(&mut app, at(PointerKind::Click, 10, 3, 5_000));
+    assert_eq!(app.view().unwrap().cursor, 3);
+}
+
+/// Issue 19: the item detail shows its whole history (not 8 moves at most), scrolled with the
+/// page keys while j/k stay on its deliveries.
+#[test]
+fn the_item_history_is_whole_and_scrolls() {
+    use crate::model::HistoryCause;
+    use crate::store::HistoryEntry;
+    let mut d = item_detail();
+    for i in 0..40 {
+        d.history.push(HistoryEntry {
+            at: now() - chrono::Duration::seconds(100 - i),
+            from: Some(StageId::new("review")),
+            to: StageId::new(format!("stage-{i:02}")),
+            cause: HistoryCause::Route,
+            operator: None,
+            revision: 3,
+            delivery_id: None,
+        });
+    }
+    let mut app = on_items(false, 3);
+    press(&mut app, KeyCode::Enter);
+    load(&mut app, ViewData::Item(Box::new(d)));
+    let screen = text(&render(&mut app, 120, 40));
+    assert!(screen.contains("history · 1–"), "{screen}");
+    assert!(screen.contains("of 42 moves"), "{screen}");
+    assert!(screen.contains("stage-39"), "newest first:\n{screen}");
+    assert!(!screen.contains("stage-00"), "{screen}");
+    for _ in 0..10 {
+        press(&mut app, KeyCode::PageDown);
+    }
+    let screen = text(&render(&mut app, 120, 40));
+    assert!(
+        screen.contains("stage-00"),
+        "scrolled to the oldest:\n{screen}"
+    );
+    assert!(screen.contains("dataset → validate"), "{screen}");
+    assert!(screen.contains("of 42 moves"), "{screen}");
+    assert_eq!(
+        app.view().unwrap().cursor,
+        0,
+        "the deliveries' cursor did not move"
+    );
+}
+
+/// Issue 19: a popup longer than its box scrolls to its end; a long flash wraps, not cut.
+#[test]
+fn popups_scroll_and_flash_messages_wrap() {
+    let mut app = on_workflows(false);
+    let body: Vec<String> = (1..=60).map(|i| format!("line {i:02}")).collect();
+    update(
+        &mut app,
+        Msg::TestResult {
+            title: "test defects/validate".into(),
+            text: body.join("\n"),
+        },
+    );
+    let screen = text(&render(&mut app, 80, 24));
+    assert!(screen.contains("lines 1–12 of 60"), "{screen}");
+    assert!(!screen.contains("line 60"));
+    for _ in 0..30 {
+        press(&mut app, KeyCode::PageDown);
+    }
+    let screen = text(&render(&mut app, 80, 24));
+    assert!(screen.contains("line 60"), "scrolled to the end:\n{screen}");
+    assert!(screen.contains("of 60"), "{screen}");
+    ch(&mut app, 'k');
+    assert!(app.overlay.is_some(), "scrolling keeps it open");
+    press(&mut app, KeyCode::Esc);
+    assert!(app.overlay.is_none());
+
+    let long = format!("{} END-OF-MESSAGE", "word ".repeat(30));
+    app.flash(long, crate::tui::state::Level::Warn);
+    let screen = text(&render(&mut app, 80, 24));
+    assert!(screen.contains("END-OF-MESSAGE"), "{screen}");
 }

@@ -3,6 +3,7 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::*;
+use crate::store::ItemRow;
 use crate::store::{DeliveryFilter, ItemOrder};
 use crate::tui::keymap::{self, Action, BINDINGS, Key, Scope};
 use crate::tui::state::{
@@ -24,6 +25,7 @@ fn answered(app: &mut App) {
         Msg::ActionDone {
             text: "done".into(),
             level: Level::Info,
+            refused: vec![],
         },
     );
 }
@@ -217,6 +219,7 @@ fn enter_pushes_the_next_view_and_asks_for_its_data_and_esc_pops() {
         )]
     );
     assert_eq!(app.stack.len(), 5);
+    load(&mut app, ViewData::Delivery(Box::new(delivery_detail())));
 
     let fx = press(&mut app, KeyCode::Esc);
     assert_eq!(app.stack.len(), 4);
@@ -278,6 +281,7 @@ fn d_and_i_open_deliveries_and_items_of_what_is_under_the_cursor() {
         loads(&fx),
         vec![(ViewKind::Deliveries(filter), String::new())]
     );
+    load(&mut app, deliveries_data());
     press(&mut app, KeyCode::Esc);
     let fx = ch(&mut app, 'i');
     let validate = ViewKind::Items {
@@ -298,6 +302,7 @@ fn d_and_i_open_deliveries_and_items_of_what_is_under_the_cursor() {
             String::new()
         )]
     );
+    arrived(&mut app);
     press(&mut app, KeyCode::Esc);
     let fx = ch(&mut app, 'd');
     let filter = DeliveryFilter {
@@ -339,6 +344,22 @@ fn s_sorts_items_by_name_and_back_and_reloads() {
         "{fx:?}"
     );
     assert_eq!(cursor(&app), 0);
+    ch(&mut app, 'j');
+    assert_eq!(cursor(&app), 0, "keys wait for the list in the new order");
+    let view = app.view().unwrap().id;
+    let fx = update(
+        &mut app,
+        Msg::Loaded {
+            view,
+            data: ViewData::Items {
+                rows: items(5),
+                more: false,
+            },
+            append: false,
+        },
+    );
+    assert!(fx.is_empty());
+    assert_eq!(cursor(&app), 1, "the waiting key ran on the new list");
     let fx = ch(&mut app, 's');
     assert!(
         matches!(
@@ -400,6 +421,13 @@ fn slash_filter_narrows_as_you_type_enter_keeps_esc_clears() {
         stage: Some(StageId::new("validate")),
     };
     assert_eq!(loads(&fx), vec![(validate, String::new())]);
+    load(
+        &mut app,
+        ViewData::Items {
+            rows: items(3),
+            more: false,
+        },
+    );
     press(&mut app, KeyCode::Esc);
     assert_eq!(
         app.view().unwrap().filter,
@@ -428,6 +456,13 @@ fn items_filter_asks_the_store_with_the_search() {
     assert_eq!(loads(&fx), vec![(items_kind(), "w".to_string())]);
     assert!(press(&mut app, KeyCode::Enter).is_empty());
     assert_eq!(app.view().unwrap().filter, "w");
+    load(
+        &mut app,
+        ViewData::Items {
+            rows: items(5),
+            more: false,
+        },
+    );
     ch(&mut app, '/');
     let fx = press(&mut app, KeyCode::Esc);
     assert_eq!(loads(&fx), vec![(items_kind(), String::new())]);
@@ -460,11 +495,11 @@ fn space_toggles_the_row_and_moves_down_and_esc_clears_the_selection() {
     assert_eq!(cursor(&app), 1);
     ch(&mut app, ' ');
     assert_eq!(cursor(&app), 2);
-    let sel: Vec<_> = app.view().unwrap().selected.iter().cloned().collect();
+    let sel: Vec<_> = app.view().unwrap().selected.keys().cloned().collect();
     assert_eq!(sel, vec!["item-001", "item-002"]);
     ch(&mut app, 'k');
     ch(&mut app, ' ');
-    let sel: Vec<_> = app.view().unwrap().selected.iter().cloned().collect();
+    let sel: Vec<_> = app.view().unwrap().selected.keys().cloned().collect();
     assert_eq!(sel, vec!["item-001"], "space again unselects");
     // Esc clears a selection before it goes back.
     assert!(press(&mut app, KeyCode::Esc).is_empty());
@@ -480,7 +515,7 @@ fn space_on_the_last_row_stays_there() {
     ch(&mut app, 'G');
     ch(&mut app, ' ');
     assert_eq!(cursor(&app), 1);
-    assert!(app.view().unwrap().selected.contains("item-002"));
+    assert!(app.view().unwrap().selected.contains_key("item-002"));
 }
 
 #[test]
@@ -502,17 +537,316 @@ fn star_selects_every_loaded_row() {
 }
 
 #[test]
-fn a_reload_keeps_only_selected_rows_that_still_exist() {
+fn a_reload_neither_drops_nor_duplicates_the_selection() {
     let mut app = on_items(false, 5);
     ch(&mut app, '*');
-    load(
+    // Rows 3–5 moved out of the list; row 1 comes twice (a page and a reload overlapping).
+    let mut rows = items(2);
+    rows.push(item_row(1));
+    load(&mut app, ViewData::Items { rows, more: false });
+    let v = app.view().unwrap();
+    assert_eq!(v.selected.len(), 5, "the selection is kept whole, by id");
+    assert_eq!(v.visible_ids().len(), 2);
+    // The confirmation says how many selected rows are not on screen.
+    ch(&mut app, 'a');
+    type_str(&mut app, "valid");
+    press(&mut app, KeyCode::Enter);
+    let Some(Overlay::Confirm { text, action, .. }) = &app.overlay else {
+        panic!("no dialog: {:?}", app.overlay)
+    };
+    assert!(
+        text.starts_with("Assign 5 items to stage validate: "),
+        "{text}"
+    );
+    assert!(text.contains("3 of them are not on screen"), "{text}");
+    // Each with the version the operator saw.
+    let Pending::Assign {
+        target: AssignWhat::Items(ids),
+        ..
+    } = action
+    else {
+        panic!("{action:?}")
+    };
+    assert_eq!(ids.len(), 5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A fast typist (issue 19): keys act on the list the screen shows
+// ---------------------------------------------------------------------------------------------
+
+/// The page a load asked for arrives (for the view id the load named).
+fn answer(app: &mut App, view: u64, rows: Vec<ItemRow>) -> Vec<Effect> {
+    update(
+        app,
+        Msg::Loaded {
+            view,
+            data: ViewData::Items { rows, more: false },
+            append: false,
+        },
+    )
+}
+
+fn load_view(fx: &[Effect]) -> u64 {
+    fx.iter()
+        .find_map(|e| match e {
+            Effect::Load { view, .. } => Some(*view),
+            _ => None,
+        })
+        .expect("a load")
+}
+
+/// The issue's sequence: `/`, a filter, Enter, Space, Space, `a`, a stage, Tab, Enter, all
+/// before the filtered page arrives. The keys wait for it and then act on its rows only.
+#[test]
+fn keys_typed_before_the_filtered_page_arrives_wait_for_it() {
+    let mut app = on_items(false, 5);
+    ch(&mut app, '/');
+    ch(&mut app, '4');
+    let early = load_view(&ch(&mut app, '0'));
+    let fx = ch(&mut app, '5');
+    let last = load_view(&fx);
+    assert_ne!(early, last, "each filter asks under its own id");
+    press(&mut app, KeyCode::Enter);
+    for k in [' ', ' ', 'a', 'v', 'a', 'l'] {
+        assert!(ch(&mut app, k).is_empty(), "{k:?} waits");
+    }
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Tab);
+    assert!(press(&mut app, KeyCode::Enter).is_empty());
+    assert_eq!(app.deferred.len(), 9);
+    assert!(app.view().unwrap().selected.is_empty(), "nothing acted yet");
+    // The page of an earlier filter text comes late: ignored, the keys still wait.
+    assert!(answer(&mut app, early, items(5)).is_empty());
+    assert_eq!(app.deferred.len(), 9);
+    assert_eq!(app.view().unwrap().len(), 5);
+    // The filtered page: two rows. The keys run on them, in order, up to the action.
+    let rows = vec![item_row(40), item_row(45)];
+    let fx = answer(&mut app, last, rows);
+    assert!(app.deferred.is_empty());
+    assert_eq!(
+        fx,
+        vec![Effect::Run(Pending::Assign {
+            workflow: wf(),
+            to: StageId::new("validate"),
+            target: AssignWhat::Items(vec![
+                (ItemId::new("item-040"), 50),
+                (ItemId::new("item-045"), 55)
+            ]),
+        })]
+    );
+}
+
+#[test]
+fn an_action_key_with_nothing_to_act_on_says_so() {
+    let mut app = on_items(false, 0);
+    assert!(ch(&mut app, 'a').is_empty());
+    assert!(app.overlay.is_none());
+    assert!(flash(&app).contains("nothing to act on"), "{}", flash(&app));
+}
+
+#[test]
+fn the_confirmation_names_up_to_five_items() {
+    let mut app = on_items(false, 5);
+    ch(&mut app, ' ');
+    ch(&mut app, ' ');
+    ch(&mut app, 'a');
+    type_str(&mut app, "valid");
+    press(&mut app, KeyCode::Enter);
+    assert!(
+        matches!(&app.overlay, Some(Overlay::Confirm { text, .. }) if text == "Assign 2 items to stage validate: weld_0001.jpg (item-001), weld_0002.jpg (item-002)?"),
+        "{:?}",
+        app.overlay
+    );
+    let mut app = on_items(false, 6);
+    ch(&mut app, '*');
+    ch(&mut app, 'a');
+    type_str(&mut app, "valid");
+    press(&mut app, KeyCode::Enter);
+    assert!(
+        matches!(&app.overlay, Some(Overlay::Confirm { text, .. }) if text == "Assign 6 items to stage validate?"),
+        "{:?}",
+        app.overlay
+    );
+}
+
+#[test]
+fn a_new_filter_unselects_the_rows_it_hides_and_says_so() {
+    // Items: the filter runs in SQL; its page decides what stays selected.
+    let mut app = on_items(false, 5);
+    ch(&mut app, ' ');
+    ch(&mut app, ' ');
+    ch(&mut app, '/');
+    let fx = ch(&mut app, '2');
+    assert_eq!(
+        app.view().unwrap().selected.len(),
+        2,
+        "kept until the page comes"
+    );
+    answer(&mut app, load_view(&fx), vec![item_row(2)]);
+    let kept: Vec<_> = app.view().unwrap().selected.keys().cloned().collect();
+    assert_eq!(kept, vec!["item-002"]);
+    assert!(
+        flash(&app).contains("the filter hides 1 selected row(s): unselected; 1 still selected"),
+        "{}",
+        flash(&app)
+    );
+    // A reload that is not a new filter keeps the selection whole.
+    let view = app.view().unwrap().id;
+    answer(&mut app, view, vec![]);
+    assert_eq!(app.view().unwrap().selected.len(), 1);
+
+    // Deliveries: the filter runs on the loaded rows, at once.
+    let mut app = on_deliveries(false);
+    ch(&mut app, ' ');
+    ch(&mut app, ' ');
+    ch(&mut app, '/');
+    type_str(&mut app, "msg_0002");
+    let kept: Vec<_> = app.view().unwrap().selected.keys().cloned().collect();
+    assert_eq!(kept, vec!["msg_0002"]);
+    assert!(
+        flash(&app).contains("hides 1 selected row"),
+        "{}",
+        flash(&app)
+    );
+}
+
+#[test]
+fn keys_wait_for_a_new_view_and_for_the_picker_stage_list() {
+    let mut app = on_stages(false);
+    let fx = press(&mut app, KeyCode::Enter);
+    // Typed before the first page: they run on it.
+    assert!(ch(&mut app, 'j').is_empty());
+    assert!(ch(&mut app, ' ').is_empty());
+    answer(&mut app, load_view(&fx), items(3));
+    let kept: Vec<_> = app.view().unwrap().selected.keys().cloned().collect();
+    assert_eq!(kept, vec!["item-002"]);
+
+    // `a` before the workflow's stage list is known: the stage name waits for the picker.
+    app.stages.clear();
+    let fx = ch(&mut app, 'a');
+    assert!(matches!(&fx[..], [Effect::Load { view: 0, .. }]), "{fx:?}");
+    type_str(&mut app, "valid");
+    assert!(app.overlay.is_none());
+    update(
         &mut app,
-        ViewData::Items {
-            rows: items(2),
-            more: false,
+        Msg::Loaded {
+            view: 0,
+            data: ViewData::Stages(Box::new(stages())),
+            append: false,
         },
     );
-    assert_eq!(app.view().unwrap().selected.len(), 2);
+    assert_eq!(picker_matches(&app), vec!["validate"]);
+}
+
+#[test]
+fn keys_that_wait_too_long_are_dropped_for_a_stale_list_and_run_on_an_empty_one() {
+    // A new filter whose page never comes: the keys are dropped, with a message.
+    let mut app = on_items(false, 5);
+    ch(&mut app, '/');
+    ch(&mut app, 'x');
+    press(&mut app, KeyCode::Enter);
+    ch(&mut app, ' ');
+    for _ in 0..3 {
+        update(&mut app, Msg::Tick);
+    }
+    assert!(app.deferred.is_empty());
+    assert!(app.view().unwrap().selected.is_empty());
+    assert!(flash(&app).contains("1 key(s) dropped"), "{}", flash(&app));
+    // A new view still loading: nothing to act on by mistake; Esc goes back.
+    let mut app = on_stages(false);
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Esc);
+    assert_eq!(app.stack.len(), 3);
+    for _ in 0..3 {
+        update(&mut app, Msg::Tick);
+    }
+    assert_eq!(app.stack.len(), 2);
+}
+
+#[test]
+fn ctrl_c_never_waits() {
+    let mut app = on_stages(false);
+    press(&mut app, KeyCode::Enter);
+    update(
+        &mut app,
+        Msg::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+    );
+    assert!(app.quit);
+}
+
+#[test]
+fn a_paste_goes_into_the_open_prompt_and_never_acts_as_keys() {
+    let mut app = on_items(false, 5);
+    // No prompt open: nothing happens (an `a` in the text must not assign).
+    assert!(update(&mut app, Msg::Paste("a r item-003".into())).is_empty());
+    assert!(app.overlay.is_none());
+    assert!(
+        flash(&app).contains("open / (filter) or : (command)"),
+        "{}",
+        flash(&app)
+    );
+    // Into `/`: its first line, without controls, applied once.
+    ch(&mut app, '/');
+    let fx = update(&mut app, Msg::Paste("item-\x1b[31m003\nsecond line".into()));
+    assert_eq!(loads(&fx), vec![(items_kind(), "item-003".to_string())]);
+    assert!(matches!(&app.overlay, Some(Overlay::Filter(s)) if s == "item-003"));
+    // A paste that arrives while keys wait for a list waits too, in order.
+    press(&mut app, KeyCode::Enter);
+    ch(&mut app, ':');
+    update(&mut app, Msg::Paste("audit".into()));
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.deferred.len(), 3);
+    let view = app.view().unwrap().id;
+    let fx = update(
+        &mut app,
+        Msg::Loaded {
+            view,
+            data: ViewData::Items {
+                rows: vec![item_row(3)],
+                more: false,
+            },
+            append: false,
+        },
+    );
+    assert_eq!(loads(&fx), vec![(ViewKind::Audit, String::new())]);
+}
+
+#[test]
+fn an_action_reports_per_id_and_shows_every_refusal() {
+    use crate::tui::report;
+    let msg = report::per_id(
+        "assigned to validate",
+        Some(&["item-001".into()]),
+        vec![(
+            "item-002".into(),
+            "stale: it is now in stage validate".into(),
+        )],
+        " · 1 deliveries queued",
+    );
+    let mut app = on_items(false, 3);
+    app.running = (1, 0);
+    update(&mut app, msg);
+    assert_eq!(
+        flash(&app),
+        "assigned to validate: item-001 · 1 deliveries queued · refused item-002: stale: it is now in stage validate"
+    );
+    let Some(Overlay::Popup { title, text, .. }) = &app.overlay else {
+        panic!("{:?}", app.overlay)
+    };
+    assert_eq!(title, "1 not done");
+    assert!(
+        text.ends_with("item-002: stale: it is now in stage validate"),
+        "{text}"
+    );
+    assert_eq!(app.running.0, 0);
+    // Many ids: five named, the rest counted.
+    let ids: Vec<String> = (1..=8).map(|i| format!("i{i}")).collect();
+    let Msg::ActionDone { text, refused, .. } = report::per_id("re-fired", Some(&ids), vec![], "")
+    else {
+        panic!()
+    };
+    assert_eq!(text, "re-fired: i1, i2, i3, i4, i5 and 3 more");
+    assert!(refused.is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -618,7 +952,9 @@ fn assign_without_a_selection_takes_the_row_under_the_cursor() {
     type_str(&mut app, "valid");
     press(&mut app, KeyCode::Enter);
     assert!(
-        matches!(&app.overlay, Some(Overlay::Confirm { text, .. }) if text.contains("item item-003"))
+        matches!(&app.overlay, Some(Overlay::Confirm { text, .. }) if text == "Assign item weld_0003.jpg (item-003) to stage validate?"),
+        "{:?}",
+        app.overlay
     );
     press(&mut app, KeyCode::Tab);
     let fx = press(&mut app, KeyCode::Enter);
@@ -677,6 +1013,7 @@ fn an_action_that_waits_for_the_database_says_so_until_it_is_done() {
         Msg::ActionDone {
             text: "assigned 1 item(s)".into(),
             level: Level::Info,
+            refused: vec![],
         },
     );
     assert_eq!(flash(&app), "assigned 1 item(s)");
@@ -946,17 +1283,20 @@ fn r_and_shift_r_in_deliveries_confirm_then_refire_or_replay() {
         ]))]
     );
     answered(&mut app);
+    // The selection was for the action it confirmed.
+    assert!(app.view().unwrap().selected.is_empty());
 
+    ch(&mut app, ' ');
+    ch(&mut app, 'k');
+    ch(&mut app, 'k');
+    ch(&mut app, ' ');
     ch(&mut app, 'r');
     press(&mut app, KeyCode::BackTab);
     let fx = press(&mut app, KeyCode::Enter);
-    assert_eq!(
-        fx,
-        vec![Effect::Run(Pending::Refire(vec![
-            DeliveryId::new("msg_0001"),
-            DeliveryId::new("msg_0004")
-        ]))]
-    );
+    let [Effect::Run(Pending::Refire(ids))] = &fx[..] else {
+        panic!("{fx:?}")
+    };
+    assert_eq!(ids.len(), 2, "{ids:?}");
 }
 
 #[test]
@@ -1249,9 +1589,16 @@ fn command(app: &mut App, cmd: &str) -> Vec<Effect> {
     press(app, KeyCode::Enter)
 }
 
+/// The view's first load arrives (empty: what it holds does not matter to the test), so the
+/// next keys need not wait for it.
+fn arrived(app: &mut App) {
+    load(app, ViewData::Workflows(vec![]));
+}
+
 #[test]
 fn colon_commands_jump_to_views() {
     let mut app = on_stages(false);
+    arrived(&mut app);
     let fx = command(&mut app, "deliveries failed");
     let filter = DeliveryFilter {
         workflow: Some(wf()),
@@ -1269,6 +1616,8 @@ fn colon_commands_jump_to_views() {
     );
     assert!(app.overlay.is_none());
 
+    arrived(&mut app);
+
     let fx = command(&mut app, "items");
     assert_eq!(
         loads(&fx),
@@ -1280,22 +1629,28 @@ fn colon_commands_jump_to_views() {
             String::new()
         )]
     );
+    arrived(&mut app);
     let fx = command(&mut app, "items validate");
     let validate = ViewKind::Items {
         workflow: Some(wf()),
         stage: Some(StageId::new("validate")),
     };
     assert_eq!(loads(&fx), vec![(validate, String::new())]);
+    arrived(&mut app);
     let fx = command(&mut app, "stages");
     assert_eq!(loads(&fx), vec![(ViewKind::Stages(wf()), String::new())]);
+    arrived(&mut app);
     let fx = command(&mut app, "audit");
     assert_eq!(loads(&fx), vec![(ViewKind::Audit, String::new())]);
+    arrived(&mut app);
     let fx = command(&mut app, "workflows");
     assert_eq!(loads(&fx), vec![(ViewKind::Workflows, String::new())]);
     assert_eq!(app.stack.len(), 1);
+    arrived(&mut app);
     let fx = command(&mut app, "stages");
     assert!(fx.is_empty());
     assert!(flash(&app).contains(":stages ID"));
+    arrived(&mut app);
     let fx = command(&mut app, "stages intake");
     assert_eq!(
         loads(&fx),
@@ -1414,9 +1769,12 @@ fn attempts_stream_into_the_log_pane_and_count_toward_the_rate() {
     assert_eq!(app.log.entries.len(), 5);
     assert_eq!(app.log.cursor, 4, "follow mode sticks to the newest");
     assert_eq!(*app.rate.back().unwrap(), 5);
+    // Failures (no 2xx answer) have their own rate, beside it.
+    assert_eq!(*app.fail_rate.back().unwrap(), 3);
     update(&mut app, Msg::Tick);
     assert_eq!(*app.rate.back().unwrap(), 0);
     assert_eq!(app.rate[app.rate.len() - 2], 5);
+    assert_eq!(app.fail_rate[app.fail_rate.len() - 2], 3);
 }
 
 #[test]
@@ -1588,6 +1946,7 @@ fn log_pane_enter_opens_the_delivery_and_r_refires_it() {
         )]
     );
     assert!(!app.focus_log, "the opened view has the focus");
+    load(&mut app, ViewData::Delivery(Box::new(delivery_detail())));
 
     press(&mut app, KeyCode::Tab);
     ch(&mut app, 'r');

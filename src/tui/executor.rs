@@ -1,0 +1,413 @@
+//! The executor: performs the effects [`super::state::update`] asks for, off the UI task
+//! (store calls on blocking threads, HTTP on the runtime), and answers with messages. The
+//! store reads a view shows ([`load`]) and the confirmed actions ([`run_pending`]) are plain
+//! functions, shared with the headless console.
+
+use std::io::Write;
+
+use tokio::sync::mpsc;
+
+use super::ops;
+use super::report;
+use super::state::{self, App, Effect, Level, LoadAfter, Msg, PAGE, Pending, ViewData, ViewKind};
+use crate::store::{AssignTarget, Expect, ItemFilter, Store};
+
+/// Performs effects off the UI task and answers with messages.
+pub(super) struct Executor {
+    pub(super) store: Store,
+    pub(super) tx: mpsc::UnboundedSender<Msg>,
+    pub(super) operator: String,
+}
+
+impl Executor {
+    fn blocking(&self, f: impl FnOnce(&Store) -> Msg + Send + 'static) {
+        let (store, tx) = (self.store.clone(), self.tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(f(&store));
+        });
+    }
+
+    pub(super) fn run(&self, effect: Effect, app: &mut App) {
+        match effect {
+            Effect::Load {
+                view,
+                kind,
+                search,
+                order,
+                after,
+            } => {
+                self.blocking(move |s| {
+                    let append = after.is_some();
+                    let data =
+                        load(s, &kind, &search, order, after).unwrap_or_else(ViewData::Failed);
+                    Msg::Loaded { view, data, append }
+                });
+            }
+            Effect::CountFailed(filter) => {
+                self.blocking(move |s| match s.failed_deliveries(&filter, None) {
+                    Ok(ids) => Msg::Counted {
+                        filter,
+                        count: ids.len() as i64,
+                    },
+                    Err(e) => Msg::Done {
+                        text: e.to_string(),
+                        level: Level::Error,
+                    },
+                })
+            }
+            Effect::CountOpen(filter) => {
+                self.blocking(move |s| match s.open_deliveries(&filter, None) {
+                    Ok(ids) => Msg::CountedOpen {
+                        filter,
+                        count: ids.len() as i64,
+                    },
+                    Err(e) => Msg::Done {
+                        text: e.to_string(),
+                        level: Level::Error,
+                    },
+                })
+            }
+            Effect::Export(filter) => self.blocking(move |s| ops::export(s, &filter)),
+            Effect::CountStage { workflow, from } => self.blocking(move |s| {
+                let count = s.workflow_detail(&workflow).map(|d| {
+                    d.stage_list
+                        .iter()
+                        .find(|st| st.id == from)
+                        .map(|st| st.items)
+                        .unwrap_or(0)
+                });
+                match count {
+                    Ok(count) => Msg::StageCount {
+                        workflow,
+                        from,
+                        count,
+                    },
+                    Err(e) => Msg::Done {
+                        text: e.to_string(),
+                        level: Level::Error,
+                    },
+                }
+            }),
+            Effect::Copy(text) => {
+                // OSC 52 asks the terminal (local or over SSH) to put the text on the clipboard.
+                use base64::Engine as _;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+                let mut out = std::io::stdout();
+                let _ = write!(out, "\x1b]52;c;{b64}\x07");
+                let _ = out.flush();
+                app.flash(format!("copied {text} (OSC 52)"), Level::Info);
+            }
+            Effect::Test { workflow, stage } => {
+                let (store, tx, op) = (self.store.clone(), self.tx.clone(), self.operator.clone());
+                tokio::spawn(async move {
+                    let s2 = store.clone();
+                    let (w2, st2) = (workflow.clone(), stage.clone());
+                    let lease =
+                        tokio::task::spawn_blocking(move || s2.begin_test(&w2, &st2, &op)).await;
+                    let msg = match lease {
+                        Ok(Ok(lease)) => match crate::dispatch::send_manual(
+                            &store,
+                            lease,
+                            crate::dispatch::http::DEFAULT_MAX_BODY,
+                        )
+                        .await
+                        {
+                            Ok(ev) => {
+                                let _ = tx.send(Msg::Attempt(Box::new(ev.clone())));
+                                let detail = {
+                                    let s3 = store.clone();
+                                    let id = ev.delivery_id.clone();
+                                    tokio::task::spawn_blocking(move || s3.delivery_detail(&id))
+                                        .await
+                                        .ok()
+                                        .and_then(|r| r.ok())
+                                };
+                                let body = detail
+                                    .and_then(|d| {
+                                        d.attempt_log.last().and_then(|a| a.response_body.clone())
+                                    })
+                                    .unwrap_or_default();
+                                let status = match (ev.status, &ev.error_message) {
+                                    (Some(s), _) => crate::engine::classify::status_message(s),
+                                    (None, Some(m)) => m.clone(),
+                                    _ => "-".into(),
+                                };
+                                Msg::TestResult {
+                                    title: format!("test {workflow}/{stage}"),
+                                    text: format!(
+                                        "{status} in {} ms\n\n{}",
+                                        ev.duration_ms,
+                                        body.chars().take(2000).collect::<String>()
+                                    ),
+                                }
+                            }
+                            Err(e) => Msg::Done {
+                                text: e.to_string(),
+                                level: Level::Error,
+                            },
+                        },
+                        Ok(Err(e)) => Msg::Done {
+                            text: e.to_string(),
+                            level: Level::Error,
+                        },
+                        Err(e) => Msg::Done {
+                            text: e.to_string(),
+                            level: Level::Error,
+                        },
+                    };
+                    let _ = tx.send(msg);
+                });
+            }
+            Effect::Run(p) => self.action(p),
+        }
+    }
+
+    fn action(&self, p: Pending) {
+        let op = self.operator.clone();
+        match p {
+            Pending::Replay(ids) => {
+                let (store, tx) = (self.store.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    // Per id: answered 2xx, or why not.
+                    let (mut ok, mut bad) = (Vec::new(), Vec::new());
+                    for id in ids {
+                        let (s2, op2, id2) = (store.clone(), op.clone(), id.clone());
+                        let lease =
+                            tokio::task::spawn_blocking(move || s2.begin_replay(&id2, &op2)).await;
+                        let lease = match lease {
+                            Ok(Ok(lease)) => lease,
+                            Ok(Err(e)) => {
+                                bad.push((id.to_string(), e.to_string()));
+                                continue;
+                            }
+                            Err(e) => {
+                                bad.push((id.to_string(), e.to_string()));
+                                continue;
+                            }
+                        };
+                        match crate::dispatch::send_manual(
+                            &store,
+                            lease,
+                            crate::dispatch::http::DEFAULT_MAX_BODY,
+                        )
+                        .await
+                        {
+                            Ok(ev) => {
+                                match ev.status {
+                                    Some(s) if (200..300).contains(&s) => {
+                                        ok.push(format!("{id} ({s})"))
+                                    }
+                                    Some(s) => bad.push((id.to_string(), format!("answered {s}"))),
+                                    None => bad.push((
+                                        id.to_string(),
+                                        ev.error_message
+                                            .clone()
+                                            .unwrap_or_else(|| "no answer".into()),
+                                    )),
+                                }
+                                let _ = tx.send(Msg::Attempt(Box::new(ev)));
+                            }
+                            Err(e) => bad.push((id.to_string(), e.to_string())),
+                        }
+                    }
+                    let _ = tx.send(report::per_id("replayed", Some(&ok), bad, ""));
+                });
+            }
+            other => self.blocking(move |s| run_pending(s, other, &op)),
+        }
+    }
+}
+
+pub(crate) fn load(
+    s: &Store,
+    kind: &ViewKind,
+    search: &str,
+    order: crate::store::ItemOrder,
+    after: Option<LoadAfter>,
+) -> Result<ViewData, String> {
+    let e = |e: crate::store::StoreError| e.to_string();
+    Ok(match kind {
+        ViewKind::Workflows => ViewData::Workflows(s.list_workflows().map_err(e)?),
+        ViewKind::Stages(w) => ViewData::Stages(Box::new(s.workflow_detail(w).map_err(e)?)),
+        ViewKind::Items { workflow, stage } => {
+            let filter = ItemFilter {
+                workflow: workflow.clone(),
+                stage: stage.clone(),
+                state: None,
+                search: Some(search.to_string()).filter(|s| !s.is_empty()),
+                order,
+            };
+            let cursor = match after {
+                Some(LoadAfter::Item(c)) => Some(c),
+                _ => None,
+            };
+            let mut rows = s
+                .list_items(&filter, cursor.as_ref(), PAGE + 1)
+                .map_err(e)?;
+            let more = rows.len() > PAGE;
+            rows.truncate(PAGE);
+            ViewData::Items { rows, more }
+        }
+        ViewKind::Item(id) => ViewData::Item(Box::new(s.item_detail(id).map_err(e)?)),
+        ViewKind::Deliveries(f) => {
+            let after = match after {
+                Some(LoadAfter::Delivery(c)) => Some(c),
+                _ => None,
+            };
+            let mut page = s.list_deliveries(f, after, PAGE + 1).map_err(e)?;
+            let more = page.len() > PAGE;
+            page.truncate(PAGE);
+            let cursors = page.iter().map(|(_, c)| *c).collect();
+            ViewData::Deliveries {
+                rows: page.into_iter().map(|(d, _)| d).collect(),
+                cursors,
+                more,
+            }
+        }
+        ViewKind::Delivery(id) => ViewData::Delivery(Box::new(s.delivery_detail(id).map_err(e)?)),
+        ViewKind::Audit => ViewData::Audit(s.audit_log(500).map_err(e)?),
+        ViewKind::Health => ViewData::Health(Box::new(s.health().map_err(e)?)),
+    })
+}
+
+/// Performs a confirmed action and says, per id, what it did (see [`report`]).
+pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
+    let fail = report::failed;
+    match p {
+        Pending::Assign {
+            workflow,
+            to,
+            target,
+        } => {
+            let (t, named) = match target {
+                state::AssignWhat::Items(ids) => {
+                    let named: Vec<String> = ids.iter().map(|(i, _)| i.to_string()).collect();
+                    (AssignTarget::Versions(ids), Some(named))
+                }
+                state::AssignWhat::Stage { from, .. } => (
+                    AssignTarget::FromStage {
+                        stage: from,
+                        limit: None,
+                    },
+                    None,
+                ),
+            };
+            match s.assign(&workflow, &to, &t, None, op) {
+                Ok(r) => {
+                    let queued = if r.deliveries > 0 {
+                        format!(" · {} deliveries queued", r.deliveries)
+                    } else {
+                        String::new()
+                    };
+                    let refused = report::refusals(&r.refused);
+                    match named {
+                        Some(ids) => report::per_id(
+                            &format!("assigned to {to}"),
+                            Some(&report::not_refused(&ids, &refused)),
+                            refused,
+                            &queued,
+                        ),
+                        None => report::per_id(
+                            &format!("assigned {} item(s) to {to}", r.moved),
+                            None,
+                            refused,
+                            &queued,
+                        ),
+                    }
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Pending::Advance { ids, outcome } => {
+            let mut moved = Vec::new();
+            let mut refused = Vec::new();
+            for (id, version) in ids {
+                let expect = Expect {
+                    stage: None,
+                    version: Some(version),
+                };
+                match s.advance(std::slice::from_ref(&id), outcome, &expect, op) {
+                    Ok(r) => {
+                        if r.moved > 0 {
+                            moved.push(id.to_string());
+                        }
+                        refused.extend(report::refusals(&r.refused));
+                    }
+                    Err(e) => return fail(e),
+                }
+            }
+            let verb = match outcome {
+                Some(crate::engine::Outcome::Approve) => "approved",
+                Some(crate::engine::Outcome::Reject) => "rejected",
+                _ => "advanced",
+            };
+            report::per_id(verb, Some(&moved), refused, "")
+        }
+        Pending::Refire(ids) => match s.refire(&ids, op) {
+            Ok(r) => {
+                let refused: Vec<(String, String)> = r
+                    .refused
+                    .iter()
+                    .map(|r| (r.delivery_id.to_string(), r.reason.clone()))
+                    .collect();
+                let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+                report::per_id(
+                    "re-fired",
+                    Some(&report::not_refused(&ids, &refused)),
+                    refused,
+                    "",
+                )
+            }
+            Err(e) => fail(e),
+        },
+        Pending::RefireFiltered { filter, .. } => {
+            let ids = match s.failed_deliveries(&filter, None) {
+                Ok(ids) => ids,
+                Err(e) => return fail(e),
+            };
+            let (mut n, mut refused) = (0, Vec::new());
+            for chunk in ids.chunks(2000) {
+                match s.refire(chunk, op) {
+                    Ok(r) => {
+                        n += r.refired;
+                        refused.extend(
+                            r.refused
+                                .iter()
+                                .map(|r| (r.delivery_id.to_string(), r.reason.clone())),
+                        );
+                    }
+                    Err(e) => return fail(e),
+                }
+            }
+            report::per_id(
+                &format!("re-fired {n} failed deliveries"),
+                None,
+                refused,
+                "",
+            )
+        }
+        Pending::Pause {
+            workflow,
+            stage,
+            pause,
+        } => match s.set_paused(&workflow, &stage, pause, op) {
+            Ok(_) => report::per_id(
+                &format!("stage {stage} {}", if pause { "paused" } else { "resumed" }),
+                None,
+                vec![],
+                "",
+            ),
+            Err(e) => fail(e),
+        },
+        // The executor replays on the runtime (HTTP); this path is the headless one.
+        Pending::Replay(_) => report::per_id("replay runs asynchronously", None, vec![], ""),
+        Pending::Cancel(ids) => {
+            let named: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+            ops::cancel_done(s.cancel_deliveries(&ids, op), Some(&named))
+        }
+        Pending::CancelFiltered { filter, .. } => match s.open_deliveries(&filter, None) {
+            Ok(ids) => ops::cancel_done(s.cancel_deliveries(&ids, op), None),
+            Err(e) => fail(e),
+        },
+    }
+}
