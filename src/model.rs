@@ -245,6 +245,7 @@ str_enum!(
         Body => "body",
         Policy => "policy",
         Interrupted => "interrupted",
+        Protocol => "protocol",
     }
 );
 

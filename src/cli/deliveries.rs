@@ -23,7 +23,7 @@ pub struct ListArgs {
     /// stage.webhook or webhook.test
     #[arg(long)]
     pub event: Option<EventType>,
-    /// Error kind of the last attempt: connect, timeout, tls, redirect, http_status, body, policy, interrupted
+    /// Error kind of the last attempt: connect, timeout, tls, protocol, redirect, http_status, body, policy, interrupted
     #[arg(long, value_name = "KIND")]
     pub error_kind: Option<crate::model::ErrorKind>,
     /// HTTP status of the last attempt, e.g. 503

@@ -6,8 +6,11 @@
 //!   HTTP date) replaces the schedule's delay, clamped to one hour and never jittered.
 //! - 3xx (redirects are never followed), every other 4xx, 1xx and anything outside 100–599 are
 //!   final at once.
-//! - Without a status, `connect`, `timeout`, `tls` and `interrupted` are retried; `redirect`,
-//!   `policy` are final.
+//! - Without a status, `connect`, `timeout`, `tls`, `protocol` and `interrupted` are retried;
+//!   `redirect`, `policy` are final. `protocol` (the receiver answered bytes that are not HTTP)
+//!   is a connection-level fault like `connect`: no status arrived, so nothing was decided by
+//!   the receiver's application, and what is on the port (a restarting proxy, another program
+//!   briefly holding it) is as likely to change as a refused connection.
 //! - **The status decides when one arrived.** An error while reading the body after the status
 //!   (`body`) is recorded on the attempt but never changes the status-based verdict; use
 //!   [`classify`] to get that precedence right.
@@ -62,9 +65,11 @@ pub fn classify_status(status: u16, retry_after: Option<&str>, now: DateTime<Utc
 /// so that status decides ([`classify`]); on their own, like `http_status`, they are final.
 pub fn classify_error(kind: ErrorKind) -> Verdict {
     match kind {
-        ErrorKind::Connect | ErrorKind::Timeout | ErrorKind::Tls | ErrorKind::Interrupted => {
-            Verdict::Retry { after: None }
-        }
+        ErrorKind::Connect
+        | ErrorKind::Timeout
+        | ErrorKind::Tls
+        | ErrorKind::Protocol
+        | ErrorKind::Interrupted => Verdict::Retry { after: None },
         ErrorKind::Redirect | ErrorKind::Policy | ErrorKind::HttpStatus | ErrorKind::Body => {
             Verdict::Final
         }
@@ -308,6 +313,7 @@ pub fn error_message(kind: ErrorKind, detail: &str) -> String {
         ErrorKind::Connect => "connection failed",
         ErrorKind::Timeout => "timed out",
         ErrorKind::Tls => "TLS handshake failed",
+        ErrorKind::Protocol => "the receiver's answer is not valid HTTP",
         ErrorKind::Redirect => "redirect not followed",
         ErrorKind::HttpStatus => "",
         ErrorKind::Body => "reading the response body failed",
@@ -415,7 +421,7 @@ mod tests {
     #[test]
     fn error_table_and_status_precedence() {
         use ErrorKind as K;
-        for k in [K::Connect, K::Timeout, K::Tls, K::Interrupted] {
+        for k in [K::Connect, K::Timeout, K::Tls, K::Protocol, K::Interrupted] {
             assert_eq!(classify_error(k), retry(None), "{k}");
         }
         for k in [K::Redirect, K::Policy, K::HttpStatus, K::Body] {

@@ -579,6 +579,7 @@ fn describe_error(e: &reqwest::Error, timeout: Duration) -> (ErrorKind, String) 
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut io_kind = None;
     let mut tls = false;
+    let mut not_http = false;
     let mut text = Vec::new();
     while let Some(s) = source {
         if let Some(r) = s.downcast_ref::<Refused>() {
@@ -595,6 +596,10 @@ fn describe_error(e: &reqwest::Error, timeout: Duration) -> (ErrorKind, String) 
         }
         if s.downcast_ref::<rustls::Error>().is_some() {
             tls = true;
+        }
+        // hyper could not parse the response head: bytes came back, but not HTTP.
+        if s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) {
+            not_http = true;
         }
         text.push(s.to_string());
         source = s.source();
@@ -623,10 +628,10 @@ fn describe_error(e: &reqwest::Error, timeout: Duration) -> (ErrorKind, String) 
             .to_string();
         return (ErrorKind::Connect, format!("could not resolve host {host}"));
     }
-    if all.contains("invalid HTTP") || all.contains("parse") && all.contains("HTTP") {
+    if not_http {
         return (
-            ErrorKind::Connect,
-            "the receiver's answer is not valid HTTP".to_string(),
+            ErrorKind::Protocol,
+            classify::error_message(ErrorKind::Protocol, text.last().map_or("", String::as_str)),
         );
     }
     if let Some(kind) = io_kind {
