@@ -598,7 +598,9 @@ fn describe_error(e: &reqwest::Error, timeout: Duration) -> (ErrorKind, String) 
             tls = true;
         }
         // hyper could not parse the response head: bytes came back, but not HTTP.
-        if s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) {
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
             not_http = true;
         }
         text.push(s.to_string());
