@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::model::ErrorKind;
 use crate::workflow::WebhookConfig;
@@ -110,18 +110,10 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     Some(delta.min(MAX_RETRY_AFTER))
 }
 
+/// An HTTP-date (RFC 9110 §5.6.7: IMF-fixdate, RFC 850 or asctime, always GMT), parsed by
+/// `httpdate` (hyper's own parser). A date with a numeric zone is not an HTTP-date.
 fn parse_http_date(v: &str) -> Option<DateTime<Utc>> {
-    // IMF-fixdate, "Sun, 06 Nov 1994 08:49:37 GMT", is a subset of RFC 2822.
-    if let Ok(t) = DateTime::parse_from_rfc2822(v) {
-        return Some(t.with_timezone(&Utc));
-    }
-    // The two obsolete forms RFC 9110 still asks recipients to accept.
-    for fmt in ["%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(v, fmt) {
-            return Some(t.and_utc());
-        }
-    }
-    None
+    httpdate::parse_http_date(v).ok().map(DateTime::<Utc>::from)
 }
 
 /// The delay before retry `k` (k = 1 … max_attempts − 1). A `Retry-After` replaces the
@@ -395,6 +387,9 @@ mod tests {
                 Some("Thu, 22 Oct 2015 07:28:00 GMT"),
                 retry(Some(3600)),
             ), // a day: clamped
+            // Not HTTP-dates (a numeric zone, no weekday): the schedule applies.
+            (429, Some("Wed, 21 Oct 2015 08:28:30 +0100"), retry(None)),
+            (429, Some("21 Oct 2015 07:28:30 GMT"), retry(None)),
             (429, Some("soon"), retry(None)),
             (429, Some("-5"), retry(None)),
             (429, Some("1.5"), retry(None)),
