@@ -1036,6 +1036,19 @@ fn unknown_ids_exit_1_with_one_sentence() {
             vec!["delivery", "cancel", "--workflow", "nope", "--yes"],
             "`nope`",
         ),
+        // An action the stage cannot take is a refusal, not bad usage.
+        (
+            vec!["stage", "pause", "--workflow", "flow", "work"],
+            "only webhook stages can be paused",
+        ),
+        (
+            vec!["stage", "resume", "--workflow", "flow", "dataset"],
+            "only webhook stages can be paused",
+        ),
+        (
+            vec!["test-webhook", "--workflow", "flow", "--stage", "work"],
+            "only webhook stages can be tested",
+        ),
     ];
     for (args, words) in cases {
         let r = env.run(&args).code(1);

@@ -398,7 +398,9 @@ fn replay(g: &Global, store: &Store, ids: Vec<DeliveryId>, json: bool) -> Result
 pub fn test_webhook(g: &Global, a: TestArgs) -> Result<(), CliError> {
     let wf = require_workflow(&a.workflow, "test-webhook")?;
     let store = g.open()?;
-    let lease = store.begin_test(&wf, &StageId::new(a.stage.as_str()), &g.operator())?;
+    let lease = store
+        .begin_test(&wf, &StageId::new(a.stage.as_str()), &g.operator())
+        .map_err(refusal)?;
     let rt = super::deliveries_runtime()?;
     let ev = rt.block_on(send_manual(
         &store,
@@ -437,7 +439,9 @@ pub fn stage(g: &Global, c: StageCommand) -> Result<(), CliError> {
     )?;
     let store = g.open()?;
     let stage = StageId::new(a.stage.as_str());
-    let changed = store.set_paused(&wf, &stage, pause, &g.operator())?;
+    let changed = store
+        .set_paused(&wf, &stage, pause, &g.operator())
+        .map_err(refusal)?;
     let word = if pause { "paused" } else { "resumed" };
     if changed {
         outln!("stage {wf}/{stage} {word}");
@@ -445,6 +449,13 @@ pub fn stage(g: &Global, c: StageCommand) -> Result<(), CliError> {
         outln!("stage {wf}/{stage} was already {word}");
     }
     Ok(())
+}
+
+/// A store error from an action on a stage the operator named correctly: one the stage
+/// cannot take (pausing or testing a stage that is not a webhook stage) is a refusal (exit 1),
+/// not bad usage; the store calls it `Invalid` because the API answers it 422.
+fn refusal(e: crate::store::StoreError) -> CliError {
+    CliError::failure(e.to_string())
 }
 
 /// One line per attempt, as `serve` prints it: glyph, status, stage, item, attempt n/max.
