@@ -821,15 +821,23 @@ fn a_new_database_is_0600_or_the_mode_asked_for() {
             & 0o777
     };
     let env = Env::new();
-    env.run(&["workflow", "list"]).ok();
+    let wf = env.write("flow.toml", WAITING_WORKFLOW);
+    let r = env.apply(&wf).ok();
     assert_eq!(mode(&env.db), 0o600);
+    // A command that creates the file says so.
+    assert!(
+        r.stderr.contains("created a new database") && r.stderr.contains("0600"),
+        "{r:#?}"
+    );
+    let again = env.apply(&wf).ok();
+    assert!(!again.stderr.contains("created"), "{again:#?}");
 
     let team = env.path("team.db");
     let r = finish(
         bare_command(&env)
             .arg("--db")
             .arg(&team)
-            .args(["--db-mode", "0660", "workflow", "list"])
+            .args(["--db-mode", "0660", "workflow", "apply", s(&wf)])
             .output()
             .expect("run"),
     )
@@ -842,7 +850,7 @@ fn a_new_database_is_0600_or_the_mode_asked_for() {
             .arg("--db")
             .arg(&by_env)
             .env("HOOKOPS_DB_MODE", "0640")
-            .args(["workflow", "list"])
+            .args(["workflow", "apply", s(&wf)])
             .output()
             .expect("run"),
     )
@@ -856,6 +864,82 @@ fn a_new_database_is_0600_or_the_mode_asked_for() {
 
     let bad = env.run(&["--db-mode", "999", "workflow", "list"]).code(2);
     assert!(bad.stderr.contains("999"), "{bad:#?}");
+    // Modes with bits for other users are refused with the reason, creating nothing.
+    for world in ["0666", "0644", "0604"] {
+        let path = env.path(&format!("world-{world}.db"));
+        let r = finish(
+            bare_command(&env)
+                .arg("--db")
+                .arg(&path)
+                .args(["--db-mode", world, "workflow", "apply", s(&wf)])
+                .output()
+                .expect("run"),
+        )
+        .code(2);
+        assert!(
+            r.stderr.contains(world) && r.stderr.contains("other users"),
+            "{world}: {r:#?}"
+        );
+        assert!(!path.exists(), "{world}: nothing created");
+    }
+}
+
+#[test]
+fn a_mistyped_db_creates_nothing_and_says_so() {
+    let env = waiting_env(1);
+    let typo = env.path("hookpos.db");
+    let reads: &[&[&str]] = &[
+        &["item", "list"],
+        &["item", "show", "it0"],
+        &["deliveries"],
+        &["deliveries", "export"],
+        &["delivery", "show", "msg_x"],
+        &["workflow", "list"],
+        &["workflow", "show", "flow"],
+        &["audit"],
+        &["check"],
+        &["backup", "copy.db"],
+        &["policy", "show"],
+        &["prune", "--older-than", "30d", "--dry-run"],
+        // Actions on a database that is not there have nothing to act on either.
+        &["assign", "--workflow", "flow", "--stage", "work", "it0"],
+        &["refire", "--failed", "--workflow", "flow", "--yes"],
+        &["stage", "pause", "--workflow", "flow", "hook"],
+        &["item", "import", "items.jsonl", "--workflow", "flow"],
+        // The console without --create.
+        &[],
+    ];
+    for args in reads {
+        let r = finish(
+            bare_command(&env)
+                .current_dir(env.dir.path())
+                .arg("--db")
+                .arg(&typo)
+                .args(*args)
+                .output()
+                .expect("run"),
+        )
+        .code(1);
+        let msg = r.one_line_error();
+        assert!(
+            msg.contains("no database at") && msg.contains("hookpos.db"),
+            "{args:?}: {r:#?}"
+        );
+        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
+    // $HOOKOPS_DB mistyped: the same.
+    let r = finish(
+        bare_command(&env)
+            .env("HOOKOPS_DB", &typo)
+            .args(["item", "list"])
+            .output()
+            .expect("run"),
+    )
+    .code(1);
+    assert!(r.one_line_error().contains("no database at"), "{r:#?}");
+    assert!(!typo.exists());
+    // The real database still answers.
+    assert_eq!(env.items().len(), 1);
 }
 
 #[test]
@@ -1323,18 +1407,19 @@ fn a_closed_stdout_ends_a_listing_quietly() {
 #[test]
 fn the_database_path_is_hookops_db_else_the_xdg_data_dir() {
     let env = Env::new();
+    let wf = env.write("flow.toml", WAITING_WORKFLOW);
     let run = |hookops_db: Option<&Path>| {
         let mut c = Command::new(BIN);
         c.env("HOME", env.dir.path())
             .env("XDG_DATA_HOME", env.dir.path().join("xdg"))
             .env_remove("HOOKOPS_DB_MODE")
             .env_remove("HOOKOPS_DB")
-            .args(["workflow", "list", "--json"]);
+            .args(["workflow", "apply", s(&wf)]);
         if let Some(p) = hookops_db {
             c.env("HOOKOPS_DB", p);
         }
         let r = finish(c.output().expect("run")).ok();
-        assert_eq!(r.json(), Value::Array(vec![]));
+        assert!(r.stdout.contains("workflow flow created"), "{r:#?}");
     };
     let from_env = env.path("from-env.db");
     run(Some(&from_env));

@@ -103,6 +103,9 @@ pub struct ConsoleArgs {
     /// Console config with `[keys]` overrides [default: $XDG_CONFIG_HOME/hookops/config.toml]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Create the database when it does not exist (else the console refuses a missing file)
+    #[arg(long)]
+    pub create: bool,
 }
 
 /// Options every subcommand takes.
@@ -122,11 +125,24 @@ pub struct Global {
     pub db_mode: Option<u32>,
 }
 
+/// A database file mode: octal, read-write for its owner, nothing for other users. The file
+/// holds webhook secrets, and `check` fails a file every user can read.
 fn parse_mode(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+    let mode = u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)
-        .ok_or_else(|| format!("`{s}` is not an octal file mode like 0600 or 0660"))
+        .ok_or_else(|| format!("`{s}` is not an octal file mode like 0600 or 0660"))?;
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "{s} gives other users access to the database, which holds webhook secrets (`check` fails such a file): use 0600, 0640 or 0660"
+        ));
+    }
+    if mode & 0o600 != 0o600 {
+        return Err(format!(
+            "{s} does not let its owner read and write the database: use 0600, 0640 or 0660"
+        ));
+    }
+    Ok(mode)
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,13 +231,59 @@ impl Global {
             .unwrap_or_else(|| "unknown".to_string())
     }
 
+    /// Opens an existing database. A path where nothing exists is refused (exit 1) and
+    /// nothing is created: a mistyped `--db` must not leave an empty database behind, nor
+    /// answer "no items" as if it had looked at the real one.
     pub fn open(&self) -> Result<Store, CliError> {
+        let path = self.db_path();
+        if is_missing(&path) {
+            return Err(CliError::failure(missing_message(&path)));
+        }
+        self.open_at(&path)
+    }
+
+    /// Opens the database, creating it when nothing exists at its path: only for commands
+    /// that write something into it (`workflow apply`, `item import`, `serve`, the console
+    /// with `--create`). A new file is announced on stderr with its mode.
+    pub fn open_or_create(&self) -> Result<Store, CliError> {
+        let path = self.db_path();
+        let creating = is_missing(&path) && !self.read_only;
+        let store = self.open_at(&path)?;
+        if creating {
+            eprintln!(
+                "hookops: created a new database {} (mode {:04o})",
+                path.display(),
+                self.create_mode()
+            );
+        }
+        Ok(store)
+    }
+
+    fn create_mode(&self) -> u32 {
+        self.db_mode.unwrap_or(0o600)
+    }
+
+    fn open_at(&self, path: &std::path::Path) -> Result<Store, CliError> {
         let opts = OpenOptions {
             read_only: self.read_only,
-            create_mode: self.db_mode.unwrap_or(0o600),
+            create_mode: self.create_mode(),
         };
-        Ok(Store::open(&self.db_path(), &opts)?)
+        Ok(Store::open(path, &opts)?)
     }
+}
+
+/// Whether nothing exists at `path`. An error looking (a directory it may not search) is not
+/// "missing": opening then says what is wrong.
+fn is_missing(path: &std::path::Path) -> bool {
+    matches!(path.try_exists(), Ok(false))
+}
+
+/// The one sentence for a database path where nothing exists.
+pub(crate) fn missing_message(path: &std::path::Path) -> String {
+    format!(
+        "no database at {} (check --db or $HOOKOPS_DB); nothing was created: `workflow apply`, `item import`, `serve` and `demo` create one",
+        path.display()
+    )
 }
 
 /// `$XDG_DATA_HOME/hookops`, else `~/.local/share/hookops`.
@@ -264,7 +326,20 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 
 fn console(g: &Global, c: &ConsoleArgs) -> Result<(), CliError> {
     serve::init_log_file(c.log_file.as_ref())?;
-    let store = g.open()?;
+    let store = if c.create {
+        g.open_or_create()?
+    } else {
+        g.open().map_err(|e| {
+            if is_missing(&g.db_path()) {
+                CliError::failure(format!(
+                    "{}; `hookops --create` opens the console on a new empty one",
+                    e.message
+                ))
+            } else {
+                e
+            }
+        })?
+    };
     run_console(store, g, c)
 }
 

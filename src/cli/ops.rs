@@ -342,6 +342,9 @@ pub fn backup(g: &Global, a: BackupArgs) -> Result<(), CliError> {
 
 pub fn check(g: &Global, a: CheckArgs) -> Result<(), CliError> {
     let path = g.db_path();
+    if matches!(path.try_exists(), Ok(false)) {
+        return Err(CliError::failure(super::missing_message(&path)));
+    }
     let report = if a.repair {
         g.open()?.repair(&g.operator())?
     } else {

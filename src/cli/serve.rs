@@ -159,7 +159,7 @@ pub fn init_log_file(path: Option<&PathBuf>) -> Result<(), CliError> {
 
 pub fn serve(g: &Global, a: ServeArgs) -> Result<(), CliError> {
     init_log_file(a.log_file.as_ref())?;
-    let store = g.open()?;
+    let store = g.open_or_create()?;
     // A read-only `serve --api` answers reads and refuses every action; it sends nothing.
     let dispatch = !(g.read_only && a.api.is_some());
     if dispatch {

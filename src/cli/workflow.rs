@@ -76,7 +76,7 @@ fn apply(
         );
         return Ok(());
     }
-    let store = g.open()?;
+    let store = g.open_or_create()?;
     let report = store.apply_workflow(&wf, &moves, &g.operator())?;
     if json {
         return output::json(&report);
