@@ -273,7 +273,7 @@ fn spawn_watchers(
 ) {
     // Once a second: tick and header.
     let (s, t, stop1) = (store.clone(), tx.clone(), stop.clone());
-    let opened = file_identity(store.path());
+    let opened = crate::fileid::identity(store.path());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         while !*stop1.borrow() {
@@ -284,7 +284,7 @@ fn spawn_watchers(
             let s2 = s.clone();
             let header = tokio::task::spawn_blocking(move || {
                 let mut h = header(&s2, own_dispatcher, concurrency);
-                h.file_problem = file_problem(s2.path(), opened);
+                h.file_problem = crate::fileid::problem(s2.path(), opened);
                 if own_dispatcher && h.file_problem.is_some() {
                     h.dispatcher = "dispatcher stopped: the database file is gone".into();
                     h.dispatcher_warning = true;
@@ -345,33 +345,6 @@ fn spawn_watchers(
             }
         }
     });
-}
-
-/// A database file's identity (device, inode), to notice it being deleted or replaced.
-fn file_identity(path: &std::path::Path) -> Option<(u64, u64)> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        None
-    }
-}
-
-/// What happened to the database file since it was opened (`opened`), if anything.
-fn file_problem(path: &std::path::Path, opened: Option<(u64, u64)>) -> Option<String> {
-    let opened = opened?;
-    match file_identity(path) {
-        None => Some(format!("the database file {} was deleted", path.display())),
-        Some(now) if now != opened => Some(format!(
-            "the database file {} was replaced by another file",
-            path.display()
-        )),
-        Some(_) => None,
-    }
 }
 
 /// Header figures: database, dispatcher state (and the private-target policy when it is on),
