@@ -231,8 +231,11 @@ fn waiting_env(n: usize) -> Env {
     let wf = env.write("flow.toml", WAITING_WORKFLOW);
     env.apply(&wf).ok();
     let items = env.write("items.jsonl", &plain_items("it", n));
-    env.run(&["item", "import", s(&items), "--workflow", "flow"])
+    let r = env
+        .run(&["item", "import", s(&items), "--workflow", "flow"])
         .ok();
+    // Progress is for a terminal; stderr here is a pipe (100,000 items in one test).
+    assert!(!r.stderr.contains("imported"), "{r:#?}");
     env
 }
 
@@ -885,6 +888,40 @@ fn a_new_database_is_0600_or_the_mode_asked_for() {
 }
 
 #[test]
+fn a_dash_reads_the_workflow_and_the_items_from_standard_input() {
+    let env = Env::new();
+    let piped = |args: &[&str], input: &str| -> Run {
+        let mut child = command(&env)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut stdin = child.stdin.take().expect("stdin");
+        std::io::Write::write_all(&mut stdin, input.as_bytes()).expect("write stdin");
+        drop(stdin);
+        finish(child.wait_with_output().expect("wait"))
+    };
+    let r = piped(&["workflow", "apply", "-"], WAITING_WORKFLOW).ok();
+    assert!(r.stdout.contains("workflow flow created"), "{r:#?}");
+    let r = piped(
+        &["item", "import", "-", "--workflow", "flow"],
+        &plain_items("in", 3),
+    )
+    .ok();
+    assert!(r.stdout.contains("imported 3 item(s)"), "{r:#?}");
+    assert_eq!(env.items().len(), 3);
+    // Diagnostics name standard input.
+    let r = piped(
+        &["workflow", "apply", "-", "--check"],
+        "id = \"x\"\nbogus = 1\n",
+    )
+    .code(2);
+    assert!(r.stderr.contains("<stdin>:"), "{r:#?}");
+}
+
+#[test]
 fn a_mistyped_db_creates_nothing_and_says_so() {
     let env = waiting_env(1);
     let typo = env.path("hookpos.db");
@@ -1361,6 +1398,30 @@ fn every_mutating_command_writes_an_audit_row_with_its_operator() {
             .any(|e| e["cause"] == "approve" && e["operator"] == "alice"),
         "{h}"
     );
+    // Times in tables carry their zone: `2026-11-28 01:47:40Z`.
+    for args in [&["audit"][..], &["item", "list"]] {
+        let text = env.run(args).ok().stdout;
+        // Every `dddd-dd-dd dd:dd:dd` and the character after it.
+        let shape = b"dddd-dd-dd dd:dd:dd";
+        let times: Vec<&[u8]> = text
+            .as_bytes()
+            .windows(shape.len() + 1)
+            .filter(|w| {
+                w.iter().zip(shape).all(|(c, s)| match s {
+                    b'd' => c.is_ascii_digit(),
+                    s => c == s,
+                })
+            })
+            .collect();
+        assert!(!times.is_empty(), "{args:?}: {text}");
+        for t in times {
+            assert_eq!(
+                t.last(),
+                Some(&b'Z'),
+                "{args:?}: no zone after a time: {text}"
+            );
+        }
+    }
 }
 
 #[test]

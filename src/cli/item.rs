@@ -16,8 +16,11 @@ pub const DEFAULT_LIMIT: usize = 1000;
 #[derive(Debug, Subcommand)]
 pub enum ItemCommand {
     /// Import JSON Lines: plain items or whole Darwin JSON 2.0 exports, one per line
+    #[command(after_long_help = super::examples::ITEM_IMPORT)]
     Import {
+        /// The JSON Lines file; `-` reads it from standard input
         file: PathBuf,
+        /// The workflow to import into (its dataset stage receives the items)
         #[arg(long)]
         workflow: String,
         /// Dataset name for items whose line names none [default: the workflow id]
@@ -26,19 +29,26 @@ pub enum ItemCommand {
         /// Import the good lines even when some lines are invalid
         #[arg(long)]
         skip_invalid: bool,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// List items, oldest first in their stage
+    #[command(after_long_help = super::examples::ITEM_LIST)]
     List(ListArgs),
     /// Show an item: fields, annotations summary, history and deliveries
+    #[command(after_long_help = super::examples::ITEM_SHOW)]
     Show {
+        /// The item's id
         id: String,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Complete an item's annotate stage, or decide its review
+    #[command(after_long_help = super::examples::ITEM_ADVANCE)]
     Advance {
+        /// Ids of the items to advance
         #[arg(required = true)]
         ids: Vec<String>,
         /// Required in a review stage
@@ -47,6 +57,7 @@ pub enum ItemCommand {
         /// Refuse items that are not in this stage (compare-and-set for scripts)
         #[arg(long)]
         expect_stage: Option<String>,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -60,8 +71,10 @@ pub enum OutcomeArg {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    /// Only items of this workflow (id)
     #[arg(long)]
     pub workflow: Option<String>,
+    /// Only items in this stage (id; without --workflow, that stage id in every workflow)
     #[arg(long)]
     pub stage: Option<String>,
     /// waiting, active, in_delivery, failed or done
@@ -76,28 +89,34 @@ pub struct ListArgs {
     /// At most N rows (0 = all)
     #[arg(long, default_value_t = DEFAULT_LIMIT)]
     pub limit: usize,
+    /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct AssignArgs {
-    #[arg(long)]
+    /// The workflow of the stage (id; required)
+    #[arg(long, value_name = "ID")]
     pub workflow: Option<String>,
-    /// The stage to assign the items to
-    #[arg(long)]
+    /// The stage to move the items into (id); an automated stage runs at once (a webhook
+    /// stage queues a delivery per item)
+    #[arg(long, value_name = "ID")]
     pub stage: String,
-    /// Move every item of this stage (oldest first)
-    #[arg(long, conflicts_with = "ids")]
+    /// Instead of ids: move every item of this stage, longest waiting first
+    #[arg(long, value_name = "ID", conflicts_with = "ids")]
     pub from_stage: Option<String>,
     /// With --from-stage: at most N items
-    #[arg(long, requires = "from_stage", value_parser = super::action_limit)]
+    #[arg(long, value_name = "N", requires = "from_stage", value_parser = super::action_limit)]
     pub limit: Option<usize>,
-    /// Refuse items that are not in this stage (compare-and-set for scripts)
-    #[arg(long, conflicts_with = "from_stage")]
+    /// Refuse items that are not in this stage now (compare-and-set for scripts; implied by
+    /// --from-stage)
+    #[arg(long, value_name = "ID", conflicts_with = "from_stage")]
     pub expect_stage: Option<String>,
-    /// Item ids
+    /// Ids of the items to move
+    #[arg(value_name = "ITEM_ID")]
     pub ids: Vec<String>,
+    /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
@@ -150,9 +169,15 @@ fn import(
     skip_invalid: bool,
     json: bool,
 ) -> Result<(), CliError> {
-    let f = std::fs::File::open(&file)
-        .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
-    let mut parsed = crate::import::parse_jsonl(BufReader::new(f))
+    // `-` is standard input; the parser reads any buffered reader.
+    let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let f = std::fs::File::open(&file)
+            .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
+        Box::new(BufReader::new(f))
+    };
+    let mut parsed = crate::import::parse_jsonl(input)
         .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
     let store = g.open()?;
     // An id that belongs to another workflow is a line error too (design §6), reported and
@@ -198,13 +223,10 @@ fn import(
             .unwrap_or_else(|| name.clone()),
         name,
     });
-    let total = parsed.items.len();
-    let show_progress = total >= 50_000 && !json;
+    let mut progress = output::Progress::new("imported", parsed.items.len(), json);
     let report = store
-        .import_checked_items(&workflow, parsed.items, default_dataset, &g.operator(), &mut |done, total| {
-            if show_progress && done % 100_000 < 1000 {
-                eprintln!("imported {done} of {total}");
-            }
+        .import_checked_items(&workflow, parsed.items, default_dataset, &g.operator(), &mut |done, _| {
+            progress.update(done)
         })
         .map_err(|e| {
             let code = if e.source.is_refusal() { 1 } else { 2 };
@@ -219,6 +241,7 @@ fn import(
             };
             CliError { code, message }
         })?;
+    drop(progress);
     for id in report.differing.iter().take(20) {
         eprintln!(
             "warning: item `{id}` is already present with different content; it was not changed"
@@ -247,7 +270,6 @@ fn import(
             outln!("  {stage}: {n}");
         }
     }
-    let _ = total;
     if !parsed.errors.is_empty() {
         // Some lines were refused: the operation was only partly done.
         return Err(CliError::failure(format!(

@@ -21,6 +21,7 @@ macro_rules! outln {
 
 mod deliveries;
 mod demo;
+mod examples;
 mod item;
 mod ops;
 mod output;
@@ -74,7 +75,13 @@ impl From<StoreError> for CliError {
 
 /// hookops: operate annotation workflows whose stages fire webhooks.
 #[derive(Debug, Parser)]
-#[command(name = "hookops", version, about, propagate_version = true)]
+#[command(
+    name = "hookops",
+    version,
+    about,
+    propagate_version = true,
+    after_long_help = examples::ROOT
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -108,8 +115,12 @@ pub struct ConsoleArgs {
     pub create: bool,
 }
 
+/// The help heading of [`Global`]'s options, apart from each command's own.
+pub const GLOBAL_HEADING: &str = "Global options";
+
 /// Options every subcommand takes.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = GLOBAL_HEADING)]
 pub struct Global {
     /// Database file [default: $HOOKOPS_DB, else $XDG_DATA_HOME/hookops/hookops.db]
     #[arg(long, global = true, value_name = "PATH")]
@@ -120,7 +131,8 @@ pub struct Global {
     /// Open the database read-only and refuse every action
     #[arg(long, global = true)]
     pub read_only: bool,
-    /// File mode of a newly created database, e.g. 0660 for a team [default: 0600]
+    /// File mode of a newly created database: 0600, 0640 or 0660 for a team (never bits for
+    /// other users: it holds webhook secrets) [default: 0600]
     #[arg(long, global = true, value_name = "MODE", env = "HOOKOPS_DB_MODE", value_parser = parse_mode)]
     pub db_mode: Option<u32>,
 }
@@ -154,36 +166,49 @@ pub enum Command {
     #[command(subcommand)]
     Item(item::ItemCommand),
     /// Assign items to a stage by hand (automated stages run at once)
+    #[command(after_long_help = examples::ASSIGN)]
     Assign(item::AssignArgs),
     /// Show the audit log of operator actions, newest first
+    #[command(after_long_help = examples::AUDIT)]
     Audit(AuditArgs),
     /// List deliveries, newest first (or `deliveries export` them as JSON Lines)
+    #[command(after_long_help = examples::DELIVERIES)]
     Deliveries(ops::DeliveriesArgs),
     /// Show one delivery with every attempt
     #[command(subcommand)]
     Delivery(deliveries::DeliveryCommand),
     /// Re-fire deliveries (the item goes back into the stage and is delivered anew), or replay them
+    #[command(after_long_help = examples::REFIRE)]
     Refire(deliveries::RefireArgs),
     /// POST a sample document to a webhook stage; moves nothing
+    #[command(after_long_help = examples::TEST_WEBHOOK)]
     TestWebhook(deliveries::TestArgs),
     /// Pause or resume a webhook stage
     #[command(subcommand)]
     Stage(deliveries::StageCommand),
     /// Run the delivery engine without the console
+    #[command(after_long_help = examples::SERVE)]
     Serve(serve::ServeArgs),
     /// Run a small webhook receiver with scripted behaviour (for demos and tests)
+    #[command(after_long_help = examples::RECEIVER)]
     Receiver(serve::ReceiverArgs),
     /// Create a fresh demo database with the demo workflow and items
+    #[command(after_long_help = examples::DEMO)]
     Demo(DemoArgs),
     /// Remove old finished deliveries and their attempts (keeps each item's latest per stage)
+    #[command(after_long_help = examples::PRUNE)]
     Prune(ops::PruneArgs),
     /// Write a consistent copy of the database while it is in use
+    #[command(after_long_help = examples::BACKUP)]
     Backup(ops::BackupArgs),
     /// Check the database's health; --repair fixes what is safe
+    #[command(after_long_help = examples::CHECK)]
     Check(ops::CheckArgs),
     /// Print a shell completion script (bash, zsh, fish, …)
+    #[command(after_long_help = examples::COMPLETIONS)]
     Completions(ops::CompletionsArgs),
     /// Print the man page (roff)
+    #[command(after_long_help = examples::MAN)]
     Man,
     /// Show or set the delivery policies stored in the database (deny_private_targets, max_body_bytes)
     #[command(subcommand)]
@@ -195,6 +220,7 @@ pub struct AuditArgs {
     /// At most this many rows (0 = all)
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
@@ -438,4 +464,88 @@ pub(crate) fn require_workflow(
 
 pub(crate) fn stage_id(s: &str) -> StageId {
     StageId::new(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command under `cmd` (itself included), with its path of names.
+    fn commands(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Command)>) {
+        let path = if path.is_empty() {
+            cmd.get_name().to_string()
+        } else {
+            format!("{path} {}", cmd.get_name())
+        };
+        out.push((path.clone(), cmd.clone()));
+        for sub in cmd.get_subcommands() {
+            commands(sub, &path, out);
+        }
+    }
+
+    fn all() -> Vec<(String, clap::Command)> {
+        let mut cmd = super::Cli::command();
+        cmd.build();
+        let mut out = Vec::new();
+        commands(&cmd, "", &mut out);
+        out
+    }
+
+    #[test]
+    fn every_flag_and_argument_has_help_text() {
+        let mut missing = Vec::new();
+        for (path, cmd) in all() {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path}: {id}"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "{} without help: {missing:#?}",
+            missing.len()
+        );
+    }
+
+    #[test]
+    fn global_options_have_their_own_heading() {
+        for (path, cmd) in all() {
+            for arg in cmd.get_arguments().filter(|a| a.is_global_set()) {
+                assert_eq!(
+                    arg.get_help_heading(),
+                    Some(super::GLOBAL_HEADING),
+                    "{path}: --{}",
+                    arg.get_id()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_command_ends_its_long_help_with_examples() {
+        let mut missing = Vec::new();
+        for (path, cmd) in all() {
+            // Groups (`workflow`, `item`, …) only list their commands; `help` is clap's.
+            if path.split(' ').any(|w| w == "help") || cmd.is_subcommand_required_set() {
+                continue;
+            }
+            let after = cmd
+                .get_after_long_help()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            if !(after.starts_with("Examples:") && after.contains("  hookops")) {
+                missing.push(path);
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "{} without examples: {missing:#?}",
+            missing.len()
+        );
+    }
 }
