@@ -1299,8 +1299,8 @@ fn which(program: &str) -> bool {
 
 mod console {
     use super::*;
-    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
     use hookops::tui::state::{App, Effect, Msg, Overlay, Pending, ViewData, ViewKind, update};
+    use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
     fn key(app: &mut App, code: KeyCode) -> Vec<Effect> {
         update(app, Msg::Key(KeyEvent::new(code, KeyModifiers::NONE)))

@@ -20,10 +20,10 @@ mod tests;
 use std::io::Write;
 use std::time::Duration;
 
-use crossterm::event::{self, Event};
-use crossterm::{cursor, execute, terminal};
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
+use ratatui::crossterm::event::{self, Event};
+use ratatui::crossterm::{cursor, execute, terminal};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::dispatch::{DispatchNotice, DispatcherOptions};
@@ -104,7 +104,7 @@ pub fn run(store: Store, opts: ConsoleOptions) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     // Reverse video must survive NO_COLOR (style.md).
-    crossterm::style::force_color_output(true);
+    ratatui::crossterm::style::force_color_output(true);
     let mouse = opts.mouse;
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

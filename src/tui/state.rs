@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::keymap::{self, Action, Scope};
 use crate::dispatch::AttemptEvent;
@@ -811,7 +811,7 @@ fn loaded(app: &mut App, view: u64, data: ViewData, append: bool) {
 }
 
 fn is_press(k: &KeyEvent) -> bool {
-    k.kind == crossterm::event::KeyEventKind::Press
+    k.kind == ratatui::crossterm::event::KeyEventKind::Press
 }
 
 fn key(app: &mut App, k: KeyEvent) -> Vec<Effect> {
