@@ -546,15 +546,10 @@ mod body_serde {
     }
 }
 
-/// The one-line summary printed per request:
-/// `12:00:01 POST /validate?x=1 msg_… attempt 2 sig ok -> 500`.
+/// The one-line summary printed per request, its time in UTC like every time the CLI prints:
+/// `12:00:01Z POST /validate?x=1 msg_… attempt 2 sig ok -> 500`.
 fn format_line(r: &Received, note: &str) -> String {
-    let mut line = format!(
-        "{} {} {}",
-        r.at.with_timezone(&chrono::Local).format("%H:%M:%S"),
-        r.method,
-        r.path
-    );
+    let mut line = format!("{} {} {}", r.at.format("%H:%M:%SZ"), r.method, r.path);
     if !r.query.is_empty() {
         line.push('?');
         line.push_str(&r.query);
@@ -1821,6 +1816,11 @@ mod tests {
         assert!(
             printed.ends_with(" POST /validate?x=1 msg_1 attempt 2 sig ok -> 500"),
             "{printed}"
+        );
+        let time = printed.split(' ').next().unwrap_or_default();
+        assert!(
+            time.len() == 9 && time.ends_with('Z'),
+            "the zone is shown: {printed}"
         );
         r.webhook_id = Some("msg_\x1b[2J".into());
         r.status = 0;

@@ -269,8 +269,10 @@ impl Global {
     }
 
     /// Opens the database, creating it when nothing exists at its path: only for commands
-    /// that write something into it (`workflow apply`, `item import`, `serve`, the console
-    /// with `--create`). A new file is announced on stderr with its mode.
+    /// that write something into a new file (`workflow apply`, `serve`, the console with
+    /// `--create`; `demo` makes its own). `item import` does not: a new database holds no
+    /// workflow to import into, so it could only fail after leaving an empty file behind.
+    /// A new file is announced on stderr with its mode.
     pub fn open_or_create(&self) -> Result<Store, CliError> {
         let path = self.db_path();
         let creating = is_missing(&path) && !self.read_only;
@@ -307,7 +309,7 @@ fn is_missing(path: &std::path::Path) -> bool {
 /// The one sentence for a database path where nothing exists.
 pub(crate) fn missing_message(path: &std::path::Path) -> String {
     format!(
-        "no database at {} (check --db or $HOOKOPS_DB); nothing was created: `workflow apply`, `item import`, `serve` and `demo` create one",
+        "no database at {} (check --db or $HOOKOPS_DB); nothing was created: `workflow apply`, `serve` and `demo` create one",
         path.display()
     )
 }
