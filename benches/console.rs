@@ -12,10 +12,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use hookops::store::{OpenOptions, Store};
 use hookops::tui::headless::Headless;
 use hookops::tui::state::Msg;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 const WORKFLOW: &str = r#"
 id = "bench"

@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod dispatch;
 pub mod engine;
+pub mod fileid;
 pub mod import;
 pub mod model;
 pub mod receiver;

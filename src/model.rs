@@ -257,6 +257,7 @@ str_enum!(
         Body => "body",
         Policy => "policy",
         Interrupted => "interrupted",
+        Protocol => "protocol",
     }
 );
 

@@ -32,13 +32,10 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::serve::{IncomingStream, Listener};
-use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, KeyInit, Mac};
 use http_body::{Frame, SizeHint};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -436,42 +433,22 @@ pub struct SecretError {
     pub index: usize,
 }
 
-fn mac_for(secret: &str, index: usize) -> Result<Hmac<Sha256>, SecretError> {
-    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-    let key = BASE64
-        .decode(encoded.trim())
-        .map_err(|_| SecretError { index })?;
-    if key.is_empty() {
-        return Err(SecretError { index });
-    }
-    Hmac::<Sha256>::new_from_slice(&key).map_err(|_| SecretError { index })
+/// Decodes receiver secret `index` (1-based) with the dispatcher's own decoder
+/// ([`crate::dispatch::sign`]), so every key `workflow apply` accepts (unpadded base64
+/// included) verifies here too.
+fn decode_key(secret: &str, index: usize) -> Result<Vec<u8>, SecretError> {
+    crate::dispatch::sign::decode_secret(secret).map_err(|_| SecretError { index })
 }
 
-/// True when any `v1,<base64>` entry of `signature` (space-separated) is the HMAC-SHA256 of
-/// `{id}.{timestamp}.{body}` under one of `macs`. Comparison is constant-time.
-fn verify_with(
-    macs: &[Hmac<Sha256>],
-    id: &str,
-    timestamp: &str,
-    body: &[u8],
-    signature: &str,
-) -> bool {
-    let candidates: Vec<Vec<u8>> = signature
-        .split_whitespace()
-        .filter_map(|entry| entry.strip_prefix("v1,"))
-        .filter_map(|b64| BASE64.decode(b64).ok())
-        .collect();
-    macs.iter().any(|keyed| {
-        let mut mac = keyed.clone();
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        candidates
-            .iter()
-            .any(|tag| mac.clone().verify_slice(tag).is_ok())
-    })
+/// True when any `v1,<base64>` entry of `signature` (space-separated) verifies under one of
+/// `keys` for `{id}.{timestamp}.{body}`. A timestamp that is not an integer verifies nothing
+/// (the sender signs the integer's decimal form).
+fn verify_with(keys: &[Vec<u8>], id: &str, timestamp: &str, body: &[u8], signature: &str) -> bool {
+    let Ok(ts) = timestamp.trim().parse::<i64>() else {
+        return false;
+    };
+    keys.iter()
+        .any(|key| crate::dispatch::sign::verify_key(key, id, ts, body, signature))
 }
 
 /// Verifies a Standard Webhooks signature header against one `whsec_` secret. The timestamp's
@@ -483,8 +460,8 @@ pub fn verify_signature(
     body: &[u8],
     signature: &str,
 ) -> Result<bool, SecretError> {
-    let mac = mac_for(secret, 1)?;
-    Ok(verify_with(&[mac], webhook_id, timestamp, body, signature))
+    let key = decode_key(secret, 1)?;
+    Ok(verify_with(&[key], webhook_id, timestamp, body, signature))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -569,15 +546,10 @@ mod body_serde {
     }
 }
 
-/// The one-line summary printed per request:
-/// `12:00:01 POST /validate?x=1 msg_… attempt 2 sig ok -> 500`.
+/// The one-line summary printed per request, its time in UTC like every time the CLI prints:
+/// `12:00:01Z POST /validate?x=1 msg_… attempt 2 sig ok -> 500`.
 fn format_line(r: &Received, note: &str) -> String {
-    let mut line = format!(
-        "{} {} {}",
-        r.at.with_timezone(&chrono::Local).format("%H:%M:%S"),
-        r.method,
-        r.path
-    );
+    let mut line = format!("{} {} {}", r.at.format("%H:%M:%SZ"), r.method, r.path);
     if !r.query.is_empty() {
         line.push('?');
         line.push_str(&r.query);
@@ -924,7 +896,8 @@ struct Shared {
     /// Requests arrived so far.
     count: watch::Sender<usize>,
     stop: watch::Sender<bool>,
-    macs: Vec<Hmac<Sha256>>,
+    /// Decoded signing keys.
+    keys: Vec<Vec<u8>>,
     /// Set when printing or recording; `with_body` only when recording needs the body.
     events: Option<(mpsc::UnboundedSender<Event>, bool)>,
 }
@@ -1110,7 +1083,7 @@ async fn handle(
         .get("hookops-attempt")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u32>().ok());
-    let signature_valid = (!shared.macs.is_empty()).then(|| {
+    let signature_valid = (!shared.keys.is_empty()).then(|| {
         let get = |name| {
             headers
                 .get(name)
@@ -1121,7 +1094,7 @@ async fn handle(
             get("webhook-timestamp"),
             get("webhook-signature"),
         ) {
-            (Some(id), Some(ts), Some(sig)) => verify_with(&shared.macs, id, ts, &body, sig),
+            (Some(id), Some(ts), Some(sig)) => verify_with(&shared.keys, id, ts, &body, sig),
             _ => false,
         }
     });
@@ -1348,11 +1321,11 @@ impl Receiver {
     }
 
     async fn start_with(opts: ReceiverOptions, record: Option<File>) -> io::Result<Receiver> {
-        let macs = opts
+        let keys = opts
             .secrets
             .iter()
             .enumerate()
-            .map(|(i, s)| mac_for(s, i + 1))
+            .map(|(i, s)| decode_key(s, i + 1))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(opts.addr).await?;
@@ -1377,7 +1350,7 @@ impl Receiver {
             keep_log: opts.keep_log,
             count: watch::Sender::new(0),
             stop: watch::Sender::new(false),
-            macs,
+            keys,
             events,
         });
 
@@ -1844,6 +1817,11 @@ mod tests {
             printed.ends_with(" POST /validate?x=1 msg_1 attempt 2 sig ok -> 500"),
             "{printed}"
         );
+        let time = printed.split(' ').next().unwrap_or_default();
+        assert!(
+            time.len() == 9 && time.ends_with('Z'),
+            "the zone is shown: {printed}"
+        );
         r.webhook_id = Some("msg_\x1b[2J".into());
         r.status = 0;
         let printed = format_line(&r, "hang: no answer");
@@ -2177,6 +2155,38 @@ mod tests {
             !err.to_string().contains("???"),
             "the secret is not echoed: {err}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_unpadded_key_verifies_what_the_dispatcher_signs() {
+        // `workflow apply` accepts this key without its `==`; the dispatcher signs with it.
+        let unpadded = "whsec_c2VjcmV0LWtleS1vdGhlcg";
+        let r = Receiver::start(ReceiverOptions {
+            secrets: vec![unpadded.into()],
+            ..ReceiverOptions::default()
+        })
+        .await
+        .expect("a key without base64 padding is a valid key");
+        let sig = crate::dispatch::sign::sign(unpadded, SPEC_ID, 1614265330, b"{}").unwrap();
+        let padded = crate::dispatch::sign::sign(
+            "whsec_c2VjcmV0LWtleS1vdGhlcg==",
+            SPEC_ID,
+            1614265330,
+            b"{}",
+        )
+        .unwrap();
+        assert_eq!(sig, padded, "one key, with or without padding");
+        let res = client()
+            .post(r.url("/hook"))
+            .header("webhook-id", SPEC_ID)
+            .header("webhook-timestamp", "1614265330")
+            .header("webhook-signature", sig)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        assert_eq!(r.received()[0].signature_valid, Some(true));
     }
 
     #[tokio::test]

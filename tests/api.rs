@@ -1016,6 +1016,102 @@ async fn every_endpoint_answers_its_documented_shape_and_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_400_has_details_set_stage_takes_only_an_object_and_a_414_is_json() {
+    let w = World::new(Opts {
+        dispatch: false,
+        ..Opts::default()
+    })
+    .await;
+    w.import(json!({"id": "i1", "name": "one.jpg"})).await;
+    // Set Stage with its fields by position: serde would read it as the struct, in order.
+    let (s, v) = w
+        .call_as(
+            Some(TOKEN),
+            "post",
+            "/v1/items/stage",
+            &[],
+            "",
+            Some(r#"["wf", "hold", ["i1"]]"#.into()),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["details"][0]["path"], "body", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("JSON object"),
+        "{v}"
+    );
+    assert_eq!(w.item("i1").await["stage"], "dataset", "nothing moved");
+
+    // Every kind of 400 names what is at fault.
+    let cases: Vec<(&str, &str, &str, Option<String>, &str)> = vec![
+        (
+            "post",
+            "/v1/items",
+            "",
+            Some(r#"{"name":"x"}"#.into()),
+            "query",
+        ),
+        (
+            "post",
+            "/v1/items",
+            "workflow=wf",
+            Some("   ".into()),
+            "body",
+        ),
+        (
+            "post",
+            "/v1/items/stage",
+            "",
+            Some("{not json".into()),
+            "body",
+        ),
+        (
+            "post",
+            "/v1/items/stage",
+            "",
+            Some(r#"{"workflow_id":"wf","stage_id":"hold"}"#.into()),
+            "item_ids",
+        ),
+        ("get", "/v1/items", "limit=lots", None, "query"),
+        ("get", "/v1/deliveries", "cursor=zzz", None, "cursor"),
+    ];
+    for (method, path, query, body, part) in cases {
+        let (s, v) = w.call_as(Some(TOKEN), method, path, &[], query, body).await;
+        assert_eq!(s, 400, "{method} {path}?{query}: {v}");
+        let details = v["error"]["details"].as_array();
+        assert!(
+            details.is_some_and(|d| !d.is_empty()),
+            "{method} {path}?{query}: no details: {v}"
+        );
+        assert_eq!(v["error"]["details"][0]["path"], part, "{v}");
+    }
+    // axum's own 400 (a path parameter that is not UTF-8) has details too.
+    let resp = w
+        .client
+        .get(format!("{}/v1/items/%ff", w.api))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(v["error"]["details"][0]["path"], "path", "{v}");
+
+    // A URI over the limit: 414 with the API's JSON error, documented on every path.
+    let long = format!("search={}", "x".repeat(hookops::api::MAX_URI));
+    let (s, v) = w.call("get", "/v1/items", &[], &long, None).await;
+    assert_eq!(s, 414, "{v}");
+    assert_eq!(v["error"]["code"], "uri_too_long", "{v}");
+    // Just under it is an ordinary request.
+    let short = format!("search={}", "x".repeat(hookops::api::MAX_URI - 100));
+    let (s, v) = w.call("get", "/v1/items", &[], &short, None).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn read_only_api_answers_reads_and_refuses_every_action() {
     let w = World::new(Opts {
         dispatch: false,

@@ -231,8 +231,13 @@ fn waiting_env(n: usize) -> Env {
     let wf = env.write("flow.toml", WAITING_WORKFLOW);
     env.apply(&wf).ok();
     let items = env.write("items.jsonl", &plain_items("it", n));
-    env.run(&["item", "import", s(&items), "--workflow", "flow"])
+    let r = env
+        .run(&["item", "import", s(&items), "--workflow", "flow"])
         .ok();
+    assert!(
+        !r.stderr.contains("imported"),
+        "no progress on a pipe: {r:#?}"
+    );
     env
 }
 
@@ -966,6 +971,8 @@ fn bulk_assign_of_100k_items_lets_another_process_write_in_between() {
         r.stdout.contains(&format!("imported {N} item(s)")),
         "{r:#?}"
     );
+    // Progress is for a terminal; stderr here is a pipe.
+    assert!(!r.stderr.contains("imported"), "{r:#?}");
     // The single item sits outside the bulk move's source stage.
     let one = env.write("one.jsonl", "{\"id\":\"single\",\"name\":\"s.jpg\"}\n");
     env.run(&["item", "import", s(&one), "--workflow", "flow"])
@@ -1128,15 +1135,23 @@ fn a_new_database_is_0600_or_the_mode_asked_for() {
             & 0o777
     };
     let env = Env::new();
-    env.run(&["workflow", "list"]).ok();
+    let wf = env.write("flow.toml", WAITING_WORKFLOW);
+    let r = env.apply(&wf).ok();
     assert_eq!(mode(&env.db), 0o600);
+    // A command that creates the file says so.
+    assert!(
+        r.stderr.contains("created a new database") && r.stderr.contains("0600"),
+        "{r:#?}"
+    );
+    let again = env.apply(&wf).ok();
+    assert!(!again.stderr.contains("created"), "{again:#?}");
 
     let team = env.path("team.db");
     let r = finish(
         bare_command(&env)
             .arg("--db")
             .arg(&team)
-            .args(["--db-mode", "0660", "workflow", "list"])
+            .args(["--db-mode", "0660", "workflow", "apply", s(&wf)])
             .output()
             .expect("run"),
     )
@@ -1149,7 +1164,7 @@ fn a_new_database_is_0600_or_the_mode_asked_for() {
             .arg("--db")
             .arg(&by_env)
             .env("HOOKOPS_DB_MODE", "0640")
-            .args(["workflow", "list"])
+            .args(["workflow", "apply", s(&wf)])
             .output()
             .expect("run"),
     )
@@ -1163,6 +1178,116 @@ fn a_new_database_is_0600_or_the_mode_asked_for() {
 
     let bad = env.run(&["--db-mode", "999", "workflow", "list"]).code(2);
     assert!(bad.stderr.contains("999"), "{bad:#?}");
+    // Modes with bits for other users are refused with the reason, creating nothing.
+    for world in ["0666", "0644", "0604"] {
+        let path = env.path(&format!("world-{world}.db"));
+        let r = finish(
+            bare_command(&env)
+                .arg("--db")
+                .arg(&path)
+                .args(["--db-mode", world, "workflow", "apply", s(&wf)])
+                .output()
+                .expect("run"),
+        )
+        .code(2);
+        assert!(
+            r.stderr.contains(world) && r.stderr.contains("other users"),
+            "{world}: {r:#?}"
+        );
+        assert!(!path.exists(), "{world}: nothing created");
+    }
+}
+
+#[test]
+fn a_dash_reads_the_workflow_and_the_items_from_standard_input() {
+    let env = Env::new();
+    let piped = |args: &[&str], input: &str| -> Run {
+        let mut child = command(&env)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut stdin = child.stdin.take().expect("stdin");
+        std::io::Write::write_all(&mut stdin, input.as_bytes()).expect("write stdin");
+        drop(stdin);
+        finish(child.wait_with_output().expect("wait"))
+    };
+    let r = piped(&["workflow", "apply", "-"], WAITING_WORKFLOW).ok();
+    assert!(r.stdout.contains("workflow flow created"), "{r:#?}");
+    let r = piped(
+        &["item", "import", "-", "--workflow", "flow"],
+        &plain_items("in", 3),
+    )
+    .ok();
+    assert!(r.stdout.contains("imported 3 item(s)"), "{r:#?}");
+    assert_eq!(env.items().len(), 3);
+    // Diagnostics name standard input.
+    let r = piped(
+        &["workflow", "apply", "-", "--check"],
+        "id = \"x\"\nbogus = 1\n",
+    )
+    .code(2);
+    assert!(r.stderr.contains("<stdin>:"), "{r:#?}");
+}
+
+#[test]
+fn a_mistyped_db_creates_nothing_and_says_so() {
+    let env = waiting_env(1);
+    let typo = env.path("hookpos.db");
+    let reads: &[&[&str]] = &[
+        &["item", "list"],
+        &["item", "show", "it0"],
+        &["deliveries"],
+        &["deliveries", "export"],
+        &["delivery", "show", "msg_x"],
+        &["workflow", "list"],
+        &["workflow", "show", "flow"],
+        &["audit"],
+        &["check"],
+        &["backup", "copy.db"],
+        &["policy", "show"],
+        &["prune", "--older-than", "30d", "--dry-run"],
+        // Actions on a database that is not there have nothing to act on either.
+        &["assign", "--workflow", "flow", "--stage", "work", "it0"],
+        &["refire", "--failed", "--workflow", "flow", "--yes"],
+        &["stage", "pause", "--workflow", "flow", "hook"],
+        &["item", "import", "items.jsonl", "--workflow", "flow"],
+        // The console without --create.
+        &[],
+    ];
+    for args in reads {
+        let r = finish(
+            bare_command(&env)
+                .current_dir(env.dir.path())
+                .arg("--db")
+                .arg(&typo)
+                .args(*args)
+                .output()
+                .expect("run"),
+        )
+        .code(1);
+        let msg = r.one_line_error();
+        assert!(
+            msg.contains("no database at") && msg.contains("hookpos.db"),
+            "{args:?}: {r:#?}"
+        );
+        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
+    // $HOOKOPS_DB mistyped: the same.
+    let r = finish(
+        bare_command(&env)
+            .env("HOOKOPS_DB", &typo)
+            .args(["item", "list"])
+            .output()
+            .expect("run"),
+    )
+    .code(1);
+    assert!(r.one_line_error().contains("no database at"), "{r:#?}");
+    assert!(!typo.exists());
+    // The real database still answers.
+    assert_eq!(env.items().len(), 1);
 }
 
 #[test]
@@ -1342,6 +1467,19 @@ fn unknown_ids_exit_1_with_one_sentence() {
         (
             vec!["delivery", "cancel", "--workflow", "nope", "--yes"],
             "`nope`",
+        ),
+        // An action the stage cannot take is a refusal, not bad usage.
+        (
+            vec!["stage", "pause", "--workflow", "flow", "work"],
+            "only webhook stages can be paused",
+        ),
+        (
+            vec!["stage", "resume", "--workflow", "flow", "dataset"],
+            "only webhook stages can be paused",
+        ),
+        (
+            vec!["test-webhook", "--workflow", "flow", "--stage", "work"],
+            "only webhook stages can be tested",
         ),
     ];
     for (args, words) in cases {
@@ -1571,6 +1709,30 @@ fn every_mutating_command_writes_an_audit_row_with_its_operator() {
             .any(|e| e["cause"] == "approve" && e["operator"] == "alice"),
         "{h}"
     );
+    // Times in tables carry their zone: `2026-11-28 01:47:40Z`.
+    for args in [&["audit"][..], &["item", "list"]] {
+        let text = env.run(args).ok().stdout;
+        // Every `dddd-dd-dd dd:dd:dd` and the character after it.
+        let shape = b"dddd-dd-dd dd:dd:dd";
+        let times: Vec<&[u8]> = text
+            .as_bytes()
+            .windows(shape.len() + 1)
+            .filter(|w| {
+                w.iter().zip(shape).all(|(c, s)| match s {
+                    b'd' => c.is_ascii_digit(),
+                    s => c == s,
+                })
+            })
+            .collect();
+        assert!(!times.is_empty(), "{args:?}: {text}");
+        for t in times {
+            assert_eq!(
+                t.last(),
+                Some(&b'Z'),
+                "{args:?}: no zone after a time: {text}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -1617,18 +1779,19 @@ fn a_closed_stdout_ends_a_listing_quietly() {
 #[test]
 fn the_database_path_is_hookops_db_else_the_xdg_data_dir() {
     let env = Env::new();
+    let wf = env.write("flow.toml", WAITING_WORKFLOW);
     let run = |hookops_db: Option<&Path>| {
         let mut c = Command::new(BIN);
         c.env("HOME", env.dir.path())
             .env("XDG_DATA_HOME", env.dir.path().join("xdg"))
             .env_remove("HOOKOPS_DB_MODE")
             .env_remove("HOOKOPS_DB")
-            .args(["workflow", "list", "--json"]);
+            .args(["workflow", "apply", s(&wf)]);
         if let Some(p) = hookops_db {
             c.env("HOOKOPS_DB", p);
         }
         let r = finish(c.output().expect("run")).ok();
-        assert_eq!(r.json(), Value::Array(vec![]));
+        assert!(r.stdout.contains("workflow flow created"), "{r:#?}");
     };
     let from_env = env.path("from-env.db");
     run(Some(&from_env));

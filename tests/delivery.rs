@@ -519,8 +519,8 @@ fn fault_matrix_records_retries_and_routes_each_outcome() {
             "503 Service Unavailable",
         ),
         fail("hang", "hang", 2, None, Timeout, "timed out after 300 ms"),
-        // Bytes that are not HTTP, then the connection closes: no status, retried.
-        fail("garbage", "garbage", 2, None, Connect, "not valid HTTP"),
+        // Bytes that are not HTTP: `protocol`, no status, retried like a connection fault.
+        fail("garbage", "garbage", 2, None, Protocol, "not valid HTTP"),
         // Not on the receiver at all: a port nobody listens on.
         fail("refused", "", 2, None, Connect, "connection refused"),
         // The status decides; the cut-off body is recorded beside it.

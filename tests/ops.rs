@@ -290,6 +290,109 @@ fn status_of(report: &Value, name: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Restore under a running serve
+// ---------------------------------------------------------------------------------------------
+
+/// A `hookops serve` child, killed if the test ends (or fails) while it still runs.
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `hookops serve` on `db`, its stderr kept for reading after it exits.
+fn spawn_serve(db: &Path) -> Serve {
+    let child = Command::new(env!("CARGO_BIN_EXE_hookops"))
+        .arg("--db")
+        .arg(db)
+        .args(["serve", "--concurrency", "4"])
+        .env("HOOKOPS_LOOPBACK_ONLY", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Serve(child)
+}
+
+/// Waits for `serve` to exit; returns its exit code and stderr.
+fn exit_of(mut serve: Serve, timeout: Duration) -> (i32, String) {
+    let mut status = None;
+    wait_until("serve to exit", timeout, || {
+        status = serve.0.try_wait().unwrap();
+        status.is_some()
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut serve.0.stderr.take().unwrap(), &mut err).unwrap();
+    (status.and_then(|s| s.code()).unwrap_or(-1), err)
+}
+
+/// Whether the receiver has had a request for item `id`.
+fn received_item(r: &Receiver, id: &str) -> bool {
+    let needle = format!("\"item_id\":\"{id}\"");
+    r.received()
+        .iter()
+        .any(|q| String::from_utf8_lossy(&q.body).contains(&needle))
+}
+
+#[test]
+fn serve_exits_1_when_its_file_is_deleted_or_replaced_and_restarted_sends_from_the_new_one() {
+    let w = World::new("*=ok");
+    w.apply(&hook("hook", &w.url("/hook"), ""), &[]);
+    let items = ids("r", 4);
+    w.import(&items);
+    let copy = w.dir.path().join("copy.db");
+    assert_ok(&w.hookops(&["backup", &copy.to_string_lossy()]), "backup");
+
+    // Deleted under a running serve: it stops and says why, exit 1.
+    let serve = spawn_serve(&w.db);
+    w.assign(&items[..1], "hook");
+    wait_until("serve to send r0000", Duration::from_secs(30), || {
+        received_item(&w.receiver, "r0000")
+    });
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", w.db.display()));
+    }
+    let (code, err) = exit_of(serve, Duration::from_secs(20));
+    assert_eq!(code, 1, "{err}");
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.contains("was deleted") && last.contains("serve stopped"),
+        "one line says why: {err}"
+    );
+
+    // Restored (a new file at the path), serve started again sends from it.
+    std::fs::rename(&copy, &w.db).unwrap();
+    let mut serve = spawn_serve(&w.db);
+    assert_ok(
+        &w.hookops(&["assign", "--workflow", WF, "--stage", "hook", "r0001"]),
+        "assign on the restored file",
+    );
+    wait_until("serve to send r0001", Duration::from_secs(30), || {
+        if let Some(status) = serve.0.try_wait().unwrap() {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut serve.0.stderr.take().unwrap(), &mut err);
+            panic!("serve on the restored file exited ({status}): {err}");
+        }
+        received_item(&w.receiver, "r0001")
+    });
+    // The restored file records what it sent.
+    wait_until("r0001 to be routed", Duration::from_secs(30), || {
+        json_out(&w.hookops(&["item", "show", "r0001", "--json"]))["stage"] == "ok-sink"
+    });
+    // Replaced by another file while it runs: the same.
+    let copy2 = w.dir.path().join("copy2.db");
+    assert_ok(&w.hookops(&["backup", &copy2.to_string_lossy()]), "backup");
+    std::fs::rename(&copy2, &w.db).unwrap();
+    let (code, err) = exit_of(serve, Duration::from_secs(20));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("was replaced by another file"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Prune
 // ---------------------------------------------------------------------------------------------
 
@@ -1196,8 +1299,8 @@ fn which(program: &str) -> bool {
 
 mod console {
     use super::*;
-    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
     use hookops::tui::state::{App, Effect, Msg, Overlay, Pending, ViewData, ViewKind, update};
+    use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
     fn key(app: &mut App, code: KeyCode) -> Vec<Effect> {
         update(app, Msg::Key(KeyEvent::new(code, KeyModifiers::NONE)))

@@ -1010,7 +1010,9 @@ fn a_corrupt_or_foreign_database_is_refused_at_start_in_one_sentence() {
     let dir = tempfile::tempdir().unwrap();
     // A real hookops database whose header is then overwritten.
     let corrupt = dir.path().join("corrupt.db");
-    ok(&corrupt, &["workflow", "list"]);
+    let tw = dir.path().join("wf.toml");
+    std::fs::write(&tw, one_stage_workflow("http://127.0.0.1:9/x", "")).unwrap();
+    ok(&corrupt, &["workflow", "apply", tw.to_str().unwrap()]);
     checkpoint(&corrupt);
     let mut bytes = std::fs::read(&corrupt).unwrap();
     for b in bytes.iter_mut().take(100) {
@@ -1019,8 +1021,6 @@ fn a_corrupt_or_foreign_database_is_refused_at_start_in_one_sentence() {
     std::fs::write(&corrupt, &bytes).unwrap();
     // A database whose page 2 onward is garbage (the header is intact).
     let torn = dir.path().join("torn.db");
-    let tw = dir.path().join("wf.toml");
-    std::fs::write(&tw, one_stage_workflow("http://127.0.0.1:9/x", "")).unwrap();
     ok(&torn, &["workflow", "apply", tw.to_str().unwrap()]);
     checkpoint(&torn);
     let mut bytes = std::fs::read(&torn).unwrap();

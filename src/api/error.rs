@@ -17,10 +17,11 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct ErrorDetail {
     /// `bad_request`, `unauthorized`, `read_only`, `not_found`, `stale`, `conflict`,
-    /// `too_large`, `invalid_transition`, `internal`, `unavailable`.
+    /// `too_large`, `uri_too_long`, `invalid_transition`, `internal`, `unavailable`.
     pub code: String,
     pub message: String,
-    /// Bad input: the field paths (`item_ids[2]`, `line 3`) and what is wrong with each.
+    /// Bad input (every 400): the field paths (`item_ids[2]`, `line 3`, or `body`, `query`,
+    /// `path` for the part as a whole) and what is wrong with each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<FieldError>,
 }
@@ -53,10 +54,41 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(message: impl Into<String>, details: Vec<FieldError>) -> ApiError {
+    /// 400 with `details` naming each field at fault. Every 400 has details: with none given,
+    /// the whole body is named.
+    pub fn bad_request(message: impl Into<String>, mut details: Vec<FieldError>) -> ApiError {
+        let message = message.into();
+        if details.is_empty() {
+            details.push(FieldError {
+                path: "body".into(),
+                message: message.clone(),
+            });
+        }
         let mut e = ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message);
         e.body.error.details = details;
         e
+    }
+
+    /// 400 about one part of the request as a whole: `body`, `query`, `path`, or the field
+    /// that is missing.
+    pub fn bad_input(part: &str, message: impl Into<String>) -> ApiError {
+        let message = message.into();
+        ApiError::bad_request(
+            message.clone(),
+            vec![FieldError {
+                path: part.to_string(),
+                message,
+            }],
+        )
+    }
+
+    /// 414: the request line is longer than the API reads.
+    pub fn uri_too_long(len: usize, limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request URI is {len} bytes, longer than the limit of {limit} bytes"),
+        )
     }
 
     /// A bad field: 400 naming it.

@@ -237,12 +237,21 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every request body is an object of named fields. serde would also take a struct from a
+    // JSON array, field by field in declaration order (`["wf", "review", ["i1"]]`): a body
+    // whose meaning hangs on the order of our struct's fields is refused.
+    if bytes.trim_ascii_start().starts_with(b"[") {
+        return Err(ApiError::bad_input(
+            "body",
+            "the body must be a JSON object with named fields, not an array",
+        ));
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            ApiError::bad_request(format!("the body is not valid: {inner}"), vec![])
+        if path == "." || path.is_empty() || inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_input("body", format!("the body is not valid: {inner}"))
         } else {
             ApiError::field(&path, inner.to_string())
         }
@@ -252,7 +261,7 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
     Query::<T>::try_from_uri(uri)
         .map(|q| q.0)
-        .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text()), vec![]))
+        .map_err(|e| ApiError::bad_input("query", format!("bad query string: {}", e.body_text())))
 }
 
 fn limit_of(limit: Option<usize>) -> Result<usize, ApiError> {
@@ -387,7 +396,7 @@ pub async fn import(
                 if e.done == 0
                     && let crate::store::StoreError::Invalid(m) = &e.source
                 {
-                    return ApiError::bad_request(m.clone(), vec![]);
+                    return ApiError::bad_input("body", m.clone());
                 }
                 ApiError::from(e.source)
             })
@@ -443,7 +452,7 @@ fn parse_items(body: &[u8]) -> Result<Vec<crate::model::NewItem>, ApiError> {
         }
     } else {
         let parsed = crate::import::parse_jsonl(text)
-            .map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}"), vec![]))?;
+            .map_err(|e| ApiError::bad_input("body", format!("cannot read the body: {e}")))?;
         items = parsed.items;
         errors = parsed
             .errors
@@ -462,7 +471,7 @@ fn parse_items(body: &[u8]) -> Result<Vec<crate::model::NewItem>, ApiError> {
         ));
     }
     if items.is_empty() {
-        return Err(ApiError::bad_request("the body holds no items", vec![]));
+        return Err(ApiError::bad_input("body", "the body holds no items"));
     }
     Ok(items)
 }
@@ -509,9 +518,9 @@ pub async fn set_stage(
             limit: req.limit,
         },
         (None, None) => {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::bad_input(
+                "item_ids",
                 "give `item_ids`, or `from_stage_id` to move every item of a stage",
-                vec![],
             ));
         }
     };

@@ -32,6 +32,7 @@ pub use handlers::{
 };
 pub use metrics::Metrics;
 pub use openapi::document as openapi_document;
+pub use routes::MAX_URI;
 
 use crate::dispatch::DispatchNotice;
 use crate::store::Store;

@@ -34,6 +34,7 @@ fn reason(code: u16) -> &'static str {
             "Stale: the object changed since the caller looked, or the action conflicts with its state"
         }
         413 => "The request body is larger than the limit",
+        414 => "The request URI is longer than the limit (8 KiB)",
         422 => "The object cannot take this action (an invalid transition)",
         _ => "Internal error",
     }
@@ -135,6 +136,7 @@ fn build() -> Value {
         if e.mutates && !codes.contains(&403) {
             codes.push(403);
         }
+        codes.push(414);
         codes.push(500);
         codes.sort_unstable();
         for c in codes {

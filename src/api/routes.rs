@@ -301,7 +301,26 @@ pub(super) fn build(state: Arc<AppState>) -> Router {
     open.merge(guarded)
         .fallback(h::not_found)
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn(uri_limit))
         .with_state(state)
+}
+
+/// The longest request URI (path and query) the API reads. hyper answers a URI over 64 KiB
+/// itself, with an empty 414 before any of our code runs; this limit is below it so that a
+/// long URI gets the API's JSON error like every other error. No route needs more: ids are
+/// at most 128 characters and a list's query a few filters and a cursor.
+pub const MAX_URI: usize = 8 * 1024;
+
+async fn uri_limit(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if len > MAX_URI {
+        return super::error::ApiError::uri_too_long(len, MAX_URI).into_response();
+    }
+    next.run(req).await
 }
 
 /// Errors that axum itself answers (a method a path does not take, a path parameter that is
@@ -336,9 +355,16 @@ async fn json_errors(resp: axum::response::Response) -> axum::response::Response
         404 => "not_found",
         405 => "method_not_allowed",
         413 => "too_large",
+        414 => "uri_too_long",
         _ => "error",
     };
-    let mut out = super::error::ApiError::new(status, code, message).into_response();
+    let mut error = super::error::ApiError::new(status, code, message);
+    if status == axum::http::StatusCode::BAD_REQUEST {
+        // axum's own 400s are about the path (a parameter that is not UTF-8).
+        let message = error.body.error.message.clone();
+        error = super::error::ApiError::bad_input("path", message);
+    }
+    let mut out = error.into_response();
     if let Some(a) = allow {
         out.headers_mut().insert(ALLOW, a);
     }

@@ -15,16 +15,19 @@ pub struct ListArgs {
     /// pending, in_flight, retry_scheduled, succeeded, failed or cancelled
     #[arg(long)]
     pub state: Option<DeliveryState>,
+    /// Only deliveries of this stage (id; without --workflow, that stage id in every workflow)
     #[arg(long)]
     pub stage: Option<String>,
+    /// Only deliveries of this workflow (id)
     #[arg(long)]
     pub workflow: Option<String>,
+    /// Only deliveries of this item (id)
     #[arg(long)]
     pub item: Option<String>,
     /// stage.webhook or webhook.test
     #[arg(long)]
     pub event: Option<EventType>,
-    /// Error kind of the last attempt: connect, timeout, tls, redirect, http_status, body, policy, interrupted
+    /// Error kind of the last attempt: connect, timeout, tls, protocol, redirect, http_status, body, policy, interrupted
     #[arg(long, value_name = "KIND")]
     pub error_kind: Option<crate::model::ErrorKind>,
     /// HTTP status of the last attempt, e.g. 503
@@ -33,6 +36,7 @@ pub struct ListArgs {
     /// At most N rows, newest first (0 = all)
     #[arg(long, default_value_t = super::item::DEFAULT_LIMIT)]
     pub limit: usize,
+    /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
@@ -40,12 +44,16 @@ pub struct ListArgs {
 #[derive(Debug, Subcommand)]
 pub enum DeliveryCommand {
     /// Show a delivery: every attempt with request and response
+    #[command(after_long_help = super::examples::DELIVERY_SHOW)]
     Show {
+        /// The delivery's id (msg_…)
         id: String,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Cancel open deliveries by id or by filter; items route along on_failure
+    #[command(after_long_help = super::examples::DELIVERY_CANCEL)]
     Cancel(super::ops::CancelArgs),
 }
 
@@ -56,8 +64,10 @@ pub struct RefireArgs {
     /// Every failed delivery matching the filters (the latest of each item)
     #[arg(long)]
     pub failed: bool,
+    /// With --failed: only this workflow's deliveries (id)
     #[arg(long, requires = "failed")]
     pub workflow: Option<String>,
+    /// With --failed: only this stage's deliveries (id; needs --workflow)
     #[arg(long, requires = "failed")]
     pub stage: Option<String>,
     /// Only deliveries created at or after this time (RFC 3339, or a duration like 2h ago)
@@ -72,16 +82,20 @@ pub struct RefireArgs {
     /// Do not ask for confirmation
     #[arg(long)]
     pub yes: bool,
+    /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
+    /// The workflow of the stage (id; required)
     #[arg(long)]
     pub workflow: Option<String>,
+    /// The webhook stage to test (id)
     #[arg(long)]
     pub stage: String,
+    /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
@@ -89,15 +103,19 @@ pub struct TestArgs {
 #[derive(Debug, Subcommand)]
 pub enum StageCommand {
     /// Keep a webhook stage's deliveries pending until it is resumed
+    #[command(after_long_help = super::examples::STAGE_PAUSE)]
     Pause(StageArgs),
     /// Resume a paused stage (resets its failure count)
+    #[command(after_long_help = super::examples::STAGE_RESUME)]
     Resume(StageArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct StageArgs {
+    /// The workflow of the stage (id; required)
     #[arg(long)]
     pub workflow: Option<String>,
+    /// The webhook stage (id)
     pub stage: String,
 }
 
@@ -335,15 +353,15 @@ pub fn refire(g: &Global, a: RefireArgs) -> Result<(), CliError> {
     }
     let total = ids.len();
     let mut report = crate::store::RefireReport::default();
-    for (i, chunk) in ids.chunks(5000).enumerate() {
+    let mut progress = output::Progress::new("re-fired", total, a.json);
+    for (i, chunk) in ids.chunks(BULK_CHUNK).enumerate() {
         let r = store.refire(chunk, &g.operator())?;
         report.refired += r.refired;
         report.created.extend(r.created);
         report.refused.extend(r.refused);
-        if total > 5000 && !a.json {
-            eprintln!("re-fired {} of {total}", ((i + 1) * 5000).min(total));
-        }
+        progress.update(((i + 1) * BULK_CHUNK).min(total));
     }
+    drop(progress);
     if a.json {
         output::json(&report)?;
     } else {
@@ -399,7 +417,9 @@ fn replay(g: &Global, store: &Store, ids: Vec<DeliveryId>, json: bool) -> Result
 pub fn test_webhook(g: &Global, a: TestArgs) -> Result<(), CliError> {
     let wf = require_workflow(&a.workflow, "test-webhook")?;
     let store = g.open()?;
-    let lease = store.begin_test(&wf, &StageId::new(a.stage.as_str()), &g.operator())?;
+    let lease = store
+        .begin_test(&wf, &StageId::new(a.stage.as_str()), &g.operator())
+        .map_err(refusal)?;
     let rt = super::deliveries_runtime()?;
     let ev = rt.block_on(send_manual(
         &store,
@@ -438,7 +458,9 @@ pub fn stage(g: &Global, c: StageCommand) -> Result<(), CliError> {
     )?;
     let store = g.open()?;
     let stage = StageId::new(a.stage.as_str());
-    let changed = store.set_paused(&wf, &stage, pause, &g.operator())?;
+    let changed = store
+        .set_paused(&wf, &stage, pause, &g.operator())
+        .map_err(refusal)?;
     let word = if pause { "paused" } else { "resumed" };
     if changed {
         outln!("stage {wf}/{stage} {word}");
@@ -446,6 +468,16 @@ pub fn stage(g: &Global, c: StageCommand) -> Result<(), CliError> {
         outln!("stage {wf}/{stage} was already {word}");
     }
     Ok(())
+}
+
+/// Deliveries a bulk re-fire or cancel hands the store at once, between progress updates.
+pub(crate) const BULK_CHUNK: usize = 5000;
+
+/// A store error from an action on a stage the operator named correctly: one the stage
+/// cannot take (pausing or testing a stage that is not a webhook stage) is a refusal (exit 1),
+/// not bad usage; the store calls it `Invalid` because the API answers it 422.
+fn refusal(e: crate::store::StoreError) -> CliError {
+    CliError::failure(e.to_string())
 }
 
 /// One line per attempt, as `serve` prints it: glyph, status, stage, item, attempt n/max.
@@ -468,7 +500,7 @@ pub fn attempt_line(e: &AttemptEvent) -> String {
     };
     let mut line = format!(
         "{} {glyph} {result} {}/{} {item} {} attempt {}/{} {} ms",
-        e.at.format("%H:%M:%S"),
+        e.at.format("%H:%M:%SZ"),
         e.workflow,
         e.stage,
         e.delivery_id,

@@ -19,9 +19,11 @@ pub enum ItemCommand {
     /// Every line is checked before anything is written; then the file is read again and
     /// written in short chunks. Ctrl-C stops between chunks; running the same import again
     /// adds only what is missing.
+    #[command(after_long_help = super::examples::ITEM_IMPORT)]
     Import {
-        /// The JSON Lines file, or `-` for standard input
+        /// The JSON Lines file; `-` reads it from standard input
         file: PathBuf,
+        /// The workflow to import into (its dataset stage receives the items)
         #[arg(long)]
         workflow: String,
         /// Dataset name for items whose line names none [default: the workflow id]
@@ -30,19 +32,26 @@ pub enum ItemCommand {
         /// Import the good lines even when some lines are invalid
         #[arg(long)]
         skip_invalid: bool,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// List items, oldest first in their stage
+    #[command(after_long_help = super::examples::ITEM_LIST)]
     List(ListArgs),
     /// Show an item: fields, annotations summary, history and deliveries
+    #[command(after_long_help = super::examples::ITEM_SHOW)]
     Show {
+        /// The item's id
         id: String,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Complete an item's annotate stage, or decide its review
+    #[command(after_long_help = super::examples::ITEM_ADVANCE)]
     Advance {
+        /// Ids of the items to advance
         #[arg(required = true)]
         ids: Vec<String>,
         /// Required in a review stage
@@ -51,6 +60,7 @@ pub enum ItemCommand {
         /// Refuse items that are not in this stage (compare-and-set for scripts)
         #[arg(long)]
         expect_stage: Option<String>,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -64,8 +74,10 @@ pub enum OutcomeArg {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    /// Only items of this workflow (id)
     #[arg(long)]
     pub workflow: Option<String>,
+    /// Only items in this stage (id; without --workflow, that stage id in every workflow)
     #[arg(long)]
     pub stage: Option<String>,
     /// waiting, active, in_delivery, failed or done
@@ -80,28 +92,34 @@ pub struct ListArgs {
     /// At most N rows (0 = all)
     #[arg(long, default_value_t = DEFAULT_LIMIT)]
     pub limit: usize,
+    /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct AssignArgs {
-    #[arg(long)]
+    /// The workflow of the stage (id; required)
+    #[arg(long, value_name = "ID")]
     pub workflow: Option<String>,
-    /// The stage to assign the items to
-    #[arg(long)]
+    /// The stage to move the items into (id); an automated stage runs at once (a webhook
+    /// stage queues a delivery per item)
+    #[arg(long, value_name = "ID")]
     pub stage: String,
-    /// Move every item of this stage (oldest first)
-    #[arg(long, conflicts_with = "ids")]
+    /// Instead of ids: move every item of this stage, longest waiting first
+    #[arg(long, value_name = "ID", conflicts_with = "ids")]
     pub from_stage: Option<String>,
     /// With --from-stage: at most N items
-    #[arg(long, requires = "from_stage", value_parser = super::action_limit)]
+    #[arg(long, value_name = "N", requires = "from_stage", value_parser = super::action_limit)]
     pub limit: Option<usize>,
-    /// Refuse items that are not in this stage (compare-and-set for scripts)
-    #[arg(long, conflicts_with = "from_stage")]
+    /// Refuse items that are not in this stage now (compare-and-set for scripts; implied by
+    /// --from-stage)
+    #[arg(long, value_name = "ID", conflicts_with = "from_stage")]
     pub expect_stage: Option<String>,
-    /// Item ids
+    /// Ids of the items to move
+    #[arg(value_name = "ITEM_ID")]
     pub ids: Vec<String>,
+    /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
 }

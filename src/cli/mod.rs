@@ -21,6 +21,7 @@ macro_rules! outln {
 
 mod deliveries;
 mod demo;
+mod examples;
 mod import;
 mod item;
 mod ops;
@@ -73,7 +74,13 @@ impl From<StoreError> for CliError {
 
 /// hookops: operate annotation workflows whose stages fire webhooks.
 #[derive(Debug, Parser)]
-#[command(name = "hookops", version, about, propagate_version = true)]
+#[command(
+    name = "hookops",
+    version,
+    about,
+    propagate_version = true,
+    after_long_help = examples::ROOT
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -86,6 +93,7 @@ pub struct Cli {
 
 /// Options of the console (`hookops` with no command, and `hookops demo`).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Console options")]
 pub struct ConsoleArgs {
     /// Run no dispatcher in the console (when `hookops serve` runs elsewhere)
     #[arg(long)]
@@ -102,10 +110,17 @@ pub struct ConsoleArgs {
     /// Console config with `[keys]` overrides [default: $XDG_CONFIG_HOME/hookops/config.toml]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Create the database when it does not exist (else the console refuses a missing file)
+    #[arg(long)]
+    pub create: bool,
 }
+
+/// The help heading of [`Global`]'s options, apart from each command's own.
+pub const GLOBAL_HEADING: &str = "Global options";
 
 /// Options every subcommand takes.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = GLOBAL_HEADING)]
 pub struct Global {
     /// Database file [default: $HOOKOPS_DB, else $XDG_DATA_HOME/hookops/hookops.db]
     #[arg(long, global = true, value_name = "PATH")]
@@ -116,16 +131,30 @@ pub struct Global {
     /// Open the database read-only and refuse every action
     #[arg(long, global = true)]
     pub read_only: bool,
-    /// File mode of a newly created database, e.g. 0660 for a team [default: 0600]
+    /// File mode of a newly created database: 0600, 0640 or 0660 for a team (never bits for
+    /// other users: it holds webhook secrets) [default: 0600]
     #[arg(long, global = true, value_name = "MODE", env = "HOOKOPS_DB_MODE", value_parser = parse_mode)]
     pub db_mode: Option<u32>,
 }
 
+/// A database file mode: octal, read-write for its owner, nothing for other users. The file
+/// holds webhook secrets, and `check` fails a file every user can read.
 fn parse_mode(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+    let mode = u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)
-        .ok_or_else(|| format!("`{s}` is not an octal file mode like 0600 or 0660"))
+        .ok_or_else(|| format!("`{s}` is not an octal file mode like 0600 or 0660"))?;
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "{s} gives other users access to the database, which holds webhook secrets (`check` fails such a file): use 0600, 0640 or 0660"
+        ));
+    }
+    if mode & 0o600 != 0o600 {
+        return Err(format!(
+            "{s} does not let its owner read and write the database: use 0600, 0640 or 0660"
+        ));
+    }
+    Ok(mode)
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,36 +166,49 @@ pub enum Command {
     #[command(subcommand)]
     Item(item::ItemCommand),
     /// Assign items to a stage by hand (automated stages run at once)
+    #[command(after_long_help = examples::ASSIGN)]
     Assign(item::AssignArgs),
     /// Show the audit log of operator actions, newest first
+    #[command(after_long_help = examples::AUDIT)]
     Audit(AuditArgs),
     /// List deliveries, newest first (or `deliveries export` them as JSON Lines)
+    #[command(after_long_help = examples::DELIVERIES)]
     Deliveries(ops::DeliveriesArgs),
     /// Show one delivery with every attempt
     #[command(subcommand)]
     Delivery(deliveries::DeliveryCommand),
     /// Re-fire deliveries (the item goes back into the stage and is delivered anew), or replay them
+    #[command(after_long_help = examples::REFIRE)]
     Refire(deliveries::RefireArgs),
     /// POST a sample document to a webhook stage; moves nothing
+    #[command(after_long_help = examples::TEST_WEBHOOK)]
     TestWebhook(deliveries::TestArgs),
     /// Pause or resume a webhook stage
     #[command(subcommand)]
     Stage(deliveries::StageCommand),
     /// Run the delivery engine without the console
+    #[command(after_long_help = examples::SERVE)]
     Serve(serve::ServeArgs),
     /// Run a small webhook receiver with scripted behaviour (for demos and tests)
+    #[command(after_long_help = examples::RECEIVER)]
     Receiver(serve::ReceiverArgs),
     /// Create a fresh demo database with the demo workflow and items
+    #[command(after_long_help = examples::DEMO)]
     Demo(DemoArgs),
     /// Remove old finished deliveries and their attempts (keeps each item's latest per stage)
+    #[command(after_long_help = examples::PRUNE)]
     Prune(ops::PruneArgs),
     /// Write a consistent copy of the database while it is in use
+    #[command(after_long_help = examples::BACKUP)]
     Backup(ops::BackupArgs),
     /// Check the database's health; --repair fixes what is safe
+    #[command(after_long_help = examples::CHECK)]
     Check(ops::CheckArgs),
     /// Print a shell completion script (bash, zsh, fish, …)
+    #[command(after_long_help = examples::COMPLETIONS)]
     Completions(ops::CompletionsArgs),
     /// Print the man page (roff)
+    #[command(after_long_help = examples::MAN)]
     Man,
     /// Show or set the delivery policies stored in the database (deny_private_targets, max_body_bytes)
     #[command(subcommand)]
@@ -178,6 +220,7 @@ pub struct AuditArgs {
     /// At most this many rows (0 = all)
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
@@ -214,14 +257,62 @@ impl Global {
             .unwrap_or_else(|| "unknown".to_string())
     }
 
+    /// Opens an existing database. A path where nothing exists is refused (exit 1) and
+    /// nothing is created: a mistyped `--db` must not leave an empty database behind, nor
+    /// answer "no items" as if it had looked at the real one.
     pub fn open(&self) -> Result<Store, CliError> {
+        let path = self.db_path();
+        if is_missing(&path) {
+            return Err(CliError::failure(missing_message(&path)));
+        }
+        self.open_at(&path)
+    }
+
+    /// Opens the database, creating it when nothing exists at its path: only for commands
+    /// that write something into a new file (`workflow apply`, `serve`, the console with
+    /// `--create`; `demo` makes its own). `item import` does not: a new database holds no
+    /// workflow to import into, so it could only fail after leaving an empty file behind.
+    /// A new file is announced on stderr with its mode.
+    pub fn open_or_create(&self) -> Result<Store, CliError> {
+        let path = self.db_path();
+        let creating = is_missing(&path) && !self.read_only;
+        let store = self.open_at(&path)?;
+        if creating {
+            eprintln!(
+                "hookops: created a new database {} (mode {:04o})",
+                path.display(),
+                self.create_mode()
+            );
+        }
+        Ok(store)
+    }
+
+    fn create_mode(&self) -> u32 {
+        self.db_mode.unwrap_or(0o600)
+    }
+
+    fn open_at(&self, path: &std::path::Path) -> Result<Store, CliError> {
         let opts = OpenOptions {
             read_only: self.read_only,
-            create_mode: self.db_mode.unwrap_or(0o600),
+            create_mode: self.create_mode(),
             ..OpenOptions::default()
         };
-        Ok(Store::open(&self.db_path(), &opts)?)
+        Ok(Store::open(path, &opts)?)
     }
+}
+
+/// Whether nothing exists at `path`. An error looking (a directory it may not search) is not
+/// "missing": opening then says what is wrong.
+fn is_missing(path: &std::path::Path) -> bool {
+    matches!(path.try_exists(), Ok(false))
+}
+
+/// The one sentence for a database path where nothing exists.
+pub(crate) fn missing_message(path: &std::path::Path) -> String {
+    format!(
+        "no database at {} (check --db or $HOOKOPS_DB); nothing was created: `workflow apply`, `serve` and `demo` create one",
+        path.display()
+    )
 }
 
 /// `$XDG_DATA_HOME/hookops`, else `~/.local/share/hookops`.
@@ -264,7 +355,20 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 
 fn console(g: &Global, c: &ConsoleArgs) -> Result<(), CliError> {
     serve::init_log_file(c.log_file.as_ref())?;
-    let store = g.open()?;
+    let store = if c.create {
+        g.open_or_create()?
+    } else {
+        g.open().map_err(|e| {
+            if is_missing(&g.db_path()) {
+                CliError::failure(format!(
+                    "{}; `hookops --create` opens the console on a new empty one",
+                    e.message
+                ))
+            } else {
+                e
+            }
+        })?
+    };
     run_console(store, g, c)
 }
 
@@ -363,4 +467,90 @@ pub(crate) fn require_workflow(
 
 pub(crate) fn stage_id(s: &str) -> StageId {
     StageId::new(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command under `cmd` (itself included), with its path of names.
+    fn commands(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Command)>) {
+        let path = if path.is_empty() {
+            cmd.get_name().to_string()
+        } else {
+            format!("{path} {}", cmd.get_name())
+        };
+        out.push((path.clone(), cmd.clone()));
+        for sub in cmd.get_subcommands() {
+            commands(sub, &path, out);
+        }
+    }
+
+    fn all() -> Vec<(String, clap::Command)> {
+        let mut cmd = super::Cli::command();
+        cmd.build();
+        let mut out = Vec::new();
+        commands(&cmd, "", &mut out);
+        out
+    }
+
+    #[test]
+    fn every_flag_and_argument_has_help_text() {
+        let mut missing = Vec::new();
+        for (path, cmd) in all() {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path}: {id}"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "{} without help: {missing:#?}",
+            missing.len()
+        );
+    }
+
+    #[test]
+    fn global_options_have_their_own_heading() {
+        for (path, cmd) in all() {
+            for arg in cmd.get_arguments() {
+                // Global options are under their heading, and nothing else is.
+                assert_eq!(
+                    arg.get_help_heading() == Some(super::GLOBAL_HEADING),
+                    arg.is_global_set(),
+                    "{path}: --{} is under {:?}",
+                    arg.get_id(),
+                    arg.get_help_heading()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_command_ends_its_long_help_with_examples() {
+        let mut missing = Vec::new();
+        for (path, cmd) in all() {
+            // Groups (`workflow`, `item`, …) only list their commands; `help` is clap's.
+            if path.split(' ').any(|w| w == "help") || cmd.is_subcommand_required_set() {
+                continue;
+            }
+            let after = cmd
+                .get_after_long_help()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            if !(after.starts_with("Examples:") && after.contains("  hookops")) {
+                missing.push(path);
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "{} without examples: {missing:#?}",
+            missing.len()
+        );
+    }
 }

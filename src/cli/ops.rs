@@ -31,25 +31,29 @@ pub struct DeliveriesArgs {
 #[derive(Debug, Subcommand)]
 pub enum DeliveriesCommand {
     /// Write matching deliveries as JSON Lines, each with every attempt (secrets masked)
+    #[command(after_long_help = super::examples::DELIVERIES_EXPORT)]
     Export(ExportArgs),
 }
 
 /// The `deliveries` filters, shared by export and cancel.
 #[derive(Debug, Clone, Args)]
 pub struct FilterArgs {
+    /// Only deliveries of this workflow (id)
     #[arg(long)]
     pub workflow: Option<String>,
+    /// Only deliveries of this stage (id; an action needs --workflow with it)
     #[arg(long)]
     pub stage: Option<String>,
     /// pending, in_flight, retry_scheduled, succeeded, failed or cancelled
     #[arg(long)]
     pub state: Option<DeliveryState>,
+    /// Only deliveries of this item (id)
     #[arg(long)]
     pub item: Option<String>,
     /// stage.webhook or webhook.test
     #[arg(long)]
     pub event: Option<EventType>,
-    /// Error kind of the last attempt: connect, timeout, tls, redirect, http_status, body, policy, interrupted
+    /// Error kind of the last attempt: connect, timeout, tls, protocol, redirect, http_status, body, policy, interrupted
     #[arg(long, value_name = "KIND")]
     pub error_kind: Option<ErrorKind>,
     /// HTTP status of the last attempt, e.g. 503
@@ -114,6 +118,7 @@ pub struct CancelArgs {
     /// Do not ask for confirmation
     #[arg(long)]
     pub yes: bool,
+    /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
@@ -129,6 +134,7 @@ pub struct PruneArgs {
     /// Count what would be removed; change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
@@ -140,6 +146,7 @@ pub struct BackupArgs {
     /// Overwrite FILE when it exists
     #[arg(long)]
     pub force: bool,
+    /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
@@ -150,6 +157,7 @@ pub struct CheckArgs {
     /// recompute counters
     #[arg(long)]
     pub repair: bool,
+    /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
@@ -238,7 +246,16 @@ pub fn cancel(g: &Global, a: CancelArgs) -> Result<(), CliError> {
     if bulk && !a.yes && !confirm(&format!("cancel {} open delivery(ies)", ids.len()))? {
         return Err(CliError::failure("nothing was cancelled"));
     }
-    let report = store.cancel_deliveries(&ids, &g.operator())?;
+    let mut report = crate::store::CancelReport::default();
+    let mut progress = output::Progress::new("cancelled", ids.len(), a.json);
+    for (i, chunk) in ids.chunks(super::deliveries::BULK_CHUNK).enumerate() {
+        let r = store.cancel_deliveries(chunk, &g.operator())?;
+        report.cancelled += r.cancelled;
+        report.routed.extend(r.routed);
+        report.refused.extend(r.refused);
+        progress.update(((i + 1) * super::deliveries::BULK_CHUNK).min(ids.len()));
+    }
+    drop(progress);
     if a.json {
         output::json(&report)?;
     } else {
@@ -342,6 +359,9 @@ pub fn backup(g: &Global, a: BackupArgs) -> Result<(), CliError> {
 
 pub fn check(g: &Global, a: CheckArgs) -> Result<(), CliError> {
     let path = g.db_path();
+    if matches!(path.try_exists(), Ok(false)) {
+        return Err(CliError::failure(super::missing_message(&path)));
+    }
     let report = if a.repair {
         g.open()?.repair(&g.operator())?
     } else {

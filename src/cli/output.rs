@@ -1,6 +1,7 @@
 //! Plain-text tables and JSON printing shared by every subcommand.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -66,12 +67,55 @@ impl Table {
     }
 }
 
-/// Shortens an RFC 3339 time for tables: `2026-11-28 01:47:40`.
+/// Shortens an RFC 3339 time for tables, keeping its zone: `2026-11-28 01:47:40Z` (UTC).
 pub fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S").to_string()
+    t.format("%Y-%m-%d %H:%M:%SZ").to_string()
 }
 
 /// Removes control characters and escape sequences from text that came from outside.
 pub fn clean(s: &str) -> String {
     crate::sanitize::strip_controls(s)
+}
+
+/// Progress of a long bulk action (import, re-fire, cancel), on standard error and only when
+/// it is a terminal: a script or a log that reads stderr gets the result and nothing else.
+/// One line, rewritten in place at most ten times a second and cleared when done.
+pub struct Progress {
+    verb: &'static str,
+    total: usize,
+    on: bool,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    /// Progress of `verb` over `total` things; off for `--json` and when stderr is not a
+    /// terminal.
+    pub fn new(verb: &'static str, total: usize, json: bool) -> Progress {
+        Progress {
+            verb,
+            total,
+            on: !json && std::io::stderr().is_terminal(),
+            last: None,
+        }
+    }
+
+    pub fn update(&mut self, done: usize) {
+        if !self.on
+            || self
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last = Some(Instant::now());
+        eprint!("\r{} {done} of {}\x1b[K", self.verb, self.total);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if self.on && self.last.is_some() {
+            eprint!("\r\x1b[K");
+        }
+    }
 }

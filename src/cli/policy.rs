@@ -9,13 +9,16 @@ use crate::store::{Policies, PolicyKey};
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Show the policies every dispatcher of this database applies
+    #[command(after_long_help = super::examples::POLICY_SHOW)]
     Show(ShowArgs),
     /// Set a policy: deny_private_targets true|false, or max_body_bytes N
+    #[command(after_long_help = super::examples::POLICY_SET)]
     Set(SetArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
+    /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
@@ -26,6 +29,7 @@ pub struct SetArgs {
     pub name: String,
     /// true/false for deny_private_targets; a number of bytes for max_body_bytes
     pub value: String,
+    /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
 }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use clap::Args;
 use tokio::sync::{broadcast, watch};
@@ -159,16 +160,25 @@ pub fn init_log_file(path: Option<&PathBuf>) -> Result<(), CliError> {
 
 pub fn serve(g: &Global, a: ServeArgs) -> Result<(), CliError> {
     init_log_file(a.log_file.as_ref())?;
-    let store = g.open()?;
+    let store = g.open_or_create()?;
     // A read-only `serve --api` answers reads and refuses every action; it sends nothing.
     let dispatch = !(g.read_only && a.api.is_some());
     if dispatch {
         store.ensure_writable("serve")?;
     }
+    // Taken right after opening: the file this process reads and writes from now on.
+    let opened = crate::fileid::identity(store.path());
     let api = a.api.map(|addr| api_options(addr, &a)).transpose()?;
     let rt = super::deliveries_runtime()?;
     rt.block_on(async move {
         let (tx, rx) = watch::channel(false);
+        let file_gone = Arc::new(Mutex::new(None));
+        tokio::spawn(watch_file(
+            store.path().to_path_buf(),
+            opened,
+            tx.clone(),
+            file_gone.clone(),
+        ));
         tokio::spawn(stop_on_signal(tx));
         let (events, mut sub) = broadcast::channel(4096);
         let api_task = match api {
@@ -243,8 +253,50 @@ pub fn serve(g: &Global, a: ServeArgs) -> Result<(), CliError> {
             }
         }
         let _ = printer.await;
-        result.map_err(CliError::from)
+        result.map_err(CliError::from)?;
+        let gone = file_gone.lock().ok().and_then(|mut g| g.take());
+        match gone {
+            // Exit 1 so that a supervisor restarts serve, on the file now at the path.
+            Some(why) => Err(CliError::failure(format!(
+                "{why}: serve stopped leasing, let what was in flight finish or handed it back, and exits (start it again to dispatch from the file now at that path)"
+            ))),
+            None => Ok(()),
+        }
     })
+}
+
+/// Once a second, like the console: when the path no longer leads to the database file this
+/// process opened (deleted, or replaced by a restore), records why in `gone` and stops serve.
+/// Going on would send from the old file: its writes would be lost and its deliveries stale.
+async fn watch_file(
+    path: PathBuf,
+    opened: Option<crate::fileid::FileId>,
+    stop: watch::Sender<bool>,
+    gone: Arc<Mutex<Option<String>>>,
+) {
+    let mut stopped = stop.subscribe();
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        if *stopped.borrow() {
+            return;
+        }
+        let p = path.clone();
+        let problem = tokio::task::spawn_blocking(move || crate::fileid::problem(&p, opened))
+            .await
+            .ok()
+            .flatten();
+        if let Some(why) = problem {
+            if let Ok(mut g) = gone.lock() {
+                *g = Some(why);
+            }
+            let _ = stop.send(true);
+            return;
+        }
+    }
 }
 
 /// Binds the API and runs it until `stop`; its metrics follow the dispatcher's attempts.

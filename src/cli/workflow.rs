@@ -10,7 +10,9 @@ use crate::model::{StageId, WorkflowId};
 #[derive(Debug, Subcommand)]
 pub enum WorkflowCommand {
     /// Validate a workflow file and apply it (idempotent; keeps items in surviving stages)
+    #[command(after_long_help = super::examples::WORKFLOW_APPLY)]
     Apply {
+        /// The workflow file (TOML); `-` reads it from standard input
         file: PathBuf,
         /// Move the items of a stage the file removes: --move OLD=NEW (repeatable)
         #[arg(long = "move", value_name = "OLD=NEW")]
@@ -18,17 +20,23 @@ pub enum WorkflowCommand {
         /// Only validate the file; write nothing
         #[arg(long)]
         check: bool,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// List workflows with item totals
+    #[command(after_long_help = super::examples::WORKFLOW_LIST)]
     List {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Show a workflow's stages, edges, per-stage counts and pause state
+    #[command(after_long_help = super::examples::WORKFLOW_SHOW)]
     Show {
+        /// The workflow's id
         id: String,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -66,7 +74,14 @@ fn apply(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let env = |name: &str| std::env::var(name).ok();
-    let wf = crate::workflow::load_file(&file, &env).map_err(|e| CliError::usage(e.to_string()))?;
+    let wf = if file.as_os_str() == "-" {
+        // Diagnostics name it `<stdin>:line:column`.
+        let stdin = std::io::stdin().lock();
+        crate::workflow::load_reader(std::path::Path::new("<stdin>"), stdin, &env)
+    } else {
+        crate::workflow::load_file(&file, &env)
+    }
+    .map_err(|e| CliError::usage(e.to_string()))?;
     if check {
         outln!(
             "{}: valid workflow `{}` with {} stages",
@@ -76,7 +91,7 @@ fn apply(
         );
         return Ok(());
     }
-    let store = g.open()?;
+    let store = g.open_or_create()?;
     let report = store.apply_workflow(&wf, &moves, &g.operator())?;
     if json {
         return output::json(&report);

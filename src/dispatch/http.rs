@@ -171,6 +171,13 @@ pub fn private_reason(ip: IpAddr) -> Option<&'static str> {
                 let o = v6.octets();
                 return private_v4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
             }
+            // 6to4 (2002::/16) carries an IPv4 address in bits 16–47: a relay delivers the
+            // request to that address, so it is judged by it.
+            if seg[0] == 0x2002 {
+                let [a, b] = seg[1].to_be_bytes();
+                let [c, d] = seg[2].to_be_bytes();
+                return private_v4(Ipv4Addr::new(a, b, c, d));
+            }
             if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
                 Some("a cloud metadata address")
             } else if v6.is_loopback() {
@@ -183,6 +190,8 @@ pub fn private_reason(ip: IpAddr) -> Option<&'static str> {
                 Some("a link-local address")
             } else if v6.is_multicast() {
                 Some("a multicast address")
+            } else if seg[0] == 0x2001 && seg[1] == 0x0db8 {
+                Some("a documentation address (2001:db8::/32)")
             } else {
                 None
             }
@@ -202,6 +211,13 @@ fn private_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("a link-local address")
     } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
         Some("a shared (carrier-grade NAT) address")
+    } else if matches!(
+        (o[0], o[1], o[2]),
+        (192, 0, 2) | (198, 51, 100) | (203, 0, 113)
+    ) {
+        Some("a documentation address (TEST-NET)")
+    } else if o[0] == 198 && (o[1] & 0xfe) == 18 {
+        Some("a benchmarking address (198.18.0.0/15)")
     } else if o[0] == 0
         || ip.is_broadcast()
         || ip.is_multicast()
@@ -579,6 +595,7 @@ fn describe_error(e: &reqwest::Error, timeout: Duration) -> (ErrorKind, String) 
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut io_kind = None;
     let mut tls = false;
+    let mut not_http = false;
     let mut text = Vec::new();
     while let Some(s) = source {
         if let Some(r) = s.downcast_ref::<Refused>() {
@@ -595,6 +612,12 @@ fn describe_error(e: &reqwest::Error, timeout: Duration) -> (ErrorKind, String) 
         }
         if s.downcast_ref::<rustls::Error>().is_some() {
             tls = true;
+        }
+        // hyper could not parse the response head: bytes came back, but not HTTP.
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
+            not_http = true;
         }
         text.push(s.to_string());
         source = s.source();
@@ -623,10 +646,10 @@ fn describe_error(e: &reqwest::Error, timeout: Duration) -> (ErrorKind, String) 
             .to_string();
         return (ErrorKind::Connect, format!("could not resolve host {host}"));
     }
-    if all.contains("invalid HTTP") || all.contains("parse") && all.contains("HTTP") {
+    if not_http {
         return (
-            ErrorKind::Connect,
-            "the receiver's answer is not valid HTTP".to_string(),
+            ErrorKind::Protocol,
+            classify::error_message(ErrorKind::Protocol, text.last().map_or("", String::as_str)),
         );
     }
     if let Some(kind) = io_kind {
@@ -657,11 +680,35 @@ mod tests {
             ("fe80::1", "link-local"),
             ("::ffff:10.0.0.1", "private"),
             ("64:ff9b::a9fe:a9fe", "metadata"),
+            // Documentation and benchmarking ranges (RFC 5737, 2544, 3849).
+            ("192.0.2.10", "documentation"),
+            ("198.51.100.7", "documentation"),
+            ("203.0.113.255", "documentation"),
+            ("198.18.0.1", "benchmarking"),
+            ("198.19.255.254", "benchmarking"),
+            ("2001:db8::1", "documentation"),
+            // 6to4 and IPv4-mapped: judged by the IPv4 address they carry.
+            ("2002:a00:1::", "private"),
+            ("2002:a9fe:a9fe::1", "metadata"),
+            ("2002:7f00:1::", "loopback"),
+            ("::ffff:169.254.169.254", "metadata"),
+            ("::ffff:192.0.2.1", "documentation"),
         ] {
             let why = private_reason(ip.parse().unwrap());
             assert!(why.is_some_and(|w| w.contains(want)), "{ip}: {why:?}");
         }
-        for ip in ["93.184.216.34", "2606:4700::1111", "8.8.8.8"] {
+        for ip in [
+            "93.184.216.34",
+            "2606:4700::1111",
+            "8.8.8.8",
+            // Just outside the ranges above, and a 6to4 or mapped public address.
+            "198.20.0.1",
+            "198.17.255.255",
+            "192.0.3.1",
+            "2001:db9::1",
+            "2002:808:808::",
+            "::ffff:8.8.8.8",
+        ] {
             assert_eq!(private_reason(ip.parse().unwrap()), None, "{ip}");
         }
     }

@@ -6,8 +6,11 @@
 //!   HTTP date) replaces the schedule's delay, clamped to one hour and never jittered.
 //! - 3xx (redirects are never followed), every other 4xx, 1xx and anything outside 100–599 are
 //!   final at once.
-//! - Without a status, `connect`, `timeout`, `tls` and `interrupted` are retried; `redirect`,
-//!   `policy` are final.
+//! - Without a status, `connect`, `timeout`, `tls`, `protocol` and `interrupted` are retried;
+//!   `redirect`, `policy` are final. `protocol` (the receiver answered bytes that are not HTTP)
+//!   is a connection-level fault like `connect`: no status arrived, so nothing was decided by
+//!   the receiver's application, and what is on the port (a restarting proxy, another program
+//!   briefly holding it) is as likely to change as a refused connection.
 //! - **The status decides when one arrived.** An error while reading the body after the status
 //!   (`body`) is recorded on the attempt but never changes the status-based verdict; use
 //!   [`classify`] to get that precedence right.
@@ -16,7 +19,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::model::ErrorKind;
 use crate::workflow::WebhookConfig;
@@ -62,9 +65,11 @@ pub fn classify_status(status: u16, retry_after: Option<&str>, now: DateTime<Utc
 /// so that status decides ([`classify`]); on their own, like `http_status`, they are final.
 pub fn classify_error(kind: ErrorKind) -> Verdict {
     match kind {
-        ErrorKind::Connect | ErrorKind::Timeout | ErrorKind::Tls | ErrorKind::Interrupted => {
-            Verdict::Retry { after: None }
-        }
+        ErrorKind::Connect
+        | ErrorKind::Timeout
+        | ErrorKind::Tls
+        | ErrorKind::Protocol
+        | ErrorKind::Interrupted => Verdict::Retry { after: None },
         ErrorKind::Redirect | ErrorKind::Policy | ErrorKind::HttpStatus | ErrorKind::Body => {
             Verdict::Final
         }
@@ -105,18 +110,10 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     Some(delta.min(MAX_RETRY_AFTER))
 }
 
+/// An HTTP-date (RFC 9110 §5.6.7: IMF-fixdate, RFC 850 or asctime, always GMT), parsed by
+/// `httpdate` (hyper's own parser). A date with a numeric zone is not an HTTP-date.
 fn parse_http_date(v: &str) -> Option<DateTime<Utc>> {
-    // IMF-fixdate, "Sun, 06 Nov 1994 08:49:37 GMT", is a subset of RFC 2822.
-    if let Ok(t) = DateTime::parse_from_rfc2822(v) {
-        return Some(t.with_timezone(&Utc));
-    }
-    // The two obsolete forms RFC 9110 still asks recipients to accept.
-    for fmt in ["%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(v, fmt) {
-            return Some(t.and_utc());
-        }
-    }
-    None
+    httpdate::parse_http_date(v).ok().map(DateTime::<Utc>::from)
 }
 
 /// The delay before retry `k` (k = 1 … max_attempts − 1). A `Retry-After` replaces the
@@ -308,6 +305,7 @@ pub fn error_message(kind: ErrorKind, detail: &str) -> String {
         ErrorKind::Connect => "connection failed",
         ErrorKind::Timeout => "timed out",
         ErrorKind::Tls => "TLS handshake failed",
+        ErrorKind::Protocol => "the receiver's answer is not valid HTTP",
         ErrorKind::Redirect => "redirect not followed",
         ErrorKind::HttpStatus => "",
         ErrorKind::Body => "reading the response body failed",
@@ -389,6 +387,9 @@ mod tests {
                 Some("Thu, 22 Oct 2015 07:28:00 GMT"),
                 retry(Some(3600)),
             ), // a day: clamped
+            // Not HTTP-dates (a numeric zone, no weekday): the schedule applies.
+            (429, Some("Wed, 21 Oct 2015 08:28:30 +0100"), retry(None)),
+            (429, Some("21 Oct 2015 07:28:30 GMT"), retry(None)),
             (429, Some("soon"), retry(None)),
             (429, Some("-5"), retry(None)),
             (429, Some("1.5"), retry(None)),
@@ -415,7 +416,7 @@ mod tests {
     #[test]
     fn error_table_and_status_precedence() {
         use ErrorKind as K;
-        for k in [K::Connect, K::Timeout, K::Tls, K::Interrupted] {
+        for k in [K::Connect, K::Timeout, K::Tls, K::Protocol, K::Interrupted] {
             assert_eq!(classify_error(k), retry(None), "{k}");
         }
         for k in [K::Redirect, K::Policy, K::HttpStatus, K::Body] {

@@ -22,10 +22,10 @@ mod tests;
 
 use std::time::Duration;
 
-use crossterm::event::{self, Event};
-use crossterm::{cursor, execute, terminal};
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
+use ratatui::crossterm::event::{self, Event};
+use ratatui::crossterm::{cursor, execute, terminal};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::dispatch::{DispatchNotice, DispatcherOptions};
@@ -106,7 +106,7 @@ pub fn run(store: Store, opts: ConsoleOptions) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     // Reverse video must survive NO_COLOR (style.md).
-    crossterm::style::force_color_output(true);
+    ratatui::crossterm::style::force_color_output(true);
     // `--mouse`, or `mouse = true` in the config file.
     let mouse = opts.mouse || opts.config.as_deref().is_some_and(keymap::mouse_in_config);
     let previous = std::panic::take_hook();
@@ -149,7 +149,7 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
                     }
                 }
                 Ok(Event::Mouse(m)) => {
-                    use crossterm::event::{MouseButton, MouseEventKind as K};
+                    use ratatui::crossterm::event::{MouseButton, MouseEventKind as K};
                     let what = match m.kind {
                         K::Down(MouseButton::Left) => state::PointerKind::Click,
                         K::ScrollUp => state::PointerKind::WheelUp,
@@ -303,7 +303,7 @@ fn spawn_watchers(
 ) {
     // Once a second: tick and header.
     let (s, t, stop1) = (store.clone(), tx.clone(), stop.clone());
-    let opened = file_identity(store.path());
+    let opened = crate::fileid::identity(store.path());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         while !*stop1.borrow() {
@@ -314,7 +314,7 @@ fn spawn_watchers(
             let s2 = s.clone();
             let header = tokio::task::spawn_blocking(move || {
                 let mut h = header(&s2, own_dispatcher, concurrency);
-                h.file_problem = file_problem(s2.path(), opened);
+                h.file_problem = crate::fileid::problem(s2.path(), opened);
                 if own_dispatcher && h.file_problem.is_some() {
                     h.dispatcher = "dispatcher stopped: the database file is gone".into();
                     h.dispatcher_warning = true;
@@ -375,33 +375,6 @@ fn spawn_watchers(
             }
         }
     });
-}
-
-/// A database file's identity (device, inode), to notice it being deleted or replaced.
-fn file_identity(path: &std::path::Path) -> Option<(u64, u64)> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        None
-    }
-}
-
-/// What happened to the database file since it was opened (`opened`), if anything.
-fn file_problem(path: &std::path::Path, opened: Option<(u64, u64)>) -> Option<String> {
-    let opened = opened?;
-    match file_identity(path) {
-        None => Some(format!("the database file {} was deleted", path.display())),
-        Some(now) if now != opened => Some(format!(
-            "the database file {} was replaced by another file",
-            path.display()
-        )),
-        Some(_) => None,
-    }
 }
 
 /// Header figures: database, dispatcher state (and the private-target policy when it is on),

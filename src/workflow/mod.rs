@@ -266,4 +266,4 @@ mod duration_ms_vec {
 mod expand;
 mod parse;
 
-pub use parse::{Diagnostic, LoadError, load_file, parse};
+pub use parse::{Diagnostic, LoadError, load_file, load_reader, parse};

@@ -75,14 +75,28 @@ const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Reads, parses and validates the workflow file at `path`, expanding `${NAME}` from `env`.
 pub fn load_file(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Workflow, LoadError> {
+    let file = std::fs::File::open(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load_reader(path, file, env)
+}
+
+/// Like [`load_file`], reading from `reader` (standard input for `workflow apply -`); `path`
+/// names it in diagnostics.
+pub fn load_reader(
+    path: &Path,
+    reader: impl Read,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Workflow, LoadError> {
     let io = |source| LoadError::Io {
         path: path.to_path_buf(),
         source,
     };
     let file_name = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(io)?;
     let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
+    reader
+        .take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(io)?;
     let at_start = |message: String| {

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::keymap::{self, Action, Scope};
 use crate::model::AttemptEvent;
@@ -1127,7 +1127,7 @@ fn replay_deferred(app: &mut App) -> Vec<Effect> {
 }
 
 fn is_press(k: &KeyEvent) -> bool {
-    k.kind == crossterm::event::KeyEventKind::Press
+    k.kind == ratatui::crossterm::event::KeyEventKind::Press
 }
 
 fn key(app: &mut App, k: KeyEvent) -> Vec<Effect> {

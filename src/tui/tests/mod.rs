@@ -10,7 +10,7 @@ mod update;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
-use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use super::state::{App, Effect, Msg, ViewData, update};
 use crate::model::AttemptEvent;

@@ -1,8 +1,8 @@
 //! Drawing on `TestBackend` buffers: every screen at every size without a panic, the size
 //! notice, the selection's reverse video and marker, and untrusted text kept off the screen.
 
-use crossterm::event::KeyCode;
 use ratatui::buffer::Buffer;
+use ratatui::crossterm::event::KeyCode;
 use ratatui::style::Modifier;
 
 use super::*;

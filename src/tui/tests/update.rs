@@ -1,6 +1,6 @@
 //! The pure update: keys, messages, the state they leave and the effects they ask for.
 
-use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::*;
 use crate::store::ItemRow;
@@ -2078,7 +2078,7 @@ fn key_release_and_repeat_events_are_ignored() {
     let repeat = KeyEvent::new_with_kind(
         KeyCode::Char('j'),
         KeyModifiers::NONE,
-        crossterm::event::KeyEventKind::Repeat,
+        ratatui::crossterm::event::KeyEventKind::Repeat,
     );
     update(&mut app, Msg::Key(repeat));
     assert_eq!(cursor(&app), 0);
