@@ -584,10 +584,12 @@ pub(super) fn assign(app: &mut App) -> Vec<Effect> {
             let Some(s) = current_stage_row(v) else {
                 return vec![];
             };
-            vec![Effect::CountStage {
+            let fx = vec![Effect::CountStage {
                 workflow: w.clone(),
                 from: s.id.clone(),
-            }]
+            }];
+            app.counting_stage = true;
+            fx
         }
         ViewKind::Items { .. } | ViewKind::Item(_) => {
             let chosen = targets(v);

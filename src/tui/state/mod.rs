@@ -515,6 +515,9 @@ pub struct App {
     /// An assignment waiting for its workflow's stage list before the picker can open, and
     /// how the confirmation names its items.
     pub pending_picker: Option<(WorkflowId, AssignWhat, Naming)>,
+    /// A bulk assign from the stages view waiting for the stage's count, which opens its
+    /// picker: keys typed meanwhile (the target stage's name) wait for it too.
+    pub counting_stage: bool,
     /// Keys that arrived while the view waited for the list it asked for ([`View::awaiting`]),
     /// in order; they run when it arrives, so a key acts on the rows the screen then shows,
     /// never on the rows of the list being replaced.
@@ -695,6 +698,7 @@ impl App {
             dirty: true,
             page_rows: 10,
             pending_picker: None,
+            counting_stage: false,
             deferred: VecDeque::new(),
             deferred_ticks: 0,
             hit: HitMap::default(),
@@ -751,7 +755,9 @@ impl App {
 
     fn list_pending(&self) -> bool {
         self.overlay.is_none()
-            && (self.pending_picker.is_some() || self.view().is_some_and(|v| v.awaiting))
+            && (self.pending_picker.is_some()
+                || self.counting_stage
+                || self.view().is_some_and(|v| v.awaiting))
     }
 
     /// Replaces the whole stack by `kind` (from the command line).
@@ -908,8 +914,16 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             vec![]
         }
         Msg::Done { text, level } => {
+            // A failed count of a stage (the bulk assign's first step) ends the keys' wait
+            // for its picker: they run as they are.
+            let mut fx = Vec::new();
+            if level == Level::Error && app.counting_stage {
+                app.counting_stage = false;
+                fx = replay_deferred(app);
+            }
             app.flash(text, level);
-            app.load_current(None)
+            fx.extend(app.load_current(None));
+            fx
         }
         Msg::ActionDone {
             text,
@@ -979,17 +993,18 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             from,
             count,
         } => {
+            app.counting_stage = false;
             if count == 0 {
                 app.flash(format!("stage {from} holds no items"), Level::Info);
-                return vec![];
+            } else {
+                open_picker(
+                    app,
+                    workflow,
+                    AssignWhat::Stage { from, count },
+                    Naming::default(),
+                );
             }
-            open_picker(
-                app,
-                workflow,
-                AssignWhat::Stage { from, count },
-                Naming::default(),
-            );
-            vec![]
+            replay_deferred(app)
         }
     }
 }
@@ -1092,6 +1107,7 @@ fn loaded(app: &mut App, view: u64, data: ViewData, append: bool) {
 fn give_up_waiting(app: &mut App) -> Vec<Effect> {
     app.deferred_ticks = 0;
     app.pending_picker = None;
+    app.counting_stage = false;
     let Some(v) = app.view_mut() else {
         app.deferred.clear();
         return vec![];

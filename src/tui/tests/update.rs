@@ -1185,6 +1185,38 @@ fn bulk_assign_from_the_stages_view_counts_then_needs_the_exact_count_typed() {
     assert!(app.overlay.is_none());
 }
 
+/// A fast typist's `a`, the stage's name and Enter in the stages view: the name is typed
+/// before the stage's count (which opens the picker) arrives. The keys wait for the picker
+/// instead of running as view keys (`l` toggling the log pane, `d` opening deliveries).
+#[test]
+fn keys_typed_before_the_bulk_assign_picker_opens_go_into_it() {
+    let mut app = on_stages(false);
+    let fx = ch(&mut app, 'a');
+    assert_eq!(fx.len(), 1, "{fx:?}");
+    let log_before = app.log.visible;
+    let depth = app.stack.len();
+    type_str(&mut app, "valid");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.stack.len(), depth, "a typed letter opened a view");
+    assert_eq!(app.log.visible, log_before, "`l` toggled the log pane");
+    update(
+        &mut app,
+        Msg::StageCount {
+            workflow: wf(),
+            from: StageId::new("dataset"),
+            count: 40,
+        },
+    );
+    let Some(Overlay::Typed { text, expected, .. }) = &app.overlay else {
+        panic!("the waiting keys did not pick a stage: {:?}", app.overlay)
+    };
+    assert_eq!(expected, "40");
+    assert!(
+        text.contains("all 40 items of stage dataset to stage validate"),
+        "{text}"
+    );
+}
+
 #[test]
 fn bulk_assign_of_an_empty_stage_says_so_and_esc_cancels_a_typed_confirmation() {
     let mut app = on_stages(false);
