@@ -1,45 +1,17 @@
-//! `hookops deliveries`, `delivery show`, `refire`, `test-webhook`, `stage pause|resume`.
+//! `hookops deliveries` (and `deliveries export`), `delivery show|cancel`, `refire`, `test-webhook`,
+//! `stage pause|resume`.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 
+use super::args::{BULK_CHUNK, FilterArgs, ListArgs, confirm, filter, parse_since};
 use super::{CliError, Global, output, require_workflow};
 use crate::dispatch::send_manual;
 use crate::model::AttemptEvent;
-use crate::model::{DeliveryId, DeliveryState, EventType, ItemId, StageId, WorkflowId};
-use crate::store::{DeliveryFilter, Store};
-
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    /// pending, in_flight, retry_scheduled, succeeded, failed or cancelled
-    #[arg(long)]
-    pub state: Option<DeliveryState>,
-    /// Only deliveries of this stage (id; without --workflow, that stage id in every workflow)
-    #[arg(long)]
-    pub stage: Option<String>,
-    /// Only deliveries of this workflow (id)
-    #[arg(long)]
-    pub workflow: Option<String>,
-    /// Only deliveries of this item (id)
-    #[arg(long)]
-    pub item: Option<String>,
-    /// stage.webhook or webhook.test
-    #[arg(long)]
-    pub event: Option<EventType>,
-    /// Error kind of the last attempt: connect, timeout, tls, protocol, redirect, http_status, body, policy, interrupted
-    #[arg(long, value_name = "KIND")]
-    pub error_kind: Option<crate::model::ErrorKind>,
-    /// HTTP status of the last attempt, e.g. 503
-    #[arg(long, value_name = "CODE")]
-    pub status: Option<u16>,
-    /// At most N rows, newest first (0 = all)
-    #[arg(long, default_value_t = super::item::DEFAULT_LIMIT)]
-    pub limit: usize,
-    /// Print JSON instead of text
-    #[arg(long)]
-    pub json: bool,
-}
+use crate::model::{DeliveryId, DeliveryState, StageId};
+use crate::store::Store;
 
 #[derive(Debug, Subcommand)]
 pub enum DeliveryCommand {
@@ -54,7 +26,7 @@ pub enum DeliveryCommand {
     },
     /// Cancel open deliveries by id or by filter; items route along on_failure
     #[command(after_long_help = super::examples::DELIVERY_CANCEL)]
-    Cancel(super::ops::CancelArgs),
+    Cancel(CancelArgs),
 }
 
 #[derive(Debug, Args)]
@@ -117,23 +89,6 @@ pub struct StageArgs {
     pub workflow: Option<String>,
     /// The webhook stage (id)
     pub stage: String,
-}
-
-fn filter(
-    workflow: Option<&String>,
-    stage: Option<&String>,
-    state: Option<DeliveryState>,
-    item: Option<&String>,
-    event: Option<EventType>,
-) -> DeliveryFilter {
-    DeliveryFilter {
-        workflow: workflow.map(|w| WorkflowId::new(w.as_str())),
-        stage: stage.map(|s| StageId::new(s.as_str())),
-        state,
-        item: item.map(|i| ItemId::new(i.as_str())),
-        event,
-        ..DeliveryFilter::default()
-    }
 }
 
 pub fn list(g: &Global, a: ListArgs) -> Result<(), CliError> {
@@ -203,7 +158,7 @@ fn last_result(status: Option<u16>, kind: Option<crate::model::ErrorKind>) -> St
 pub fn run(g: &Global, c: DeliveryCommand) -> Result<(), CliError> {
     match c {
         DeliveryCommand::Show { id, json } => show(g, &DeliveryId::new(id), json),
-        DeliveryCommand::Cancel(a) => super::ops::cancel(g, a),
+        DeliveryCommand::Cancel(a) => cancel(g, a),
     }
 }
 
@@ -279,39 +234,6 @@ fn show(g: &Global, id: &DeliveryId, json: bool) -> Result<(), CliError> {
         serde_json::to_string_pretty(&d.body).unwrap_or_default()
     );
     Ok(())
-}
-
-/// Asks "Proceed? [y/N]" on the terminal; refuses without one (use --yes in scripts).
-pub(super) fn confirm(question: &str) -> Result<bool, CliError> {
-    if !std::io::stdin().is_terminal() {
-        return Err(CliError::failure(format!(
-            "{question}: refusing without a terminal to confirm on; pass --yes"
-        )));
-    }
-    eprint!("{question}. Proceed? [y/N] ");
-    let _ = std::io::stderr().flush();
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| CliError::failure(format!("cannot read the answer: {e}")))?;
-    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
-}
-
-pub(super) fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&chrono::Utc));
-    }
-    let d = s.trim().trim_end_matches("ago").trim();
-    humantime::parse_duration(d)
-        .ok()
-        .and_then(|d| chrono::Duration::from_std(d).ok())
-        .map(|d| chrono::Utc::now() - d)
-        .ok_or_else(|| {
-            CliError::usage(format!(
-                "--since `{s}` is neither an RFC 3339 time nor a duration like `2h`"
-            ))
-        })
 }
 
 pub fn refire(g: &Global, a: RefireArgs) -> Result<(), CliError> {
@@ -470,9 +392,6 @@ pub fn stage(g: &Global, c: StageCommand) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Deliveries a bulk re-fire or cancel hands the store at once, between progress updates.
-pub(crate) const BULK_CHUNK: usize = 5000;
-
 /// A store error from an action on a stage the operator named correctly: one the stage
 /// cannot take (pausing or testing a stage that is not a webhook stage) is a refusal (exit 1),
 /// not bad usage; the store calls it `Invalid` because the API answers it 422.
@@ -523,4 +442,167 @@ pub fn attempt_line(e: &AttemptEvent) -> String {
         line.push_str(" (stage paused after repeated failures)");
     }
     line
+}
+
+/// `hookops deliveries`: a listing, or `deliveries export`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DeliveriesArgs {
+    #[command(flatten)]
+    pub list: ListArgs,
+    #[command(subcommand)]
+    pub command: Option<DeliveriesCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// Write matching deliveries as JSON Lines, each with every attempt (secrets masked)
+    #[command(after_long_help = super::examples::DELIVERIES_EXPORT)]
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Write to this file (created 0600) instead of stdout
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Overwrite --output when it exists
+    #[arg(long)]
+    pub force: bool,
+    /// At most N deliveries, newest first (0 = all)
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// Deliveries to cancel
+    pub ids: Vec<String>,
+    /// Without ids: every open delivery matching these filters
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// At most N deliveries (oldest first)
+    #[arg(long, value_parser = super::action_limit)]
+    pub limit: Option<usize>,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub yes: bool,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn deliveries(g: &Global, a: DeliveriesArgs) -> Result<(), CliError> {
+    match a.command {
+        None => list(g, a.list),
+        Some(DeliveriesCommand::Export(e)) => export(g, e),
+    }
+}
+
+/// Creates `path` with mode 0600 for writing; an existing file only with `force`.
+fn create_private(path: &Path, force: bool) -> Result<std::fs::File, CliError> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true);
+    if force {
+        o.create(true).truncate(true);
+    } else {
+        o.create_new(true);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            CliError::failure(format!(
+                "{} exists; pass --force to overwrite it",
+                path.display()
+            ))
+        } else {
+            CliError::failure(format!("cannot create {}: {e}", path.display()))
+        }
+    })
+}
+
+fn export(g: &Global, a: ExportArgs) -> Result<(), CliError> {
+    let store = g.open()?;
+    let f = a.filter.filter()?;
+    let mut out: Box<dyn Write> = match &a.output {
+        Some(p) => Box::new(std::io::BufWriter::new(create_private(p, a.force)?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let limit = (a.limit != 0).then_some(a.limit);
+    let written = store.export_deliveries(&f, limit, &mut out)?;
+    if let Some(p) = &a.output {
+        eprintln!("exported {written} delivery(ies) to {}", p.display());
+    }
+    Ok(())
+}
+
+pub fn cancel(g: &Global, a: CancelArgs) -> Result<(), CliError> {
+    let store = g.open()?;
+    let bulk = a.ids.is_empty();
+    let ids: Vec<DeliveryId> = if bulk {
+        if a.filter.is_empty() {
+            return Err(CliError::usage(
+                "name the deliveries to cancel, or select them with filters such as --state retry_scheduled --workflow ID",
+            ));
+        }
+        super::check_scope(
+            &store,
+            a.filter.workflow.as_ref(),
+            a.filter.stage.as_ref(),
+            "delivery cancel",
+        )?;
+        store.open_deliveries(&a.filter.filter()?, a.limit)?
+    } else {
+        if !a.filter.is_empty() || a.limit.is_some() {
+            return Err(CliError::usage("give delivery ids or filters, not both"));
+        }
+        a.ids.iter().map(|i| DeliveryId::new(i.as_str())).collect()
+    };
+    if ids.is_empty() {
+        outln!("nothing to cancel: no open delivery matches");
+        return Ok(());
+    }
+    store.ensure_writable("cancel")?;
+    if bulk && !a.yes && !confirm(&format!("cancel {} open delivery(ies)", ids.len()))? {
+        return Err(CliError::failure("nothing was cancelled"));
+    }
+    let mut report = crate::store::CancelReport::default();
+    let mut progress = output::Progress::new("cancelled", ids.len(), a.json);
+    for (i, chunk) in ids.chunks(BULK_CHUNK).enumerate() {
+        let r = store.cancel_deliveries(chunk, &g.operator())?;
+        report.cancelled += r.cancelled;
+        report.routed.extend(r.routed);
+        report.refused.extend(r.refused);
+        progress.update(((i + 1) * BULK_CHUNK).min(ids.len()));
+    }
+    drop(progress);
+    if a.json {
+        output::json(&report)?;
+    } else {
+        outln!(
+            "cancelled {} delivery(ies); {} item(s) routed on failure",
+            report.cancelled,
+            report.routed.len()
+        );
+        for (item, to) in &report.routed {
+            outln!("  {item} → {to}");
+        }
+    }
+    for (id, why) in &report.refused {
+        eprintln!("refused {id}: {why}");
+    }
+    if !report.refused.is_empty() {
+        return Err(CliError::failure(format!(
+            "{} of {} delivery(ies) were refused",
+            report.refused.len(),
+            ids.len()
+        )));
+    }
+    Ok(())
 }

@@ -19,6 +19,7 @@ macro_rules! outln {
     }};
 }
 
+mod args;
 mod deliveries;
 mod demo;
 mod examples;
@@ -173,7 +174,7 @@ pub enum Command {
     Audit(AuditArgs),
     /// List deliveries, newest first (or `deliveries export` them as JSON Lines)
     #[command(after_long_help = examples::DELIVERIES)]
-    Deliveries(ops::DeliveriesArgs),
+    Deliveries(deliveries::DeliveriesArgs),
     /// Show one delivery with every attempt
     #[command(subcommand)]
     Delivery(deliveries::DeliveryCommand),
@@ -336,7 +337,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Item(c) => item::run(g, c),
         Command::Assign(a) => item::assign(g, a),
         Command::Audit(a) => audit(g, a),
-        Command::Deliveries(a) => ops::deliveries(g, a),
+        Command::Deliveries(a) => deliveries::deliveries(g, a),
         Command::Delivery(c) => deliveries::run(g, c),
         Command::Refire(a) => deliveries::refire(g, a),
         Command::TestWebhook(a) => deliveries::test_webhook(g, a),
