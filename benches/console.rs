@@ -384,7 +384,7 @@ fn measure(db: &Path) {
             n
         })
     };
-    let mut last_seq = c.store().last_attempt_seq().expect("seq");
+    let mut last_seq = c.store().attempts_end().expect("seq");
     let start = Instant::now();
     let mut drawn = 0u32;
     let mut ingested = 0usize;

@@ -31,9 +31,10 @@ use hookops::model::{
     HistoryCause, Item, ItemId, ItemState, RefusalKind, StageId, WorkflowId,
 };
 use hookops::store::{
-    AssignTarget, AttemptOutcome, CheckStatus, Clock, DeliveryDetail, DeliveryFilter,
-    DeliverySummary, DispatcherInfo, Expect, ImportReport, ItemFilter, ItemOrder, ItemRow, Jitter,
-    Lease, MoveReport, OpenOptions, PruneOptions, Recorded, Store,
+    AssignTarget, AttemptCursor, AttemptOutcome, CheckStatus, Clock, DeliveryCursor,
+    DeliveryDetail, DeliveryFilter, DeliverySummary, DispatcherInfo, Expect, ImportReport,
+    ItemFilter, ItemOrder, ItemRow, Jitter, Lease, MoveReport, OpenOptions, PruneOptions, Recorded,
+    Store,
 };
 use serde_json::json;
 
@@ -2473,7 +2474,7 @@ pub mod cases {
                         }
                         w.store.list_deliveries(f, after, n).unwrap()
                     },
-                    |r: &(DeliverySummary, i64)| r.1,
+                    |r: &(DeliverySummary, DeliveryCursor)| r.1,
                 );
                 let paged: Vec<DeliveryId> = paged.into_iter().map(|(d, _)| d.id).collect();
                 let wanted: Vec<DeliveryId> =
@@ -2492,7 +2493,7 @@ pub mod cases {
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         w.import(&refs);
         w.assign(&refs, "hook");
-        let start = w.store.last_attempt_seq().unwrap();
+        let start = w.store.attempts_end().unwrap();
         let writers: Vec<_> = (0..3)
             .map(|n| {
                 let store = w.other_process();
@@ -2516,9 +2517,9 @@ pub mod cases {
                 })
             })
             .collect();
-        let mut seen: Vec<(i64, DeliveryId, i64)> = Vec::new();
+        let mut seen: Vec<(AttemptCursor, DeliveryId, i64)> = Vec::new();
         let mut after = start;
-        let mut read = |after: &mut i64| {
+        let mut read = |after: &mut AttemptCursor| {
             let page = w.store.attempts_after(*after, 3).unwrap();
             if let Some((seq, _)) = page.last() {
                 *after = *seq;
@@ -2561,10 +2562,10 @@ pub mod cases {
         let ids = ["a1", "a2", "a3", "a4", "a5"];
         w.import(&ids);
         w.assign(&ids, "hook");
-        let start = w.store.last_attempt_seq().unwrap();
+        let start = w.store.attempts_end().unwrap();
         let mut seen: Vec<(DeliveryId, i64)> = Vec::new();
         let mut after = start;
-        let read = |after: &mut i64, seen: &mut Vec<(DeliveryId, i64)>| {
+        let read = |after: &mut AttemptCursor, seen: &mut Vec<(DeliveryId, i64)>| {
             let page = w.store.attempts_after(*after, 2).unwrap();
             if let Some((seq, _)) = page.last() {
                 *after = *seq;
@@ -2593,6 +2594,6 @@ pub mod cases {
         }
         assert_eq!(written.len(), 16);
         assert_eq!(seen, written, "every attempt once, in the order written");
-        assert_eq!(w.store.last_attempt_seq().unwrap(), after);
+        assert_eq!(w.store.attempts_end().unwrap(), after);
     }
 }

@@ -25,9 +25,9 @@ use crate::model::{
     is_valid_slug,
 };
 use crate::store::{
-    AssignTarget, DeliveryDetail, DeliveryFilter, DeliverySummary, Expect, ItemCursor, ItemDetail,
-    ItemFilter, ItemOrder, ItemRow, Landed, MoveReport, RefireReport, Refusal, WorkflowDetail,
-    WorkflowSummary,
+    AssignTarget, DeliveryCursor, DeliveryDetail, DeliveryFilter, DeliverySummary, Expect,
+    ItemCursor, ItemDetail, ItemFilter, ItemOrder, ItemRow, Landed, MoveReport, RefireReport,
+    Refusal, WorkflowDetail, WorkflowSummary,
 };
 
 type S = State<Arc<AppState>>;
@@ -667,9 +667,8 @@ pub async fn list_deliveries(
     let limit = limit_of(q.limit)?;
     let after = match &q.cursor {
         Some(c) => Some(
-            decode_cursor(c, 'd')?
-                .parse::<i64>()
-                .map_err(|_| ApiError::field("cursor", "is not a cursor this list returned"))?,
+            DeliveryCursor::decode(&decode_cursor(c, 'd')?)
+                .ok_or_else(|| ApiError::field("cursor", "is not a cursor this list returned"))?,
         ),
         None => None,
     };
@@ -686,7 +685,7 @@ pub async fn list_deliveries(
     let next_cursor = if rows.len() > limit {
         rows.truncate(limit);
         rows.last()
-            .map(|(_, seq)| encode_cursor(&format!("d:{seq}")))
+            .map(|(_, cursor)| encode_cursor(&format!("d:{}", cursor.encode())))
     } else {
         None
     };

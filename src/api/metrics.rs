@@ -62,7 +62,7 @@ impl Metrics {
     pub fn render(&self, store: &Store) -> Result<String, crate::store::StoreError> {
         let counts = store.delivery_counts()?;
         let paused = store.paused_stages()?;
-        let recorded = store.last_attempt_seq()?;
+        let recorded = store.attempts_recorded()?;
         let mut out = String::new();
         let esc = |s: &str| {
             s.replace('\\', "\\\\")

@@ -26,6 +26,12 @@ use crate::model::{
 };
 use crate::workflow::Workflow;
 
+/// Where a reader of the attempt log got to: pass it back to [`Store::attempts_after`].
+/// Opaque to callers, and ordered as the log is read: a backend whose sequence order is not
+/// its commit order defines its own (design §7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AttemptCursor(pub(crate) i64);
+
 /// What recording an attempt did to its delivery.
 #[derive(Clone, Debug, Serialize)]
 pub struct Recorded {
@@ -315,13 +321,13 @@ impl Store {
 }
 
 impl Store {
-    /// Attempts recorded after `after_seq` (any process), oldest first, for the console's log
-    /// pane. Returns each with its sequence number.
+    /// Attempts recorded after `after` (any process), in the order the log reads them, for
+    /// the console's log pane. Returns each with its cursor.
     pub fn attempts_after(
         &self,
-        after_seq: i64,
+        after: AttemptCursor,
         limit: usize,
-    ) -> Result<Vec<(i64, crate::model::AttemptEvent)>> {
+    ) -> Result<Vec<(AttemptCursor, crate::model::AttemptEvent)>> {
         self.read(|c| {
             let rows = c
                 .prepare_cached(
@@ -332,7 +338,7 @@ impl Store {
                      LEFT JOIN items i ON i.id = d.item_id
                      WHERE a.seq > ?1 ORDER BY a.seq LIMIT ?2",
                 )?
-                .query_map(params![after_seq, limit as i64], |r| {
+                .query_map(params![after.0, limit as i64], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         crate::model::AttemptEvent {
@@ -376,14 +382,19 @@ impl Store {
                     .and_then(|s| webhook_of(s, &e.stage))
                     .map(|w| w.max_attempts)
                     .unwrap_or(0);
-                out.push((seq, e));
+                out.push((AttemptCursor(seq), e));
             }
             Ok(out)
         })
     }
 
-    /// The sequence number of the newest attempt (the log pane starts after it).
-    pub fn last_attempt_seq(&self) -> Result<i64> {
+    /// The cursor of the newest attempt: the log pane starts after it.
+    pub fn attempts_end(&self) -> Result<AttemptCursor> {
+        Ok(AttemptCursor(self.attempts_recorded()?))
+    }
+
+    /// How many attempts were ever recorded in the store, by every process (`/metrics`).
+    pub fn attempts_recorded(&self) -> Result<i64> {
         self.read(|c| {
             Ok(
                 c.query_row("SELECT COALESCE(MAX(seq), 0) FROM attempts", [], |r| {

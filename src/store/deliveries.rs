@@ -314,8 +314,28 @@ fn delivery_query(
     )
 }
 
-/// A keyset position in a delivery list (newest first).
-pub type DeliveryCursor = i64;
+/// Where a page of a delivery list (newest first) ended: pass it back as `after` for the next
+/// page. Opaque to callers: each backend orders its deliveries its own way (design §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DeliveryCursor(pub(crate) i64);
+
+impl DeliveryCursor {
+    /// The cursor as text, for the API's `next_cursor`.
+    pub fn encode(&self) -> String {
+        self.0.to_string()
+    }
+
+    /// A cursor [`DeliveryCursor::encode`] wrote, or `None`.
+    pub fn decode(s: &str) -> Option<DeliveryCursor> {
+        s.parse().ok().map(DeliveryCursor)
+    }
+
+    /// A cursor for tests of code that only passes cursors along.
+    #[cfg(test)]
+    pub(crate) fn for_tests(n: i64) -> DeliveryCursor {
+        DeliveryCursor(n)
+    }
+}
 
 impl Store {
     /// One page of deliveries matching `filter`, newest first, after `after`.
@@ -326,11 +346,11 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(DeliverySummary, DeliveryCursor)>> {
         self.read(|c| {
-            let (sql, args) = delivery_query(filter, after, Some(limit));
+            let (sql, args) = delivery_query(filter, after.map(|a| a.0), Some(limit));
             let rows = c
                 .prepare_cached(&sql)?
                 .query_map(rusqlite::params_from_iter(args.iter()), |r| {
-                    Ok((summary_from_row(r)?, r.get(17)?))
+                    Ok((summary_from_row(r)?, DeliveryCursor(r.get(17)?)))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)

@@ -1127,7 +1127,7 @@ impl Store {
                 let page = self.list_deliveries(&f, after, 5000)?;
                 let done = page.len() < 5000;
                 after = page.last().map(|(_, c)| *c);
-                out.extend(page.into_iter().map(|(d, c)| (d.id, c)));
+                out.extend(page.into_iter().map(|(d, c)| (d.id, c.0)));
                 if done {
                     break;
                 }

@@ -230,7 +230,7 @@ impl Store {
                         Some(item) => q.query_row([item.as_str()], |r| r.get(0))?,
                         None => None,
                     };
-                    keep.push(newest == Some(*seq));
+                    keep.push(newest == Some(seq.0));
                 }
                 Ok(keep)
             })?;

@@ -333,7 +333,7 @@ fn spawn_watchers(
     tokio::spawn(async move {
         let s = store.clone();
         let Ok(Ok((mut watcher, mut last_seq))) = tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::store::StoreError>((s.change_watcher()?, s.last_attempt_seq()?))
+            Ok::<_, crate::store::StoreError>((s.change_watcher()?, s.attempts_end()?))
         })
         .await
         else {

@@ -119,7 +119,7 @@ pub enum ViewData {
     Item(Box<ItemDetail>),
     Deliveries {
         rows: Vec<DeliverySummary>,
-        cursors: Vec<i64>,
+        cursors: Vec<crate::store::DeliveryCursor>,
         more: bool,
     },
     Delivery(Box<DeliveryDetail>),
@@ -677,7 +677,7 @@ pub enum Effect {
 #[derive(Clone, Debug, PartialEq)]
 pub enum LoadAfter {
     Item(ItemCursor),
-    Delivery(i64),
+    Delivery(crate::store::DeliveryCursor),
 }
 
 impl App {

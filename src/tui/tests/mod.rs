@@ -205,7 +205,9 @@ pub fn deliveries() -> Vec<DeliverySummary> {
 
 pub fn deliveries_data() -> ViewData {
     let rows = deliveries();
-    let cursors = (1..=rows.len() as i64).collect();
+    let cursors = (1..=rows.len() as i64)
+        .map(crate::store::DeliveryCursor::for_tests)
+        .collect();
     ViewData::Deliveries {
         rows,
         cursors,

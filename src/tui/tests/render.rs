@@ -360,7 +360,9 @@ fn hostile_screens() -> Vec<(&'static str, App)> {
             &mut app,
             ViewData::Deliveries {
                 rows,
-                cursors: vec![1, 2, 3, 4, 5, 6, 7],
+                cursors: (1..=7)
+                    .map(crate::store::DeliveryCursor::for_tests)
+                    .collect(),
                 more: false,
             },
         );
