@@ -234,6 +234,39 @@ fn hookops(db: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs `hookops --db DB ARGS` with a pseudo-terminal for its standard streams and returns
+/// everything it wrote there.
+fn in_pty(db: &Path, args: &[&str]) -> String {
+    use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+    use std::io::Read;
+    let pair = native_pty_system()
+        .openpty(PtySize {
+            rows: 24,
+            cols: 200,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .unwrap();
+    let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_hookops"));
+    cmd.arg("--db");
+    cmd.arg(db);
+    cmd.args(["--operator", OPERATOR]);
+    cmd.args(args);
+    let mut child = pair.slave.spawn_command(cmd).unwrap();
+    drop(pair.slave);
+    let mut reader = pair.master.try_clone_reader().unwrap();
+    let mut out = Vec::new();
+    // The read ends with an error (EIO) once the child has exited and closed the terminal;
+    // what it read until then is kept.
+    let _ = reader.read_to_end(&mut out);
+    assert!(
+        child.wait().unwrap().success(),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -469,8 +502,17 @@ retry_schedule = ["10ms"]"#,
     let attempts_before = count(&c, "SELECT COUNT(*) FROM attempts");
     assert_eq!(attempts_before, 18);
 
+    // On a terminal, prune says how far its scan got (never into a pipe or --json: the
+    // JSON runs below have clean stdout and stderr).
+    let shown = in_pty(&w.db, &["prune", "--older-than", "30d", "--dry-run"]);
+    assert!(
+        shown.contains("prune: delivery rows scanned 11 of 11"),
+        "no progress on the terminal: {shown:?}"
+    );
+    assert!(shown.contains("would remove 5 finished"), "{shown:?}");
     let dry = w.hookops(&["prune", "--older-than", "30d", "--dry-run", "--json"]);
     assert_ok(&dry, "prune --dry-run");
+    assert!(stderr(&dry).is_empty(), "{}", stderr(&dry));
     let dry = json_out(&dry);
     assert_eq!(dry["deliveries"], 5, "{dry}");
     assert_eq!(dry["attempts"], 8, "{dry}");

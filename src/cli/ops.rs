@@ -65,7 +65,16 @@ pub fn prune(g: &Global, a: PruneArgs) -> Result<(), CliError> {
         audit_older_than: a.audit_older_than,
         dry_run: a.dry_run,
     };
-    let r = store.prune(&opts, &g.operator())?;
+    // Progress on a terminal only (never into a pipe or --json).
+    let mut shown: Option<output::Progress> = None;
+    let r = store.prune_with_progress(&opts, &g.operator(), &mut |done, total| {
+        shown
+            .get_or_insert_with(|| {
+                output::Progress::new("prune: delivery rows scanned", total as usize, a.json)
+            })
+            .update(done as usize)
+    })?;
+    drop(shown);
     if a.json {
         return output::json(&r);
     }

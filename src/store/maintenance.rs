@@ -173,6 +173,17 @@ impl Store {
     /// cutoff, keeping each item's latest delivery per stage and every open delivery; with
     /// `audit_older_than`, old audit rows too. Works in short chunks; safe while `serve` runs.
     pub fn prune(&self, opts: &PruneOptions, operator: &str) -> Result<PruneReport> {
+        self.prune_with_progress(opts, operator, &mut |_, _| {})
+    }
+
+    /// [`Store::prune`], telling `progress` after each page it scans how far it got through
+    /// the deliveries, as (rows behind it, rows in all when it started).
+    pub fn prune_with_progress(
+        &self,
+        opts: &PruneOptions,
+        operator: &str,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<PruneReport> {
         if !opts.dry_run {
             self.ensure_writable("prune")?;
         }
@@ -191,6 +202,15 @@ impl Store {
                 [],
                 |r| r.get(0),
             )?)
+        })?;
+        // The scan walks the deliveries in row order: the last row it passed, against the
+        // last row there was, says how far it got.
+        let end: i64 = self.read(|c| {
+            Ok(
+                c.query_row("SELECT COALESCE(MAX(seq), 0) FROM deliveries", [], |r| {
+                    r.get(0)
+                })?,
+            )
         })?;
         let mut after = 0i64;
         let mut chunk = 64usize;
@@ -212,6 +232,8 @@ impl Store {
             if let Some(last) = page.last() {
                 after = last.0;
             }
+            let at = if done { end } else { after.min(end) };
+            progress(at.max(0) as u64, end.max(0) as u64);
             for (_, id, latest, attempts) in page {
                 if latest {
                     report.kept_latest += 1;
