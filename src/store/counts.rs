@@ -15,18 +15,9 @@
 
 use std::collections::HashMap;
 
-use rusqlite::Connection;
-
 use super::Result;
 
 use super::seam::{Counted as Table, Rows};
-
-fn table_name(table: Table) -> &'static str {
-    match table {
-        Table::Items => "item_counts",
-        Table::Deliveries => "delivery_counts",
-    }
-}
 
 type Key = (Table, String, String, String);
 
@@ -96,20 +87,8 @@ impl Deltas {
     /// Rewrites every counter from the rows, in the caller's job (`check --repair`, and rows
     /// written with plain SQL). When the job succeeds, the deltas before it are already in
     /// the figures.
-    pub(super) fn recompute(&mut self, conn: &Connection) -> Result<()> {
-        for table in [Table::Items, Table::Deliveries] {
-            let rows = match table {
-                Table::Items => "items",
-                Table::Deliveries => "deliveries",
-            };
-            conn.execute_batch(&format!(
-                "DELETE FROM {counts};
-                 INSERT INTO {counts} (workflow_id, stage_id, state, n)
-                 SELECT workflow_id, stage_id, state, COUNT(*) FROM {rows}
-                 GROUP BY workflow_id, stage_id, state;",
-                counts = table_name(table)
-            ))?;
-        }
+    pub(super) fn recompute(&mut self, rows: &dyn Rows) -> Result<()> {
+        rows.recount_all()?;
         self.job.clear();
         self.job_recomputed = true;
         Ok(())

@@ -217,11 +217,7 @@ impl Store {
         let old_cache = if opts.dry_run {
             None
         } else {
-            Some(self.write("prune", |c| {
-                let old: i64 = c.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
-                c.pragma_update(None, "cache_size", -PRUNE_CACHE_KIB)?;
-                Ok(old)
-            })?)
+            Some(self.write("prune", |c| c.rows().set_cache_kib(-PRUNE_CACHE_KIB))?)
         };
         let mut pending: Vec<String> = Vec::new();
         loop {
@@ -293,9 +289,7 @@ impl Store {
                 )
             })?;
             if let Some(old) = old_cache {
-                self.write("prune", move |c| {
-                    Ok(c.pragma_update(None, "cache_size", old)?)
-                })?;
+                self.write("prune", move |c| c.rows().set_cache_kib(old).map(drop))?;
             }
             self.checkpoint();
         } else {
@@ -323,11 +317,7 @@ impl Store {
         loop {
             let t = Instant::now();
             let n = self.write("prune", move |c| {
-                Ok(c.prepare_cached(
-                    "DELETE FROM audit WHERE seq IN
-                        (SELECT seq FROM audit WHERE at < ?1 ORDER BY seq LIMIT ?2)",
-                )?
-                .execute(params![cutoff, chunk as i64])? as i64)
+                c.rows().delete_audit_before(cutoff, chunk)
             })?;
             report.chunks += 1;
             report.longest_chunk_ms = report.longest_chunk_ms.max(ms(t.elapsed()));
@@ -345,15 +335,7 @@ impl Store {
         let mut pages = VACUUM_PAGES;
         loop {
             let t = Instant::now();
-            let n = self.write("prune", move |c| {
-                let before: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-                // The pragma frees one page per step: run it to completion.
-                let mut s = c.prepare(&format!("PRAGMA incremental_vacuum({pages})"))?;
-                let mut rows = s.query([])?;
-                while rows.next()?.is_some() {}
-                let after: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-                Ok(before - after)
-            })?;
+            let n = self.write("prune", move |c| c.rows().give_back_pages(pages))?;
             report.chunks += 1;
             report.longest_chunk_ms = report.longest_chunk_ms.max(ms(t.elapsed()));
             std::thread::sleep(t.elapsed().min(MAX_GAP));
@@ -902,7 +884,7 @@ impl Store {
     /// own writes; this is for rows written into the file by other means (the benchmarks'
     /// plain-SQL generators). `check --repair` does the same when `check` finds them wrong.
     pub fn recount(&self) -> Result<()> {
-        self.write("recount", |c| c.counts().recompute(c))
+        self.write("recount", |c| c.counts().recompute(c.rows()))
     }
 }
 
@@ -995,7 +977,7 @@ impl Store {
         if failing("counters") {
             let op = operator.to_string();
             self.write("repair", move |c| {
-                c.counts().recompute(c)?;
+                c.counts().recompute(c.rows())?;
                 audit(c, &op, "repair", "counters", None, 1)
             })?;
             repaired.push("recomputed the item and delivery counters".into());

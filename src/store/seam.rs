@@ -389,6 +389,18 @@ pub(crate) trait Rows {
     fn upsert_heartbeat(&self, h: &Heartbeat<'_>) -> Result<()>;
     fn delete_dispatcher(&self, id: &str) -> Result<()>;
     fn insert_audit(&self, a: &AuditRow<'_>) -> Result<()>;
+    /// Rewrites every counter from the rows it counts (`check --repair`, `recount`).
+    fn recount_all(&self) -> Result<()>;
+
+    // ---- day-two upkeep (prune) ----
+    /// Deletes at most `limit` audit rows older than `before`; returns how many went.
+    fn delete_audit_before(&self, before: i64, limit: usize) -> Result<i64>;
+    /// Sets this connection's page cache to `kib` KiB for a long job; returns the setting to
+    /// restore (a backend without one returns it unchanged).
+    fn set_cache_kib(&self, kib: i64) -> Result<i64>;
+    /// Gives at most `pages` free pages back to the file system; returns how many went (0 when
+    /// the backend has nothing of the kind).
+    fn give_back_pages(&self, pages: i64) -> Result<i64>;
     /// Stores a setting (a policy) for every process of the store.
     fn put_setting(&self, key: &str, value: &str) -> Result<()>;
 }

@@ -11,8 +11,8 @@
 //! which forgets the cache ([`Tx::forget_specs`]), and a job that fails forgets it too (it may
 //! have read a revision that is gone now).
 //!
-//! For now a `Tx` dereferences to the SQLite connection, so the store's SQL runs on it as
-//! before; the row operations a second backend needs are named in `ARCHITECTURE.md`.
+//! A write job reaches its rows only through [`Tx::rows`], the backend's row operations
+//! ([`super::seam::Rows`]): no write path of the store runs SQL of its own.
 
 use std::cell::{Cell, RefCell, RefMut};
 use std::collections::HashMap;
@@ -168,13 +168,5 @@ impl<'c> Tx<'c> {
     /// Writes the transaction's counter deltas, just before `COMMIT`.
     pub(super) fn flush_counts(&self) -> Result<()> {
         self.counts.borrow_mut().flush(self.rows)
-    }
-}
-
-impl std::ops::Deref for Tx<'_> {
-    type Target = Connection;
-
-    fn deref(&self) -> &Connection {
-        self.conn
     }
 }

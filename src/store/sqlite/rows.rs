@@ -834,6 +834,52 @@ impl Rows for SqliteRows<'_> {
         Ok(())
     }
 
+    fn recount_all(&self) -> Result<()> {
+        for (counts, rows) in [("item_counts", "items"), ("delivery_counts", "deliveries")] {
+            self.conn.execute_batch(&format!(
+                "DELETE FROM {counts};
+                 INSERT INTO {counts} (workflow_id, stage_id, state, n)
+                 SELECT workflow_id, stage_id, state, COUNT(*) FROM {rows}
+                 GROUP BY workflow_id, stage_id, state;"
+            ))?;
+        }
+        Ok(())
+    }
+
+    fn delete_audit_before(&self, before: i64, limit: usize) -> Result<i64> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "DELETE FROM audit WHERE seq IN
+                    (SELECT seq FROM audit WHERE at < ?1 ORDER BY seq LIMIT ?2)",
+            )?
+            .execute(params![before, limit.min(i64::MAX as usize) as i64])? as i64)
+    }
+
+    fn set_cache_kib(&self, kib: i64) -> Result<i64> {
+        // A negative `cache_size` is a size in KiB, a positive one a page count: the old
+        // setting is given back as SQLite reported it, to be passed back as it is.
+        let old: i64 = self.conn.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
+        self.conn.pragma_update(None, "cache_size", kib)?;
+        Ok(old)
+    }
+
+    fn give_back_pages(&self, pages: i64) -> Result<i64> {
+        let before: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        // The pragma frees one page per step: run it to completion.
+        let mut s = self
+            .conn
+            .prepare(&format!("PRAGMA incremental_vacuum({pages})"))?;
+        let mut rows = s.query([])?;
+        while rows.next()?.is_some() {}
+        let after: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        Ok(before - after)
+    }
+
     fn insert_audit(&self, a: &AuditRow<'_>) -> Result<()> {
         self.conn
             .prepare_cached(

@@ -325,10 +325,11 @@ mod tests {
         // The first job waits until the second is queued, then rolls the transaction back
         // the way SQLite does after SQLITE_FULL.
         let (go_tx, first) = gated_first_job(&writer, |c| {
-            c.execute_batch("INSERT INTO t VALUES (1); ROLLBACK")?;
+            c.conn()
+                .execute_batch("INSERT INTO t VALUES (1); ROLLBACK")?;
             Err::<(), _>(StoreError::Database("database or disk is full".into()))
         });
-        let second = writer.submit(|c| Ok(c.is_autocommit())).unwrap();
+        let second = writer.submit(|c| Ok(c.conn().is_autocommit())).unwrap();
         go_tx.send(()).unwrap();
         let err = first.blocking_recv().unwrap().unwrap_err();
         assert!(err.to_string().contains("full"), "{err}");
@@ -350,11 +351,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (writer, path) = writer_on_table(&dir);
         let (go_tx, first) = gated_first_job(&writer, |c| {
-            c.execute_batch("INSERT INTO t VALUES (1)")?;
+            c.conn().execute_batch("INSERT INTO t VALUES (1)")?;
             Err::<(), _>(StoreError::Invalid("refused after writing".into()))
         });
         let second = writer
-            .submit(|c| Ok(c.execute("INSERT INTO t VALUES (2)", [])?))
+            .submit(|c| Ok(c.conn().execute("INSERT INTO t VALUES (2)", [])?))
             .unwrap();
         go_tx.send(()).unwrap();
         let err = first.blocking_recv().unwrap().unwrap_err();
@@ -397,9 +398,10 @@ mod tests {
         let seen = writer
             .submit(|c| {
                 let stored: i64 =
-                    c.query_row("SELECT COALESCE(SUM(n), 0) FROM item_counts", [], |r| {
-                        r.get(0)
-                    })?;
+                    c.conn()
+                        .query_row("SELECT COALESCE(SUM(n), 0) FROM item_counts", [], |r| {
+                            r.get(0)
+                        })?;
                 Ok(stored + c.counts().unwritten_items_in_stage("w", "s"))
             })
             .unwrap();
@@ -429,7 +431,8 @@ mod tests {
             writer
                 .run(|c| {
                     for _ in 0..50 {
-                        c.execute("INSERT INTO t VALUES (zeroblob(4000))", [])?;
+                        c.conn()
+                            .execute("INSERT INTO t VALUES (zeroblob(4000))", [])?;
                     }
                     Ok(())
                 })
