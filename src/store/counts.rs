@@ -17,9 +17,9 @@ use std::collections::HashMap;
 
 use super::Result;
 
-use super::seam::{Counted as Table, Rows};
+use super::seam::{Counted, Rows};
 
-type Key = (Table, String, String, String);
+type Key = (Counted, String, String, String);
 
 /// The counter changes of one transaction: those of the running job, and those of the jobs
 /// before it that succeeded.
@@ -34,7 +34,7 @@ pub(super) struct Deltas {
 }
 
 impl Deltas {
-    fn add(&mut self, table: Table, workflow: &str, stage: &str, state: &str, delta: i64) {
+    fn add(&mut self, table: Counted, workflow: &str, stage: &str, state: &str, delta: i64) {
         if delta == 0 {
             return;
         }
@@ -46,12 +46,12 @@ impl Deltas {
 
     /// Adds `delta` to the items counted in `(workflow, stage, state)`.
     pub(super) fn add_items(&mut self, workflow: &str, stage: &str, state: &str, delta: i64) {
-        self.add(Table::Items, workflow, stage, state, delta);
+        self.add(Counted::Items, workflow, stage, state, delta);
     }
 
     /// Adds `delta` to the deliveries counted in `(workflow, stage, state)`.
     pub(super) fn add_deliveries(&mut self, workflow: &str, stage: &str, state: &str, delta: i64) {
-        self.add(Table::Deliveries, workflow, stage, state, delta);
+        self.add(Counted::Deliveries, workflow, stage, state, delta);
     }
 
     /// A delivery of `(workflow, stage)` went from state `from` to `to`.
@@ -66,7 +66,7 @@ impl Deltas {
     /// state)` and not yet written: a job that reads a counter adds this to the stored figure.
     pub(super) fn unwritten_deliveries(&self, workflow: &str, stage: &str, state: &str) -> i64 {
         let key = (
-            Table::Deliveries,
+            Counted::Deliveries,
             workflow.into(),
             stage.into(),
             state.into(),
@@ -79,7 +79,7 @@ impl Deltas {
         self.job
             .iter()
             .chain(self.tx.iter())
-            .filter(|((t, w, s, _), _)| *t == Table::Items && w == workflow && s == stage)
+            .filter(|((t, w, s, _), _)| *t == Counted::Items && w == workflow && s == stage)
             .map(|(_, n)| n)
             .sum()
     }

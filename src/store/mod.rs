@@ -162,11 +162,6 @@ impl Store {
         self.inner.backend.path()
     }
 
-    /// Where the store lives, for the console's header, `check` and `backup`.
-    pub fn location(&self) -> String {
-        self.path().display().to_string()
-    }
-
     pub fn is_read_only(&self) -> bool {
         self.inner.read_only
     }
