@@ -8,12 +8,11 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use rusqlite::params;
 use serde::Serialize;
 
 use super::Tx;
 use super::deliveries::insert_notifications;
-use super::items::{MovedBy, apply_route, enum_col};
+use super::items::{MovedBy, apply_route};
 use super::leases::{Lease, lease_in_tx, webhook_of};
 use super::seam::{AttemptRow, DeliveryRow, DeliveryUpdate};
 use super::workflows::{current_spec, read_current_spec};
@@ -22,7 +21,6 @@ use crate::engine;
 use crate::engine::delivery::{self, AttemptMade, DeliveryNow, Effect, FailureRun, Settle};
 use crate::model::{
     AttemptOutcome, DeliveryId, DeliveryState, DeliveryTrigger, EventType, ItemId, StageId,
-    WorkflowId,
 };
 use crate::workflow::Workflow;
 
@@ -328,52 +326,12 @@ impl Store {
         after: AttemptCursor,
         limit: usize,
     ) -> Result<Vec<(AttemptCursor, crate::model::AttemptEvent)>> {
-        self.read(|c| {
-            let rows = c
-                .prepare_cached(
-                    "SELECT a.seq, a.delivery_id, d.event, d.workflow_id, d.stage_id, d.item_id, i.name,
-                            a.number, a.trigger, d.attempts, a.status, a.error_kind, a.error_message,
-                            a.duration_ms, d.state, d.next_attempt_at, a.started_at
-                     FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
-                     LEFT JOIN items i ON i.id = d.item_id
-                     WHERE a.seq > ?1 ORDER BY a.seq LIMIT ?2",
-                )?
-                .query_map(params![after.0, limit as i64], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        crate::model::AttemptEvent {
-                            at: to_time(r.get(16)?),
-                            delivery_id: DeliveryId(r.get(1)?),
-                            event: enum_col(r, 2)?,
-                            workflow: WorkflowId(r.get(3)?),
-                            stage: StageId(r.get(4)?),
-                            item_id: r.get::<_, Option<String>>(5)?.map(ItemId),
-                            item_name: r.get(6)?,
-                            number: r.get(7)?,
-                            trigger: enum_col(r, 8)?,
-                            attempts: r.get(9)?,
-                            max_attempts: 0,
-                            status: r.get(10)?,
-                            error_kind: match r.get::<_, Option<String>>(11)? {
-                                Some(_) => Some(enum_col(r, 11)?),
-                                None => None,
-                            },
-                            error_message: r.get(12)?,
-                            duration_ms: r.get::<_, Option<i64>>(13)?.unwrap_or(0),
-                            state: enum_col(r, 14)?,
-                            next_attempt_at: r.get::<_, Option<i64>>(15)?.map(to_time),
-                            routed_to: None,
-                            paused_stage: false,
-                            lease_lost: false,
-                        },
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut out = Vec::with_capacity(rows.len());
+        self.read(|r| {
+            let mut rows = r.attempts_after(after, limit)?;
             let mut max: std::collections::HashMap<String, Arc<Workflow>> = Default::default();
-            for (seq, mut e) in rows {
+            for (_, e) in &mut rows {
                 if !max.contains_key(e.workflow.as_str())
-                    && let Ok((spec, _)) = read_current_spec(c, &e.workflow)
+                    && let Ok((spec, _)) = read_current_spec(r, &e.workflow)
                 {
                     max.insert(e.workflow.to_string(), spec);
                 }
@@ -382,9 +340,8 @@ impl Store {
                     .and_then(|s| webhook_of(s, &e.stage))
                     .map(|w| w.max_attempts)
                     .unwrap_or(0);
-                out.push((AttemptCursor(seq), e));
             }
-            Ok(out)
+            Ok(rows)
         })
     }
 
@@ -395,12 +352,6 @@ impl Store {
 
     /// How many attempts were ever recorded in the store, by every process (`/metrics`).
     pub fn attempts_recorded(&self) -> Result<i64> {
-        self.read(|c| {
-            Ok(
-                c.query_row("SELECT COALESCE(MAX(seq), 0) FROM attempts", [], |r| {
-                    r.get(0)
-                })?,
-            )
-        })
+        self.read(|r| r.attempts_end())
     }
 }

@@ -3,11 +3,9 @@
 //! Leasing lives in `leases`, recording outcomes in `attempts`.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::Tx;
-use super::items::enum_col;
 use super::seam::NewDelivery;
 use super::{Result, Store, StoreError, to_time};
 use crate::engine::payload::{DeliveryMeta, build_body};
@@ -85,38 +83,6 @@ pub struct DeliveryFilter {
     pub error_kind: Option<ErrorKind>,
     /// The HTTP status of the delivery's last attempt.
     pub status: Option<u16>,
-}
-
-pub(crate) const SUMMARY_COLUMNS: &str = "d.id, d.item_id, i.name, d.workflow_id, d.stage_id, d.event, d.state, d.trigger, \
-     d.attempts, d.last_status, d.last_error_kind, d.last_attempt_at, d.next_attempt_at, d.refire_of, \
-     d.cancel_reason, d.created_at, d.updated_at, d.seq";
-
-pub(crate) fn summary_from_row(r: &Row) -> rusqlite::Result<DeliverySummary> {
-    Ok(DeliverySummary {
-        id: DeliveryId(r.get(0)?),
-        item_id: r.get::<_, Option<String>>(1)?.map(ItemId),
-        item_name: r.get(2)?,
-        workflow: WorkflowId(r.get(3)?),
-        stage: StageId(r.get(4)?),
-        event: enum_col(r, 5)?,
-        state: enum_col(r, 6)?,
-        trigger: enum_col(r, 7)?,
-        attempts: r.get(8)?,
-        last_status: r.get(9)?,
-        last_error_kind: match r.get::<_, Option<String>>(10)? {
-            Some(_) => Some(enum_col(r, 10)?),
-            None => None,
-        },
-        last_attempt_at: r.get::<_, Option<i64>>(11)?.map(to_time),
-        next_attempt_at: r.get::<_, Option<i64>>(12)?.map(to_time),
-        refire_of: r.get::<_, Option<String>>(13)?.map(DeliveryId),
-        cancel_reason: match r.get::<_, Option<String>>(14)? {
-            Some(_) => Some(enum_col(r, 14)?),
-            None => None,
-        },
-        created_at: to_time(r.get(15)?),
-        updated_at: to_time(r.get(16)?),
-    })
 }
 
 /// Creates the `stage.webhook` delivery of an item that just entered a webhook stage, with
@@ -240,80 +206,6 @@ pub(crate) fn cancel_open_deliveries(
     Ok(open.len())
 }
 
-pub(crate) fn deliveries_of_item(conn: &Connection, item: &ItemId) -> Result<Vec<DeliverySummary>> {
-    let sql = format!(
-        "SELECT {SUMMARY_COLUMNS} FROM deliveries d LEFT JOIN items i ON i.id = d.item_id
-         WHERE d.item_id = ?1 ORDER BY d.seq DESC"
-    );
-    let rows = conn
-        .prepare_cached(&sql)?
-        .query_map([item.as_str()], summary_from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
-}
-
-fn delivery_query(
-    f: &DeliveryFilter,
-    after: Option<i64>,
-    limit: Option<usize>,
-) -> (String, Vec<rusqlite::types::Value>) {
-    use rusqlite::types::Value;
-    let mut wh = Vec::new();
-    let mut args: Vec<Value> = Vec::new();
-    let mut push = |sql: &str, v: Value, args: &mut Vec<Value>| {
-        args.push(v);
-        wh.push(sql.replace('?', &format!("?{}", args.len())));
-    };
-    if let Some(w) = &f.workflow {
-        push("d.workflow_id = ?", Value::Text(w.to_string()), &mut args);
-    }
-    if let Some(s) = &f.stage {
-        push("d.stage_id = ?", Value::Text(s.to_string()), &mut args);
-    }
-    if let Some(s) = f.state {
-        push("d.state = ?", Value::Text(s.as_str().into()), &mut args);
-    }
-    if let Some(i) = &f.item {
-        push("d.item_id = ?", Value::Text(i.to_string()), &mut args);
-    }
-    if let Some(e) = f.event {
-        push("d.event = ?", Value::Text(e.as_str().into()), &mut args);
-    }
-    if let Some(t) = f.since {
-        push(
-            "d.created_at >= ?",
-            Value::Integer(t.timestamp_millis()),
-            &mut args,
-        );
-    }
-    if let Some(k) = f.error_kind {
-        push(
-            "d.last_error_kind = ?",
-            Value::Text(k.as_str().into()),
-            &mut args,
-        );
-    }
-    if let Some(s) = f.status {
-        push("d.last_status = ?", Value::Integer(s.into()), &mut args);
-    }
-    if let Some(a) = after {
-        push("d.seq < ?", Value::Integer(a), &mut args);
-    }
-    let where_sql = if wh.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", wh.join(" AND "))
-    };
-    let limit_sql = limit.map(|l| format!("LIMIT {l}")).unwrap_or_default();
-    (
-        format!(
-            "SELECT {SUMMARY_COLUMNS} FROM deliveries d LEFT JOIN items i ON i.id = d.item_id
-             {where_sql} ORDER BY d.seq DESC {limit_sql}"
-        ),
-        args,
-    )
-}
-
 /// Where a page of a delivery list (newest first) ended: pass it back as `after` for the next
 /// page. Opaque to callers: each backend orders its deliveries its own way (design §7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -345,110 +237,34 @@ impl Store {
         after: Option<DeliveryCursor>,
         limit: usize,
     ) -> Result<Vec<(DeliverySummary, DeliveryCursor)>> {
-        self.read(|c| {
-            let (sql, args) = delivery_query(filter, after.map(|a| a.0), Some(limit));
-            let rows = c
-                .prepare_cached(&sql)?
-                .query_map(rusqlite::params_from_iter(args.iter()), |r| {
-                    Ok((summary_from_row(r)?, DeliveryCursor(r.get(17)?)))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
+        self.read(|r| r.list_deliveries(filter, after, limit))
     }
 
     pub fn count_deliveries(&self, filter: &DeliveryFilter) -> Result<i64> {
-        self.read(|c| {
-            let (sql, args) = delivery_query(filter, None, None);
-            Ok(c.query_row(
-                &format!("SELECT COUNT(*) FROM ({sql})"),
-                rusqlite::params_from_iter(args.iter()),
-                |r| r.get(0),
-            )?)
-        })
+        self.read(|r| r.count_deliveries(filter))
     }
 
     /// Deliveries per state across the database (from the counter rows).
     pub fn delivery_totals(&self) -> Result<Vec<(DeliveryState, i64)>> {
-        self.read(|c| {
-            let rows = c
-                .prepare_cached("SELECT state, SUM(n) FROM delivery_counts GROUP BY state")?
-                .query_map([], |r| Ok((enum_col(r, 0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
+        self.read(|r| r.delivery_totals())
     }
 
     pub fn delivery_detail(&self, id: &DeliveryId) -> Result<DeliveryDetail> {
-        self.read(|c| {
-            let sql = format!(
-                "SELECT {SUMMARY_COLUMNS}, d.item_version, d.cancelled_by, b.body
-                 FROM deliveries d LEFT JOIN items i ON i.id = d.item_id
-                 JOIN delivery_bodies b ON b.seq = d.seq WHERE d.id = ?1"
-            );
-            let found = c
-                .prepare_cached(&sql)?
-                .query_row([id.as_str()], |r| {
-                    Ok((
-                        summary_from_row(r)?,
-                        r.get::<_, Option<i64>>(18)?,
-                        r.get::<_, Option<String>>(19)?,
-                        r.get::<_, Vec<u8>>(20)?,
-                    ))
-                })
-                .optional()?;
-            let (summary, item_version, cancelled_by, body) =
-                found.ok_or_else(|| StoreError::NotFound {
-                    what: "delivery",
-                    id: id.to_string(),
-                })?;
-            let body = serde_json::from_slice(&body).unwrap_or_else(|_| {
-                serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+        self.read(|r| {
+            let found = r.delivery(id)?.ok_or_else(|| StoreError::NotFound {
+                what: "delivery",
+                id: id.to_string(),
+            })?;
+            let body = serde_json::from_slice(&found.body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&found.body).into_owned())
             });
             Ok(DeliveryDetail {
-                summary,
-                item_version,
-                cancelled_by,
+                summary: found.summary,
+                item_version: found.item_version,
+                cancelled_by: found.cancelled_by,
                 body,
-                attempt_log: attempts_of(c, id)?,
+                attempt_log: r.attempts_of(id)?,
             })
         })
     }
-}
-
-pub(crate) fn attempts_of(conn: &Connection, id: &DeliveryId) -> Result<Vec<AttemptRecord>> {
-    let rows = conn
-        .prepare_cached(
-            "SELECT number, trigger, counted, started_at, duration_ms, url, request_headers, status,
-                    response_headers, response_body, error_kind, error_message
-             FROM attempts WHERE delivery_id = ?1 ORDER BY number",
-        )?
-        .query_map([id.as_str()], |r| {
-            let headers = |i: usize| -> rusqlite::Result<Vec<(String, String)>> {
-                Ok(r.get::<_, Option<String>>(i)?
-                    .and_then(|t| serde_json::from_str(&t).ok())
-                    .unwrap_or_default())
-            };
-            Ok(AttemptRecord {
-                number: r.get(0)?,
-                trigger: enum_col(r, 1)?,
-                counted: r.get(2)?,
-                started_at: to_time(r.get(3)?),
-                duration_ms: r.get(4)?,
-                url: r.get(5)?,
-                request_headers: headers(6)?,
-                status: r.get(7)?,
-                response_headers: headers(8)?,
-                response_body: r
-                    .get::<_, Option<Vec<u8>>>(9)?
-                    .map(|b| String::from_utf8_lossy(&b).into_owned()),
-                error_kind: match r.get::<_, Option<String>>(10)? {
-                    Some(_) => Some(enum_col(r, 10)?),
-                    None => None,
-                },
-                error_message: r.get(11)?,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
 }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::seam::Heartbeat;
-use super::{Result, Store, to_time};
+use super::{Result, Store};
 
 /// A running dispatcher, as its heartbeat row records it.
 #[derive(Clone, Debug, Serialize)]
@@ -65,26 +65,7 @@ impl Store {
 
     /// Every heartbeat row, newest beat first.
     pub fn dispatchers(&self) -> Result<Vec<DispatcherInfo>> {
-        self.read(|c| {
-            let rows = c
-                .prepare_cached(
-                    "SELECT id, pid, host, process_start, concurrency, started_at, last_beat
-                     FROM dispatchers ORDER BY last_beat DESC",
-                )?
-                .query_map([], |r| {
-                    Ok(DispatcherInfo {
-                        id: r.get(0)?,
-                        pid: r.get(1)?,
-                        host: r.get(2)?,
-                        process_start: r.get(3)?,
-                        concurrency: r.get(4)?,
-                        started_at: to_time(r.get(5)?),
-                        last_beat: to_time(r.get(6)?),
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
+        self.read(|r| r.dispatchers())
     }
 
     /// Dispatchers on this host whose process is gone (their leases may be taken at once).

@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::Tx;
@@ -114,8 +113,8 @@ pub enum ItemOrder {
 /// A keyset position in an item list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ItemCursor {
-    key: String,
-    seq: i64,
+    pub(crate) key: String,
+    pub(crate) seq: i64,
 }
 
 impl ItemCursor {
@@ -191,23 +190,6 @@ pub struct ItemDetail {
     pub item: Item,
     pub history: Vec<HistoryEntry>,
     pub deliveries: Vec<DeliverySummary>,
-}
-
-pub(crate) fn json_col<T: serde::de::DeserializeOwned>(row: &Row, i: usize) -> rusqlite::Result<T> {
-    let text: String = row.get(i)?;
-    serde_json::from_str(&text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-pub(crate) fn enum_col<T: std::str::FromStr>(row: &Row, i: usize) -> rusqlite::Result<T>
-where
-    T::Err: std::error::Error + Send + Sync + 'static,
-{
-    let text: String = row.get(i)?;
-    text.parse().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
-    })
 }
 
 /// Who moves an item, and through what: an operator (or none, for routing), the trigger a
@@ -714,32 +696,14 @@ impl Store {
         workflow: &WorkflowId,
         items: &[NewItem],
     ) -> Result<Vec<(usize, String)>> {
-        self.read(|c| {
-            super::workflows::read_current_spec(c, workflow)?;
-            // One read transaction for every lookup, not one per item.
-            c.execute_batch("BEGIN")?;
-            let result = Self::foreign_ids_in(c, workflow, items);
-            let _ = c.execute_batch("COMMIT");
-            result
-        })
-    }
-
-    fn foreign_ids_in(
-        c: &Connection,
-        workflow: &WorkflowId,
-        items: &[NewItem],
-    ) -> Result<Vec<(usize, String)>> {
-        let mut q = c.prepare_cached("SELECT workflow_id FROM items WHERE id = ?1")?;
-        let mut found = Vec::new();
-        for (i, new) in items.iter().enumerate() {
-            let other: Option<String> = q.query_row([new.id.as_str()], |r| r.get(0)).optional()?;
-            if let Some(other) = other
-                && other != workflow.as_str()
-            {
-                found.push((i, other));
-            }
-        }
-        Ok(found)
+        self.workflow_spec(workflow)?;
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        let owners = self.read(|r| r.owners(&ids))?;
+        Ok(owners
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, owner)| owner.filter(|o| o != workflow.as_str()).map(|o| (i, o)))
+            .collect())
     }
 
     /// Assigns items to a stage by hand (design §1): the items named, or every item of a stage.
@@ -972,49 +936,16 @@ impl Store {
         after: Option<&ItemCursor>,
         limit: usize,
     ) -> Result<Vec<ItemRow>> {
-        self.read(|c| {
-            let (sql, args) = item_query(filter, after, Some(limit));
-            let mut s = c.prepare_cached(&sql)?;
-            let rows = s
-                .query_map(rusqlite::params_from_iter(args.iter()), |r| {
-                    let key: rusqlite::types::Value = r.get(9)?;
-                    let key = match key {
-                        rusqlite::types::Value::Integer(i) => i.to_string(),
-                        rusqlite::types::Value::Text(t) => t,
-                        _ => String::new(),
-                    };
-                    Ok(ItemRow {
-                        id: ItemId(r.get(0)?),
-                        name: r.get(1)?,
-                        workflow: WorkflowId(r.get(2)?),
-                        stage: StageId(r.get(3)?),
-                        state: enum_col(r, 4)?,
-                        version: r.get(5)?,
-                        tags: json_col(r, 6)?,
-                        entered_at: to_time(r.get(7)?),
-                        updated_at: to_time(r.get(8)?),
-                        cursor: ItemCursor {
-                            key,
-                            seq: r.get(10)?,
-                        },
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
+        self.read(|r| r.list_items(filter, after, limit))
     }
 
     /// How many items match `filter` (a full count: for the CLI's "N more" line, not frames).
     pub fn count_items(&self, filter: &ItemFilter) -> Result<i64> {
-        self.read(|c| {
-            let (sql, args) = item_query(filter, None, None);
-            let sql = format!("SELECT COUNT(*) FROM ({sql})");
-            Ok(c.query_row(&sql, rusqlite::params_from_iter(args.iter()), |r| r.get(0))?)
-        })
+        self.read(|r| r.count_items(filter))
     }
 
     pub fn item(&self, id: &ItemId) -> Result<Item> {
-        self.read(|c| super::sqlite::rows::load_item(c, id))?
+        self.read(|r| r.item(id))?
             .ok_or_else(|| StoreError::NotFound {
                 what: "item",
                 id: id.to_string(),
@@ -1023,34 +954,15 @@ impl Store {
 
     /// The item with its full history and its deliveries, newest delivery first.
     pub fn item_detail(&self, id: &ItemId) -> Result<ItemDetail> {
-        self.read(|c| {
-            let item =
-                super::sqlite::rows::load_item(c, id)?.ok_or_else(|| StoreError::NotFound {
-                    what: "item",
-                    id: id.to_string(),
-                })?;
-            let history = c
-                .prepare_cached(
-                    "SELECT at, from_stage, to_stage, cause, operator, revision, delivery_id
-                     FROM history WHERE item_id = ?1 ORDER BY seq",
-                )?
-                .query_map([id.as_str()], |r| {
-                    Ok(HistoryEntry {
-                        at: to_time(r.get(0)?),
-                        from: r.get::<_, Option<String>>(1)?.map(StageId),
-                        to: StageId(r.get(2)?),
-                        cause: enum_col(r, 3)?,
-                        operator: r.get(4)?,
-                        revision: r.get(5)?,
-                        delivery_id: r.get::<_, Option<String>>(6)?.map(DeliveryId),
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let deliveries = super::deliveries::deliveries_of_item(c, id)?;
+        self.read(|r| {
+            let item = r.item(id)?.ok_or_else(|| StoreError::NotFound {
+                what: "item",
+                id: id.to_string(),
+            })?;
             Ok(ItemDetail {
                 item,
-                history,
-                deliveries,
+                history: r.history(id)?,
+                deliveries: r.deliveries_of_item(id)?,
             })
         })
     }
@@ -1114,70 +1026,4 @@ impl Store {
             audit(c, &op, "import", &format!("workflow {wf}"), None, n)
         })
     }
-}
-
-/// Builds the list query: returns SQL selecting (id, name, workflow, stage, state, version,
-/// tags, entered_at, updated_at, sort key, seq) and its arguments.
-fn item_query(
-    filter: &ItemFilter,
-    after: Option<&ItemCursor>,
-    limit: Option<usize>,
-) -> (String, Vec<rusqlite::types::Value>) {
-    use rusqlite::types::Value;
-    let mut wh = Vec::new();
-    let mut args: Vec<Value> = Vec::new();
-    if let Some(w) = &filter.workflow {
-        args.push(Value::Text(w.to_string()));
-        wh.push(format!("workflow_id = ?{}", args.len()));
-    }
-    if let Some(s) = &filter.stage {
-        args.push(Value::Text(s.to_string()));
-        wh.push(format!("stage_id = ?{}", args.len()));
-    }
-    if let Some(s) = filter.state {
-        args.push(Value::Text(s.as_str().to_string()));
-        wh.push(format!("state = ?{}", args.len()));
-    }
-    if let Some(q) = filter.search.as_ref().filter(|q| !q.is_empty()) {
-        let escaped = q
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        args.push(Value::Text(format!("%{escaped}%")));
-        let n = args.len();
-        wh.push(format!(
-            "(name LIKE ?{n} ESCAPE '\\' OR id LIKE ?{n} ESCAPE '\\')"
-        ));
-    }
-    // Within one stage the oldest arrival comes first; across stages, import order.
-    let key = match (filter.order, filter.stage.is_some()) {
-        (ItemOrder::Name, _) => "name",
-        (ItemOrder::Waiting, true) => "entered_at",
-        (ItemOrder::Waiting, false) => "seq",
-    };
-    if let Some(c) = after {
-        let k = if key == "name" {
-            Value::Text(c.key.clone())
-        } else {
-            Value::Integer(c.key.parse().unwrap_or(0))
-        };
-        args.push(k);
-        let a = args.len();
-        args.push(Value::Integer(c.seq));
-        let b = args.len();
-        wh.push(format!("({key}, seq) > (?{a}, ?{b})"));
-    }
-    let where_sql = if wh.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", wh.join(" AND "))
-    };
-    let limit_sql = limit.map(|l| format!("LIMIT {l}")).unwrap_or_default();
-    (
-        format!(
-            "SELECT id, name, workflow_id, stage_id, state, version, tags, entered_at, updated_at, {key}, seq
-             FROM items {where_sql} ORDER BY {key}, seq {limit_sql}"
-        ),
-        args,
-    )
 }

@@ -5,8 +5,6 @@
 
 use std::sync::Arc;
 
-use rusqlite::OptionalExtension;
-
 use super::Tx;
 use super::seam::{Counted, Due};
 use super::workflows::current_spec;
@@ -195,26 +193,10 @@ impl Store {
     /// When the dispatcher next has something to do: the earliest due time of an unpaused
     /// open delivery or the earliest lease expiry, in ms since the epoch.
     pub fn next_wakeup(&self) -> Result<Option<i64>> {
-        self.read(|c| {
-            let due: Option<i64> = c
-                .prepare_cached(
-                    "SELECT d.next_attempt_at FROM deliveries d INDEXED BY deliveries_due
-                     WHERE d.state IN ('pending', 'retry_scheduled') AND d.next_attempt_at IS NOT NULL
-                       AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
-                                       AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
-                     ORDER BY d.next_attempt_at LIMIT 1",
-                )?
-                .query_row([], |r| r.get(0))
-                .optional()?;
-            let expiry: Option<i64> = c
-                .prepare_cached(
-                    "SELECT MIN(lease_until) FROM deliveries WHERE state = 'in_flight'",
-                )?
-                .query_row([], |r| r.get(0))?;
-            Ok(match (due, expiry) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            })
+        let (due, expiry) = self.read(|r| r.next_due())?;
+        Ok(match (due, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         })
     }
 

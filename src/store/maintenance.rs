@@ -14,19 +14,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::Tx;
 use super::dispatchers::{hostname, process_start};
 use super::items::{MovedBy, apply_route};
 use super::leases::reclaim;
-use super::seam::CancelRow;
+use super::seam::{CancelRow, Reads, Storage};
 use super::workflows::current_spec;
-use super::{
-    DeliveryFilter, Result, SCHEMA_VERSION, Store, StoreError, audit, open_connection, schema,
-    to_time,
-};
+use super::{DeliveryFilter, Result, Store, StoreError, audit, to_time};
 use crate::engine::{self, Outcome};
 use crate::model::{
     DeliveryId, DeliveryState, DeliveryTrigger, EventType, HistoryCause, ItemId, StageId,
@@ -55,9 +51,6 @@ pub const WAL_WARN_BYTES: u64 = 64 * 1024 * 1024;
 pub const OVERDUE_FAIL: Duration = Duration::from_secs(300);
 /// A heartbeat older than this is stale (design §6: the console warns after 10 s).
 pub const HEARTBEAT_STALE: Duration = Duration::from_secs(10);
-
-const FINISHED: &str = "('succeeded', 'failed', 'cancelled')";
-const OPEN: &str = "('pending', 'retry_scheduled', 'in_flight')";
 
 // ---------------------------------------------------------------------------------------------
 // Prune
@@ -103,43 +96,6 @@ pub struct PruneReport {
     pub vacuum_ms: f64,
 }
 
-/// One page of the prune scan: `(seq, id, is latest of its item and stage, attempts)`.
-type ScanRow = (i64, String, bool, i64);
-
-fn scan_page(c: &Connection, after: i64, cutoff: i64, limit: usize) -> Result<Vec<ScanRow>> {
-    let sql = format!(
-        "SELECT d.seq, d.id,
-                d.item_id IS NOT NULL AND d.event = 'stage.webhook' AND NOT EXISTS (
-                    SELECT 1 FROM deliveries n WHERE n.item_id = d.item_id AND n.seq > d.seq
-                      AND n.stage_id = d.stage_id AND n.event = 'stage.webhook'),
-                (SELECT COUNT(*) FROM attempts a WHERE a.delivery_id = d.id)
-         FROM deliveries d
-         WHERE d.seq > ?1 AND d.state IN {FINISHED}
-           AND d.updated_at < ?2 AND COALESCE(d.last_attempt_at, 0) < ?2
-           AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.delivery_id = d.id AND a.started_at >= ?2)
-         ORDER BY d.seq LIMIT ?3"
-    );
-    let rows = c
-        .prepare_cached(&sql)?
-        .query_map(params![after, cutoff, limit as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
-}
-
-/// `(page_size, page_count, freelist_count, auto_vacuum)` as a connection sees them.
-fn page_stats(c: &Connection) -> Result<(i64, i64, i64, i64)> {
-    let get =
-        |p: &str| -> Result<i64> { Ok(c.query_row(&format!("PRAGMA {p}"), [], |r| r.get(0))?) };
-    Ok((
-        get("page_size")?,
-        get("page_count")?,
-        get("freelist_count")?,
-        get("auto_vacuum")?,
-    ))
-}
-
 fn delete_chunk(c: &Tx<'_>, ids: &[String]) -> Result<(i64, i64)> {
     let (mut deliveries, mut attempts) = (0i64, 0i64);
     for id in ids {
@@ -154,14 +110,8 @@ fn delete_chunk(c: &Tx<'_>, ids: &[String]) -> Result<(i64, i64)> {
     Ok((deliveries, attempts))
 }
 
-fn file_len(path: &Path) -> u64 {
+pub(crate) fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
-fn wal_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push("-wal");
-    PathBuf::from(s)
 }
 
 fn cutoff_ms(now: i64, older_than: Duration) -> i64 {
@@ -195,23 +145,11 @@ impl Store {
             file_bytes_before: file_len(self.path()),
             ..PruneReport::default()
         };
-        let (page_size, pages0, free0, auto_vacuum) = self.read(page_stats)?;
-        report.kept_open = self.read(|c| {
-            Ok(c.query_row(
-                &format!("SELECT COALESCE(SUM(n), 0) FROM delivery_counts WHERE state IN {OPEN}"),
-                [],
-                |r| r.get(0),
-            )?)
-        })?;
-        // The scan walks the deliveries in row order: the last row it passed, against the
-        // last row there was, says how far it got.
-        let end: i64 = self.read(|c| {
-            Ok(
-                c.query_row("SELECT COALESCE(MAX(seq), 0) FROM deliveries", [], |r| {
-                    r.get(0)
-                })?,
-            )
-        })?;
+        let before = self.read(|r| r.storage())?;
+        report.kept_open = self.read(|r| r.open_deliveries())?;
+        // The scan walks the deliveries in order: the last one it passed, against the last
+        // there was, says how far it got.
+        let end = self.read(|r| r.deliveries_end())?;
         let mut after = 0i64;
         let mut chunk = 64usize;
         let old_cache = if opts.dry_run {
@@ -222,22 +160,22 @@ impl Store {
         let mut pending: Vec<String> = Vec::new();
         loop {
             let t = Instant::now();
-            let page = self.read(|c| scan_page(c, after, cutoff, SCAN_PAGE))?;
+            let page = self.read(|r| r.prune_scan(after, cutoff, SCAN_PAGE))?;
             report.scan_ms += ms(t.elapsed());
             let done = page.len() < SCAN_PAGE;
             if let Some(last) = page.last() {
-                after = last.0;
+                after = last.position;
             }
             let at = if done { end } else { after.min(end) };
             progress(at.max(0) as u64, end.max(0) as u64);
-            for (_, id, latest, attempts) in page {
-                if latest {
+            for row in page {
+                if row.latest {
                     report.kept_latest += 1;
                 } else if opts.dry_run {
                     report.deliveries += 1;
-                    report.attempts += attempts;
+                    report.attempts += row.attempts;
                 } else {
-                    pending.push(id);
+                    pending.push(row.id);
                 }
             }
             while pending.len() >= chunk || (done && !pending.is_empty()) {
@@ -261,13 +199,10 @@ impl Store {
                 self.prune_audit(cutoff_ms(self.now_ms(), age), opts.dry_run, &mut report)?;
         }
         if !opts.dry_run {
-            let (_, pages1, free1, _) = self.read(page_stats)?;
-            let used = |pages: i64, free: i64| (pages - free).max(0) as u64;
-            report.bytes_freed =
-                used(pages0, free0).saturating_sub(used(pages1, free1)) * page_size as u64;
-            // Only a file created with auto_vacuum = INCREMENTAL can give pages back while
-            // others use it; a full VACUUM would hold the write lock for the whole copy.
-            if auto_vacuum == 2 && free1 > 0 {
+            let after = self.read(|r| r.storage())?;
+            let used = |s: Storage| (s.pages - s.free).max(0) as u64;
+            report.bytes_freed = used(before).saturating_sub(used(after)) * before.page_size as u64;
+            if after.reclaimable && after.free > 0 {
                 let t = Instant::now();
                 report.pages_vacuumed = self.incremental_vacuum(&mut report)?;
                 report.vacuum_ms = ms(t.elapsed());
@@ -292,11 +227,9 @@ impl Store {
                 self.write("prune", move |c| c.rows().set_cache_kib(old).map(drop))?;
             }
             self.checkpoint();
-        } else {
-            // What the removal would free, estimated from the share of rows removed is
-            // unreliable; a dry run reports counts only.
-            let _ = (pages0, free0);
         }
+        // A dry run reports counts only: what the removal would free, estimated from the
+        // share of rows removed, is unreliable.
         report.file_bytes_after = file_len(self.path());
         report.elapsed_ms = ms(started.elapsed());
         Ok(report)
@@ -304,13 +237,7 @@ impl Store {
 
     fn prune_audit(&self, cutoff: i64, dry_run: bool, report: &mut PruneReport) -> Result<i64> {
         if dry_run {
-            return self.read(|c| {
-                Ok(
-                    c.query_row("SELECT COUNT(*) FROM audit WHERE at < ?1", [cutoff], |r| {
-                        r.get(0)
-                    })?,
-                )
-            });
+            return self.read(|r| r.audit_rows_before(cutoff));
         }
         let mut total = 0;
         let mut chunk = 1024usize;
@@ -347,12 +274,10 @@ impl Store {
         }
     }
 
-    /// A passive checkpoint on a connection of its own: never waits for readers or writers; it
-    /// lets the database file shrink after an incremental vacuum.
+    /// Lets the store's files shrink after an incremental vacuum (SQLite: a passive
+    /// checkpoint, which never waits for readers or writers).
     fn checkpoint(&self) {
-        if let Ok(c) = open_connection(self.path(), false) {
-            let _ = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-        }
+        self.inner.backend.checkpoint();
     }
 }
 
@@ -367,7 +292,7 @@ fn adapt(chunk: usize, took: Duration) -> usize {
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -392,72 +317,7 @@ impl Store {
     /// while other connections and processes keep writing. `dest` is created with mode 0600;
     /// an existing file is refused unless `force`.
     pub fn backup(&self, dest: &Path, force: bool) -> Result<BackupReport> {
-        let started = Instant::now();
-        let same = dest
-            .canonicalize()
-            .ok()
-            .zip(self.path().canonicalize().ok())
-            .is_some_and(|(a, b)| a == b);
-        if same {
-            return Err(StoreError::Invalid(
-                "the backup file is the database itself: name another file".into(),
-            ));
-        }
-        if dest.exists() {
-            if !force {
-                return Err(StoreError::Refused(format!(
-                    "{} exists; pass --force to overwrite it",
-                    dest.display()
-                )));
-            }
-            for suffix in ["", "-wal", "-shm", "-journal"] {
-                let mut p = dest.as_os_str().to_owned();
-                p.push(suffix);
-                let p = PathBuf::from(p);
-                if p.exists() {
-                    std::fs::remove_file(&p).map_err(|e| {
-                        StoreError::Refused(format!("cannot remove {}: {e}", p.display()))
-                    })?;
-                }
-            }
-        }
-        super::sqlite::create_file(dest, 0o600)?;
-        let src = open_connection(self.path(), true)?;
-        let mut dst = Connection::open(dest).map_err(|e| StoreError::Open {
-            path: dest.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        {
-            let b = rusqlite::backup::Backup::new(&src, &mut dst)?;
-            // One step copies every page inside one read transaction of the source: in WAL mode
-            // that never blocks writers, and a multi-step copy would restart on every commit.
-            loop {
-                match b.step(-1)? {
-                    rusqlite::backup::StepResult::Done => break,
-                    rusqlite::backup::StepResult::More => {}
-                    // Busy/Locked are transient; SQLite asks to retry the step.
-                    _ => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        }
-        // A standalone copy: no WAL beside it, so copying or moving the one file is enough.
-        dst.pragma_update(None, "journal_mode", "DELETE")?;
-        let count = |sql: &str| -> Result<i64> { Ok(dst.query_row(sql, [], |r| r.get(0))?) };
-        let report = BackupReport {
-            path: dest.to_path_buf(),
-            items: count("SELECT COUNT(*) FROM items")?,
-            deliveries: count("SELECT COUNT(*) FROM deliveries")?,
-            attempts: count("SELECT COUNT(*) FROM attempts")?,
-            schema_version: schema::user_version(&dst)?,
-            bytes: 0,
-            elapsed_ms: 0.0,
-        };
-        drop(dst);
-        Ok(BackupReport {
-            bytes: file_len(dest),
-            elapsed_ms: ms(started.elapsed()),
-            ..report
-        })
+        self.inner.backend.backup(dest, force)
     }
 }
 
@@ -535,7 +395,7 @@ pub const CHECKS: &[&str] = &[
     "policies",
 ];
 
-fn line(name: &'static str, status: CheckStatus, detail: impl Into<String>) -> Check {
+pub(crate) fn line(name: &'static str, status: CheckStatus, detail: impl Into<String>) -> Check {
     Check {
         name,
         status,
@@ -568,162 +428,16 @@ fn ago(ms: i64) -> String {
 /// Runs every check on the file at `path` through a read-only connection of its own (no
 /// migration, no write), so it also reports on a file this binary cannot open normally.
 pub fn check_database(path: &Path) -> Result<HealthReport> {
-    check_database_at(path, chrono::Utc::now().timestamp_millis())
+    super::sqlite::file::check(path, chrono::Utc::now().timestamp_millis())
 }
 
-/// [`check_database`] as of `now` (ms since the epoch): an open store checks by its own clock.
-fn check_database_at(path: &Path, now: i64) -> Result<HealthReport> {
-    if !path.exists() {
-        return Err(StoreError::Open {
-            path: path.to_path_buf(),
-            message: "the file does not exist".into(),
-        });
-    }
-    let c = open_connection(path, true)?;
-    let mut checks = Vec::new();
-
-    // A damaged page can stop integrity_check itself: that is its finding, not a failure of
-    // `check`.
-    let problems: Vec<String> = match c.prepare("PRAGMA integrity_check(10)").and_then(|mut q| {
-        q.query_map([], |r| r.get::<_, String>(0))?
-            .collect::<rusqlite::Result<_>>()
-    }) {
-        Ok(problems) => problems,
-        Err(e) => vec![format!("could not finish: {e}")],
-    };
-    let intact = problems.len() == 1 && problems[0] == "ok";
-    checks.push(if intact {
-        line("integrity", CheckStatus::Ok, "SQLite integrity_check: ok")
-    } else {
-        line(
-            "integrity",
-            CheckStatus::Fail,
-            format!(
-                "SQLite integrity_check: {} (restore from a backup)",
-                problems.join("; ")
-            ),
-        )
-    });
-
-    let version = schema::user_version(&c)?;
-    let app_id: i64 = c.query_row("PRAGMA application_id", [], |r| r.get(0))?;
-    let schema_ok = version == SCHEMA_VERSION && app_id == schema::APPLICATION_ID;
-    checks.push(if schema_ok {
-        line(
-            "schema",
-            CheckStatus::Ok,
-            format!("schema version {version} (this binary: {SCHEMA_VERSION})"),
-        )
-    } else if app_id != schema::APPLICATION_ID {
-        line("schema", CheckStatus::Fail, "not a hookops database")
-    } else if version > SCHEMA_VERSION {
-        line(
-            "schema",
-            CheckStatus::Fail,
-            format!("schema version {version} is newer than this binary ({SCHEMA_VERSION}): upgrade hookops"),
-        )
-    } else {
-        line(
-            "schema",
-            CheckStatus::Fail,
-            format!("schema version {version}, this binary writes {SCHEMA_VERSION}: any command that writes migrates it"),
-        )
-    });
-
-    checks.push(file_mode_check(path));
-
-    let wal = file_len(&wal_path(path));
-    checks.push(if wal > WAL_WARN_BYTES {
-        line(
-            "wal",
-            CheckStatus::Warn,
-            format!(
-                "WAL is {} (a long-running reader may keep it from being checkpointed)",
-                human_bytes(wal)
-            ),
-        )
-    } else {
-        line("wal", CheckStatus::Ok, format!("WAL {}", human_bytes(wal)))
-    });
-
-    // The table checks read every table: on a damaged file they would stop at the first bad
-    // page and say nothing more useful than the integrity line already does.
-    let skip = if !intact {
-        Some("not checked: the file is damaged")
-    } else if !schema_ok {
-        Some("not checked: the schema differs")
-    } else {
-        None
-    };
-    match skip {
-        None => table_checks(&c, now, &mut checks)?,
-        Some(why) => {
-            for name in &CHECKS[4..] {
-                checks.push(line(name, CheckStatus::Skipped, why));
-            }
-        }
-    }
-    Ok(HealthReport {
-        path: path.to_path_buf(),
-        size_bytes: file_len(path) + wal,
-        ok: checks.iter().all(|c| c.status != CheckStatus::Fail),
-        checks,
-        repaired: Vec::new(),
-    })
-}
-
-fn file_mode_check(path: &Path) -> Check {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map(|m| m.permissions().mode() & 0o777)
-            .unwrap_or(0);
-        if mode & 0o007 != 0 {
-            return line(
-                "file_mode",
-                CheckStatus::Fail,
-                format!(
-                    "mode {mode:04o}: every user can read the webhook secrets inside (chmod 600, or 660 for a team)"
-                ),
-            );
-        }
-        line("file_mode", CheckStatus::Ok, format!("mode {mode:04o}"))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        line("file_mode", CheckStatus::Ok, "not checked on this platform")
-    }
-}
-
-fn count(c: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<i64> {
-    Ok(c.query_row(sql, p, |r| r.get(0))?)
-}
-
-fn sample(c: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<String>> {
-    Ok(c.prepare(sql)?
-        .query_map(p, |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<_>>()?)
-}
-
-const STUCK_ITEMS: &str = "FROM items i WHERE i.state = 'in_delivery' AND NOT EXISTS (
-     SELECT 1 FROM deliveries d WHERE d.item_id = i.id AND d.state IN ('pending', 'retry_scheduled', 'in_flight'))";
-
-const ORPHANS: &str = "FROM deliveries d LEFT JOIN items i ON i.id = d.item_id
-     WHERE d.state IN ('pending', 'retry_scheduled', 'in_flight') AND d.event = 'stage.webhook'
-       AND (i.id IS NULL OR i.stage_id != d.stage_id)";
-
-fn table_checks(c: &Connection, now: i64, checks: &mut Vec<Check>) -> Result<()> {
+/// The checks of the rows (design §6), judged from what the backend read: the same for every
+/// backend. Appends one line per name of [`CHECKS`] from `dispatcher` on.
+pub(crate) fn table_checks(r: &dyn Reads, now: i64, checks: &mut Vec<Check>) -> Result<()> {
+    let facts = r.health_facts(now)?;
     // Dispatcher heartbeat.
-    let beats: Vec<(u32, String, String, i64)> = c
-        .prepare(
-            "SELECT pid, host, process_start, last_beat FROM dispatchers ORDER BY last_beat DESC",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<rusqlite::Result<_>>()?;
     let host = hostname();
-    checks.push(match beats.first() {
+    checks.push(match facts.beats.first() {
         None => line(
             "dispatcher",
             CheckStatus::Ok,
@@ -752,11 +466,7 @@ fn table_checks(c: &Connection, now: i64, checks: &mut Vec<Check>) -> Result<()>
         }
     });
 
-    let expired = count(
-        c,
-        "SELECT COUNT(*) FROM deliveries WHERE state = 'in_flight' AND lease_until < ?1",
-        [now],
-    )?;
+    let expired = facts.expired_leases;
     checks.push(if expired == 0 {
         line("expired_leases", CheckStatus::Ok, "no expired leases")
     } else {
@@ -770,53 +480,47 @@ fn table_checks(c: &Connection, now: i64, checks: &mut Vec<Check>) -> Result<()>
         }
     });
 
-    let stuck = count(c, &format!("SELECT COUNT(*) {STUCK_ITEMS}"), [])?;
-    checks.push(if stuck == 0 {
+    let stuck = &facts.stuck_items;
+    checks.push(if stuck.n == 0 {
         line("stuck_items", CheckStatus::Ok, "every item in_delivery has an open delivery")
     } else {
-        let ids = sample(c, &format!("SELECT i.id {STUCK_ITEMS} LIMIT 3"), [])?;
         line(
             "stuck_items",
             CheckStatus::Fail,
             format!(
-                "{stuck} item(s) in_delivery without an open delivery (e.g. {}): re-fire their latest delivery or assign them",
-                ids.join(", ")
+                "{} item(s) in_delivery without an open delivery (e.g. {}): re-fire their latest delivery or assign them",
+                stuck.n,
+                stuck.sample.join(", ")
             ),
         )
     });
 
-    let orphans = count(c, &format!("SELECT COUNT(*) {ORPHANS}"), [])?;
-    checks.push(if orphans == 0 {
+    let orphans = &facts.orphans;
+    checks.push(if orphans.n == 0 {
         line("orphaned_deliveries", CheckStatus::Ok, "no open delivery whose item left its stage")
     } else {
-        let ids = sample(c, &format!("SELECT d.id {ORPHANS} LIMIT 3"), [])?;
         Check {
             repairable: true,
             ..line(
                 "orphaned_deliveries",
                 CheckStatus::Fail,
                 format!(
-                    "{orphans} open delivery(ies) whose item has left the stage (e.g. {}; --repair cancels them)",
-                    ids.join(", ")
+                    "{} open delivery(ies) whose item has left the stage (e.g. {}; --repair cancels them)",
+                    orphans.n,
+                    orphans.sample.join(", ")
                 ),
             )
         }
     });
 
-    let paused: Vec<(String, String, Option<String>)> = c
-        .prepare(
-            "SELECT workflow_id, id, paused_reason FROM stages
-             WHERE paused = 1 AND retired_at IS NULL ORDER BY workflow_id, position",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    checks.push(if paused.is_empty() {
+    checks.push(if facts.paused.is_empty() {
         line("paused_stages", CheckStatus::Ok, "no stage paused")
     } else {
         line(
             "paused_stages",
             CheckStatus::Warn,
-            paused
+            facts
+                .paused
                 .iter()
                 .map(|(w, s, why)| format!("{w}/{s} ({})", why.as_deref().unwrap_or("paused")))
                 .collect::<Vec<_>>()
@@ -824,18 +528,7 @@ fn table_checks(c: &Connection, now: i64, checks: &mut Vec<Check>) -> Result<()>
         )
     });
 
-    let oldest: Option<(String, i64, Option<i64>)> = c
-        .query_row(
-            "SELECT d.id, d.created_at, d.next_attempt_at FROM deliveries d
-             WHERE d.state IN ('pending', 'retry_scheduled')
-               AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
-                               AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
-             ORDER BY d.next_attempt_at LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
-    checks.push(match oldest {
+    checks.push(match &facts.oldest_pending {
         None => line("oldest_pending", CheckStatus::Ok, "nothing pending"),
         Some((id, created, due)) => {
             let overdue = due.map(|d| now - d).unwrap_or(0);
@@ -860,7 +553,7 @@ fn table_checks(c: &Connection, now: i64, checks: &mut Vec<Check>) -> Result<()>
         }
     });
 
-    let wrong = counter_mismatches(c)?;
+    let wrong = facts.counter_mismatches;
     checks.push(if wrong == 0 {
         line("counters", CheckStatus::Ok, "item and delivery counters match the rows")
     } else {
@@ -874,11 +567,10 @@ fn table_checks(c: &Connection, now: i64, checks: &mut Vec<Check>) -> Result<()>
         }
     });
 
-    let policies = super::policy::read_policies(c)?;
+    let policies = super::policy::read_policies(r)?;
     checks.push(line("policies", CheckStatus::Ok, policies.summary()));
     Ok(())
 }
-
 impl Store {
     /// Recomputes the item and delivery counters from the rows. The store keeps them in its
     /// own writes; this is for rows written into the file by other means (the benchmarks'
@@ -888,26 +580,10 @@ impl Store {
     }
 }
 
-fn counter_mismatches(c: &Connection) -> Result<i64> {
-    let mut wrong = 0;
-    for (counts, table) in [("item_counts", "items"), ("delivery_counts", "deliveries")] {
-        let sql = format!(
-            "WITH actual AS (SELECT workflow_id, stage_id, state, COUNT(*) AS n FROM {table}
-                             GROUP BY workflow_id, stage_id, state)
-             SELECT (SELECT COUNT(*) FROM actual a WHERE a.n != COALESCE((SELECT k.n FROM {counts} k
-                         WHERE k.workflow_id = a.workflow_id AND k.stage_id = a.stage_id AND k.state = a.state), 0))
-                  + (SELECT COUNT(*) FROM {counts} k WHERE k.n != 0 AND NOT EXISTS (SELECT 1 FROM actual a
-                         WHERE k.workflow_id = a.workflow_id AND k.stage_id = a.stage_id AND k.state = a.state))"
-        );
-        wrong += count(c, &sql, [])?;
-    }
-    Ok(wrong)
-}
-
 impl Store {
     /// The health report of this store's file (the console's `:health`).
     pub fn health(&self) -> Result<HealthReport> {
-        check_database_at(self.path(), self.now_ms())
+        self.inner.backend.check(self.now_ms())
     }
 
     /// Fixes what is safe to fix, then reports again. Releases expired leases through the
@@ -936,8 +612,7 @@ impl Store {
         if failing("orphaned_deliveries") {
             let mut total = 0;
             loop {
-                let ids =
-                    self.read(|c| sample(c, &format!("SELECT d.id {ORPHANS} LIMIT 500"), []))?;
+                let ids = self.read(|r| r.orphans(500))?;
                 if ids.is_empty() {
                     break;
                 }

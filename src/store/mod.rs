@@ -32,14 +32,12 @@ mod tx;
 mod workflows;
 
 pub use sqlite::ChangeWatcher;
-pub(crate) use sqlite::open_connection;
 use sqlite::schema;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
-use rusqlite::Connection;
 
 pub use attempts::*;
 pub use deliveries::*;
@@ -88,12 +86,6 @@ impl StoreError {
     /// Whether this is a refusal of the operation (exit 1) rather than bad input (exit 2).
     pub fn is_refusal(&self) -> bool {
         !matches!(self, StoreError::Invalid(_))
-    }
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(e.to_string())
     }
 }
 
@@ -185,8 +177,8 @@ impl Store {
         }
     }
 
-    /// Runs `f` on a read connection from the pool.
-    pub(crate) fn read<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+    /// Runs `f` on the backend's reads (one read connection of the pool).
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&dyn seam::Reads) -> Result<R>) -> Result<R> {
         self.inner.backend.read(f)
     }
 
@@ -222,12 +214,6 @@ impl Store {
         self.inner.backend.writer().map(|w| w.subscribe())
     }
 
-    /// SQLite's `data_version` on a read connection: changes when another connection or
-    /// process commits. Cheap; the dispatcher and console poll it for cross-process wake-ups.
-    pub fn data_version(&self) -> Result<i64> {
-        self.read(|c| Ok(c.query_row("PRAGMA data_version", [], |r| r.get(0))?))
-    }
-
     /// Notices commits made by any process, this one's included (the change feed the
     /// dispatcher and the console wake on).
     pub fn change_watcher(&self) -> Result<ChangeWatcher> {
@@ -261,7 +247,7 @@ impl Store {
 
     /// The schema version stored in the file.
     pub fn schema_version(&self) -> Result<i64> {
-        self.read(schema::user_version)
+        self.read(|r| r.schema_version())
     }
 }
 
@@ -303,24 +289,7 @@ pub(crate) fn audit(
 impl Store {
     /// The newest audit rows, newest first.
     pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>> {
-        self.read(|c| {
-            let mut s = c.prepare(
-                "SELECT at, operator, action, target, filter, count FROM audit ORDER BY seq DESC LIMIT ?1",
-            )?;
-            let rows = s
-                .query_map([limit as i64], |r| {
-                    Ok(AuditEntry {
-                        at: to_time(r.get(0)?),
-                        operator: r.get(1)?,
-                        action: r.get(2)?,
-                        target: r.get(3)?,
-                        filter: r.get(4)?,
-                        count: r.get(5)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
+        self.read(|r| r.audit_log(limit))
     }
 
     /// Records an audit row on its own (for actions whose effect is elsewhere, like `test`).

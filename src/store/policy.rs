@@ -119,14 +119,10 @@ fn setting_key(key: PolicyKey) -> String {
     format!("policy.{}", key.as_str())
 }
 
-/// The policies stored in the database behind `c`.
-pub(super) fn read_policies(c: &rusqlite::Connection) -> Result<Policies> {
+/// The policies stored in the database.
+pub(super) fn read_policies(r: &dyn super::seam::Reads) -> Result<Policies> {
     let mut p = Policies::default();
-    let mut s = c.prepare_cached("SELECT key, value FROM settings WHERE key LIKE 'policy.%'")?;
-    let rows = s
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    for (k, v) in rows {
+    for (k, v) in r.settings("policy.")? {
         match k
             .strip_prefix("policy.")
             .and_then(|k| k.parse::<PolicyKey>().ok())

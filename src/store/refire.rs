@@ -220,19 +220,13 @@ impl Store {
             let done = page.len() < 5000;
             after = page.last().map(|(_, c)| *c);
             // An older failed delivery of an item that has a newer one would only be refused.
-            let latest = self.read(|c| {
-                let mut q = c.prepare_cached(
-                    "SELECT MAX(seq) FROM deliveries WHERE item_id = ?1 AND event = 'stage.webhook'",
-                )?;
-                let mut keep = Vec::with_capacity(page.len());
-                for (d, seq) in &page {
-                    let newest: Option<i64> = match &d.item_id {
-                        Some(item) => q.query_row([item.as_str()], |r| r.get(0))?,
-                        None => None,
-                    };
-                    keep.push(newest == Some(seq.0));
-                }
-                Ok(keep)
+            let latest = self.read(|r| {
+                page.iter()
+                    .map(|(d, seq)| match &d.item_id {
+                        Some(item) => Ok(r.newest_webhook_delivery(item)? == Some(*seq)),
+                        None => Ok(false),
+                    })
+                    .collect::<Result<Vec<bool>>>()
             })?;
             out.extend(
                 page.into_iter()

@@ -249,6 +249,9 @@ pub(crate) enum Counted {
 /// The row operations of one write transaction. Every method runs inside the transaction
 /// the backend opened for the job; none commits.
 pub(crate) trait Rows {
+    // ---- workflows ----
+    /// A workflow's current spec (as stored, JSON) and revision.
+    fn current_spec(&self, id: &WorkflowId) -> Result<Option<(String, i64)>>;
     // ---- items ----
     /// An item with its content (tags, properties, slots, annotations).
     fn load_item(&self, id: &ItemId) -> Result<Option<Item>>;
@@ -403,4 +406,155 @@ pub(crate) trait Rows {
     fn give_back_pages(&self, pages: i64) -> Result<i64>;
     /// Stores a setting (a policy) for every process of the store.
     fn put_setting(&self, key: &str, value: &str) -> Result<()>;
+}
+
+/// The figures of one workflow's stages, from the counter rows and the stage rows.
+#[derive(Debug, Default)]
+pub(crate) struct WorkflowCounts {
+    /// When the workflow was last applied, ms since the epoch.
+    pub updated_at: i64,
+    /// `(stage, item state, n)`, non-zero rows only.
+    pub items: Vec<(String, String, i64)>,
+    /// `(stage, delivery state, n)`, non-zero rows only.
+    pub deliveries: Vec<(String, String, i64)>,
+    /// `(stage, reason)` of each live paused stage.
+    pub paused: Vec<(String, Option<String>)>,
+}
+
+/// A delivery as its detail reads it: the listed row, what only the detail shows, and the
+/// frozen body's bytes.
+#[derive(Debug)]
+pub(crate) struct StoredDelivery {
+    pub summary: super::DeliverySummary,
+    pub item_version: Option<i64>,
+    pub cancelled_by: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// One row of the prune scan: a finished delivery older than the cutoff.
+#[derive(Debug)]
+pub(crate) struct ScanRow {
+    /// Its place in the scan, passed back as `after`.
+    pub position: i64,
+    pub id: String,
+    /// The latest delivery of its item in its stage (kept).
+    pub latest: bool,
+    pub attempts: i64,
+}
+
+/// How the store's storage is used, for what prune frees: pages of `page_size` bytes, of
+/// which `free` are unused; `reclaimable` when free pages can go back to the file system
+/// while others use the store.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Storage {
+    pub page_size: i64,
+    pub pages: i64,
+    pub free: i64,
+    pub reclaimable: bool,
+}
+
+/// A count and a few ids of what a health check found.
+#[derive(Debug, Default)]
+pub(crate) struct Found {
+    pub n: i64,
+    pub sample: Vec<String>,
+}
+
+/// What the health checks read from the rows (design §6): the backend-neutral part of
+/// `check`, judged in `maintenance`.
+#[derive(Debug, Default)]
+pub(crate) struct HealthFacts {
+    /// `(pid, host, process start, last beat)` of each dispatcher, newest beat first.
+    pub beats: Vec<(u32, String, String, i64)>,
+    /// In-flight deliveries whose lease ran out before `now`.
+    pub expired_leases: i64,
+    /// Items in delivery without an open delivery.
+    pub stuck_items: Found,
+    /// Open stage deliveries whose item has left their stage.
+    pub orphans: Found,
+    /// `(workflow, stage, reason)` of each live paused stage, in stage order.
+    pub paused: Vec<(String, String, Option<String>)>,
+    /// `(id, created, due)` of the pending delivery due first in an unpaused stage.
+    pub oldest_pending: Option<(String, i64, Option<i64>)>,
+    /// Counter rows that differ from the rows they count.
+    pub counter_mismatches: i64,
+}
+
+/// The reads of the store: one method per listing or figure, each in one read snapshot of
+/// its own, never blocking writers. Like [`Rows`], they only fetch rows: what the rows mean
+/// (routes, limits, what a check concludes) is decided above, once for every backend.
+pub(crate) trait Reads {
+    // ---- workflows ----
+    /// A workflow's current spec (as stored, JSON) and revision.
+    fn current_spec(&self, id: &WorkflowId) -> Result<Option<(String, i64)>>;
+    fn workflow_ids(&self) -> Result<Vec<WorkflowId>>;
+    fn workflow_counts(&self, id: &WorkflowId) -> Result<WorkflowCounts>;
+    /// Workflows with a live stage of this id.
+    fn workflows_with_stage(&self, stage: &StageId) -> Result<Vec<WorkflowId>>;
+    /// `(workflow, stage, reason)` of each live paused stage.
+    fn paused_stages(&self) -> Result<Vec<(WorkflowId, StageId, Option<String>)>>;
+    fn delivery_counts(&self) -> Result<Vec<super::DeliveryCount>>;
+    /// Deliveries per state across the store (from the counter rows).
+    fn delivery_totals(&self) -> Result<Vec<(DeliveryState, i64)>>;
+
+    // ---- items ----
+    /// The workflow of each id (`None`: no such item), in the order given, in one snapshot.
+    fn owners(&self, ids: &[&str]) -> Result<Vec<Option<String>>>;
+    fn list_items(
+        &self,
+        filter: &super::ItemFilter,
+        after: Option<&super::ItemCursor>,
+        limit: usize,
+    ) -> Result<Vec<super::ItemRow>>;
+    fn count_items(&self, filter: &super::ItemFilter) -> Result<i64>;
+    fn item(&self, id: &ItemId) -> Result<Option<Item>>;
+    /// An item's history, oldest first.
+    fn history(&self, id: &ItemId) -> Result<Vec<super::HistoryEntry>>;
+
+    // ---- deliveries and attempts ----
+    /// An item's deliveries, newest first.
+    fn deliveries_of_item(&self, id: &ItemId) -> Result<Vec<super::DeliverySummary>>;
+    fn list_deliveries(
+        &self,
+        filter: &super::DeliveryFilter,
+        after: Option<super::DeliveryCursor>,
+        limit: usize,
+    ) -> Result<Vec<(super::DeliverySummary, super::DeliveryCursor)>>;
+    fn count_deliveries(&self, filter: &super::DeliveryFilter) -> Result<i64>;
+    fn delivery(&self, id: &DeliveryId) -> Result<Option<StoredDelivery>>;
+    /// A delivery's attempts by number.
+    fn attempts_of(&self, id: &DeliveryId) -> Result<Vec<super::AttemptRecord>>;
+    /// The newest `stage.webhook` delivery of an item.
+    fn newest_webhook_delivery(&self, item: &ItemId) -> Result<Option<super::DeliveryCursor>>;
+    /// Attempts after `after` in log order, with their cursors; `max_attempts` is left 0
+    /// for the caller, which knows the specs.
+    fn attempts_after(
+        &self,
+        after: super::AttemptCursor,
+        limit: usize,
+    ) -> Result<Vec<(super::AttemptCursor, crate::model::AttemptEvent)>>;
+    /// The cursor of the newest attempt (the count of attempts ever recorded).
+    fn attempts_end(&self) -> Result<i64>;
+
+    // ---- dispatchers ----
+    /// The earliest due time of an unpaused open delivery, and the earliest lease expiry.
+    fn next_due(&self) -> Result<(Option<i64>, Option<i64>)>;
+    fn dispatchers(&self) -> Result<Vec<super::DispatcherInfo>>;
+
+    // ---- audit, settings, upkeep ----
+    fn audit_log(&self, limit: usize) -> Result<Vec<super::AuditEntry>>;
+    /// Settings whose key starts with `prefix`.
+    fn settings(&self, prefix: &str) -> Result<Vec<(String, String)>>;
+    /// Open deliveries in all (from the counter rows).
+    fn open_deliveries(&self) -> Result<i64>;
+    /// The position past every delivery (prune's progress goes up to it).
+    fn deliveries_end(&self) -> Result<i64>;
+    /// Finished deliveries after `after` whose last activity is before `cutoff`.
+    fn prune_scan(&self, after: i64, cutoff: i64, limit: usize) -> Result<Vec<ScanRow>>;
+    fn audit_rows_before(&self, before: i64) -> Result<i64>;
+    fn storage(&self) -> Result<Storage>;
+    fn health_facts(&self, now: i64) -> Result<HealthFacts>;
+    /// Ids of open stage deliveries whose item has left their stage, at most `limit`.
+    fn orphans(&self, limit: usize) -> Result<Vec<String>>;
+    fn schema_version(&self) -> Result<i64>;
 }

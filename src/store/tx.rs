@@ -1,6 +1,6 @@
 //! The context of one write transaction: what every write job of the store runs with.
 //!
-//! A [`Tx`] carries the connection, the job's `now` (read once from the store's [`Clock`] when
+//! A [`Tx`] carries the backend's row operations, the job's `now` (read once from the store's [`Clock`] when
 //! the job starts, so every row a job writes carries one time), the workflow specs read in
 //! this transaction, and the counter deltas of its jobs ([`super::counts`]). The writer makes
 //! one per transaction, from `BEGIN` to `COMMIT` or `ROLLBACK`, and hands it to each job in
@@ -19,8 +19,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
-
-use rusqlite::Connection;
 
 use super::Result;
 use super::counts::Deltas;
@@ -92,7 +90,6 @@ type CurrentSpecs = HashMap<String, (i64, Arc<Workflow>)>;
 
 /// One write transaction's context (see the module's documentation).
 pub(crate) struct Tx<'c> {
-    conn: &'c Connection,
     rows: &'c dyn Rows,
     clock: Clock,
     now: Cell<i64>,
@@ -101,22 +98,16 @@ pub(crate) struct Tx<'c> {
 }
 
 impl<'c> Tx<'c> {
-    /// The context of a transaction just begun on `conn`.
-    pub(super) fn new(conn: &'c Connection, rows: &'c dyn Rows, clock: Clock) -> Tx<'c> {
+    /// The context of a transaction just begun, whose rows are `rows`.
+    pub(super) fn new(rows: &'c dyn Rows, clock: Clock) -> Tx<'c> {
         let now = Cell::new(clock.now_ms());
         Tx {
-            conn,
             rows,
             clock,
             now,
             specs: RefCell::default(),
             counts: RefCell::default(),
         }
-    }
-
-    /// The connection the transaction runs on.
-    pub(crate) fn conn(&self) -> &'c Connection {
-        self.conn
     }
 
     /// The backend's row operations in this transaction.
@@ -153,7 +144,7 @@ impl<'c> Tx<'c> {
         if let Some((rev, spec)) = self.specs.borrow().get(id.as_str()) {
             return Ok((spec.clone(), *rev));
         }
-        let found = super::workflows::read_current_spec(self.conn, id)?;
+        let found = super::workflows::spec_in_tx(self.rows, id)?;
         self.specs
             .borrow_mut()
             .insert(id.as_str().to_string(), (found.1, found.0.clone()));

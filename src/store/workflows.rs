@@ -4,10 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::seam::{Counted, RevisionRow};
+use super::seam::{Counted, Reads, RevisionRow, Rows, WorkflowCounts};
 use super::{Result, Store, StoreError, Tx, audit, to_time};
 use crate::model::{ItemState, StageId, StageKind, WorkflowId};
 use crate::workflow::Workflow;
@@ -147,19 +146,8 @@ pub(crate) fn current_spec(tx: &Tx<'_>, id: &WorkflowId) -> Result<(Arc<Workflow
     tx.spec(id)
 }
 
-/// The current spec and revision of a workflow, read from the database.
-pub(crate) fn read_current_spec(
-    conn: &Connection,
-    id: &WorkflowId,
-) -> Result<(Arc<Workflow>, i64)> {
-    let row: Option<(String, i64)> = conn
-        .prepare_cached(
-            "SELECT r.spec, w.revision FROM workflows w
-             JOIN workflow_revisions r ON r.workflow_id = w.id AND r.revision = w.revision
-             WHERE w.id = ?1",
-        )?
-        .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+/// Parses a stored spec and revision, or says the workflow does not exist.
+fn found_spec(row: Option<(String, i64)>, id: &WorkflowId) -> Result<(Arc<Workflow>, i64)> {
     match row {
         Some((text, rev)) => Ok((parse_spec(text)?, rev)),
         None => Err(StoreError::NotFound {
@@ -167,6 +155,16 @@ pub(crate) fn read_current_spec(
             id: id.to_string(),
         }),
     }
+}
+
+/// The current spec and revision of a workflow, read inside a write transaction.
+pub(crate) fn spec_in_tx(rows: &dyn Rows, id: &WorkflowId) -> Result<(Arc<Workflow>, i64)> {
+    found_spec(rows.current_spec(id)?, id)
+}
+
+/// The current spec and revision of a workflow, read outside a write transaction.
+pub(crate) fn read_current_spec(r: &dyn Reads, id: &WorkflowId) -> Result<(Arc<Workflow>, i64)> {
+    found_spec(r.current_spec(id)?, id)
 }
 
 fn stage_item_count(conn: &Tx<'_>, wf: &WorkflowId, stage: &StageId) -> Result<i64> {
@@ -288,50 +286,19 @@ fn apply_in_tx(
 
 /// Builds a summary row for each stage from the counter tables.
 fn stage_summaries(
-    conn: &Connection,
+    found: WorkflowCounts,
     wf: &Workflow,
-) -> Result<(Vec<StageSummary>, BTreeMap<ItemState, i64>)> {
-    let mut counts: HashMap<(String, String), i64> = HashMap::new();
-    {
-        let mut s = conn.prepare_cached(
-            "SELECT stage_id, state, n FROM item_counts WHERE workflow_id = ?1 AND n != 0",
-        )?;
-        let rows = s.query_map([wf.id.as_str()], |r| {
-            Ok(((r.get::<_, String>(0)?, r.get::<_, String>(1)?), r.get(2)?))
-        })?;
-        for row in rows {
-            let (k, n) = row?;
-            counts.insert(k, n);
-        }
-    }
+) -> (Vec<StageSummary>, BTreeMap<ItemState, i64>) {
+    let counts: HashMap<(String, String), i64> = found
+        .items
+        .into_iter()
+        .map(|(stage, state, n)| ((stage, state), n))
+        .collect();
     let mut dcounts: HashMap<String, BTreeMap<String, i64>> = HashMap::new();
-    {
-        let mut s = conn.prepare_cached(
-            "SELECT stage_id, state, n FROM delivery_counts WHERE workflow_id = ?1 AND n != 0",
-        )?;
-        let rows = s.query_map([wf.id.as_str()], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (stage, state, n) = row?;
-            dcounts.entry(stage).or_default().insert(state, n);
-        }
+    for (stage, state, n) in found.deliveries {
+        dcounts.entry(stage).or_default().insert(state, n);
     }
-    let mut paused: HashMap<String, Option<String>> = HashMap::new();
-    {
-        let mut s = conn.prepare_cached(
-            "SELECT id, paused_reason FROM stages WHERE workflow_id = ?1 AND retired_at IS NULL AND paused = 1",
-        )?;
-        let rows = s.query_map([wf.id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        for row in rows {
-            let (id, reason) = row?;
-            paused.insert(id, reason);
-        }
-    }
+    let paused: HashMap<String, Option<String>> = found.paused.into_iter().collect();
     let mut totals: BTreeMap<ItemState, i64> = BTreeMap::new();
     let mut out = Vec::new();
     let redactor = crate::redact::Redactor::new(&wf.secrets);
@@ -370,7 +337,7 @@ fn stage_summaries(
             webhook: st.webhook().map(|w| WebhookView::new(w, &redactor)),
         });
     }
-    Ok((out, totals))
+    (out, totals)
 }
 
 fn edge_labels(st: &crate::workflow::Stage) -> Vec<(String, StageId)> {
@@ -408,11 +375,10 @@ fn edge_labels(st: &crate::workflow::Stage) -> Vec<(String, StageId)> {
     }
 }
 
-fn summary_row(conn: &Connection, wf: &Workflow, revision: i64) -> Result<WorkflowDetail> {
-    let updated: i64 = conn
-        .prepare_cached("SELECT updated_at FROM workflows WHERE id = ?1")?
-        .query_row([wf.id.as_str()], |r| r.get(0))?;
-    let (stage_list, totals) = stage_summaries(conn, wf)?;
+fn summary_row(r: &dyn Reads, wf: &Workflow, revision: i64) -> Result<WorkflowDetail> {
+    let found = r.workflow_counts(&wf.id)?;
+    let updated = found.updated_at;
+    let (stage_list, totals) = stage_summaries(found, wf);
     let t = |s: ItemState| totals.get(&s).copied().unwrap_or(0);
     Ok(WorkflowDetail {
         summary: WorkflowSummary {
@@ -452,40 +418,30 @@ impl Store {
 
     /// The current validated spec of a workflow (with secrets: never print it raw).
     pub fn workflow_spec(&self, id: &WorkflowId) -> Result<Arc<Workflow>> {
-        self.read(|c| read_current_spec(c, id).map(|(wf, _)| wf))
+        self.read(|r| read_current_spec(r, id).map(|(wf, _)| wf))
     }
 
     pub fn list_workflows(&self) -> Result<Vec<WorkflowSummary>> {
-        self.read(|c| {
-            let ids: Vec<String> = c
-                .prepare("SELECT id FROM workflows ORDER BY id")?
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+        self.read(|r| {
             let mut out = Vec::new();
-            for id in ids {
-                let (wf, rev) = read_current_spec(c, &WorkflowId(id))?;
-                out.push(summary_row(c, &wf, rev)?.summary);
+            for id in r.workflow_ids()? {
+                let (wf, rev) = read_current_spec(r, &id)?;
+                out.push(summary_row(r, &wf, rev)?.summary);
             }
             Ok(out)
         })
     }
 
     pub fn workflow_detail(&self, id: &WorkflowId) -> Result<WorkflowDetail> {
-        self.read(|c| {
-            let (wf, rev) = read_current_spec(c, id)?;
-            summary_row(c, &wf, rev)
+        self.read(|r| {
+            let (wf, rev) = read_current_spec(r, id)?;
+            summary_row(r, &wf, rev)
         })
     }
 
     /// Workflows that have a live stage with this id (for `--stage` without `--workflow`).
     pub fn workflows_with_stage(&self, stage: &StageId) -> Result<Vec<WorkflowId>> {
-        self.read(|c| {
-            let v = c
-                .prepare("SELECT workflow_id FROM stages WHERE id = ?1 AND retired_at IS NULL ORDER BY workflow_id")?
-                .query_map([stage.as_str()], |r| Ok(WorkflowId(r.get(0)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(v)
-        })
+        self.read(|r| r.workflows_with_stage(stage))
     }
 
     /// Pauses (`true`) or resumes a stage; resuming resets the consecutive-failure count.

@@ -3,6 +3,8 @@
 //! change feed ([`ChangeWatcher`]), the schema and its migrations ([`schema`]), and the row
 //! operations of the seam ([`rows`]).
 
+pub(crate) mod file;
+pub(crate) mod reads;
 pub(crate) mod rows;
 pub(crate) mod schema;
 pub(crate) mod writer;
@@ -13,7 +15,14 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+use crate::store::seam::Reads;
 use crate::store::{OpenOptions, Result, SCHEMA_VERSION, StoreError};
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
 
 /// One SQLite file: its writer (none when read-only) and its read connections.
 pub(crate) struct Sqlite {
@@ -141,8 +150,8 @@ impl Sqlite {
         self.writer.as_ref()
     }
 
-    /// Runs `f` on a read connection from the pool.
-    pub(crate) fn read<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+    /// Runs `f` on the reads of a read connection from the pool.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&dyn Reads) -> Result<R>) -> Result<R> {
         let conn = {
             let mut pool = self
                 .readers
@@ -154,13 +163,28 @@ impl Sqlite {
             Some(c) => c,
             None => open_connection(&self.path, true)?,
         };
-        let result = f(&conn);
+        let result = f(&reads::SqliteReads { conn: &conn });
         if let Ok(mut pool) = self.readers.lock()
             && pool.len() < 4
         {
             pool.push(conn);
         }
         result
+    }
+
+    /// Writes a consistent copy of the file to `dest`.
+    pub(crate) fn backup(&self, dest: &Path, force: bool) -> Result<crate::store::BackupReport> {
+        file::backup(&self.path, dest, force)
+    }
+
+    /// The health report of the file as of `now`.
+    pub(crate) fn check(&self, now: i64) -> Result<crate::store::HealthReport> {
+        file::check(&self.path, now)
+    }
+
+    /// Lets the file shrink after a prune (a passive checkpoint).
+    pub(crate) fn checkpoint(&self) {
+        file::checkpoint(&self.path)
     }
 
     /// A change feed of its own: notices every commit to the file.

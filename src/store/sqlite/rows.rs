@@ -5,6 +5,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::reads::{enum_col, json_col};
 use crate::model::{
     CancelReason, DatasetRef, DeliveryId, DeliveryState, EventType, Item, ItemId, StageId,
     WorkflowId,
@@ -14,7 +15,7 @@ use crate::store::seam::{
     HistoryRow, InFlight, ItemMove, Leased, ManualAttempt, NewDelivery, NewItemRow, OpenDelivery,
     RefireRow, RevisionRow, Rows,
 };
-use crate::store::{Result, enum_col, json_col, to_time};
+use crate::store::{Result, to_time};
 
 /// The row operations on the writer's connection, inside its open transaction.
 pub(crate) struct SqliteRows<'c> {
@@ -90,6 +91,10 @@ fn counts_table(counted: Counted) -> &'static str {
 }
 
 impl Rows for SqliteRows<'_> {
+    fn current_spec(&self, id: &WorkflowId) -> Result<Option<(String, i64)>> {
+        super::reads::current_spec(self.conn, id)
+    }
+
     fn load_item(&self, id: &ItemId) -> Result<Option<Item>> {
         load_item(self.conn, id)
     }

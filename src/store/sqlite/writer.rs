@@ -31,7 +31,7 @@ trait Job: Send {
     /// Runs the job in its own savepoint, or, when `alone` (it is the first job of its
     /// transaction), without one: nothing else would be rolled back with it, so the writer
     /// rolls back the whole transaction when it fails. Returns whether it succeeded.
-    fn run(&mut self, tx: &Tx<'_>, alone: bool) -> bool;
+    fn run(&mut self, tx: &Tx<'_>, conn: &Connection, alone: bool) -> bool;
     fn finish(self: Box<Self>, commit: std::result::Result<(), String>);
 }
 
@@ -44,18 +44,18 @@ struct TypedJob<R, F> {
 impl<R, F> Job for TypedJob<R, F>
 where
     R: Send,
-    F: FnOnce(&Tx<'_>) -> Result<R> + Send,
+    F: FnOnce(&Tx<'_>, &Connection) -> Result<R> + Send,
 {
-    fn run(&mut self, tx: &Tx<'_>, alone: bool) -> bool {
+    fn run(&mut self, tx: &Tx<'_>, conn: &Connection, alone: bool) -> bool {
         if let Some(f) = self.f.take() {
             tx.start_job();
             // A savepoint costs more than its two statements: SQLite copies every page the
             // job changes into the savepoint's journal first, and the dispatcher's batch job,
             // which changes many pages, is usually the first of its transaction.
             self.result = Some(if alone {
-                end_job(tx, f(tx))
+                end_job(tx, f(tx, conn))
             } else {
-                in_savepoint(tx, f)
+                in_savepoint(tx, conn, f)
             });
         }
         matches!(self.result, Some(Ok(_)))
@@ -81,12 +81,15 @@ fn end_job<R>(tx: &Tx<'_>, result: Result<R>) -> Result<R> {
     result
 }
 
-fn in_savepoint<R>(tx: &Tx<'_>, f: impl FnOnce(&Tx<'_>) -> Result<R>) -> Result<R> {
-    let conn = tx.conn();
+fn in_savepoint<R>(
+    tx: &Tx<'_>,
+    conn: &Connection,
+    f: impl FnOnce(&Tx<'_>, &Connection) -> Result<R>,
+) -> Result<R> {
     // Cached statements: these two run for every job, and parsing them each time showed up
     // in the writer's profile.
     conn.prepare_cached("SAVEPOINT job")?.execute([])?;
-    let result = f(tx).and_then(|r| {
+    let result = f(tx, conn).and_then(|r| {
         conn.prepare_cached("RELEASE job")?.execute([])?;
         Ok(r)
     });
@@ -157,6 +160,16 @@ impl Writer {
         R: Send + 'static,
         F: FnOnce(&Tx<'_>) -> Result<R> + Send + 'static,
     {
+        self.submit_on_connection(move |tx, _| f(tx))
+    }
+
+    /// Queues a job that also gets the connection itself (the writer's own tests, which
+    /// write rows no row operation knows).
+    fn submit_on_connection<R, F>(&self, f: F) -> Result<oneshot::Receiver<Result<R>>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Tx<'_>, &Connection) -> Result<R> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         let job = TypedJob {
             f: Some(f),
@@ -218,9 +231,9 @@ fn writer_loop(
         }
         let started = Instant::now();
         let rows = SqliteRows { conn: &conn };
-        let tx = Tx::new(&conn, &rows, clock.clone());
+        let tx = Tx::new(&rows, clock.clone());
         let mut batch = vec![first];
-        if !batch[0].run(&tx, true) && !conn.is_autocommit() {
+        if !batch[0].run(&tx, &conn, true) && !conn.is_autocommit() {
             // The first job failed without a savepoint: undo the transaction, which holds
             // nothing else, and start the next one for the jobs behind it.
             let _ = conn.execute_batch("ROLLBACK");
@@ -232,7 +245,7 @@ fn writer_loop(
         while !rolled_back && batch.len() < MAX_BATCH && started.elapsed() < BATCH_BUDGET {
             match rx.try_recv() {
                 Ok(mut job) => {
-                    job.run(&tx, false);
+                    job.run(&tx, &conn, false);
                     batch.push(job);
                     rolled_back = conn.is_autocommit();
                 }
@@ -302,13 +315,13 @@ mod tests {
     /// runs, so the caller can queue more jobs behind it first.
     fn gated_first_job<R: Send + 'static>(
         writer: &Writer,
-        f: impl FnOnce(&Tx<'_>) -> Result<R> + Send + 'static,
+        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
     ) -> (mpsc::Sender<()>, oneshot::Receiver<Result<R>>) {
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let rx = writer
-            .submit(move |c| {
+            .submit_on_connection(move |_, conn| {
                 go_rx.recv().unwrap();
-                f(c)
+                f(conn)
             })
             .unwrap();
         (go_tx, rx)
@@ -324,12 +337,13 @@ mod tests {
         let (writer, path) = writer_on_table(&dir);
         // The first job waits until the second is queued, then rolls the transaction back
         // the way SQLite does after SQLITE_FULL.
-        let (go_tx, first) = gated_first_job(&writer, |c| {
-            c.conn()
-                .execute_batch("INSERT INTO t VALUES (1); ROLLBACK")?;
+        let (go_tx, first) = gated_first_job(&writer, |conn| {
+            conn.execute_batch("INSERT INTO t VALUES (1); ROLLBACK")?;
             Err::<(), _>(StoreError::Database("database or disk is full".into()))
         });
-        let second = writer.submit(|c| Ok(c.conn().is_autocommit())).unwrap();
+        let second = writer
+            .submit_on_connection(|_, conn| Ok(conn.is_autocommit()))
+            .unwrap();
         go_tx.send(()).unwrap();
         let err = first.blocking_recv().unwrap().unwrap_err();
         assert!(err.to_string().contains("full"), "{err}");
@@ -350,12 +364,12 @@ mod tests {
     fn a_failed_first_job_leaves_nothing_and_the_jobs_behind_it_commit() {
         let dir = tempfile::tempdir().unwrap();
         let (writer, path) = writer_on_table(&dir);
-        let (go_tx, first) = gated_first_job(&writer, |c| {
-            c.conn().execute_batch("INSERT INTO t VALUES (1)")?;
+        let (go_tx, first) = gated_first_job(&writer, |conn| {
+            conn.execute_batch("INSERT INTO t VALUES (1)")?;
             Err::<(), _>(StoreError::Invalid("refused after writing".into()))
         });
         let second = writer
-            .submit(|c| Ok(c.conn().execute("INSERT INTO t VALUES (2)", [])?))
+            .submit_on_connection(|_, conn| Ok(conn.execute("INSERT INTO t VALUES (2)", [])?))
             .unwrap();
         go_tx.send(()).unwrap();
         let err = first.blocking_recv().unwrap().unwrap_err();
@@ -396,12 +410,11 @@ mod tests {
             .unwrap();
         // A later job sees the figure, written or not yet (in the same transaction).
         let seen = writer
-            .submit(|c| {
+            .submit_on_connection(|c, conn| {
                 let stored: i64 =
-                    c.conn()
-                        .query_row("SELECT COALESCE(SUM(n), 0) FROM item_counts", [], |r| {
-                            r.get(0)
-                        })?;
+                    conn.query_row("SELECT COALESCE(SUM(n), 0) FROM item_counts", [], |r| {
+                        r.get(0)
+                    })?;
                 Ok(stored + c.counts().unwritten_items_in_stage("w", "s"))
             })
             .unwrap();
@@ -429,13 +442,15 @@ mod tests {
         // 100 commits of ~200 KiB: ~5,000 pages written in all.
         for _ in 0..100 {
             writer
-                .run(|c| {
+                .submit_on_connection(|_, conn| {
                     for _ in 0..50 {
-                        c.conn()
-                            .execute("INSERT INTO t VALUES (zeroblob(4000))", [])?;
+                        conn.execute("INSERT INTO t VALUES (zeroblob(4000))", [])?;
                     }
                     Ok(())
                 })
+                .unwrap()
+                .blocking_recv()
+                .unwrap()
                 .unwrap();
         }
         let wal = std::fs::metadata(dir.path().join("w.db-wal"))
