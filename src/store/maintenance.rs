@@ -226,7 +226,8 @@ impl Store {
             if let Some(old) = old_cache {
                 self.write("prune", move |c| c.rows().set_cache_kib(old).map(drop))?;
             }
-            self.checkpoint();
+            // SQLite: a passive checkpoint, which lets the file shrink after the vacuum.
+            self.inner.backend.give_back_space();
         }
         // A dry run reports counts only: what the removal would free, estimated from the
         // share of rows removed, is unreliable.
@@ -272,12 +273,6 @@ impl Store {
                 return Ok(total);
             }
         }
-    }
-
-    /// Lets the store's files shrink after an incremental vacuum (SQLite: a passive
-    /// checkpoint, which never waits for readers or writers).
-    fn checkpoint(&self) {
-        self.inner.backend.checkpoint();
     }
 }
 

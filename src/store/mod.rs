@@ -31,7 +31,6 @@ mod stats;
 mod tx;
 mod workflows;
 
-pub use sqlite::ChangeWatcher;
 use sqlite::schema;
 
 use std::path::{Path, PathBuf};
@@ -129,7 +128,7 @@ pub struct Store {
 }
 
 struct Inner {
-    backend: sqlite::Sqlite,
+    backend: Box<dyn seam::Backend>,
     read_only: bool,
     clock: Clock,
     jitter: Jitter,
@@ -138,7 +137,7 @@ struct Inner {
 impl Store {
     /// Opens (creating when missing, with mode `opts.create_mode`) and migrates the database.
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<Store> {
-        let backend = sqlite::Sqlite::open(path, opts)?;
+        let backend = Box::new(sqlite::Sqlite::open(path, opts)?);
         Ok(Store {
             inner: Arc::new(Inner {
                 backend,
@@ -149,9 +148,9 @@ impl Store {
         })
     }
 
-    /// The database file.
+    /// Where the store lives: the database file.
     pub fn path(&self) -> &Path {
-        self.inner.backend.path()
+        self.inner.backend.location()
     }
 
     pub fn is_read_only(&self) -> bool {
@@ -179,7 +178,15 @@ impl Store {
 
     /// Runs `f` on the backend's reads (one read connection of the pool).
     pub(crate) fn read<R>(&self, f: impl FnOnce(&dyn seam::Reads) -> Result<R>) -> Result<R> {
-        self.inner.backend.read(f)
+        let mut f = Some(f);
+        let mut out = None;
+        self.inner.backend.read(&mut |r| {
+            if let Some(f) = f.take() {
+                out = Some(f(r));
+            }
+            Ok(())
+        })?;
+        out.unwrap_or_else(|| Err(StoreError::Database("the read did not run".into())))
     }
 
     /// Runs `f` inside the writer's current transaction (in its own savepoint) and waits for
@@ -189,11 +196,10 @@ impl Store {
         action: &'static str,
         f: impl FnOnce(&Tx<'_>) -> Result<R> + Send + 'static,
     ) -> Result<R> {
-        self.ensure_writable(action)?;
-        match self.inner.backend.writer() {
-            Some(w) => w.run(f),
-            None => Err(StoreError::ReadOnly { action }),
-        }
+        let (rx, slot) = self.submit(action, f)?;
+        // Inside a tokio runtime, blocking_recv would panic: callers there use write_async.
+        rx.blocking_recv().map_err(|_| StoreError::WriterGone)??;
+        take(&slot)
     }
 
     /// Like [`Store::write`], for async callers (the dispatcher): awaits the commit.
@@ -202,52 +208,83 @@ impl Store {
         action: &'static str,
         f: impl FnOnce(&Tx<'_>) -> Result<R> + Send + 'static,
     ) -> Result<R> {
+        let (rx, slot) = self.submit(action, f)?;
+        rx.await.map_err(|_| StoreError::WriterGone)??;
+        take(&slot)
+    }
+
+    /// Queues `f` with the backend. Its result waits in the returned slot until the backend
+    /// says the transaction committed: nothing acts on a write that is not durable.
+    #[allow(clippy::type_complexity)]
+    fn submit<R: Send + 'static>(
+        &self,
+        action: &'static str,
+        f: impl FnOnce(&Tx<'_>) -> Result<R> + Send + 'static,
+    ) -> Result<(
+        tokio::sync::oneshot::Receiver<Result<()>>,
+        Arc<std::sync::Mutex<Option<R>>>,
+    )> {
         self.ensure_writable(action)?;
-        match self.inner.backend.writer() {
-            Some(w) => w.run_async(f).await,
+        let slot = Arc::new(std::sync::Mutex::new(None));
+        let out = slot.clone();
+        let job: seam::WriteJob = Box::new(move |tx| {
+            let r = f(tx)?;
+            if let Ok(mut out) = out.lock() {
+                *out = Some(r);
+            }
+            Ok(())
+        });
+        match self.inner.backend.submit(job) {
+            Some(rx) => Ok((rx?, slot)),
             None => Err(StoreError::ReadOnly { action }),
         }
     }
 
     /// A receiver that changes after every commit of this process's writer.
     pub fn commits(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        self.inner.backend.writer().map(|w| w.subscribe())
+        self.inner.backend.commits()
     }
 
     /// Notices commits made by any process, this one's included (the change feed the
     /// dispatcher and the console wake on).
     pub fn change_watcher(&self) -> Result<ChangeWatcher> {
-        self.inner.backend.change_watcher()
+        Ok(ChangeWatcher(self.inner.backend.change_feed()?))
     }
 
     /// How long the writer has spent in transactions, in microseconds (benchmarks).
     pub fn writer_busy_us(&self) -> u64 {
-        self.inner.backend.writer().map_or(0, |w| {
-            w.stats().busy_us.load(std::sync::atomic::Ordering::Relaxed)
-        })
+        self.inner.backend.write_figures(false).3
     }
 
     /// This process's writer figures: (longest transaction in µs, transactions, jobs).
     /// Resets the maximum when `reset` is true.
     pub fn writer_stats(&self, reset: bool) -> (u64, u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        match self.inner.backend.writer() {
-            Some(w) => {
-                let s = w.stats();
-                let max = if reset {
-                    s.max_hold_us.swap(0, Relaxed)
-                } else {
-                    s.max_hold_us.load(Relaxed)
-                };
-                (max, s.transactions.load(Relaxed), s.jobs.load(Relaxed))
-            }
-            None => (0, 0, 0),
-        }
+        let (max, transactions, jobs, _) = self.inner.backend.write_figures(reset);
+        (max, transactions, jobs)
     }
 
     /// The schema version stored in the file.
     pub fn schema_version(&self) -> Result<i64> {
         self.read(|r| r.schema_version())
+    }
+}
+
+/// The result a committed write job left in its slot.
+fn take<R>(slot: &std::sync::Mutex<Option<R>>) -> Result<R> {
+    slot.lock()
+        .ok()
+        .and_then(|mut r| r.take())
+        .ok_or_else(|| StoreError::Database("a committed write left no result".into()))
+}
+
+/// Notices commits made by any process, this one's included: the store's change feed (SQLite:
+/// `data_version` polling).
+pub struct ChangeWatcher(Box<dyn seam::ChangeFeed>);
+
+impl ChangeWatcher {
+    /// Whether anything was committed since the last call. Cheap: no IO when unchanged.
+    pub fn changed(&mut self) -> Result<bool> {
+        self.0.changed()
     }
 }
 

@@ -558,3 +558,41 @@ pub(crate) trait Reads {
     fn orphans(&self, limit: usize) -> Result<Vec<String>>;
     fn schema_version(&self) -> Result<i64>;
 }
+
+/// A write job as a backend runs it: the store's typed job, its result kept aside until the
+/// commit (see `Store::write`).
+pub(crate) type WriteJob = Box<dyn FnOnce(&super::Tx<'_>) -> Result<()> + Send>;
+
+/// Figures of a backend's writes in this process: (longest transaction in µs, transactions,
+/// jobs, µs spent in transactions in all).
+pub(crate) type WriteFigures = (u64, u64, u64, u64);
+
+/// A change feed: says whether anything was committed, by any process, since the last call.
+pub(crate) trait ChangeFeed: Send {
+    fn changed(&mut self) -> Result<bool>;
+}
+
+/// One store backend: where it lives, its reads, its writer, its change feed, and what only
+/// it can do with its storage (backup, the checks of the storage itself, giving space back).
+/// [`super::Store`] holds one as `Arc<dyn Backend>` and writes every rule once above it.
+pub(crate) trait Backend: Send + Sync {
+    /// Where the store lives (a file today), for the console header, `check` and `backup`.
+    fn location(&self) -> &std::path::Path;
+    /// Runs `f` on the reads of one snapshot.
+    fn read(&self, f: &mut dyn FnMut(&dyn Reads) -> Result<()>) -> Result<()>;
+    /// Queues a write job; the receiver hears after its transaction committed or failed.
+    /// `None` when the store is open read-only.
+    fn submit(&self, job: WriteJob) -> Option<Result<tokio::sync::oneshot::Receiver<Result<()>>>>;
+    /// A receiver that changes after every commit of this process's writes.
+    fn commits(&self) -> Option<tokio::sync::watch::Receiver<u64>>;
+    /// A change feed of its own, which notices every commit.
+    fn change_feed(&self) -> Result<Box<dyn ChangeFeed>>;
+    /// This process's write figures; `reset` zeroes the longest transaction.
+    fn write_figures(&self, reset: bool) -> WriteFigures;
+    /// A consistent copy of the store in the file `dest`.
+    fn backup(&self, dest: &std::path::Path, force: bool) -> Result<super::BackupReport>;
+    /// The health report as of `now`: the checks of the storage, then of the rows.
+    fn check(&self, now: i64) -> Result<super::HealthReport>;
+    /// Lets the storage shrink after a prune freed space.
+    fn give_back_space(&self);
+}

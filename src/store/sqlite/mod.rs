@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::store::seam::Reads;
+use tokio::sync::{oneshot, watch};
+
+use crate::store::seam::{Backend, ChangeFeed, Reads, WriteFigures, WriteJob};
 use crate::store::{OpenOptions, Result, SCHEMA_VERSION, StoreError};
 
 impl From<rusqlite::Error> for StoreError {
@@ -140,18 +142,15 @@ impl Sqlite {
         })
     }
 
-    /// The file.
-    pub(crate) fn path(&self) -> &Path {
+}
+
+impl Backend for Sqlite {
+    fn location(&self) -> &Path {
         &self.path
     }
 
-    /// The writer thread, when the file is open for writing.
-    pub(crate) fn writer(&self) -> Option<&writer::Writer> {
-        self.writer.as_ref()
-    }
-
     /// Runs `f` on the reads of a read connection from the pool.
-    pub(crate) fn read<R>(&self, f: impl FnOnce(&dyn Reads) -> Result<R>) -> Result<R> {
+    fn read(&self, f: &mut dyn FnMut(&dyn Reads) -> Result<()>) -> Result<()> {
         let conn = {
             let mut pool = self
                 .readers
@@ -172,26 +171,54 @@ impl Sqlite {
         result
     }
 
-    /// Writes a consistent copy of the file to `dest`.
-    pub(crate) fn backup(&self, dest: &Path, force: bool) -> Result<crate::store::BackupReport> {
+    fn submit(&self, job: WriteJob) -> Option<Result<oneshot::Receiver<Result<()>>>> {
+        self.writer.as_ref().map(|w| w.submit(job))
+    }
+
+    fn commits(&self) -> Option<watch::Receiver<u64>> {
+        self.writer.as_ref().map(|w| w.subscribe())
+    }
+
+    /// Notices every commit to the file through `PRAGMA data_version` on a connection of its
+    /// own.
+    fn change_feed(&self) -> Result<Box<dyn ChangeFeed>> {
+        let conn = open_connection(&self.path, true)?;
+        let last = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        Ok(Box::new(DataVersion { conn, last }))
+    }
+
+    fn write_figures(&self, reset: bool) -> WriteFigures {
+        use std::sync::atomic::Ordering::Relaxed;
+        match &self.writer {
+            Some(w) => {
+                let s = w.stats();
+                let max = if reset {
+                    s.max_hold_us.swap(0, Relaxed)
+                } else {
+                    s.max_hold_us.load(Relaxed)
+                };
+                (
+                    max,
+                    s.transactions.load(Relaxed),
+                    s.jobs.load(Relaxed),
+                    s.busy_us.load(Relaxed),
+                )
+            }
+            None => (0, 0, 0, 0),
+        }
+    }
+
+    fn backup(&self, dest: &Path, force: bool) -> Result<crate::store::BackupReport> {
         file::backup(&self.path, dest, force)
     }
 
-    /// The health report of the file as of `now`.
-    pub(crate) fn check(&self, now: i64) -> Result<crate::store::HealthReport> {
+    fn check(&self, now: i64) -> Result<crate::store::HealthReport> {
         file::check(&self.path, now)
     }
 
-    /// Lets the file shrink after a prune (a passive checkpoint).
-    pub(crate) fn checkpoint(&self) {
+    /// A passive checkpoint, which lets the file shrink after an incremental vacuum.
+    fn give_back_space(&self) {
         file::checkpoint(&self.path)
-    }
-
-    /// A change feed of its own: notices every commit to the file.
-    pub(crate) fn change_watcher(&self) -> Result<ChangeWatcher> {
-        let conn = open_connection(&self.path, true)?;
-        let last = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
-        Ok(ChangeWatcher { conn, last })
     }
 }
 
@@ -267,14 +294,14 @@ fn check_is_database(conn: &Connection, path: &Path) -> Result<()> {
 
 /// Notices commits made by any connection, this process's writer included, through
 /// `PRAGMA data_version` on a connection of its own (design §6 cross-process wake-up).
-pub struct ChangeWatcher {
+struct DataVersion {
     conn: Connection,
     last: i64,
 }
 
-impl ChangeWatcher {
-    /// Whether anything was committed since the last call. Cheap: no file IO when unchanged.
-    pub fn changed(&mut self) -> Result<bool> {
+impl ChangeFeed for DataVersion {
+    /// Cheap: no file IO when unchanged.
+    fn changed(&mut self) -> Result<bool> {
         let v: i64 = self
             .conn
             .query_row("PRAGMA data_version", [], |r| r.get(0))?;

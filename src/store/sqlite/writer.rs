@@ -15,6 +15,7 @@ use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
 use super::rows::SqliteRows;
+use crate::store::seam::WriteJob;
 use crate::store::tx::{Clock, Tx};
 use crate::store::{Result, StoreError};
 
@@ -155,12 +156,8 @@ impl Writer {
         self.commits.clone()
     }
 
-    fn submit<R, F>(&self, f: F) -> Result<oneshot::Receiver<Result<R>>>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Tx<'_>) -> Result<R> + Send + 'static,
-    {
-        self.submit_on_connection(move |tx, _| f(tx))
+    pub(crate) fn submit(&self, job: WriteJob) -> Result<oneshot::Receiver<Result<()>>> {
+        self.submit_on_connection(move |tx, _| job(tx))
     }
 
     /// Queues a job that also gets the connection itself (the writer's own tests, which
@@ -180,25 +177,6 @@ impl Writer {
             .send(Box::new(job))
             .map_err(|_| StoreError::WriterGone)?;
         Ok(rx)
-    }
-
-    pub(crate) fn run<R, F>(&self, f: F) -> Result<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Tx<'_>) -> Result<R> + Send + 'static,
-    {
-        let rx = self.submit(f)?;
-        // Inside a tokio runtime, blocking_recv would panic: callers there use run_async.
-        rx.blocking_recv().map_err(|_| StoreError::WriterGone)?
-    }
-
-    pub(crate) async fn run_async<R, F>(&self, f: F) -> Result<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Tx<'_>) -> Result<R> + Send + 'static,
-    {
-        let rx = self.submit(f)?;
-        rx.await.map_err(|_| StoreError::WriterGone)?
     }
 }
 
@@ -396,14 +374,14 @@ mod tests {
         let writer = Writer::start(conn, Clock::system()).unwrap();
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let first = writer
-            .submit(move |c| {
+            .submit_on_connection(move |c, _| {
                 go_rx.recv().unwrap();
                 c.counts().add_items("w", "s", "waiting", 2);
                 Ok(())
             })
             .unwrap();
         let failing = writer
-            .submit(|c| {
+            .submit_on_connection(|c, _| {
                 c.counts().add_items("w", "s", "waiting", 5);
                 Err::<(), _>(StoreError::Invalid("refused".into()))
             })
