@@ -264,3 +264,53 @@ fn the_checker_catches_a_forbidden_edge_and_ignores_test_code() {
     assert_eq!(module_of(Path::new("store/sqlite/mod.rs")), "store::sqlite");
     assert_eq!(module_of(Path::new("lib.rs")), "");
 }
+
+/// The lines of non-test code in `text` that name `word`: comments and the item after each
+/// `#[cfg(test)]` (up to its closing brace, or its `;`) are not read.
+fn naming(text: &str, word: &str) -> Vec<usize> {
+    let mut found = Vec::new();
+    let (mut skipping, mut depth, mut opened) = (false, 0i64, false);
+    for (i, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        if line.trim() == "#[cfg(test)]" {
+            (skipping, depth, opened) = (true, 0, false);
+            continue;
+        }
+        if skipping {
+            depth += code.matches('{').count() as i64 - code.matches('}').count() as i64;
+            opened |= code.contains('{');
+            if (opened && depth <= 0) || (!opened && code.trim_end().ends_with(';')) {
+                skipping = false;
+            }
+            continue;
+        }
+        if code.contains(word) {
+            found.push(i + 1);
+        }
+    }
+    found
+}
+
+/// The store's backend-neutral code (every file directly in `src/store/`) speaks no SQL: it
+/// names no `rusqlite` item; only a backend does (design §7, the seam).
+#[test]
+fn the_backend_neutral_store_names_no_sqlite_item() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");
+    let mut bad = Vec::new();
+    let mut read = 0;
+    for entry in std::fs::read_dir(&dir).expect("src/store") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            read += 1;
+            let text = std::fs::read_to_string(&path).expect("readable source");
+            for line in naming(&text, "rusqlite") {
+                bad.push(format!("{}:{line}", path.display()));
+            }
+        }
+    }
+    assert!(read > 10, "read only {read} files of src/store");
+    assert!(bad.is_empty(), "rusqlite named in:\n{}", bad.join("\n"));
+    // The check sees a use in code, not in a comment or in test code.
+    let sample = "// rusqlite in a comment\nuse rusqlite::Row;\n#[cfg(test)]\nmod t {\n    use rusqlite::Connection;\n}\n#[cfg(test)]\nmod u;\nfn f(c: &rusqlite::Connection) {}\n";
+    assert_eq!(naming(sample, "rusqlite"), [2, 9]);
+}

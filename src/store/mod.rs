@@ -1,11 +1,12 @@
 //! The store: every transaction of the product, written once over a backend seam.
 //!
 //! Invariants this module keeps:
-//! - Only this module speaks SQL, and no rusqlite type leaves it: the API is in domain types.
-//! - The rules decide above the seam (`seam::Rows`, the row operations a backend writes):
-//!   routing (`items::apply_route`), what an attempt does (`attempts`, applying
+//! - Only its backends speak SQL (`sqlite/` today), and no rusqlite type leaves them: the API
+//!   is in domain types.
+//! - The rules decide above the seam (`seam`: the `Rows`, `Reads` and `Backend` a backend
+//!   writes): routing (`items::apply_route`), what an attempt does (`attempts`, applying
 //!   `engine::delivery::decide`), leases and their fencing (`leases`), re-fire, replay and
-//!   tests (`refire`), notifications, counters. `sqlite/` is the one backend today.
+//!   tests (`refire`), notifications, counters, the health checks' verdicts.
 //! - All writes of a process go through one writer thread (`sqlite::writer`) that groups the
 //!   jobs waiting in its queue into one short `BEGIN IMMEDIATE` transaction (group commit),
 //!   each job inside its own savepoint so one failing job does not undo the others, each with

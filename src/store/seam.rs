@@ -1,19 +1,20 @@
-//! The backend boundary: the row operations a store backend writes (design §7, issue 16).
+//! The backend boundary (design §7, issue 16): what a store backend writes.
 //!
-//! Everything above this trait is backend-neutral and decides: where an item routes, what
+//! Everything above these traits is backend-neutral and decides: where an item routes, what
 //! an attempt does to its delivery ([`crate::engine::delivery`]), which lease is stale, what
-//! a notification carries, how counters move. Everything below it only stores and fetches
-//! rows, the way River's `riverdriver` keeps the job-queue rules above its drivers. A method
-//! here is named by what it does to the rows, never by a rule, and takes and returns plain
-//! data; it is object-safe so a transaction carries `&dyn Rows`.
+//! a notification carries, how counters move, what a health check concludes. Everything
+//! below them only stores and fetches rows, the way River keeps the job-queue rules above its
+//! `riverdriver`. Three traits:
+//! - [`Rows`]: the row operations of one write transaction (a [`super::Tx`] carries them);
+//! - [`Reads`]: the reads behind listings, details and figures, each in one snapshot;
+//! - [`Backend`]: the store itself (where it lives, reads, a writer, a change feed, backup,
+//!   the checks of its storage). [`super::Store`] holds one as a trait object.
 //!
-//! Times are milliseconds since the Unix epoch, given by the caller (the transaction's
-//! `now`): a backend never reads a clock of its own here.
+//! A method is named by what it does to the rows, never by a rule, and takes and returns
+//! plain data; all are object-safe. Times are milliseconds since the Unix epoch, given by the
+//! caller (the transaction's `now`): a backend never reads a clock of its own here.
 //!
-//! SQLite implements it in `store/sqlite/rows.rs`. The operations of the day-two and bulk
-//! paths (import, apply, prune, operator cancel, repair) and the reads behind listings still
-//! run their SQL on the connection the transaction dereferences to; `ARCHITECTURE.md` lists
-//! them as the rest of the seam.
+//! SQLite implements them in `store/sqlite/` (`rows.rs`, `reads.rs`, `mod.rs`).
 
 use crate::model::{
     AttemptOutcome, AttemptTrigger, CancelReason, DeliveryId, DeliveryState, DeliveryTrigger,

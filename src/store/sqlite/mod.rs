@@ -141,7 +141,6 @@ impl Sqlite {
             readers: Mutex::new(Vec::new()),
         })
     }
-
 }
 
 impl Backend for Sqlite {
