@@ -167,18 +167,16 @@ pub fn serve(g: &Global, a: ServeArgs) -> Result<(), CliError> {
         store.ensure_writable("serve")?;
     }
     // Taken right after opening: the file this process reads and writes from now on.
-    let opened = crate::fileid::identity(store.path());
+    // (A server database has no file to watch.)
+    let file = store.file().map(|p| (p.to_path_buf(), crate::fileid::identity(p)));
     let api = a.api.map(|addr| api_options(addr, &a)).transpose()?;
     let rt = super::deliveries_runtime()?;
     rt.block_on(async move {
         let (tx, rx) = watch::channel(false);
         let file_gone = Arc::new(Mutex::new(None));
-        tokio::spawn(watch_file(
-            store.path().to_path_buf(),
-            opened,
-            tx.clone(),
-            file_gone.clone(),
-        ));
+        if let Some((path, opened)) = file {
+            tokio::spawn(watch_file(path, opened, tx.clone(), file_gone.clone()));
+        }
         tokio::spawn(stop_on_signal(tx));
         let (events, mut sub) = broadcast::channel(4096);
         let api_task = match api {
@@ -193,7 +191,7 @@ pub fn serve(g: &Global, a: ServeArgs) -> Result<(), CliError> {
         if dispatch {
             eprintln!(
                 "hookops serve: dispatching from {} with concurrency {} (Ctrl-C to stop)",
-                store.path().display(),
+                store.location(),
                 opts.concurrency
             );
         }
@@ -233,7 +231,7 @@ pub fn serve(g: &Global, a: ServeArgs) -> Result<(), CliError> {
         } else {
             eprintln!(
                 "hookops serve: read-only on {}: no dispatcher runs; the API answers reads and refuses every action (Ctrl-C to stop)",
-                store.path().display()
+                store.location()
             );
             drop(events);
             let mut rx = rx;

@@ -142,7 +142,7 @@ impl Store {
         let mut report = PruneReport {
             dry_run: opts.dry_run,
             cutoff: Some(to_time(cutoff)),
-            file_bytes_before: file_len(self.path()),
+            file_bytes_before: self.file().map_or(0, file_len),
             ..PruneReport::default()
         };
         let before = self.read(|r| r.storage())?;
@@ -231,7 +231,7 @@ impl Store {
         }
         // A dry run reports counts only: what the removal would free, estimated from the
         // share of rows removed, is unreliable.
-        report.file_bytes_after = file_len(self.path());
+        report.file_bytes_after = self.file().map_or(0, file_len);
         report.elapsed_ms = ms(started.elapsed());
         Ok(report)
     }

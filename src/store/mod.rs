@@ -27,8 +27,6 @@ mod maintenance;
 mod policy;
 mod refire;
 mod seam;
-// Not wired to `Store::open` yet (issue 17 in progress).
-#[allow(dead_code, unused_imports)]
 mod postgres;
 mod sqlite;
 mod stats;
@@ -63,6 +61,89 @@ use crate::model::{ItemId, ItemState, StageId};
 
 /// The schema version this binary writes (the number of migrations).
 pub const SCHEMA_VERSION: i64 = schema::MIGRATIONS.len() as i64;
+
+/// Where a store lives: a SQLite file, or a PostgreSQL database named by a URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    File(PathBuf),
+    /// The URL as given (it may hold a password: never show it) and the URL as shown, with
+    /// the password masked.
+    Postgres { url: String, shown: String },
+}
+
+impl Location {
+    /// Reads `--db` or `HOOKOPS_DB`: a `postgres://` or `postgresql://` URL, or a file path.
+    /// Anything else that looks like a URL is refused, never taken for a relative path.
+    pub fn parse(s: &str) -> std::result::Result<Location, String> {
+        match s.split_once("://") {
+            Some((scheme, _)) if scheme == "postgres" || scheme == "postgresql" => {
+                Ok(Location::Postgres {
+                    url: s.to_string(),
+                    shown: masked(s),
+                })
+            }
+            Some((scheme, _))
+                if !scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+            {
+                Err(format!(
+                    "`{scheme}://` is not a store hookops knows: give a file path or a postgres:// URL"
+                ))
+            }
+            _ => Ok(Location::File(PathBuf::from(s))),
+        }
+    }
+
+    /// The database file, when the store is one.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Location::File(p) => Some(p),
+            Location::Postgres { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(p) => write!(f, "{}", p.display()),
+            Location::Postgres { shown, .. } => f.write_str(shown),
+        }
+    }
+}
+
+/// A PostgreSQL URL with its password masked, in the authority (`user:****@`) and in a
+/// `password=` parameter.
+fn masked(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:****@{host}"),
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=****"),
+                    _ => kv.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
 
 /// What can go wrong in the store, worded for the operator at the edge.
 #[derive(Debug, thiserror::Error)]
@@ -139,9 +220,21 @@ struct Inner {
 }
 
 impl Store {
-    /// Opens (creating when missing, with mode `opts.create_mode`) and migrates the database.
+    /// Opens (creating when missing, with mode `opts.create_mode`) and migrates the database
+    /// file at `path`.
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<Store> {
-        let backend = Box::new(sqlite::Sqlite::open(path, opts)?);
+        Store::open_at(&Location::File(path.to_path_buf()), opts)
+    }
+
+    /// Opens and migrates the store at `location`: a SQLite file (created when missing) or a
+    /// PostgreSQL database (which must exist).
+    pub fn open_at(location: &Location, opts: &OpenOptions) -> Result<Store> {
+        let backend: Box<dyn seam::Backend> = match location {
+            Location::File(path) => Box::new(sqlite::Sqlite::open(path, opts)?),
+            Location::Postgres { url, .. } => {
+                Box::new(postgres::Postgres::open(location.clone(), url, opts)?)
+            }
+        };
         Ok(Store {
             inner: Arc::new(Inner {
                 backend,
@@ -152,9 +245,14 @@ impl Store {
         })
     }
 
-    /// Where the store lives: the database file.
-    pub fn path(&self) -> &Path {
+    /// Where the store lives.
+    pub fn location(&self) -> &Location {
         self.inner.backend.location()
+    }
+
+    /// The database file, when the store is one (SQLite).
+    pub fn file(&self) -> Option<&Path> {
+        self.location().file()
     }
 
     pub fn is_read_only(&self) -> bool {

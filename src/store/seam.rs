@@ -577,8 +577,8 @@ pub(crate) trait ChangeFeed: Send {
 /// it can do with its storage (backup, the checks of the storage itself, giving space back).
 /// [`super::Store`] holds one as `Arc<dyn Backend>` and writes every rule once above it.
 pub(crate) trait Backend: Send + Sync {
-    /// Where the store lives (a file today), for the console header, `check` and `backup`.
-    fn location(&self) -> &std::path::Path;
+    /// Where the store lives, for the console header, `check` and `backup`.
+    fn location(&self) -> &super::Location;
     /// Runs `f` on the reads of one snapshot.
     fn read(&self, f: &mut dyn FnMut(&dyn Reads) -> Result<()>) -> Result<()>;
     /// Queues a write job; the receiver hears after its transaction committed or failed.

@@ -32,6 +32,8 @@ use crate::workflow::Workflow;
 #[derive(Clone, Debug, Default)]
 pub struct Clock {
     offset_ms: Option<Arc<AtomicI64>>,
+    /// Added to this host's clock: a server database's clock minus this host's (design §7).
+    skew_ms: i64,
 }
 
 impl Clock {
@@ -45,6 +47,16 @@ impl Clock {
     pub fn adjustable() -> Clock {
         Clock {
             offset_ms: Some(Arc::new(AtomicI64::new(0))),
+            skew_ms: 0,
+        }
+    }
+
+    /// This clock, moved by `skew_ms` (a server's clock minus this host's): the times of a
+    /// transaction on a server database are the server's.
+    pub(crate) fn skewed(&self, skew_ms: i64) -> Clock {
+        Clock {
+            offset_ms: self.offset_ms.clone(),
+            skew_ms,
         }
     }
 
@@ -61,7 +73,7 @@ impl Clock {
             .offset_ms
             .as_ref()
             .map_or(0, |o| o.load(Ordering::Relaxed));
-        chrono::Utc::now().timestamp_millis() + offset
+        chrono::Utc::now().timestamp_millis() + offset + self.skew_ms
     }
 }
 

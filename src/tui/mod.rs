@@ -303,7 +303,7 @@ fn spawn_watchers(
 ) {
     // Once a second: tick and header.
     let (s, t, stop1) = (store.clone(), tx.clone(), stop.clone());
-    let opened = crate::fileid::identity(store.path());
+    let opened = store.file().and_then(crate::fileid::identity);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         while !*stop1.borrow() {
@@ -314,7 +314,9 @@ fn spawn_watchers(
             let s2 = s.clone();
             let header = tokio::task::spawn_blocking(move || {
                 let mut h = header(&s2, own_dispatcher, concurrency);
-                h.file_problem = crate::fileid::problem(s2.path(), opened);
+                h.file_problem = s2
+                    .file()
+                    .and_then(|p| crate::fileid::problem(p, opened));
                 if own_dispatcher && h.file_problem.is_some() {
                     h.dispatcher = "dispatcher stopped: the database file is gone".into();
                     h.dispatcher_warning = true;
@@ -390,11 +392,12 @@ fn header(store: &Store, own: bool, concurrency: usize) -> Header {
 fn dispatcher_header(store: &Store, own: bool, concurrency: usize) -> Header {
     let now = chrono::Utc::now();
     let mut h = Header {
-        db: store.path().display().to_string(),
+        db: store.location().to_string(),
         counts: store.delivery_totals().unwrap_or_default(),
-        db_bytes: std::fs::metadata(store.path())
-            .map(|m| m.len())
-            .unwrap_or(0),
+        db_bytes: store
+            .file()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len()),
         ..Header::default()
     };
     if own {

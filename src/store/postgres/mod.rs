@@ -5,14 +5,21 @@
 pub(crate) mod reads;
 pub(crate) mod rows;
 pub(crate) mod schema;
+pub(crate) mod writer;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
 
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
-use postgres::{Client, Row, Statement};
+use postgres::{Client, NoTls, Row, Statement};
+use tokio::sync::{oneshot, watch};
 
-use crate::store::{Result, StoreError};
+use crate::store::maintenance::{CheckStatus, HealthReport, line, table_checks};
+use crate::store::seam::{Backend, ChangeFeed, Reads, WriteFigures, WriteJob};
+use crate::store::{BackupReport, Location, OpenOptions, Result, StoreError};
 
 /// Parameters of one statement.
 pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -92,6 +99,228 @@ impl Conn {
     /// Runs statements without parameters (transaction control, the schema).
     pub(crate) fn batch(&self, sql: &str) -> Result<()> {
         Ok(blocking(|| self.client.borrow_mut().batch_execute(sql))?)
+    }
+
+    /// How many notifications arrived since the last call (never waits).
+    fn notifications(&self) -> Result<usize> {
+        let mut client = self.client.borrow_mut();
+        let mut n = 0;
+        blocking(|| {
+            let mut pending = client.notifications();
+            let mut it = pending.iter();
+            while it.next()?.is_some() {
+                n += 1;
+            }
+            Ok::<(), postgres::Error>(())
+        })?;
+        Ok(n)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.borrow().is_closed()
+    }
+}
+
+/// Opens a connection: durable commits for every transaction, read-only transactions when the
+/// store is read-only.
+fn connect(config: &postgres::Config, read_only: bool) -> Result<Conn> {
+    let client = blocking(|| config.connect(NoTls))?;
+    let conn = Conn::new(client);
+    conn.batch("SET synchronous_commit = on; SET application_name = 'hookops'")?;
+    if read_only {
+        conn.batch("SET default_transaction_read_only = on")?;
+    }
+    Ok(conn)
+}
+
+/// A store in a PostgreSQL database: its writer (none when read-only), its read connections.
+pub(crate) struct Postgres {
+    location: Location,
+    config: postgres::Config,
+    read_only: bool,
+    writer: Option<writer::Writer>,
+    readers: Mutex<Vec<Conn>>,
+}
+
+impl Postgres {
+    /// Connects to the database at `url` and migrates it (a read-only store refuses a schema
+    /// other than this binary's).
+    pub(crate) fn open(location: Location, url: &str, opts: &OpenOptions) -> Result<Postgres> {
+        let fail = |message: String| StoreError::Open {
+            path: location.to_string().into(),
+            message,
+        };
+        let config: postgres::Config = url
+            .parse()
+            .map_err(|e: postgres::Error| fail(format!("not a PostgreSQL URL: {e}")))?;
+        let conn = connect(&config, opts.read_only).map_err(|e| fail(e.to_string()))?;
+        let latest = schema::MIGRATIONS.len() as i64;
+        if opts.read_only {
+            let version = schema::version(&conn)?;
+            if version != latest {
+                return Err(fail(format!(
+                    "schema version {version}, this binary needs {latest}; open it once without --read-only to migrate"
+                )));
+            }
+        } else {
+            schema::migrate(&conn).map_err(fail)?;
+        }
+        let writer = if opts.read_only {
+            None
+        } else {
+            Some(writer::Writer::start(conn, opts.clock.clone())?)
+        };
+        Ok(Postgres {
+            location,
+            config,
+            read_only: opts.read_only,
+            writer,
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Runs `f` in a read-only snapshot on a connection of the pool.
+    fn snapshot<R>(&self, f: impl FnOnce(&Conn) -> Result<R>) -> Result<R> {
+        let pooled = self
+            .readers
+            .lock()
+            .map_err(|_| StoreError::Database("reader pool poisoned".into()))?
+            .pop();
+        let conn = match pooled {
+            Some(c) if !c.is_closed() => c,
+            _ => connect(&self.config, self.read_only)?,
+        };
+        let result = conn
+            .batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .and_then(|()| f(&conn));
+        let ended = conn.batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
+        if ended.is_ok()
+            && let Ok(mut pool) = self.readers.lock()
+            && pool.len() < 4
+        {
+            pool.push(conn);
+        }
+        result
+    }
+}
+
+impl Backend for Postgres {
+    fn location(&self) -> &Location {
+        &self.location
+    }
+
+    fn read(&self, f: &mut dyn FnMut(&dyn Reads) -> Result<()>) -> Result<()> {
+        self.snapshot(|conn| f(&reads::PgReads { conn }))
+    }
+
+    fn submit(&self, job: WriteJob) -> Option<Result<oneshot::Receiver<Result<()>>>> {
+        self.writer.as_ref().map(|w| w.submit(job))
+    }
+
+    fn commits(&self) -> Option<watch::Receiver<u64>> {
+        self.writer.as_ref().map(|w| w.subscribe())
+    }
+
+    /// `LISTEN` on a connection of its own: every transaction of every process ends with a
+    /// `NOTIFY`, delivered at its commit.
+    fn change_feed(&self) -> Result<Box<dyn ChangeFeed>> {
+        let conn = connect(&self.config, true)?;
+        conn.batch(&format!("LISTEN {}", writer::CHANNEL))?;
+        Ok(Box::new(Listener {
+            conn: Some(conn),
+            config: self.config.clone(),
+        }))
+    }
+
+    fn write_figures(&self, reset: bool) -> WriteFigures {
+        use std::sync::atomic::Ordering::Relaxed;
+        match &self.writer {
+            Some(w) => {
+                let s = &w.stats;
+                let max = if reset {
+                    s.max_hold_us.swap(0, Relaxed)
+                } else {
+                    s.max_hold_us.load(Relaxed)
+                };
+                (
+                    max,
+                    s.transactions.load(Relaxed),
+                    s.jobs.load(Relaxed),
+                    s.busy_us.load(Relaxed),
+                )
+            }
+            None => (0, 0, 0, 0),
+        }
+    }
+
+    fn backup(&self, _dest: &Path, _force: bool) -> Result<BackupReport> {
+        Err(StoreError::Refused(format!(
+            "{} is a PostgreSQL database: back it up with pg_dump, or copy it into a file with `hookops db copy`",
+            self.location
+        )))
+    }
+
+    /// The checks that apply to a server database: the connection and the schema version,
+    /// then the checks of the rows every backend shares.
+    fn check(&self, now: i64) -> Result<HealthReport> {
+        let mut checks = vec![line(
+            "connection",
+            CheckStatus::Ok,
+            format!("connected to {}", self.location),
+        )];
+        self.snapshot(|conn| {
+            let version = schema::version(conn)?;
+            let latest = schema::MIGRATIONS.len() as i64;
+            checks.push(if version == latest {
+                line(
+                    "schema",
+                    CheckStatus::Ok,
+                    format!("schema version {version} (this binary: {latest})"),
+                )
+            } else {
+                line(
+                    "schema",
+                    CheckStatus::Fail,
+                    format!("schema version {version}, this binary: {latest}"),
+                )
+            });
+            table_checks(&reads::PgReads { conn }, now, &mut checks)
+        })?;
+        Ok(HealthReport {
+            path: self.location.to_string().into(),
+            size_bytes: 0,
+            ok: checks.iter().all(|c| c.status != CheckStatus::Fail),
+            checks,
+            repaired: Vec::new(),
+        })
+    }
+
+    /// Nothing to do: PostgreSQL's autovacuum gives space back on its own.
+    fn give_back_space(&self) {}
+}
+
+/// The change feed on PostgreSQL: notifications on a listening connection. While that
+/// connection is down, every call says "changed" (the listener re-reads everything) and tries
+/// to listen again.
+struct Listener {
+    conn: Option<Conn>,
+    config: postgres::Config,
+}
+
+impl ChangeFeed for Listener {
+    fn changed(&mut self) -> Result<bool> {
+        if let Some(conn) = &self.conn {
+            match conn.notifications() {
+                Ok(n) if !conn.is_closed() => return Ok(n > 0),
+                _ => self.conn = None,
+            }
+        }
+        if let Ok(conn) = connect(&self.config, true)
+            && conn.batch(&format!("LISTEN {}", writer::CHANNEL)).is_ok()
+        {
+            self.conn = Some(conn);
+        }
+        Ok(true)
     }
 }
 

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{oneshot, watch};
 
 use crate::store::seam::{Backend, ChangeFeed, Reads, WriteFigures, WriteJob};
-use crate::store::{OpenOptions, Result, SCHEMA_VERSION, StoreError};
+use crate::store::{Location, OpenOptions, Result, SCHEMA_VERSION, StoreError};
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -29,6 +29,7 @@ impl From<rusqlite::Error> for StoreError {
 /// One SQLite file: its writer (none when read-only) and its read connections.
 pub(crate) struct Sqlite {
     path: PathBuf,
+    location: Location,
     writer: Option<writer::Writer>,
     readers: Mutex<Vec<Connection>>,
 }
@@ -137,6 +138,7 @@ impl Sqlite {
         };
         Ok(Sqlite {
             path: path.to_path_buf(),
+            location: Location::File(path.to_path_buf()),
             writer,
             readers: Mutex::new(Vec::new()),
         })
@@ -144,8 +146,8 @@ impl Sqlite {
 }
 
 impl Backend for Sqlite {
-    fn location(&self) -> &Path {
-        &self.path
+    fn location(&self) -> &Location {
+        &self.location
     }
 
     /// Runs `f` on the reads of a read connection from the pool.

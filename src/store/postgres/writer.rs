@@ -1,0 +1,183 @@
+//! The writer of a process on PostgreSQL: one thread with its own connection that runs the
+//! store's write jobs, grouping those waiting in its queue into one transaction (group commit)
+//! as SQLite's writer does, each after the first in its own savepoint.
+//!
+//! Each transaction is READ COMMITTED with explicit row locks where rules need them
+//! (ARCHITECTURE.md, "PostgreSQL"), commits with `synchronous_commit = on`, and ends with a
+//! `NOTIFY` that PostgreSQL delivers to every listener at commit. Replies go out only after
+//! the commit. The transaction's `now` is the database server's clock (design §7), read when
+//! the transaction begins.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, watch};
+
+use super::Conn;
+use super::rows::PgRows;
+use crate::store::seam::WriteJob;
+use crate::store::tx::{Clock, Tx};
+use crate::store::{Result, StoreError};
+
+/// How long one group commit may keep taking queued jobs before it commits.
+const BATCH_BUDGET: Duration = Duration::from_millis(20);
+const MAX_BATCH: usize = 1024;
+
+/// The channel every change is announced on.
+pub(crate) const CHANNEL: &str = "hookops";
+
+struct Queued {
+    job: WriteJob,
+    reply: oneshot::Sender<Result<()>>,
+}
+
+pub(crate) struct Writer {
+    jobs: mpsc::Sender<Queued>,
+    commits: watch::Receiver<u64>,
+    pub(crate) stats: Arc<Stats>,
+}
+
+/// Figures about the writer's transactions.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub max_hold_us: AtomicU64,
+    pub transactions: AtomicU64,
+    pub jobs: AtomicU64,
+    pub busy_us: AtomicU64,
+}
+
+impl Writer {
+    pub(crate) fn start(conn: Conn, clock: Clock) -> Result<Writer> {
+        let (jobs, rx) = mpsc::channel::<Queued>();
+        let (commit_tx, commits) = watch::channel(0u64);
+        let stats = Arc::new(Stats::default());
+        let thread_stats = stats.clone();
+        thread::Builder::new()
+            .name("hookops-pg-writer".into())
+            .spawn(move || writer_loop(conn, &clock, rx, commit_tx, &thread_stats))
+            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        Ok(Writer {
+            jobs,
+            commits,
+            stats,
+        })
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.commits.clone()
+    }
+
+    pub(crate) fn submit(&self, job: WriteJob) -> Result<oneshot::Receiver<Result<()>>> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Queued { job, reply })
+            .map_err(|_| StoreError::WriterGone)?;
+        Ok(rx)
+    }
+}
+
+/// Runs one job; in a savepoint unless it is the first of its transaction. Returns its result.
+fn run(tx: &Tx<'_>, conn: &Conn, job: WriteJob, alone: bool) -> Result<()> {
+    tx.start_job();
+    if alone {
+        let result = job(tx);
+        tx.end_job(result.is_ok());
+        return result;
+    }
+    conn.batch("SAVEPOINT job")?;
+    let result = job(tx).and_then(|()| conn.batch("RELEASE job"));
+    tx.end_job(result.is_ok());
+    if result.is_err() {
+        conn.batch("ROLLBACK TO job; RELEASE job")?;
+    }
+    result
+}
+
+/// The server's clock minus this host's, in ms: the transaction's times are the server's.
+fn skew(conn: &Conn, clock: &Clock) -> Result<i64> {
+    let host = clock.now_ms();
+    let server: i64 = conn
+        .query_one(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+            &[],
+        )?
+        .try_get(0)?;
+    Ok(server - host)
+}
+
+fn writer_loop(
+    conn: Conn,
+    clock: &Clock,
+    rx: mpsc::Receiver<Queued>,
+    commits: watch::Sender<u64>,
+    stats: &Stats,
+) {
+    while let Ok(first) = rx.recv() {
+        let started = Instant::now();
+        let begun = conn
+            .batch("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .and_then(|()| skew(&conn, clock));
+        let skew = match begun {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = conn.batch("ROLLBACK");
+                let _ = first.reply.send(Err(e));
+                continue;
+            }
+        };
+        let rows = PgRows { conn: &conn };
+        let tx = Tx::new(&rows, clock.skewed(skew));
+        let mut results: Vec<(oneshot::Sender<Result<()>>, Result<()>)> = Vec::new();
+        let r = run(&tx, &conn, first.job, true);
+        let mut failed_alone = false;
+        if r.is_err() {
+            // The first job ran without a savepoint: undo the transaction, which holds
+            // nothing else, and start the next one for the jobs behind it.
+            let _ = conn.batch("ROLLBACK");
+            failed_alone = true;
+        }
+        results.push((first.reply, r));
+        if !failed_alone {
+            while results.len() < MAX_BATCH && started.elapsed() < BATCH_BUDGET {
+                match rx.try_recv() {
+                    Ok(q) => {
+                        let r = run(&tx, &conn, q.job, false);
+                        results.push((q.reply, r));
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let commit: std::result::Result<(), String> = if failed_alone {
+            Ok(())
+        } else {
+            tx.flush_counts()
+                .and_then(|()| conn.batch(&format!("NOTIFY {CHANNEL}")))
+                .and_then(|()| conn.batch("COMMIT"))
+                .map_err(|e| e.to_string())
+                .inspect_err(|_| {
+                    let _ = conn.batch("ROLLBACK");
+                })
+        };
+        drop(tx);
+        let held = started.elapsed().as_micros() as u64;
+        stats.max_hold_us.fetch_max(held, Ordering::Relaxed);
+        stats.busy_us.fetch_add(held, Ordering::Relaxed);
+        stats.transactions.fetch_add(1, Ordering::Relaxed);
+        stats.jobs.fetch_add(results.len() as u64, Ordering::Relaxed);
+        if commit.is_ok() && !failed_alone {
+            commits.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        for (reply, r) in results {
+            let r = match (&commit, r) {
+                (_, Err(e)) => Err(e),
+                (Err(e), Ok(())) => Err(StoreError::Database(e.clone())),
+                (Ok(()), Ok(())) => Ok(()),
+            };
+            let _ = reply.send(r);
+        }
+    }
+}
