@@ -59,7 +59,19 @@ pub fn seed_demo(path: &Path, operator: &str, base_url: Option<&str>) -> Result<
 }
 
 fn fresh_path(g: &Global, a: &DemoArgs) -> Result<PathBuf, CliError> {
-    let path = match a.demo_db.clone().or_else(|| g.db.clone()) {
+    let given = match (&a.demo_db, &g.db) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(db)) => match crate::store::Location::parse(db).map_err(CliError::usage)? {
+            crate::store::Location::File(p) => Some(p),
+            crate::store::Location::Postgres { .. } => {
+                return Err(CliError::usage(
+                    "the demo always starts from a fresh file: give --db a file path (then `hookops db copy` it into PostgreSQL)",
+                ));
+            }
+        },
+        (None, None) => None,
+    };
+    let path = match given {
         Some(p) => p,
         None => {
             let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");

@@ -68,7 +68,8 @@ pub fn run(g: &Global, a: ImportArgs) -> Result<(), CliError> {
     store.ensure_writable("import")?;
     store.ids_in_other_workflows(&a.workflow, &[])?;
     let mut progress = Progress::new(io::stderr().is_terminal());
-    let mut input = Input::open(&a.file, &g.db_path(), &mut progress, &stop)?;
+    let location = g.location()?;
+    let mut input = Input::open(&a.file, location.file(), &mut progress, &stop)?;
 
     let checked = check(&store, &a, &mut input, &mut progress, &stop)?;
     let shown = input.name.clone();
@@ -154,7 +155,7 @@ struct Input {
 impl Input {
     fn open(
         path: &Path,
-        db: &Path,
+        db: Option<&Path>,
         progress: &mut Progress,
         stop: &AtomicBool,
     ) -> Result<Input, CliError> {
@@ -168,11 +169,12 @@ impl Input {
                 spooled: false,
             });
         }
-        // Beside the database: a file system with room for what is about to be imported
-        // (unlike a RAM-backed /tmp). Unlinked from the start and created 0600 by `tempfile`,
-        // so nothing is left behind and no one else can read it.
+        // Beside a database file: a file system with room for what is about to be imported
+        // (unlike a RAM-backed /tmp); for a server database, the current directory.
+        // Unlinked from the start and created 0600 by `tempfile`, so nothing is left behind
+        // and no one else can read it.
         let dir = db
-            .parent()
+            .and_then(Path::parent)
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let mut file = tempfile::tempfile_in(dir)

@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::model::{StageId, WorkflowId};
-use crate::store::{OpenOptions, Store, StoreError};
+use crate::store::{Location, OpenOptions, Store, StoreError};
 
 /// A failure worded for the operator, with its exit code.
 #[derive(Debug)]
@@ -123,9 +123,10 @@ pub const GLOBAL_HEADING: &str = "Global options";
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = GLOBAL_HEADING)]
 pub struct Global {
-    /// Database file [default: $HOOKOPS_DB, else $XDG_DATA_HOME/hookops/hookops.db]
-    #[arg(long, global = true, value_name = "PATH")]
-    pub db: Option<PathBuf>,
+    /// Database: a file, or a postgres:// URL [default: $HOOKOPS_DB, else
+    /// $XDG_DATA_HOME/hookops/hookops.db]
+    #[arg(long, global = true, value_name = "PATH|URL")]
+    pub db: Option<String>,
     /// Name recorded in the audit log [default: $USER]
     #[arg(long, global = true, value_name = "NAME")]
     pub operator: Option<String>,
@@ -241,14 +242,17 @@ pub struct DemoArgs {
 
 impl Global {
     /// The database path: `--db`, else `$HOOKOPS_DB`, else the XDG data directory.
-    pub fn db_path(&self) -> PathBuf {
-        if let Some(p) = &self.db {
-            return p.clone();
+    /// Where the store is: `--db`, else `$HOOKOPS_DB`, else the default file. A URL other
+    /// than PostgreSQL's is bad usage (exit 2).
+    pub fn location(&self) -> Result<Location, CliError> {
+        let given = self
+            .db
+            .clone()
+            .or_else(|| std::env::var("HOOKOPS_DB").ok().filter(|p| !p.is_empty()));
+        match given {
+            Some(s) => Location::parse(&s).map_err(CliError::usage),
+            None => Ok(Location::File(data_dir().join("hookops.db"))),
         }
-        if let Some(p) = std::env::var_os("HOOKOPS_DB").filter(|p| !p.is_empty()) {
-            return PathBuf::from(p);
-        }
-        data_dir().join("hookops.db")
     }
 
     pub fn operator(&self) -> String {
@@ -262,11 +266,11 @@ impl Global {
     /// nothing is created: a mistyped `--db` must not leave an empty database behind, nor
     /// answer "no items" as if it had looked at the real one.
     pub fn open(&self) -> Result<Store, CliError> {
-        let path = self.db_path();
-        if is_missing(&path) {
-            return Err(CliError::failure(missing_message(&path)));
+        let location = self.location()?;
+        if is_missing(&location) {
+            return Err(CliError::failure(missing_message(&location)));
         }
-        self.open_at(&path)
+        self.open_at(&location)
     }
 
     /// Opens the database, creating it when nothing exists at its path: only for commands
@@ -275,13 +279,12 @@ impl Global {
     /// workflow to import into, so it could only fail after leaving an empty file behind.
     /// A new file is announced on stderr with its mode.
     pub fn open_or_create(&self) -> Result<Store, CliError> {
-        let path = self.db_path();
-        let creating = is_missing(&path) && !self.read_only;
-        let store = self.open_at(&path)?;
+        let location = self.location()?;
+        let creating = is_missing(&location) && !self.read_only;
+        let store = self.open_at(&location)?;
         if creating {
             eprintln!(
-                "hookops: created a new database {} (mode {:04o})",
-                path.display(),
+                "hookops: created a new database {location} (mode {:04o})",
                 self.create_mode()
             );
         }
@@ -292,27 +295,29 @@ impl Global {
         self.db_mode.unwrap_or(0o600)
     }
 
-    fn open_at(&self, path: &std::path::Path) -> Result<Store, CliError> {
+    fn open_at(&self, location: &Location) -> Result<Store, CliError> {
         let opts = OpenOptions {
             read_only: self.read_only,
             create_mode: self.create_mode(),
             ..OpenOptions::default()
         };
-        Ok(Store::open(path, &opts)?)
+        Ok(Store::open_at(location, &opts)?)
     }
 }
 
-/// Whether nothing exists at `path`. An error looking (a directory it may not search) is not
-/// "missing": opening then says what is wrong.
-fn is_missing(path: &std::path::Path) -> bool {
-    matches!(path.try_exists(), Ok(false))
+/// Whether the store is a file and nothing exists at its path. An error looking (a directory
+/// it may not search) is not "missing": opening then says what is wrong. A server database
+/// is never missing here: connecting says whether it exists.
+fn is_missing(location: &Location) -> bool {
+    location
+        .file()
+        .is_some_and(|p| matches!(p.try_exists(), Ok(false)))
 }
 
 /// The one sentence for a database path where nothing exists.
-pub(crate) fn missing_message(path: &std::path::Path) -> String {
+pub(crate) fn missing_message(location: &Location) -> String {
     format!(
-        "no database at {} (check --db or $HOOKOPS_DB); nothing was created: `workflow apply`, `serve` and `demo` create one",
-        path.display()
+        "no database at {location} (check --db or $HOOKOPS_DB); nothing was created: `workflow apply`, `serve` and `demo` create one"
     )
 }
 
@@ -360,7 +365,7 @@ fn console(g: &Global, c: &ConsoleArgs) -> Result<(), CliError> {
         g.open_or_create()?
     } else {
         g.open().map_err(|e| {
-            if is_missing(&g.db_path()) {
+            if g.location().is_ok_and(|l| is_missing(&l)) {
                 CliError::failure(format!(
                     "{}; `hookops --create` opens the console on a new empty one",
                     e.message

@@ -144,14 +144,16 @@ pub fn backup(g: &Global, a: BackupArgs) -> Result<(), CliError> {
 }
 
 pub fn check(g: &Global, a: CheckArgs) -> Result<(), CliError> {
-    let path = g.db_path();
-    if matches!(path.try_exists(), Ok(false)) {
-        return Err(CliError::failure(super::missing_message(&path)));
-    }
-    let report = if a.repair {
-        g.open()?.repair(&g.operator())?
-    } else {
-        check_database(&path)?
+    let location = g.location()?;
+    let report = match location.file() {
+        _ if a.repair => g.open()?.repair(&g.operator())?,
+        Some(path) if matches!(path.try_exists(), Ok(false)) => {
+            return Err(CliError::failure(super::missing_message(&location)));
+        }
+        // A file is checked through a connection of its own, which also reports on a file
+        // this binary cannot open normally.
+        Some(path) => check_database(path)?,
+        None => g.open()?.health()?,
     };
     if a.json {
         output::json(&report)?;
