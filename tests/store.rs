@@ -33,7 +33,7 @@ use hookops::model::{
 use hookops::store::{
     AssignTarget, AttemptCursor, AttemptOutcome, CheckStatus, Clock, DeliveryCursor,
     DeliveryDetail, DeliveryFilter, DeliverySummary, DispatcherInfo, Expect, ImportReport,
-    ItemFilter, ItemOrder, ItemRow, Jitter, Lease, MoveReport, OpenOptions, PruneOptions, Recorded,
+    ItemFilter, ItemOrder, ItemRow, Jitter, Lease, Location, MoveReport, OpenOptions, PruneOptions, Recorded,
     Store,
 };
 use serde_json::json;
@@ -58,6 +58,30 @@ fn open_sqlite(dir: &Path, clock: Clock) -> Store {
         ..OpenOptions::default()
     };
     Store::open(&dir.join("hookops.db"), &opts).expect("open the store")
+}
+
+#[path = "support/pg.rs"]
+mod pg;
+
+/// Opens the PostgreSQL store of `dir`: a database of the test cluster made for it the first
+/// time (its URL kept in `dir`), another handle on it after that. Fixed jitter, as for SQLite.
+fn open_postgres(dir: &Path, clock: Clock) -> Store {
+    let kept = dir.join("postgres-url");
+    let url = match std::fs::read_to_string(&kept) {
+        Ok(url) => url,
+        Err(_) => {
+            let url = pg::cluster().database();
+            std::fs::write(&kept, &url).expect("keep the test database's URL");
+            url
+        }
+    };
+    let opts = OpenOptions {
+        clock,
+        jitter: Jitter::Fixed(JITTER),
+        ..OpenOptions::default()
+    };
+    let location = Location::parse(&url).expect("a postgres URL");
+    Store::open_at(&location, &opts).expect("open the store")
 }
 
 /// Instantiates every case of the suite as a test of one backend. `$open(dir, clock)` opens
@@ -120,6 +144,7 @@ macro_rules! conformance_suite {
 }
 
 conformance_suite!(sqlite, super::open_sqlite);
+conformance_suite!(postgres, super::open_postgres);
 
 // ---------------------------------------------------------------------------------------------
 // The world of one test
