@@ -27,8 +27,15 @@ use crate::workflow::Workflow;
 /// Where a reader of the attempt log got to: pass it back to [`Store::attempts_after`].
 /// Opaque to callers, and ordered as the log is read: a backend whose sequence order is not
 /// its commit order defines its own (design §7).
+///
+/// SQLite's is the attempt's row number (`major` is 0): its rows commit in sequence order.
+/// PostgreSQL's is (writing transaction id, row number), read only below the reader's
+/// snapshot `xmin`, so a row that took an earlier number but committed later is not skipped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AttemptCursor(pub(crate) i64);
+pub struct AttemptCursor {
+    pub(crate) major: i64,
+    pub(crate) seq: i64,
+}
 
 /// What recording an attempt did to its delivery.
 #[derive(Clone, Debug, Serialize)]
@@ -347,11 +354,11 @@ impl Store {
 
     /// The cursor of the newest attempt: the log pane starts after it.
     pub fn attempts_end(&self) -> Result<AttemptCursor> {
-        Ok(AttemptCursor(self.attempts_recorded()?))
+        self.read(|r| r.attempts_end())
     }
 
     /// How many attempts were ever recorded in the store, by every process (`/metrics`).
     pub fn attempts_recorded(&self) -> Result<i64> {
-        self.read(|r| r.attempts_end())
+        self.read(|r| r.attempts_recorded())
     }
 }

@@ -534,8 +534,10 @@ pub(crate) trait Reads {
         after: super::AttemptCursor,
         limit: usize,
     ) -> Result<Vec<(super::AttemptCursor, crate::model::AttemptEvent)>>;
-    /// The cursor of the newest attempt (the count of attempts ever recorded).
-    fn attempts_end(&self) -> Result<i64>;
+    /// The cursor after the newest attempt a reader may take now.
+    fn attempts_end(&self) -> Result<super::AttemptCursor>;
+    /// How many attempts were ever recorded (the largest row number).
+    fn attempts_recorded(&self) -> Result<i64>;
 
     // ---- dispatchers ----
     /// The earliest due time of an unpaused open delivery, and the earliest lease expiry.

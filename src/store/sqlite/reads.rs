@@ -510,10 +510,13 @@ impl Reads for SqliteReads<'_> {
              FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
              LEFT JOIN items i ON i.id = d.item_id
              WHERE a.seq > ?1 ORDER BY a.seq LIMIT ?2",
-            params![after.0, limit as i64],
+            params![after.seq, limit as i64],
             |r| {
                 Ok((
-                    AttemptCursor(r.get(0)?),
+                    AttemptCursor {
+                        major: 0,
+                        seq: r.get(0)?,
+                    },
                     crate::model::AttemptEvent {
                         at: to_time(r.get(16)?),
                         delivery_id: DeliveryId(r.get(1)?),
@@ -541,7 +544,14 @@ impl Reads for SqliteReads<'_> {
         )
     }
 
-    fn attempts_end(&self) -> Result<i64> {
+    fn attempts_end(&self) -> Result<AttemptCursor> {
+        Ok(AttemptCursor {
+            major: 0,
+            seq: self.attempts_recorded()?,
+        })
+    }
+
+    fn attempts_recorded(&self) -> Result<i64> {
         count(self.conn, "SELECT COALESCE(MAX(seq), 0) FROM attempts", [])
     }
 
