@@ -18,6 +18,7 @@
 //!   the writes that change them, in the same transaction ([`counts`]).
 
 mod attempts;
+mod copy;
 mod counts;
 mod deliveries;
 mod dispatchers;
@@ -41,6 +42,7 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeZone, Utc};
 
 pub use attempts::*;
+pub use copy::CopyReport;
 pub use deliveries::*;
 pub use dispatchers::*;
 pub use items::*;

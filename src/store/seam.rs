@@ -407,6 +407,12 @@ pub(crate) trait Rows {
     fn give_back_pages(&self, pages: i64) -> Result<i64>;
     /// Stores a setting (a policy) for every process of the store.
     fn put_setting(&self, key: &str, value: &str) -> Result<()>;
+
+    // ---- copying a whole store ----
+    /// Inserts rows of `table` as a copy read them, keeping every value (row numbers too).
+    fn insert_rows(&self, table: &super::copy::Table, rows: &[Vec<Cell>]) -> Result<()>;
+    /// After a copy: row numbers handed out from now on follow the copied ones.
+    fn follow_copied_rows(&self) -> Result<()>;
 }
 
 /// The figures of one workflow's stages, from the counter rows and the stage rows.
@@ -479,6 +485,23 @@ pub(crate) struct HealthFacts {
     pub oldest_pending: Option<(String, i64, Option<i64>)>,
     /// Counter rows that differ from the rows they count.
     pub counter_mismatches: i64,
+}
+
+/// The kind of a column, as a copy between backends carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Int,
+    Text,
+    Bytes,
+}
+
+/// One value of a row a copy carries between backends.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Cell {
+    Null,
+    Int(i64),
+    Text(String),
+    Bytes(Vec<u8>),
 }
 
 /// The reads of the store: one method per listing or figure, each in one read snapshot of
@@ -560,6 +583,18 @@ pub(crate) trait Reads {
     /// Ids of open stage deliveries whose item has left their stage, at most `limit`.
     fn orphans(&self, limit: usize) -> Result<Vec<String>>;
     fn schema_version(&self) -> Result<i64>;
+
+    // ---- copying a whole store ----
+    /// Rows of `table` in its columns' order: a page after `after` (by its first column, `seq`)
+    /// when the table is paged, every row otherwise.
+    fn table_rows(
+        &self,
+        table: &super::copy::Table,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Vec<Cell>>>;
+    /// How many rows `table` holds.
+    fn row_count(&self, table: &str) -> Result<i64>;
 }
 
 /// A write job as a backend runs it: the store's typed job, its result kept aside until the

@@ -163,7 +163,14 @@ impl Backend for Sqlite {
             Some(c) => c,
             None => open_connection(&self.path, true)?,
         };
-        let result = f(&reads::SqliteReads { conn: &conn });
+        // One snapshot for everything `f` reads (a copy of the whole store reads many pages).
+        let result = conn
+            .execute_batch("BEGIN")
+            .map_err(StoreError::from)
+            .and_then(|()| f(&reads::SqliteReads { conn: &conn }));
+        if conn.execute_batch("COMMIT").is_err() {
+            return result;
+        }
         if let Ok(mut pool) = self.readers.lock()
             && pool.len() < 4
         {

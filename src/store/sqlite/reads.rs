@@ -8,8 +8,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::rows::load_item;
 use super::schema;
 use crate::model::{DeliveryId, DeliveryState, Item, ItemId, StageId, WorkflowId};
+use crate::store::copy::Table;
 use crate::store::seam::{
-    Found, HealthFacts, Reads, ScanRow, Storage, StoredDelivery, WorkflowCounts,
+    Cell, Found, HealthFacts, Reads, ScanRow, Storage, StoredDelivery, WorkflowCounts,
 };
 use crate::store::{
     AttemptCursor, AttemptRecord, AuditEntry, DeliveryCount, DeliveryCursor, DeliveryFilter,
@@ -326,17 +327,12 @@ impl Reads for SqliteReads<'_> {
     }
 
     fn owners(&self, ids: &[&str]) -> Result<Vec<Option<String>>> {
-        let c = self.conn;
-        // One read transaction for every lookup, not one per item.
-        c.execute_batch("BEGIN")?;
-        let owners = (|| {
-            let mut q = c.prepare_cached("SELECT workflow_id FROM items WHERE id = ?1")?;
-            ids.iter()
-                .map(|id| Ok(q.query_row([id], |r| r.get(0)).optional()?))
-                .collect::<Result<Vec<_>>>()
-        })();
-        let _ = c.execute_batch("COMMIT");
-        owners
+        let mut q = self
+            .conn
+            .prepare_cached("SELECT workflow_id FROM items WHERE id = ?1")?;
+        ids.iter()
+            .map(|id| Ok(q.query_row([id], |r| r.get(0)).optional()?))
+            .collect()
     }
 
     fn list_items(
@@ -740,6 +736,34 @@ impl Reads for SqliteReads<'_> {
 
     fn schema_version(&self) -> Result<i64> {
         schema::user_version(self.conn)
+    }
+
+    fn table_rows(&self, table: &Table, after: i64, limit: usize) -> Result<Vec<Vec<Cell>>> {
+        let columns: Vec<&str> = table.columns.iter().map(|(c, _)| *c).collect();
+        let cells = |r: &Row| {
+            (0..columns.len())
+                .map(|i| {
+                    Ok(match r.get::<_, Value>(i)? {
+                        Value::Null => Cell::Null,
+                        Value::Integer(n) => Cell::Int(n),
+                        Value::Text(t) => Cell::Text(t),
+                        Value::Blob(b) => Cell::Bytes(b),
+                        Value::Real(x) => Cell::Int(x as i64),
+                    })
+                })
+                .collect()
+        };
+        let select = format!("SELECT {} FROM {}", columns.join(", "), table.name);
+        if table.paged {
+            let sql = format!("{select} WHERE seq > ?1 ORDER BY seq LIMIT {limit}");
+            all(self.conn, &sql, [after], cells)
+        } else {
+            all(self.conn, &select, [], cells)
+        }
+    }
+
+    fn row_count(&self, table: &str) -> Result<i64> {
+        count(self.conn, &format!("SELECT COUNT(*) FROM {table}"), [])
     }
 }
 

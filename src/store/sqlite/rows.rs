@@ -10,8 +10,9 @@ use crate::model::{
     CancelReason, DatasetRef, DeliveryId, DeliveryState, EventType, Item, ItemId, StageId,
     WorkflowId,
 };
+use crate::store::copy::Table;
 use crate::store::seam::{
-    AttemptRow, AuditRow, CancelRow, Counted, DeliveryRow, DeliveryUpdate, Due, Heartbeat,
+    AttemptRow, AuditRow, CancelRow, Cell, Counted, DeliveryRow, DeliveryUpdate, Due, Heartbeat,
     HistoryRow, InFlight, ItemMove, Leased, ManualAttempt, NewDelivery, NewItemRow, OpenDelivery,
     RefireRow, RevisionRow, Rows,
 };
@@ -836,6 +837,32 @@ impl Rows for SqliteRows<'_> {
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             )?
             .execute([key, value])?;
+        Ok(())
+    }
+
+    fn insert_rows(&self, table: &Table, rows: &[Vec<Cell>]) -> Result<()> {
+        let columns: Vec<&str> = table.columns.iter().map(|(c, _)| *c).collect();
+        let marks: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+        let mut insert = self.conn.prepare_cached(&format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            table.name,
+            columns.join(", "),
+            marks.join(", ")
+        ))?;
+        for row in rows {
+            let values = row.iter().map(|c| match c {
+                Cell::Null => rusqlite::types::Value::Null,
+                Cell::Int(n) => rusqlite::types::Value::Integer(*n),
+                Cell::Text(t) => rusqlite::types::Value::Text(t.clone()),
+                Cell::Bytes(b) => rusqlite::types::Value::Blob(b.clone()),
+            });
+            insert.execute(rusqlite::params_from_iter(values))?;
+        }
+        Ok(())
+    }
+
+    /// Nothing to do: a new row takes the largest `seq` + 1.
+    fn follow_copied_rows(&self) -> Result<()> {
         Ok(())
     }
 
