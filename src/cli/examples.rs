@@ -98,6 +98,10 @@ pub const PRUNE: &str = "Examples:
 pub const BACKUP: &str = "Examples:
   hookops backup /backups/hookops-$(date +%F).db";
 
+pub const DB_COPY: &str = "Examples:
+  hookops db copy ~/.local/share/hookops/hookops.db postgres://hookops@db.internal/hookops
+  hookops db copy postgres://hookops@db.internal/hookops /tmp/investigate.db";
+
 pub const CHECK: &str = "Examples:
   hookops check
   hookops check --repair";

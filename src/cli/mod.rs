@@ -206,6 +206,9 @@ pub enum Command {
     /// Check the database's health; --repair fixes what is safe
     #[command(after_long_help = examples::CHECK)]
     Check(ops::CheckArgs),
+    /// Move a whole store between a SQLite file and a PostgreSQL database
+    #[command(subcommand)]
+    Db(ops::DbCommand),
     /// Print a shell completion script (bash, zsh, fish, …)
     #[command(after_long_help = examples::COMPLETIONS)]
     Completions(ops::CompletionsArgs),
@@ -291,7 +294,7 @@ impl Global {
         Ok(store)
     }
 
-    fn create_mode(&self) -> u32 {
+    pub(crate) fn create_mode(&self) -> u32 {
         self.db_mode.unwrap_or(0o600)
     }
 
@@ -353,6 +356,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Prune(a) => ops::prune(g, a),
         Command::Backup(a) => ops::backup(g, a),
         Command::Check(a) => ops::check(g, a),
+        Command::Db(ops::DbCommand::Copy(a)) => ops::db_copy(g, a),
         Command::Completions(a) => ops::completions(a),
         Command::Man => ops::man(),
         Command::Policy(c) => policy::run(g, c),

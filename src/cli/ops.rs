@@ -1,8 +1,9 @@
-//! Day-two operations: `prune`, `backup`, `check`, `completions` and `man`.
+//! Day-two operations: `prune`, `backup`, `check`, `db copy`, `completions` and `man`.
 //!
 //! Each command is a thin shell over one store function (the console and the API call the same
 //! ones); what changes something is audited by the store and refused in `--read-only`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,7 +11,8 @@ use clap::{Args, CommandFactory};
 
 use super::{CliError, Global, output};
 use crate::store::{
-    CheckStatus, HealthReport, PruneOptions, PruneReport, check_database, human_bytes,
+    CheckStatus, HealthReport, Location, OpenOptions, PruneOptions, PruneReport, Store,
+    check_database, human_bytes,
 };
 
 #[derive(Debug, Args)]
@@ -114,6 +116,97 @@ pub fn prune_lines(r: &PruneReport, older_than: Duration) -> Vec<String> {
 fn print_prune(r: &PruneReport, older_than: Duration) {
     for l in prune_lines(r, older_than) {
         outln!("{l}");
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DbCommand {
+    /// Copy a whole store into an empty one (a SQLite file or a postgres:// URL on either
+    /// side), consistently while the source keeps running; ids, row numbers and times are kept
+    #[command(after_long_help = super::examples::DB_COPY)]
+    Copy(DbCopyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DbCopyArgs {
+    /// The store to copy: a file or a postgres:// URL
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+    /// An empty store to copy into: a file (created when missing) or a postgres:// URL
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn db_copy(g: &Global, a: DbCopyArgs) -> Result<(), CliError> {
+    let source = Location::parse(&a.source).map_err(CliError::usage)?;
+    let target = Location::parse(&a.target).map_err(CliError::usage)?;
+    if source == target {
+        return Err(CliError::usage("SOURCE and TARGET are the same store"));
+    }
+    if let Some(p) = source.file()
+        && matches!(p.try_exists(), Ok(false))
+    {
+        return Err(CliError::failure(super::missing_message(&source)));
+    }
+    // The source is only read: a read-only store never migrates or writes it.
+    let from = Store::open_at(
+        &source,
+        &OpenOptions {
+            read_only: true,
+            ..OpenOptions::default()
+        },
+    )?;
+    let created = target.file().is_some_and(|p| !p.exists());
+    let to = Store::open_at(
+        &target,
+        &OpenOptions {
+            create_mode: g.create_mode(),
+            ..OpenOptions::default()
+        },
+    )?;
+    if created {
+        eprintln!(
+            "hookops: created a new database {target} (mode {:04o})",
+            g.create_mode()
+        );
+    }
+    let on = !a.json && std::io::stderr().is_terminal();
+    let mut last = std::time::Instant::now();
+    let report = from.copy_into(&to, &mut |table, n| {
+        if on && last.elapsed() >= Duration::from_millis(100) {
+            last = std::time::Instant::now();
+            eprint!("\rcopying {table}: {n} rows\x1b[K");
+        }
+    });
+    if on {
+        eprint!("\r\x1b[K");
+    }
+    let report = report?;
+    let same = report.source == report.target;
+    if a.json {
+        output::json(&serde_json::json!({
+            "source": source.to_string(),
+            "target": target.to_string(),
+            "tables": report,
+            "complete": same,
+        }))?;
+    } else {
+        outln!("{:<20} {:>10} {:>10}", "TABLE", "SOURCE", "TARGET");
+        for (table, n) in &report.source {
+            let m = report.target.get(table).copied().unwrap_or(0);
+            outln!("{table:<20} {n:>10} {m:>10}");
+        }
+        outln!("copied {source} into {target}");
+    }
+    if same {
+        Ok(())
+    } else {
+        Err(CliError::failure(
+            "the target's row counts differ from the source's: the copy is incomplete",
+        ))
     }
 }
 
