@@ -4,7 +4,6 @@
 
 use postgres::Row;
 
-use super::reads::{opt_u16_col, u32_col};
 use super::{Conn, json_col, parse_col};
 use crate::model::{
     CancelReason, DatasetRef, DeliveryId, DeliveryState, EventType, Item, ItemId, StageId,
