@@ -122,9 +122,10 @@ fn item_query(
             .replace('_', "\\_");
         args.push(Box::new(format!("%{escaped}%")));
         let n = args.len();
-        // ILIKE: SQLite's LIKE ignores the case of ASCII letters.
+        // SQLite's LIKE ignores the case of ASCII letters only: so does ILIKE under the "C"
+        // collation.
         wh.push(format!(
-            "(name ILIKE ${n} ESCAPE '\\' OR id ILIKE ${n} ESCAPE '\\')"
+            "(name COLLATE \"C\" ILIKE ${n} ESCAPE '\\' OR id COLLATE \"C\" ILIKE ${n} ESCAPE '\\')"
         ));
     }
     // Within one stage the oldest arrival comes first; across stages, import order.
@@ -161,11 +162,7 @@ fn item_query(
 
 /// Builds the delivery list query (newest first): SQL selecting [`SUMMARY_COLUMNS`] and its
 /// arguments.
-fn delivery_query(
-    f: &DeliveryFilter,
-    after: Option<i64>,
-    limit: Option<usize>,
-) -> (String, Args) {
+fn delivery_query(f: &DeliveryFilter, after: Option<i64>, limit: Option<usize>) -> (String, Args) {
     let mut wh = Vec::new();
     let mut args: Args = Vec::new();
     let mut push = |sql: &str, v: Box<dyn ToSql + Sync>, args: &mut Args| {
@@ -252,24 +249,27 @@ impl Reads for PgReads<'_> {
         let c = self.conn;
         let wf = id.as_str();
         let triple = |r: &Row| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+        // In the order SQLite reads them (its primary key, its `stages_live` index).
         Ok(WorkflowCounts {
             updated_at: count(c, "SELECT updated_at FROM workflows WHERE id = $1", &[&wf])?,
             items: all(
                 c,
-                "SELECT stage_id, state, n FROM item_counts WHERE workflow_id = $1 AND n <> 0",
+                "SELECT stage_id, state, n FROM item_counts WHERE workflow_id = $1 AND n <> 0
+                 ORDER BY stage_id COLLATE \"C\", state COLLATE \"C\"",
                 &[&wf],
                 triple,
             )?,
             deliveries: all(
                 c,
-                "SELECT stage_id, state, n FROM delivery_counts WHERE workflow_id = $1 AND n <> 0",
+                "SELECT stage_id, state, n FROM delivery_counts WHERE workflow_id = $1 AND n <> 0
+                 ORDER BY stage_id COLLATE \"C\", state COLLATE \"C\"",
                 &[&wf],
                 triple,
             )?,
             paused: all(
                 c,
                 "SELECT id, paused_reason FROM stages
-                 WHERE workflow_id = $1 AND retired_at IS NULL AND paused = 1",
+                 WHERE workflow_id = $1 AND retired_at IS NULL AND paused = 1 ORDER BY id COLLATE \"C\"",
                 &[&wf],
                 |r| Ok((r.try_get(0)?, r.try_get(1)?)),
             )?,
@@ -779,4 +779,556 @@ fn counter_mismatches(c: &Conn) -> Result<i64> {
         wrong += count(c, &sql, &[])?;
     }
     Ok(wrong)
+}
+
+/// Runs every row operation and read once on tiny data against the dev cluster
+/// (`/tmp/pgdev`) and against a SQLite file, and compares what they return. Needs the dev
+/// cluster: fails, with that said, when it is absent.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        AttemptOutcome, AttemptTrigger, CancelReason, DatasetRef, DeliveryTrigger, ErrorKind,
+        EventType, HistoryCause, ItemState,
+    };
+    use crate::store::postgres::rows::PgRows;
+    use crate::store::seam::{
+        AttemptRow, AuditRow, Counted, DeliveryUpdate, Heartbeat, HistoryRow, ItemMove,
+        NewDelivery, NewItemRow, NewLease, RevisionRow, Rows,
+    };
+    use crate::store::sqlite::reads::SqliteReads;
+    use crate::store::sqlite::rows::SqliteRows;
+    use crate::workflow::{Stage, StageSpec};
+
+    fn pg() -> Conn {
+        let dsn = "host=/tmp/pgdev user=postgres dbname=postgres";
+        let mut admin = postgres::Client::connect(dsn, postgres::NoTls).unwrap_or_else(|e| {
+            panic!("this test needs the PostgreSQL dev cluster at /tmp/pgdev ({dsn}): {e}")
+        });
+        admin
+            .batch_execute("DROP DATABASE IF EXISTS rows_check WITH (FORCE)")
+            .unwrap();
+        admin.batch_execute("CREATE DATABASE rows_check").unwrap();
+        let client = postgres::Client::connect(
+            "host=/tmp/pgdev user=postgres dbname=rows_check",
+            postgres::NoTls,
+        )
+        .unwrap();
+        let conn = Conn::new(client);
+        schema::migrate(&conn).unwrap();
+        conn
+    }
+
+    fn item(id: &str, name: &str) -> Item {
+        let mut properties = serde_json::Map::new();
+        properties.insert("k".into(), serde_json::json!(1));
+        Item {
+            id: ItemId::new(id),
+            workflow: WorkflowId::new("wf"),
+            stage: StageId::new("s1"),
+            state: ItemState::Waiting,
+            name: name.into(),
+            path: "/".into(),
+            dataset: DatasetRef {
+                name: "ds".into(),
+                slug: "ds".into(),
+            },
+            tags: vec!["t".into()],
+            properties,
+            slots: vec![serde_json::json!({"s": 1})],
+            annotations: vec![],
+            version: 1,
+            created_at: to_time(0),
+            updated_at: to_time(0),
+        }
+    }
+
+    /// Every operation, each result as text.
+    fn script(r: &dyn Rows, q: &dyn Reads) -> Vec<String> {
+        let mut out = Vec::new();
+        macro_rules! log {
+            ($e:expr) => {
+                out.push(format!("{}: {:?}", stringify!($e), $e))
+            };
+        }
+        let wf = WorkflowId::new("wf");
+        let s1 = StageId::new("s1");
+        let s2 = StageId::new("s2");
+        let s3 = StageId::new("s3");
+        for (rev, created) in [(1, true), (2, false)] {
+            log!(r.insert_revision(&RevisionRow {
+                workflow: &wf,
+                name: "W",
+                team: "t",
+                revision: rev,
+                spec: &format!("{{\"rev\":{rev}}}"),
+                operator: "op",
+                now: 10 * rev,
+                created,
+            }));
+        }
+        log!(r.insert_revision(&RevisionRow {
+            workflow: &WorkflowId::new("Aw"),
+            name: "A",
+            team: "t",
+            revision: 1,
+            spec: "{}",
+            operator: "op",
+            now: 5,
+            created: true,
+        }));
+        for (i, s) in [&s1, &s2, &s3, &s1].into_iter().enumerate() {
+            let stage = Stage {
+                id: s.clone(),
+                name: format!("Stage {i}"),
+                spec: StageSpec::Complete,
+            };
+            log!(r.upsert_stage(&wf, &stage, i as i64));
+            log!(r.upsert_stage(&WorkflowId::new("Aw"), &stage, i as i64));
+        }
+        log!(r.current_spec(&wf));
+        log!(r.current_spec(&WorkflowId::new("none")));
+        log!(q.current_spec(&wf));
+        log!(q.workflow_ids());
+        log!(q.workflows_with_stage(&s2));
+
+        // Items: names whose bytewise order differs from a linguistic one.
+        let names = [
+            ("i1", "b"),
+            ("i2", "B"),
+            ("i3", "a_x"),
+            ("i4", "Ä"),
+            ("i5", "a%"),
+        ];
+        for (n, (id, name)) in names.iter().enumerate() {
+            let it = item(id, name);
+            let new = NewItemRow {
+                item: &it,
+                stage: &s1,
+                state: ItemState::Waiting,
+                fingerprint: "fp",
+                now: 100,
+                entered_at: 100 + (n as i64 % 2),
+            };
+            log!(r.insert_item(&new));
+        }
+        log!(r.item_owner(&ItemId::new("i1")));
+        log!(r.item_owner(&ItemId::new("nope")));
+        log!(r.item_name(&ItemId::new("i2")));
+        log!(r.item_name(&ItemId::new("nope")));
+        log!(r.load_item(&ItemId::new("i1")));
+        log!(r.load_item(&ItemId::new("nope")));
+        log!(r.load_item_head(&ItemId::new("i1")));
+        log!(r.last_arrival(&wf, &s1));
+        log!(r.last_arrival(&wf, &s2));
+        log!(r.items_in_stage(&wf, &s1, (0, 0), 2));
+        log!(r.items_in_stage(&wf, &s1, (100, 3), 10));
+        // Moves: into an empty stage, into a stage with arrivals (same ms, later ms), and a
+        // state change in place.
+        for (id, stage, now, entered) in [
+            ("i1", &s2, 200, true),
+            ("i2", &s2, 200, true),
+            ("i3", &s2, 150, true),
+            ("i4", &s2, 300, true),
+            ("i5", &s1, 400, false),
+        ] {
+            log!(r.move_item(&ItemMove {
+                id: &ItemId::new(id),
+                stage,
+                state: ItemState::Active,
+                version: 2,
+                now,
+                entered,
+            }));
+            log!(r.load_item_head(&ItemId::new(id)));
+        }
+        log!(r.items_in_stage(&wf, &s2, (0, 0), 10));
+        log!(r.last_arrival(&wf, &s2));
+        for (n, cause) in [HistoryCause::Import, HistoryCause::Route]
+            .into_iter()
+            .enumerate()
+        {
+            log!(r.insert_history(&HistoryRow {
+                item: &ItemId::new("i1"),
+                workflow: &wf,
+                from: (n > 0).then_some(&s1),
+                to: &s2,
+                cause,
+                operator: (n == 0).then_some("op"),
+                revision: 2,
+                delivery: None,
+                at: 200 + n as i64,
+            }));
+        }
+        log!(q.history(&ItemId::new("i1")));
+
+        // Deliveries.
+        let d = |s: &str| DeliveryId::new(s);
+        let i1 = ItemId::new("i1");
+        let i2 = ItemId::new("i2");
+        let mk = |id: &DeliveryId, item: Option<&ItemId>, lease: Option<NewLease<'static>>, now| {
+            r.insert_delivery(&NewDelivery {
+                id,
+                workflow: &wf,
+                stage: &s2,
+                item,
+                event: EventType::StageWebhook,
+                trigger: DeliveryTrigger::Route,
+                item_version: Some(2),
+                refire_of: None,
+                lease,
+                now,
+                body: b"{\"a\":1}",
+            })
+        };
+        log!(mk(&d("d1"), Some(&i1), None, 500));
+        log!(mk(&d("d2"), Some(&i1), None, 400));
+        log!(mk(
+            &d("d3"),
+            Some(&i2),
+            Some(NewLease {
+                token: "tok",
+                until: 600,
+                owner: "me",
+                number: 1,
+            }),
+            450
+        ));
+        log!(mk(&d("d4"), None, None, 450));
+        log!(r.insert_delivery(&NewDelivery {
+            id: &d("d5"),
+            workflow: &wf,
+            stage: &s3,
+            item: Some(&i2),
+            event: EventType::ItemCreated,
+            trigger: DeliveryTrigger::Test,
+            item_version: None,
+            refire_of: Some(&d("d1")),
+            lease: None,
+            now: 460,
+            body: &[0, 159, 255],
+        }));
+        log!(r.body_of(1));
+        log!(r.body_of(5));
+        log!(r.open_webhook_deliveries(&i1, None));
+        log!(r.open_webhook_deliveries(&i1, Some(&d("d1"))));
+        log!(r.delivery_for_record(1, &d("d1")));
+        log!(r.delivery_for_record(1, &d("d2")));
+        log!(r.delivery_for_record(3, &d("d3")));
+        let outcome = AttemptOutcome {
+            started_at: 510,
+            duration_ms: 12,
+            url: "http://x".into(),
+            request_headers: vec![("a".into(), "b".into())],
+            status: Some(503),
+            response_headers: vec![("c".into(), "d".into())],
+            response_body: Some(b"oops \xff".to_vec()),
+            error_kind: Some(ErrorKind::HttpStatus),
+            error_message: Some("503".into()),
+            retry_after: None,
+        };
+        log!(r.upsert_attempt(&AttemptRow {
+            delivery: &d("d1"),
+            number: 1,
+            trigger: AttemptTrigger::Scheduled,
+            counted: true,
+            outcome: &outcome,
+        }));
+        log!(r.upsert_attempt(&AttemptRow {
+            delivery: &d("d1"),
+            number: 2,
+            trigger: AttemptTrigger::Manual,
+            counted: false,
+            outcome: &AttemptOutcome::default(),
+        }));
+        log!(r.insert_interrupted_attempt(&d("d3"), 1, "http://z", "lost", 520));
+        log!(q.attempts_of(&d("d1")));
+        log!(q.attempts_of(&d("d3")));
+        log!(r.update_delivery(
+            1,
+            &DeliveryUpdate {
+                state: DeliveryState::RetryScheduled,
+                attempts: 1,
+                next_attempt_at: Some(700),
+                last_status: Some(503),
+                last_error_kind: Some(ErrorKind::HttpStatus),
+                last_attempt_at: 510,
+                now: 511,
+                routed_version: None,
+            }
+        ));
+        log!(r.set_routed_version(&d("d2"), 7));
+        log!(r.update_delivery(
+            2,
+            &DeliveryUpdate {
+                state: DeliveryState::Succeeded,
+                attempts: 1,
+                next_attempt_at: None,
+                last_status: Some(200),
+                last_error_kind: None,
+                last_attempt_at: 512,
+                now: 513,
+                routed_version: None,
+            }
+        ));
+        log!(r.refire_row(&d("d2")));
+        log!(r.refire_row(&d("nope")));
+        log!(r.set_refire_of(&d("d4"), &d("d2")));
+        log!(r.delivery_for_cancel(&d("d4")));
+        log!(r.delivery_for_cancel(&d("nope")));
+        log!(r.latest_webhook_delivery("i1"));
+        log!(r.latest_webhook_delivery("nope"));
+        log!(r.take_manual_number(&d("d1")));
+        log!(r.take_manual_number(&d("nope")));
+
+        // Leases and due pages.
+        log!(r.expired_leases(599));
+        log!(r.expired_leases(601));
+        log!(r.leases_of("me", 600));
+        log!(r.leases_of("me", 601));
+        log!(r.due_page(1000, (0, 0), 10));
+        log!(r.due_page(1000, (450, 4), 1));
+        log!(r.due_page(455, (0, 0), 10));
+        log!(q.next_due());
+        log!(r.release_lease(&d("d3"), 650));
+        log!(r.release_lease(&d("d3"), 651));
+        log!(r.lease_delivery(3, "t2", 900, "you", 660));
+        log!(r.lease_delivery(3, "t3", 900, "you", 661));
+        log!(r.lease_delivery(2, "t3", 900, "you", 661));
+        log!(r.leases_of("you", 800));
+        log!(q.next_due());
+
+        // Stages.
+        log!(r.stage_paused(&wf, &s2));
+        log!(r.stage_paused(&wf, &StageId::new("nope")).is_err());
+        log!(r.pause_stage(&wf, &s3, "broken"));
+        log!(r.pause_stage(&wf, &s3, "again"));
+        log!(r.stage_paused(&wf, &s3));
+        log!(r.due_page(1000, (0, 0), 10));
+        log!(q.next_due());
+        log!(q.paused_stages());
+        log!(r.extend_failure_run(&wf, &s2));
+        log!(r.extend_failure_run(&wf, &s2));
+        log!(r.extend_failure_run(&wf, &StageId::new("nope")));
+        log!(r.reset_failure_run(&wf, &s2));
+        log!(r.extend_failure_run(&wf, &s2));
+        log!(r.set_stage_paused(&wf, &s2, Some("by hand")));
+        log!(r.stage_paused(&wf, &s2));
+        log!(r.extend_failure_run(&wf, &s2));
+        log!(r.set_stage_paused(&wf, &s2, None));
+        log!(r.stage_paused(&wf, &s2));
+        log!(r.extend_failure_run(&wf, &s2));
+        log!(r.set_stage_paused(&WorkflowId::new("Aw"), &s1, Some("x")));
+        log!(r.retire_stage(&WorkflowId::new("Aw"), &s2, 700));
+        log!(q.workflows_with_stage(&s2));
+        log!(q.paused_stages());
+
+        // Cancels.
+        log!(r.cancel_delivery(4, CancelReason::ItemMoved, "system", 700));
+        log!(r.cancel_open_delivery(&d("d1"), CancelReason::Operator, "op", 701));
+        log!(r.cancel_open_delivery(&d("d1"), CancelReason::Operator, "op", 702));
+        log!(r.open_webhook_deliveries(&i2, None));
+
+        // Counters.
+        log!(r.recount_all());
+        log!(r.stored_count(Counted::Items, "wf", "s2", None));
+        log!(r.stored_count(Counted::Items, "wf", "s2", Some("active")));
+        log!(r.stored_count(Counted::Deliveries, "wf", "s2", Some("cancelled")));
+        log!(r.stored_count(Counted::Deliveries, "wf", "nope", None));
+        log!(r.add_to_count(Counted::Deliveries, "wf", "s2", "cancelled", 3));
+        log!(r.add_to_count(Counted::Deliveries, "wf", "s9", "pending", 2));
+        log!(r.add_to_count(Counted::Items, "wf", "s1", "active", -1));
+        log!(r.stored_count(Counted::Deliveries, "wf", "s2", Some("cancelled")));
+        log!(q.workflow_counts(&wf));
+        log!(q.delivery_counts());
+        log!(q.delivery_totals());
+        log!(q.open_deliveries());
+        log!(q.health_facts(800));
+        log!(r.recount_all());
+        log!(q.health_facts(800));
+
+        // Dispatchers, audit, settings.
+        for (id, now) in [("a", 10), ("b", 30), ("a", 50)] {
+            log!(r.upsert_heartbeat(&Heartbeat {
+                id,
+                pid: 4_000_000_000,
+                host: "h",
+                process_start: "ps",
+                started_at: 1,
+                now,
+                concurrency: 8,
+            }));
+        }
+        log!(q.dispatchers());
+        log!(r.delete_dispatcher("b"));
+        log!(q.dispatchers());
+        for at in [1, 2, 3, 4] {
+            log!(r.insert_audit(&AuditRow {
+                at,
+                operator: "op",
+                action: "act",
+                target: "t",
+                filter: (at % 2 == 0).then_some("f"),
+                count: at,
+            }));
+        }
+        log!(q.audit_rows_before(3));
+        log!(r.delete_audit_before(4, 1));
+        log!(q.audit_rows_before(4));
+        log!(q.audit_log(2));
+        log!(r.put_setting("policy.b", "1"));
+        log!(r.put_setting("policy.B", "2"));
+        log!(r.put_setting("policy.b", "3"));
+        log!(r.put_setting("other", "4"));
+        log!(q.settings("policy."));
+
+        // Item and delivery listings.
+        log!(q.owners(&["i3", "nope", "i1", "i3"]));
+        log!(q.owners(&[]));
+        for order in [ItemOrder::Waiting, ItemOrder::Name] {
+            for stage in [None, Some(s2.clone())] {
+                let filter = ItemFilter {
+                    workflow: Some(wf.clone()),
+                    stage: stage.clone(),
+                    state: None,
+                    search: None,
+                    order,
+                };
+                let first = q.list_items(&filter, None, 2).unwrap();
+                log!(first);
+                let rest = q.list_items(&filter, Some(&first[1].cursor), 10);
+                log!(rest);
+                log!(q.count_items(&filter));
+            }
+        }
+        for search in ["A", "_", "%", "ä", "i"] {
+            let filter = ItemFilter {
+                search: Some(search.into()),
+                state: Some(ItemState::Active),
+                ..Default::default()
+            };
+            log!(
+                q.list_items(&filter, None, 10)
+                    .map(|v| v.into_iter().map(|i| i.id.0).collect::<Vec<_>>())
+            );
+            log!(q.count_items(&filter));
+        }
+        log!(q.item(&i1));
+        log!(q.item(&ItemId::new("nope")));
+        log!(q.deliveries_of_item(&i1));
+        let filters = [
+            DeliveryFilter::default(),
+            DeliveryFilter {
+                workflow: Some(wf.clone()),
+                stage: Some(s2.clone()),
+                state: Some(DeliveryState::Cancelled),
+                ..Default::default()
+            },
+            DeliveryFilter {
+                item: Some(i2.clone()),
+                event: Some(EventType::ItemCreated),
+                since: Some(to_time(455)),
+                ..Default::default()
+            },
+            DeliveryFilter {
+                error_kind: Some(ErrorKind::HttpStatus),
+                status: Some(503),
+                ..Default::default()
+            },
+        ];
+        for f in &filters {
+            let first = q.list_deliveries(f, None, 2).unwrap();
+            log!(first);
+            if let Some((_, c)) = first.last() {
+                log!(q.list_deliveries(f, Some(*c), 10));
+            }
+            log!(q.count_deliveries(f));
+        }
+        log!(q.delivery(&d("d5")));
+        log!(q.delivery(&d("nope")));
+        log!(q.newest_webhook_delivery(&i1));
+        log!(q.newest_webhook_delivery(&ItemId::new("nope")));
+        log!(q.attempts_after(AttemptCursor(0), 10));
+        log!(q.attempts_after(AttemptCursor(1), 1));
+        log!(q.attempts_end());
+        log!(q.deliveries_end());
+        log!(q.prune_scan(0, 10_000, 10));
+        log!(q.prune_scan(1, 10_000, 1));
+        log!(q.prune_scan(0, 512, 10));
+        log!(q.orphans(10));
+
+        // An orphan (i5 is in s1), a stuck item (i4, with no open delivery), beats.
+        log!(mk(&d("d6"), Some(&ItemId::new("i5")), None, 800));
+        log!(r.move_item(&ItemMove {
+            id: &ItemId::new("i4"),
+            stage: &s2,
+            state: ItemState::InDelivery,
+            version: 3,
+            now: 801,
+            entered: false,
+        }));
+        log!(q.health_facts(1000));
+        log!(q.orphans(10));
+        log!(q.next_due());
+
+        // What burns an identity value on PostgreSQL (a conflict), and leaves no gap on
+        // SQLite: last, so that every `seq` above is the same on both.
+        log!(r.insert_item(&NewItemRow {
+            item: &item("i1", "b"),
+            stage: &s1,
+            state: ItemState::Waiting,
+            fingerprint: "fp2",
+            now: 100,
+            entered_at: 100,
+        }));
+        log!(r.item_owner(&ItemId::new("i1")));
+        log!(r.insert_interrupted_attempt(&d("d4"), 1, "http://x", "lost", 505));
+        log!(r.insert_interrupted_attempt(&d("d4"), 1, "http://y", "lost again", 506));
+        log!(r.upsert_attempt(&AttemptRow {
+            delivery: &d("d4"),
+            number: 1,
+            trigger: AttemptTrigger::Scheduled,
+            counted: true,
+            outcome: &outcome,
+        }));
+        log!(q.attempts_of(&d("d4")));
+        log!(q.attempts_after(AttemptCursor(3), 10).map(|v| v.len()));
+
+        // Prune.
+        log!(r.delete_finished_delivery("d1"));
+        log!(r.delete_finished_delivery("d3"));
+        log!(r.delete_finished_delivery("nope"));
+        log!(q.attempts_of(&d("d1")));
+        log!(q.deliveries_end());
+        out
+    }
+
+    #[test]
+    fn postgres_rows_and_reads_match_sqlite() {
+        let pg = pg();
+        let got = script(&PgRows { conn: &pg }, &PgReads { conn: &pg });
+
+        let dir = tempfile::tempdir().unwrap();
+        let lite = crate::store::sqlite::open_connection(&dir.path().join("s.db"), false).unwrap();
+        crate::store::sqlite::schema::migrate(&lite).unwrap();
+        let want = script(&SqliteRows { conn: &lite }, &SqliteReads { conn: &lite });
+
+        let mut differ = 0;
+        for (g, w) in got.iter().zip(&want) {
+            if g != w {
+                differ += 1;
+                eprintln!("postgres: {g}\nsqlite:   {w}\n");
+            }
+        }
+        assert_eq!(got.len(), want.len());
+        assert_eq!(differ, 0, "{differ} of {} results differ", got.len());
+
+        // What only PostgreSQL answers its own way.
+        let (r, q) = (PgRows { conn: &pg }, PgReads { conn: &pg });
+        assert_eq!(r.set_cache_kib(-4096).unwrap(), -4096);
+        assert_eq!(r.give_back_pages(100).unwrap(), 0);
+        assert_eq!(q.schema_version().unwrap(), schema::MIGRATIONS.len() as i64);
+        let s = q.storage().unwrap();
+        assert!(s.page_size == 8192 && s.pages > 0 && s.free == 0 && !s.reclaimable);
+    }
 }

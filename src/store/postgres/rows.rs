@@ -321,10 +321,12 @@ impl Rows for PgRows<'_> {
     ) -> Result<Vec<OpenDelivery>> {
         self.conn
             .query(
+                // In `deliveries_by_item` order, as SQLite reads them.
                 "SELECT seq, workflow_id, stage_id, state FROM deliveries
                  WHERE item_id = $1 AND event = 'stage.webhook'
                    AND state IN ('pending', 'retry_scheduled', 'in_flight')
-                   AND id IS DISTINCT FROM $2",
+                   AND id IS DISTINCT FROM $2
+                 ORDER BY seq",
                 &[&item.as_str(), &except.map(|d| d.as_str())],
             )?
             .iter()
@@ -491,9 +493,9 @@ impl Rows for PgRows<'_> {
         let seq: i64 = deleted.try_get(0)?;
         self.conn
             .execute("DELETE FROM delivery_bodies WHERE seq = $1", &[&seq])?;
-        let attempts = self
-            .conn
-            .execute("DELETE FROM attempts WHERE delivery_id = $1", &[&id])? as i64;
+        let attempts =
+            self.conn
+                .execute("DELETE FROM attempts WHERE delivery_id = $1", &[&id])? as i64;
         Ok(Some((
             deleted.try_get(1)?,
             deleted.try_get(2)?,
@@ -569,10 +571,10 @@ impl Rows for PgRows<'_> {
     }
 
     fn expired_leases(&self, now: i64) -> Result<Vec<InFlight>> {
-        // The partial index `deliveries_leased` serves it.
+        // The partial index `deliveries_leased` serves it, in its order (as on SQLite).
         in_flight_rows(self.conn.query(
             "SELECT id, workflow_id, stage_id, lease_number FROM deliveries
-             WHERE state = 'in_flight' AND lease_until < $1",
+             WHERE state = 'in_flight' AND lease_until < $1 ORDER BY lease_until, seq",
             &[&now],
         )?)
     }
@@ -580,7 +582,8 @@ impl Rows for PgRows<'_> {
     fn leases_of(&self, owner: &str, now: i64) -> Result<Vec<InFlight>> {
         in_flight_rows(self.conn.query(
             "SELECT id, workflow_id, stage_id, lease_number FROM deliveries
-             WHERE state = 'in_flight' AND lease_owner = $1 AND lease_until >= $2",
+             WHERE state = 'in_flight' AND lease_owner = $1 AND lease_until >= $2
+             ORDER BY seq",
             &[&owner, &now],
         )?)
     }
