@@ -150,7 +150,15 @@ fn item_query(
     } else {
         format!("WHERE {}", wh.join(" AND "))
     };
-    let limit_sql = limit.map(|l| format!("LIMIT {l}")).unwrap_or_default();
+    // A parameter, not inlined as on SQLite: every statement text stays prepared on its
+    // connection, and page sizes must not multiply them.
+    let limit_sql = match limit {
+        Some(l) => {
+            args.push(Box::new(l.min(i64::MAX as usize) as i64));
+            format!("LIMIT ${}", args.len())
+        }
+        None => String::new(),
+    };
     (
         format!(
             "SELECT id, name, workflow_id, stage_id, state, version, tags, entered_at, updated_at, {key}, seq
@@ -209,7 +217,15 @@ fn delivery_query(f: &DeliveryFilter, after: Option<i64>, limit: Option<usize>) 
     } else {
         format!("WHERE {}", wh.join(" AND "))
     };
-    let limit_sql = limit.map(|l| format!("LIMIT {l}")).unwrap_or_default();
+    // A parameter, not inlined as on SQLite: every statement text stays prepared on its
+    // connection, and page sizes must not multiply them.
+    let limit_sql = match limit {
+        Some(l) => {
+            args.push(Box::new(l.min(i64::MAX as usize) as i64));
+            format!("LIMIT ${}", args.len())
+        }
+        None => String::new(),
+    };
     (
         format!(
             "SELECT {SUMMARY_COLUMNS} FROM deliveries d LEFT JOIN items i ON i.id = d.item_id
@@ -743,7 +759,12 @@ impl Reads for PgReads<'_> {
     }
 
     fn orphans(&self, limit: usize) -> Result<Vec<String>> {
-        texts(self.conn, &format!("SELECT d.id {ORPHANS} LIMIT {limit}"))
+        all(
+            self.conn,
+            &format!("SELECT d.id {ORPHANS} LIMIT $1"),
+            &[&(limit.min(i64::MAX as usize) as i64)],
+            |r| Ok(r.try_get(0)?),
+        )
     }
 
     fn schema_version(&self) -> Result<i64> {
