@@ -88,15 +88,48 @@ impl Executor {
                     },
                 }
             }),
-            Effect::Copy(text) => {
-                // OSC 52 asks the terminal (local or over SSH) to put the text on the clipboard.
-                use base64::Engine as _;
-                let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
-                let mut out = std::io::stdout();
-                let _ = write!(out, "\x1b]52;c;{b64}\x07");
-                let _ = out.flush();
-                app.flash(format!("copied {text} (OSC 52)"), Level::Info);
+            Effect::Copy(text) => match clipboard(&text) {
+                Ok(how) => app.flash(format!("copied {text} ({how})"), Level::Info),
+                Err(why) => app.flash(format!("{why}: {text} was not copied"), Level::Warn),
+            },
+            Effect::CopyText { what, text } => {
+                let size = if text.len() < 1024 {
+                    format!("{} bytes", text.len())
+                } else {
+                    format!("{:.1} KiB", text.len() as f64 / 1024.0)
+                };
+                match clipboard(&text) {
+                    Ok(how) => app.flash(
+                        format!(
+                            "copied {what}, {size} ({how}) · clipboard unchanged? the terminal ignores OSC 52: o shows it in $PAGER"
+                        ),
+                        Level::Info,
+                    ),
+                    Err(why) => app.flash(
+                        format!("{why}: {what} was not copied; o shows it in $PAGER to select by hand"),
+                        Level::Warn,
+                    ),
+                }
             }
+            Effect::CopyCurl { delivery, reveal } => {
+                self.blocking(move |s| match curl_for(s, &delivery, reveal) {
+                    Ok(text) => Msg::Copy {
+                        what: if reveal {
+                            "a curl command WITH SECRETS".into()
+                        } else {
+                            "a curl command (secrets masked)".into()
+                        },
+                        text,
+                    },
+                    Err(e) => Msg::Done {
+                        text: e,
+                        level: Level::Error,
+                    },
+                })
+            }
+            // The event loop runs the pager itself (it owns the terminal); a pager asked for
+            // anywhere else has no screen to leave.
+            Effect::Pager(_) => app.flash("no pager from here", Level::Warn),
             Effect::Test { workflow, stage } => {
                 let (store, tx, op) = (self.store.clone(), self.tx.clone(), self.operator.clone());
                 tokio::spawn(async move {
@@ -216,6 +249,82 @@ impl Executor {
             other => self.blocking(move |s| run_pending(s, other, &op)),
         }
     }
+}
+
+/// Largest text sent through OSC 52, in base64 bytes: terminals drop (or choke on) longer
+/// sequences; hterm stops near 100 KB, xterm and tmux take about 1 MB.
+const OSC52_MAX: usize = 1 << 20;
+
+/// Puts `text` on the clipboard: OSC 52 (the terminal's clipboard, over SSH too) and, inside
+/// tmux, tmux's paste buffer as well (tmux drops an application's OSC 52 unless
+/// `set-clipboard on`; `load-buffer -w` also hands it to the outer terminal). Says how, or
+/// why nothing could be copied. Whether the terminal honoured OSC 52 cannot be known.
+fn clipboard(text: &str) -> Result<&'static str, String> {
+    use base64::Engine as _;
+    let term = std::env::var("TERM").unwrap_or_default();
+    if matches!(term.as_str(), "" | "dumb" | "linux") {
+        return Err(format!(
+            "this terminal (TERM={}) takes no OSC 52 copies",
+            if term.is_empty() { "unset" } else { &term }
+        ));
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+    if b64.len() > OSC52_MAX {
+        return Err(format!("{} KiB is too long for OSC 52", text.len() / 1024));
+    }
+    let mut out = std::io::stdout();
+    let _ = write!(out, "\x1b]52;c;{b64}\x07");
+    let _ = out.flush();
+    if std::env::var_os("TMUX").is_some_and(|v| !v.is_empty()) && tmux_buffer(text) {
+        return Ok("OSC 52 and the tmux buffer");
+    }
+    Ok("OSC 52")
+}
+
+/// `tmux load-buffer -w -` (tmux 3.2+; older ones without `-w`): true when tmux took it.
+fn tmux_buffer(text: &str) -> bool {
+    use std::process::{Command, Stdio};
+    for args in [&["load-buffer", "-w", "-"][..], &["load-buffer", "-"][..]] {
+        let Ok(mut child) = Command::new("tmux")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        else {
+            return false;
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(text.as_bytes());
+        }
+        if child.wait().is_ok_and(|s| s.success()) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The `curl` command for a delivery, from its stage's current settings.
+fn curl_for(s: &Store, id: &crate::model::DeliveryId, reveal: bool) -> Result<String, String> {
+    let d = s.delivery_detail(id).map_err(|e| e.to_string())?;
+    let wf = s
+        .workflow_spec(&d.summary.workflow)
+        .map_err(|e| e.to_string())?;
+    let cfg = wf.delivery_config(&d.summary.stage).ok_or_else(|| {
+        format!(
+            "stage {} is no longer a webhook stage of {}: no request to repeat",
+            d.summary.stage, d.summary.workflow
+        )
+    })?;
+    let body = super::payload::request_body(&d);
+    Ok(super::payload::curl(
+        cfg,
+        &wf.secrets,
+        id,
+        body.as_bytes(),
+        chrono::Utc::now().timestamp(),
+        reveal,
+    ))
 }
 
 pub(crate) fn load(

@@ -72,7 +72,10 @@ impl Headless {
                 | Effect::CountOpen(_)
                 | Effect::Export(_)
                 | Effect::Test { .. }
-                | Effect::Copy(_) => continue,
+                | Effect::Copy(_)
+                | Effect::CopyText { .. }
+                | Effect::CopyCurl { .. }
+                | Effect::Pager(_) => continue,
             };
             queue.extend(state::update(&mut self.app, msg));
         }

@@ -275,7 +275,7 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
             vec![]
         }
         Action::Help => {
-            app.overlay = Some(Overlay::Help);
+            app.overlay = Some(Overlay::Help { scroll: 0 });
             vec![]
         }
         Action::Command => {
@@ -552,6 +552,12 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
             }
             vec![Effect::CountOpen(f)]
         }
+        Action::CopyBody
+        | Action::CopyResponse
+        | Action::CopyHeaders
+        | Action::CopyCurl
+        | Action::CopyCurlSecrets
+        | Action::Pager => payload_key(app, a),
         Action::Copy => {
             let Some(v) = app.view() else { return vec![] };
             let id = match &v.data {
@@ -723,4 +729,43 @@ fn nothing_to_act_on(app: &mut App) -> Vec<Effect> {
         Level::Warn,
     );
     vec![]
+}
+
+/// The payload viewer's keys: copy the body, the headers or a `curl` command; open `$PAGER`.
+fn payload_key(app: &mut App, a: Action) -> Vec<Effect> {
+    let Some(v) = app.view() else { return vec![] };
+    let ViewData::Delivery(d) = &v.data else {
+        return vec![];
+    };
+    let copy = |what: &str, text: String| {
+        vec![Effect::CopyText {
+            what: what.into(),
+            text,
+        }]
+    };
+    match a {
+        Action::CopyBody => copy("the request body", super::super::payload::request_body(d)),
+        Action::CopyResponse => match super::super::payload::response_body(d) {
+            Some(b) => copy("the newest response body", b),
+            None => {
+                app.flash("no response body to copy yet", Level::Info);
+                vec![]
+            }
+        },
+        Action::CopyHeaders => match super::super::payload::request_headers(d) {
+            Some(h) => copy("the request headers (secrets masked)", h),
+            None => {
+                app.flash(
+                    "not sent yet: no request headers to copy (u copies a curl command)",
+                    Level::Info,
+                );
+                vec![]
+            }
+        },
+        Action::CopyCurl | Action::CopyCurlSecrets => vec![Effect::CopyCurl {
+            delivery: d.summary.id.clone(),
+            reveal: a == Action::CopyCurlSecrets,
+        }],
+        _ => vec![Effect::Pager(super::super::payload::plain(&v.doc))],
+    }
 }

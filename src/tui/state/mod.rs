@@ -157,6 +157,9 @@ pub struct View {
     pub awaiting: bool,
     /// The filter changed: when its page arrives, selected rows it hides are unselected.
     pub refilter: bool,
+    /// The delivery detail as the payload viewer draws it (built once per load, not per
+    /// frame: a 64 KiB body is thousands of lines).
+    pub doc: std::sync::Arc<Vec<super::payload::DocLine>>,
 }
 
 impl View {
@@ -172,6 +175,7 @@ impl View {
             order: ItemOrder::Waiting,
             awaiting: true,
             refilter: false,
+            doc: Default::default(),
         }
     }
 
@@ -360,7 +364,10 @@ pub enum AssignWhat {
 /// Modal overlays; at most one at a time.
 #[derive(Clone, Debug)]
 pub enum Overlay {
-    Help,
+    /// The key help; `scroll` as a popup's, when it is taller than the terminal.
+    Help {
+        scroll: usize,
+    },
     Command(String),
     Filter(String),
     Picker {
@@ -639,6 +646,11 @@ pub enum Msg {
         filter: DeliveryFilter,
         count: i64,
     },
+    /// A text to put on the clipboard (a `curl` command the executor built).
+    Copy {
+        what: String,
+        text: String,
+    },
     /// The number of items in a stage, for a bulk assign.
     StageCount {
         workflow: WorkflowId,
@@ -670,7 +682,21 @@ pub enum Effect {
         workflow: WorkflowId,
         stage: StageId,
     },
+    /// Put an id on the clipboard (OSC 52); the flash names it.
     Copy(String),
+    /// Put a longer text on the clipboard (OSC 52); the flash says `what` and its size.
+    CopyText {
+        what: String,
+        text: String,
+    },
+    /// A `curl` command repeating the delivery's request, from the stage's current settings
+    /// (read by the executor); `reveal` puts the real secrets in it.
+    CopyCurl {
+        delivery: DeliveryId,
+        reveal: bool,
+    },
+    /// Leave the screen, show `text` in `$PAGER`, come back.
+    Pager(String),
 }
 
 /// Where the next page starts.
@@ -988,6 +1014,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             }
             vec![]
         }
+        Msg::Copy { what, text } => vec![Effect::CopyText { what, text }],
         Msg::StageCount {
             workflow,
             from,
@@ -1085,6 +1112,9 @@ fn loaded(app: &mut App, view: u64, data: ViewData, append: bool) {
             *more = m;
         }
         (_, slot, data) => *slot = data,
+    }
+    if let ViewData::Delivery(d) = &v.data {
+        v.doc = std::sync::Arc::new(super::payload::document(d));
     }
     // A reload keeps the selection whole (by id): a selected row that moved out of the list
     // stays selected, and the confirmation says it is not on screen. A new filter's first

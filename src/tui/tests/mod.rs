@@ -6,6 +6,7 @@
 mod render;
 mod screens;
 mod update;
+mod viewer;
 
 use std::collections::BTreeMap;
 

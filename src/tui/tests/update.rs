@@ -1765,7 +1765,7 @@ fn ctrl_c_quits_even_from_dialogs_and_help() {
 fn question_mark_opens_help_and_any_key_closes_it() {
     let mut app = on_items(false, 3);
     assert!(ch(&mut app, '?').is_empty());
-    assert!(matches!(app.overlay, Some(Overlay::Help)));
+    assert!(matches!(app.overlay, Some(Overlay::Help { .. })));
     // Keys do nothing else while help is open.
     assert!(ch(&mut app, 'j').is_empty());
     assert!(app.overlay.is_none());
