@@ -252,10 +252,13 @@ pub(crate) fn deliveries_of_item(conn: &Connection, item: &ItemId) -> Result<Vec
     Ok(rows)
 }
 
+/// The listing's SQL: newest first after `after`; `backward` reads the other way (the rows
+/// before `after`, nearest first; from the list's end when `after` is `None`).
 fn delivery_query(
     f: &DeliveryFilter,
     after: Option<i64>,
     limit: Option<usize>,
+    backward: bool,
 ) -> (String, Vec<rusqlite::types::Value>) {
     use rusqlite::types::Value;
     let mut wh = Vec::new();
@@ -297,7 +300,8 @@ fn delivery_query(
         push("d.last_status = ?", Value::Integer(s.into()), &mut args);
     }
     if let Some(a) = after {
-        push("d.seq < ?", Value::Integer(a), &mut args);
+        let op = if backward { "d.seq > ?" } else { "d.seq < ?" };
+        push(op, Value::Integer(a), &mut args);
     }
     let where_sql = if wh.is_empty() {
         String::new()
@@ -308,7 +312,8 @@ fn delivery_query(
     (
         format!(
             "SELECT {SUMMARY_COLUMNS} FROM deliveries d LEFT JOIN items i ON i.id = d.item_id
-             {where_sql} ORDER BY d.seq DESC {limit_sql}"
+             {where_sql} ORDER BY d.seq {} {limit_sql}",
+            if backward { "ASC" } else { "DESC" }
         ),
         args,
     )
@@ -346,7 +351,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(DeliverySummary, DeliveryCursor)>> {
         self.read(|c| {
-            let (sql, args) = delivery_query(filter, after.map(|a| a.0), Some(limit));
+            let (sql, args) = delivery_query(filter, after.map(|a| a.0), Some(limit), false);
             let rows = c
                 .prepare_cached(&sql)?
                 .query_map(rusqlite::params_from_iter(args.iter()), |r| {
@@ -357,9 +362,31 @@ impl Store {
         })
     }
 
+    /// The `limit` deliveries matching `filter` just before `before` in the list's order
+    /// (newest first), or its last ones when `before` is `None`: the reverse keyset read
+    /// behind the console's `G` and its scrolling back up from there. In list order.
+    pub fn list_deliveries_before(
+        &self,
+        filter: &DeliveryFilter,
+        before: Option<DeliveryCursor>,
+        limit: usize,
+    ) -> Result<Vec<(DeliverySummary, DeliveryCursor)>> {
+        self.read(|c| {
+            let (sql, args) = delivery_query(filter, before.map(|a| a.0), Some(limit), true);
+            let mut rows = c
+                .prepare_cached(&sql)?
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                    Ok((summary_from_row(r)?, DeliveryCursor(r.get(17)?)))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.reverse();
+            Ok(rows)
+        })
+    }
+
     pub fn count_deliveries(&self, filter: &DeliveryFilter) -> Result<i64> {
         self.read(|c| {
-            let (sql, args) = delivery_query(filter, None, None);
+            let (sql, args) = delivery_query(filter, None, None, false);
             Ok(c.query_row(
                 &format!("SELECT COUNT(*) FROM ({sql})"),
                 rusqlite::params_from_iter(args.iter()),

@@ -972,8 +972,32 @@ impl Store {
         after: Option<&ItemCursor>,
         limit: usize,
     ) -> Result<Vec<ItemRow>> {
+        self.list_items_toward(filter, after, limit, false)
+    }
+
+    /// The `limit` items matching `filter` just before `before` in the filter's order, or its
+    /// last ones when `before` is `None`: the reverse keyset read behind the console's `G`
+    /// and its scrolling back up from there. In list order.
+    pub fn list_items_before(
+        &self,
+        filter: &ItemFilter,
+        before: Option<&ItemCursor>,
+        limit: usize,
+    ) -> Result<Vec<ItemRow>> {
+        let mut rows = self.list_items_toward(filter, before, limit, true)?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    fn list_items_toward(
+        &self,
+        filter: &ItemFilter,
+        after: Option<&ItemCursor>,
+        limit: usize,
+        backward: bool,
+    ) -> Result<Vec<ItemRow>> {
         self.read(|c| {
-            let (sql, args) = item_query(filter, after, Some(limit));
+            let (sql, args) = item_query(filter, after, Some(limit), backward);
             let mut s = c.prepare_cached(&sql)?;
             let rows = s
                 .query_map(rusqlite::params_from_iter(args.iter()), |r| {
@@ -1007,7 +1031,7 @@ impl Store {
     /// How many items match `filter` (a full count: for the CLI's "N more" line, not frames).
     pub fn count_items(&self, filter: &ItemFilter) -> Result<i64> {
         self.read(|c| {
-            let (sql, args) = item_query(filter, None, None);
+            let (sql, args) = item_query(filter, None, None, false);
             let sql = format!("SELECT COUNT(*) FROM ({sql})");
             Ok(c.query_row(&sql, rusqlite::params_from_iter(args.iter()), |r| r.get(0))?)
         })
@@ -1118,10 +1142,13 @@ impl Store {
 
 /// Builds the list query: returns SQL selecting (id, name, workflow, stage, state, version,
 /// tags, entered_at, updated_at, sort key, seq) and its arguments.
+/// The listing's SQL, after `after` in the filter's order; `backward` reads the other way
+/// (the rows before `after`, nearest first; from the list's end when `after` is `None`).
 fn item_query(
     filter: &ItemFilter,
     after: Option<&ItemCursor>,
     limit: Option<usize>,
+    backward: bool,
 ) -> (String, Vec<rusqlite::types::Value>) {
     use rusqlite::types::Value;
     let mut wh = Vec::new();
@@ -1165,7 +1192,8 @@ fn item_query(
         let a = args.len();
         args.push(Value::Integer(c.seq));
         let b = args.len();
-        wh.push(format!("({key}, seq) > (?{a}, ?{b})"));
+        let op = if backward { "<" } else { ">" };
+        wh.push(format!("({key}, seq) {op} (?{a}, ?{b})"));
     }
     let where_sql = if wh.is_empty() {
         String::new()
@@ -1173,10 +1201,11 @@ fn item_query(
         format!("WHERE {}", wh.join(" AND "))
     };
     let limit_sql = limit.map(|l| format!("LIMIT {l}")).unwrap_or_default();
+    let dir = if backward { "DESC" } else { "ASC" };
     (
         format!(
             "SELECT id, name, workflow_id, stage_id, state, version, tags, entered_at, updated_at, {key}, seq
-             FROM items {where_sql} ORDER BY {key}, seq {limit_sql}"
+             FROM items {where_sql} ORDER BY {key} {dir}, seq {dir} {limit_sql}"
         ),
         args,
     )
