@@ -36,11 +36,11 @@ impl Executor {
                 order,
                 after,
             } => {
-                self.blocking(move |s| {
-                    let append = after.is_some();
-                    let data =
-                        load(s, &kind, &search, order, after).unwrap_or_else(ViewData::Failed);
-                    Msg::Loaded { view, data, append }
+                let (store, tx) = (self.store.clone(), self.tx.clone());
+                tokio::task::spawn_blocking(move || {
+                    for m in load_msgs(&store, view, &kind, &search, order, after) {
+                        let _ = tx.send(m);
+                    }
                 });
             }
             Effect::CountFailed(filter) => {
@@ -327,7 +327,114 @@ fn curl_for(s: &Store, id: &crate::model::DeliveryId, reveal: bool) -> Result<St
     ))
 }
 
-pub(crate) fn load(
+/// What a load answers: the page (or the window at the list's end, or the rows before the
+/// first loaded one), and, with a list's first or last page, how many rows it has.
+pub(crate) fn load_msgs(
+    s: &Store,
+    view: u64,
+    kind: &ViewKind,
+    search: &str,
+    order: crate::store::ItemOrder,
+    after: Option<LoadAfter>,
+) -> Vec<Msg> {
+    let at = match &after {
+        Some(LoadAfter::End) => Some(state::At::End),
+        Some(LoadAfter::ItemBefore(_) | LoadAfter::DeliveryBefore(_)) => Some(state::At::Before),
+        _ => None,
+    };
+    let first = after.is_none();
+    let data = load(s, kind, search, order, after).unwrap_or_else(ViewData::Failed);
+    let failed = matches!(data, ViewData::Failed(_));
+    match at {
+        None => {
+            let mut out = vec![Msg::Loaded {
+                view,
+                data,
+                append: !first,
+            }];
+            if first && !failed {
+                out.push(Msg::Total {
+                    view,
+                    total: total(s, kind, search, false),
+                });
+            }
+            out
+        }
+        Some(at) => {
+            let total = if at == state::At::End && !failed {
+                total(s, kind, search, true)
+            } else {
+                None
+            };
+            vec![Msg::Window {
+                view,
+                data,
+                at,
+                total,
+            }]
+        }
+    }
+}
+
+/// How many rows a list has: from the counter rows where they can tell (a stage's items, a
+/// workflow's deliveries in a state), never counting rows for a frame; `exact` counts the
+/// rest (the `G` that asked for the list's end needs it to number the rows it shows).
+fn total(s: &Store, kind: &ViewKind, search: &str, exact: bool) -> Option<i64> {
+    match kind {
+        ViewKind::Items { workflow, stage } => {
+            if search.is_empty() {
+                let counted = match (workflow, stage) {
+                    (Some(w), Some(st)) => s
+                        .workflow_detail(w)
+                        .ok()
+                        .and_then(|d| d.stage_list.iter().find(|x| &x.id == st).map(|x| x.items)),
+                    (Some(w), None) => s.workflow_detail(w).ok().map(|d| d.summary.items),
+                    (None, None) => s
+                        .list_workflows()
+                        .ok()
+                        .map(|ws| ws.iter().map(|w| w.items).sum()),
+                    (None, Some(_)) => None,
+                };
+                if counted.is_some() {
+                    return counted;
+                }
+            }
+            exact
+                .then(|| {
+                    s.count_items(&ItemFilter {
+                        workflow: workflow.clone(),
+                        stage: stage.clone(),
+                        state: None,
+                        search: Some(search.to_string()).filter(|s| !s.is_empty()),
+                        order: crate::store::ItemOrder::Waiting,
+                    })
+                    .ok()
+                })
+                .flatten()
+        }
+        ViewKind::Deliveries(f) => {
+            let by_counters = f.item.is_none()
+                && f.event.is_none()
+                && f.since.is_none()
+                && f.error_kind.is_none()
+                && f.status.is_none();
+            if by_counters && let Ok(rows) = s.delivery_counts() {
+                return Some(
+                    rows.iter()
+                        .filter(|r| f.workflow.as_ref().is_none_or(|w| *w == r.workflow))
+                        .filter(|r| f.stage.as_ref().is_none_or(|st| *st == r.stage))
+                        .filter(|r| f.state.is_none_or(|x| x == r.state))
+                        .map(|r| r.n)
+                        .sum(),
+                );
+            }
+            exact.then(|| s.count_deliveries(f).ok()).flatten()
+        }
+        _ => None,
+    }
+}
+
+fn load(
     s: &Store,
     kind: &ViewKind,
     search: &str,
@@ -346,26 +453,49 @@ pub(crate) fn load(
                 search: Some(search.to_string()).filter(|s| !s.is_empty()),
                 order,
             };
-            let cursor = match after {
-                Some(LoadAfter::Item(c)) => Some(c),
-                _ => None,
-            };
-            let mut rows = s
-                .list_items(&filter, cursor.as_ref(), PAGE + 1)
-                .map_err(e)?;
-            let more = rows.len() > PAGE;
-            rows.truncate(PAGE);
-            ViewData::Items { rows, more }
+            match after {
+                Some(LoadAfter::End) => ViewData::Items {
+                    rows: s.list_items_before(&filter, None, PAGE).map_err(e)?,
+                    more: false,
+                },
+                Some(LoadAfter::ItemBefore(c)) => ViewData::Items {
+                    rows: s.list_items_before(&filter, Some(&c), PAGE).map_err(e)?,
+                    more: true,
+                },
+                after => {
+                    let cursor = match after {
+                        Some(LoadAfter::Item(c)) => Some(c),
+                        _ => None,
+                    };
+                    let mut rows = s
+                        .list_items(&filter, cursor.as_ref(), PAGE + 1)
+                        .map_err(e)?;
+                    let more = rows.len() > PAGE;
+                    rows.truncate(PAGE);
+                    ViewData::Items { rows, more }
+                }
+            }
         }
         ViewKind::Item(id) => ViewData::Item(Box::new(s.item_detail(id).map_err(e)?)),
         ViewKind::Deliveries(f) => {
-            let after = match after {
-                Some(LoadAfter::Delivery(c)) => Some(c),
-                _ => None,
+            let (page, more) = match after {
+                Some(LoadAfter::End) => {
+                    (s.list_deliveries_before(f, None, PAGE).map_err(e)?, false)
+                }
+                Some(LoadAfter::DeliveryBefore(c)) => {
+                    (s.list_deliveries_before(f, Some(c), PAGE).map_err(e)?, true)
+                }
+                after => {
+                    let after = match after {
+                        Some(LoadAfter::Delivery(c)) => Some(c),
+                        _ => None,
+                    };
+                    let mut page = s.list_deliveries(f, after, PAGE + 1).map_err(e)?;
+                    let more = page.len() > PAGE;
+                    page.truncate(PAGE);
+                    (page, more)
+                }
             };
-            let mut page = s.list_deliveries(f, after, PAGE + 1).map_err(e)?;
-            let more = page.len() > PAGE;
-            page.truncate(PAGE);
             let cursors = page.iter().map(|(_, c)| *c).collect();
             ViewData::Deliveries {
                 rows: page.into_iter().map(|(d, _)| d).collect(),

@@ -557,4 +557,4 @@ fn process_role(host: &str, pid: u32) -> Option<&'static str> {
 }
 
 use executor::Executor;
-pub(crate) use executor::{load, run_pending};
+pub(crate) use executor::{load_msgs, run_pending};

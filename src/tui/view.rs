@@ -354,24 +354,31 @@ fn draw_main(
 ) {
     let focused = !app.focus_log;
     let Some(v) = app.stack.last() else { return };
+    // The title in parts, most useful first; a narrow terminal drops whole parts from the
+    // right rather than cut one through (a count or a row number is never half shown).
     let mut title = v.kind.title();
     if let ViewData::Health(r) = &v.data {
         title.push_str(&super::ops::health_title(r));
     }
-    if !v.filter.is_empty() {
-        title.push_str(&format!(" · /{}", clean(&v.filter)));
-    }
+    let mut parts = vec![title];
     if !v.selected.is_empty() {
-        title.push_str(&format!(" · {} selected", v.selected.len()));
         let shown = v.visible_ids();
         let hidden = v
             .selected
             .keys()
             .filter(|id| !shown.contains(id.as_str()))
             .count();
-        if hidden > 0 {
-            title.push_str(&format!(" ({hidden} not shown)"));
-        }
+        parts.push(if hidden > 0 {
+            format!("{} selected ({hidden} not shown)", v.selected.len())
+        } else {
+            format!("{} selected", v.selected.len())
+        });
+    }
+    if !v.filter.is_empty() {
+        parts.push(format!("/{}", clean(&v.filter)));
+    }
+    if let Some(pos) = position(v) {
+        parts.push(pos);
     }
     // The payload viewer: its lines wrapped to the width, the position in the title.
     let doc = match &v.data {
@@ -380,8 +387,8 @@ fn draw_main(
             let height = area.height.saturating_sub(2) as usize;
             let (lines, top, total) = doc_window(&v.doc, width, height, v.scroll, theme);
             if total > height {
-                title.push_str(&format!(
-                    " · lines {}–{} of {total}",
+                parts.push(format!(
+                    "lines {}–{} of {total}",
                     top + 1,
                     (top + height).min(total),
                 ));
@@ -390,6 +397,7 @@ fn draw_main(
         }
         _ => None,
     };
+    let title = fit_title(parts, area.width.saturating_sub(4) as usize);
     let b = block(title, theme, focused);
     let inner = b.inner(area);
     f.render_widget(b, area);
@@ -650,6 +658,57 @@ fn draw_main(
     let mut state = ratatui::widgets::TableState::default();
     state.select(focused.then_some(cursor_row));
     f.render_stateful_widget(table, inner, &mut state);
+}
+
+/// Title parts joined with ` · `, as many whole parts as fit in `width` cells (the first
+/// always, cut with `…` when even it is too long).
+fn fit_title(parts: Vec<String>, width: usize) -> String {
+    use unicode_width::UnicodeWidthStr;
+    let mut out = String::new();
+    for (i, p) in parts.into_iter().enumerate() {
+        if i == 0 {
+            out = if p.width() > width {
+                fit(&p, width).trim_end().to_string()
+            } else {
+                p
+            };
+            continue;
+        }
+        if out.width() + 3 + p.width() > width {
+            break;
+        }
+        out.push_str(" · ");
+        out.push_str(&p);
+    }
+    out
+}
+
+/// `row N of M` for a list: N counts from the whole list's first row (a view that went to
+/// the end with `G` holds its last rows only), M from the counters (`M+` when they cannot
+/// tell and more rows follow the loaded ones). A list filtered on screen counts its matches.
+fn position(v: &super::state::View) -> Option<String> {
+    let n = v.len();
+    if n == 0 {
+        return None;
+    }
+    let (loaded, more) = match &v.data {
+        ViewData::Items { rows, more } => (rows.len(), *more),
+        ViewData::Deliveries { rows, more, .. } => (rows.len(), *more),
+        ViewData::Workflows(_) | ViewData::Stages(_) | ViewData::Audit(_) => (n, false),
+        _ => return None,
+    };
+    let local_filter = !v.filter.is_empty() && !matches!(v.data, ViewData::Items { .. });
+    if local_filter {
+        return Some(format!("match {} of {n}", v.cursor + 1));
+    }
+    let row = v.base + v.cursor + 1;
+    let seen = v.base + loaded;
+    let of = match v.total {
+        Some(t) if t as usize >= seen => t.to_string(),
+        _ if more => format!("{seen}+"),
+        _ => seen.to_string(),
+    };
+    Some(format!("row {row} of {of}"))
 }
 
 /// What an empty view would show, and the command or key that fills it (issue 19: empty

@@ -95,8 +95,13 @@ pub(super) fn move_cursor(app: &mut App, f: impl Fn(usize, usize, usize) -> usiz
         return vec![];
     }
     v.cursor = f(v.cursor, n, page).min(n - 1);
-    // Near the end of what is loaded: fetch the next page (keyset).
+    if v.paging {
+        return vec![];
+    }
+    // Near the end of what is loaded: fetch the next page (keyset); near its start when the
+    // view reads from the end (`G`): the page before.
     let near_end = v.cursor + page >= n;
+    let near_start = v.cursor < page && v.base > 0;
     let after = match &v.data {
         ViewData::Items { rows, more: true } if near_end => {
             rows.last().map(|r| LoadAfter::Item(r.cursor.clone()))
@@ -106,12 +111,54 @@ pub(super) fn move_cursor(app: &mut App, f: impl Fn(usize, usize, usize) -> usiz
             more: true,
             ..
         } if near_end => cursors.last().map(|c| LoadAfter::Delivery(*c)),
+        ViewData::Items { rows, .. } if near_start => rows
+            .first()
+            .map(|r| LoadAfter::ItemBefore(r.cursor.clone())),
+        ViewData::Deliveries { cursors, .. } if near_start => {
+            cursors.first().map(|c| LoadAfter::DeliveryBefore(*c))
+        }
         _ => None,
     };
     match after {
-        Some(a) => app.load_current(Some(a)),
+        Some(a) => {
+            v.paging = true;
+            app.load_current(Some(a))
+        }
         None => vec![],
     }
+}
+
+/// Whether the view is a keyset-paged list with rows after the loaded ones.
+fn more_after(v: &View) -> bool {
+    matches!(
+        v.data,
+        ViewData::Items { more: true, .. } | ViewData::Deliveries { more: true, .. }
+    )
+}
+
+/// `G`: the true last row. A paged list with rows after the loaded ones asks for its last
+/// page (a reverse keyset read); keys wait for it, as for a new filter.
+fn to_bottom(app: &mut App) -> Vec<Effect> {
+    if !app.view().is_some_and(more_after) {
+        return move_cursor(app, |_, n, _| n.saturating_sub(1));
+    }
+    let id = app.next_view_id;
+    app.next_view_id += 1;
+    let Some(v) = app.view_mut() else {
+        return vec![];
+    };
+    v.id = id;
+    v.awaiting = true;
+    v.paging = false;
+    app.load_current(Some(LoadAfter::End))
+}
+
+/// `g`: the first row; a view reading from the end loads the list's first page again.
+fn to_top(app: &mut App) -> Vec<Effect> {
+    if app.view().is_some_and(|v| v.base > 0) {
+        return app.relist(false);
+    }
+    move_cursor(app, |_, _, _| 0)
 }
 
 /// The rows an action applies to: the selection, else the row under the cursor.
@@ -249,8 +296,8 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
     match a {
         Action::Up => move_cursor(app, |c, _, _| c.saturating_sub(1)),
         Action::Down => move_cursor(app, |c, _, _| c + 1),
-        Action::Top => move_cursor(app, |_, _, _| 0),
-        Action::Bottom => move_cursor(app, |_, n, _| n.saturating_sub(1)),
+        Action::Top => to_top(app),
+        Action::Bottom => to_bottom(app),
         // In the item detail, j/k move among its deliveries and the page keys scroll its
         // history (the view clamps the offset to what there is).
         Action::PageUp | Action::PageDown

@@ -160,6 +160,13 @@ pub struct View {
     /// The delivery detail as the payload viewer draws it (built once per load, not per
     /// frame: a 64 KiB body is thousands of lines).
     pub doc: std::sync::Arc<Vec<super::payload::DocLine>>,
+    /// Where the first loaded row is in the whole list (0 unless the view went to the end
+    /// with `G` and pages back up from there).
+    pub base: usize,
+    /// How many rows the whole list has, when the counters (or a count `G` made) tell.
+    pub total: Option<i64>,
+    /// A page before or after the loaded rows was asked for and has not come yet.
+    pub paging: bool,
 }
 
 impl View {
@@ -176,6 +183,9 @@ impl View {
             awaiting: true,
             refilter: false,
             doc: Default::default(),
+            base: 0,
+            total: None,
+            paging: false,
         }
     }
 
@@ -616,6 +626,19 @@ pub enum Msg {
         data: ViewData,
         append: bool,
     },
+    /// A page read backward: the list's end, or the rows before the loaded ones; `total`
+    /// numbers the rows when the list's end came.
+    Window {
+        view: u64,
+        data: ViewData,
+        at: At,
+        total: Option<i64>,
+    },
+    /// How many rows the view's whole list has (`None`: the counters cannot tell).
+    Total {
+        view: u64,
+        total: Option<i64>,
+    },
     Header(Header),
     Attempt(Box<AttemptEvent>),
     /// A result for the flash line.
@@ -704,6 +727,20 @@ pub enum Effect {
 pub enum LoadAfter {
     Item(ItemCursor),
     Delivery(crate::store::DeliveryCursor),
+    /// The page before the first loaded row (reading back up from the end).
+    ItemBefore(ItemCursor),
+    DeliveryBefore(crate::store::DeliveryCursor),
+    /// The list's last page (`G`), read backward from its end.
+    End,
+}
+
+/// Where a page read backward goes ([`Msg::Window`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    /// It is the list's last page: it replaces the loaded rows, the cursor on its last row.
+    End,
+    /// It comes before the first loaded row.
+    Before,
 }
 
 impl App {
@@ -902,13 +939,30 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                 {
                     app.load_current(None)
                 }
-                Some(v) if v.cursor < PAGE => app.load_current(None),
+                // Not a view reading from the end (`G`): a reload from the top would take
+                // the operator away from the rows they went to.
+                Some(v) if v.cursor < PAGE && v.base == 0 => app.load_current(None),
                 _ => vec![],
             }
         }
         Msg::Loaded { view, data, append } => {
             loaded(app, view, data, append);
             replay_deferred(app)
+        }
+        Msg::Window {
+            view,
+            data,
+            at,
+            total,
+        } => {
+            window_loaded(app, view, data, at, total);
+            replay_deferred(app)
+        }
+        Msg::Total { view, total } => {
+            if let Some(v) = app.stack.iter_mut().find(|v| v.id == view) {
+                v.total = total;
+            }
+            vec![]
         }
         Msg::Header(h) => {
             // What an action wrote to a deleted or replaced file would be lost on quit: the
@@ -1086,7 +1140,9 @@ fn loaded(app: &mut App, view: u64, data: ViewData, append: bool) {
     };
     if !append {
         v.awaiting = false;
+        v.base = 0;
     }
+    v.paging = false;
     match (append, &mut v.data, data) {
         (true, ViewData::Items { rows, more }, ViewData::Items { rows: new, more: m }) => {
             // A page asked for before a reload may repeat rows the reload already brought.
@@ -1128,6 +1184,64 @@ fn loaded(app: &mut App, view: u64, data: ViewData, append: bool) {
     if let Some(text) = said {
         app.flash(text, Level::Warn);
     }
+}
+
+/// A page read backward arrived: the list's last page replaces the rows (the cursor on its
+/// last row, numbered from the total), or the rows before the first loaded one go in front
+/// (the cursor stays on its row).
+fn window_loaded(app: &mut App, view: u64, data: ViewData, at: At, total: Option<i64>) {
+    let Some(v) = app.stack.iter_mut().find(|v| v.id == view) else {
+        return;
+    };
+    v.paging = false;
+    if at == At::End {
+        v.awaiting = false;
+        let n = match &data {
+            ViewData::Items { rows, .. } => rows.len(),
+            ViewData::Deliveries { rows, .. } => rows.len(),
+            _ => 0,
+        };
+        v.data = data;
+        if total.is_some() {
+            v.total = total;
+        }
+        let whole = v.total.map(|t| t.max(0) as usize).unwrap_or(n);
+        v.base = whole.saturating_sub(n);
+        v.cursor = v.len().saturating_sub(1);
+        v.clamp();
+        return;
+    }
+    let shown = v.len();
+    let added = match (&mut v.data, data) {
+        (ViewData::Items { rows, .. }, ViewData::Items { rows: new, .. }) => {
+            let have: HashSet<ItemId> = rows.iter().map(|r| r.id.clone()).collect();
+            let new: Vec<ItemRow> = new.into_iter().filter(|r| !have.contains(&r.id)).collect();
+            let n = new.len();
+            rows.splice(0..0, new);
+            n
+        }
+        (
+            ViewData::Deliveries { rows, cursors, .. },
+            ViewData::Deliveries {
+                rows: new,
+                cursors: c,
+                ..
+            },
+        ) => {
+            let n = new.len();
+            rows.splice(0..0, new);
+            cursors.splice(0..0, c);
+            n
+        }
+        (slot, ViewData::Failed(e)) => {
+            *slot = ViewData::Failed(e);
+            0
+        }
+        _ => 0,
+    };
+    v.base = v.base.saturating_sub(added);
+    v.cursor += v.len().saturating_sub(shown);
+    v.clamp();
 }
 
 /// The list keys waited for did not come in time. A view that shows nothing yet (its first

@@ -3,6 +3,7 @@
 //! (`screens`). The data is hand-built here with fixed ids and times, so the same state
 //! always draws the same frame.
 
+mod navigation;
 mod render;
 mod screens;
 mod update;
