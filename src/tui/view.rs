@@ -487,11 +487,24 @@ fn draw_main(
                 ("IN DELIVERY", Col::Num(2)),
                 ("FAILED", Col::Num(7)),
                 ("STATUS", Col::Text { min: 12, keep: 10 }),
+                // Of the attempts this console saw in the last five minutes.
+                ("FAIL 5M", Col::Num(3)),
             ],
             shown
                 .iter()
                 .map(|i| {
                     let s = &d.stage_list[*i];
+                    let (tried, failed) = app.stage_failures(&d.summary.id, &s.id);
+                    let rate = if tried == 0 {
+                        Span::styled("-", theme.dim)
+                    } else {
+                        let pct = (failed as f64 * 100.0 / tried as f64).round();
+                        if failed > 0 {
+                            Span::styled(format!("✗ {pct:.0}% of {tried}"), theme.bad)
+                        } else {
+                            Span::styled(format!("0% of {tried}"), theme.good)
+                        }
+                    };
                     let mut status: Vec<Span> = Vec::new();
                     if s.paused {
                         status.push(Span::styled("⏸ paused ", theme.warn));
@@ -528,6 +541,7 @@ fn draw_main(
                         Line::from(s.in_delivery.to_string()),
                         Line::from(fail_cell(s.failed, theme)),
                         Line::from(status),
+                        Line::from(rate),
                     ]
                 })
                 .collect(),

@@ -35,6 +35,8 @@ pub const PAGE: usize = 200;
 pub const LOG_CAPACITY: usize = 2000;
 /// Seconds of history in the throughput sparkline.
 pub const RATE_SECONDS: usize = 120;
+/// Seconds over which the stages view gives each stage's failure rate.
+pub const STAGE_RATE_SECONDS: usize = 300;
 
 /// What a view shows.
 #[derive(Clone, Debug, PartialEq)]
@@ -525,6 +527,9 @@ pub struct App {
     pub fail_rate: VecDeque<u64>,
     /// Stages per workflow, for the assign picker.
     pub stages: HashMap<WorkflowId, Vec<(StageId, StageKind)>>,
+    /// Attempts and failed ones per stage, second by second over the last
+    /// [`STAGE_RATE_SECONDS`] (the stages view's failure rate); the last bucket is this second.
+    pub stage_rates: HashMap<(WorkflowId, StageId), VecDeque<(u32, u32)>>,
     /// Something changed since the last frame.
     pub dirty: bool,
     /// The main list's visible height, set by the view (for paging).
@@ -744,6 +749,14 @@ pub enum At {
 }
 
 impl App {
+    /// A stage's attempts and failed attempts over the last [`STAGE_RATE_SECONDS`].
+    pub fn stage_failures(&self, workflow: &WorkflowId, stage: &StageId) -> (u32, u32) {
+        self.stage_rates
+            .get(&(workflow.clone(), stage.clone()))
+            .map(|r| r.iter().fold((0, 0), |(n, f), (a, b)| (n + a, f + b)))
+            .unwrap_or((0, 0))
+    }
+
     pub fn new(read_only: bool) -> (App, Vec<Effect>) {
         let mut app = App {
             stack: Vec::new(),
@@ -758,6 +771,7 @@ impl App {
             rate: VecDeque::from(vec![0; RATE_SECONDS]),
             fail_rate: VecDeque::from(vec![0; RATE_SECONDS]),
             stages: HashMap::new(),
+            stage_rates: HashMap::new(),
             dirty: true,
             page_rows: 10,
             pending_picker: None,
@@ -909,6 +923,14 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                     r.pop_front();
                 }
             }
+            // A stage with no attempt in the window is forgotten (bounded by live stages).
+            app.stage_rates.retain(|_, r| {
+                r.push_back((0, 0));
+                while r.len() > STAGE_RATE_SECONDS {
+                    r.pop_front();
+                }
+                r.iter().any(|(n, _)| *n > 0)
+            });
             if let Some(f) = &mut app.flash {
                 f.ttl = f.ttl.saturating_sub(1);
                 if f.ttl == 0 {
@@ -980,6 +1002,14 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
         Msg::Attempt(e) => {
             let failed =
                 e.error_kind.is_some() || !e.status.is_some_and(|s| (200..300).contains(&s));
+            let r = app
+                .stage_rates
+                .entry((e.workflow.clone(), e.stage.clone()))
+                .or_insert_with(|| VecDeque::from(vec![(0, 0)]));
+            if let Some(last) = r.back_mut() {
+                last.0 += 1;
+                last.1 += u32::from(failed);
+            }
             if app.log.push(*e) {
                 if let Some(last) = app.rate.back_mut() {
                     *last += 1;

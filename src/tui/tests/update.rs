@@ -2331,3 +2331,45 @@ fn every_action_in_the_table_is_reachable_by_some_key_somewhere() {
         assert!(reachable, "{:?} is shadowed everywhere", b.action);
     }
 }
+
+#[test]
+fn the_stages_view_gives_each_stages_failure_rate_over_five_minutes() {
+    let mut app = on_stages(false);
+    let (w, validate) = (WorkflowId::new(WF), StageId::new("validate"));
+    with_attempts(&mut app);
+    // Three of the five attempts failed (two 500s and a timeout).
+    assert_eq!(app.stage_failures(&w, &validate), (5, 3));
+    let rates = text(&render(&mut app, 120, 40));
+    let row = rates.lines().find(|l| l.contains("Validate")).unwrap();
+    assert!(row.contains("✗ 60% of 5"), "{row}");
+    // Four minutes on, two successes: 3 of 7.
+    for _ in 0..240 {
+        update(&mut app, Msg::Tick);
+    }
+    update(
+        &mut app,
+        Msg::Attempt(Box::new(attempt(5, 1, Some(200), DeliveryState::Succeeded))),
+    );
+    update(
+        &mut app,
+        Msg::Attempt(Box::new(attempt(6, 1, Some(200), DeliveryState::Succeeded))),
+    );
+    assert_eq!(app.stage_failures(&w, &validate), (7, 3));
+    // Two more minutes: the first five are older than five minutes and no longer count.
+    for _ in 0..120 {
+        update(&mut app, Msg::Tick);
+    }
+    assert_eq!(app.stage_failures(&w, &validate), (2, 0));
+    let row = text(&render(&mut app, 120, 40));
+    let row = row
+        .lines()
+        .find(|l| l.contains("Validate"))
+        .unwrap()
+        .to_string();
+    assert!(row.contains("0% of 2"), "{row}");
+    // Five minutes without attempts: the stage is forgotten, the cell says so.
+    for _ in 0..300 {
+        update(&mut app, Msg::Tick);
+    }
+    assert!(app.stage_rates.is_empty());
+}
