@@ -282,8 +282,14 @@ async fn main_loop(store: Store, opts: ConsoleOptions, mouse: bool) -> Result<()
                         if let Err(why) = r {
                             app.flash(why, Level::Error);
                         }
-                        // Everything is drawn anew on the restored screen.
-                        terminal.clear().map_err(|e| e.to_string())?;
+                        // Everything is drawn anew on the restored screen: it is cleared, and
+                        // both buffers are emptied so the next frame draws every cell.
+                        // (`Terminal::clear` would ask the terminal where its cursor is, an
+                        // answer the key reader may take, over SSH too.)
+                        let _ =
+                            execute!(std::io::stdout(), terminal::Clear(terminal::ClearType::All));
+                        terminal.swap_buffers();
+                        terminal.swap_buffers();
                         urgent = true;
                         app.dirty = true;
                         continue;
