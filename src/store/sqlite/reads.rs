@@ -102,11 +102,14 @@ fn texts(c: &Connection, sql: &str) -> Result<Vec<String>> {
 }
 
 /// Builds the item list query: SQL selecting (id, name, workflow, stage, state, version,
-/// tags, entered_at, updated_at, sort key, seq) and its arguments.
+/// tags, entered_at, updated_at, sort key, seq) and its arguments, after `after` in the
+/// filter's order; `backward` reads the other way (the rows before `after`, nearest first;
+/// from the list's end when `after` is `None`).
 fn item_query(
     filter: &ItemFilter,
     after: Option<&ItemCursor>,
     limit: Option<usize>,
+    backward: bool,
 ) -> (String, Vec<Value>) {
     let mut wh = Vec::new();
     let mut args: Vec<Value> = Vec::new();
@@ -149,7 +152,8 @@ fn item_query(
         let a = args.len();
         args.push(Value::Integer(c.seq));
         let b = args.len();
-        wh.push(format!("({key}, seq) > (?{a}, ?{b})"));
+        let op = if backward { "<" } else { ">" };
+        wh.push(format!("({key}, seq) {op} (?{a}, ?{b})"));
     }
     let where_sql = if wh.is_empty() {
         String::new()
@@ -157,21 +161,24 @@ fn item_query(
         format!("WHERE {}", wh.join(" AND "))
     };
     let limit_sql = limit.map(|l| format!("LIMIT {l}")).unwrap_or_default();
+    let dir = if backward { "DESC" } else { "ASC" };
     (
         format!(
             "SELECT id, name, workflow_id, stage_id, state, version, tags, entered_at, updated_at, {key}, seq
-             FROM items {where_sql} ORDER BY {key}, seq {limit_sql}"
+             FROM items {where_sql} ORDER BY {key} {dir}, seq {dir} {limit_sql}"
         ),
         args,
     )
 }
 
-/// Builds the delivery list query (newest first): SQL selecting [`SUMMARY_COLUMNS`] and its
-/// arguments.
+/// Builds the delivery list query: SQL selecting [`SUMMARY_COLUMNS`] and its arguments,
+/// newest first after `after`; `backward` reads the other way (the rows before `after`,
+/// nearest first; from the list's end when `after` is `None`).
 fn delivery_query(
     f: &DeliveryFilter,
     after: Option<i64>,
     limit: Option<usize>,
+    backward: bool,
 ) -> (String, Vec<Value>) {
     let mut wh = Vec::new();
     let mut args: Vec<Value> = Vec::new();
@@ -212,7 +219,8 @@ fn delivery_query(
         push("d.last_status = ?", Value::Integer(s.into()), &mut args);
     }
     if let Some(a) = after {
-        push("d.seq < ?", Value::Integer(a), &mut args);
+        let op = if backward { "d.seq > ?" } else { "d.seq < ?" };
+        push(op, Value::Integer(a), &mut args);
     }
     let where_sql = if wh.is_empty() {
         String::new()
@@ -223,7 +231,8 @@ fn delivery_query(
     (
         format!(
             "SELECT {SUMMARY_COLUMNS} FROM deliveries d LEFT JOIN items i ON i.id = d.item_id
-             {where_sql} ORDER BY d.seq DESC {limit_sql}"
+             {where_sql} ORDER BY d.seq {} {limit_sql}",
+            if backward { "ASC" } else { "DESC" }
         ),
         args,
     )
@@ -344,8 +353,9 @@ impl Reads for SqliteReads<'_> {
         filter: &ItemFilter,
         after: Option<&ItemCursor>,
         limit: usize,
+        backward: bool,
     ) -> Result<Vec<ItemRow>> {
-        let (sql, args) = item_query(filter, after, Some(limit));
+        let (sql, args) = item_query(filter, after, Some(limit), backward);
         all(
             self.conn,
             &sql,
@@ -376,7 +386,7 @@ impl Reads for SqliteReads<'_> {
     }
 
     fn count_items(&self, filter: &ItemFilter) -> Result<i64> {
-        let (sql, args) = item_query(filter, None, None);
+        let (sql, args) = item_query(filter, None, None, false);
         let sql = format!("SELECT COUNT(*) FROM ({sql})");
         count(self.conn, &sql, rusqlite::params_from_iter(args.iter()))
     }
@@ -418,8 +428,9 @@ impl Reads for SqliteReads<'_> {
         filter: &DeliveryFilter,
         after: Option<DeliveryCursor>,
         limit: usize,
+        backward: bool,
     ) -> Result<Vec<(DeliverySummary, DeliveryCursor)>> {
-        let (sql, args) = delivery_query(filter, after.map(|a| a.0), Some(limit));
+        let (sql, args) = delivery_query(filter, after.map(|a| a.0), Some(limit), backward);
         all(
             self.conn,
             &sql,
@@ -429,7 +440,7 @@ impl Reads for SqliteReads<'_> {
     }
 
     fn count_deliveries(&self, filter: &DeliveryFilter) -> Result<i64> {
-        let (sql, args) = delivery_query(filter, None, None);
+        let (sql, args) = delivery_query(filter, None, None, false);
         let sql = format!("SELECT COUNT(*) FROM ({sql})");
         count(self.conn, &sql, rusqlite::params_from_iter(args.iter()))
     }

@@ -3,9 +3,11 @@
 //! (`screens`). The data is hand-built here with fixed ids and times, so the same state
 //! always draws the same frame.
 
+mod navigation;
 mod render;
 mod screens;
 mod update;
+mod viewer;
 
 use std::collections::BTreeMap;
 
