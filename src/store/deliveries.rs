@@ -31,6 +31,8 @@ pub struct DeliverySummary {
     pub last_status: Option<u16>,
     pub last_error_kind: Option<ErrorKind>,
     pub last_attempt_at: Option<DateTime<Utc>>,
+    /// What the last attempt's failure said (none after a success).
+    pub last_error_message: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub refire_of: Option<DeliveryId>,
     pub cancel_reason: Option<CancelReason>,

@@ -585,6 +585,7 @@ fn draw_main(
                 // Shown when the terminal is wide enough (dropped first otherwise).
                 ("NEXT", Col::Num(2)),
                 ("TRIGGER", Col::Text { min: 6, keep: 1 }),
+                ("ERROR", Col::Text { min: 20, keep: 0 }),
             ],
             shown
                 .iter()
@@ -611,6 +612,7 @@ fn draw_main(
                                 .unwrap_or_else(|| "-".into()),
                         ),
                         Line::from(r.trigger.to_string()),
+                        Line::from(clean(r.last_error_message.as_deref().unwrap_or(""))),
                     ]
                 })
                 .collect(),
@@ -1196,11 +1198,17 @@ fn doc_window(
     (out, top, total)
 }
 
-/// One log line: time, glyph, status, stage, item, attempt n/max, duration, next retry.
+/// A terminal at least this wide shows more in its lists: the log pane the URL path and the
+/// start of the response, the deliveries view the last error message.
+pub const WIDE: u16 = 200;
+
+/// One log line: time, glyph, status, stage, item, attempt n/max, duration, next retry; when
+/// `wide`, the URL's path and the start of the response too.
 pub fn log_line(
     e: &AttemptEvent,
     theme: &Theme,
     now: chrono::DateTime<chrono::Utc>,
+    wide: bool,
 ) -> Line<'static> {
     let (glyph, style) = match (e.status, e.state) {
         (_, DeliveryState::RetryScheduled) => ("↻", theme.warn),
@@ -1236,6 +1244,13 @@ pub fn log_line(
             e.duration_ms
         )),
     ];
+    if wide {
+        // In a column of its own, before the parts whose length varies.
+        spans.push(Span::styled(
+            format!(" {}", fit(&url_path(&e.url), 32)),
+            theme.dim,
+        ));
+    }
     if e.state == DeliveryState::RetryScheduled
         && let Some(t) = e.next_attempt_at
     {
@@ -1252,7 +1267,22 @@ pub fn log_line(
     if let Some(to) = &e.routed_to {
         spans.push(Span::styled(format!("  → {to}"), theme.dim));
     }
+    if wide
+        && let Some(x) = e
+            .response_excerpt
+            .as_deref()
+            .filter(|x| !x.trim().is_empty())
+    {
+        let one_line = x.split_whitespace().collect::<Vec<_>>().join(" ");
+        spans.push(Span::styled(format!("  {}", clean(&one_line)), theme.dim));
+    }
     Line::from(spans)
+}
+
+/// A URL's path and query: what tells two endpoints of one receiver apart.
+fn url_path(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    clean(rest.find('/').map_or("/", |i| &rest[i..]))
 }
 
 fn draw_log(
@@ -1312,7 +1342,7 @@ fn draw_log(
         .skip(start)
         .take(h)
         .map(|i| {
-            let line = log_line(&app.log.entries[*i], theme, now);
+            let line = log_line(&app.log.entries[*i], theme, now, inner.width >= WIDE);
             if app.focus_log && *i == app.log.cursor {
                 line.style(theme.selected)
             } else {

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::rows::load_item;
 use super::schema;
-use crate::model::{DeliveryId, DeliveryState, Item, ItemId, StageId, WorkflowId};
+use crate::model::{DeliveryId, DeliveryState, EXCERPT_BYTES, Item, ItemId, StageId, WorkflowId};
 use crate::store::seam::{
     Found, HealthFacts, Reads, ScanRow, Storage, StoredDelivery, WorkflowCounts,
 };
@@ -52,10 +52,12 @@ where
     }
 }
 
-/// The columns of a listed delivery (`d`: deliveries, `i`: items), its `seq` last.
+/// The columns of a listed delivery (`d`: deliveries, `i`: items): `seq` at 17, then the last
+/// attempt's error message.
 pub(crate) const SUMMARY_COLUMNS: &str = "d.id, d.item_id, i.name, d.workflow_id, d.stage_id, d.event, d.state, d.trigger, \
      d.attempts, d.last_status, d.last_error_kind, d.last_attempt_at, d.next_attempt_at, d.refire_of, \
-     d.cancel_reason, d.created_at, d.updated_at, d.seq";
+     d.cancel_reason, d.created_at, d.updated_at, d.seq, \
+     (SELECT a.error_message FROM attempts a WHERE a.delivery_id = d.id ORDER BY a.number DESC LIMIT 1)";
 
 pub(crate) fn summary_from_row(r: &Row) -> rusqlite::Result<DeliverySummary> {
     Ok(DeliverySummary {
@@ -71,6 +73,9 @@ pub(crate) fn summary_from_row(r: &Row) -> rusqlite::Result<DeliverySummary> {
         last_status: r.get(9)?,
         last_error_kind: opt_enum_col(r, 10)?,
         last_attempt_at: r.get::<_, Option<i64>>(11)?.map(to_time),
+        last_error_message: r
+            .get::<_, Option<String>>(18)?
+            .filter(|_| r.get::<_, Option<String>>(10).ok().flatten().is_some()),
         next_attempt_at: r.get::<_, Option<i64>>(12)?.map(to_time),
         refire_of: r.get::<_, Option<String>>(13)?.map(DeliveryId),
         cancel_reason: opt_enum_col(r, 14)?,
@@ -457,9 +462,9 @@ impl Reads for SqliteReads<'_> {
             .query_row([id.as_str()], |r| {
                 Ok(StoredDelivery {
                     summary: summary_from_row(r)?,
-                    item_version: r.get(18)?,
-                    cancelled_by: r.get(19)?,
-                    body: r.get(20)?,
+                    item_version: r.get(19)?,
+                    cancelled_by: r.get(20)?,
+                    body: r.get(21)?,
                 })
             })
             .optional()?)
@@ -513,43 +518,46 @@ impl Reads for SqliteReads<'_> {
         after: AttemptCursor,
         limit: usize,
     ) -> Result<Vec<(AttemptCursor, crate::model::AttemptEvent)>> {
-        all(
-            self.conn,
+        let sql = format!(
             "SELECT a.seq, a.delivery_id, d.event, d.workflow_id, d.stage_id, d.item_id, i.name,
                     a.number, a.trigger, d.attempts, a.status, a.error_kind, a.error_message,
-                    a.duration_ms, d.state, d.next_attempt_at, a.started_at
+                    a.duration_ms, d.state, d.next_attempt_at, a.started_at, a.url,
+                    substr(a.response_body, 1, {EXCERPT_BYTES})
              FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
              LEFT JOIN items i ON i.id = d.item_id
-             WHERE a.seq > ?1 ORDER BY a.seq LIMIT ?2",
-            params![after.0, limit as i64],
-            |r| {
-                Ok((
-                    AttemptCursor(r.get(0)?),
-                    crate::model::AttemptEvent {
-                        at: to_time(r.get(16)?),
-                        delivery_id: DeliveryId(r.get(1)?),
-                        event: enum_col(r, 2)?,
-                        workflow: WorkflowId(r.get(3)?),
-                        stage: StageId(r.get(4)?),
-                        item_id: r.get::<_, Option<String>>(5)?.map(ItemId),
-                        item_name: r.get(6)?,
-                        number: r.get(7)?,
-                        trigger: enum_col(r, 8)?,
-                        attempts: r.get(9)?,
-                        max_attempts: 0,
-                        status: r.get(10)?,
-                        error_kind: opt_enum_col(r, 11)?,
-                        error_message: r.get(12)?,
-                        duration_ms: r.get::<_, Option<i64>>(13)?.unwrap_or(0),
-                        state: enum_col(r, 14)?,
-                        next_attempt_at: r.get::<_, Option<i64>>(15)?.map(to_time),
-                        routed_to: None,
-                        paused_stage: false,
-                        lease_lost: false,
-                    },
-                ))
-            },
-        )
+             WHERE a.seq > ?1 ORDER BY a.seq LIMIT ?2"
+        );
+        all(self.conn, &sql, params![after.0, limit as i64], |r| {
+            Ok((
+                AttemptCursor(r.get(0)?),
+                crate::model::AttemptEvent {
+                    at: to_time(r.get(16)?),
+                    delivery_id: DeliveryId(r.get(1)?),
+                    event: enum_col(r, 2)?,
+                    workflow: WorkflowId(r.get(3)?),
+                    stage: StageId(r.get(4)?),
+                    item_id: r.get::<_, Option<String>>(5)?.map(ItemId),
+                    item_name: r.get(6)?,
+                    number: r.get(7)?,
+                    trigger: enum_col(r, 8)?,
+                    attempts: r.get(9)?,
+                    max_attempts: 0,
+                    status: r.get(10)?,
+                    error_kind: opt_enum_col(r, 11)?,
+                    error_message: r.get(12)?,
+                    duration_ms: r.get::<_, Option<i64>>(13)?.unwrap_or(0),
+                    url: r.get(17)?,
+                    response_excerpt: r
+                        .get::<_, Option<Vec<u8>>>(18)?
+                        .map(|b| crate::model::excerpt(&b)),
+                    state: enum_col(r, 14)?,
+                    next_attempt_at: r.get::<_, Option<i64>>(15)?.map(to_time),
+                    routed_to: None,
+                    paused_stage: false,
+                    lease_lost: false,
+                },
+            ))
+        })
     }
 
     fn attempts_end(&self) -> Result<i64> {
