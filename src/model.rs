@@ -435,6 +435,12 @@ pub struct AttemptEvent {
     pub error_kind: Option<ErrorKind>,
     pub error_message: Option<String>,
     pub duration_ms: i64,
+    /// The URL as sent, secrets redacted.
+    #[serde(default)]
+    pub url: String,
+    /// The start of the response body (at most 200 bytes, as text).
+    #[serde(default)]
+    pub response_excerpt: Option<String>,
     /// The delivery's state after this attempt.
     pub state: DeliveryState,
     pub next_attempt_at: Option<DateTime<Utc>>,
@@ -442,6 +448,22 @@ pub struct AttemptEvent {
     pub paused_stage: bool,
     pub lease_lost: bool,
 }
+
+/// The start of a response body for a log line: at most [`EXCERPT_BYTES`] bytes, as text (a
+/// character cut in two at the end is dropped).
+pub fn excerpt(body: &[u8]) -> String {
+    let head = &body[..body.len().min(EXCERPT_BYTES)];
+    match std::str::from_utf8(head) {
+        Ok(s) => s.to_string(),
+        Err(e) if e.error_len().is_none() => {
+            String::from_utf8_lossy(&head[..e.valid_up_to()]).into_owned()
+        }
+        Err(_) => String::from_utf8_lossy(head).into_owned(),
+    }
+}
+
+/// How much of a response body a log line keeps.
+pub const EXCERPT_BYTES: usize = 200;
 
 /// What happened on the wire, to be recorded.
 #[derive(Clone, Debug, Default)]

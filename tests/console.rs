@@ -50,11 +50,27 @@ fn nz(n: u16) -> std::num::NonZeroU16 {
 
 impl Console {
     fn start(dir: &Path, args: &[&str], cols: u16, rows: u16) -> Console {
+        Console::start_with(dir, args, cols, rows, &[])
+    }
+
+    /// [`Console::start`] with these environment variables set.
+    fn start_with(
+        dir: &Path,
+        args: &[&str],
+        cols: u16,
+        rows: u16,
+        env: &[(&str, &str)],
+    ) -> Console {
         let pair = native_pty_system().openpty(size(cols, rows)).unwrap();
         let mut cmd = CommandBuilder::new(BIN);
         cmd.args(args);
         cmd.cwd(dir);
         cmd.env("TERM", "xterm-256color");
+        // A copy goes through OSC 52 alone, never into the tmux of whoever runs the tests.
+        cmd.env_remove("TMUX");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         // Nothing from the user's own setup: no config file, no default database.
         cmd.env("HOME", dir);
         cmd.env("XDG_CONFIG_HOME", dir.join("config"));
@@ -475,9 +491,11 @@ fn a_tiny_terminal_shows_a_notice_and_keeps_running_until_q() {
             .contains("larger (needs 50×12)")
     });
     assert!(c.running(), "the console exited in a 10×3 terminal");
-    // Keys still work: open the help (invisible at this size), close it with any key, quit.
+    // Keys still work: open the help (invisible at this size), scroll it (j), close it with
+    // any other key, quit.
     c.send("?");
     c.send("j");
+    c.send("x");
     assert!(c.running());
     c.quit_and_check_restored();
 }
@@ -656,7 +674,11 @@ fn untrusted_names_and_bodies_never_reach_the_terminal_as_escape_sequences() {
     c.wait_for_line(&["✗ failed", "evilnamelink.jpg", "✗ 500"]);
     c.send("\r");
     c.wait_for("delivery · msg_");
-    c.wait_for("< BODYEND");
+    // The response, at the document's end: its body shown as received (it is not JSON),
+    // cleaned.
+    c.send("G");
+    c.wait_for("not JSON, as received");
+    c.wait_for("BODYEND");
     c.wait_for("x-evil: header");
     c.quit_and_check_restored();
 
@@ -888,4 +910,149 @@ fn with_mouse_a_double_click_opens_a_row_and_the_wheel_scrolls() {
         find_last(&c.raw(), b"\x1b[?1000l").is_some(),
         "mouse capture was not turned off"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The payload viewer: a 64 KiB response, OSC 52 copies, the $PAGER round trip
+// ---------------------------------------------------------------------------------------------
+
+/// A loopback HTTP server that answers every request 200 with `body` as JSON.
+fn json_server(body: String) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = Arc::new(body);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut request = vec![0u8; length];
+                let _ = reader.read_exact(&mut request);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(body.as_bytes());
+            });
+        }
+    });
+    format!("http://{addr}/hook")
+}
+
+/// The text of the last OSC 52 copy in `raw`, decoded.
+fn last_copy(raw: &[u8]) -> String {
+    use base64::Engine as _;
+    let start = find_last(raw, b"\x1b]52;c;").expect("no OSC 52 sequence") + 7;
+    let end = start + raw[start..].iter().position(|b| *b == 0x07).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&raw[start..end])
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn the_viewer_scrolls_a_64_kib_body_copies_with_osc_52_and_opens_the_pager() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nearly 64 KiB of JSON (all of it is kept), its last element marked.
+    let mut parts: Vec<String> = (0..5900).map(|i| format!("{{\"n\":{i}}}")).collect();
+    parts.push("{\"last\":\"THE-END\"}".into());
+    let body = format!("[{}]", parts.join(","));
+    assert!(
+        body.len() > 60 * 1024 && body.len() < 64 * 1024,
+        "{}",
+        body.len()
+    );
+    let url = json_server(body.clone());
+    let db = prepare(dir.path(), &url, ITEMS);
+    let pager_out = dir.path().join("pager.txt");
+    // A pager that keeps what it was given, says so, and waits for a key from the terminal.
+    let pager = format!(
+        "cat > '{}'; echo PAGER-IS-WAITING; read answer < /dev/tty",
+        pager_out.display()
+    );
+    let mut c = Console::start_with(
+        dir.path(),
+        &["--db", db.to_str().unwrap(), "--operator", "e2e"],
+        100,
+        30,
+        &[("PAGER", pager.as_str())],
+    );
+    c.wait_for_line(&["e2e", "End to end"]);
+    cli(
+        &db,
+        &["assign", "--workflow", "e2e", "--stage", "hook", "it-1"],
+    );
+    c.wait_for_line(&["✓ 200", "hook", "alpha.jpg"]);
+    c.send(":deliveries\r");
+    c.wait_for_line(&["✓ succeeded", "hook", "alpha.jpg"]);
+    c.send("\r");
+    c.wait_for("delivery · msg_");
+    c.wait_for("request body · ");
+    // The whole body, pretty-printed, to its last line.
+    c.send("G");
+    c.wait_for("\"last\": \"THE-END\"");
+    c.wait_until("the position at the end", |s| {
+        s.contents().lines().any(|l| {
+            l.contains("lines ") && l.contains(" of ") && {
+                let nums: Vec<&str> = l
+                    .split(|ch: char| !ch.is_ascii_digit())
+                    .filter(|t| !t.is_empty())
+                    .collect();
+                nums.len() >= 3 && nums[nums.len() - 2] == nums[nums.len() - 1]
+            }
+        })
+    });
+
+    // B copies the response body, b the request body: OSC 52 with the exact text.
+    c.send("B");
+    c.wait_for("copied the newest response body");
+    assert_eq!(last_copy(&c.raw()), body);
+    c.send("b");
+    c.wait_for("copied the request body");
+    let request: serde_json::Value = serde_json::from_str(&last_copy(&c.raw())).unwrap();
+    assert_eq!(
+        request["item"]["source_info"]["item_id"], "it-1",
+        "{request}"
+    );
+    // u copies a curl command, secrets masked.
+    c.send("u");
+    c.wait_for("copied a curl command (secrets masked)");
+    let curl = last_copy(&c.raw());
+    assert!(
+        curl.contains("curl -sS -X POST") && curl.contains("webhook-id: msg_"),
+        "{curl}"
+    );
+
+    // o: the pager gets the terminal (the console's key reader waits), then the screen is back.
+    c.send("o");
+    c.wait_until("the pager on the main screen", |s| {
+        !s.alternate_screen() && s.contents().contains("PAGER-IS-WAITING")
+    });
+    c.send("\r");
+    c.wait_until("the console back on its screen", |s| {
+        s.alternate_screen() && s.contents().contains("delivery · msg_")
+    });
+    let paged = std::fs::read_to_string(&pager_out).unwrap();
+    assert!(paged.contains("\"last\": \"THE-END\""), "{}", &paged[..200]);
+    assert!(paged.contains("request body · "));
+    // Keys work again: back to the list.
+    c.send("\x1b");
+    c.wait_for("deliveries · row 1 of");
+    c.quit_and_check_restored();
 }

@@ -33,8 +33,8 @@ use hookops::model::{
 use hookops::store::{
     AssignTarget, AttemptCursor, AttemptOutcome, CheckStatus, Clock, DeliveryCursor,
     DeliveryDetail, DeliveryFilter, DeliverySummary, DispatcherInfo, Expect, ImportReport,
-    ItemFilter, ItemOrder, ItemRow, Jitter, Lease, Location, MoveReport, OpenOptions, PruneOptions, Recorded,
-    Store,
+    ItemFilter, ItemOrder, ItemRow, Jitter, Lease, Location, MoveReport, OpenOptions, PruneOptions,
+    Recorded, Store,
 };
 use serde_json::json;
 
@@ -2317,6 +2317,21 @@ pub mod cases {
                     |r: &ItemRow| r.cursor.clone(),
                 );
                 assert_eq!(ids_of(&paged), full, "{f:?} by {limit}");
+                // The reverse keyset read (the console's `G`, then up): from the end, each
+                // page the rows just before the previous one, in list order.
+                let mut back: Vec<ItemRow> = Vec::new();
+                loop {
+                    let page = w
+                        .store
+                        .list_items_before(f, back.first().map(|r| &r.cursor), limit)
+                        .unwrap();
+                    if page.is_empty() {
+                        break;
+                    }
+                    assert!(page.len() <= limit);
+                    back.splice(0..0, page);
+                }
+                assert_eq!(ids_of(&back), full, "{f:?} backward by {limit}");
             }
         }
         let hold = ItemFilter {
@@ -2506,6 +2521,27 @@ pub mod cases {
                     paged.iter().filter(|d| full.contains(d)).cloned().collect();
                 assert_eq!(wanted, full, "{f:?} by {limit}");
                 assert_eq!(paged.len(), full.len(), "nothing newer than the first page");
+                // Backward from the end (the console's `G`), page by page, in list order.
+                let mut back: Vec<(DeliverySummary, DeliveryCursor)> = Vec::new();
+                loop {
+                    let page = w
+                        .store
+                        .list_deliveries_before(f, back.first().map(|r| r.1), limit)
+                        .unwrap();
+                    if page.is_empty() {
+                        break;
+                    }
+                    back.splice(0..0, page);
+                }
+                let back: Vec<DeliveryId> = back.into_iter().map(|(d, _)| d.id).collect();
+                let now: Vec<DeliveryId> = w
+                    .store
+                    .list_deliveries(f, None, 1000)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(d, _)| d.id)
+                    .collect();
+                assert_eq!(back, now, "{f:?} backward by {limit}");
             }
         }
         w.counts();

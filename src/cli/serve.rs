@@ -168,7 +168,9 @@ pub fn serve(g: &Global, a: ServeArgs) -> Result<(), CliError> {
     }
     // Taken right after opening: the file this process reads and writes from now on.
     // (A server database has no file to watch.)
-    let file = store.file().map(|p| (p.to_path_buf(), crate::fileid::identity(p)));
+    let file = store
+        .file()
+        .map(|p| (p.to_path_buf(), crate::fileid::identity(p)));
     let api = a.api.map(|addr| api_options(addr, &a)).transpose()?;
     let rt = super::deliveries_runtime()?;
     rt.block_on(async move {

@@ -63,6 +63,8 @@ fn attempt_event(lease: &Lease, outcome: &AttemptOutcome, rec: &Recorded) -> Att
         error_kind: outcome.error_kind,
         error_message: outcome.error_message.clone(),
         duration_ms: outcome.duration_ms,
+        url: outcome.url.clone(),
+        response_excerpt: outcome.response_body.as_deref().map(crate::model::excerpt),
         state: rec.state,
         next_attempt_at: rec.next_attempt_at,
         routed_to: rec.routed_to.clone(),

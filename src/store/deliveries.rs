@@ -31,6 +31,8 @@ pub struct DeliverySummary {
     pub last_status: Option<u16>,
     pub last_error_kind: Option<ErrorKind>,
     pub last_attempt_at: Option<DateTime<Utc>>,
+    /// What the last attempt's failure said (none after a success).
+    pub last_error_message: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub refire_of: Option<DeliveryId>,
     pub cancel_reason: Option<CancelReason>,
@@ -237,7 +239,21 @@ impl Store {
         after: Option<DeliveryCursor>,
         limit: usize,
     ) -> Result<Vec<(DeliverySummary, DeliveryCursor)>> {
-        self.read(|r| r.list_deliveries(filter, after, limit))
+        self.read(|r| r.list_deliveries(filter, after, limit, false))
+    }
+
+    /// The `limit` deliveries matching `filter` just before `before` in the list's order
+    /// (newest first), or its last ones when `before` is `None`: the reverse keyset read
+    /// behind the console's `G` and its scrolling back up from there. In list order.
+    pub fn list_deliveries_before(
+        &self,
+        filter: &DeliveryFilter,
+        before: Option<DeliveryCursor>,
+        limit: usize,
+    ) -> Result<Vec<(DeliverySummary, DeliveryCursor)>> {
+        let mut rows = self.read(|r| r.list_deliveries(filter, before, limit, true))?;
+        rows.reverse();
+        Ok(rows)
     }
 
     pub fn count_deliveries(&self, filter: &DeliveryFilter) -> Result<i64> {

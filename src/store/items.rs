@@ -936,7 +936,21 @@ impl Store {
         after: Option<&ItemCursor>,
         limit: usize,
     ) -> Result<Vec<ItemRow>> {
-        self.read(|r| r.list_items(filter, after, limit))
+        self.read(|r| r.list_items(filter, after, limit, false))
+    }
+
+    /// The `limit` items matching `filter` just before `before` in the filter's order, or its
+    /// last ones when `before` is `None`: the reverse keyset read behind the console's `G`
+    /// and its scrolling back up from there. In list order.
+    pub fn list_items_before(
+        &self,
+        filter: &ItemFilter,
+        before: Option<&ItemCursor>,
+        limit: usize,
+    ) -> Result<Vec<ItemRow>> {
+        let mut rows = self.read(|r| r.list_items(filter, before, limit, true))?;
+        rows.reverse();
+        Ok(rows)
     }
 
     /// How many items match `filter` (a full count: for the CLI's "N more" line, not frames).

@@ -26,9 +26,9 @@ mod items;
 mod leases;
 mod maintenance;
 mod policy;
+mod postgres;
 mod refire;
 mod seam;
-mod postgres;
 mod sqlite;
 mod stats;
 mod tx;
@@ -70,7 +70,10 @@ pub enum Location {
     File(PathBuf),
     /// The URL as given (it may hold a password: never show it) and the URL as shown, with
     /// the password masked.
-    Postgres { url: String, shown: String },
+    Postgres {
+        url: String,
+        shown: String,
+    },
 }
 
 impl Location {

@@ -524,11 +524,14 @@ pub(crate) trait Reads {
     // ---- items ----
     /// The workflow of each id (`None`: no such item), in the order given, in one snapshot.
     fn owners(&self, ids: &[&str]) -> Result<Vec<Option<String>>>;
+    /// A page of items after `after` in the filter's order; `backward`: the page before it,
+    /// nearest first (the list's last rows when `after` is `None`).
     fn list_items(
         &self,
         filter: &super::ItemFilter,
         after: Option<&super::ItemCursor>,
         limit: usize,
+        backward: bool,
     ) -> Result<Vec<super::ItemRow>>;
     fn count_items(&self, filter: &super::ItemFilter) -> Result<i64>;
     fn item(&self, id: &ItemId) -> Result<Option<Item>>;
@@ -538,11 +541,14 @@ pub(crate) trait Reads {
     // ---- deliveries and attempts ----
     /// An item's deliveries, newest first.
     fn deliveries_of_item(&self, id: &ItemId) -> Result<Vec<super::DeliverySummary>>;
+    /// A page of deliveries after `after`, newest first; `backward`: the page before it,
+    /// nearest first (the list's oldest rows when `after` is `None`).
     fn list_deliveries(
         &self,
         filter: &super::DeliveryFilter,
         after: Option<super::DeliveryCursor>,
         limit: usize,
+        backward: bool,
     ) -> Result<Vec<(super::DeliverySummary, super::DeliveryCursor)>>;
     fn count_deliveries(&self, filter: &super::DeliveryFilter) -> Result<i64>;
     fn delivery(&self, id: &DeliveryId) -> Result<Option<StoredDelivery>>;

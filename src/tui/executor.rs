@@ -36,11 +36,11 @@ impl Executor {
                 order,
                 after,
             } => {
-                self.blocking(move |s| {
-                    let append = after.is_some();
-                    let data =
-                        load(s, &kind, &search, order, after).unwrap_or_else(ViewData::Failed);
-                    Msg::Loaded { view, data, append }
+                let (store, tx) = (self.store.clone(), self.tx.clone());
+                tokio::task::spawn_blocking(move || {
+                    for m in load_msgs(&store, view, &kind, &search, order, after) {
+                        let _ = tx.send(m);
+                    }
                 });
             }
             Effect::CountFailed(filter) => {
@@ -88,15 +88,48 @@ impl Executor {
                     },
                 }
             }),
-            Effect::Copy(text) => {
-                // OSC 52 asks the terminal (local or over SSH) to put the text on the clipboard.
-                use base64::Engine as _;
-                let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
-                let mut out = std::io::stdout();
-                let _ = write!(out, "\x1b]52;c;{b64}\x07");
-                let _ = out.flush();
-                app.flash(format!("copied {text} (OSC 52)"), Level::Info);
+            Effect::Copy(text) => match clipboard(&text) {
+                Ok(how) => app.flash(format!("copied {text} ({how})"), Level::Info),
+                Err(why) => app.flash(format!("{why}: {text} was not copied"), Level::Warn),
+            },
+            Effect::CopyText { what, text } => {
+                let size = if text.len() < 1024 {
+                    format!("{} bytes", text.len())
+                } else {
+                    format!("{:.1} KiB", text.len() as f64 / 1024.0)
+                };
+                match clipboard(&text) {
+                    Ok(how) => app.flash(
+                        format!(
+                            "copied {what}, {size} ({how}) · clipboard unchanged? the terminal ignores OSC 52: o shows it in $PAGER"
+                        ),
+                        Level::Info,
+                    ),
+                    Err(why) => app.flash(
+                        format!("{why}: {what} was not copied; o shows it in $PAGER to select by hand"),
+                        Level::Warn,
+                    ),
+                }
             }
+            Effect::CopyCurl { delivery, reveal } => {
+                self.blocking(move |s| match curl_for(s, &delivery, reveal) {
+                    Ok(text) => Msg::Copy {
+                        what: if reveal {
+                            "a curl command WITH SECRETS".into()
+                        } else {
+                            "a curl command (secrets masked)".into()
+                        },
+                        text,
+                    },
+                    Err(e) => Msg::Done {
+                        text: e,
+                        level: Level::Error,
+                    },
+                })
+            }
+            // The event loop runs the pager itself (it owns the terminal); a pager asked for
+            // anywhere else has no screen to leave.
+            Effect::Pager(_) => app.flash("no pager from here", Level::Warn),
             Effect::Test { workflow, stage } => {
                 let (store, tx, op) = (self.store.clone(), self.tx.clone(), self.operator.clone());
                 tokio::spawn(async move {
@@ -218,7 +251,190 @@ impl Executor {
     }
 }
 
-pub(crate) fn load(
+/// Largest text sent through OSC 52, in base64 bytes: terminals drop (or choke on) longer
+/// sequences; hterm stops near 100 KB, xterm and tmux take about 1 MB.
+const OSC52_MAX: usize = 1 << 20;
+
+/// Puts `text` on the clipboard: OSC 52 (the terminal's clipboard, over SSH too) and, inside
+/// tmux, tmux's paste buffer as well (tmux drops an application's OSC 52 unless
+/// `set-clipboard on`; `load-buffer -w` also hands it to the outer terminal). Says how, or
+/// why nothing could be copied. Whether the terminal honoured OSC 52 cannot be known.
+fn clipboard(text: &str) -> Result<&'static str, String> {
+    use base64::Engine as _;
+    let term = std::env::var("TERM").unwrap_or_default();
+    if matches!(term.as_str(), "" | "dumb" | "linux") {
+        return Err(format!(
+            "this terminal (TERM={}) takes no OSC 52 copies",
+            if term.is_empty() { "unset" } else { &term }
+        ));
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+    if b64.len() > OSC52_MAX {
+        return Err(format!("{} KiB is too long for OSC 52", text.len() / 1024));
+    }
+    let mut out = std::io::stdout();
+    let _ = write!(out, "\x1b]52;c;{b64}\x07");
+    let _ = out.flush();
+    if std::env::var_os("TMUX").is_some_and(|v| !v.is_empty()) && tmux_buffer(text) {
+        return Ok("OSC 52 and the tmux buffer");
+    }
+    Ok("OSC 52")
+}
+
+/// `tmux load-buffer -w -` (tmux 3.2+; older ones without `-w`): true when tmux took it.
+fn tmux_buffer(text: &str) -> bool {
+    use std::process::{Command, Stdio};
+    for args in [&["load-buffer", "-w", "-"][..], &["load-buffer", "-"][..]] {
+        let Ok(mut child) = Command::new("tmux")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        else {
+            return false;
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(text.as_bytes());
+        }
+        if child.wait().is_ok_and(|s| s.success()) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The `curl` command for a delivery, from its stage's current settings.
+fn curl_for(s: &Store, id: &crate::model::DeliveryId, reveal: bool) -> Result<String, String> {
+    let d = s.delivery_detail(id).map_err(|e| e.to_string())?;
+    let wf = s
+        .workflow_spec(&d.summary.workflow)
+        .map_err(|e| e.to_string())?;
+    let cfg = wf.delivery_config(&d.summary.stage).ok_or_else(|| {
+        format!(
+            "stage {} is no longer a webhook stage of {}: no request to repeat",
+            d.summary.stage, d.summary.workflow
+        )
+    })?;
+    let body = super::payload::request_body(&d);
+    Ok(super::payload::curl(
+        cfg,
+        &wf.secrets,
+        id,
+        body.as_bytes(),
+        chrono::Utc::now().timestamp(),
+        reveal,
+    ))
+}
+
+/// What a load answers: the page (or the window at the list's end, or the rows before the
+/// first loaded one), and, with a list's first or last page, how many rows it has.
+pub(crate) fn load_msgs(
+    s: &Store,
+    view: u64,
+    kind: &ViewKind,
+    search: &str,
+    order: crate::store::ItemOrder,
+    after: Option<LoadAfter>,
+) -> Vec<Msg> {
+    let at = match &after {
+        Some(LoadAfter::End) => Some(state::At::End),
+        Some(LoadAfter::ItemBefore(_) | LoadAfter::DeliveryBefore(_)) => Some(state::At::Before),
+        _ => None,
+    };
+    let first = after.is_none();
+    let data = load(s, kind, search, order, after).unwrap_or_else(ViewData::Failed);
+    let failed = matches!(data, ViewData::Failed(_));
+    match at {
+        None => {
+            let mut out = vec![Msg::Loaded {
+                view,
+                data,
+                append: !first,
+            }];
+            if first && !failed {
+                out.push(Msg::Total {
+                    view,
+                    total: total(s, kind, search, false),
+                });
+            }
+            out
+        }
+        Some(at) => {
+            let total = if at == state::At::End && !failed {
+                total(s, kind, search, true)
+            } else {
+                None
+            };
+            vec![Msg::Window {
+                view,
+                data,
+                at,
+                total,
+            }]
+        }
+    }
+}
+
+/// How many rows a list has: from the counter rows where they can tell (a stage's items, a
+/// workflow's deliveries in a state), never counting rows for a frame; `exact` counts the
+/// rest (the `G` that asked for the list's end needs it to number the rows it shows).
+fn total(s: &Store, kind: &ViewKind, search: &str, exact: bool) -> Option<i64> {
+    match kind {
+        ViewKind::Items { workflow, stage } => {
+            if search.is_empty() {
+                let counted = match (workflow, stage) {
+                    (Some(w), Some(st)) => s
+                        .workflow_detail(w)
+                        .ok()
+                        .and_then(|d| d.stage_list.iter().find(|x| &x.id == st).map(|x| x.items)),
+                    (Some(w), None) => s.workflow_detail(w).ok().map(|d| d.summary.items),
+                    (None, None) => s
+                        .list_workflows()
+                        .ok()
+                        .map(|ws| ws.iter().map(|w| w.items).sum()),
+                    (None, Some(_)) => None,
+                };
+                if counted.is_some() {
+                    return counted;
+                }
+            }
+            exact
+                .then(|| {
+                    s.count_items(&ItemFilter {
+                        workflow: workflow.clone(),
+                        stage: stage.clone(),
+                        state: None,
+                        search: Some(search.to_string()).filter(|s| !s.is_empty()),
+                        order: crate::store::ItemOrder::Waiting,
+                    })
+                    .ok()
+                })
+                .flatten()
+        }
+        ViewKind::Deliveries(f) => {
+            let by_counters = f.item.is_none()
+                && f.event.is_none()
+                && f.since.is_none()
+                && f.error_kind.is_none()
+                && f.status.is_none();
+            if by_counters && let Ok(rows) = s.delivery_counts() {
+                return Some(
+                    rows.iter()
+                        .filter(|r| f.workflow.as_ref().is_none_or(|w| *w == r.workflow))
+                        .filter(|r| f.stage.as_ref().is_none_or(|st| *st == r.stage))
+                        .filter(|r| f.state.is_none_or(|x| x == r.state))
+                        .map(|r| r.n)
+                        .sum(),
+                );
+            }
+            exact.then(|| s.count_deliveries(f).ok()).flatten()
+        }
+        _ => None,
+    }
+}
+
+fn load(
     s: &Store,
     kind: &ViewKind,
     search: &str,
@@ -237,26 +453,49 @@ pub(crate) fn load(
                 search: Some(search.to_string()).filter(|s| !s.is_empty()),
                 order,
             };
-            let cursor = match after {
-                Some(LoadAfter::Item(c)) => Some(c),
-                _ => None,
-            };
-            let mut rows = s
-                .list_items(&filter, cursor.as_ref(), PAGE + 1)
-                .map_err(e)?;
-            let more = rows.len() > PAGE;
-            rows.truncate(PAGE);
-            ViewData::Items { rows, more }
+            match after {
+                Some(LoadAfter::End) => ViewData::Items {
+                    rows: s.list_items_before(&filter, None, PAGE).map_err(e)?,
+                    more: false,
+                },
+                Some(LoadAfter::ItemBefore(c)) => ViewData::Items {
+                    rows: s.list_items_before(&filter, Some(&c), PAGE).map_err(e)?,
+                    more: true,
+                },
+                after => {
+                    let cursor = match after {
+                        Some(LoadAfter::Item(c)) => Some(c),
+                        _ => None,
+                    };
+                    let mut rows = s
+                        .list_items(&filter, cursor.as_ref(), PAGE + 1)
+                        .map_err(e)?;
+                    let more = rows.len() > PAGE;
+                    rows.truncate(PAGE);
+                    ViewData::Items { rows, more }
+                }
+            }
         }
         ViewKind::Item(id) => ViewData::Item(Box::new(s.item_detail(id).map_err(e)?)),
         ViewKind::Deliveries(f) => {
-            let after = match after {
-                Some(LoadAfter::Delivery(c)) => Some(c),
-                _ => None,
+            let (page, more) = match after {
+                Some(LoadAfter::End) => {
+                    (s.list_deliveries_before(f, None, PAGE).map_err(e)?, false)
+                }
+                Some(LoadAfter::DeliveryBefore(c)) => {
+                    (s.list_deliveries_before(f, Some(c), PAGE).map_err(e)?, true)
+                }
+                after => {
+                    let after = match after {
+                        Some(LoadAfter::Delivery(c)) => Some(c),
+                        _ => None,
+                    };
+                    let mut page = s.list_deliveries(f, after, PAGE + 1).map_err(e)?;
+                    let more = page.len() > PAGE;
+                    page.truncate(PAGE);
+                    (page, more)
+                }
             };
-            let mut page = s.list_deliveries(f, after, PAGE + 1).map_err(e)?;
-            let more = page.len() > PAGE;
-            page.truncate(PAGE);
             let cursors = page.iter().map(|(_, c)| *c).collect();
             ViewData::Deliveries {
                 rows: page.into_iter().map(|(d, _)| d).collect(),

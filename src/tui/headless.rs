@@ -51,10 +51,10 @@ impl Headless {
                     order,
                     after,
                 } => {
-                    let append = after.is_some();
-                    let data = super::load(&self.store, &kind, &search, order, after)
-                        .unwrap_or_else(state::ViewData::Failed);
-                    Msg::Loaded { view, data, append }
+                    for m in super::load_msgs(&self.store, view, &kind, &search, order, after) {
+                        queue.extend(state::update(&mut self.app, m));
+                    }
+                    continue;
                 }
                 Effect::Run(p) => super::run_pending(&self.store, p, &self.operator),
                 Effect::CountFailed(filter) => match self.store.failed_deliveries(&filter, None) {
@@ -72,7 +72,10 @@ impl Headless {
                 | Effect::CountOpen(_)
                 | Effect::Export(_)
                 | Effect::Test { .. }
-                | Effect::Copy(_) => continue,
+                | Effect::Copy(_)
+                | Effect::CopyText { .. }
+                | Effect::CopyCurl { .. }
+                | Effect::Pager(_) => continue,
             };
             queue.extend(state::update(&mut self.app, msg));
         }

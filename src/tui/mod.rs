@@ -12,6 +12,7 @@ mod executor;
 pub mod headless;
 pub mod keymap;
 mod ops;
+pub mod payload;
 pub mod report;
 pub mod state;
 pub mod theme;
@@ -116,22 +117,31 @@ pub fn run(store: Store, opts: ConsoleOptions) -> Result<(), String> {
     }));
     let guard =
         TerminalGuard::enter(mouse).map_err(|e| format!("cannot set up the terminal: {e}"))?;
-    let result = rt.block_on(main_loop(store, opts));
+    let result = rt.block_on(main_loop(store, opts, mouse));
     drop(guard);
     result
 }
 
-async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
+async fn main_loop(store: Store, opts: ConsoleOptions, mouse: bool) -> Result<(), String> {
     let backend = CrosstermBackend::new(std::io::stdout());
     let mut terminal = Terminal::new(backend).map_err(|e| e.to_string())?;
     let theme = theme::Theme::from_env();
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
 
-    // Keys and resizes: crossterm's blocking reader on its own thread.
+    // Keys and resizes: crossterm's reader on its own thread, which parks while a pager
+    // has the terminal (it would otherwise take the pager's keys).
     let keys = tx.clone();
     let started = std::time::Instant::now();
+    let gate = InputGate::default();
+    let reader_gate = gate.clone();
     std::thread::spawn(move || {
         loop {
+            reader_gate.park_if_asked();
+            match event::poll(Duration::from_millis(50)) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(_) => break,
+            }
             match event::read() {
                 Ok(Event::Key(k)) => {
                     if keys.send(Msg::Key(k)).is_err() {
@@ -267,6 +277,23 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
                     Msg::Key(_) | Msg::Paste(_) | Msg::Mouse(_) | Msg::Resize | Msg::Loaded { .. }
                 );
                 for e in state::update(&mut app, m) {
+                    if let state::Effect::Pager(text) = e {
+                        let r = tokio::task::block_in_place(|| pager(&text, mouse, &gate));
+                        if let Err(why) = r {
+                            app.flash(why, Level::Error);
+                        }
+                        // Everything is drawn anew on the restored screen: it is cleared, and
+                        // both buffers are emptied so the next frame draws every cell.
+                        // (`Terminal::clear` would ask the terminal where its cursor is, an
+                        // answer the key reader may take, over SSH too.)
+                        let _ =
+                            execute!(std::io::stdout(), terminal::Clear(terminal::ClearType::All));
+                        terminal.swap_buffers();
+                        terminal.swap_buffers();
+                        urgent = true;
+                        app.dirty = true;
+                        continue;
+                    }
                     exec.run(e, &mut app);
                 }
             }
@@ -294,6 +321,99 @@ async fn main_loop(store: Store, opts: ConsoleOptions) -> Result<(), String> {
     Ok(())
 }
 
+/// Holds the key reader while another program (the pager) reads the terminal.
+#[derive(Clone, Default)]
+struct InputGate(std::sync::Arc<(std::sync::Mutex<Gate>, std::sync::Condvar)>);
+
+#[derive(Default)]
+struct Gate {
+    asked: bool,
+    parked: bool,
+}
+
+impl InputGate {
+    /// The reader's side: waits here while asked to.
+    fn park_if_asked(&self) {
+        let (lock, cv) = &*self.0;
+        let Ok(mut g) = lock.lock() else { return };
+        if !g.asked {
+            return;
+        }
+        g.parked = true;
+        cv.notify_all();
+        while g.asked {
+            g = match cv.wait(g) {
+                Ok(g) => g,
+                Err(_) => return,
+            };
+        }
+        g.parked = false;
+    }
+
+    /// Asks the reader to stop reading and waits until it has (at most one poll, 50 ms).
+    fn hold(&self) {
+        let (lock, cv) = &*self.0;
+        let Ok(mut g) = lock.lock() else { return };
+        g.asked = true;
+        while !g.parked {
+            g = match cv.wait_timeout(g, Duration::from_secs(1)) {
+                Ok((g, t)) if t.timed_out() => {
+                    // The reader is gone (its terminal closed): nothing to wait for.
+                    drop(g);
+                    return;
+                }
+                Ok((g, _)) => g,
+                Err(_) => return,
+            };
+        }
+    }
+
+    fn release(&self) {
+        let (lock, cv) = &*self.0;
+        if let Ok(mut g) = lock.lock() {
+            g.asked = false;
+            cv.notify_all();
+        }
+    }
+}
+
+/// Shows `text` in `$PAGER` (`less` when unset): the key reader parks, the terminal goes back
+/// to normal (main screen, cooked mode), the pager runs with the text on its standard input,
+/// and everything is set up again however it ended.
+fn pager(text: &str, mouse: bool, gate: &InputGate) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let cmd = std::env::var("PAGER")
+        .ok()
+        .filter(|p| !p.trim().is_empty())
+        .unwrap_or_else(|| "less".into());
+    gate.hold();
+    restore_terminal(mouse);
+    // Through the shell, as git and man run it: `$PAGER` may carry arguments (`less -S`).
+    let run = Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .stdin(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run $PAGER ({cmd}): {e}"))
+        .and_then(|mut child| {
+            if let Some(mut stdin) = child.stdin.take() {
+                // A pager quit before reading it all closes the pipe: not an error.
+                let _ = stdin.write_all(text.as_bytes());
+            }
+            child
+                .wait()
+                .map_err(|e| format!("$PAGER ({cmd}) failed: {e}"))
+        });
+    let back = TerminalGuard::enter(mouse).map(std::mem::forget);
+    gate.release();
+    back.map_err(|e| format!("cannot set the terminal up again: {e}"))?;
+    match run? {
+        status if status.success() => Ok(()),
+        status => Err(format!("$PAGER ({cmd}) ended with {status}")),
+    }
+}
+
 fn spawn_watchers(
     store: Store,
     tx: mpsc::UnboundedSender<Msg>,
@@ -314,9 +434,7 @@ fn spawn_watchers(
             let s2 = s.clone();
             let header = tokio::task::spawn_blocking(move || {
                 let mut h = header(&s2, own_dispatcher, concurrency);
-                h.file_problem = s2
-                    .file()
-                    .and_then(|p| crate::fileid::problem(p, opened));
+                h.file_problem = s2.file().and_then(|p| crate::fileid::problem(p, opened));
                 if own_dispatcher && h.file_problem.is_some() {
                     h.dispatcher = "dispatcher stopped: the database file is gone".into();
                     h.dispatcher_warning = true;
@@ -446,4 +564,4 @@ fn process_role(host: &str, pid: u32) -> Option<&'static str> {
 }
 
 use executor::Executor;
-pub(crate) use executor::{load, run_pending};
+pub(crate) use executor::{load_msgs, run_pending};

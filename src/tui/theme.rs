@@ -16,6 +16,11 @@ pub struct Theme {
     pub good: Style,
     pub warn: Style,
     pub bad: Style,
+    /// JSON in the payload viewer: keys, strings, numbers, `true`/`false`/`null`.
+    pub json_key: Style,
+    pub json_str: Style,
+    pub json_num: Style,
+    pub json_lit: Style,
 }
 
 impl Theme {
@@ -33,6 +38,10 @@ impl Theme {
             good: Style::default().fg(Color::Green),
             warn: Style::default().fg(Color::Yellow),
             bad: Style::default().fg(Color::Red),
+            json_key: Style::default().fg(Color::Cyan),
+            json_str: Style::default().fg(Color::Green),
+            json_num: Style::default().fg(Color::Magenta),
+            json_lit: Style::default().fg(Color::Yellow),
         }
     }
 
@@ -48,6 +57,10 @@ impl Theme {
             good: Style::default(),
             warn: Style::default().add_modifier(Modifier::BOLD),
             bad: Style::default().add_modifier(Modifier::BOLD),
+            json_key: Style::default(),
+            json_str: Style::default(),
+            json_num: Style::default(),
+            json_lit: Style::default(),
         }
     }
 

@@ -10,6 +10,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, Wrap};
 
 use super::keymap;
+use super::payload::{DocLine, Tok};
 use super::state::{App, Level, Overlay, ViewData};
 use super::theme::Theme;
 use crate::model::AttemptEvent;
@@ -353,28 +354,62 @@ fn draw_main(
 ) {
     let focused = !app.focus_log;
     let Some(v) = app.stack.last() else { return };
+    // The title in parts, most useful first; a narrow terminal drops whole parts from the
+    // right rather than cut one through (a count or a row number is never half shown).
     let mut title = v.kind.title();
     if let ViewData::Health(r) = &v.data {
         title.push_str(&super::ops::health_title(r));
     }
-    if !v.filter.is_empty() {
-        title.push_str(&format!(" · /{}", clean(&v.filter)));
-    }
+    let mut parts = vec![title];
     if !v.selected.is_empty() {
-        title.push_str(&format!(" · {} selected", v.selected.len()));
         let shown = v.visible_ids();
         let hidden = v
             .selected
             .keys()
             .filter(|id| !shown.contains(id.as_str()))
             .count();
-        if hidden > 0 {
-            title.push_str(&format!(" ({hidden} not shown)"));
-        }
+        parts.push(if hidden > 0 {
+            format!("{} selected ({hidden} not shown)", v.selected.len())
+        } else {
+            format!("{} selected", v.selected.len())
+        });
     }
+    if !v.filter.is_empty() {
+        parts.push(format!("/{}", clean(&v.filter)));
+    }
+    if let Some(pos) = position(v) {
+        parts.push(pos);
+    }
+    // The payload viewer: its lines wrapped to the width, the position in the title.
+    let doc = match &v.data {
+        ViewData::Delivery(_) => {
+            let width = area.width.saturating_sub(2) as usize;
+            let height = area.height.saturating_sub(2) as usize;
+            let (lines, top, total) = doc_window(&v.doc, width, height, v.scroll, theme);
+            if total > height {
+                parts.push(format!(
+                    "lines {}–{} of {total}",
+                    top + 1,
+                    (top + height).min(total),
+                ));
+            }
+            Some((lines, top))
+        }
+        _ => None,
+    };
+    let title = fit_title(parts, area.width.saturating_sub(4) as usize);
     let b = block(title, theme, focused);
     let inner = b.inner(area);
     f.render_widget(b, area);
+    if let Some((lines, top)) = doc {
+        app.page_rows = inner.height.max(1) as usize;
+        f.render_widget(Paragraph::new(lines), inner);
+        // Kept at the last screenful, so `k` after `G` moves at once.
+        if let Some(v) = app.stack.last_mut() {
+            v.scroll = top;
+        }
+        return;
+    }
     // Header row of tables takes one line.
     app.page_rows = inner.height.saturating_sub(1).max(1) as usize;
     // Where the rows are, for the mouse: list row `main_first` is drawn below the header line.
@@ -452,11 +487,24 @@ fn draw_main(
                 ("IN DELIVERY", Col::Num(2)),
                 ("FAILED", Col::Num(7)),
                 ("STATUS", Col::Text { min: 12, keep: 10 }),
+                // Of the attempts this console saw in the last five minutes.
+                ("FAIL 5M", Col::Num(3)),
             ],
             shown
                 .iter()
                 .map(|i| {
                     let s = &d.stage_list[*i];
+                    let (tried, failed) = app.stage_failures(&d.summary.id, &s.id);
+                    let rate = if tried == 0 {
+                        Span::styled("-", theme.dim)
+                    } else {
+                        let pct = (failed as f64 * 100.0 / tried as f64).round();
+                        if failed > 0 {
+                            Span::styled(format!("✗ {pct:.0}% of {tried}"), theme.bad)
+                        } else {
+                            Span::styled(format!("0% of {tried}"), theme.good)
+                        }
+                    };
                     let mut status: Vec<Span> = Vec::new();
                     if s.paused {
                         status.push(Span::styled("⏸ paused ", theme.warn));
@@ -493,6 +541,7 @@ fn draw_main(
                         Line::from(s.in_delivery.to_string()),
                         Line::from(fail_cell(s.failed, theme)),
                         Line::from(status),
+                        Line::from(rate),
                     ]
                 })
                 .collect(),
@@ -536,6 +585,7 @@ fn draw_main(
                 // Shown when the terminal is wide enough (dropped first otherwise).
                 ("NEXT", Col::Num(2)),
                 ("TRIGGER", Col::Text { min: 6, keep: 1 }),
+                ("ERROR", Col::Text { min: 20, keep: 0 }),
             ],
             shown
                 .iter()
@@ -562,6 +612,7 @@ fn draw_main(
                                 .unwrap_or_else(|| "-".into()),
                         ),
                         Line::from(r.trigger.to_string()),
+                        Line::from(clean(r.last_error_message.as_deref().unwrap_or(""))),
                     ]
                 })
                 .collect(),
@@ -597,10 +648,7 @@ fn draw_main(
             draw_item(f, d, v.cursor, v.scroll, theme, inner, now);
             return;
         }
-        ViewData::Delivery(d) => {
-            draw_delivery(f, d, v.scroll, theme, inner);
-            return;
-        }
+        ViewData::Delivery(_) => return,
     };
     if rows.is_empty() {
         let empty = if v.filter.is_empty() {
@@ -626,6 +674,57 @@ fn draw_main(
     let mut state = ratatui::widgets::TableState::default();
     state.select(focused.then_some(cursor_row));
     f.render_stateful_widget(table, inner, &mut state);
+}
+
+/// Title parts joined with ` · `, as many whole parts as fit in `width` cells (the first
+/// always, cut with `…` when even it is too long).
+fn fit_title(parts: Vec<String>, width: usize) -> String {
+    use unicode_width::UnicodeWidthStr;
+    let mut out = String::new();
+    for (i, p) in parts.into_iter().enumerate() {
+        if i == 0 {
+            out = if p.width() > width {
+                fit(&p, width).trim_end().to_string()
+            } else {
+                p
+            };
+            continue;
+        }
+        if out.width() + 3 + p.width() > width {
+            break;
+        }
+        out.push_str(" · ");
+        out.push_str(&p);
+    }
+    out
+}
+
+/// `row N of M` for a list: N counts from the whole list's first row (a view that went to
+/// the end with `G` holds its last rows only), M from the counters (`M+` when they cannot
+/// tell and more rows follow the loaded ones). A list filtered on screen counts its matches.
+fn position(v: &super::state::View) -> Option<String> {
+    let n = v.len();
+    if n == 0 {
+        return None;
+    }
+    let (loaded, more) = match &v.data {
+        ViewData::Items { rows, more } => (rows.len(), *more),
+        ViewData::Deliveries { rows, more, .. } => (rows.len(), *more),
+        ViewData::Workflows(_) | ViewData::Stages(_) | ViewData::Audit(_) => (n, false),
+        _ => return None,
+    };
+    let local_filter = !v.filter.is_empty() && !matches!(v.data, ViewData::Items { .. });
+    if local_filter {
+        return Some(format!("match {} of {n}", v.cursor + 1));
+    }
+    let row = v.base + v.cursor + 1;
+    let seen = v.base + loaded;
+    let of = match v.total {
+        Some(t) if t as usize >= seen => t.to_string(),
+        _ if more => format!("{seen}+"),
+        _ => seen.to_string(),
+    };
+    Some(format!("row {row} of {of}"))
 }
 
 /// What an empty view would show, and the command or key that fills it (issue 19: empty
@@ -1005,108 +1104,111 @@ fn draw_item(
     );
 }
 
-fn draw_delivery(
-    f: &mut Frame,
-    d: &crate::store::DeliveryDetail,
-    scroll: usize,
-    theme: &Theme,
-    area: Rect,
-) {
-    let s = &d.summary;
-    let mut lines: Vec<Line> = vec![
-        Line::from(vec![
-            delivery_state_span(s.state, theme),
-            Span::raw(format!(
-                "  {} {}  stage {}  attempts {}",
-                s.event, s.trigger, s.stage, s.attempts
-            )),
-        ]),
-        Line::from(format!(
-            "item {} {}",
-            s.item_id.as_ref().map(|i| i.as_str()).unwrap_or("-"),
-            clean(s.item_name.as_deref().unwrap_or(""))
-        )),
-    ];
-    if let Some(n) = s.next_attempt_at {
-        lines.push(Line::from(format!("next attempt {}", n.format("%H:%M:%S"))));
+fn tok_style(t: Tok, theme: &Theme) -> ratatui::style::Style {
+    match t {
+        Tok::Plain | Tok::Punct => theme.normal,
+        Tok::Dim => theme.dim,
+        Tok::Head => theme.header,
+        Tok::Good => theme.good,
+        Tok::Bad => theme.bad,
+        Tok::Key => theme.json_key,
+        Tok::Str => theme.json_str,
+        Tok::Num => theme.json_num,
+        Tok::Lit => theme.json_lit,
     }
-    if let Some(r) = &s.refire_of {
-        lines.push(Line::from(format!("re-fires {r}")));
-    }
-    if let Some(c) = s.cancel_reason {
-        lines.push(Line::from(Span::styled(
-            format!(
-                "cancelled ({c}) by {}",
-                clean(d.cancelled_by.as_deref().unwrap_or("-"))
-            ),
-            theme.dim,
-        )));
-    }
-    for a in d.attempt_log.iter().rev() {
-        lines.push(Line::from(""));
-        lines.push(Line::from(vec![
-            Span::styled(format!("attempt {} ", a.number), theme.header),
-            Span::raw(format!(
-                "{} {}{} {}",
-                a.started_at.format("%H:%M:%S%.3f"),
-                a.trigger,
-                if a.counted { "" } else { " (not counted)" },
-                a.duration_ms.map(|d| format!("{d} ms")).unwrap_or_default()
-            )),
-        ]));
-        let result = match (a.status, &a.error_kind, &a.error_message) {
-            (Some(st), _, _) => result_span(Some(st), None, theme),
-            (None, Some(k), _) => result_span(None, Some(*k), theme),
-            _ => Span::raw("-"),
-        };
-        lines.push(Line::from(vec![
-            Span::raw("  "),
-            result,
-            Span::raw(format!(
-                "  {}",
-                clean(a.error_message.as_deref().unwrap_or(""))
-            )),
-        ]));
-        lines.push(Line::from(format!("  POST {}", clean(&a.url))));
-        for (k, v) in &a.request_headers {
-            lines.push(Line::from(Span::styled(
-                format!("  > {}: {}", clean(k), clean(v)),
-                theme.dim,
-            )));
-        }
-        for (k, v) in &a.response_headers {
-            lines.push(Line::from(Span::styled(
-                format!("  < {}: {}", clean(k), clean(v)),
-                theme.dim,
-            )));
-        }
-        if let Some(b) = a.response_body.as_ref().filter(|b| !b.is_empty()) {
-            for l in strip_controls_multiline(b).lines().take(20) {
-                lines.push(Line::from(format!("  < {l}")));
-            }
-        }
-    }
-    lines.push(Line::from(""));
-    lines.push(Line::from(Span::styled("request body", theme.header)));
-    let body = serde_json::to_string_pretty(&d.body).unwrap_or_default();
-    for l in strip_controls_multiline(&body).lines() {
-        lines.push(Line::from(format!("  {l}")));
-    }
-    let max = lines.len().saturating_sub(area.height as usize);
-    let scroll = scroll.min(max);
-    let lines: Vec<Line> = lines
-        .into_iter()
-        .skip(scroll)
-        .take(area.height as usize)
-        .collect();
-    f.render_widget(Paragraph::new(lines), area);
 }
 
-/// One log line: time, glyph, status, stage, item, attempt n/max, duration, next retry.
+/// Rows `line` takes wrapped to `width` cells (cut by cell, as [`wrap_line`] cuts it).
+fn wrapped_rows(line: &DocLine, width: usize) -> usize {
+    use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+    let width = width.max(1);
+    let total: usize = line.iter().map(|(_, t)| t.width()).sum();
+    if total <= width {
+        return 1;
+    }
+    let (mut rows, mut used) = (1, 0);
+    for c in line.iter().flat_map(|(_, t)| t.chars()) {
+        let w = c.width().unwrap_or(0);
+        if used + w > width {
+            rows += 1;
+            used = 0;
+        }
+        used += w;
+    }
+    rows
+}
+
+/// One line of the payload viewer's document wrapped to `width` cells: a long line goes on
+/// over the next rows (a 64 KiB line of minified text is all there, never cut off).
+fn wrap_line(line: &DocLine, width: usize, theme: &Theme, out: &mut Vec<Line<'static>>) {
+    use unicode_width::UnicodeWidthChar;
+    let width = width.max(1);
+    let mut spans: Vec<Span<'static>> = Vec::new();
+    let mut used = 0;
+    for (k, t) in line {
+        let style = tok_style(*k, theme);
+        let mut piece = String::new();
+        for c in t.chars() {
+            let w = c.width().unwrap_or(0);
+            if used + w > width {
+                if !piece.is_empty() {
+                    spans.push(Span::styled(std::mem::take(&mut piece), style));
+                }
+                out.push(Line::from(std::mem::take(&mut spans)));
+                used = 0;
+            }
+            piece.push(c);
+            used += w;
+        }
+        if !piece.is_empty() {
+            spans.push(Span::styled(piece, style));
+        }
+    }
+    out.push(Line::from(spans));
+}
+
+/// The rows of the document a `height`-row window shows from row `scroll` (kept within the
+/// last screenful), that first row, and how many rows there are. Only the rows shown are
+/// built, so a frame over a 64 KiB body costs a width count, not thousands of lines.
+fn doc_window(
+    doc: &[DocLine],
+    width: usize,
+    height: usize,
+    scroll: usize,
+    theme: &Theme,
+) -> (Vec<Line<'static>>, usize, usize) {
+    let rows: Vec<usize> = doc.iter().map(|l| wrapped_rows(l, width)).collect();
+    let total: usize = rows.iter().sum();
+    let top = scroll.min(total.saturating_sub(height));
+    let mut out = Vec::with_capacity(height + 1);
+    let mut row = 0;
+    for (line, n) in doc.iter().zip(&rows) {
+        if row + n > top {
+            let mut lines = Vec::new();
+            wrap_line(line, width, theme, &mut lines);
+            let skip = top.saturating_sub(row);
+            out.extend(lines.into_iter().skip(skip));
+            if out.len() >= height {
+                break;
+            }
+        }
+        row += n;
+    }
+    out.truncate(height);
+    (out, top, total)
+}
+
+/// A terminal at least this wide shows more in its lists: the log pane the URL path and the
+/// start of the response, the deliveries view the last error message.
+pub const WIDE: u16 = 200;
+
+/// One log line: time, glyph, status, stage, item, attempt n/max, duration, next retry; when
+/// `wide`, the URL's path and the start of the response too.
 pub fn log_line(
     e: &AttemptEvent,
     theme: &Theme,
     now: chrono::DateTime<chrono::Utc>,
+    wide: bool,
 ) -> Line<'static> {
     let (glyph, style) = match (e.status, e.state) {
         (_, DeliveryState::RetryScheduled) => ("↻", theme.warn),
@@ -1142,6 +1244,13 @@ pub fn log_line(
             e.duration_ms
         )),
     ];
+    if wide {
+        // In a column of its own, before the parts whose length varies.
+        spans.push(Span::styled(
+            format!(" {}", fit(&url_path(&e.url), 32)),
+            theme.dim,
+        ));
+    }
     if e.state == DeliveryState::RetryScheduled
         && let Some(t) = e.next_attempt_at
     {
@@ -1158,7 +1267,22 @@ pub fn log_line(
     if let Some(to) = &e.routed_to {
         spans.push(Span::styled(format!("  → {to}"), theme.dim));
     }
+    if wide
+        && let Some(x) = e
+            .response_excerpt
+            .as_deref()
+            .filter(|x| !x.trim().is_empty())
+    {
+        let one_line = x.split_whitespace().collect::<Vec<_>>().join(" ");
+        spans.push(Span::styled(format!("  {}", clean(&one_line)), theme.dim));
+    }
     Line::from(spans)
+}
+
+/// A URL's path and query: what tells two endpoints of one receiver apart.
+fn url_path(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    clean(rest.find('/').map_or("/", |i| &rest[i..]))
 }
 
 fn draw_log(
@@ -1218,7 +1342,7 @@ fn draw_log(
         .skip(start)
         .take(h)
         .map(|i| {
-            let line = log_line(&app.log.entries[*i], theme, now);
+            let line = log_line(&app.log.entries[*i], theme, now, inner.width >= WIDE);
             if app.focus_log && *i == app.log.cursor {
                 line.style(theme.selected)
             } else {
@@ -1319,7 +1443,7 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
                 r,
             );
         }
-        Overlay::Help => {
+        Overlay::Help { scroll } => {
             let entries: Vec<(String, &str)> =
                 keymap::active(app.scope(), app.focus_log, app.read_only)
                     .map(|b| {
@@ -1342,9 +1466,12 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
                 )));
             }
             // One column when every key fits (title, keys, notes, borders); else two side by
-            // side over the whole width, so 80×24 still shows every key.
+            // side over the whole width, so 80×24 still shows every key; else (50×12) one
+            // column that scrolls.
             let height = area.height.saturating_sub(2);
-            let two = entries.len() + notes.len() + 3 > height as usize;
+            let fits = |rows: usize| rows + notes.len() + 3 <= height as usize;
+            let two = !fits(entries.len());
+            let scrolls = !fits(entries.len().div_ceil(2));
             let r = centered(
                 area,
                 if two {
@@ -1358,6 +1485,45 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
             let b = block("help".into(), theme, true);
             let inner = b.inner(r);
             f.render_widget(b, r);
+            let key_width = entries
+                .iter()
+                .map(|(k, _)| k.chars().count())
+                .max()
+                .unwrap_or(0);
+            let lines_of = |part: &[(String, &str)]| -> Vec<Line<'static>> {
+                part.iter()
+                    .map(|(k, d)| {
+                        Line::from(vec![
+                            Span::styled(format!("{k:>key_width$}  "), theme.key),
+                            Span::raw(d.to_string()),
+                        ])
+                    })
+                    .collect()
+            };
+            let view_title = app.view().map(|v| v.kind.title()).unwrap_or_default();
+            if scrolls {
+                let [title, body] =
+                    Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(inner);
+                let mut lines = lines_of(&entries);
+                lines.extend(notes);
+                let shown = body.height as usize;
+                let top = (*scroll).min(lines.len().saturating_sub(shown));
+                f.render_widget(
+                    Paragraph::new(Span::styled(
+                        format!(
+                            "keys {}–{} of {} (j/k scroll, esc closes)",
+                            top + 1,
+                            (top + shown).min(entries.len()),
+                            entries.len()
+                        ),
+                        theme.header,
+                    )),
+                    title,
+                );
+                let lines: Vec<Line> = lines.into_iter().skip(top).take(shown).collect();
+                f.render_widget(Paragraph::new(lines), body);
+                return;
+            }
             let per_column = if two {
                 entries.len().div_ceil(2)
             } else {
@@ -1371,40 +1537,20 @@ fn draw_overlay(f: &mut Frame, app: &App, o: &Overlay, theme: &Theme, area: Rect
             .areas(inner);
             f.render_widget(
                 Paragraph::new(Span::styled(
-                    format!(
-                        "keys in {} (esc closes)",
-                        app.view().map(|v| v.kind.title()).unwrap_or_default()
-                    ),
+                    format!("keys in {view_title} (esc closes)"),
                     theme.header,
                 )),
                 title,
             );
-            let key_width = entries
-                .iter()
-                .map(|(k, _)| k.chars().count())
-                .max()
-                .unwrap_or(0);
-            let column = |part: &[(String, &str)]| -> Paragraph<'static> {
-                let lines: Vec<Line> = part
-                    .iter()
-                    .map(|(k, d)| {
-                        Line::from(vec![
-                            Span::styled(format!("{k:>key_width$}  "), theme.key),
-                            Span::raw(d.to_string()),
-                        ])
-                    })
-                    .collect();
-                Paragraph::new(lines)
-            };
             if two {
                 let [left, right] =
                     Layout::horizontal([Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)])
                         .areas(body);
                 let (a, b) = entries.split_at(per_column.min(entries.len()));
-                f.render_widget(column(a), left);
-                f.render_widget(column(b), right);
+                f.render_widget(Paragraph::new(lines_of(a)), left);
+                f.render_widget(Paragraph::new(lines_of(b)), right);
             } else {
-                f.render_widget(column(&entries), body);
+                f.render_widget(Paragraph::new(lines_of(&entries)), body);
             }
             f.render_widget(Paragraph::new(notes).wrap(Wrap { trim: true }), rest);
         }

@@ -66,7 +66,9 @@ fn server_command(bin: &Path, name: &str) -> Command {
 }
 
 fn run(mut c: Command, what: &str) {
-    let out = c.output().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
     assert!(
         out.status.success(),
         "{what} failed: {}{}",
@@ -122,7 +124,11 @@ fn start() -> Cluster {
     let stop = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {runas}{ctl} -D {data} -m immediate -w stop >/dev/null 2>&1; rm -rf {dir}",
         pid = std::process::id(),
-        runas = if is_root() { "runuser -u postgres -- " } else { "" },
+        runas = if is_root() {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        },
         ctl = bin.join("pg_ctl").display(),
         data = data.display(),
         dir = dir.display(),
@@ -148,7 +154,11 @@ impl Cluster {
     /// A new empty database for one test; its URL.
     pub fn database(&self) -> String {
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!("t{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         let mut admin = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)
             .expect("connect to the test cluster");
         admin

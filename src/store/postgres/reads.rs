@@ -10,9 +10,10 @@ use postgres::types::ToSql;
 
 use super::rows::load_item;
 use super::{Conn, json_col, opt_parse_col, parse_col, schema};
-use crate::model::{DeliveryId, DeliveryState, Item, ItemId, StageId, WorkflowId};
+use crate::model::{DeliveryId, DeliveryState, EXCERPT_BYTES, Item, ItemId, StageId, WorkflowId};
+use crate::store::copy::Table;
 use crate::store::seam::{
-    Found, HealthFacts, Reads, ScanRow, Storage, StoredDelivery, WorkflowCounts,
+    Cell, Found, HealthFacts, Kind, Reads, ScanRow, Storage, StoredDelivery, WorkflowCounts,
 };
 use crate::store::{
     AttemptCursor, AttemptRecord, AuditEntry, DeliveryCount, DeliveryCursor, DeliveryFilter,
@@ -41,10 +42,12 @@ pub(crate) fn opt_u16_col(row: &Row, i: usize) -> Result<Option<u16>> {
         .transpose()
 }
 
-/// The columns of a listed delivery (`d`: deliveries, `i`: items), its `seq` last.
+/// The columns of a listed delivery (`d`: deliveries, `i`: items): `seq` at 17, then the last
+/// attempt's error message.
 pub(crate) const SUMMARY_COLUMNS: &str = "d.id, d.item_id, i.name, d.workflow_id, d.stage_id, d.event, d.state, d.trigger, \
      d.attempts, d.last_status, d.last_error_kind, d.last_attempt_at, d.next_attempt_at, d.refire_of, \
-     d.cancel_reason, d.created_at, d.updated_at, d.seq";
+     d.cancel_reason, d.created_at, d.updated_at, d.seq, \
+     (SELECT a.error_message FROM attempts a WHERE a.delivery_id = d.id ORDER BY a.number DESC LIMIT 1)";
 
 pub(crate) fn summary_from_row(r: &Row) -> Result<DeliverySummary> {
     Ok(DeliverySummary {
@@ -60,6 +63,9 @@ pub(crate) fn summary_from_row(r: &Row) -> Result<DeliverySummary> {
         last_status: opt_u16_col(r, 9)?,
         last_error_kind: opt_parse_col(r, 10)?,
         last_attempt_at: r.try_get::<_, Option<i64>>(11)?.map(to_time),
+        last_error_message: r
+            .try_get::<_, Option<String>>(18)?
+            .filter(|_| matches!(r.try_get::<_, Option<String>>(10), Ok(Some(_)))),
         next_attempt_at: r.try_get::<_, Option<i64>>(12)?.map(to_time),
         refire_of: r.try_get::<_, Option<String>>(13)?.map(DeliveryId),
         cancel_reason: opt_parse_col(r, 14)?,
@@ -100,6 +106,7 @@ fn item_query(
     filter: &ItemFilter,
     after: Option<&ItemCursor>,
     limit: Option<usize>,
+    backward: bool,
 ) -> (String, Args) {
     let mut wh = Vec::new();
     let mut args: Args = Vec::new();
@@ -143,7 +150,8 @@ fn item_query(
         let a = args.len();
         args.push(Box::new(c.seq));
         let b = args.len();
-        wh.push(format!("({key}, seq) > (${a}, ${b})"));
+        let op = if backward { "<" } else { ">" };
+        wh.push(format!("({key}, seq) {op} (${a}, ${b})"));
     }
     let where_sql = if wh.is_empty() {
         String::new()
@@ -162,7 +170,8 @@ fn item_query(
     (
         format!(
             "SELECT id, name, workflow_id, stage_id, state, version, tags, entered_at, updated_at, {key}, seq
-             FROM items {where_sql} ORDER BY {key}, seq {limit_sql}"
+             FROM items {where_sql} ORDER BY {key} {dir}, seq {dir} {limit_sql}",
+            dir = if backward { "DESC" } else { "ASC" }
         ),
         args,
     )
@@ -170,7 +179,12 @@ fn item_query(
 
 /// Builds the delivery list query (newest first): SQL selecting [`SUMMARY_COLUMNS`] and its
 /// arguments.
-fn delivery_query(f: &DeliveryFilter, after: Option<i64>, limit: Option<usize>) -> (String, Args) {
+fn delivery_query(
+    f: &DeliveryFilter,
+    after: Option<i64>,
+    limit: Option<usize>,
+    backward: bool,
+) -> (String, Args) {
     let mut wh = Vec::new();
     let mut args: Args = Vec::new();
     let mut push = |sql: &str, v: Box<dyn ToSql + Sync>, args: &mut Args| {
@@ -210,7 +224,8 @@ fn delivery_query(f: &DeliveryFilter, after: Option<i64>, limit: Option<usize>) 
         push("d.last_status = ?", Box::new(i64::from(s)), &mut args);
     }
     if let Some(a) = after {
-        push("d.seq < ?", Box::new(a), &mut args);
+        let op = if backward { "d.seq > ?" } else { "d.seq < ?" };
+        push(op, Box::new(a), &mut args);
     }
     let where_sql = if wh.is_empty() {
         String::new()
@@ -229,7 +244,8 @@ fn delivery_query(f: &DeliveryFilter, after: Option<i64>, limit: Option<usize>) 
     (
         format!(
             "SELECT {SUMMARY_COLUMNS} FROM deliveries d LEFT JOIN items i ON i.id = d.item_id
-             {where_sql} ORDER BY d.seq DESC {limit_sql}"
+             {where_sql} ORDER BY d.seq {} {limit_sql}",
+            if backward { "ASC" } else { "DESC" }
         ),
         args,
     )
@@ -364,9 +380,10 @@ impl Reads for PgReads<'_> {
         filter: &ItemFilter,
         after: Option<&ItemCursor>,
         limit: usize,
+        backward: bool,
     ) -> Result<Vec<ItemRow>> {
         let by_name = filter.order == ItemOrder::Name;
-        let (sql, args) = item_query(filter, after, Some(limit));
+        let (sql, args) = item_query(filter, after, Some(limit), backward);
         all(self.conn, &sql, &refs(&args), |r| {
             let key = if by_name {
                 r.try_get::<_, String>(9)?
@@ -392,7 +409,7 @@ impl Reads for PgReads<'_> {
     }
 
     fn count_items(&self, filter: &ItemFilter) -> Result<i64> {
-        let (sql, args) = item_query(filter, None, None);
+        let (sql, args) = item_query(filter, None, None, false);
         let sql = format!("SELECT COUNT(*) FROM ({sql}) AS q");
         count(self.conn, &sql, &refs(&args))
     }
@@ -434,15 +451,16 @@ impl Reads for PgReads<'_> {
         filter: &DeliveryFilter,
         after: Option<DeliveryCursor>,
         limit: usize,
+        backward: bool,
     ) -> Result<Vec<(DeliverySummary, DeliveryCursor)>> {
-        let (sql, args) = delivery_query(filter, after.map(|a| a.0), Some(limit));
+        let (sql, args) = delivery_query(filter, after.map(|a| a.0), Some(limit), backward);
         all(self.conn, &sql, &refs(&args), |r| {
             Ok((summary_from_row(r)?, DeliveryCursor(r.try_get(17)?)))
         })
     }
 
     fn count_deliveries(&self, filter: &DeliveryFilter) -> Result<i64> {
-        let (sql, args) = delivery_query(filter, None, None);
+        let (sql, args) = delivery_query(filter, None, None, false);
         let sql = format!("SELECT COUNT(*) FROM ({sql}) AS q");
         count(self.conn, &sql, &refs(&args))
     }
@@ -458,8 +476,8 @@ impl Reads for PgReads<'_> {
             .map(|r| {
                 Ok(StoredDelivery {
                     summary: summary_from_row(&r)?,
-                    item_version: r.try_get(18)?,
-                    cancelled_by: r.try_get(19)?,
+                    item_version: r.try_get(19)?,
+                    cancelled_by: r.try_get(20)?,
                     body: r.try_get(20)?,
                 })
             })
@@ -515,38 +533,56 @@ impl Reads for PgReads<'_> {
         after: AttemptCursor,
         limit: usize,
     ) -> Result<Vec<(AttemptCursor, crate::model::AttemptEvent)>> {
-        // TODO(issue 17): by `seq` like SQLite for now; the lead moves the cursor to
-        // `(xid, seq)` so that a row committed late is never skipped.
-        all(
-            self.conn,
-            "SELECT a.seq, a.delivery_id, d.event, d.workflow_id, d.stage_id, d.item_id, i.name,
-                    a.number, a.trigger, d.attempts, a.status, a.error_kind, a.error_message,
-                    a.duration_ms, d.state, d.next_attempt_at, a.started_at
+        // Design §7: sequence order is not commit order. Only rows whose transaction is older
+        // than this snapshot's xmin are read: every transaction below it has ended, so no row
+        // can appear later before the cursor. They are read in (transaction, row) order.
+        let sql = format!(
+            "SELECT a.xid::text::bigint, a.seq, a.delivery_id, d.event, d.workflow_id, d.stage_id,
+                    d.item_id, i.name, a.number, a.trigger, d.attempts, a.status, a.error_kind,
+                    a.error_message, a.duration_ms, d.state, d.next_attempt_at, a.started_at, a.url,
+                    substring(a.response_body FROM 1 FOR {EXCERPT_BYTES})
              FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
              LEFT JOIN items i ON i.id = d.item_id
-             WHERE a.seq > $1 ORDER BY a.seq LIMIT $2",
-            &[&after.0, &(limit.min(i64::MAX as usize) as i64)],
+             WHERE (a.xid, a.seq) > ($1::bigint::text::xid8, $2)
+               AND a.xid < pg_snapshot_xmin(pg_current_snapshot())
+             ORDER BY a.xid, a.seq LIMIT $3"
+        );
+        all(
+            self.conn,
+            &sql,
+            &[
+                &after.major,
+                &after.seq,
+                &(limit.min(i64::MAX as usize) as i64),
+            ],
             |r| {
                 Ok((
-                    AttemptCursor(r.try_get(0)?),
+                    AttemptCursor {
+                        major: r.try_get(0)?,
+                        seq: r.try_get(1)?,
+                    },
                     crate::model::AttemptEvent {
-                        at: to_time(r.try_get(16)?),
-                        delivery_id: DeliveryId(r.try_get(1)?),
-                        event: parse_col(r, 2)?,
-                        workflow: WorkflowId(r.try_get(3)?),
-                        stage: StageId(r.try_get(4)?),
-                        item_id: r.try_get::<_, Option<String>>(5)?.map(ItemId),
-                        item_name: r.try_get(6)?,
-                        number: r.try_get(7)?,
-                        trigger: parse_col(r, 8)?,
-                        attempts: r.try_get(9)?,
+                        at: to_time(r.try_get(17)?),
+                        delivery_id: DeliveryId(r.try_get(2)?),
+                        event: parse_col(r, 3)?,
+                        workflow: WorkflowId(r.try_get(4)?),
+                        stage: StageId(r.try_get(5)?),
+                        item_id: r.try_get::<_, Option<String>>(6)?.map(ItemId),
+                        item_name: r.try_get(7)?,
+                        number: r.try_get(8)?,
+                        trigger: parse_col(r, 9)?,
+                        attempts: r.try_get(10)?,
                         max_attempts: 0,
-                        status: opt_u16_col(r, 10)?,
-                        error_kind: opt_parse_col(r, 11)?,
-                        error_message: r.try_get(12)?,
-                        duration_ms: r.try_get::<_, Option<i64>>(13)?.unwrap_or(0),
-                        state: parse_col(r, 14)?,
-                        next_attempt_at: r.try_get::<_, Option<i64>>(15)?.map(to_time),
+                        status: opt_u16_col(r, 11)?,
+                        error_kind: opt_parse_col(r, 12)?,
+                        error_message: r.try_get(13)?,
+                        duration_ms: r.try_get::<_, Option<i64>>(14)?.unwrap_or(0),
+                        url: r.try_get(18)?,
+                        response_excerpt: r
+                            .try_get::<_, Option<Vec<u8>>>(19)?
+                            .map(|b| crate::model::excerpt(&b)),
+                        state: parse_col(r, 15)?,
+                        next_attempt_at: r.try_get::<_, Option<i64>>(16)?.map(to_time),
                         routed_to: None,
                         paused_stage: false,
                         lease_lost: false,
@@ -556,8 +592,27 @@ impl Reads for PgReads<'_> {
         )
     }
 
-    fn attempts_end(&self) -> Result<i64> {
-        count(self.conn, "SELECT COALESCE(MAX(seq), 0) FROM attempts", &[])
+    /// After the newest attempt every reader may take now (see `attempts_after`).
+    fn attempts_end(&self) -> Result<AttemptCursor> {
+        let row = self.conn.query_opt(
+            "SELECT xid::text::bigint, seq FROM attempts
+             WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
+             ORDER BY xid DESC, seq DESC LIMIT 1",
+            &[],
+        )?;
+        Ok(match row {
+            Some(r) => AttemptCursor {
+                major: r.try_get(0)?,
+                seq: r.try_get(1)?,
+            },
+            None => AttemptCursor::default(),
+        })
+    }
+
+    /// The attempts recorded: a count (row numbers have gaps on PostgreSQL, where an insert
+    /// that does nothing still takes one).
+    fn attempts_recorded(&self) -> Result<i64> {
+        count(self.conn, "SELECT COUNT(*) FROM attempts", &[])
     }
 
     fn next_due(&self) -> Result<(Option<i64>, Option<i64>)> {
@@ -769,6 +824,39 @@ impl Reads for PgReads<'_> {
 
     fn schema_version(&self) -> Result<i64> {
         schema::version(self.conn)
+    }
+
+    fn table_rows(&self, table: &Table, after: i64, limit: usize) -> Result<Vec<Vec<Cell>>> {
+        let columns: Vec<&str> = table.columns.iter().map(|(c, _)| *c).collect();
+        let select = format!("SELECT {} FROM {}", columns.join(", "), table.name);
+        let rows = if table.paged {
+            let sql = format!("{select} WHERE seq > $1 ORDER BY seq LIMIT $2");
+            self.conn
+                .query(&sql, &[&after, &(limit.min(i64::MAX as usize) as i64)])?
+        } else {
+            self.conn.query(&select, &[])?
+        };
+        rows.iter()
+            .map(|r| {
+                table
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, kind))| {
+                        Ok(match kind {
+                            Kind::Int => r.try_get::<_, Option<i64>>(i)?.map(Cell::Int),
+                            Kind::Text => r.try_get::<_, Option<String>>(i)?.map(Cell::Text),
+                            Kind::Bytes => r.try_get::<_, Option<Vec<u8>>>(i)?.map(Cell::Bytes),
+                        }
+                        .unwrap_or(Cell::Null))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn row_count(&self, table: &str) -> Result<i64> {
+        count(self.conn, &format!("SELECT COUNT(*) FROM {table}"), &[])
     }
 }
 

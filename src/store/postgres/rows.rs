@@ -4,15 +4,18 @@
 
 use postgres::Row;
 
+use postgres::types::ToSql;
+
 use super::{Conn, json_col, parse_col};
 use crate::model::{
     CancelReason, DatasetRef, DeliveryId, DeliveryState, EventType, Item, ItemId, StageId,
     WorkflowId,
 };
+use crate::store::copy::{TABLES, Table};
 use crate::store::seam::{
-    AttemptRow, AuditRow, CancelRow, Counted, DeliveryRow, DeliveryUpdate, Due, Heartbeat,
-    HistoryRow, InFlight, ItemMove, Leased, ManualAttempt, NewDelivery, NewItemRow, OpenDelivery,
-    RefireRow, RevisionRow, Rows,
+    AttemptRow, AuditRow, CancelRow, Cell, Counted, DeliveryRow, DeliveryUpdate, Due, Heartbeat,
+    HistoryRow, InFlight, ItemMove, Kind, Leased, ManualAttempt, NewDelivery, NewItemRow,
+    OpenDelivery, RefireRow, RevisionRow, Rows,
 };
 use crate::store::{Result, to_time};
 
@@ -845,6 +848,55 @@ impl Rows for PgRows<'_> {
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             &[&key, &value],
         )?;
+        Ok(())
+    }
+
+    fn insert_rows(&self, table: &Table, rows: &[Vec<Cell>]) -> Result<()> {
+        let columns: Vec<&str> = table.columns.iter().map(|(c, _)| *c).collect();
+        let marks: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
+        // Identity columns take the copied row numbers as they are.
+        let overriding = if table.paged {
+            "OVERRIDING SYSTEM VALUE"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "INSERT INTO {} ({}) {overriding} VALUES ({})",
+            table.name,
+            columns.join(", "),
+            marks.join(", ")
+        );
+        for row in rows {
+            let values: Vec<Box<dyn ToSql + Sync>> = row
+                .iter()
+                .zip(table.columns)
+                .map(|(cell, (_, kind))| -> Box<dyn ToSql + Sync> {
+                    match (cell, kind) {
+                        (Cell::Int(n), _) => Box::new(*n),
+                        (Cell::Text(t), _) => Box::new(t.clone()),
+                        (Cell::Bytes(b), _) => Box::new(b.clone()),
+                        (Cell::Null, Kind::Int) => Box::new(None::<i64>),
+                        (Cell::Null, Kind::Text) => Box::new(None::<String>),
+                        (Cell::Null, Kind::Bytes) => Box::new(None::<Vec<u8>>),
+                    }
+                })
+                .collect();
+            let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref()).collect();
+            self.conn.execute(&sql, &refs)?;
+        }
+        Ok(())
+    }
+
+    /// Each identity sequence continues after the largest copied row number.
+    fn follow_copied_rows(&self) -> Result<()> {
+        for table in TABLES.iter().filter(|t| t.paged) {
+            self.conn.batch(&format!(
+                "SELECT setval(pg_get_serial_sequence('{0}', 'seq'),
+                               GREATEST((SELECT MAX(seq) FROM {0}), 1),
+                               (SELECT MAX(seq) FROM {0}) IS NOT NULL)",
+                table.name
+            ))?;
+        }
         Ok(())
     }
 

@@ -167,7 +167,9 @@ fn writer_loop(
         stats.max_hold_us.fetch_max(held, Ordering::Relaxed);
         stats.busy_us.fetch_add(held, Ordering::Relaxed);
         stats.transactions.fetch_add(1, Ordering::Relaxed);
-        stats.jobs.fetch_add(results.len() as u64, Ordering::Relaxed);
+        stats
+            .jobs
+            .fetch_add(results.len() as u64, Ordering::Relaxed);
         if commit.is_ok() && !failed_alone {
             commits.send_modify(|n| *n = n.wrapping_add(1));
         }

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::rows::load_item;
 use super::schema;
-use crate::model::{DeliveryId, DeliveryState, Item, ItemId, StageId, WorkflowId};
+use crate::model::{DeliveryId, DeliveryState, EXCERPT_BYTES, Item, ItemId, StageId, WorkflowId};
 use crate::store::copy::Table;
 use crate::store::seam::{
     Cell, Found, HealthFacts, Reads, ScanRow, Storage, StoredDelivery, WorkflowCounts,
@@ -53,10 +53,12 @@ where
     }
 }
 
-/// The columns of a listed delivery (`d`: deliveries, `i`: items), its `seq` last.
+/// The columns of a listed delivery (`d`: deliveries, `i`: items): `seq` at 17, then the last
+/// attempt's error message.
 pub(crate) const SUMMARY_COLUMNS: &str = "d.id, d.item_id, i.name, d.workflow_id, d.stage_id, d.event, d.state, d.trigger, \
      d.attempts, d.last_status, d.last_error_kind, d.last_attempt_at, d.next_attempt_at, d.refire_of, \
-     d.cancel_reason, d.created_at, d.updated_at, d.seq";
+     d.cancel_reason, d.created_at, d.updated_at, d.seq, \
+     (SELECT a.error_message FROM attempts a WHERE a.delivery_id = d.id ORDER BY a.number DESC LIMIT 1)";
 
 pub(crate) fn summary_from_row(r: &Row) -> rusqlite::Result<DeliverySummary> {
     Ok(DeliverySummary {
@@ -72,6 +74,9 @@ pub(crate) fn summary_from_row(r: &Row) -> rusqlite::Result<DeliverySummary> {
         last_status: r.get(9)?,
         last_error_kind: opt_enum_col(r, 10)?,
         last_attempt_at: r.get::<_, Option<i64>>(11)?.map(to_time),
+        last_error_message: r
+            .get::<_, Option<String>>(18)?
+            .filter(|_| r.get::<_, Option<String>>(10).ok().flatten().is_some()),
         next_attempt_at: r.get::<_, Option<i64>>(12)?.map(to_time),
         refire_of: r.get::<_, Option<String>>(13)?.map(DeliveryId),
         cancel_reason: opt_enum_col(r, 14)?,
@@ -103,11 +108,14 @@ fn texts(c: &Connection, sql: &str) -> Result<Vec<String>> {
 }
 
 /// Builds the item list query: SQL selecting (id, name, workflow, stage, state, version,
-/// tags, entered_at, updated_at, sort key, seq) and its arguments.
+/// tags, entered_at, updated_at, sort key, seq) and its arguments, after `after` in the
+/// filter's order; `backward` reads the other way (the rows before `after`, nearest first;
+/// from the list's end when `after` is `None`).
 fn item_query(
     filter: &ItemFilter,
     after: Option<&ItemCursor>,
     limit: Option<usize>,
+    backward: bool,
 ) -> (String, Vec<Value>) {
     let mut wh = Vec::new();
     let mut args: Vec<Value> = Vec::new();
@@ -150,7 +158,8 @@ fn item_query(
         let a = args.len();
         args.push(Value::Integer(c.seq));
         let b = args.len();
-        wh.push(format!("({key}, seq) > (?{a}, ?{b})"));
+        let op = if backward { "<" } else { ">" };
+        wh.push(format!("({key}, seq) {op} (?{a}, ?{b})"));
     }
     let where_sql = if wh.is_empty() {
         String::new()
@@ -158,21 +167,24 @@ fn item_query(
         format!("WHERE {}", wh.join(" AND "))
     };
     let limit_sql = limit.map(|l| format!("LIMIT {l}")).unwrap_or_default();
+    let dir = if backward { "DESC" } else { "ASC" };
     (
         format!(
             "SELECT id, name, workflow_id, stage_id, state, version, tags, entered_at, updated_at, {key}, seq
-             FROM items {where_sql} ORDER BY {key}, seq {limit_sql}"
+             FROM items {where_sql} ORDER BY {key} {dir}, seq {dir} {limit_sql}"
         ),
         args,
     )
 }
 
-/// Builds the delivery list query (newest first): SQL selecting [`SUMMARY_COLUMNS`] and its
-/// arguments.
+/// Builds the delivery list query: SQL selecting [`SUMMARY_COLUMNS`] and its arguments,
+/// newest first after `after`; `backward` reads the other way (the rows before `after`,
+/// nearest first; from the list's end when `after` is `None`).
 fn delivery_query(
     f: &DeliveryFilter,
     after: Option<i64>,
     limit: Option<usize>,
+    backward: bool,
 ) -> (String, Vec<Value>) {
     let mut wh = Vec::new();
     let mut args: Vec<Value> = Vec::new();
@@ -213,7 +225,8 @@ fn delivery_query(
         push("d.last_status = ?", Value::Integer(s.into()), &mut args);
     }
     if let Some(a) = after {
-        push("d.seq < ?", Value::Integer(a), &mut args);
+        let op = if backward { "d.seq > ?" } else { "d.seq < ?" };
+        push(op, Value::Integer(a), &mut args);
     }
     let where_sql = if wh.is_empty() {
         String::new()
@@ -224,7 +237,8 @@ fn delivery_query(
     (
         format!(
             "SELECT {SUMMARY_COLUMNS} FROM deliveries d LEFT JOIN items i ON i.id = d.item_id
-             {where_sql} ORDER BY d.seq DESC {limit_sql}"
+             {where_sql} ORDER BY d.seq {} {limit_sql}",
+            if backward { "ASC" } else { "DESC" }
         ),
         args,
     )
@@ -340,8 +354,9 @@ impl Reads for SqliteReads<'_> {
         filter: &ItemFilter,
         after: Option<&ItemCursor>,
         limit: usize,
+        backward: bool,
     ) -> Result<Vec<ItemRow>> {
-        let (sql, args) = item_query(filter, after, Some(limit));
+        let (sql, args) = item_query(filter, after, Some(limit), backward);
         all(
             self.conn,
             &sql,
@@ -372,7 +387,7 @@ impl Reads for SqliteReads<'_> {
     }
 
     fn count_items(&self, filter: &ItemFilter) -> Result<i64> {
-        let (sql, args) = item_query(filter, None, None);
+        let (sql, args) = item_query(filter, None, None, false);
         let sql = format!("SELECT COUNT(*) FROM ({sql})");
         count(self.conn, &sql, rusqlite::params_from_iter(args.iter()))
     }
@@ -414,8 +429,9 @@ impl Reads for SqliteReads<'_> {
         filter: &DeliveryFilter,
         after: Option<DeliveryCursor>,
         limit: usize,
+        backward: bool,
     ) -> Result<Vec<(DeliverySummary, DeliveryCursor)>> {
-        let (sql, args) = delivery_query(filter, after.map(|a| a.0), Some(limit));
+        let (sql, args) = delivery_query(filter, after.map(|a| a.0), Some(limit), backward);
         all(
             self.conn,
             &sql,
@@ -425,7 +441,7 @@ impl Reads for SqliteReads<'_> {
     }
 
     fn count_deliveries(&self, filter: &DeliveryFilter) -> Result<i64> {
-        let (sql, args) = delivery_query(filter, None, None);
+        let (sql, args) = delivery_query(filter, None, None, false);
         let sql = format!("SELECT COUNT(*) FROM ({sql})");
         count(self.conn, &sql, rusqlite::params_from_iter(args.iter()))
     }
@@ -442,9 +458,9 @@ impl Reads for SqliteReads<'_> {
             .query_row([id.as_str()], |r| {
                 Ok(StoredDelivery {
                     summary: summary_from_row(r)?,
-                    item_version: r.get(18)?,
-                    cancelled_by: r.get(19)?,
-                    body: r.get(20)?,
+                    item_version: r.get(19)?,
+                    cancelled_by: r.get(20)?,
+                    body: r.get(21)?,
                 })
             })
             .optional()?)
@@ -498,46 +514,49 @@ impl Reads for SqliteReads<'_> {
         after: AttemptCursor,
         limit: usize,
     ) -> Result<Vec<(AttemptCursor, crate::model::AttemptEvent)>> {
-        all(
-            self.conn,
+        let sql = format!(
             "SELECT a.seq, a.delivery_id, d.event, d.workflow_id, d.stage_id, d.item_id, i.name,
                     a.number, a.trigger, d.attempts, a.status, a.error_kind, a.error_message,
-                    a.duration_ms, d.state, d.next_attempt_at, a.started_at
+                    a.duration_ms, d.state, d.next_attempt_at, a.started_at, a.url,
+                    substr(a.response_body, 1, {EXCERPT_BYTES})
              FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
              LEFT JOIN items i ON i.id = d.item_id
-             WHERE a.seq > ?1 ORDER BY a.seq LIMIT ?2",
-            params![after.seq, limit as i64],
-            |r| {
-                Ok((
-                    AttemptCursor {
-                        major: 0,
-                        seq: r.get(0)?,
-                    },
-                    crate::model::AttemptEvent {
-                        at: to_time(r.get(16)?),
-                        delivery_id: DeliveryId(r.get(1)?),
-                        event: enum_col(r, 2)?,
-                        workflow: WorkflowId(r.get(3)?),
-                        stage: StageId(r.get(4)?),
-                        item_id: r.get::<_, Option<String>>(5)?.map(ItemId),
-                        item_name: r.get(6)?,
-                        number: r.get(7)?,
-                        trigger: enum_col(r, 8)?,
-                        attempts: r.get(9)?,
-                        max_attempts: 0,
-                        status: r.get(10)?,
-                        error_kind: opt_enum_col(r, 11)?,
-                        error_message: r.get(12)?,
-                        duration_ms: r.get::<_, Option<i64>>(13)?.unwrap_or(0),
-                        state: enum_col(r, 14)?,
-                        next_attempt_at: r.get::<_, Option<i64>>(15)?.map(to_time),
-                        routed_to: None,
-                        paused_stage: false,
-                        lease_lost: false,
-                    },
-                ))
-            },
-        )
+             WHERE a.seq > ?1 ORDER BY a.seq LIMIT ?2"
+        );
+        all(self.conn, &sql, params![after.seq, limit as i64], |r| {
+            Ok((
+                AttemptCursor {
+                    major: 0,
+                    seq: r.get(0)?,
+                },
+                crate::model::AttemptEvent {
+                    at: to_time(r.get(16)?),
+                    delivery_id: DeliveryId(r.get(1)?),
+                    event: enum_col(r, 2)?,
+                    workflow: WorkflowId(r.get(3)?),
+                    stage: StageId(r.get(4)?),
+                    item_id: r.get::<_, Option<String>>(5)?.map(ItemId),
+                    item_name: r.get(6)?,
+                    number: r.get(7)?,
+                    trigger: enum_col(r, 8)?,
+                    attempts: r.get(9)?,
+                    max_attempts: 0,
+                    status: r.get(10)?,
+                    error_kind: opt_enum_col(r, 11)?,
+                    error_message: r.get(12)?,
+                    duration_ms: r.get::<_, Option<i64>>(13)?.unwrap_or(0),
+                    url: r.get(17)?,
+                    response_excerpt: r
+                        .get::<_, Option<Vec<u8>>>(18)?
+                        .map(|b| crate::model::excerpt(&b)),
+                    state: enum_col(r, 14)?,
+                    next_attempt_at: r.get::<_, Option<i64>>(15)?.map(to_time),
+                    routed_to: None,
+                    paused_stage: false,
+                    lease_lost: false,
+                },
+            ))
+        })
     }
 
     fn attempts_end(&self) -> Result<AttemptCursor> {

@@ -95,8 +95,13 @@ pub(super) fn move_cursor(app: &mut App, f: impl Fn(usize, usize, usize) -> usiz
         return vec![];
     }
     v.cursor = f(v.cursor, n, page).min(n - 1);
-    // Near the end of what is loaded: fetch the next page (keyset).
+    if v.paging {
+        return vec![];
+    }
+    // Near the end of what is loaded: fetch the next page (keyset); near its start when the
+    // view reads from the end (`G`): the page before.
     let near_end = v.cursor + page >= n;
+    let near_start = v.cursor < page && v.base > 0;
     let after = match &v.data {
         ViewData::Items { rows, more: true } if near_end => {
             rows.last().map(|r| LoadAfter::Item(r.cursor.clone()))
@@ -106,12 +111,54 @@ pub(super) fn move_cursor(app: &mut App, f: impl Fn(usize, usize, usize) -> usiz
             more: true,
             ..
         } if near_end => cursors.last().map(|c| LoadAfter::Delivery(*c)),
+        ViewData::Items { rows, .. } if near_start => rows
+            .first()
+            .map(|r| LoadAfter::ItemBefore(r.cursor.clone())),
+        ViewData::Deliveries { cursors, .. } if near_start => {
+            cursors.first().map(|c| LoadAfter::DeliveryBefore(*c))
+        }
         _ => None,
     };
     match after {
-        Some(a) => app.load_current(Some(a)),
+        Some(a) => {
+            v.paging = true;
+            app.load_current(Some(a))
+        }
         None => vec![],
     }
+}
+
+/// Whether the view is a keyset-paged list with rows after the loaded ones.
+fn more_after(v: &View) -> bool {
+    matches!(
+        v.data,
+        ViewData::Items { more: true, .. } | ViewData::Deliveries { more: true, .. }
+    )
+}
+
+/// `G`: the true last row. A paged list with rows after the loaded ones asks for its last
+/// page (a reverse keyset read); keys wait for it, as for a new filter.
+fn to_bottom(app: &mut App) -> Vec<Effect> {
+    if !app.view().is_some_and(more_after) {
+        return move_cursor(app, |_, n, _| n.saturating_sub(1));
+    }
+    let id = app.next_view_id;
+    app.next_view_id += 1;
+    let Some(v) = app.view_mut() else {
+        return vec![];
+    };
+    v.id = id;
+    v.awaiting = true;
+    v.paging = false;
+    app.load_current(Some(LoadAfter::End))
+}
+
+/// `g`: the first row; a view reading from the end loads the list's first page again.
+fn to_top(app: &mut App) -> Vec<Effect> {
+    if app.view().is_some_and(|v| v.base > 0) {
+        return app.relist(false);
+    }
+    move_cursor(app, |_, _, _| 0)
 }
 
 /// The rows an action applies to: the selection, else the row under the cursor.
@@ -249,8 +296,8 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
     match a {
         Action::Up => move_cursor(app, |c, _, _| c.saturating_sub(1)),
         Action::Down => move_cursor(app, |c, _, _| c + 1),
-        Action::Top => move_cursor(app, |_, _, _| 0),
-        Action::Bottom => move_cursor(app, |_, n, _| n.saturating_sub(1)),
+        Action::Top => to_top(app),
+        Action::Bottom => to_bottom(app),
         // In the item detail, j/k move among its deliveries and the page keys scroll its
         // history (the view clamps the offset to what there is).
         Action::PageUp | Action::PageDown
@@ -275,7 +322,7 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
             vec![]
         }
         Action::Help => {
-            app.overlay = Some(Overlay::Help);
+            app.overlay = Some(Overlay::Help { scroll: 0 });
             vec![]
         }
         Action::Command => {
@@ -552,6 +599,12 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
             }
             vec![Effect::CountOpen(f)]
         }
+        Action::CopyBody
+        | Action::CopyResponse
+        | Action::CopyHeaders
+        | Action::CopyCurl
+        | Action::CopyCurlSecrets
+        | Action::Pager => payload_key(app, a),
         Action::Copy => {
             let Some(v) = app.view() else { return vec![] };
             let id = match &v.data {
@@ -723,4 +776,43 @@ fn nothing_to_act_on(app: &mut App) -> Vec<Effect> {
         Level::Warn,
     );
     vec![]
+}
+
+/// The payload viewer's keys: copy the body, the headers or a `curl` command; open `$PAGER`.
+fn payload_key(app: &mut App, a: Action) -> Vec<Effect> {
+    let Some(v) = app.view() else { return vec![] };
+    let ViewData::Delivery(d) = &v.data else {
+        return vec![];
+    };
+    let copy = |what: &str, text: String| {
+        vec![Effect::CopyText {
+            what: what.into(),
+            text,
+        }]
+    };
+    match a {
+        Action::CopyBody => copy("the request body", super::super::payload::request_body(d)),
+        Action::CopyResponse => match super::super::payload::response_body(d) {
+            Some(b) => copy("the newest response body", b),
+            None => {
+                app.flash("no response body to copy yet", Level::Info);
+                vec![]
+            }
+        },
+        Action::CopyHeaders => match super::super::payload::request_headers(d) {
+            Some(h) => copy("the request headers (secrets masked)", h),
+            None => {
+                app.flash(
+                    "not sent yet: no request headers to copy (u copies a curl command)",
+                    Level::Info,
+                );
+                vec![]
+            }
+        },
+        Action::CopyCurl | Action::CopyCurlSecrets => vec![Effect::CopyCurl {
+            delivery: d.summary.id.clone(),
+            reveal: a == Action::CopyCurlSecrets,
+        }],
+        _ => vec![Effect::Pager(super::super::payload::plain(&v.doc))],
+    }
 }

@@ -35,6 +35,8 @@ pub const PAGE: usize = 200;
 pub const LOG_CAPACITY: usize = 2000;
 /// Seconds of history in the throughput sparkline.
 pub const RATE_SECONDS: usize = 120;
+/// Seconds over which the stages view gives each stage's failure rate.
+pub const STAGE_RATE_SECONDS: usize = 300;
 
 /// What a view shows.
 #[derive(Clone, Debug, PartialEq)]
@@ -157,6 +159,16 @@ pub struct View {
     pub awaiting: bool,
     /// The filter changed: when its page arrives, selected rows it hides are unselected.
     pub refilter: bool,
+    /// The delivery detail as the payload viewer draws it (built once per load, not per
+    /// frame: a 64 KiB body is thousands of lines).
+    pub doc: std::sync::Arc<Vec<super::payload::DocLine>>,
+    /// Where the first loaded row is in the whole list (0 unless the view went to the end
+    /// with `G` and pages back up from there).
+    pub base: usize,
+    /// How many rows the whole list has, when the counters (or a count `G` made) tell.
+    pub total: Option<i64>,
+    /// A page before or after the loaded rows was asked for and has not come yet.
+    pub paging: bool,
 }
 
 impl View {
@@ -172,6 +184,10 @@ impl View {
             order: ItemOrder::Waiting,
             awaiting: true,
             refilter: false,
+            doc: Default::default(),
+            base: 0,
+            total: None,
+            paging: false,
         }
     }
 
@@ -360,7 +376,10 @@ pub enum AssignWhat {
 /// Modal overlays; at most one at a time.
 #[derive(Clone, Debug)]
 pub enum Overlay {
-    Help,
+    /// The key help; `scroll` as a popup's, when it is taller than the terminal.
+    Help {
+        scroll: usize,
+    },
     Command(String),
     Filter(String),
     Picker {
@@ -508,6 +527,9 @@ pub struct App {
     pub fail_rate: VecDeque<u64>,
     /// Stages per workflow, for the assign picker.
     pub stages: HashMap<WorkflowId, Vec<(StageId, StageKind)>>,
+    /// Attempts and failed ones per stage, second by second over the last
+    /// [`STAGE_RATE_SECONDS`] (the stages view's failure rate); the last bucket is this second.
+    pub stage_rates: HashMap<(WorkflowId, StageId), VecDeque<(u32, u32)>>,
     /// Something changed since the last frame.
     pub dirty: bool,
     /// The main list's visible height, set by the view (for paging).
@@ -609,6 +631,19 @@ pub enum Msg {
         data: ViewData,
         append: bool,
     },
+    /// A page read backward: the list's end, or the rows before the loaded ones; `total`
+    /// numbers the rows when the list's end came.
+    Window {
+        view: u64,
+        data: ViewData,
+        at: At,
+        total: Option<i64>,
+    },
+    /// How many rows the view's whole list has (`None`: the counters cannot tell).
+    Total {
+        view: u64,
+        total: Option<i64>,
+    },
     Header(Header),
     Attempt(Box<AttemptEvent>),
     /// A result for the flash line.
@@ -638,6 +673,11 @@ pub enum Msg {
     CountedOpen {
         filter: DeliveryFilter,
         count: i64,
+    },
+    /// A text to put on the clipboard (a `curl` command the executor built).
+    Copy {
+        what: String,
+        text: String,
     },
     /// The number of items in a stage, for a bulk assign.
     StageCount {
@@ -670,7 +710,21 @@ pub enum Effect {
         workflow: WorkflowId,
         stage: StageId,
     },
+    /// Put an id on the clipboard (OSC 52); the flash names it.
     Copy(String),
+    /// Put a longer text on the clipboard (OSC 52); the flash says `what` and its size.
+    CopyText {
+        what: String,
+        text: String,
+    },
+    /// A `curl` command repeating the delivery's request, from the stage's current settings
+    /// (read by the executor); `reveal` puts the real secrets in it.
+    CopyCurl {
+        delivery: DeliveryId,
+        reveal: bool,
+    },
+    /// Leave the screen, show `text` in `$PAGER`, come back.
+    Pager(String),
 }
 
 /// Where the next page starts.
@@ -678,9 +732,31 @@ pub enum Effect {
 pub enum LoadAfter {
     Item(ItemCursor),
     Delivery(crate::store::DeliveryCursor),
+    /// The page before the first loaded row (reading back up from the end).
+    ItemBefore(ItemCursor),
+    DeliveryBefore(crate::store::DeliveryCursor),
+    /// The list's last page (`G`), read backward from its end.
+    End,
+}
+
+/// Where a page read backward goes ([`Msg::Window`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    /// It is the list's last page: it replaces the loaded rows, the cursor on its last row.
+    End,
+    /// It comes before the first loaded row.
+    Before,
 }
 
 impl App {
+    /// A stage's attempts and failed attempts over the last [`STAGE_RATE_SECONDS`].
+    pub fn stage_failures(&self, workflow: &WorkflowId, stage: &StageId) -> (u32, u32) {
+        self.stage_rates
+            .get(&(workflow.clone(), stage.clone()))
+            .map(|r| r.iter().fold((0, 0), |(n, f), (a, b)| (n + a, f + b)))
+            .unwrap_or((0, 0))
+    }
+
     pub fn new(read_only: bool) -> (App, Vec<Effect>) {
         let mut app = App {
             stack: Vec::new(),
@@ -695,6 +771,7 @@ impl App {
             rate: VecDeque::from(vec![0; RATE_SECONDS]),
             fail_rate: VecDeque::from(vec![0; RATE_SECONDS]),
             stages: HashMap::new(),
+            stage_rates: HashMap::new(),
             dirty: true,
             page_rows: 10,
             pending_picker: None,
@@ -846,6 +923,14 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                     r.pop_front();
                 }
             }
+            // A stage with no attempt in the window is forgotten (bounded by live stages).
+            app.stage_rates.retain(|_, r| {
+                r.push_back((0, 0));
+                while r.len() > STAGE_RATE_SECONDS {
+                    r.pop_front();
+                }
+                r.iter().any(|(n, _)| *n > 0)
+            });
             if let Some(f) = &mut app.flash {
                 f.ttl = f.ttl.saturating_sub(1);
                 if f.ttl == 0 {
@@ -876,13 +961,30 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                 {
                     app.load_current(None)
                 }
-                Some(v) if v.cursor < PAGE => app.load_current(None),
+                // Not a view reading from the end (`G`): a reload from the top would take
+                // the operator away from the rows they went to.
+                Some(v) if v.cursor < PAGE && v.base == 0 => app.load_current(None),
                 _ => vec![],
             }
         }
         Msg::Loaded { view, data, append } => {
             loaded(app, view, data, append);
             replay_deferred(app)
+        }
+        Msg::Window {
+            view,
+            data,
+            at,
+            total,
+        } => {
+            window_loaded(app, view, data, at, total);
+            replay_deferred(app)
+        }
+        Msg::Total { view, total } => {
+            if let Some(v) = app.stack.iter_mut().find(|v| v.id == view) {
+                v.total = total;
+            }
+            vec![]
         }
         Msg::Header(h) => {
             // What an action wrote to a deleted or replaced file would be lost on quit: the
@@ -900,6 +1002,14 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
         Msg::Attempt(e) => {
             let failed =
                 e.error_kind.is_some() || !e.status.is_some_and(|s| (200..300).contains(&s));
+            let r = app
+                .stage_rates
+                .entry((e.workflow.clone(), e.stage.clone()))
+                .or_insert_with(|| VecDeque::from(vec![(0, 0)]));
+            if let Some(last) = r.back_mut() {
+                last.0 += 1;
+                last.1 += u32::from(failed);
+            }
             if app.log.push(*e) {
                 if let Some(last) = app.rate.back_mut() {
                     *last += 1;
@@ -988,6 +1098,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             }
             vec![]
         }
+        Msg::Copy { what, text } => vec![Effect::CopyText { what, text }],
         Msg::StageCount {
             workflow,
             from,
@@ -1059,7 +1170,9 @@ fn loaded(app: &mut App, view: u64, data: ViewData, append: bool) {
     };
     if !append {
         v.awaiting = false;
+        v.base = 0;
     }
+    v.paging = false;
     match (append, &mut v.data, data) {
         (true, ViewData::Items { rows, more }, ViewData::Items { rows: new, more: m }) => {
             // A page asked for before a reload may repeat rows the reload already brought.
@@ -1086,6 +1199,9 @@ fn loaded(app: &mut App, view: u64, data: ViewData, append: bool) {
         }
         (_, slot, data) => *slot = data,
     }
+    if let ViewData::Delivery(d) = &v.data {
+        v.doc = std::sync::Arc::new(super::payload::document(d));
+    }
     // A reload keeps the selection whole (by id): a selected row that moved out of the list
     // stays selected, and the confirmation says it is not on screen. A new filter's first
     // page unselects what the filter hides, and says so.
@@ -1098,6 +1214,64 @@ fn loaded(app: &mut App, view: u64, data: ViewData, append: bool) {
     if let Some(text) = said {
         app.flash(text, Level::Warn);
     }
+}
+
+/// A page read backward arrived: the list's last page replaces the rows (the cursor on its
+/// last row, numbered from the total), or the rows before the first loaded one go in front
+/// (the cursor stays on its row).
+fn window_loaded(app: &mut App, view: u64, data: ViewData, at: At, total: Option<i64>) {
+    let Some(v) = app.stack.iter_mut().find(|v| v.id == view) else {
+        return;
+    };
+    v.paging = false;
+    if at == At::End {
+        v.awaiting = false;
+        let n = match &data {
+            ViewData::Items { rows, .. } => rows.len(),
+            ViewData::Deliveries { rows, .. } => rows.len(),
+            _ => 0,
+        };
+        v.data = data;
+        if total.is_some() {
+            v.total = total;
+        }
+        let whole = v.total.map(|t| t.max(0) as usize).unwrap_or(n);
+        v.base = whole.saturating_sub(n);
+        v.cursor = v.len().saturating_sub(1);
+        v.clamp();
+        return;
+    }
+    let shown = v.len();
+    let added = match (&mut v.data, data) {
+        (ViewData::Items { rows, .. }, ViewData::Items { rows: new, .. }) => {
+            let have: HashSet<ItemId> = rows.iter().map(|r| r.id.clone()).collect();
+            let new: Vec<ItemRow> = new.into_iter().filter(|r| !have.contains(&r.id)).collect();
+            let n = new.len();
+            rows.splice(0..0, new);
+            n
+        }
+        (
+            ViewData::Deliveries { rows, cursors, .. },
+            ViewData::Deliveries {
+                rows: new,
+                cursors: c,
+                ..
+            },
+        ) => {
+            let n = new.len();
+            rows.splice(0..0, new);
+            cursors.splice(0..0, c);
+            n
+        }
+        (slot, ViewData::Failed(e)) => {
+            *slot = ViewData::Failed(e);
+            0
+        }
+        _ => 0,
+    };
+    v.base = v.base.saturating_sub(added);
+    v.cursor += v.len().saturating_sub(shown);
+    v.clamp();
 }
 
 /// The list keys waited for did not come in time. A view that shows nothing yet (its first

@@ -17,6 +17,27 @@ pub(super) fn text_edit(s: &mut String, k: &KeyEvent) -> bool {
     }
 }
 
+/// Keys that scroll a popup or the help: j/k, the arrows, the page keys.
+fn scroll_key(k: &KeyEvent) -> bool {
+    matches!(
+        k.code,
+        KeyCode::Char('j' | 'k')
+            | KeyCode::Up
+            | KeyCode::Down
+            | KeyCode::PageUp
+            | KeyCode::PageDown
+    )
+}
+
+fn scrolled(scroll: usize, k: &KeyEvent, page: usize) -> usize {
+    match k.code {
+        KeyCode::Char('k') | KeyCode::Up => scroll.saturating_sub(1),
+        KeyCode::PageUp => scroll.saturating_sub(page),
+        KeyCode::PageDown => scroll.saturating_add(page),
+        _ => scroll.saturating_add(1),
+    }
+}
+
 pub(super) fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<Effect> {
     let ctrl_c = k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
     match overlay {
@@ -25,25 +46,10 @@ pub(super) fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<E
             title,
             text,
             mut scroll,
-        } if !ctrl_c
-            && matches!(
-                k.code,
-                KeyCode::Char('j' | 'k')
-                    | KeyCode::Up
-                    | KeyCode::Down
-                    | KeyCode::PageUp
-                    | KeyCode::PageDown
-            ) =>
-        {
+        } if !ctrl_c && scroll_key(&k) => {
             let page = app.page_rows.max(2) / 2;
-            scroll = match k.code {
-                KeyCode::Char('k') | KeyCode::Up => scroll.saturating_sub(1),
-                KeyCode::PageUp => scroll.saturating_sub(page),
-                KeyCode::PageDown => scroll.saturating_add(page),
-                _ => scroll.saturating_add(1),
-            }
             // No further than its last line (the view stops at the last screenful).
-            .min(text.lines().count());
+            scroll = scrolled(scroll, &k, page).min(text.lines().count());
             app.overlay = Some(Overlay::Popup {
                 title,
                 text,
@@ -51,7 +57,16 @@ pub(super) fn overlay_key(app: &mut App, overlay: Overlay, k: KeyEvent) -> Vec<E
             });
             vec![]
         }
-        Overlay::Help | Overlay::Popup { .. } => {
+        // Help scrolls like a popup, as far as its last key.
+        Overlay::Help { scroll } if !ctrl_c && scroll_key(&k) => {
+            let keys = keymap::active(app.scope(), app.focus_log, app.read_only).count();
+            let page = app.page_rows.max(2) / 2;
+            app.overlay = Some(Overlay::Help {
+                scroll: scrolled(scroll, &k, page).min(keys),
+            });
+            vec![]
+        }
+        Overlay::Help { .. } | Overlay::Popup { .. } => {
             if ctrl_c {
                 app.quit = true;
             }

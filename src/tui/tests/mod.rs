@@ -3,9 +3,11 @@
 //! (`screens`). The data is hand-built here with fixed ids and times, so the same state
 //! always draws the same frame.
 
+mod navigation;
 mod render;
 mod screens;
 mod update;
+mod viewer;
 
 use std::collections::BTreeMap;
 
@@ -176,6 +178,11 @@ pub fn delivery(i: usize, state: DeliveryState) -> DeliverySummary {
         last_status: status,
         last_error_kind: kind,
         last_attempt_at: Some(ago(30)),
+        last_error_message: match kind {
+            Some(ErrorKind::Timeout) => Some("timed out after 2 s".into()),
+            Some(_) => Some("500 Internal Server Error".into()),
+            None => None,
+        },
         next_attempt_at: (state == DeliveryState::RetryScheduled)
             .then(|| now() + Duration::seconds(4)),
         refire_of: None,
@@ -399,6 +406,8 @@ pub fn attempt(
             None => Some("timed out after 2 s".into()),
         },
         duration_ms: 20 + delivery as i64,
+        url: "http://127.0.0.1:9000/validate?source=hookops".into(),
+        response_excerpt: status.map(|s| format!("{{\"status\": {s}, \"note\": \"seen\"}}")),
         state,
         next_attempt_at: (state == DeliveryState::RetryScheduled)
             .then(|| now() + Duration::seconds(3)),

@@ -619,18 +619,29 @@ fn numbers_are_never_cut_at_any_width() {
 
         let mut app = on_stages(false);
         load(&mut app, ViewData::Stages(Box::new(st.clone())));
+        with_attempts(&mut app);
         let screen = text(&render(&mut app, w, 24));
         check_cells(
             &screen,
             "Weld insp",
-            &[("ITEMS", "19837"), ("WAITING", "19837")],
+            &[("ITEMS", "19837"), ("WAITING", "19837"), ("FAIL 5M", "-")],
             w,
         );
         check_cells(
             &screen,
             "Validate",
-            &[("IN DELIVERY", "4321000"), ("FAILED", "✗ 88888")],
+            &[
+                ("IN DELIVERY", "4321000"),
+                ("FAILED", "✗ 88888"),
+                ("FAIL 5M", "✗ 60% of 5"),
+            ],
             w,
+        );
+        // The title's position is whole or left out: `row 1 of 6`, never `row 1 of`.
+        let title = screen.lines().nth(2).unwrap_or("");
+        assert!(
+            title.contains("row 1 of 6") || !title.contains("row"),
+            "{w}: {title}"
         );
     }
 }

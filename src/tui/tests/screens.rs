@@ -1,4 +1,4 @@
-//! `insta` snapshots of every screen at 80×24 and 120×40, drawn in the monochrome theme from
+//! `insta` snapshots of every screen at 50×12, 80×24, 120×40 and 300×80, drawn in the monochrome theme from
 //! the fixed data of this module's parent (fixed ids and a fixed "now", so nothing needs
 //! filtering). Review changes with `INSTA_UPDATE=always cargo test --lib tui::tests::screens`
 //! and `git diff src/tui/tests/snapshots`.
@@ -6,9 +6,9 @@
 use super::*;
 
 #[test]
-fn every_screen_at_80x24_and_120x40() {
+fn every_screen_at_every_size() {
     for (name, mut app) in screens() {
-        for (w, h) in [(80u16, 24u16), (120, 40)] {
+        for (w, h) in [(50u16, 12u16), (80, 24), (120, 40), (300, 80)] {
             let frame = text(&render(&mut app, w, h));
             insta::assert_snapshot!(format!("{name}_{w}x{h}"), frame);
         }

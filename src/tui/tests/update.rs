@@ -154,8 +154,13 @@ fn moving_near_the_end_of_a_full_page_fetches_the_next_page_by_keyset() {
         loads(&ch(&mut app, 'j')).is_empty(),
         "far from the end: no fetch"
     );
-    let fx = ch(&mut app, 'G');
+    // Paging down to the loaded rows' end asks for the next page once (not once a key).
+    let mut fx = Vec::new();
+    for _ in 0..PAGE / 10 {
+        fx.extend(press(&mut app, KeyCode::PageDown));
+    }
     let last = items(PAGE).last().unwrap().cursor.clone();
+    assert_eq!(loads(&fx).len(), 1, "{fx:?}");
     assert!(
         fx.iter().any(
             |e| matches!(e, Effect::Load { after: Some(LoadAfter::Item(c)), .. } if *c == last)
@@ -1765,9 +1770,11 @@ fn ctrl_c_quits_even_from_dialogs_and_help() {
 fn question_mark_opens_help_and_any_key_closes_it() {
     let mut app = on_items(false, 3);
     assert!(ch(&mut app, '?').is_empty());
-    assert!(matches!(app.overlay, Some(Overlay::Help)));
-    // Keys do nothing else while help is open.
+    assert!(matches!(app.overlay, Some(Overlay::Help { .. })));
+    // Keys do nothing else while help is open: j/k scroll it, others close it.
     assert!(ch(&mut app, 'j').is_empty());
+    assert!(matches!(app.overlay, Some(Overlay::Help { .. })));
+    assert!(ch(&mut app, 'x').is_empty());
     assert!(app.overlay.is_none());
     assert_eq!(cursor(&app), 0);
     ch(&mut app, '?');
@@ -2323,4 +2330,46 @@ fn every_action_in_the_table_is_reachable_by_some_key_somewhere() {
         });
         assert!(reachable, "{:?} is shadowed everywhere", b.action);
     }
+}
+
+#[test]
+fn the_stages_view_gives_each_stages_failure_rate_over_five_minutes() {
+    let mut app = on_stages(false);
+    let (w, validate) = (WorkflowId::new(WF), StageId::new("validate"));
+    with_attempts(&mut app);
+    // Three of the five attempts failed (two 500s and a timeout).
+    assert_eq!(app.stage_failures(&w, &validate), (5, 3));
+    let rates = text(&render(&mut app, 120, 40));
+    let row = rates.lines().find(|l| l.contains("Validate")).unwrap();
+    assert!(row.contains("✗ 60% of 5"), "{row}");
+    // Four minutes on, two successes: 3 of 7.
+    for _ in 0..240 {
+        update(&mut app, Msg::Tick);
+    }
+    update(
+        &mut app,
+        Msg::Attempt(Box::new(attempt(5, 1, Some(200), DeliveryState::Succeeded))),
+    );
+    update(
+        &mut app,
+        Msg::Attempt(Box::new(attempt(6, 1, Some(200), DeliveryState::Succeeded))),
+    );
+    assert_eq!(app.stage_failures(&w, &validate), (7, 3));
+    // Two more minutes: the first five are older than five minutes and no longer count.
+    for _ in 0..120 {
+        update(&mut app, Msg::Tick);
+    }
+    assert_eq!(app.stage_failures(&w, &validate), (2, 0));
+    let row = text(&render(&mut app, 120, 40));
+    let row = row
+        .lines()
+        .find(|l| l.contains("Validate"))
+        .unwrap()
+        .to_string();
+    assert!(row.contains("0% of 2"), "{row}");
+    // Five minutes without attempts: the stage is forgotten, the cell says so.
+    for _ in 0..300 {
+        update(&mut app, Msg::Tick);
+    }
+    assert!(app.stage_rates.is_empty());
 }
