@@ -2378,65 +2378,45 @@ pub mod cases {
             stage: Some(st("hold")),
             ..ItemFilter::default()
         };
-        // Without a store clock to hold, repeat until the whole exchange fits in one
-        // millisecond (the wall clock reads the same before the first move and after the
-        // second), which is the case that matters.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut same_ms = 0;
-        let mut tries = 0;
-        while same_ms < 3 && Instant::now() < deadline {
-            tries += 1;
-            let t0 = now_ms();
-            w.store
+        // A process whose clock stands still: both moves happen in the same millisecond,
+        // whatever the backend's speed.
+        let still = (w.open)(Clock::manual(now_ms()));
+        let to_hold = |id: &str| {
+            still
                 .assign(
                     &wf(),
                     &st("hold"),
-                    &AssignTarget::Items(vec![ItemId::new("b")]),
+                    &AssignTarget::Items(vec![ItemId::new(id)]),
                     None,
                     OP,
                 )
-                .unwrap();
-            let page = w.store.list_items(&hold, None, 1).unwrap();
-            w.store
-                .assign(
-                    &wf(),
-                    &st("hold"),
-                    &AssignTarget::Items(vec![ItemId::new("a")]),
-                    None,
-                    OP,
-                )
-                .unwrap();
-            let t1 = now_ms();
-            assert_eq!(ids_of(&page), vec!["b"]);
-            let rest = w
-                .store
-                .list_items(&hold, Some(&page[0].cursor), 10)
-                .unwrap();
-            assert_eq!(
-                ids_of(&rest),
-                vec!["a"],
-                "`a` entered `hold` after `b`: the page after `b` must hold it (try {tries})"
-            );
-            let full = ids_of(&w.store.list_items(&hold, None, 10).unwrap());
-            assert_eq!(full, vec!["b", "a"], "arrival order");
-            if t0 == t1 {
-                same_ms += 1;
-            }
-            w.store
-                .assign(
-                    &wf(),
-                    &st("ok-sink"),
-                    &AssignTarget::Items(vec![ItemId::new("a"), ItemId::new("b")]),
-                    None,
-                    OP,
-                )
-                .unwrap();
-        }
-        w.counts();
-        assert!(
-            same_ms > 0,
-            "no exchange fit in one millisecond in {tries} tries"
+                .unwrap()
+        };
+        to_hold("b");
+        let page = still.list_items(&hold, None, 1).unwrap();
+        assert_eq!(ids_of(&page), vec!["b"]);
+        // `a` has the older `seq` and enters in the same millisecond as `b`.
+        to_hold("a");
+        let rest = still.list_items(&hold, Some(&page[0].cursor), 10).unwrap();
+        assert_eq!(
+            ids_of(&rest),
+            vec!["a"],
+            "`a` entered `hold` after `b`: the page after `b` must hold it"
         );
+        let full = ids_of(&still.list_items(&hold, None, 10).unwrap());
+        assert_eq!(full, vec!["b", "a"], "arrival order");
+        let entered: Vec<_> = still
+            .list_items(&hold, None, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.entered_at.timestamp_millis())
+            .collect();
+        assert_eq!(
+            entered[1],
+            entered[0] + 1,
+            "`a` takes the millisecond after `b`'s"
+        );
+        w.counts();
     }
 
     /// Processes' clocks differ (on one host by little, but they do). An item that enters a

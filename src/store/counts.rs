@@ -112,7 +112,11 @@ impl Deltas {
 
     /// Writes the transaction's deltas; the writer calls this just before `COMMIT`.
     pub(super) fn flush(&mut self, rows: &dyn Rows) -> Result<()> {
-        for ((table, workflow, stage, state), n) in std::mem::take(&mut self.tx) {
+        // In one fixed order: two processes writing the same counter rows on a server
+        // database then take their row locks in the same order and cannot deadlock.
+        let mut deltas: Vec<_> = std::mem::take(&mut self.tx).into_iter().collect();
+        deltas.sort();
+        for ((table, workflow, stage, state), n) in deltas {
             if n != 0 {
                 rows.add_to_count(table, &workflow, &stage, &state, n)?;
             }

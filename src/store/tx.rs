@@ -26,14 +26,21 @@ use super::seam::Rows;
 use crate::model::WorkflowId;
 use crate::workflow::Workflow;
 
-/// The store's time source, in milliseconds since the Unix epoch. The system clock, or (for
-/// tests of rules that need time to pass: lease expiry, due retries, pruning by age) the
-/// system clock moved forward by an offset the test controls.
+/// The store's time source, in milliseconds since the Unix epoch. The system clock; for tests
+/// of rules that need time to pass (lease expiry, due retries, pruning by age), the system
+/// clock moved forward by an offset the test controls; for tests of what happens within one
+/// millisecond, a manual clock that moves only when told.
+///
+/// On a server database a transaction's times are the server's clock (design §7): the writer
+/// measures the server's clock against this host's and moves the clock by the difference
+/// ([`Clock::skewed`]). A manual clock is never moved that way.
 #[derive(Clone, Debug, Default)]
 pub struct Clock {
     offset_ms: Option<Arc<AtomicI64>>,
-    /// Added to this host's clock: a server database's clock minus this host's (design §7).
+    /// Added to this host's clock: a server database's clock minus this host's.
     skew_ms: i64,
+    /// The time is the offset alone.
+    manual: bool,
 }
 
 impl Clock {
@@ -47,20 +54,29 @@ impl Clock {
     pub fn adjustable() -> Clock {
         Clock {
             offset_ms: Some(Arc::new(AtomicI64::new(0))),
-            skew_ms: 0,
+            ..Clock::default()
         }
     }
 
-    /// This clock, moved by `skew_ms` (a server's clock minus this host's): the times of a
-    /// transaction on a server database are the server's.
+    /// A clock that reads `at_ms` until [`Clock::advance`] moves it. Clones share it.
+    pub fn manual(at_ms: i64) -> Clock {
+        Clock {
+            offset_ms: Some(Arc::new(AtomicI64::new(at_ms))),
+            manual: true,
+            ..Clock::default()
+        }
+    }
+
+    /// This clock, moved by `skew_ms` (a server's clock minus this host's system clock):
+    /// the times of a transaction on a server database are the server's.
     pub(crate) fn skewed(&self, skew_ms: i64) -> Clock {
         Clock {
-            offset_ms: self.offset_ms.clone(),
-            skew_ms,
+            skew_ms: if self.manual { 0 } else { skew_ms },
+            ..self.clone()
         }
     }
 
-    /// Moves an adjustable clock forward (no effect on the system clock).
+    /// Moves an adjustable or manual clock forward (no effect on the system clock).
     pub fn advance(&self, by: Duration) {
         if let Some(o) = &self.offset_ms {
             o.fetch_add(by.as_millis() as i64, Ordering::Relaxed);
@@ -73,6 +89,9 @@ impl Clock {
             .offset_ms
             .as_ref()
             .map_or(0, |o| o.load(Ordering::Relaxed));
+        if self.manual {
+            return offset;
+        }
         chrono::Utc::now().timestamp_millis() + offset + self.skew_ms
     }
 }

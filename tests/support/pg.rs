@@ -133,6 +133,8 @@ fn start() -> Cluster {
         data = data.display(),
         dir = dir.display(),
     );
+    // Not waited for: it outlives this process on purpose (it is what stops the server).
+    #[allow(clippy::zombie_processes)]
     Command::new("sh")
         .args(["-c", &stop])
         .stdin(Stdio::null())

@@ -478,7 +478,7 @@ impl Reads for PgReads<'_> {
                     summary: summary_from_row(&r)?,
                     item_version: r.try_get(19)?,
                     cancelled_by: r.try_get(20)?,
-                    body: r.try_get(20)?,
+                    body: r.try_get(21)?,
                 })
             })
             .transpose()

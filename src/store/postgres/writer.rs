@@ -97,8 +97,8 @@ fn run(tx: &Tx<'_>, conn: &Conn, job: WriteJob, alone: bool) -> Result<()> {
 }
 
 /// The server's clock minus this host's, in ms: the transaction's times are the server's.
-fn skew(conn: &Conn, clock: &Clock) -> Result<i64> {
-    let host = clock.now_ms();
+fn skew(conn: &Conn) -> Result<i64> {
+    let host = Clock::system().now_ms();
     let server: i64 = conn
         .query_one(
             "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
@@ -119,7 +119,7 @@ fn writer_loop(
         let started = Instant::now();
         let begun = conn
             .batch("BEGIN ISOLATION LEVEL READ COMMITTED")
-            .and_then(|()| skew(&conn, clock));
+            .and_then(|()| skew(&conn));
         let skew = match begun {
             Ok(s) => s,
             Err(e) => {
