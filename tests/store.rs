@@ -24,7 +24,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hookops::model::{
     AttemptTrigger, CancelReason, DeliveryId, DeliveryState, DeliveryTrigger, ErrorKind, EventType,
