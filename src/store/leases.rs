@@ -148,7 +148,8 @@ pub(super) fn lease_in_tx(
                 continue;
             };
             let body = rows.body_of(seq)?;
-            tx.counts().delivery_moved(&wf, &stage, &state, "in_flight");
+            let from = leased.from.as_deref().unwrap_or(&state);
+            tx.counts().delivery_moved(&wf, &stage, from, "in_flight");
             leases.push(Lease {
                 delivery_id: DeliveryId(leased.id),
                 seq,

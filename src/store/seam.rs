@@ -152,6 +152,10 @@ pub(crate) struct Leased {
     pub event: EventType,
     pub number: i64,
     pub attempts: i64,
+    /// The state the lease took the row from, when the backend read it under the row's lock
+    /// (a server database, where another process may have changed it since `due_page`);
+    /// `None`: the state `due_page` read, which the backend's write lock kept current.
+    pub from: Option<String>,
 }
 
 /// A delivery as a re-fire reads it.

@@ -415,7 +415,7 @@ impl Reads for PgReads<'_> {
     }
 
     fn item(&self, id: &ItemId) -> Result<Option<Item>> {
-        load_item(self.conn, id)
+        load_item(self.conn, id, false)
     }
 
     fn history(&self, id: &ItemId) -> Result<Vec<HistoryEntry>> {

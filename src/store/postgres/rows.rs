@@ -51,12 +51,14 @@ pub(crate) fn item_from_row(row: &Row) -> Result<Item> {
     })
 }
 
-/// An item with its content, on any connection (reads use it too).
-pub(crate) fn load_item(conn: &Conn, id: &ItemId) -> Result<Option<Item>> {
+/// An item with its content, on any connection (reads use it too). `lock`: in a write
+/// transaction, the item row stays locked until its end (see [`PgRows`]).
+pub(crate) fn load_item(conn: &Conn, id: &ItemId, lock: bool) -> Result<Option<Item>> {
     conn.query_opt(
         &format!(
             "SELECT {ITEM_COLUMNS} FROM items i JOIN item_content c ON c.seq = i.seq
-             WHERE i.id = $1"
+             WHERE i.id = $1 {}",
+            if lock { "FOR UPDATE OF i" } else { "" }
         ),
         &[&id.as_str()],
     )?
@@ -97,7 +99,7 @@ impl Rows for PgRows<'_> {
     }
 
     fn load_item(&self, id: &ItemId) -> Result<Option<Item>> {
-        load_item(self.conn, id)
+        load_item(self.conn, id, true)
     }
 
     fn load_item_head(&self, id: &ItemId) -> Result<Option<Item>> {
@@ -105,7 +107,7 @@ impl Rows for PgRows<'_> {
             .query_opt(
                 "SELECT id, workflow_id, stage_id, state, name, path, dataset_name, dataset_slug,
                      version, created_at, updated_at
-                 FROM items WHERE id = $1",
+                 FROM items WHERE id = $1 FOR UPDATE",
                 &[&id.as_str()],
             )?
             .map(|row| {
@@ -358,7 +360,7 @@ impl Rows for PgRows<'_> {
         self.conn
             .query_opt(
                 "SELECT state, lease_token, attempts, item_id, item_version, workflow_id, stage_id, event
-                 FROM deliveries WHERE seq = $1 AND id = $2",
+                 FROM deliveries WHERE seq = $1 AND id = $2 FOR UPDATE",
                 &[&seq, &id.as_str()],
             )?
             .map(|r| {
@@ -451,7 +453,7 @@ impl Rows for PgRows<'_> {
     fn delivery_for_cancel(&self, id: &DeliveryId) -> Result<Option<CancelRow>> {
         self.conn
             .query_opt(
-                "SELECT state, workflow_id, stage_id, item_id, item_version, event FROM deliveries WHERE id = $1",
+                "SELECT state, workflow_id, stage_id, item_id, item_version, event FROM deliveries WHERE id = $1 FOR UPDATE",
                 &[&id.as_str()],
             )?
             .map(|r| {
@@ -526,7 +528,7 @@ impl Rows for PgRows<'_> {
     fn refire_row(&self, id: &DeliveryId) -> Result<Option<RefireRow>> {
         self.conn
             .query_opt(
-                "SELECT workflow_id, stage_id, event, item_id, state, routed_version FROM deliveries WHERE id = $1",
+                "SELECT workflow_id, stage_id, event, item_id, state, routed_version FROM deliveries WHERE id = $1 FOR UPDATE",
                 &[&id.as_str()],
             )?
             .map(|r| {
@@ -639,17 +641,21 @@ impl Rows for PgRows<'_> {
         owner: &str,
         now: i64,
     ) -> Result<Option<Leased>> {
-        // Under READ COMMITTED a concurrent lease of the same row makes this one wait, then
-        // re-check `state` and change nothing. TODO(issue 17, cross-host leasing): once
-        // `due_page` locks its rows (`FOR UPDATE SKIP LOCKED`), this update only takes rows
-        // the page locked.
+        // The row is locked first and its state read under the lock: under READ COMMITTED
+        // another process may have leased and recorded it since `due_page` read it, and the
+        // counters must move from the state it really leaves. A row another dispatcher holds
+        // is skipped, not waited for.
         self.conn
             .query_opt(
-                "UPDATE deliveries SET state = 'in_flight', lease_token = $2, lease_until = $3,
-                     lease_owner = $4, lease_number = next_number, next_number = next_number + 1,
+                "WITH old AS (
+                     SELECT seq, state FROM deliveries
+                     WHERE seq = $1 AND state IN ('pending', 'retry_scheduled')
+                     FOR UPDATE SKIP LOCKED)
+                 UPDATE deliveries d SET state = 'in_flight', lease_token = $2, lease_until = $3,
+                     lease_owner = $4, lease_number = d.next_number, next_number = d.next_number + 1,
                      updated_at = $5
-                 WHERE seq = $1 AND state IN ('pending', 'retry_scheduled')
-                 RETURNING id, item_id, event, lease_number, attempts",
+                 FROM old WHERE d.seq = old.seq
+                 RETURNING d.id, d.item_id, d.event, d.lease_number, d.attempts, old.state",
                 &[&seq, &token, &until, &owner, &now],
             )?
             .map(|r| {
@@ -659,6 +665,7 @@ impl Rows for PgRows<'_> {
                     event: parse_col(&r, 2)?,
                     number: r.try_get(3)?,
                     attempts: r.try_get(4)?,
+                    from: Some(r.try_get(5)?),
                 })
             })
             .transpose()

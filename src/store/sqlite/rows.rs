@@ -657,6 +657,7 @@ impl Rows for SqliteRows<'_> {
                     event: enum_col(r, 2)?,
                     number: r.get(3)?,
                     attempts: r.get(4)?,
+                    from: None,
                 })
             })
             .optional()?)
