@@ -129,6 +129,11 @@ pub(super) fn lease_in_tx(
             if let Some(cap) = cfg.and_then(|c| c.max_in_flight) {
                 let key = (wf.clone(), stage.clone());
                 if !in_flight.contains_key(&key) {
+                    // The count holds only while no other process leases for the stage.
+                    if !rows.lock_stage(&wf, &stage)? {
+                        in_flight.insert(key, i64::MAX);
+                        continue;
+                    }
                     let n =
                         rows.stored_count(Counted::Deliveries, &wf, &stage, Some("in_flight"))?
                             + tx.counts().unwritten_deliveries(&wf, &stage, "in_flight");

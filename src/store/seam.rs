@@ -362,6 +362,11 @@ pub(crate) trait Rows {
     ) -> Result<bool>;
     /// Whether a live stage is paused.
     fn stage_paused(&self, workflow: &WorkflowId, stage: &StageId) -> Result<bool>;
+    /// Takes the stage's lease lock until the transaction ends, so that the stage's in-flight
+    /// count stays true while this transaction leases for it (`max_in_flight` across
+    /// processes). `false`: another transaction holds it now; its stage is skipped, never
+    /// waited for. A backend whose writes are serialised anyway answers `true`.
+    fn lock_stage(&self, workflow: &str, stage: &str) -> Result<bool>;
     /// Pauses or resumes a stage by hand (a resume ends its run of failures too).
     fn set_stage_paused(
         &self,

@@ -671,6 +671,18 @@ impl Rows for PgRows<'_> {
             .transpose()
     }
 
+    /// A transaction-scoped advisory lock per stage, tried, never waited for: two
+    /// dispatchers never wait on each other (nor deadlock) over stages.
+    fn lock_stage(&self, workflow: &str, stage: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_one(
+                "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || '/' || $2, 4848794844))",
+                &[&workflow, &stage],
+            )?
+            .try_get(0)?)
+    }
+
     fn insert_revision(&self, r: &RevisionRow<'_>) -> Result<()> {
         let sql = if r.created {
             "INSERT INTO workflows (id, name, team, revision, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)"

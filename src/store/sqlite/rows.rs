@@ -663,6 +663,11 @@ impl Rows for SqliteRows<'_> {
             .optional()?)
     }
 
+    /// SQLite's write lock already serialises every lease transaction.
+    fn lock_stage(&self, _workflow: &str, _stage: &str) -> Result<bool> {
+        Ok(true)
+    }
+
     fn insert_revision(&self, r: &RevisionRow<'_>) -> Result<()> {
         let sql = if r.created {
             "INSERT INTO workflows (id, name, team, revision, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)"
