@@ -49,23 +49,31 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
 /// One connection and the statements prepared on it. Statements are prepared once per
 /// connection and text (`prepare_cached`, as on SQLite).
 pub(crate) struct Conn {
-    client: RefCell<Client>,
+    /// Always there until the connection is dropped (see `Drop`).
+    client: RefCell<Option<Client>>,
     statements: RefCell<HashMap<String, Statement>>,
 }
 
 impl Conn {
     pub(crate) fn new(client: Client) -> Conn {
         Conn {
-            client: RefCell::new(client),
+            client: RefCell::new(Some(client)),
             statements: RefCell::new(HashMap::new()),
         }
+    }
+
+    fn client(&self) -> std::cell::RefMut<'_, Client> {
+        std::cell::RefMut::map(self.client.borrow_mut(), |c| {
+            c.as_mut()
+                .expect("a connection is used only before it is dropped")
+        })
     }
 
     fn statement(&self, sql: &str) -> Result<Statement> {
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
         }
-        let s = blocking(|| self.client.borrow_mut().prepare(sql))?;
+        let s = blocking(|| self.client().prepare(sql))?;
         self.statements
             .borrow_mut()
             .insert(sql.to_string(), s.clone());
@@ -75,35 +83,35 @@ impl Conn {
     /// Every row of `sql`.
     pub(crate) fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
         let s = self.statement(sql)?;
-        Ok(blocking(|| self.client.borrow_mut().query(&s, params))?)
+        Ok(blocking(|| self.client().query(&s, params))?)
     }
 
     /// The row of `sql`, if there is one (more than one is an error).
     pub(crate) fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
         let s = self.statement(sql)?;
-        Ok(blocking(|| self.client.borrow_mut().query_opt(&s, params))?)
+        Ok(blocking(|| self.client().query_opt(&s, params))?)
     }
 
     /// The one row of `sql`.
     pub(crate) fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row> {
         let s = self.statement(sql)?;
-        Ok(blocking(|| self.client.borrow_mut().query_one(&s, params))?)
+        Ok(blocking(|| self.client().query_one(&s, params))?)
     }
 
     /// Runs `sql`; returns how many rows it changed.
     pub(crate) fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64> {
         let s = self.statement(sql)?;
-        Ok(blocking(|| self.client.borrow_mut().execute(&s, params))?)
+        Ok(blocking(|| self.client().execute(&s, params))?)
     }
 
     /// Runs statements without parameters (transaction control, the schema).
     pub(crate) fn batch(&self, sql: &str) -> Result<()> {
-        Ok(blocking(|| self.client.borrow_mut().batch_execute(sql))?)
+        Ok(blocking(|| self.client().batch_execute(sql))?)
     }
 
     /// How many notifications arrived since the last call (never waits).
     fn notifications(&self) -> Result<usize> {
-        let mut client = self.client.borrow_mut();
+        let mut client = self.client();
         let mut n = 0;
         blocking(|| {
             let mut pending = client.notifications();
@@ -117,7 +125,18 @@ impl Conn {
     }
 
     fn is_closed(&self) -> bool {
-        self.client.borrow().is_closed()
+        self.client.borrow().as_ref().is_none_or(Client::is_closed)
+    }
+}
+
+/// Closing a client blocks on its runtime, like every other call: a connection dropped on a
+/// task of a tokio runtime (a console's change feed when it quits) must leave that runtime
+/// first.
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.get_mut().take() {
+            blocking(move || drop(client));
+        }
     }
 }
 
