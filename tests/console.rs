@@ -35,6 +35,9 @@ struct Console {
     seen: Arc<(Mutex<Seen>, Condvar)>,
 }
 
+#[path = "support/pg.rs"]
+mod pg;
+
 fn size(cols: u16, rows: u16) -> PtySize {
     PtySize {
         rows,
@@ -256,8 +259,9 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 // Preparing a database with the CLI
 // ---------------------------------------------------------------------------------------------
 
-/// Runs a CLI command on `db` and returns its stdout; it must succeed.
-fn cli(db: &Path, args: &[&str]) -> String {
+/// Runs a CLI command on `db` (a file or a postgres:// URL) and returns its stdout; it must
+/// succeed.
+fn cli(db: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
     let out = Command::new(BIN)
         .arg("--db")
         .arg(db)
@@ -279,6 +283,12 @@ fn cli(db: &Path, args: &[&str]) -> String {
 /// (one attempt, to `url`) → `done`; and these `(id, name)` items in the dataset stage.
 fn prepare(dir: &Path, url: &str, items: &[(&str, &str)]) -> PathBuf {
     let db = dir.join("e2e.db");
+    prepare_at(dir, db.as_os_str(), url, items);
+    db
+}
+
+/// [`prepare`] into the store `db`, a file or a postgres:// URL.
+fn prepare_at(dir: &Path, db: &std::ffi::OsStr, url: &str, items: &[(&str, &str)]) {
     let wf = dir.join("wf.toml");
     std::fs::write(
         &wf,
@@ -327,7 +337,6 @@ kind = "complete"
             file.to_str().unwrap(),
         ],
     );
-    db
 }
 
 /// How many rows of `item list` (ID NAME WORKFLOW STAGE STATE SINCE) are in `stage` and `state`.
@@ -357,7 +366,13 @@ const ITEMS: &[(&str, &str)] = &[
 // (a) + (b): assign through the picker, watch the attempts, re-fire after a fix, quit
 // ---------------------------------------------------------------------------------------------
 
-fn assign_watch_refire_quit(cols: u16, rows: u16) {
+/// Where the end-to-end test keeps its store.
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+fn assign_watch_refire_quit(cols: u16, rows: u16, backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
     let receiver = rt
@@ -366,7 +381,11 @@ fn assign_watch_refire_quit(cols: u16, rows: u16) {
             ..ReceiverOptions::default()
         }))
         .unwrap();
-    let db = prepare(dir.path(), &receiver.url("/hook"), ITEMS);
+    let db: std::ffi::OsString = match backend {
+        Backend::Sqlite => dir.path().join("e2e.db").into(),
+        Backend::Postgres => pg::cluster().database().into(),
+    };
+    prepare_at(dir.path(), &db, &receiver.url("/hook"), ITEMS);
     let mut c = Console::start(
         dir.path(),
         &["--db", db.to_str().unwrap(), "--operator", "e2e"],
@@ -460,12 +479,18 @@ fn assign_watch_refire_quit(cols: u16, rows: u16) {
 
 #[test]
 fn assign_watch_and_refire_at_120x40() {
-    assign_watch_refire_quit(120, 40);
+    assign_watch_refire_quit(120, 40, Backend::Sqlite);
 }
 
 #[test]
 fn assign_watch_and_refire_at_80x24() {
-    assign_watch_refire_quit(80, 24);
+    assign_watch_refire_quit(80, 24, Backend::Sqlite);
+}
+
+/// The same, with the store in PostgreSQL (design §7: every front end works on it unchanged).
+#[test]
+fn assign_watch_and_refire_on_postgresql() {
+    assign_watch_refire_quit(120, 40, Backend::Postgres);
 }
 
 // ---------------------------------------------------------------------------------------------
