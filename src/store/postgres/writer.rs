@@ -108,6 +108,19 @@ fn skew(conn: &Conn) -> Result<i64> {
     Ok(server - host)
 }
 
+/// Announces the transaction's changes, delivered to every listener at its commit, when it
+/// wrote anything (a transaction gets an id only when it writes): an idle dispatcher's lease
+/// attempt, which changes nothing, must not wake every other process.
+fn notify_if_written(conn: &Conn) -> Result<bool> {
+    let wrote: bool = conn
+        .query_one("SELECT pg_current_xact_id_if_assigned() IS NOT NULL", &[])?
+        .try_get(0)?;
+    if wrote {
+        conn.batch(&format!("NOTIFY {CHANNEL}"))?;
+    }
+    Ok(wrote)
+}
+
 fn writer_loop(
     conn: Conn,
     clock: &Clock,
@@ -151,12 +164,16 @@ fn writer_loop(
                 }
             }
         }
+        let mut wrote = false;
         let commit: std::result::Result<(), String> = if failed_alone {
             Ok(())
         } else {
             tx.flush_counts()
-                .and_then(|()| conn.batch(&format!("NOTIFY {CHANNEL}")))
-                .and_then(|()| conn.batch("COMMIT"))
+                .and_then(|()| notify_if_written(&conn))
+                .and_then(|w| {
+                    wrote = w;
+                    conn.batch("COMMIT")
+                })
                 .map_err(|e| e.to_string())
                 .inspect_err(|_| {
                     let _ = conn.batch("ROLLBACK");
@@ -170,7 +187,8 @@ fn writer_loop(
         stats
             .jobs
             .fetch_add(results.len() as u64, Ordering::Relaxed);
-        if commit.is_ok() && !failed_alone {
+        // Only a commit that changed rows wakes this process's dispatcher and console.
+        if commit.is_ok() && wrote {
             commits.send_modify(|n| *n = n.wrapping_add(1));
         }
         for (reply, r) in results {
