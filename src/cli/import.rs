@@ -294,7 +294,8 @@ fn check(
     let count = Arc::new(AtomicU64::new(0));
     let reader = input.reader(u64::MAX, count.clone()).map_err(read_error)?;
     let mut checked = Checked::default();
-    // Ids only (with their lines), for the other-workflow lookup; never the items.
+    // Ids only (with their lines: `check_lines` gives nothing else), for the other-workflow
+    // lookup; never the items.
     let mut pending: Vec<NewItem> = Vec::with_capacity(BATCH_ITEMS);
     let started = Instant::now();
     for outcome in crate::import::check_lines(reader) {
@@ -303,7 +304,7 @@ fn check(
             LineOutcome::Blank => {}
             LineOutcome::Error(e) => checked.error(e),
             LineOutcome::Item(item) => {
-                pending.push(id_only(item));
+                pending.push(item);
                 if pending.len() >= BATCH_ITEMS {
                     foreign_ids(store, &a.workflow, &mut pending, &mut checked)?;
                 }
@@ -340,22 +341,6 @@ fn check(
     input.stamp = input.stamp();
     progress.clear();
     Ok(checked)
-}
-
-/// What the other-workflow check needs of an item: its id and line.
-fn id_only(item: NewItem) -> NewItem {
-    NewItem {
-        id: item.id,
-        line: item.line,
-        name: String::new(),
-        path: String::new(),
-        dataset: None,
-        tags: Vec::new(),
-        properties: serde_json::Map::new(),
-        slots: Vec::new(),
-        annotations: Vec::new(),
-        fingerprint: String::new(),
-    }
 }
 
 /// Looks up `pending`'s ids; those of another workflow become line errors. Empties `pending`.
@@ -441,7 +426,8 @@ fn read_batches(
             LineOutcome::Blank => {}
             LineOutcome::Item(item) => {
                 if bad.next_if_eq(&(item.line as u64)).is_none() {
-                    batch.push(item);
+                    // Serialised here, beside the writer rather than in it.
+                    batch.push(item.into_json());
                 }
             }
             LineOutcome::Error(e) => {

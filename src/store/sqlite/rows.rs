@@ -6,8 +6,8 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::model::{
-    CancelReason, DatasetRef, DeliveryId, DeliveryState, EventType, Item, ItemId, StageId,
-    WorkflowId,
+    CancelReason, ContentJson, DatasetRef, DeliveryId, DeliveryState, EventType, Item, ItemId,
+    StageId, WorkflowId,
 };
 use crate::store::seam::{
     AttemptRow, AuditRow, CancelRow, Counted, DeliveryRow, DeliveryUpdate, Due, Heartbeat,
@@ -183,6 +183,19 @@ impl Rows for SqliteRows<'_> {
 
     fn insert_item(&self, i: &NewItemRow<'_>) -> Result<bool> {
         let item = i.item;
+        let made;
+        let json = match i.json {
+            Some(json) => json,
+            None => {
+                made = ContentJson {
+                    tags: serde_json::to_string(&item.tags)?,
+                    properties: serde_json::to_string(&item.properties)?,
+                    slots: serde_json::to_string(&item.slots)?,
+                    annotations: serde_json::to_string(&item.annotations)?,
+                };
+                &made
+            }
+        };
         // `ON CONFLICT DO NOTHING`: an id already present is skipped by the insert itself,
         // and only then looked up (to count it and compare its content).
         let inserted = self
@@ -202,7 +215,7 @@ impl Rows for SqliteRows<'_> {
                 item.path,
                 item.dataset.name,
                 item.dataset.slug,
-                serde_json::to_string(&item.tags)?,
+                json.tags,
                 i.fingerprint,
                 i.now,
                 i.entered_at,
@@ -216,9 +229,9 @@ impl Rows for SqliteRows<'_> {
             )?
             .execute(params![
                 self.conn.last_insert_rowid(),
-                serde_json::to_string(&item.properties)?,
-                serde_json::to_string(&item.slots)?,
-                serde_json::to_string(&item.annotations)?,
+                json.properties,
+                json.slots,
+                json.annotations,
             ])?;
         Ok(true)
     }

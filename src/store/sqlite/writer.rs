@@ -30,6 +30,8 @@ const CHECKPOINT_PAGES: i32 = 1000;
 const RESTART_PAGES: i64 = 4 * CHECKPOINT_PAGES as i64;
 /// How long a restarting checkpoint waits for readers before it leaves it for the next time.
 const RESTART_WAIT_TRIES: i32 = 20;
+/// The pause after a restarting checkpoint that lets other processes' writers in.
+const RESTART_GAP: Duration = Duration::from_millis(2);
 
 trait Job: Send {
     /// Runs the job in its own savepoint, or, when `alone` (it is the first job of its
@@ -306,6 +308,10 @@ fn checkpoint(conn: &mut Connection) {
     }
     // Back to the connection's usual patience for every other statement.
     let _ = conn.busy_handler(Some(super::wait_for_lock));
+    // The restart held the write lock; without a gap the next queued job (an import's next
+    // chunk) takes it straight back, and a writer of another process that waited through
+    // the restart waits through that job too. Its busy handler polls every millisecond.
+    thread::sleep(RESTART_GAP);
 }
 
 #[cfg(test)]
