@@ -285,16 +285,31 @@ fn writer_loop(
 /// and go all the time (a console's polls, another process's writer retrying for the lock)
 /// can keep that from ever happening: the WAL then grows without end, and every frame goes to
 /// disk twice (a 1,000,000-line import next to the import bench's lock probe grew it to 7 GB
-/// and wrote 26 GB, 6.2 times its baseline's time). So a WAL that a passive checkpoint leaves
-/// longer than [`RESTART_PAGES`] gets a RESTART checkpoint: it copies the little that is left
-/// and waits briefly for the readers of the WAL to move on, so the next commit starts it
-/// again. It holds the write lock while it does; a reader that does not finish soon is left
-/// alone until the next time rather than waited for.
+/// and wrote 26 GB, 6.2 times its baseline's time). So once a passive checkpoint has copied
+/// a WAL longer than [`RESTART_PAGES`] completely (a reader that stopped the copy short has
+/// usually moved on a millisecond later), a RESTART checkpoint, with nothing left to copy,
+/// waits briefly for the readers of the WAL to move on, so the next commit starts it again.
+/// It holds the write lock while it waits; a reader that does not finish soon is left alone
+/// until the next time rather than waited for.
 fn checkpoint(conn: &mut Connection) {
-    let log: i64 = conn
-        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
-        .unwrap_or(0);
+    let passive = |conn: &Connection| -> (i64, i64) {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(1)?, r.get(2)?))
+        })
+        .unwrap_or((0, 0))
+    };
+    let (mut log, mut copied) = passive(conn);
     if log < RESTART_PAGES {
+        return;
+    }
+    for _ in 0..3 {
+        if copied >= log {
+            break;
+        }
+        thread::sleep(Duration::from_millis(1));
+        (log, copied) = passive(conn);
+    }
+    if copied < log {
         return;
     }
     if conn
