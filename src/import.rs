@@ -268,7 +268,7 @@ impl<R: BufRead> LineReader<R> {
                 break;
             }
             any = true;
-            let newline = available.iter().position(|&b| b == b'\n');
+            let newline = memchr::memchr(b'\n', available);
             let chunk = &available[..newline.unwrap_or(available.len())];
             len += chunk.len() as u64;
             last_byte = chunk.last().copied().or(last_byte);
