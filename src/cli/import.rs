@@ -32,10 +32,11 @@ use crate::import::{LineError, LineOutcome};
 use crate::model::{DatasetRef, ItemId, NewItem, WorkflowId};
 use crate::store::{ImportReport, Store};
 
-/// Items handed to the store at once. The store splits them further into transactions of at
-/// most ~40 ms; this only bounds what is held in memory between reading and writing (a parsed
-/// V7 export takes several times its line's size: with 1,000-item batches, whole 3.4 KB
-/// exports peaked at 123 MB, 1.5 KB lines at 55 MB).
+/// Items handed to the store at once. The store splits them further into transactions of
+/// 25 ms of work; this only bounds what is held in memory between reading and writing. A
+/// batch holds its items' content as JSON text (`NewItem::into_json`), about the size of their
+/// lines: whole 3.4 KB exports peaked at 42 MB, 1.5 KB lines at 43–49 MB (when batches held
+/// parsed values, several times a line's size: 123 MB and 55 MB).
 pub const BATCH_ITEMS: usize = 1000;
 /// Bytes of lines held in one batch, whatever their number: 1,000 lines near the 16 MiB limit
 /// would otherwise be 16 GB.
