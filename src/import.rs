@@ -34,6 +34,8 @@ use uuid::Uuid;
 
 use crate::model::{DatasetRef, ItemId, NewItem, is_valid_item_id};
 
+mod quick;
+
 /// The longest accepted line, in bytes, not counting its line break (design §6).
 pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -89,6 +91,8 @@ pub struct Parsed {
 }
 
 /// What one line of input turned out to be (see [`lines`]).
+// Mostly items, each moved once: boxing them would cost an allocation per line.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum LineOutcome {
     /// A good item.
@@ -121,15 +125,18 @@ pub fn lines<R: BufRead>(reader: R) -> Lines<R> {
         reader: LineReader::new(reader),
         failed: false,
         fingerprints: true,
+        ids_only: false,
     }
 }
 
-/// [`lines`] for a pass that only validates: the same outcomes and errors, but each item's
-/// `fingerprint` is left empty (it is the one part of a line's parse that validates nothing,
-/// and on a Darwin export it costs about as much as the rest).
+/// [`lines`] for a pass that only validates: the same lines are good and the same errors are
+/// reported, but a good line's item holds only its `id` and `line` (every other field is
+/// empty). Most good lines are recognised without building their items at all (see
+/// [`quick`]), which makes this several times faster than [`lines`] on V7 exports.
 pub fn check_lines<R: BufRead>(reader: R) -> Lines<R> {
     Lines {
         fingerprints: false,
+        ids_only: true,
         ..lines(reader)
     }
 }
@@ -139,6 +146,8 @@ pub struct Lines<R> {
     reader: LineReader<R>,
     failed: bool,
     fingerprints: bool,
+    /// Items with only their id and line (see [`check_lines`]).
+    ids_only: bool,
 }
 
 impl<R: BufRead> Iterator for Lines<R> {
@@ -159,11 +168,44 @@ impl<R: BufRead> Iterator for Lines<R> {
         Some(Ok(match raw {
             RawLine::TooLong(len) => LineOutcome::Error(too_long(line_no, len)),
             RawLine::Bytes(bytes) if is_blank(bytes) => LineOutcome::Blank,
+            RawLine::Bytes(bytes) if self.ids_only => match check_line(line_no, bytes) {
+                Ok(id) => LineOutcome::Item(id_only(id, line_no)),
+                Err(e) => LineOutcome::Error(e),
+            },
             RawLine::Bytes(bytes) => match parse_line_with(line_no, bytes, self.fingerprints) {
                 Ok(item) => LineOutcome::Item(item),
                 Err(e) => LineOutcome::Error(e),
             },
         }))
+    }
+}
+
+/// Whether a line is good, and its id: what [`parse_line`] says, without building the item
+/// when [`quick::quick_id`] can tell.
+fn check_line(line_no: usize, bytes: &[u8]) -> Result<ItemId, LineError> {
+    let text = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    if text.len() <= MAX_LINE_BYTES
+        && let Ok(text) = std::str::from_utf8(text)
+        && let Some(id) = quick::quick_id(text)
+    {
+        return Ok(ItemId::new(id));
+    }
+    parse_line_with(line_no, bytes, false).map(|item| item.id)
+}
+
+fn id_only(id: ItemId, line: usize) -> NewItem {
+    NewItem {
+        id,
+        name: String::new(),
+        path: String::new(),
+        dataset: None,
+        tags: Vec::new(),
+        properties: Map::new(),
+        slots: Vec::new(),
+        annotations: Vec::new(),
+        fingerprint: String::new(),
+        line,
+        json: None,
     }
 }
 
@@ -226,7 +268,7 @@ impl<R: BufRead> LineReader<R> {
                 break;
             }
             any = true;
-            let newline = available.iter().position(|&b| b == b'\n');
+            let newline = memchr::memchr(b'\n', available);
             let chunk = &available[..newline.unwrap_or(available.len())];
             len += chunk.len() as u64;
             last_byte = chunk.last().copied().or(last_byte);
@@ -1029,6 +1071,7 @@ fn finish(ctx: &Ctx<'_>, mut c: Content) -> Result<NewItem, String> {
         annotations: c.annotations,
         fingerprint,
         line: ctx.line,
+        json: None,
     })
 }
 
@@ -1388,7 +1431,7 @@ mod tests {
     }
 
     #[test]
-    fn check_lines_gives_the_same_outcomes_without_fingerprints() {
+    fn check_lines_gives_the_same_outcomes_with_only_ids() {
         let mut input = String::new();
         for (_, export) in darwin_fixtures() {
             input.push_str(&serde_json::to_string(&export).unwrap());
@@ -1402,11 +1445,9 @@ mod tests {
         assert_eq!(full.len(), checked.len());
         for (a, b) in full.into_iter().zip(checked) {
             match (a, b) {
-                (LineOutcome::Item(mut a), LineOutcome::Item(b)) => {
+                (LineOutcome::Item(a), LineOutcome::Item(b)) => {
                     assert_eq!(a.fingerprint.len(), 64);
-                    assert!(b.fingerprint.is_empty());
-                    a.fingerprint.clear();
-                    assert_eq!(a, b);
+                    assert_eq!(b, id_only(a.id.clone(), a.line));
                 }
                 (a, b) => assert_eq!(a, b),
             }

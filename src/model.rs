@@ -414,6 +414,60 @@ pub struct NewItem {
     pub fingerprint: String,
     /// 1-based line number in the import file.
     pub line: usize,
+    /// The content as the JSON text the store keeps, when the reading side already made it
+    /// ([`NewItem::into_json`]); `tags`, `properties`, `slots` and `annotations` are then
+    /// empty.
+    pub json: Option<Box<ContentJson>>,
+}
+
+/// An item's content as the JSON text the store keeps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContentJson {
+    pub tags: String,
+    pub properties: String,
+    pub slots: String,
+    pub annotations: String,
+}
+
+impl ContentJson {
+    /// The content back as values (for what reads it, e.g. routing).
+    pub fn values(&self) -> serde_json::Result<ItemContent> {
+        Ok(ItemContent {
+            tags: serde_json::from_str(&self.tags)?,
+            properties: serde_json::from_str(&self.properties)?,
+            slots: serde_json::from_str(&self.slots)?,
+            annotations: serde_json::from_str(&self.annotations)?,
+        })
+    }
+}
+
+/// An item's content as values (see [`ContentJson::values`]).
+pub struct ItemContent {
+    pub tags: Vec<String>,
+    pub properties: serde_json::Map<String, serde_json::Value>,
+    pub slots: Vec<serde_json::Value>,
+    pub annotations: Vec<serde_json::Value>,
+}
+
+impl NewItem {
+    /// The item with its content turned into the JSON text the store keeps: a streaming
+    /// import does this on its reading thread, so the store's writer, which holds the write
+    /// lock, only binds text.
+    pub fn into_json(mut self) -> NewItem {
+        // Plain JSON values always serialise (their keys are strings): no error to lose.
+        fn text<T: Serialize>(v: &T) -> String {
+            serde_json::to_string(v).unwrap_or_default()
+        }
+        if self.json.is_none() {
+            self.json = Some(Box::new(ContentJson {
+                tags: text(&std::mem::take(&mut self.tags)),
+                properties: text(&std::mem::take(&mut self.properties)),
+                slots: text(&std::mem::take(&mut self.slots)),
+                annotations: text(&std::mem::take(&mut self.annotations)),
+            }));
+        }
+        self
+    }
 }
 
 /// One finished attempt, as the console's log pane and `serve` print it.

@@ -32,10 +32,11 @@ use crate::import::{LineError, LineOutcome};
 use crate::model::{DatasetRef, ItemId, NewItem, WorkflowId};
 use crate::store::{ImportReport, Store};
 
-/// Items handed to the store at once. The store splits them further into transactions of at
-/// most ~40 ms; this only bounds what is held in memory between reading and writing (a parsed
-/// V7 export takes several times its line's size: with 1,000-item batches, whole 3.4 KB
-/// exports peaked at 123 MB, 1.5 KB lines at 55 MB).
+/// Items handed to the store at once. The store splits them further into transactions of
+/// 25 ms of work; this only bounds what is held in memory between reading and writing. A
+/// batch holds its items' content as JSON text (`NewItem::into_json`), about the size of their
+/// lines: whole 3.4 KB exports peaked at 42 MB, 1.5 KB lines at 43–49 MB (when batches held
+/// parsed values, several times a line's size: 123 MB and 55 MB).
 pub const BATCH_ITEMS: usize = 1000;
 /// Bytes of lines held in one batch, whatever their number: 1,000 lines near the 16 MiB limit
 /// would otherwise be 16 GB.
@@ -296,7 +297,8 @@ fn check(
     let count = Arc::new(AtomicU64::new(0));
     let reader = input.reader(u64::MAX, count.clone()).map_err(read_error)?;
     let mut checked = Checked::default();
-    // Ids only (with their lines), for the other-workflow lookup; never the items.
+    // Ids only (with their lines: `check_lines` gives nothing else), for the other-workflow
+    // lookup; never the items.
     let mut pending: Vec<NewItem> = Vec::with_capacity(BATCH_ITEMS);
     let started = Instant::now();
     for outcome in crate::import::check_lines(reader) {
@@ -305,7 +307,7 @@ fn check(
             LineOutcome::Blank => {}
             LineOutcome::Error(e) => checked.error(e),
             LineOutcome::Item(item) => {
-                pending.push(id_only(item));
+                pending.push(item);
                 if pending.len() >= BATCH_ITEMS {
                     foreign_ids(store, &a.workflow, &mut pending, &mut checked)?;
                 }
@@ -342,22 +344,6 @@ fn check(
     input.stamp = input.stamp();
     progress.clear();
     Ok(checked)
-}
-
-/// What the other-workflow check needs of an item: its id and line.
-fn id_only(item: NewItem) -> NewItem {
-    NewItem {
-        id: item.id,
-        line: item.line,
-        name: String::new(),
-        path: String::new(),
-        dataset: None,
-        tags: Vec::new(),
-        properties: serde_json::Map::new(),
-        slots: Vec::new(),
-        annotations: Vec::new(),
-        fingerprint: String::new(),
-    }
 }
 
 /// Looks up `pending`'s ids; those of another workflow become line errors. Empties `pending`.
@@ -443,7 +429,8 @@ fn read_batches(
             LineOutcome::Blank => {}
             LineOutcome::Item(item) => {
                 if bad.next_if_eq(&(item.line as u64)).is_none() {
-                    batch.push(item);
+                    // Serialised here, beside the writer rather than in it.
+                    batch.push(item.into_json());
                 }
             }
             LineOutcome::Error(e) => {

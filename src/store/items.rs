@@ -30,6 +30,19 @@ const IMPORT_CHUNK: usize = 4000;
 const MOVE_CHUNK: usize = 500;
 /// A chunk of an import stops taking items after this long, whatever their size.
 const CHUNK_BUDGET: std::time::Duration = std::time::Duration::from_millis(40);
+/// The same for a streaming import's batches, whose commits are heavier: each of its items
+/// lands at a random place of two large indexes (item ids, history by item id), so a chunk
+/// changes about two index pages per item, all written and synced at its commit. With 40 ms
+/// of items the commit took about as long again (the longest transaction of a 100,000-line
+/// import was 96 ms, and another writer's worst wait 115 ms); 25 ms keeps both near 60 ms.
+const STREAM_CHUNK_BUDGET: std::time::Duration = std::time::Duration::from_millis(25);
+/// Page cache of the writer connection from a streaming import's first batch on (KiB; the
+/// process keeps it). Every item adds an entry at a random place of two indexes (its id, and
+/// history by item id); with SQLite's default 2 MiB a chunk's changed pages (about two per
+/// item) were spilled to the WAL before its commit and written there again when changed once
+/// more. 32 MiB holds several chunks' pages (peak RSS of the debug build importing the
+/// 200,000 lines of tests/cli.rs: 65 MB; with 64 MiB it came near the 100 MiB the test allows).
+const STREAM_CACHE_KIB: i64 = 32_768;
 
 /// What an import did.
 #[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
@@ -327,6 +340,7 @@ fn import_chunk(
     mut items: Vec<NewItem>,
     default_dataset: &DatasetRef,
     operator: &str,
+    budget: std::time::Duration,
 ) -> Result<(ImportReport, Vec<NewItem>)> {
     let started = std::time::Instant::now();
     let (wf, revision) = current_spec(conn, wf_id)?;
@@ -343,7 +357,7 @@ fn import_chunk(
     let mut entered: HashMap<StageId, i64> = HashMap::new();
     let mut taken = 0;
     while taken < items.len() {
-        if taken % 64 == 63 && started.elapsed() >= CHUNK_BUDGET {
+        if taken % 64 == 63 && started.elapsed() >= budget {
             break;
         }
         // The item's content moves into the stored item; only untaken items are kept whole.
@@ -353,7 +367,7 @@ fn import_chunk(
             .dataset
             .clone()
             .unwrap_or_else(|| default_dataset.clone());
-        let item = Item {
+        let mut item = Item {
             id: new.id.clone(),
             workflow: wf_id.clone(),
             stage: dataset.clone(),
@@ -371,6 +385,20 @@ fn import_chunk(
         };
         let mut route =
             engine::import(&wf, &item).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        // An item whose content came as text was routed without it. Import routes end in the
+        // dataset stage or the one after it, and read no content to get there (see
+        // `engine::import`); a route that went further (a logic stage reads tags, properties
+        // and annotations) or delivers (the body holds the content) is made again with it.
+        if let Some(json) = &new.json
+            && (route.deliver || route.hops.len() > 2)
+        {
+            let c = json
+                .values()
+                .map_err(|e| StoreError::Invalid(format!("item `{}`: {e}", new.id)))?;
+            (item.tags, item.properties, item.slots, item.annotations) =
+                (c.tags, c.properties, c.slots, c.annotations);
+            route = engine::import(&wf, &item).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        }
         // The landing in the dataset stage is the first row of every item's history.
         if route.hops.first().is_none_or(|h| h.from.is_some()) {
             route.hops.insert(
@@ -401,6 +429,7 @@ fn import_chunk(
             stage: &route.stage,
             state: route.state,
             fingerprint: &new.fingerprint,
+            json: new.json.as_deref(),
             now,
             entered_at,
         })?;
@@ -652,7 +681,9 @@ impl Store {
                 operator.to_string(),
             );
             // A chunk stops at its time budget; what it did not take comes back.
-            match self.write("import", move |c| import_chunk(c, &wf, chunk, &ds, &op)) {
+            match self.write("import", move |c| {
+                import_chunk(c, &wf, chunk, &ds, &op, CHUNK_BUDGET)
+            }) {
                 Ok((r, mut left)) => {
                     done += take - left.len();
                     merge(&mut report, r);
@@ -1012,7 +1043,11 @@ impl Store {
                 operator.to_string(),
             );
             // A chunk stops at its time budget; what it did not take goes first next time.
-            match self.write("import", move |c| import_chunk(c, &wf, chunk, &ds, &op)) {
+            let job = move |c: &Tx<'_>| {
+                c.rows().set_cache_kib(-STREAM_CACHE_KIB)?;
+                import_chunk(c, &wf, chunk, &ds, &op, STREAM_CHUNK_BUDGET)
+            };
+            match self.write("import", job) {
                 Ok((mut r, mut left)) => {
                     done += take - left.len();
                     r.created = Vec::new();

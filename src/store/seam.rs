@@ -17,8 +17,9 @@
 //! SQLite implements them in `store/sqlite/` (`rows.rs`, `reads.rs`, `mod.rs`).
 
 use crate::model::{
-    AttemptOutcome, AttemptTrigger, CancelReason, DeliveryId, DeliveryState, DeliveryTrigger,
-    ErrorKind, EventType, HistoryCause, Item, ItemId, ItemState, StageId, WorkflowId,
+    AttemptOutcome, AttemptTrigger, CancelReason, ContentJson, DeliveryId, DeliveryState,
+    DeliveryTrigger, ErrorKind, EventType, HistoryCause, Item, ItemId, ItemState, StageId,
+    WorkflowId,
 };
 
 use super::Result;
@@ -223,6 +224,8 @@ pub(crate) struct NewItemRow<'a> {
     pub state: ItemState,
     /// The hash of the import line's content, to tell a differing re-import.
     pub fingerprint: &'a str,
+    /// The content as text, when the caller made it; else `item`'s content is serialised.
+    pub json: Option<&'a ContentJson>,
     pub now: i64,
     /// When it entered its stage: `now`, or the stage's last arrival when that is later
     /// ([`Rows::last_arrival`]), so it sorts after every item already there.

@@ -7,8 +7,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::reads::{enum_col, json_col};
 use crate::model::{
-    CancelReason, DatasetRef, DeliveryId, DeliveryState, EventType, Item, ItemId, StageId,
-    WorkflowId,
+    CancelReason, ContentJson, DatasetRef, DeliveryId, DeliveryState, EventType, Item, ItemId,
+    StageId, WorkflowId,
 };
 use crate::store::copy::Table;
 use crate::store::seam::{
@@ -189,6 +189,19 @@ impl Rows for SqliteRows<'_> {
 
     fn insert_item(&self, i: &NewItemRow<'_>) -> Result<bool> {
         let item = i.item;
+        let made;
+        let json = match i.json {
+            Some(json) => json,
+            None => {
+                made = ContentJson {
+                    tags: serde_json::to_string(&item.tags)?,
+                    properties: serde_json::to_string(&item.properties)?,
+                    slots: serde_json::to_string(&item.slots)?,
+                    annotations: serde_json::to_string(&item.annotations)?,
+                };
+                &made
+            }
+        };
         // `ON CONFLICT DO NOTHING`: an id already present is skipped by the insert itself,
         // and only then looked up (to count it and compare its content).
         let inserted = self
@@ -208,7 +221,7 @@ impl Rows for SqliteRows<'_> {
                 item.path,
                 item.dataset.name,
                 item.dataset.slug,
-                serde_json::to_string(&item.tags)?,
+                json.tags,
                 i.fingerprint,
                 i.now,
                 i.entered_at,
@@ -222,9 +235,9 @@ impl Rows for SqliteRows<'_> {
             )?
             .execute(params![
                 self.conn.last_insert_rowid(),
-                serde_json::to_string(&item.properties)?,
-                serde_json::to_string(&item.slots)?,
-                serde_json::to_string(&item.annotations)?,
+                json.properties,
+                json.slots,
+                json.annotations,
             ])?;
         Ok(true)
     }

@@ -27,6 +27,12 @@ const IDLE_CHECKPOINT: Duration = Duration::from_millis(500);
 /// The writer checkpoints after a commit that left at least this many pages in the WAL
 /// (SQLite's own automatic checkpoint uses the same figure).
 const CHECKPOINT_PAGES: i32 = 1000;
+/// A WAL still this long after a passive checkpoint is not being restarted: see [`checkpoint`].
+const RESTART_PAGES: i64 = 4 * CHECKPOINT_PAGES as i64;
+/// How long a restarting checkpoint waits for readers before it leaves it for the next time.
+const RESTART_WAIT_TRIES: i32 = 20;
+/// The pause after a restarting checkpoint that lets other processes' writers in.
+const RESTART_GAP: Duration = Duration::from_millis(2);
 
 trait Job: Send {
     /// Runs the job in its own savepoint, or, when `alone` (it is the first job of its
@@ -181,7 +187,7 @@ impl Writer {
 }
 
 fn writer_loop(
-    conn: Connection,
+    mut conn: Connection,
     clock: &Clock,
     rx: mpsc::Receiver<Box<dyn Job>>,
     commits: watch::Sender<u64>,
@@ -257,12 +263,61 @@ fn writer_loop(
         for job in batch {
             job.finish(commit.clone());
         }
-        // PASSIVE never blocks readers or other writers; it only keeps the WAL short.
         if wal_pages.load(Ordering::Relaxed) >= CHECKPOINT_PAGES {
             wal_pages.store(0, Ordering::Relaxed);
-            let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+            checkpoint(&mut conn);
         }
     }
+}
+
+/// Keeps the WAL short. A PASSIVE checkpoint never blocks readers or other writers, but it
+/// only copies the WAL back; the WAL starts again from its beginning only when a write
+/// transaction begins while it is wholly copied and no reader is using it. Readers that come
+/// and go all the time (a console's polls, another process's writer retrying for the lock)
+/// can keep that from ever happening: the WAL then grows without end, and every frame goes to
+/// disk twice (a 1,000,000-line import next to the import bench's lock probe grew it to 7 GB
+/// and wrote 26 GB, 6.2 times its baseline's time). So once a passive checkpoint has copied
+/// a WAL longer than [`RESTART_PAGES`] completely (a reader that stopped the copy short has
+/// usually moved on a millisecond later), a RESTART checkpoint, with nothing left to copy,
+/// waits briefly for the readers of the WAL to move on, so the next commit starts it again.
+/// It holds the write lock while it waits; a reader that does not finish soon is left alone
+/// until the next time rather than waited for.
+fn checkpoint(conn: &mut Connection) {
+    let passive = |conn: &Connection| -> (i64, i64) {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(1)?, r.get(2)?))
+        })
+        .unwrap_or((0, 0))
+    };
+    let (mut log, mut copied) = passive(conn);
+    if log < RESTART_PAGES {
+        return;
+    }
+    for _ in 0..3 {
+        if copied >= log {
+            break;
+        }
+        thread::sleep(Duration::from_millis(1));
+        (log, copied) = passive(conn);
+    }
+    if copied < log {
+        return;
+    }
+    if conn
+        .busy_handler(Some(|tries: i32| {
+            thread::sleep(Duration::from_millis(1));
+            tries < RESTART_WAIT_TRIES
+        }))
+        .is_ok()
+    {
+        let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+    }
+    // Back to the connection's usual patience for every other statement.
+    let _ = conn.busy_handler(Some(super::wait_for_lock));
+    // The restart held the write lock; without a gap the next queued job (an import's next
+    // chunk) takes it straight back, and a writer of another process that waited through
+    // the restart waits through that job too. Its busy handler polls every millisecond.
+    thread::sleep(RESTART_GAP);
 }
 
 #[cfg(test)]
