@@ -232,6 +232,22 @@ pub(crate) struct NewItemRow<'a> {
     pub entered_at: i64,
 }
 
+impl<'a> NewItemRow<'a> {
+    /// The item's content as the text a backend stores: the caller's, or made from `item`.
+    pub(crate) fn content(&self) -> serde_json::Result<std::borrow::Cow<'a, ContentJson>> {
+        use std::borrow::Cow;
+        Ok(match self.json {
+            Some(json) => Cow::Borrowed(json),
+            None => Cow::Owned(ContentJson {
+                tags: serde_json::to_string(&self.item.tags)?,
+                properties: serde_json::to_string(&self.item.properties)?,
+                slots: serde_json::to_string(&self.item.slots)?,
+                annotations: serde_json::to_string(&self.item.annotations)?,
+            }),
+        })
+    }
+}
+
 /// A workflow revision to store (and make current).
 #[derive(Debug)]
 pub(crate) struct RevisionRow<'a> {

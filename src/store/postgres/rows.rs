@@ -188,6 +188,7 @@ impl Rows for PgRows<'_> {
 
     fn insert_item(&self, i: &NewItemRow<'_>) -> Result<bool> {
         let item = i.item;
+        let json = i.content()?;
         // `ON CONFLICT DO NOTHING`: an id already present is skipped by the insert itself,
         // and only then looked up (to count it and compare its content).
         let inserted = self.conn.query_opt(
@@ -205,7 +206,7 @@ impl Rows for PgRows<'_> {
                 &item.path,
                 &item.dataset.name,
                 &item.dataset.slug,
-                &serde_json::to_string(&item.tags)?,
+                &json.tags,
                 &i.fingerprint,
                 &i.now,
                 &i.entered_at,
@@ -219,9 +220,9 @@ impl Rows for PgRows<'_> {
             "INSERT INTO item_content (seq, properties, slots, annotations) VALUES ($1, $2, $3, $4)",
             &[
                 &seq,
-                &serde_json::to_string(&item.properties)?,
-                &serde_json::to_string(&item.slots)?,
-                &serde_json::to_string(&item.annotations)?,
+                &json.properties,
+                &json.slots,
+                &json.annotations,
             ],
         )?;
         Ok(true)

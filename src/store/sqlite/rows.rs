@@ -7,8 +7,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::reads::{enum_col, json_col};
 use crate::model::{
-    CancelReason, ContentJson, DatasetRef, DeliveryId, DeliveryState, EventType, Item, ItemId,
-    StageId, WorkflowId,
+    CancelReason, DatasetRef, DeliveryId, DeliveryState, EventType, Item, ItemId, StageId,
+    WorkflowId,
 };
 use crate::store::copy::Table;
 use crate::store::seam::{
@@ -189,19 +189,7 @@ impl Rows for SqliteRows<'_> {
 
     fn insert_item(&self, i: &NewItemRow<'_>) -> Result<bool> {
         let item = i.item;
-        let made;
-        let json = match i.json {
-            Some(json) => json,
-            None => {
-                made = ContentJson {
-                    tags: serde_json::to_string(&item.tags)?,
-                    properties: serde_json::to_string(&item.properties)?,
-                    slots: serde_json::to_string(&item.slots)?,
-                    annotations: serde_json::to_string(&item.annotations)?,
-                };
-                &made
-            }
-        };
+        let json = i.content()?;
         // `ON CONFLICT DO NOTHING`: an id already present is skipped by the insert itself,
         // and only then looked up (to count it and compare its content).
         let inserted = self
