@@ -320,7 +320,7 @@ kind = "complete"
         ),
     )
     .unwrap();
-    cli(&db, &["workflow", "apply", wf.to_str().unwrap()]);
+    cli(db, &["workflow", "apply", wf.to_str().unwrap()]);
     let lines: String = items
         .iter()
         .map(|(id, name)| serde_json::json!({"id": id, "name": name}).to_string() + "\n")
@@ -328,7 +328,7 @@ kind = "complete"
     let file = dir.join("items.jsonl");
     std::fs::write(&file, lines).unwrap();
     cli(
-        &db,
+        db,
         &[
             "item",
             "import",
