@@ -14,6 +14,7 @@
 
 pub mod classify;
 pub mod delivery;
+pub mod flow;
 pub mod payload;
 
 use std::fmt;
