@@ -154,6 +154,25 @@ pub(crate) struct Leased {
     pub attempts: i64,
 }
 
+/// A stage's flow-control row (issue 21): its hold, its rate limit's token bucket and its
+/// adaptive concurrency, as the lease and record transactions read and write them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct StageFlow {
+    /// No lease for the stage before this time (ms); a past time is no hold.
+    pub held_until: Option<i64>,
+    pub held_reason: Option<String>,
+    /// The token bucket: `(tokens, as of ms)`; `None` is a full bucket.
+    pub bucket: Option<(f64, i64)>,
+    /// When the bucket next holds a whole token; leasing skips the stage until then.
+    pub next_token_at: Option<i64>,
+    /// The effective concurrency set by AIMD; `None`: not reduced.
+    pub concurrency_limit: Option<i64>,
+    /// Successes since the limit last changed.
+    pub limit_successes: i64,
+    /// When the limit was last decreased (ms).
+    pub limit_decreased_at: i64,
+}
+
 /// A delivery as a re-fire reads it.
 #[derive(Debug)]
 pub(crate) struct RefireRow {
@@ -332,8 +351,8 @@ pub(crate) trait Rows {
     /// Makes an in-flight delivery due again at `now` after its lease was lost; false when it
     /// was no longer in flight.
     fn release_lease(&self, id: &DeliveryId, now: i64) -> Result<bool>;
-    /// At most `n` due deliveries of unpaused stages after `after` (`(due, seq)`), oldest
-    /// due first.
+    /// At most `n` due deliveries after `after` (`(due, seq)`), oldest due first, of stages
+    /// that are not paused, not held past `now` and whose `next_token_at` is not after `now`.
     fn due_page(&self, now: i64, after: (i64, i64), n: usize) -> Result<Vec<Due>>;
     /// Leases a due delivery; `None` when it is no longer due.
     fn lease_delivery(
@@ -345,11 +364,40 @@ pub(crate) trait Rows {
         now: i64,
     ) -> Result<Option<Leased>>;
 
+    // ---- stage flow control (issue 21) ----
+    /// A live stage's flow-control row; `None` when there is no such live stage.
+    fn stage_flow(&self, workflow: &str, stage: &str) -> Result<Option<StageFlow>>;
+    /// Writes a live stage's token bucket (`tokens` as of `at`) and when it next holds a
+    /// whole token (`None`: it holds one).
+    fn put_bucket(
+        &self,
+        workflow: &str,
+        stage: &str,
+        tokens: f64,
+        at: i64,
+        next_token_at: Option<i64>,
+    ) -> Result<()>;
+    /// Holds a live stage until `until` with `reason`, unless it is held as long or longer
+    /// already; true when it changed.
+    fn hold_stage(&self, workflow: &str, stage: &str, until: i64, reason: &str) -> Result<bool>;
+    /// Clears a live stage's hold; true when it held one that had not ended by `now`.
+    fn lift_hold(&self, workflow: &str, stage: &str, now: i64) -> Result<bool>;
+    /// Writes a live stage's adaptive concurrency (`limit` `None`: not reduced).
+    fn put_concurrency_limit(
+        &self,
+        workflow: &str,
+        stage: &str,
+        limit: Option<i64>,
+        successes: i64,
+        decreased_at: i64,
+    ) -> Result<()>;
+
     // ---- workflows and stages ----
     /// Stores a revision of a workflow and makes it current.
     fn insert_revision(&self, r: &RevisionRow<'_>) -> Result<()>;
     fn retire_stage(&self, workflow: &WorkflowId, stage: &StageId, now: i64) -> Result<()>;
-    /// Updates a live stage's name and position, or adds the stage; true when it was added.
+    /// Updates a live stage's name and position and forgets when its next token was due (its
+    /// rate may have changed), or adds the stage; true when it was added.
     fn upsert_stage(
         &self,
         workflow: &WorkflowId,
@@ -420,6 +468,8 @@ pub(crate) struct WorkflowCounts {
     pub deliveries: Vec<(String, String, i64)>,
     /// `(stage, reason)` of each live paused stage.
     pub paused: Vec<(String, Option<String>)>,
+    /// `(stage, flow row)` of each live stage with a hold or a concurrency limit set.
+    pub flows: Vec<(String, StageFlow)>,
 }
 
 /// A delivery as its detail reads it: the listed row, what only the detail shows, and the
@@ -538,8 +588,13 @@ pub(crate) trait Reads {
     fn attempts_end(&self) -> Result<i64>;
 
     // ---- dispatchers ----
-    /// The earliest due time of an unpaused open delivery, and the earliest lease expiry.
-    fn next_due(&self) -> Result<(Option<i64>, Option<i64>)>;
+    /// As of `now`: the earliest due time of an open delivery of a stage that is not paused,
+    /// held or waiting for a token; the earliest lease expiry; and the earliest end after
+    /// `now` of a stage's hold or wait for a token.
+    fn next_due(&self, now: i64) -> Result<(Option<i64>, Option<i64>, Option<i64>)>;
+    /// `(workflow, stage, flow row)` of each live stage held past `now` or with a
+    /// concurrency limit set.
+    fn stage_flows(&self, now: i64) -> Result<Vec<(WorkflowId, StageId, StageFlow)>>;
     fn dispatchers(&self) -> Result<Vec<super::DispatcherInfo>>;
 
     // ---- audit, settings, upkeep ----

@@ -46,6 +46,19 @@ pub struct StageSummary {
     pub deliveries: BTreeMap<String, i64>,
     /// Dataset stage whose `next` is automated: its waiting items need an operator.
     pub needs_assignment: bool,
+    /// Held until then (a 429/503 with `Retry-After`; issue 21): no new lease before it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<DateTime<Utc>>,
+    /// Why it is held ("429 from receiver").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_reason: Option<String>,
+    /// The stage's effective concurrency when AIMD reduced it below its ceiling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<u32>,
+    /// How long its queue (pending and retrying deliveries) takes to drain at its rate limit,
+    /// in seconds; only for a rate-limited stage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_seconds: Option<f64>,
     /// A webhook stage's settings, every secret masked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookView>,
@@ -66,6 +79,12 @@ pub struct WebhookView {
     pub retry_schedule_ms: Vec<u64>,
     pub pause_after_failures: u32,
     pub max_in_flight: Option<u32>,
+    /// `"20/s"`, `"300/min"`, `"10/h"` (issue 21).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
+    /// The rate limit's burst.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
 }
 
 impl WebhookView {
@@ -86,6 +105,8 @@ impl WebhookView {
                 .collect(),
             pause_after_failures: w.pause_after_failures,
             max_in_flight: w.max_in_flight,
+            rate_limit: w.rate_limit.map(|r| r.to_string()),
+            burst: w.rate_limit.map(|r| r.burst),
         }
     }
 }
@@ -288,7 +309,9 @@ fn apply_in_tx(
 fn stage_summaries(
     found: WorkflowCounts,
     wf: &Workflow,
+    now: i64,
 ) -> (Vec<StageSummary>, BTreeMap<ItemState, i64>) {
+    let mut flows: HashMap<String, super::seam::StageFlow> = found.flows.into_iter().collect();
     let counts: HashMap<(String, String), i64> = found
         .items
         .into_iter()
@@ -335,7 +358,29 @@ fn stage_summaries(
             deliveries: dcounts.remove(st.id.as_str()).unwrap_or_default(),
             needs_assignment,
             webhook: st.webhook().map(|w| WebhookView::new(w, &redactor)),
+            held_until: None,
+            held_reason: None,
+            concurrency_limit: None,
+            drain_seconds: None,
         });
+        let Some(summary) = out.last_mut() else {
+            continue;
+        };
+        if let Some(f) = flows.remove(st.id.as_str()) {
+            if let Some(until) = f.held_until.filter(|u| *u > now) {
+                summary.held_until = Some(to_time(until));
+                summary.held_reason = f.held_reason;
+            }
+            summary.concurrency_limit = f.concurrency_limit.map(|l| l.max(1) as u32);
+        }
+        if let Some(rate) = st.webhook().and_then(|w| w.rate_limit) {
+            let queued: i64 = ["pending", "retry_scheduled"]
+                .iter()
+                .filter_map(|s| summary.deliveries.get(*s))
+                .sum();
+            summary.drain_seconds =
+                Some(crate::engine::flow::drain_ms(queued, &rate) as f64 / 1000.0);
+        }
     }
     (out, totals)
 }
@@ -375,10 +420,10 @@ fn edge_labels(st: &crate::workflow::Stage) -> Vec<(String, StageId)> {
     }
 }
 
-fn summary_row(r: &dyn Reads, wf: &Workflow, revision: i64) -> Result<WorkflowDetail> {
+fn summary_row(r: &dyn Reads, wf: &Workflow, revision: i64, now: i64) -> Result<WorkflowDetail> {
     let found = r.workflow_counts(&wf.id)?;
     let updated = found.updated_at;
-    let (stage_list, totals) = stage_summaries(found, wf);
+    let (stage_list, totals) = stage_summaries(found, wf, now);
     let t = |s: ItemState| totals.get(&s).copied().unwrap_or(0);
     Ok(WorkflowDetail {
         summary: WorkflowSummary {
@@ -422,20 +467,22 @@ impl Store {
     }
 
     pub fn list_workflows(&self) -> Result<Vec<WorkflowSummary>> {
+        let now = self.now_ms();
         self.read(|r| {
             let mut out = Vec::new();
             for id in r.workflow_ids()? {
                 let (wf, rev) = read_current_spec(r, &id)?;
-                out.push(summary_row(r, &wf, rev)?.summary);
+                out.push(summary_row(r, &wf, rev, now)?.summary);
             }
             Ok(out)
         })
     }
 
     pub fn workflow_detail(&self, id: &WorkflowId) -> Result<WorkflowDetail> {
+        let now = self.now_ms();
         self.read(|r| {
             let (wf, rev) = read_current_spec(r, id)?;
-            summary_row(r, &wf, rev)
+            summary_row(r, &wf, rev, now)
         })
     }
 
@@ -444,7 +491,8 @@ impl Store {
         self.read(|r| r.workflows_with_stage(stage))
     }
 
-    /// Pauses (`true`) or resumes a stage; resuming resets the consecutive-failure count.
+    /// Pauses (`true`) or resumes a stage; resuming resets the consecutive-failure count and
+    /// lifts a hold (issue 21). True when something changed.
     pub fn set_paused(
         &self,
         wf: &WorkflowId,
@@ -469,6 +517,7 @@ impl Store {
             let was = c.rows().stage_paused(&wf, &stage)?;
             let reason = paused.then(|| format!("paused by {operator}"));
             c.rows().set_stage_paused(&wf, &stage, reason.as_deref())?;
+            let lifted = !paused && c.rows().lift_hold(wf.as_str(), stage.as_str(), c.now())?;
             audit(
                 c,
                 &operator,
@@ -481,7 +530,7 @@ impl Store {
                 let reason = format!("paused by {operator}");
                 super::attempts::notify_paused(c, &spec, &stage, &reason, Some(&operator))?;
             }
-            Ok(was != paused)
+            Ok(was != paused || lifted)
         })
     }
 }

@@ -126,6 +126,9 @@ impl Stage {
 }
 
 /// A stage's kind and its kind's settings and edges.
+// The webhook variant is the big one (256 B): a workflow has a handful of stages, parsed once
+// per revision and shared in an `Arc`, so boxing it would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StageSpec {

@@ -95,6 +95,10 @@ fn stage(id: &str, name: &str, kind: StageKind) -> StageSummary {
         deliveries: BTreeMap::new(),
         needs_assignment: false,
         webhook: None,
+        held_until: None,
+        held_reason: None,
+        concurrency_limit: None,
+        drain_seconds: None,
     }
 }
 
