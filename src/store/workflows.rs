@@ -64,6 +64,43 @@ pub struct StageSummary {
     pub webhook: Option<WebhookView>,
 }
 
+impl StageSummary {
+    /// "held 28 s: 429 from receiver" while the stage is held (issue 21).
+    pub fn hold_text(&self, now: DateTime<Utc>) -> Option<String> {
+        let until = self.held_until.filter(|u| *u > now)?;
+        let secs = ((until - now).num_milliseconds() + 999) / 1000;
+        Some(format!(
+            "held {}: {}",
+            seconds_text(secs),
+            self.held_reason
+                .as_deref()
+                .unwrap_or("asked by the receiver")
+        ))
+    }
+
+    /// "20/s, drains in 5 s" for a rate-limited stage (issue 21).
+    pub fn rate_text(&self) -> Option<String> {
+        let rate = self.webhook.as_ref()?.rate_limit.as_deref()?;
+        let drain = self.drain_seconds.unwrap_or(0.0).ceil() as i64;
+        Some(if drain > 0 {
+            format!("{rate}, drains in {}", seconds_text(drain))
+        } else {
+            rate.to_string()
+        })
+    }
+}
+
+/// `28 s`, `4 min 10 s`, `2 h 5 min`.
+fn seconds_text(secs: i64) -> String {
+    match secs {
+        ..60 => format!("{secs} s"),
+        60..3600 if secs % 60 == 0 => format!("{} min", secs / 60),
+        60..3600 => format!("{} min {} s", secs / 60, secs % 60),
+        _ if secs % 3600 < 60 => format!("{} h", secs / 3600),
+        _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+    }
+}
+
 /// A webhook stage's settings as an operator may see them (`workflow show --json`, the API):
 /// the URL and headers with their secrets redacted, `authorization` and signing keys masked.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
@@ -85,6 +122,9 @@ pub struct WebhookView {
     /// The rate limit's burst.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+    /// The rate limit in requests per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_per_second: Option<f64>,
 }
 
 impl WebhookView {
@@ -107,6 +147,7 @@ impl WebhookView {
             max_in_flight: w.max_in_flight,
             rate_limit: w.rate_limit.map(|r| r.to_string()),
             burst: w.rate_limit.map(|r| r.burst),
+            rate_per_second: w.rate_limit.map(|r| r.per_second()),
         }
     }
 }

@@ -467,8 +467,24 @@ fn draw_main(
                             theme.warn,
                         ));
                     }
+                    if let Some(held) = s.hold_text(now) {
+                        status.push(Span::styled(format!("⏳ {held} "), theme.warn));
+                    }
                     if s.kind == StageKind::Webhook {
                         let d = |k: &str| s.deliveries.get(k).copied().unwrap_or(0);
+                        // In flight, and the stage's concurrency while 429s hold it down.
+                        match s.concurrency_limit {
+                            Some(limit) => status.push(Span::styled(
+                                format!("↗ {}/{limit} in flight (429s) ", d("in_flight")),
+                                theme.warn,
+                            )),
+                            None if d("in_flight") > 0 => status
+                                .push(Span::raw(format!("↗ {} in flight ", d("in_flight")))),
+                            None => {}
+                        }
+                        if let Some(rate) = s.rate_text() {
+                            status.push(Span::raw(format!("⏱ {rate} ")));
+                        }
                         if d("failed") > 0 {
                             status.push(Span::styled(
                                 format!("✗ {} failed ", d("failed")),
