@@ -10,7 +10,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, Wrap};
 
 use super::keymap;
-use super::state::{App, Level, Overlay, ViewData};
+use super::state::{App, Level, LogEntry, Overlay, ViewData};
 use super::theme::Theme;
 use crate::model::AttemptEvent;
 use crate::model::{DeliveryState, StageKind};
@@ -478,8 +478,9 @@ fn draw_main(
                                 format!("↗ {}/{limit} in flight (429s) ", d("in_flight")),
                                 theme.warn,
                             )),
-                            None if d("in_flight") > 0 => status
-                                .push(Span::raw(format!("↗ {} in flight ", d("in_flight")))),
+                            None if d("in_flight") > 0 => {
+                                status.push(Span::raw(format!("↗ {} in flight ", d("in_flight"))))
+                            }
                             None => {}
                         }
                         if let Some(rate) = s.rate_text() {
@@ -1234,7 +1235,14 @@ fn draw_log(
         .skip(start)
         .take(h)
         .map(|i| {
-            let line = log_line(&app.log.entries[*i], theme, now);
+            let line = match &app.log.entries[*i] {
+                LogEntry::Attempt(e) => log_line(e, theme, now),
+                LogEntry::Stage { at, stage, text } => Line::from(vec![
+                    Span::styled(at.format("%H:%M:%S ").to_string(), theme.dim),
+                    Span::styled(format!("⏳ {} ", fit(stage.as_str(), 12)), theme.warn),
+                    Span::raw(clean(text)),
+                ]),
+            };
             if app.focus_log && *i == app.log.cursor {
                 line.style(theme.selected)
             } else {

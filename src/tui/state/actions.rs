@@ -65,7 +65,11 @@ pub(super) fn log_action(app: &mut App, a: Action) -> Option<Vec<Effect>> {
         Action::Open | Action::Refire | Action::Replay | Action::Copy => {
             // With nothing under the log cursor the key does nothing (it must not fall
             // through to the main view, which does not have the focus).
-            let Some(e) = visible.get(pos).and_then(|i| app.log.entries.get(*i)) else {
+            let Some(e) = visible
+                .get(pos)
+                .and_then(|i| app.log.entries.get(*i))
+                .and_then(LogEntry::attempt)
+            else {
                 return Some(vec![]);
             };
             let id = e.delivery_id.clone();

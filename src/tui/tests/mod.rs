@@ -528,6 +528,7 @@ pub fn header() -> super::state::Header {
         ],
         db_bytes: 1 << 20,
         file_problem: None,
+        holds: Vec::new(),
     }
 }
 
