@@ -525,7 +525,9 @@ pub(crate) struct HealthFacts {
     pub orphans: Found,
     /// `(workflow, stage, reason)` of each live paused stage, in stage order.
     pub paused: Vec<(String, String, Option<String>)>,
-    /// `(id, created, due)` of the pending delivery due first in an unpaused stage.
+    /// `(id, created, due)` of the pending delivery due first in a stage that is not
+    /// paused, not held past `now` and did not take a rate-limit token in the minute before
+    /// `now` (a rate-limited stage draining a backlog is sending, however old its queue).
     pub oldest_pending: Option<(String, i64, Option<i64>)>,
     /// Counter rows that differ from the rows they count.
     pub counter_mismatches: i64,

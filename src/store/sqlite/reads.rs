@@ -752,10 +752,12 @@ impl Reads for SqliteReads<'_> {
                     "SELECT d.id, d.created_at, d.next_attempt_at FROM deliveries d
                      WHERE d.state IN ('pending', 'retry_scheduled')
                        AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
-                                       AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
+                                       AND s.id = d.stage_id AND s.retired_at IS NULL
+                                       AND (s.paused = 1 OR s.held_until > ?1
+                                            OR s.bucket_at > ?1 - 60000))
                      ORDER BY d.next_attempt_at LIMIT 1",
                 )?
-                .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_row([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?,
             counter_mismatches: counter_mismatches(c)?,
         })
