@@ -491,7 +491,8 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
                     stage: s.id,
                 }];
             }
-            let pause = !s.paused;
+            // A held stage (issue 21) resumes: that lifts its hold; `p` again pauses it.
+            let pause = !s.paused && s.held_until.is_none();
             if pause {
                 app.overlay = Some(Overlay::Confirm {
                     text: format!(

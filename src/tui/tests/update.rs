@@ -2388,3 +2388,27 @@ fn the_log_pane_says_when_a_hold_starts_and_ends() {
     let fx = press(&mut app, KeyCode::Enter);
     assert!(fx.is_empty(), "a stage line opens nothing: {fx:?}");
 }
+
+/// Issue 21: `p` on a held stage resumes it (which lifts the hold) instead of pausing it.
+#[test]
+fn p_on_a_held_stage_lifts_the_hold() {
+    let mut app = on_workflows(false);
+    press(&mut app, KeyCode::Enter);
+    let mut detail = stages();
+    for s in &mut detail.stage_list {
+        if s.id.as_str() == "validate" {
+            s.held_until = Some(chrono::Utc::now() + chrono::Duration::seconds(28));
+            s.held_reason = Some("429 from receiver".into());
+        }
+    }
+    load(&mut app, ViewData::Stages(Box::new(detail)));
+    to_stage(&mut app, "validate");
+    assert_eq!(
+        ch(&mut app, 'p'),
+        vec![Effect::Run(Pending::Pause {
+            workflow: wf(),
+            stage: StageId::new("validate"),
+            pause: false
+        })]
+    );
+}
