@@ -101,11 +101,11 @@ struct Gate {
     /// `max_in_flight` or the AIMD limit, whichever is lower.
     cap: Option<i64>,
     in_flight: i64,
-    bucket: Option<Bucket>,
+    tokens: Option<Tokens>,
 }
 
 /// A rate-limited stage's bucket in this transaction.
-struct Bucket {
+struct Tokens {
     rate: crate::workflow::RateLimit,
     stored: Option<flow::Bucket>,
     available: u32,
@@ -114,7 +114,7 @@ struct Bucket {
     written: bool,
 }
 
-impl Bucket {
+impl Tokens {
     /// Writes what this transaction took (and when the next token comes).
     fn write(&mut self, tx: &Tx<'_>, wf: &str, stage: &str) -> Result<()> {
         let t = flow::take(self.stored, &self.rate, tx.now(), self.taken);
@@ -131,7 +131,7 @@ fn gate_of(tx: &Tx<'_>, wf: &str, stage: &str, cfg: Option<&WebhookConfig>) -> R
         return Ok(Gate {
             cap: None,
             in_flight: 0,
-            bucket: None,
+            tokens: None,
         });
     };
     let row = tx.rows().stage_flow(wf, stage)?.unwrap_or_default();
@@ -147,9 +147,9 @@ fn gate_of(tx: &Tx<'_>, wf: &str, stage: &str, cfg: Option<&WebhookConfig>) -> R
         }
         None => 0,
     };
-    let bucket = cfg.rate_limit.map(|rate| {
+    let tokens = cfg.rate_limit.map(|rate| {
         let stored = row.bucket.map(|(tokens, at)| flow::Bucket { tokens, at });
-        Bucket {
+        Tokens {
             rate,
             stored,
             available: flow::available(stored, &rate, tx.now()),
@@ -160,7 +160,7 @@ fn gate_of(tx: &Tx<'_>, wf: &str, stage: &str, cfg: Option<&WebhookConfig>) -> R
     Ok(Gate {
         cap,
         in_flight,
-        bucket,
+        tokens,
     })
 }
 
@@ -209,7 +209,7 @@ pub(super) fn lease_in_tx(
             let key = (wf.clone(), stage.clone());
             if !gates.contains_key(&key) {
                 let mut g = gate_of(tx, &wf, &stage, cfg)?;
-                if let Some(b) = g.bucket.as_mut().filter(|b| b.available == 0) {
+                if let Some(b) = g.tokens.as_mut().filter(|b| b.available == 0) {
                     // Out of tokens (its rate changed, or rounding): say when the next comes,
                     // so the due query leaves the stage out until then.
                     b.write(tx, &wf, &stage)?;
@@ -219,7 +219,7 @@ pub(super) fn lease_in_tx(
             let Some(gate) = gates.get_mut(&key) else {
                 continue;
             };
-            if gate.bucket.as_ref().is_some_and(|b| b.taken >= b.available) {
+            if gate.tokens.as_ref().is_some_and(|b| b.taken >= b.available) {
                 continue;
             }
             if let Some(cap) = gate.cap {
@@ -233,7 +233,7 @@ pub(super) fn lease_in_tx(
             let Some(leased) = rows.lease_delivery(seq, &token, until, owner, now)? else {
                 continue;
             };
-            if let Some(b) = gate.bucket.as_mut() {
+            if let Some(b) = gate.tokens.as_mut() {
                 b.taken += 1;
                 b.written = false;
                 if b.taken >= b.available {
@@ -265,7 +265,7 @@ pub(super) fn lease_in_tx(
     }
     // The tokens of every rate-limited stage that leased, once per stage.
     for ((wf, stage), gate) in gates.iter_mut() {
-        if let Some(b) = gate.bucket.as_mut().filter(|b| b.taken > 0 && !b.written) {
+        if let Some(b) = gate.tokens.as_mut().filter(|b| b.taken > 0 && !b.written) {
             b.write(tx, wf, stage)?;
         }
     }
