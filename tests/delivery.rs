@@ -1952,3 +1952,28 @@ fn holds_and_rates_survive_a_restart_of_serve() {
         "rate + burst exceeded across the restart: {metered_at:?}"
     );
 }
+
+/// Issue 21: with 512 slots a wave of answers is wider than one batch job records
+/// (`MAX_BATCH`, 128); every attempt of it is still recorded, once. (Whether a job leaves
+/// attempts behind depends on how many arrived before the writer started it, so this does
+/// not pin the path where no later hand-in comes for them; `Waiting::more` covers that.)
+#[test]
+fn the_default_concurrency_sends_and_records_every_delivery_of_a_wide_wave() {
+    let mut h = Harness::new("*=ok");
+    h.apply(&hook("wide", &h.url("/wide"), ""));
+    let items = item_ids("w", 700);
+    let ids: Vec<&str> = items.iter().map(String::as_str).collect();
+    h.import(&ids);
+    h.assign(&ids, "wide");
+    h.start_dispatcher(h.store.clone(), dispatch::DEFAULT_CONCURRENCY);
+    wait_until("every delivery recorded", Duration::from_secs(60), || {
+        h.store
+            .workflow_detail(&wf())
+            .unwrap()
+            .stage_list
+            .iter()
+            .find(|s| s.id.as_str() == "wide")
+            .is_some_and(|s| s.deliveries.get("succeeded") == Some(&700))
+    });
+    assert_eq!(h.received("/wide").len(), 700, "each sent once");
+}
