@@ -2,6 +2,9 @@
 //! plain keep-alive HTTP in the same run, and the idle stage-entry → on-the-wire latency.
 //!
 //! `cargo bench --bench delivery [-- --deliveries N --concurrency 64 --samples 200 --api]`
+//! `cargo bench --bench delivery -- --receiver-ms 100 [--concurrency N]` (issue 21): only the
+//! engine, against a receiver that answers after that long, beside the Little's-law limit of
+//! the concurrency (concurrency ÷ latency).
 //!
 //! Fixed conditions: ~2 KiB Darwin bodies (annotations included), concurrency 64, the bundled
 //! receiver answering 200 at once, a `dataset → hook (webhook) → complete` workflow, every
@@ -62,6 +65,8 @@ struct Args {
     samples: usize,
     /// Serve the HTTP API (idle) on the engine's store while it runs (issue 7's figure).
     api: bool,
+    /// The receiver answers after this many ms; only the engine is measured (issue 21).
+    receiver_ms: usize,
 }
 
 fn parse_args() -> Args {
@@ -70,6 +75,7 @@ fn parse_args() -> Args {
         concurrency: 64,
         samples: 200,
         api: false,
+        receiver_ms: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -83,6 +89,7 @@ fn parse_args() -> Args {
             "--concurrency" => a.concurrency = num("--concurrency"),
             "--samples" => a.samples = num("--samples"),
             "--api" => a.api = true,
+            "--receiver-ms" => a.receiver_ms = num("--receiver-ms"),
             // `cargo bench` passes --bench; other harness flags mean nothing here.
             _ => {}
         }
@@ -98,8 +105,15 @@ struct ReceiverProcess {
 
 impl ReceiverProcess {
     fn start(record: Option<&Path>) -> ReceiverProcess {
+        ReceiverProcess::scripted(record, None)
+    }
+
+    fn scripted(record: Option<&Path>, script: Option<&str>) -> ReceiverProcess {
         let mut cmd = Command::new(BIN);
         cmd.args(["receiver", "--port", "0", "--quiet"]);
+        if let Some(s) = script {
+            cmd.args(["--script", s]);
+        }
         if let Some(p) = record {
             cmd.arg("--record").arg(p);
         }
@@ -481,6 +495,54 @@ fn thread_cpu(prefix: &str) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// This process's peak resident set (VmHWM), in MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// Issue 21: the engine alone against a receiver that answers after `receiver_ms`, beside the
+/// Little's-law limit of its concurrency.
+fn slow_receiver(rt: &tokio::runtime::Runtime, db: &Path, args: &Args) {
+    let n = args.deliveries;
+    let store = Store::open(db, &OpenOptions::default()).expect("store opens");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (events, _) = broadcast::channel(16);
+    let opts = DispatcherOptions {
+        concurrency: args.concurrency,
+        ..DispatcherOptions::default()
+    };
+    let started = Instant::now();
+    let dispatcher = rt.spawn(run(store.clone(), opts, events, stop_rx));
+    while succeeded(&store) < n as i64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the engine did not finish in 10 min"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    let _ = rt.block_on(dispatcher);
+    let rate = n as f64 / secs;
+    let limit = args.concurrency as f64 * 1000.0 / args.receiver_ms as f64;
+    println!(
+        "slow receiver ({} ms) · {n} deliveries · concurrency {}: {rate:.0} deliveries/s in \
+         {secs:.1} s · Little's-law limit {limit:.0}/s · {:.2} of it · peak RSS {:.1} MB",
+        args.receiver_ms,
+        args.concurrency,
+        rate / limit,
+        peak_rss_mb()
+    );
+}
+
 fn main() {
     let args = parse_args();
     let n = args.deliveries;
@@ -489,7 +551,8 @@ fn main() {
     let record = dir.path().join("received.jsonl");
     std::fs::File::create(&record).expect("record file");
 
-    let fast = ReceiverProcess::start(None);
+    let slow_script = format!("/hook=slow:{}ms,*=ok", args.receiver_ms);
+    let fast = ReceiverProcess::scripted(None, (args.receiver_ms > 0).then_some(&*slow_script));
     let recording = ReceiverProcess::start(Some(&record));
 
     // Setup (not timed): two workflows, N items assigned into the webhook stage, and items
@@ -594,6 +657,11 @@ fn main() {
         .build()
         .expect("tokio runtime");
 
+    if args.receiver_ms > 0 {
+        slow_receiver(&rt, &db, &args);
+        return;
+    }
+
     // (a) Baseline.
     let receiver_pid = fast.child.id();
     let (client_cpu0, receiver_cpu0) = (thread_cpu("tokio-rt"), process_cpu(receiver_pid));
@@ -662,7 +730,10 @@ fn main() {
         )
         .expect("count attempts");
     assert_eq!(attempts, n as i64, "every attempt is recorded");
-    eprintln!("engine: {engine_rate:.0} deliveries/s");
+    eprintln!(
+        "engine: {engine_rate:.0} deliveries/s · peak RSS so far {:.1} MB",
+        peak_rss_mb()
+    );
     // The baseline again right after the engine: this machine's speed drifts within a minute,
     // and the ratio is taken against the mean of the two.
     let base_after = rt.block_on(baseline(&baseline_url, bodies, args.concurrency));

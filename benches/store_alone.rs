@@ -8,7 +8,12 @@
 //! cp /tmp/sa.db /tmp/run.db                          # a fresh copy per run (no -wal beside it)
 //! valgrind --tool=callgrind $BIN run /tmp/run.db            # lease + record (200)
 //! valgrind --tool=callgrind $BIN run /tmp/run.db refire     # record 400s, then re-fire all
+//! $BIN prepare /tmp/sa-rate.db 3000 rate             # the same, its stage rate-limited (issue 21)
 //! ```
+//!
+//! `prepare … rate` gives the webhook stage `rate_limit = "1000000/s"` and a burst as large:
+//! every lease then reads the stage's bucket and writes it once per lease transaction, but
+//! never waits, so the run does the same work plus the bucket's (README, "Rate limits").
 //!
 //! `run` leases and records every due delivery 64 at a time, the way the dispatcher's batcher
 //! does; with `refire` each attempt fails with 400 and then every failed delivery is re-fired
@@ -45,11 +50,14 @@ kind = "complete"
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["prepare", db, n] => prepare(Path::new(db), n.parse().expect("a number of deliveries")),
+        ["prepare", db, n] => prepare(Path::new(db), n.parse().expect("a number"), false),
+        ["prepare", db, n, "rate"] => prepare(Path::new(db), n.parse().expect("a number"), true),
         ["run", db] => run(Path::new(db), false),
         ["run", db, "refire"] => run(Path::new(db), true),
         // `cargo bench` runs every bench with `--bench`: say how to use this one instead.
-        _ => eprintln!("usage: store_alone prepare DB N | run DB [refire] (see the file's header)"),
+        _ => eprintln!(
+            "usage: store_alone prepare DB N [rate] | run DB [refire] (see the file's header)"
+        ),
     }
 }
 
@@ -58,9 +66,17 @@ fn open(db: &Path) -> Store {
 }
 
 /// A `webhook → complete` workflow with `n` items assigned to its webhook stage.
-fn prepare(db: &Path, n: usize) {
+fn prepare(db: &Path, n: usize, rate: bool) {
     let store = open(db);
-    let wf = hookops::workflow::parse("bench.toml", WORKFLOW, &|_| None).expect("workflow");
+    let text = if rate {
+        WORKFLOW.replace(
+            "pause_after_failures = 0",
+            "pause_after_failures = 0\nrate_limit = \"1000000/s\"\nburst = 1000000",
+        )
+    } else {
+        WORKFLOW.to_string()
+    };
+    let wf = hookops::workflow::parse("bench.toml", &text, &|_| None).expect("workflow");
     store
         .apply_workflow(&wf, &Vec::new(), "bench")
         .expect("apply");

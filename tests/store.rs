@@ -130,6 +130,11 @@ macro_rules! conformance_suite {
                 delivery_pages_never_skip_or_repeat_a_row,
                 attempt_pages_never_skip_or_repeat_a_row,
                 attempt_pages_stay_complete_while_processes_record_at_once,
+                a_rate_limited_stage_leases_its_tokens_only_and_every_process_shares_them,
+                a_test_or_replay_of_a_rate_limited_stage_waits_for_its_token_and_counts,
+                a_429_or_503_with_retry_after_holds_the_stage_for_every_process,
+                a_hold_is_not_a_pause_and_stage_resume_lifts_it,
+                a_429_without_retry_after_halves_the_concurrency_and_successes_restore_it,
             );
         }
     };
@@ -484,6 +489,16 @@ impl World {
             .into_iter()
             .map(|h| (h.from.map(|s| s.to_string()), h.to.to_string(), h.cause))
             .collect()
+    }
+
+    fn stage(&self, stage: &str) -> hookops::store::StageSummary {
+        self.store
+            .workflow_detail(&wf())
+            .unwrap()
+            .stage_list
+            .into_iter()
+            .find(|s| s.id.as_str() == stage)
+            .unwrap()
     }
 
     fn stage_paused(&self, stage: &str) -> (bool, Option<String>) {
@@ -1236,12 +1251,14 @@ pub mod cases {
     /// jitter), clamped to one hour; on a final answer it changes nothing.
     pub fn retry_after_replaces_the_delay_without_jitter_and_is_clamped(w: &World) {
         w.import(&["a", "b", "c"]);
-        for (id, header, status, delay) in [
-            ("a", "7", 429, Some(7_000)),
-            ("b", "99999999", 503, Some(3_600_000)),
-            ("c", "7", 400, None),
+        // Each in a stage of its own: a 429 or 503 with Retry-After also holds its stage
+        // (issue 21), which would keep the next one from being leased.
+        for (id, stage, header, status, delay) in [
+            ("a", "hook", "7", 429, Some(7_000)),
+            ("b", "patient", "99999999", 503, Some(3_600_000)),
+            ("c", "chain", "7", 400, None),
         ] {
-            w.assign(&[id], "hook");
+            w.assign(&[id], stage);
             let lease = w.lease_one("one", id);
             let mut o = answer(status);
             o.retry_after = Some(header.into());
@@ -2636,5 +2653,273 @@ pub mod cases {
         assert_eq!(written.len(), 16);
         assert_eq!(seen, written, "every attempt once, in the order written");
         assert_eq!(w.store.attempts_end().unwrap(), after);
+    }
+
+    // ---- flow control (issue 21) ----
+
+    /// Stages of the flow-control cases: a rate-limited one (2/s, bursts of 3) and one capped
+    /// at 8 in flight, for AIMD.
+    const FLOW: &str = r#"
+[[stage]]
+id = "metered"
+kind = "webhook"
+url = "http://127.0.0.1:9/metered"
+max_attempts = 3
+rate_limit = "2/s"
+burst = 3
+on_success = "ok-sink"
+on_failure = "fail-sink"
+
+[[stage]]
+id = "eight"
+kind = "webhook"
+url = "http://127.0.0.1:9/eight"
+max_attempts = 3
+max_in_flight = 8
+on_success = "ok-sink"
+on_failure = "fail-sink"
+"#;
+
+    fn ids(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i:02}")).collect()
+    }
+
+    fn import_into(w: &World, ids: &[String], stage: &str) {
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        w.import(&refs);
+        w.assign(&refs, stage);
+    }
+
+    fn answer_with(w: &World, status: u16, retry_after: Option<&str>) -> AttemptOutcome {
+        AttemptOutcome {
+            retry_after: retry_after.map(str::to_string),
+            ..w.answer(status)
+        }
+    }
+
+    /// Issue 21, rate limit: a lease takes one token per delivery from the stage's bucket (a
+    /// fresh one is full: `burst`), tokens come back at the rate and never beyond the burst,
+    /// and another process leasing from the same store draws on the same bucket. Leasing
+    /// says when the next token comes (the dispatcher sleeps until then).
+    pub fn a_rate_limited_stage_leases_its_tokens_only_and_every_process_shares_them(w: &World) {
+        w.apply(FLOW);
+        import_into(w, &ids("m", 12), "metered");
+        assert_eq!(w.lease("one", 20).len(), 3, "a full bucket: the burst");
+        let other = w.other_process();
+        assert!(
+            w.rt.block_on(other.lease_due("two", 20, Vec::new()))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(w.lease("one", 20).is_empty(), "no token left");
+        // A token every 500 ms, from the lease (some real time has passed since).
+        let wake = w.store.next_wakeup().unwrap().expect("the next token");
+        assert!(
+            wake > w.now() && wake <= w.now() + 500,
+            "{}",
+            wake - w.now()
+        );
+        w.clock.advance(Duration::from_millis(500));
+        assert_eq!(
+            w.rt.block_on(other.lease_due("two", 20, Vec::new()))
+                .unwrap()
+                .len(),
+            1,
+            "another process takes the token that came"
+        );
+        assert!(w.lease("one", 20).is_empty(), "and this one finds none");
+        w.clock.advance(Duration::from_millis(1000));
+        assert_eq!(w.lease("one", 20).len(), 2);
+        // A rest of 10 s (within the leases' 40 s) fills the bucket to its burst, no more.
+        w.clock.advance(Duration::from_secs(10));
+        assert_eq!(w.lease("one", 20).len(), 3);
+        w.counts();
+        let s = w.stage("metered");
+        assert_eq!(
+            s.webhook.as_ref().unwrap().rate_limit.as_deref(),
+            Some("2/s")
+        );
+        assert_eq!(s.webhook.as_ref().unwrap().burst, Some(3));
+        // 3 still pending at 2/s: 1.5 s to drain.
+        assert_eq!(s.drain_seconds, Some(1.5));
+        assert_eq!(
+            w.stage("hook").drain_seconds,
+            None,
+            "no rate, no drain time"
+        );
+    }
+
+    /// Issue 21: a test or a replay counts against the stage's rate (it is a request to the
+    /// same receiver) but is never refused: with no token left it reserves the next one and
+    /// is sent when that comes; the leases behind it wait one token more.
+    pub fn a_test_or_replay_of_a_rate_limited_stage_waits_for_its_token_and_counts(w: &World) {
+        w.apply(FLOW);
+        import_into(w, &ids("t", 5), "metered");
+        let leases = w.lease("one", 20);
+        assert_eq!(leases.len(), 3);
+        let test = w.store.begin_test(&wf(), &st("metered"), OP).unwrap();
+        let at = test.not_before.expect("no token: the test waits for one");
+        assert!(at > w.now() && at <= w.now() + 500, "{}", at - w.now());
+        let replay = w.store.begin_replay(&leases[0].delivery_id, OP).unwrap();
+        let after = replay.not_before.expect("the token after that");
+        assert_eq!(after - at, 500, "one token later");
+        w.clock.advance(Duration::from_millis(1000));
+        assert!(
+            w.lease("one", 20).is_empty(),
+            "both tokens that came were reserved"
+        );
+        w.clock.advance(Duration::from_millis(500));
+        assert_eq!(w.lease("one", 20).len(), 1);
+        // A stage without a rate: at once.
+        let test = w.store.begin_test(&wf(), &st("hook"), OP).unwrap();
+        assert_eq!(test.not_before, None);
+    }
+
+    /// Issue 21, holds: a 429 or 503 with `Retry-After` holds the whole stage until then: no
+    /// lease of it for any process (its other deliveries and its retries wait), other stages
+    /// go on, a later shorter hold never shortens it, and the dispatcher wakes when it ends.
+    /// The delivery's own retry is timed as always (design §2).
+    pub fn a_429_or_503_with_retry_after_holds_the_stage_for_every_process(w: &World) {
+        w.import(&["h1", "h2", "h3", "x1"]);
+        w.assign(&["h1", "h2"], "hook");
+        let leases = w.lease("one", 1);
+        let o = answer_with(w, 429, Some("30"));
+        let end = lease_end(&o);
+        let rec = w.record(&leases[0], o);
+        assert_eq!(rec.state, DeliveryState::RetryScheduled);
+        assert_eq!(
+            rec.next_attempt_at.map(|t| t.timestamp_millis()),
+            Some(end + 30_000),
+            "its own retry: Retry-After, as always"
+        );
+        assert_eq!(
+            rec.held_until.map(|t| t.timestamp_millis()),
+            Some(end + 30_000)
+        );
+        let s = w.stage("hook");
+        assert_eq!(
+            s.held_until.map(|t| t.timestamp_millis()),
+            Some(end + 30_000)
+        );
+        assert_eq!(s.held_reason.as_deref(), Some("429 from receiver"));
+        assert!(!s.paused, "a hold is not a pause");
+        // h2 is due but held, for this process and any other; another stage goes on.
+        assert!(w.lease("one", 10).is_empty());
+        let other = w.other_process();
+        assert!(
+            w.rt.block_on(other.lease_due("two", 10, Vec::new()))
+                .unwrap()
+                .is_empty()
+        );
+        w.assign(&["x1"], "bare");
+        assert_eq!(w.lease_one("one", "x1").stage.as_str(), "bare");
+        assert_eq!(w.store.next_wakeup().unwrap(), Some(end + 30_000));
+        // A shorter hold (a replay's 503, Retry-After: 5) does not shorten it.
+        let replay = w.store.begin_replay(&w.latest("h1").id, OP).unwrap();
+        let rec = w.record(&replay, answer_with(w, 503, Some("5")));
+        assert_eq!(rec.held_until, None, "no change");
+        assert_eq!(
+            w.stage("hook").held_until.map(|t| t.timestamp_millis()),
+            Some(end + 30_000)
+        );
+        // When it ends, both go: h2 (pending) and h1's retry (due at the same time).
+        w.clock
+            .advance(Duration::from_millis((end + 30_000 - w.now() + 1) as u64));
+        let mut got: Vec<String> = w
+            .lease("one", 10)
+            .iter()
+            .map(|l| l.item_id.as_ref().unwrap().to_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, ["h1", "h2"]);
+        assert_eq!(
+            w.stage("hook").held_until,
+            None,
+            "shown only while it lasts"
+        );
+        // A Retry-After far away is clamped to 1 h, as for retries.
+        w.assign(&["h3"], "patient");
+        let lease = w.lease_one("one", "h3");
+        let o = answer_with(w, 503, Some("86400"));
+        let end = lease_end(&o);
+        let rec = w.record(&lease, o);
+        assert_eq!(
+            rec.held_until.map(|t| t.timestamp_millis()),
+            Some(end + 3_600_000)
+        );
+    }
+
+    /// Issue 21: a hold ends by itself, never counts toward auto-pause, and `stage resume`
+    /// lifts it at once.
+    pub fn a_hold_is_not_a_pause_and_stage_resume_lifts_it(w: &World) {
+        w.import(&["f1", "f2", "f3"]);
+        w.assign(&["f1", "f2", "f3"], "fragile");
+        let leases = w.lease("one", 10);
+        assert_eq!(leases.len(), 3);
+        // fragile pauses after 2 failed deliveries; 429s with Retry-After are retried, and
+        // max_attempts = 1 makes them fail: the failures count, the holds do not pause.
+        let rec = w.record(&leases[0], answer_with(w, 429, Some("60")));
+        assert!(rec.held_until.is_some());
+        assert!(!rec.paused_stage);
+        assert_eq!(w.stage_paused("fragile"), (false, None));
+        assert!(w.stage("fragile").held_until.is_some());
+        assert!(
+            w.store
+                .set_paused(&wf(), &st("fragile"), false, OP)
+                .unwrap(),
+            "resume lifts the hold"
+        );
+        assert_eq!(w.stage("fragile").held_until, None);
+        assert!(
+            !w.store
+                .set_paused(&wf(), &st("fragile"), false, OP)
+                .unwrap(),
+            "nothing left to lift"
+        );
+        let audit = w.store.audit_log(10).unwrap();
+        assert_eq!(audit[0].action, "resume");
+    }
+
+    /// Issue 21, adaptive concurrency: a 429 without `Retry-After` halves the stage's
+    /// effective concurrency (from what it had in flight, at most its ceiling), once per round
+    /// trip; leasing keeps to it across processes; each window of successes (as many as the
+    /// limit) raises it by one, up to the ceiling, where the limit goes.
+    pub fn a_429_without_retry_after_halves_the_concurrency_and_successes_restore_it(w: &World) {
+        w.apply(FLOW);
+        import_into(w, &ids("e", 20), "eight");
+        let leases = w.lease("one", 20);
+        assert_eq!(leases.len(), 8, "max_in_flight");
+        let started = w.now();
+        let mut left = leases.into_iter();
+        let first = left.next().unwrap();
+        w.record(&first, outcome_at(started, Some(429), None));
+        assert_eq!(
+            w.stage("eight").concurrency_limit,
+            Some(4),
+            "8 in flight, halved"
+        );
+        // Another 429 of a request sent before the decrease: already answered.
+        let second = left.next().unwrap();
+        w.record(&second, outcome_at(started - 1, Some(429), None));
+        assert_eq!(w.stage("eight").concurrency_limit, Some(4));
+        // 6 still in flight, limit 4: no lease, for any process.
+        assert!(w.lease("one", 20).is_empty());
+        let other = w.other_process();
+        assert!(
+            w.rt.block_on(other.lease_due("two", 20, Vec::new()))
+                .unwrap()
+                .is_empty()
+        );
+        // Finish them (successes): 4 make a window, +1; then 2 more.
+        for l in left {
+            w.record(&l, w.answer(200));
+        }
+        assert_eq!(w.stage("eight").concurrency_limit, Some(5));
+        assert_eq!(w.lease("one", 20).len(), 5, "the limit, not max_in_flight");
+        w.counts();
+        // A later 429 (sent after the decrease) halves again: 5 → 2.
+        w.clock.advance(Duration::from_millis(10));
+        let leases = w.lease("one", 20);
+        assert!(leases.is_empty(), "5 in flight at the limit");
     }
 }

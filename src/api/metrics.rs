@@ -112,6 +112,8 @@ impl Metrics {
         out.push_str("# TYPE hookops_paused_stages gauge\n");
         let _ = writeln!(out, "hookops_paused_stages {}", paused.len());
 
+        self.render_flow(store, &mut out)?;
+
         out.push_str("# HELP hookops_attempts_recorded_total Attempts recorded in the database by every process.\n");
         out.push_str("# TYPE hookops_attempts_recorded_total counter\n");
         let _ = writeln!(out, "hookops_attempts_recorded_total {recorded}");
@@ -154,5 +156,54 @@ impl Metrics {
             self.count.load(Relaxed)
         );
         Ok(out)
+    }
+
+    /// Issue 21: each webhook stage's rate limit and drain time, holds and reduced
+    /// concurrency.
+    fn render_flow(&self, store: &Store, out: &mut String) -> Result<(), crate::store::StoreError> {
+        let esc = |s: &str| {
+            s.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n")
+        };
+        let now = chrono::Utc::now();
+        let (mut rates, mut drains, mut holds, mut limits) =
+            (String::new(), String::new(), String::new(), String::new());
+        for w in store.list_workflows()? {
+            let detail = store.workflow_detail(&w.id)?;
+            for s in &detail.stage_list {
+                let labels = format!(
+                    "workflow=\"{}\",stage=\"{}\"",
+                    esc(w.id.as_str()),
+                    esc(s.id.as_str())
+                );
+                if let Some(r) = s.webhook.as_ref().and_then(|h| h.rate_per_second) {
+                    let _ = writeln!(rates, "hookops_stage_rate_limit_per_second{{{labels}}} {r}");
+                }
+                if let Some(d) = s.drain_seconds {
+                    let _ = writeln!(drains, "hookops_stage_drain_seconds{{{labels}}} {d}");
+                }
+                if let Some(until) = s.held_until {
+                    let left = (until - now).num_milliseconds().max(0) as f64 / 1000.0;
+                    let _ = writeln!(holds, "hookops_stage_held_seconds{{{labels}}} {left}");
+                }
+                if let Some(l) = s.concurrency_limit {
+                    let _ = writeln!(limits, "hookops_stage_concurrency_limit{{{labels}}} {l}");
+                }
+            }
+        }
+        out.push_str("# HELP hookops_stage_rate_limit_per_second A webhook stage's rate limit, in requests per second.\n");
+        out.push_str("# TYPE hookops_stage_rate_limit_per_second gauge\n");
+        out.push_str(&rates);
+        out.push_str("# HELP hookops_stage_drain_seconds How long a rate-limited stage's queue (pending and retrying deliveries) takes to drain at its rate.\n");
+        out.push_str("# TYPE hookops_stage_drain_seconds gauge\n");
+        out.push_str(&drains);
+        out.push_str("# HELP hookops_stage_held_seconds Seconds left of a stage's hold (a 429 or 503 with Retry-After): no new request until then.\n");
+        out.push_str("# TYPE hookops_stage_held_seconds gauge\n");
+        out.push_str(&holds);
+        out.push_str("# HELP hookops_stage_concurrency_limit A stage's concurrency while 429s keep it below its ceiling (AIMD).\n");
+        out.push_str("# TYPE hookops_stage_concurrency_limit gauge\n");
+        out.push_str(&limits);
+        Ok(())
     }
 }

@@ -305,12 +305,27 @@ pub fn refire(g: &Global, a: RefireArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A test or a replay of a rate-limited stage waits for its token (issue 21): say so when
+/// that is a second or more.
+fn say_wait(lease: &crate::store::Lease) {
+    let Some(at) = lease.not_before else { return };
+    let wait = at - chrono::Utc::now().timestamp_millis();
+    if wait >= 1000 {
+        eprintln!(
+            "waiting {} s for a token of stage {}'s rate limit",
+            (wait + 999) / 1000,
+            lease.stage
+        );
+    }
+}
+
 fn replay(g: &Global, store: &Store, ids: Vec<DeliveryId>, json: bool) -> Result<(), CliError> {
     let rt = super::deliveries_runtime()?;
     let mut failures = 0;
     let mut events = Vec::new();
     for id in ids {
         let lease = store.begin_replay(&id, &g.operator())?;
+        say_wait(&lease);
         let st = store.clone();
         let ev = rt.block_on(send_manual(
             &st,
@@ -342,6 +357,7 @@ pub fn test_webhook(g: &Global, a: TestArgs) -> Result<(), CliError> {
     let lease = store
         .begin_test(&wf, &StageId::new(a.stage.as_str()), &g.operator())
         .map_err(refusal)?;
+    say_wait(&lease);
     let rt = super::deliveries_runtime()?;
     let ev = rt.block_on(send_manual(
         &store,

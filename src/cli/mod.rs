@@ -100,7 +100,7 @@ pub struct ConsoleArgs {
     #[arg(long)]
     pub no_dispatch: bool,
     /// Requests the console's dispatcher sends at once
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, default_value_t = crate::dispatch::DEFAULT_CONCURRENCY as u32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub concurrency: u32,
     /// Capture the mouse (off by default, so the terminal's own selection works)
     #[arg(long)]

@@ -14,7 +14,7 @@ use crate::receiver::{ReceiverOptions, Script};
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Requests in flight at once in this process
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, default_value_t = crate::dispatch::DEFAULT_CONCURRENCY as u32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub concurrency: u32,
     /// Print one JSON object per attempt instead of a line of text
     #[arg(long)]

@@ -209,6 +209,12 @@ fn show(g: &Global, id: &WorkflowId, json: bool) -> Result<(), CliError> {
         if s.needs_assignment && s.waiting > 0 {
             status.push("needs assignment".to_string());
         }
+        if let Some(held) = s.hold_text(chrono::Utc::now()) {
+            status.push(held);
+        }
+        if let Some(limit) = s.concurrency_limit {
+            status.push(format!("concurrency {limit} (429s)"));
+        }
         t.row(vec![
             s.id.to_string(),
             s.kind.to_string(),
@@ -247,6 +253,9 @@ fn show(g: &Global, id: &WorkflowId, json: bool) -> Result<(), CliError> {
                     format!("  signed ({})", w.secrets.join(", "))
                 }
             );
+            if let (Some(rate), Some(burst)) = (s.rate_text(), w.burst) {
+                outln!("{}: rate limit {rate} (burst {burst})", s.id);
+            }
         }
     }
     Ok(())

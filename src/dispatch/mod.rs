@@ -10,4 +10,4 @@ pub mod dispatcher;
 pub mod http;
 pub mod sign;
 
-pub use dispatcher::{DispatchNotice, DispatcherOptions, run, send_manual};
+pub use dispatcher::{DEFAULT_CONCURRENCY, DispatchNotice, DispatcherOptions, run, send_manual};

@@ -457,6 +457,7 @@ mod tests {
             retry_schedule: schedule.iter().map(|s| Duration::from_secs(*s)).collect(),
             pause_after_failures: 50,
             max_in_flight: None,
+            rate_limit: None,
             on_success: StageId::new("done"),
             on_failure: None,
         }

@@ -14,6 +14,7 @@
 
 pub mod classify;
 pub mod delivery;
+pub mod flow;
 pub mod payload;
 
 use std::fmt;
@@ -415,6 +416,7 @@ mod tests {
                 retry_schedule: WebhookConfig::default_retry_schedule(),
                 pause_after_failures: WebhookConfig::DEFAULT_PAUSE_AFTER_FAILURES,
                 max_in_flight: None,
+                rate_limit: None,
                 on_success: sid(on_success),
                 on_failure: on_failure.map(sid),
             }),

@@ -294,6 +294,7 @@ mod tests {
             retry_schedule: WebhookConfig::default_retry_schedule(),
             pause_after_failures: 50,
             max_in_flight: None,
+            rate_limit: None,
             on_success: StageId::new("done"),
             on_failure: None,
         }

@@ -14,11 +14,12 @@ use super::Tx;
 use super::deliveries::insert_notifications;
 use super::items::{MovedBy, apply_route};
 use super::leases::{Lease, lease_in_tx, webhook_of};
-use super::seam::{AttemptRow, DeliveryRow, DeliveryUpdate};
+use super::seam::{AttemptRow, Counted, DeliveryRow, DeliveryUpdate};
 use super::workflows::{current_spec, read_current_spec};
 use super::{Result, Store, StoreError, to_time};
 use crate::engine;
 use crate::engine::delivery::{self, AttemptMade, DeliveryNow, Effect, FailureRun, Settle};
+use crate::engine::flow::{self, Aimd};
 use crate::model::{
     AttemptOutcome, DeliveryId, DeliveryState, DeliveryTrigger, EventType, ItemId, StageId,
 };
@@ -55,6 +56,11 @@ pub struct Recorded {
     pub lease_lost: bool,
     /// This outcome paused the stage (auto-pause).
     pub paused_stage: bool,
+    /// This outcome held the stage (a 429 or 503 with `Retry-After`) until then.
+    pub held_until: Option<DateTime<Utc>>,
+    /// What it tells the stage's adaptive concurrency (applied once per stage per batch).
+    #[serde(skip)]
+    pub(crate) signal: Option<flow::Signal>,
 }
 
 /// The name of a delivery's item, shown beside its id in lists of attempts.
@@ -104,7 +110,26 @@ fn record_in_tx(tx: &Tx<'_>, lease: &Lease, o: &AttemptOutcome, jitter: f64) -> 
         item_name: None,
         lease_lost: false,
         paused_stage: false,
+        held_until: None,
+        signal: None,
     };
+    // A receiver that asks for quiet holds the whole stage (issue 21), whichever attempt
+    // asked: the hold keeps the others from piling on; this delivery's own retry is decided
+    // as usual below.
+    if cfg.is_some()
+        && let Some(hold) = flow::hold_of(o)
+        && rows.hold_stage(
+            d.workflow.as_str(),
+            d.stage.as_str(),
+            hold.until,
+            &hold.reason,
+        )?
+    {
+        rec.held_until = Some(to_time(hold.until));
+    }
+    if decision.counted && cfg.is_some() {
+        rec.signal = flow::signal_of(o);
+    }
     rows.upsert_attempt(&AttemptRow {
         delivery: &lease.delivery_id,
         number: lease.number,
@@ -164,6 +189,71 @@ fn record_in_tx(tx: &Tx<'_>, lease: &Lease, o: &AttemptOutcome, jitter: f64) -> 
         state.as_str(),
     );
     Ok(rec)
+}
+
+/// Applies what recorded attempts tell their stages' adaptive concurrency ([`Aimd`]): one
+/// read of each stage's row, and one write when its limit changed, per batch. `concurrency`
+/// is the recording dispatcher's (`0`: none in this process), part of the ceiling.
+fn adapt(tx: &Tx<'_>, leases: &[&Lease], recs: &[Recorded], concurrency: u32) -> Result<()> {
+    let mut stages: Vec<(&Lease, Vec<flow::Signal>)> = Vec::new();
+    for (lease, rec) in leases.iter().zip(recs) {
+        let Some(signal) = rec.signal else { continue };
+        match stages
+            .iter_mut()
+            .find(|(l, _)| l.workflow == lease.workflow && l.stage == lease.stage)
+        {
+            Some((_, signals)) => signals.push(signal),
+            None => stages.push((lease, vec![signal])),
+        }
+    }
+    let rows = tx.rows();
+    for (lease, signals) in stages {
+        let (wf, stage) = (lease.workflow.as_str(), lease.stage.as_str());
+        let throttled = signals
+            .iter()
+            .any(|s| matches!(s, flow::Signal::Throttled { .. }));
+        let Some(row) = rows.stage_flow(wf, stage)? else {
+            continue;
+        };
+        if row.concurrency_limit.is_none() && !throttled {
+            continue; // not reduced, and nothing to reduce it: no write
+        }
+        let (spec, _) = current_spec(tx, &lease.workflow)?;
+        let Some(cfg) = webhook_of(&spec, &lease.stage) else {
+            continue;
+        };
+        let ceiling = [cfg.max_in_flight, (concurrency > 0).then_some(concurrency)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(u32::MAX);
+        // What the stage had in flight: what still is, and the attempts just recorded.
+        let in_flight = rows.stored_count(Counted::Deliveries, wf, stage, Some("in_flight"))?
+            + tx.counts().unwritten_deliveries(wf, stage, "in_flight")
+            + signals.len() as i64;
+        let before = Aimd {
+            limit: row
+                .concurrency_limit
+                .map(|l| l.clamp(1, i64::from(u32::MAX)) as u32),
+            successes: row.limit_successes.clamp(0, i64::from(u32::MAX)) as u32,
+            decreased_at: row.limit_decreased_at,
+        };
+        let now = tx.now();
+        let in_flight = in_flight.clamp(1, i64::from(u32::MAX)) as u32;
+        let after = signals.into_iter().fold(before.capped(ceiling), |a, s| {
+            a.apply(s, ceiling, in_flight, now)
+        });
+        if after != before {
+            rows.put_concurrency_limit(
+                wf,
+                stage,
+                after.limit.map(i64::from),
+                i64::from(after.successes),
+                after.decreased_at,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// A final outcome being recorded, and what the decision says it does.
@@ -286,8 +376,11 @@ impl Store {
     pub async fn record_attempt(&self, lease: &Lease, outcome: AttemptOutcome) -> Result<Recorded> {
         let lease = lease.clone();
         let jitter = self.jitter().draw();
+        let concurrency = self.dispatch_concurrency();
         self.write_async("dispatch", move |c| {
-            record_in_tx(c, &lease, &outcome, jitter)
+            let rec = record_in_tx(c, &lease, &outcome, jitter)?;
+            adapt(c, &[&lease], std::slice::from_ref(&rec), concurrency)?;
+            Ok(rec)
         })
         .await
     }
@@ -308,12 +401,15 @@ impl Store {
     ) -> Result<(Vec<Recorded>, Vec<Lease>)> {
         let owner = owner.to_string();
         let jitter = self.jitter();
+        let concurrency = self.dispatch_concurrency();
         self.write_async("dispatch", move |c| {
             let (finished, want) = take();
             let recorded = finished
                 .iter()
                 .map(|(lease, outcome)| record_in_tx(c, lease, outcome, jitter.draw()))
                 .collect::<Result<Vec<_>>>()?;
+            let leases: Vec<&Lease> = finished.iter().map(|(l, _)| l).collect();
+            adapt(c, &leases, &recorded, concurrency)?;
             let leases = if want > 0 {
                 lease_in_tx(c, &owner, want, &[])?
             } else {

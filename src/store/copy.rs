@@ -20,7 +20,7 @@ pub(crate) struct Table {
     pub paged: bool,
 }
 
-use Kind::{Bytes as B, Int as I, Text as T};
+use Kind::{Bytes as B, Int as I, Real as R, Text as T};
 
 /// Every table a copy takes, in an order that satisfies the foreign keys.
 pub(crate) const TABLES: &[Table] = &[
@@ -60,6 +60,14 @@ pub(crate) const TABLES: &[Table] = &[
             ("paused", I),
             ("paused_reason", T),
             ("consecutive_failures", I),
+            ("held_until", I),
+            ("held_reason", T),
+            ("bucket_tokens", R),
+            ("bucket_at", I),
+            ("next_token_at", I),
+            ("concurrency_limit", I),
+            ("limit_successes", I),
+            ("limit_decreased_at", I),
         ],
         paged: true,
     },

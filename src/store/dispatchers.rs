@@ -41,6 +41,7 @@ pub fn process_start(pid: u32) -> Option<String> {
 impl Store {
     /// Writes this dispatcher's heartbeat row (insert or refresh).
     pub async fn heartbeat(&self, info: &DispatcherInfo) -> Result<()> {
+        self.set_dispatch_concurrency(info.concurrency);
         let info = info.clone();
         self.write_async("dispatch", move |c| {
             c.rows().upsert_heartbeat(&Heartbeat {

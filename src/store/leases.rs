@@ -2,6 +2,13 @@
 //! token and a deadline of the stage timeout + 30 s; an expired lease, or one of a dead
 //! dispatcher on this host, is turned back into a due delivery with an `interrupted` attempt
 //! row. `max_in_flight` counts in-flight deliveries of a stage across every process.
+//!
+//! Flow control (issue 21, rules in [`crate::engine::flow`]): the due query skips held stages
+//! and stages whose bucket waits for a token; a stage's effective concurrency is the lower of
+//! `max_in_flight` and its AIMD limit; a rate-limited stage's tokens are taken once per lease
+//! transaction for every delivery it leased (one write of the stage row per transaction, not
+//! per delivery), and the moment its bucket runs dry, so the next page of the due query
+//! already leaves it out.
 
 use std::sync::Arc;
 
@@ -10,6 +17,7 @@ use super::seam::{Counted, Due};
 use super::workflows::current_spec;
 use super::{Result, Store};
 use crate::engine::classify::INTERRUPTED_MESSAGE;
+use crate::engine::flow;
 use crate::model::{AttemptTrigger, DeliveryId, EventType, ItemId, StageId, WorkflowId};
 use crate::workflow::{WebhookConfig, Workflow};
 
@@ -36,6 +44,9 @@ pub struct Lease {
     pub attempts: i64,
     /// The workflow spec current at lease time; its stage config is what this attempt uses.
     pub spec: Arc<Workflow>,
+    /// Not to be sent before this time (ms since the epoch): a test or a replay of a
+    /// rate-limited stage waits for the token it reserved. `None`: at once.
+    pub not_before: Option<i64>,
 }
 
 impl Lease {
@@ -84,6 +95,85 @@ pub(super) fn reclaim(tx: &Tx<'_>, dead_owners: &[String]) -> Result<usize> {
     Ok(lost.len())
 }
 
+/// What one lease transaction knows of a stage it met: its effective cap and in-flight
+/// count, and its token bucket.
+struct Gate {
+    /// `max_in_flight` or the AIMD limit, whichever is lower.
+    cap: Option<i64>,
+    in_flight: i64,
+    tokens: Option<Tokens>,
+}
+
+/// A rate-limited stage's bucket in this transaction.
+struct Tokens {
+    rate: crate::workflow::RateLimit,
+    stored: Option<flow::Bucket>,
+    available: u32,
+    taken: u32,
+    /// The bucket was written since the last token was taken.
+    written: bool,
+}
+
+impl Tokens {
+    /// Writes what this transaction took (and when the next token comes).
+    fn write(&mut self, tx: &Tx<'_>, wf: &str, stage: &str) -> Result<()> {
+        let t = flow::take(self.stored, &self.rate, tx.now(), self.taken);
+        tx.rows()
+            .put_bucket(wf, stage, t.bucket.tokens, t.bucket.at, t.next_token_at)?;
+        self.written = true;
+        Ok(())
+    }
+}
+
+/// The gate of a stage met for the first time in a lease transaction.
+fn gate_of(tx: &Tx<'_>, wf: &str, stage: &str, cfg: Option<&WebhookConfig>) -> Result<Gate> {
+    let Some(cfg) = cfg else {
+        return Ok(Gate {
+            cap: None,
+            in_flight: 0,
+            tokens: None,
+        });
+    };
+    // The stage's count and bucket hold only while no other process leases for it (a server
+    // database): a stage another transaction is leasing for is left for this round.
+    let gated = cfg.max_in_flight.is_some() || cfg.rate_limit.is_some();
+    if gated && !tx.rows().lock_stage(wf, stage, false)? {
+        return Ok(Gate {
+            cap: Some(0),
+            in_flight: 0,
+            tokens: None,
+        });
+    }
+    let row = tx.rows().stage_flow(wf, stage)?.unwrap_or_default();
+    let cap = match (cfg.max_in_flight.map(i64::from), row.concurrency_limit) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let in_flight = match cap {
+        Some(_) => {
+            tx.rows()
+                .stored_count(Counted::Deliveries, wf, stage, Some("in_flight"))?
+                + tx.counts().unwritten_deliveries(wf, stage, "in_flight")
+        }
+        None => 0,
+    };
+    let tokens = cfg.rate_limit.map(|rate| {
+        let stored = row.bucket.map(|(tokens, at)| flow::Bucket { tokens, at });
+        Tokens {
+            rate,
+            stored,
+            available: flow::available(stored, &rate, tx.now()),
+            taken: 0,
+            written: false,
+        }
+    });
+    Ok(Gate {
+        cap,
+        in_flight,
+        tokens,
+    })
+}
+
 pub(super) fn lease_in_tx(
     tx: &Tx<'_>,
     owner: &str,
@@ -94,8 +184,8 @@ pub(super) fn lease_in_tx(
     let rows = tx.rows();
     reclaim(tx, dead_owners)?;
     let mut leases = Vec::new();
-    // Per-stage caps (max_in_flight) count in-flight deliveries across all processes.
-    let mut in_flight: std::collections::HashMap<(String, String), i64> = Default::default();
+    // Per-stage caps (max_in_flight, AIMD) count in-flight deliveries across all processes.
+    let mut gates: std::collections::HashMap<(String, String), Gate> = Default::default();
     let mut specs: std::collections::HashMap<String, (Arc<Workflow>, i64)> = Default::default();
     // Due deliveries are read a page at a time, oldest due first, each page after the last
     // row seen and twice the size of the one before: one passed over (its stage at its
@@ -126,24 +216,25 @@ pub(super) fn lease_in_tx(
             }
             let (spec, revision) = &specs[&wf];
             let cfg = webhook_of(spec, &StageId::new(stage.as_str()));
-            if let Some(cap) = cfg.and_then(|c| c.max_in_flight) {
-                let key = (wf.clone(), stage.clone());
-                if !in_flight.contains_key(&key) {
-                    // The count holds only while no other process leases for the stage.
-                    if !rows.lock_stage(&wf, &stage)? {
-                        in_flight.insert(key, i64::MAX);
-                        continue;
-                    }
-                    let n =
-                        rows.stored_count(Counted::Deliveries, &wf, &stage, Some("in_flight"))?
-                            + tx.counts().unwritten_deliveries(&wf, &stage, "in_flight");
-                    in_flight.insert(key.clone(), n);
+            let key = (wf.clone(), stage.clone());
+            if !gates.contains_key(&key) {
+                let mut g = gate_of(tx, &wf, &stage, cfg)?;
+                if let Some(b) = g.tokens.as_mut().filter(|b| b.available == 0) {
+                    // Out of tokens (its rate changed, or rounding): say when the next comes,
+                    // so the due query leaves the stage out until then.
+                    b.write(tx, &wf, &stage)?;
                 }
-                let n = in_flight.get_mut(&key).map(|n| {
-                    *n += 1;
-                    *n
-                });
-                if n.unwrap_or(0) > cap as i64 {
+                gates.insert(key.clone(), g);
+            }
+            let Some(gate) = gates.get_mut(&key) else {
+                continue;
+            };
+            if gate.tokens.as_ref().is_some_and(|b| b.taken >= b.available) {
+                continue;
+            }
+            if let Some(cap) = gate.cap {
+                gate.in_flight += 1;
+                if gate.in_flight > cap {
                     continue;
                 }
             }
@@ -152,6 +243,13 @@ pub(super) fn lease_in_tx(
             let Some(leased) = rows.lease_delivery(seq, &token, until, owner, now)? else {
                 continue;
             };
+            if let Some(b) = gate.tokens.as_mut() {
+                b.taken += 1;
+                b.written = false;
+                if b.taken >= b.available {
+                    b.write(tx, &wf, &stage)?;
+                }
+            }
             let body = rows.body_of(seq)?;
             let from = leased.from.as_deref().unwrap_or(&state);
             tx.counts().delivery_moved(&wf, &stage, from, "in_flight");
@@ -169,13 +267,44 @@ pub(super) fn lease_in_tx(
                 body: body.into(),
                 attempts: leased.attempts,
                 spec: spec.clone(),
+                not_before: None,
             });
         }
         if exhausted {
             break;
         }
     }
+    // The tokens of every rate-limited stage that leased, once per stage.
+    for ((wf, stage), gate) in gates.iter_mut() {
+        if let Some(b) = gate.tokens.as_mut().filter(|b| b.taken > 0 && !b.written) {
+            b.write(tx, wf, stage)?;
+        }
+    }
     Ok(leases)
+}
+
+/// Takes (or reserves ahead) one token of a rate-limited stage for a test or a replay;
+/// returns when it may be sent, `None` when at once (design: they count against the rate
+/// but are never refused).
+pub(super) fn reserve_token(
+    tx: &Tx<'_>,
+    wf: &str,
+    stage: &str,
+    cfg: Option<&WebhookConfig>,
+) -> Result<Option<i64>> {
+    let Some(rate) = cfg.and_then(|c| c.rate_limit) else {
+        return Ok(None);
+    };
+    tx.rows().lock_stage(wf, stage, true)?;
+    let Some(row) = tx.rows().stage_flow(wf, stage)? else {
+        return Ok(None);
+    };
+    let now = tx.now();
+    let stored = row.bucket.map(|(tokens, at)| flow::Bucket { tokens, at });
+    let (t, send_at) = flow::reserve(stored, &rate, now);
+    tx.rows()
+        .put_bucket(wf, stage, t.bucket.tokens, t.bucket.at, t.next_token_at)?;
+    Ok((send_at > now).then_some(send_at))
 }
 
 /// Pages of due deliveries one lease reads at most (each twice the size of the one before).
@@ -196,14 +325,13 @@ impl Store {
         .await
     }
 
-    /// When the dispatcher next has something to do: the earliest due time of an unpaused
-    /// open delivery or the earliest lease expiry, in ms since the epoch.
+    /// When the dispatcher next has something to do: the earliest due time of an open
+    /// delivery of a stage that is not paused, held or waiting for a token; the earliest lease
+    /// expiry; or the end of a hold or of a wait for a token; in ms since the epoch.
     pub fn next_wakeup(&self) -> Result<Option<i64>> {
-        let (due, expiry) = self.read(|r| r.next_due())?;
-        Ok(match (due, expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
+        let now = self.now_ms();
+        let (due, expiry, gate) = self.read(|r| r.next_due(now))?;
+        Ok([due, expiry, gate].into_iter().flatten().min())
     }
 
     /// Gives back leases this dispatcher could not finish (shutdown): each gets an

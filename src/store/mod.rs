@@ -222,6 +222,9 @@ struct Inner {
     read_only: bool,
     clock: Clock,
     jitter: Jitter,
+    /// The `--concurrency` of this process's dispatcher (from its heartbeat; 0: none), part of
+    /// the ceiling of a stage's adaptive concurrency.
+    dispatch_concurrency: std::sync::atomic::AtomicU32,
 }
 
 impl Store {
@@ -246,6 +249,7 @@ impl Store {
                 read_only: opts.read_only,
                 clock: opts.clock.clone(),
                 jitter: opts.jitter,
+                dispatch_concurrency: Default::default(),
             }),
         })
     }
@@ -267,6 +271,20 @@ impl Store {
     /// Where the jitter of retry delays comes from.
     pub(crate) fn jitter(&self) -> Jitter {
         self.inner.jitter
+    }
+
+    /// The `--concurrency` of this process's dispatcher, 0 when it runs none.
+    pub(crate) fn dispatch_concurrency(&self) -> u32 {
+        self.inner
+            .dispatch_concurrency
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Remembers the `--concurrency` of this process's dispatcher.
+    pub(crate) fn set_dispatch_concurrency(&self, n: u32) {
+        self.inner
+            .dispatch_concurrency
+            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Now, by the store's clock, in ms since the epoch (reads that compare with due times).

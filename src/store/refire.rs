@@ -264,6 +264,8 @@ impl Store {
             };
             let body = c.rows().body_of(seq)?;
             let (spec, revision) = current_spec(c, &WorkflowId::new(wf.as_str()))?;
+            let cfg = spec.delivery_config(&StageId::new(stage.as_str()));
+            let not_before = super::leases::reserve_token(c, &wf, &stage, cfg)?;
             audit(c, &op, "replay", &format!("delivery {id}"), None, 1)?;
             Ok(Lease {
                 delivery_id: id,
@@ -279,6 +281,7 @@ impl Store {
                 body: body.into(),
                 attempts,
                 spec,
+                not_before,
             })
         })
     }
@@ -312,6 +315,9 @@ impl Store {
                 .map_err(|e| StoreError::Invalid(format!("cannot build the test payload: {e}")))?;
             let token = uuid::Uuid::now_v7().simple().to_string();
             let owner = format!("test:{}", std::process::id());
+            let not_before =
+                super::leases::reserve_token(c, wf.as_str(), stage.as_str(), Some(cfg))?;
+            // The lease runs from when the test may be sent.
             let seq = c.rows().insert_delivery(&NewDelivery {
                 id: &id,
                 workflow: &wf,
@@ -323,7 +329,7 @@ impl Store {
                 refire_of: None,
                 lease: Some(NewLease {
                     token: &token,
-                    until: now + lease_ms(Some(cfg)),
+                    until: not_before.unwrap_or(now) + lease_ms(Some(cfg)),
                     owner: &owner,
                     number: 1,
                 }),
@@ -347,6 +353,7 @@ impl Store {
                 body: body.into(),
                 attempts: 0,
                 spec,
+                not_before,
             })
         })
     }

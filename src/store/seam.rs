@@ -159,6 +159,25 @@ pub(crate) struct Leased {
     pub from: Option<String>,
 }
 
+/// A stage's flow-control row (issue 21): its hold, its rate limit's token bucket and its
+/// adaptive concurrency, as the lease and record transactions read and write them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct StageFlow {
+    /// No lease for the stage before this time (ms); a past time is no hold.
+    pub held_until: Option<i64>,
+    pub held_reason: Option<String>,
+    /// The token bucket: `(tokens, as of ms)`; `None` is a full bucket.
+    pub bucket: Option<(f64, i64)>,
+    /// When the bucket next holds a whole token; leasing skips the stage until then.
+    pub next_token_at: Option<i64>,
+    /// The effective concurrency set by AIMD; `None`: not reduced.
+    pub concurrency_limit: Option<i64>,
+    /// Successes since the limit last changed.
+    pub limit_successes: i64,
+    /// When the limit was last decreased (ms).
+    pub limit_decreased_at: i64,
+}
+
 /// A delivery as a re-fire reads it.
 #[derive(Debug)]
 pub(crate) struct RefireRow {
@@ -355,8 +374,8 @@ pub(crate) trait Rows {
     /// Makes an in-flight delivery due again at `now` after its lease was lost; false when it
     /// was no longer in flight.
     fn release_lease(&self, id: &DeliveryId, now: i64) -> Result<bool>;
-    /// At most `n` due deliveries of unpaused stages after `after` (`(due, seq)`), oldest
-    /// due first.
+    /// At most `n` due deliveries after `after` (`(due, seq)`), oldest due first, of stages
+    /// that are not paused, not held past `now` and whose `next_token_at` is not after `now`.
     fn due_page(&self, now: i64, after: (i64, i64), n: usize) -> Result<Vec<Due>>;
     /// Leases a due delivery; `None` when it is no longer due.
     fn lease_delivery(
@@ -368,11 +387,40 @@ pub(crate) trait Rows {
         now: i64,
     ) -> Result<Option<Leased>>;
 
+    // ---- stage flow control (issue 21) ----
+    /// A live stage's flow-control row; `None` when there is no such live stage.
+    fn stage_flow(&self, workflow: &str, stage: &str) -> Result<Option<StageFlow>>;
+    /// Writes a live stage's token bucket (`tokens` as of `at`) and when it next holds a
+    /// whole token (`None`: it holds one).
+    fn put_bucket(
+        &self,
+        workflow: &str,
+        stage: &str,
+        tokens: f64,
+        at: i64,
+        next_token_at: Option<i64>,
+    ) -> Result<()>;
+    /// Holds a live stage until `until` with `reason`, unless it is held as long or longer
+    /// already; true when it changed.
+    fn hold_stage(&self, workflow: &str, stage: &str, until: i64, reason: &str) -> Result<bool>;
+    /// Clears a live stage's hold; true when it held one that had not ended by `now`.
+    fn lift_hold(&self, workflow: &str, stage: &str, now: i64) -> Result<bool>;
+    /// Writes a live stage's adaptive concurrency (`limit` `None`: not reduced).
+    fn put_concurrency_limit(
+        &self,
+        workflow: &str,
+        stage: &str,
+        limit: Option<i64>,
+        successes: i64,
+        decreased_at: i64,
+    ) -> Result<()>;
+
     // ---- workflows and stages ----
     /// Stores a revision of a workflow and makes it current.
     fn insert_revision(&self, r: &RevisionRow<'_>) -> Result<()>;
     fn retire_stage(&self, workflow: &WorkflowId, stage: &StageId, now: i64) -> Result<()>;
-    /// Updates a live stage's name and position, or adds the stage; true when it was added.
+    /// Updates a live stage's name and position and forgets when its next token was due (its
+    /// rate may have changed), or adds the stage; true when it was added.
     fn upsert_stage(
         &self,
         workflow: &WorkflowId,
@@ -382,10 +430,11 @@ pub(crate) trait Rows {
     /// Whether a live stage is paused.
     fn stage_paused(&self, workflow: &WorkflowId, stage: &StageId) -> Result<bool>;
     /// Takes the stage's lease lock until the transaction ends, so that the stage's in-flight
-    /// count stays true while this transaction leases for it (`max_in_flight` across
-    /// processes). `false`: another transaction holds it now; its stage is skipped, never
-    /// waited for. A backend whose writes are serialised anyway answers `true`.
-    fn lock_stage(&self, workflow: &str, stage: &str) -> Result<bool>;
+    /// count and token bucket stay true while this transaction leases for it (`max_in_flight`
+    /// and `rate_limit` across processes). Without `wait`, `false` says another transaction
+    /// holds it now (its stage is skipped, never waited for); with `wait`, it waits. A
+    /// backend whose writes are serialised anyway answers `true`.
+    fn lock_stage(&self, workflow: &str, stage: &str, wait: bool) -> Result<bool>;
     /// Pauses or resumes a stage by hand (a resume ends its run of failures too).
     fn set_stage_paused(
         &self,
@@ -454,6 +503,8 @@ pub(crate) struct WorkflowCounts {
     pub deliveries: Vec<(String, String, i64)>,
     /// `(stage, reason)` of each live paused stage.
     pub paused: Vec<(String, Option<String>)>,
+    /// `(stage, flow row)` of each live stage with a hold or a concurrency limit set.
+    pub flows: Vec<(String, StageFlow)>,
 }
 
 /// A delivery as its detail reads it: the listed row, what only the detail shows, and the
@@ -509,7 +560,9 @@ pub(crate) struct HealthFacts {
     pub orphans: Found,
     /// `(workflow, stage, reason)` of each live paused stage, in stage order.
     pub paused: Vec<(String, String, Option<String>)>,
-    /// `(id, created, due)` of the pending delivery due first in an unpaused stage.
+    /// `(id, created, due)` of the pending delivery due first in a stage that is not
+    /// paused, not held past `now` and did not take a rate-limit token in the minute before
+    /// `now` (a rate-limited stage draining a backlog is sending, however old its queue).
     pub oldest_pending: Option<(String, i64, Option<i64>)>,
     /// Counter rows that differ from the rows they count.
     pub counter_mismatches: i64,
@@ -519,6 +572,7 @@ pub(crate) struct HealthFacts {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
     Int,
+    Real,
     Text,
     Bytes,
 }
@@ -528,6 +582,7 @@ pub(crate) enum Kind {
 pub(crate) enum Cell {
     Null,
     Int(i64),
+    Real(f64),
     Text(String),
     Bytes(Vec<u8>),
 }
@@ -597,8 +652,13 @@ pub(crate) trait Reads {
     fn attempts_recorded(&self) -> Result<i64>;
 
     // ---- dispatchers ----
-    /// The earliest due time of an unpaused open delivery, and the earliest lease expiry.
-    fn next_due(&self) -> Result<(Option<i64>, Option<i64>)>;
+    /// As of `now`: the earliest due time of an open delivery of a stage that is not paused,
+    /// held or waiting for a token; the earliest lease expiry; and the earliest end after
+    /// `now` of a stage's hold or wait for a token.
+    fn next_due(&self, now: i64) -> Result<(Option<i64>, Option<i64>, Option<i64>)>;
+    /// `(workflow, stage, flow row)` of each live stage held past `now` or with a
+    /// concurrency limit set.
+    fn stage_flows(&self, now: i64) -> Result<Vec<(WorkflowId, StageId, StageFlow)>>;
     fn dispatchers(&self) -> Result<Vec<super::DispatcherInfo>>;
 
     // ---- audit, settings, upkeep ----

@@ -46,9 +46,59 @@ pub struct StageSummary {
     pub deliveries: BTreeMap<String, i64>,
     /// Dataset stage whose `next` is automated: its waiting items need an operator.
     pub needs_assignment: bool,
+    /// Held until then (a 429/503 with `Retry-After`; issue 21): no new lease before it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<DateTime<Utc>>,
+    /// Why it is held ("429 from receiver").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_reason: Option<String>,
+    /// The stage's effective concurrency when AIMD reduced it below its ceiling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<u32>,
+    /// How long its queue (pending and retrying deliveries) takes to drain at its rate limit,
+    /// in seconds; only for a rate-limited stage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_seconds: Option<f64>,
     /// A webhook stage's settings, every secret masked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookView>,
+}
+
+impl StageSummary {
+    /// "held 28 s: 429 from receiver" while the stage is held (issue 21).
+    pub fn hold_text(&self, now: DateTime<Utc>) -> Option<String> {
+        let until = self.held_until.filter(|u| *u > now)?;
+        let secs = ((until - now).num_milliseconds() + 999) / 1000;
+        Some(format!(
+            "held {}: {}",
+            seconds_text(secs),
+            self.held_reason
+                .as_deref()
+                .unwrap_or("asked by the receiver")
+        ))
+    }
+
+    /// "20/s, drains in 5 s" for a rate-limited stage (issue 21).
+    pub fn rate_text(&self) -> Option<String> {
+        let rate = self.webhook.as_ref()?.rate_limit.as_deref()?;
+        let drain = self.drain_seconds.unwrap_or(0.0).ceil() as i64;
+        Some(if drain > 0 {
+            format!("{rate}, drains in {}", seconds_text(drain))
+        } else {
+            rate.to_string()
+        })
+    }
+}
+
+/// `28 s`, `4 min 10 s`, `2 h 5 min`.
+fn seconds_text(secs: i64) -> String {
+    match secs {
+        ..60 => format!("{secs} s"),
+        60..3600 if secs % 60 == 0 => format!("{} min", secs / 60),
+        60..3600 => format!("{} min {} s", secs / 60, secs % 60),
+        _ if secs % 3600 < 60 => format!("{} h", secs / 3600),
+        _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+    }
 }
 
 /// A webhook stage's settings as an operator may see them (`workflow show --json`, the API):
@@ -66,6 +116,15 @@ pub struct WebhookView {
     pub retry_schedule_ms: Vec<u64>,
     pub pause_after_failures: u32,
     pub max_in_flight: Option<u32>,
+    /// `"20/s"`, `"300/min"`, `"10/h"` (issue 21).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
+    /// The rate limit's burst.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// The rate limit in requests per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_per_second: Option<f64>,
 }
 
 impl WebhookView {
@@ -86,6 +145,9 @@ impl WebhookView {
                 .collect(),
             pause_after_failures: w.pause_after_failures,
             max_in_flight: w.max_in_flight,
+            rate_limit: w.rate_limit.map(|r| r.to_string()),
+            burst: w.rate_limit.map(|r| r.burst),
+            rate_per_second: w.rate_limit.map(|r| r.per_second()),
         }
     }
 }
@@ -288,7 +350,9 @@ fn apply_in_tx(
 fn stage_summaries(
     found: WorkflowCounts,
     wf: &Workflow,
+    now: i64,
 ) -> (Vec<StageSummary>, BTreeMap<ItemState, i64>) {
+    let mut flows: HashMap<String, super::seam::StageFlow> = found.flows.into_iter().collect();
     let counts: HashMap<(String, String), i64> = found
         .items
         .into_iter()
@@ -335,7 +399,29 @@ fn stage_summaries(
             deliveries: dcounts.remove(st.id.as_str()).unwrap_or_default(),
             needs_assignment,
             webhook: st.webhook().map(|w| WebhookView::new(w, &redactor)),
+            held_until: None,
+            held_reason: None,
+            concurrency_limit: None,
+            drain_seconds: None,
         });
+        let Some(summary) = out.last_mut() else {
+            continue;
+        };
+        if let Some(f) = flows.remove(st.id.as_str()) {
+            if let Some(until) = f.held_until.filter(|u| *u > now) {
+                summary.held_until = Some(to_time(until));
+                summary.held_reason = f.held_reason;
+            }
+            summary.concurrency_limit = f.concurrency_limit.map(|l| l.max(1) as u32);
+        }
+        if let Some(rate) = st.webhook().and_then(|w| w.rate_limit) {
+            let queued: i64 = ["pending", "retry_scheduled"]
+                .iter()
+                .filter_map(|s| summary.deliveries.get(*s))
+                .sum();
+            summary.drain_seconds =
+                Some(crate::engine::flow::drain_ms(queued, &rate) as f64 / 1000.0);
+        }
     }
     (out, totals)
 }
@@ -375,10 +461,10 @@ fn edge_labels(st: &crate::workflow::Stage) -> Vec<(String, StageId)> {
     }
 }
 
-fn summary_row(r: &dyn Reads, wf: &Workflow, revision: i64) -> Result<WorkflowDetail> {
+fn summary_row(r: &dyn Reads, wf: &Workflow, revision: i64, now: i64) -> Result<WorkflowDetail> {
     let found = r.workflow_counts(&wf.id)?;
     let updated = found.updated_at;
-    let (stage_list, totals) = stage_summaries(found, wf);
+    let (stage_list, totals) = stage_summaries(found, wf, now);
     let t = |s: ItemState| totals.get(&s).copied().unwrap_or(0);
     Ok(WorkflowDetail {
         summary: WorkflowSummary {
@@ -422,20 +508,22 @@ impl Store {
     }
 
     pub fn list_workflows(&self) -> Result<Vec<WorkflowSummary>> {
+        let now = self.now_ms();
         self.read(|r| {
             let mut out = Vec::new();
             for id in r.workflow_ids()? {
                 let (wf, rev) = read_current_spec(r, &id)?;
-                out.push(summary_row(r, &wf, rev)?.summary);
+                out.push(summary_row(r, &wf, rev, now)?.summary);
             }
             Ok(out)
         })
     }
 
     pub fn workflow_detail(&self, id: &WorkflowId) -> Result<WorkflowDetail> {
+        let now = self.now_ms();
         self.read(|r| {
             let (wf, rev) = read_current_spec(r, id)?;
-            summary_row(r, &wf, rev)
+            summary_row(r, &wf, rev, now)
         })
     }
 
@@ -444,7 +532,8 @@ impl Store {
         self.read(|r| r.workflows_with_stage(stage))
     }
 
-    /// Pauses (`true`) or resumes a stage; resuming resets the consecutive-failure count.
+    /// Pauses (`true`) or resumes a stage; resuming resets the consecutive-failure count and
+    /// lifts a hold (issue 21). True when something changed.
     pub fn set_paused(
         &self,
         wf: &WorkflowId,
@@ -469,6 +558,7 @@ impl Store {
             let was = c.rows().stage_paused(&wf, &stage)?;
             let reason = paused.then(|| format!("paused by {operator}"));
             c.rows().set_stage_paused(&wf, &stage, reason.as_deref())?;
+            let lifted = !paused && c.rows().lift_hold(wf.as_str(), stage.as_str(), c.now())?;
             audit(
                 c,
                 &operator,
@@ -481,7 +571,7 @@ impl Store {
                 let reason = format!("paused by {operator}");
                 super::attempts::notify_paused(c, &spec, &stage, &reason, Some(&operator))?;
             }
-            Ok(was != paused)
+            Ok(was != paused || lifted)
         })
     }
 }

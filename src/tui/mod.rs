@@ -504,6 +504,20 @@ fn header(store: &Store, own: bool, concurrency: usize) -> Header {
     if store.policies().is_ok_and(|p| p.deny_private_targets) {
         h.dispatcher.push_str(" · private targets denied");
     }
+    h.holds = store
+        .stage_flows()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|f| {
+            let until = f.held_until?;
+            Some((
+                f.workflow,
+                f.stage,
+                until,
+                f.held_reason.unwrap_or_default(),
+            ))
+        })
+        .collect();
     h
 }
 

@@ -11,7 +11,7 @@ use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, T
 
 use super::keymap;
 use super::payload::{DocLine, Tok};
-use super::state::{App, Level, Overlay, ViewData};
+use super::state::{App, Level, LogEntry, Overlay, ViewData};
 use super::theme::Theme;
 use crate::model::AttemptEvent;
 use crate::model::{DeliveryState, StageKind};
@@ -515,8 +515,25 @@ fn draw_main(
                             theme.warn,
                         ));
                     }
+                    if let Some(held) = s.hold_text(now) {
+                        status.push(Span::styled(format!("⏳ {held} "), theme.warn));
+                    }
                     if s.kind == StageKind::Webhook {
                         let d = |k: &str| s.deliveries.get(k).copied().unwrap_or(0);
+                        // In flight, and the stage's concurrency while 429s hold it down.
+                        match s.concurrency_limit {
+                            Some(limit) => status.push(Span::styled(
+                                format!("↗ {}/{limit} in flight (429s) ", d("in_flight")),
+                                theme.warn,
+                            )),
+                            None if d("in_flight") > 0 => {
+                                status.push(Span::raw(format!("↗ {} in flight ", d("in_flight"))))
+                            }
+                            None => {}
+                        }
+                        if let Some(rate) = s.rate_text() {
+                            status.push(Span::raw(format!("⏱ {rate} ")));
+                        }
                         if d("failed") > 0 {
                             status.push(Span::styled(
                                 format!("✗ {} failed ", d("failed")),
@@ -1342,7 +1359,14 @@ fn draw_log(
         .skip(start)
         .take(h)
         .map(|i| {
-            let line = log_line(&app.log.entries[*i], theme, now, inner.width >= WIDE);
+            let line = match &app.log.entries[*i] {
+                LogEntry::Attempt(e) => log_line(e, theme, now, inner.width >= WIDE),
+                LogEntry::Stage { at, stage, text } => Line::from(vec![
+                    Span::styled(at.format("%H:%M:%S ").to_string(), theme.dim),
+                    Span::styled(format!("⏳ {} ", fit(stage.as_str(), 12)), theme.warn),
+                    Span::raw(clean(text)),
+                ]),
+            };
             if app.focus_log && *i == app.log.cursor {
                 line.style(theme.selected)
             } else {

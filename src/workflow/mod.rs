@@ -126,6 +126,9 @@ impl Stage {
 }
 
 /// A stage's kind and its kind's settings and edges.
+// The webhook variant is the big one (256 B): a workflow has a handful of stages, parsed once
+// per revision and shared in an `Arc`, so boxing it would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StageSpec {
@@ -179,6 +182,9 @@ pub struct WebhookConfig {
     pub pause_after_failures: u32,
     /// Per-stage cap on concurrent requests across all dispatchers.
     pub max_in_flight: Option<u32>,
+    /// Per-stage rate limit across all dispatchers (issue 21). Absent in specs stored before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
     pub on_success: StageId,
     /// Without it a failed item stays in the stage, marked failed.
     pub on_failure: Option<StageId>,
@@ -204,6 +210,52 @@ impl WebhookConfig {
             .get(idx)
             .copied()
             .unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// A stage's rate limit (issue 21): at most `count` requests per period, in bursts of at most
+/// `burst`. Written `rate_limit = "20/s"` (or `/min`, `/h`) with an optional `burst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Requests per period, at least 1.
+    pub count: u32,
+    /// The period in milliseconds: 1,000 (`/s`), 60,000 (`/min`) or 3,600,000 (`/h`).
+    pub period_ms: u64,
+    /// Tokens the bucket holds at most: the largest burst after a quiet spell.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// The default burst: one second's worth, at least 1.
+    pub fn default_burst(count: u32, period_ms: u64) -> u32 {
+        let per_second = (u64::from(count) * 1000).div_ceil(period_ms.max(1));
+        per_second.clamp(1, u64::from(u32::MAX)) as u32
+    }
+
+    /// Tokens added per millisecond.
+    pub fn per_ms(&self) -> f64 {
+        f64::from(self.count) / self.period_ms.max(1) as f64
+    }
+
+    /// Requests per second.
+    pub fn per_second(&self) -> f64 {
+        self.per_ms() * 1000.0
+    }
+
+    /// The unit the rate was written in.
+    fn unit(&self) -> &'static str {
+        match self.period_ms {
+            60_000 => "min",
+            3_600_000 => "h",
+            _ => "s",
+        }
+    }
+}
+
+impl std::fmt::Display for RateLimit {
+    /// `20/s`, `100/min`, `10/h` (as written), without the burst.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.count, self.unit())
     }
 }
 

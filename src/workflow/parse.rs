@@ -24,7 +24,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::expand::{ExpandError, expand};
 use super::{
-    Condition, Notify, Rule, Split, Stage, StageSpec, WebhookConfig, Workflow, notify_stage_id,
+    Condition, Notify, RateLimit, Rule, Split, Stage, StageSpec, WebhookConfig, Workflow,
+    notify_stage_id,
 };
 use crate::model::{EventType, PayloadFormat, StageId, StageKind, WorkflowId, is_valid_slug};
 
@@ -72,6 +73,8 @@ fn render(diagnostics: &[Diagnostic]) -> String {
 
 /// Workflow files hold stage definitions only; anything bigger is surely the wrong file.
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// The largest `burst` a stage may set.
+const MAX_BURST: u32 = 1_000_000;
 
 /// Reads, parses and validates the workflow file at `path`, expanding `${NAME}` from `env`.
 pub fn load_file(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Workflow, LoadError> {
@@ -292,6 +295,8 @@ const WEBHOOK_KEYS: &[&str] = &[
     "retry_schedule",
     "pause_after_failures",
     "max_in_flight",
+    "rate_limit",
+    "burst",
     "on_success",
     "on_failure",
 ];
@@ -378,6 +383,8 @@ fn example(key: &str) -> &'static str {
         "retry_schedule" => "`retry_schedule = [\"1s\", \"5s\", \"30s\", \"2m\", \"10m\"]`",
         "pause_after_failures" => "`pause_after_failures = 50` (0 = never)",
         "max_in_flight" => "`max_in_flight = 8`",
+        "rate_limit" => "`rate_limit = \"20/s\"` (or `\"300/min\"`, `\"1000/h\"`)",
+        "burst" => "`burst = 20` (with `rate_limit`)",
         "rules" => "`rules = [{ when = { tag = \"urgent\" }, to = \"<stage id>\" }]`",
         "when" => {
             "`when = { tag = \"urgent\" }` or `when = { property = \"camera\", is_any_of = \
@@ -913,6 +920,7 @@ impl Checker<'_> {
                     retry_schedule: WebhookConfig::default_retry_schedule(),
                     pause_after_failures: 0,
                     max_in_flight: None,
+                    rate_limit: None,
                     on_success: own,
                     on_failure: None,
                 },
@@ -1294,6 +1302,10 @@ impl Checker<'_> {
             cx.u32_in(k, v, 0, u32::MAX)
         });
         let max_in_flight = self.opt(t, "max_in_flight", |cx, k, v| cx.u32_in(k, v, 1, u32::MAX));
+        let rate = self.opt(t, "rate_limit", Self::rate);
+        let burst = self.opt(t, "burst", |cx, k, v| {
+            Ok((cx.u32_in(k, v, 1, MAX_BURST)?, v.span().start))
+        });
         let on_success = self.req(t, at, "on_success", Self::edge);
         let on_failure = self.opt(t, "on_failure", Self::edge);
 
@@ -1324,9 +1336,63 @@ impl Checker<'_> {
             pause_after_failures: pause_after_failures?
                 .unwrap_or(WebhookConfig::DEFAULT_PAUSE_AFTER_FAILURES),
             max_in_flight: max_in_flight?,
+            rate_limit: self.rate_limit(rate?, burst?)?,
             on_success: on_success?,
             on_failure: on_failure?,
         })
+    }
+
+    /// `rate_limit = "20/s"`: a positive whole number of requests per second, minute or hour.
+    fn rate(&mut self, key: &str, v: &Val<'_>) -> R<(u32, u64)> {
+        let s = self.string(key, v)?;
+        let parsed = s.split_once('/').and_then(|(n, unit)| {
+            let n = n.trim().parse::<u32>().ok().filter(|n| *n > 0)?;
+            let period_ms = match unit.trim() {
+                "s" | "sec" | "second" => 1_000,
+                "m" | "min" | "minute" => 60_000,
+                "h" | "hour" => 3_600_000,
+                _ => return None,
+            };
+            Some((n, period_ms))
+        });
+        parsed.ok_or_else(|| {
+            self.err(
+                v.span().start,
+                format!(
+                    "`rate_limit` must be a positive whole number of requests per second, \
+                     minute or hour, not `{}`; write e.g. {}",
+                    excerpt(s),
+                    example_for(key)
+                ),
+            );
+            Reported
+        })
+    }
+
+    /// The stage's rate limit from `rate_limit` and `burst` (which needs a rate).
+    fn rate_limit(
+        &mut self,
+        rate: Option<(u32, u64)>,
+        burst: Option<(u32, usize)>,
+    ) -> R<Option<RateLimit>> {
+        match (rate, burst) {
+            (None, None) => Ok(None),
+            (None, Some((_, at))) => {
+                self.err(
+                    at,
+                    "`burst` only applies with a `rate_limit`: add e.g. `rate_limit = \"20/s\"`, \
+                     or remove `burst`",
+                );
+                Err(Reported)
+            }
+            (Some((count, period_ms)), burst) => Ok(Some(RateLimit {
+                count,
+                period_ms,
+                burst: burst
+                    .map(|(b, _)| b)
+                    .unwrap_or_else(|| RateLimit::default_burst(count, period_ms)),
+            })),
+        }
     }
 
     fn headers(&mut self, key: &str, v: &Val<'_>) -> R<Vec<(String, String)>> {

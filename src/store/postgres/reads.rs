@@ -13,7 +13,8 @@ use super::{Conn, json_col, opt_parse_col, parse_col, schema};
 use crate::model::{DeliveryId, DeliveryState, EXCERPT_BYTES, Item, ItemId, StageId, WorkflowId};
 use crate::store::copy::Table;
 use crate::store::seam::{
-    Cell, Found, HealthFacts, Kind, Reads, ScanRow, Storage, StoredDelivery, WorkflowCounts,
+    Cell, Found, HealthFacts, Kind, Reads, ScanRow, StageFlow, Storage, StoredDelivery,
+    WorkflowCounts,
 };
 use crate::store::{
     AttemptCursor, AttemptRecord, AuditEntry, DeliveryCount, DeliveryCursor, DeliveryFilter,
@@ -304,6 +305,16 @@ impl Reads for PgReads<'_> {
                  WHERE workflow_id = $1 AND retired_at IS NULL AND paused = 1 ORDER BY id COLLATE \"C\"",
                 &[&wf],
                 |r| Ok((r.try_get(0)?, r.try_get(1)?)),
+            )?,
+            flows: all(
+                c,
+                "SELECT held_until, held_reason, bucket_tokens, bucket_at, next_token_at,
+                        concurrency_limit, limit_successes, limit_decreased_at, id
+                 FROM stages WHERE workflow_id = $1 AND retired_at IS NULL
+                   AND (held_until IS NOT NULL OR concurrency_limit IS NOT NULL)
+                 ORDER BY position",
+                &[&wf],
+                |r| Ok((r.try_get(8)?, super::rows::flow_from_row(r)?)),
             )?,
         })
     }
@@ -615,16 +626,17 @@ impl Reads for PgReads<'_> {
         count(self.conn, "SELECT COUNT(*) FROM attempts", &[])
     }
 
-    fn next_due(&self) -> Result<(Option<i64>, Option<i64>)> {
+    fn next_due(&self, now: i64) -> Result<(Option<i64>, Option<i64>, Option<i64>)> {
         let c = self.conn;
         let due: Option<i64> = c
             .query_opt(
                 "SELECT d.next_attempt_at FROM deliveries d
                  WHERE d.state IN ('pending', 'retry_scheduled') AND d.next_attempt_at IS NOT NULL
                    AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
-                                   AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
+                                   AND s.id = d.stage_id AND s.retired_at IS NULL
+                                   AND (s.paused = 1 OR s.held_until > $1 OR s.next_token_at > $1))
                  ORDER BY d.next_attempt_at LIMIT 1",
-                &[],
+                &[&now],
             )?
             .map(|r| r.try_get(0))
             .transpose()?;
@@ -634,7 +646,35 @@ impl Reads for PgReads<'_> {
                 &[],
             )?
             .try_get(0)?;
-        Ok((due, expiry))
+        // Stages are few: a scan of their rows.
+        let gate: Option<i64> = c
+            .query_one(
+                "SELECT MIN(GREATEST(COALESCE(held_until, 0), COALESCE(next_token_at, 0)))
+                 FROM stages WHERE retired_at IS NULL AND paused = 0
+                   AND (held_until > $1 OR next_token_at > $1)",
+                &[&now],
+            )?
+            .try_get(0)?;
+        Ok((due, expiry, gate))
+    }
+
+    fn stage_flows(&self, now: i64) -> Result<Vec<(WorkflowId, StageId, StageFlow)>> {
+        all(
+            self.conn,
+            "SELECT held_until, held_reason, bucket_tokens, bucket_at, next_token_at,
+                    concurrency_limit, limit_successes, limit_decreased_at, workflow_id, id
+             FROM stages WHERE retired_at IS NULL
+               AND (held_until > $1 OR concurrency_limit IS NOT NULL)
+             ORDER BY workflow_id COLLATE \"C\", position",
+            &[&now],
+            |r| {
+                Ok((
+                    WorkflowId(r.try_get(8)?),
+                    StageId(r.try_get(9)?),
+                    super::rows::flow_from_row(r)?,
+                ))
+            },
+        )
     }
 
     fn dispatchers(&self) -> Result<Vec<DispatcherInfo>> {
@@ -803,9 +843,11 @@ impl Reads for PgReads<'_> {
                     "SELECT d.id, d.created_at, d.next_attempt_at FROM deliveries d
                      WHERE d.state IN ('pending', 'retry_scheduled')
                        AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
-                                       AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
+                                       AND s.id = d.stage_id AND s.retired_at IS NULL
+                                       AND (s.paused = 1 OR s.held_until > $1
+                                            OR s.bucket_at > $1 - 60000))
                      ORDER BY d.next_attempt_at NULLS FIRST LIMIT 1",
-                    &[],
+                    &[&now],
                 )?
                 .map(|r| Ok::<_, StoreError>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
                 .transpose()?,
@@ -845,6 +887,7 @@ impl Reads for PgReads<'_> {
                     .map(|(i, (_, kind))| {
                         Ok(match kind {
                             Kind::Int => r.try_get::<_, Option<i64>>(i)?.map(Cell::Int),
+                            Kind::Real => r.try_get::<_, Option<f64>>(i)?.map(Cell::Real),
                             Kind::Text => r.try_get::<_, Option<String>>(i)?.map(Cell::Text),
                             Kind::Bytes => r.try_get::<_, Option<Vec<u8>>>(i)?.map(Cell::Bytes),
                         }

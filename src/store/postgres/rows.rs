@@ -15,7 +15,7 @@ use crate::store::copy::{TABLES, Table};
 use crate::store::seam::{
     AttemptRow, AuditRow, CancelRow, Cell, Counted, DeliveryRow, DeliveryUpdate, Due, Heartbeat,
     HistoryRow, InFlight, ItemMove, Kind, Leased, ManualAttempt, NewDelivery, NewItemRow,
-    OpenDelivery, RefireRow, RevisionRow, Rows,
+    OpenDelivery, RefireRow, RevisionRow, Rows, StageFlow,
 };
 use crate::store::{Result, to_time};
 
@@ -48,6 +48,21 @@ pub(crate) fn item_from_row(row: &Row) -> Result<Item> {
         version: row.try_get(12)?,
         created_at: to_time(row.try_get(13)?),
         updated_at: to_time(row.try_get(14)?),
+    })
+}
+
+/// A stage's flow-control columns, in the order `stage_flow` selects them.
+pub(crate) fn flow_from_row(r: &Row) -> Result<StageFlow> {
+    let tokens: Option<f64> = r.try_get(2)?;
+    let at: Option<i64> = r.try_get(3)?;
+    Ok(StageFlow {
+        held_until: r.try_get(0)?,
+        held_reason: r.try_get(1)?,
+        bucket: tokens.zip(at),
+        next_token_at: r.try_get(4)?,
+        concurrency_limit: r.try_get(5)?,
+        limit_successes: r.try_get(6)?,
+        limit_decreased_at: r.try_get(7)?,
     })
 }
 
@@ -617,7 +632,8 @@ impl Rows for PgRows<'_> {
                  WHERE d.state IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= $1
                    AND (d.next_attempt_at, d.seq) > ($2, $3)
                    AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
-                                   AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
+                                   AND s.id = d.stage_id AND s.retired_at IS NULL
+                                   AND (s.paused = 1 OR s.held_until > $1 OR s.next_token_at > $1))
                  ORDER BY d.next_attempt_at, d.seq LIMIT $4",
                 &[&now, &after.0, &after.1, &(n.min(i64::MAX as usize) as i64)],
             )?
@@ -674,7 +690,14 @@ impl Rows for PgRows<'_> {
 
     /// A transaction-scoped advisory lock per stage, tried, never waited for: two
     /// dispatchers never wait on each other (nor deadlock) over stages.
-    fn lock_stage(&self, workflow: &str, stage: &str) -> Result<bool> {
+    fn lock_stage(&self, workflow: &str, stage: &str, wait: bool) -> Result<bool> {
+        if wait {
+            self.conn.query_one(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 4848794844))",
+                &[&workflow, &stage],
+            )?;
+            return Ok(true);
+        }
         Ok(self
             .conn
             .query_one(
@@ -682,6 +705,80 @@ impl Rows for PgRows<'_> {
                 &[&workflow, &stage],
             )?
             .try_get(0)?)
+    }
+
+    fn stage_flow(&self, workflow: &str, stage: &str) -> Result<Option<StageFlow>> {
+        self.conn
+            .query_opt(
+                "SELECT held_until, held_reason, bucket_tokens, bucket_at, next_token_at,
+                        concurrency_limit, limit_successes, limit_decreased_at
+                 FROM stages WHERE workflow_id = $1 AND id = $2 AND retired_at IS NULL",
+                &[&workflow, &stage],
+            )?
+            .map(|r| flow_from_row(&r))
+            .transpose()
+    }
+
+    fn put_bucket(
+        &self,
+        workflow: &str,
+        stage: &str,
+        tokens: f64,
+        at: i64,
+        next_token_at: Option<i64>,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE stages SET bucket_tokens = $3, bucket_at = $4, next_token_at = $5
+             WHERE workflow_id = $1 AND id = $2 AND retired_at IS NULL",
+            &[&workflow, &stage, &tokens, &at, &next_token_at],
+        )?;
+        Ok(())
+    }
+
+    fn hold_stage(&self, workflow: &str, stage: &str, until: i64, reason: &str) -> Result<bool> {
+        let changed = self.conn.execute(
+            "UPDATE stages SET held_until = $3, held_reason = $4
+             WHERE workflow_id = $1 AND id = $2 AND retired_at IS NULL
+               AND (held_until IS NULL OR held_until < $3)",
+            &[&workflow, &stage, &until, &reason],
+        )?;
+        Ok(changed > 0)
+    }
+
+    fn lift_hold(&self, workflow: &str, stage: &str, now: i64) -> Result<bool> {
+        // The hold as it was, from the row this update locked.
+        let held: Option<i64> = self
+            .conn
+            .query_opt(
+                "UPDATE stages s SET held_until = NULL, held_reason = NULL
+                 FROM (SELECT seq, held_until FROM stages
+                       WHERE workflow_id = $1 AND id = $2 AND retired_at IS NULL
+                       FOR UPDATE) old
+                 WHERE s.seq = old.seq
+                 RETURNING old.held_until",
+                &[&workflow, &stage],
+            )?
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .flatten();
+        Ok(held.is_some_and(|until| until > now))
+    }
+
+    fn put_concurrency_limit(
+        &self,
+        workflow: &str,
+        stage: &str,
+        limit: Option<i64>,
+        successes: i64,
+        decreased_at: i64,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE stages SET concurrency_limit = $3, limit_successes = $4,
+                 limit_decreased_at = $5
+             WHERE workflow_id = $1 AND id = $2 AND retired_at IS NULL",
+            &[&workflow, &stage, &limit, &successes, &decreased_at],
+        )?;
+        Ok(())
     }
 
     fn insert_revision(&self, r: &RevisionRow<'_>) -> Result<()> {
@@ -716,8 +813,14 @@ impl Rows for PgRows<'_> {
         position: i64,
     ) -> Result<bool> {
         let updated = self.conn.execute(
-            "UPDATE stages SET name = $3, position = $4 WHERE workflow_id = $1 AND id = $2 AND retired_at IS NULL",
-            &[&workflow.as_str(), &stage.id.as_str(), &stage.name, &position],
+            "UPDATE stages SET name = $3, position = $4, next_token_at = NULL
+             WHERE workflow_id = $1 AND id = $2 AND retired_at IS NULL",
+            &[
+                &workflow.as_str(),
+                &stage.id.as_str(),
+                &stage.name,
+                &position,
+            ],
         )?;
         if updated > 0 {
             return Ok(false);
@@ -893,9 +996,11 @@ impl Rows for PgRows<'_> {
                 .map(|(cell, (_, kind))| -> Box<dyn ToSql + Sync> {
                     match (cell, kind) {
                         (Cell::Int(n), _) => Box::new(*n),
+                        (Cell::Real(x), _) => Box::new(*x),
                         (Cell::Text(t), _) => Box::new(t.clone()),
                         (Cell::Bytes(b), _) => Box::new(b.clone()),
                         (Cell::Null, Kind::Int) => Box::new(None::<i64>),
+                        (Cell::Null, Kind::Real) => Box::new(None::<f64>),
                         (Cell::Null, Kind::Text) => Box::new(None::<String>),
                         (Cell::Null, Kind::Bytes) => Box::new(None::<Vec<u8>>),
                     }

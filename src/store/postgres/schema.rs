@@ -12,7 +12,8 @@ use super::Conn;
 use crate::store::Result;
 
 /// The version each migration leaves, in order; the schema's version is the number applied.
-pub(crate) const MIGRATIONS: &[&str] = &[r#"
+pub(crate) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE workflows (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL,
@@ -188,7 +189,19 @@ CREATE TABLE delivery_counts (
     n           BIGINT NOT NULL,
     PRIMARY KEY (workflow_id, stage_id, state)
 );
-"#];
+"#,
+    // 2: flow control per stage (issue 21; SQLite's migration 5).
+    r#"
+ALTER TABLE stages ADD COLUMN held_until BIGINT;
+ALTER TABLE stages ADD COLUMN held_reason TEXT;
+ALTER TABLE stages ADD COLUMN bucket_tokens DOUBLE PRECISION;
+ALTER TABLE stages ADD COLUMN bucket_at BIGINT;
+ALTER TABLE stages ADD COLUMN next_token_at BIGINT;
+ALTER TABLE stages ADD COLUMN concurrency_limit BIGINT;
+ALTER TABLE stages ADD COLUMN limit_successes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE stages ADD COLUMN limit_decreased_at BIGINT NOT NULL DEFAULT 0;
+"#,
+];
 
 /// The schema version stored in the database (0: no hookops schema yet).
 pub(crate) fn version(conn: &Conn) -> Result<i64> {

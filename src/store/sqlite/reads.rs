@@ -10,7 +10,7 @@ use super::schema;
 use crate::model::{DeliveryId, DeliveryState, EXCERPT_BYTES, Item, ItemId, StageId, WorkflowId};
 use crate::store::copy::Table;
 use crate::store::seam::{
-    Cell, Found, HealthFacts, Reads, ScanRow, Storage, StoredDelivery, WorkflowCounts,
+    Cell, Found, HealthFacts, Reads, ScanRow, StageFlow, Storage, StoredDelivery, WorkflowCounts,
 };
 use crate::store::{
     AttemptCursor, AttemptRecord, AuditEntry, DeliveryCount, DeliveryCursor, DeliveryFilter,
@@ -292,6 +292,15 @@ impl Reads for SqliteReads<'_> {
                 [wf],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?,
+            flows: all(
+                c,
+                "SELECT held_until, held_reason, bucket_tokens, bucket_at, next_token_at,
+                        concurrency_limit, limit_successes, limit_decreased_at, id
+                 FROM stages WHERE workflow_id = ?1 AND retired_at IS NULL
+                   AND (held_until IS NOT NULL OR concurrency_limit IS NOT NULL)",
+                [wf],
+                |r| Ok((r.get(8)?, super::rows::flow_from_row(r)?)),
+            )?,
         })
     }
 
@@ -570,22 +579,50 @@ impl Reads for SqliteReads<'_> {
         count(self.conn, "SELECT COALESCE(MAX(seq), 0) FROM attempts", [])
     }
 
-    fn next_due(&self) -> Result<(Option<i64>, Option<i64>)> {
+    fn next_due(&self, now: i64) -> Result<(Option<i64>, Option<i64>, Option<i64>)> {
         let c = self.conn;
         let due: Option<i64> = c
             .prepare_cached(
                 "SELECT d.next_attempt_at FROM deliveries d INDEXED BY deliveries_due
                  WHERE d.state IN ('pending', 'retry_scheduled') AND d.next_attempt_at IS NOT NULL
                    AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
-                                   AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
+                                   AND s.id = d.stage_id AND s.retired_at IS NULL
+                                   AND (s.paused = 1 OR s.held_until > ?1 OR s.next_token_at > ?1))
                  ORDER BY d.next_attempt_at LIMIT 1",
             )?
-            .query_row([], |r| r.get(0))
+            .query_row([now], |r| r.get(0))
             .optional()?;
         let expiry: Option<i64> = c
             .prepare_cached("SELECT MIN(lease_until) FROM deliveries WHERE state = 'in_flight'")?
             .query_row([], |r| r.get(0))?;
-        Ok((due, expiry))
+        // Stages are few: a scan of their rows.
+        let gate: Option<i64> = c
+            .prepare_cached(
+                "SELECT MIN(MAX(COALESCE(held_until, 0), COALESCE(next_token_at, 0))) FROM stages
+                 WHERE retired_at IS NULL AND paused = 0
+                   AND (held_until > ?1 OR next_token_at > ?1)",
+            )?
+            .query_row([now], |r| r.get(0))?;
+        Ok((due, expiry, gate))
+    }
+
+    fn stage_flows(&self, now: i64) -> Result<Vec<(WorkflowId, StageId, StageFlow)>> {
+        all(
+            self.conn,
+            "SELECT held_until, held_reason, bucket_tokens, bucket_at, next_token_at,
+                    concurrency_limit, limit_successes, limit_decreased_at, workflow_id, id
+             FROM stages WHERE retired_at IS NULL
+               AND (held_until > ?1 OR concurrency_limit IS NOT NULL)
+             ORDER BY workflow_id, position",
+            [now],
+            |r| {
+                Ok((
+                    WorkflowId(r.get(8)?),
+                    StageId(r.get(9)?),
+                    super::rows::flow_from_row(r)?,
+                ))
+            },
+        )
     }
 
     fn dispatchers(&self) -> Result<Vec<DispatcherInfo>> {
@@ -740,10 +777,12 @@ impl Reads for SqliteReads<'_> {
                     "SELECT d.id, d.created_at, d.next_attempt_at FROM deliveries d
                      WHERE d.state IN ('pending', 'retry_scheduled')
                        AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
-                                       AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
+                                       AND s.id = d.stage_id AND s.retired_at IS NULL
+                                       AND (s.paused = 1 OR s.held_until > ?1
+                                            OR s.bucket_at > ?1 - 60000))
                      ORDER BY d.next_attempt_at LIMIT 1",
                 )?
-                .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_row([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?,
             counter_mismatches: counter_mismatches(c)?,
         })
@@ -767,7 +806,7 @@ impl Reads for SqliteReads<'_> {
                         Value::Integer(n) => Cell::Int(n),
                         Value::Text(t) => Cell::Text(t),
                         Value::Blob(b) => Cell::Bytes(b),
-                        Value::Real(x) => Cell::Int(x as i64),
+                        Value::Real(x) => Cell::Real(x),
                     })
                 })
                 .collect()

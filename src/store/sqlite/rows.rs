@@ -14,7 +14,7 @@ use crate::store::copy::Table;
 use crate::store::seam::{
     AttemptRow, AuditRow, CancelRow, Cell, Counted, DeliveryRow, DeliveryUpdate, Due, Heartbeat,
     HistoryRow, InFlight, ItemMove, Leased, ManualAttempt, NewDelivery, NewItemRow, OpenDelivery,
-    RefireRow, RevisionRow, Rows,
+    RefireRow, RevisionRow, Rows, StageFlow,
 };
 use crate::store::{Result, to_time};
 
@@ -82,6 +82,21 @@ fn in_flight_rows(
             })
         })?
         .collect::<rusqlite::Result<_>>()?)
+}
+
+/// A stage's flow-control columns, in the order `stage_flow` selects them.
+pub(crate) fn flow_from_row(r: &Row) -> rusqlite::Result<StageFlow> {
+    let tokens: Option<f64> = r.get(2)?;
+    let at: Option<i64> = r.get(3)?;
+    Ok(StageFlow {
+        held_until: r.get(0)?,
+        held_reason: r.get(1)?,
+        bucket: tokens.zip(at),
+        next_token_at: r.get(4)?,
+        concurrency_limit: r.get(5)?,
+        limit_successes: r.get(6)?,
+        limit_decreased_at: r.get(7)?,
+    })
 }
 
 fn counts_table(counted: Counted) -> &'static str {
@@ -616,7 +631,8 @@ impl Rows for SqliteRows<'_> {
                  WHERE d.state IN ('pending', 'retry_scheduled') AND d.next_attempt_at <= ?1
                    AND (d.next_attempt_at, d.seq) > (?2, ?3)
                    AND NOT EXISTS (SELECT 1 FROM stages s WHERE s.workflow_id = d.workflow_id
-                                   AND s.id = d.stage_id AND s.retired_at IS NULL AND s.paused = 1)
+                                   AND s.id = d.stage_id AND s.retired_at IS NULL
+                                   AND (s.paused = 1 OR s.held_until > ?1 OR s.next_token_at > ?1))
                  ORDER BY d.next_attempt_at, d.seq LIMIT ?4",
             )?
             .query_map(params![now, after.0, after.1, n as i64], |r| {
@@ -665,8 +681,89 @@ impl Rows for SqliteRows<'_> {
     }
 
     /// SQLite's write lock already serialises every lease transaction.
-    fn lock_stage(&self, _workflow: &str, _stage: &str) -> Result<bool> {
+    fn lock_stage(&self, _workflow: &str, _stage: &str, _wait: bool) -> Result<bool> {
         Ok(true)
+    }
+
+    fn stage_flow(&self, workflow: &str, stage: &str) -> Result<Option<StageFlow>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT held_until, held_reason, bucket_tokens, bucket_at, next_token_at,
+                        concurrency_limit, limit_successes, limit_decreased_at
+                 FROM stages WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
+            )?
+            .query_row([workflow, stage], flow_from_row)
+            .optional()?)
+    }
+
+    fn put_bucket(
+        &self,
+        workflow: &str,
+        stage: &str,
+        tokens: f64,
+        at: i64,
+        next_token_at: Option<i64>,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE stages SET bucket_tokens = ?3, bucket_at = ?4, next_token_at = ?5
+                 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
+            )?
+            .execute(params![workflow, stage, tokens, at, next_token_at])?;
+        Ok(())
+    }
+
+    fn hold_stage(&self, workflow: &str, stage: &str, until: i64, reason: &str) -> Result<bool> {
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE stages SET held_until = ?3, held_reason = ?4
+                 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL
+                   AND (held_until IS NULL OR held_until < ?3)",
+            )?
+            .execute(params![workflow, stage, until, reason])?;
+        Ok(changed > 0)
+    }
+
+    fn lift_hold(&self, workflow: &str, stage: &str, now: i64) -> Result<bool> {
+        let held: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT held_until FROM stages
+                 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
+                params![workflow, stage],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        if held.is_none() {
+            return Ok(false);
+        }
+        self.conn.execute(
+            "UPDATE stages SET held_until = NULL, held_reason = NULL
+             WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
+            params![workflow, stage],
+        )?;
+        Ok(held.is_some_and(|until| until > now))
+    }
+
+    fn put_concurrency_limit(
+        &self,
+        workflow: &str,
+        stage: &str,
+        limit: Option<i64>,
+        successes: i64,
+        decreased_at: i64,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE stages SET concurrency_limit = ?3, limit_successes = ?4,
+                     limit_decreased_at = ?5
+                 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
+            )?
+            .execute(params![workflow, stage, limit, successes, decreased_at])?;
+        Ok(())
     }
 
     fn insert_revision(&self, r: &RevisionRow<'_>) -> Result<()> {
@@ -701,7 +798,8 @@ impl Rows for SqliteRows<'_> {
         position: i64,
     ) -> Result<bool> {
         let updated = self.conn.execute(
-            "UPDATE stages SET name = ?3, position = ?4 WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
+            "UPDATE stages SET name = ?3, position = ?4, next_token_at = NULL
+             WHERE workflow_id = ?1 AND id = ?2 AND retired_at IS NULL",
             params![workflow.as_str(), stage.id.as_str(), stage.name, position],
         )?;
         if updated > 0 {
@@ -860,6 +958,7 @@ impl Rows for SqliteRows<'_> {
             let values = row.iter().map(|c| match c {
                 Cell::Null => rusqlite::types::Value::Null,
                 Cell::Int(n) => rusqlite::types::Value::Integer(*n),
+                Cell::Real(x) => rusqlite::types::Value::Real(*x),
                 Cell::Text(t) => rusqlite::types::Value::Text(t.clone()),
                 Cell::Bytes(b) => rusqlite::types::Value::Blob(b.clone()),
             });

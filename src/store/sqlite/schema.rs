@@ -255,6 +255,20 @@ ALTER TABLE items DROP COLUMN properties;
 ALTER TABLE items DROP COLUMN slots;
 ALTER TABLE items DROP COLUMN annotations;
 "#,
+    // 5: flow control per stage (issue 21), kept in the stage row every dispatcher shares: a
+    // hold (429/503 with Retry-After), the rate limit's token bucket (with when it next holds a
+    // whole token, so leasing skips an empty one in the due query itself), and the adaptive
+    // concurrency limit (AIMD).
+    r#"
+ALTER TABLE stages ADD COLUMN held_until INTEGER;
+ALTER TABLE stages ADD COLUMN held_reason TEXT;
+ALTER TABLE stages ADD COLUMN bucket_tokens REAL;
+ALTER TABLE stages ADD COLUMN bucket_at INTEGER;
+ALTER TABLE stages ADD COLUMN next_token_at INTEGER;
+ALTER TABLE stages ADD COLUMN concurrency_limit INTEGER;
+ALTER TABLE stages ADD COLUMN limit_successes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE stages ADD COLUMN limit_decreased_at INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 pub(crate) fn user_version(conn: &Connection) -> crate::store::Result<i64> {

@@ -65,7 +65,11 @@ pub(super) fn log_action(app: &mut App, a: Action) -> Option<Vec<Effect>> {
         Action::Open | Action::Refire | Action::Replay | Action::Copy => {
             // With nothing under the log cursor the key does nothing (it must not fall
             // through to the main view, which does not have the focus).
-            let Some(e) = visible.get(pos).and_then(|i| app.log.entries.get(*i)) else {
+            let Some(e) = visible
+                .get(pos)
+                .and_then(|i| app.log.entries.get(*i))
+                .and_then(LogEntry::attempt)
+            else {
                 return Some(vec![]);
             };
             let id = e.delivery_id.clone();
@@ -534,7 +538,8 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
                     stage: s.id,
                 }];
             }
-            let pause = !s.paused;
+            // A held stage (issue 21) resumes: that lifts its hold; `p` again pauses it.
+            let pause = !s.paused && s.held_until.is_none();
             if pause {
                 app.overlay = Some(Overlay::Confirm {
                     text: format!(

@@ -422,18 +422,45 @@ pub struct Header {
     pub db_bytes: u64,
     /// The database file was deleted or replaced since the console opened it.
     pub file_problem: Option<String>,
+    /// Stages held now (issue 21): `(workflow, stage, until, reason)`, for the log pane's
+    /// lines when a hold starts and ends.
+    pub holds: Vec<(WorkflowId, StageId, chrono::DateTime<chrono::Utc>, String)>,
+}
+
+/// One line of the log pane: an attempt, or what happened to a stage (a hold that started
+/// or ended: issue 21). Nearly every entry is an attempt: boxing them to shrink the rare stage
+/// line would cost an allocation per attempt.
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum LogEntry {
+    Attempt(AttemptEvent),
+    Stage {
+        at: chrono::DateTime<chrono::Utc>,
+        stage: StageId,
+        text: String,
+    },
+}
+
+impl LogEntry {
+    /// The attempt, when the line is one.
+    pub fn attempt(&self) -> Option<&AttemptEvent> {
+        match self {
+            LogEntry::Attempt(e) => Some(e),
+            LogEntry::Stage { .. } => None,
+        }
+    }
 }
 
 /// The log pane.
 #[derive(Clone, Debug)]
 pub struct LogPane {
     pub visible: bool,
-    pub entries: VecDeque<AttemptEvent>,
+    pub entries: VecDeque<LogEntry>,
     /// Follow mode: the cursor sticks to the newest entry.
     pub follow: bool,
     /// Stream paused: new attempts are counted but not shown until resumed.
     pub paused: bool,
-    pub held: Vec<AttemptEvent>,
+    pub held: Vec<LogEntry>,
     pub cursor: usize,
     pub filter: String,
     /// Recently seen (delivery, attempt number), to drop duplicates from the table poll.
@@ -466,7 +493,12 @@ impl LogPane {
                 if f.is_empty() {
                     return true;
                 }
-                let e = &self.entries[*i];
+                let e = match &self.entries[*i] {
+                    LogEntry::Attempt(e) => e,
+                    LogEntry::Stage { stage, text, .. } => {
+                        return format!("{stage} {text}").to_lowercase().contains(&f);
+                    }
+                };
                 format!(
                     "{} {} {} {} {} {}",
                     e.stage,
@@ -493,20 +525,41 @@ impl LogPane {
                 self.seen.remove(&k);
             }
         }
+        self.push_entry(LogEntry::Attempt(e));
+        true
+    }
+
+    /// A line about a stage (a hold that started or ended).
+    pub(crate) fn push_stage(
+        &mut self,
+        at: chrono::DateTime<chrono::Utc>,
+        stage: &StageId,
+        text: String,
+    ) {
+        self.push_entry(LogEntry::Stage {
+            at,
+            stage: stage.clone(),
+            text,
+        });
+        if self.follow {
+            self.cursor = self.entries.len().saturating_sub(1);
+        }
+    }
+
+    fn push_entry(&mut self, e: LogEntry) {
         if self.paused {
             // Only the newest LOG_CAPACITY could ever be shown after resuming.
             self.held.push(e);
             if self.held.len() > LOG_CAPACITY * 2 {
                 self.held.drain(..self.held.len() - LOG_CAPACITY);
             }
-            return true;
+            return;
         }
         self.entries.push_back(e);
         if self.entries.len() > LOG_CAPACITY {
             self.entries.pop_front();
             self.cursor = self.cursor.saturating_sub(1);
         }
-        true
     }
 }
 
@@ -996,6 +1049,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
                     Level::Error,
                 );
             }
+            log_holds(app, &h);
             app.header = h;
             vec![]
         }
@@ -1438,3 +1492,31 @@ const DEFER_TICKS: u32 = 3;
 /// it stops saying so (an answer that never comes must not hold the status line forever).
 const STILL_WORKING_AFTER: u32 = 3;
 const STILL_WORKING_UNTIL: u32 = 600;
+
+/// Log pane lines for the holds that started or ended since the last header (issue 21).
+fn log_holds(app: &mut App, new: &Header) {
+    let now = chrono::Utc::now();
+    for (wf, stage, until, reason) in &new.holds {
+        let known = app
+            .header
+            .holds
+            .iter()
+            .any(|(w, s, u, _)| w == wf && s == stage && u == until);
+        if !known {
+            let secs = ((*until - now).num_milliseconds().max(0) + 999) / 1000;
+            let text = format!("stage held {secs} s: {reason} (no new request until then)");
+            app.log.push_stage(now, stage, text);
+        }
+    }
+    let ended: Vec<StageId> = app
+        .header
+        .holds
+        .iter()
+        .filter(|(w, s, _, _)| !new.holds.iter().any(|(w2, s2, _, _)| w2 == w && s2 == s))
+        .map(|(_, s, _, _)| s.clone())
+        .collect();
+    for stage in ended {
+        app.log
+            .push_stage(now, &stage, "hold ended: requests resume".to_string());
+    }
+}

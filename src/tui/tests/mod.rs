@@ -97,6 +97,10 @@ fn stage(id: &str, name: &str, kind: StageKind) -> StageSummary {
         deliveries: BTreeMap::new(),
         needs_assignment: false,
         webhook: None,
+        held_until: None,
+        held_reason: None,
+        concurrency_limit: None,
+        drain_seconds: None,
     }
 }
 
@@ -533,6 +537,7 @@ pub fn header() -> super::state::Header {
         ],
         db_bytes: 1 << 20,
         file_problem: None,
+        holds: Vec::new(),
     }
 }
 

@@ -840,3 +840,52 @@ fn popups_scroll_and_flash_messages_wrap() {
     let screen = text(&render(&mut app, 80, 24));
     assert!(screen.contains("END-OF-MESSAGE"), "{screen}");
 }
+
+/// Issue 21: the stages view shows a hold with its countdown and reason, a reduced
+/// concurrency beside the in-flight count, and a rate with its drain time.
+#[test]
+fn the_stages_view_shows_holds_limits_and_rates() {
+    let mut app = on_workflows(false);
+    press(&mut app, KeyCode::Enter);
+    let mut detail = crate::tui::tests::stages();
+    for s in &mut detail.stage_list {
+        match s.id.as_str() {
+            "validate" => {
+                s.held_until =
+                    Some(crate::tui::tests::now() + chrono::Duration::milliseconds(27_500));
+                s.held_reason = Some("429 from receiver".into());
+                s.concurrency_limit = Some(4);
+                s.deliveries.insert("in_flight".into(), 3);
+            }
+            "export" => {
+                s.webhook = Some(crate::store::WebhookView {
+                    url: "http://127.0.0.1:9/export".into(),
+                    authorization: None,
+                    headers: vec![],
+                    secrets: vec![],
+                    include_annotations: true,
+                    payload: crate::model::PayloadFormat::Darwin,
+                    max_attempts: 6,
+                    timeout_ms: 10_000,
+                    retry_schedule_ms: vec![1000],
+                    pause_after_failures: 50,
+                    max_in_flight: None,
+                    rate_limit: Some("5/s".into()),
+                    burst: Some(5),
+                    rate_per_second: Some(5.0),
+                });
+                s.drain_seconds = Some(20.0);
+            }
+            _ => {}
+        }
+    }
+    load(&mut app, ViewData::Stages(Box::new(detail)));
+    let t = text(&render(&mut app, 160, 40));
+    for needle in [
+        "⏳ held 28 s: 429 from receiver",
+        "↗ 3/4 in flight (429s)",
+        "⏱ 5/s, drains in 20 s",
+    ] {
+        assert!(t.contains(needle), "{needle} missing:\n{t}");
+    }
+}

@@ -7,7 +7,7 @@ use crate::store::ItemRow;
 use crate::store::{DeliveryFilter, ItemOrder};
 use crate::tui::keymap::{self, Action, BINDINGS, Key, Scope};
 use crate::tui::state::{
-    AssignWhat, Effect, LOG_CAPACITY, Level, LoadAfter, Overlay, PAGE, Pending, ViewKind,
+    AssignWhat, Effect, LOG_CAPACITY, Level, LoadAfter, LogEntry, Overlay, PAGE, Pending, ViewKind,
 };
 
 fn kind(app: &App) -> ViewKind {
@@ -1849,7 +1849,14 @@ fn log_pane_keeps_at_most_log_capacity_attempts() {
     }
     assert_eq!(app.log.entries.len(), LOG_CAPACITY);
     assert_eq!(
-        app.log.entries.front().unwrap().delivery_id.as_str(),
+        app.log
+            .entries
+            .front()
+            .unwrap()
+            .attempt()
+            .unwrap()
+            .delivery_id
+            .as_str(),
         "msg_0050",
         "the oldest go"
     );
@@ -1935,7 +1942,14 @@ fn shift_p_pauses_the_stream_and_holds_new_attempts_until_resumed() {
         flash(&app)
     );
     assert_eq!(
-        app.log.entries.back().unwrap().delivery_id.as_str(),
+        app.log
+            .entries
+            .back()
+            .unwrap()
+            .attempt()
+            .unwrap()
+            .delivery_id
+            .as_str(),
         "msg_0008"
     );
 }
@@ -1966,7 +1980,17 @@ fn a_paused_stream_holds_at_most_log_capacity_and_resumes_at_the_newest() {
         "follow mode shows the newest after resuming"
     );
     let newest = format!("msg_{:04}", LOG_CAPACITY * 3 + 109);
-    assert_eq!(app.log.entries.back().unwrap().delivery_id.as_str(), newest);
+    assert_eq!(
+        app.log
+            .entries
+            .back()
+            .unwrap()
+            .attempt()
+            .unwrap()
+            .delivery_id
+            .as_str(),
+        newest
+    );
 }
 
 #[test]
@@ -2372,4 +2396,68 @@ fn the_stages_view_gives_each_stages_failure_rate_over_five_minutes() {
         update(&mut app, Msg::Tick);
     }
     assert!(app.stage_rates.is_empty());
+}
+
+/// Issue 21: the log pane says when a stage's hold starts (with how long and why) and when it
+/// ends, from the holds the header reads each second; Enter on such a line opens nothing.
+#[test]
+fn the_log_pane_says_when_a_hold_starts_and_ends() {
+    let mut app = on_workflows(false);
+    let until = chrono::Utc::now() + chrono::Duration::seconds(28);
+    let held = (
+        WorkflowId::new("defects"),
+        StageId::new("validate"),
+        until,
+        "429 from receiver".to_string(),
+    );
+    let header = |holds| Msg::Header(crate::tui::state::Header { holds, ..header() });
+    update(&mut app, header(vec![held.clone()]));
+    update(&mut app, header(vec![held.clone()]));
+    let lines: Vec<String> = app
+        .log
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            LogEntry::Stage { stage, text, .. } => Some(format!("{stage}: {text}")),
+            LogEntry::Attempt(_) => None,
+        })
+        .collect();
+    assert_eq!(lines.len(), 1, "said once: {lines:?}");
+    assert!(
+        lines[0].starts_with("validate: stage held 2") && lines[0].contains("s: 429 from receiver"),
+        "{lines:?}"
+    );
+    update(&mut app, header(vec![]));
+    let last = app.log.entries.back().unwrap();
+    assert!(
+        matches!(last, LogEntry::Stage { text, .. } if text == "hold ended: requests resume"),
+        "{last:?}"
+    );
+    press(&mut app, KeyCode::Tab);
+    let fx = press(&mut app, KeyCode::Enter);
+    assert!(fx.is_empty(), "a stage line opens nothing: {fx:?}");
+}
+
+/// Issue 21: `p` on a held stage resumes it (which lifts the hold) instead of pausing it.
+#[test]
+fn p_on_a_held_stage_lifts_the_hold() {
+    let mut app = on_workflows(false);
+    press(&mut app, KeyCode::Enter);
+    let mut detail = stages();
+    for s in &mut detail.stage_list {
+        if s.id.as_str() == "validate" {
+            s.held_until = Some(chrono::Utc::now() + chrono::Duration::seconds(28));
+            s.held_reason = Some("429 from receiver".into());
+        }
+    }
+    load(&mut app, ViewData::Stages(Box::new(detail)));
+    to_stage(&mut app, "validate");
+    assert_eq!(
+        ch(&mut app, 'p'),
+        vec![Effect::Run(Pending::Pause {
+            workflow: wf(),
+            stage: StageId::new("validate"),
+            pause: false
+        })]
+    );
 }

@@ -1031,3 +1031,61 @@ fn the_demo_workflow_loads_with_no_environment() {
     let wf = load_file(&path, &no_env).unwrap_or_else(|e| panic!("{e}"));
     assert!(wf.dataset_stage().is_some());
 }
+
+#[test]
+fn rate_limits_parse_with_a_default_burst_of_one_seconds_worth() {
+    let rate = |line: &str| {
+        ok(&hook(&format!("url = \"http://127.0.0.1:9/\"\n{line}")))
+            .stage(&"hook".into())
+            .and_then(Stage::webhook)
+            .and_then(|w| w.rate_limit)
+    };
+    let r = rate("rate_limit = \"20/s\"").unwrap();
+    assert_eq!((r.count, r.period_ms, r.burst), (20, 1_000, 20));
+    assert_eq!(r.to_string(), "20/s");
+    let r = rate("rate_limit = \"100/min\"").unwrap();
+    assert_eq!((r.count, r.period_ms, r.burst), (100, 60_000, 2));
+    assert_eq!(r.to_string(), "100/min");
+    let r = rate("rate_limit = \"10/h\"").unwrap();
+    assert_eq!((r.count, r.period_ms, r.burst), (10, 3_600_000, 1));
+    let r = rate("rate_limit = \"5/s\"\nburst = 1").unwrap();
+    assert_eq!((r.count, r.burst), (5, 1));
+    assert_eq!(rate(""), None);
+}
+
+#[test]
+fn rate_limits_must_be_positive_and_burst_needs_a_rate() {
+    let h = |line: &str| hook(&format!("url = \"http://127.0.0.1:9/\"\n{line}"));
+    for bad in ["0/s", "-5/s", "2.5/s", "20", "20/day", "fast"] {
+        assert_error(
+            &h(&format!("rate_limit = \"{bad}\"")),
+            "24:14",
+            &format!(
+                "`rate_limit` must be a positive whole number of requests per second, minute or hour, not `{bad}`"
+            ),
+        );
+    }
+    assert_error(
+        &h("rate_limit = 20"),
+        "24:14",
+        "`rate_limit` must be a string",
+    );
+    assert_error(
+        &h("burst = 0\nrate_limit = \"1/s\""),
+        "24:9",
+        "`burst` must be from 1 to 1000000, not 0",
+    );
+    assert_error(
+        &h("burst = 5"),
+        "24:9",
+        "`burst` only applies with a `rate_limit`",
+    );
+    let errs = errors(&with(
+        "\n[[stage]]\nid = \"x\"\nkind = \"annotate\"\nnext = \"done\"\nrate_limit = \"1/s\"\n",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("`rate_limit` is only valid on")),
+        "{errs:?}"
+    );
+}
