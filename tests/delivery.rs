@@ -1862,12 +1862,18 @@ fn a_429_with_retry_after_2_holds_its_stage_while_another_keeps_flowing() {
         &steady_items.iter().map(String::as_str).collect::<Vec<_>>(),
         "steady",
     );
+    // Recorded, not only received: the third answer may still be on its way back.
     wait_until(
-        "three requests to the held stage",
+        "the three held deliveries to be recorded",
         Duration::from_secs(20),
-        || h.received("/held").len() >= 3,
+        || {
+            held_items
+                .iter()
+                .all(|i| h.delivery_of(i).state == DeliveryState::Failed)
+        },
     );
     let held_at = arrivals(&h, "/held");
+    assert_eq!(held_at.len(), 3, "one request each");
     let steady_at = arrivals(&h, "/steady");
     for w in held_at.windows(2) {
         assert!(
