@@ -1569,3 +1569,143 @@ mod console {
         assert_eq!(key(&mut ro, KeyCode::Char('e')).len(), 1);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Moving a store (issue 17): db copy
+// ---------------------------------------------------------------------------------------------
+
+#[path = "support/pg.rs"]
+mod pg;
+
+/// Everything a store shows of its rows, in one JSON value: every item with its history and
+/// deliveries, every delivery with its body and attempts, the workflow's figures and the audit
+/// log.
+fn everything(store: &Store) -> Value {
+    let mut items = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_items(&hookops::store::ItemFilter::default(), after.as_ref(), 100)
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|r| r.cursor.clone());
+        for row in page {
+            items.push(serde_json::to_value(store.item_detail(&row.id).unwrap()).unwrap());
+        }
+    }
+    let mut deliveries = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_deliveries(&DeliveryFilter::default(), after, 100)
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|(_, c)| *c);
+        for (d, _) in page {
+            deliveries.push(serde_json::to_value(store.delivery_detail(&d.id).unwrap()).unwrap());
+        }
+    }
+    let workflow = store.workflow_detail(&wf()).unwrap();
+    json!({
+        "items": items,
+        "deliveries": deliveries,
+        "workflow": serde_json::to_value(workflow.summary).unwrap(),
+        "audit": serde_json::to_value(store.audit_log(1000).unwrap()).unwrap(),
+    })
+}
+
+fn open_read_only(location: &str) -> Store {
+    let location = hookops::store::Location::parse(location).unwrap();
+    let opts = OpenOptions {
+        read_only: true,
+        ..OpenOptions::default()
+    };
+    Store::open_at(&location, &opts).unwrap()
+}
+
+fn db_copy(from: &str, to: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hookops"))
+        .args(["db", "copy", from, to])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `db copy` moves a store that has been delivering (successes, final failures routed on
+/// `on_failure`, attempts with headers and bodies) into PostgreSQL and from there into a new
+/// file; all three read the same, item by item and delivery by delivery, and each copy prints
+/// equal counts for both sides. A target that already holds a store is refused (exit 1) and
+/// keeps what it had.
+#[test]
+fn db_copy_round_trips_a_store_through_postgresql_and_refuses_a_target_in_use() {
+    let mut w = World::new("/ok=ok,/bad=500,*=ok");
+    w.apply(
+        &format!(
+            "{}{}",
+            hook("good", &w.url("/ok"), ""),
+            hook(
+                "bad",
+                &w.url("/bad"),
+                "max_attempts = 1\non_failure = \"fail-sink\""
+            )
+        ),
+        &[],
+    );
+    let good = ids("g", 20);
+    let bad = ids("b", 10);
+    w.import(&good);
+    w.import(&bad);
+    w.start_dispatcher(16);
+    w.assign(&good, "good");
+    w.assign(&bad, "bad");
+    let all: Vec<String> = good.iter().chain(&bad).cloned().collect();
+    w.wait_settled(&all, Duration::from_secs(60));
+    for stop in &w.stops {
+        stop.send(true).unwrap();
+    }
+    let source = w.db.to_str().unwrap().to_string();
+    let url = pg::cluster().database();
+    let back = w.dir.path().join("back.db");
+    let back = back.to_str().unwrap();
+
+    for (from, to) in [(source.as_str(), url.as_str()), (url.as_str(), back)] {
+        let o = db_copy(from, to);
+        assert_ok(&o, "db copy");
+        let table = stdout(&o);
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .filter(|r: &Vec<&str>| r.len() == 3)
+            .collect();
+        assert!(rows.len() >= 13, "a line per table: {table}");
+        assert!(rows.iter().all(|r| r[1] == r[2]), "{table}");
+        let deliveries = rows.iter().find(|r| r[0] == "deliveries").unwrap();
+        assert_eq!(deliveries[1], "30", "{table}");
+    }
+    let expected = everything(&w.store);
+    assert_eq!(expected["items"].as_array().unwrap().len(), 30);
+    assert_eq!(
+        everything(&open_read_only(&url)),
+        expected,
+        "the copy in PostgreSQL"
+    );
+    assert_eq!(
+        everything(&open_read_only(back)),
+        expected,
+        "the copy back in a file"
+    );
+
+    let o = db_copy(&source, &url);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("already holds a store"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(everything(&open_read_only(&url)), expected, "untouched");
+}
