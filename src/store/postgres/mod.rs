@@ -287,7 +287,10 @@ impl Backend for Postgres {
             CheckStatus::Ok,
             format!("connected to {}", self.location),
         )];
+        let mut size_bytes = 0;
         self.snapshot(|conn| {
+            let storage = reads::PgReads { conn }.storage()?;
+            size_bytes = (storage.pages * storage.page_size).max(0) as u64;
             let version = schema::version(conn)?;
             let latest = schema::MIGRATIONS.len() as i64;
             checks.push(if version == latest {
@@ -307,7 +310,7 @@ impl Backend for Postgres {
         })?;
         Ok(HealthReport {
             path: self.location.to_string().into(),
-            size_bytes: 0,
+            size_bytes,
             ok: checks.iter().all(|c| c.status != CheckStatus::Fail),
             checks,
             repaired: Vec::new(),
