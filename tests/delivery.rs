@@ -22,7 +22,8 @@ use hookops::model::{
 };
 use hookops::receiver::{Received, Receiver, ReceiverOptions, Script};
 use hookops::store::{
-    AssignTarget, DeliveryDetail, DeliveryFilter, DeliverySummary, MoveReport, OpenOptions, Store,
+    AssignTarget, DeliveryDetail, DeliveryFilter, DeliverySummary, Location, MoveReport,
+    OpenOptions, Store,
 };
 use hookops::workflow::Workflow;
 use serde_json::{Value, json};
@@ -44,6 +45,8 @@ struct Harness {
     receiver: Receiver,
     store: Store,
     db: PathBuf,
+    /// Where the store is: `db`, or a PostgreSQL database ([`Harness::on_postgres`]).
+    location: Location,
     events: broadcast::Sender<DispatchNotice>,
     stops: Vec<watch::Sender<bool>>,
     // Dropped last: the runtime runs the receiver and the dispatchers.
@@ -56,7 +59,17 @@ impl Harness {
         Harness::with_secrets(script, Vec::new())
     }
 
+    /// A harness whose store is a database of the PostgreSQL test cluster.
+    fn on_postgres(script: &str) -> Harness {
+        let url = pg::cluster().database();
+        Harness::at(script, Vec::new(), Some(Location::parse(&url).unwrap()))
+    }
+
     fn with_secrets(script: &str, secrets: Vec<String>) -> Harness {
+        Harness::at(script, secrets, None)
+    }
+
+    fn at(script: &str, secrets: Vec<String>, location: Option<Location>) -> Harness {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -71,12 +84,14 @@ impl Harness {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("hookops.db");
-        let store = Store::open(&db, &OpenOptions::default()).unwrap();
+        let location = location.unwrap_or_else(|| Location::File(db.clone()));
+        let store = Store::open_at(&location, &OpenOptions::default()).unwrap();
         let (events, _) = broadcast::channel(4096);
         Harness {
             receiver,
             store,
             db,
+            location,
             events,
             stops: Vec::new(),
             rt,
@@ -86,6 +101,11 @@ impl Harness {
 
     fn url(&self, path: &str) -> String {
         self.receiver.url(path)
+    }
+
+    /// Another handle on the store, as another process opens it.
+    fn other_process(&self) -> Store {
+        Store::open_at(&self.location, &OpenOptions::default()).unwrap()
     }
 
     /// Applies a workflow made of the common sink stages plus `stages` (TOML `[[stage]]`s).
@@ -238,6 +258,9 @@ impl Harness {
         spawn_serve(&self.db, concurrency, &self._dir.path().join(log))
     }
 }
+
+#[path = "support/pg.rs"]
+mod pg;
 
 fn wf() -> WorkflowId {
     WorkflowId::new(WF)
@@ -783,13 +806,23 @@ retry_schedule = ["1s"]"#;
 
 #[test]
 fn max_in_flight_caps_concurrent_requests_across_dispatchers() {
-    let mut h = Harness::new("/capped=slow:300ms");
+    max_in_flight_across_dispatchers(Harness::new("/capped=slow:300ms"));
+}
+
+/// The same with the store in PostgreSQL, where the two dispatchers' lease transactions run
+/// at once (design §7: the cap holds across all processes).
+#[test]
+fn max_in_flight_caps_concurrent_requests_across_dispatchers_on_postgresql() {
+    max_in_flight_across_dispatchers(Harness::on_postgres("/capped=slow:300ms"));
+}
+
+fn max_in_flight_across_dispatchers(mut h: Harness) {
     let extra = format!("max_in_flight = 2\n{}", FAST.replace("300ms", "5s"));
     h.apply(&hook("capped", &h.url("/capped"), &extra));
     let items: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
     let ids: Vec<&str> = items.iter().map(String::as_str).collect();
     h.import(&ids);
-    let second = Store::open(&h.db, &OpenOptions::default()).unwrap();
+    let second = h.other_process();
     h.start_dispatcher(h.store.clone(), 16);
     h.start_dispatcher(second, 16);
     h.assign(&ids, "capped");
