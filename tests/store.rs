@@ -99,6 +99,7 @@ macro_rules! conformance_suite {
                 a_dead_local_dispatchers_leases_are_taken_at_once,
                 shutdown_releases_leases_as_interrupted_attempts_due_now,
                 max_in_flight_caps_a_stage_across_dispatchers,
+                max_in_flight_holds_when_processes_lease_at_once,
                 processes_leasing_at_once_never_take_the_same_delivery,
                 record_and_lease_records_first_so_a_finished_slot_frees_its_stage,
                 a_batch_that_fails_keeps_nothing_of_its_records_or_leases,
@@ -958,6 +959,49 @@ pub mod cases {
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].stage, st("capped"));
         assert!(w.lease("three", 10).is_empty());
+        w.counts();
+    }
+
+    /// §2, §7: `max_in_flight` holds when processes lease for the stage at the very same
+    /// moment (on a server database their lease transactions overlap, and each reads the
+    /// stage's in-flight count before the others commit): four processes lease together,
+    /// round after round, and the stage never has more in flight than its cap.
+    pub fn max_in_flight_holds_when_processes_lease_at_once(w: &World) {
+        let ids: Vec<String> = (0..40).map(|i| format!("m{i:02}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        w.import(&refs);
+        w.assign(&refs, "capped");
+        let stores: Vec<Store> = (0..4).map(|_| w.other_process()).collect();
+        for round in 0..15 {
+            let start = Arc::new(std::sync::Barrier::new(stores.len()));
+            let handles: Vec<_> = stores
+                .iter()
+                .enumerate()
+                .map(|(n, store)| {
+                    let (store, start) = (store.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .build()
+                            .unwrap();
+                        start.wait();
+                        rt.block_on(store.lease_due(&format!("p{n}"), 10, Vec::new()))
+                            .unwrap()
+                    })
+                })
+                .collect();
+            let leases: Vec<Lease> = handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect();
+            assert!(
+                leases.len() <= 2,
+                "round {round}: {} leased at once, cap 2",
+                leases.len()
+            );
+            for l in &leases {
+                w.record(l, answer(200));
+            }
+        }
         w.counts();
     }
 

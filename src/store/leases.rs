@@ -232,17 +232,17 @@ pub(super) fn lease_in_tx(
             if gate.tokens.as_ref().is_some_and(|b| b.taken >= b.available) {
                 continue;
             }
-            if let Some(cap) = gate.cap {
-                gate.in_flight += 1;
-                if gate.in_flight > cap {
-                    continue;
-                }
+            if gate.cap.is_some_and(|cap| gate.in_flight >= cap) {
+                continue;
             }
             let token = uuid::Uuid::now_v7().simple().to_string();
             let until = now + lease_ms(cfg);
+            // A row another process holds (or took since the page was read) costs nothing:
+            // only leases taken count toward the cap, which the stage lock keeps true.
             let Some(leased) = rows.lease_delivery(seq, &token, until, owner, now)? else {
                 continue;
             };
+            gate.in_flight += 1;
             if let Some(b) = gate.tokens.as_mut() {
                 b.taken += 1;
                 b.written = false;
