@@ -242,41 +242,45 @@ pub(super) fn open_picker(app: &mut App, workflow: WorkflowId, target: AssignWha
 }
 
 pub(super) fn confirm_refire(app: &mut App, ids: Vec<DeliveryId>, naming: Naming) -> Vec<Effect> {
-    let text = if ids.len() == 1 {
-        format!(
-            "{} The item goes back into its webhook stage and is delivered anew.",
-            naming.ask(&format!("Re-fire delivery {}", ids[0]))
-        )
-    } else {
-        format!(
-            "{} Each item goes back into its webhook stage.",
-            naming.ask(&format!("Re-fire {} deliveries", ids.len()))
-        )
+    let what = match ids.as_slice() {
+        [one] => format!("Re-fire delivery {one}"),
+        _ => format!("Re-fire {} deliveries", ids.len()),
     };
-    app.overlay = Some(Overlay::Confirm {
-        text,
-        focus: 0,
-        action: Pending::Refire(ids),
-    });
-    vec![]
+    let how = if ids.len() == 1 {
+        "The item goes back into its webhook stage and is delivered anew."
+    } else {
+        "Each item goes back into its webhook stage."
+    };
+    confirm(
+        app,
+        format!("{} {how}", naming.ask(&what)),
+        Pending::Refire(ids),
+    )
 }
 
 pub(super) fn confirm_replay(app: &mut App, ids: Vec<DeliveryId>, naming: Naming) -> Vec<Effect> {
-    let text = if ids.len() == 1 {
-        format!(
-            "{} The stored bytes are sent again; the item does not move.",
-            naming.ask(&format!("Replay delivery {}", ids[0]))
-        )
-    } else {
-        format!(
-            "{} The stored bytes are sent again; items do not move.",
-            naming.ask(&format!("Replay {} deliveries", ids.len()))
-        )
+    let what = match ids.as_slice() {
+        [one] => format!("Replay delivery {one}"),
+        _ => format!("Replay {} deliveries", ids.len()),
     };
+    let how = if ids.len() == 1 {
+        "The stored bytes are sent again; the item does not move."
+    } else {
+        "The stored bytes are sent again; items do not move."
+    };
+    confirm(
+        app,
+        format!("{} {how}", naming.ask(&what)),
+        Pending::Replay(ids),
+    )
+}
+
+/// Opens the confirmation dialog for `action`, on Cancel.
+fn confirm(app: &mut App, text: String, action: Pending) -> Vec<Effect> {
     app.overlay = Some(Overlay::Confirm {
         text,
         focus: 0,
-        action: Pending::Replay(ids),
+        action,
     });
     vec![]
 }
@@ -472,12 +476,7 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
             } else {
                 naming.ask(&format!("{verb} {} items", ids.len()))
             };
-            app.overlay = Some(Overlay::Confirm {
-                text,
-                focus: 0,
-                action: Pending::Advance { ids, outcome },
-            });
-            vec![]
+            confirm(app, text, Pending::Advance { ids, outcome })
         }
         Action::Refire | Action::Replay => {
             let Some(v) = app.view() else { return vec![] };
@@ -587,12 +586,7 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
                     naming.ask(&format!("Cancel {} deliveries", ids.len()))
                 )
             };
-            app.overlay = Some(Overlay::Confirm {
-                text,
-                focus: 0,
-                action: Pending::Cancel(ids),
-            });
-            vec![]
+            confirm(app, text, Pending::Cancel(ids))
         }
         Action::CancelAll | Action::Export => {
             let Some(ViewKind::Deliveries(f)) = app.view().map(|v| v.kind.clone()) else {
