@@ -420,6 +420,196 @@ fn kill_9_at_random_moments_loses_nothing() {
     rt.block_on(recv.shutdown());
 }
 
+#[path = "support/pg.rs"]
+mod pg;
+
+/// Issue 17: the crash suite on PostgreSQL, with two `serve` processes on two hosts (named by
+/// `HOOKOPS_HOST`) sharing one database. Each cycle kills one of them with SIGKILL and starts
+/// it again on its host, which takes its predecessor's leases at once (a dead pid on this
+/// host). At the end one host never comes back: the other may take its leases only once they
+/// expire (timeout + 30 s, design §7), and must. Then every item has exactly one outcome and
+/// no attempt was sent twice. The store is read through `db copy` snapshots into SQLite files,
+/// so the same invariants as the SQLite crash suite are checked.
+#[test]
+fn kill_9_of_one_of_two_serves_on_two_hosts_on_postgresql_loses_nothing() {
+    let items = env_num("HOOKOPS_STRESS_ITEMS", 2000) / 2;
+    let cycles = env_num("HOOKOPS_STRESS_CYCLES", 12).max(10) * 2 / 3;
+    let seed = env_num("HOOKOPS_STRESS_SEED", fastrand::usize(..1_000_000)) as u64;
+    eprintln!(
+        "crash suite on PostgreSQL: {items} items, {cycles} cycles, HOOKOPS_STRESS_SEED={seed}"
+    );
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let rt = runtime();
+    // `b` is slow, so a kill nearly always finds requests in flight.
+    let recv = receiver(&rt, "/a=flaky:35%,/b=slow:300ms,*=ok");
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg::cluster().database();
+    let db = Path::new(&url);
+    let wf = write_workflow(
+        dir.path(),
+        &crash_workflow(&recv.url("/a"), &recv.url("/b"))
+            .replace("timeout = \"5s\"", "timeout = \"2s\""),
+    );
+    ok(db, &["workflow", "apply", wf.to_str().unwrap()]);
+    import(
+        db,
+        dir.path(),
+        (0..items)
+            .map(|i| json!({"id": format!("c{i:05}"), "name": format!("c{i}.jpg")}).to_string()),
+    );
+    let half = (items / 2).to_string();
+    ok(
+        db,
+        &[
+            "assign",
+            "--workflow",
+            "wf",
+            "--stage",
+            "a",
+            "--from-stage",
+            "dataset",
+            "--limit",
+            &half,
+        ],
+    );
+    // A consistent snapshot of the shared database, as a SQLite file.
+    let snapshot = |name: &str| {
+        let copy = dir.path().join(format!("{name}.db"));
+        assert!(!copy.exists(), "{name}: a snapshot is taken once");
+        ok(db, &["db", "copy", &url, copy.to_str().unwrap()]);
+        sql(&copy)
+    };
+    let hosts = ["host-a", "host-b"];
+    let start = |host: &str, n: usize| {
+        let log = dir.path().join(format!("serve-{host}-{n}.log"));
+        serve(db, &log, &[], &[("HOOKOPS_HOST", host)])
+    };
+    let mut running = [start(hosts[0], 0), start(hosts[1], 0)];
+    // (delivery, attempt number) of every lease in flight when a serve was killed.
+    let mut taken_over: HashSet<(String, i64)> = HashSet::new();
+    let in_flight = |c: &Connection| -> Vec<(String, i64, String)> {
+        let mut st = c
+            .prepare(
+                "SELECT id, lease_number, lease_owner FROM deliveries WHERE state = 'in_flight'",
+            )
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    for cycle in 0..cycles {
+        let side = match cycle {
+            2 => Some(vec![
+                "assign",
+                "--workflow",
+                "wf",
+                "--stage",
+                "a",
+                "--from-stage",
+                "dataset",
+            ]),
+            c if c % 3 == 2 => Some(vec!["refire", "--failed", "--workflow", "wf", "--yes"]),
+            _ => None,
+        };
+        let side = side.map(|args| {
+            let mut c = hookops(db);
+            c.args(&args).stdout(Stdio::piped()).stderr(Stdio::piped());
+            (args, c.spawn().unwrap())
+        });
+        std::thread::sleep(Duration::from_millis(rng.u64(300..1500)));
+        let victim = rng.usize(..2);
+        running[victim].kill().unwrap(); // SIGKILL
+        running[victim].wait().unwrap();
+        if let Some((args, child)) = side {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.code().is_some_and(|c| c <= 1),
+                "{args:?}: {}",
+                text(&out)
+            );
+        }
+        let c = snapshot(&format!("cycle-{cycle}"));
+        let inflight = in_flight(&c);
+        eprintln!(
+            "cycle {cycle}: killed {} with {} in flight (both hosts), {} open",
+            hosts[victim],
+            inflight.len(),
+            open_deliveries(&c)
+        );
+        taken_over.extend(inflight.into_iter().map(|(id, n, _)| (id, n)));
+        assert_outbox_consistent(&c, &format!("after kill {cycle}"));
+        running[victim] = start(hosts[victim], cycle + 1);
+    }
+    assert!(!taken_over.is_empty(), "no kill caught a request in flight");
+
+    // host-a dies for good while its requests are in flight: host-b takes them over once
+    // their leases expire, never before.
+    let mut watch = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut pg_count = |q: &str| -> i64 { watch.query_one(q, &[]).unwrap().get(0) };
+    wait_until("host-a to hold a lease", Duration::from_secs(60), || {
+        pg_count(
+            "SELECT COUNT(*) FROM deliveries WHERE state = 'in_flight' AND lease_owner LIKE 'host-a:%'",
+        ) > 0
+    });
+    running[0].kill().unwrap();
+    let killed_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    running[0].wait().unwrap();
+    let c = snapshot("last-kill");
+    let orphaned: Vec<(String, i64)> = in_flight(&c)
+        .into_iter()
+        .filter(|(_, _, owner)| owner.starts_with("host-a:"))
+        .map(|(id, n, _)| (id, n))
+        .collect();
+    taken_over.extend(in_flight(&c).into_iter().map(|(id, n, _)| (id, n)));
+    let mut settled = || {
+        pg_count(
+            "SELECT COUNT(*) FROM deliveries WHERE state IN ('pending','in_flight','retry_scheduled')",
+        ) == 0
+            && pg_count("SELECT COUNT(*) FROM items WHERE stage_id = 'dataset'") == 0
+    };
+    wait_until(
+        "host-b to settle the run",
+        Duration::from_secs(240),
+        &mut settled,
+    );
+    ok(db, &["refire", "--failed", "--workflow", "wf", "--yes"]);
+    wait_until(
+        "the re-fires to settle",
+        Duration::from_secs(120),
+        &mut settled,
+    );
+    term(&mut running[1]);
+    let c = snapshot("final");
+    // Each lease host-a left behind was taken over by host-b (an interrupted attempt row),
+    // and not before it expired: its deadline was at most 2.3 s (the slow receiver's answer
+    // and the request's timeout) short of the kill + 30 s.
+    assert!(
+        !orphaned.is_empty(),
+        "the last kill caught no lease of host-a"
+    );
+    for (id, n) in &orphaned {
+        let taken_at = count(
+            &c,
+            &format!(
+                "SELECT COALESCE(MIN(started_at), 0) FROM attempts WHERE delivery_id = '{id}' AND number = {n}
+                 AND error_kind = 'interrupted'"
+            ),
+        );
+        assert!(taken_at > 0, "{id}: host-a's lease {n} was not taken over");
+        assert!(
+            taken_at >= killed_ms + 27_000,
+            "{id}: host-a's lease {n} was taken {} ms after the kill, before it expired",
+            taken_at - killed_ms
+        );
+    }
+    check_crash_invariants(&c, &recv, items, &taken_over);
+    rt.block_on(recv.shutdown());
+}
+
 fn check_crash_invariants(
     c: &Connection,
     recv: &Receiver,

@@ -20,8 +20,19 @@ pub struct DispatcherInfo {
     pub last_beat: DateTime<Utc>,
 }
 
-/// Hostname, for heartbeat rows (read from the kernel, no libc call).
+/// The name of this host in heartbeat rows: `HOOKOPS_HOST` when set, else the kernel's
+/// hostname (read from `/proc`, no libc call).
+///
+/// A dispatcher on "this host" whose pid is gone is dead at once, so two machines (or
+/// containers) sharing a database must not share a name: where hostnames collide, give each
+/// its own `HOOKOPS_HOST`. The tests use it to run dispatchers "on other hosts".
 pub fn hostname() -> String {
+    if let Some(host) = std::env::var("HOOKOPS_HOST")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+    {
+        return host.trim().to_string();
+    }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()
