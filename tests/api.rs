@@ -14,9 +14,12 @@ use hookops::api::{ApiOptions, Metrics, Server, StartError, Tokens};
 use hookops::dispatch::{self, DispatchNotice, DispatcherOptions};
 use hookops::model::{DeliveryState, ItemId};
 use hookops::receiver::{CallbackApi, Receiver, ReceiverOptions, Script};
-use hookops::store::{OpenOptions, Store};
+use hookops::store::{Location, OpenOptions, Store};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
+
+#[path = "support/pg.rs"]
+mod pg;
 
 const TOKEN: &str = "alice-token-0123456789";
 const BOT_TOKEN: &str = "bot-token-abcdefghijkl";
@@ -44,6 +47,8 @@ struct Opts {
     read_only: bool,
     /// `callback:STAGE` rules call this world's own API.
     callback: bool,
+    /// The store on a PostgreSQL database of the test cluster instead of a SQLite file.
+    postgres: bool,
 }
 
 impl Default for Opts {
@@ -54,6 +59,7 @@ impl Default for Opts {
             max_body: hookops::api::DEFAULT_MAX_BODY,
             read_only: false,
             callback: false,
+            postgres: false,
         }
     }
 }
@@ -153,15 +159,21 @@ impl World {
         })
         .await
         .unwrap();
-        let writable = Store::open(&db, &OpenOptions::default()).unwrap();
+        let location = if o.postgres {
+            // The cluster's admin client runs a runtime of its own: off the async threads.
+            Location::parse(&tokio::task::block_in_place(|| pg::cluster().database())).unwrap()
+        } else {
+            Location::File(db)
+        };
+        let writable = Store::open_at(&location, &OpenOptions::default()).unwrap();
         let wf =
             hookops::workflow::parse("wf.toml", &workflow_text(&receiver, hook_path), &|_| None)
                 .unwrap();
         // Store writes block on the writer: off the async threads.
         tokio::task::block_in_place(|| writable.apply_workflow(&wf, &Vec::new(), "setup")).unwrap();
         let store = if o.read_only {
-            Store::open(
-                &db,
+            Store::open_at(
+                &location,
                 &OpenOptions {
                     read_only: true,
                     ..OpenOptions::default()
@@ -518,7 +530,20 @@ async fn auth_is_required_everywhere_but_healthz_and_names_the_operator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_endpoint_answers_its_documented_shape_and_errors() {
-    let w = World::new(Opts::default()).await;
+    every_endpoint(Opts::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_endpoint_answers_its_documented_shape_and_errors_on_postgresql() {
+    every_endpoint(Opts {
+        postgres: true,
+        ..Opts::default()
+    })
+    .await;
+}
+
+async fn every_endpoint(o: Opts) {
+    let w = World::new(o).await;
     // Every documented route is exercised below; this list keeps the two in step.
     let documented: Vec<String> = w.doc["paths"]
         .as_object()
@@ -1113,9 +1138,19 @@ async fn every_400_has_details_set_stage_takes_only_an_object_and_a_414_is_json(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn read_only_api_answers_reads_and_refuses_every_action() {
+    read_only_api(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_only_api_answers_reads_and_refuses_every_action_on_postgresql() {
+    read_only_api(true).await;
+}
+
+async fn read_only_api(postgres: bool) {
     let w = World::new(Opts {
         dispatch: false,
         read_only: true,
+        postgres,
         ..Opts::default()
     })
     .await;
@@ -1212,8 +1247,18 @@ async fn chunked_post(api: &str, path: &str, body: &[u8]) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cursors_page_through_lists_while_rows_are_inserted() {
+    cursors_page_through_lists(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cursors_page_through_lists_while_rows_are_inserted_on_postgresql() {
+    cursors_page_through_lists(true).await;
+}
+
+async fn cursors_page_through_lists(postgres: bool) {
     let w = World::new(Opts {
         dispatch: false,
+        postgres,
         ..Opts::default()
     })
     .await;
@@ -1306,10 +1351,20 @@ async fn cursors_page_through_lists_while_rows_are_inserted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_receiver_calling_back_while_its_delivery_is_recorded_never_deadlocks() {
+    calling_back_while_recorded(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiver_calling_back_while_its_delivery_is_recorded_never_deadlocks_on_postgresql() {
+    calling_back_while_recorded(true).await;
+}
+
+async fn calling_back_while_recorded(postgres: bool) {
     // The receiver's own `callback:STAGE` mode: answer 200, call /v1/items/stage at once.
     let w = World::new(Opts {
         script: "/hook=callback:parked,/events=ok,/events-down=400,*=ok",
         callback: true,
+        postgres,
         ..Opts::default()
     })
     .await;
