@@ -1709,3 +1709,131 @@ fn db_copy_round_trips_a_store_through_postgresql_and_refuses_a_target_in_use() 
     );
     assert_eq!(everything(&open_read_only(&url)), expected, "untouched");
 }
+
+/// `sslmode` as libpq means it (design §7, "TLS as the URL asks"), against a cluster that takes
+/// TCP connections only with TLS, its certificate signed by a test CA for `localhost`:
+/// `require` (and the default, `prefer`) encrypt without checking the certificate, `disable`
+/// is refused by the server, `verify-full` checks the chain and the host name, `verify-ca` the
+/// chain only, and a missing or foreign CA is one sentence, the password never in it.
+#[test]
+fn sslmode_require_connects_over_tls_and_verify_modes_check_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name);
+    let openssl = |args: &[&str]| {
+        let o = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl (it comes with the postgresql package)");
+        assert!(o.status.success(), "openssl {args:?}: {}", stderr(&o));
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let (key, crt) = (format!("{ca}.key"), format!("{ca}.crt"));
+        let subject = format!("/CN=hookops test {ca}");
+        let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subject];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &crt]);
+        openssl(&args);
+    }
+    let mut args = vec!["req", "-subj", "/CN=localhost", "-keyout", "server.key"];
+    args.extend(ec);
+    args.extend(["-out", "server.csr"]);
+    openssl(&args);
+    std::fs::write(
+        at("ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+        "-out",
+        "server.crt",
+    ]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cluster = pg::start_tls(port, &at("server.crt"), &at("server.key"));
+    let name = cluster
+        .database()
+        .split_once("///")
+        .and_then(|(_, rest)| rest.split_once('?'))
+        .map(|(name, _)| name.to_string())
+        .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let list = |host: &str, query: &str| {
+        let url = format!("postgres://postgres:s3cret-pw@{host}:{port}/{name}{query}");
+        let o = Command::new(env!("CARGO_BIN_EXE_hookops"))
+            .args(["--db", &url, "workflow", "list"])
+            .env("HOME", home.path())
+            .env_remove("HOOKOPS_DB")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let said = format!("{}{}", stdout(&o), stderr(&o));
+        assert!(
+            !said.contains("s3cret-pw"),
+            "the password was shown: {said}"
+        );
+        (o.status.code(), said)
+    };
+    let ca = format!("&sslrootcert={}", at("ca.crt").display());
+    let other = format!("&sslrootcert={}", at("other-ca.crt").display());
+    for (host, query) in [
+        ("127.0.0.1", "?sslmode=require".to_string()),
+        ("127.0.0.1", String::new()),
+        ("localhost", format!("?sslmode=verify-full{ca}")),
+        ("127.0.0.1", format!("?sslmode=verify-ca{ca}")),
+    ] {
+        let (code, said) = list(host, &query);
+        assert_eq!(code, Some(0), "{host}{query}: {said}");
+    }
+    for (host, query, says) in [
+        ("127.0.0.1", "?sslmode=disable".to_string(), "no encryption"),
+        (
+            "127.0.0.1",
+            format!("?sslmode=verify-full{ca}"),
+            "certificate not valid for name",
+        ),
+        (
+            "localhost",
+            format!("?sslmode=verify-full{other}"),
+            "UnknownIssuer",
+        ),
+        (
+            "localhost",
+            format!("?sslmode=require{other}"),
+            "UnknownIssuer",
+        ),
+        (
+            "localhost",
+            "?sslmode=verify-full".to_string(),
+            "no CA is given",
+        ),
+    ] {
+        let (code, said) = list(host, &query);
+        assert_eq!(code, Some(1), "{host}{query}: {said}");
+        assert!(said.contains(says), "{host}{query}: {said}");
+        assert_eq!(said.trim().lines().count(), 1, "one sentence: {said}");
+    }
+}

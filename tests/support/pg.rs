@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub struct Cluster {
     socket_dir: PathBuf,
+    port: u16,
 }
 
 /// The directory holding `initdb` and `pg_ctl`: `$PG_BIN`, else the newest
@@ -84,6 +85,45 @@ pub fn cluster() -> &'static Cluster {
 }
 
 fn start() -> Cluster {
+    start_with(5432, "-c listen_addresses=", |_| {})
+}
+
+/// A second cluster of this test process that listens on `127.0.0.1:port` too and takes only
+/// TLS connections there, with the certificate and key in `cert` and `key` (PEM files): for
+/// the tests of `sslmode`.
+#[allow(dead_code)]
+pub fn start_tls(port: u16, cert: &Path, key: &Path) -> Cluster {
+    start_with(
+        port,
+        &format!("-c listen_addresses=127.0.0.1 -p {port} -c ssl=on"),
+        |data| {
+            for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+                let to = data.join(to);
+                std::fs::copy(from, &to).expect("copy the server's certificate");
+                std::os::unix::fs::chown(&to, owner(), None).expect("chown");
+                std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .expect("chmod");
+            }
+            // TCP only with TLS (so a connection without it is refused); the socket as before.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .expect("write pg_hba.conf");
+        },
+    )
+}
+
+/// The uid the server runs as (`postgres` when this process is root).
+fn owner() -> Option<u32> {
+    if !is_root() {
+        return None;
+    }
+    let out = Command::new("id").args(["-u", "postgres"]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+fn start_with(port: u16, options: &str, prepare: impl FnOnce(&Path)) -> Cluster {
     let bin = bin_dir();
     assert!(
         bin.join("initdb").exists() && bin.join("pg_ctl").exists(),
@@ -111,11 +151,12 @@ fn start() -> Cluster {
         .arg(&data)
         .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
     run(init, "initdb");
+    prepare(&data);
     // fsync off: a test cluster need not survive a power cut. Every session still commits
     // with synchronous_commit = on, as in production.
     let mut ctl = server_command(&bin, "pg_ctl");
     ctl.arg("-D").arg(&data).arg("-o").arg(format!(
-        "-k {} -c listen_addresses= -c fsync=off -c max_connections=200",
+        "-k {} {options} -c fsync=off -c max_connections=200",
         dir.display()
     ));
     ctl.arg("-l").arg(dir.join("log")).args(["-w", "start"]);
@@ -142,14 +183,24 @@ fn start() -> Cluster {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the cluster's watchdog");
-    Cluster { socket_dir: dir }
+    Cluster {
+        socket_dir: dir,
+        port,
+    }
 }
 
 impl Cluster {
+    /// The directory of the cluster's Unix socket.
+    #[allow(dead_code)]
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
     fn url(&self, db: &str) -> String {
         format!(
-            "postgresql:///{db}?host={}&user=postgres",
-            self.socket_dir.display()
+            "postgresql:///{db}?host={}&port={}&user=postgres",
+            self.socket_dir.display(),
+            self.port
         )
     }
 

@@ -5,6 +5,7 @@
 pub(crate) mod reads;
 pub(crate) mod rows;
 pub(crate) mod schema;
+mod tls;
 pub(crate) mod writer;
 
 use std::cell::RefCell;
@@ -14,7 +15,7 @@ use std::sync::Mutex;
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row, Statement};
+use postgres::{Client, Row, Statement};
 use tokio::sync::{oneshot, watch};
 
 use crate::store::maintenance::{CheckStatus, HealthReport, line, table_checks};
@@ -28,8 +29,27 @@ impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
         // The server's own message, not the client's "db error" wrapper.
         match e.as_db_error() {
+            // A deadlock broken, or a conflict under stricter isolation: the job's savepoint
+            // is rolled back and the rest of its transaction goes on (writer.rs).
+            Some(db) if matches!(db.code().code(), "40P01" | "40001") => {
+                StoreError::Database(format!(
+                    "{} (another process changed the same rows at the same moment); nothing of \
+                     this change was applied: run it again",
+                    db.message()
+                ))
+            }
             Some(db) => StoreError::Database(db.message().to_string()),
-            None => StoreError::Database(e.to_string()),
+            // The client's words and their causes: "error performing TLS handshake: invalid
+            // peer certificate: UnknownIssuer".
+            None => {
+                let mut message = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    message = format!("{message}: {c}");
+                    cause = c.source();
+                }
+                StoreError::Database(message)
+            }
         }
     }
 }
@@ -140,10 +160,17 @@ impl Drop for Conn {
     }
 }
 
+/// Where the database is and how to reach it (TLS as the URL asks).
+#[derive(Clone)]
+struct Server {
+    config: postgres::Config,
+    tls: tls::Tls,
+}
+
 /// Opens a connection: durable commits for every transaction, read-only transactions when the
 /// store is read-only.
-fn connect(config: &postgres::Config, read_only: bool) -> Result<Conn> {
-    let client = blocking(|| config.connect(NoTls))?;
+fn connect(server: &Server, read_only: bool) -> Result<Conn> {
+    let client = blocking(|| server.config.connect(server.tls.clone()))?;
     let conn = Conn::new(client);
     conn.batch("SET synchronous_commit = on; SET application_name = 'hookops'")?;
     if read_only {
@@ -155,7 +182,7 @@ fn connect(config: &postgres::Config, read_only: bool) -> Result<Conn> {
 /// A store in a PostgreSQL database: its writer (none when read-only), its read connections.
 pub(crate) struct Postgres {
     location: Location,
-    config: postgres::Config,
+    server: Server,
     read_only: bool,
     writer: Option<writer::Writer>,
     readers: Mutex<Vec<Conn>>,
@@ -169,10 +196,12 @@ impl Postgres {
             path: location.to_string().into(),
             message,
         };
+        let (url, tls) = tls::split(url).map_err(fail)?;
         let config: postgres::Config = url
             .parse()
             .map_err(|e: postgres::Error| fail(format!("not a PostgreSQL URL: {e}")))?;
-        let conn = connect(&config, opts.read_only).map_err(|e| fail(e.to_string()))?;
+        let server = Server { config, tls };
+        let conn = connect(&server, opts.read_only).map_err(|e| fail(e.to_string()))?;
         let latest = schema::MIGRATIONS.len() as i64;
         if opts.read_only {
             let version = schema::version(&conn)?;
@@ -191,7 +220,7 @@ impl Postgres {
         };
         Ok(Postgres {
             location,
-            config,
+            server,
             read_only: opts.read_only,
             writer,
             readers: Mutex::new(Vec::new()),
@@ -207,7 +236,7 @@ impl Postgres {
             .pop();
         let conn = match pooled {
             Some(c) if !c.is_closed() => c,
-            _ => connect(&self.config, self.read_only)?,
+            _ => connect(&self.server, self.read_only)?,
         };
         let result = conn
             .batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -243,11 +272,11 @@ impl Backend for Postgres {
     /// `LISTEN` on a connection of its own: every transaction of every process ends with a
     /// `NOTIFY`, delivered at its commit.
     fn change_feed(&self) -> Result<Box<dyn ChangeFeed>> {
-        let conn = connect(&self.config, true)?;
+        let conn = connect(&self.server, true)?;
         conn.batch(&format!("LISTEN {}", writer::CHANNEL))?;
         Ok(Box::new(Listener {
             conn: Some(conn),
-            config: self.config.clone(),
+            server: self.server.clone(),
         }))
     }
 
@@ -326,7 +355,7 @@ impl Backend for Postgres {
 /// to listen again.
 struct Listener {
     conn: Option<Conn>,
-    config: postgres::Config,
+    server: Server,
 }
 
 impl ChangeFeed for Listener {
@@ -337,7 +366,7 @@ impl ChangeFeed for Listener {
                 _ => self.conn = None,
             }
         }
-        if let Ok(conn) = connect(&self.config, true)
+        if let Ok(conn) = connect(&self.server, true)
             && conn.batch(&format!("LISTEN {}", writer::CHANNEL)).is_ok()
         {
             self.conn = Some(conn);
