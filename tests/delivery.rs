@@ -255,7 +255,11 @@ impl Harness {
     }
 
     fn spawn_serve(&self, concurrency: u32, log: &str) -> Child {
-        spawn_serve(&self.db, concurrency, &self._dir.path().join(log))
+        let db = match &self.location {
+            Location::File(path) => path.clone(),
+            Location::Postgres { url, .. } => PathBuf::from(url),
+        };
+        spawn_serve(&db, concurrency, &self._dir.path().join(log))
     }
 }
 
@@ -1569,7 +1573,17 @@ fn an_item_moved_by_hand_mid_flight_is_not_routed_by_the_late_outcome() {
 
 #[test]
 fn dispatchers_sharing_one_database_send_each_attempt_once() {
-    let mut h = Harness::new("/hook=fail-first-1");
+    dispatchers_sharing_one_database(Harness::new("/hook=fail-first-1"));
+}
+
+/// The same with the two in-process dispatchers and `serve` on one PostgreSQL database: the
+/// assignments of this process reach `serve` through NOTIFY.
+#[test]
+fn dispatchers_sharing_one_database_send_each_attempt_once_on_postgresql() {
+    dispatchers_sharing_one_database(Harness::on_postgres("/hook=fail-first-1"));
+}
+
+fn dispatchers_sharing_one_database(mut h: Harness) {
     let extra = FAST.replace("300ms", "5s");
     h.apply(&hook("hook", &h.url("/hook"), &extra));
     let items: Vec<String> = (0..60).map(|i| format!("d{i:03}")).collect();
@@ -1577,7 +1591,7 @@ fn dispatchers_sharing_one_database_send_each_attempt_once() {
     h.import(&ids);
     // Two in-process dispatchers on two store handles (two writers, two connections) and a
     // `hookops serve` process, all on one file.
-    let second = Store::open(&h.db, &OpenOptions::default()).unwrap();
+    let second = h.other_process();
     h.start_dispatcher(h.store.clone(), 8);
     h.start_dispatcher(second, 8);
     let mut serve = h.spawn_serve(8, "serve.log");

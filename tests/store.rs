@@ -24,7 +24,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hookops::model::{
     AttemptTrigger, CancelReason, DeliveryId, DeliveryState, DeliveryTrigger, ErrorKind, EventType,
@@ -101,6 +101,7 @@ macro_rules! conformance_suite {
                 max_in_flight_caps_a_stage_across_dispatchers,
                 max_in_flight_holds_when_processes_lease_at_once,
                 processes_leasing_at_once_never_take_the_same_delivery,
+                another_processs_commit_reaches_the_change_feed,
                 record_and_lease_records_first_so_a_finished_slot_frees_its_stage,
                 a_batch_that_fails_keeps_nothing_of_its_records_or_leases,
                 attempt_numbers_are_unique_and_only_scheduled_uninterrupted_ones_count,
@@ -1048,6 +1049,33 @@ pub mod cases {
             60
         );
         w.counts();
+    }
+
+    /// Wake-up (design §7): a commit of another process reaches this one's change feed (a
+    /// NOTIFY on PostgreSQL, `data_version` on SQLite), every time, and once it has been seen
+    /// the feed is quiet until the next one.
+    pub fn another_processs_commit_reaches_the_change_feed(w: &World) {
+        let mut feed = w.store.change_watcher().unwrap();
+        let other = w.other_process();
+        let noticed = |feed: &mut hookops::store::ChangeWatcher| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !feed.changed().unwrap() {
+                assert!(
+                    Instant::now() < deadline,
+                    "another process's commit went unnoticed"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+        for round in 0..3 {
+            let line = format!("{{\"id\": \"wake{round}\", \"name\": \"wake{round}.jpg\"}}\n");
+            let parsed = hookops::import::parse_jsonl(line.as_bytes()).unwrap();
+            other
+                .import_items(&wf(), parsed.items, None, OP, &mut |_, _| {})
+                .unwrap();
+            noticed(&mut feed);
+            assert!(!feed.changed().unwrap(), "round {round}: noticed twice");
+        }
     }
 
     /// The dispatcher's batch: records come before the leases of the same job, so the slot
@@ -2748,35 +2776,33 @@ on_failure = "fail-sink"
     pub fn a_rate_limited_stage_leases_its_tokens_only_and_every_process_shares_them(w: &World) {
         w.apply(FLOW);
         import_into(w, &ids("m", 12), "metered");
-        assert_eq!(w.lease("one", 20).len(), 3, "a full bucket: the burst");
-        let other = w.other_process();
-        assert!(
-            w.rt.block_on(other.lease_due("two", 20, Vec::new()))
+        // Two processes on one clock that moves only when told: a token comes exactly when
+        // the case says, however slow the machine.
+        let clock = Clock::manual(now_ms());
+        let (one, two) = ((w.open)(clock.clone()), (w.open)(clock.clone()));
+        let lease = |store: &Store, owner: &str| {
+            w.rt.block_on(store.lease_due(owner, 20, Vec::new()))
                 .unwrap()
-                .is_empty()
-        );
-        assert!(w.lease("one", 20).is_empty(), "no token left");
-        // A token every 500 ms, from the lease (some real time has passed since).
-        let wake = w.store.next_wakeup().unwrap().expect("the next token");
-        assert!(
-            wake > w.now() && wake <= w.now() + 500,
-            "{}",
-            wake - w.now()
-        );
-        w.clock.advance(Duration::from_millis(500));
+                .len()
+        };
+        assert_eq!(lease(&one, "one"), 3, "a full bucket: the burst");
+        assert_eq!(lease(&two, "two"), 0);
+        assert_eq!(lease(&one, "one"), 0, "no token left");
+        // A token every 500 ms, from the lease.
+        let wake = one.next_wakeup().unwrap().expect("the next token");
+        assert_eq!(wake, clock.now_ms() + 500);
+        clock.advance(Duration::from_millis(500));
         assert_eq!(
-            w.rt.block_on(other.lease_due("two", 20, Vec::new()))
-                .unwrap()
-                .len(),
+            lease(&two, "two"),
             1,
             "another process takes the token that came"
         );
-        assert!(w.lease("one", 20).is_empty(), "and this one finds none");
-        w.clock.advance(Duration::from_millis(1000));
-        assert_eq!(w.lease("one", 20).len(), 2);
+        assert_eq!(lease(&one, "one"), 0, "and this one finds none");
+        clock.advance(Duration::from_millis(1000));
+        assert_eq!(lease(&one, "one"), 2);
         // A rest of 10 s (within the leases' 40 s) fills the bucket to its burst, no more.
-        w.clock.advance(Duration::from_secs(10));
-        assert_eq!(w.lease("one", 20).len(), 3);
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(lease(&one, "one"), 3);
         w.counts();
         let s = w.stage("metered");
         assert_eq!(
@@ -2799,21 +2825,22 @@ on_failure = "fail-sink"
     pub fn a_test_or_replay_of_a_rate_limited_stage_waits_for_its_token_and_counts(w: &World) {
         w.apply(FLOW);
         import_into(w, &ids("t", 5), "metered");
-        let leases = w.lease("one", 20);
+        // A clock that moves only when told: no token comes while the case runs.
+        let clock = Clock::manual(now_ms());
+        let one = (w.open)(clock.clone());
+        let lease = || w.rt.block_on(one.lease_due("one", 20, Vec::new())).unwrap();
+        let leases = lease();
         assert_eq!(leases.len(), 3);
-        let test = w.store.begin_test(&wf(), &st("metered"), OP).unwrap();
+        let test = one.begin_test(&wf(), &st("metered"), OP).unwrap();
         let at = test.not_before.expect("no token: the test waits for one");
-        assert!(at > w.now() && at <= w.now() + 500, "{}", at - w.now());
-        let replay = w.store.begin_replay(&leases[0].delivery_id, OP).unwrap();
+        assert_eq!(at, clock.now_ms() + 500);
+        let replay = one.begin_replay(&leases[0].delivery_id, OP).unwrap();
         let after = replay.not_before.expect("the token after that");
         assert_eq!(after - at, 500, "one token later");
-        w.clock.advance(Duration::from_millis(1000));
-        assert!(
-            w.lease("one", 20).is_empty(),
-            "both tokens that came were reserved"
-        );
-        w.clock.advance(Duration::from_millis(500));
-        assert_eq!(w.lease("one", 20).len(), 1);
+        clock.advance(Duration::from_millis(1000));
+        assert!(lease().is_empty(), "both tokens that came were reserved");
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(lease().len(), 1);
         // A stage without a rate: at once.
         let test = w.store.begin_test(&wf(), &st("hook"), OP).unwrap();
         assert_eq!(test.not_before, None);

@@ -11,7 +11,9 @@ pub(crate) mod writer;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
@@ -129,19 +131,17 @@ impl Conn {
         Ok(blocking(|| self.client().batch_execute(sql))?)
     }
 
-    /// How many notifications arrived since the last call (never waits).
-    fn notifications(&self) -> Result<usize> {
+    /// Waits up to `timeout` for notifications; whether any came (all that came are taken).
+    ///
+    /// It must wait: the client's runtime reads the socket only while it waits, so a call
+    /// that never waits never sees a notification that arrived after the last statement.
+    fn wait_notifications(&self, timeout: Duration) -> Result<bool> {
         let mut client = self.client();
-        let mut n = 0;
-        blocking(|| {
-            let mut pending = client.notifications();
-            let mut it = pending.iter();
-            while it.next()?.is_some() {
-                n += 1;
-            }
-            Ok::<(), postgres::Error>(())
-        })?;
-        Ok(n)
+        let mut pending = client.notifications();
+        let first = pending.timeout_iter(timeout).next()?;
+        let mut rest = pending.iter();
+        while rest.next()?.is_some() {}
+        Ok(first.is_some())
     }
 
     fn is_closed(&self) -> bool {
@@ -272,12 +272,7 @@ impl Backend for Postgres {
     /// `LISTEN` on a connection of its own: every transaction of every process ends with a
     /// `NOTIFY`, delivered at its commit.
     fn change_feed(&self) -> Result<Box<dyn ChangeFeed>> {
-        let conn = connect(&self.server, true)?;
-        conn.batch(&format!("LISTEN {}", writer::CHANNEL))?;
-        Ok(Box::new(Listener {
-            conn: Some(conn),
-            server: self.server.clone(),
-        }))
+        Ok(Box::new(Listener::start(self.server.clone())?))
     }
 
     fn write_figures(&self, reset: bool) -> WriteFigures {
@@ -350,28 +345,85 @@ impl Backend for Postgres {
     fn give_back_space(&self) {}
 }
 
-/// The change feed on PostgreSQL: notifications on a listening connection. While that
-/// connection is down, every call says "changed" (the listener re-reads everything) and tries
-/// to listen again.
+/// The change feed on PostgreSQL: a thread listens on a connection of its own and raises a
+/// flag for every notification; `changed` takes the flag down. While that connection is down
+/// (and until it listens again), every call says "changed", so the reader re-reads everything:
+/// design §7's polling fallback.
 struct Listener {
-    conn: Option<Conn>,
-    server: Server,
+    state: Arc<ListenState>,
+}
+
+#[derive(Default)]
+struct ListenState {
+    changed: AtomicBool,
+    down: AtomicBool,
+}
+
+/// How long the listening thread waits at a time, so it notices a dropped feed.
+const LISTEN_WAIT: Duration = Duration::from_millis(250);
+
+impl Listener {
+    fn start(server: Server) -> Result<Listener> {
+        let conn = listen(&server)?;
+        let state = Arc::new(ListenState::default());
+        let weak = Arc::downgrade(&state);
+        std::thread::Builder::new()
+            .name("hookops-pg-listen".into())
+            .spawn(move || listen_loop(Some(conn), &server, &weak))
+            .map_err(|e| StoreError::Database(format!("cannot start the listener: {e}")))?;
+        Ok(Listener { state })
+    }
 }
 
 impl ChangeFeed for Listener {
     fn changed(&mut self) -> Result<bool> {
-        if let Some(conn) = &self.conn {
-            match conn.notifications() {
-                Ok(n) if !conn.is_closed() => return Ok(n > 0),
-                _ => self.conn = None,
+        let changed = self.state.changed.swap(false, Ordering::AcqRel);
+        Ok(changed || self.state.down.load(Ordering::Acquire))
+    }
+}
+
+fn listen(server: &Server) -> Result<Conn> {
+    let conn = connect(server, true)?;
+    conn.batch(&format!("LISTEN {}", writer::CHANNEL))?;
+    Ok(conn)
+}
+
+/// Listens until the feed is dropped; after a lost connection, tries again after 0.1 s,
+/// doubling up to 5 s.
+fn listen_loop(mut conn: Option<Conn>, server: &Server, state: &std::sync::Weak<ListenState>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match &conn {
+            Some(c) => {
+                let heard = c.wait_notifications(LISTEN_WAIT);
+                let Some(state) = state.upgrade() else { return };
+                match heard {
+                    Ok(true) => state.changed.store(true, Ordering::Release),
+                    Ok(false) if !c.is_closed() => {}
+                    _ => {
+                        tracing::warn!(
+                            "the change feed's connection was lost; polling until it is back"
+                        );
+                        state.down.store(true, Ordering::Release);
+                        conn = None;
+                    }
+                }
+            }
+            None => {
+                std::thread::sleep(backoff);
+                let Some(state) = state.upgrade() else { return };
+                match listen(server) {
+                    Ok(c) => {
+                        conn = Some(c);
+                        backoff = Duration::from_millis(100);
+                        // What changed while nobody listened is read once more.
+                        state.changed.store(true, Ordering::Release);
+                        state.down.store(false, Ordering::Release);
+                    }
+                    Err(_) => backoff = (backoff * 2).min(Duration::from_secs(5)),
+                }
             }
         }
-        if let Ok(conn) = connect(&self.server, true)
-            && conn.batch(&format!("LISTEN {}", writer::CHANNEL)).is_ok()
-        {
-            self.conn = Some(conn);
-        }
-        Ok(true)
     }
 }
 

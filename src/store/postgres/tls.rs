@@ -191,19 +191,19 @@ where
     type TlsConnect = Connect;
     type Error = io::Error;
 
+    /// Called for every host, a Unix socket's too (`domain` is then empty): a name that is
+    /// not one fails only if TLS is then tried (a server never offers it on a socket).
     fn make_tls_connect(&mut self, domain: &str) -> io::Result<Connect> {
-        let name = ServerName::try_from(domain.to_string())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         Ok(Connect {
             config: self.config.clone(),
-            name,
+            name: ServerName::try_from(domain.to_string()).ok(),
         })
     }
 }
 
 pub(crate) struct Connect {
     config: Arc<rustls::ClientConfig>,
-    name: ServerName<'static>,
+    name: Option<ServerName<'static>>,
 }
 
 impl<S> TlsConnect<S> for Connect
@@ -216,8 +216,14 @@ where
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
+            let name = self.name.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "TLS needs a host name or address",
+                )
+            })?;
             let connector = tokio_rustls::TlsConnector::from(self.config);
-            Ok(Stream(connector.connect(self.name, stream).await?))
+            Ok(Stream(connector.connect(name, stream).await?))
         })
     }
 }
