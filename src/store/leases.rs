@@ -250,7 +250,10 @@ pub(super) fn lease_in_tx(
                     b.write(tx, &wf, &stage)?;
                 }
             }
-            let body = rows.body_of(seq)?;
+            let body = match leased.body {
+                Some(b) => b,
+                None => rows.body_of(seq)?,
+            };
             let from = leased.from.as_deref().unwrap_or(&state);
             tx.counts().delivery_moved(&wf, &stage, from, "in_flight");
             leases.push(Lease {

@@ -157,6 +157,9 @@ pub(crate) struct Leased {
     /// (a server database, where another process may have changed it since `due_page`);
     /// `None`: the state `due_page` read, which the backend's write lock kept current.
     pub from: Option<String>,
+    /// The frozen body, when the backend read it with the lease (a server database saves a
+    /// round trip); `None`: read it with `body_of`.
+    pub body: Option<Vec<u8>>,
 }
 
 /// A stage's flow-control row (issue 21): its hold, its rate limit's token bucket and its

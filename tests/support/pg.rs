@@ -85,6 +85,15 @@ pub fn cluster() -> &'static Cluster {
 }
 
 fn start() -> Cluster {
+    // fsync off: a test cluster need not survive a power cut. Every session still commits
+    // with synchronous_commit = on, as in production.
+    start_with(5432, "-c listen_addresses= -c fsync=off", |_| {})
+}
+
+/// A cluster that writes as a production one does (fsync on), listening on a Unix socket
+/// only: for the benchmarks.
+#[allow(dead_code)]
+pub fn start_durable() -> Cluster {
     start_with(5432, "-c listen_addresses=", |_| {})
 }
 
@@ -95,7 +104,7 @@ fn start() -> Cluster {
 pub fn start_tls(port: u16, cert: &Path, key: &Path) -> Cluster {
     start_with(
         port,
-        &format!("-c listen_addresses=127.0.0.1 -p {port} -c ssl=on"),
+        &format!("-c listen_addresses=127.0.0.1 -p {port} -c ssl=on -c fsync=off"),
         |data| {
             for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
                 let to = data.join(to);
@@ -152,11 +161,9 @@ fn start_with(port: u16, options: &str, prepare: impl FnOnce(&Path)) -> Cluster 
         .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
     run(init, "initdb");
     prepare(&data);
-    // fsync off: a test cluster need not survive a power cut. Every session still commits
-    // with synchronous_commit = on, as in production.
     let mut ctl = server_command(&bin, "pg_ctl");
     ctl.arg("-D").arg(&data).arg("-o").arg(format!(
-        "-k {} {options} -c fsync=off -c max_connections=200",
+        "-k {} {options} -c max_connections=200",
         dir.display()
     ));
     ctl.arg("-l").arg(dir.join("log")).args(["-w", "start"]);
@@ -190,6 +197,15 @@ fn start_with(port: u16, options: &str, prepare: impl FnOnce(&Path)) -> Cluster 
 }
 
 impl Cluster {
+    /// The pid of the cluster's server process (the parent of every session's process).
+    #[allow(dead_code)]
+    pub fn server_pid(&self) -> u32 {
+        std::fs::read_to_string(self.socket_dir.join("data/postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse().ok())
+            .expect("the server's pid file")
+    }
+
     /// The directory of the cluster's Unix socket.
     #[allow(dead_code)]
     pub fn socket_dir(&self) -> &Path {

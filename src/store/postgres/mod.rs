@@ -126,6 +126,16 @@ impl Conn {
         Ok(blocking(|| self.client().execute(&s, params))?)
     }
 
+    /// Runs statements without parameters in one round trip; the first column of the last
+    /// row any of them returned, as text.
+    pub(crate) fn simple_value(&self, sql: &str) -> Result<Option<String>> {
+        let messages = blocking(|| self.client().simple_query(sql))?;
+        Ok(messages.iter().rev().find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        }))
+    }
+
     /// Runs statements without parameters (transaction control, the schema).
     pub(crate) fn batch(&self, sql: &str) -> Result<()> {
         Ok(blocking(|| self.client().batch_execute(sql))?)

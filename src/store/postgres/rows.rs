@@ -672,7 +672,8 @@ impl Rows for PgRows<'_> {
                      lease_owner = $4, lease_number = d.next_number, next_number = d.next_number + 1,
                      updated_at = $5
                  FROM old WHERE d.seq = old.seq
-                 RETURNING d.id, d.item_id, d.event, d.lease_number, d.attempts, old.state",
+                 RETURNING d.id, d.item_id, d.event, d.lease_number, d.attempts, old.state,
+                     (SELECT body FROM delivery_bodies b WHERE b.seq = d.seq)",
                 &[&seq, &token, &until, &owner, &now],
             )?
             .map(|r| {
@@ -683,6 +684,7 @@ impl Rows for PgRows<'_> {
                     number: r.try_get(3)?,
                     attempts: r.try_get(4)?,
                     from: Some(r.try_get(5)?),
+                    body: r.try_get(6)?,
                 })
             })
             .transpose()

@@ -96,29 +96,32 @@ fn run(tx: &Tx<'_>, conn: &Conn, job: WriteJob, alone: bool) -> Result<()> {
     result
 }
 
-/// The server's clock minus this host's, in ms: the transaction's times are the server's.
-fn skew(conn: &Conn) -> Result<i64> {
+/// Begins a transaction and returns the server's clock minus this host's, in ms (the
+/// transaction's times are the server's), in one round trip.
+fn begin(conn: &Conn) -> Result<i64> {
     let host = Clock::system().now_ms();
-    let server: i64 = conn
-        .query_one(
-            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
-            &[],
-        )?
-        .try_get(0)?;
-    Ok(server - host)
+    let server = conn.simple_value(
+        "BEGIN ISOLATION LEVEL READ COMMITTED;
+         SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+    )?;
+    server
+        .and_then(|v| v.parse::<i64>().ok())
+        .map(|server| server - host)
+        .ok_or_else(|| StoreError::Database("the server did not say its time".into()))
 }
 
-/// Announces the transaction's changes, delivered to every listener at its commit, when it
-/// wrote anything (a transaction gets an id only when it writes): an idle dispatcher's lease
-/// attempt, which changes nothing, must not wake every other process.
-fn notify_if_written(conn: &Conn) -> Result<bool> {
-    let wrote: bool = conn
-        .query_one("SELECT pg_current_xact_id_if_assigned() IS NOT NULL", &[])?
-        .try_get(0)?;
-    if wrote {
-        conn.batch(&format!("NOTIFY {CHANNEL}"))?;
-    }
-    Ok(wrote)
+/// Commits, announcing the transaction's changes (delivered to every listener at the commit)
+/// when it wrote anything, in one round trip. A transaction gets an id only when it writes:
+/// an idle dispatcher's lease attempt, which changes nothing, must not wake every other
+/// process. Returns whether it wrote.
+fn commit(conn: &Conn) -> Result<bool> {
+    let wrote = conn.simple_value(&format!(
+        "SELECT pg_current_xact_id_if_assigned() IS NOT NULL,
+                CASE WHEN pg_current_xact_id_if_assigned() IS NOT NULL
+                     THEN pg_notify('{CHANNEL}', '') END;
+         COMMIT"
+    ))?;
+    Ok(wrote.as_deref() == Some("t"))
 }
 
 fn writer_loop(
@@ -130,10 +133,7 @@ fn writer_loop(
 ) {
     while let Ok(first) = rx.recv() {
         let started = Instant::now();
-        let begun = conn
-            .batch("BEGIN ISOLATION LEVEL READ COMMITTED")
-            .and_then(|()| skew(&conn));
-        let skew = match begun {
+        let skew = match begin(&conn) {
             Ok(s) => s,
             Err(e) => {
                 let _ = conn.batch("ROLLBACK");
@@ -169,11 +169,8 @@ fn writer_loop(
             Ok(())
         } else {
             tx.flush_counts()
-                .and_then(|()| notify_if_written(&conn))
-                .and_then(|w| {
-                    wrote = w;
-                    conn.batch("COMMIT")
-                })
+                .and_then(|()| commit(&conn))
+                .map(|w| wrote = w)
                 .map_err(|e| e.to_string())
                 .inspect_err(|_| {
                     let _ = conn.batch("ROLLBACK");

@@ -675,6 +675,7 @@ impl Rows for SqliteRows<'_> {
                     number: r.get(3)?,
                     attempts: r.get(4)?,
                     from: None,
+                    body: None,
                 })
             })
             .optional()?)
