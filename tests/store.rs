@@ -2994,3 +2994,61 @@ on_failure = "fail-sink"
         assert!(leases.is_empty(), "5 in flight at the limit");
     }
 }
+
+/// Design §7, "Isolation": READ COMMITTED with explicit row locks, and its conflict path. A
+/// cancel that finds the delivery's row locked by another process waits for it, then decides
+/// on what that process committed (the delivery succeeded meanwhile: refused, nothing
+/// overwritten). A read without the lock would have seen it pending and cancelled a delivery
+/// that had succeeded.
+#[test]
+fn on_postgresql_a_change_waits_for_another_processs_row_lock_and_decides_on_what_it_committed() {
+    let w = World::new(&open_postgres);
+    w.import(&["c"]);
+    w.assign(&["c"], "hook");
+    let delivery = w.latest("c").id;
+    let url = std::fs::read_to_string(w._dir.path().join("postgres-url")).unwrap();
+    let mut other = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    let mut lock = other.transaction().unwrap();
+    lock.execute(
+        "SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE",
+        &[&delivery.as_str()],
+    )
+    .unwrap();
+    let store = w.store.clone();
+    let id = delivery.clone();
+    let cancel = std::thread::spawn(move || store.cancel_deliveries(&[id], OP).unwrap());
+    // The cancel's transaction is waiting for the row lock (not a sleep: the server says so).
+    let mut watch = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watch
+        .query_one(
+            "SELECT COUNT(*) FROM pg_stat_activity
+             WHERE application_name = 'hookops' AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the cancel never waited for the lock"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The other process's change: the delivery succeeded.
+    lock.execute(
+        "UPDATE deliveries SET state = 'succeeded' WHERE id = $1",
+        &[&delivery.as_str()],
+    )
+    .unwrap();
+    lock.commit().unwrap();
+    let report = cancel.join().unwrap();
+    assert_eq!(report.cancelled, 0, "{report:?}");
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert!(
+        report.refused[0].1.contains("already succeeded"),
+        "{report:?}"
+    );
+    assert_eq!(w.latest("c").state, DeliveryState::Succeeded);
+}
