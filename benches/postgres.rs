@@ -473,23 +473,32 @@ fn scale_out(cluster: &pg::Cluster, args: &Args) {
         let secs = started.elapsed().as_secs_f64();
         stop(children);
         let rate = n as f64 / secs;
+        let ratio = rate / limit;
         let line = format!(
-            "{backend:<10} · {k} serve × concurrency {concurrency:<3} · {n:>6} deliveries in {secs:>5.1} s: {rate:>5.0}/s · limit {limit:>5.0}/s · {:.2} of it (target >= {SCALE_TARGET:.2}) {}",
-            rate / limit,
-            if rate / limit >= SCALE_TARGET {
+            "{:<40} {:>26}  {:<22} {}",
+            format!("scale-out {backend}, {k} serve × {concurrency}"),
+            format!("{rate:.0}/s of {limit:.0}/s ({ratio:.2})"),
+            format!(">= {SCALE_TARGET:.2} of the limit"),
+            if ratio >= SCALE_TARGET {
                 "met"
             } else {
                 "MISSED"
             }
         );
+        eprintln!("{line} · {n} deliveries in {secs:.1} s");
         eprintln!("{line}");
         report.push(line);
     }
     println!();
     println!(
-        "hookops scale-out benchmark · {} · receiver answers after {ms} ms · {} cores",
+        "hookops scale-out benchmark · {} · receiver answers after {ms} ms · {} s of work per row · {} cores",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        args.seconds,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    println!(
+        "{:<40} {:>26}  {:<22}",
+        "measure", "deliveries/s of limit", "target"
     );
     for line in report {
         println!("{line}");

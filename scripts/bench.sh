@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark (import, delivery, console, re-fire, prune) and prints ONE table: each
+# Runs every benchmark (import, delivery, console, re-fire, prune, postgres) and prints ONE table: each
 # design §5 target beside the figure measured in this run. Each bench's full output is kept in
 # target/bench-all/NAME.txt. The figures are read from the benches' own report lines, so a
 # bench that changes its wording shows up here as "?".
@@ -15,6 +15,7 @@ mkdir -p "$out"
 quick=0
 [[ "${1:-}" == "--quick" ]] && quick=1
 args_import=() args_import_v7=() args_delivery=() args_console=() args_refire=() args_prune=()
+args_postgres=() args_scale=()
 if ((quick)); then
   args_import=(--items 100000 --assign 10000)
   args_import_v7=(--items 100000)
@@ -22,10 +23,12 @@ if ((quick)); then
   args_console=(--items 100000 --attempts 500000 --db "$out/console-quick.db")
   args_refire=(--deliveries 10000)
   args_prune=(--attempts 500000)
+  args_postgres=(--deliveries 2000 --samples 40)
+  args_scale=(--seconds 3)
 fi
 
-cargo bench --no-run --bench import --bench delivery --bench console --bench refire --bench prune >/dev/null 2>&1 \
-  || cargo bench --no-run --bench import --bench delivery --bench console --bench refire --bench prune
+benches=(--bench import --bench delivery --bench console --bench refire --bench prune --bench postgres)
+cargo bench --no-run "${benches[@]}" >/dev/null 2>&1 || cargo bench --no-run "${benches[@]}"
 
 run() { # NAME ARGS...
   local name=$1
@@ -36,7 +39,7 @@ run() { # NAME ARGS...
   echo "  $name took $((SECONDS - t0)) s" >&2
 }
 # ONLY="console refire" re-runs some and reuses the others' last reports.
-only=" ${ONLY:-import delivery console refire prune} "
+only=" ${ONLY:-import delivery console refire prune postgres} "
 [[ $only == *" import "* ]] && run import "${args_import[@]}"
 # V7-shaped lines through the real binary (issue 22): its own report file.
 if [[ $only == *" import "* ]]; then
@@ -50,6 +53,15 @@ fi
 [[ $only == *" console "* ]] && run console "${args_console[@]}"
 [[ $only == *" refire "* ]] && run refire "${args_refire[@]}"
 [[ $only == *" prune "* ]] && run prune "${args_prune[@]}"
+# PostgreSQL (issue 17): throughput and latency, then scale-out on both backends.
+if [[ $only == *" postgres "* ]]; then
+  run postgres "${args_postgres[@]}"
+  echo "running postgres --scale-out…" >&2
+  t0=$SECONDS
+  cargo bench -q --bench postgres -- --scale-out "${args_scale[@]}" >"$out/postgres-scale.txt" 2>&1 \
+    || echo "(postgres --scale-out failed: see $out/postgres-scale.txt)" >&2
+  echo "  postgres --scale-out took $((SECONDS - t0)) s" >&2
+fi
 
 # The figure on a report row: the first cell after a label (a Perl regex matched at the start
 # of the line, after any `|`); cells are separated by two or more spaces or by `|`.
@@ -85,6 +97,14 @@ add "re-fire: another writer's worst wait for the lock" "$(val refire "other wri
 add "prune: 5M attempts, 30-day cutoff" "$(val prune 'prune time')" ""
 add "prune: longest write-lock hold" "$(val prune 'longest write-lock hold \(Store::writer_stats\)')" "~100 ms"
 add "prune: another writer's worst / p99 wait during prune" "$(val prune 'other-process write wait worst / p99, during prune')" ""
+add "PostgreSQL: keep-alive POSTs (baseline, same run)" "$(val postgres '\(a\) baseline: keep-alive POSTs')" ""
+add "PostgreSQL: engine, every attempt durable" "$(val postgres '\(b\) engine on PostgreSQL, every attempt durable')" ""
+add "PostgreSQL: engine / baseline" "$(val postgres 'engine / baseline')" ">= 0.10"
+add "PostgreSQL: idle latency across processes" "$(val postgres '\(c\) idle latency, across processes \(n=\d+\)')" "p99 < 50 ms"
+for row in "SQLite, 1 serve × 64" "SQLite, 1 serve × 128" "SQLite, 1 serve × 256" \
+  "PostgreSQL, 1 serve × 64" "PostgreSQL, 2 serve × 64" "PostgreSQL, 4 serve × 64"; do
+  add "scale-out (receiver 100 ms): $row" "$(val postgres-scale "scale-out $row")" ">= 0.90 of the limit"
+done
 
 cores=$(nproc 2>/dev/null || echo "?")
 echo

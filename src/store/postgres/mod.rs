@@ -170,6 +170,9 @@ impl Drop for Conn {
     }
 }
 
+/// Write connections (and writer threads) per process: see `writer::Writer::start`.
+const WRITERS: usize = 2;
+
 /// Where the database is and how to reach it (TLS as the URL asks).
 #[derive(Clone)]
 struct Server {
@@ -226,7 +229,11 @@ impl Postgres {
         let writer = if opts.read_only {
             None
         } else {
-            Some(writer::Writer::start(conn, opts.clock.clone())?)
+            let mut conns = vec![conn];
+            for _ in 1..WRITERS {
+                conns.push(connect(&server, false).map_err(|e| fail(e.to_string()))?);
+            }
+            Some(writer::Writer::start(conns, opts.clock.clone())?)
         };
         Ok(Postgres {
             location,

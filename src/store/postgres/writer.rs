@@ -50,15 +50,26 @@ pub(crate) struct Stats {
 }
 
 impl Writer {
-    pub(crate) fn start(conn: Conn, clock: Clock) -> Result<Writer> {
+    /// One writer thread per connection in `conns`, all taking jobs from one queue: each
+    /// groups what it finds waiting into one transaction of its own, so a second transaction
+    /// is under way while the first waits for the server (its statements are round trips, not
+    /// calls into a library as on SQLite). Row locks order what two of them touch.
+    pub(crate) fn start(conns: Vec<Conn>, clock: Clock) -> Result<Writer> {
         let (jobs, rx) = mpsc::channel::<Queued>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
         let (commit_tx, commits) = watch::channel(0u64);
+        let commit_tx = Arc::new(commit_tx);
         let stats = Arc::new(Stats::default());
-        let thread_stats = stats.clone();
-        thread::Builder::new()
-            .name("hookops-pg-writer".into())
-            .spawn(move || writer_loop(conn, &clock, rx, commit_tx, &thread_stats))
-            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        for conn in conns {
+            let (clock, rx, commit_tx, stats) =
+                (clock.clone(), rx.clone(), commit_tx.clone(), stats.clone());
+            thread::Builder::new()
+                .name("hookops-pg-writer".into())
+                .spawn(move || writer_loop(conn, &clock, &rx, &commit_tx, &stats))
+                .map_err(|e| {
+                    StoreError::Database(format!("cannot start the writer thread: {e}"))
+                })?;
+        }
         Ok(Writer {
             jobs,
             commits,
@@ -124,14 +135,25 @@ fn commit(conn: &Conn) -> Result<bool> {
     Ok(wrote.as_deref() == Some("t"))
 }
 
+/// The next job. Waiting (`wait`), a writer holds the queue until a job comes, so one idle
+/// writer waits on the channel and the others on the queue. Not waiting, it takes a job
+/// already queued; a queue held by a waiting writer is empty.
+fn next_job(rx: &std::sync::Mutex<mpsc::Receiver<Queued>>, wait: bool) -> Option<Queued> {
+    if wait {
+        rx.lock().ok()?.recv().ok()
+    } else {
+        rx.try_lock().ok()?.try_recv().ok()
+    }
+}
+
 fn writer_loop(
     conn: Conn,
     clock: &Clock,
-    rx: mpsc::Receiver<Queued>,
-    commits: watch::Sender<u64>,
+    rx: &std::sync::Mutex<mpsc::Receiver<Queued>>,
+    commits: &watch::Sender<u64>,
     stats: &Stats,
 ) {
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = next_job(rx, true) {
         let started = Instant::now();
         let skew = match begin(&conn) {
             Ok(s) => s,
@@ -155,12 +177,12 @@ fn writer_loop(
         results.push((first.reply, r));
         if !failed_alone {
             while results.len() < MAX_BATCH && started.elapsed() < BATCH_BUDGET {
-                match rx.try_recv() {
-                    Ok(q) => {
+                match next_job(rx, false) {
+                    Some(q) => {
                         let r = run(&tx, &conn, q.job, false);
                         results.push((q.reply, r));
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
         }
