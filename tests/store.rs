@@ -97,6 +97,7 @@ macro_rules! conformance_suite {
                 an_expired_lease_is_taken_again_after_the_timeout_plus_30_s,
                 health_sees_an_expired_lease_by_the_stores_clock_and_repair_reclaims_it,
                 a_dead_local_dispatchers_leases_are_taken_at_once,
+                a_silent_dispatcher_of_another_host_leaves_once_its_leases_were_taken,
                 shutdown_releases_leases_as_interrupted_attempts_due_now,
                 max_in_flight_caps_a_stage_across_dispatchers,
                 max_in_flight_holds_when_processes_lease_at_once,
@@ -882,6 +883,57 @@ pub mod cases {
         w.rt.block_on(w.store.unregister_dispatcher("live"))
             .unwrap();
         assert!(w.store.dispatchers().unwrap().is_empty());
+    }
+
+    /// Design §7: a dispatcher on another host is never judged by its pid. Silent, its lease
+    /// is taken only when it expires, and its heartbeat row goes (at another dispatcher's
+    /// beat) only once it has been silent for two minutes and holds no lease, so `check`
+    /// does not report a host that died long ago as a stale dispatcher forever.
+    pub fn a_silent_dispatcher_of_another_host_leaves_once_its_leases_were_taken(w: &World) {
+        w.import(&["a"]);
+        let beat = |id: &str, host: &str| {
+            let info = DispatcherInfo {
+                id: id.into(),
+                pid: 1,
+                host: host.into(),
+                process_start: "0".into(),
+                concurrency: 4,
+                started_at: chrono::Utc::now(),
+                last_beat: chrono::Utc::now(),
+            };
+            w.rt.block_on(w.store.heartbeat(&info)).unwrap();
+        };
+        let ids = |w: &World| -> Vec<String> {
+            let mut ids: Vec<String> = w
+                .store
+                .dispatchers()
+                .unwrap()
+                .into_iter()
+                .map(|d| d.id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        beat("far", "far-host");
+        beat("idle-far", "other-far-host");
+        w.assign(&["a"], "hook");
+        let lost = w.lease_one("far", "a");
+        // Silent for a minute: both rows stay (nobody has leased since).
+        w.clock.advance(Duration::from_secs(60));
+        beat("near", &hookops::store::hostname());
+        assert_eq!(ids(w), vec!["far", "idle-far", "near"]);
+        // Silent for three minutes: the idle one goes; far still holds its (expired) lease.
+        w.clock.advance(Duration::from_secs(120));
+        beat("near", &hookops::store::hostname());
+        assert_eq!(ids(w), vec!["far", "near"]);
+        // Its lease expired long ago: another dispatcher takes it, then far's row goes too.
+        let taken = w.lease("near", 10);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].delivery_id, lost.delivery_id);
+        beat("near", &hookops::store::hostname());
+        assert_eq!(ids(w), vec!["near"]);
+        w.rt.block_on(w.store.unregister_dispatcher("near"))
+            .unwrap();
     }
 
     /// §6 leasing: on shutdown a dispatcher's leases become `interrupted` attempts (not

@@ -7,6 +7,11 @@ use serde::Serialize;
 use super::seam::Heartbeat;
 use super::{Result, Store};
 
+/// How long a dispatcher on another host may stay silent before its heartbeat row goes (once
+/// it holds no lease): well beyond a beat (2 s) and a lease's margin (30 s), so a host that
+/// is only slow or briefly cut off keeps its row.
+pub const DEPARTED_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A running dispatcher, as its heartbeat row records it.
 #[derive(Clone, Debug, Serialize)]
 pub struct DispatcherInfo {
@@ -50,11 +55,18 @@ pub fn process_start(pid: u32) -> Option<String> {
 }
 
 impl Store {
-    /// Writes this dispatcher's heartbeat row (insert or refresh).
+    /// Writes this dispatcher's heartbeat row (insert or refresh), and removes the rows of
+    /// dispatchers on other hosts that are gone: silent for [`DEPARTED_AFTER`] and holding no
+    /// lease (their leases were taken when they expired). A process on this host is judged
+    /// by its pid instead, when its leases are taken.
     pub async fn heartbeat(&self, info: &DispatcherInfo) -> Result<()> {
         self.set_dispatch_concurrency(info.concurrency);
         let info = info.clone();
         self.write_async("dispatch", move |c| {
+            c.rows().delete_departed_dispatchers(
+                &info.host,
+                c.now() - DEPARTED_AFTER.as_millis() as i64,
+            )?;
             c.rows().upsert_heartbeat(&Heartbeat {
                 id: &info.id,
                 pid: info.pid,

@@ -472,6 +472,9 @@ pub(crate) trait Rows {
     ) -> Result<()>;
     fn upsert_heartbeat(&self, h: &Heartbeat<'_>) -> Result<()>;
     fn delete_dispatcher(&self, id: &str) -> Result<()>;
+    /// Deletes the heartbeat rows of dispatchers on other hosts than `host` whose last beat
+    /// is older than `beat_before` and that hold no lease any more; returns how many went.
+    fn delete_departed_dispatchers(&self, host: &str, beat_before: i64) -> Result<usize>;
     fn insert_audit(&self, a: &AuditRow<'_>) -> Result<()>;
     /// Rewrites every counter from the rows it counts (`check --repair`, `recount`).
     fn recount_all(&self) -> Result<()>;

@@ -961,6 +961,15 @@ impl Rows for PgRows<'_> {
         Ok(())
     }
 
+    fn delete_departed_dispatchers(&self, host: &str, beat_before: i64) -> Result<usize> {
+        Ok(self.conn.execute(
+            "DELETE FROM dispatchers WHERE host <> $1 AND last_beat < $2
+             AND NOT EXISTS (SELECT 1 FROM deliveries d
+                             WHERE d.state = 'in_flight' AND d.lease_owner = dispatchers.id)",
+            &[&host, &beat_before],
+        )? as usize)
+    }
+
     fn delete_dispatcher(&self, id: &str) -> Result<()> {
         self.conn
             .execute("DELETE FROM dispatchers WHERE id = $1", &[&id])?;

@@ -929,6 +929,17 @@ impl Rows for SqliteRows<'_> {
         Ok(())
     }
 
+    fn delete_departed_dispatchers(&self, host: &str, beat_before: i64) -> Result<usize> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "DELETE FROM dispatchers WHERE host <> ?1 AND last_beat < ?2
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d
+                                 WHERE d.state = 'in_flight' AND d.lease_owner = dispatchers.id)",
+            )?
+            .execute(params![host, beat_before])?)
+    }
+
     fn delete_dispatcher(&self, id: &str) -> Result<()> {
         self.conn
             .prepare_cached("DELETE FROM dispatchers WHERE id = ?1")?
