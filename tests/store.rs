@@ -3104,3 +3104,67 @@ fn on_postgresql_a_change_waits_for_another_processs_row_lock_and_decides_on_wha
     );
     assert_eq!(w.latest("c").state, DeliveryState::Succeeded);
 }
+
+/// Design §7, "Wake-up": while the listening connection is down the change feed says
+/// "changed" at every look (the reader polls, re-reading everything), it listens again on its
+/// own, and then a commit of another process reaches it as before.
+#[test]
+fn on_postgresql_a_lost_listening_connection_falls_back_to_polling_and_listens_again() {
+    let w = World::new(&open_postgres);
+    let url = std::fs::read_to_string(w._dir.path().join("postgres-url")).unwrap();
+    let mut admin = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    let listeners = |admin: &mut ::postgres::Client| -> Vec<i32> {
+        admin
+            .query(
+                "SELECT pid FROM pg_stat_activity
+                 WHERE datname = current_database() AND query = 'LISTEN hookops'",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let until = |what: &str, mut cond: Box<dyn FnMut() -> bool + '_>| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let feed = std::cell::RefCell::new(w.store.change_watcher().unwrap());
+    until(
+        "the feed to listen",
+        Box::new(|| listeners(&mut admin).len() == 1),
+    );
+    until(
+        "a quiet feed",
+        Box::new(|| !feed.borrow_mut().changed().unwrap()),
+    );
+    let old = listeners(&mut admin)[0];
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&old])
+        .unwrap();
+    // Down: every look says "changed" (poll), until it listens again on a new connection.
+    until(
+        "the feed to notice",
+        Box::new(|| feed.borrow_mut().changed().unwrap()),
+    );
+    until(
+        "the feed to listen again",
+        Box::new(|| listeners(&mut admin).iter().any(|pid| *pid != old)),
+    );
+    until(
+        "a quiet feed again",
+        Box::new(|| !feed.borrow_mut().changed().unwrap()),
+    );
+    let line = b"{\"id\": \"after\", \"name\": \"after.jpg\"}\n";
+    let parsed = hookops::import::parse_jsonl(&line[..]).unwrap();
+    w.other_process()
+        .import_items(&wf(), parsed.items, None, OP, &mut |_, _| {})
+        .unwrap();
+    until(
+        "another process's commit to reach the feed",
+        Box::new(|| feed.borrow_mut().changed().unwrap()),
+    );
+}
