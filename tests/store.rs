@@ -433,6 +433,33 @@ impl World {
         n
     }
 
+    /// A heartbeat of dispatcher `id`, as process `pid` (started at `start`) on `host`.
+    fn beat(&self, id: &str, host: &str, pid: u32, start: Option<String>) {
+        let info = DispatcherInfo {
+            id: id.into(),
+            pid,
+            host: host.into(),
+            process_start: start.unwrap_or_else(|| "0".into()),
+            concurrency: 4,
+            started_at: chrono::Utc::now(),
+            last_beat: chrono::Utc::now(),
+        };
+        self.rt.block_on(self.store.heartbeat(&info)).unwrap();
+    }
+
+    /// The ids of the heartbeat rows, sorted.
+    fn dispatcher_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .store
+            .dispatchers()
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// Another process's handle on this store, on the same clock.
     fn other_process(&self) -> Store {
         (self.open)(self.clock.clone())
@@ -832,18 +859,8 @@ pub mod cases {
         let dead_pid = child.id();
         child.wait().unwrap();
         let me = std::process::id();
-        let beat = |id: &str, pid: u32, start: Option<String>| {
-            let info = DispatcherInfo {
-                id: id.into(),
-                pid,
-                host: hookops::store::hostname(),
-                process_start: start.unwrap_or_else(|| "0".into()),
-                concurrency: 4,
-                started_at: chrono::Utc::now(),
-                last_beat: chrono::Utc::now(),
-            };
-            w.rt.block_on(w.store.heartbeat(&info)).unwrap();
-        };
+        let here = hookops::store::hostname();
+        let beat = |id: &str, pid: u32, start: Option<String>| w.beat(id, &here, pid, start);
         beat("dead", dead_pid, None);
         beat("live", me, hookops::store::process_start(me));
         assert_eq!(w.store.dispatchers().unwrap().len(), 2);
@@ -869,14 +886,11 @@ pub mod cases {
                 Some(ErrorKind::Interrupted)
             )]
         );
-        let ids: Vec<String> = w
-            .store
-            .dispatchers()
-            .unwrap()
-            .into_iter()
-            .map(|d| d.id)
-            .collect();
-        assert_eq!(ids, vec!["live".to_string()], "the dead one's row is gone");
+        assert_eq!(
+            w.dispatcher_ids(),
+            vec!["live"],
+            "the dead one's row is gone"
+        );
         assert_eq!(w.latest("b").state, DeliveryState::InFlight);
         assert!(w.attempts(&kept.delivery_id).is_empty());
         assert!(w.store.dead_local_dispatchers().unwrap().is_empty());
@@ -891,29 +905,8 @@ pub mod cases {
     /// does not report a host that died long ago as a stale dispatcher forever.
     pub fn a_silent_dispatcher_of_another_host_leaves_once_its_leases_were_taken(w: &World) {
         w.import(&["a"]);
-        let beat = |id: &str, host: &str| {
-            let info = DispatcherInfo {
-                id: id.into(),
-                pid: 1,
-                host: host.into(),
-                process_start: "0".into(),
-                concurrency: 4,
-                started_at: chrono::Utc::now(),
-                last_beat: chrono::Utc::now(),
-            };
-            w.rt.block_on(w.store.heartbeat(&info)).unwrap();
-        };
-        let ids = |w: &World| -> Vec<String> {
-            let mut ids: Vec<String> = w
-                .store
-                .dispatchers()
-                .unwrap()
-                .into_iter()
-                .map(|d| d.id)
-                .collect();
-            ids.sort();
-            ids
-        };
+        let beat = |id: &str, host: &str| w.beat(id, host, 1, None);
+        let ids = |w: &World| w.dispatcher_ids();
         beat("far", "far-host");
         beat("idle-far", "other-far-host");
         w.assign(&["a"], "hook");

@@ -290,31 +290,19 @@ kind = "complete"
     )
 }
 
-#[test]
-fn kill_9_at_random_moments_loses_nothing() {
-    let items = env_num("HOOKOPS_STRESS_ITEMS", 2000);
-    let cycles = env_num("HOOKOPS_STRESS_CYCLES", 12).max(10);
-    let seed = env_num("HOOKOPS_STRESS_SEED", fastrand::usize(..1_000_000)) as u64;
-    eprintln!("crash suite: {items} items, {cycles} cycles, HOOKOPS_STRESS_SEED={seed}");
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let rt = runtime();
-    let recv = receiver(&rt, "/a=flaky:35%,/b=flaky:25%,*=ok");
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crash.db");
-    let wf = write_workflow(
-        dir.path(),
-        &crash_workflow(&recv.url("/a"), &recv.url("/b")),
-    );
-    ok(&db, &["workflow", "apply", wf.to_str().unwrap()]);
+/// The crash suite's store: its workflow, `items` items, half of them assigned into `a`.
+fn crash_setup(db: &Path, dir: &Path, workflow: &str, items: usize) {
+    let wf = write_workflow(dir, workflow);
+    ok(db, &["workflow", "apply", wf.to_str().unwrap()]);
     import(
-        &db,
-        dir.path(),
+        db,
+        dir,
         (0..items)
             .map(|i| json!({"id": format!("c{i:05}"), "name": format!("c{i}.jpg")}).to_string()),
     );
     let half = (items / 2).to_string();
     ok(
-        &db,
+        db,
         &[
             "assign",
             "--workflow",
@@ -327,6 +315,46 @@ fn kill_9_at_random_moments_loses_nothing() {
             &half,
         ],
     );
+}
+
+/// What a crash cycle runs beside `serve`: the rest of the items in cycle 2, bulk re-fires
+/// every third cycle; the command and its child.
+fn side_action(db: &Path, cycle: usize) -> Option<(Vec<&'static str>, Child)> {
+    let args = match cycle {
+        2 => vec![
+            "assign",
+            "--workflow",
+            "wf",
+            "--stage",
+            "a",
+            "--from-stage",
+            "dataset",
+        ],
+        c if c % 3 == 2 => vec!["refire", "--failed", "--workflow", "wf", "--yes"],
+        _ => return None,
+    };
+    let mut c = hookops(db);
+    c.args(&args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    Some((args, c.spawn().unwrap()))
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_nothing() {
+    let items = env_num("HOOKOPS_STRESS_ITEMS", 2000);
+    let cycles = env_num("HOOKOPS_STRESS_CYCLES", 12).max(10);
+    let seed = env_num("HOOKOPS_STRESS_SEED", fastrand::usize(..1_000_000)) as u64;
+    eprintln!("crash suite: {items} items, {cycles} cycles, HOOKOPS_STRESS_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let rt = runtime();
+    let recv = receiver(&rt, "/a=flaky:35%,/b=flaky:25%,*=ok");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.db");
+    crash_setup(
+        &db,
+        dir.path(),
+        &crash_workflow(&recv.url("/a"), &recv.url("/b")),
+        items,
+    );
 
     // (delivery, attempt number) of every lease a kill left behind: the only places where an
     // `interrupted` row may appear.
@@ -335,26 +363,8 @@ fn kill_9_at_random_moments_loses_nothing() {
     for cycle in 0..cycles {
         let log = dir.path().join(format!("serve-{cycle}.log"));
         let mut s = serve(&db, &log, &[], &[]);
-        // Something to do at the same time: the rest of the items, then bulk re-fires (one
-        // of them killed mid-way, like the dispatcher).
-        let side = match cycle {
-            2 => Some(vec![
-                "assign",
-                "--workflow",
-                "wf",
-                "--stage",
-                "a",
-                "--from-stage",
-                "dataset",
-            ]),
-            c if c % 3 == 2 => Some(vec!["refire", "--failed", "--workflow", "wf", "--yes"]),
-            _ => None,
-        };
-        let mut side = side.map(|args| {
-            let mut c = hookops(&db);
-            c.args(&args).stdout(Stdio::piped()).stderr(Stdio::piped());
-            (args, c.spawn().unwrap())
-        });
+        // Something to do at the same time (one of them killed mid-way, like the dispatcher).
+        let mut side = side_action(&db, cycle);
         std::thread::sleep(Duration::from_millis(rng.u64(300..1500)));
         if cycle == 5
             && let Some((_, child)) = side.as_mut()
@@ -445,32 +455,12 @@ fn kill_9_of_one_of_two_serves_on_two_hosts_on_postgresql_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let url = pg::cluster().database();
     let db = Path::new(&url);
-    let wf = write_workflow(
+    crash_setup(
+        db,
         dir.path(),
         &crash_workflow(&recv.url("/a"), &recv.url("/b"))
             .replace("timeout = \"5s\"", "timeout = \"2s\""),
-    );
-    ok(db, &["workflow", "apply", wf.to_str().unwrap()]);
-    import(
-        db,
-        dir.path(),
-        (0..items)
-            .map(|i| json!({"id": format!("c{i:05}"), "name": format!("c{i}.jpg")}).to_string()),
-    );
-    let half = (items / 2).to_string();
-    ok(
-        db,
-        &[
-            "assign",
-            "--workflow",
-            "wf",
-            "--stage",
-            "a",
-            "--from-stage",
-            "dataset",
-            "--limit",
-            &half,
-        ],
+        items,
     );
     // A consistent snapshot of the shared database, as a SQLite file.
     let snapshot = |name: &str| {
@@ -499,24 +489,7 @@ fn kill_9_of_one_of_two_serves_on_two_hosts_on_postgresql_loses_nothing() {
             .unwrap()
     };
     for cycle in 0..cycles {
-        let side = match cycle {
-            2 => Some(vec![
-                "assign",
-                "--workflow",
-                "wf",
-                "--stage",
-                "a",
-                "--from-stage",
-                "dataset",
-            ]),
-            c if c % 3 == 2 => Some(vec!["refire", "--failed", "--workflow", "wf", "--yes"]),
-            _ => None,
-        };
-        let side = side.map(|args| {
-            let mut c = hookops(db);
-            c.args(&args).stdout(Stdio::piped()).stderr(Stdio::piped());
-            (args, c.spawn().unwrap())
-        });
+        let side = side_action(db, cycle);
         std::thread::sleep(Duration::from_millis(rng.u64(300..1500)));
         let victim = rng.usize(..2);
         running[victim].kill().unwrap(); // SIGKILL
