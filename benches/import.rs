@@ -14,8 +14,10 @@
 //! The file is written to disk first (not counted). The same-run baseline reads the file, parses
 //! every line with `serde_json` alone and inserts its bytes with raw rusqlite, 1000 rows per
 //! transaction, `synchronous=FULL`. It prints items/s, MB/s, the ratio to the baseline, the
-//! child's peak RSS (`getrusage(RUSAGE_CHILDREN)`) and the longest and p99 wait of another
-//! writer (the probe below) during the import. The baseline's database is removed before the
+//! child's peak RSS (`getrusage(RUSAGE_CHILDREN)`), the bytes it and the baseline wrote to the
+//! file system, and the longest and p99 wait of another writer (the probe below) during the
+//! import. `HOOKOPS_BENCH_BIN=PATH` imports with another build of hookops (an older commit's,
+//! for alternating pairs). The baseline's database is removed before the
 //! import runs, so a 1,000,000-line run needs about 4 GB of disk (the file and the import's
 //! database), not 6. `--keep FILE` writes the generated file there and keeps it
 //! (for trying the import by hand); `--generate-only` stops after writing it.
@@ -494,9 +496,10 @@ fn v7_line(shape: Shape, fixtures: &[(String, serde_json::Value)], i: usize) -> 
     doc.to_string()
 }
 
-/// Peak RSS of the largest waited-for child so far, in bytes, and the CPU time (user +
-/// system) of all of them.
-fn children_usage() -> (u64, Duration) {
+/// Peak RSS of the largest waited-for child so far, in bytes, the CPU time (user + system)
+/// of all of them, and the bytes they wrote to the file system (`ru_oublock`, counted in
+/// 512-byte blocks when pages are dirtied: what `/usr/bin/time` calls file system outputs).
+fn children_usage() -> (u64, Duration, u64) {
     // SAFETY: getrusage writes into the zeroed struct it is given and reads nothing else.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
@@ -505,7 +508,19 @@ fn children_usage() -> (u64, Duration) {
     (
         ru.ru_maxrss as u64 * 1024,
         tv(ru.ru_utime) + tv(ru.ru_stime),
+        ru.ru_oublock as u64 * 512,
     )
+}
+
+/// Bytes this process has written to the file system (`write_bytes` of `/proc/self/io`).
+fn self_written() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("write_bytes: ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Baseline: read the file, parse each line with serde_json alone, insert its bytes raw.
@@ -583,9 +598,11 @@ fn v7_bench(a: &Args) {
     }
 
     let c = cpu();
+    let w = self_written();
     let base_db = dir.path().join("baseline.db");
     let (base, n) = v7_baseline(&base_db, &file);
     let base_cpu = cpu() - c;
+    let base_written = self_written() - w;
     assert_eq!(n, a.items);
     // Gone before the import writes as much again: a 1,000,000-line run needs 2 GB less disk.
     for suffix in ["", "-wal", "-shm"] {
@@ -603,7 +620,12 @@ fn v7_bench(a: &Args) {
     }
     let probe = Probe::start(&db);
     let t = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookops"))
+    // `HOOKOPS_BENCH_BIN` runs another build (e.g. an older commit's) against the same file,
+    // for alternating pairs.
+    let bin = std::env::var_os("HOOKOPS_BENCH_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_hookops").into());
+    println!("binary: {}", std::path::Path::new(&bin).display());
+    let out = std::process::Command::new(&bin)
         .arg("--db")
         .arg(&db)
         .args(["item", "import", "--workflow", "bench", "--json"])
@@ -613,7 +635,7 @@ fn v7_bench(a: &Args) {
         .expect("run hookops item import");
     let import = t.elapsed();
     let probe = probe.finish();
-    let (rss, import_cpu) = children_usage();
+    let (rss, import_cpu, written) = children_usage();
     assert!(out.status.success(), "import failed: {:?}", out.status);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["imported"], a.items, "{report}");
@@ -649,6 +671,12 @@ fn v7_bench(a: &Args) {
         "{:<34}  {:.1} MB",
         "peak RSS of the import",
         rss as f64 / 1e6
+    );
+    println!(
+        "{:<34}  {:.2} GB (baseline {:.2} GB)",
+        "written by the import",
+        written as f64 / 1e9,
+        base_written as f64 / 1e9
     );
     println!(
         "{:<34}  {} ({} probes; p99 {})",

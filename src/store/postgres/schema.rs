@@ -201,6 +201,14 @@ ALTER TABLE stages ADD COLUMN concurrency_limit BIGINT;
 ALTER TABLE stages ADD COLUMN limit_successes BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE stages ADD COLUMN limit_decreased_at BIGINT NOT NULL DEFAULT 0;
 "#,
+    // 3: history found by the item's row number, not its id text (issue 22; SQLite's
+    // migration 6, which says why).
+    r#"
+ALTER TABLE history ADD COLUMN item_seq BIGINT;
+UPDATE history h SET item_seq = i.seq FROM items i WHERE i.id = h.item_id;
+DROP INDEX history_by_item;
+CREATE INDEX history_by_item ON history(item_seq, seq);
+"#,
 ];
 
 /// The schema version stored in the database (0: no hookops schema yet).
