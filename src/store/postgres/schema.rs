@@ -1,7 +1,8 @@
 //! PostgreSQL's schema and its migrations, numbered like SQLite's and applied one per
 //! transaction; a database newer than the binary is refused.
 //!
-//! The tables are SQLite's (after its four migrations) in PostgreSQL's types: every integer and
+//! The tables are SQLite's in PostgreSQL's types (migration 1 here is SQLite's first four, and
+//! each later one is SQLite's three numbers on): every integer and
 //! every time (ms since the Unix epoch, as the store's `Tx::now` gives them) is `BIGINT`, flags
 //! stored as 0/1 stay `BIGINT` so both backends read them alike, bodies are `BYTEA`, and the
 //! sequence columns are identities. Attempts carry the id of the transaction that wrote them
