@@ -127,8 +127,8 @@ fn seed(db: &Path, items: usize, attempts: usize) {
                 .expect("prepare");
             let mut hist = conn
                 .prepare(
-                    "INSERT INTO history (item_id, workflow_id, from_stage, to_stage, cause, operator, revision, at)
-                     VALUES (?1, 'bench', ?2, ?3, ?4, 'bench', 1, ?5)",
+                    "INSERT INTO history (item_seq, item_id, workflow_id, from_stage, to_stage, cause, operator, revision, at)
+                     VALUES ((SELECT seq FROM items WHERE id = ?1), ?1, 'bench', ?2, ?3, ?4, 'bench', 1, ?5)",
                 )
                 .expect("prepare");
             for n in i..(i + chunk).min(items) {

@@ -3,7 +3,7 @@
 //! `cargo bench --bench import [-- --items N --assign M]` (defaults 1,000,000 and 100,000):
 //! small plain items through the library, as described below.
 //!
-//! `cargo bench --bench import -- --shape v7|mixed [--items N] [--keep FILE]`: V7-shaped lines
+//! `cargo bench --bench import -- --shape v7|mixed [--ids random|ordered] [--items N] [--keep FILE]`: V7-shaped lines
 //! made from `../shared/fixtures/darwin-v2/` (or `$HOOKOPS_FIXTURES`), imported by the real
 //! binary (`hookops item import FILE`, the streaming two-pass import) as a child process:
 //! - `v7`: every fixture whole, repeated with fresh item ids, names and annotation ids, so
@@ -11,14 +11,22 @@
 //! - `mixed`: the file of issue 22's report: plain items and whole Darwin exports alternating,
 //!   two annotations each (~1.5 KB a line).
 //!
+//! Item ids are random UUIDs (`--ids random`, the default: each new item lands at a random
+//! place of the `items(id)` index, the import's worst case) or time-ordered as V7 mints them
+//! (`--ids ordered`: the fixtures' ids begin with their creation time in milliseconds, so an
+//! export in the order its items were made adds them near the end of that index).
+//!
 //! The file is written to disk first (not counted). The same-run baseline reads the file, parses
 //! every line with `serde_json` alone and inserts its bytes with raw rusqlite, 1000 rows per
 //! transaction, `synchronous=FULL`. It prints items/s, MB/s, the ratio to the baseline, the
-//! child's peak RSS (`getrusage(RUSAGE_CHILDREN)`) and the longest and p99 wait of another
-//! writer (the probe below) during the import. The baseline's database is removed before the
+//! child's peak RSS (`getrusage(RUSAGE_CHILDREN)`), the bytes it and the baseline wrote to the
+//! file system, and the longest and p99 wait of another writer (the probe below) during the
+//! import. `HOOKOPS_BENCH_BIN=PATH` imports with another build of hookops (an older commit's,
+//! for alternating pairs). The baseline's database is removed before the
 //! import runs, so a 1,000,000-line run needs about 4 GB of disk (the file and the import's
 //! database), not 6. `--keep FILE` writes the generated file there and keeps it
-//! (for trying the import by hand); `--generate-only` stops after writing it.
+//! (for trying the import by hand); `--generate-only` stops after writing it, and `--reuse`
+//! imports a file kept there before instead of writing it again.
 //!
 //! The small-item mode:
 //!
@@ -76,7 +84,10 @@ struct Args {
     items: usize,
     assign: usize,
     shape: Shape,
+    /// Item ids in the order V7 mints them (time-ordered) instead of at random.
+    ordered_ids: bool,
     keep: Option<std::path::PathBuf>,
+    reuse: bool,
     generate_only: bool,
 }
 
@@ -92,7 +103,9 @@ fn args() -> Args {
         items: 1_000_000,
         assign: 100_000,
         shape: Shape::Small,
+        ordered_ids: false,
         keep: None,
+        reuse: false,
         generate_only: false,
     };
     let mut it = std::env::args().skip(1);
@@ -113,8 +126,16 @@ fn args() -> Args {
                     other => panic!("--shape is small, v7 or mixed, not {other:?}"),
                 }
             }
+            "--ids" => {
+                a.ordered_ids = match it.next().as_deref() {
+                    Some("random") => false,
+                    Some("ordered") => true,
+                    other => panic!("--ids is random or ordered, not {other:?}"),
+                }
+            }
             "--keep" => a.keep = it.next().map(Into::into),
             "--generate-only" => a.generate_only = true,
+            "--reuse" => a.reuse = true,
             // cargo bench passes --bench; libtest-style filters are not used here.
             _ => {}
         }
@@ -457,12 +478,30 @@ fn uuid_like(line: usize, index: u32) -> String {
     )
 }
 
+/// An item id as V7 mints them (the fixtures' ids: `01920b88-51e0-…`): a UUID whose first 48
+/// bits are the milliseconds of its creation, here one line per millisecond from the fixtures'
+/// time on, the rest as fresh as [`uuid_like`]'s. Lines in the order their items were made.
+fn time_ordered_id(line: usize) -> String {
+    let ms = 0x0192_0b88_51e0_u64 + line as u64;
+    let rest = uuid_like(line, u32::MAX);
+    format!("{:08x}-{:04x}-{}", ms >> 16, ms & 0xffff, &rest[14..])
+}
+
 /// Line `i` of a V7-shaped file.
-fn v7_line(shape: Shape, fixtures: &[(String, serde_json::Value)], i: usize) -> String {
+fn v7_line(
+    shape: Shape,
+    ordered_ids: bool,
+    fixtures: &[(String, serde_json::Value)],
+    i: usize,
+) -> String {
     use serde_json::{Value, json};
     let (stem, fixture) = &fixtures[i % fixtures.len()];
     let mut doc = fixture.clone();
-    let id = uuid_like(i, u32::MAX);
+    let id = if ordered_ids {
+        time_ordered_id(i)
+    } else {
+        uuid_like(i, u32::MAX)
+    };
     let name = format!("{stem}_{i:08}.jpg");
     if let Some(Value::Array(anns)) = doc.get_mut("annotations") {
         if shape == Shape::Mixed {
@@ -494,9 +533,10 @@ fn v7_line(shape: Shape, fixtures: &[(String, serde_json::Value)], i: usize) -> 
     doc.to_string()
 }
 
-/// Peak RSS of the largest waited-for child so far, in bytes, and the CPU time (user +
-/// system) of all of them.
-fn children_usage() -> (u64, Duration) {
+/// Peak RSS of the largest waited-for child so far, in bytes, the CPU time (user + system)
+/// of all of them, and the bytes they wrote to the file system (`ru_oublock`, counted in
+/// 512-byte blocks when pages are dirtied: what `/usr/bin/time` calls file system outputs).
+fn children_usage() -> (u64, Duration, u64) {
     // SAFETY: getrusage writes into the zeroed struct it is given and reads nothing else.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
@@ -505,7 +545,19 @@ fn children_usage() -> (u64, Duration) {
     (
         ru.ru_maxrss as u64 * 1024,
         tv(ru.ru_utime) + tv(ru.ru_stime),
+        ru.ru_oublock as u64 * 512,
     )
+}
+
+/// Bytes this process has written to the file system (`write_bytes` of `/proc/self/io`).
+fn self_written() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("write_bytes: ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Baseline: read the file, parse each line with serde_json alone, insert its bytes raw.
@@ -556,13 +608,15 @@ fn v7_bench(a: &Args) {
         .unwrap_or_else(|| dir.path().join(format!("{shape}.jsonl")));
     let fixtures = fixtures();
     let t = Instant::now();
-    {
+    // `--reuse`: a file kept by an earlier run with the same options is imported again as it is
+    // (alternating pairs of two builds, without writing 1.5 GB before each).
+    if !(a.reuse && file.exists()) {
         let mut out = std::io::BufWriter::with_capacity(
             1 << 20,
             std::fs::File::create(&file).expect("create the file"),
         );
         for i in 0..a.items {
-            out.write_all(v7_line(a.shape, &fixtures, i).as_bytes())
+            out.write_all(v7_line(a.shape, a.ordered_ids, &fixtures, i).as_bytes())
                 .and_then(|()| out.write_all(b"\n"))
                 .expect("write the file");
         }
@@ -571,7 +625,12 @@ fn v7_bench(a: &Args) {
     let generate = t.elapsed();
     let bytes = std::fs::metadata(&file).expect("file").len();
     println!(
-        "hookops import benchmark, {shape} shape: {} lines, {:.0} MB ({} bytes a line) from {} fixtures",
+        "hookops import benchmark, {shape} shape, {} item ids: {} lines, {:.0} MB ({} bytes a line) from {} fixtures",
+        if a.ordered_ids {
+            "time-ordered"
+        } else {
+            "random"
+        },
         a.items,
         bytes as f64 / 1e6,
         bytes / a.items.max(1) as u64,
@@ -583,9 +642,11 @@ fn v7_bench(a: &Args) {
     }
 
     let c = cpu();
+    let w = self_written();
     let base_db = dir.path().join("baseline.db");
     let (base, n) = v7_baseline(&base_db, &file);
     let base_cpu = cpu() - c;
+    let base_written = self_written() - w;
     assert_eq!(n, a.items);
     // Gone before the import writes as much again: a 1,000,000-line run needs 2 GB less disk.
     for suffix in ["", "-wal", "-shm"] {
@@ -593,17 +654,27 @@ fn v7_bench(a: &Args) {
     }
 
     let db = dir.path().join("bench.db");
-    {
-        let store = Store::open(&db, &OpenOptions::default()).expect("open store");
-        let env = |_: &str| None;
-        let wf = hookops::workflow::parse("bench.toml", WORKFLOW, &env).expect("bench workflow");
-        store
-            .apply_workflow(&wf, &Vec::new(), "bench")
-            .expect("apply");
-    }
+    // `HOOKOPS_BENCH_BIN` runs another build (e.g. an older commit's) against the same file,
+    // for alternating pairs. The database is made by the binary that imports into it, so its
+    // schema is that build's.
+    let bin = std::env::var_os("HOOKOPS_BENCH_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_hookops").into());
+    println!("binary: {}", std::path::Path::new(&bin).display());
+    let toml = dir.path().join("bench.toml");
+    std::fs::write(&toml, WORKFLOW).expect("write the workflow");
+    let applied = std::process::Command::new(&bin)
+        .arg("--db")
+        .arg(&db)
+        .args(["workflow", "apply"])
+        .arg(&toml)
+        .output()
+        .expect("run hookops workflow apply");
+    assert!(applied.status.success(), "workflow apply: {applied:?}");
+    // Only the import's CPU and writes are counted (`workflow apply` was a child too).
+    let (_, apply_cpu, apply_written) = children_usage();
     let probe = Probe::start(&db);
     let t = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookops"))
+    let out = std::process::Command::new(&bin)
         .arg("--db")
         .arg(&db)
         .args(["item", "import", "--workflow", "bench", "--json"])
@@ -613,7 +684,8 @@ fn v7_bench(a: &Args) {
         .expect("run hookops item import");
     let import = t.elapsed();
     let probe = probe.finish();
-    let (rss, import_cpu) = children_usage();
+    let (rss, import_cpu, written) = children_usage();
+    let (import_cpu, written) = (import_cpu - apply_cpu, written - apply_written);
     assert!(out.status.success(), "import failed: {:?}", out.status);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["imported"], a.items, "{report}");
@@ -649,6 +721,12 @@ fn v7_bench(a: &Args) {
         "{:<34}  {:.1} MB",
         "peak RSS of the import",
         rss as f64 / 1e6
+    );
+    println!(
+        "{:<34}  {:.2} GB (baseline {:.2} GB)",
+        "written by the import",
+        written as f64 / 1e9,
+        base_written as f64 / 1e9
     );
     println!(
         "{:<34}  {} ({} probes; p99 {})",

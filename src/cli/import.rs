@@ -301,7 +301,9 @@ fn check(
     // lookup; never the items.
     let mut pending: Vec<NewItem> = Vec::with_capacity(BATCH_ITEMS);
     let started = Instant::now();
-    for outcome in crate::import::check_lines(reader) {
+    // Checked on every core (see `check_lines_parallel`); the outcomes come here in line order.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+    crate::import::check_lines_parallel(reader, workers, &mut |outcome| {
         checked.lines += 1;
         match outcome.map_err(read_error)? {
             LineOutcome::Blank => {}
@@ -336,7 +338,8 @@ fn check(
                 )
             });
         }
-    }
+        Ok(())
+    })?;
     foreign_ids(store, &a.workflow, &mut pending, &mut checked)?;
     checked.trim_errors();
     checked.bad_lines.sort_unstable();

@@ -106,6 +106,7 @@ pub(crate) const TABLES: &[Table] = &[
         name: "history",
         columns: &[
             ("seq", I),
+            ("item_seq", I),
             ("item_id", T),
             ("workflow_id", T),
             ("from_stage", T),

@@ -433,7 +433,7 @@ impl Reads for PgReads<'_> {
         all(
             self.conn,
             "SELECT at, from_stage, to_stage, cause, operator, revision, delivery_id
-             FROM history WHERE item_id = $1 ORDER BY seq",
+             FROM history WHERE item_seq = (SELECT seq FROM items WHERE id = $1) ORDER BY seq",
             &[&id.as_str()],
             |r| {
                 Ok(HistoryEntry {

@@ -184,8 +184,8 @@ impl Rows for PgRows<'_> {
 
     fn insert_history(&self, h: &HistoryRow<'_>) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO history (item_id, workflow_id, from_stage, to_stage, cause, operator, revision, delivery_id, at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO history (item_seq, item_id, workflow_id, from_stage, to_stage, cause, operator, revision, delivery_id, at)
+             VALUES ((SELECT seq FROM items WHERE id = $1), $1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &h.item.as_str(),
                 &h.workflow.as_str(),

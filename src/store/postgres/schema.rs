@@ -1,7 +1,8 @@
 //! PostgreSQL's schema and its migrations, numbered like SQLite's and applied one per
 //! transaction; a database newer than the binary is refused.
 //!
-//! The tables are SQLite's (after its four migrations) in PostgreSQL's types: every integer and
+//! The tables are SQLite's in PostgreSQL's types (migration 1 here is SQLite's first four, and
+//! each later one is SQLite's three numbers on): every integer and
 //! every time (ms since the Unix epoch, as the store's `Tx::now` gives them) is `BIGINT`, flags
 //! stored as 0/1 stay `BIGINT` so both backends read them alike, bodies are `BYTEA`, and the
 //! sequence columns are identities. Attempts carry the id of the transaction that wrote them
@@ -200,6 +201,14 @@ ALTER TABLE stages ADD COLUMN next_token_at BIGINT;
 ALTER TABLE stages ADD COLUMN concurrency_limit BIGINT;
 ALTER TABLE stages ADD COLUMN limit_successes BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE stages ADD COLUMN limit_decreased_at BIGINT NOT NULL DEFAULT 0;
+"#,
+    // 3: history found by the item's row number, not its id text (issue 22; SQLite's
+    // migration 6, which says why).
+    r#"
+ALTER TABLE history ADD COLUMN item_seq BIGINT;
+UPDATE history h SET item_seq = i.seq FROM items i WHERE i.id = h.item_id;
+DROP INDEX history_by_item;
+CREATE INDEX history_by_item ON history(item_seq, seq);
 "#,
 ];
 

@@ -269,6 +269,18 @@ ALTER TABLE stages ADD COLUMN concurrency_limit INTEGER;
 ALTER TABLE stages ADD COLUMN limit_successes INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE stages ADD COLUMN limit_decreased_at INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 6: an item's history is found by the item's row number (`items.seq`) instead of its id
+    // text (issue 22). Rows are added in `seq` order, so at import every new item's history
+    // entry goes at the end of this index instead of at a random place of one keyed by UUIDs:
+    // each imported item changes one page of a large index (`items(id)`) instead of two.
+    // `item_id` stays, for reading the table by hand and for `db copy`; a history row whose
+    // item is gone keeps a NULL `item_seq` (no item shows it either way).
+    r#"
+ALTER TABLE history ADD COLUMN item_seq INTEGER;
+UPDATE history SET item_seq = (SELECT i.seq FROM items i WHERE i.id = history.item_id);
+DROP INDEX history_by_item;
+CREATE INDEX history_by_item ON history(item_seq, seq);
+"#,
 ];
 
 pub(crate) fn user_version(conn: &Connection) -> crate::store::Result<i64> {
@@ -405,6 +417,84 @@ mod tests {
             )
         };
         assert_eq!(moved, [row("a", "[{\"name\":\"crack\"}]"), row("b", "[]")]);
+    }
+
+    #[test]
+    fn migration_6_keys_every_history_row_by_its_items_row_number() {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..5] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        conn.execute(
+            "INSERT INTO workflows (id, name, team, revision, created_at, updated_at)
+             VALUES ('wf', 'wf', 't', 1, 0, 0)",
+            [],
+        )
+        .unwrap();
+        for id in ["a", "b", "c"] {
+            conn.execute(
+                "INSERT INTO items (id, workflow_id, stage_id, state, name, path, dataset_name,
+                     dataset_slug, tags, fingerprint, version, created_at, updated_at, entered_at)
+                 VALUES (?1, 'wf', 'dataset', 'waiting', ?1, '/', 'd', 'd', '[]', 'f', 1, 0, 0, 0)",
+                [id],
+            )
+            .unwrap();
+        }
+        // Interleaved, as moves write them; `gone` has no item row (none is ever deleted, but
+        // an old file's history is not trusted to be complete).
+        for (item, to) in [
+            ("b", "dataset"),
+            ("a", "dataset"),
+            ("b", "review"),
+            ("gone", "dataset"),
+            ("b", "done"),
+            ("c", "dataset"),
+        ] {
+            conn.execute(
+                "INSERT INTO history (item_id, workflow_id, to_stage, cause, revision, at)
+                 VALUES (?1, 'wf', ?2, 'import', 1, 0)",
+                [item, to],
+            )
+            .unwrap();
+        }
+        migrate(&conn).unwrap();
+        let rows: Vec<(String, Option<i64>, String)> = conn
+            .prepare("SELECT item_id, item_seq, to_stage FROM history ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let row = |id: &str, seq: Option<i64>, to: &str| (id.to_string(), seq, to.to_string());
+        assert_eq!(
+            rows,
+            [
+                row("b", Some(2), "dataset"),
+                row("a", Some(1), "dataset"),
+                row("b", Some(2), "review"),
+                row("gone", None, "dataset"),
+                row("b", Some(2), "done"),
+                row("c", Some(3), "dataset"),
+            ]
+        );
+        // An item's history is read through the new index, in order.
+        let plan: Vec<String> = conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT to_stage FROM history
+                 WHERE item_seq = (SELECT seq FROM items WHERE id = 'b') ORDER BY seq",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("USING INDEX history_by_item (item_seq=?)")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
     }
 
     #[test]
