@@ -989,7 +989,7 @@ timeout = "200ms""#,
     assert_eq!(list(&["--status", "503", "--stage", "slow"]).len(), 0);
     // The store filter is the one the console uses.
     let f = DeliveryFilter {
-        error_kind: Some(ErrorKind::Timeout),
+        error_kinds: vec![ErrorKind::Timeout],
         ..DeliveryFilter::default()
     };
     assert_eq!(w.store.count_deliveries(&f).unwrap(), 2);
@@ -1445,8 +1445,8 @@ mod console {
             },
         );
         assert_eq!(f.state, Some(DeliveryState::Failed));
-        assert_eq!(f.error_kind, Some(ErrorKind::Timeout));
-        assert_eq!(f.status, Some(503));
+        assert_eq!(f.error_kinds, [ErrorKind::Timeout]);
+        assert_eq!(f.statuses, [hookops::store::StatusMatch::Code(503)]);
         assert!(command(&mut app, "deliveries sideways").is_empty());
 
         // A deliveries view of the three pending deliveries.

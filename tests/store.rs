@@ -1824,7 +1824,7 @@ pub mod cases {
             .unwrap();
         assert_eq!(r.cancelled, 0);
         assert!(
-            r.refused[0].1.contains("already cancelled"),
+            r.refused[0].reason.contains("already cancelled"),
             "{:?}",
             r.refused
         );

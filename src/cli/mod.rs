@@ -434,36 +434,6 @@ pub(crate) fn action_limit(s: &str) -> Result<usize, String> {
     }
 }
 
-/// Checks the `--workflow`/`--stage` scope of a bulk mutation before it selects anything: a
-/// `--stage` needs `--workflow` (design §6, exit 2), and an unknown workflow or stage is an
-/// error (exit 1), not "nothing matches".
-pub(crate) fn check_scope(
-    store: &crate::store::Store,
-    workflow: Option<&String>,
-    stage: Option<&String>,
-    what: &str,
-) -> Result<(), CliError> {
-    let Some(workflow) = workflow else {
-        if stage.is_some() {
-            return Err(CliError::usage(format!(
-                "{what} --stage needs --workflow ID"
-            )));
-        }
-        return Ok(());
-    };
-    let spec = store.workflow_spec(&WorkflowId::new(workflow.as_str()))?;
-    if let Some(stage) = stage {
-        let id = StageId::new(stage.as_str());
-        // `notify:N` names the deliveries of a `[[notify]]` entry, which may outlive it.
-        if spec.stage(&id).is_none() && crate::workflow::notify_index(&id).is_none() {
-            return Err(CliError::failure(format!(
-                "workflow `{workflow}` has no stage `{stage}`"
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Parses `--stage` for a mutation: it needs `--workflow` (design §6).
 pub(crate) fn require_workflow(
     workflow: &Option<String>,

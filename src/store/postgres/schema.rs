@@ -201,6 +201,13 @@ ALTER TABLE stages ADD COLUMN concurrency_limit BIGINT;
 ALTER TABLE stages ADD COLUMN limit_successes BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE stages ADD COLUMN limit_decreased_at BIGINT NOT NULL DEFAULT 0;
 "#,
+    // 3: audit rows that name what was touched (issue 18; SQLite's migration 6).
+    r#"
+ALTER TABLE audit ADD COLUMN via TEXT;
+ALTER TABLE audit ADD COLUMN outcome TEXT;
+ALTER TABLE audit ADD COLUMN matched BIGINT;
+ALTER TABLE audit ADD COLUMN ids TEXT;
+"#,
 ];
 
 /// The schema version stored in the database (0: no hookops schema yet).

@@ -269,6 +269,14 @@ ALTER TABLE stages ADD COLUMN concurrency_limit INTEGER;
 ALTER TABLE stages ADD COLUMN limit_successes INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE stages ADD COLUMN limit_decreased_at INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 6: audit rows that name what was touched (issue 18): the front end, the outcome, how
+    // many the selection matched and, up to 1,000, the ids (a JSON array).
+    r#"
+ALTER TABLE audit ADD COLUMN via TEXT;
+ALTER TABLE audit ADD COLUMN outcome TEXT;
+ALTER TABLE audit ADD COLUMN matched INTEGER;
+ALTER TABLE audit ADD COLUMN ids TEXT;
+"#,
 ];
 
 pub(crate) fn user_version(conn: &Connection) -> crate::store::Result<i64> {

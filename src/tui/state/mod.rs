@@ -92,11 +92,20 @@ impl ViewKind {
                 if let Some(i) = &f.item {
                     parts.push(format!("item {i}"));
                 }
-                if let Some(k) = f.error_kind {
+                for k in &f.error_kinds {
                     parts.push(k.to_string());
                 }
-                if let Some(s) = f.status {
+                for s in &f.statuses {
                     parts.push(s.to_string());
+                }
+                if let Some(t) = f.trigger {
+                    parts.push(format!("trigger {t}"));
+                }
+                if let Some(t) = f.since {
+                    parts.push(format!("since {}", t.format("%m-%d %H:%M")));
+                }
+                if let Some(t) = f.until {
+                    parts.push(format!("until {}", t.format("%m-%d %H:%M")));
                 }
                 parts.join(" · ")
             }

@@ -325,6 +325,11 @@ pub fn audit() -> Vec<AuditEntry> {
             target: "defects/validate".into(),
             filter: Some("--from-stage dataset".into()),
             count: 40,
+            id: 3,
+            via: None,
+            outcome: None,
+            matched: None,
+            ids: None,
         },
         AuditEntry {
             at: ago(300),
@@ -333,6 +338,11 @@ pub fn audit() -> Vec<AuditEntry> {
             target: "msg_0001".into(),
             filter: None,
             count: 1,
+            id: 2,
+            via: None,
+            outcome: None,
+            matched: None,
+            ids: None,
         },
         AuditEntry {
             at: ago(900),
@@ -341,6 +351,11 @@ pub fn audit() -> Vec<AuditEntry> {
             target: "defects/export".into(),
             filter: None,
             count: 1,
+            id: 1,
+            via: None,
+            outcome: None,
+            matched: None,
+            ids: None,
         },
     ]
 }
