@@ -1170,14 +1170,27 @@ fn replay_resends_the_same_delivery_and_refire_makes_a_new_one() {
         .set_script("/hook=ok,/stay=ok".parse::<Script>().unwrap());
 
     // Replay: the stored bytes again, same webhook-id, as a manual attempt; nothing else moves.
-    let lease = h.store.begin_replay(&d1.id, OPERATOR).unwrap();
-    let ev =
-        h.rt.block_on(dispatch::send_manual(
-            &h.store,
-            lease,
-            hookops::dispatch::http::DEFAULT_MAX_BODY,
-        ))
-        .unwrap();
+    // Through the actions layer, as every front end replays (and audits).
+    use hookops::actions::{self, Actor, BulkAction, Control, Selection, Via};
+    let plan = actions::plan(
+        &h.store,
+        BulkAction::Replay,
+        Selection::Ids(vec![d1.id.clone()]),
+    )
+    .unwrap();
+    let report = actions::execute(
+        &h.store,
+        &Actor::new(OPERATOR, Via::Cli),
+        plan,
+        Control {
+            stop: None,
+            progress: &mut |_, _| {},
+            rt: Some(h.rt.handle()),
+            max_send_body: hookops::dispatch::http::DEFAULT_MAX_BODY,
+        },
+    )
+    .unwrap();
+    let ev = report.attempts[0].clone();
     assert_eq!(ev.status, Some(200));
     assert_eq!(ev.routed_to, None);
     let got = h.received_for(&d1.id);
@@ -1306,7 +1319,7 @@ fn refire_failed_takes_only_the_latest_delivery_of_each_item() {
     let out = h.hookops(&["refire", "--failed", "--workflow", WF, "--yes", "--json"]);
     assert_ok(&out, "refire --failed --yes");
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["refired"], 1, "{report}");
+    assert_eq!(report["acted"], 1, "{report}");
     assert_eq!(report["refused"], json!([]), "{report}");
     wait_until(
         "the third delivery to succeed",

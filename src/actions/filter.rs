@@ -4,7 +4,7 @@
 //! it is typed and a bad one is refused with the same sentence.
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{DeliveryId, DeliveryState, DeliveryTrigger, ErrorKind, EventType};
 use crate::model::{ItemId, StageId, WorkflowId};
@@ -12,50 +12,62 @@ use crate::store::{DeliveryFilter, StatusMatch};
 
 /// The filter's fields as text. Lists (`status`, `error_kind`) are comma-separated; times are
 /// RFC 3339 or a duration ago (`30m`, `2h ago`).
-#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilterParams {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<String>,
     /// A stage id, or `notify:N` for the notifications of `[[notify]]` entry N.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
     /// pending, in_flight, retry_scheduled, succeeded, failed or cancelled.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<String>,
     /// stage.webhook, webhook.test or a notification event.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
     /// route, assign, refire or test.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<String>,
     /// The last attempt's HTTP status: codes and classes, comma-separated (`5xx,408`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
     /// The last attempt's error kind, comma-separated (`timeout,connect`). With `status`, a
     /// delivery matches either.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<String>,
     /// Created at or after: RFC 3339, or a duration ago (`30m`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
     /// Created before: RFC 3339, or a duration ago.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
     /// Only the re-fires of this delivery.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refire_of: Option<String>,
 }
 
 /// A filter value that does not parse: which field, and why (one sentence).
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
-#[error("{field} {message}")]
+#[error("{}", self.sentence())]
 pub struct BadFilter {
     /// The field's name as the API spells it (`error_kind`); the CLI shows `--error-kind`.
     pub field: &'static str,
     pub message: String,
+}
+
+impl BadFilter {
+    /// The field and what is wrong with it; a word of the console's `:dl` that fits no
+    /// field is only the message.
+    pub fn sentence(&self) -> String {
+        if self.field == "filter" {
+            self.message.clone()
+        } else {
+            format!("{} {}", self.field, self.message)
+        }
+    }
 }
 
 fn bad(field: &'static str, message: String) -> BadFilter {
@@ -103,6 +115,26 @@ where
 }
 
 impl FilterParams {
+    /// The text form of a typed filter (times in RFC 3339): what the API answers where a
+    /// filter can be sent back, such as a failure group's.
+    pub fn of(f: &DeliveryFilter) -> FilterParams {
+        let list = |v: Vec<String>| (!v.is_empty()).then(|| v.join(","));
+        let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        FilterParams {
+            workflow: f.workflow.as_ref().map(|x| x.to_string()),
+            stage: f.stage.as_ref().map(|x| x.to_string()),
+            state: f.state.map(|x| x.to_string()),
+            item: f.item.as_ref().map(|x| x.to_string()),
+            event: f.event.map(|x| x.to_string()),
+            trigger: f.trigger.map(|x| x.to_string()),
+            status: list(f.statuses.iter().map(|x| x.to_string()).collect()),
+            error_kind: list(f.error_kinds.iter().map(|x| x.to_string()).collect()),
+            since: f.since.as_ref().map(time),
+            until: f.until.as_ref().map(time),
+            refire_of: f.refire_of.as_ref().map(|x| x.to_string()),
+        }
+    }
+
     /// The typed filter; durations are taken back from `now`.
     pub fn to_filter(&self, now: DateTime<Utc>) -> Result<DeliveryFilter, BadFilter> {
         let time = |field: &'static str, v: &Option<String>| {
@@ -182,7 +214,7 @@ impl FilterParams {
                 return Err(bad(
                     "filter",
                     format!(
-                        "`{w}` is neither a state (failed, …), an error kind (timeout, …), a status (503, 5xx) nor key=value"
+                        "unknown delivery state `{w}`: not an error kind (timeout, …) or a status (503, 5xx) either; other fields go as key=value"
                     ),
                 ));
             }

@@ -15,6 +15,7 @@
 mod auth;
 mod error;
 mod handlers;
+mod jobs;
 mod metrics;
 mod openapi;
 mod routes;
@@ -28,8 +29,10 @@ use tokio::sync::{broadcast, watch};
 pub use auth::{ENV_TOKEN_NAME, TokenError, Tokens};
 pub use error::{ApiError, ErrorBody, ErrorDetail, FieldError};
 pub use handlers::{
-    AdvanceRequest, Health, ImportResponse, Page, SetStageRequest, StagePauseState,
+    AdvanceRequest, BulkRequest, FailureGroupView, Health, ImportResponse, Page, SetStageRequest,
+    StagePauseState,
 };
+pub use jobs::{Job, JobState};
 pub use metrics::Metrics;
 pub use openapi::document as openapi_document;
 pub use routes::MAX_URI;
@@ -63,6 +66,8 @@ pub(crate) struct AppState {
     /// Where replays and tests sent by the API publish their attempt (the console's log pane
     /// and `serve`'s output see them like any other attempt).
     pub events: Option<broadcast::Sender<DispatchNotice>>,
+    /// The bulk jobs this process runs (`/v1/jobs/{id}`).
+    pub jobs: Arc<jobs::Jobs>,
 }
 
 /// Why the API could not start.
@@ -93,6 +98,7 @@ pub fn router(
         max_send_body: opts.max_send_body,
         metrics,
         events,
+        jobs: Arc::default(),
     });
     routes::build(state)
 }

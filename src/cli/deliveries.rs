@@ -13,6 +13,8 @@ use crate::model::AttemptEvent;
 use crate::model::{DeliveryId, DeliveryState, StageId};
 use crate::store::{DeliveryFilter, Store};
 
+// Parsed once per run: the size of the filter-bearing variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum DeliveryCommand {
     /// Show a delivery: every attempt with request and response

@@ -299,12 +299,17 @@ fn audit_from_row(r: &Row, with_ids: bool) -> Result<AuditEntry> {
 }
 
 /// Failed deliveries grouped by cause: (workflow, stage, error kind, status), biggest first,
-/// over the delivery list query as `q`.
+/// over the delivery list query as `q`. A stage delivery counts only while it is its item's
+/// latest (what a re-fire would take): once re-fired or re-assigned, it is no longer a
+/// failure to act on.
 const FAILURE_GROUPS_SELECT: &str = "SELECT q.workflow_id, q.stage_id, q.last_error_kind, q.last_status, COUNT(*),
             COUNT(DISTINCT q.item_id), MIN(q.last_attempt_at), MAX(q.last_attempt_at), MAX(q.last_message)";
 const FAILURE_GROUPS_END: &str =
-    "GROUP BY q.workflow_id, q.stage_id, q.last_error_kind, q.last_status
-     ORDER BY COUNT(*) DESC, q.workflow_id, q.stage_id, q.last_error_kind, q.last_status";
+    "WHERE (q.event <> 'stage.webhook' OR NOT EXISTS (SELECT 1 FROM deliveries n
+            WHERE n.item_id = q.item_id AND n.event = 'stage.webhook' AND n.seq > q.seq))
+     GROUP BY q.workflow_id, q.stage_id, q.last_error_kind, q.last_status
+     ORDER BY COUNT(*) DESC, q.workflow_id COLLATE \"C\", q.stage_id COLLATE \"C\", COALESCE(q.last_status, 0),
+              COALESCE(q.last_error_kind, '')";
 
 /// Finished delivery states, as SQL.
 const FINISHED: &str = "('succeeded', 'failed', 'cancelled')";
