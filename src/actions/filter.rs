@@ -47,6 +47,9 @@ pub struct FilterParams {
     /// Only the re-fires of this delivery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refire_of: Option<String>,
+    /// A substring of the delivery id, the item id or the item's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<String>,
 }
 
 /// A filter value that does not parse: which field, and why (one sentence).
@@ -132,6 +135,7 @@ impl FilterParams {
             since: f.since.as_ref().map(time),
             until: f.until.as_ref().map(time),
             refire_of: f.refire_of.as_ref().map(|x| x.to_string()),
+            search: f.search.clone(),
         }
     }
 
@@ -158,6 +162,7 @@ impl FilterParams {
             error_kinds: list::<ErrorKind>("error_kind", &self.error_kind)?,
             statuses: list::<StatusMatch>("status", &self.status)?,
             refire_of: text("refire_of", &self.refire_of)?.map(DeliveryId::new),
+            search: self.search.clone().filter(|q| !q.is_empty()),
         };
         if let (Some(s), Some(u)) = (f.since, f.until)
             && u <= s
@@ -195,11 +200,12 @@ impl FilterParams {
                     "since" => p.since = Some(v.into()),
                     "until" => p.until = Some(v.into()),
                     "refire_of" => p.refire_of = Some(v.into()),
+                    "search" => p.search = Some(v.into()),
                     other => {
                         return Err(bad(
                             "filter",
                             format!(
-                                "`{other}` is not a filter (workflow, stage, state, item, event, trigger, status, error_kind, since, until, refire_of)"
+                                "`{other}` is not a filter (workflow, stage, state, item, event, trigger, status, error_kind, since, until, refire_of, search)"
                             ),
                         ));
                     }
@@ -239,6 +245,17 @@ pub fn matches_attempt(f: &DeliveryFilter, e: &crate::model::AttemptEvent) -> bo
         && f.state.is_none_or(|x| x == e.state)
         && f.since.is_none_or(|t| e.at >= t)
         && f.until.is_none_or(|t| e.at < t)
+        && f.search.as_deref().is_none_or(|q| {
+            let q = q.to_ascii_lowercase();
+            [
+                Some(e.delivery_id.as_str()),
+                e.item_id.as_ref().map(|i| i.as_str()),
+                e.item_name.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|t| t.to_ascii_lowercase().contains(&q))
+        })
         && ((f.statuses.is_empty() && f.error_kinds.is_empty())
             || e.status
                 .is_some_and(|s| f.statuses.iter().any(|m| m.matches(s)))

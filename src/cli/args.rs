@@ -66,6 +66,9 @@ pub struct FilterArgs {
     /// Only the re-fires of this delivery (id)
     #[arg(long, value_name = "ID")]
     pub refire_of: Option<String>,
+    /// Only deliveries whose id, item id or item name contains this text
+    #[arg(long, value_name = "TEXT")]
+    pub search: Option<String>,
 }
 
 impl FilterArgs {
@@ -84,6 +87,7 @@ impl FilterArgs {
             since: self.since.clone(),
             until: self.until.clone(),
             refire_of: self.refire_of.clone(),
+            search: self.search.clone(),
         }
     }
 
@@ -106,6 +110,7 @@ impl FilterArgs {
             && self.since.is_none()
             && self.until.is_none()
             && self.refire_of.is_none()
+            && self.search.is_none()
     }
 }
 

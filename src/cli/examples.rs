@@ -52,6 +52,10 @@ pub const AUDIT: &str = "Examples:
   # the ids one action touched
   hookops audit show 42";
 
+pub const AUDIT_SHOW: &str = "Examples:
+  hookops audit show 42
+  hookops audit show 42 --json | jq -r '.ids[]'";
+
 pub const DELIVERIES: &str = "Examples:
   hookops deliveries --state failed --workflow defects
   # the 5xx failures and the timeouts of an outage window

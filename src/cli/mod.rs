@@ -253,6 +253,7 @@ pub struct AuditArgs {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// One audit row with every id it names
+    #[command(after_long_help = examples::AUDIT_SHOW)]
     Show {
         /// The row's id (the ID column of `hookops audit`)
         id: i64,

@@ -95,6 +95,9 @@ pub struct DeliveryFilter {
     pub statuses: Vec<StatusMatch>,
     /// Only the re-fires of this delivery.
     pub refire_of: Option<DeliveryId>,
+    /// A substring of the delivery id, the item id or the item's name (the console's `/`),
+    /// ASCII letters matched in any case.
+    pub search: Option<String>,
 }
 
 impl DeliveryFilter {
@@ -108,6 +111,7 @@ impl DeliveryFilter {
             && self.error_kinds.is_empty()
             && self.statuses.is_empty()
             && self.refire_of.is_none()
+            && self.search.as_deref().is_none_or(str::is_empty)
     }
 
     /// Whether nothing is set (every delivery matches).
@@ -163,6 +167,9 @@ impl DeliveryFilter {
         }
         if let Some(r) = &self.refire_of {
             push("refire-of", r.to_string());
+        }
+        if let Some(q) = self.search.as_deref().filter(|q| !q.is_empty()) {
+            push("search", q.to_string());
         }
         out.join(" ")
     }

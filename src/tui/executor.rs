@@ -475,6 +475,7 @@ fn total(s: &Store, kind: &ViewKind, search: &str, exact: bool) -> Option<i64> {
                 .flatten()
         }
         ViewKind::Deliveries(f) => {
+            let f = &state::with_search(f, search);
             if f.by_counters()
                 && let Ok(rows) = s.delivery_counts()
             {
@@ -537,6 +538,8 @@ fn load(
         }
         ViewKind::Item(id) => ViewData::Item(Box::new(s.item_detail(id).map_err(e)?)),
         ViewKind::Deliveries(f) => {
+            // `/` filters in SQL, over the whole store (issue 18).
+            let f = &state::with_search(f, search);
             let (page, more) = match after {
                 Some(LoadAfter::End) => {
                     (s.list_deliveries_before(f, None, PAGE).map_err(e)?, false)

@@ -231,6 +231,19 @@ fn delivery_query(
         let op = if backward { "d.seq > ?" } else { "d.seq < ?" };
         push(op, Box::new(a), &mut args);
     }
+    if let Some(q) = f.search.as_ref().filter(|q| !q.is_empty()) {
+        let escaped = q
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        args.push(Box::new(format!("%{escaped}%")));
+        let n = args.len();
+        // As the item list's search: ILIKE under the "C" collation, like SQLite's LIKE.
+        wh.push(format!(
+            "(d.id COLLATE \"C\" ILIKE ${n} ESCAPE '\\' OR d.item_id COLLATE \"C\" ILIKE ${n} ESCAPE '\\'
+              OR i.name COLLATE \"C\" ILIKE ${n} ESCAPE '\\')"
+        ));
+    }
     // The last attempt's result: any listed status (code or class) or error kind.
     let mut result = Vec::new();
     for s in &f.statuses {

@@ -231,6 +231,17 @@ fn delivery_query(
         let op = if backward { "d.seq > ?" } else { "d.seq < ?" };
         push(op, Value::Integer(a), &mut args);
     }
+    if let Some(q) = f.search.as_ref().filter(|q| !q.is_empty()) {
+        let escaped = q
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        args.push(Value::Text(format!("%{escaped}%")));
+        let n = args.len();
+        wh.push(format!(
+            "(d.id LIKE ?{n} ESCAPE '\\' OR d.item_id LIKE ?{n} ESCAPE '\\' OR i.name LIKE ?{n} ESCAPE '\\')"
+        ));
+    }
     // The last attempt's result: any listed status (code or class) or error kind.
     let mut result = Vec::new();
     for s in &f.statuses {

@@ -502,7 +502,9 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
                     stage: app.view().and_then(current_stage_row).map(|s| s.id.clone()),
                     ..Default::default()
                 },
-                Some(ViewKind::Deliveries(f)) => f.clone(),
+                Some(ViewKind::Deliveries(f)) => {
+                    with_search(f, app.view().map_or("", |v| v.filter.as_str()))
+                }
                 _ => return vec![],
             };
             vec![Effect::CountFailed(filter)]
@@ -589,7 +591,10 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
             confirm(app, text, Pending::Cancel(ids))
         }
         Action::CancelAll | Action::Export => {
-            let Some(ViewKind::Deliveries(f)) = app.view().map(|v| v.kind.clone()) else {
+            let Some(f) = app.view().and_then(|v| match &v.kind {
+                ViewKind::Deliveries(f) => Some(with_search(f, &v.filter)),
+                _ => None,
+            }) else {
                 return vec![];
             };
             if a == Action::Export {

@@ -289,19 +289,8 @@ impl View {
                 .collect(),
             ViewData::Items { rows, .. } => (0..rows.len()).collect(),
             ViewData::Item(d) => (0..d.deliveries.len()).collect(),
-            ViewData::Deliveries { rows, .. } => (0..rows.len())
-                .filter(|i| {
-                    let r = &rows[*i];
-                    keep(&format!(
-                        "{} {} {} {} {}",
-                        r.id,
-                        r.stage,
-                        r.item_id.as_ref().map(|i| i.as_str()).unwrap_or(""),
-                        r.item_name.as_deref().unwrap_or(""),
-                        r.state
-                    ))
-                })
-                .collect(),
+            // Matched in SQL (`with_search`): every loaded row is one the filter kept.
+            ViewData::Deliveries { rows, .. } => (0..rows.len()).collect(),
             ViewData::Delivery(d) => (0..d.attempt_log.len()).collect(),
             ViewData::Audit(rows) => (0..rows.len())
                 .filter(|i| {
@@ -1183,6 +1172,16 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
     }
 }
 
+/// A deliveries view's filter with what `/` typed: matched in SQL like the rest of it, so
+/// the list, its count and `F`/`C`/export all take the same deliveries.
+pub fn with_search(f: &DeliveryFilter, search: &str) -> DeliveryFilter {
+    let mut f = f.clone();
+    f.search = Some(search.trim().to_string()).filter(|s| !s.is_empty());
+    f
+}
+
+/// The filter of a typed confirmation, in words: the scope first, then whatever else
+/// narrows it (the state is said by the question itself).
 fn filter_words(f: &DeliveryFilter) -> String {
     let mut parts = Vec::new();
     if let Some(w) = &f.workflow {
@@ -1190,6 +1189,26 @@ fn filter_words(f: &DeliveryFilter) -> String {
     }
     if let Some(s) = &f.stage {
         parts.push(format!("stage {s}"));
+    }
+    if let Some(i) = &f.item {
+        parts.push(format!("item {i}"));
+    }
+    if !f.statuses.is_empty() {
+        let s: Vec<String> = f.statuses.iter().map(|s| s.to_string()).collect();
+        parts.push(format!("status {}", s.join(",")));
+    }
+    if !f.error_kinds.is_empty() {
+        let k: Vec<&str> = f.error_kinds.iter().map(|k| k.as_str()).collect();
+        parts.push(format!("error kind {}", k.join(",")));
+    }
+    if let Some(t) = f.since {
+        parts.push(format!("since {}", t.format("%Y-%m-%d %H:%M:%S")));
+    }
+    if let Some(t) = f.until {
+        parts.push(format!("until {}", t.format("%Y-%m-%d %H:%M:%S")));
+    }
+    if let Some(q) = &f.search {
+        parts.push(format!("matching \"{q}\""));
     }
     if parts.is_empty() {
         "all workflows".into()
