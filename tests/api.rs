@@ -520,7 +520,9 @@ async fn auth_is_required_everywhere_but_healthz_and_names_the_operator() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_endpoint_answers_its_documented_shape_and_errors() {
     let w = World::new(Opts::default()).await;
-    // Every documented route is exercised below; this list keeps the two in step.
+    // Every documented route is exercised below, or (the bulk actions, jobs, failures and the
+    // attempt stream of issue 18) in the tests at the end of this file; this count keeps the
+    // document and the tests in step.
     let documented: Vec<String> = w.doc["paths"]
         .as_object()
         .unwrap()
@@ -532,7 +534,7 @@ async fn every_endpoint_answers_its_documented_shape_and_errors() {
                 .map(move |m| format!("{m} {p}"))
         })
         .collect();
-    assert_eq!(documented.len(), 17, "{documented:?}");
+    assert_eq!(documented.len(), 24, "{documented:?}");
 
     // POST /v1/items: one object, an array, JSON Lines.
     let v = w
@@ -2154,5 +2156,100 @@ async fn failures_are_grouped_by_cause_and_a_group_is_a_filter() {
     assert_eq!(
         w.store.item(&ItemId::new("h1")).unwrap().stage.as_str(),
         "parked"
+    );
+}
+
+/// `GET /v1/attempts?follow=true` streams every new attempt of a matching delivery as a JSON
+/// line, once each, in the log's order, and nothing its filter leaves out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_attempt_stream_sends_every_new_attempt_once() {
+    let w = World::new(Opts::default()).await;
+    let (s, v) = w
+        .call("get", "/v1/attempts", &[], "workflow=wf", None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["details"][0]["path"].as_str()),
+        (400, Some("follow")),
+        "{v}"
+    );
+    let mut resp = w
+        .client
+        .get(format!(
+            "{}/v1/attempts?follow=true&workflow=wf&stage=hook",
+            w.api
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/x-ndjson"
+    );
+    w.import(items("s", 30)).await;
+    let (s, _) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "hook", "from_stage_id": "dataset"}))
+        .await;
+    assert_eq!(s, 200);
+    w.fail_with("500", &["elsewhere"]).await;
+    for i in 0..30 {
+        w.wait_item_in(&format!("s{i:03}"), "review").await;
+    }
+    // A last attempt of the stage: once it is read, everything before it was.
+    let (s, marker) = w
+        .call(
+            "post",
+            "/v1/stages/{workflow}/{stage}/test",
+            &["wf", "hook"],
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{marker}");
+    let marker = marker["delivery_id"].as_str().unwrap().to_string();
+    let mut lines: Vec<Value> = Vec::new();
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !lines.iter().any(|l| l["delivery_id"] == marker.as_str()) {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .expect("the marker line within the deadline")
+            .unwrap()
+            .expect("the stream stays open");
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            lines.push(serde_json::from_slice(&line).unwrap());
+        }
+    }
+    drop(resp);
+    let got: Vec<String> = lines
+        .iter()
+        .map(|l| l["delivery_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got.last(), Some(&marker));
+    let mut want: Vec<String> = (0..30)
+        .map(|i| {
+            w.store
+                .item_detail(&ItemId::new(format!("s{i:03}")))
+                .unwrap()
+                .deliveries
+                .into_iter()
+                .find(|d| d.stage.as_str() == "hook")
+                .unwrap()
+                .id
+                .to_string()
+        })
+        .collect();
+    want.push(marker.clone());
+    assert_eq!(
+        sorted(got.clone()),
+        sorted(want),
+        "every attempt of the stage, once"
+    );
+    assert!(
+        lines.iter().all(|l| l["stage"] == "hook"),
+        "nothing of another stage"
     );
 }

@@ -170,6 +170,18 @@ pub struct DeliveriesQuery {
     pub limit: Option<usize>,
 }
 
+/// `GET /v1/attempts?follow=true`: the delivery filter, matched against each attempt as
+/// `deliveries --follow` does.
+#[allow(dead_code)]
+#[derive(Debug, schemars::JsonSchema)]
+pub struct AttemptsQuery {
+    #[serde(flatten)]
+    pub filter: FilterParams,
+    /// Must be `true`: the answer is a stream of JSON Lines, one attempt a line, as each is
+    /// recorded (from `since`, else from now), until the client disconnects.
+    pub follow: bool,
+}
+
 /// `POST /v1/deliveries/refire`, `/replay` and `/cancel`: a filter (re-fire and replay take
 /// the failed deliveries it selects, the latest of each item; cancel the open ones) or
 /// explicit ids, at most `limit` of them (oldest first).
@@ -290,11 +302,26 @@ fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
 /// A query string's pairs: `cursor` and `limit` apart, the rest read as the delivery filter
 /// (repeated keys joined with commas; an unknown key is refused, naming it).
 fn filter_query(uri: &Uri) -> Result<(FilterParams, Option<String>, Option<usize>), ApiError> {
+    let (params, cursor, limit, follow) = filter_query_all(uri)?;
+    if follow.is_some() {
+        return Err(ApiError::field("follow", "only `GET /v1/attempts` follows"));
+    }
+    Ok((params, cursor, limit))
+}
+
+type FilterQuery = (FilterParams, Option<String>, Option<usize>, Option<bool>);
+
+fn filter_query_all(uri: &Uri) -> Result<FilterQuery, ApiError> {
     let pairs: Vec<(String, String)> = query(uri)?;
-    let (mut cursor, mut limit) = (None, None);
+    let (mut cursor, mut limit, mut follow) = (None, None, None);
     let mut map = serde_json::Map::new();
     for (k, v) in pairs {
         match k.as_str() {
+            "follow" => {
+                follow = Some(v.parse::<bool>().map_err(|_| {
+                    ApiError::field("follow", format!("`{}` is not true or false", clip(&v)))
+                })?)
+            }
             "cursor" => cursor = Some(v),
             "limit" => {
                 limit = Some(v.parse::<usize>().map_err(|_| {
@@ -312,7 +339,7 @@ fn filter_query(uri: &Uri) -> Result<(FilterParams, Option<String>, Option<usize
     }
     let params: FilterParams = serde_json::from_value(serde_json::Value::Object(map))
         .map_err(|e| ApiError::bad_input("query", format!("bad query string: {e}")))?;
-    Ok((params, cursor, limit))
+    Ok((params, cursor, limit, follow))
 }
 
 /// The typed filter of `params`, a bad value refused naming its field (`query` or a body's
@@ -873,6 +900,123 @@ pub async fn bulk_cancel(
     JsonBody(req): JsonBody<BulkRequest>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     bulk(state, op, BulkAction::Cancel, req).await
+}
+
+/// `GET /v1/attempts?follow=true`: every new attempt of a matching delivery as a line of
+/// JSON, as it is recorded, in the attempt log's order (the cursor rules of the console's
+/// log pane and `deliveries --follow`: none skipped, none repeated), until the client goes.
+pub async fn follow_attempts(State(state): S, uri: Uri) -> Result<Response, ApiError> {
+    let (params, cursor, limit, follow) = filter_query_all(&uri)?;
+    if follow != Some(true) {
+        return Err(ApiError::field(
+            "follow",
+            "must be true: this endpoint streams new attempts (a delivery's attempts are in GET /v1/deliveries/{id})",
+        ));
+    }
+    if cursor.is_some() || limit.is_some() {
+        return Err(ApiError::bad_input(
+            "query",
+            "a stream takes no cursor or limit",
+        ));
+    }
+    let filter = typed_filter(&params, "")?;
+    if let Some(e) = actions::filter::follow_refusal(&filter) {
+        return Err(ApiError::field(e.field, e.message));
+    }
+    let store = state.store.clone();
+    let from_start = filter.since.is_some();
+    let (watcher, start) = blocking(move || {
+        let w = store.change_watcher()?;
+        let start = if from_start {
+            crate::store::AttemptCursor::default()
+        } else {
+            store.attempts_end()?
+        };
+        Ok((w, start))
+    })
+    .await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(stream_attempts(
+        state.store.clone(),
+        filter,
+        watcher,
+        start,
+        tx,
+    ));
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::new(Lines(rx)),
+    )
+        .into_response())
+}
+
+/// Reads the attempt log after `after` whenever the store changed, and sends each matching
+/// attempt as a line until the client has gone (the channel closes).
+async fn stream_attempts(
+    store: crate::store::Store,
+    filter: DeliveryFilter,
+    mut watcher: crate::store::ChangeWatcher,
+    mut after: crate::store::AttemptCursor,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+) {
+    let mut read = true;
+    loop {
+        if read {
+            let s = store.clone();
+            let Ok(Ok(rows)) =
+                tokio::task::spawn_blocking(move || s.attempts_after(after, 5000)).await
+            else {
+                return;
+            };
+            let full = rows.len() == 5000;
+            for (cursor, e) in rows {
+                after = after.max(cursor);
+                if !actions::filter::matches_attempt(&filter, &e) {
+                    continue;
+                }
+                let mut line = serde_json::to_vec(&e).unwrap_or_default();
+                line.push(b'\n');
+                if tx.send(Bytes::from(line)).await.is_err() {
+                    return;
+                }
+            }
+            if full {
+                continue;
+            }
+        }
+        // The change feed says when to read again (as the console's log pane polls it).
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if tx.is_closed() {
+            return;
+        }
+        let Ok((w, changed)) = tokio::task::spawn_blocking(move || {
+            let changed = watcher.changed().unwrap_or(true);
+            (watcher, changed)
+        })
+        .await
+        else {
+            return;
+        };
+        watcher = w;
+        read = changed;
+    }
+}
+
+/// A body of lines from a channel: ends when the sender does.
+struct Lines(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for Lines {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|line| line.map(|b| Ok(http_body::Frame::data(b))))
+    }
 }
 
 pub async fn show_job(State(state): S, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
