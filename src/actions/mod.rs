@@ -383,28 +383,14 @@ fn run_chunk(
         BulkAction::Refire => {
             let r = store.refire(chunk, op)?;
             report.acted += r.refired as usize;
-            let refused: std::collections::HashSet<&DeliveryId> =
-                r.refused.iter().map(|x| &x.delivery_id).collect();
-            touched.extend(
-                chunk
-                    .iter()
-                    .filter(|id| !refused.contains(id))
-                    .map(|id| id.to_string()),
-            );
+            touched.extend(not_refused(chunk, &r.refused));
             report.created.extend(r.created);
             report.refused.extend(r.refused);
         }
         BulkAction::Cancel => {
             let r = store.cancel_deliveries(chunk, op)?;
             report.acted += r.cancelled as usize;
-            let refused: std::collections::HashSet<&DeliveryId> =
-                r.refused.iter().map(|x| &x.delivery_id).collect();
-            touched.extend(
-                chunk
-                    .iter()
-                    .filter(|id| !refused.contains(id))
-                    .map(|id| id.to_string()),
-            );
+            touched.extend(not_refused(chunk, &r.refused));
             report.routed.extend(r.routed);
             report.refused.extend(r.refused);
         }
@@ -432,6 +418,17 @@ fn run_chunk(
         }
     }
     Ok(())
+}
+
+/// The ids of `chunk` the store did not refuse: what the action touched.
+fn not_refused(chunk: &[DeliveryId], refused: &[DeliveryRefusal]) -> Vec<String> {
+    let refused: std::collections::HashSet<&DeliveryId> =
+        refused.iter().map(|x| &x.delivery_id).collect();
+    chunk
+        .iter()
+        .filter(|id| !refused.contains(id))
+        .map(|id| id.to_string())
+        .collect()
 }
 
 /// Allocates a manual attempt of `id` and sends it now (a replay, design §6).

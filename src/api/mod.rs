@@ -2,9 +2,11 @@
 //! functions the CLI and the console call.
 //!
 //! Invariants this module keeps:
-//! - No second implementation of any action: every handler calls a `Store` method (on a
-//!   blocking thread, `spawn_blocking`) or `dispatch::send_manual`, exactly as the CLI does,
-//!   and answers with the CLI's `--json` serde types (design §6 "one JSON shape per object").
+//! - No second implementation of any action: every handler calls a `Store` method or the
+//!   actions layer (`crate::actions`: re-fire, replay, cancel, test; on a blocking thread,
+//!   `spawn_blocking`), exactly as the CLI and the console do, and answers with the CLI's
+//!   `--json` serde types (design §6 "one JSON shape per object"). Bulk actions run as jobs
+//!   (`jobs.rs`).
 //! - One table ([`routes::ENDPOINTS`]) registers every route and describes it; the OpenAPI
 //!   document at `/openapi.json` is generated from that table and the handlers' serde types,
 //!   so what is served and what is documented cannot drift.

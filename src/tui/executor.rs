@@ -201,20 +201,7 @@ fn replay_done(
     rt: &tokio::runtime::Handle,
     tx: &mpsc::UnboundedSender<Msg>,
 ) -> Msg {
-    let r = actions::plan(s, BulkAction::Replay, Selection::Ids(ids)).and_then(|plan| {
-        actions::execute(
-            s,
-            &Actor::new(op, Via::Console),
-            plan,
-            Control {
-                stop: None,
-                progress: &mut |_, _| {},
-                rt: Some(rt),
-                max_send_body: crate::dispatch::http::DEFAULT_MAX_BODY,
-            },
-        )
-    });
-    let r = match r {
+    let r = match act(s, op, BulkAction::Replay, Selection::Ids(ids), Some(rt)) {
         Ok(r) => r,
         Err(e) => return action_failed(e),
     };
@@ -241,6 +228,28 @@ fn replay_done(
     report::per_id("replayed", Some(&ok), bad, "")
 }
 
+/// Counts, then acts through the actions layer as the console (`via console`).
+fn act(
+    s: &Store,
+    op: &str,
+    action: BulkAction,
+    selection: Selection,
+    rt: Option<&tokio::runtime::Handle>,
+) -> Result<actions::BulkReport, ActionError> {
+    let plan = actions::plan(s, action, selection)?;
+    actions::execute(
+        s,
+        &Actor::new(op, Via::Console),
+        plan,
+        Control {
+            stop: None,
+            progress: &mut |_, _| {},
+            rt,
+            max_send_body: crate::dispatch::http::DEFAULT_MAX_BODY,
+        },
+    )
+}
+
 /// An action refused as a whole, for the flash line.
 fn action_failed(e: ActionError) -> Msg {
     match e {
@@ -264,20 +273,7 @@ fn bulk_done(
     named: Option<Vec<String>>,
     summary: impl FnOnce(usize) -> String,
 ) -> Msg {
-    let r = actions::plan(s, action, selection).and_then(|plan| {
-        actions::execute(
-            s,
-            &Actor::new(op, Via::Console),
-            plan,
-            Control {
-                stop: None,
-                progress: &mut |_, _| {},
-                rt: None,
-                max_send_body: crate::dispatch::http::DEFAULT_MAX_BODY,
-            },
-        )
-    });
-    let r = match r {
+    let r = match act(s, op, action, selection, None) {
         Ok(r) => r,
         Err(e) => return action_failed(e),
     };
