@@ -563,6 +563,7 @@ fn load(
         }
         ViewKind::Delivery(id) => ViewData::Delivery(Box::new(s.delivery_detail(id).map_err(e)?)),
         ViewKind::Audit => ViewData::Audit(s.audit_log(500).map_err(e)?),
+        ViewKind::Failures(f) => ViewData::Failures(s.failure_groups(f).map_err(e)?),
         ViewKind::Health => ViewData::Health(Box::new(s.health().map_err(e)?)),
     })
 }

@@ -505,6 +505,19 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
                 Some(ViewKind::Deliveries(f)) => {
                     with_search(f, app.view().map_or("", |v| v.filter.as_str()))
                 }
+                // The group under the cursor, through the same typed count.
+                Some(ViewKind::Failures(base)) => {
+                    let Some(g) = app.view().and_then(|v| match &v.data {
+                        ViewData::Failures(groups) => v
+                            .visible_indices()
+                            .get(v.cursor)
+                            .and_then(|i| groups.get(*i)),
+                        _ => None,
+                    }) else {
+                        return vec![];
+                    };
+                    g.filter(base)
+                }
                 _ => return vec![],
             };
             vec![Effect::CountFailed(filter)]
@@ -700,6 +713,11 @@ pub(super) fn open(app: &mut App) -> Vec<Effect> {
         ViewData::Items { rows, .. } => ViewKind::Item(rows[i].id.clone()),
         ViewData::Item(d) => ViewKind::Delivery(d.deliveries[i].id.clone()),
         ViewData::Deliveries { rows, .. } => ViewKind::Delivery(rows[i].id.clone()),
+        // A group is a filter: its deliveries, where r, R, c, F and C act as on any list.
+        ViewData::Failures(groups) => match &v.kind {
+            ViewKind::Failures(base) => ViewKind::Deliveries(groups[i].filter(base)),
+            _ => return vec![],
+        },
         _ => return vec![],
     };
     app.push(next)

@@ -25,7 +25,7 @@ pub(super) fn command(app: &mut App, cmd: &str) -> Vec<Effect> {
             let stage = arg.map(StageId::new);
             app.jump(ViewKind::Items { workflow, stage })
         }
-        "deliveries" | "dl" => {
+        "deliveries" | "dl" | "failures" => {
             // The one delivery filter (issue 18), typed as words: a state (`failed`), error
             // kinds (`timeout`), statuses or classes (`503`, `5xx`), or `key=value` for any
             // field (`stage=export`, `since=30m`, `until=…`). Matched in SQL over the store.
@@ -47,6 +47,9 @@ pub(super) fn command(app: &mut App, cmd: &str) -> Vec<Effect> {
             if params.workflow.is_none() {
                 f.workflow = app.current_workflow();
             }
+            if head == "failures" {
+                return app.jump(ViewKind::Failures(f));
+            }
             app.jump(ViewKind::Deliveries(f))
         }
         "audit" => app.jump(ViewKind::Audit),
@@ -54,7 +57,7 @@ pub(super) fn command(app: &mut App, cmd: &str) -> Vec<Effect> {
         "" => vec![],
         other => {
             app.flash(
-                format!("unknown command `{other}` (try :workflows :stages :items :deliveries failed :audit :q)"),
+                format!("unknown command `{other}` (try :workflows :stages :items :deliveries failed :failures :audit :q)"),
                 Level::Error,
             );
             vec![]

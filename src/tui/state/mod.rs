@@ -51,6 +51,8 @@ pub enum ViewKind {
     Deliveries(DeliveryFilter),
     Delivery(DeliveryId),
     Audit,
+    /// Failed deliveries grouped by cause (issue 18), within this filter.
+    Failures(DeliveryFilter),
     /// The health report (`:health`), the same as `hookops check`.
     Health,
 }
@@ -65,6 +67,7 @@ impl ViewKind {
             ViewKind::Deliveries(_) => Scope::Deliveries,
             ViewKind::Delivery(_) => Scope::Delivery,
             ViewKind::Audit | ViewKind::Health => Scope::Report,
+            ViewKind::Failures(_) => Scope::Failures,
         }
     }
 
@@ -111,6 +114,7 @@ impl ViewKind {
             }
             ViewKind::Delivery(id) => format!("delivery · {id}"),
             ViewKind::Audit => "audit".into(),
+            ViewKind::Failures(f) => format!("failures by cause · {}", filter_words(f)),
             ViewKind::Health => "health".into(),
         }
     }
@@ -135,6 +139,7 @@ pub enum ViewData {
     },
     Delivery(Box<DeliveryDetail>),
     Audit(Vec<AuditEntry>),
+    Failures(Vec<crate::store::FailureGroup>),
     Health(Box<crate::store::HealthReport>),
     Failed(String),
 }
@@ -301,6 +306,18 @@ impl View {
                 })
                 .collect(),
             ViewData::Health(r) => (0..r.checks.len()).collect(),
+            ViewData::Failures(groups) => (0..groups.len())
+                .filter(|i| {
+                    let g = &groups[*i];
+                    keep(&format!(
+                        "{} {} {} {}",
+                        g.stage,
+                        g.status.map(|s| s.to_string()).unwrap_or_default(),
+                        g.error_kind.map(|k| k.as_str()).unwrap_or(""),
+                        g.message.as_deref().unwrap_or("")
+                    ))
+                })
+                .collect(),
             ViewData::Loading | ViewData::Failed(_) => vec![],
         }
     }

@@ -1450,6 +1450,47 @@ fn slash_on_deliveries_filters_in_sql_and_the_bulk_keys_act_on_it() {
     assert!(flash(&app).contains("until"), "{}", flash(&app));
 }
 
+/// Issue 18: `:failures` lists the causes; Enter opens a group's deliveries (a group is a
+/// filter) and `F` re-fires the group under the cursor through the typed count.
+#[test]
+fn failures_by_cause_open_as_a_filter_and_f_refires_a_group() {
+    let mut app = on_failures(false);
+    assert!(matches!(
+        app.view().map(|v| &v.kind),
+        Some(ViewKind::Failures(f)) if f.workflow == Some(wf())
+    ));
+    ch(&mut app, 'j');
+    let timeouts = DeliveryFilter {
+        workflow: Some(wf()),
+        stage: Some(StageId::new("export")),
+        state: Some(DeliveryState::Failed),
+        error_kinds: vec![ErrorKind::Timeout],
+        ..Default::default()
+    };
+    assert_eq!(
+        ch(&mut app, 'F'),
+        vec![Effect::CountFailed(timeouts.clone())]
+    );
+    update(
+        &mut app,
+        Msg::Counted {
+            filter: timeouts.clone(),
+            count: 550,
+        },
+    );
+    let Some(Overlay::Typed { text, expected, .. }) = &app.overlay else {
+        panic!("{:?}", app.overlay)
+    };
+    assert_eq!(expected, "550");
+    assert!(text.contains("error kind timeout"), "{text}");
+    press(&mut app, KeyCode::Esc);
+    let fx = press(&mut app, KeyCode::Enter);
+    assert_eq!(
+        loads(&fx),
+        vec![(ViewKind::Deliveries(timeouts), String::new())]
+    );
+}
+
 #[test]
 fn shift_f_counts_then_asks_for_the_count_typed() {
     let mut app = on_deliveries(false);
@@ -2307,6 +2348,7 @@ fn app_in(scope: Scope) -> Vec<App> {
             app
         }],
         Scope::Deliveries => vec![on_deliveries(false)],
+        Scope::Failures => vec![on_failures(false)],
         Scope::Delivery => vec![{
             let mut app = on_deliveries(false);
             press(&mut app, KeyCode::Enter);
