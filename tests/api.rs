@@ -2157,6 +2157,31 @@ async fn failures_are_grouped_by_cause_and_a_group_is_a_filter() {
         w.store.item(&ItemId::new("h1")).unwrap().stage.as_str(),
         "parked"
     );
+
+    // The same id forms everywhere: `--item ID` re-fires the item's latest stage delivery.
+    let out = hookops_cli(
+        &w,
+        &[
+            "refire",
+            "--item",
+            "h1",
+            "--workflow",
+            "wf",
+            "--stage",
+            "failing",
+            "--yes",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.wait_item_in("h1", "review").await;
+    let out = hookops_cli(&w, &["refire", "--item", "nobody", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = hookops_cli(&w, &["refire", "--item", "h1", "--status", "5xx"]);
+    assert_eq!(out.status.code(), Some(2), "filters need --failed");
 }
 
 /// `GET /v1/attempts?follow=true` streams every new attempt of a matching delivery as a JSON

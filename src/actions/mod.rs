@@ -125,6 +125,13 @@ pub enum Selection {
         filter: DeliveryFilter,
         limit: Option<usize>,
     },
+    /// An item's latest `stage.webhook` delivery (in that workflow and stage when given),
+    /// whatever its state: `refire --item ID`.
+    ItemLatest {
+        item: ItemId,
+        workflow: Option<WorkflowId>,
+        stage: Option<StageId>,
+    },
 }
 
 /// Why an action was refused as a whole, before anything was done.
@@ -169,6 +176,32 @@ pub fn plan(store: &Store, action: BulkAction, selection: Selection) -> Result<P
                 matched: ids.len(),
                 filter: None,
                 ids,
+            })
+        }
+        Selection::ItemLatest {
+            item,
+            workflow,
+            stage,
+        } => {
+            let f = DeliveryFilter {
+                item: Some(item.clone()),
+                workflow,
+                stage,
+                event: Some(crate::model::EventType::StageWebhook),
+                ..DeliveryFilter::default()
+            };
+            let latest = store.list_deliveries(&f, None, 1)?;
+            let Some((d, _)) = latest.into_iter().next() else {
+                return Err(ActionError::Store(StoreError::NotFound {
+                    what: "stage delivery of item",
+                    id: item.to_string(),
+                }));
+            };
+            Ok(Plan {
+                action,
+                matched: 1,
+                filter: None,
+                ids: vec![d.id],
             })
         }
         Selection::Filter { filter, limit } => {

@@ -10,7 +10,7 @@ use super::args::{FilterArgs, ListArgs, confirm};
 use super::{CliError, Global, output, require_workflow};
 use crate::actions::{self, ActionError, Actor, BulkAction, Control, Selection, Via};
 use crate::model::AttemptEvent;
-use crate::model::{DeliveryId, DeliveryState, StageId};
+use crate::model::{DeliveryId, DeliveryState, ItemId, StageId, WorkflowId};
 use crate::store::{DeliveryFilter, Store};
 
 // Parsed once per run: the size of the filter-bearing variant does not matter.
@@ -356,6 +356,27 @@ pub fn refire(g: &Global, a: RefireArgs) -> Result<(), CliError> {
             filter: a.filter.filter()?,
             limit: a.limit,
         }
+    } else if let Some(item) = a.filter.item.as_ref().filter(|_| a.ids.is_empty()) {
+        // `--item ID` alone: that item's latest delivery (in --stage, which needs --workflow).
+        let other = FilterArgs {
+            item: None,
+            workflow: None,
+            stage: None,
+            ..a.filter.clone()
+        };
+        if !other.is_empty() {
+            return Err(CliError::usage(
+                "with --item and no --failed, only --workflow and --stage narrow it; filters select failed deliveries with --failed",
+            ));
+        }
+        if a.filter.stage.is_some() && a.filter.workflow.is_none() {
+            return Err(CliError::usage("refire --stage needs --workflow ID"));
+        }
+        Selection::ItemLatest {
+            item: ItemId::new(item.as_str()),
+            workflow: a.filter.workflow.as_deref().map(WorkflowId::new),
+            stage: a.filter.stage.as_deref().map(StageId::new),
+        }
     } else {
         if !a.filter.is_empty() {
             return Err(CliError::usage(
@@ -364,7 +385,7 @@ pub fn refire(g: &Global, a: RefireArgs) -> Result<(), CliError> {
         }
         if a.ids.is_empty() {
             return Err(CliError::usage(
-                "name the deliveries to re-fire, or give --failed with filters",
+                "name the deliveries to re-fire, an item with --item, or give --failed with filters",
             ));
         }
         Selection::Ids(a.ids.iter().map(|i| DeliveryId::new(i.as_str())).collect())
