@@ -3060,6 +3060,17 @@ on_failure = "fail-sink"
         assert!(matching(w, &just_c).contains(&"c".to_string()));
         assert!(!matching(w, &just_c).contains(&"a".to_string()));
 
+        // `search` (the console's `/`): a substring of the item's name or id or the delivery
+        // id, in any case; LIKE's wildcards are taken literally.
+        let search = |q: &str| DeliveryFilter {
+            search: Some(q.into()),
+            ..base.clone()
+        };
+        assert_eq!(matching(w, &search("C.JPG")), ["c"]);
+        assert_eq!(matching(w, &search(w.latest("e").id.as_str())), ["e"]);
+        assert!(matching(w, &search("%")).is_empty());
+        assert!(matching(w, &search("_.jpg")).is_empty());
+
         // Re-fires are found by trigger and by the delivery they re-fire.
         let old_a = w.latest("a").id;
         let r = w.store.refire(std::slice::from_ref(&old_a), OP).unwrap();
