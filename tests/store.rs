@@ -3225,9 +3225,17 @@ on_failure = "fail-sink"
             item: Some(i.into()),
             ..AuditQuery::default()
         };
-        assert_eq!(find(by_item("a")), [small], "item a, through its delivery");
+        let refires_of = |i: &str| AuditQuery {
+            action: Some("refire".into()),
+            ..by_item(i)
+        };
+        assert_eq!(
+            find(refires_of("a")),
+            [small],
+            "item a, through its delivery"
+        );
         assert_eq!(find(by_item(a.as_str())), [small], "the delivery id itself");
-        assert!(find(by_item("b")).is_empty());
+        assert!(find(refires_of("b")).is_empty());
         assert!(
             find(by_item("msg_00042")).is_empty(),
             "ids beyond the bound are not kept"
@@ -3246,6 +3254,36 @@ on_failure = "fail-sink"
             }),
             [small]
         );
+        // Assign and advance by id name the items they moved (not "1 item(s)").
+        w.import(&["n1", "n2"]);
+        w.assign(&["n1", "n2"], "hold");
+        let r = w
+            .store
+            .advance(&[ItemId::new("n1")], None, &Expect::default(), OP)
+            .unwrap();
+        assert_eq!(r.moved, 1);
+        let rows = w
+            .store
+            .audit_search(
+                &AuditQuery {
+                    item: Some("n1".into()),
+                    ..AuditQuery::default()
+                },
+                10,
+            )
+            .unwrap();
+        let actions: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.action.as_str(), r.target.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [("advance", "item n1"), ("assign", "stage wf/hold")]
+        );
+        let assign = w.store.audit_entry(rows[1].id).unwrap();
+        assert_eq!(assign.ids, Some(vec!["n1".into(), "n2".into()]));
+        assert_eq!(assign.outcome.as_deref(), Some("done"));
+
         let since = find(AuditQuery {
             since: Some(before),
             ..AuditQuery::default()
