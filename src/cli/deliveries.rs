@@ -202,6 +202,19 @@ fn group_by_cause(
     json: bool,
 ) -> Result<(), CliError> {
     let mut groups = store.failure_groups(f)?;
+    // Failed deliveries whose item has been delivered again since are no failure to act on
+    // (a re-fire would refuse them): say how many, so the counts add up.
+    let failed = store.count_deliveries(&DeliveryFilter {
+        state: Some(DeliveryState::Failed),
+        ..f.clone()
+    })?;
+    let grouped: i64 = groups.iter().map(|g| g.count).sum();
+    if failed > grouped {
+        eprintln!(
+            "{} more failed delivery(ies) match whose item has a newer delivery since; `deliveries --state failed` lists them",
+            failed - grouped
+        );
+    }
     let total = groups.len();
     if limit != 0 && total > limit {
         groups.truncate(limit);

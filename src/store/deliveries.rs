@@ -295,16 +295,23 @@ impl FailureGroup {
     }
 }
 
-/// A message with its numbers and delivery ids blanked, for grouping by eye.
+/// A message with its long numbers (four digits or more: durations, sizes, ports, ids) and
+/// delivery ids blanked, for grouping by eye; a status (`400 Bad Request`) stays.
 pub fn normalise_message(m: &str) -> String {
     let mut out = String::with_capacity(m.len());
     let mut chars = m.chars().peekable();
     while let Some(c) = chars.next() {
         if c.is_ascii_digit() {
-            while chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+            let mut run = String::from(c);
+            while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+                run.push(d);
                 chars.next();
             }
-            out.push('#');
+            if run.len() >= 4 {
+                out.push('#');
+            } else {
+                out.push_str(&run);
+            }
         } else {
             out.push(c);
             if out.ends_with("msg_") {
@@ -525,5 +532,23 @@ impl Store {
                 attempt_log: r.attempts_of(id)?,
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_lose_long_numbers_and_ids_but_keep_statuses() {
+        assert_eq!(
+            normalise_message("timed out after 10003 ms"),
+            "timed out after # ms"
+        );
+        assert_eq!(normalise_message("400 Bad Request"), "400 Bad Request");
+        assert_eq!(
+            normalise_message("duplicate msg_01a24e035e02 on port 41657"),
+            "duplicate msg_# on port #"
+        );
     }
 }
