@@ -480,7 +480,6 @@ pub(crate) fn audit(
 /// An audit row that names the items an action moved (up to [`AUDIT_IDS`]), how many the
 /// operator named and how it ended: assign and advance by id (issue 18: "1 item(s)" said
 /// nothing of which). Written in the transaction of the moves.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn audit_named(
     conn: &Tx<'_>,
     operator: &str,
