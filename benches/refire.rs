@@ -1,7 +1,9 @@
 //! Bulk re-fire benchmark (design §5: "re-firing 100,000 failed deliveries completes in
 //! seconds and never holds the write lock long enough for the console to stutter").
 //!
-//! `cargo bench --bench refire [-- --deliveries N]` (default 100,000):
+//! `cargo bench --bench refire [-- --deliveries N] [--via api]` (default 100,000; `--via api`
+//! re-fires through `POST /v1/deliveries/refire` on an in-process API server and polls the
+//! job, as an operator's script would, instead of calling the store):
 //!
 //! 1. imports N items and assigns them to a webhook stage without `on_failure` (N pending
 //!    deliveries), then marks every delivery failed after one attempt with plain SQL, as a
@@ -134,10 +136,15 @@ fn main() {
         workflow: Some(wid.clone()),
         ..DeliveryFilter::default()
     };
-    let ids = store.failed_deliveries(&filter, None).expect("list");
-    let listed = started.elapsed();
-    let report = store.refire(&ids, "bench").expect("refire");
-    let took = started.elapsed();
+    let via_api = arg("--via").as_deref() == Some("api");
+    let (listed, took, refired) = if via_api {
+        through_api(&store, started)
+    } else {
+        let ids = store.failed_deliveries(&filter, None).expect("list");
+        let listed = started.elapsed();
+        let report = store.refire(&ids, "bench").expect("refire");
+        (listed, started.elapsed(), report.refired)
+    };
     stop.store(true, Ordering::Relaxed);
     let mut waits = prober.join().expect("probe");
     waits.sort();
@@ -147,11 +154,16 @@ fn main() {
         .copied()
         .unwrap_or_default();
     let worst = waits.last().copied().unwrap_or_default();
-    assert_eq!(report.refired, n as i64, "every delivery is re-fired");
+    assert_eq!(refired, n as i64, "every delivery is re-fired");
     let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
     println!();
     println!(
-        "hookops re-fire benchmark · {n} failed deliveries · {} cores · set-up {:.1} s (not counted)",
+        "hookops re-fire benchmark · {n} failed deliveries{} · {} cores · set-up {:.1} s (not counted)",
+        if via_api {
+            " · through the API's job"
+        } else {
+            ""
+        },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         setup.as_secs_f64()
     );
@@ -163,7 +175,11 @@ fn main() {
     );
     println!(
         "{:<44} {:>16}",
-        "    of which listing",
+        if via_api {
+            "    of which counting (until the job's answer)"
+        } else {
+            "    of which listing"
+        },
         format!("{:.2} s", listed.as_secs_f64())
     );
     println!(
@@ -189,4 +205,75 @@ fn main() {
         "other writer's wait for the lock, p99",
         ms(p99)
     );
+}
+
+/// The API's way: `POST /v1/deliveries/refire` with the workflow as the filter, then
+/// `GET /v1/jobs/{id}` until the job has ended. Returns (until the job's answer, until it
+/// ended, re-fired).
+fn through_api(store: &Store, started: Instant) -> (Duration, Duration, i64) {
+    use hookops::api::{ApiOptions, Metrics, Server, Tokens};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let token = "bench-token-0123456789";
+    rt.block_on(async {
+        let server = Server::bind(
+            store.clone(),
+            ApiOptions {
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                tokens: Tokens::single("bench", token).expect("token"),
+                max_body: hookops::api::DEFAULT_MAX_BODY,
+                max_send_body: hookops::dispatch::http::DEFAULT_MAX_BODY,
+            },
+            Arc::new(Metrics::default()),
+            None,
+        )
+        .await
+        .expect("API");
+        let api = format!("http://{}", server.local_addr().expect("address"));
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(server.run(stopped));
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let job: serde_json::Value = client
+            .post(format!("{api}/v1/deliveries/refire"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(r#"{"filter": {"workflow": "bench"}}"#)
+            .send()
+            .await
+            .expect("POST")
+            .text()
+            .await
+            .map(|t| serde_json::from_str(&t).expect("a job"))
+            .expect("job");
+        let answered = started.elapsed();
+        let id = job["id"].as_str().expect("a job id").to_string();
+        loop {
+            let job: serde_json::Value = client
+                .get(format!("{api}/v1/jobs/{id}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("GET")
+                .text()
+                .await
+                .map(|t| serde_json::from_str(&t).expect("a job"))
+                .expect("job");
+            if job["state"] != "running" {
+                return (
+                    answered,
+                    started.elapsed(),
+                    job["acted"].as_i64().unwrap_or(0),
+                );
+            }
+            // How often a script would poll; the job does not wait for it.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
 }

@@ -2,6 +2,7 @@
 //! fire webhooks. See `ARCHITECTURE.md` for the map.
 #![forbid(unsafe_code)]
 
+pub mod actions;
 pub mod api;
 pub mod cli;
 pub mod dispatch;

@@ -302,6 +302,7 @@ impl World {
         let mut req = match method {
             "get" => self.client.get(&url),
             "post" => self.client.post(&url),
+            "delete" => self.client.delete(&url),
             _ => unreachable!(),
         };
         if let Some(t) = token {
@@ -544,7 +545,9 @@ async fn every_endpoint_answers_its_documented_shape_and_errors_on_postgresql() 
 
 async fn every_endpoint(o: Opts) {
     let w = World::new(o).await;
-    // Every documented route is exercised below; this list keeps the two in step.
+    // Every documented route is exercised below, or (the bulk actions, jobs, failures and the
+    // attempt stream of issue 18) in the tests at the end of this file; this count keeps the
+    // document and the tests in step.
     let documented: Vec<String> = w.doc["paths"]
         .as_object()
         .unwrap()
@@ -556,7 +559,7 @@ async fn every_endpoint(o: Opts) {
                 .map(move |m| format!("{m} {p}"))
         })
         .collect();
-    assert_eq!(documented.len(), 17, "{documented:?}");
+    assert_eq!(documented.len(), 24, "{documented:?}");
 
     // POST /v1/items: one object, an array, JSON Lines.
     let v = w
@@ -1183,6 +1186,22 @@ async fn read_only_api(postgres: bool) {
         let (s, v) = w.call("post", t, &a, "", None).await;
         assert_eq!(s, 403, "{t}: {v}");
     }
+    for t in [
+        "/v1/deliveries/refire",
+        "/v1/deliveries/replay",
+        "/v1/deliveries/cancel",
+    ] {
+        let (s, v) = w
+            .call(
+                "post",
+                t,
+                &[],
+                "",
+                Some(json!({"filter": {"workflow": "wf"}})),
+            )
+            .await;
+        assert_eq!(s, 403, "{t}: {v}");
+    }
     // Nothing was sent: a read-only operator sends nothing.
     assert_eq!(w.receiver.count(), 0);
 }
@@ -1590,4 +1609,727 @@ async fn notifications_are_delivered_signed_and_never_notify_themselves() {
         "paused: nothing sent"
     );
     w.assert_no_store_errors();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 18: one filter and the same actions in every front end
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the real binary on this world's database.
+fn hookops_cli(w: &World, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hookops"))
+        .arg("--db")
+        .arg(w.dir.path().join("api.db"))
+        .args(args)
+        .env("USER", "carol")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+impl World {
+    /// Makes `items` fail in the `failing` stage with the receiver answering `behaviour`.
+    async fn fail_with(&self, behaviour: &str, items_: &[&str]) {
+        self.receiver
+            .set_script(format!("/fail={behaviour},*=ok").parse::<Script>().unwrap());
+        let list: Vec<Value> = items_.iter().map(|i| json!({"id": i, "name": i})).collect();
+        self.import(Value::Array(list)).await;
+        let (s, v) = self
+            .set_stage(json!({"workflow_id": "wf", "stage_id": "failing", "item_ids": items_}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        for i in items_ {
+            self.wait_item_in(i, "parked").await;
+        }
+    }
+
+    async fn job_until_ended(&self, id: &str) -> Value {
+        let mut last = Value::Null;
+        self.wait(&format!("job {id} to end"), async || {
+            let (s, v) = self.call("get", "/v1/jobs/{id}", &[id], "", None).await;
+            assert_eq!(s, 200, "{v}");
+            last = v;
+            last["state"] != "running"
+        })
+        .await;
+        last
+    }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// The same filter typed into the CLI, the API and the console selects the same deliveries
+/// (the same ids, not only as many); then the recovery: the API re-fires exactly the 5xx and
+/// redirect failures as a job polled to completion, the CLI the 404 one, and the audit log
+/// names each with its ids and front end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_filter_selects_the_same_ids_in_every_front_end_and_bulk_refire_is_a_job() {
+    let w = World::new(Opts::default()).await;
+    w.fail_with("503", &["x1", "x2"]).await;
+    w.fail_with("500", &["y1"]).await;
+    w.fail_with("404", &["z1"]).await;
+    w.fail_with("redirect", &["r1"]).await;
+    let delivery = |i: &str| {
+        w.store
+            .item_detail(&ItemId::new(i))
+            .unwrap()
+            .deliveries
+            .into_iter()
+            .find(|d| d.stage.as_str() == "failing")
+            .unwrap()
+    };
+    let y1_at = delivery("y1")
+        .created_at
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let of = |items_: &[&str]| sorted(items_.iter().map(|i| delivery(i).id.to_string()).collect());
+
+    // (CLI flags, API query, console words, the items it must select)
+    let scope = (
+        "--workflow wf --stage failing --state failed",
+        "workflow=wf&stage=failing&state=failed",
+        "failed stage=failing",
+    );
+    let table: Vec<(String, String, String, Vec<&str>)> = vec![
+        (
+            "--status 5xx".into(),
+            "status=5xx".into(),
+            "5xx".into(),
+            vec!["x1", "x2", "y1"],
+        ),
+        (
+            "--status 503".into(),
+            "status=503".into(),
+            "503".into(),
+            vec!["x1", "x2"],
+        ),
+        (
+            "--status 5xx,404".into(),
+            "status=5xx&status=404".into(),
+            "5xx 404".into(),
+            vec!["x1", "x2", "y1", "z1"],
+        ),
+        (
+            "--error-kind redirect".into(),
+            "error_kind=redirect".into(),
+            "redirect".into(),
+            vec!["r1"],
+        ),
+        (
+            "--status 503 --error-kind redirect".into(),
+            "status=503&error_kind=redirect".into(),
+            "503 redirect".into(),
+            vec!["x1", "x2", "r1"],
+        ),
+        (
+            format!("--since {y1_at}"),
+            format!("since={y1_at}"),
+            format!("since={y1_at}"),
+            vec!["y1", "z1", "r1"],
+        ),
+        (
+            format!("--until {y1_at}"),
+            format!("until={y1_at}"),
+            format!("until={y1_at}"),
+            vec!["x1", "x2"],
+        ),
+    ];
+    for (flags, query, words, want) in &table {
+        let want = of(want);
+        let mut args: Vec<&str> = vec!["deliveries", "--json", "--limit", "0"];
+        args.extend(scope.0.split(' '));
+        args.extend(flags.split(' '));
+        let out = hookops_cli(&w, &args);
+        assert!(
+            out.status.success(),
+            "{flags}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let cli = sorted(
+            cli.as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["id"].as_str().unwrap().to_string())
+                .collect(),
+        );
+        let q = format!("{}&{query}&limit=1000", scope.1);
+        let (s, v) = w.call("get", "/v1/deliveries", &[], &q, None).await;
+        assert_eq!(s, 200, "{query}: {v}");
+        let api = sorted(ids(&v));
+        let words = format!("{} {words}", scope.2);
+        let f = hookops::actions::FilterParams::from_words(words.split(' '))
+            .unwrap()
+            .to_filter(chrono::Utc::now())
+            .unwrap();
+        let f = hookops::store::DeliveryFilter {
+            workflow: Some(hookops::model::WorkflowId::new("wf")),
+            ..f
+        };
+        let console = sorted(
+            w.store
+                .list_deliveries(&f, None, 1000)
+                .unwrap()
+                .into_iter()
+                .map(|(d, _)| d.id.to_string())
+                .collect(),
+        );
+        assert_eq!(cli, want, "CLI {flags}");
+        assert_eq!(api, want, "API {query}");
+        assert_eq!(console, want, "console :dl {words}");
+    }
+
+    // The receiver is back: the API re-fires the 5xx and redirect failures as a job.
+    w.receiver
+        .set_script("/fail=ok,*=ok".parse::<Script>().unwrap());
+    let body = json!({"filter": {"workflow": "wf", "stage": "failing", "status": "5xx", "error_kind": "redirect"}});
+    let (s, dry) = w
+        .call(
+            "post",
+            "/v1/deliveries/refire",
+            &[],
+            "",
+            Some(json!({"dry_run": true, "filter": body["filter"]})),
+        )
+        .await;
+    assert_eq!((s, dry["state"].as_str()), (200, Some("planned")), "{dry}");
+    let mut planned: Vec<String> = dry["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap().to_string())
+        .collect();
+    planned.sort();
+    assert_eq!(
+        planned,
+        of(&["x1", "x2", "y1", "r1"]),
+        "a dry run lists what it would touch"
+    );
+    let (s, job) = w
+        .call("post", "/v1/deliveries/refire", &[], "", Some(body))
+        .await;
+    assert_eq!((s, job["matched"].as_u64()), (202, Some(4)), "{job}");
+    let done = w.job_until_ended(job["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(
+        (done["acted"].as_u64(), done["refused"].as_u64()),
+        (Some(4), Some(0))
+    );
+    for i in ["x1", "x2", "y1", "r1"] {
+        w.wait_item_in(i, "review").await;
+    }
+    assert_eq!(
+        delivery("z1").state,
+        DeliveryState::Failed,
+        "the 404 is left alone"
+    );
+    let audit = w
+        .store
+        .audit_entry(done["audit_id"].as_i64().unwrap())
+        .unwrap();
+    assert_eq!(
+        (
+            audit.action.as_str(),
+            audit.operator.as_str(),
+            audit.via.as_deref(),
+            audit.outcome.as_deref()
+        ),
+        ("refire", "alice", Some("api:alice"), Some("done"))
+    );
+    assert_eq!(sorted(audit.ids.clone().unwrap()), planned);
+    assert!(audit.filter.unwrap().contains("--status 5xx"));
+
+    // The CLI re-fires the 404 one by the same filter flags, counted first (--dry-run).
+    let z1 = delivery("z1").id.to_string();
+    let out = hookops_cli(
+        &w,
+        &[
+            "refire",
+            "--failed",
+            "--workflow",
+            "wf",
+            "--stage",
+            "failing",
+            "--status",
+            "404",
+            "--dry-run",
+        ],
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("would re-fire 1 failed delivery(ies) matching") && text.contains(&z1),
+        "{text}"
+    );
+    let out = hookops_cli(
+        &w,
+        &[
+            "refire",
+            "--failed",
+            "--workflow",
+            "wf",
+            "--stage",
+            "failing",
+            "--status",
+            "404",
+            "--yes",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.wait_item_in("z1", "review").await;
+
+    // Who re-fired z1, when and from where.
+    let out = hookops_cli(
+        &w,
+        &["audit", "--item", "z1", "--action", "refire", "--json"],
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0]["operator"].as_str(), rows[0]["via"].as_str()),
+        (Some("carol"), Some("cli"))
+    );
+    let out = hookops_cli(&w, &["audit", "--item", "x1", "--json"]);
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["via"], "api:alice", "{rows}");
+    let out = hookops_cli(&w, &["audit", "show", &rows[0]["id"].to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&delivery_of_first_failing(&w, "x1")),
+        "{text}"
+    );
+    w.assert_no_store_errors();
+}
+
+/// The first delivery an item had in the `failing` stage (the one a re-fire acted on).
+fn delivery_of_first_failing(w: &World, item: &str) -> String {
+    w.store
+        .item_detail(&ItemId::new(item))
+        .unwrap()
+        .deliveries
+        .into_iter()
+        .rfind(|d| d.stage.as_str() == "failing")
+        .unwrap()
+        .id
+        .to_string()
+}
+
+/// A bulk job stopped midway keeps what it did, whole: every delivery it cancelled routed
+/// its item, none other changed, and the count of cancelled ones is the job's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bulk_job_stopped_midway_keeps_what_it_did_and_nothing_is_half_done() {
+    let w = World::new(Opts::default()).await;
+    let (s, _) = w
+        .call(
+            "post",
+            "/v1/stages/{workflow}/{stage}/pause",
+            &["wf", "failing"],
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let n = 6000;
+    w.import(items("c", n)).await;
+    let (s, v) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "failing", "from_stage_id": "dataset"}))
+        .await;
+    assert_eq!((s, v["moved"].as_u64()), (200, Some(n as u64)), "{v}");
+    let body = json!({"filter": {"workflow": "wf", "stage": "failing", "state": "pending"}});
+    let (s, job) = w
+        .call("post", "/v1/deliveries/cancel", &[], "", Some(body))
+        .await;
+    assert_eq!((s, job["matched"].as_u64()), (202, Some(n as u64)), "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let (s, _) = w.call("delete", "/v1/jobs/{id}", &[&id], "", None).await;
+    assert_eq!(s, 200);
+    let ended = w.job_until_ended(&id).await;
+    assert_eq!(ended["state"], "stopped", "{ended}");
+    let processed = ended["processed"].as_u64().unwrap() as usize;
+    assert!(processed < n, "stopped before the end: {ended}");
+    assert_eq!(
+        processed % hookops::actions::CHUNK,
+        0,
+        "whole chunks only: {ended}"
+    );
+    assert_eq!(ended["acted"].as_u64().unwrap() as usize, processed);
+    let count = |state: &str| {
+        w.store
+            .count_deliveries(&hookops::store::DeliveryFilter {
+                workflow: Some(hookops::model::WorkflowId::new("wf")),
+                stage: Some(hookops::model::StageId::new("failing")),
+                state: Some(state.parse().unwrap()),
+                ..Default::default()
+            })
+            .unwrap() as usize
+    };
+    assert_eq!(count("cancelled"), processed);
+    assert_eq!(count("pending"), n - processed);
+    let parked = w
+        .store
+        .list_items(
+            &hookops::store::ItemFilter {
+                workflow: Some(hookops::model::WorkflowId::new("wf")),
+                stage: Some(hookops::model::StageId::new("parked")),
+                ..Default::default()
+            },
+            None,
+            n + 1,
+        )
+        .unwrap()
+        .len();
+    assert_eq!(
+        parked, processed,
+        "every cancelled delivery routed its item, no other"
+    );
+    let audit = w
+        .store
+        .audit_entry(ended["audit_id"].as_i64().unwrap())
+        .unwrap();
+    assert_eq!(audit.outcome.as_deref(), Some("stopped"));
+    assert_eq!(
+        (audit.count as usize, audit.matched),
+        (processed, Some(n as i64))
+    );
+    if processed > 1000 {
+        assert_eq!(
+            audit.ids, None,
+            "beyond 1,000 ids: the filter and the count"
+        );
+        assert!(audit.filter.is_some());
+    }
+}
+
+/// Refusals are typed, and each kind has its documented status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bulk_refusals_map_to_their_documented_statuses() {
+    let w = World::new(Opts {
+        dispatch: false,
+        ..Opts::default()
+    })
+    .await;
+    w.import(items("p", 1)).await;
+    let (s, _) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "failing", "item_ids": ["p000"]}))
+        .await;
+    assert_eq!(s, 200);
+    let pending = w
+        .store
+        .item_detail(&ItemId::new("p000"))
+        .unwrap()
+        .deliveries[0]
+        .id
+        .to_string();
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        (
+            "/v1/deliveries/refire",
+            json!({"filter": {"state": "pending"}}),
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/deliveries/refire",
+            json!({"filter": {"stage": "failing"}}),
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/deliveries/refire",
+            json!({"filter": {"status": "5x"}}),
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/deliveries/refire",
+            json!({"filter": {"since": "soon"}}),
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/deliveries/refire",
+            json!({"filter": {}, "ids": ["msg_x"]}),
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/deliveries/refire",
+            json!({"filter": {"workflow": "wf"}, "limit": 0}),
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/deliveries/cancel",
+            json!({"filter": {"state": "failed", "workflow": "wf"}}),
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/deliveries/refire",
+            json!({"filter": {"workflow": "nope"}}),
+            404,
+            "not_found",
+        ),
+        (
+            "/v1/deliveries/refire",
+            json!({"filter": {"workflow": "wf", "stage": "nope"}}),
+            404,
+            "not_found",
+        ),
+    ];
+    for (path, body, status, code) in cases {
+        let (s, v) = w.call("post", path, &[], "", Some(body.clone())).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path} {body}: {v}"
+        );
+    }
+    let (_, v) = w
+        .call(
+            "post",
+            "/v1/deliveries/refire",
+            &[],
+            "",
+            Some(json!({"filter": {"status": "5x"}})),
+        )
+        .await;
+    assert_eq!(v["error"]["details"][0]["path"], "filter.status", "{v}");
+    // Per delivery: unknown 404, still open 409 (the single-id endpoint answers the kind).
+    let (s, v) = w
+        .call(
+            "post",
+            "/v1/deliveries/{id}/refire",
+            &["msg_nope"],
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    let (s, v) = w
+        .call("post", "/v1/deliveries/{id}/refire", &[&pending], "", None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("stale")),
+        "{v}"
+    );
+    // In a job, each refusal keeps its kind.
+    let (s, job) = w
+        .call(
+            "post",
+            "/v1/deliveries/refire",
+            &[],
+            "",
+            Some(json!({"ids": [pending, "msg_nope"]})),
+        )
+        .await;
+    assert_eq!(s, 202, "{job}");
+    let ended = w.job_until_ended(job["id"].as_str().unwrap()).await;
+    let kinds: Vec<&str> = ended["refusals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["stale", "not_found"], "{ended}");
+    let audit = w
+        .store
+        .audit_entry(ended["audit_id"].as_i64().unwrap())
+        .unwrap();
+    assert_eq!(audit.outcome.as_deref(), Some("refused"));
+    let (s, v) = w
+        .call("get", "/v1/jobs/{id}", &["job_nope"], "", None)
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    let (s, v) = w
+        .call("get", "/v1/deliveries", &[], "status=600", None)
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = w
+        .call("get", "/v1/deliveries", &[], "colour=red", None)
+        .await;
+    assert_eq!(s, 400, "{v}");
+}
+
+/// Failures grouped by cause over the API: exact groups and counts, each with the filter
+/// that selects it, which a bulk re-fire takes as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_are_grouped_by_cause_and_a_group_is_a_filter() {
+    let w = World::new(Opts::default()).await;
+    w.fail_with("503", &["g1", "g2", "g3"]).await;
+    w.fail_with("404", &["h1"]).await;
+    let (s, v) = w
+        .call(
+            "get",
+            "/v1/failures",
+            &[],
+            "workflow=wf&stage=failing",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let groups = v["items"].as_array().unwrap();
+    let seen: Vec<(u64, u64, u64)> = groups
+        .iter()
+        .map(|g| {
+            (
+                g["status"].as_u64().unwrap(),
+                g["count"].as_u64().unwrap(),
+                g["items"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [(503, 3, 3), (404, 1, 1)], "{v}");
+    w.receiver
+        .set_script("/fail=ok,*=ok".parse::<Script>().unwrap());
+    let (s, job) = w
+        .call(
+            "post",
+            "/v1/deliveries/refire",
+            &[],
+            "",
+            Some(json!({"filter": groups[0]["filter"]})),
+        )
+        .await;
+    assert_eq!((s, job["matched"].as_u64()), (202, Some(3)), "{job}");
+    let ended = w.job_until_ended(job["id"].as_str().unwrap()).await;
+    assert_eq!(ended["acted"], 3, "{ended}");
+    for i in ["g1", "g2", "g3"] {
+        w.wait_item_in(i, "review").await;
+    }
+    assert_eq!(
+        w.store.item(&ItemId::new("h1")).unwrap().stage.as_str(),
+        "parked"
+    );
+
+    // The same id forms everywhere: `--item ID` re-fires the item's latest stage delivery.
+    let out = hookops_cli(
+        &w,
+        &[
+            "refire",
+            "--item",
+            "h1",
+            "--workflow",
+            "wf",
+            "--stage",
+            "failing",
+            "--yes",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.wait_item_in("h1", "review").await;
+    let out = hookops_cli(&w, &["refire", "--item", "nobody", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = hookops_cli(&w, &["refire", "--item", "h1", "--status", "5xx"]);
+    assert_eq!(out.status.code(), Some(2), "filters need --failed");
+}
+
+/// `GET /v1/attempts?follow=true` streams every new attempt of a matching delivery as a JSON
+/// line, once each, in the log's order, and nothing its filter leaves out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_attempt_stream_sends_every_new_attempt_once() {
+    let w = World::new(Opts::default()).await;
+    let (s, v) = w
+        .call("get", "/v1/attempts", &[], "workflow=wf", None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["details"][0]["path"].as_str()),
+        (400, Some("follow")),
+        "{v}"
+    );
+    let mut resp = w
+        .client
+        .get(format!(
+            "{}/v1/attempts?follow=true&workflow=wf&stage=hook",
+            w.api
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/x-ndjson"
+    );
+    w.import(items("s", 30)).await;
+    let (s, _) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "hook", "from_stage_id": "dataset"}))
+        .await;
+    assert_eq!(s, 200);
+    w.fail_with("500", &["elsewhere"]).await;
+    for i in 0..30 {
+        w.wait_item_in(&format!("s{i:03}"), "review").await;
+    }
+    // A last attempt of the stage: once it is read, everything before it was.
+    let (s, marker) = w
+        .call(
+            "post",
+            "/v1/stages/{workflow}/{stage}/test",
+            &["wf", "hook"],
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{marker}");
+    let marker = marker["delivery_id"].as_str().unwrap().to_string();
+    let mut lines: Vec<Value> = Vec::new();
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !lines.iter().any(|l| l["delivery_id"] == marker.as_str()) {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .expect("the marker line within the deadline")
+            .unwrap()
+            .expect("the stream stays open");
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            lines.push(serde_json::from_slice(&line).unwrap());
+        }
+    }
+    drop(resp);
+    let got: Vec<String> = lines
+        .iter()
+        .map(|l| l["delivery_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got.last(), Some(&marker));
+    let mut want: Vec<String> = (0..30)
+        .map(|i| {
+            w.store
+                .item_detail(&ItemId::new(format!("s{i:03}")))
+                .unwrap()
+                .deliveries
+                .into_iter()
+                .find(|d| d.stage.as_str() == "hook")
+                .unwrap()
+                .id
+                .to_string()
+        })
+        .collect();
+    want.push(marker.clone());
+    assert_eq!(
+        sorted(got.clone()),
+        sorted(want),
+        "every attempt of the stage, once"
+    );
+    assert!(
+        lines.iter().all(|l| l["stage"] == "hook"),
+        "nothing of another stage"
+    );
 }

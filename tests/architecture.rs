@@ -41,6 +41,29 @@ const FORBIDDEN: &[(&str, &str, &str)] = &[
         "api",
         "the dispatcher sits below the front ends",
     ),
+    ("store", "actions", "the store sits below the actions layer"),
+    (
+        "dispatch",
+        "actions",
+        "the dispatcher sits below the actions layer",
+    ),
+    ("engine", "actions", "the pure rules do no IO"),
+    ("model", "actions", "the model is plain data"),
+    (
+        "actions",
+        "cli",
+        "the actions layer sits below the front ends",
+    ),
+    (
+        "actions",
+        "tui",
+        "the actions layer sits below the front ends",
+    ),
+    (
+        "actions",
+        "api",
+        "the actions layer sits below the front ends",
+    ),
     (
         "tui",
         "cli",

@@ -22,8 +22,8 @@ use hookops::model::{
 };
 use hookops::receiver::{Received, Receiver, ReceiverOptions, Script};
 use hookops::store::{
-    AssignTarget, DeliveryDetail, DeliveryFilter, DeliverySummary, Location, MoveReport,
-    OpenOptions, Store,
+    AssignTarget, AttemptCursor, DeliveryDetail, DeliveryFilter, DeliverySummary, Location,
+    MoveReport, OpenOptions, Store,
 };
 use hookops::workflow::Workflow;
 use serde_json::{Value, json};
@@ -1174,14 +1174,27 @@ fn replay_resends_the_same_delivery_and_refire_makes_a_new_one() {
         .set_script("/hook=ok,/stay=ok".parse::<Script>().unwrap());
 
     // Replay: the stored bytes again, same webhook-id, as a manual attempt; nothing else moves.
-    let lease = h.store.begin_replay(&d1.id, OPERATOR).unwrap();
-    let ev =
-        h.rt.block_on(dispatch::send_manual(
-            &h.store,
-            lease,
-            hookops::dispatch::http::DEFAULT_MAX_BODY,
-        ))
-        .unwrap();
+    // Through the actions layer, as every front end replays (and audits).
+    use hookops::actions::{self, Actor, BulkAction, Control, Selection, Via};
+    let plan = actions::plan(
+        &h.store,
+        BulkAction::Replay,
+        Selection::Ids(vec![d1.id.clone()]),
+    )
+    .unwrap();
+    let report = actions::execute(
+        &h.store,
+        &Actor::new(OPERATOR, Via::Cli),
+        plan,
+        Control {
+            stop: None,
+            progress: &mut |_, _| {},
+            rt: Some(h.rt.handle()),
+            max_send_body: hookops::dispatch::http::DEFAULT_MAX_BODY,
+        },
+    )
+    .unwrap();
+    let ev = report.attempts[0].clone();
     assert_eq!(ev.status, Some(200));
     assert_eq!(ev.routed_to, None);
     let got = h.received_for(&d1.id);
@@ -1310,7 +1323,7 @@ fn refire_failed_takes_only_the_latest_delivery_of_each_item() {
     let out = h.hookops(&["refire", "--failed", "--workflow", WF, "--yes", "--json"]);
     assert_ok(&out, "refire --failed --yes");
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["refired"], 1, "{report}");
+    assert_eq!(report["acted"], 1, "{report}");
     assert_eq!(report["refused"], json!([]), "{report}");
     wait_until(
         "the third delivery to succeed",
@@ -2029,4 +2042,130 @@ fn the_default_concurrency_sends_and_records_every_delivery_of_a_wide_wave() {
             .is_some_and(|s| s.deliveries.get("succeeded") == Some(&700))
     });
     assert_eq!(h.received("/wide").len(), 700, "each sent once");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Follow mode (issue 18)
+// ---------------------------------------------------------------------------------------------
+
+/// `deliveries --follow --json` prints every attempt of a busy run (retries and all) exactly
+/// once, in the attempt log's order, and none that its filter leaves out: compared line by
+/// line with the store's own log.
+#[test]
+fn follow_prints_every_attempt_of_a_busy_run_exactly_once() {
+    let mut h = Harness::new("/hook=flaky:40%,/other=ok");
+    h.apply(&format!(
+        "{}{}",
+        hook("hook", &h.url("/hook"), FAST),
+        hook("other", &h.url("/other"), FAST)
+    ));
+    let busy: Vec<String> = (0..200).map(|i| format!("b{i:03}")).collect();
+    let quiet: Vec<String> = (0..20).map(|i| format!("q{i:03}")).collect();
+    let busy: Vec<&str> = busy.iter().map(String::as_str).collect();
+    let quiet: Vec<&str> = quiet.iter().map(String::as_str).collect();
+    h.import(&busy);
+    h.import(&quiet);
+
+    // From a moment before the run, so no attempt can come before the follower reads.
+    let since = (chrono::Utc::now() - chrono::Duration::seconds(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookops"))
+        .arg("--db")
+        .arg(&h.db)
+        .args([
+            "deliveries",
+            "--follow",
+            "--json",
+            "--workflow",
+            WF,
+            "--stage",
+            "hook",
+            "--since",
+        ])
+        .arg(&since)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                lines
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&line).unwrap());
+            }
+        })
+    };
+
+    let store = h.store.clone();
+    h.start_dispatcher(store, 16);
+    h.assign(&busy, "hook");
+    h.assign(&quiet, "other");
+    h.wait_settled(&busy, Duration::from_secs(60));
+    h.wait_settled(&quiet, Duration::from_secs(60));
+    // A last attempt in the stage, after every other: once the follower prints it, it has
+    // read everything before it.
+    let marker = h.hookops(&[
+        "test-webhook",
+        "--workflow",
+        WF,
+        "--stage",
+        "hook",
+        "--json",
+    ]);
+    let marker: Value = serde_json::from_slice(&marker.stdout).unwrap();
+    let marker_id = marker["delivery_id"].as_str().unwrap().to_string();
+    wait_until(
+        "the follower to print the marker",
+        Duration::from_secs(30),
+        || {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l["delivery_id"] == marker_id.as_str())
+        },
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+
+    let printed: Vec<(String, i64)> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["delivery_id"].as_str().unwrap().to_string(),
+                l["number"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let logged: Vec<(String, i64)> = h
+        .store
+        .attempts_after(AttemptCursor::default(), 100_000)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, e)| e.stage.as_str() == "hook")
+        .map(|(_, e)| (e.delivery_id.to_string(), e.number))
+        .collect();
+    let retries = logged.iter().filter(|(_, n)| *n > 1).count();
+    assert!(retries > 0, "the run had retries");
+    assert!(logged.len() > busy.len(), "{} attempts", logged.len());
+    assert_eq!(
+        printed.len(),
+        printed.iter().collect::<HashSet<_>>().len(),
+        "nothing printed twice"
+    );
+    assert_eq!(
+        printed, logged,
+        "every attempt of the stage, in the log's order"
+    );
 }

@@ -31,10 +31,10 @@ use hookops::model::{
     HistoryCause, Item, ItemId, ItemState, RefusalKind, StageId, WorkflowId,
 };
 use hookops::store::{
-    AssignTarget, AttemptCursor, AttemptOutcome, CheckStatus, Clock, DeliveryCursor,
-    DeliveryDetail, DeliveryFilter, DeliverySummary, DispatcherInfo, Expect, ImportReport,
-    ItemFilter, ItemOrder, ItemRow, Jitter, Lease, Location, MoveReport, OpenOptions, PruneOptions,
-    Recorded, Store,
+    AssignTarget, AttemptCursor, AttemptOutcome, AuditQuery, AuditStart, CheckStatus, Clock,
+    DeliveryCursor, DeliveryDetail, DeliveryFilter, DeliverySummary, DispatcherInfo, Expect,
+    ImportReport, ItemFilter, ItemOrder, ItemRow, Jitter, Lease, Location, MoveReport, OpenOptions,
+    PruneOptions, Recorded, StatusMatch, Store,
 };
 use serde_json::json;
 
@@ -138,6 +138,9 @@ macro_rules! conformance_suite {
                 a_429_or_503_with_retry_after_holds_the_stage_for_every_process,
                 a_hold_is_not_a_pause_and_stage_resume_lifts_it,
                 a_429_without_retry_after_halves_the_concurrency_and_successes_restore_it,
+                the_delivery_filter_matches_statuses_classes_kinds_and_a_half_open_window,
+                failures_group_by_cause_and_a_groups_filter_refires_exactly_its_members,
+                audit_rows_name_their_ids_and_are_found_by_item_operator_action_and_time,
             );
         }
     };
@@ -1897,7 +1900,7 @@ pub mod cases {
             .unwrap();
         assert_eq!(r.cancelled, 0);
         assert!(
-            r.refused[0].1.contains("already cancelled"),
+            r.refused[0].reason.contains("already cancelled"),
             "{:?}",
             r.refused
         );
@@ -3038,6 +3041,335 @@ on_failure = "fail-sink"
         let leases = w.lease("one", 20);
         assert!(leases.is_empty(), "5 in flight at the limit");
     }
+
+    // ---- issue 18: one filter, failures by cause, audit that names what was touched ----
+
+    /// Fails `item` in `bare` (one try) with `status` or, without one, error `kind`.
+    fn fail_in_bare(w: &World, item: &str, status: Option<u16>, kind: Option<ErrorKind>) {
+        w.assign(&[item], "bare");
+        let lease = w.lease_one("one", item);
+        w.record(&lease, outcome_at(now_ms(), status, kind));
+    }
+
+    fn matching(w: &World, f: &DeliveryFilter) -> Vec<String> {
+        let rows = w.store.list_deliveries(f, None, 1000).unwrap();
+        assert_eq!(
+            w.store.count_deliveries(f).unwrap(),
+            rows.len() as i64,
+            "the count and the list agree for {f:?}"
+        );
+        let mut items: Vec<String> = rows
+            .into_iter()
+            .map(|(d, _)| d.item_id.map(|i| i.to_string()).unwrap_or_default())
+            .collect();
+        items.sort();
+        items
+    }
+
+    /// Issue 18: statuses take exact codes and classes, several at once; error kinds several
+    /// at once; with both, either matches; `since` ≤ created < `until`; trigger and
+    /// refire_of select re-fires. All in SQL, counted the same way.
+    pub fn the_delivery_filter_matches_statuses_classes_kinds_and_a_half_open_window(w: &World) {
+        w.import(&["a", "b", "c", "d", "e", "f"]);
+        fail_in_bare(w, "a", Some(503), None);
+        fail_in_bare(w, "b", Some(500), None);
+        w.clock.advance(Duration::from_secs(600));
+        fail_in_bare(w, "c", Some(404), None);
+        fail_in_bare(w, "d", None, Some(ErrorKind::Timeout));
+        fail_in_bare(w, "e", None, Some(ErrorKind::Connect));
+        fail_in_bare(w, "f", Some(200), None);
+        let base = DeliveryFilter {
+            workflow: Some(wf()),
+            stage: Some(st("bare")),
+            ..DeliveryFilter::default()
+        };
+        let with = |statuses: &[StatusMatch], kinds: &[ErrorKind]| DeliveryFilter {
+            statuses: statuses.to_vec(),
+            error_kinds: kinds.to_vec(),
+            ..base.clone()
+        };
+        use StatusMatch::{Class, Code};
+        assert_eq!(matching(w, &with(&[Class(5)], &[])), ["a", "b"]);
+        assert_eq!(matching(w, &with(&[Code(503)], &[])), ["a"]);
+        assert_eq!(
+            matching(w, &with(&[Class(5), Code(404)], &[])),
+            ["a", "b", "c"]
+        );
+        assert_eq!(matching(w, &with(&[Class(2)], &[])), ["f"]);
+        assert_eq!(
+            matching(w, &with(&[], &[ErrorKind::Timeout, ErrorKind::Connect])),
+            ["d", "e"]
+        );
+        assert_eq!(
+            matching(w, &with(&[Class(5)], &[ErrorKind::Timeout])),
+            ["a", "b", "d"],
+            "a status and an error kind: either matches"
+        );
+        let failed_4xx = DeliveryFilter {
+            state: Some(DeliveryState::Failed),
+            ..with(&[Class(4)], &[])
+        };
+        assert_eq!(matching(w, &failed_4xx), ["c"]);
+
+        // The window is half-open: since takes a delivery created at that instant, until
+        // leaves it out, so two adjacent windows never share one.
+        let c_at = w.latest("c").created_at;
+        let since_c = DeliveryFilter {
+            since: Some(c_at),
+            ..base.clone()
+        };
+        assert_eq!(matching(w, &since_c), ["c", "d", "e", "f"]);
+        let until_c = DeliveryFilter {
+            until: Some(c_at),
+            ..base.clone()
+        };
+        assert_eq!(matching(w, &until_c), ["a", "b"]);
+        let just_c = DeliveryFilter {
+            since: Some(c_at),
+            until: Some(c_at + chrono::Duration::milliseconds(1)),
+            ..base.clone()
+        };
+        assert!(matching(w, &just_c).contains(&"c".to_string()));
+        assert!(!matching(w, &just_c).contains(&"a".to_string()));
+
+        // `search` (the console's `/`): a substring of the item's name or id or the delivery
+        // id, in any case; LIKE's wildcards are taken literally.
+        let search = |q: &str| DeliveryFilter {
+            search: Some(q.into()),
+            ..base.clone()
+        };
+        assert_eq!(matching(w, &search("C.JPG")), ["c"]);
+        assert_eq!(matching(w, &search(w.latest("e").id.as_str())), ["e"]);
+        assert!(matching(w, &search("%")).is_empty());
+        assert!(matching(w, &search("_.jpg")).is_empty());
+
+        // Re-fires are found by trigger and by the delivery they re-fire.
+        let old_a = w.latest("a").id;
+        let r = w.store.refire(std::slice::from_ref(&old_a), OP).unwrap();
+        assert_eq!(r.created.len(), 1);
+        let by_origin = DeliveryFilter {
+            refire_of: Some(old_a.clone()),
+            ..DeliveryFilter::default()
+        };
+        let rows = w.store.list_deliveries(&by_origin, None, 10).unwrap();
+        assert_eq!(
+            rows.iter().map(|(d, _)| d.id.clone()).collect::<Vec<_>>(),
+            r.created
+        );
+        let refires = DeliveryFilter {
+            trigger: Some(DeliveryTrigger::Refire),
+            ..DeliveryFilter::default()
+        };
+        assert_eq!(matching(w, &refires), ["a"]);
+    }
+
+    /// Issue 18: failed deliveries grouped by (stage, error kind, status) with exact counts,
+    /// items and times; a group is a filter, and re-firing by it touches exactly its members.
+    pub fn failures_group_by_cause_and_a_groups_filter_refires_exactly_its_members(w: &World) {
+        let items = [
+            ("a1", Some(503), None),
+            ("a2", Some(503), None),
+            ("a3", Some(503), None),
+            ("b1", Some(500), None),
+            ("b2", Some(500), None),
+            ("c1", Some(404), None),
+            ("d1", None, Some(ErrorKind::Timeout)),
+            ("d2", None, Some(ErrorKind::Timeout)),
+            ("ok", Some(200), None),
+        ];
+        let ids: Vec<&str> = items.iter().map(|(i, _, _)| *i).collect();
+        w.import(&ids);
+        for (item, status, kind) in items {
+            fail_in_bare(w, item, status, kind);
+        }
+        let base = DeliveryFilter {
+            workflow: Some(wf()),
+            ..DeliveryFilter::default()
+        };
+        let groups = w.store.failure_groups(&base).unwrap();
+        type Cause = (String, Option<ErrorKind>, Option<u16>, i64, i64);
+        let seen: Vec<Cause> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.stage.to_string(),
+                    g.error_kind,
+                    g.status,
+                    g.count,
+                    g.items,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("bare".into(), None, Some(503), 3, 3),
+                ("bare".into(), Some(ErrorKind::Timeout), None, 2, 2),
+                ("bare".into(), None, Some(500), 2, 2),
+                ("bare".into(), None, Some(404), 1, 1),
+            ]
+        );
+        assert!(
+            groups
+                .iter()
+                .all(|g| g.first_at.is_some() && g.first_at <= g.last_at)
+        );
+        let timeouts = &groups[1];
+        assert_eq!(
+            timeouts.message.as_deref(),
+            Some("timeout (hand-made)"),
+            "the message of the group"
+        );
+        let of_503 = groups[0].filter(&base);
+        let members = w.store.failed_deliveries(&of_503, None).unwrap();
+        let mut expected: Vec<DeliveryId> =
+            ["a1", "a2", "a3"].iter().map(|i| w.latest(i).id).collect();
+        expected.sort_by_key(|d| d.to_string());
+        let mut got = members.clone();
+        got.sort_by_key(|d| d.to_string());
+        assert_eq!(got, expected, "the group's filter selects its members only");
+        let r = w.store.refire(&members, OP).unwrap();
+        assert_eq!((r.refired, r.refused.len()), (3, 0));
+        w.counts();
+        let after = w.store.failure_groups(&base).unwrap();
+        assert!(after.iter().all(|g| g.status != Some(503)), "{after:?}");
+        assert_eq!(after.len(), 3, "the other groups are untouched: {after:?}");
+    }
+
+    /// Issue 18: an action's audit row is written before it acts and finished after, with
+    /// the operator, the front end, the outcome and the ids (up to 1,000; beyond, the filter
+    /// and the count); `audit` finds it by an item (through its deliveries), the operator,
+    /// the action and the time.
+    pub fn audit_rows_name_their_ids_and_are_found_by_item_operator_action_and_time(w: &World) {
+        w.import(&["a", "b"]);
+        fail_in_bare(w, "a", Some(503), None);
+        fail_in_bare(w, "b", Some(503), None);
+        let a = w.latest("a").id;
+        let start = |op: &str, action: &str, matched: i64| AuditStart {
+            operator: op.into(),
+            via: "cli".into(),
+            action: action.into(),
+            target: "deliveries".into(),
+            filter: Some("--workflow wf --status 5xx".into()),
+            matched,
+        };
+        let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+        let small = w.store.audit_begin(start("ana", "refire", 1)).unwrap();
+        let running = w.store.audit_entry(small).unwrap();
+        assert_eq!(running.outcome.as_deref(), Some("running"));
+        w.store
+            .audit_finish(small, "done", 1, &[a.to_string()])
+            .unwrap();
+        let big = w.store.audit_begin(start("bo", "cancel", 5000)).unwrap();
+        let many: Vec<String> = (0..1001).map(|i| format!("msg_{i:05}")).collect();
+        w.store
+            .audit_finish(big, "partly_refused", 1001, &many)
+            .unwrap();
+
+        let row = w.store.audit_entry(small).unwrap();
+        assert_eq!(
+            (
+                row.operator.as_str(),
+                row.via.as_deref(),
+                row.outcome.as_deref()
+            ),
+            ("ana", Some("cli"), Some("done"))
+        );
+        assert_eq!((row.count, row.matched), (1, Some(1)));
+        assert_eq!(row.ids, Some(vec![a.to_string()]));
+        let row = w.store.audit_entry(big).unwrap();
+        assert_eq!(
+            row.ids, None,
+            "more than 1,000 ids: the filter and count stand"
+        );
+        assert_eq!(row.filter.as_deref(), Some("--workflow wf --status 5xx"));
+        assert_eq!((row.count, row.matched), (1001, Some(5000)));
+
+        let find = |q: AuditQuery| -> Vec<i64> {
+            w.store
+                .audit_search(&q, 100)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id)
+                .collect()
+        };
+        let by_item = |i: &str| AuditQuery {
+            item: Some(i.into()),
+            ..AuditQuery::default()
+        };
+        let refires_of = |i: &str| AuditQuery {
+            action: Some("refire".into()),
+            ..by_item(i)
+        };
+        assert_eq!(
+            find(refires_of("a")),
+            [small],
+            "item a, through its delivery"
+        );
+        assert_eq!(find(by_item(a.as_str())), [small], "the delivery id itself");
+        assert!(find(refires_of("b")).is_empty());
+        assert!(
+            find(by_item("msg_00042")).is_empty(),
+            "ids beyond the bound are not kept"
+        );
+        assert_eq!(
+            find(AuditQuery {
+                operator: Some("bo".into()),
+                ..AuditQuery::default()
+            }),
+            [big]
+        );
+        assert_eq!(
+            find(AuditQuery {
+                action: Some("refire".into()),
+                ..AuditQuery::default()
+            }),
+            [small]
+        );
+        // Assign and advance by id name the items they moved (not "1 item(s)").
+        w.import(&["n1", "n2"]);
+        w.assign(&["n1", "n2"], "hold");
+        let r = w
+            .store
+            .advance(&[ItemId::new("n1")], None, &Expect::default(), OP)
+            .unwrap();
+        assert_eq!(r.moved, 1);
+        let rows = w
+            .store
+            .audit_search(
+                &AuditQuery {
+                    item: Some("n1".into()),
+                    ..AuditQuery::default()
+                },
+                10,
+            )
+            .unwrap();
+        let actions: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.action.as_str(), r.target.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [("advance", "item n1"), ("assign", "stage wf/hold")]
+        );
+        let assign = w.store.audit_entry(rows[1].id).unwrap();
+        assert_eq!(assign.ids, Some(vec!["n1".into(), "n2".into()]));
+        assert_eq!(assign.outcome.as_deref(), Some("done"));
+
+        let since = find(AuditQuery {
+            since: Some(before),
+            ..AuditQuery::default()
+        });
+        assert!(since.contains(&big) && since.contains(&small), "{since:?}");
+        let until = find(AuditQuery {
+            until: Some(before),
+            ..AuditQuery::default()
+        });
+        assert!(
+            !until.contains(&big) && !until.contains(&small),
+            "{until:?}"
+        );
+    }
 }
 
 /// Design §7, "Isolation": READ COMMITTED with explicit row locks, and its conflict path. A
@@ -3092,7 +3424,7 @@ fn on_postgresql_a_change_waits_for_another_processs_row_lock_and_decides_on_wha
     assert_eq!(report.cancelled, 0, "{report:?}");
     assert_eq!(report.refused.len(), 1, "{report:?}");
     assert!(
-        report.refused[0].1.contains("already succeeded"),
+        report.refused[0].reason.contains("already succeeded"),
         "{report:?}"
     );
     assert_eq!(w.latest("c").state, DeliveryState::Succeeded);

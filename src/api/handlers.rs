@@ -8,7 +8,7 @@ use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::{Uri, header};
+use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::de::DeserializeOwned;
@@ -17,17 +17,18 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::auth::Operator;
 use super::error::{ApiError, FieldError};
+use super::jobs::Job;
+use crate::actions::{self, ActionError, Actor, BulkAction, Control, FilterParams, Selection, Via};
 use crate::dispatch::DispatchNotice;
 use crate::engine::Outcome;
 use crate::model::AttemptEvent;
 use crate::model::{
-    DeliveryId, DeliveryState, EventType, ItemId, ItemState, StageId, WorkflowId, is_valid_item_id,
-    is_valid_slug,
+    DeliveryId, ItemId, ItemState, StageId, WorkflowId, is_valid_item_id, is_valid_slug,
 };
 use crate::store::{
     AssignTarget, DeliveryCursor, DeliveryDetail, DeliveryFilter, DeliverySummary, Expect,
-    ItemCursor, ItemDetail, ItemFilter, ItemOrder, ItemRow, Landed, MoveReport, RefireReport,
-    Refusal, WorkflowDetail, WorkflowSummary,
+    FailureGroup, ItemCursor, ItemDetail, ItemFilter, ItemOrder, ItemRow, Landed, MoveReport,
+    RefireReport, Refusal, WorkflowDetail, WorkflowSummary,
 };
 
 type S = State<Arc<AppState>>;
@@ -153,25 +154,59 @@ pub enum ListOrder {
     Name,
 }
 
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
+/// `GET /v1/deliveries` and `GET /v1/failures`: the one delivery filter (issue 18) and the
+/// page. A list field (`status`, `error_kind`) takes commas or repeats (`status=500&status=503`).
+/// The document's shape of the query: `filter_query` reads the same fields (the filter
+/// through [`FilterParams`] itself), so the two cannot drift.
+#[allow(dead_code)]
+#[derive(Debug, schemars::JsonSchema)]
 pub struct DeliveriesQuery {
-    #[serde(default)]
-    pub workflow: Option<String>,
-    /// A stage id, or `notify:N` for the notifications of `[[notify]]` entry N.
-    #[serde(default)]
-    pub stage: Option<String>,
-    #[serde(default)]
-    pub state: Option<DeliveryState>,
-    #[serde(default)]
-    pub item: Option<String>,
-    #[serde(default)]
-    pub event: Option<EventType>,
+    #[serde(flatten)]
+    pub filter: FilterParams,
     #[serde(default)]
     pub cursor: Option<String>,
     /// 1–1000, default 100.
     #[serde(default)]
     pub limit: Option<usize>,
+}
+
+/// `GET /v1/attempts?follow=true`: the delivery filter, matched against each attempt as
+/// `deliveries --follow` does.
+#[allow(dead_code)]
+#[derive(Debug, schemars::JsonSchema)]
+pub struct AttemptsQuery {
+    #[serde(flatten)]
+    pub filter: FilterParams,
+    /// Must be `true`: the answer is a stream of JSON Lines, one attempt a line, as each is
+    /// recorded (from `since`, else from now), until the client disconnects.
+    pub follow: bool,
+}
+
+/// `POST /v1/deliveries/refire`, `/replay` and `/cancel`: a filter (re-fire and replay take
+/// the failed deliveries it selects, the latest of each item; cancel the open ones) or
+/// explicit ids, at most `limit` of them (oldest first).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    #[serde(default)]
+    pub filter: Option<FilterParams>,
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
+    /// With `filter`: at most this many (at least 1).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Count and list what would be touched, and do nothing (the job comes back `planned`).
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// One failure group of `GET /v1/failures`, with the filter that selects it (send it back
+/// as a bulk request's `filter`).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct FailureGroupView {
+    #[serde(flatten)]
+    pub group: FailureGroup,
+    pub filter: FilterParams,
 }
 
 // ---- plumbing -------------------------------------------------------------------------------
@@ -262,6 +297,74 @@ fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
     Query::<T>::try_from_uri(uri)
         .map(|q| q.0)
         .map_err(|e| ApiError::bad_input("query", format!("bad query string: {}", e.body_text())))
+}
+
+/// A query string's pairs: `cursor` and `limit` apart, the rest read as the delivery filter
+/// (repeated keys joined with commas; an unknown key is refused, naming it).
+fn filter_query(uri: &Uri) -> Result<(FilterParams, Option<String>, Option<usize>), ApiError> {
+    let (params, cursor, limit, follow) = filter_query_all(uri)?;
+    if follow.is_some() {
+        return Err(ApiError::field("follow", "only `GET /v1/attempts` follows"));
+    }
+    Ok((params, cursor, limit))
+}
+
+type FilterQuery = (FilterParams, Option<String>, Option<usize>, Option<bool>);
+
+fn filter_query_all(uri: &Uri) -> Result<FilterQuery, ApiError> {
+    let pairs: Vec<(String, String)> = query(uri)?;
+    let (mut cursor, mut limit, mut follow) = (None, None, None);
+    let mut map = serde_json::Map::new();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "follow" => {
+                follow = Some(v.parse::<bool>().map_err(|_| {
+                    ApiError::field("follow", format!("`{}` is not true or false", clip(&v)))
+                })?)
+            }
+            "cursor" => cursor = Some(v),
+            "limit" => {
+                limit = Some(v.parse::<usize>().map_err(|_| {
+                    ApiError::field("limit", format!("`{}` is not a number", clip(&v)))
+                })?)
+            }
+            _ => {
+                let joined = match map.remove(&k) {
+                    Some(serde_json::Value::String(old)) => format!("{old},{v}"),
+                    _ => v,
+                };
+                map.insert(k, serde_json::Value::String(joined));
+            }
+        }
+    }
+    let params: FilterParams = serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|e| ApiError::bad_input("query", format!("bad query string: {e}")))?;
+    Ok((params, cursor, limit, follow))
+}
+
+/// The typed filter of `params`, a bad value refused naming its field (`query` or a body's
+/// `filter.status`).
+fn typed_filter(params: &FilterParams, prefix: &str) -> Result<DeliveryFilter, ApiError> {
+    params
+        .to_filter(chrono::Utc::now())
+        .map_err(|e| ApiError::field(&format!("{prefix}{}", e.field), e.message))
+}
+
+/// An action refused as a whole: bad input 400, the store's refusals by their kind.
+fn action_error(e: ActionError) -> ApiError {
+    match e {
+        ActionError::BadInput(m) => ApiError::bad_input("body", m),
+        ActionError::Store(e) => e.into(),
+    }
+}
+
+fn actor(op: &Operator) -> Actor {
+    Actor::new(
+        op.0.clone(),
+        Via::Api {
+            token: op.0.clone(),
+        },
+    )
 }
 
 fn limit_of(limit: Option<usize>) -> Result<usize, ApiError> {
@@ -663,23 +766,16 @@ pub async fn list_deliveries(
     State(state): S,
     uri: Uri,
 ) -> Result<Json<Page<DeliverySummary>>, ApiError> {
-    let q: DeliveriesQuery = query(&uri)?;
-    let limit = limit_of(q.limit)?;
-    let after = match &q.cursor {
+    let (params, cursor, limit) = filter_query(&uri)?;
+    let limit = limit_of(limit)?;
+    let after = match &cursor {
         Some(c) => Some(
             DeliveryCursor::decode(&decode_cursor(c, 'd')?)
                 .ok_or_else(|| ApiError::field("cursor", "is not a cursor this list returned"))?,
         ),
         None => None,
     };
-    let filter = DeliveryFilter {
-        workflow: q.workflow.map(WorkflowId::new),
-        stage: q.stage.map(StageId::new),
-        state: q.state,
-        item: q.item.map(ItemId::new),
-        event: q.event,
-        ..DeliveryFilter::default()
-    };
+    let filter = typed_filter(&params, "")?;
     let store = state.store.clone();
     let mut rows = blocking(move || Ok(store.list_deliveries(&filter, after, limit + 1)?)).await?;
     let next_cursor = if rows.len() > limit {
@@ -695,6 +791,251 @@ pub async fn list_deliveries(
     }))
 }
 
+/// `GET /v1/failures`: the failed deliveries the filter selects, grouped by cause.
+pub async fn failures(State(state): S, uri: Uri) -> Result<Json<Page<FailureGroupView>>, ApiError> {
+    let (params, cursor, limit) = filter_query(&uri)?;
+    if cursor.is_some() {
+        return Err(ApiError::field("cursor", "failure groups come in one page"));
+    }
+    let limit = limit_of(limit)?;
+    let filter = typed_filter(&params, "")?;
+    let store = state.store.clone();
+    let base = filter.clone();
+    let mut groups = blocking(move || Ok(store.failure_groups(&filter)?)).await?;
+    groups.truncate(limit);
+    Ok(Json(Page {
+        items: groups
+            .into_iter()
+            .map(|g| FailureGroupView {
+                filter: FilterParams::of(&g.filter(&base)),
+                group: g,
+            })
+            .collect(),
+        next_cursor: None,
+    }))
+}
+
+/// The bulk endpoints: count what the request selects, then answer with a job (or, for a
+/// dry run, with what it would touch).
+async fn bulk(
+    state: Arc<AppState>,
+    op: Operator,
+    action: BulkAction,
+    req: BulkRequest,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    if !req.dry_run {
+        state.store.ensure_writable(action.as_str())?;
+    }
+    let selection = match (&req.filter, &req.ids) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_input(
+                "body",
+                "give `filter` or `ids`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::bad_input(
+                "body",
+                "give `filter` (an empty object selects every delivery the action takes) or `ids`",
+            ));
+        }
+        (Some(f), None) => {
+            if req.limit == Some(0) {
+                return Err(ApiError::field(
+                    "limit",
+                    "must be at least 1 (leave it out to act on every match)",
+                ));
+            }
+            Selection::Filter {
+                filter: typed_filter(f, "filter.")?,
+                limit: req.limit,
+            }
+        }
+        (None, Some(ids)) => {
+            if req.limit.is_some() {
+                return Err(ApiError::field("limit", "only applies to `filter`"));
+            }
+            if ids.is_empty() {
+                return Err(ApiError::field("ids", "is empty"));
+            }
+            Selection::Ids(ids.iter().map(|i| DeliveryId::new(i.as_str())).collect())
+        }
+    };
+    let store = state.store.clone();
+    let plan =
+        blocking(move || actions::plan(&store, action, selection).map_err(action_error)).await?;
+    if req.dry_run {
+        return Ok((StatusCode::OK, Json(Job::planned(plan, &op.0))));
+    }
+    let st = state.clone();
+    let job = state.jobs.start(
+        state.store.clone(),
+        actor(&op),
+        plan,
+        state.max_send_body,
+        move |e| published(&st, e),
+    );
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
+pub async fn bulk_refire(
+    State(state): S,
+    Extension(op): Extension<Operator>,
+    JsonBody(req): JsonBody<BulkRequest>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    bulk(state, op, BulkAction::Refire, req).await
+}
+
+pub async fn bulk_replay(
+    State(state): S,
+    Extension(op): Extension<Operator>,
+    JsonBody(req): JsonBody<BulkRequest>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    bulk(state, op, BulkAction::Replay, req).await
+}
+
+pub async fn bulk_cancel(
+    State(state): S,
+    Extension(op): Extension<Operator>,
+    JsonBody(req): JsonBody<BulkRequest>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    bulk(state, op, BulkAction::Cancel, req).await
+}
+
+/// `GET /v1/attempts?follow=true`: every new attempt of a matching delivery as a line of
+/// JSON, as it is recorded, in the attempt log's order (the cursor rules of the console's
+/// log pane and `deliveries --follow`: none skipped, none repeated), until the client goes.
+pub async fn follow_attempts(State(state): S, uri: Uri) -> Result<Response, ApiError> {
+    let (params, cursor, limit, follow) = filter_query_all(&uri)?;
+    if follow != Some(true) {
+        return Err(ApiError::field(
+            "follow",
+            "must be true: this endpoint streams new attempts (a delivery's attempts are in GET /v1/deliveries/{id})",
+        ));
+    }
+    if cursor.is_some() || limit.is_some() {
+        return Err(ApiError::bad_input(
+            "query",
+            "a stream takes no cursor or limit",
+        ));
+    }
+    let filter = typed_filter(&params, "")?;
+    if let Some(e) = actions::filter::follow_refusal(&filter) {
+        return Err(ApiError::field(e.field, e.message));
+    }
+    let store = state.store.clone();
+    let from_start = filter.since.is_some();
+    let (watcher, start) = blocking(move || {
+        let w = store.change_watcher()?;
+        let start = if from_start {
+            crate::store::AttemptCursor::default()
+        } else {
+            store.attempts_end()?
+        };
+        Ok((w, start))
+    })
+    .await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(stream_attempts(
+        state.store.clone(),
+        filter,
+        watcher,
+        start,
+        tx,
+    ));
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::new(Lines(rx)),
+    )
+        .into_response())
+}
+
+/// Reads the attempt log after `after` whenever the store changed, and sends each matching
+/// attempt as a line until the client has gone (the channel closes).
+async fn stream_attempts(
+    store: crate::store::Store,
+    filter: DeliveryFilter,
+    mut watcher: crate::store::ChangeWatcher,
+    mut after: crate::store::AttemptCursor,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+) {
+    let mut read = true;
+    loop {
+        if read {
+            let s = store.clone();
+            let Ok(Ok(rows)) =
+                tokio::task::spawn_blocking(move || s.attempts_after(after, 5000)).await
+            else {
+                return;
+            };
+            let full = rows.len() == 5000;
+            for (cursor, e) in rows {
+                after = after.max(cursor);
+                if !actions::filter::matches_attempt(&filter, &e) {
+                    continue;
+                }
+                let mut line = serde_json::to_vec(&e).unwrap_or_default();
+                line.push(b'\n');
+                if tx.send(Bytes::from(line)).await.is_err() {
+                    return;
+                }
+            }
+            if full {
+                continue;
+            }
+        }
+        // The change feed says when to read again (as the console's log pane polls it).
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if tx.is_closed() {
+            return;
+        }
+        let Ok((w, changed)) = tokio::task::spawn_blocking(move || {
+            let changed = watcher.changed().unwrap_or(true);
+            (watcher, changed)
+        })
+        .await
+        else {
+            return;
+        };
+        watcher = w;
+        read = changed;
+    }
+}
+
+/// A body of lines from a channel: ends when the sender does.
+struct Lines(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for Lines {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|line| line.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+pub async fn show_job(State(state): S, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
+    state
+        .jobs
+        .get(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no job with id `{}`", clip(&id))))
+}
+
+/// Stops a job after the chunk under way; what was done stays done.
+pub async fn stop_job(State(state): S, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
+    state
+        .jobs
+        .stop(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no job with id `{}`", clip(&id))))
+}
+
 pub async fn show_delivery(
     State(state): S,
     Path(id): Path<String>,
@@ -704,19 +1045,53 @@ pub async fn show_delivery(
     Ok(Json(d))
 }
 
+/// One delivery through the actions layer, waited for (the single-id endpoints).
+async fn one(
+    state: &Arc<AppState>,
+    op: &Operator,
+    action: BulkAction,
+    id: String,
+) -> Result<actions::BulkReport, ApiError> {
+    state.store.ensure_writable(action.as_str())?;
+    let (store, actor, max) = (state.store.clone(), actor(op), state.max_send_body);
+    let rt = tokio::runtime::Handle::current();
+    let r = blocking(move || {
+        let plan = actions::plan(&store, action, Selection::Ids(vec![DeliveryId::new(id)]))
+            .map_err(action_error)?;
+        actions::execute(
+            &store,
+            &actor,
+            plan,
+            Control {
+                stop: None,
+                progress: &mut |_, _| {},
+                rt: Some(&rt),
+                max_send_body: max,
+            },
+        )
+        .map_err(action_error)
+    })
+    .await?;
+    if let Some(e) = &r.error {
+        return Err(ApiError::internal(e.clone()));
+    }
+    if let Some(x) = r.refused.first() {
+        return Err(ApiError::refusal(x.kind, x.reason.clone()));
+    }
+    Ok(r)
+}
+
 pub async fn refire(
     State(state): S,
     Extension(op): Extension<Operator>,
     Path(id): Path<String>,
 ) -> Result<Json<RefireReport>, ApiError> {
-    state.store.ensure_writable("refire")?;
-    let store = state.store.clone();
-    let operator = operator(&op);
-    let report = blocking(move || Ok(store.refire(&[DeliveryId::new(id)], &operator)?)).await?;
-    if let Some(r) = report.refused.first() {
-        return Err(ApiError::refusal(r.kind, r.reason.clone()));
-    }
-    Ok(Json(report))
+    let r = one(&state, &op, BulkAction::Refire, id).await?;
+    Ok(Json(RefireReport {
+        refired: r.acted as i64,
+        created: r.created,
+        refused: r.refused,
+    }))
 }
 
 pub async fn replay(
@@ -724,11 +1099,12 @@ pub async fn replay(
     Extension(op): Extension<Operator>,
     Path(id): Path<String>,
 ) -> Result<Json<AttemptEvent>, ApiError> {
-    state.store.ensure_writable("replay")?;
-    let store = state.store.clone();
-    let operator = operator(&op);
-    let lease = blocking(move || Ok(store.begin_replay(&DeliveryId::new(id), &operator)?)).await?;
-    let e = crate::dispatch::send_manual(&state.store, lease, state.max_send_body).await?;
+    let r = one(&state, &op, BulkAction::Replay, id).await?;
+    let e = r
+        .attempts
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::internal("the replay sent nothing"))?;
     published(&state, &e);
     Ok(Json(e))
 }
@@ -739,15 +1115,22 @@ pub async fn test_stage(
     Path((workflow, stage)): Path<(String, String)>,
 ) -> Result<Json<AttemptEvent>, ApiError> {
     state.store.ensure_writable("test")?;
-    let store = state.store.clone();
-    let operator = operator(&op);
-    let lease = blocking(move || {
-        Ok(store.begin_test(&WorkflowId::new(workflow), &StageId::new(stage), &operator)?)
+    let (store, actor, max) = (state.store.clone(), actor(&op), state.max_send_body);
+    let rt = tokio::runtime::Handle::current();
+    let r = blocking(move || {
+        actions::test_stage(
+            &store,
+            &actor,
+            &WorkflowId::new(workflow),
+            &StageId::new(stage),
+            &rt,
+            max,
+        )
+        .map_err(action_error)
     })
     .await?;
-    let e = crate::dispatch::send_manual(&state.store, lease, state.max_send_body).await?;
-    published(&state, &e);
-    Ok(Json(e))
+    published(&state, &r.attempt);
+    Ok(Json(r.attempt))
 }
 
 async fn set_paused(

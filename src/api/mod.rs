@@ -2,9 +2,11 @@
 //! functions the CLI and the console call.
 //!
 //! Invariants this module keeps:
-//! - No second implementation of any action: every handler calls a `Store` method (on a
-//!   blocking thread, `spawn_blocking`) or `dispatch::send_manual`, exactly as the CLI does,
-//!   and answers with the CLI's `--json` serde types (design §6 "one JSON shape per object").
+//! - No second implementation of any action: every handler calls a `Store` method or the
+//!   actions layer (`crate::actions`: re-fire, replay, cancel, test; on a blocking thread,
+//!   `spawn_blocking`), exactly as the CLI and the console do, and answers with the CLI's
+//!   `--json` serde types (design §6 "one JSON shape per object"). Bulk actions run as jobs
+//!   (`jobs.rs`).
 //! - One table ([`routes::ENDPOINTS`]) registers every route and describes it; the OpenAPI
 //!   document at `/openapi.json` is generated from that table and the handlers' serde types,
 //!   so what is served and what is documented cannot drift.
@@ -15,6 +17,7 @@
 mod auth;
 mod error;
 mod handlers;
+mod jobs;
 mod metrics;
 mod openapi;
 mod routes;
@@ -28,8 +31,10 @@ use tokio::sync::{broadcast, watch};
 pub use auth::{ENV_TOKEN_NAME, TokenError, Tokens};
 pub use error::{ApiError, ErrorBody, ErrorDetail, FieldError};
 pub use handlers::{
-    AdvanceRequest, Health, ImportResponse, Page, SetStageRequest, StagePauseState,
+    AdvanceRequest, BulkRequest, FailureGroupView, Health, ImportResponse, Page, SetStageRequest,
+    StagePauseState,
 };
+pub use jobs::{Job, JobState};
 pub use metrics::Metrics;
 pub use openapi::document as openapi_document;
 pub use routes::MAX_URI;
@@ -63,6 +68,8 @@ pub(crate) struct AppState {
     /// Where replays and tests sent by the API publish their attempt (the console's log pane
     /// and `serve`'s output see them like any other attempt).
     pub events: Option<broadcast::Sender<DispatchNotice>>,
+    /// The bulk jobs this process runs (`/v1/jobs/{id}`).
+    pub jobs: Arc<jobs::Jobs>,
 }
 
 /// Why the API could not start.
@@ -93,6 +100,7 @@ pub fn router(
         max_send_body: opts.max_send_body,
         metrics,
         events,
+        jobs: Arc::default(),
     });
     routes::build(state)
 }

@@ -117,17 +117,25 @@ fn build() -> Value {
                 });
             }
         }
+        let mut responses = Map::new();
         let ok = match &e.answer {
             Answer::Json(f) => json!({
                 "description": "OK",
                 "content": {"application/json": {"schema": f(&mut resp).to_value()}},
             }),
+            Answer::Accepted(f) => {
+                let body = json!({"application/json": {"schema": f(&mut resp).to_value()}});
+                responses.insert(
+                    "202".into(),
+                    json!({"description": "Accepted: the job started", "content": body}),
+                );
+                json!({"description": "OK: a dry run, nothing started", "content": body})
+            }
             Answer::Text(ct) => json!({
                 "description": "OK",
                 "content": {*ct: {"schema": {"type": "string"}}},
             }),
         };
-        let mut responses = Map::new();
         responses.insert("200".into(), ok);
         let mut codes: Vec<u16> = e.errors.to_vec();
         if e.auth {

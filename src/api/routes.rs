@@ -4,12 +4,13 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
 use super::AppState;
 use super::auth;
 use super::handlers::{self as h, *};
+use super::jobs::Job;
 use crate::model::AttemptEvent;
 use crate::store::{
     DeliveryDetail, DeliverySummary, ItemDetail, ItemRow, MoveReport, RefireReport, WorkflowDetail,
@@ -26,6 +27,8 @@ pub(super) fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
 /// What a successful call answers.
 pub(super) enum Answer {
     Json(SchemaFn),
+    /// 202 Accepted with this body (a job started); a dry run answers 200 with the same shape.
+    Accepted(SchemaFn),
     Text(&'static str),
 }
 
@@ -201,6 +204,97 @@ pub(super) const ENDPOINTS: &[Endpoint] = &[
         answer: Answer::Json(schema::<Page<DeliverySummary>>),
         errors: &[400],
         route: || get(h::list_deliveries),
+    },
+    Endpoint {
+        method: "get",
+        path: "/v1/attempts",
+        operation_id: "followAttempts",
+        summary: "With follow=true: every new attempt of a matching delivery as JSON Lines, as it is recorded, until the client disconnects",
+        auth: true,
+        mutates: false,
+        query: Some(schema::<AttemptsQuery>),
+        body: RequestBody::None,
+        answer: Answer::Text("application/x-ndjson"),
+        errors: &[400],
+        route: || get(h::follow_attempts),
+    },
+    Endpoint {
+        method: "get",
+        path: "/v1/failures",
+        operation_id: "listFailures",
+        summary: "Failed deliveries grouped by cause (workflow, stage, error kind, status), biggest first, each with the filter that selects it",
+        auth: true,
+        mutates: false,
+        query: Some(schema::<DeliveriesQuery>),
+        body: RequestBody::None,
+        answer: Answer::Json(schema::<Page<FailureGroupView>>),
+        errors: &[400],
+        route: || get(h::failures),
+    },
+    Endpoint {
+        method: "post",
+        path: "/v1/deliveries/refire",
+        operation_id: "refireDeliveries",
+        summary: "Re-fire the failed deliveries a filter selects (the latest of each item), or the given ids, as a job",
+        auth: true,
+        mutates: true,
+        query: None,
+        body: RequestBody::Json(schema::<BulkRequest>),
+        answer: Answer::Accepted(schema::<Job>),
+        errors: &[400, 403, 404, 413],
+        route: || post(h::bulk_refire),
+    },
+    Endpoint {
+        method: "post",
+        path: "/v1/deliveries/replay",
+        operation_id: "replayDeliveries",
+        summary: "Replay the failed deliveries a filter selects, or the given ids, as a job; moves nothing",
+        auth: true,
+        mutates: true,
+        query: None,
+        body: RequestBody::Json(schema::<BulkRequest>),
+        answer: Answer::Accepted(schema::<Job>),
+        errors: &[400, 403, 404, 413],
+        route: || post(h::bulk_replay),
+    },
+    Endpoint {
+        method: "post",
+        path: "/v1/deliveries/cancel",
+        operation_id: "cancelDeliveries",
+        summary: "Cancel the open deliveries a filter selects, or the given ids, as a job; items route along on_failure",
+        auth: true,
+        mutates: true,
+        query: None,
+        body: RequestBody::Json(schema::<BulkRequest>),
+        answer: Answer::Accepted(schema::<Job>),
+        errors: &[400, 403, 404, 413],
+        route: || post(h::bulk_cancel),
+    },
+    Endpoint {
+        method: "get",
+        path: "/v1/jobs/{id}",
+        operation_id: "showJob",
+        summary: "A bulk job's progress and, once it has ended, its counts and refusals",
+        auth: true,
+        mutates: false,
+        query: None,
+        body: RequestBody::None,
+        answer: Answer::Json(schema::<Job>),
+        errors: &[404],
+        route: || get(h::show_job),
+    },
+    Endpoint {
+        method: "delete",
+        path: "/v1/jobs/{id}",
+        operation_id: "stopJob",
+        summary: "Stop a bulk job after the chunk under way; what was done stays done",
+        auth: true,
+        mutates: false,
+        query: None,
+        body: RequestBody::None,
+        answer: Answer::Json(schema::<Job>),
+        errors: &[404],
+        route: || delete(h::stop_job),
     },
     Endpoint {
         method: "get",

@@ -1,48 +1,37 @@
 //! The arguments and helpers several commands share: the delivery filters (`deliveries`,
-//! `deliveries export`, `delivery cancel`, `refire --failed`), `--since`, the confirmation
-//! prompt and the size of a bulk action's chunks.
+//! `deliveries export`, `delivery cancel`, `refire --failed`) and the confirmation prompt.
 
 use std::io::{BufRead, IsTerminal, Write};
 
 use clap::Args;
 
 use super::CliError;
-use crate::model::{DeliveryState, ErrorKind, EventType, ItemId, StageId, WorkflowId};
+use crate::actions::FilterParams;
 use crate::store::DeliveryFilter;
 
+/// `hookops deliveries`: the filters, and how to show what they select.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// pending, in_flight, retry_scheduled, succeeded, failed or cancelled
-    #[arg(long)]
-    pub state: Option<DeliveryState>,
-    /// Only deliveries of this stage (id; without --workflow, that stage id in every workflow)
-    #[arg(long)]
-    pub stage: Option<String>,
-    /// Only deliveries of this workflow (id)
-    #[arg(long)]
-    pub workflow: Option<String>,
-    /// Only deliveries of this item (id)
-    #[arg(long)]
-    pub item: Option<String>,
-    /// stage.webhook or webhook.test
-    #[arg(long)]
-    pub event: Option<EventType>,
-    /// Error kind of the last attempt: connect, timeout, tls, protocol, redirect, http_status, body, policy, interrupted
-    #[arg(long, value_name = "KIND")]
-    pub error_kind: Option<crate::model::ErrorKind>,
-    /// HTTP status of the last attempt, e.g. 503
-    #[arg(long, value_name = "CODE")]
-    pub status: Option<u16>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// At most N rows, newest first (0 = all)
     #[arg(long, default_value_t = super::item::DEFAULT_LIMIT)]
     pub limit: usize,
-    /// Print JSON instead of text
+    /// Print JSON instead of text (JSON Lines with --follow)
     #[arg(long)]
     pub json: bool,
+    /// Print each new attempt of a matching delivery as it is recorded, until Ctrl-C (from now, or from --since)
+    #[arg(long, conflicts_with = "group_by")]
+    pub follow: bool,
+    /// Group the failed deliveries the filters select: `cause` (stage, error kind, status)
+    #[arg(long, value_name = "BY", value_parser = ["cause"])]
+    pub group_by: Option<String>,
 }
 
-/// The `deliveries` filters, shared by export and cancel.
-#[derive(Debug, Clone, Args)]
+/// The one delivery filter (issue 18), with the same flags on `deliveries`, `deliveries
+/// export`, `refire --failed`, `refire --replay --failed` and `delivery cancel`. Values are
+/// read by `actions::FilterParams`, as the API's and the console's are.
+#[derive(Debug, Clone, Default, Args)]
 pub struct FilterArgs {
     /// Only deliveries of this workflow (id)
     #[arg(long)]
@@ -52,36 +41,61 @@ pub struct FilterArgs {
     pub stage: Option<String>,
     /// pending, in_flight, retry_scheduled, succeeded, failed or cancelled
     #[arg(long)]
-    pub state: Option<DeliveryState>,
+    pub state: Option<String>,
     /// Only deliveries of this item (id)
     #[arg(long)]
     pub item: Option<String>,
-    /// stage.webhook or webhook.test
+    /// stage.webhook, webhook.test or a notification event
     #[arg(long)]
-    pub event: Option<EventType>,
-    /// Error kind of the last attempt: connect, timeout, tls, protocol, redirect, http_status, body, policy, interrupted
-    #[arg(long, value_name = "KIND")]
-    pub error_kind: Option<ErrorKind>,
-    /// HTTP status of the last attempt, e.g. 503
+    pub event: Option<String>,
+    /// What made the delivery: route, assign, refire or test
+    #[arg(long)]
+    pub trigger: Option<String>,
+    /// HTTP status of the last attempt: codes or classes, repeatable or comma-separated (503, 5xx,408)
     #[arg(long, value_name = "CODE")]
-    pub status: Option<u16>,
+    pub status: Vec<String>,
+    /// Error kind of the last attempt, repeatable or comma-separated: connect, timeout, tls, protocol, redirect, http_status, body, policy, interrupted (with --status: either matches)
+    #[arg(long, value_name = "KIND")]
+    pub error_kind: Vec<String>,
     /// Only deliveries created at or after this time (RFC 3339, or a duration like 2h ago)
     #[arg(long)]
     pub since: Option<String>,
+    /// Only deliveries created before this time (RFC 3339, or a duration like 10m ago)
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only the re-fires of this delivery (id)
+    #[arg(long, value_name = "ID")]
+    pub refire_of: Option<String>,
+    /// Only deliveries whose id, item id or item name contains this text
+    #[arg(long, value_name = "TEXT")]
+    pub search: Option<String>,
 }
 
 impl FilterArgs {
+    /// The filter's fields as text, for `actions::FilterParams`.
+    pub(super) fn params(&self) -> FilterParams {
+        let list = |v: &[String]| (!v.is_empty()).then(|| v.join(","));
+        FilterParams {
+            workflow: self.workflow.clone(),
+            stage: self.stage.clone(),
+            state: self.state.clone(),
+            item: self.item.clone(),
+            event: self.event.clone(),
+            trigger: self.trigger.clone(),
+            status: list(&self.status),
+            error_kind: list(&self.error_kind),
+            since: self.since.clone(),
+            until: self.until.clone(),
+            refire_of: self.refire_of.clone(),
+            search: self.search.clone(),
+        }
+    }
+
+    /// The typed filter; a bad value is bad usage (exit 2), naming its flag.
     pub(super) fn filter(&self) -> Result<DeliveryFilter, CliError> {
-        Ok(DeliveryFilter {
-            workflow: self.workflow.as_deref().map(WorkflowId::new),
-            stage: self.stage.as_deref().map(StageId::new),
-            state: self.state,
-            item: self.item.as_deref().map(ItemId::new),
-            event: self.event,
-            since: self.since.as_deref().map(parse_since).transpose()?,
-            error_kind: self.error_kind,
-            status: self.status,
-        })
+        self.params()
+            .to_filter(chrono::Utc::now())
+            .map_err(|e| CliError::usage(format!("--{} {}", e.field.replace('_', "-"), e.message)))
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -90,26 +104,13 @@ impl FilterArgs {
             && self.state.is_none()
             && self.item.is_none()
             && self.event.is_none()
-            && self.error_kind.is_none()
-            && self.status.is_none()
+            && self.trigger.is_none()
+            && self.status.is_empty()
+            && self.error_kind.is_empty()
             && self.since.is_none()
-    }
-}
-
-pub(super) fn filter(
-    workflow: Option<&String>,
-    stage: Option<&String>,
-    state: Option<DeliveryState>,
-    item: Option<&String>,
-    event: Option<EventType>,
-) -> DeliveryFilter {
-    DeliveryFilter {
-        workflow: workflow.map(|w| WorkflowId::new(w.as_str())),
-        stage: stage.map(|s| StageId::new(s.as_str())),
-        state,
-        item: item.map(|i| ItemId::new(i.as_str())),
-        event,
-        ..DeliveryFilter::default()
+            && self.until.is_none()
+            && self.refire_of.is_none()
+            && self.search.is_none()
     }
 }
 
@@ -129,22 +130,3 @@ pub(super) fn confirm(question: &str) -> Result<bool, CliError> {
         .map_err(|e| CliError::failure(format!("cannot read the answer: {e}")))?;
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
-
-pub(super) fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&chrono::Utc));
-    }
-    let d = s.trim().trim_end_matches("ago").trim();
-    humantime::parse_duration(d)
-        .ok()
-        .and_then(|d| chrono::Duration::from_std(d).ok())
-        .map(|d| chrono::Utc::now() - d)
-        .ok_or_else(|| {
-            CliError::usage(format!(
-                "--since `{s}` is neither an RFC 3339 time nor a duration like `2h`"
-            ))
-        })
-}
-
-/// Deliveries a bulk re-fire or cancel hands the store at once, between progress updates.
-pub(crate) const BULK_CHUNK: usize = 5000;

@@ -6,13 +6,15 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 
-use super::args::{BULK_CHUNK, FilterArgs, ListArgs, confirm, filter, parse_since};
+use super::args::{FilterArgs, ListArgs, confirm};
 use super::{CliError, Global, output, require_workflow};
-use crate::dispatch::send_manual;
+use crate::actions::{self, ActionError, Actor, BulkAction, Control, Selection, Via};
 use crate::model::AttemptEvent;
-use crate::model::{DeliveryId, DeliveryState, StageId};
-use crate::store::Store;
+use crate::model::{DeliveryId, DeliveryState, ItemId, StageId, WorkflowId};
+use crate::store::{DeliveryFilter, Store};
 
+// Parsed once per run: the size of the filter-bearing variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum DeliveryCommand {
     /// Show a delivery: every attempt with request and response
@@ -36,21 +38,17 @@ pub struct RefireArgs {
     /// Every failed delivery matching the filters (the latest of each item)
     #[arg(long)]
     pub failed: bool,
-    /// With --failed: only this workflow's deliveries (id)
-    #[arg(long, requires = "failed")]
-    pub workflow: Option<String>,
-    /// With --failed: only this stage's deliveries (id; needs --workflow)
-    #[arg(long, requires = "failed")]
-    pub stage: Option<String>,
-    /// Only deliveries created at or after this time (RFC 3339, or a duration like 2h ago)
-    #[arg(long, requires = "failed")]
-    pub since: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// At most N deliveries
     #[arg(long, requires = "failed", value_parser = super::action_limit)]
     pub limit: Option<usize>,
     /// Re-send the stored bytes as a manual attempt instead; the item does not move
     #[arg(long)]
     pub replay: bool,
+    /// Print what would be touched (the count and the ids) and do nothing
+    #[arg(long)]
+    pub dry_run: bool,
     /// Do not ask for confirmation
     #[arg(long)]
     pub yes: bool,
@@ -92,16 +90,14 @@ pub struct StageArgs {
 }
 
 pub fn list(g: &Global, a: ListArgs) -> Result<(), CliError> {
+    let f = a.filter.filter()?;
     let store = g.open()?;
-    let mut f = filter(
-        a.workflow.as_ref(),
-        a.stage.as_ref(),
-        a.state,
-        a.item.as_ref(),
-        a.event,
-    );
-    f.error_kind = a.error_kind;
-    f.status = a.status;
+    if a.follow {
+        return follow(&store, &f, a.json);
+    }
+    if a.group_by.is_some() {
+        return group_by_cause(&store, &f, a.limit, a.json);
+    }
     let limit = if a.limit == 0 { usize::MAX } else { a.limit };
     let mut rows = Vec::new();
     let mut after = None;
@@ -141,6 +137,129 @@ pub fn list(g: &Global, a: ListArgs) -> Result<(), CliError> {
             last_result(d.last_status, d.last_error_kind),
             d.event.to_string(),
             output::time(&d.created_at),
+        ]);
+    }
+    t.print();
+    Ok(())
+}
+
+/// `deliveries --follow`: every attempt of a matching delivery as it is committed, in the
+/// attempt log's order (`Store::attempts_after` and its cursor, the console log pane's
+/// rules: none skipped, none repeated), from now or from `--since`, until interrupted or
+/// until standard output closes.
+fn follow(store: &Store, f: &DeliveryFilter, json: bool) -> Result<(), CliError> {
+    if let Some(e) = crate::actions::filter::follow_refusal(f) {
+        return Err(CliError::usage(format!(
+            "--{} {}",
+            e.field.replace('_', "-"),
+            e.message
+        )));
+    }
+    let mut watcher = store.change_watcher()?;
+    // From --since the log is read from its start and older attempts skipped.
+    let mut after = if f.since.is_some() {
+        crate::store::AttemptCursor::default()
+    } else {
+        store.attempts_end()?
+    };
+    let mut out = std::io::stdout().lock();
+    let mut read = true;
+    loop {
+        if read {
+            let rows = store.attempts_after(after, 5000)?;
+            let full = rows.len() == 5000;
+            for (cursor, e) in rows {
+                after = after.max(cursor);
+                if !crate::actions::filter::matches_attempt(f, &e) {
+                    continue;
+                }
+                let line = if json {
+                    serde_json::to_string(&e).map_err(|e| CliError::failure(e.to_string()))?
+                } else {
+                    attempt_line(&e)
+                };
+                if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                    // The reader went away (a closed pipe): that ends the follow.
+                    return Ok(());
+                }
+            }
+            if full {
+                continue;
+            }
+        }
+        // The store's change feed (data_version, LISTEN) says when to read again.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        read = watcher.changed()?;
+    }
+}
+
+/// `deliveries --group-by cause`: the failed deliveries the filters select, one row per
+/// cause, with the filter flags that select the group (for `refire --failed`).
+fn group_by_cause(
+    store: &Store,
+    f: &DeliveryFilter,
+    limit: usize,
+    json: bool,
+) -> Result<(), CliError> {
+    let mut groups = store.failure_groups(f)?;
+    // Failed deliveries whose item has been delivered again since are no failure to act on
+    // (a re-fire would refuse them): say how many, so the counts add up.
+    let failed = store.count_deliveries(&DeliveryFilter {
+        state: Some(DeliveryState::Failed),
+        ..f.clone()
+    })?;
+    let grouped: i64 = groups.iter().map(|g| g.count).sum();
+    if failed > grouped {
+        eprintln!(
+            "{} more failed delivery(ies) match whose item has a newer delivery since; `deliveries --state failed` lists them",
+            failed - grouped
+        );
+    }
+    let total = groups.len();
+    if limit != 0 && total > limit {
+        groups.truncate(limit);
+        eprintln!(
+            "{} more group(s) match; use --limit 0 to see all",
+            total - limit
+        );
+    }
+    if json {
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            #[serde(flatten)]
+            group: &'a crate::store::FailureGroup,
+            /// The group as `refire --failed` flags.
+            filter: String,
+        }
+        let rows: Vec<Row> = groups
+            .iter()
+            .map(|g| Row {
+                group: g,
+                filter: g.filter(f).as_flags(),
+            })
+            .collect();
+        return output::json(&rows);
+    }
+    let mut t = output::Table::new(&[
+        "COUNT", "ITEMS", "WORKFLOW", "STAGE", "CAUSE", "FIRST", "LAST", "MESSAGE",
+    ]);
+    for g in &groups {
+        t.row(vec![
+            g.count.to_string(),
+            g.items.to_string(),
+            g.workflow.to_string(),
+            g.stage.to_string(),
+            last_result(g.status, g.error_kind),
+            g.first_at.map(|t| output::time(&t)).unwrap_or_default(),
+            g.last_at.map(|t| output::time(&t)).unwrap_or_default(),
+            output::clean(
+                &g.message
+                    .as_deref()
+                    .unwrap_or("-")
+                    .chars()
+                    .take(60)
+                    .collect::<String>(),
+            ),
         ]);
     }
     t.print();
@@ -237,112 +356,165 @@ fn show(g: &Global, id: &DeliveryId, json: bool) -> Result<(), CliError> {
 }
 
 pub fn refire(g: &Global, a: RefireArgs) -> Result<(), CliError> {
-    let store = g.open()?;
-    let ids: Vec<DeliveryId> = if a.failed {
+    let action = if a.replay {
+        BulkAction::Replay
+    } else {
+        BulkAction::Refire
+    };
+    let selection = if a.failed {
         if !a.ids.is_empty() {
             return Err(CliError::usage("give delivery ids or --failed, not both"));
         }
-        let what = if a.replay {
-            "refire --replay"
-        } else {
-            "refire"
+        Selection::Filter {
+            filter: a.filter.filter()?,
+            limit: a.limit,
+        }
+    } else if let Some(item) = a.filter.item.as_ref().filter(|_| a.ids.is_empty()) {
+        // `--item ID` alone: that item's latest delivery (in --stage, which needs --workflow).
+        let other = FilterArgs {
+            item: None,
+            workflow: None,
+            stage: None,
+            ..a.filter.clone()
         };
-        super::check_scope(&store, a.workflow.as_ref(), a.stage.as_ref(), what)?;
-        let mut f = filter(a.workflow.as_ref(), a.stage.as_ref(), None, None, None);
-        f.since = a.since.as_deref().map(parse_since).transpose()?;
-        store.failed_deliveries(&f, a.limit)?
-    } else {
-        if a.ids.is_empty() {
+        if !other.is_empty() {
             return Err(CliError::usage(
-                "name the deliveries to re-fire, or give --failed with filters",
+                "with --item and no --failed, only --workflow and --stage narrow it; filters select failed deliveries with --failed",
             ));
         }
-        a.ids.iter().map(|i| DeliveryId::new(i.as_str())).collect()
+        if a.filter.stage.is_some() && a.filter.workflow.is_none() {
+            return Err(CliError::usage("refire --stage needs --workflow ID"));
+        }
+        Selection::ItemLatest {
+            item: ItemId::new(item.as_str()),
+            workflow: a.filter.workflow.as_deref().map(WorkflowId::new),
+            stage: a.filter.stage.as_deref().map(StageId::new),
+        }
+    } else {
+        if !a.filter.is_empty() {
+            return Err(CliError::usage(
+                "filters select failed deliveries only with --failed",
+            ));
+        }
+        if a.ids.is_empty() {
+            return Err(CliError::usage(
+                "name the deliveries to re-fire, an item with --item, or give --failed with filters",
+            ));
+        }
+        Selection::Ids(a.ids.iter().map(|i| DeliveryId::new(i.as_str())).collect())
     };
-    let verb = if a.replay { "replay" } else { "re-fire" };
-    if ids.is_empty() {
-        outln!("nothing to {verb}: no delivery matches");
+    bulk(g, action, selection, a.failed && !a.yes, a.dry_run, a.json)
+}
+
+/// Counts what the selection matches, says so (and asks when `ask`), then acts through the
+/// actions layer and renders its report: the one path of `refire`, `refire --replay` and
+/// `delivery cancel`.
+fn bulk(
+    g: &Global,
+    action: BulkAction,
+    selection: Selection,
+    ask: bool,
+    dry_run: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let store = g.open()?;
+    let plan = actions::plan(&store, action, selection).map_err(action_error)?;
+    let what = format!(
+        "{} {} {} delivery(ies){}",
+        action.verb(),
+        plan.matched,
+        action.selects(),
+        plan.filter
+            .as_deref()
+            .filter(|f| !f.is_empty())
+            .map(|f| format!(" matching {f}"))
+            .unwrap_or_default()
+    );
+    if dry_run {
+        if json {
+            return output::json(&plan);
+        }
+        outln!("would {what}");
+        for id in &plan.ids {
+            outln!("{id}");
+        }
         return Ok(());
     }
-    store.ensure_writable(if a.replay { "replay" } else { "refire" })?;
-    if a.failed && !a.yes && !confirm(&format!("{verb} {} failed delivery(ies)", ids.len()))? {
+    if plan.ids.is_empty() {
+        outln!("nothing to {}: no delivery matches", action.verb());
+        return Ok(());
+    }
+    store.ensure_writable(action.as_str())?;
+    if ask && !confirm(&what)? {
         return Err(CliError::failure(format!(
-            "{verb} cancelled; nothing was sent"
+            "{} stopped before it began; nothing was done",
+            action.verb()
         )));
     }
-    if a.replay {
-        return replay(g, &store, ids, a.json);
-    }
-    let total = ids.len();
-    let mut report = crate::store::RefireReport::default();
-    let mut progress = output::Progress::new("re-fired", total, a.json);
-    for (i, chunk) in ids.chunks(BULK_CHUNK).enumerate() {
-        let r = store.refire(chunk, &g.operator())?;
-        report.refired += r.refired;
-        report.created.extend(r.created);
-        report.refused.extend(r.refused);
-        progress.update(((i + 1) * BULK_CHUNK).min(total));
-    }
+    let rt = super::deliveries_runtime()?;
+    let mut progress = output::Progress::new(action.past(), plan.matched, json);
+    let report = actions::execute(
+        &store,
+        &Actor::new(g.operator(), Via::Cli),
+        plan,
+        Control {
+            stop: None,
+            progress: &mut |done, _| progress.update(done),
+            rt: Some(rt.handle()),
+            max_send_body: crate::dispatch::http::DEFAULT_MAX_BODY,
+        },
+    )
+    .map_err(action_error)?;
     drop(progress);
-    if a.json {
+    if json {
         output::json(&report)?;
     } else {
-        outln!(
-            "re-fired {} delivery(ies); {} new delivery(ies) queued",
-            report.refired,
-            report.created.len()
-        );
+        match action {
+            BulkAction::Refire => outln!(
+                "re-fired {} delivery(ies); {} new delivery(ies) queued",
+                report.acted,
+                report.created.len()
+            ),
+            BulkAction::Cancel => {
+                outln!(
+                    "cancelled {} delivery(ies); {} item(s) routed on failure",
+                    report.acted,
+                    report.routed.len()
+                );
+                for (item, to) in &report.routed {
+                    outln!("  {item} → {to}");
+                }
+            }
+            BulkAction::Replay => {
+                for ev in &report.attempts {
+                    outln!("{}", attempt_line(ev));
+                }
+            }
+        }
     }
     for r in &report.refused {
         eprintln!("refused {}: {}", r.delivery_id, r.reason);
     }
-    if !report.refused.is_empty() {
+    if let Some(e) = &report.error {
         return Err(CliError::failure(format!(
-            "{} of {total} delivery(ies) were refused",
-            report.refused.len()
+            "{} stopped after {} of {}: {e}",
+            action.verb(),
+            report.processed,
+            report.matched
         )));
     }
-    Ok(())
-}
-
-/// A test or a replay of a rate-limited stage waits for its token (issue 21): say so when
-/// that is a second or more.
-fn say_wait(lease: &crate::store::Lease) {
-    let Some(at) = lease.not_before else { return };
-    let wait = at - chrono::Utc::now().timestamp_millis();
-    if wait >= 1000 {
-        eprintln!(
-            "waiting {} s for a token of stage {}'s rate limit",
-            (wait + 999) / 1000,
-            lease.stage
-        );
+    if !report.refused.is_empty() {
+        return Err(CliError::failure(format!(
+            "{} of {} delivery(ies) were refused",
+            report.refused.len(),
+            report.matched
+        )));
     }
-}
-
-fn replay(g: &Global, store: &Store, ids: Vec<DeliveryId>, json: bool) -> Result<(), CliError> {
-    let rt = super::deliveries_runtime()?;
-    let mut failures = 0;
-    let mut events = Vec::new();
-    for id in ids {
-        let lease = store.begin_replay(&id, &g.operator())?;
-        say_wait(&lease);
-        let st = store.clone();
-        let ev = rt.block_on(send_manual(
-            &st,
-            lease,
-            crate::dispatch::http::DEFAULT_MAX_BODY,
-        ))?;
-        if ev.status.is_none_or(|s| !(200..300).contains(&s)) {
-            failures += 1;
-        }
-        if !json {
-            outln!("{}", attempt_line(&ev));
-        }
-        events.push(ev);
-    }
-    if json {
-        output::json(&events)?;
-    }
+    let failures = report
+        .attempts
+        .iter()
+        .filter(|ev| ev.status.is_none_or(|s| !(200..300).contains(&s)))
+        .count();
     if failures > 0 {
         return Err(CliError::failure(format!(
             "{failures} replay(s) did not get a 2xx"
@@ -351,35 +523,42 @@ fn replay(g: &Global, store: &Store, ids: Vec<DeliveryId>, json: bool) -> Result
     Ok(())
 }
 
+/// An action refused as a whole: bad input is bad usage (exit 2); the store's refusals keep
+/// their own codes.
+fn action_error(e: ActionError) -> CliError {
+    match e {
+        ActionError::BadInput(m) => CliError::usage(m),
+        ActionError::Store(e) => e.into(),
+    }
+}
+
 pub fn test_webhook(g: &Global, a: TestArgs) -> Result<(), CliError> {
     let wf = require_workflow(&a.workflow, "test-webhook")?;
     let store = g.open()?;
-    let lease = store
-        .begin_test(&wf, &StageId::new(a.stage.as_str()), &g.operator())
-        .map_err(refusal)?;
-    say_wait(&lease);
     let rt = super::deliveries_runtime()?;
-    let ev = rt.block_on(send_manual(
+    let r = actions::test_stage(
         &store,
-        lease,
+        &Actor::new(g.operator(), Via::Cli),
+        &wf,
+        &StageId::new(a.stage.as_str()),
+        rt.handle(),
         crate::dispatch::http::DEFAULT_MAX_BODY,
-    ))?;
+    )
+    .map_err(|e| match e {
+        // A stage that cannot be tested is a refusal (exit 1), not bad usage.
+        ActionError::Store(e) => refusal(e),
+        ActionError::BadInput(m) => CliError::usage(m),
+    })?;
     if a.json {
-        output::json(&ev)?;
+        output::json(&r.attempt)?;
     } else {
-        outln!("{}", attempt_line(&ev));
-        let detail = store.delivery_detail(&ev.delivery_id)?;
-        if let Some(body) = detail
-            .attempt_log
-            .last()
-            .and_then(|at| at.response_body.as_ref())
-            .filter(|b| !b.is_empty())
-        {
+        outln!("{}", attempt_line(&r.attempt));
+        if let Some(body) = r.response_body.as_ref().filter(|b| !b.is_empty()) {
             let excerpt: String = body.chars().take(500).collect();
             outln!("response: {}", output::clean(&excerpt));
         }
     }
-    if ev.status.is_none_or(|s| !(200..300).contains(&s)) {
+    if r.attempt.status.is_none_or(|s| !(200..300).contains(&s)) {
         return Err(CliError::failure("the test webhook did not get a 2xx"));
     }
     Ok(())
@@ -502,6 +681,9 @@ pub struct CancelArgs {
     /// At most N deliveries (oldest first)
     #[arg(long, value_parser = super::action_limit)]
     pub limit: Option<usize>,
+    /// Print what would be touched (the count and the ids) and do nothing
+    #[arg(long)]
+    pub dry_run: bool,
     /// Do not ask for confirmation
     #[arg(long)]
     pub yes: bool,
@@ -559,66 +741,29 @@ fn export(g: &Global, a: ExportArgs) -> Result<(), CliError> {
 }
 
 pub fn cancel(g: &Global, a: CancelArgs) -> Result<(), CliError> {
-    let store = g.open()?;
-    let bulk = a.ids.is_empty();
-    let ids: Vec<DeliveryId> = if bulk {
+    let bulk_filter = a.ids.is_empty();
+    let selection = if bulk_filter {
         if a.filter.is_empty() {
             return Err(CliError::usage(
                 "name the deliveries to cancel, or select them with filters such as --state retry_scheduled --workflow ID",
             ));
         }
-        super::check_scope(
-            &store,
-            a.filter.workflow.as_ref(),
-            a.filter.stage.as_ref(),
-            "delivery cancel",
-        )?;
-        store.open_deliveries(&a.filter.filter()?, a.limit)?
+        Selection::Filter {
+            filter: a.filter.filter()?,
+            limit: a.limit,
+        }
     } else {
         if !a.filter.is_empty() || a.limit.is_some() {
             return Err(CliError::usage("give delivery ids or filters, not both"));
         }
-        a.ids.iter().map(|i| DeliveryId::new(i.as_str())).collect()
+        Selection::Ids(a.ids.iter().map(|i| DeliveryId::new(i.as_str())).collect())
     };
-    if ids.is_empty() {
-        outln!("nothing to cancel: no open delivery matches");
-        return Ok(());
-    }
-    store.ensure_writable("cancel")?;
-    if bulk && !a.yes && !confirm(&format!("cancel {} open delivery(ies)", ids.len()))? {
-        return Err(CliError::failure("nothing was cancelled"));
-    }
-    let mut report = crate::store::CancelReport::default();
-    let mut progress = output::Progress::new("cancelled", ids.len(), a.json);
-    for (i, chunk) in ids.chunks(BULK_CHUNK).enumerate() {
-        let r = store.cancel_deliveries(chunk, &g.operator())?;
-        report.cancelled += r.cancelled;
-        report.routed.extend(r.routed);
-        report.refused.extend(r.refused);
-        progress.update(((i + 1) * BULK_CHUNK).min(ids.len()));
-    }
-    drop(progress);
-    if a.json {
-        output::json(&report)?;
-    } else {
-        outln!(
-            "cancelled {} delivery(ies); {} item(s) routed on failure",
-            report.cancelled,
-            report.routed.len()
-        );
-        for (item, to) in &report.routed {
-            outln!("  {item} → {to}");
-        }
-    }
-    for (id, why) in &report.refused {
-        eprintln!("refused {id}: {why}");
-    }
-    if !report.refused.is_empty() {
-        return Err(CliError::failure(format!(
-            "{} of {} delivery(ies) were refused",
-            report.refused.len(),
-            ids.len()
-        )));
-    }
-    Ok(())
+    bulk(
+        g,
+        BulkAction::Cancel,
+        selection,
+        bulk_filter && !a.yes,
+        a.dry_run,
+        a.json,
+    )
 }

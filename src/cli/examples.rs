@@ -46,11 +46,24 @@ pub const ASSIGN: &str = "Examples:
 
 pub const AUDIT: &str = "Examples:
   hookops audit
-  hookops audit --limit 0 --json";
+  # who re-fired item acme-weld-0001, when, and from where
+  hookops audit --item acme-weld-0001 --action refire
+  hookops audit --operator ana --since 2h --json
+  # the ids one action touched
+  hookops audit show 42";
+
+pub const AUDIT_SHOW: &str = "Examples:
+  hookops audit show 42
+  hookops audit show 42 --json | jq -r '.ids[]'";
 
 pub const DELIVERIES: &str = "Examples:
   hookops deliveries --state failed --workflow defects
-  hookops deliveries --error-kind timeout --status 503 --limit 20";
+  # the 5xx failures and the timeouts of an outage window
+  hookops deliveries --state failed --status 5xx --error-kind timeout --since 2026-12-07T02:10:00Z --until 2026-12-07T02:40:00Z
+  # 3,000 failures in a few lines: one per cause
+  hookops deliveries --group-by cause --workflow defects
+  # every new attempt as JSON Lines, until Ctrl-C
+  hookops deliveries --follow --workflow defects --json";
 
 pub const DELIVERIES_EXPORT: &str = "Examples:
   hookops deliveries export --state failed --status 503 --output failed-503.jsonl";
@@ -66,6 +79,8 @@ pub const DELIVERY_CANCEL: &str = "Examples:
 pub const REFIRE: &str = "Examples:
   # after fixing the receiver: every failed delivery of a workflow
   hookops refire --failed --workflow defects --yes
+  # only the 5xx and timeout failures of the outage, counted first
+  hookops refire --failed --workflow defects --stage export --status 5xx --error-kind timeout --since 40m --until 10m --dry-run
   # re-send one delivery's stored bytes to debug a receiver (the item stays)
   hookops refire --replay msg_01jd0000000000000000000000";
 

@@ -159,6 +159,8 @@ fn parse_mode(s: &str) -> Result<u32, String> {
     Ok(mode)
 }
 
+// Parsed once per run: the size of the filter-bearing variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply, list and show workflows
@@ -221,13 +223,44 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AuditArgs {
+    /// Only rows by this operator (an API row's operator is its token's name)
+    #[arg(long)]
+    pub operator: Option<String>,
+    /// Only rows of this action (refire, replay, cancel, test, assign, advance, pause, …)
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only rows naming this item (directly or through one of its deliveries) or this delivery
+    #[arg(long, value_name = "ID")]
+    pub item: Option<String>,
+    /// Only rows at or after this time (RFC 3339, or a duration like 2h ago)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only rows before this time (RFC 3339, or a duration like 10m ago)
+    #[arg(long)]
+    pub until: Option<String>,
     /// At most this many rows (0 = all)
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// One audit row with every id it names
+    #[command(after_long_help = examples::AUDIT_SHOW)]
+    Show {
+        /// The row's id (the ID column of `hookops audit`)
+        id: i64,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -395,20 +428,81 @@ pub(crate) fn run_console(store: Store, g: &Global, c: &ConsoleArgs) -> Result<(
 }
 
 fn audit(g: &Global, a: AuditArgs) -> Result<(), CliError> {
+    if let Some(AuditCommand::Show { id, json }) = a.command {
+        let store = g.open()?;
+        let e = store.audit_entry(id)?;
+        if json {
+            return output::json(&e);
+        }
+        outln!("audit     {}", e.id);
+        outln!("at        {}", output::time(&e.at));
+        outln!(
+            "operator  {} via {}",
+            output::clean(&e.operator),
+            e.via.as_deref().unwrap_or("-")
+        );
+        outln!("action    {} {}", e.action, output::clean(&e.target));
+        if let Some(f) = &e.filter {
+            outln!("filter    {}", output::clean(f));
+        }
+        outln!(
+            "outcome   {}  count {}{}",
+            e.outcome.as_deref().unwrap_or("-"),
+            e.count,
+            e.matched
+                .map(|m| format!(" of {m} matched"))
+                .unwrap_or_default()
+        );
+        match &e.ids {
+            Some(ids) => {
+                outln!("ids       {}", ids.len());
+                for id in ids {
+                    outln!("  {}", output::clean(id));
+                }
+            }
+            None if e.via.is_some() => outln!(
+                "ids       more than {}: the filter and the count say what was selected",
+                crate::store::AUDIT_IDS
+            ),
+            None => {}
+        }
+        return Ok(());
+    }
+    let now = chrono::Utc::now();
+    let time = |flag: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| {
+                crate::actions::parse_time(s, now)
+                    .map_err(|m| CliError::usage(format!("--{flag} {m}")))
+            })
+            .transpose()
+    };
+    let q = crate::store::AuditQuery {
+        operator: a.operator.clone(),
+        action: a.action.clone(),
+        item: a.item.clone(),
+        since: time("since", &a.since)?,
+        until: time("until", &a.until)?,
+    };
     let store = g.open()?;
-    let rows = store.audit_log(if a.limit == 0 { usize::MAX } else { a.limit })?;
+    let rows = store.audit_search(&q, if a.limit == 0 { usize::MAX } else { a.limit })?;
     if a.json {
         return output::json(&rows);
     }
-    let mut t = output::Table::new(&["AT", "OPERATOR", "ACTION", "TARGET", "COUNT", "FILTER"]);
+    let mut t = output::Table::new(&[
+        "ID", "AT", "OPERATOR", "VIA", "ACTION", "TARGET", "COUNT", "OUTCOME", "FILTER",
+    ]);
     for r in rows {
         t.row(vec![
+            r.id.to_string(),
             output::time(&r.at),
             output::clean(&r.operator),
+            r.via.unwrap_or_else(|| "-".into()),
             r.action,
             output::clean(&r.target),
             r.count.to_string(),
-            r.filter.unwrap_or_default(),
+            r.outcome.unwrap_or_else(|| "-".into()),
+            output::clean(&r.filter.unwrap_or_default()),
         ]);
     }
     t.print();
@@ -432,36 +526,6 @@ pub(crate) fn action_limit(s: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }
-}
-
-/// Checks the `--workflow`/`--stage` scope of a bulk mutation before it selects anything: a
-/// `--stage` needs `--workflow` (design §6, exit 2), and an unknown workflow or stage is an
-/// error (exit 1), not "nothing matches".
-pub(crate) fn check_scope(
-    store: &crate::store::Store,
-    workflow: Option<&String>,
-    stage: Option<&String>,
-    what: &str,
-) -> Result<(), CliError> {
-    let Some(workflow) = workflow else {
-        if stage.is_some() {
-            return Err(CliError::usage(format!(
-                "{what} --stage needs --workflow ID"
-            )));
-        }
-        return Ok(());
-    };
-    let spec = store.workflow_spec(&WorkflowId::new(workflow.as_str()))?;
-    if let Some(stage) = stage {
-        let id = StageId::new(stage.as_str());
-        // `notify:N` names the deliveries of a `[[notify]]` entry, which may outlive it.
-        if spec.stage(&id).is_none() && crate::workflow::notify_index(&id).is_none() {
-            return Err(CliError::failure(format!(
-                "workflow `{workflow}` has no stage `{stage}`"
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Parses `--stage` for a mutation: it needs `--workflow` (design §6).

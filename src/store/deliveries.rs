@@ -71,7 +71,12 @@ pub struct DeliveryDetail {
     pub attempt_log: Vec<AttemptRecord>,
 }
 
-/// Filters of `deliveries` and the console's deliveries view.
+/// The one delivery filter (issue 18): `deliveries`, its export, bulk re-fire, replay and
+/// cancel, the console's deliveries view and the API all select with it, and every backend
+/// matches it in SQL over the whole store. Fields are ANDed; the values of one list are ORed.
+/// `statuses` and `error_kinds` both describe the last attempt's result, so when both are
+/// given a delivery matches either (`--status 5xx --error-kind timeout`: the 5xx failures and
+/// the timeouts, the usual recovery after a receiver's outage).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DeliveryFilter {
     pub workflow: Option<WorkflowId>,
@@ -79,12 +84,245 @@ pub struct DeliveryFilter {
     pub state: Option<DeliveryState>,
     pub item: Option<ItemId>,
     pub event: Option<EventType>,
+    pub trigger: Option<DeliveryTrigger>,
     /// Created at or after this time.
     pub since: Option<DateTime<Utc>>,
-    /// The error kind of the delivery's last attempt (`timeout`, `connect`, …).
+    /// Created before this time (a half-open window: `since` ≤ created < `until`).
+    pub until: Option<DateTime<Utc>>,
+    /// The error kind of the delivery's last attempt (`timeout`, `connect`, …), any of these.
+    pub error_kinds: Vec<ErrorKind>,
+    /// The HTTP status of the delivery's last attempt: any of these codes or classes.
+    pub statuses: Vec<StatusMatch>,
+    /// Only the re-fires of this delivery.
+    pub refire_of: Option<DeliveryId>,
+    /// A substring of the delivery id, the item id or the item's name (the console's `/`),
+    /// ASCII letters matched in any case.
+    pub search: Option<String>,
+}
+
+impl DeliveryFilter {
+    /// Whether the counter rows can count it (only workflow, stage and state are set).
+    pub fn by_counters(&self) -> bool {
+        self.item.is_none()
+            && self.event.is_none()
+            && self.trigger.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+            && self.error_kinds.is_empty()
+            && self.statuses.is_empty()
+            && self.refire_of.is_none()
+            && self.search.as_deref().is_none_or(str::is_empty)
+    }
+
+    /// Whether nothing is set (every delivery matches).
+    pub fn is_empty(&self) -> bool {
+        self.by_counters()
+            && self.workflow.is_none()
+            && self.stage.is_none()
+            && self.state.is_none()
+    }
+
+    /// The filter as the CLI's flags (`--workflow demo --status 5xx,408`): what audit rows
+    /// record and what a front end shows, so an operator can paste it back.
+    pub fn as_flags(&self) -> String {
+        let mut out: Vec<String> = Vec::new();
+        let mut push = |k: &str, v: String| out.push(format!("--{k} {v}"));
+        let join = |v: Vec<String>| v.join(",");
+        if let Some(w) = &self.workflow {
+            push("workflow", w.to_string());
+        }
+        if let Some(s) = &self.stage {
+            push("stage", s.to_string());
+        }
+        if let Some(s) = self.state {
+            push("state", s.to_string());
+        }
+        if let Some(i) = &self.item {
+            push("item", i.to_string());
+        }
+        if let Some(e) = self.event {
+            push("event", e.to_string());
+        }
+        if let Some(t) = self.trigger {
+            push("trigger", t.to_string());
+        }
+        if !self.statuses.is_empty() {
+            push(
+                "status",
+                join(self.statuses.iter().map(|s| s.to_string()).collect()),
+            );
+        }
+        if !self.error_kinds.is_empty() {
+            push(
+                "error-kind",
+                join(self.error_kinds.iter().map(|s| s.to_string()).collect()),
+            );
+        }
+        let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        if let Some(t) = &self.since {
+            push("since", time(t));
+        }
+        if let Some(t) = &self.until {
+            push("until", time(t));
+        }
+        if let Some(r) = &self.refire_of {
+            push("refire-of", r.to_string());
+        }
+        if let Some(q) = self.search.as_deref().filter(|q| !q.is_empty()) {
+            push("search", q.to_string());
+        }
+        out.join(" ")
+    }
+}
+
+/// One value of the `status` filter: an exact HTTP status (`503`) or a class (`5xx`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StatusMatch {
+    Code(u16),
+    /// The hundreds digit: `Class(5)` is 500–599.
+    Class(u16),
+}
+
+impl StatusMatch {
+    /// The statuses it matches, inclusive.
+    pub fn range(self) -> (u16, u16) {
+        match self {
+            StatusMatch::Code(c) => (c, c),
+            StatusMatch::Class(h) => (h * 100, h * 100 + 99),
+        }
+    }
+
+    pub fn matches(self, status: u16) -> bool {
+        let (lo, hi) = self.range();
+        (lo..=hi).contains(&status)
+    }
+}
+
+impl std::str::FromStr for StatusMatch {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<StatusMatch, String> {
+        let t = s.trim().to_ascii_lowercase();
+        let bad = || format!("`{s}` is not an HTTP status (100–599) or a class like `5xx`");
+        if let Some(h) = t.strip_suffix("xx") {
+            return match h.parse::<u16>() {
+                Ok(d @ 1..=5) if h.len() == 1 => Ok(StatusMatch::Class(d)),
+                _ => Err(bad()),
+            };
+        }
+        match t.parse::<u16>() {
+            Ok(c @ 100..=599) if t.len() == 3 => Ok(StatusMatch::Code(c)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for StatusMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatusMatch::Code(c) => write!(f, "{c}"),
+            StatusMatch::Class(h) => write!(f, "{h}xx"),
+        }
+    }
+}
+
+impl serde::Serialize for StatusMatch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StatusMatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        // A bare number (`503`) or a string (`"503"`, `"5xx"`).
+        let v = serde_json::Value::deserialize(d)?;
+        let text = match v {
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::String(s) => s,
+            _ => return Err(serde::de::Error::custom("a status is a number or `5xx`")),
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl schemars::JsonSchema for StatusMatch {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StatusMatch".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "An HTTP status (`503`) or a class (`1xx`–`5xx`)",
+            "type": "string",
+            "pattern": "^([1-5][0-9][0-9]|[1-5]xx)$"
+        })
+    }
+}
+
+/// Failed deliveries that share a cause (issue 18): the stage, the last attempt's error kind
+/// and status. A group is a filter ([`FailureGroup::filter`]), so every bulk action takes it.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct FailureGroup {
+    pub workflow: WorkflowId,
+    pub stage: StageId,
     pub error_kind: Option<ErrorKind>,
-    /// The HTTP status of the delivery's last attempt.
     pub status: Option<u16>,
+    /// One of the group's last error messages, with numbers and delivery ids blanked (`#`),
+    /// so that "timed out after 10003 ms" and "… 10011 ms" read alike.
+    pub message: Option<String>,
+    pub count: i64,
+    /// How many items the group's deliveries belong to.
+    pub items: i64,
+    pub first_at: Option<DateTime<Utc>>,
+    pub last_at: Option<DateTime<Utc>>,
+}
+
+impl FailureGroup {
+    /// The filter that selects exactly this group's deliveries within `base` (the filter
+    /// the groups were made with).
+    pub fn filter(&self, base: &DeliveryFilter) -> DeliveryFilter {
+        let mut f = base.clone();
+        f.workflow = Some(self.workflow.clone());
+        f.stage = Some(self.stage.clone());
+        f.state = Some(DeliveryState::Failed);
+        f.statuses.clear();
+        f.error_kinds.clear();
+        match (self.status, self.error_kind) {
+            (Some(s), _) => f.statuses.push(StatusMatch::Code(s)),
+            (None, Some(k)) => f.error_kinds.push(k),
+            (None, None) => {}
+        }
+        f
+    }
+}
+
+/// A message with its long numbers (four digits or more: durations, sizes, ports, ids) and
+/// delivery ids blanked, for grouping by eye; a status (`400 Bad Request`) stays.
+pub fn normalise_message(m: &str) -> String {
+    let mut out = String::with_capacity(m.len());
+    let mut chars = m.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            let mut run = String::from(c);
+            while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+                run.push(d);
+                chars.next();
+            }
+            if run.len() >= 4 {
+                out.push('#');
+            } else {
+                out.push_str(&run);
+            }
+        } else {
+            out.push(c);
+            if out.ends_with("msg_") {
+                while chars.peek().is_some_and(|d| d.is_ascii_alphanumeric()) {
+                    chars.next();
+                }
+                out.push('#');
+            }
+        }
+    }
+    out
 }
 
 /// Creates the `stage.webhook` delivery of an item that just entered a webhook stage, with
@@ -256,6 +494,18 @@ impl Store {
         Ok(rows)
     }
 
+    /// The failed deliveries `filter` selects, grouped by cause (stage, error kind, status),
+    /// biggest group first.
+    pub fn failure_groups(&self, filter: &DeliveryFilter) -> Result<Vec<FailureGroup>> {
+        let mut f = filter.clone();
+        f.state = Some(DeliveryState::Failed);
+        let mut groups = self.read(|r| r.failure_groups(&f))?;
+        for g in &mut groups {
+            g.message = g.message.as_deref().map(normalise_message);
+        }
+        Ok(groups)
+    }
+
     pub fn count_deliveries(&self, filter: &DeliveryFilter) -> Result<i64> {
         self.read(|r| r.count_deliveries(filter))
     }
@@ -282,5 +532,23 @@ impl Store {
                 attempt_log: r.attempts_of(id)?,
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_lose_long_numbers_and_ids_but_keep_statuses() {
+        assert_eq!(
+            normalise_message("timed out after 10003 ms"),
+            "timed out after # ms"
+        );
+        assert_eq!(normalise_message("400 Bad Request"), "400 Bad Request");
+        assert_eq!(
+            normalise_message("duplicate msg_01a24e035e02 on port 41657"),
+            "duplicate msg_# on port #"
+        );
     }
 }

@@ -16,7 +16,7 @@ use super::deliveries::{
 };
 use super::seam::{HistoryRow, ItemMove, NewItemRow};
 use super::workflows::current_spec;
-use super::{Result, Store, StoreError, audit, to_time, where_now};
+use super::{Result, Store, StoreError, audit, audit_named, to_time, where_now};
 use crate::engine::{self, Outcome, Route};
 use crate::model::{
     CancelReason, DatasetRef, DeliveryId, DeliveryTrigger, EventType, HistoryCause, Item, ItemId,
@@ -877,15 +877,27 @@ impl Store {
             report.moved,
         );
         let _ = count_target;
+        // Named items: the row names those moved; a whole stage: its filter and the count.
+        let named: Option<Vec<ItemId>> = match target {
+            AssignTarget::Items(ids) => Some(ids.clone()),
+            AssignTarget::Versions(ids) => Some(ids.iter().map(|(i, _)| i.clone()).collect()),
+            AssignTarget::FromStage { .. } => None,
+        };
+        let refused = report.refused.clone();
         self.write("assign", move |c| {
-            audit(
-                c,
-                &op,
-                "assign",
-                &format!("stage {wf}/{to}"),
-                filter.as_deref(),
-                n,
-            )
+            let target = format!("stage {wf}/{to}");
+            match &named {
+                Some(ids) => audit_named(
+                    c,
+                    &op,
+                    "assign",
+                    &target,
+                    filter.as_deref(),
+                    &not_refused(ids, &refused),
+                    refused.len(),
+                ),
+                None => audit(c, &op, "assign", &target, filter.as_deref(), n),
+            }
         })?;
         Ok(report)
     }
@@ -952,7 +964,12 @@ impl Store {
                     Some(Outcome::Reject) => "reject",
                     _ => "advance",
                 };
-                audit(c, &op, action, &format!("{} item(s)", ids.len()), None, r.moved)?;
+                let moved = not_refused(&ids, &r.refused);
+                let target = match ids.as_slice() {
+                    [one] => format!("item {one}"),
+                    _ => format!("{} item(s)", ids.len()),
+                };
+                audit_named(c, &op, action, &target, None, &moved, r.refused.len())?;
                 Ok(r)
             })?;
             merge_moves(&mut report, r);
@@ -1075,4 +1092,12 @@ impl Store {
             audit(c, &op, "import", &format!("workflow {wf}"), None, n)
         })
     }
+}
+
+/// The ids of `ids` that `refused` does not name, as text (what an audit row lists).
+fn not_refused(ids: &[ItemId], refused: &[Refusal]) -> Vec<String> {
+    ids.iter()
+        .filter(|i| !refused.iter().any(|r| r.item_id == **i))
+        .map(|i| i.to_string())
+        .collect()
 }

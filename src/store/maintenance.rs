@@ -25,8 +25,8 @@ use super::workflows::current_spec;
 use super::{DeliveryFilter, Result, Store, StoreError, audit, to_time};
 use crate::engine::{self, Outcome};
 use crate::model::{
-    DeliveryId, DeliveryState, DeliveryTrigger, EventType, HistoryCause, ItemId, StageId,
-    WorkflowId,
+    DeliveryId, DeliveryState, DeliveryTrigger, EventType, HistoryCause, ItemId, RefusalKind,
+    StageId, WorkflowId,
 };
 
 /// The longest a prune chunk should hold the write lock; chunks adapt their size to it.
@@ -663,13 +663,13 @@ impl Store {
 // ---------------------------------------------------------------------------------------------
 
 /// What an operator cancel did.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct CancelReport {
     pub cancelled: i64,
     /// Items that routed along `on_failure`, with where they went (an item whose stage has no
     /// `on_failure` stays where it is, marked failed, and is not listed).
     pub routed: Vec<(ItemId, StageId)>,
-    pub refused: Vec<(DeliveryId, String)>,
+    pub refused: Vec<super::DeliveryRefusal>,
 }
 
 const CANCEL_CHUNK: usize = 500;
@@ -687,15 +687,19 @@ fn cancel_in_tx(c: &Tx<'_>, ids: &[DeliveryId], op: &str) -> Result<CancelReport
             event,
         }) = c.rows().delivery_for_cancel(id)?
         else {
-            report
-                .refused
-                .push((id.clone(), format!("no delivery with id `{id}`")));
+            report.refused.push(super::DeliveryRefusal {
+                delivery_id: id.clone(),
+                kind: RefusalKind::NotFound,
+                reason: format!("no delivery with id `{id}`"),
+            });
             continue;
         };
         if !state.is_open() {
-            report
-                .refused
-                .push((id.clone(), format!("delivery `{id}` is already {state}")));
+            report.refused.push(super::DeliveryRefusal {
+                delivery_id: id.clone(),
+                kind: RefusalKind::Stale,
+                reason: format!("delivery `{id}` is already {state}"),
+            });
             continue;
         }
         // The lease no longer holds: an attempt on the wire is recorded and routes nothing.
@@ -753,18 +757,8 @@ impl Store {
         let mut report = CancelReport::default();
         for chunk in ids.chunks(CANCEL_CHUNK) {
             let (ids, op) = (chunk.to_vec(), operator.to_string());
-            let r = self.write("cancel", move |c| {
-                let r = cancel_in_tx(c, &ids, &op)?;
-                audit(
-                    c,
-                    &op,
-                    "cancel",
-                    &format!("{} delivery(ies)", ids.len()),
-                    None,
-                    r.cancelled,
-                )?;
-                Ok(r)
-            })?;
+            // Not audited here: the actions layer writes one row for the whole action.
+            let r = self.write("cancel", move |c| cancel_in_tx(c, &ids, &op))?;
             report.cancelled += r.cancelled;
             report.routed.extend(r.routed);
             report.refused.extend(r.refused);

@@ -419,15 +419,40 @@ pub(crate) fn to_time(ms: i64) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
 }
 
-/// One row of the audit log.
-#[derive(Clone, Debug, serde::Serialize)]
+/// One row of the audit log. Rows written by the actions layer (issue 18) also say from
+/// where (`via`), how it ended (`outcome`), how many the selection matched and, up to
+/// [`AUDIT_IDS`], the ids acted on.
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct AuditEntry {
+    /// The row's number (`audit show ID`).
+    pub id: i64,
     pub at: DateTime<Utc>,
     pub operator: String,
     pub action: String,
     pub target: String,
     pub filter: Option<String>,
     pub count: i64,
+    pub via: Option<String>,
+    pub outcome: Option<String>,
+    pub matched: Option<i64>,
+    /// The ids acted on (absent when more than [`AUDIT_IDS`]: then `filter` and `matched`
+    /// say what was selected). Only `audit show` and [`Store::audit_entry`] fill it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<String>>,
+}
+
+/// The most ids an audit row lists; a larger action records its filter and count instead.
+pub const AUDIT_IDS: usize = 1000;
+
+/// What `hookops audit` (and the console's `:audit`) select.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuditQuery {
+    pub operator: Option<String>,
+    pub action: Option<String>,
+    /// Rows naming this id: a delivery id, or an item id (its own, or one of its deliveries').
+    pub item: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
 }
 
 pub(crate) fn audit(
@@ -445,13 +470,108 @@ pub(crate) fn audit(
         target,
         filter,
         count,
-    })
+        via: None,
+        outcome: None,
+        matched: None,
+    })?;
+    Ok(())
+}
+
+/// An audit row that names the items an action moved (up to [`AUDIT_IDS`]), how many the
+/// operator named and how it ended: assign and advance by id (issue 18: "1 item(s)" said
+/// nothing of which). Written in the transaction of the moves.
+pub(crate) fn audit_named(
+    conn: &Tx<'_>,
+    operator: &str,
+    action: &str,
+    target: &str,
+    filter: Option<&str>,
+    moved: &[String],
+    refused: usize,
+) -> Result<()> {
+    let count = moved.len() as i64;
+    let outcome = match (refused, count) {
+        (0, _) => "done",
+        (_, 0) => "refused",
+        _ => "partly_refused",
+    };
+    let seq = conn.rows().insert_audit(&seam::AuditRow {
+        at: conn.now(),
+        operator,
+        action,
+        target,
+        filter,
+        count,
+        via: None,
+        outcome: Some(outcome),
+        matched: Some(count + refused as i64),
+    })?;
+    let ids = (moved.len() <= AUDIT_IDS)
+        .then(|| serde_json::to_string(moved))
+        .transpose()?;
+    conn.rows()
+        .finish_audit(seq, outcome, count, ids.as_deref())
+}
+
+/// The start of an action's audit row (the actions layer's).
+#[derive(Clone, Debug)]
+pub struct AuditStart {
+    pub operator: String,
+    pub via: String,
+    pub action: String,
+    pub target: String,
+    pub filter: Option<String>,
+    pub matched: i64,
 }
 
 impl Store {
     /// The newest audit rows, newest first.
     pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>> {
-        self.read(|r| r.audit_log(limit))
+        self.read(|r| r.audit_log(&AuditQuery::default(), limit))
+    }
+
+    /// The newest audit rows matching `q`, newest first.
+    pub fn audit_search(&self, q: &AuditQuery, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.read(|r| r.audit_log(q, limit))
+    }
+
+    /// One audit row with the ids it names.
+    pub fn audit_entry(&self, id: i64) -> Result<AuditEntry> {
+        self.read(|r| r.audit_entry(id))?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "audit row",
+                id: id.to_string(),
+            })
+    }
+
+    /// Writes an action's audit row before it acts (outcome `running`): an action that dies
+    /// midway still left its row. Returns the row's number for [`Store::audit_finish`].
+    pub fn audit_begin(&self, a: AuditStart) -> Result<i64> {
+        self.write("audit", move |c| {
+            c.rows().insert_audit(&seam::AuditRow {
+                at: c.now(),
+                operator: &a.operator,
+                action: &a.action,
+                target: &a.target,
+                filter: a.filter.as_deref(),
+                count: 0,
+                via: Some(&a.via),
+                outcome: Some("running"),
+                matched: Some(a.matched),
+            })
+        })
+    }
+
+    /// Ends an action's audit row: its outcome, how many it touched and which (the ids are
+    /// kept only up to [`AUDIT_IDS`]).
+    pub fn audit_finish(&self, id: i64, outcome: &str, count: i64, ids: &[String]) -> Result<()> {
+        let ids = (ids.len() <= AUDIT_IDS)
+            .then(|| serde_json::to_string(ids))
+            .transpose()?;
+        let outcome = outcome.to_string();
+        self.write("audit", move |c| {
+            c.rows().finish_audit(id, &outcome, count, ids.as_deref())
+        })
     }
 
     /// Records an audit row on its own (for actions whose effect is elsewhere, like `test`).

@@ -13,7 +13,7 @@ use super::items::{MovedBy, apply_route};
 use super::leases::{Lease, lease_ms};
 use super::seam::{ManualAttempt, NewDelivery, NewLease, RefireRow};
 use super::workflows::current_spec;
-use super::{Result, Store, StoreError, audit, to_time, where_now};
+use super::{Result, Store, StoreError, to_time, where_now};
 use crate::engine;
 use crate::engine::payload::{DeliveryMeta, test_body};
 use crate::model::{
@@ -177,18 +177,8 @@ impl Store {
         while !rest.is_empty() {
             let chunk = &rest[..rest.len().min(REFIRE_CHUNK)];
             let (ids, op) = (chunk.to_vec(), operator.to_string());
-            let (r, taken) = self.write("refire", move |c| {
-                let (r, taken) = refire_in_tx(c, &ids, &op)?;
-                audit(
-                    c,
-                    &op,
-                    "refire",
-                    &format!("{taken} delivery(ies)"),
-                    None,
-                    r.refired,
-                )?;
-                Ok((r, taken))
-            })?;
+            // Not audited here: the actions layer writes one row for the whole action.
+            let (r, taken) = self.write("refire", move |c| refire_in_tx(c, &ids, &op))?;
             rest = &rest[taken.max(1).min(rest.len())..];
             if !rest.is_empty() {
                 // Leave the lock free for a moment: other processes poll for it every
@@ -244,8 +234,10 @@ impl Store {
     }
 
     /// Allocates a manual attempt of a delivery: a replay of its frozen bytes (design §6).
-    pub fn begin_replay(&self, id: &DeliveryId, operator: &str) -> Result<Lease> {
-        let (id, op) = (id.clone(), operator.to_string());
+    /// Not audited here: the actions layer writes the row (`_operator` stays for callers
+    /// that name who asks).
+    pub fn begin_replay(&self, id: &DeliveryId, _operator: &str) -> Result<Lease> {
+        let id = id.clone();
         self.write("replay", move |c| {
             let Some(ManualAttempt {
                 workflow: wf,
@@ -266,7 +258,6 @@ impl Store {
             let (spec, revision) = current_spec(c, &WorkflowId::new(wf.as_str()))?;
             let cfg = spec.delivery_config(&StageId::new(stage.as_str()));
             let not_before = super::leases::reserve_token(c, &wf, &stage, cfg)?;
-            audit(c, &op, "replay", &format!("delivery {id}"), None, 1)?;
             Ok(Lease {
                 delivery_id: id,
                 seq,
@@ -288,8 +279,9 @@ impl Store {
 
     /// Creates a `webhook.test` delivery for a stage with a sample body, leased to the caller,
     /// who sends it once and records it (design §2 Test).
-    pub fn begin_test(&self, wf: &WorkflowId, stage: &StageId, operator: &str) -> Result<Lease> {
-        let (wf, stage, op) = (wf.clone(), stage.clone(), operator.to_string());
+    /// Not audited here: the actions layer writes the row.
+    pub fn begin_test(&self, wf: &WorkflowId, stage: &StageId, _operator: &str) -> Result<Lease> {
+        let (wf, stage) = (wf.clone(), stage.clone());
         self.write("test", move |c| {
             let (spec, revision) = current_spec(c, &wf)?;
             let st = spec.stage(&stage).ok_or_else(|| StoreError::NotFound {
@@ -338,7 +330,6 @@ impl Store {
             })?;
             c.counts()
                 .add_deliveries(wf.as_str(), stage.as_str(), "in_flight", 1);
-            audit(c, &op, "test", &format!("stage {wf}/{stage}"), None, 1)?;
             Ok(Lease {
                 delivery_id: id,
                 seq,

@@ -236,6 +236,12 @@ pub(crate) struct AuditRow<'a> {
     pub target: &'a str,
     pub filter: Option<&'a str>,
     pub count: i64,
+    /// The front end (`console`, `cli`, `api:TOKEN`), for rows the actions layer writes.
+    pub via: Option<&'a str>,
+    /// `running` until the action ends, then `done`, `partly_refused`, `refused`, `stopped`.
+    pub outcome: Option<&'a str>,
+    /// How many the filter or the ids selected.
+    pub matched: Option<i64>,
 }
 
 /// A new item, written once where its import route ends (version 1).
@@ -475,7 +481,11 @@ pub(crate) trait Rows {
     /// Deletes the heartbeat rows of dispatchers on other hosts than `host` whose last beat
     /// is older than `beat_before` and that hold no lease any more; returns how many went.
     fn delete_departed_dispatchers(&self, host: &str, beat_before: i64) -> Result<usize>;
-    fn insert_audit(&self, a: &AuditRow<'_>) -> Result<()>;
+    /// Writes an audit row; returns its number.
+    fn insert_audit(&self, a: &AuditRow<'_>) -> Result<i64>;
+    /// Ends the audit row `seq` of an action: its outcome, how many it touched and, up to
+    /// the bound, their ids (a JSON array).
+    fn finish_audit(&self, seq: i64, outcome: &str, count: i64, ids: Option<&str>) -> Result<()>;
     /// Rewrites every counter from the rows it counts (`check --repair`, `recount`).
     fn recount_all(&self) -> Result<()>;
 
@@ -640,6 +650,9 @@ pub(crate) trait Reads {
         backward: bool,
     ) -> Result<Vec<(super::DeliverySummary, super::DeliveryCursor)>>;
     fn count_deliveries(&self, filter: &super::DeliveryFilter) -> Result<i64>;
+    /// The deliveries `filter` selects grouped by (workflow, stage, last error kind, last
+    /// status), biggest group first; `message` is the group's greatest last message.
+    fn failure_groups(&self, filter: &super::DeliveryFilter) -> Result<Vec<super::FailureGroup>>;
     fn delivery(&self, id: &DeliveryId) -> Result<Option<StoredDelivery>>;
     /// A delivery's attempts by number.
     fn attempts_of(&self, id: &DeliveryId) -> Result<Vec<super::AttemptRecord>>;
@@ -668,7 +681,10 @@ pub(crate) trait Reads {
     fn dispatchers(&self) -> Result<Vec<super::DispatcherInfo>>;
 
     // ---- audit, settings, upkeep ----
-    fn audit_log(&self, limit: usize) -> Result<Vec<super::AuditEntry>>;
+    /// The newest audit rows matching `q`, newest first.
+    fn audit_log(&self, q: &super::AuditQuery, limit: usize) -> Result<Vec<super::AuditEntry>>;
+    /// One audit row with the ids it names.
+    fn audit_entry(&self, seq: i64) -> Result<Option<super::AuditEntry>>;
     /// Settings whose key starts with `prefix`.
     fn settings(&self, prefix: &str) -> Result<Vec<(String, String)>>;
     /// Open deliveries in all (from the counter rows).

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use super::ops;
 use super::report;
 use super::state::{self, App, Effect, Level, LoadAfter, Msg, PAGE, Pending, ViewData, ViewKind};
+use crate::actions::{self, ActionError, Actor, BulkAction, Control, Selection, Via};
 use crate::store::{AssignTarget, Expect, ItemFilter, Store};
 
 /// Performs effects off the UI task and answers with messages.
@@ -131,64 +132,45 @@ impl Executor {
             // anywhere else has no screen to leave.
             Effect::Pager(_) => app.flash("no pager from here", Level::Warn),
             Effect::Test { workflow, stage } => {
-                let (store, tx, op) = (self.store.clone(), self.tx.clone(), self.operator.clone());
-                tokio::spawn(async move {
-                    let s2 = store.clone();
-                    let (w2, st2) = (workflow.clone(), stage.clone());
-                    let lease =
-                        tokio::task::spawn_blocking(move || s2.begin_test(&w2, &st2, &op)).await;
-                    let msg = match lease {
-                        Ok(Ok(lease)) => match crate::dispatch::send_manual(
-                            &store,
-                            lease,
-                            crate::dispatch::http::DEFAULT_MAX_BODY,
-                        )
-                        .await
-                        {
-                            Ok(ev) => {
-                                let _ = tx.send(Msg::Attempt(Box::new(ev.clone())));
-                                let detail = {
-                                    let s3 = store.clone();
-                                    let id = ev.delivery_id.clone();
-                                    tokio::task::spawn_blocking(move || s3.delivery_detail(&id))
-                                        .await
-                                        .ok()
-                                        .and_then(|r| r.ok())
-                                };
-                                let body = detail
-                                    .and_then(|d| {
-                                        d.attempt_log.last().and_then(|a| a.response_body.clone())
-                                    })
-                                    .unwrap_or_default();
-                                let status = match (ev.status, &ev.error_message) {
-                                    (Some(s), _) => crate::engine::classify::status_message(s),
-                                    (None, Some(m)) => m.clone(),
-                                    _ => "-".into(),
-                                };
-                                Msg::TestResult {
-                                    title: format!("test {workflow}/{stage}"),
-                                    text: format!(
-                                        "{status} in {} ms\n\n{}",
-                                        ev.duration_ms,
-                                        body.chars().take(2000).collect::<String>()
-                                    ),
-                                }
+                let op = self.operator.clone();
+                let tx = self.tx.clone();
+                self.blocking(move |store| {
+                    let rt = tokio::runtime::Handle::current();
+                    let actor = Actor::new(op, Via::Console);
+                    match actions::test_stage(
+                        store,
+                        &actor,
+                        &workflow,
+                        &stage,
+                        &rt,
+                        crate::dispatch::http::DEFAULT_MAX_BODY,
+                    ) {
+                        Ok(r) => {
+                            let ev = r.attempt;
+                            let _ = tx.send(Msg::Attempt(Box::new(ev.clone())));
+                            let status = match (ev.status, &ev.error_message) {
+                                (Some(s), _) => crate::engine::classify::status_message(s),
+                                (None, Some(m)) => m.clone(),
+                                _ => "-".into(),
+                            };
+                            Msg::TestResult {
+                                title: format!("test {workflow}/{stage}"),
+                                text: format!(
+                                    "{status} in {} ms\n\n{}",
+                                    ev.duration_ms,
+                                    r.response_body
+                                        .unwrap_or_default()
+                                        .chars()
+                                        .take(2000)
+                                        .collect::<String>()
+                                ),
                             }
-                            Err(e) => Msg::Done {
-                                text: e.to_string(),
-                                level: Level::Error,
-                            },
-                        },
-                        Ok(Err(e)) => Msg::Done {
-                            text: e.to_string(),
-                            level: Level::Error,
-                        },
+                        }
                         Err(e) => Msg::Done {
                             text: e.to_string(),
                             level: Level::Error,
                         },
-                    };
-                    let _ = tx.send(msg);
+                    }
                 });
             }
             Effect::Run(p) => self.action(p),
@@ -199,55 +181,131 @@ impl Executor {
         let op = self.operator.clone();
         match p {
             Pending::Replay(ids) => {
-                let (store, tx) = (self.store.clone(), self.tx.clone());
-                tokio::spawn(async move {
-                    // Per id: answered 2xx, or why not.
-                    let (mut ok, mut bad) = (Vec::new(), Vec::new());
-                    for id in ids {
-                        let (s2, op2, id2) = (store.clone(), op.clone(), id.clone());
-                        let lease =
-                            tokio::task::spawn_blocking(move || s2.begin_replay(&id2, &op2)).await;
-                        let lease = match lease {
-                            Ok(Ok(lease)) => lease,
-                            Ok(Err(e)) => {
-                                bad.push((id.to_string(), e.to_string()));
-                                continue;
-                            }
-                            Err(e) => {
-                                bad.push((id.to_string(), e.to_string()));
-                                continue;
-                            }
-                        };
-                        match crate::dispatch::send_manual(
-                            &store,
-                            lease,
-                            crate::dispatch::http::DEFAULT_MAX_BODY,
-                        )
-                        .await
-                        {
-                            Ok(ev) => {
-                                match ev.status {
-                                    Some(s) if (200..300).contains(&s) => {
-                                        ok.push(format!("{id} ({s})"))
-                                    }
-                                    Some(s) => bad.push((id.to_string(), format!("answered {s}"))),
-                                    None => bad.push((
-                                        id.to_string(),
-                                        ev.error_message
-                                            .clone()
-                                            .unwrap_or_else(|| "no answer".into()),
-                                    )),
-                                }
-                                let _ = tx.send(Msg::Attempt(Box::new(ev)));
-                            }
-                            Err(e) => bad.push((id.to_string(), e.to_string())),
-                        }
-                    }
-                    let _ = tx.send(report::per_id("replayed", Some(&ok), bad, ""));
+                let tx = self.tx.clone();
+                self.blocking(move |s| {
+                    let rt = tokio::runtime::Handle::current();
+                    replay_done(s, &op, ids, &rt, &tx)
                 });
             }
             other => self.blocking(move |s| run_pending(s, other, &op)),
         }
+    }
+}
+
+/// Replays through the actions layer; each attempt goes to the log pane, the answer is per
+/// id: answered 2xx, or why not.
+fn replay_done(
+    s: &Store,
+    op: &str,
+    ids: Vec<crate::model::DeliveryId>,
+    rt: &tokio::runtime::Handle,
+    tx: &mpsc::UnboundedSender<Msg>,
+) -> Msg {
+    let r = match act(s, op, BulkAction::Replay, Selection::Ids(ids), Some(rt)) {
+        Ok(r) => r,
+        Err(e) => return action_failed(e),
+    };
+    let (mut ok, mut bad) = (Vec::new(), Vec::new());
+    for ev in &r.attempts {
+        let id = ev.delivery_id.to_string();
+        match ev.status {
+            Some(st) if (200..300).contains(&st) => ok.push(format!("{id} ({st})")),
+            Some(st) => bad.push((id, format!("answered {st}"))),
+            None => bad.push((
+                id,
+                ev.error_message
+                    .clone()
+                    .unwrap_or_else(|| "no answer".into()),
+            )),
+        }
+        let _ = tx.send(Msg::Attempt(Box::new(ev.clone())));
+    }
+    bad.extend(
+        r.refused
+            .iter()
+            .map(|x| (x.delivery_id.to_string(), x.reason.clone())),
+    );
+    report::per_id("replayed", Some(&ok), bad, "")
+}
+
+/// Counts, then acts through the actions layer as the console (`via console`).
+fn act(
+    s: &Store,
+    op: &str,
+    action: BulkAction,
+    selection: Selection,
+    rt: Option<&tokio::runtime::Handle>,
+) -> Result<actions::BulkReport, ActionError> {
+    let plan = actions::plan(s, action, selection)?;
+    actions::execute(
+        s,
+        &Actor::new(op, Via::Console),
+        plan,
+        Control {
+            stop: None,
+            progress: &mut |_, _| {},
+            rt,
+            max_send_body: crate::dispatch::http::DEFAULT_MAX_BODY,
+        },
+    )
+}
+
+/// An action refused as a whole, for the flash line.
+fn action_failed(e: ActionError) -> Msg {
+    match e {
+        ActionError::Store(e) => report::failed(e),
+        ActionError::BadInput(m) => Msg::ActionDone {
+            text: m,
+            level: Level::Error,
+            refused: vec![],
+        },
+    }
+}
+
+/// Re-fire or cancel through the actions layer (one audit row naming the ids, `via
+/// console`). `named`: the ids the operator chose, for a per-id answer; a filter's answer
+/// is counts (`summary` words it).
+fn bulk_done(
+    s: &Store,
+    op: &str,
+    action: BulkAction,
+    selection: Selection,
+    named: Option<Vec<String>>,
+    summary: impl FnOnce(usize) -> String,
+) -> Msg {
+    let r = match act(s, op, action, selection, None) {
+        Ok(r) => r,
+        Err(e) => return action_failed(e),
+    };
+    if let Some(e) = r.error {
+        return Msg::ActionDone {
+            text: format!(
+                "{} stopped after {} of {}: {e}",
+                action.verb(),
+                r.processed,
+                r.matched
+            ),
+            level: Level::Error,
+            refused: vec![],
+        };
+    }
+    let refused: Vec<(String, String)> = r
+        .refused
+        .iter()
+        .map(|x| (x.delivery_id.to_string(), x.reason.clone()))
+        .collect();
+    let extra = match action {
+        BulkAction::Cancel => format!("; {} item(s) routed on failure", r.routed.len()),
+        _ => String::new(),
+    };
+    match named {
+        Some(ids) => report::per_id(
+            action.past(),
+            Some(&report::not_refused(&ids, &refused)),
+            refused,
+            &extra,
+        ),
+        None => report::per_id(&summary(r.acted), None, refused, &extra),
     }
 }
 
@@ -413,12 +471,10 @@ fn total(s: &Store, kind: &ViewKind, search: &str, exact: bool) -> Option<i64> {
                 .flatten()
         }
         ViewKind::Deliveries(f) => {
-            let by_counters = f.item.is_none()
-                && f.event.is_none()
-                && f.since.is_none()
-                && f.error_kind.is_none()
-                && f.status.is_none();
-            if by_counters && let Ok(rows) = s.delivery_counts() {
+            let f = &state::with_search(f, search);
+            if f.by_counters()
+                && let Ok(rows) = s.delivery_counts()
+            {
                 return Some(
                     rows.iter()
                         .filter(|r| f.workflow.as_ref().is_none_or(|w| *w == r.workflow))
@@ -478,6 +534,8 @@ fn load(
         }
         ViewKind::Item(id) => ViewData::Item(Box::new(s.item_detail(id).map_err(e)?)),
         ViewKind::Deliveries(f) => {
+            // `/` filters in SQL, over the whole store (issue 18).
+            let f = &state::with_search(f, search);
             let (page, more) = match after {
                 Some(LoadAfter::End) => {
                     (s.list_deliveries_before(f, None, PAGE).map_err(e)?, false)
@@ -505,6 +563,7 @@ fn load(
         }
         ViewKind::Delivery(id) => ViewData::Delivery(Box::new(s.delivery_detail(id).map_err(e)?)),
         ViewKind::Audit => ViewData::Audit(s.audit_log(500).map_err(e)?),
+        ViewKind::Failures(f) => ViewData::Failures(s.failure_groups(f).map_err(e)?),
         ViewKind::Health => ViewData::Health(Box::new(s.health().map_err(e)?)),
     })
 }
@@ -582,49 +641,28 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
             };
             report::per_id(verb, Some(&moved), refused, "")
         }
-        Pending::Refire(ids) => match s.refire(&ids, op) {
-            Ok(r) => {
-                let refused: Vec<(String, String)> = r
-                    .refused
-                    .iter()
-                    .map(|r| (r.delivery_id.to_string(), r.reason.clone()))
-                    .collect();
-                let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-                report::per_id(
-                    "re-fired",
-                    Some(&report::not_refused(&ids, &refused)),
-                    refused,
-                    "",
-                )
-            }
-            Err(e) => fail(e),
-        },
-        Pending::RefireFiltered { filter, .. } => {
-            let ids = match s.failed_deliveries(&filter, None) {
-                Ok(ids) => ids,
-                Err(e) => return fail(e),
-            };
-            let (mut n, mut refused) = (0, Vec::new());
-            for chunk in ids.chunks(2000) {
-                match s.refire(chunk, op) {
-                    Ok(r) => {
-                        n += r.refired;
-                        refused.extend(
-                            r.refused
-                                .iter()
-                                .map(|r| (r.delivery_id.to_string(), r.reason.clone())),
-                        );
-                    }
-                    Err(e) => return fail(e),
-                }
-            }
-            report::per_id(
-                &format!("re-fired {n} failed deliveries"),
-                None,
-                refused,
-                "",
+        Pending::Refire(ids) => {
+            let named = ids.iter().map(|i| i.to_string()).collect();
+            bulk_done(
+                s,
+                op,
+                BulkAction::Refire,
+                Selection::Ids(ids),
+                Some(named),
+                |_| String::new(),
             )
         }
+        Pending::RefireFiltered { filter, .. } => bulk_done(
+            s,
+            op,
+            BulkAction::Refire,
+            Selection::Filter {
+                filter,
+                limit: None,
+            },
+            None,
+            |n| format!("re-fired {n} failed deliveries"),
+        ),
         Pending::Pause {
             workflow,
             stage,
@@ -641,12 +679,26 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
         // The executor replays on the runtime (HTTP); this path is the headless one.
         Pending::Replay(_) => report::per_id("replay runs asynchronously", None, vec![], ""),
         Pending::Cancel(ids) => {
-            let named: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-            ops::cancel_done(s.cancel_deliveries(&ids, op), Some(&named))
+            let named = ids.iter().map(|i| i.to_string()).collect();
+            bulk_done(
+                s,
+                op,
+                BulkAction::Cancel,
+                Selection::Ids(ids),
+                Some(named),
+                |_| String::new(),
+            )
         }
-        Pending::CancelFiltered { filter, .. } => match s.open_deliveries(&filter, None) {
-            Ok(ids) => ops::cancel_done(s.cancel_deliveries(&ids, op), None),
-            Err(e) => fail(e),
-        },
+        Pending::CancelFiltered { filter, .. } => bulk_done(
+            s,
+            op,
+            BulkAction::Cancel,
+            Selection::Filter {
+                filter,
+                limit: None,
+            },
+            None,
+            |n| format!("cancelled {n} delivery(ies)"),
+        ),
     }
 }

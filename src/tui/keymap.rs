@@ -20,6 +20,8 @@ pub enum Scope {
     Delivery,
     /// Read-only reports: the audit log and the health check.
     Report,
+    /// Failed deliveries grouped by cause (`:failures`).
+    Failures,
     /// The log pane, when it has the focus.
     Log,
 }
@@ -192,7 +194,7 @@ pub const BINDINGS: &[Binding] = &[
         keys: &[Key::Enter],
         action: Action::Open,
         description: "open",
-        scopes: &[Workflows, Stages, Items, Item, Deliveries, Log],
+        scopes: &[Workflows, Stages, Items, Item, Deliveries, Failures, Log],
         dangerous: false,
         hint: true,
     },
@@ -280,7 +282,7 @@ pub const BINDINGS: &[Binding] = &[
         keys: &[Key::Char('F')],
         action: Action::RefireAll,
         description: "re-fire all failed matching",
-        scopes: &[Stages, Deliveries],
+        scopes: &[Stages, Deliveries, Failures],
         dangerous: true,
         hint: true,
     },

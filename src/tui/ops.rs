@@ -7,7 +7,7 @@ use ratatui::widgets::{Cell, Row};
 
 use super::state::{Level, Msg};
 use super::theme::Theme;
-use crate::store::{CancelReport, CheckStatus, DeliveryFilter, HealthReport, Store, StoreError};
+use crate::store::{CheckStatus, DeliveryFilter, HealthReport, Store};
 
 /// Rows of the health view: one per check (glyph and word, so colour is never the only signal).
 pub(crate) fn health_table(
@@ -93,36 +93,5 @@ pub(crate) fn export(s: &Store, filter: &DeliveryFilter) -> Msg {
             text: e.to_string(),
             level: Level::Error,
         },
-    }
-}
-
-/// The answer to a cancel: per id when the operator named the deliveries (`named`), else
-/// counts; every refusal, per id, for the popup. (It answers the action, so it is an
-/// `ActionDone`: a `Done` left the console counting it as running.)
-pub(crate) fn cancel_done(r: Result<CancelReport, StoreError>, named: Option<&[String]>) -> Msg {
-    match r {
-        Ok(r) => {
-            let refused: Vec<(String, String)> = r
-                .refused
-                .iter()
-                .map(|(id, why)| (id.to_string(), why.clone()))
-                .collect();
-            let routed = format!("; {} item(s) routed on failure", r.routed.len());
-            match named {
-                Some(ids) => super::report::per_id(
-                    "cancelled",
-                    Some(&super::report::not_refused(ids, &refused)),
-                    refused,
-                    &routed,
-                ),
-                None => super::report::per_id(
-                    &format!("cancelled {} delivery(ies)", r.cancelled),
-                    None,
-                    refused,
-                    &routed,
-                ),
-            }
-        }
-        Err(e) => super::report::failed(e),
     }
 }

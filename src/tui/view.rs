@@ -660,6 +660,40 @@ fn draw_main(
                 .collect(),
             table_width,
         ),
+        ViewData::Failures(groups) => grid(
+            &[
+                ("COUNT", Col::Num(9)),
+                ("ITEMS", Col::Num(4)),
+                ("STAGE", Col::Text { min: 6, keep: 8 }),
+                ("CAUSE", Col::Num(7)),
+                ("LAST", Col::Num(5)),
+                ("MESSAGE", Col::Text { min: 6, keep: 3 }),
+            ],
+            shown
+                .iter()
+                .map(|i| {
+                    let g = &groups[*i];
+                    let cause = match (g.status, g.error_kind) {
+                        (Some(s), _) => format!("✗ {s}"),
+                        (None, Some(k)) => format!("✗ {k}"),
+                        (None, None) => "-".into(),
+                    };
+                    vec![
+                        Line::from(g.count.to_string()),
+                        Line::from(g.items.to_string()),
+                        Line::from(clean(g.stage.as_str())),
+                        Line::from(cause),
+                        Line::from(
+                            g.last_at
+                                .map(|t| t.format("%m-%d %H:%M").to_string())
+                                .unwrap_or_default(),
+                        ),
+                        Line::from(clean(g.message.as_deref().unwrap_or(""))),
+                    ]
+                })
+                .collect(),
+            table_width,
+        ),
         ViewData::Health(r) => super::ops::health_table(r, &shown, theme),
         ViewData::Item(d) => {
             draw_item(f, d, v.cursor, v.scroll, theme, inner, now);
@@ -727,7 +761,10 @@ fn position(v: &super::state::View) -> Option<String> {
     let (loaded, more) = match &v.data {
         ViewData::Items { rows, more } => (rows.len(), *more),
         ViewData::Deliveries { rows, more, .. } => (rows.len(), *more),
-        ViewData::Workflows(_) | ViewData::Stages(_) | ViewData::Audit(_) => (n, false),
+        ViewData::Workflows(_)
+        | ViewData::Stages(_)
+        | ViewData::Audit(_)
+        | ViewData::Failures(_) => (n, false),
         _ => return None,
     };
     let local_filter = !v.filter.is_empty() && !matches!(v.data, ViewData::Items { .. });
@@ -779,6 +816,7 @@ fn empty_hint(app: &App, v: &super::state::View) -> String {
              a webhook stage (assign items to it with a), and by t (test webhook) in the stages view"
             .into(),
         ViewKind::Audit => "no operator actions recorded yet".into(),
+        ViewKind::Failures(_) => "no failed deliveries match: nothing to re-fire".into(),
         _ => "nothing here yet".into(),
     }
 }

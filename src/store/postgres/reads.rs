@@ -17,9 +17,9 @@ use crate::store::seam::{
     WorkflowCounts,
 };
 use crate::store::{
-    AttemptCursor, AttemptRecord, AuditEntry, DeliveryCount, DeliveryCursor, DeliveryFilter,
-    DeliverySummary, DispatcherInfo, HistoryEntry, ItemCursor, ItemFilter, ItemOrder, ItemRow,
-    Result, StoreError, to_time,
+    AttemptCursor, AttemptRecord, AuditEntry, AuditQuery, DeliveryCount, DeliveryCursor,
+    DeliveryFilter, DeliverySummary, DispatcherInfo, FailureGroup, HistoryEntry, ItemCursor,
+    ItemFilter, ItemOrder, ItemRow, Result, StoreError, to_time,
 };
 
 /// The reads on one connection of the pool.
@@ -48,7 +48,7 @@ pub(crate) fn opt_u16_col(row: &Row, i: usize) -> Result<Option<u16>> {
 pub(crate) const SUMMARY_COLUMNS: &str = "d.id, d.item_id, i.name, d.workflow_id, d.stage_id, d.event, d.state, d.trigger, \
      d.attempts, d.last_status, d.last_error_kind, d.last_attempt_at, d.next_attempt_at, d.refire_of, \
      d.cancel_reason, d.created_at, d.updated_at, d.seq, \
-     (SELECT a.error_message FROM attempts a WHERE a.delivery_id = d.id ORDER BY a.number DESC LIMIT 1)";
+     (SELECT a.error_message FROM attempts a WHERE a.delivery_id = d.id ORDER BY a.number DESC LIMIT 1) AS last_message";
 
 pub(crate) fn summary_from_row(r: &Row) -> Result<DeliverySummary> {
     Ok(DeliverySummary {
@@ -214,19 +214,54 @@ fn delivery_query(
             &mut args,
         );
     }
-    if let Some(k) = f.error_kind {
+    if let Some(t) = f.until {
         push(
-            "d.last_error_kind = ?",
-            Box::new(k.as_str().to_string()),
+            "d.created_at < ?",
+            Box::new(t.timestamp_millis()),
             &mut args,
         );
     }
-    if let Some(s) = f.status {
-        push("d.last_status = ?", Box::new(i64::from(s)), &mut args);
+    if let Some(t) = f.trigger {
+        push("d.trigger = ?", Box::new(t.as_str().to_string()), &mut args);
+    }
+    if let Some(r) = &f.refire_of {
+        push("d.refire_of = ?", Box::new(r.to_string()), &mut args);
     }
     if let Some(a) = after {
         let op = if backward { "d.seq > ?" } else { "d.seq < ?" };
         push(op, Box::new(a), &mut args);
+    }
+    if let Some(q) = f.search.as_ref().filter(|q| !q.is_empty()) {
+        let escaped = q
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        args.push(Box::new(format!("%{escaped}%")));
+        let n = args.len();
+        // As the item list's search: ILIKE under the "C" collation, like SQLite's LIKE.
+        wh.push(format!(
+            "(d.id COLLATE \"C\" ILIKE ${n} ESCAPE '\\' OR d.item_id COLLATE \"C\" ILIKE ${n} ESCAPE '\\'
+              OR i.name COLLATE \"C\" ILIKE ${n} ESCAPE '\\')"
+        ));
+    }
+    // The last attempt's result: any listed status (code or class) or error kind.
+    let mut result = Vec::new();
+    for s in &f.statuses {
+        let (lo, hi) = s.range();
+        args.push(Box::new(i64::from(lo)));
+        args.push(Box::new(i64::from(hi)));
+        result.push(format!(
+            "d.last_status BETWEEN ${} AND ${}",
+            args.len() - 1,
+            args.len()
+        ));
+    }
+    for k in &f.error_kinds {
+        args.push(Box::new(k.as_str().to_string()));
+        result.push(format!("d.last_error_kind = ${}", args.len()));
+    }
+    if !result.is_empty() {
+        wh.push(format!("({})", result.join(" OR ")));
     }
     let where_sql = if wh.is_empty() {
         String::new()
@@ -251,6 +286,43 @@ fn delivery_query(
         args,
     )
 }
+
+/// The columns of an audit row (`a`: audit), as [`audit_from_row`] reads them.
+const AUDIT_COLUMNS: &str = "a.seq, a.at, a.operator, a.action, a.target, a.filter, a.count, a.via, a.outcome, a.matched, a.ids";
+
+fn audit_from_row(r: &Row, with_ids: bool) -> Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: r.try_get(0)?,
+        at: to_time(r.try_get(1)?),
+        operator: r.try_get(2)?,
+        action: r.try_get(3)?,
+        target: r.try_get(4)?,
+        filter: r.try_get(5)?,
+        count: r.try_get(6)?,
+        via: r.try_get(7)?,
+        outcome: r.try_get(8)?,
+        matched: r.try_get(9)?,
+        ids: if with_ids {
+            r.try_get::<_, Option<String>>(10)?
+                .and_then(|t| serde_json::from_str(&t).ok())
+        } else {
+            None
+        },
+    })
+}
+
+/// Failed deliveries grouped by cause: (workflow, stage, error kind, status), biggest first,
+/// over the delivery list query as `q`. A stage delivery counts only while it is its item's
+/// latest (what a re-fire would take): once re-fired or re-assigned, it is no longer a
+/// failure to act on.
+const FAILURE_GROUPS_SELECT: &str = "SELECT q.workflow_id, q.stage_id, q.last_error_kind, q.last_status, COUNT(*),
+            COUNT(DISTINCT q.item_id), MIN(q.last_attempt_at), MAX(q.last_attempt_at), MAX(q.last_message)";
+const FAILURE_GROUPS_END: &str =
+    "WHERE (q.event <> 'stage.webhook' OR NOT EXISTS (SELECT 1 FROM deliveries n
+            WHERE n.item_id = q.item_id AND n.event = 'stage.webhook' AND n.seq > q.seq))
+     GROUP BY q.workflow_id, q.stage_id, q.last_error_kind, q.last_status
+     ORDER BY COUNT(*) DESC, q.workflow_id COLLATE \"C\", q.stage_id COLLATE \"C\", COALESCE(q.last_status, 0),
+              COALESCE(q.last_error_kind, '')";
 
 /// Finished delivery states, as SQL.
 const FINISHED: &str = "('succeeded', 'failed', 'cancelled')";
@@ -467,6 +539,30 @@ impl Reads for PgReads<'_> {
         let (sql, args) = delivery_query(filter, after.map(|a| a.0), Some(limit), backward);
         all(self.conn, &sql, &refs(&args), |r| {
             Ok((summary_from_row(r)?, DeliveryCursor(r.try_get(17)?)))
+        })
+    }
+
+    fn failure_groups(&self, filter: &DeliveryFilter) -> Result<Vec<FailureGroup>> {
+        let (sql, args) = delivery_query(filter, None, None, false);
+        let sql = format!("{FAILURE_GROUPS_SELECT} FROM ({sql}) q {FAILURE_GROUPS_END}");
+        all(self.conn, &sql, &refs(&args), |r| {
+            Ok(FailureGroup {
+                workflow: WorkflowId(r.try_get(0)?),
+                stage: StageId(r.try_get(1)?),
+                error_kind: r
+                    .try_get::<_, Option<String>>(2)?
+                    .map(|k| k.parse())
+                    .transpose()
+                    .map_err(|e: crate::model::ParseEnumError| {
+                        crate::store::StoreError::Database(e.to_string())
+                    })?,
+                status: opt_u16_col(r, 3)?,
+                count: r.try_get(4)?,
+                items: r.try_get(5)?,
+                first_at: r.try_get::<_, Option<i64>>(6)?.map(to_time),
+                last_at: r.try_get::<_, Option<i64>>(7)?.map(to_time),
+                message: r.try_get(8)?,
+            })
         })
     }
 
@@ -697,22 +793,49 @@ impl Reads for PgReads<'_> {
         )
     }
 
-    fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>> {
-        all(
-            self.conn,
-            "SELECT at, operator, action, target, filter, count FROM audit ORDER BY seq DESC LIMIT $1",
-            &[&(limit.min(i64::MAX as usize) as i64)],
-            |r| {
-                Ok(AuditEntry {
-                    at: to_time(r.try_get(0)?),
-                    operator: r.try_get(1)?,
-                    action: r.try_get(2)?,
-                    target: r.try_get(3)?,
-                    filter: r.try_get(4)?,
-                    count: r.try_get(5)?,
-                })
-            },
-        )
+    fn audit_log(&self, q: &AuditQuery, limit: usize) -> Result<Vec<AuditEntry>> {
+        let mut wh = vec!["TRUE".to_string()];
+        let mut args: Args = Vec::new();
+        let mut push = |sql: &str, v: Box<dyn ToSql + Sync>, wh: &mut Vec<String>| {
+            args.push(v);
+            wh.push(sql.replace('?', &format!("${}", args.len())));
+        };
+        if let Some(o) = &q.operator {
+            push("a.operator = ?", Box::new(o.clone()), &mut wh);
+        }
+        if let Some(x) = &q.action {
+            push("a.action = ?", Box::new(x.clone()), &mut wh);
+        }
+        if let Some(t) = q.since {
+            push("a.at >= ?", Box::new(t.timestamp_millis()), &mut wh);
+        }
+        if let Some(t) = q.until {
+            push("a.at < ?", Box::new(t.timestamp_millis()), &mut wh);
+        }
+        if let Some(id) = &q.item {
+            // The id itself (an item or a delivery), or one of the item's deliveries.
+            push(
+                "(strpos(a.ids, '\"' || ? || '\"') > 0 OR EXISTS (SELECT 1 FROM deliveries d
+                   WHERE d.item_id = ? AND strpos(a.ids, '\"' || d.id || '\"') > 0))",
+                Box::new(id.clone()),
+                &mut wh,
+            );
+        }
+        args.push(Box::new(limit.min(i64::MAX as usize) as i64));
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit a WHERE {} ORDER BY a.seq DESC LIMIT ${}",
+            wh.join(" AND "),
+            args.len()
+        );
+        all(self.conn, &sql, &refs(&args), |r| audit_from_row(r, false))
+    }
+
+    fn audit_entry(&self, seq: i64) -> Result<Option<AuditEntry>> {
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit a WHERE a.seq = $1");
+        match self.conn.query_opt(&sql, &[&seq])? {
+            Some(r) => Ok(Some(audit_from_row(&r, true)?)),
+            None => Ok(None),
+        }
     }
 
     fn settings(&self, prefix: &str) -> Result<Vec<(String, String)>> {

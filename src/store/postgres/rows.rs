@@ -1067,10 +1067,24 @@ impl Rows for PgRows<'_> {
         Ok(0)
     }
 
-    fn insert_audit(&self, a: &AuditRow<'_>) -> Result<()> {
+    fn insert_audit(&self, a: &AuditRow<'_>) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_one(
+                "INSERT INTO audit (at, operator, action, target, filter, count, via, outcome, matched)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq",
+                &[
+                    &a.at, &a.operator, &a.action, &a.target, &a.filter, &a.count, &a.via,
+                    &a.outcome, &a.matched,
+                ],
+            )?
+            .try_get(0)?)
+    }
+
+    fn finish_audit(&self, seq: i64, outcome: &str, count: i64, ids: Option<&str>) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO audit (at, operator, action, target, filter, count) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&a.at, &a.operator, &a.action, &a.target, &a.filter, &a.count],
+            "UPDATE audit SET outcome = $2, count = $3, ids = $4 WHERE seq = $1",
+            &[&seq, &outcome, &count, &ids],
         )?;
         Ok(())
     }

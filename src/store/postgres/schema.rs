@@ -210,6 +210,13 @@ UPDATE history h SET item_seq = i.seq FROM items i WHERE i.id = h.item_id;
 DROP INDEX history_by_item;
 CREATE INDEX history_by_item ON history(item_seq, seq);
 "#,
+    // 4: audit rows that name what was touched (issue 18; SQLite's migration 7).
+    r#"
+ALTER TABLE audit ADD COLUMN via TEXT;
+ALTER TABLE audit ADD COLUMN outcome TEXT;
+ALTER TABLE audit ADD COLUMN matched BIGINT;
+ALTER TABLE audit ADD COLUMN ids TEXT;
+"#,
 ];
 
 /// The schema version stored in the database (0: no hookops schema yet).

@@ -13,9 +13,9 @@ use crate::store::seam::{
     Cell, Found, HealthFacts, Reads, ScanRow, StageFlow, Storage, StoredDelivery, WorkflowCounts,
 };
 use crate::store::{
-    AttemptCursor, AttemptRecord, AuditEntry, DeliveryCount, DeliveryCursor, DeliveryFilter,
-    DeliverySummary, DispatcherInfo, HistoryEntry, ItemCursor, ItemFilter, ItemOrder, ItemRow,
-    Result, to_time,
+    AttemptCursor, AttemptRecord, AuditEntry, AuditQuery, DeliveryCount, DeliveryCursor,
+    DeliveryFilter, DeliverySummary, DispatcherInfo, FailureGroup, HistoryEntry, ItemCursor,
+    ItemFilter, ItemOrder, ItemRow, Result, to_time,
 };
 
 /// The reads on one connection of the pool.
@@ -58,7 +58,7 @@ where
 pub(crate) const SUMMARY_COLUMNS: &str = "d.id, d.item_id, i.name, d.workflow_id, d.stage_id, d.event, d.state, d.trigger, \
      d.attempts, d.last_status, d.last_error_kind, d.last_attempt_at, d.next_attempt_at, d.refire_of, \
      d.cancel_reason, d.created_at, d.updated_at, d.seq, \
-     (SELECT a.error_message FROM attempts a WHERE a.delivery_id = d.id ORDER BY a.number DESC LIMIT 1)";
+     (SELECT a.error_message FROM attempts a WHERE a.delivery_id = d.id ORDER BY a.number DESC LIMIT 1) AS last_message";
 
 pub(crate) fn summary_from_row(r: &Row) -> rusqlite::Result<DeliverySummary> {
     Ok(DeliverySummary {
@@ -214,19 +214,52 @@ fn delivery_query(
             &mut args,
         );
     }
-    if let Some(k) = f.error_kind {
+    if let Some(t) = f.until {
         push(
-            "d.last_error_kind = ?",
-            Value::Text(k.as_str().into()),
+            "d.created_at < ?",
+            Value::Integer(t.timestamp_millis()),
             &mut args,
         );
     }
-    if let Some(s) = f.status {
-        push("d.last_status = ?", Value::Integer(s.into()), &mut args);
+    if let Some(t) = f.trigger {
+        push("d.trigger = ?", Value::Text(t.as_str().into()), &mut args);
+    }
+    if let Some(r) = &f.refire_of {
+        push("d.refire_of = ?", Value::Text(r.to_string()), &mut args);
     }
     if let Some(a) = after {
         let op = if backward { "d.seq > ?" } else { "d.seq < ?" };
         push(op, Value::Integer(a), &mut args);
+    }
+    if let Some(q) = f.search.as_ref().filter(|q| !q.is_empty()) {
+        let escaped = q
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        args.push(Value::Text(format!("%{escaped}%")));
+        let n = args.len();
+        wh.push(format!(
+            "(d.id LIKE ?{n} ESCAPE '\\' OR d.item_id LIKE ?{n} ESCAPE '\\' OR i.name LIKE ?{n} ESCAPE '\\')"
+        ));
+    }
+    // The last attempt's result: any listed status (code or class) or error kind.
+    let mut result = Vec::new();
+    for s in &f.statuses {
+        let (lo, hi) = s.range();
+        args.push(Value::Integer(lo.into()));
+        args.push(Value::Integer(hi.into()));
+        result.push(format!(
+            "d.last_status BETWEEN ?{} AND ?{}",
+            args.len() - 1,
+            args.len()
+        ));
+    }
+    for k in &f.error_kinds {
+        args.push(Value::Text(k.as_str().into()));
+        result.push(format!("d.last_error_kind = ?{}", args.len()));
+    }
+    if !result.is_empty() {
+        wh.push(format!("({})", result.join(" OR ")));
     }
     let where_sql = if wh.is_empty() {
         String::new()
@@ -243,6 +276,43 @@ fn delivery_query(
         args,
     )
 }
+
+/// The columns of an audit row (`a`: audit), as [`audit_from_row`] reads them.
+const AUDIT_COLUMNS: &str = "a.seq, a.at, a.operator, a.action, a.target, a.filter, a.count, a.via, a.outcome, a.matched, a.ids";
+
+fn audit_from_row(r: &Row, with_ids: bool) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: r.get(0)?,
+        at: to_time(r.get(1)?),
+        operator: r.get(2)?,
+        action: r.get(3)?,
+        target: r.get(4)?,
+        filter: r.get(5)?,
+        count: r.get(6)?,
+        via: r.get(7)?,
+        outcome: r.get(8)?,
+        matched: r.get(9)?,
+        ids: if with_ids {
+            r.get::<_, Option<String>>(10)?
+                .and_then(|t| serde_json::from_str(&t).ok())
+        } else {
+            None
+        },
+    })
+}
+
+/// Failed deliveries grouped by cause: (workflow, stage, error kind, status), biggest first,
+/// over the delivery list query as `q`. A stage delivery counts only while it is its item's
+/// latest (what a re-fire would take): once re-fired or re-assigned, it is no longer a
+/// failure to act on.
+const FAILURE_GROUPS_SELECT: &str = "SELECT q.workflow_id, q.stage_id, q.last_error_kind, q.last_status, COUNT(*),
+            COUNT(DISTINCT q.item_id), MIN(q.last_attempt_at), MAX(q.last_attempt_at), MAX(q.last_message)";
+const FAILURE_GROUPS_END: &str =
+    "WHERE (q.event <> 'stage.webhook' OR NOT EXISTS (SELECT 1 FROM deliveries n
+            WHERE n.item_id = q.item_id AND n.event = 'stage.webhook' AND n.seq > q.seq))
+     GROUP BY q.workflow_id, q.stage_id, q.last_error_kind, q.last_status
+     ORDER BY COUNT(*) DESC, q.workflow_id, q.stage_id, COALESCE(q.last_status, 0),
+              COALESCE(q.last_error_kind, '')";
 
 /// Finished delivery states, as SQL.
 const FINISHED: &str = "('succeeded', 'failed', 'cancelled')";
@@ -449,6 +519,29 @@ impl Reads for SqliteReads<'_> {
         )
     }
 
+    fn failure_groups(&self, filter: &DeliveryFilter) -> Result<Vec<FailureGroup>> {
+        let (sql, args) = delivery_query(filter, None, None, false);
+        let sql = format!("{FAILURE_GROUPS_SELECT} FROM ({sql}) q {FAILURE_GROUPS_END}");
+        all(
+            self.conn,
+            &sql,
+            rusqlite::params_from_iter(args.iter()),
+            |r| {
+                Ok(FailureGroup {
+                    workflow: WorkflowId(r.get(0)?),
+                    stage: StageId(r.get(1)?),
+                    error_kind: opt_enum_col(r, 2)?,
+                    status: r.get(3)?,
+                    count: r.get(4)?,
+                    items: r.get(5)?,
+                    first_at: r.get::<_, Option<i64>>(6)?.map(to_time),
+                    last_at: r.get::<_, Option<i64>>(7)?.map(to_time),
+                    message: r.get(8)?,
+                })
+            },
+        )
+    }
+
     fn count_deliveries(&self, filter: &DeliveryFilter) -> Result<i64> {
         let (sql, args) = delivery_query(filter, None, None, false);
         let sql = format!("SELECT COUNT(*) FROM ({sql})");
@@ -645,22 +738,54 @@ impl Reads for SqliteReads<'_> {
         )
     }
 
-    fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+    fn audit_log(&self, q: &AuditQuery, limit: usize) -> Result<Vec<AuditEntry>> {
+        let mut wh = vec!["1 = 1".to_string()];
+        let mut args: Vec<Value> = Vec::new();
+        let mut push = |sql: &str, v: Value, wh: &mut Vec<String>| {
+            args.push(v);
+            wh.push(sql.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(o) = &q.operator {
+            push("a.operator = ?", Value::Text(o.clone()), &mut wh);
+        }
+        if let Some(x) = &q.action {
+            push("a.action = ?", Value::Text(x.clone()), &mut wh);
+        }
+        if let Some(t) = q.since {
+            push("a.at >= ?", Value::Integer(t.timestamp_millis()), &mut wh);
+        }
+        if let Some(t) = q.until {
+            push("a.at < ?", Value::Integer(t.timestamp_millis()), &mut wh);
+        }
+        if let Some(id) = &q.item {
+            // The id itself (an item or a delivery), or one of the item's deliveries.
+            push(
+                "(instr(a.ids, '\"' || ? || '\"') > 0 OR EXISTS (SELECT 1 FROM deliveries d
+                   WHERE d.item_id = ? AND instr(a.ids, '\"' || d.id || '\"') > 0))",
+                Value::Text(id.clone()),
+                &mut wh,
+            );
+        }
+        args.push(Value::Integer(limit.min(i64::MAX as usize) as i64));
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit a WHERE {} ORDER BY a.seq DESC LIMIT ?{}",
+            wh.join(" AND "),
+            args.len()
+        );
         all(
             self.conn,
-            "SELECT at, operator, action, target, filter, count FROM audit ORDER BY seq DESC LIMIT ?1",
-            [limit as i64],
-            |r| {
-                Ok(AuditEntry {
-                    at: to_time(r.get(0)?),
-                    operator: r.get(1)?,
-                    action: r.get(2)?,
-                    target: r.get(3)?,
-                    filter: r.get(4)?,
-                    count: r.get(5)?,
-                })
-            },
+            &sql,
+            rusqlite::params_from_iter(args.iter()),
+            |r| audit_from_row(r, false),
         )
+    }
+
+    fn audit_entry(&self, seq: i64) -> Result<Option<AuditEntry>> {
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit a WHERE a.seq = ?1");
+        Ok(self
+            .conn
+            .query_row(&sql, [seq], |r| audit_from_row(r, true))
+            .optional()?)
     }
 
     fn settings(&self, prefix: &str) -> Result<Vec<(String, String)>> {

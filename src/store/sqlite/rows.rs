@@ -1030,12 +1030,26 @@ impl Rows for SqliteRows<'_> {
         Ok(before - after)
     }
 
-    fn insert_audit(&self, a: &AuditRow<'_>) -> Result<()> {
-        self.conn
+    fn insert_audit(&self, a: &AuditRow<'_>) -> Result<i64> {
+        Ok(self
+            .conn
             .prepare_cached(
-                "INSERT INTO audit (at, operator, action, target, filter, count) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO audit (at, operator, action, target, filter, count, via, outcome, matched)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING seq",
             )?
-            .execute(params![a.at, a.operator, a.action, a.target, a.filter, a.count])?;
+            .query_row(
+                params![
+                    a.at, a.operator, a.action, a.target, a.filter, a.count, a.via, a.outcome,
+                    a.matched
+                ],
+                |r| r.get(0),
+            )?)
+    }
+
+    fn finish_audit(&self, seq: i64, outcome: &str, count: i64, ids: Option<&str>) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE audit SET outcome = ?2, count = ?3, ids = ?4 WHERE seq = ?1")?
+            .execute(params![seq, outcome, count, ids])?;
         Ok(())
     }
 }

@@ -281,6 +281,14 @@ UPDATE history SET item_seq = (SELECT i.seq FROM items i WHERE i.id = history.it
 DROP INDEX history_by_item;
 CREATE INDEX history_by_item ON history(item_seq, seq);
 "#,
+    // 7: audit rows that name what was touched (issue 18): the front end, the outcome, how
+    // many the selection matched and, up to 1,000, the ids (a JSON array).
+    r#"
+ALTER TABLE audit ADD COLUMN via TEXT;
+ALTER TABLE audit ADD COLUMN outcome TEXT;
+ALTER TABLE audit ADD COLUMN matched INTEGER;
+ALTER TABLE audit ADD COLUMN ids TEXT;
+"#,
 ];
 
 pub(crate) fn user_version(conn: &Connection) -> crate::store::Result<i64> {

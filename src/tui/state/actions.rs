@@ -502,7 +502,22 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
                     stage: app.view().and_then(current_stage_row).map(|s| s.id.clone()),
                     ..Default::default()
                 },
-                Some(ViewKind::Deliveries(f)) => f.clone(),
+                Some(ViewKind::Deliveries(f)) => {
+                    with_search(f, app.view().map_or("", |v| v.filter.as_str()))
+                }
+                // The group under the cursor, through the same typed count.
+                Some(ViewKind::Failures(base)) => {
+                    let Some(g) = app.view().and_then(|v| match &v.data {
+                        ViewData::Failures(groups) => v
+                            .visible_indices()
+                            .get(v.cursor)
+                            .and_then(|i| groups.get(*i)),
+                        _ => None,
+                    }) else {
+                        return vec![];
+                    };
+                    g.filter(base)
+                }
                 _ => return vec![],
             };
             vec![Effect::CountFailed(filter)]
@@ -589,7 +604,10 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
             confirm(app, text, Pending::Cancel(ids))
         }
         Action::CancelAll | Action::Export => {
-            let Some(ViewKind::Deliveries(f)) = app.view().map(|v| v.kind.clone()) else {
+            let Some(f) = app.view().and_then(|v| match &v.kind {
+                ViewKind::Deliveries(f) => Some(with_search(f, &v.filter)),
+                _ => None,
+            }) else {
                 return vec![];
             };
             if a == Action::Export {
@@ -695,6 +713,11 @@ pub(super) fn open(app: &mut App) -> Vec<Effect> {
         ViewData::Items { rows, .. } => ViewKind::Item(rows[i].id.clone()),
         ViewData::Item(d) => ViewKind::Delivery(d.deliveries[i].id.clone()),
         ViewData::Deliveries { rows, .. } => ViewKind::Delivery(rows[i].id.clone()),
+        // A group is a filter: its deliveries, where r, R, c, F and C act as on any list.
+        ViewData::Failures(groups) => match &v.kind {
+            ViewKind::Failures(base) => ViewKind::Deliveries(groups[i].filter(base)),
+            _ => return vec![],
+        },
         _ => return vec![],
     };
     app.push(next)

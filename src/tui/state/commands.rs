@@ -25,31 +25,30 @@ pub(super) fn command(app: &mut App, cmd: &str) -> Vec<Effect> {
             let stage = arg.map(StageId::new);
             app.jump(ViewKind::Items { workflow, stage })
         }
-        "deliveries" | "dl" => {
-            // Words in any order: a state (`failed`), an error kind (`timeout`), a status (`503`).
-            let mut f = DeliveryFilter {
-                workflow: app.current_workflow(),
-                ..Default::default()
-            };
-            for w in arg.into_iter().chain(words) {
-                if let Ok(s) = w.parse::<DeliveryState>() {
-                    f.state = Some(s);
-                } else if let Ok(k) = w.parse() {
-                    f.error_kind = Some(k);
-                } else if let Ok(code) = w.parse::<u16>() {
-                    f.status = Some(code);
-                } else {
-                    let e = w
-                        .parse::<DeliveryState>()
-                        .err()
-                        .map(|e| e.to_string())
-                        .unwrap_or_default();
-                    app.flash(
-                        format!("{e}; or an error kind (timeout, connect, …) or an HTTP status"),
-                        Level::Error,
-                    );
+        "deliveries" | "dl" | "failures" => {
+            // The one delivery filter (issue 18), typed as words: a state (`failed`), error
+            // kinds (`timeout`), statuses or classes (`503`, `5xx`), or `key=value` for any
+            // field (`stage=export`, `since=30m`, `until=…`). Matched in SQL over the store.
+            let params =
+                match crate::actions::FilterParams::from_words(arg.into_iter().chain(words)) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        app.flash(e.to_string(), Level::Error);
+                        return vec![];
+                    }
+                };
+            let mut f = match params.to_filter(chrono::Utc::now()) {
+                Ok(f) => f,
+                Err(e) => {
+                    app.flash(e.to_string(), Level::Error);
                     return vec![];
                 }
+            };
+            if params.workflow.is_none() {
+                f.workflow = app.current_workflow();
+            }
+            if head == "failures" {
+                return app.jump(ViewKind::Failures(f));
             }
             app.jump(ViewKind::Deliveries(f))
         }
@@ -58,7 +57,7 @@ pub(super) fn command(app: &mut App, cmd: &str) -> Vec<Effect> {
         "" => vec![],
         other => {
             app.flash(
-                format!("unknown command `{other}` (try :workflows :stages :items :deliveries failed :audit :q)"),
+                format!("unknown command `{other}` (try :workflows :stages :items :deliveries failed :failures :audit :q)"),
                 Level::Error,
             );
             vec![]

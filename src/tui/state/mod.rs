@@ -51,6 +51,8 @@ pub enum ViewKind {
     Deliveries(DeliveryFilter),
     Delivery(DeliveryId),
     Audit,
+    /// Failed deliveries grouped by cause (issue 18), within this filter.
+    Failures(DeliveryFilter),
     /// The health report (`:health`), the same as `hookops check`.
     Health,
 }
@@ -65,6 +67,7 @@ impl ViewKind {
             ViewKind::Deliveries(_) => Scope::Deliveries,
             ViewKind::Delivery(_) => Scope::Delivery,
             ViewKind::Audit | ViewKind::Health => Scope::Report,
+            ViewKind::Failures(_) => Scope::Failures,
         }
     }
 
@@ -92,16 +95,26 @@ impl ViewKind {
                 if let Some(i) = &f.item {
                     parts.push(format!("item {i}"));
                 }
-                if let Some(k) = f.error_kind {
+                for k in &f.error_kinds {
                     parts.push(k.to_string());
                 }
-                if let Some(s) = f.status {
+                for s in &f.statuses {
                     parts.push(s.to_string());
+                }
+                if let Some(t) = f.trigger {
+                    parts.push(format!("trigger {t}"));
+                }
+                if let Some(t) = f.since {
+                    parts.push(format!("since {}", t.format("%m-%d %H:%M")));
+                }
+                if let Some(t) = f.until {
+                    parts.push(format!("until {}", t.format("%m-%d %H:%M")));
                 }
                 parts.join(" · ")
             }
             ViewKind::Delivery(id) => format!("delivery · {id}"),
             ViewKind::Audit => "audit".into(),
+            ViewKind::Failures(f) => format!("failures by cause · {}", filter_words(f)),
             ViewKind::Health => "health".into(),
         }
     }
@@ -126,6 +139,7 @@ pub enum ViewData {
     },
     Delivery(Box<DeliveryDetail>),
     Audit(Vec<AuditEntry>),
+    Failures(Vec<crate::store::FailureGroup>),
     Health(Box<crate::store::HealthReport>),
     Failed(String),
 }
@@ -280,19 +294,8 @@ impl View {
                 .collect(),
             ViewData::Items { rows, .. } => (0..rows.len()).collect(),
             ViewData::Item(d) => (0..d.deliveries.len()).collect(),
-            ViewData::Deliveries { rows, .. } => (0..rows.len())
-                .filter(|i| {
-                    let r = &rows[*i];
-                    keep(&format!(
-                        "{} {} {} {} {}",
-                        r.id,
-                        r.stage,
-                        r.item_id.as_ref().map(|i| i.as_str()).unwrap_or(""),
-                        r.item_name.as_deref().unwrap_or(""),
-                        r.state
-                    ))
-                })
-                .collect(),
+            // Matched in SQL (`with_search`): every loaded row is one the filter kept.
+            ViewData::Deliveries { rows, .. } => (0..rows.len()).collect(),
             ViewData::Delivery(d) => (0..d.attempt_log.len()).collect(),
             ViewData::Audit(rows) => (0..rows.len())
                 .filter(|i| {
@@ -303,6 +306,18 @@ impl View {
                 })
                 .collect(),
             ViewData::Health(r) => (0..r.checks.len()).collect(),
+            ViewData::Failures(groups) => (0..groups.len())
+                .filter(|i| {
+                    let g = &groups[*i];
+                    keep(&format!(
+                        "{} {} {} {}",
+                        g.stage,
+                        g.status.map(|s| s.to_string()).unwrap_or_default(),
+                        g.error_kind.map(|k| k.as_str()).unwrap_or(""),
+                        g.message.as_deref().unwrap_or("")
+                    ))
+                })
+                .collect(),
             ViewData::Loading | ViewData::Failed(_) => vec![],
         }
     }
@@ -1174,6 +1189,16 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
     }
 }
 
+/// A deliveries view's filter with what `/` typed: matched in SQL like the rest of it, so
+/// the list, its count and `F`/`C`/export all take the same deliveries.
+pub fn with_search(f: &DeliveryFilter, search: &str) -> DeliveryFilter {
+    let mut f = f.clone();
+    f.search = Some(search.trim().to_string()).filter(|s| !s.is_empty());
+    f
+}
+
+/// The filter of a typed confirmation, in words: the scope first, then whatever else
+/// narrows it (the state is said by the question itself).
 fn filter_words(f: &DeliveryFilter) -> String {
     let mut parts = Vec::new();
     if let Some(w) = &f.workflow {
@@ -1181,6 +1206,26 @@ fn filter_words(f: &DeliveryFilter) -> String {
     }
     if let Some(s) = &f.stage {
         parts.push(format!("stage {s}"));
+    }
+    if let Some(i) = &f.item {
+        parts.push(format!("item {i}"));
+    }
+    if !f.statuses.is_empty() {
+        let s: Vec<String> = f.statuses.iter().map(|s| s.to_string()).collect();
+        parts.push(format!("status {}", s.join(",")));
+    }
+    if !f.error_kinds.is_empty() {
+        let k: Vec<&str> = f.error_kinds.iter().map(|k| k.as_str()).collect();
+        parts.push(format!("error kind {}", k.join(",")));
+    }
+    if let Some(t) = f.since {
+        parts.push(format!("since {}", t.format("%Y-%m-%d %H:%M:%S")));
+    }
+    if let Some(t) = f.until {
+        parts.push(format!("until {}", t.format("%Y-%m-%d %H:%M:%S")));
+    }
+    if let Some(q) = &f.search {
+        parts.push(format!("matching \"{q}\""));
     }
     if parts.is_empty() {
         "all workflows".into()

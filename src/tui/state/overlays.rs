@@ -281,8 +281,9 @@ pub(super) fn apply_filter(app: &mut App, text: String) -> Vec<Effect> {
         return vec![];
     }
     v.filter = text;
-    if matches!(v.kind, ViewKind::Items { .. }) {
-        // Items filter in SQL: keys wait for the filtered page (`relist`).
+    if matches!(v.kind, ViewKind::Items { .. } | ViewKind::Deliveries(_)) {
+        // Items and deliveries filter in SQL, over the whole store: keys wait for the
+        // filtered page (`relist`).
         return app.relist(true);
     }
     // Other lists filter the loaded rows, at once.

@@ -325,6 +325,11 @@ pub fn audit() -> Vec<AuditEntry> {
             target: "defects/validate".into(),
             filter: Some("--from-stage dataset".into()),
             count: 40,
+            id: 3,
+            via: None,
+            outcome: None,
+            matched: None,
+            ids: None,
         },
         AuditEntry {
             at: ago(300),
@@ -333,6 +338,11 @@ pub fn audit() -> Vec<AuditEntry> {
             target: "msg_0001".into(),
             filter: None,
             count: 1,
+            id: 2,
+            via: None,
+            outcome: None,
+            matched: None,
+            ids: None,
         },
         AuditEntry {
             at: ago(900),
@@ -341,6 +351,11 @@ pub fn audit() -> Vec<AuditEntry> {
             target: "defects/export".into(),
             filter: None,
             count: 1,
+            id: 1,
+            via: None,
+            outcome: None,
+            matched: None,
+            ids: None,
         },
     ]
 }
@@ -667,6 +682,7 @@ pub fn screens() -> Vec<(&'static str, App)> {
         );
         app
     }));
+    out.push(("failures_by_cause", dressed(on_failures(false))));
     out.push(("log_focused", {
         let mut app = dressed(on_stages(false));
         press(&mut app, KeyCode::Tab);
@@ -801,4 +817,41 @@ pub fn text(buf: &ratatui::buffer::Buffer) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Three causes of failure in the `export` stage of [`WF`].
+pub fn failure_groups() -> Vec<crate::store::FailureGroup> {
+    let group = |status: Option<u16>, kind: Option<ErrorKind>, count: i64, message: &str| {
+        crate::store::FailureGroup {
+            workflow: WorkflowId::new(WF),
+            stage: StageId::new("export"),
+            error_kind: kind,
+            status,
+            message: Some(message.into()),
+            count,
+            items: count,
+            first_at: Some(ago(3600)),
+            last_at: Some(ago(60)),
+        }
+    };
+    vec![
+        group(
+            Some(503),
+            Some(ErrorKind::HttpStatus),
+            2400,
+            "503 Service Unavailable",
+        ),
+        group(None, Some(ErrorKind::Timeout), 550, "timed out after #s"),
+        group(Some(400), Some(ErrorKind::HttpStatus), 50, "invalid label"),
+    ]
+}
+
+/// A console on the failures of [`WF`] by cause (`:failures`).
+pub fn on_failures(read_only: bool) -> App {
+    let mut app = on_stages(read_only);
+    ch(&mut app, ':');
+    type_str(&mut app, "failures");
+    press(&mut app, KeyCode::Enter);
+    load(&mut app, ViewData::Failures(failure_groups()));
+    app
 }

@@ -3,8 +3,9 @@
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::*;
+use crate::model::ErrorKind;
 use crate::store::ItemRow;
-use crate::store::{DeliveryFilter, ItemOrder};
+use crate::store::{DeliveryFilter, ItemOrder, StatusMatch};
 use crate::tui::keymap::{self, Action, BINDINGS, Key, Scope};
 use crate::tui::state::{
     AssignWhat, Effect, LOG_CAPACITY, Level, LoadAfter, LogEntry, Overlay, PAGE, Pending, ViewKind,
@@ -473,12 +474,36 @@ fn items_filter_asks_the_store_with_the_search() {
     assert_eq!(loads(&fx), vec![(items_kind(), String::new())]);
 }
 
+/// The rows of [`deliveries_data`] whose id is `id`, as the store answers a `/` filter.
+fn deliveries_only(id: &str) -> ViewData {
+    let rows: Vec<_> = deliveries()
+        .into_iter()
+        .filter(|d| d.id.as_str() == id)
+        .collect();
+    let cursors = (1..=rows.len() as i64)
+        .map(crate::store::DeliveryCursor::for_tests)
+        .collect();
+    ViewData::Deliveries {
+        rows,
+        cursors,
+        more: false,
+    }
+}
+
 #[test]
-fn deliveries_and_audit_filter_locally() {
+fn deliveries_filter_in_sql_and_audit_locally() {
     let mut app = on_deliveries(false);
     ch(&mut app, '/');
     let fx = type_str(&mut app, "weld_0002");
-    assert!(fx.is_empty());
+    assert_eq!(loads(&fx).len(), 1, "the store is asked: {fx:?}");
+    update(
+        &mut app,
+        Msg::Loaded {
+            view: load_view(&fx),
+            data: deliveries_only("msg_0002"),
+            append: false,
+        },
+    );
     assert_eq!(app.view().unwrap().len(), 1);
     press(&mut app, KeyCode::Enter);
     assert_eq!(ch(&mut app, 'y'), vec![Effect::Copy("msg_0002".into())]);
@@ -531,12 +556,20 @@ fn star_selects_every_loaded_row() {
     assert!(flash(&app).contains("12 rows selected"), "{}", flash(&app));
     let mut app = on_deliveries(false);
     ch(&mut app, '/');
-    type_str(&mut app, "failed");
+    let fx = type_str(&mut app, "msg_0002");
+    update(
+        &mut app,
+        Msg::Loaded {
+            view: load_view(&fx),
+            data: deliveries_only("msg_0002"),
+            append: false,
+        },
+    );
     press(&mut app, KeyCode::Enter);
     ch(&mut app, '*');
     assert_eq!(
         app.view().unwrap().selected.len(),
-        2,
+        1,
         "only the rows the filter shows"
     );
 }
@@ -700,12 +733,20 @@ fn a_new_filter_unselects_the_rows_it_hides_and_says_so() {
     answer(&mut app, view, vec![]);
     assert_eq!(app.view().unwrap().selected.len(), 1);
 
-    // Deliveries: the filter runs on the loaded rows, at once.
+    // Deliveries: the filter runs in SQL too; the rows it no longer holds are unselected.
     let mut app = on_deliveries(false);
     ch(&mut app, ' ');
     ch(&mut app, ' ');
     ch(&mut app, '/');
-    type_str(&mut app, "msg_0002");
+    let fx = type_str(&mut app, "msg_0002");
+    update(
+        &mut app,
+        Msg::Loaded {
+            view: load_view(&fx),
+            data: deliveries_only("msg_0002"),
+            append: false,
+        },
+    );
     let kept: Vec<_> = app.view().unwrap().selected.keys().cloned().collect();
     assert_eq!(kept, vec!["msg_0002"]);
     assert!(
@@ -1355,6 +1396,98 @@ fn r_in_the_delivery_and_item_views_takes_that_delivery() {
     ch(&mut app, 'r');
     assert!(
         matches!(&app.overlay, Some(Overlay::Confirm { action: Pending::Refire(ids), .. }) if ids == &vec![DeliveryId::new("msg_0008")])
+    );
+}
+
+/// Issue 18: `/` on the deliveries view asks the store again with the text (matched in SQL
+/// over the whole store, not in the loaded page), and `F`, `C` and export act on that same
+/// filter; `:dl` takes the whole filter as words.
+#[test]
+fn slash_on_deliveries_filters_in_sql_and_the_bulk_keys_act_on_it() {
+    let mut app = on_deliveries(false);
+    ch(&mut app, '/');
+    let fx = type_str(&mut app, "weld");
+    let got = loads(&fx);
+    assert_eq!(got.len(), 1, "{fx:?}");
+    assert!(matches!(&got[0].0, ViewKind::Deliveries(_)));
+    assert_eq!(got[0].1, "weld");
+    press(&mut app, KeyCode::Enter);
+    load(&mut app, deliveries_data());
+    let searched = DeliveryFilter {
+        workflow: Some(wf()),
+        state: Some(DeliveryState::Failed),
+        search: Some("weld".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ch(&mut app, 'F'),
+        vec![Effect::CountFailed(searched.clone())]
+    );
+    assert_eq!(ch(&mut app, 'C'), vec![Effect::CountOpen(searched)]);
+
+    let fx = command(
+        &mut app,
+        "dl failed 5xx 408 timeout stage=export since=2026-12-07T02:10:00Z until=2026-12-07T02:40:00Z",
+    );
+    let got = loads(&fx);
+    let Some((ViewKind::Deliveries(f), _)) = got.first() else {
+        panic!("{fx:?}")
+    };
+    assert_eq!(f.statuses, [StatusMatch::Class(5), StatusMatch::Code(408)]);
+    assert_eq!(f.error_kinds, [ErrorKind::Timeout]);
+    assert_eq!(f.stage, Some(StageId::new("export")));
+    load(&mut app, deliveries_data());
+    assert_eq!(
+        f.workflow,
+        Some(wf()),
+        "the current workflow unless one is named"
+    );
+    assert_eq!(
+        f.until.map(|t| t.to_rfc3339()),
+        Some("2026-12-07T02:40:00+00:00".into())
+    );
+    assert!(command(&mut app, "dl until=yesterday").is_empty());
+    assert!(flash(&app).contains("until"), "{}", flash(&app));
+}
+
+/// Issue 18: `:failures` lists the causes; Enter opens a group's deliveries (a group is a
+/// filter) and `F` re-fires the group under the cursor through the typed count.
+#[test]
+fn failures_by_cause_open_as_a_filter_and_f_refires_a_group() {
+    let mut app = on_failures(false);
+    assert!(matches!(
+        app.view().map(|v| &v.kind),
+        Some(ViewKind::Failures(f)) if f.workflow == Some(wf())
+    ));
+    ch(&mut app, 'j');
+    let timeouts = DeliveryFilter {
+        workflow: Some(wf()),
+        stage: Some(StageId::new("export")),
+        state: Some(DeliveryState::Failed),
+        error_kinds: vec![ErrorKind::Timeout],
+        ..Default::default()
+    };
+    assert_eq!(
+        ch(&mut app, 'F'),
+        vec![Effect::CountFailed(timeouts.clone())]
+    );
+    update(
+        &mut app,
+        Msg::Counted {
+            filter: timeouts.clone(),
+            count: 550,
+        },
+    );
+    let Some(Overlay::Typed { text, expected, .. }) = &app.overlay else {
+        panic!("{:?}", app.overlay)
+    };
+    assert_eq!(expected, "550");
+    assert!(text.contains("error kind timeout"), "{text}");
+    press(&mut app, KeyCode::Esc);
+    let fx = press(&mut app, KeyCode::Enter);
+    assert_eq!(
+        loads(&fx),
+        vec![(ViewKind::Deliveries(timeouts), String::new())]
     );
 }
 
@@ -2215,6 +2348,7 @@ fn app_in(scope: Scope) -> Vec<App> {
             app
         }],
         Scope::Deliveries => vec![on_deliveries(false)],
+        Scope::Failures => vec![on_failures(false)],
         Scope::Delivery => vec![{
             let mut app = on_deliveries(false);
             press(&mut app, KeyCode::Enter);
