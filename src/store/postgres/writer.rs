@@ -1,10 +1,11 @@
-//! The writer of a process on PostgreSQL: one thread with its own connection that runs the
-//! store's write jobs, grouping those waiting in its queue into one transaction (group commit)
-//! as SQLite's writer does, each after the first in its own savepoint.
+//! The writers of a process on PostgreSQL: a few threads, each with its own connection, that
+//! run the store's write jobs from one queue, each grouping the jobs waiting into one
+//! transaction of its own (group commit) as SQLite's writer does, each job after the first in
+//! its own savepoint.
 //!
 //! Each transaction is READ COMMITTED with explicit row locks where rules need them
 //! (ARCHITECTURE.md, "PostgreSQL"), commits with `synchronous_commit = on`, and ends with a
-//! `NOTIFY` that PostgreSQL delivers to every listener at commit. Replies go out only after
+//! notification that PostgreSQL delivers to every listener at commit. Replies go out only after
 //! the commit. The transaction's `now` is the database server's clock (design §7), read when
 //! the transaction begins.
 
