@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::Tx;
-use super::seam::NewDelivery;
+use super::seam::{Cell, NewDelivery};
 use super::{Result, Store, StoreError, to_time};
 use crate::engine::payload::{DeliveryMeta, build_body};
 use crate::model::{
@@ -533,6 +533,108 @@ impl Store {
             })
         })
     }
+}
+
+/// How a backend writes what the delivery filter needs in SQL.
+pub(crate) struct Dialect {
+    /// The parameter mark, numbered: `?` (SQLite's `?1`) or `$` (PostgreSQL's `$1`).
+    pub(crate) mark: char,
+    /// A match of `column` against the LIKE pattern in parameter `param` that ignores the
+    /// case of ASCII letters only, with `\` as the escape.
+    pub(crate) like: fn(column: &str, param: &str) -> String,
+}
+
+/// The `WHERE` clause (empty when nothing narrows) of the delivery list over `deliveries d
+/// LEFT JOIN items i`, and its parameters in order: the filter, then the keyset bound after
+/// `after` (rows of lower `seq`; higher when `backward`). Written once for every backend.
+pub(crate) fn delivery_where(
+    f: &DeliveryFilter,
+    after: Option<i64>,
+    backward: bool,
+    dialect: &Dialect,
+) -> (String, Vec<Cell>) {
+    let mut wh = Vec::new();
+    let mut args: Vec<Cell> = Vec::new();
+    let mark = |args: &Vec<Cell>| format!("{}{}", dialect.mark, args.len());
+    let mut push = |sql: &str, v: Cell, args: &mut Vec<Cell>| {
+        args.push(v);
+        wh.push(sql.replace('?', &mark(args)));
+    };
+    let text = |s: &str| Cell::Text(s.to_string());
+    if let Some(w) = &f.workflow {
+        push("d.workflow_id = ?", text(w.as_str()), &mut args);
+    }
+    if let Some(s) = &f.stage {
+        push("d.stage_id = ?", text(s.as_str()), &mut args);
+    }
+    if let Some(s) = f.state {
+        push("d.state = ?", text(s.as_str()), &mut args);
+    }
+    if let Some(i) = &f.item {
+        push("d.item_id = ?", text(i.as_str()), &mut args);
+    }
+    if let Some(e) = f.event {
+        push("d.event = ?", text(e.as_str()), &mut args);
+    }
+    if let Some(t) = f.since {
+        push(
+            "d.created_at >= ?",
+            Cell::Int(t.timestamp_millis()),
+            &mut args,
+        );
+    }
+    if let Some(t) = f.until {
+        push(
+            "d.created_at < ?",
+            Cell::Int(t.timestamp_millis()),
+            &mut args,
+        );
+    }
+    if let Some(t) = f.trigger {
+        push("d.trigger = ?", text(t.as_str()), &mut args);
+    }
+    if let Some(r) = &f.refire_of {
+        push("d.refire_of = ?", text(r.as_str()), &mut args);
+    }
+    if let Some(a) = after {
+        let op = if backward { "d.seq > ?" } else { "d.seq < ?" };
+        push(op, Cell::Int(a), &mut args);
+    }
+    if let Some(q) = f.search.as_ref().filter(|q| !q.is_empty()) {
+        let escaped = q
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        args.push(Cell::Text(format!("%{escaped}%")));
+        let p = mark(&args);
+        let any: Vec<String> = ["d.id", "d.item_id", "i.name"]
+            .iter()
+            .map(|c| (dialect.like)(c, &p))
+            .collect();
+        wh.push(format!("({})", any.join(" OR ")));
+    }
+    // The last attempt's result: any listed status (code or class) or error kind.
+    let mut result = Vec::new();
+    for s in &f.statuses {
+        let (lo, hi) = s.range();
+        args.push(Cell::Int(lo.into()));
+        let lo = mark(&args);
+        args.push(Cell::Int(hi.into()));
+        result.push(format!("d.last_status BETWEEN {lo} AND {}", mark(&args)));
+    }
+    for k in &f.error_kinds {
+        args.push(text(k.as_str()));
+        result.push(format!("d.last_error_kind = {}", mark(&args)));
+    }
+    if !result.is_empty() {
+        wh.push(format!("({})", result.join(" OR ")));
+    }
+    let where_sql = if wh.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", wh.join(" AND "))
+    };
+    (where_sql, args)
 }
 
 #[cfg(test)]

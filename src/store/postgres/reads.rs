@@ -12,6 +12,7 @@ use super::rows::load_item;
 use super::{Conn, json_col, opt_parse_col, parse_col, schema};
 use crate::model::{DeliveryId, DeliveryState, EXCERPT_BYTES, Item, ItemId, StageId, WorkflowId};
 use crate::store::copy::Table;
+use crate::store::deliveries::{Dialect, delivery_where};
 use crate::store::seam::{
     Cell, Found, HealthFacts, Kind, Reads, ScanRow, StageFlow, Storage, StoredDelivery,
     WorkflowCounts,
@@ -186,88 +187,8 @@ fn delivery_query(
     limit: Option<usize>,
     backward: bool,
 ) -> (String, Args) {
-    let mut wh = Vec::new();
-    let mut args: Args = Vec::new();
-    let mut push = |sql: &str, v: Box<dyn ToSql + Sync>, args: &mut Args| {
-        args.push(v);
-        wh.push(sql.replace('?', &format!("${}", args.len())));
-    };
-    if let Some(w) = &f.workflow {
-        push("d.workflow_id = ?", Box::new(w.to_string()), &mut args);
-    }
-    if let Some(s) = &f.stage {
-        push("d.stage_id = ?", Box::new(s.to_string()), &mut args);
-    }
-    if let Some(s) = f.state {
-        push("d.state = ?", Box::new(s.as_str().to_string()), &mut args);
-    }
-    if let Some(i) = &f.item {
-        push("d.item_id = ?", Box::new(i.to_string()), &mut args);
-    }
-    if let Some(e) = f.event {
-        push("d.event = ?", Box::new(e.as_str().to_string()), &mut args);
-    }
-    if let Some(t) = f.since {
-        push(
-            "d.created_at >= ?",
-            Box::new(t.timestamp_millis()),
-            &mut args,
-        );
-    }
-    if let Some(t) = f.until {
-        push(
-            "d.created_at < ?",
-            Box::new(t.timestamp_millis()),
-            &mut args,
-        );
-    }
-    if let Some(t) = f.trigger {
-        push("d.trigger = ?", Box::new(t.as_str().to_string()), &mut args);
-    }
-    if let Some(r) = &f.refire_of {
-        push("d.refire_of = ?", Box::new(r.to_string()), &mut args);
-    }
-    if let Some(a) = after {
-        let op = if backward { "d.seq > ?" } else { "d.seq < ?" };
-        push(op, Box::new(a), &mut args);
-    }
-    if let Some(q) = f.search.as_ref().filter(|q| !q.is_empty()) {
-        let escaped = q
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        args.push(Box::new(format!("%{escaped}%")));
-        let n = args.len();
-        // As the item list's search: ILIKE under the "C" collation, like SQLite's LIKE.
-        wh.push(format!(
-            "(d.id COLLATE \"C\" ILIKE ${n} ESCAPE '\\' OR d.item_id COLLATE \"C\" ILIKE ${n} ESCAPE '\\'
-              OR i.name COLLATE \"C\" ILIKE ${n} ESCAPE '\\')"
-        ));
-    }
-    // The last attempt's result: any listed status (code or class) or error kind.
-    let mut result = Vec::new();
-    for s in &f.statuses {
-        let (lo, hi) = s.range();
-        args.push(Box::new(i64::from(lo)));
-        args.push(Box::new(i64::from(hi)));
-        result.push(format!(
-            "d.last_status BETWEEN ${} AND ${}",
-            args.len() - 1,
-            args.len()
-        ));
-    }
-    for k in &f.error_kinds {
-        args.push(Box::new(k.as_str().to_string()));
-        result.push(format!("d.last_error_kind = ${}", args.len()));
-    }
-    if !result.is_empty() {
-        wh.push(format!("({})", result.join(" OR ")));
-    }
-    let where_sql = if wh.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", wh.join(" AND "))
-    };
+    let (where_sql, cells) = delivery_where(f, after, backward, &POSTGRES);
+    let mut args: Args = cells.into_iter().map(param).collect();
     // A parameter, not inlined as on SQLite: every statement text stays prepared on its
     // connection, and page sizes must not multiply them.
     let limit_sql = match limit {
@@ -285,6 +206,24 @@ fn delivery_query(
         ),
         args,
     )
+}
+
+/// PostgreSQL's spelling of the delivery filter: `$N` marks, and `ILIKE` under the "C"
+/// collation, blind to ASCII case only, as SQLite's `LIKE` is (as the item list's search).
+const POSTGRES: Dialect = Dialect {
+    mark: '$',
+    like: |column, param| format!("{column} COLLATE \"C\" ILIKE {param} ESCAPE '\\'"),
+};
+
+/// A parameter for PostgreSQL.
+fn param(c: Cell) -> Box<dyn ToSql + Sync> {
+    match c {
+        Cell::Null => Box::new(None::<i64>),
+        Cell::Int(n) => Box::new(n),
+        Cell::Real(x) => Box::new(x),
+        Cell::Text(t) => Box::new(t),
+        Cell::Bytes(b) => Box::new(b),
+    }
 }
 
 /// The columns of an audit row (`a`: audit), as [`audit_from_row`] reads them.

@@ -9,6 +9,7 @@ use super::rows::load_item;
 use super::schema;
 use crate::model::{DeliveryId, DeliveryState, EXCERPT_BYTES, Item, ItemId, StageId, WorkflowId};
 use crate::store::copy::Table;
+use crate::store::deliveries::{Dialect, delivery_where};
 use crate::store::seam::{
     Cell, Found, HealthFacts, Reads, ScanRow, StageFlow, Storage, StoredDelivery, WorkflowCounts,
 };
@@ -186,86 +187,7 @@ fn delivery_query(
     limit: Option<usize>,
     backward: bool,
 ) -> (String, Vec<Value>) {
-    let mut wh = Vec::new();
-    let mut args: Vec<Value> = Vec::new();
-    let mut push = |sql: &str, v: Value, args: &mut Vec<Value>| {
-        args.push(v);
-        wh.push(sql.replace('?', &format!("?{}", args.len())));
-    };
-    if let Some(w) = &f.workflow {
-        push("d.workflow_id = ?", Value::Text(w.to_string()), &mut args);
-    }
-    if let Some(s) = &f.stage {
-        push("d.stage_id = ?", Value::Text(s.to_string()), &mut args);
-    }
-    if let Some(s) = f.state {
-        push("d.state = ?", Value::Text(s.as_str().into()), &mut args);
-    }
-    if let Some(i) = &f.item {
-        push("d.item_id = ?", Value::Text(i.to_string()), &mut args);
-    }
-    if let Some(e) = f.event {
-        push("d.event = ?", Value::Text(e.as_str().into()), &mut args);
-    }
-    if let Some(t) = f.since {
-        push(
-            "d.created_at >= ?",
-            Value::Integer(t.timestamp_millis()),
-            &mut args,
-        );
-    }
-    if let Some(t) = f.until {
-        push(
-            "d.created_at < ?",
-            Value::Integer(t.timestamp_millis()),
-            &mut args,
-        );
-    }
-    if let Some(t) = f.trigger {
-        push("d.trigger = ?", Value::Text(t.as_str().into()), &mut args);
-    }
-    if let Some(r) = &f.refire_of {
-        push("d.refire_of = ?", Value::Text(r.to_string()), &mut args);
-    }
-    if let Some(a) = after {
-        let op = if backward { "d.seq > ?" } else { "d.seq < ?" };
-        push(op, Value::Integer(a), &mut args);
-    }
-    if let Some(q) = f.search.as_ref().filter(|q| !q.is_empty()) {
-        let escaped = q
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        args.push(Value::Text(format!("%{escaped}%")));
-        let n = args.len();
-        wh.push(format!(
-            "(d.id LIKE ?{n} ESCAPE '\\' OR d.item_id LIKE ?{n} ESCAPE '\\' OR i.name LIKE ?{n} ESCAPE '\\')"
-        ));
-    }
-    // The last attempt's result: any listed status (code or class) or error kind.
-    let mut result = Vec::new();
-    for s in &f.statuses {
-        let (lo, hi) = s.range();
-        args.push(Value::Integer(lo.into()));
-        args.push(Value::Integer(hi.into()));
-        result.push(format!(
-            "d.last_status BETWEEN ?{} AND ?{}",
-            args.len() - 1,
-            args.len()
-        ));
-    }
-    for k in &f.error_kinds {
-        args.push(Value::Text(k.as_str().into()));
-        result.push(format!("d.last_error_kind = ?{}", args.len()));
-    }
-    if !result.is_empty() {
-        wh.push(format!("({})", result.join(" OR ")));
-    }
-    let where_sql = if wh.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", wh.join(" AND "))
-    };
+    let (where_sql, cells) = delivery_where(f, after, backward, &SQLITE);
     let limit_sql = limit.map(|l| format!("LIMIT {l}")).unwrap_or_default();
     (
         format!(
@@ -273,8 +195,25 @@ fn delivery_query(
              {where_sql} ORDER BY d.seq {} {limit_sql}",
             if backward { "ASC" } else { "DESC" }
         ),
-        args,
+        cells.into_iter().map(value).collect(),
     )
+}
+
+/// SQLite's spelling of the delivery filter: `?N` marks, `LIKE` (blind to ASCII case).
+const SQLITE: Dialect = Dialect {
+    mark: '?',
+    like: |column, param| format!("{column} LIKE {param} ESCAPE '\\'"),
+};
+
+/// A parameter for SQLite.
+fn value(c: Cell) -> Value {
+    match c {
+        Cell::Null => Value::Null,
+        Cell::Int(n) => Value::Integer(n),
+        Cell::Real(x) => Value::Real(x),
+        Cell::Text(t) => Value::Text(t),
+        Cell::Bytes(b) => Value::Blob(b),
+    }
 }
 
 /// The columns of an audit row (`a`: audit), as [`audit_from_row`] reads them.
