@@ -48,6 +48,13 @@ if [[ $only == *" import "* ]]; then
   cargo bench -q --bench import -- --shape mixed "${args_import_v7[@]}" >"$out/import-v7.txt" 2>&1 \
     || echo "(import --shape mixed failed: see $out/import-v7.txt)" >&2
   echo "  import --shape mixed took $((SECONDS - t0)) s" >&2
+  # The worst case: random item ids (bound by the disk, see README).
+  echo "running import --shape mixed --ids random…" >&2
+  t0=$SECONDS
+  cargo bench -q --bench import -- --shape mixed --ids random "${args_import_v7[@]}" \
+    >"$out/import-v7-random.txt" 2>&1 \
+    || echo "(import --shape mixed --ids random failed: see $out/import-v7-random.txt)" >&2
+  echo "  import --shape mixed --ids random took $((SECONDS - t0)) s" >&2
 fi
 [[ $only == *" delivery "* ]] && run delivery "${args_delivery[@]}"
 [[ $only == *" console "* ]] && run console "${args_console[@]}"
@@ -76,7 +83,8 @@ add() { rows+=("$1|$2|$3"); }
 add "import: parse + import of 1M items" "$(val import 'parse \+ import')" "< 30 s"
 add "import: longest write hold during import" "$(val import 'during import')" "~100 ms"
 add "import: bulk assign of 100,000" "$(val import 'bulk assign(?! of)')" "seconds"
-add "import: 1M V7-shaped lines (mixed), hookops item import" "$(val import-v7 'hookops item import \(mixed\)')" "< 45 s"
+add "import: 1M V7-shaped lines (mixed, time-ordered ids), hookops item import" "$(val import-v7 'hookops item import \(mixed\)')" "< 45 s"
+add "import: 1M V7-shaped lines (mixed), random ids" "$(val import-v7-random 'hookops item import \(mixed\)')" ""
 add "import: V7-shaped, baseline serde_json + raw insert" "$(val import-v7 'baseline: serde_json \+ raw insert')" ""
 add "import: V7-shaped, peak RSS" "$(val import-v7 'peak RSS of the import')" "< 300 MB"
 add "import: V7-shaped, longest write hold (probe wait)" "$(val import-v7 'longest write hold \(probe wait\)')" "~100 ms"

@@ -617,7 +617,7 @@ impl Progress {
         }
         self.last = Some(Instant::now());
         let mut err = io::stderr().lock();
-        let _ = write!(err, "\r\x1b[K{}", text());
+        let _ = write!(err, "\r\x1b[K{}", output::fit_line(&text()));
         let _ = err.flush();
         self.drawn = true;
     }

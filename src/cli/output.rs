@@ -108,8 +108,18 @@ impl Progress {
             return;
         }
         self.last = Some(Instant::now());
-        eprint!("\r{} {done} of {}\x1b[K", self.verb, self.total);
+        let line = format!("{} {done} of {}", self.verb, self.total);
+        eprint!("\r{}\x1b[K", fit_line(&line));
     }
+}
+
+/// `line` cut to the terminal's width, less one column. A status line that is rewritten in
+/// place with `\r` must never wrap: `\r` goes back to the start of the last screen line
+/// only, so each redraw of a wrapped one would leave a line behind (an 81-character import
+/// progress line at 80 columns scrolled the terminal four times a second).
+pub fn fit_line(line: &str) -> String {
+    let width = ratatui::crossterm::terminal::size().map_or(80, |(w, _)| usize::from(w));
+    line.chars().take(width.saturating_sub(1)).collect()
 }
 
 impl Drop for Progress {
