@@ -525,6 +525,63 @@ fn a_tiny_terminal_shows_a_notice_and_keeps_running_until_q() {
     c.quit_and_check_restored();
 }
 
+/// `item import`'s progress line on a terminal narrower than it: the line is cut to the width,
+/// since `\r` goes back only to the start of the last screen line and each redraw of a
+/// wrapped line would leave its first part behind (it scrolled an 80-column terminal).
+#[test]
+fn import_progress_fits_a_narrow_terminal_and_is_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = prepare(dir.path(), "http://127.0.0.1:9/hook", ITEMS);
+    let lines: String = (0..20_000)
+        .map(|i| {
+            serde_json::json!({"id": format!("n-{i}"), "name": format!("narrow {i}")}).to_string()
+                + "\n"
+        })
+        .collect();
+    let file = dir.path().join("narrow.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let (cols, rows) = (30, 8);
+    let mut c = Console::start(
+        dir.path(),
+        &[
+            "--db",
+            db.to_str().unwrap(),
+            "item",
+            "import",
+            file.to_str().unwrap(),
+            "--workflow",
+            "e2e",
+        ],
+        cols,
+        rows,
+    );
+    let status = c.wait_exit();
+    assert!(status.success(), "{status:?}\n{}", c.screen());
+    // Every status line drawn: the text after each `\r` up to the next one (the final report
+    // follows the last, after a newline).
+    let raw = String::from_utf8_lossy(&c.raw()).into_owned();
+    let drawn: Vec<&str> = raw
+        .split('\r')
+        .map(|s| s.trim_start_matches("\x1b[K"))
+        .filter(|s| s.starts_with("checking") || s.starts_with("importing"))
+        .collect();
+    assert!(!drawn.is_empty(), "no progress was drawn: {raw:?}");
+    for line in &drawn {
+        let text = line.split(['\x1b', '\n']).next().unwrap();
+        assert!(
+            text.chars().count() < usize::from(cols),
+            "a progress line of {} characters on a {cols}-column terminal: {text:?}",
+            text.chars().count()
+        );
+    }
+    let screen = c.screen();
+    assert!(screen.contains("imported 20000"), "{screen}");
+    assert!(
+        !screen.contains("checking") && !screen.contains("importing"),
+        "progress left on the screen:\n{screen}"
+    );
+}
+
 #[test]
 fn resizing_redraws_and_never_kills_the_console() {
     let dir = tempfile::tempdir().unwrap();
