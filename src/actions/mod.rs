@@ -26,7 +26,9 @@ pub use filter::{BadFilter, FilterParams, parse_time};
 use crate::dispatch::send_manual;
 use crate::model::{AttemptEvent, DeliveryId, DeliveryState, ItemId, RefusalKind, StageId};
 use crate::model::{StageKind, WorkflowId};
-use crate::store::{AuditStart, DeliveryFilter, DeliveryRefusal, Store, StoreError};
+use crate::store::{
+    AuditStart, DeliveryFilter, DeliveryRefusal, DeliverySummary, Store, StoreError,
+};
 
 /// Who acts: the operator's name (`--operator`/`$USER`, or the API token's name) and the
 /// front end.
@@ -185,28 +187,12 @@ pub fn plan(store: &Store, action: BulkAction, selection: Selection) -> Result<P
             item,
             workflow,
             stage,
-        } => {
-            let f = DeliveryFilter {
-                item: Some(item.clone()),
-                workflow,
-                stage,
-                event: Some(crate::model::EventType::StageWebhook),
-                ..DeliveryFilter::default()
-            };
-            let latest = store.list_deliveries(&f, None, 1)?;
-            let Some((d, _)) = latest.into_iter().next() else {
-                return Err(ActionError::Store(StoreError::NotFound {
-                    what: "stage delivery of item",
-                    id: item.to_string(),
-                }));
-            };
-            Ok(Plan {
-                action,
-                matched: 1,
-                filter: None,
-                ids: vec![d.id],
-            })
-        }
+        } => Ok(Plan {
+            action,
+            matched: 1,
+            filter: None,
+            ids: vec![item_latest(store, item, workflow, stage)?.id],
+        }),
         Selection::Filter { filter, limit } => {
             check_scope(store, &filter)?;
             let ids = match action {
@@ -239,6 +225,31 @@ pub fn plan(store: &Store, action: BulkAction, selection: Selection) -> Result<P
             })
         }
     }
+}
+
+/// An item's latest `stage.webhook` delivery (in that workflow and stage when given),
+/// whatever its state: what `--item ID` names for re-fire, cancel and test.
+fn item_latest(
+    store: &Store,
+    item: ItemId,
+    workflow: Option<WorkflowId>,
+    stage: Option<StageId>,
+) -> Result<DeliverySummary, ActionError> {
+    let f = DeliveryFilter {
+        item: Some(item.clone()),
+        workflow,
+        stage,
+        event: Some(crate::model::EventType::StageWebhook),
+        ..DeliveryFilter::default()
+    };
+    let latest = store.list_deliveries(&f, None, 1)?;
+    let Some((d, _)) = latest.into_iter().next() else {
+        return Err(ActionError::Store(StoreError::NotFound {
+            what: "stage delivery of item",
+            id: item.to_string(),
+        }));
+    };
+    Ok(d)
 }
 
 /// A stage without its workflow is ambiguous for an action; an unknown workflow or stage is
@@ -494,17 +505,63 @@ pub struct TestResult {
     pub response_body: Option<String>,
 }
 
-/// Sends a sample document to a webhook stage now (design §2 Test), records it as a
-/// `webhook.test` delivery, audits it, and reads back what the receiver answered.
+/// What a test webhook is sent to, and with which document.
+#[derive(Clone, Debug)]
+pub enum TestOf {
+    /// A webhook stage: with an item, that item's document as it is now; without, a sample.
+    Stage {
+        workflow: WorkflowId,
+        stage: StageId,
+        item: Option<ItemId>,
+    },
+    /// The stage and item of one delivery: a delivery id (`Selection::Ids` of one) or an
+    /// item's latest (`Selection::ItemLatest`), the id forms of re-fire and cancel.
+    Delivery(Selection),
+}
+
+impl TestOf {
+    /// The stage and the item whose document goes, resolved against the store.
+    fn resolve(self, store: &Store) -> Result<(WorkflowId, StageId, Option<ItemId>), ActionError> {
+        let d = match self {
+            TestOf::Stage {
+                workflow,
+                stage,
+                item,
+            } => return Ok((workflow, stage, item)),
+            TestOf::Delivery(Selection::ItemLatest {
+                item,
+                workflow,
+                stage,
+            }) => item_latest(store, item, workflow, stage)?,
+            TestOf::Delivery(Selection::Ids(ids)) => match ids.as_slice() {
+                [id] => store.delivery_detail(id)?.summary,
+                _ => {
+                    return Err(ActionError::BadInput("a test takes one delivery id".into()));
+                }
+            },
+            TestOf::Delivery(Selection::Filter { .. }) => {
+                return Err(ActionError::BadInput(
+                    "a test takes a stage, a delivery id or an item, not a filter".into(),
+                ));
+            }
+        };
+        Ok((d.workflow, d.stage, d.item_id))
+    }
+}
+
+/// Sends a test webhook now (design §2 Test): a sample document, or an item's, to a webhook
+/// stage; records it as a `webhook.test` delivery, audits it, and reads back what the
+/// receiver answered.
 pub fn test_stage(
     store: &Store,
     actor: &Actor,
-    workflow: &WorkflowId,
-    stage: &StageId,
+    of: TestOf,
     rt: &tokio::runtime::Handle,
     max_send_body: usize,
 ) -> Result<TestResult, ActionError> {
     store.ensure_writable("test")?;
+    let (workflow, stage, item) = of.resolve(store)?;
+    let (workflow, stage) = (&workflow, &stage);
     let spec = store.workflow_spec(workflow)?;
     match spec.stage(stage).map(|s| s.kind()) {
         None => {
@@ -524,12 +581,15 @@ pub fn test_stage(
         operator: actor.operator.clone(),
         via: actor.via.as_text(),
         action: "test".into(),
-        target: format!("stage {workflow}/{stage}"),
+        target: match &item {
+            Some(i) => format!("stage {workflow}/{stage} with item {i}"),
+            None => format!("stage {workflow}/{stage}"),
+        },
         filter: None,
         matched: 1,
     })?;
     let sent = store
-        .begin_test(workflow, stage, &actor.operator)
+        .begin_test_of(workflow, stage, item.as_ref(), &actor.operator)
         .and_then(|lease| rt.block_on(send_manual(store, lease, max_send_body)));
     let attempt = match sent {
         Ok(a) => a,

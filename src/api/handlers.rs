@@ -183,8 +183,9 @@ pub struct AttemptsQuery {
 }
 
 /// `POST /v1/deliveries/refire`, `/replay` and `/cancel`: a filter (re-fire and replay take
-/// the failed deliveries it selects, the latest of each item; cancel the open ones) or
-/// explicit ids, at most `limit` of them (oldest first).
+/// the failed deliveries it selects, the latest of each item; cancel the open ones),
+/// explicit ids, or an item (its latest stage delivery), at most `limit` of them (oldest
+/// first). Give exactly one of `filter`, `ids` and `item`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkRequest {
@@ -192,12 +193,64 @@ pub struct BulkRequest {
     pub filter: Option<FilterParams>,
     #[serde(default)]
     pub ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub item: Option<ItemLatestParams>,
     /// With `filter`: at most this many (at least 1).
     #[serde(default)]
     pub limit: Option<usize>,
     /// Count and list what would be touched, and do nothing (the job comes back `planned`).
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// An item's latest `stage.webhook` delivery (in that workflow and stage when given): the
+/// CLI's `--item ID [--workflow W --stage S]`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ItemLatestParams {
+    pub id: String,
+    #[serde(default)]
+    pub workflow: Option<String>,
+    /// Needs `workflow` (stage ids belong to a workflow).
+    #[serde(default)]
+    pub stage: Option<String>,
+}
+
+impl ItemLatestParams {
+    /// The selection, or a 400 naming the field (`path` is where it sits in the body).
+    fn selection(&self, path: &str) -> Result<Selection, ApiError> {
+        if self.stage.is_some() && self.workflow.is_none() {
+            return Err(ApiError::field(
+                &format!("{path}stage"),
+                "needs `workflow` (stage ids belong to a workflow)",
+            ));
+        }
+        Ok(Selection::ItemLatest {
+            item: ItemId::new(self.id.as_str()),
+            workflow: self.workflow.as_deref().map(WorkflowId::new),
+            stage: self.stage.as_deref().map(StageId::new),
+        })
+    }
+}
+
+/// `POST /v1/stages/{workflow}/{stage}/test` (optional body): `item` sends that item's
+/// document as it is now instead of a sample.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestRequest {
+    #[serde(default)]
+    pub item: Option<String>,
+}
+
+/// `POST /v1/deliveries/test` (the id forms of the bulk endpoints, one delivery): a test of
+/// the delivery's stage with its item's document as it is now.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestDeliveryRequest {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub item: Option<ItemLatestParams>,
 }
 
 /// One failure group of `GET /v1/failures`, with the filter that selects it (send it back
@@ -826,20 +879,21 @@ async fn bulk(
     if !req.dry_run {
         state.store.ensure_writable(action.as_str())?;
     }
-    let selection = match (&req.filter, &req.ids) {
-        (Some(_), Some(_)) => {
+    let given = [req.filter.is_some(), req.ids.is_some(), req.item.is_some()];
+    let selection = match (&req.filter, &req.ids, &req.item) {
+        _ if given.iter().filter(|g| **g).count() > 1 => {
             return Err(ApiError::bad_input(
                 "body",
-                "give `filter` or `ids`, not both",
+                "give one of `filter`, `ids` and `item`",
             ));
         }
-        (None, None) => {
+        (None, None, None) => {
             return Err(ApiError::bad_input(
                 "body",
-                "give `filter` (an empty object selects every delivery the action takes) or `ids`",
+                "give `filter` (an empty object selects every delivery the action takes), `ids` or `item`",
             ));
         }
-        (Some(f), None) => {
+        (Some(f), _, _) => {
             if req.limit == Some(0) {
                 return Err(ApiError::field(
                     "limit",
@@ -851,7 +905,7 @@ async fn bulk(
                 limit: req.limit,
             }
         }
-        (None, Some(ids)) => {
+        (None, Some(ids), _) => {
             if req.limit.is_some() {
                 return Err(ApiError::field("limit", "only applies to `filter`"));
             }
@@ -859,6 +913,12 @@ async fn bulk(
                 return Err(ApiError::field("ids", "is empty"));
             }
             Selection::Ids(ids.iter().map(|i| DeliveryId::new(i.as_str())).collect())
+        }
+        (None, None, Some(item)) => {
+            if req.limit.is_some() {
+                return Err(ApiError::field("limit", "only applies to `filter`"));
+            }
+            item.selection("item.")?
         }
     };
     let store = state.store.clone();
@@ -1113,22 +1173,52 @@ pub async fn test_stage(
     State(state): S,
     Extension(op): Extension<Operator>,
     Path((workflow, stage)): Path<(String, String)>,
+    RawBody(body): RawBody,
+) -> Result<Json<AttemptEvent>, ApiError> {
+    let req: TestRequest = if body.trim_ascii().is_empty() {
+        TestRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    test(
+        state,
+        op,
+        actions::TestOf::Stage {
+            workflow: WorkflowId::new(workflow),
+            stage: StageId::new(stage),
+            item: req.item.map(ItemId::new),
+        },
+    )
+    .await
+}
+
+/// `POST /v1/deliveries/test`: a test of one delivery's stage (by `id`, or an `item`'s
+/// latest) with its item's document.
+pub async fn test_delivery(
+    State(state): S,
+    Extension(op): Extension<Operator>,
+    JsonBody(req): JsonBody<TestDeliveryRequest>,
+) -> Result<Json<AttemptEvent>, ApiError> {
+    let selection = match (req.id, req.item) {
+        (Some(id), None) => Selection::Ids(vec![DeliveryId::new(id)]),
+        (None, Some(item)) => item.selection("item.")?,
+        _ => return Err(ApiError::bad_input("body", "give one of `id` and `item`")),
+    };
+    test(state, op, actions::TestOf::Delivery(selection)).await
+}
+
+/// Sends a test through the actions layer and publishes its attempt.
+async fn test(
+    state: Arc<AppState>,
+    op: Operator,
+    of: actions::TestOf,
 ) -> Result<Json<AttemptEvent>, ApiError> {
     state.store.ensure_writable("test")?;
     let (store, actor, max) = (state.store.clone(), actor(&op), state.max_send_body);
     let rt = tokio::runtime::Handle::current();
-    let r = blocking(move || {
-        actions::test_stage(
-            &store,
-            &actor,
-            &WorkflowId::new(workflow),
-            &StageId::new(stage),
-            &rt,
-            max,
-        )
-        .map_err(action_error)
-    })
-    .await?;
+    let r =
+        blocking(move || actions::test_stage(&store, &actor, of, &rt, max).map_err(action_error))
+            .await?;
     published(&state, &r.attempt);
     Ok(Json(r.attempt))
 }

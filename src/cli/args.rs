@@ -98,6 +98,19 @@ impl FilterArgs {
             .map_err(|e| CliError::usage(format!("--{} {}", e.field.replace('_', "-"), e.message)))
     }
 
+    /// Whether `--item` is given and nothing narrows it but `--workflow` and `--stage`: the
+    /// id form "that item's latest stage delivery" of refire, cancel and test.
+    pub(super) fn only_item(&self) -> bool {
+        self.item.is_some()
+            && FilterArgs {
+                item: None,
+                workflow: None,
+                stage: None,
+                ..self.clone()
+            }
+            .is_empty()
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.workflow.is_none()
             && self.stage.is_none()

@@ -137,11 +137,15 @@ impl Executor {
                 self.blocking(move |store| {
                     let rt = tokio::runtime::Handle::current();
                     let actor = Actor::new(op, Via::Console);
+                    let of = actions::TestOf::Stage {
+                        workflow: workflow.clone(),
+                        stage: stage.clone(),
+                        item: None,
+                    };
                     match actions::test_stage(
                         store,
                         &actor,
-                        &workflow,
-                        &stage,
+                        of,
                         &rt,
                         crate::dispatch::http::DEFAULT_MAX_BODY,
                     ) {
