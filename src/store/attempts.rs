@@ -177,6 +177,11 @@ fn record_in_tx(tx: &Tx<'_>, lease: &Lease, o: &AttemptOutcome, jitter: f64) -> 
             next_attempt_at: next,
             last_status: o.status,
             last_error_kind: o.error_kind,
+            last_error_class: crate::engine::cause::cause_class(
+                o.error_kind,
+                o.error_message.as_deref(),
+                o.response_body.as_deref(),
+            ),
             last_attempt_at: o.started_at,
             now,
             routed_version,

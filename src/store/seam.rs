@@ -111,6 +111,8 @@ pub(crate) struct DeliveryUpdate {
     pub next_attempt_at: Option<i64>,
     pub last_status: Option<u16>,
     pub last_error_kind: Option<ErrorKind>,
+    /// The failure's cause as failure groups key it (`engine::cause`); none after a success.
+    pub last_error_class: Option<String>,
     pub last_attempt_at: i64,
     pub now: i64,
     /// The item version its routing wrote, when it routed.

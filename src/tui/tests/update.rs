@@ -1465,6 +1465,7 @@ fn failures_by_cause_open_as_a_filter_and_f_refires_a_group() {
         stage: Some(StageId::new("export")),
         state: Some(DeliveryState::Failed),
         error_kinds: vec![ErrorKind::Timeout],
+        message_class: Some("timed out after #s".into()),
         ..Default::default()
     };
     assert_eq!(
