@@ -1208,7 +1208,7 @@ pub fn with_search(f: &DeliveryFilter, search: &str) -> DeliveryFilter {
 
 /// The filter of a typed confirmation, in words: the scope first, then whatever else
 /// narrows it (the state is said by the question itself).
-fn filter_words(f: &DeliveryFilter) -> String {
+pub fn filter_words(f: &DeliveryFilter) -> String {
     let mut parts = Vec::new();
     if let Some(w) = &f.workflow {
         parts.push(format!("workflow {w}"));
@@ -1232,6 +1232,9 @@ fn filter_words(f: &DeliveryFilter) -> String {
     }
     if let Some(t) = f.until {
         parts.push(format!("until {}", t.format("%Y-%m-%d %H:%M:%S")));
+    }
+    if let Some(c) = &f.message_class {
+        parts.push(format!("cause \"{c}\""));
     }
     if let Some(q) = &f.search {
         parts.push(format!("matching \"{q}\""));
