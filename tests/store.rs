@@ -132,6 +132,7 @@ macro_rules! conformance_suite {
                 an_item_entering_a_stage_from_a_process_whose_clock_is_behind_is_not_skipped,
                 delivery_pages_never_skip_or_repeat_a_row,
                 attempt_pages_never_skip_or_repeat_a_row,
+                a_follow_since_a_time_starts_at_the_first_attempt_that_started_then,
                 attempt_pages_stay_complete_while_processes_record_at_once,
                 a_rate_limited_stage_leases_its_tokens_only_and_every_process_shares_them,
                 a_test_or_replay_of_a_rate_limited_stage_waits_for_its_token_and_counts,
@@ -2775,6 +2776,52 @@ pub mod cases {
         assert_eq!(w.store.attempts_end().unwrap(), after);
     }
 
+    /// Issue 18: `follow_start(since)` seeks in SQL to just before the first attempt (in
+    /// the log's order) that started at or after `since`: reading on from there sees every
+    /// such attempt once and none of the older ones before it; an older attempt recorded
+    /// later (a slow request) comes after the cursor and is the follower's filter's to drop.
+    pub fn a_follow_since_a_time_starts_at_the_first_attempt_that_started_then(w: &World) {
+        let t0 = now_ms();
+        let min = 60_000;
+        // (item, started at): recorded in this order.
+        let plan = [
+            ("old", t0 - 30 * min),
+            ("older", t0 - 20 * min),
+            ("first", t0),
+            ("slow", t0 - 5 * min),
+            ("last", t0 + min),
+        ];
+        let ids: Vec<&str> = plan.iter().map(|(i, _)| *i).collect();
+        w.import(&ids);
+        for (item, at) in plan {
+            fail_in_bare_at(w, item, at);
+        }
+        let since = chrono::DateTime::from_timestamp_millis(t0).unwrap();
+        let start = w.store.follow_start(Some(since)).unwrap();
+        let items: Vec<String> = w
+            .store
+            .attempts_after(start, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.item_id.unwrap().to_string())
+            .collect();
+        assert_eq!(
+            items,
+            ["first", "slow", "last"],
+            "from the first that started then"
+        );
+        let end = w.store.attempts_end().unwrap();
+        assert_eq!(w.store.follow_start(None).unwrap(), end);
+        let later = chrono::DateTime::from_timestamp_millis(t0 + 60 * min).unwrap();
+        assert_eq!(w.store.follow_start(Some(later)).unwrap(), end, "none yet");
+        let before_all = chrono::DateTime::from_timestamp_millis(t0 - 60 * min).unwrap();
+        let all = w
+            .store
+            .attempts_after(w.store.follow_start(Some(before_all)).unwrap(), 100)
+            .unwrap();
+        assert_eq!(all.len(), 5);
+    }
+
     // ---- flow control (issue 21) ----
 
     /// Stages of the flow-control cases: a rate-limited one (2/s, bursts of 3) and one capped
@@ -3049,6 +3096,13 @@ on_failure = "fail-sink"
         w.assign(&[item], "bare");
         let lease = w.lease_one("one", item);
         w.record(&lease, outcome_at(now_ms(), status, kind));
+    }
+
+    /// [`fail_in_bare`] with an attempt that started at `started_at` (ms).
+    fn fail_in_bare_at(w: &World, item: &str, started_at: i64) {
+        w.assign(&[item], "bare");
+        let lease = w.lease_one("one", item);
+        w.record(&lease, outcome_at(started_at, Some(503), None));
     }
 
     fn matching(w: &World, f: &DeliveryFilter) -> Vec<String> {

@@ -984,15 +984,10 @@ pub async fn follow_attempts(State(state): S, uri: Uri) -> Result<Response, ApiE
         return Err(ApiError::field(e.field, e.message));
     }
     let store = state.store.clone();
-    let from_start = filter.since.is_some();
+    let since = filter.since;
     let (watcher, start) = blocking(move || {
         let w = store.change_watcher()?;
-        let start = if from_start {
-            crate::store::AttemptCursor::default()
-        } else {
-            store.attempts_end()?
-        };
-        Ok((w, start))
+        Ok((w, store.follow_start(since)?))
     })
     .await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);

@@ -161,12 +161,9 @@ fn follow(store: &Store, f: &DeliveryFilter, json: bool) -> Result<(), CliError>
         )));
     }
     let mut watcher = store.change_watcher()?;
-    // From --since the log is read from its start and older attempts skipped.
-    let mut after = if f.since.is_some() {
-        crate::store::AttemptCursor::default()
-    } else {
-        store.attempts_end()?
-    };
+    // From --since: from the first attempt that started then, older ones interleaved after
+    // it skipped by the filter.
+    let mut after = store.follow_start(f.since)?;
     let mut out = std::io::stdout().lock();
     let mut read = true;
     loop {

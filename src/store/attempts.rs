@@ -458,6 +458,21 @@ impl Store {
         self.read(|r| r.attempts_end())
     }
 
+    /// Where a follower of the log starts (`deliveries --follow`, `GET /v1/attempts`): after
+    /// the newest attempt, or with `since` just before the first attempt that started then
+    /// or later, so reading on from there (and skipping the older attempts interleaved after
+    /// it) misses and repeats none. The seek is one pass over the attempt rows' start times
+    /// in SQL, not an index: an index would cost every recorded attempt a write.
+    pub fn follow_start(&self, since: Option<DateTime<Utc>>) -> Result<AttemptCursor> {
+        self.read(|r| match since {
+            None => r.attempts_end(),
+            Some(t) => match r.attempts_from(t.timestamp_millis())? {
+                Some(c) => Ok(c),
+                None => r.attempts_end(),
+            },
+        })
+    }
+
     /// How many attempts were ever recorded in the store, by every process (`/metrics`).
     pub fn attempts_recorded(&self) -> Result<i64> {
         self.read(|r| r.attempts_recorded())

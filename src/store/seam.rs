@@ -669,6 +669,9 @@ pub(crate) trait Reads {
     ) -> Result<Vec<(super::AttemptCursor, crate::model::AttemptEvent)>>;
     /// The cursor after the newest attempt a reader may take now.
     fn attempts_end(&self) -> Result<super::AttemptCursor>;
+    /// The cursor just before the first attempt (in the log's order) that started at or
+    /// after `since_ms`, or `None` when no attempt a reader may take now did.
+    fn attempts_from(&self, since_ms: i64) -> Result<Option<super::AttemptCursor>>;
     /// How many attempts were ever recorded (the largest row number).
     fn attempts_recorded(&self) -> Result<i64>;
 

@@ -647,6 +647,25 @@ impl Reads for PgReads<'_> {
         })
     }
 
+    /// Just before the first row in (transaction, row) order among those a reader may take
+    /// now: a transaction still open has an id above every such row's, so its rows come
+    /// after the cursor too.
+    fn attempts_from(&self, since_ms: i64) -> Result<Option<AttemptCursor>> {
+        let row = self.conn.query_opt(
+            "SELECT xid::text::bigint, seq FROM attempts
+             WHERE started_at >= $1 AND xid < pg_snapshot_xmin(pg_current_snapshot())
+             ORDER BY xid, seq LIMIT 1",
+            &[&since_ms],
+        )?;
+        row.map(|r| {
+            Ok(AttemptCursor {
+                major: r.try_get(0)?,
+                seq: r.try_get::<_, i64>(1)? - 1,
+            })
+        })
+        .transpose()
+    }
+
     /// The attempts recorded: a count (row numbers have gaps on PostgreSQL, where an insert
     /// that does nothing still takes one).
     fn attempts_recorded(&self) -> Result<i64> {

@@ -594,6 +594,17 @@ impl Reads for SqliteReads<'_> {
         })
     }
 
+    fn attempts_from(&self, since_ms: i64) -> Result<Option<AttemptCursor>> {
+        let first: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MIN(seq) FROM attempts WHERE started_at >= ?1")?
+            .query_row([since_ms], |r| r.get(0))?;
+        Ok(first.map(|seq| AttemptCursor {
+            major: 0,
+            seq: seq - 1,
+        }))
+    }
+
     fn attempts_recorded(&self) -> Result<i64> {
         count(self.conn, "SELECT COALESCE(MAX(seq), 0) FROM attempts", [])
     }
