@@ -31,8 +31,8 @@ use hookops::model::{
     HistoryCause, Item, ItemId, ItemState, RefusalKind, StageId, WorkflowId,
 };
 use hookops::store::{
-    AssignTarget, AttemptCursor, AttemptOutcome, AuditQuery, AuditStart, CheckStatus, Clock,
-    DeliveryCursor, DeliveryDetail, DeliveryFilter, DeliverySummary, DispatcherInfo, Expect,
+    AUDIT_IDS, AssignTarget, AttemptCursor, AttemptOutcome, AuditQuery, AuditStart, CheckStatus,
+    Clock, DeliveryCursor, DeliveryDetail, DeliveryFilter, DeliverySummary, DispatcherInfo, Expect,
     FailureGroup, ImportReport, ItemFilter, ItemOrder, ItemRow, Jitter, Lease, Location,
     MoveReport, OpenOptions, PruneOptions, Recorded, StatusMatch, Store,
 };
@@ -3036,14 +3036,18 @@ on_failure = "fail-sink"
             "resume lifts the hold"
         );
         assert_eq!(w.stage("fragile").held_until, None);
+        // Through the actions layer (as every front end resumes), audited with its front end.
+        let cli = hookops::actions::Actor::new(OP, hookops::actions::Via::Cli);
         assert!(
-            !w.store
-                .set_paused(&wf(), &st("fragile"), false, OP)
+            !hookops::actions::items::set_paused(&w.store, &cli, &wf(), &st("fragile"), false)
                 .unwrap(),
             "nothing left to lift"
         );
         let audit = w.store.audit_log(10).unwrap();
-        assert_eq!(audit[0].action, "resume");
+        assert_eq!(
+            (audit[0].action.as_str(), audit[0].via.as_deref()),
+            ("resume", Some("cli"))
+        );
     }
 
     /// Issue 21, adaptive concurrency: a 429 without `Retry-After` halves the stage's
@@ -3441,13 +3445,28 @@ on_failure = "fail-sink"
             }),
             [small]
         );
-        // Assign and advance by id name the items they moved (not "1 item(s)").
+        // Assign and advance (through the actions layer, which audits them) name the items
+        // they moved (not "1 item(s)") and the front end.
+        use hookops::actions::items::{self, AdvanceWhat, Assign};
+        use hookops::actions::{Actor, Via};
+        let cli = Actor::new("ana", Via::Cli);
+        let api = Actor::new(
+            "bot",
+            Via::Api {
+                token: "bot".into(),
+            },
+        );
+        let to = |stage: &str, target| Assign {
+            workflow: wf(),
+            to: st(stage),
+            target,
+            expect_stage: None,
+        };
         w.import(&["n1", "n2"]);
-        w.assign(&["n1", "n2"], "hold");
-        let r = w
-            .store
-            .advance(&[ItemId::new("n1")], None, &Expect::default(), OP)
-            .unwrap();
+        let named = AssignTarget::Items(vec![ItemId::new("n1"), ItemId::new("n2")]);
+        items::assign(&w.store, &cli, to("hold", named)).unwrap();
+        let n1 = AdvanceWhat::Ids(vec![ItemId::new("n1")], Expect::default());
+        let r = items::advance(&w.store, &api, n1, None).unwrap();
         assert_eq!(r.moved, 1);
         let rows = w
             .store
@@ -3470,6 +3489,47 @@ on_failure = "fail-sink"
         let assign = w.store.audit_entry(rows[1].id).unwrap();
         assert_eq!(assign.ids, Some(vec!["n1".into(), "n2".into()]));
         assert_eq!(assign.outcome.as_deref(), Some("done"));
+        assert_eq!(
+            (assign.operator.as_str(), assign.via.as_deref()),
+            ("ana", Some("cli"))
+        );
+        assert_eq!(rows[0].via.as_deref(), Some("api:bot"));
+
+        // A whole stage: a small move names every item; one past the bound names its filter
+        // and the count instead.
+        let few: Vec<String> = (0..3).map(|i| format!("s{i}")).collect();
+        let many: Vec<String> = (0..=AUDIT_IDS).map(|i| format!("b{i:04}")).collect();
+        w.import(&few.iter().map(String::as_str).collect::<Vec<_>>());
+        let whole = |limit| AssignTarget::FromStage {
+            stage: st("hold"),
+            limit,
+        };
+        let plan = items::assign_plan(&w.store, &to("ok-sink", whole(None))).unwrap();
+        assert_eq!(plan.len(), 4, "n2 and the three, oldest first: {plan:?}");
+        items::assign(&w.store, &cli, to("ok-sink", whole(None))).unwrap();
+        let last = w.store.audit_log(1).unwrap().remove(0);
+        let row = w.store.audit_entry(last.id).unwrap();
+        let mut ids = row.ids.clone().unwrap();
+        ids.sort();
+        assert_eq!(ids, ["n2", "s0", "s1", "s2"]);
+        assert_eq!(
+            (row.filter.as_deref(), row.count, row.matched),
+            (Some("--from-stage hold"), 4, Some(4))
+        );
+        w.import(&many.iter().map(String::as_str).collect::<Vec<_>>());
+        let r = items::assign(&w.store, &cli, to("fail-sink", whole(None))).unwrap();
+        assert_eq!(r.moved, AUDIT_IDS as i64 + 1);
+        let last = w.store.audit_log(1).unwrap().remove(0);
+        let row = w.store.audit_entry(last.id).unwrap();
+        assert_eq!(row.ids, None, "over the bound: no ids");
+        assert_eq!(
+            (row.filter.as_deref(), row.count, row.via.as_deref()),
+            (Some("--from-stage hold"), AUDIT_IDS as i64 + 1, Some("cli"))
+        );
+        // A store call made by code is no operator action: no row.
+        let before_code = w.store.audit_log(100).unwrap().len();
+        w.assign(&["b0000"], "hold");
+        assert_eq!(w.store.audit_log(100).unwrap().len(), before_code);
 
         let since = find(AuditQuery {
             since: Some(before),

@@ -16,6 +16,7 @@
 //!   the last, so an action that dies midway still left a row.
 
 pub mod filter;
+pub mod items;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

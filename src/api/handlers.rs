@@ -686,17 +686,15 @@ pub async fn set_stage(
         _ => None,
     };
     let store = state.store.clone();
-    let operator = operator(&op);
-    let report = blocking(move || {
-        Ok(store.assign(
-            &WorkflowId::new(req.workflow_id),
-            &StageId::new(req.stage_id),
-            &target,
-            expect.as_ref(),
-            &operator,
-        )?)
-    })
-    .await?;
+    let assign = actions::items::Assign {
+        workflow: WorkflowId::new(req.workflow_id),
+        to: StageId::new(req.stage_id),
+        target,
+        expect_stage: expect,
+    };
+    let report =
+        blocking(move || actions::items::assign(&store, &actor(&op), assign).map_err(action_error))
+            .await?;
     if report.moved == 0 && !report.refused.is_empty() {
         return Err(refusal_error(&report.refused));
     }
@@ -733,10 +731,11 @@ pub async fn advance(
         version: req.expect_version,
     };
     let store = state.store.clone();
-    let operator = operator(&op);
-    let report =
-        blocking(move || Ok(store.advance(&[ItemId::new(id)], outcome, &expect, &operator)?))
-            .await?;
+    let what = actions::items::AdvanceWhat::Ids(vec![ItemId::new(id)], expect);
+    let report = blocking(move || {
+        actions::items::advance(&store, &actor(&op), what, outcome).map_err(action_error)
+    })
+    .await?;
     if !report.refused.is_empty() {
         return Err(refusal_error(&report.refused));
     }
@@ -1231,7 +1230,10 @@ async fn set_paused(
     let store = state.store.clone();
     let (wf, st) = (WorkflowId::new(workflow), StageId::new(stage));
     let (w, s) = (wf.clone(), st.clone());
-    let changed = blocking(move || Ok(store.set_paused(&w, &s, paused, &op.0)?)).await?;
+    let changed = blocking(move || {
+        actions::items::set_paused(&store, &actor(&op), &w, &s, paused).map_err(action_error)
+    })
+    .await?;
     Ok(Json(StagePauseState {
         workflow: wf,
         stage: st,

@@ -529,7 +529,7 @@ fn bulk(
 
 /// An action refused as a whole: bad input is bad usage (exit 2); the store's refusals keep
 /// their own codes.
-fn action_error(e: ActionError) -> CliError {
+pub(super) fn action_error(e: ActionError) -> CliError {
     match e {
         ActionError::BadInput(m) => CliError::usage(m),
         ActionError::Store(e) => e.into(),
@@ -605,9 +605,17 @@ pub fn stage(g: &Global, c: StageCommand) -> Result<(), CliError> {
     )?;
     let store = g.open()?;
     let stage = StageId::new(a.stage.as_str());
-    let changed = store
-        .set_paused(&wf, &stage, pause, &g.operator())
-        .map_err(refusal)?;
+    let changed = actions::items::set_paused(
+        &store,
+        &Actor::new(g.operator(), Via::Cli),
+        &wf,
+        &stage,
+        pause,
+    )
+    .map_err(|e| match e {
+        ActionError::Store(e) => refusal(e),
+        ActionError::BadInput(m) => CliError::usage(m),
+    })?;
     let word = if pause { "paused" } else { "resumed" };
     if changed {
         outln!("stage {wf}/{stage} {word}");

@@ -559,14 +559,6 @@ impl Store {
             let reason = paused.then(|| format!("paused by {operator}"));
             c.rows().set_stage_paused(&wf, &stage, reason.as_deref())?;
             let lifted = !paused && c.rows().lift_hold(wf.as_str(), stage.as_str(), c.now())?;
-            audit(
-                c,
-                &operator,
-                action,
-                &format!("stage {wf}/{stage}"),
-                None,
-                1,
-            )?;
             if paused && !was {
                 let reason = format!("paused by {operator}");
                 super::attempts::notify_paused(c, &spec, &stage, &reason, Some(&operator))?;

@@ -11,7 +11,7 @@ use super::ops;
 use super::report;
 use super::state::{self, App, Effect, Level, LoadAfter, Msg, PAGE, Pending, ViewData, ViewKind};
 use crate::actions::{self, ActionError, Actor, BulkAction, Control, Selection, Via};
-use crate::store::{AssignTarget, DeliveryFilter, Expect, ItemFilter, Store};
+use crate::store::{AssignTarget, DeliveryFilter, ItemFilter, Store};
 
 /// Performs effects off the UI task and answers with messages.
 pub(super) struct Executor {
@@ -583,7 +583,6 @@ fn load(
 
 /// Performs a confirmed action and says, per id, what it did (see [`report`]).
 pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
-    let fail = report::failed;
     match p {
         Pending::Assign {
             workflow,
@@ -603,7 +602,13 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
                     None,
                 ),
             };
-            match s.assign(&workflow, &to, &t, None, op) {
+            let a = actions::items::Assign {
+                workflow,
+                to: to.clone(),
+                target: t,
+                expect_stage: None,
+            };
+            match actions::items::assign(s, &Actor::new(op, Via::Console), a) {
                 Ok(r) => {
                     let queued = if r.deliveries > 0 {
                         format!(" · {} deliveries queued", r.deliveries)
@@ -626,27 +631,18 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
                         ),
                     }
                 }
-                Err(e) => fail(e),
+                Err(e) => action_failed(e),
             }
         }
         Pending::Advance { ids, outcome } => {
-            let mut moved = Vec::new();
-            let mut refused = Vec::new();
-            for (id, version) in ids {
-                let expect = Expect {
-                    stage: None,
-                    version: Some(version),
-                };
-                match s.advance(std::slice::from_ref(&id), outcome, &expect, op) {
-                    Ok(r) => {
-                        if r.moved > 0 {
-                            moved.push(id.to_string());
-                        }
-                        refused.extend(report::refusals(&r.refused));
-                    }
-                    Err(e) => return fail(e),
-                }
-            }
+            let named: Vec<String> = ids.iter().map(|(i, _)| i.to_string()).collect();
+            let what = actions::items::AdvanceWhat::Versions(ids);
+            let r = match actions::items::advance(s, &Actor::new(op, Via::Console), what, outcome) {
+                Ok(r) => r,
+                Err(e) => return action_failed(e),
+            };
+            let refused = report::refusals(&r.refused);
+            let moved = report::not_refused(&named, &refused);
             let verb = match outcome {
                 Some(crate::engine::Outcome::Approve) => "approved",
                 Some(crate::engine::Outcome::Reject) => "rejected",
@@ -680,14 +676,20 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
             workflow,
             stage,
             pause,
-        } => match s.set_paused(&workflow, &stage, pause, op) {
+        } => match actions::items::set_paused(
+            s,
+            &Actor::new(op, Via::Console),
+            &workflow,
+            &stage,
+            pause,
+        ) {
             Ok(_) => report::per_id(
                 &format!("stage {stage} {}", if pause { "paused" } else { "resumed" }),
                 None,
                 vec![],
                 "",
             ),
-            Err(e) => fail(e),
+            Err(e) => action_failed(e),
         },
         // The executor replays on the runtime (HTTP); this path is the headless one.
         Pending::Replay(_) => report::per_id("replay runs asynchronously", None, vec![], ""),
