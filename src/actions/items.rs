@@ -5,10 +5,10 @@
 //! does the moves and writes no audit row for them: a store call made by code (a test, the
 //! demo) is not an operator action.
 
-use super::{ActionError, Actor, Outcome};
+use super::{ActionError, Actor, Audit, Outcome};
 use crate::engine::Outcome as Decision;
 use crate::model::{ItemId, StageId, WorkflowId};
-use crate::store::{AUDIT_IDS, AssignTarget, AuditStart, Expect, ItemFilter, MoveReport, Store};
+use crate::store::{AUDIT_IDS, AssignTarget, Expect, ItemFilter, MoveReport, Store};
 use crate::store::{ItemOrder, StoreError};
 
 /// An assignment: items into a stage, by id (with the versions seen, for compare-and-set)
@@ -89,15 +89,9 @@ pub fn assign(store: &Store, actor: &Actor, a: Assign) -> Result<MoveReport, Act
             limit.map_or(n, |l| n.min(l as i64))
         }
     };
-    let start = AuditStart {
-        operator: actor.operator.clone(),
-        via: actor.via.as_text(),
-        action: "assign".into(),
-        target: format!("stage {}/{}", a.workflow, a.to),
-        filter: a.filter(),
-        matched,
-    };
-    audited(store, start, || {
+    let target = format!("stage {}/{}", a.workflow, a.to);
+    let audit = Audit::begin(store, actor, "assign", target, a.filter(), matched)?;
+    audited(store, audit, || {
         store.assign(
             &a.workflow,
             &a.to,
@@ -136,18 +130,12 @@ pub fn advance(
         Some(Decision::Reject) => "reject",
         _ => "advance",
     };
-    let start = AuditStart {
-        operator: actor.operator.clone(),
-        via: actor.via.as_text(),
-        action: action.into(),
-        target: match ids {
-            [one] => format!("item {one}"),
-            _ => format!("{} item(s)", ids.len()),
-        },
-        filter: None,
-        matched: ids.len() as i64,
+    let target = match ids {
+        [one] => format!("item {one}"),
+        _ => format!("{} item(s)", ids.len()),
     };
-    audited(store, start, || match &what {
+    let audit = Audit::begin(store, actor, action, target, None, ids.len() as i64)?;
+    audited(store, audit, || match &what {
         AdvanceWhat::Ids(ids, expect) => store.advance(ids, outcome, expect, &actor.operator),
         AdvanceWhat::Versions(v) => {
             let mut r = MoveReport::default();
@@ -178,21 +166,15 @@ pub fn set_paused(
 ) -> Result<bool, ActionError> {
     let action = if pause { "pause" } else { "resume" };
     store.ensure_writable(action)?;
-    let id = store.audit_begin(AuditStart {
-        operator: actor.operator.clone(),
-        via: actor.via.as_text(),
-        action: action.into(),
-        target: format!("stage {workflow}/{stage}"),
-        filter: None,
-        matched: 1,
-    })?;
+    let target = format!("stage {workflow}/{stage}");
+    let audit = Audit::begin(store, actor, action, target, None, 1)?;
     match store.set_paused(workflow, stage, pause, &actor.operator) {
         Ok(changed) => {
-            store.audit_finish(id, Outcome::Done.as_str(), 1, &[])?;
+            audit.finish(store, Outcome::Done, 1, &[])?;
             Ok(changed)
         }
         Err(e) => {
-            store.audit_finish(id, Outcome::Failed.as_str(), 0, &[])?;
+            audit.finish(store, Outcome::Failed, 0, &[])?;
             Err(e.into())
         }
     }
@@ -202,14 +184,13 @@ pub fn set_paused(
 /// items it moved (the store keeps their ids up to one more than the audit bound).
 fn audited(
     store: &Store,
-    start: AuditStart,
+    audit: Audit,
     act: impl FnOnce() -> Result<MoveReport, StoreError>,
 ) -> Result<MoveReport, ActionError> {
-    let id = store.audit_begin(start)?;
     let r = match act() {
         Ok(r) => r,
         Err(e) => {
-            store.audit_finish(id, Outcome::Failed.as_str(), 0, &[])?;
+            audit.finish(store, Outcome::Failed, 0, &[])?;
             return Err(e.into());
         }
     };
@@ -221,6 +202,6 @@ fn audited(
     // One more than the bound: the row keeps the filter and the count instead of ids.
     debug_assert!(r.moved_ids.len() <= AUDIT_IDS + 1);
     let ids: Vec<String> = r.moved_ids.iter().map(|i| i.to_string()).collect();
-    store.audit_finish(id, outcome.as_str(), r.moved, &ids)?;
+    audit.finish(store, outcome, r.moved, &ids)?;
     Ok(r)
 }

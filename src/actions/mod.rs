@@ -15,6 +15,7 @@
 //! - The audit row is written before the first change (outcome `running`) and finished after
 //!   the last, so an action that dies midway still left a row.
 
+pub mod admin;
 pub mod filter;
 pub mod items;
 
@@ -67,6 +68,52 @@ impl Actor {
             operator: operator.into(),
             via,
         }
+    }
+}
+
+/// An action's audit row, begun (outcome `running`) before the action changes anything, so
+/// an action that dies midway still left a row, and finished with how it ended.
+#[must_use = "an audit row is finished with its outcome"]
+pub struct Audit {
+    id: i64,
+}
+
+impl Audit {
+    /// Writes the row: who, from which front end, what on what, and how many it selected.
+    pub fn begin(
+        store: &Store,
+        actor: &Actor,
+        action: &str,
+        target: String,
+        filter: Option<String>,
+        matched: i64,
+    ) -> Result<Audit, StoreError> {
+        let id = store.audit_begin(AuditStart {
+            operator: actor.operator.clone(),
+            via: actor.via.as_text(),
+            action: action.into(),
+            target,
+            filter,
+            matched,
+        })?;
+        Ok(Audit { id })
+    }
+
+    /// The row's number (`hookops audit show ID`).
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// Ends the row with the outcome, how many were touched and which (kept when at most
+    /// [`crate::store::AUDIT_IDS`]; beyond, the filter and the count say what was selected).
+    pub fn finish(
+        self,
+        store: &Store,
+        outcome: Outcome,
+        count: i64,
+        ids: &[String],
+    ) -> Result<(), StoreError> {
+        store.audit_finish(self.id, outcome.as_str(), count, ids)
     }
 }
 
@@ -361,14 +408,15 @@ pub fn execute(
         (None, ids) => format!("{} delivery(ies)", ids.len()),
         (Some(_), _) => format!("{} {} delivery(ies)", plan.matched, plan.action.selects()),
     };
-    let audit_id = store.audit_begin(AuditStart {
-        operator: actor.operator.clone(),
-        via: actor.via.as_text(),
-        action: plan.action.as_str().into(),
+    let audit = Audit::begin(
+        store,
+        actor,
+        plan.action.as_str(),
         target,
-        filter: plan.filter.clone(),
-        matched: plan.matched as i64,
-    })?;
+        plan.filter.clone(),
+        plan.matched as i64,
+    )?;
+    let audit_id = audit.id();
     let mut report = BulkReport {
         action: plan.action,
         outcome: Outcome::Done,
@@ -413,12 +461,7 @@ pub fn execute(
     } else {
         Outcome::PartlyRefused
     };
-    store.audit_finish(
-        audit_id,
-        report.outcome.as_str(),
-        report.acted as i64,
-        &touched,
-    )?;
+    audit.finish(store, report.outcome, report.acted as i64, &touched)?;
     Ok(report)
 }
 
@@ -578,33 +621,22 @@ pub fn test_stage(
         }
         Some(_) => {}
     }
-    let audit_id = store.audit_begin(AuditStart {
-        operator: actor.operator.clone(),
-        via: actor.via.as_text(),
-        action: "test".into(),
-        target: match &item {
-            Some(i) => format!("stage {workflow}/{stage} with item {i}"),
-            None => format!("stage {workflow}/{stage}"),
-        },
-        filter: None,
-        matched: 1,
-    })?;
+    let target = match &item {
+        Some(i) => format!("stage {workflow}/{stage} with item {i}"),
+        None => format!("stage {workflow}/{stage}"),
+    };
+    let audit = Audit::begin(store, actor, "test", target, None, 1)?;
     let sent = store
         .begin_test_of(workflow, stage, item.as_ref(), &actor.operator)
         .and_then(|lease| rt.block_on(send_manual(store, lease, max_send_body)));
     let attempt = match sent {
         Ok(a) => a,
         Err(e) => {
-            store.audit_finish(audit_id, Outcome::Failed.as_str(), 0, &[])?;
+            audit.finish(store, Outcome::Failed, 0, &[])?;
             return Err(e.into());
         }
     };
-    store.audit_finish(
-        audit_id,
-        Outcome::Done.as_str(),
-        1,
-        &[attempt.delivery_id.to_string()],
-    )?;
+    audit.finish(store, Outcome::Done, 1, &[attempt.delivery_id.to_string()])?;
     let response_body = store
         .delivery_detail(&attempt.delivery_id)?
         .attempt_log

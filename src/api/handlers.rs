@@ -464,10 +464,6 @@ fn decode_cursor(s: &str, tag: char) -> Result<String, ApiError> {
     rest.map(str::to_string).ok_or_else(bad)
 }
 
-fn operator(op: &Operator) -> String {
-    op.0.clone()
-}
-
 /// Publishes an attempt made by the API (replay, test) like the dispatcher's own.
 /// (`serve` feeds the metrics from that channel; without one they are counted here.)
 fn published(state: &AppState, e: &AttemptEvent) {
@@ -532,7 +528,7 @@ pub async fn import(
     slug("workflow", &q.workflow)?;
     let items = parse_items(&body)?;
     let store = state.store.clone();
-    let operator = operator(&op);
+    let actor = actor(&op);
     let report = blocking(move || {
         let dataset = q.dataset.map(|name| crate::model::DatasetRef {
             slug: crate::import::dataset_from_name(&name)
@@ -540,14 +536,7 @@ pub async fn import(
                 .unwrap_or_else(|| name.clone()),
             name,
         });
-        store
-            .import_items(
-                &WorkflowId::new(q.workflow),
-                items,
-                dataset,
-                &operator,
-                &mut |_, _| {},
-            )
+        actions::admin::import(&store, &actor, &WorkflowId::new(q.workflow), items, dataset)
             .map_err(|e| {
                 if e.done == 0
                     && let crate::store::StoreError::Invalid(m) = &e.source

@@ -16,7 +16,7 @@ use super::deliveries::{
 };
 use super::seam::{HistoryRow, ItemMove, NewItemRow};
 use super::workflows::current_spec;
-use super::{Result, Store, StoreError, audit, to_time, where_now};
+use super::{Result, Store, StoreError, to_time, where_now};
 use crate::engine::{self, Outcome, Route};
 use crate::model::{
     CancelReason, DatasetRef, DeliveryId, DeliveryTrigger, EventType, HistoryCause, Item, ItemId,
@@ -708,10 +708,6 @@ impl Store {
             }
             progress(done, total);
         }
-        let (wf, op, n) = (workflow.clone(), operator.to_string(), report.imported);
-        let _ = self.write("import", move |c| {
-            audit(c, &op, "import", &format!("workflow {wf}"), None, n)
-        });
         Ok(report)
     }
 
@@ -1055,13 +1051,5 @@ impl Store {
             }
         }
         Ok(report)
-    }
-
-    /// The audit row of a whole streaming import: `n` items imported into `workflow`.
-    pub fn audit_import(&self, workflow: &WorkflowId, operator: &str, n: i64) -> Result<()> {
-        let (wf, op) = (workflow.clone(), operator.to_string());
-        self.write("import", move |c| {
-            audit(c, &op, "import", &format!("workflow {wf}"), None, n)
-        })
     }
 }

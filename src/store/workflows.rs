@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::seam::{Counted, Reads, RevisionRow, Rows, WorkflowCounts};
-use super::{Result, Store, StoreError, Tx, audit, to_time};
+use super::{Result, Store, StoreError, Tx, to_time};
 use crate::model::{ItemState, StageId, StageKind, WorkflowId};
 use crate::workflow::Workflow;
 
@@ -341,8 +341,6 @@ fn apply_in_tx(
     for (from, to, _) in &report.moved {
         super::items::move_stage_items(conn, wf, revision, from, to, operator)?;
     }
-    let target = format!("workflow {} revision {revision}", wf.id);
-    audit(conn, operator, "apply", &target, None, 1)?;
     Ok(report)
 }
 
