@@ -2249,6 +2249,42 @@ async fn failures_are_grouped_by_cause_and_a_group_is_a_filter() {
     assert_eq!(out.status.code(), Some(2), "filters need --failed");
 }
 
+/// Set Stage with `dry_run` lists what would move (oldest first, at most `limit`) and moves
+/// nothing; the real move's audit row names the token and every item moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn set_stage_dry_run_lists_what_would_move_and_the_move_is_audited_with_its_ids() {
+    let w = World::new(Opts::default()).await;
+    w.import(
+        json!([{"id": "d1", "name": "d1"}, {"id": "d2", "name": "d2"}, {"id": "d3", "name": "d3"}]),
+    )
+    .await;
+    let body = |dry_run: bool| json!({"workflow_id": "wf", "stage_id": "hold", "from_stage_id": "dataset", "limit": 2, "dry_run": dry_run});
+    let (s, v) = w.set_stage(body(true)).await;
+    assert_eq!(
+        (s, &v),
+        (200, &json!({"matched": 2, "ids": ["d1", "d2"]})),
+        "{v}"
+    );
+    assert_eq!(
+        w.store.item(&ItemId::new("d1")).unwrap().stage.as_str(),
+        "dataset"
+    );
+    let (s, v) = w.set_stage(body(false)).await;
+    assert_eq!((s, v["moved"].as_i64()), (200, Some(2)), "{v}");
+    let row = w.store.audit_log(1).unwrap().remove(0);
+    let row = w.store.audit_entry(row.id).unwrap();
+    assert_eq!(row.action, "assign");
+    assert!(
+        row.via.as_deref().is_some_and(|v| v.starts_with("api:")),
+        "{row:?}"
+    );
+    assert_eq!(row.ids, Some(vec!["d1".to_string(), "d2".to_string()]));
+    assert_eq!(
+        row.filter.as_deref(),
+        Some("--from-stage dataset --limit 2")
+    );
+}
+
 /// `--item ID [--workflow W --stage S]` names the item's latest stage delivery for cancel
 /// and test as it does for re-fire, in the CLI and the API alike; a test with an item sends
 /// that item's document and moves nothing.

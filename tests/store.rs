@@ -3505,7 +3505,8 @@ on_failure = "fail-sink"
             limit,
         };
         let plan = items::assign_plan(&w.store, &to("ok-sink", whole(None))).unwrap();
-        assert_eq!(plan.len(), 4, "n2 and the three, oldest first: {plan:?}");
+        assert_eq!(plan.matched, 4, "n2 and the three, oldest first: {plan:?}");
+        assert_eq!(plan.ids.last().map(|i| i.as_str()), Some("s2"));
         items::assign(&w.store, &cli, to("ok-sink", whole(None))).unwrap();
         let last = w.store.audit_log(1).unwrap().remove(0);
         let row = w.store.audit_entry(last.id).unwrap();

@@ -35,9 +35,24 @@ impl Assign {
     }
 }
 
+/// What an assignment would move (its dry run): how many, and which, in order.
+#[derive(Clone, Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct AssignPlan {
+    pub matched: usize,
+    pub ids: Vec<ItemId>,
+}
+
 /// What an assignment would move, in order, without moving anything (`--dry-run`): the
 /// items named, or those of the stage, oldest first, at most its limit.
-pub fn assign_plan(store: &Store, a: &Assign) -> Result<Vec<ItemId>, ActionError> {
+pub fn assign_plan(store: &Store, a: &Assign) -> Result<AssignPlan, ActionError> {
+    let ids = assign_ids(store, a)?;
+    Ok(AssignPlan {
+        matched: ids.len(),
+        ids,
+    })
+}
+
+fn assign_ids(store: &Store, a: &Assign) -> Result<Vec<ItemId>, ActionError> {
     let (stage, limit) = match &a.target {
         AssignTarget::Items(ids) => return Ok(ids.clone()),
         AssignTarget::Versions(ids) => return Ok(ids.iter().map(|(i, _)| i.clone()).collect()),

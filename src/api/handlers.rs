@@ -61,6 +61,18 @@ pub struct SetStageRequest {
     /// With `from_stage_id` alone: move at most this many (oldest first).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Count and list what would move (oldest first) and move nothing: the answer is
+    /// `{matched, ids}`.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `POST /v1/items/stage`'s answer: what moved, or with `dry_run` what would.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum SetStageAnswer {
+    Moved(MoveReport),
+    Planned(actions::items::AssignPlan),
 }
 
 /// `POST /v1/items/{id}/advance`: `outcome` decides a review (required there); elsewhere the
@@ -625,8 +637,10 @@ pub async fn set_stage(
     State(state): S,
     Extension(op): Extension<Operator>,
     JsonBody(req): JsonBody<SetStageRequest>,
-) -> Result<Json<MoveReport>, ApiError> {
-    state.store.ensure_writable("assign")?;
+) -> Result<Json<SetStageAnswer>, ApiError> {
+    if !req.dry_run {
+        state.store.ensure_writable("assign")?;
+    }
     slug("workflow_id", &req.workflow_id)?;
     slug("stage_id", &req.stage_id)?;
     if let Some(from) = &req.from_stage_id {
@@ -681,13 +695,19 @@ pub async fn set_stage(
         target,
         expect_stage: expect,
     };
+    if req.dry_run {
+        let plan =
+            blocking(move || actions::items::assign_plan(&store, &assign).map_err(action_error))
+                .await?;
+        return Ok(Json(SetStageAnswer::Planned(plan)));
+    }
     let report =
         blocking(move || actions::items::assign(&store, &actor(&op), assign).map_err(action_error))
             .await?;
     if report.moved == 0 && !report.refused.is_empty() {
         return Err(refusal_error(&report.refused));
     }
-    Ok(Json(report))
+    Ok(Json(SetStageAnswer::Moved(report)))
 }
 
 pub async fn advance(

@@ -136,7 +136,7 @@ pub(super) const ENDPOINTS: &[Endpoint] = &[
         mutates: true,
         query: None,
         body: RequestBody::Json(schema::<SetStageRequest>),
-        answer: Answer::Json(schema::<MoveReport>),
+        answer: Answer::Json(schema::<SetStageAnswer>),
         errors: &[400, 403, 404, 409, 413, 422],
         route: || post(h::set_stage).get(h::show_item_named_stage),
     },

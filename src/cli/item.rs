@@ -319,25 +319,17 @@ pub fn assign(g: &Global, a: AssignArgs) -> Result<(), CliError> {
         expect_stage: a.expect_stage.map(StageId::new),
     };
     if a.dry_run {
-        let ids = actions::items::assign_plan(&store, &assign).map_err(action_error)?;
+        let plan = actions::items::assign_plan(&store, &assign).map_err(action_error)?;
         if a.json {
-            #[derive(serde::Serialize)]
-            struct Plan<'a> {
-                matched: usize,
-                ids: &'a [ItemId],
-            }
-            return output::json(&Plan {
-                matched: ids.len(),
-                ids: &ids,
-            });
+            return output::json(&plan);
         }
         outln!(
             "would assign {} item(s) to {}/{}",
-            ids.len(),
+            plan.matched,
             assign.workflow,
             assign.to
         );
-        for id in &ids {
+        for id in &plan.ids {
             outln!("{id}");
         }
         return Ok(());
