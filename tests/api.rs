@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use hookops::api::{ApiOptions, Metrics, Server, StartError, Tokens};
 use hookops::dispatch::{self, DispatchNotice, DispatcherOptions};
-use hookops::model::{DeliveryState, ItemId};
+use hookops::model::{DeliveryId, DeliveryState, EventType, ItemId};
 use hookops::receiver::{CallbackApi, Receiver, ReceiverOptions, Script};
-use hookops::store::{Location, OpenOptions, Store};
+use hookops::store::{DeliveryFilter, Location, OpenOptions, Store};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
@@ -559,7 +559,7 @@ async fn every_endpoint(o: Opts) {
                 .map(move |m| format!("{m} {p}"))
         })
         .collect();
-    assert_eq!(documented.len(), 24, "{documented:?}");
+    assert_eq!(documented.len(), 25, "{documented:?}");
 
     // POST /v1/items: one object, an array, JSON Lines.
     let v = w
@@ -1202,6 +1202,16 @@ async fn read_only_api(postgres: bool) {
             .await;
         assert_eq!(s, 403, "{t}: {v}");
     }
+    let (s, v) = w
+        .call(
+            "post",
+            "/v1/deliveries/test",
+            &[],
+            "",
+            Some(json!({"item": {"id": "x"}})),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
     // Nothing was sent: a read-only operator sends nothing.
     assert_eq!(w.receiver.count(), 0);
 }
@@ -2237,6 +2247,283 @@ async fn failures_are_grouped_by_cause_and_a_group_is_a_filter() {
     assert_eq!(out.status.code(), Some(1));
     let out = hookops_cli(&w, &["refire", "--item", "h1", "--status", "5xx"]);
     assert_eq!(out.status.code(), Some(2), "filters need --failed");
+}
+
+/// Set Stage with `dry_run` lists what would move (oldest first, at most `limit`) and moves
+/// nothing; the real move's audit row names the token and every item moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn set_stage_dry_run_lists_what_would_move_and_the_move_is_audited_with_its_ids() {
+    let w = World::new(Opts::default()).await;
+    w.import(
+        json!([{"id": "d1", "name": "d1"}, {"id": "d2", "name": "d2"}, {"id": "d3", "name": "d3"}]),
+    )
+    .await;
+    let body = |dry_run: bool| json!({"workflow_id": "wf", "stage_id": "hold", "from_stage_id": "dataset", "limit": 2, "dry_run": dry_run});
+    let (s, v) = w.set_stage(body(true)).await;
+    assert_eq!(
+        (s, &v),
+        (200, &json!({"matched": 2, "ids": ["d1", "d2"]})),
+        "{v}"
+    );
+    assert_eq!(
+        w.store.item(&ItemId::new("d1")).unwrap().stage.as_str(),
+        "dataset"
+    );
+    let (s, v) = w.set_stage(body(false)).await;
+    assert_eq!((s, v["moved"].as_i64()), (200, Some(2)), "{v}");
+    let row = w.store.audit_log(1).unwrap().remove(0);
+    let row = w.store.audit_entry(row.id).unwrap();
+    assert_eq!(row.action, "assign");
+    assert!(
+        row.via.as_deref().is_some_and(|v| v.starts_with("api:")),
+        "{row:?}"
+    );
+    assert_eq!(row.ids, Some(vec!["d1".to_string(), "d2".to_string()]));
+    assert_eq!(
+        row.filter.as_deref(),
+        Some("--from-stage dataset --limit 2")
+    );
+}
+
+/// `--item ID [--workflow W --stage S]` names the item's latest stage delivery for cancel
+/// and test as it does for re-fire, in the CLI and the API alike; a test with an item sends
+/// that item's document and moves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_and_test_take_an_items_latest_delivery() {
+    let w = World::new(Opts::default()).await;
+    let (s, v) = w
+        .call(
+            "post",
+            "/v1/stages/{workflow}/{stage}/pause",
+            &["wf", "failing"],
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    w.import(json!([{"id": "c1", "name": "c1"}, {"id": "c2", "name": "c2"}]))
+        .await;
+    let (s, v) = w
+        .set_stage(json!({"workflow_id": "wf", "stage_id": "failing", "item_ids": ["c1", "c2"]}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let latest = |item: &str| {
+        let f = DeliveryFilter {
+            item: Some(ItemId::new(item)),
+            event: Some(EventType::StageWebhook),
+            ..Default::default()
+        };
+        w.store.list_deliveries(&f, None, 1).unwrap()[0]
+            .0
+            .id
+            .to_string()
+    };
+    let open = latest("c1");
+
+    // The CLI and the API name the same delivery.
+    let out = hookops_cli(
+        &w,
+        &["delivery", "cancel", "--item", "c1", "--dry-run", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["ids"], json!([open]), "{plan}");
+    let (s, job) = w
+        .call(
+            "post",
+            "/v1/deliveries/cancel",
+            &[],
+            "",
+            Some(json!({"item": {"id": "c1", "workflow": "wf", "stage": "failing"}, "dry_run": true})),
+        )
+        .await;
+    assert_eq!((s, &job["ids"]), (200, &json!([open])), "{job}");
+    let (s, v) = w
+        .call(
+            "post",
+            "/v1/deliveries/cancel",
+            &[],
+            "",
+            Some(json!({"item": {"id": "c1", "stage": "failing"}})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["details"][0]["path"].as_str()),
+        (400, Some("item.stage")),
+        "{v}"
+    );
+    let (s, v) = w
+        .call(
+            "post",
+            "/v1/deliveries/cancel",
+            &[],
+            "",
+            Some(json!({"item": {"id": "c1"}, "ids": [open]})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+
+    // Cancel by item: no confirmation for one delivery; the item routes along on_failure.
+    let out = hookops_cli(
+        &w,
+        &[
+            "delivery",
+            "cancel",
+            "--item",
+            "c1",
+            "--workflow",
+            "wf",
+            "--stage",
+            "failing",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.wait_item_in("c1", "parked").await;
+    assert_eq!(
+        w.store
+            .delivery_detail(&DeliveryId::new(open.as_str()))
+            .unwrap()
+            .summary
+            .state,
+        DeliveryState::Cancelled
+    );
+    // Its latest delivery is no longer open: refused, and the other item's stays open.
+    let out = hookops_cli(&w, &["delivery", "cancel", "--item", "c1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        w.store
+            .delivery_detail(&DeliveryId::new(latest("c2")))
+            .unwrap()
+            .summary
+            .state,
+        DeliveryState::Pending
+    );
+    let out = hookops_cli(
+        &w,
+        &["delivery", "cancel", "--item", "c2", "--stage", "failing"],
+    );
+    assert_eq!(out.status.code(), Some(2), "a stage needs its workflow");
+    let out = hookops_cli(&w, &["delivery", "cancel", "--item", "c2", "--limit", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // Test by item: the stage of its latest delivery, with its document; nothing moves.
+    let sent_to = |path: &str| {
+        w.receiver
+            .received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap())
+            .filter(|b| b["hookops"]["event"] == "webhook.test")
+            .map(|b| {
+                b["item"]["source_info"]["item_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    w.receiver.set_script("*=ok".parse::<Script>().unwrap());
+    let out = hookops_cli(&w, &["test-webhook", "--item", "c1", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (ev["stage"].as_str(), ev["item_id"].as_str()),
+        (Some("failing"), Some("c1")),
+        "{ev}"
+    );
+    let out = hookops_cli(&w, &["test-webhook", &latest("c2"), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sent_to("/fail"), ["c1", "c2"]);
+    let (s, v) = w
+        .call(
+            "post",
+            "/v1/deliveries/test",
+            &[],
+            "",
+            Some(json!({"item": {"id": "c2", "workflow": "wf", "stage": "failing"}})),
+        )
+        .await;
+    assert_eq!((s, v["event"].as_str()), (200, Some("webhook.test")), "{v}");
+    let (s, v) = w
+        .call(
+            "post",
+            "/v1/stages/{workflow}/{stage}/test",
+            &["wf", "hook"],
+            "",
+            Some(json!({"item": "c1"})),
+        )
+        .await;
+    assert_eq!((s, v["stage"].as_str()), (200, Some("hook")), "{v}");
+    assert_eq!(sent_to("/fail"), ["c1", "c2", "c2"]);
+    assert_eq!(sent_to("/hook"), ["c1"]);
+    let (s, _) = w
+        .call(
+            "post",
+            "/v1/stages/{workflow}/{stage}/test",
+            &["wf", "hook"],
+            "",
+            Some(json!({"item": "nobody"})),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, _) = w
+        .call(
+            "post",
+            "/v1/deliveries/test",
+            &[],
+            "",
+            Some(json!({"id": "msg_nope"})),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let out = hookops_cli(&w, &["test-webhook", "--item", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = hookops_cli(&w, &["test-webhook"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        w.store.item(&ItemId::new("c1")).unwrap().stage.as_str(),
+        "parked"
+    );
+    assert_eq!(
+        w.store.item(&ItemId::new("c2")).unwrap().stage.as_str(),
+        "failing"
+    );
+
+    // Audit: who tested c1, from where.
+    let out = hookops_cli(&w, &["audit", "--item", "c1", "--action", "test", "--json"]);
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let via: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["via"].as_str().unwrap())
+        .collect();
+    assert_eq!(via.len(), 2, "{rows}");
+    assert!(
+        via.contains(&"cli") && via.iter().any(|v| v.starts_with("api:")),
+        "{rows}"
+    );
 }
 
 /// `GET /v1/attempts?follow=true` streams every new attempt of a matching delivery as a JSON

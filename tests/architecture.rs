@@ -337,3 +337,55 @@ fn the_backend_neutral_store_names_no_sqlite_item() {
     let sample = "// rusqlite in a comment\nuse rusqlite::Row;\n#[cfg(test)]\nmod t {\n    use rusqlite::Connection;\n}\n#[cfg(test)]\nmod u;\nfn f(c: &rusqlite::Connection) {}\n";
     assert_eq!(naming(sample, "rusqlite"), [2, 9]);
 }
+
+/// Issue 18: the front ends (`cli`, `tui`, `api`) act only through the actions layer, which
+/// audits every operator action: none calls a store method that acts or audits itself. The
+/// demo's setup (`cli/demo.rs`) is code, not an operator's action.
+#[test]
+fn front_ends_act_only_through_the_actions_layer() {
+    const STORE_ACTIONS: &[&str] = &[
+        ".assign(",
+        ".advance(",
+        ".set_paused(",
+        ".apply_workflow(",
+        ".prune(",
+        ".prune_with_progress(",
+        ".refire(",
+        ".cancel_deliveries(",
+        ".begin_replay(",
+        ".begin_test",
+        ".import_items(",
+        ".audit_begin(",
+        ".audit_finish(",
+    ];
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    for front in ["cli", "tui", "api"] {
+        rust_files(&src.join(front), &mut files);
+    }
+    let mut bad = Vec::new();
+    let mut read = 0;
+    for path in &files {
+        let rel = path
+            .strip_prefix(&src)
+            .expect("under src")
+            .display()
+            .to_string();
+        if rel.contains("/tests/") || rel == "cli/demo.rs" {
+            continue;
+        }
+        read += 1;
+        let text = std::fs::read_to_string(path).expect("readable source");
+        for call in STORE_ACTIONS {
+            for line in naming(&text, call) {
+                bad.push(format!("{rel}:{line}: {call}"));
+            }
+        }
+    }
+    assert!(read > 20, "read only {read} front-end files");
+    assert!(
+        bad.is_empty(),
+        "a front end acts without the actions layer:\n{}",
+        bad.join("\n")
+    );
+}

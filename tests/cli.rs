@@ -1048,6 +1048,73 @@ fn bulk_assign_of_100k_items_lets_another_process_write_in_between() {
     assert_eq!(row["count"], N as i64);
 }
 
+/// Issue 18: `assign --from-stage --dry-run` lists what would move, oldest first, and moves
+/// nothing; the real assign's audit row names the front end and every item it moved; stage
+/// pause and item advance are audited the same way.
+#[test]
+fn assign_dry_run_lists_and_moves_nothing_and_the_audit_names_the_ids_and_the_cli() {
+    let env = waiting_env(3);
+    let rows_before = env.audit().len();
+    let args = [
+        "assign",
+        "--workflow",
+        "flow",
+        "--stage",
+        "work",
+        "--from-stage",
+        "dataset",
+    ];
+    let plan = env
+        .run(&[&args[..], &["--dry-run", "--json"]].concat())
+        .ok()
+        .json();
+    assert_eq!(plan["matched"], 3, "{plan}");
+    assert_eq!(plan["ids"], serde_json::json!(["it0", "it1", "it2"]));
+    let text = env
+        .run(&[&args[..], &["--dry-run", "--limit", "2"]].concat())
+        .ok();
+    assert_eq!(
+        text.stdout,
+        "would assign 2 item(s) to flow/work\nit0\nit1\n"
+    );
+    assert_eq!(env.stage_of("it0"), "dataset", "a dry run moves nothing");
+    assert_eq!(env.audit().len(), rows_before, "nor audits anything");
+
+    env.run(&args).ok();
+    assert_eq!(env.stage_of("it2"), "work");
+    env.run(&["item", "advance", "it1"]).ok();
+    env.run(&["stage", "pause", "--workflow", "flow", "hook"])
+        .ok();
+    let audit = env.audit();
+    let row = |action: &str| {
+        audit
+            .iter()
+            .find(|a| a["action"] == action)
+            .unwrap_or_else(|| panic!("no {action} row: {audit:?}"))
+            .clone()
+    };
+    for action in ["assign", "advance", "pause"] {
+        let r = row(action);
+        assert_eq!(
+            (&r["via"], &r["outcome"]),
+            (&serde_json::json!("cli"), &serde_json::json!("done")),
+            "{r}"
+        );
+    }
+    let assign = row("assign");
+    assert_eq!(assign["filter"], "--from-stage dataset");
+    let shown = env
+        .run(&["audit", "show", &assign["id"].to_string(), "--json"])
+        .ok()
+        .json();
+    assert_eq!(
+        shown["ids"],
+        serde_json::json!(["it0", "it1", "it2"]),
+        "{shown}"
+    );
+    assert_eq!(row("advance")["target"], "item it1");
+}
+
 #[test]
 fn stale_actions_are_refused_saying_where_the_item_is_now() {
     let env = waiting_env(3);

@@ -497,6 +497,107 @@ fn assign_watch_and_refire_on_postgresql() {
 // (c), (d): sizes
 // ---------------------------------------------------------------------------------------------
 
+/// Issue 18: on `:failures`, `R` replays and `r` re-fires the whole group under the cursor
+/// (its members only, after the typed count), and `c` cancels the group's open retries (none
+/// here, and it says so).
+#[test]
+fn failure_groups_are_replayed_and_refired_whole_from_the_failures_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let receiver = rt
+        .block_on(Receiver::start(ReceiverOptions {
+            script: "/hook=500".parse().unwrap(),
+            ..ReceiverOptions::default()
+        }))
+        .unwrap();
+    let items = [
+        ("it-1", "alpha.jpg"),
+        ("it-2", "beta.jpg"),
+        ("it-3", "gamma.jpg"),
+    ];
+    let db = prepare(dir.path(), &receiver.url("/hook"), &items);
+    let mut c = Console::start(
+        dir.path(),
+        &["--db", db.to_str().unwrap(), "--operator", "e2e"],
+        120,
+        40,
+    );
+    c.wait_for("dispatcher: this process");
+    let assign = |ids: &[&str]| {
+        let mut args = vec!["assign", "--workflow", "e2e", "--stage", "hook"];
+        args.extend(ids);
+        cli(&db, &args);
+    };
+    // Two causes: 500 for it-1 and it-2, then 400 for it-3.
+    assign(&["it-1", "it-2"]);
+    c.wait_for_line(&["✗ 500", "hook", "alpha.jpg", "#1/1"]);
+    c.wait_for_line(&["✗ 500", "hook", "beta.jpg", "#1/1"]);
+    receiver.set_script("/hook=400".parse().unwrap());
+    assign(&["it-3"]);
+    c.wait_for_line(&["✗ 400", "hook", "gamma.jpg", "#1/1"]);
+
+    c.send(":failures\r");
+    c.wait_for("failures by cause");
+    c.wait_for_line(&["▶2", "hook", "✗ 500", "500 Internal Server Error"]);
+    c.wait_for_line(&["1", "hook", "✗ 400", "400 Bad Request"]);
+
+    // R: replay the 500 group, after typing its count; the items stay where they are.
+    receiver.set_script("*=ok".parse().unwrap());
+    let before = receiver.count();
+    c.send("R");
+    c.wait_for("Replay 2 failed deliveries");
+    c.send("2\r");
+    c.wait_for("replayed");
+    assert!(
+        rt.block_on(receiver.wait_for(before + 2, std::time::Duration::from_secs(10))),
+        "two replays reach the receiver"
+    );
+    let list = cli(&db, &["item", "list", "--workflow", "e2e"]);
+    assert_eq!(in_stage(&list, "hook", "failed"), 3, "{list}");
+
+    // r: re-fire the same group; only its two items go through, the 400 stays failed.
+    c.send("r");
+    c.wait_for("Re-fire 2 failed deliveries");
+    c.send("2\r");
+    c.wait_for("re-fired 2 delivery(ies)");
+    c.wait_for_line(&["✓ 200", "hook", "alpha.jpg", "→ done"]);
+    c.wait_for_line(&["✓ 200", "hook", "beta.jpg", "→ done"]);
+    let list = cli(&db, &["item", "list", "--workflow", "e2e"]);
+    assert_eq!(in_stage(&list, "done", "done"), 2, "{list}");
+    assert_eq!(in_stage(&list, "hook", "failed"), 1, "{list}");
+
+    // The group is gone from the view; c on the 400 group finds no open retries.
+    c.wait_until("only the 400 group is left", |s| {
+        let t = s.contents();
+        t.contains("failures by cause · all workflows · row 1 of 1")
+            && t.contains("▶1     1     hook  ✗ 400")
+    });
+    c.send("c");
+    c.wait_for("no open deliveries match: nothing to cancel");
+
+    // Audited as the console's, with the ids.
+    let audit = cli(&db, &["audit", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&audit).unwrap();
+    let mine: Vec<(&str, &str, i64)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["via"] == "console")
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+                r["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(mine.contains(&("replay", "done", 2)), "{audit}");
+    assert!(mine.contains(&("refire", "done", 2)), "{audit}");
+
+    c.quit_and_check_restored();
+    rt.block_on(receiver.shutdown());
+}
+
 #[test]
 fn a_tiny_terminal_shows_a_notice_and_keeps_running_until_q() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use hookops::actions::BulkAction;
 use hookops::dispatch::{self, DispatchNotice, DispatcherOptions};
 use hookops::model::{
     CancelReason, DeliveryId, DeliveryState, ErrorKind, HistoryCause, ItemId, ItemState, StageId,
@@ -1514,14 +1515,19 @@ mod console {
 
         // C: counts what the filter matches, then asks for the count to be typed.
         let fx = key(&mut app, KeyCode::Char('C'));
-        let Some(Effect::CountOpen(f)) = fx.first().cloned() else {
+        let Some(Effect::Count {
+            action: BulkAction::Cancel,
+            filter: f,
+        }) = fx.first().cloned()
+        else {
             panic!("{fx:?}")
         };
         let n = w.store.open_deliveries(&f, None).unwrap().len() as i64;
         assert_eq!(n, 3);
         update(
             &mut app,
-            Msg::CountedOpen {
+            Msg::Counted {
+                action: BulkAction::Cancel,
                 filter: f.clone(),
                 count: n,
             },
@@ -1535,7 +1541,8 @@ mod console {
         let fx = key(&mut app, KeyCode::Enter);
         assert_eq!(
             fx,
-            vec![Effect::Run(Pending::CancelFiltered {
+            vec![Effect::Run(Pending::Filtered {
+                action: BulkAction::Cancel,
                 filter: f.clone(),
                 count: 3
             })]

@@ -31,10 +31,10 @@ use hookops::model::{
     HistoryCause, Item, ItemId, ItemState, RefusalKind, StageId, WorkflowId,
 };
 use hookops::store::{
-    AssignTarget, AttemptCursor, AttemptOutcome, AuditQuery, AuditStart, CheckStatus, Clock,
-    DeliveryCursor, DeliveryDetail, DeliveryFilter, DeliverySummary, DispatcherInfo, Expect,
-    ImportReport, ItemFilter, ItemOrder, ItemRow, Jitter, Lease, Location, MoveReport, OpenOptions,
-    PruneOptions, Recorded, StatusMatch, Store,
+    AUDIT_IDS, AssignTarget, AttemptCursor, AttemptOutcome, AuditQuery, AuditStart, CheckStatus,
+    Clock, DeliveryCursor, DeliveryDetail, DeliveryFilter, DeliverySummary, DispatcherInfo, Expect,
+    FailureGroup, ImportReport, ItemFilter, ItemOrder, ItemRow, Jitter, Lease, Location,
+    MoveReport, OpenOptions, PruneOptions, Recorded, StatusMatch, Store,
 };
 use serde_json::json;
 
@@ -132,6 +132,7 @@ macro_rules! conformance_suite {
                 an_item_entering_a_stage_from_a_process_whose_clock_is_behind_is_not_skipped,
                 delivery_pages_never_skip_or_repeat_a_row,
                 attempt_pages_never_skip_or_repeat_a_row,
+                a_follow_since_a_time_starts_at_the_first_attempt_that_started_then,
                 attempt_pages_stay_complete_while_processes_record_at_once,
                 a_rate_limited_stage_leases_its_tokens_only_and_every_process_shares_them,
                 a_test_or_replay_of_a_rate_limited_stage_waits_for_its_token_and_counts,
@@ -2775,6 +2776,52 @@ pub mod cases {
         assert_eq!(w.store.attempts_end().unwrap(), after);
     }
 
+    /// Issue 18: `follow_start(since)` seeks in SQL to just before the first attempt (in
+    /// the log's order) that started at or after `since`: reading on from there sees every
+    /// such attempt once and none of the older ones before it; an older attempt recorded
+    /// later (a slow request) comes after the cursor and is the follower's filter's to drop.
+    pub fn a_follow_since_a_time_starts_at_the_first_attempt_that_started_then(w: &World) {
+        let t0 = now_ms();
+        let min = 60_000;
+        // (item, started at): recorded in this order.
+        let plan = [
+            ("old", t0 - 30 * min),
+            ("older", t0 - 20 * min),
+            ("first", t0),
+            ("slow", t0 - 5 * min),
+            ("last", t0 + min),
+        ];
+        let ids: Vec<&str> = plan.iter().map(|(i, _)| *i).collect();
+        w.import(&ids);
+        for (item, at) in plan {
+            fail_in_bare_at(w, item, at);
+        }
+        let since = chrono::DateTime::from_timestamp_millis(t0).unwrap();
+        let start = w.store.follow_start(Some(since)).unwrap();
+        let items: Vec<String> = w
+            .store
+            .attempts_after(start, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.item_id.unwrap().to_string())
+            .collect();
+        assert_eq!(
+            items,
+            ["first", "slow", "last"],
+            "from the first that started then"
+        );
+        let end = w.store.attempts_end().unwrap();
+        assert_eq!(w.store.follow_start(None).unwrap(), end);
+        let later = chrono::DateTime::from_timestamp_millis(t0 + 60 * min).unwrap();
+        assert_eq!(w.store.follow_start(Some(later)).unwrap(), end, "none yet");
+        let before_all = chrono::DateTime::from_timestamp_millis(t0 - 60 * min).unwrap();
+        let all = w
+            .store
+            .attempts_after(w.store.follow_start(Some(before_all)).unwrap(), 100)
+            .unwrap();
+        assert_eq!(all.len(), 5);
+    }
+
     // ---- flow control (issue 21) ----
 
     /// Stages of the flow-control cases: a rate-limited one (2/s, bursts of 3) and one capped
@@ -2989,14 +3036,18 @@ on_failure = "fail-sink"
             "resume lifts the hold"
         );
         assert_eq!(w.stage("fragile").held_until, None);
+        // Through the actions layer (as every front end resumes), audited with its front end.
+        let cli = hookops::actions::Actor::new(OP, hookops::actions::Via::Cli);
         assert!(
-            !w.store
-                .set_paused(&wf(), &st("fragile"), false, OP)
+            !hookops::actions::items::set_paused(&w.store, &cli, &wf(), &st("fragile"), false)
                 .unwrap(),
             "nothing left to lift"
         );
         let audit = w.store.audit_log(10).unwrap();
-        assert_eq!(audit[0].action, "resume");
+        assert_eq!(
+            (audit[0].action.as_str(), audit[0].via.as_deref()),
+            ("resume", Some("cli"))
+        );
     }
 
     /// Issue 21, adaptive concurrency: a 429 without `Retry-After` halves the stage's
@@ -3049,6 +3100,13 @@ on_failure = "fail-sink"
         w.assign(&[item], "bare");
         let lease = w.lease_one("one", item);
         w.record(&lease, outcome_at(now_ms(), status, kind));
+    }
+
+    /// [`fail_in_bare`] with an attempt that started at `started_at` (ms).
+    fn fail_in_bare_at(w: &World, item: &str, started_at: i64) {
+        w.assign(&[item], "bare");
+        let lease = w.lease_one("one", item);
+        w.record(&lease, outcome_at(started_at, Some(503), None));
     }
 
     fn matching(w: &World, f: &DeliveryFilter) -> Vec<String> {
@@ -3163,50 +3221,98 @@ on_failure = "fail-sink"
         assert_eq!(matching(w, &refires), ["a"]);
     }
 
-    /// Issue 18: failed deliveries grouped by (stage, error kind, status) with exact counts,
-    /// items and times; a group is a filter, and re-firing by it touches exactly its members.
+    /// Issue 18: failed deliveries grouped by (stage, error kind, status, normalised message)
+    /// with exact counts, items and times: what varies per request (numbers, quoted values)
+    /// does not split a cause, a different reason from the receiver does. A group is a
+    /// filter, and re-firing by it touches exactly its members.
     pub fn failures_group_by_cause_and_a_groups_filter_refires_exactly_its_members(w: &World) {
-        let items = [
-            ("a1", Some(503), None),
-            ("a2", Some(503), None),
-            ("a3", Some(503), None),
-            ("b1", Some(500), None),
-            ("b2", Some(500), None),
-            ("c1", Some(404), None),
-            ("d1", None, Some(ErrorKind::Timeout)),
-            ("d2", None, Some(ErrorKind::Timeout)),
-            ("ok", Some(200), None),
+        use ErrorKind::{Connect, HttpStatus, Timeout};
+        let items: [(&str, Option<u16>, ErrorKind, &str, &str); 9] = [
+            ("a1", Some(503), HttpStatus, "503 Service Unavailable", ""),
+            (
+                "a2",
+                Some(503),
+                HttpStatus,
+                "503 Service Unavailable",
+                "<html>busy</html>",
+            ),
+            ("a3", Some(503), HttpStatus, "503 Service Unavailable", ""),
+            (
+                "b1",
+                Some(400),
+                HttpStatus,
+                "400 Bad Request",
+                r#"{"error":"invalid label 'car'"}"#,
+            ),
+            (
+                "b2",
+                Some(400),
+                HttpStatus,
+                "400 Bad Request",
+                r#"{"error":"invalid label 'truck'"}"#,
+            ),
+            (
+                "b3",
+                Some(400),
+                HttpStatus,
+                "400 Bad Request",
+                r#"{"error":"missing field"}"#,
+            ),
+            ("d1", None, Timeout, "timed out after 30012 ms", ""),
+            ("d2", None, Timeout, "timed out after 30007 ms", ""),
+            (
+                "e1",
+                None,
+                Connect,
+                "connection failed: connection refused",
+                "",
+            ),
         ];
-        let ids: Vec<&str> = items.iter().map(|(i, _, _)| *i).collect();
+        let ids: Vec<&str> = items.iter().map(|(i, ..)| *i).collect();
         w.import(&ids);
-        for (item, status, kind) in items {
-            fail_in_bare(w, item, status, kind);
+        w.import(&["ok"]);
+        for (item, status, kind, message, body) in items {
+            w.assign(&[item], "bare");
+            let lease = w.lease_one("one", item);
+            let mut o = outcome_at(now_ms(), status, Some(kind));
+            o.error_message = Some(message.into());
+            o.response_body = Some(body.as_bytes().to_vec());
+            w.record(&lease, o);
         }
+        fail_in_bare(w, "ok", Some(200), None);
         let base = DeliveryFilter {
             workflow: Some(wf()),
             ..DeliveryFilter::default()
         };
         let groups = w.store.failure_groups(&base).unwrap();
-        type Cause = (String, Option<ErrorKind>, Option<u16>, i64, i64);
+        type Cause = (Option<u16>, Option<ErrorKind>, String, i64, i64);
         let seen: Vec<Cause> = groups
             .iter()
             .map(|g| {
+                assert_eq!(g.stage.as_str(), "bare");
                 (
-                    g.stage.to_string(),
-                    g.error_kind,
                     g.status,
+                    g.error_kind,
+                    g.message.clone().unwrap_or_default(),
                     g.count,
                     g.items,
                 )
             })
             .collect();
+        let cause = |s: Option<u16>, k, m: &str, n| (s, Some(k), m.to_string(), n, n);
         assert_eq!(
             seen,
             [
-                ("bare".into(), None, Some(503), 3, 3),
-                ("bare".into(), Some(ErrorKind::Timeout), None, 2, 2),
-                ("bare".into(), None, Some(500), 2, 2),
-                ("bare".into(), None, Some(404), 1, 1),
+                cause(Some(503), HttpStatus, "503 Service Unavailable", 3),
+                cause(None, Timeout, "timed out after # ms", 2),
+                cause(
+                    Some(400),
+                    HttpStatus,
+                    "400 Bad Request: invalid label '…'",
+                    2
+                ),
+                cause(None, Connect, "connection failed: connection refused", 1),
+                cause(Some(400), HttpStatus, "400 Bad Request: missing field", 1),
             ]
         );
         assert!(
@@ -3214,26 +3320,39 @@ on_failure = "fail-sink"
                 .iter()
                 .all(|g| g.first_at.is_some() && g.first_at <= g.last_at)
         );
-        let timeouts = &groups[1];
-        assert_eq!(
-            timeouts.message.as_deref(),
-            Some("timeout (hand-made)"),
-            "the message of the group"
-        );
-        let of_503 = groups[0].filter(&base);
-        let members = w.store.failed_deliveries(&of_503, None).unwrap();
-        let mut expected: Vec<DeliveryId> =
-            ["a1", "a2", "a3"].iter().map(|i| w.latest(i).id).collect();
+        // Each group's filter selects exactly its members, in the listing too.
+        let members = |g: &FailureGroup| {
+            let mut got = matching(w, &g.filter(&base));
+            got.dedup();
+            got
+        };
+        assert_eq!(members(&groups[2]), ["b1", "b2"]);
+        assert_eq!(members(&groups[4]), ["b3"]);
+        assert_eq!(members(&groups[1]), ["d1", "d2"]);
+        let invalid = groups[2].filter(&base);
+        let ids = w.store.failed_deliveries(&invalid, None).unwrap();
+        let mut expected: Vec<DeliveryId> = ["b1", "b2"].iter().map(|i| w.latest(i).id).collect();
         expected.sort_by_key(|d| d.to_string());
-        let mut got = members.clone();
+        let mut got = ids.clone();
         got.sort_by_key(|d| d.to_string());
         assert_eq!(got, expected, "the group's filter selects its members only");
-        let r = w.store.refire(&members, OP).unwrap();
-        assert_eq!((r.refired, r.refused.len()), (3, 0));
+        let r = w.store.refire(&ids, OP).unwrap();
+        assert_eq!((r.refired, r.refused.len()), (2, 0));
         w.counts();
+        assert_eq!(w.at("b3").1, ItemState::Failed, "b3 is not re-fired");
         let after = w.store.failure_groups(&base).unwrap();
-        assert!(after.iter().all(|g| g.status != Some(503)), "{after:?}");
-        assert_eq!(after.len(), 3, "the other groups are untouched: {after:?}");
+        let left: Vec<Option<String>> = after.iter().map(|g| g.message.clone()).collect();
+        assert_eq!(
+            left,
+            [
+                "503 Service Unavailable",
+                "timed out after # ms",
+                "connection failed: connection refused",
+                "400 Bad Request: missing field",
+            ]
+            .map(|m| Some(m.to_string())),
+            "only the re-fired group is gone"
+        );
     }
 
     /// Issue 18: an action's audit row is written before it acts and finished after, with
@@ -3326,13 +3445,28 @@ on_failure = "fail-sink"
             }),
             [small]
         );
-        // Assign and advance by id name the items they moved (not "1 item(s)").
+        // Assign and advance (through the actions layer, which audits them) name the items
+        // they moved (not "1 item(s)") and the front end.
+        use hookops::actions::items::{self, AdvanceWhat, Assign};
+        use hookops::actions::{Actor, Via};
+        let cli = Actor::new("ana", Via::Cli);
+        let api = Actor::new(
+            "bot",
+            Via::Api {
+                token: "bot".into(),
+            },
+        );
+        let to = |stage: &str, target| Assign {
+            workflow: wf(),
+            to: st(stage),
+            target,
+            expect_stage: None,
+        };
         w.import(&["n1", "n2"]);
-        w.assign(&["n1", "n2"], "hold");
-        let r = w
-            .store
-            .advance(&[ItemId::new("n1")], None, &Expect::default(), OP)
-            .unwrap();
+        let named = AssignTarget::Items(vec![ItemId::new("n1"), ItemId::new("n2")]);
+        items::assign(&w.store, &cli, to("hold", named)).unwrap();
+        let n1 = AdvanceWhat::Ids(vec![ItemId::new("n1")], Expect::default());
+        let r = items::advance(&w.store, &api, n1, None).unwrap();
         assert_eq!(r.moved, 1);
         let rows = w
             .store
@@ -3355,6 +3489,48 @@ on_failure = "fail-sink"
         let assign = w.store.audit_entry(rows[1].id).unwrap();
         assert_eq!(assign.ids, Some(vec!["n1".into(), "n2".into()]));
         assert_eq!(assign.outcome.as_deref(), Some("done"));
+        assert_eq!(
+            (assign.operator.as_str(), assign.via.as_deref()),
+            ("ana", Some("cli"))
+        );
+        assert_eq!(rows[0].via.as_deref(), Some("api:bot"));
+
+        // A whole stage: a small move names every item; one past the bound names its filter
+        // and the count instead.
+        let few: Vec<String> = (0..3).map(|i| format!("s{i}")).collect();
+        let many: Vec<String> = (0..=AUDIT_IDS).map(|i| format!("b{i:04}")).collect();
+        w.import(&few.iter().map(String::as_str).collect::<Vec<_>>());
+        let whole = |limit| AssignTarget::FromStage {
+            stage: st("hold"),
+            limit,
+        };
+        let plan = items::assign_plan(&w.store, &to("ok-sink", whole(None))).unwrap();
+        assert_eq!(plan.matched, 4, "n2 and the three, oldest first: {plan:?}");
+        assert_eq!(plan.ids.last().map(|i| i.as_str()), Some("s2"));
+        items::assign(&w.store, &cli, to("ok-sink", whole(None))).unwrap();
+        let last = w.store.audit_log(1).unwrap().remove(0);
+        let row = w.store.audit_entry(last.id).unwrap();
+        let mut ids = row.ids.clone().unwrap();
+        ids.sort();
+        assert_eq!(ids, ["n2", "s0", "s1", "s2"]);
+        assert_eq!(
+            (row.filter.as_deref(), row.count, row.matched),
+            (Some("--from-stage hold"), 4, Some(4))
+        );
+        w.import(&many.iter().map(String::as_str).collect::<Vec<_>>());
+        let r = items::assign(&w.store, &cli, to("fail-sink", whole(None))).unwrap();
+        assert_eq!(r.moved, AUDIT_IDS as i64 + 1);
+        let last = w.store.audit_log(1).unwrap().remove(0);
+        let row = w.store.audit_entry(last.id).unwrap();
+        assert_eq!(row.ids, None, "over the bound: no ids");
+        assert_eq!(
+            (row.filter.as_deref(), row.count, row.via.as_deref()),
+            (Some("--from-stage hold"), AUDIT_IDS as i64 + 1, Some("cli"))
+        );
+        // A store call made by code is no operator action: no row.
+        let before_code = w.store.audit_log(100).unwrap().len();
+        w.assign(&["b0000"], "hold");
+        assert_eq!(w.store.audit_log(100).unwrap().len(), before_code);
 
         let since = find(AuditQuery {
             since: Some(before),

@@ -47,6 +47,10 @@ pub struct FilterParams {
     /// Only the re-fires of this delivery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refire_of: Option<String>,
+    /// The last error's cause, exactly as a failure group's `message` shows it
+    /// (`timed out after # s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_class: Option<String>,
     /// A substring of the delivery id, the item id or the item's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<String>,
@@ -135,6 +139,7 @@ impl FilterParams {
             since: f.since.as_ref().map(time),
             until: f.until.as_ref().map(time),
             refire_of: f.refire_of.as_ref().map(|x| x.to_string()),
+            message_class: f.message_class.clone(),
             search: f.search.clone(),
         }
     }
@@ -162,6 +167,11 @@ impl FilterParams {
             error_kinds: list::<ErrorKind>("error_kind", &self.error_kind)?,
             statuses: list::<StatusMatch>("status", &self.status)?,
             refire_of: text("refire_of", &self.refire_of)?.map(DeliveryId::new),
+            // Exactly as given: a cause is compared whole, spaces included.
+            message_class: match self.message_class.as_deref() {
+                Some("") => return Err(bad("message_class", "is empty".into())),
+                other => other.map(str::to_string),
+            },
             search: self.search.clone().filter(|q| !q.is_empty()),
         };
         if let (Some(s), Some(u)) = (f.since, f.until)
@@ -200,12 +210,13 @@ impl FilterParams {
                     "since" => p.since = Some(v.into()),
                     "until" => p.until = Some(v.into()),
                     "refire_of" => p.refire_of = Some(v.into()),
+                    "message_class" | "cause" => p.message_class = Some(v.into()),
                     "search" => p.search = Some(v.into()),
                     other => {
                         return Err(bad(
                             "filter",
                             format!(
-                                "`{other}` is not a filter (workflow, stage, state, item, event, trigger, status, error_kind, since, until, refire_of, search)"
+                                "`{other}` is not a filter (workflow, stage, state, item, event, trigger, status, error_kind, since, until, refire_of, message_class, search)"
                             ),
                         ));
                     }
@@ -233,7 +244,7 @@ impl FilterParams {
 /// --follow`, `GET /v1/attempts?follow=true`), which reads the attempt log in its own order
 /// and cannot page by delivery: workflow, stage, item and event are the delivery's; state is
 /// the delivery's after this attempt; status and error kind are this attempt's; since and
-/// until bound this attempt's start. `trigger` and `refire_of` are not in the log: a follower
+/// until bound this attempt's start. `trigger`, `refire_of` and `message_class` are not in the log: a follower
 /// refuses them ([`follow_refusal`]).
 pub fn matches_attempt(f: &DeliveryFilter, e: &crate::model::AttemptEvent) -> bool {
     f.workflow.as_ref().is_none_or(|w| *w == e.workflow)
@@ -274,6 +285,12 @@ pub fn follow_refusal(f: &DeliveryFilter) -> Option<BadFilter> {
         return Some(bad(
             "refire_of",
             "cannot be followed: the attempt log does not carry it".into(),
+        ));
+    }
+    if f.message_class.is_some() {
+        return Some(bad(
+            "message_class",
+            "cannot be followed: it is kept on the delivery, not on each attempt".into(),
         ));
     }
     None

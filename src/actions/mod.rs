@@ -15,7 +15,9 @@
 //! - The audit row is written before the first change (outcome `running`) and finished after
 //!   the last, so an action that dies midway still left a row.
 
+pub mod admin;
 pub mod filter;
+pub mod items;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -26,7 +28,9 @@ pub use filter::{BadFilter, FilterParams, parse_time};
 use crate::dispatch::send_manual;
 use crate::model::{AttemptEvent, DeliveryId, DeliveryState, ItemId, RefusalKind, StageId};
 use crate::model::{StageKind, WorkflowId};
-use crate::store::{AuditStart, DeliveryFilter, DeliveryRefusal, Store, StoreError};
+use crate::store::{
+    AuditStart, DeliveryFilter, DeliveryRefusal, DeliverySummary, Store, StoreError,
+};
 
 /// Who acts: the operator's name (`--operator`/`$USER`, or the API token's name) and the
 /// front end.
@@ -64,6 +68,52 @@ impl Actor {
             operator: operator.into(),
             via,
         }
+    }
+}
+
+/// An action's audit row, begun (outcome `running`) before the action changes anything, so
+/// an action that dies midway still left a row, and finished with how it ended.
+#[must_use = "an audit row is finished with its outcome"]
+pub struct Audit {
+    id: i64,
+}
+
+impl Audit {
+    /// Writes the row: who, from which front end, what on what, and how many it selected.
+    pub fn begin(
+        store: &Store,
+        actor: &Actor,
+        action: &str,
+        target: String,
+        filter: Option<String>,
+        matched: i64,
+    ) -> Result<Audit, StoreError> {
+        let id = store.audit_begin(AuditStart {
+            operator: actor.operator.clone(),
+            via: actor.via.as_text(),
+            action: action.into(),
+            target,
+            filter,
+            matched,
+        })?;
+        Ok(Audit { id })
+    }
+
+    /// The row's number (`hookops audit show ID`).
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// Ends the row with the outcome, how many were touched and which (kept when at most
+    /// [`crate::store::AUDIT_IDS`]; beyond, the filter and the count say what was selected).
+    pub fn finish(
+        self,
+        store: &Store,
+        outcome: Outcome,
+        count: i64,
+        ids: &[String],
+    ) -> Result<(), StoreError> {
+        store.audit_finish(self.id, outcome.as_str(), count, ids)
     }
 }
 
@@ -185,28 +235,12 @@ pub fn plan(store: &Store, action: BulkAction, selection: Selection) -> Result<P
             item,
             workflow,
             stage,
-        } => {
-            let f = DeliveryFilter {
-                item: Some(item.clone()),
-                workflow,
-                stage,
-                event: Some(crate::model::EventType::StageWebhook),
-                ..DeliveryFilter::default()
-            };
-            let latest = store.list_deliveries(&f, None, 1)?;
-            let Some((d, _)) = latest.into_iter().next() else {
-                return Err(ActionError::Store(StoreError::NotFound {
-                    what: "stage delivery of item",
-                    id: item.to_string(),
-                }));
-            };
-            Ok(Plan {
-                action,
-                matched: 1,
-                filter: None,
-                ids: vec![d.id],
-            })
-        }
+        } => Ok(Plan {
+            action,
+            matched: 1,
+            filter: None,
+            ids: vec![item_latest(store, item, workflow, stage)?.id],
+        }),
         Selection::Filter { filter, limit } => {
             check_scope(store, &filter)?;
             let ids = match action {
@@ -239,6 +273,31 @@ pub fn plan(store: &Store, action: BulkAction, selection: Selection) -> Result<P
             })
         }
     }
+}
+
+/// An item's latest `stage.webhook` delivery (in that workflow and stage when given),
+/// whatever its state: what `--item ID` names for re-fire, cancel and test.
+fn item_latest(
+    store: &Store,
+    item: ItemId,
+    workflow: Option<WorkflowId>,
+    stage: Option<StageId>,
+) -> Result<DeliverySummary, ActionError> {
+    let f = DeliveryFilter {
+        item: Some(item.clone()),
+        workflow,
+        stage,
+        event: Some(crate::model::EventType::StageWebhook),
+        ..DeliveryFilter::default()
+    };
+    let latest = store.list_deliveries(&f, None, 1)?;
+    let Some((d, _)) = latest.into_iter().next() else {
+        return Err(ActionError::Store(StoreError::NotFound {
+            what: "stage delivery of item",
+            id: item.to_string(),
+        }));
+    };
+    Ok(d)
 }
 
 /// A stage without its workflow is ambiguous for an action; an unknown workflow or stage is
@@ -349,14 +408,15 @@ pub fn execute(
         (None, ids) => format!("{} delivery(ies)", ids.len()),
         (Some(_), _) => format!("{} {} delivery(ies)", plan.matched, plan.action.selects()),
     };
-    let audit_id = store.audit_begin(AuditStart {
-        operator: actor.operator.clone(),
-        via: actor.via.as_text(),
-        action: plan.action.as_str().into(),
+    let audit = Audit::begin(
+        store,
+        actor,
+        plan.action.as_str(),
         target,
-        filter: plan.filter.clone(),
-        matched: plan.matched as i64,
-    })?;
+        plan.filter.clone(),
+        plan.matched as i64,
+    )?;
+    let audit_id = audit.id();
     let mut report = BulkReport {
         action: plan.action,
         outcome: Outcome::Done,
@@ -401,12 +461,7 @@ pub fn execute(
     } else {
         Outcome::PartlyRefused
     };
-    store.audit_finish(
-        audit_id,
-        report.outcome.as_str(),
-        report.acted as i64,
-        &touched,
-    )?;
+    audit.finish(store, report.outcome, report.acted as i64, &touched)?;
     Ok(report)
 }
 
@@ -494,17 +549,63 @@ pub struct TestResult {
     pub response_body: Option<String>,
 }
 
-/// Sends a sample document to a webhook stage now (design §2 Test), records it as a
-/// `webhook.test` delivery, audits it, and reads back what the receiver answered.
+/// What a test webhook is sent to, and with which document.
+#[derive(Clone, Debug)]
+pub enum TestOf {
+    /// A webhook stage: with an item, that item's document as it is now; without, a sample.
+    Stage {
+        workflow: WorkflowId,
+        stage: StageId,
+        item: Option<ItemId>,
+    },
+    /// The stage and item of one delivery: a delivery id (`Selection::Ids` of one) or an
+    /// item's latest (`Selection::ItemLatest`), the id forms of re-fire and cancel.
+    Delivery(Selection),
+}
+
+impl TestOf {
+    /// The stage and the item whose document goes, resolved against the store.
+    fn resolve(self, store: &Store) -> Result<(WorkflowId, StageId, Option<ItemId>), ActionError> {
+        let d = match self {
+            TestOf::Stage {
+                workflow,
+                stage,
+                item,
+            } => return Ok((workflow, stage, item)),
+            TestOf::Delivery(Selection::ItemLatest {
+                item,
+                workflow,
+                stage,
+            }) => item_latest(store, item, workflow, stage)?,
+            TestOf::Delivery(Selection::Ids(ids)) => match ids.as_slice() {
+                [id] => store.delivery_detail(id)?.summary,
+                _ => {
+                    return Err(ActionError::BadInput("a test takes one delivery id".into()));
+                }
+            },
+            TestOf::Delivery(Selection::Filter { .. }) => {
+                return Err(ActionError::BadInput(
+                    "a test takes a stage, a delivery id or an item, not a filter".into(),
+                ));
+            }
+        };
+        Ok((d.workflow, d.stage, d.item_id))
+    }
+}
+
+/// Sends a test webhook now (design §2 Test): a sample document, or an item's, to a webhook
+/// stage; records it as a `webhook.test` delivery, audits it, and reads back what the
+/// receiver answered.
 pub fn test_stage(
     store: &Store,
     actor: &Actor,
-    workflow: &WorkflowId,
-    stage: &StageId,
+    of: TestOf,
     rt: &tokio::runtime::Handle,
     max_send_body: usize,
 ) -> Result<TestResult, ActionError> {
     store.ensure_writable("test")?;
+    let (workflow, stage, item) = of.resolve(store)?;
+    let (workflow, stage) = (&workflow, &stage);
     let spec = store.workflow_spec(workflow)?;
     match spec.stage(stage).map(|s| s.kind()) {
         None => {
@@ -520,30 +621,22 @@ pub fn test_stage(
         }
         Some(_) => {}
     }
-    let audit_id = store.audit_begin(AuditStart {
-        operator: actor.operator.clone(),
-        via: actor.via.as_text(),
-        action: "test".into(),
-        target: format!("stage {workflow}/{stage}"),
-        filter: None,
-        matched: 1,
-    })?;
+    let target = match &item {
+        Some(i) => format!("stage {workflow}/{stage} with item {i}"),
+        None => format!("stage {workflow}/{stage}"),
+    };
+    let audit = Audit::begin(store, actor, "test", target, None, 1)?;
     let sent = store
-        .begin_test(workflow, stage, &actor.operator)
+        .begin_test_of(workflow, stage, item.as_ref(), &actor.operator)
         .and_then(|lease| rt.block_on(send_manual(store, lease, max_send_body)));
     let attempt = match sent {
         Ok(a) => a,
         Err(e) => {
-            store.audit_finish(audit_id, Outcome::Failed.as_str(), 0, &[])?;
+            audit.finish(store, Outcome::Failed, 0, &[])?;
             return Err(e.into());
         }
     };
-    store.audit_finish(
-        audit_id,
-        Outcome::Done.as_str(),
-        1,
-        &[attempt.delivery_id.to_string()],
-    )?;
+    audit.finish(store, Outcome::Done, 1, &[attempt.delivery_id.to_string()])?;
     let response_body = store
         .delivery_detail(&attempt.delivery_id)?
         .attempt_log

@@ -61,6 +61,18 @@ pub struct SetStageRequest {
     /// With `from_stage_id` alone: move at most this many (oldest first).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Count and list what would move (oldest first) and move nothing: the answer is
+    /// `{matched, ids}`.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `POST /v1/items/stage`'s answer: what moved, or with `dry_run` what would.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum SetStageAnswer {
+    Moved(MoveReport),
+    Planned(actions::items::AssignPlan),
 }
 
 /// `POST /v1/items/{id}/advance`: `outcome` decides a review (required there); elsewhere the
@@ -183,8 +195,9 @@ pub struct AttemptsQuery {
 }
 
 /// `POST /v1/deliveries/refire`, `/replay` and `/cancel`: a filter (re-fire and replay take
-/// the failed deliveries it selects, the latest of each item; cancel the open ones) or
-/// explicit ids, at most `limit` of them (oldest first).
+/// the failed deliveries it selects, the latest of each item; cancel the open ones),
+/// explicit ids, or an item (its latest stage delivery), at most `limit` of them (oldest
+/// first). Give exactly one of `filter`, `ids` and `item`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkRequest {
@@ -192,12 +205,64 @@ pub struct BulkRequest {
     pub filter: Option<FilterParams>,
     #[serde(default)]
     pub ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub item: Option<ItemLatestParams>,
     /// With `filter`: at most this many (at least 1).
     #[serde(default)]
     pub limit: Option<usize>,
     /// Count and list what would be touched, and do nothing (the job comes back `planned`).
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// An item's latest `stage.webhook` delivery (in that workflow and stage when given): the
+/// CLI's `--item ID [--workflow W --stage S]`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ItemLatestParams {
+    pub id: String,
+    #[serde(default)]
+    pub workflow: Option<String>,
+    /// Needs `workflow` (stage ids belong to a workflow).
+    #[serde(default)]
+    pub stage: Option<String>,
+}
+
+impl ItemLatestParams {
+    /// The selection, or a 400 naming the field (`path` is where it sits in the body).
+    fn selection(&self, path: &str) -> Result<Selection, ApiError> {
+        if self.stage.is_some() && self.workflow.is_none() {
+            return Err(ApiError::field(
+                &format!("{path}stage"),
+                "needs `workflow` (stage ids belong to a workflow)",
+            ));
+        }
+        Ok(Selection::ItemLatest {
+            item: ItemId::new(self.id.as_str()),
+            workflow: self.workflow.as_deref().map(WorkflowId::new),
+            stage: self.stage.as_deref().map(StageId::new),
+        })
+    }
+}
+
+/// `POST /v1/stages/{workflow}/{stage}/test` (optional body): `item` sends that item's
+/// document as it is now instead of a sample.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestRequest {
+    #[serde(default)]
+    pub item: Option<String>,
+}
+
+/// `POST /v1/deliveries/test` (the id forms of the bulk endpoints, one delivery): a test of
+/// the delivery's stage with its item's document as it is now.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestDeliveryRequest {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub item: Option<ItemLatestParams>,
 }
 
 /// One failure group of `GET /v1/failures`, with the filter that selects it (send it back
@@ -411,10 +476,6 @@ fn decode_cursor(s: &str, tag: char) -> Result<String, ApiError> {
     rest.map(str::to_string).ok_or_else(bad)
 }
 
-fn operator(op: &Operator) -> String {
-    op.0.clone()
-}
-
 /// Publishes an attempt made by the API (replay, test) like the dispatcher's own.
 /// (`serve` feeds the metrics from that channel; without one they are counted here.)
 fn published(state: &AppState, e: &AttemptEvent) {
@@ -479,7 +540,7 @@ pub async fn import(
     slug("workflow", &q.workflow)?;
     let items = parse_items(&body)?;
     let store = state.store.clone();
-    let operator = operator(&op);
+    let actor = actor(&op);
     let report = blocking(move || {
         let dataset = q.dataset.map(|name| crate::model::DatasetRef {
             slug: crate::import::dataset_from_name(&name)
@@ -487,14 +548,7 @@ pub async fn import(
                 .unwrap_or_else(|| name.clone()),
             name,
         });
-        store
-            .import_items(
-                &WorkflowId::new(q.workflow),
-                items,
-                dataset,
-                &operator,
-                &mut |_, _| {},
-            )
+        actions::admin::import(&store, &actor, &WorkflowId::new(q.workflow), items, dataset)
             .map_err(|e| {
                 if e.done == 0
                     && let crate::store::StoreError::Invalid(m) = &e.source
@@ -583,8 +637,10 @@ pub async fn set_stage(
     State(state): S,
     Extension(op): Extension<Operator>,
     JsonBody(req): JsonBody<SetStageRequest>,
-) -> Result<Json<MoveReport>, ApiError> {
-    state.store.ensure_writable("assign")?;
+) -> Result<Json<SetStageAnswer>, ApiError> {
+    if !req.dry_run {
+        state.store.ensure_writable("assign")?;
+    }
     slug("workflow_id", &req.workflow_id)?;
     slug("stage_id", &req.stage_id)?;
     if let Some(from) = &req.from_stage_id {
@@ -633,21 +689,25 @@ pub async fn set_stage(
         _ => None,
     };
     let store = state.store.clone();
-    let operator = operator(&op);
-    let report = blocking(move || {
-        Ok(store.assign(
-            &WorkflowId::new(req.workflow_id),
-            &StageId::new(req.stage_id),
-            &target,
-            expect.as_ref(),
-            &operator,
-        )?)
-    })
-    .await?;
+    let assign = actions::items::Assign {
+        workflow: WorkflowId::new(req.workflow_id),
+        to: StageId::new(req.stage_id),
+        target,
+        expect_stage: expect,
+    };
+    if req.dry_run {
+        let plan =
+            blocking(move || actions::items::assign_plan(&store, &assign).map_err(action_error))
+                .await?;
+        return Ok(Json(SetStageAnswer::Planned(plan)));
+    }
+    let report =
+        blocking(move || actions::items::assign(&store, &actor(&op), assign).map_err(action_error))
+            .await?;
     if report.moved == 0 && !report.refused.is_empty() {
         return Err(refusal_error(&report.refused));
     }
-    Ok(Json(report))
+    Ok(Json(SetStageAnswer::Moved(report)))
 }
 
 pub async fn advance(
@@ -680,10 +740,11 @@ pub async fn advance(
         version: req.expect_version,
     };
     let store = state.store.clone();
-    let operator = operator(&op);
-    let report =
-        blocking(move || Ok(store.advance(&[ItemId::new(id)], outcome, &expect, &operator)?))
-            .await?;
+    let what = actions::items::AdvanceWhat::Ids(vec![ItemId::new(id)], expect);
+    let report = blocking(move || {
+        actions::items::advance(&store, &actor(&op), what, outcome).map_err(action_error)
+    })
+    .await?;
     if !report.refused.is_empty() {
         return Err(refusal_error(&report.refused));
     }
@@ -826,20 +887,21 @@ async fn bulk(
     if !req.dry_run {
         state.store.ensure_writable(action.as_str())?;
     }
-    let selection = match (&req.filter, &req.ids) {
-        (Some(_), Some(_)) => {
+    let given = [req.filter.is_some(), req.ids.is_some(), req.item.is_some()];
+    let selection = match (&req.filter, &req.ids, &req.item) {
+        _ if given.iter().filter(|g| **g).count() > 1 => {
             return Err(ApiError::bad_input(
                 "body",
-                "give `filter` or `ids`, not both",
+                "give one of `filter`, `ids` and `item`",
             ));
         }
-        (None, None) => {
+        (None, None, None) => {
             return Err(ApiError::bad_input(
                 "body",
-                "give `filter` (an empty object selects every delivery the action takes) or `ids`",
+                "give `filter` (an empty object selects every delivery the action takes), `ids` or `item`",
             ));
         }
-        (Some(f), None) => {
+        (Some(f), _, _) => {
             if req.limit == Some(0) {
                 return Err(ApiError::field(
                     "limit",
@@ -851,7 +913,7 @@ async fn bulk(
                 limit: req.limit,
             }
         }
-        (None, Some(ids)) => {
+        (None, Some(ids), _) => {
             if req.limit.is_some() {
                 return Err(ApiError::field("limit", "only applies to `filter`"));
             }
@@ -859,6 +921,12 @@ async fn bulk(
                 return Err(ApiError::field("ids", "is empty"));
             }
             Selection::Ids(ids.iter().map(|i| DeliveryId::new(i.as_str())).collect())
+        }
+        (None, None, Some(item)) => {
+            if req.limit.is_some() {
+                return Err(ApiError::field("limit", "only applies to `filter`"));
+            }
+            item.selection("item.")?
         }
     };
     let store = state.store.clone();
@@ -924,15 +992,10 @@ pub async fn follow_attempts(State(state): S, uri: Uri) -> Result<Response, ApiE
         return Err(ApiError::field(e.field, e.message));
     }
     let store = state.store.clone();
-    let from_start = filter.since.is_some();
+    let since = filter.since;
     let (watcher, start) = blocking(move || {
         let w = store.change_watcher()?;
-        let start = if from_start {
-            crate::store::AttemptCursor::default()
-        } else {
-            store.attempts_end()?
-        };
-        Ok((w, start))
+        Ok((w, store.follow_start(since)?))
     })
     .await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
@@ -1113,22 +1176,52 @@ pub async fn test_stage(
     State(state): S,
     Extension(op): Extension<Operator>,
     Path((workflow, stage)): Path<(String, String)>,
+    RawBody(body): RawBody,
+) -> Result<Json<AttemptEvent>, ApiError> {
+    let req: TestRequest = if body.trim_ascii().is_empty() {
+        TestRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    test(
+        state,
+        op,
+        actions::TestOf::Stage {
+            workflow: WorkflowId::new(workflow),
+            stage: StageId::new(stage),
+            item: req.item.map(ItemId::new),
+        },
+    )
+    .await
+}
+
+/// `POST /v1/deliveries/test`: a test of one delivery's stage (by `id`, or an `item`'s
+/// latest) with its item's document.
+pub async fn test_delivery(
+    State(state): S,
+    Extension(op): Extension<Operator>,
+    JsonBody(req): JsonBody<TestDeliveryRequest>,
+) -> Result<Json<AttemptEvent>, ApiError> {
+    let selection = match (req.id, req.item) {
+        (Some(id), None) => Selection::Ids(vec![DeliveryId::new(id)]),
+        (None, Some(item)) => item.selection("item.")?,
+        _ => return Err(ApiError::bad_input("body", "give one of `id` and `item`")),
+    };
+    test(state, op, actions::TestOf::Delivery(selection)).await
+}
+
+/// Sends a test through the actions layer and publishes its attempt.
+async fn test(
+    state: Arc<AppState>,
+    op: Operator,
+    of: actions::TestOf,
 ) -> Result<Json<AttemptEvent>, ApiError> {
     state.store.ensure_writable("test")?;
     let (store, actor, max) = (state.store.clone(), actor(&op), state.max_send_body);
     let rt = tokio::runtime::Handle::current();
-    let r = blocking(move || {
-        actions::test_stage(
-            &store,
-            &actor,
-            &WorkflowId::new(workflow),
-            &StageId::new(stage),
-            &rt,
-            max,
-        )
-        .map_err(action_error)
-    })
-    .await?;
+    let r =
+        blocking(move || actions::test_stage(&store, &actor, of, &rt, max).map_err(action_error))
+            .await?;
     published(&state, &r.attempt);
     Ok(Json(r.attempt))
 }
@@ -1146,7 +1239,10 @@ async fn set_paused(
     let store = state.store.clone();
     let (wf, st) = (WorkflowId::new(workflow), StageId::new(stage));
     let (w, s) = (wf.clone(), st.clone());
-    let changed = blocking(move || Ok(store.set_paused(&w, &s, paused, &op.0)?)).await?;
+    let changed = blocking(move || {
+        actions::items::set_paused(&store, &actor(&op), &w, &s, paused).map_err(action_error)
+    })
+    .await?;
     Ok(Json(StagePauseState {
         workflow: wf,
         stage: st,

@@ -31,8 +31,8 @@ use tokio::sync::{broadcast, watch};
 pub use auth::{ENV_TOKEN_NAME, TokenError, Tokens};
 pub use error::{ApiError, ErrorBody, ErrorDetail, FieldError};
 pub use handlers::{
-    AdvanceRequest, BulkRequest, FailureGroupView, Health, ImportResponse, Page, SetStageRequest,
-    StagePauseState,
+    AdvanceRequest, BulkRequest, FailureGroupView, Health, ImportResponse, ItemLatestParams, Page,
+    SetStageRequest, StagePauseState, TestDeliveryRequest, TestRequest,
 };
 pub use jobs::{Job, JobState};
 pub use metrics::Metrics;

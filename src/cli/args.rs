@@ -23,7 +23,7 @@ pub struct ListArgs {
     /// Print each new attempt of a matching delivery as it is recorded, until Ctrl-C (from now, or from --since)
     #[arg(long, conflicts_with = "group_by")]
     pub follow: bool,
-    /// Group the failed deliveries the filters select: `cause` (stage, error kind, status)
+    /// Group the failed deliveries the filters select: `cause` (stage, error kind, status, normalised message)
     #[arg(long, value_name = "BY", value_parser = ["cause"])]
     pub group_by: Option<String>,
 }
@@ -66,6 +66,9 @@ pub struct FilterArgs {
     /// Only the re-fires of this delivery (id)
     #[arg(long, value_name = "ID")]
     pub refire_of: Option<String>,
+    /// Only failures of this cause, exactly as `--group-by cause` shows it ('timed out after # s')
+    #[arg(long, value_name = "CAUSE")]
+    pub message_class: Option<String>,
     /// Only deliveries whose id, item id or item name contains this text
     #[arg(long, value_name = "TEXT")]
     pub search: Option<String>,
@@ -87,6 +90,7 @@ impl FilterArgs {
             since: self.since.clone(),
             until: self.until.clone(),
             refire_of: self.refire_of.clone(),
+            message_class: self.message_class.clone(),
             search: self.search.clone(),
         }
     }
@@ -96,6 +100,19 @@ impl FilterArgs {
         self.params()
             .to_filter(chrono::Utc::now())
             .map_err(|e| CliError::usage(format!("--{} {}", e.field.replace('_', "-"), e.message)))
+    }
+
+    /// Whether `--item` is given and nothing narrows it but `--workflow` and `--stage`: the
+    /// id form "that item's latest stage delivery" of refire, cancel and test.
+    pub(super) fn only_item(&self) -> bool {
+        self.item.is_some()
+            && FilterArgs {
+                item: None,
+                workflow: None,
+                stage: None,
+                ..self.clone()
+            }
+            .is_empty()
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -110,6 +127,7 @@ impl FilterArgs {
             && self.since.is_none()
             && self.until.is_none()
             && self.refire_of.is_none()
+            && self.message_class.is_none()
             && self.search.is_none()
     }
 }

@@ -59,12 +59,17 @@ pub struct RefireArgs {
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// The workflow of the stage (id; required)
+    /// A delivery (msg_…): test its stage with its item's document as it is now
+    pub id: Option<String>,
+    /// The workflow of the stage (id; required with --stage)
     #[arg(long)]
     pub workflow: Option<String>,
     /// The webhook stage to test (id)
     #[arg(long)]
-    pub stage: String,
+    pub stage: Option<String>,
+    /// Send this item's document instead of a sample; without --stage, to the stage of the item's latest delivery
+    #[arg(long, value_name = "ID")]
+    pub item: Option<String>,
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
@@ -156,12 +161,9 @@ fn follow(store: &Store, f: &DeliveryFilter, json: bool) -> Result<(), CliError>
         )));
     }
     let mut watcher = store.change_watcher()?;
-    // From --since the log is read from its start and older attempts skipped.
-    let mut after = if f.since.is_some() {
-        crate::store::AttemptCursor::default()
-    } else {
-        store.attempts_end()?
-    };
+    // From --since: from the first attempt that started then, older ones interleaved after
+    // it skipped by the filter.
+    let mut after = store.follow_start(f.since)?;
     let mut out = std::io::stdout().lock();
     let mut read = true;
     loop {
@@ -369,27 +371,13 @@ pub fn refire(g: &Global, a: RefireArgs) -> Result<(), CliError> {
             filter: a.filter.filter()?,
             limit: a.limit,
         }
-    } else if let Some(item) = a.filter.item.as_ref().filter(|_| a.ids.is_empty()) {
-        // `--item ID` alone: that item's latest delivery (in --stage, which needs --workflow).
-        let other = FilterArgs {
-            item: None,
-            workflow: None,
-            stage: None,
-            ..a.filter.clone()
-        };
-        if !other.is_empty() {
+    } else if a.ids.is_empty() && a.filter.item.is_some() {
+        if !a.filter.only_item() {
             return Err(CliError::usage(
                 "with --item and no --failed, only --workflow and --stage narrow it; filters select failed deliveries with --failed",
             ));
         }
-        if a.filter.stage.is_some() && a.filter.workflow.is_none() {
-            return Err(CliError::usage("refire --stage needs --workflow ID"));
-        }
-        Selection::ItemLatest {
-            item: ItemId::new(item.as_str()),
-            workflow: a.filter.workflow.as_deref().map(WorkflowId::new),
-            stage: a.filter.stage.as_deref().map(StageId::new),
-        }
+        item_latest(&a.filter, "refire")?
     } else {
         if !a.filter.is_empty() {
             return Err(CliError::usage(
@@ -404,6 +392,22 @@ pub fn refire(g: &Global, a: RefireArgs) -> Result<(), CliError> {
         Selection::Ids(a.ids.iter().map(|i| DeliveryId::new(i.as_str())).collect())
     };
     bulk(g, action, selection, a.failed && !a.yes, a.dry_run, a.json)
+}
+
+/// `--item ID [--workflow W --stage S]`: that item's latest stage delivery, the id form
+/// `refire`, `delivery cancel` and `test-webhook` share (the caller has checked that
+/// `--item` is given and that only `--workflow` and `--stage` go with it).
+fn item_latest(f: &FilterArgs, cmd: &str) -> Result<Selection, CliError> {
+    if f.stage.is_some() && f.workflow.is_none() {
+        return Err(CliError::usage(format!(
+            "{cmd} --stage needs --workflow ID"
+        )));
+    }
+    Ok(Selection::ItemLatest {
+        item: ItemId::new(f.item.as_deref().unwrap_or_default()),
+        workflow: f.workflow.as_deref().map(WorkflowId::new),
+        stage: f.stage.as_deref().map(StageId::new),
+    })
 }
 
 /// Counts what the selection matches, says so (and asks when `ask`), then acts through the
@@ -525,7 +529,7 @@ fn bulk(
 
 /// An action refused as a whole: bad input is bad usage (exit 2); the store's refusals keep
 /// their own codes.
-fn action_error(e: ActionError) -> CliError {
+pub(super) fn action_error(e: ActionError) -> CliError {
     match e {
         ActionError::BadInput(m) => CliError::usage(m),
         ActionError::Store(e) => e.into(),
@@ -533,14 +537,40 @@ fn action_error(e: ActionError) -> CliError {
 }
 
 pub fn test_webhook(g: &Global, a: TestArgs) -> Result<(), CliError> {
-    let wf = require_workflow(&a.workflow, "test-webhook")?;
+    let of = match (&a.id, &a.stage, &a.item) {
+        (Some(_), None, None) if a.workflow.is_none() => actions::TestOf::Delivery(Selection::Ids(
+            vec![DeliveryId::new(a.id.as_deref().unwrap_or_default())],
+        )),
+        (Some(_), _, _) => {
+            return Err(CliError::usage(
+                "give a delivery id, or --stage and/or --item, not both",
+            ));
+        }
+        (None, Some(stage), item) => actions::TestOf::Stage {
+            workflow: require_workflow(&a.workflow, "test-webhook")?,
+            stage: StageId::new(stage.as_str()),
+            item: item.as_deref().map(ItemId::new),
+        },
+        (None, None, Some(_)) => actions::TestOf::Delivery(item_latest(
+            &FilterArgs {
+                item: a.item.clone(),
+                workflow: a.workflow.clone(),
+                ..FilterArgs::default()
+            },
+            "test-webhook",
+        )?),
+        (None, None, None) => {
+            return Err(CliError::usage(
+                "name what to test: --workflow W --stage S, a delivery id, or --item ID",
+            ));
+        }
+    };
     let store = g.open()?;
     let rt = super::deliveries_runtime()?;
     let r = actions::test_stage(
         &store,
         &Actor::new(g.operator(), Via::Cli),
-        &wf,
-        &StageId::new(a.stage.as_str()),
+        of,
         rt.handle(),
         crate::dispatch::http::DEFAULT_MAX_BODY,
     )
@@ -575,9 +605,17 @@ pub fn stage(g: &Global, c: StageCommand) -> Result<(), CliError> {
     )?;
     let store = g.open()?;
     let stage = StageId::new(a.stage.as_str());
-    let changed = store
-        .set_paused(&wf, &stage, pause, &g.operator())
-        .map_err(refusal)?;
+    let changed = actions::items::set_paused(
+        &store,
+        &Actor::new(g.operator(), Via::Cli),
+        &wf,
+        &stage,
+        pause,
+    )
+    .map_err(|e| match e {
+        ActionError::Store(e) => refusal(e),
+        ActionError::BadInput(m) => CliError::usage(m),
+    })?;
     let word = if pause { "paused" } else { "resumed" };
     if changed {
         outln!("stage {wf}/{stage} {word}");
@@ -741,8 +779,18 @@ fn export(g: &Global, a: ExportArgs) -> Result<(), CliError> {
 }
 
 pub fn cancel(g: &Global, a: CancelArgs) -> Result<(), CliError> {
-    let bulk_filter = a.ids.is_empty();
-    let selection = if bulk_filter {
+    // `--item ID` with at most --workflow and --stage: the item's latest stage delivery, as
+    // for refire; any other filter makes `--item` one more filter over the open deliveries.
+    let only_item = a.ids.is_empty() && a.filter.only_item();
+    let bulk_filter = a.ids.is_empty() && !only_item;
+    let selection = if only_item {
+        if a.limit.is_some() {
+            return Err(CliError::usage(
+                "--item alone names one delivery; --limit goes with filters",
+            ));
+        }
+        item_latest(&a.filter, "delivery cancel")?
+    } else if bulk_filter {
         if a.filter.is_empty() {
             return Err(CliError::usage(
                 "name the deliveries to cancel, or select them with filters such as --state retry_scheduled --workflow ID",

@@ -74,6 +74,8 @@ pub const DELIVERY_SHOW: &str = "Examples:
 
 pub const DELIVERY_CANCEL: &str = "Examples:
   hookops delivery cancel msg_01jd0000000000000000000000
+  # an item's latest delivery (in a stage, with --workflow)
+  hookops delivery cancel --item acme-weld-0001 --workflow defects --stage export
   hookops delivery cancel --state retry_scheduled --workflow defects --stage qa --yes";
 
 pub const REFIRE: &str = "Examples:
@@ -85,7 +87,11 @@ pub const REFIRE: &str = "Examples:
   hookops refire --replay msg_01jd0000000000000000000000";
 
 pub const TEST_WEBHOOK: &str = "Examples:
-  hookops test-webhook --workflow defects --stage export";
+  hookops test-webhook --workflow defects --stage export
+  # a real item's document to the stage of its latest delivery (the item does not move)
+  hookops test-webhook --item acme-weld-0001
+  # a delivery's stage, with its item's document as it is now
+  hookops test-webhook msg_01jd0000000000000000000000";
 
 pub const STAGE_PAUSE: &str = "Examples:
   hookops stage pause --workflow defects export";

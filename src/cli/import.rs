@@ -28,6 +28,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{CliError, Global, output};
+use crate::actions::{self, Actor, Via};
 use crate::import::{LineError, LineOutcome};
 use crate::model::{DatasetRef, ItemId, NewItem, WorkflowId};
 use crate::store::{ImportReport, Store};
@@ -105,26 +106,26 @@ pub fn run(g: &Global, a: ImportArgs) -> Result<(), CliError> {
             slug: a.workflow.to_string(),
         },
     };
-    let outcome = write(
-        &store,
-        &a,
-        &default_dataset,
-        &mut input,
-        &checked,
-        &g.operator(),
-        &mut progress,
-        &stop,
-    );
-    progress.clear();
-    let totals = match &outcome {
-        Ok(t) | Err((t, _)) => t,
-    };
     // One audit row for the whole import, interrupted or not, counting what went in.
-    if totals.imported > 0 || outcome.is_ok() {
-        store
-            .audit_import(&a.workflow, &g.operator(), totals.imported)
-            .map_err(CliError::from)?;
-    }
+    let actor = Actor::new(g.operator(), Via::Cli);
+    let outcome = actions::admin::import_streamed(&store, &actor, &a.workflow, &shown, || {
+        let o = write(
+            &store,
+            &a,
+            &default_dataset,
+            &mut input,
+            &checked,
+            &g.operator(),
+            &mut progress,
+            &stop,
+        );
+        let (imported, ok) = match &o {
+            Ok(t) => (t.imported, true),
+            Err((t, _)) => (t.imported, false),
+        };
+        (imported, ok, o)
+    })?;
+    progress.clear();
     let totals = match outcome {
         Ok(t) => t,
         Err((t, stopped)) => {

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 
+use super::deliveries::action_error;
 use super::{CliError, Global, output, require_workflow, stage_id};
+use crate::actions::{self, Actor, Via};
 use crate::engine::Outcome;
 use crate::model::{ItemId, ItemState, StageId, WorkflowId};
 use crate::store::{AssignTarget, Expect, ItemFilter, ItemOrder, MoveReport};
@@ -119,6 +121,9 @@ pub struct AssignArgs {
     /// Ids of the items to move
     #[arg(value_name = "ITEM_ID")]
     pub ids: Vec<String>,
+    /// Print what would be moved (the count and the ids, oldest first) and move nothing
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
@@ -160,7 +165,13 @@ pub fn run(g: &Global, c: ItemCommand) -> Result<(), CliError> {
                 version: None,
             };
             let ids: Vec<ItemId> = ids.into_iter().map(ItemId::new).collect();
-            let report = store.advance(&ids, outcome, &expect, &g.operator())?;
+            let report = actions::items::advance(
+                &store,
+                &Actor::new(g.operator(), Via::Cli),
+                actions::items::AdvanceWhat::Ids(ids, expect),
+                outcome,
+            )
+            .map_err(action_error)?;
             print_moves("advanced", &report, json)
         }
     }
@@ -301,8 +312,30 @@ pub fn assign(g: &Global, a: AssignArgs) -> Result<(), CliError> {
         }
     };
     let store = g.open()?;
-    let expect = a.expect_stage.map(StageId::new);
-    let report = store.assign(&workflow, &to, &target, expect.as_ref(), &g.operator())?;
+    let assign = actions::items::Assign {
+        workflow,
+        to,
+        target,
+        expect_stage: a.expect_stage.map(StageId::new),
+    };
+    if a.dry_run {
+        let plan = actions::items::assign_plan(&store, &assign).map_err(action_error)?;
+        if a.json {
+            return output::json(&plan);
+        }
+        outln!(
+            "would assign {} item(s) to {}/{}",
+            plan.matched,
+            assign.workflow,
+            assign.to
+        );
+        for id in &plan.ids {
+            outln!("{id}");
+        }
+        return Ok(());
+    }
+    let report = actions::items::assign(&store, &Actor::new(g.operator(), Via::Cli), assign)
+        .map_err(action_error)?;
     print_moves("assigned", &report, a.json)
 }
 

@@ -69,7 +69,8 @@ pub fn prune(g: &Global, a: PruneArgs) -> Result<(), CliError> {
     };
     // Progress on a terminal only (never into a pipe or --json).
     let mut shown: Option<output::Progress> = None;
-    let r = store.prune_with_progress(&opts, &g.operator(), &mut |done, total| {
+    let actor = crate::actions::Actor::new(g.operator(), crate::actions::Via::Cli);
+    let r = crate::actions::admin::prune(&store, &actor, &opts, &mut |done, total| {
         shown
             .get_or_insert_with(|| {
                 output::Progress::new("prune: delivery rows scanned", total as usize, a.json)
@@ -316,7 +317,10 @@ pub async fn retain(store: crate::store::Store, older_than: Duration, operator: 
             dry_run: false,
         };
         // The store's writer API blocks; keep it off the runtime's worker threads.
-        match tokio::task::spawn_blocking(move || s.prune(&opts, &op)).await {
+        // Audited as the CLI's (`serve` is a CLI command), under its operator.
+        let actor = crate::actions::Actor::new(op, crate::actions::Via::Cli);
+        let prune = move || crate::actions::admin::prune(&s, &actor, &opts, &mut |_, _| {});
+        match tokio::task::spawn_blocking(prune).await {
             Ok(Ok(r)) => {
                 for l in prune_lines(&r, older_than) {
                     eprintln!("hookops serve: prune: {l}");

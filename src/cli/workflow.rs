@@ -92,7 +92,8 @@ fn apply(
         return Ok(());
     }
     let store = g.open_or_create()?;
-    let report = store.apply_workflow(&wf, &moves, &g.operator())?;
+    let actor = crate::actions::Actor::new(g.operator(), crate::actions::Via::Cli);
+    let report = crate::actions::admin::apply(&store, &actor, &wf, &moves)?;
     if json {
         return output::json(&report);
     }

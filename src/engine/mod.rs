@@ -12,6 +12,7 @@
 //! stages, but a route over an unvalidated workflow stops with [`RouteError::TooManyHops`]
 //! instead of looping.
 
+pub mod cause;
 pub mod classify;
 pub mod delivery;
 pub mod flow;

@@ -177,6 +177,11 @@ fn record_in_tx(tx: &Tx<'_>, lease: &Lease, o: &AttemptOutcome, jitter: f64) -> 
             next_attempt_at: next,
             last_status: o.status,
             last_error_kind: o.error_kind,
+            last_error_class: crate::engine::cause::cause_class(
+                o.error_kind,
+                o.error_message.as_deref(),
+                o.response_body.as_deref(),
+            ),
             last_attempt_at: o.started_at,
             now,
             routed_version,
@@ -451,6 +456,21 @@ impl Store {
     /// The cursor of the newest attempt: the log pane starts after it.
     pub fn attempts_end(&self) -> Result<AttemptCursor> {
         self.read(|r| r.attempts_end())
+    }
+
+    /// Where a follower of the log starts (`deliveries --follow`, `GET /v1/attempts`): after
+    /// the newest attempt, or with `since` just before the first attempt that started then
+    /// or later, so reading on from there (and skipping the older attempts interleaved after
+    /// it) misses and repeats none. The seek is one pass over the attempt rows' start times
+    /// in SQL, not an index: an index would cost every recorded attempt a write.
+    pub fn follow_start(&self, since: Option<DateTime<Utc>>) -> Result<AttemptCursor> {
+        self.read(|r| match since {
+            None => r.attempts_end(),
+            Some(t) => match r.attempts_from(t.timestamp_millis())? {
+                Some(c) => Ok(c),
+                None => r.attempts_end(),
+            },
+        })
     }
 
     /// How many attempts were ever recorded in the store, by every process (`/metrics`).

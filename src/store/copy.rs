@@ -144,6 +144,7 @@ pub(crate) const TABLES: &[Table] = &[
             ("cancelled_by", T),
             ("last_status", I),
             ("last_error_kind", T),
+            ("last_error_class", T),
             ("last_attempt_at", I),
             ("created_at", I),
             ("updated_at", I),

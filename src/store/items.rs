@@ -16,7 +16,7 @@ use super::deliveries::{
 };
 use super::seam::{HistoryRow, ItemMove, NewItemRow};
 use super::workflows::current_spec;
-use super::{Result, Store, StoreError, audit, audit_named, to_time, where_now};
+use super::{Result, Store, StoreError, to_time, where_now};
 use crate::engine::{self, Outcome, Route};
 use crate::model::{
     CancelReason, DatasetRef, DeliveryId, DeliveryTrigger, EventType, HistoryCause, Item, ItemId,
@@ -100,6 +100,11 @@ pub struct Refusal {
 #[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct MoveReport {
     pub moved: i64,
+    /// The items moved, in order, up to one more than [`super::AUDIT_IDS`]: what an audit
+    /// row names (beyond the bound it names the selection and the count instead).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub moved_ids: Vec<ItemId>,
     pub refused: Vec<Refusal>,
     /// Where the moved items ended up, per stage.
     pub landed: BTreeMap<String, i64>,
@@ -489,12 +494,18 @@ fn merge(into: &mut ImportReport, chunk: ImportReport) {
     }
 }
 
-fn merge_moves(into: &mut MoveReport, chunk: MoveReport) {
-    into.moved += chunk.moved;
-    into.deliveries += chunk.deliveries;
-    into.refused.extend(chunk.refused);
-    for (k, v) in chunk.landed {
-        *into.landed.entry(k).or_default() += v;
+impl MoveReport {
+    /// Adds what a later chunk of the same action did.
+    pub fn merge(&mut self, chunk: MoveReport) {
+        self.moved += chunk.moved;
+        let room = (super::AUDIT_IDS + 1).saturating_sub(self.moved_ids.len());
+        self.moved_ids
+            .extend(chunk.moved_ids.into_iter().take(room));
+        self.deliveries += chunk.deliveries;
+        self.refused.extend(chunk.refused);
+        for (k, v) in chunk.landed {
+            *self.landed.entry(k).or_default() += v;
+        }
     }
 }
 
@@ -577,6 +588,9 @@ fn move_one(
         },
     )?;
     report.moved += 1;
+    if report.moved_ids.len() <= super::AUDIT_IDS {
+        report.moved_ids.push(item.id.clone());
+    }
     report.deliveries += created.is_some() as i64;
     *report.landed.entry(route.stage.to_string()).or_default() += 1;
     Ok(())
@@ -694,10 +708,6 @@ impl Store {
             }
             progress(done, total);
         }
-        let (wf, op, n) = (workflow.clone(), operator.to_string(), report.imported);
-        let _ = self.write("import", move |c| {
-            audit(c, &op, "import", &format!("workflow {wf}"), None, n)
-        });
         Ok(report)
     }
 
@@ -760,7 +770,7 @@ impl Store {
             }
         }
         let mut report = MoveReport::default();
-        let (filter, count_target) = match target {
+        match target {
             AssignTarget::Items(_) | AssignTarget::Versions(_) => {
                 let ids: Vec<(ItemId, Option<i64>)> = match target {
                     AssignTarget::Items(ids) => ids.iter().map(|i| (i.clone(), None)).collect(),
@@ -800,9 +810,8 @@ impl Store {
                         }
                         Ok(r)
                     })?;
-                    merge_moves(&mut report, r);
+                    report.merge(r);
                 }
-                (None, ids.len().to_string())
             }
             AssignTarget::FromStage { stage, limit } => {
                 if spec.stage(stage).is_none() {
@@ -858,7 +867,7 @@ impl Store {
                         }
                         Ok((r, batch.last().map(|b| b.0), batch.len()))
                     })?;
-                    merge_moves(&mut report, r);
+                    report.merge(r);
                     match last {
                         Some(key) if n == take => {
                             after = key;
@@ -867,38 +876,8 @@ impl Store {
                         _ => break,
                     }
                 }
-                (Some(format!("from stage {stage}")), "bulk".to_string())
             }
         };
-        let (wf, to, op, n) = (
-            workflow.clone(),
-            to.clone(),
-            operator.to_string(),
-            report.moved,
-        );
-        let _ = count_target;
-        // Named items: the row names those moved; a whole stage: its filter and the count.
-        let named: Option<Vec<ItemId>> = match target {
-            AssignTarget::Items(ids) => Some(ids.clone()),
-            AssignTarget::Versions(ids) => Some(ids.iter().map(|(i, _)| i.clone()).collect()),
-            AssignTarget::FromStage { .. } => None,
-        };
-        let refused = report.refused.clone();
-        self.write("assign", move |c| {
-            let target = format!("stage {wf}/{to}");
-            match &named {
-                Some(ids) => audit_named(
-                    c,
-                    &op,
-                    "assign",
-                    &target,
-                    filter.as_deref(),
-                    &not_refused(ids, &refused),
-                    refused.len(),
-                ),
-                None => audit(c, &op, "assign", &target, filter.as_deref(), n),
-            }
-        })?;
         Ok(report)
     }
 
@@ -959,20 +938,9 @@ impl Store {
                         &mut r,
                     )?;
                 }
-                let action = match outcome {
-                    Some(Outcome::Approve) => "approve",
-                    Some(Outcome::Reject) => "reject",
-                    _ => "advance",
-                };
-                let moved = not_refused(&ids, &r.refused);
-                let target = match ids.as_slice() {
-                    [one] => format!("item {one}"),
-                    _ => format!("{} item(s)", ids.len()),
-                };
-                audit_named(c, &op, action, &target, None, &moved, r.refused.len())?;
                 Ok(r)
             })?;
-            merge_moves(&mut report, r);
+            report.merge(r);
         }
         Ok(report)
     }
@@ -1084,20 +1052,4 @@ impl Store {
         }
         Ok(report)
     }
-
-    /// The audit row of a whole streaming import: `n` items imported into `workflow`.
-    pub fn audit_import(&self, workflow: &WorkflowId, operator: &str, n: i64) -> Result<()> {
-        let (wf, op) = (workflow.clone(), operator.to_string());
-        self.write("import", move |c| {
-            audit(c, &op, "import", &format!("workflow {wf}"), None, n)
-        })
-    }
-}
-
-/// The ids of `ids` that `refused` does not name, as text (what an audit row lists).
-fn not_refused(ids: &[ItemId], refused: &[Refusal]) -> Vec<String> {
-    ids.iter()
-        .filter(|i| !refused.iter().any(|r| r.item_id == **i))
-        .map(|i| i.to_string())
-        .collect()
 }

@@ -131,7 +131,7 @@ impl Store {
     pub fn prune_with_progress(
         &self,
         opts: &PruneOptions,
-        operator: &str,
+        _operator: &str,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<PruneReport> {
         if !opts.dry_run {
@@ -207,22 +207,6 @@ impl Store {
                 report.pages_vacuumed = self.incremental_vacuum(&mut report)?;
                 report.vacuum_ms = ms(t.elapsed());
             }
-            let op = operator.to_string();
-            let target = format!(
-                "finished deliveries older than {}",
-                humantime::format_duration(opts.older_than)
-            );
-            let (d, a) = (report.deliveries, report.audit_rows);
-            self.write("prune", move |c| {
-                audit(
-                    c,
-                    &op,
-                    "prune",
-                    &target,
-                    Some(&format!("{a} audit row(s)")),
-                    d,
-                )
-            })?;
             if let Some(old) = old_cache {
                 self.write("prune", move |c| c.rows().set_cache_kib(old).map(drop))?;
             }

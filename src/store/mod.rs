@@ -477,42 +477,6 @@ pub(crate) fn audit(
     Ok(())
 }
 
-/// An audit row that names the items an action moved (up to [`AUDIT_IDS`]), how many the
-/// operator named and how it ended: assign and advance by id (issue 18: "1 item(s)" said
-/// nothing of which). Written in the transaction of the moves.
-pub(crate) fn audit_named(
-    conn: &Tx<'_>,
-    operator: &str,
-    action: &str,
-    target: &str,
-    filter: Option<&str>,
-    moved: &[String],
-    refused: usize,
-) -> Result<()> {
-    let count = moved.len() as i64;
-    let outcome = match (refused, count) {
-        (0, _) => "done",
-        (_, 0) => "refused",
-        _ => "partly_refused",
-    };
-    let seq = conn.rows().insert_audit(&seam::AuditRow {
-        at: conn.now(),
-        operator,
-        action,
-        target,
-        filter,
-        count,
-        via: None,
-        outcome: Some(outcome),
-        matched: Some(count + refused as i64),
-    })?;
-    let ids = (moved.len() <= AUDIT_IDS)
-        .then(|| serde_json::to_string(moved))
-        .transpose()?;
-    conn.rows()
-        .finish_audit(seq, outcome, count, ids.as_deref())
-}
-
 /// The start of an action's audit row (the actions layer's).
 #[derive(Clone, Debug)]
 pub struct AuditStart {

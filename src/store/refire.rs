@@ -15,7 +15,7 @@ use super::seam::{ManualAttempt, NewDelivery, NewLease, RefireRow};
 use super::workflows::current_spec;
 use super::{Result, Store, StoreError, to_time, where_now};
 use crate::engine;
-use crate::engine::payload::{DeliveryMeta, test_body};
+use crate::engine::payload::{DeliveryMeta, build_body, test_body};
 use crate::model::{
     AttemptTrigger, DeliveryId, DeliveryState, DeliveryTrigger, EventType, HistoryCause, ItemId,
     RefusalKind, StageId, StageKind, WorkflowId,
@@ -280,8 +280,21 @@ impl Store {
     /// Creates a `webhook.test` delivery for a stage with a sample body, leased to the caller,
     /// who sends it once and records it (design §2 Test).
     /// Not audited here: the actions layer writes the row.
-    pub fn begin_test(&self, wf: &WorkflowId, stage: &StageId, _operator: &str) -> Result<Lease> {
-        let (wf, stage) = (wf.clone(), stage.clone());
+    pub fn begin_test(&self, wf: &WorkflowId, stage: &StageId, operator: &str) -> Result<Lease> {
+        self.begin_test_of(wf, stage, None, operator)
+    }
+
+    /// [`Store::begin_test`], with the body built from `item` as it is now (when given)
+    /// instead of the sample: `test --item ID`. The test delivery names the item, so the
+    /// item's deliveries list it; a test never routes, so the item does not move.
+    pub fn begin_test_of(
+        &self,
+        wf: &WorkflowId,
+        stage: &StageId,
+        item: Option<&ItemId>,
+        _operator: &str,
+    ) -> Result<Lease> {
+        let (wf, stage, item_id) = (wf.clone(), stage.clone(), item.cloned());
         self.write("test", move |c| {
             let (spec, revision) = current_spec(c, &wf)?;
             let st = spec.stage(&stage).ok_or_else(|| StoreError::NotFound {
@@ -303,8 +316,29 @@ impl Store {
                 previous_stage: None,
                 created_at: to_time(now),
             };
-            let body = test_body(&spec, st, &meta)
-                .map_err(|e| StoreError::Invalid(format!("cannot build the test payload: {e}")))?;
+            let item = match &item_id {
+                None => None,
+                Some(id) => match c.rows().load_item(id)? {
+                    Some(i) if i.workflow == wf => Some(i),
+                    Some(i) => {
+                        return Err(StoreError::Invalid(format!(
+                            "item `{id}` belongs to workflow `{}`, not `{wf}`",
+                            i.workflow
+                        )));
+                    }
+                    None => {
+                        return Err(StoreError::NotFound {
+                            what: "item",
+                            id: id.to_string(),
+                        });
+                    }
+                },
+            };
+            let body = match &item {
+                Some(i) => build_body(&spec, st, i, &meta),
+                None => test_body(&spec, st, &meta),
+            }
+            .map_err(|e| StoreError::Invalid(format!("cannot build the test payload: {e}")))?;
             let token = uuid::Uuid::now_v7().simple().to_string();
             let owner = format!("test:{}", std::process::id());
             let not_before =
@@ -314,7 +348,7 @@ impl Store {
                 id: &id,
                 workflow: &wf,
                 stage: &stage,
-                item: None,
+                item: item_id.as_ref(),
                 event: EventType::WebhookTest,
                 trigger: DeliveryTrigger::Test,
                 item_version: None,
@@ -339,7 +373,7 @@ impl Store {
                 workflow: wf,
                 revision,
                 stage,
-                item_id: None,
+                item_id,
                 event: EventType::WebhookTest,
                 body: body.into(),
                 attempts: 0,

@@ -111,6 +111,8 @@ pub(crate) struct DeliveryUpdate {
     pub next_attempt_at: Option<i64>,
     pub last_status: Option<u16>,
     pub last_error_kind: Option<ErrorKind>,
+    /// The failure's cause as failure groups key it (`engine::cause`); none after a success.
+    pub last_error_class: Option<String>,
     pub last_attempt_at: i64,
     pub now: i64,
     /// The item version its routing wrote, when it routed.
@@ -667,6 +669,9 @@ pub(crate) trait Reads {
     ) -> Result<Vec<(super::AttemptCursor, crate::model::AttemptEvent)>>;
     /// The cursor after the newest attempt a reader may take now.
     fn attempts_end(&self) -> Result<super::AttemptCursor>;
+    /// The cursor just before the first attempt (in the log's order) that started at or
+    /// after `since_ms`, or `None` when no attempt a reader may take now did.
+    fn attempts_from(&self, since_ms: i64) -> Result<Option<super::AttemptCursor>>;
     /// How many attempts were ever recorded (the largest row number).
     fn attempts_recorded(&self) -> Result<i64>;
 

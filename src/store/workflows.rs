@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::seam::{Counted, Reads, RevisionRow, Rows, WorkflowCounts};
-use super::{Result, Store, StoreError, Tx, audit, to_time};
+use super::{Result, Store, StoreError, Tx, to_time};
 use crate::model::{ItemState, StageId, StageKind, WorkflowId};
 use crate::workflow::Workflow;
 
@@ -341,8 +341,6 @@ fn apply_in_tx(
     for (from, to, _) in &report.moved {
         super::items::move_stage_items(conn, wf, revision, from, to, operator)?;
     }
-    let target = format!("workflow {} revision {revision}", wf.id);
-    audit(conn, operator, "apply", &target, None, 1)?;
     Ok(report)
 }
 
@@ -559,14 +557,6 @@ impl Store {
             let reason = paused.then(|| format!("paused by {operator}"));
             c.rows().set_stage_paused(&wf, &stage, reason.as_deref())?;
             let lifted = !paused && c.rows().lift_hold(wf.as_str(), stage.as_str(), c.now())?;
-            audit(
-                c,
-                &operator,
-                action,
-                &format!("stage {wf}/{stage}"),
-                None,
-                1,
-            )?;
             if paused && !was {
                 let reason = format!("paused by {operator}");
                 super::attempts::notify_paused(c, &spec, &stage, &reason, Some(&operator))?;

@@ -11,7 +11,7 @@ use super::ops;
 use super::report;
 use super::state::{self, App, Effect, Level, LoadAfter, Msg, PAGE, Pending, ViewData, ViewKind};
 use crate::actions::{self, ActionError, Actor, BulkAction, Control, Selection, Via};
-use crate::store::{AssignTarget, Expect, ItemFilter, Store};
+use crate::store::{AssignTarget, DeliveryFilter, ItemFilter, Store};
 
 /// Performs effects off the UI task and answers with messages.
 pub(super) struct Executor {
@@ -44,30 +44,7 @@ impl Executor {
                     }
                 });
             }
-            Effect::CountFailed(filter) => {
-                self.blocking(move |s| match s.failed_deliveries(&filter, None) {
-                    Ok(ids) => Msg::Counted {
-                        filter,
-                        count: ids.len() as i64,
-                    },
-                    Err(e) => Msg::Done {
-                        text: e.to_string(),
-                        level: Level::Error,
-                    },
-                })
-            }
-            Effect::CountOpen(filter) => {
-                self.blocking(move |s| match s.open_deliveries(&filter, None) {
-                    Ok(ids) => Msg::CountedOpen {
-                        filter,
-                        count: ids.len() as i64,
-                    },
-                    Err(e) => Msg::Done {
-                        text: e.to_string(),
-                        level: Level::Error,
-                    },
-                })
-            }
+            Effect::Count { action, filter } => self.blocking(move |s| count(s, action, filter)),
             Effect::Export(filter) => self.blocking(move |s| ops::export(s, &filter)),
             Effect::CountStage { workflow, from } => self.blocking(move |s| {
                 let count = s.workflow_detail(&workflow).map(|d| {
@@ -137,11 +114,15 @@ impl Executor {
                 self.blocking(move |store| {
                     let rt = tokio::runtime::Handle::current();
                     let actor = Actor::new(op, Via::Console);
+                    let of = actions::TestOf::Stage {
+                        workflow: workflow.clone(),
+                        stage: stage.clone(),
+                        item: None,
+                    };
                     match actions::test_stage(
                         store,
                         &actor,
-                        &workflow,
-                        &stage,
+                        of,
                         &rt,
                         crate::dispatch::http::DEFAULT_MAX_BODY,
                     ) {
@@ -184,7 +165,22 @@ impl Executor {
                 let tx = self.tx.clone();
                 self.blocking(move |s| {
                     let rt = tokio::runtime::Handle::current();
-                    replay_done(s, &op, ids, &rt, &tx)
+                    replay_done(s, &op, Selection::Ids(ids), &rt, &tx)
+                });
+            }
+            Pending::Filtered {
+                action: BulkAction::Replay,
+                filter,
+                ..
+            } => {
+                let tx = self.tx.clone();
+                self.blocking(move |s| {
+                    let rt = tokio::runtime::Handle::current();
+                    let all = Selection::Filter {
+                        filter,
+                        limit: None,
+                    };
+                    replay_done(s, &op, all, &rt, &tx)
                 });
             }
             other => self.blocking(move |s| run_pending(s, other, &op)),
@@ -197,11 +193,11 @@ impl Executor {
 fn replay_done(
     s: &Store,
     op: &str,
-    ids: Vec<crate::model::DeliveryId>,
+    selection: Selection,
     rt: &tokio::runtime::Handle,
     tx: &mpsc::UnboundedSender<Msg>,
 ) -> Msg {
-    let r = match act(s, op, BulkAction::Replay, Selection::Ids(ids), Some(rt)) {
+    let r = match act(s, op, BulkAction::Replay, selection, Some(rt)) {
         Ok(r) => r,
         Err(e) => return action_failed(e),
     };
@@ -226,6 +222,23 @@ fn replay_done(
             .map(|x| (x.delivery_id.to_string(), x.reason.clone())),
     );
     report::per_id("replayed", Some(&ok), bad, "")
+}
+
+/// What a bulk action on `filter` would take, counted by the actions layer (which refuses a
+/// filter it cannot act on, such as a stage without its workflow).
+pub(crate) fn count(s: &Store, action: BulkAction, filter: DeliveryFilter) -> Msg {
+    let all = Selection::Filter {
+        filter: filter.clone(),
+        limit: None,
+    };
+    match actions::plan(s, action, all) {
+        Ok(plan) => Msg::Counted {
+            action,
+            filter,
+            count: plan.matched as i64,
+        },
+        Err(e) => action_failed(e),
+    }
 }
 
 /// Counts, then acts through the actions layer as the console (`via console`).
@@ -570,7 +583,6 @@ fn load(
 
 /// Performs a confirmed action and says, per id, what it did (see [`report`]).
 pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
-    let fail = report::failed;
     match p {
         Pending::Assign {
             workflow,
@@ -590,7 +602,13 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
                     None,
                 ),
             };
-            match s.assign(&workflow, &to, &t, None, op) {
+            let a = actions::items::Assign {
+                workflow,
+                to: to.clone(),
+                target: t,
+                expect_stage: None,
+            };
+            match actions::items::assign(s, &Actor::new(op, Via::Console), a) {
                 Ok(r) => {
                     let queued = if r.deliveries > 0 {
                         format!(" · {} deliveries queued", r.deliveries)
@@ -613,27 +631,18 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
                         ),
                     }
                 }
-                Err(e) => fail(e),
+                Err(e) => action_failed(e),
             }
         }
         Pending::Advance { ids, outcome } => {
-            let mut moved = Vec::new();
-            let mut refused = Vec::new();
-            for (id, version) in ids {
-                let expect = Expect {
-                    stage: None,
-                    version: Some(version),
-                };
-                match s.advance(std::slice::from_ref(&id), outcome, &expect, op) {
-                    Ok(r) => {
-                        if r.moved > 0 {
-                            moved.push(id.to_string());
-                        }
-                        refused.extend(report::refusals(&r.refused));
-                    }
-                    Err(e) => return fail(e),
-                }
-            }
+            let named: Vec<String> = ids.iter().map(|(i, _)| i.to_string()).collect();
+            let what = actions::items::AdvanceWhat::Versions(ids);
+            let r = match actions::items::advance(s, &Actor::new(op, Via::Console), what, outcome) {
+                Ok(r) => r,
+                Err(e) => return action_failed(e),
+            };
+            let refused = report::refusals(&r.refused);
+            let moved = report::not_refused(&named, &refused);
             let verb = match outcome {
                 Some(crate::engine::Outcome::Approve) => "approved",
                 Some(crate::engine::Outcome::Reject) => "rejected",
@@ -652,29 +661,35 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
                 |_| String::new(),
             )
         }
-        Pending::RefireFiltered { filter, .. } => bulk_done(
+        Pending::Filtered { action, filter, .. } => bulk_done(
             s,
             op,
-            BulkAction::Refire,
+            action,
             Selection::Filter {
                 filter,
                 limit: None,
             },
             None,
-            |n| format!("re-fired {n} failed deliveries"),
+            |n| format!("{} {n} delivery(ies)", action.past()),
         ),
         Pending::Pause {
             workflow,
             stage,
             pause,
-        } => match s.set_paused(&workflow, &stage, pause, op) {
+        } => match actions::items::set_paused(
+            s,
+            &Actor::new(op, Via::Console),
+            &workflow,
+            &stage,
+            pause,
+        ) {
             Ok(_) => report::per_id(
                 &format!("stage {stage} {}", if pause { "paused" } else { "resumed" }),
                 None,
                 vec![],
                 "",
             ),
-            Err(e) => fail(e),
+            Err(e) => action_failed(e),
         },
         // The executor replays on the runtime (HTTP); this path is the headless one.
         Pending::Replay(_) => report::per_id("replay runs asynchronously", None, vec![], ""),
@@ -689,16 +704,5 @@ pub(crate) fn run_pending(s: &Store, p: Pending, op: &str) -> Msg {
                 |_| String::new(),
             )
         }
-        Pending::CancelFiltered { filter, .. } => bulk_done(
-            s,
-            op,
-            BulkAction::Cancel,
-            Selection::Filter {
-                filter,
-                limit: None,
-            },
-            None,
-            |n| format!("cancelled {n} delivery(ies)"),
-        ),
     }
 }

@@ -57,19 +57,9 @@ impl Headless {
                     continue;
                 }
                 Effect::Run(p) => super::run_pending(&self.store, p, &self.operator),
-                Effect::CountFailed(filter) => match self.store.failed_deliveries(&filter, None) {
-                    Ok(ids) => Msg::Counted {
-                        filter,
-                        count: ids.len() as i64,
-                    },
-                    Err(e) => Msg::Done {
-                        text: e.to_string(),
-                        level: state::Level::Error,
-                    },
-                },
+                Effect::Count { action, filter } => super::count(&self.store, action, filter),
                 // Network and terminal effects have no place here.
                 Effect::CountStage { .. }
-                | Effect::CountOpen(_)
                 | Effect::Export(_)
                 | Effect::Test { .. }
                 | Effect::Copy(_)

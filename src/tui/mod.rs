@@ -578,4 +578,4 @@ fn process_role(host: &str, pid: u32) -> Option<&'static str> {
 }
 
 use executor::Executor;
-pub(crate) use executor::{load_msgs, run_pending};
+pub(crate) use executor::{count, load_msgs, run_pending};

@@ -812,9 +812,28 @@ fn empty_hint(app: &App, v: &super::state::View) -> String {
             "no items yet: import some with `hookops item import --workflow {} FILE`",
             workflow.as_ref().map(|w| w.as_str()).unwrap_or("ID")
         ),
-        ViewKind::Deliveries(_) => "no deliveries match: one is made each time an item enters \
-             a webhook stage (assign items to it with a), and by t (test webhook) in the stages view"
-            .into(),
+        ViewKind::Deliveries(f) => {
+            let scope = crate::store::DeliveryFilter {
+                workflow: f.workflow.clone(),
+                stage: f.stage.clone(),
+                ..Default::default()
+            };
+            if *f == scope {
+                return "no deliveries match: one is made each time an item enters a webhook \
+                        stage (assign items to it with a), and by t (test webhook) in the stages view"
+                    .into();
+            }
+            // A filter hides them: say so, and how to see them all (a `/` search that
+            // matches nothing has its own line, with how to clear it).
+            let what = match f.state {
+                Some(s) => format!("no {s} deliveries match"),
+                None => "no deliveries match".into(),
+            };
+            format!(
+                "{what} the filter ({}): Esc goes back; :dl alone lists every delivery",
+                super::state::filter_words(f)
+            )
+        }
         ViewKind::Audit => "no operator actions recorded yet".into(),
         ViewKind::Failures(_) => "no failed deliveries match: nothing to re-fire".into(),
         _ => "nothing here yet".into(),

@@ -12,7 +12,7 @@ use super::rows::load_item;
 use super::{Conn, json_col, opt_parse_col, parse_col, schema};
 use crate::model::{DeliveryId, DeliveryState, EXCERPT_BYTES, Item, ItemId, StageId, WorkflowId};
 use crate::store::copy::Table;
-use crate::store::deliveries::{Dialect, delivery_where};
+use crate::store::deliveries::{Dialect, delivery_where, failure_groups_sql};
 use crate::store::seam::{
     Cell, Found, HealthFacts, Kind, Reads, ScanRow, StageFlow, Storage, StoredDelivery,
     WorkflowCounts,
@@ -250,19 +250,6 @@ fn audit_from_row(r: &Row, with_ids: bool) -> Result<AuditEntry> {
     })
 }
 
-/// Failed deliveries grouped by cause: (workflow, stage, error kind, status), biggest first,
-/// over the delivery list query as `q`. A stage delivery counts only while it is its item's
-/// latest (what a re-fire would take): once re-fired or re-assigned, it is no longer a
-/// failure to act on.
-const FAILURE_GROUPS_SELECT: &str = "SELECT q.workflow_id, q.stage_id, q.last_error_kind, q.last_status, COUNT(*),
-            COUNT(DISTINCT q.item_id), MIN(q.last_attempt_at), MAX(q.last_attempt_at), MAX(q.last_message)";
-const FAILURE_GROUPS_END: &str =
-    "WHERE (q.event <> 'stage.webhook' OR NOT EXISTS (SELECT 1 FROM deliveries n
-            WHERE n.item_id = q.item_id AND n.event = 'stage.webhook' AND n.seq > q.seq))
-     GROUP BY q.workflow_id, q.stage_id, q.last_error_kind, q.last_status
-     ORDER BY COUNT(*) DESC, q.workflow_id COLLATE \"C\", q.stage_id COLLATE \"C\", COALESCE(q.last_status, 0),
-              COALESCE(q.last_error_kind, '')";
-
 /// Finished delivery states, as SQL.
 const FINISHED: &str = "('succeeded', 'failed', 'cancelled')";
 /// Open delivery states, as SQL.
@@ -482,27 +469,32 @@ impl Reads for PgReads<'_> {
     }
 
     fn failure_groups(&self, filter: &DeliveryFilter) -> Result<Vec<FailureGroup>> {
-        let (sql, args) = delivery_query(filter, None, None, false);
-        let sql = format!("{FAILURE_GROUPS_SELECT} FROM ({sql}) q {FAILURE_GROUPS_END}");
-        all(self.conn, &sql, &refs(&args), |r| {
-            Ok(FailureGroup {
-                workflow: WorkflowId(r.try_get(0)?),
-                stage: StageId(r.try_get(1)?),
-                error_kind: r
-                    .try_get::<_, Option<String>>(2)?
-                    .map(|k| k.parse())
-                    .transpose()
-                    .map_err(|e: crate::model::ParseEnumError| {
-                        crate::store::StoreError::Database(e.to_string())
-                    })?,
-                status: opt_u16_col(r, 3)?,
-                count: r.try_get(4)?,
-                items: r.try_get(5)?,
-                first_at: r.try_get::<_, Option<i64>>(6)?.map(to_time),
-                last_at: r.try_get::<_, Option<i64>>(7)?.map(to_time),
-                message: r.try_get(8)?,
-            })
-        })
+        let (where_sql, cells) = delivery_where(filter, None, false, &POSTGRES);
+        let args: Args = cells.into_iter().map(param).collect();
+        all(
+            self.conn,
+            &failure_groups_sql(&where_sql),
+            &refs(&args),
+            |r| {
+                Ok(FailureGroup {
+                    workflow: WorkflowId(r.try_get(0)?),
+                    stage: StageId(r.try_get(1)?),
+                    error_kind: r
+                        .try_get::<_, Option<String>>(2)?
+                        .map(|k| k.parse())
+                        .transpose()
+                        .map_err(|e: crate::model::ParseEnumError| {
+                            crate::store::StoreError::Database(e.to_string())
+                        })?,
+                    status: opt_u16_col(r, 3)?,
+                    message: r.try_get(4)?,
+                    count: r.try_get(5)?,
+                    items: r.try_get(6)?,
+                    first_at: r.try_get::<_, Option<i64>>(7)?.map(to_time),
+                    last_at: r.try_get::<_, Option<i64>>(8)?.map(to_time),
+                })
+            },
+        )
     }
 
     fn count_deliveries(&self, filter: &DeliveryFilter) -> Result<i64> {
@@ -653,6 +645,25 @@ impl Reads for PgReads<'_> {
             },
             None => AttemptCursor::default(),
         })
+    }
+
+    /// Just before the first row in (transaction, row) order among those a reader may take
+    /// now: a transaction still open has an id above every such row's, so its rows come
+    /// after the cursor too.
+    fn attempts_from(&self, since_ms: i64) -> Result<Option<AttemptCursor>> {
+        let row = self.conn.query_opt(
+            "SELECT xid::text::bigint, seq FROM attempts
+             WHERE started_at >= $1 AND xid < pg_snapshot_xmin(pg_current_snapshot())
+             ORDER BY xid, seq LIMIT 1",
+            &[&since_ms],
+        )?;
+        row.map(|r| {
+            Ok(AttemptCursor {
+                major: r.try_get(0)?,
+                seq: r.try_get::<_, i64>(1)? - 1,
+            })
+        })
+        .transpose()
     }
 
     /// The attempts recorded: a count (row numbers have gaps on PostgreSQL, where an insert

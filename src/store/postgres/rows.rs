@@ -449,7 +449,8 @@ impl Rows for PgRows<'_> {
         self.conn.execute(
             "UPDATE deliveries SET state = $2, attempts = $3, next_attempt_at = $4, lease_token = NULL,
                  lease_until = NULL, lease_owner = NULL, last_status = $5, last_error_kind = $6,
-                 last_attempt_at = $7, updated_at = $8, routed_version = COALESCE($9, routed_version)
+                 last_attempt_at = $7, updated_at = $8, routed_version = COALESCE($9, routed_version),
+                 last_error_class = $10
              WHERE seq = $1",
             &[
                 &seq,
@@ -461,6 +462,7 @@ impl Rows for PgRows<'_> {
                 &u.last_attempt_at,
                 &u.now,
                 &u.routed_version,
+                &u.last_error_class,
             ],
         )?;
         Ok(())
@@ -612,7 +614,7 @@ impl Rows for PgRows<'_> {
     fn release_lease(&self, id: &DeliveryId, now: i64) -> Result<bool> {
         let released = self.conn.execute(
             "UPDATE deliveries SET state = 'pending', next_attempt_at = $2, lease_token = NULL,
-                 lease_until = NULL, lease_owner = NULL, last_error_kind = 'interrupted', updated_at = $2
+                 lease_until = NULL, lease_owner = NULL, last_error_kind = 'interrupted', last_error_class = NULL, updated_at = $2
              WHERE id = $1 AND state = 'in_flight'",
             &[&id.as_str(), &now],
         )?;

@@ -10,6 +10,8 @@
 //! (design §7, "Commit order is not sequence order").
 
 use super::Conn;
+use crate::engine::cause::cause_class;
+use crate::model::ErrorKind;
 use crate::store::Result;
 
 /// The version each migration leaves, in order; the schema's version is the number applied.
@@ -217,7 +219,47 @@ ALTER TABLE audit ADD COLUMN outcome TEXT;
 ALTER TABLE audit ADD COLUMN matched BIGINT;
 ALTER TABLE audit ADD COLUMN ids TEXT;
 "#,
+    // 5: failure groups keyed by cause (issue 18; SQLite's migration 8, which says why), with
+    // the failed deliveries' causes filled in by [`classify_failures`].
+    r#"
+ALTER TABLE deliveries ADD COLUMN last_error_class TEXT;
+"#,
 ];
+
+/// The migration whose rows [`classify_failures`] fills in.
+const CLASSIFY_FAILURES_AT: i64 = 5;
+
+/// Gives every failed delivery the cause of its last scheduled attempt (SQLite's
+/// `classify_failures`), a page at a time; only a body's first 16 KiB and a byte are read,
+/// all that `engine::cause` looks at.
+fn classify_failures(conn: &Conn) -> Result<()> {
+    let mut after = 0i64;
+    loop {
+        let rows = conn.query(
+            "SELECT d.seq, d.last_error_kind, a.error_message, substring(a.response_body from 1 for 16385)
+             FROM deliveries d JOIN attempts a ON a.delivery_id = d.id
+             WHERE d.state = 'failed' AND d.last_error_kind IS NOT NULL AND d.seq > $1
+               AND a.number = (SELECT MAX(x.number) FROM attempts x
+                               WHERE x.delivery_id = d.id AND x.trigger = 'scheduled')
+             ORDER BY d.seq LIMIT 1000",
+            &[&after],
+        )?;
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        after = last.get(0);
+        for r in &rows {
+            let kind = r.get::<_, String>(1).parse::<ErrorKind>().ok();
+            let message: Option<String> = r.get(2);
+            let body: Option<Vec<u8>> = r.get(3);
+            let class = cause_class(kind, message.as_deref(), body.as_deref());
+            conn.execute(
+                "UPDATE deliveries SET last_error_class = $2 WHERE seq = $1",
+                &[&r.get::<_, i64>(0), &class],
+            )?;
+        }
+    }
+}
 
 /// The schema version stored in the database (0: no hookops schema yet).
 pub(crate) fn version(conn: &Conn) -> Result<i64> {
@@ -258,14 +300,20 @@ pub(crate) fn migrate(conn: &Conn) -> std::result::Result<(), String> {
         }
         let sql = MIGRATIONS[current as usize];
         let next = current + 1;
-        let step = conn.batch(sql).and_then(|()| {
-            conn.execute(
-                "INSERT INTO hookops_meta (key, value) VALUES ('schema_version', $1)
+        let step = conn
+            .batch(sql)
+            .and_then(|()| match next {
+                CLASSIFY_FAILURES_AT => classify_failures(conn),
+                _ => Ok(()),
+            })
+            .and_then(|()| {
+                conn.execute(
+                    "INSERT INTO hookops_meta (key, value) VALUES ('schema_version', $1)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                &[&next.to_string()],
-            )
-            .map(drop)
-        });
+                    &[&next.to_string()],
+                )
+                .map(drop)
+            });
         if let Err(e) = step.and_then(|()| conn.batch("COMMIT")) {
             let _ = conn.batch("ROLLBACK");
             return Err(format!("migration {next} failed: {e}"));

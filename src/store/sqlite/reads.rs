@@ -9,7 +9,7 @@ use super::rows::load_item;
 use super::schema;
 use crate::model::{DeliveryId, DeliveryState, EXCERPT_BYTES, Item, ItemId, StageId, WorkflowId};
 use crate::store::copy::Table;
-use crate::store::deliveries::{Dialect, delivery_where};
+use crate::store::deliveries::{Dialect, delivery_where, failure_groups_sql};
 use crate::store::seam::{
     Cell, Found, HealthFacts, Reads, ScanRow, StageFlow, Storage, StoredDelivery, WorkflowCounts,
 };
@@ -240,19 +240,6 @@ fn audit_from_row(r: &Row, with_ids: bool) -> rusqlite::Result<AuditEntry> {
     })
 }
 
-/// Failed deliveries grouped by cause: (workflow, stage, error kind, status), biggest first,
-/// over the delivery list query as `q`. A stage delivery counts only while it is its item's
-/// latest (what a re-fire would take): once re-fired or re-assigned, it is no longer a
-/// failure to act on.
-const FAILURE_GROUPS_SELECT: &str = "SELECT q.workflow_id, q.stage_id, q.last_error_kind, q.last_status, COUNT(*),
-            COUNT(DISTINCT q.item_id), MIN(q.last_attempt_at), MAX(q.last_attempt_at), MAX(q.last_message)";
-const FAILURE_GROUPS_END: &str =
-    "WHERE (q.event <> 'stage.webhook' OR NOT EXISTS (SELECT 1 FROM deliveries n
-            WHERE n.item_id = q.item_id AND n.event = 'stage.webhook' AND n.seq > q.seq))
-     GROUP BY q.workflow_id, q.stage_id, q.last_error_kind, q.last_status
-     ORDER BY COUNT(*) DESC, q.workflow_id, q.stage_id, COALESCE(q.last_status, 0),
-              COALESCE(q.last_error_kind, '')";
-
 /// Finished delivery states, as SQL.
 const FINISHED: &str = "('succeeded', 'failed', 'cancelled')";
 /// Open delivery states, as SQL.
@@ -459,11 +446,11 @@ impl Reads for SqliteReads<'_> {
     }
 
     fn failure_groups(&self, filter: &DeliveryFilter) -> Result<Vec<FailureGroup>> {
-        let (sql, args) = delivery_query(filter, None, None, false);
-        let sql = format!("{FAILURE_GROUPS_SELECT} FROM ({sql}) q {FAILURE_GROUPS_END}");
+        let (where_sql, cells) = delivery_where(filter, None, false, &SQLITE);
+        let args: Vec<Value> = cells.into_iter().map(value).collect();
         all(
             self.conn,
-            &sql,
+            &failure_groups_sql(&where_sql),
             rusqlite::params_from_iter(args.iter()),
             |r| {
                 Ok(FailureGroup {
@@ -471,11 +458,11 @@ impl Reads for SqliteReads<'_> {
                     stage: StageId(r.get(1)?),
                     error_kind: opt_enum_col(r, 2)?,
                     status: r.get(3)?,
-                    count: r.get(4)?,
-                    items: r.get(5)?,
-                    first_at: r.get::<_, Option<i64>>(6)?.map(to_time),
-                    last_at: r.get::<_, Option<i64>>(7)?.map(to_time),
-                    message: r.get(8)?,
+                    message: r.get(4)?,
+                    count: r.get(5)?,
+                    items: r.get(6)?,
+                    first_at: r.get::<_, Option<i64>>(7)?.map(to_time),
+                    last_at: r.get::<_, Option<i64>>(8)?.map(to_time),
                 })
             },
         )
@@ -605,6 +592,17 @@ impl Reads for SqliteReads<'_> {
             major: 0,
             seq: self.attempts_recorded()?,
         })
+    }
+
+    fn attempts_from(&self, since_ms: i64) -> Result<Option<AttemptCursor>> {
+        let first: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MIN(seq) FROM attempts WHERE started_at >= ?1")?
+            .query_row([since_ms], |r| r.get(0))?;
+        Ok(first.map(|seq| AttemptCursor {
+            major: 0,
+            seq: seq - 1,
+        }))
     }
 
     fn attempts_recorded(&self) -> Result<i64> {

@@ -447,7 +447,8 @@ impl Rows for SqliteRows<'_> {
             .prepare_cached(
                 "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, lease_token = NULL,
                      lease_until = NULL, lease_owner = NULL, last_status = ?5, last_error_kind = ?6,
-                     last_attempt_at = ?7, updated_at = ?8, routed_version = COALESCE(?9, routed_version)
+                     last_attempt_at = ?7, updated_at = ?8, routed_version = COALESCE(?9, routed_version),
+                     last_error_class = ?10
                  WHERE seq = ?1",
             )?
             .execute(params![
@@ -460,6 +461,7 @@ impl Rows for SqliteRows<'_> {
                 u.last_attempt_at,
                 u.now,
                 u.routed_version,
+                u.last_error_class,
             ])?;
         Ok(())
     }
@@ -611,7 +613,7 @@ impl Rows for SqliteRows<'_> {
             .conn
             .prepare_cached(
                 "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2, lease_token = NULL,
-                 lease_until = NULL, lease_owner = NULL, last_error_kind = 'interrupted', updated_at = ?2
+                 lease_until = NULL, lease_owner = NULL, last_error_kind = 'interrupted', last_error_class = NULL, updated_at = ?2
              WHERE id = ?1 AND state = 'in_flight'",
             )?
             .execute(params![id.as_str(), now])?;

@@ -5,6 +5,9 @@
 
 use rusqlite::Connection;
 
+use crate::engine::cause::cause_class;
+use crate::model::ErrorKind;
+
 /// Marks the file as a hookops database (`PRAGMA application_id`, "HOOK").
 pub(crate) const APPLICATION_ID: i64 = 0x484F_4F4B;
 
@@ -289,7 +292,39 @@ ALTER TABLE audit ADD COLUMN outcome TEXT;
 ALTER TABLE audit ADD COLUMN matched INTEGER;
 ALTER TABLE audit ADD COLUMN ids TEXT;
 "#,
+    // 8: failure groups keyed by cause (issue 18): the last error's message normalised
+    // (`engine::cause`), kept beside the status and error kind it describes so grouping and
+    // filtering by it is plain SQL. The failed deliveries already stored get theirs from
+    // their last attempt ([`classify_failures`], in the same transaction).
+    r#"
+ALTER TABLE deliveries ADD COLUMN last_error_class TEXT;
+"#,
 ];
+
+/// The migration whose rows [`classify_failures`] fills in.
+const CLASSIFY_FAILURES_AT: i64 = 8;
+
+/// Gives every failed delivery the cause of its last scheduled attempt: the data step of
+/// migration 8, which SQL alone cannot compute.
+fn classify_failures(conn: &Connection) -> rusqlite::Result<()> {
+    let mut read = conn.prepare(
+        "SELECT d.seq, d.last_error_kind, a.error_message, substr(a.response_body, 1, 16385)
+         FROM deliveries d JOIN attempts a ON a.delivery_id = d.id
+         WHERE d.state = 'failed' AND d.last_error_kind IS NOT NULL
+           AND a.number = (SELECT MAX(x.number) FROM attempts x
+                           WHERE x.delivery_id = d.id AND x.trigger = 'scheduled')",
+    )?;
+    let mut write = conn.prepare("UPDATE deliveries SET last_error_class = ?2 WHERE seq = ?1")?;
+    let mut rows = read.query([])?;
+    while let Some(r) = rows.next()? {
+        let kind = r.get::<_, String>(1)?.parse::<ErrorKind>().ok();
+        let message: Option<String> = r.get(2)?;
+        let body: Option<Vec<u8>> = r.get(3)?;
+        let class = cause_class(kind, message.as_deref(), body.as_deref());
+        write.execute(rusqlite::params![r.get::<_, i64>(0)?, class])?;
+    }
+    Ok(())
+}
 
 pub(crate) fn user_version(conn: &Connection) -> crate::store::Result<i64> {
     Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
@@ -306,10 +341,18 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), String> {
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = i as i64 + 1;
-        let script = format!(
-            "BEGIN IMMEDIATE;\n{sql}\nPRAGMA application_id = {APPLICATION_ID};\nPRAGMA user_version = {version};\nCOMMIT;"
-        );
-        if let Err(e) = conn.execute_batch(&script) {
+        let step = conn
+            .execute_batch(&format!("BEGIN IMMEDIATE;\n{sql}"))
+            .and_then(|()| match version {
+                CLASSIFY_FAILURES_AT => classify_failures(conn),
+                _ => Ok(()),
+            })
+            .and_then(|()| {
+                conn.execute_batch(&format!(
+                    "PRAGMA application_id = {APPLICATION_ID};\nPRAGMA user_version = {version};\nCOMMIT;"
+                ))
+            });
+        if let Err(e) = step {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(format!("migration {version} failed: {e}"));
         }
@@ -425,6 +468,65 @@ mod tests {
             )
         };
         assert_eq!(moved, [row("a", "[{\"name\":\"crack\"}]"), row("b", "[]")]);
+    }
+
+    #[test]
+    fn migration_8_gives_every_failed_delivery_the_cause_of_its_last_scheduled_attempt() {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..7] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 7).unwrap();
+        for (id, state, kind) in [
+            ("msg_a", "failed", Some("http_status")),
+            ("msg_b", "failed", Some("timeout")),
+            ("msg_c", "succeeded", None),
+        ] {
+            conn.execute(
+                "INSERT INTO deliveries (id, workflow_id, stage_id, event, trigger, state,
+                     last_error_kind, created_at, updated_at)
+                 VALUES (?1, 'wf', 'hook', 'stage.webhook', 'route', ?2, ?3, 0, 0)",
+                rusqlite::params![id, state, kind],
+            )
+            .unwrap();
+        }
+        // msg_a's manual replay after its last scheduled attempt does not decide its cause.
+        for (delivery, number, trigger, message, body) in [
+            (
+                "msg_a",
+                1,
+                "scheduled",
+                "400 Bad Request",
+                &br#"{"error":"bad id 12"}"#[..],
+            ),
+            ("msg_a", 2, "manual", "503 Service Unavailable", b""),
+            ("msg_b", 1, "scheduled", "timed out after 30012 ms", b""),
+            ("msg_c", 1, "scheduled", "500 Internal Server Error", b""),
+        ] {
+            conn.execute(
+                "INSERT INTO attempts (delivery_id, number, trigger, counted, started_at, url,
+                     request_headers, error_message, response_body)
+                 VALUES (?1, ?2, ?3, 1, 0, 'u', '[]', ?4, ?5)",
+                rusqlite::params![delivery, number, trigger, message, body],
+            )
+            .unwrap();
+        }
+        migrate(&conn).unwrap();
+        let classes: Vec<Option<String>> = conn
+            .prepare("SELECT last_error_class FROM deliveries ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            classes,
+            [
+                Some("400 Bad Request: bad id #".to_string()),
+                Some("timed out after # ms".to_string()),
+                None,
+            ]
+        );
     }
 
     #[test]

@@ -478,6 +478,21 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
             };
             confirm(app, text, Pending::Advance { ids, outcome })
         }
+        // On the failures view, `r`, `R` and `c` act on the whole group under the cursor,
+        // through the typed count.
+        Action::Refire | Action::Replay | Action::Cancel
+            if matches!(app.view().map(|v| &v.kind), Some(ViewKind::Failures(_))) =>
+        {
+            let action = match a {
+                Action::Refire => BulkAction::Refire,
+                Action::Replay => BulkAction::Replay,
+                _ => BulkAction::Cancel,
+            };
+            match group_filter(app, action) {
+                Some(filter) => vec![Effect::Count { action, filter }],
+                None => nothing_to_act_on(app),
+            }
+        }
         Action::Refire | Action::Replay => {
             let Some(v) = app.view() else { return vec![] };
             let chosen: Vec<String> = match &v.data {
@@ -505,22 +520,12 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
                 Some(ViewKind::Deliveries(f)) => {
                     with_search(f, app.view().map_or("", |v| v.filter.as_str()))
                 }
-                // The group under the cursor, through the same typed count.
-                Some(ViewKind::Failures(base)) => {
-                    let Some(g) = app.view().and_then(|v| match &v.data {
-                        ViewData::Failures(groups) => v
-                            .visible_indices()
-                            .get(v.cursor)
-                            .and_then(|i| groups.get(*i)),
-                        _ => None,
-                    }) else {
-                        return vec![];
-                    };
-                    g.filter(base)
-                }
                 _ => return vec![],
             };
-            vec![Effect::CountFailed(filter)]
+            vec![Effect::Count {
+                action: BulkAction::Refire,
+                filter,
+            }]
         }
         Action::Test | Action::PauseStage => {
             let Some(ViewKind::Stages(w)) = app.view().map(|v| v.kind.clone()) else {
@@ -614,7 +619,10 @@ pub(super) fn action(app: &mut App, a: Action) -> Vec<Effect> {
                 app.flash("exporting…", Level::Info);
                 return vec![Effect::Export(f)];
             }
-            vec![Effect::CountOpen(f)]
+            vec![Effect::Count {
+                action: BulkAction::Cancel,
+                filter: f,
+            }]
         }
         Action::CopyBody
         | Action::CopyResponse
@@ -792,6 +800,23 @@ pub(super) fn mouse_now(app: &mut App, p: Pointer) -> Vec<Effect> {
 /// An action key with no selected row and no row under the cursor (an empty list, or a filter
 /// that matches nothing) says so, so that a fast typist sees why the keys after it did not
 /// go to a dialog.
+/// The filter an action on the failure group under the cursor takes: the group's own for
+/// re-fire and replay (its failed deliveries); for cancel, the open deliveries whose last
+/// attempt failed the same way (the retries still to come), since a failed delivery is no
+/// longer open.
+fn group_filter(app: &App, action: BulkAction) -> Option<DeliveryFilter> {
+    let v = app.view()?;
+    let (ViewKind::Failures(base), ViewData::Failures(groups)) = (&v.kind, &v.data) else {
+        return None;
+    };
+    let g = groups.get(*v.visible_indices().get(v.cursor)?)?;
+    let mut f = g.filter(base);
+    if action == BulkAction::Cancel {
+        f.state = None;
+    }
+    Some(f)
+}
+
 fn nothing_to_act_on(app: &mut App) -> Vec<Effect> {
     app.flash(
         "nothing to act on: no row is selected or under the cursor",

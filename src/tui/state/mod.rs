@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::keymap::{self, Action, Scope};
+use crate::actions::BulkAction;
 use crate::model::AttemptEvent;
 use crate::model::{DeliveryId, DeliveryState, ItemId, StageId, StageKind, WorkflowId};
 use crate::store::{
@@ -361,14 +362,12 @@ pub enum Pending {
         outcome: Option<crate::engine::Outcome>,
     },
     Refire(Vec<DeliveryId>),
-    RefireFiltered {
-        filter: DeliveryFilter,
-        count: i64,
-    },
     Replay(Vec<DeliveryId>),
     /// Operator cancel (design §6): items route along `on_failure`.
     Cancel(Vec<DeliveryId>),
-    CancelFiltered {
+    /// Re-fire, replay or cancel everything a filter selects, after the typed count.
+    Filtered {
+        action: BulkAction,
         filter: DeliveryFilter,
         count: i64,
     },
@@ -732,13 +731,10 @@ pub enum Msg {
         title: String,
         text: String,
     },
-    /// The number of failed deliveries a bulk re-fire would take.
+    /// The number of deliveries a bulk action on a filter would take (failed ones for
+    /// re-fire and replay, open ones for cancel).
     Counted {
-        filter: DeliveryFilter,
-        count: i64,
-    },
-    /// The number of open deliveries a bulk cancel would take.
-    CountedOpen {
+        action: BulkAction,
         filter: DeliveryFilter,
         count: i64,
     },
@@ -766,8 +762,11 @@ pub enum Effect {
         after: Option<LoadAfter>,
     },
     Run(Pending),
-    CountFailed(DeliveryFilter),
-    CountOpen(DeliveryFilter),
+    /// Count what a bulk action would take (answered by `Msg::Counted`).
+    Count {
+        action: BulkAction,
+        filter: DeliveryFilter,
+    },
     /// Write the deliveries matching the filter as JSON Lines to a new file.
     Export(DeliveryFilter),
     CountStage {
@@ -1132,37 +1131,47 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             });
             vec![]
         }
-        Msg::Counted { filter, count } => {
+        Msg::Counted {
+            action,
+            filter,
+            count,
+        } => {
             if count == 0 {
                 app.flash(
-                    "no failed deliveries match: nothing to re-fire",
+                    format!(
+                        "no {} deliveries match: nothing to {}",
+                        action.selects(),
+                        action.verb()
+                    ),
                     Level::Info,
                 );
             } else {
+                let (verb, then) = match action {
+                    BulkAction::Refire => (
+                        "Re-fire",
+                        "Each item goes back into its webhook stage and is delivered anew.",
+                    ),
+                    BulkAction::Replay => (
+                        "Replay",
+                        "Each delivery's stored bytes are sent again now; no item moves.",
+                    ),
+                    BulkAction::Cancel => {
+                        ("Cancel", "Each item routes along its stage's on_failure.")
+                    }
+                };
                 app.overlay = Some(Overlay::Typed {
                     text: format!(
-                        "Re-fire {count} failed deliveries ({}). Each item goes back into its webhook stage and is delivered anew.",
+                        "{verb} {count} {} deliveries ({}). {then}",
+                        action.selects(),
                         filter_words(&filter)
                     ),
                     expected: count.to_string(),
                     typed: String::new(),
-                    action: Pending::RefireFiltered { filter, count },
-                });
-            }
-            vec![]
-        }
-        Msg::CountedOpen { filter, count } => {
-            if count == 0 {
-                app.flash("no open deliveries match: nothing to cancel", Level::Info);
-            } else {
-                app.overlay = Some(Overlay::Typed {
-                    text: format!(
-                        "Cancel {count} open deliveries ({}). Each item routes along its stage's on_failure.",
-                        filter_words(&filter)
-                    ),
-                    expected: count.to_string(),
-                    typed: String::new(),
-                    action: Pending::CancelFiltered { filter, count },
+                    action: Pending::Filtered {
+                        action,
+                        filter,
+                        count,
+                    },
                 });
             }
             vec![]
@@ -1199,7 +1208,7 @@ pub fn with_search(f: &DeliveryFilter, search: &str) -> DeliveryFilter {
 
 /// The filter of a typed confirmation, in words: the scope first, then whatever else
 /// narrows it (the state is said by the question itself).
-fn filter_words(f: &DeliveryFilter) -> String {
+pub fn filter_words(f: &DeliveryFilter) -> String {
     let mut parts = Vec::new();
     if let Some(w) = &f.workflow {
         parts.push(format!("workflow {w}"));
@@ -1223,6 +1232,9 @@ fn filter_words(f: &DeliveryFilter) -> String {
     }
     if let Some(t) = f.until {
         parts.push(format!("until {}", t.format("%Y-%m-%d %H:%M:%S")));
+    }
+    if let Some(c) = &f.message_class {
+        parts.push(format!("cause \"{c}\""));
     }
     if let Some(q) = &f.search {
         parts.push(format!("matching \"{q}\""));

@@ -15,6 +15,7 @@ use chrono::{DateTime, Duration, Utc};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use super::state::{App, Effect, Msg, ViewData, update};
+use crate::actions::BulkAction;
 use crate::model::AttemptEvent;
 use crate::model::{
     AttemptTrigger, DatasetRef, DeliveryId, DeliveryState, DeliveryTrigger, ErrorKind, EventType,
@@ -665,7 +666,14 @@ pub fn screens() -> Vec<(&'static str, App)> {
             state: Some(DeliveryState::Failed),
             ..Default::default()
         };
-        update(&mut app, Msg::Counted { filter, count: 42 });
+        update(
+            &mut app,
+            Msg::Counted {
+                action: BulkAction::Refire,
+                filter,
+                count: 42,
+            },
+        );
         type_str(&mut app, "4");
         app
     }));

@@ -719,6 +719,42 @@ fn empty_views_say_how_to_fill_them() {
         t.contains("`hookops item import --workflow defects FILE`"),
         "{t}"
     );
+
+    // Deliveries: with only a scope, how deliveries are made; under a filter, that the filter
+    // hides them and how to clear it.
+    let none = || ViewData::Deliveries {
+        rows: vec![],
+        cursors: vec![],
+        more: false,
+    };
+    let mut app = on_stages(false);
+    ch(&mut app, 'd');
+    load(&mut app, none());
+    let t = collapsed_at(&mut app);
+    assert!(t.contains("one is made each time an item enters"), "{t}");
+    let mut app = on_stages(false);
+    ch(&mut app, ':');
+    type_str(&mut app, "dl failed 5xx");
+    press(&mut app, KeyCode::Enter);
+    load(&mut app, none());
+    let t = collapsed_at(&mut app);
+    assert!(
+        t.contains("no failed deliveries match the filter (workflow defects, status 5xx): Esc goes back; :dl alone lists every delivery"),
+        "{t}"
+    );
+    assert!(!t.contains("one is made each time"), "{t}");
+    let mut app = on_stages(false);
+    ch(&mut app, 'd');
+    load(&mut app, none());
+    ch(&mut app, '/');
+    type_str(&mut app, "weld");
+    press(&mut app, KeyCode::Enter);
+    load(&mut app, none());
+    let t = collapsed_at(&mut app);
+    assert!(
+        t.contains("nothing matches /weld (esc in / clears it)"),
+        "{t}"
+    );
 }
 
 /// Issue 19 (`--mouse`): a click selects the row drawn under it, a second click opens it, the

@@ -3,6 +3,7 @@
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::*;
+use crate::actions::BulkAction;
 use crate::model::ErrorKind;
 use crate::store::ItemRow;
 use crate::store::{DeliveryFilter, ItemOrder, StatusMatch};
@@ -1421,9 +1422,18 @@ fn slash_on_deliveries_filters_in_sql_and_the_bulk_keys_act_on_it() {
     };
     assert_eq!(
         ch(&mut app, 'F'),
-        vec![Effect::CountFailed(searched.clone())]
+        vec![Effect::Count {
+            action: BulkAction::Refire,
+            filter: searched.clone()
+        }]
     );
-    assert_eq!(ch(&mut app, 'C'), vec![Effect::CountOpen(searched)]);
+    assert_eq!(
+        ch(&mut app, 'C'),
+        vec![Effect::Count {
+            action: BulkAction::Cancel,
+            filter: searched
+        }]
+    );
 
     let fx = command(
         &mut app,
@@ -1451,9 +1461,9 @@ fn slash_on_deliveries_filters_in_sql_and_the_bulk_keys_act_on_it() {
 }
 
 /// Issue 18: `:failures` lists the causes; Enter opens a group's deliveries (a group is a
-/// filter) and `F` re-fires the group under the cursor through the typed count.
+/// filter) and `r` re-fires the group under the cursor through the typed count.
 #[test]
-fn failures_by_cause_open_as_a_filter_and_f_refires_a_group() {
+fn failures_by_cause_open_as_a_filter_and_r_refires_a_group() {
     let mut app = on_failures(false);
     assert!(matches!(
         app.view().map(|v| &v.kind),
@@ -1465,15 +1475,20 @@ fn failures_by_cause_open_as_a_filter_and_f_refires_a_group() {
         stage: Some(StageId::new("export")),
         state: Some(DeliveryState::Failed),
         error_kinds: vec![ErrorKind::Timeout],
+        message_class: Some("timed out after #s".into()),
         ..Default::default()
     };
     assert_eq!(
-        ch(&mut app, 'F'),
-        vec![Effect::CountFailed(timeouts.clone())]
+        ch(&mut app, 'r'),
+        vec![Effect::Count {
+            action: BulkAction::Refire,
+            filter: timeouts.clone()
+        }]
     );
     update(
         &mut app,
         Msg::Counted {
+            action: BulkAction::Refire,
             filter: timeouts.clone(),
             count: 550,
         },
@@ -1491,6 +1506,87 @@ fn failures_by_cause_open_as_a_filter_and_f_refires_a_group() {
     );
 }
 
+/// `r`, `R` and `c` on a failure group act on the whole group through the typed count, as
+/// `F` does: re-fire and replay its failed deliveries, cancel the open ones that failed the
+/// same way (the retries still to come).
+#[test]
+fn r_shift_r_and_c_act_on_the_whole_group_under_the_cursor() {
+    let mut app = on_failures(false);
+    ch(&mut app, 'j');
+    let group = DeliveryFilter {
+        workflow: Some(wf()),
+        stage: Some(StageId::new("export")),
+        state: Some(DeliveryState::Failed),
+        error_kinds: vec![ErrorKind::Timeout],
+        message_class: Some("timed out after #s".into()),
+        ..Default::default()
+    };
+    let count = |action, filter: &DeliveryFilter| {
+        vec![Effect::Count {
+            action,
+            filter: filter.clone(),
+        }]
+    };
+    assert_eq!(ch(&mut app, 'r'), count(BulkAction::Refire, &group));
+    assert_eq!(ch(&mut app, 'R'), count(BulkAction::Replay, &group));
+    let retries = DeliveryFilter {
+        state: None,
+        ..group.clone()
+    };
+    assert_eq!(ch(&mut app, 'c'), count(BulkAction::Cancel, &retries));
+    for (action, filter, words) in [
+        (BulkAction::Replay, &group, "Replay 550 failed deliveries"),
+        (BulkAction::Cancel, &retries, "Cancel 550 open deliveries"),
+    ] {
+        update(
+            &mut app,
+            Msg::Counted {
+                action,
+                filter: filter.clone(),
+                count: 550,
+            },
+        );
+        let Some(Overlay::Typed { text, expected, .. }) = &app.overlay else {
+            panic!("{:?}", app.overlay)
+        };
+        assert_eq!(expected, "550");
+        assert!(text.starts_with(words), "{text}");
+        type_str(&mut app, "550");
+        assert_eq!(
+            press(&mut app, KeyCode::Enter),
+            vec![Effect::Run(Pending::Filtered {
+                action,
+                filter: filter.clone(),
+                count: 550
+            })]
+        );
+        // The executor's answer (a second action waits for it).
+        update(
+            &mut app,
+            Msg::ActionDone {
+                text: format!("{} 550 delivery(ies)", action.past()),
+                level: Level::Info,
+                refused: vec![],
+            },
+        );
+    }
+    // Nothing in it: said, and no dialog.
+    update(
+        &mut app,
+        Msg::Counted {
+            action: BulkAction::Cancel,
+            filter: retries,
+            count: 0,
+        },
+    );
+    assert!(app.overlay.is_none());
+    // Read-only: the keys are not there.
+    let mut app = on_failures(true);
+    for c in ['r', 'R', 'c', 'F'] {
+        assert!(ch(&mut app, c).is_empty(), "{c}");
+    }
+}
+
 #[test]
 fn shift_f_counts_then_asks_for_the_count_typed() {
     let mut app = on_deliveries(false);
@@ -1500,10 +1596,17 @@ fn shift_f_counts_then_asks_for_the_count_typed() {
         ..Default::default()
     };
     let fx = ch(&mut app, 'F');
-    assert_eq!(fx, vec![Effect::CountFailed(filter.clone())]);
+    assert_eq!(
+        fx,
+        vec![Effect::Count {
+            action: BulkAction::Refire,
+            filter: filter.clone()
+        }]
+    );
     update(
         &mut app,
         Msg::Counted {
+            action: BulkAction::Refire,
             filter: filter.clone(),
             count: 0,
         },
@@ -1514,6 +1617,7 @@ fn shift_f_counts_then_asks_for_the_count_typed() {
     update(
         &mut app,
         Msg::Counted {
+            action: BulkAction::Refire,
             filter: filter.clone(),
             count: 123,
         },
@@ -1532,7 +1636,11 @@ fn shift_f_counts_then_asks_for_the_count_typed() {
     let fx = press(&mut app, KeyCode::Enter);
     assert_eq!(
         fx,
-        vec![Effect::Run(Pending::RefireFiltered { filter, count: 123 })]
+        vec![Effect::Run(Pending::Filtered {
+            action: BulkAction::Refire,
+            filter,
+            count: 123
+        })]
     );
 
     // From the stages view: the stage under the cursor.
@@ -1544,7 +1652,13 @@ fn shift_f_counts_then_asks_for_the_count_typed() {
         stage: Some(StageId::new("validate")),
         ..Default::default()
     };
-    assert_eq!(fx, vec![Effect::CountFailed(filter)]);
+    assert_eq!(
+        fx,
+        vec![Effect::Count {
+            action: BulkAction::Refire,
+            filter
+        }]
+    );
 }
 
 #[test]
@@ -1582,10 +1696,17 @@ fn c_cancels_with_a_confirmation_and_shift_c_counts_then_asks_for_the_count() {
         state: Some(DeliveryState::Failed),
         ..Default::default()
     };
-    assert_eq!(ch(&mut app, 'C'), vec![Effect::CountOpen(filter.clone())]);
+    assert_eq!(
+        ch(&mut app, 'C'),
+        vec![Effect::Count {
+            action: BulkAction::Cancel,
+            filter: filter.clone()
+        }]
+    );
     update(
         &mut app,
-        Msg::CountedOpen {
+        Msg::Counted {
+            action: BulkAction::Cancel,
             filter: filter.clone(),
             count: 0,
         },
@@ -1594,7 +1715,8 @@ fn c_cancels_with_a_confirmation_and_shift_c_counts_then_asks_for_the_count() {
     assert!(flash(&app).contains("nothing to cancel"), "{}", flash(&app));
     update(
         &mut app,
-        Msg::CountedOpen {
+        Msg::Counted {
+            action: BulkAction::Cancel,
             filter: filter.clone(),
             count: 7,
         },
@@ -1607,7 +1729,11 @@ fn c_cancels_with_a_confirmation_and_shift_c_counts_then_asks_for_the_count() {
     ch(&mut app, '7');
     assert_eq!(
         press(&mut app, KeyCode::Enter),
-        vec![Effect::Run(Pending::CancelFiltered { filter, count: 7 })]
+        vec![Effect::Run(Pending::Filtered {
+            action: BulkAction::Cancel,
+            filter,
+            count: 7
+        })]
     );
 }
 
