@@ -3606,6 +3606,88 @@ fn on_postgresql_a_change_waits_for_another_processs_row_lock_and_decides_on_wha
     assert_eq!(w.latest("c").state, DeliveryState::Succeeded);
 }
 
+/// Design §7, "Isolation", on reclaiming: two processes read the same expired lease at once.
+/// The first to get the row releases it and leases the delivery again; the second read the
+/// lease before that commit, and READ COMMITTED then re-reads the row, in flight again. It
+/// must leave that new lease alone. It used to release it: the first process's answer was
+/// then recorded as a lost lease, uncounted, and the delivery was leased twice at once (the
+/// two-host crash suite saw it as "a scheduled attempt not counted").
+#[test]
+fn on_postgresql_two_processes_reclaiming_one_expired_lease_leave_the_new_lease_alone() {
+    let w = World::new(&open_postgres);
+    w.import(&["a"]);
+    w.assign(&["a"], "hook");
+    let stale = w.lease_one("one", "a");
+    w.clock.advance(Duration::from_secs(40));
+    let url = std::fs::read_to_string(w._dir.path().join("postgres-url")).unwrap();
+    let mut other = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    let mut lock = other.transaction().unwrap();
+    lock.execute(
+        "SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE",
+        &[&stale.delivery_id.as_str()],
+    )
+    .unwrap();
+    // Two processes lease: each reads the expired lease, then waits for the row.
+    let reclaimers: Vec<_> = ["p1", "p2"]
+        .into_iter()
+        .map(|owner| {
+            let store = w.other_process();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                rt.block_on(store.lease_due(owner, 10, Vec::new())).unwrap()
+            })
+        })
+        .collect();
+    let mut watch = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watch
+        .query_one(
+            "SELECT COUNT(*) FROM pg_stat_activity
+             WHERE application_name = 'hookops' AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the two reclaims never both waited for the row"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    lock.commit().unwrap();
+    let leases: Vec<Lease> = reclaimers
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(
+        leases.iter().map(|l| l.number).collect::<Vec<_>>(),
+        vec![2],
+        "one process leases it again, once"
+    );
+    assert_eq!(w.latest("a").state, DeliveryState::InFlight);
+    // The new lease is whole: its answer counts and settles the delivery.
+    let rec = w.record(&leases[0], w.answer(200));
+    assert!(!rec.lease_lost, "{rec:?}");
+    assert_eq!(w.latest("a").state, DeliveryState::Succeeded);
+    assert_eq!(
+        w.attempts(&stale.delivery_id),
+        vec![
+            (
+                1,
+                AttemptTrigger::Scheduled,
+                false,
+                None,
+                Some(ErrorKind::Interrupted)
+            ),
+            (2, AttemptTrigger::Scheduled, true, Some(200), None),
+        ]
+    );
+}
+
 /// Design §7, "Wake-up": while the listening connection is down the change feed says
 /// "changed" at every look (the reader polls, re-reading everything), it listens again on its
 /// own, and then a commit of another process reaches it as before.

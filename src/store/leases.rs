@@ -75,7 +75,16 @@ pub(super) fn reclaim(tx: &Tx<'_>, dead_owners: &[String]) -> Result<usize> {
     for owner in dead_owners {
         lost.extend(rows.leases_of(owner, now)?);
     }
+    let mut released = 0;
     for d in &lost {
+        // The lease that was read, and only it. On PostgreSQL two processes may read the same
+        // expired lease; the first releases it and may lease the delivery again at once, and
+        // the second must then leave that new lease alone: ending it would let the first
+        // process's attempt be recorded as lost, uncounted, and the delivery be sent twice at
+        // once (the two-host crash suite saw it).
+        if !rows.release_lease(&d.id, d.number, now)? {
+            continue;
+        }
         let url = current_spec(tx, &WorkflowId::new(d.workflow.as_str()))
             .ok()
             .and_then(|(spec, _)| {
@@ -84,15 +93,14 @@ pub(super) fn reclaim(tx: &Tx<'_>, dead_owners: &[String]) -> Result<usize> {
             })
             .unwrap_or_default();
         rows.insert_interrupted_attempt(&d.id, d.number, &url, INTERRUPTED_MESSAGE, now)?;
-        if rows.release_lease(&d.id, now)? {
-            tx.counts()
-                .delivery_moved(&d.workflow, &d.stage, "in_flight", "pending");
-        }
+        tx.counts()
+            .delivery_moved(&d.workflow, &d.stage, "in_flight", "pending");
+        released += 1;
     }
     for owner in dead_owners {
         rows.delete_dispatcher(owner)?;
     }
-    Ok(lost.len())
+    Ok(released)
 }
 
 /// What one lease transaction knows of a stage it met: its effective cap and in-flight

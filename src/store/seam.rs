@@ -382,9 +382,10 @@ pub(crate) trait Rows {
     fn expired_leases(&self, now: i64) -> Result<Vec<InFlight>>;
     /// Deliveries in flight under `owner`'s unexpired leases.
     fn leases_of(&self, owner: &str, now: i64) -> Result<Vec<InFlight>>;
-    /// Makes an in-flight delivery due again at `now` after its lease was lost; false when it
-    /// was no longer in flight.
-    fn release_lease(&self, id: &DeliveryId, now: i64) -> Result<bool>;
+    /// Makes an in-flight delivery due again at `now` after its lease `number` was lost; false
+    /// when that lease is no longer the delivery's (it was released, or released and taken
+    /// again, by another process meanwhile).
+    fn release_lease(&self, id: &DeliveryId, number: i64, now: i64) -> Result<bool>;
     /// At most `n` due deliveries after `after` (`(due, seq)`), oldest due first, of stages
     /// that are not paused, not held past `now` and whose `next_token_at` is not after `now`.
     fn due_page(&self, now: i64, after: (i64, i64), n: usize) -> Result<Vec<Due>>;

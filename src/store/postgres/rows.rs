@@ -611,12 +611,14 @@ impl Rows for PgRows<'_> {
         )?)
     }
 
-    fn release_lease(&self, id: &DeliveryId, now: i64) -> Result<bool> {
+    fn release_lease(&self, id: &DeliveryId, number: i64, now: i64) -> Result<bool> {
+        // READ COMMITTED re-reads the row once another process's reclaim commits: without the
+        // lease's number, that process's new lease (in flight again) would be released here.
         let released = self.conn.execute(
             "UPDATE deliveries SET state = 'pending', next_attempt_at = $2, lease_token = NULL,
                  lease_until = NULL, lease_owner = NULL, last_error_kind = 'interrupted', last_error_class = NULL, updated_at = $2
-             WHERE id = $1 AND state = 'in_flight'",
-            &[&id.as_str(), &now],
+             WHERE id = $1 AND state = 'in_flight' AND lease_number = $3",
+            &[&id.as_str(), &now, &number],
         )?;
         Ok(released > 0)
     }

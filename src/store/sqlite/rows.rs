@@ -608,15 +608,15 @@ impl Rows for SqliteRows<'_> {
         in_flight_rows(&mut s, params![owner, now])
     }
 
-    fn release_lease(&self, id: &DeliveryId, now: i64) -> Result<bool> {
+    fn release_lease(&self, id: &DeliveryId, number: i64, now: i64) -> Result<bool> {
         let released = self
             .conn
             .prepare_cached(
                 "UPDATE deliveries SET state = 'pending', next_attempt_at = ?2, lease_token = NULL,
                  lease_until = NULL, lease_owner = NULL, last_error_kind = 'interrupted', last_error_class = NULL, updated_at = ?2
-             WHERE id = ?1 AND state = 'in_flight'",
+             WHERE id = ?1 AND state = 'in_flight' AND lease_number = ?3",
             )?
-            .execute(params![id.as_str(), now])?;
+            .execute(params![id.as_str(), now, number])?;
         Ok(released > 0)
     }
 
