@@ -3548,6 +3548,26 @@ on_failure = "fail-sink"
     }
 }
 
+/// Waits until `n` of hookops' PostgreSQL sessions wait for a lock (the server says so: no
+/// sleep decides it); panics with `never` after 10 s.
+fn wait_for_lock_waiters(url: &str, n: i64, never: &str) {
+    let mut watch = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watch
+        .query_one(
+            "SELECT COUNT(*) FROM pg_stat_activity
+             WHERE application_name = 'hookops' AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        < n
+    {
+        assert!(Instant::now() < deadline, "{never}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Design §7, "Isolation": READ COMMITTED with explicit row locks, and its conflict path. A
 /// cancel that finds the delivery's row locked by another process waits for it, then decides
 /// on what that process committed (the delivery succeeded meanwhile: refused, nothing
@@ -3571,24 +3591,7 @@ fn on_postgresql_a_change_waits_for_another_processs_row_lock_and_decides_on_wha
     let id = delivery.clone();
     let cancel = std::thread::spawn(move || store.cancel_deliveries(&[id], OP).unwrap());
     // The cancel's transaction is waiting for the row lock (not a sleep: the server says so).
-    let mut watch = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while watch
-        .query_one(
-            "SELECT COUNT(*) FROM pg_stat_activity
-             WHERE application_name = 'hookops' AND wait_event_type = 'Lock'",
-            &[],
-        )
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the cancel never waited for the lock"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_lock_waiters(&url, 1, "the cancel never waited for the lock");
     // The other process's change: the delivery succeeded.
     lock.execute(
         "UPDATE deliveries SET state = 'succeeded' WHERE id = $1",
@@ -3640,24 +3643,7 @@ fn on_postgresql_two_processes_reclaiming_one_expired_lease_leave_the_new_lease_
             })
         })
         .collect();
-    let mut watch = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while watch
-        .query_one(
-            "SELECT COUNT(*) FROM pg_stat_activity
-             WHERE application_name = 'hookops' AND wait_event_type = 'Lock'",
-            &[],
-        )
-        .unwrap()
-        .get::<_, i64>(0)
-        < 2
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the two reclaims never both waited for the row"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_lock_waiters(&url, 2, "the two reclaims never both waited for the row");
     lock.commit().unwrap();
     let leases: Vec<Lease> = reclaimers
         .into_iter()
