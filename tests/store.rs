@@ -3548,6 +3548,40 @@ on_failure = "fail-sink"
     }
 }
 
+/// A file in rollback mode (a restored backup) that another process is writing when the
+/// store opens it: switching it to WAL needs the exclusive lock, and SQLite refuses at once
+/// ("database is locked", without the busy handler) while the other holds its write lock.
+/// The store waits for it instead, as for any lock (`serve` and a command opening a restored
+/// backup together failed 7 times in 40).
+#[test]
+fn opening_a_rollback_mode_file_another_process_is_writing_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("restored.db");
+    drop(Store::open(&path, &OpenOptions::default()).unwrap());
+    let other = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = other
+        .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opening = path.clone();
+    let opener = std::thread::spawn(move || {
+        let _ = tx.send(Store::open(&opening, &OpenOptions::default()).map(drop));
+    });
+    // While the other process holds its write lock the open must not fail: it waits.
+    match rx.recv_timeout(Duration::from_secs(2)) {
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        other => panic!("the open ended while another process held the lock: {other:?}"),
+    }
+    other.execute_batch("COMMIT").unwrap();
+    drop(other);
+    rx.recv()
+        .unwrap()
+        .expect("the open succeeds once the lock is free");
+    opener.join().unwrap();
+}
+
 /// Waits until `n` of hookops' PostgreSQL sessions wait for a lock (the server says so: no
 /// sleep decides it); panics with `never` after 10 s.
 fn wait_for_lock_waiters(url: &str, n: i64, never: &str) {

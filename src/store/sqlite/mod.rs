@@ -49,6 +49,27 @@ fn wait_for_lock(tries: i32) -> bool {
     true
 }
 
+/// Switches the file to WAL (nothing to do when it is already). A file in rollback mode (a
+/// restored backup) opened by two processes at once, `serve` and a command: both read it, and
+/// the switch needs the exclusive lock; SQLite answers one of them "database is locked" at
+/// once rather than let two readers wait for each other, without asking the busy handler.
+/// That one tries again until the other has switched it or [`BUSY_TIMEOUT`] has passed
+/// (`workflow apply` beside a starting `serve` failed 7 times in 40 on such a file).
+fn switch_to_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 pub(crate) fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -125,7 +146,7 @@ impl Sqlite {
                 // system in short steps while others use the file (a full VACUUM cannot).
                 conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
             }
-            conn.pragma_update(None, "journal_mode", "WAL")?;
+            switch_to_wal(&conn)?;
             schema::migrate(&conn).map_err(|e| StoreError::Open {
                 path: path.to_path_buf(),
                 message: e.to_string(),
