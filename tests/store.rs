@@ -3559,6 +3559,8 @@ fn opening_a_rollback_mode_file_another_process_is_writing_waits_for_it() {
     let path = dir.path().join("restored.db");
     drop(Store::open(&path, &OpenOptions::default()).unwrap());
     let other = rusqlite::Connection::open(&path).unwrap();
+    // The store's connections close on their own threads after the drop.
+    other.busy_timeout(Duration::from_secs(30)).unwrap();
     let mode: String = other
         .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
         .unwrap();
